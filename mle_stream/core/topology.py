@@ -1,0 +1,255 @@
+"""Topology files: what to watch for one model and what to do about it, reviewed in Git as YAML.
+
+`load_topology(path)` validates the whole file and reports every problem at once, each with its
+file:line and what was expected, so a reviewer fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from mle_stream.errors import ConfigError
+
+TASKS = ("binary", "multiclass", "regression")
+MODES = ("canary",)  # shadow and A/B come with the decision engine
+ROLLBACK_METRICS = ("error_rate", "serving_error_rate")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """'500ms', '30s', '5m', '2h', '7d' -> milliseconds."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"expected a duration like 30s, 5m, 2h or 7d, got {text!r}")
+    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class RollbackRule:
+    """Roll back when the candidate's `metric` exceeds the baseline's by more than `max_increase`
+    (absolute) in `consecutive_windows` windows in a row, each with at least `min_samples` samples
+    (labeled predictions for error_rate, predictions for serving_error_rate) on both sides."""
+
+    metric: str = "error_rate"
+    max_increase: float = 0.05
+    consecutive_windows: int = 3
+    min_samples: int = 100
+    name: str = "error-rate-vs-baseline"
+
+
+@dataclass(frozen=True)
+class RoutingTarget:
+    backend: str = "gitops"
+    manifest: str = "routes/{model}.yaml"
+    service: str = "{model}-v{version}"
+    namespace: str = "default"
+    gateway: str = "ml-gateway"
+
+
+@dataclass(frozen=True)
+class Topology:
+    source: str
+    model: str
+    task: str
+    baseline_version: str
+    candidate_version: str
+    mode: str = "canary"
+    threshold: float = 0.5
+    window_size_ms: int = 60_000
+    window_grace_ms: int = 30_000
+    window_retention_ms: int = 3_600_000
+    label_max_delay_ms: int = 7 * 86_400_000
+    max_clock_skew_ms: int = 300_000
+    rollback: RollbackRule = field(default_factory=RollbackRule)
+    routing: RoutingTarget = field(default_factory=RoutingTarget)
+    policy_version: str = ""
+
+
+class _Reader:
+    """Walks the YAML node tree so every error can name its line."""
+
+    def __init__(self, source: str, root: yaml.Node) -> None:
+        self.source = source
+        self.errors: list[str] = []
+        self.root = root
+
+    def where(self, node: yaml.Node) -> str:
+        return f"{self.source}:{node.start_mark.line + 1}"
+
+    def error(self, node: yaml.Node, path: str, message: str) -> None:
+        self.errors.append(f"{self.where(node)}: {path}: {message}")
+
+    def mapping(self, node: yaml.Node, path: str, allowed: set[str]) -> dict[str, yaml.Node]:
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, path or "(top level)", "expected a mapping of keys to values")
+            return {}
+        out: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key not in allowed:
+                self.error(key_node, f"{path}.{key}" if path else key,
+                           f"unknown key; expected one of {', '.join(sorted(allowed))}")
+            elif key in out:
+                self.error(key_node, f"{path}.{key}" if path else key, "duplicate key")
+            else:
+                out[key] = value_node
+        return out
+
+    def value(self, fields: dict[str, yaml.Node], key: str, path: str, convert: Callable[[Any], Any],
+              default: Any = None, required: bool = False, parent: yaml.Node | None = None) -> Any:
+        full = f"{path}.{key}" if path else key
+        node = fields.get(key)
+        if node is None:
+            if required:
+                self.error(parent or self.root, full, "is required")
+            return default
+        if not isinstance(node, yaml.ScalarNode):
+            self.error(node, full, "expected a single value")
+            return default
+        try:
+            return convert(yaml.safe_load(yaml.serialize(node)))
+        except (ValueError, TypeError) as exc:
+            self.error(node, full, str(exc))
+            return default
+
+
+def _text(v: Any) -> str:
+    if v is None or isinstance(v, (dict, list)) or str(v) == "":
+        raise ValueError(f"expected a non-empty string, got {v!r}")
+    return str(v)
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(v: Any) -> str:
+        if v not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {v!r}")
+        return str(v)
+    return convert
+
+
+def _fraction(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+        raise ValueError(f"expected a number between 0 and 1, got {v!r}")
+    return float(v)
+
+
+def _positive_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"expected a whole number >= 1, got {v!r}")
+    return v
+
+
+def _duration(v: Any) -> int:
+    return parse_duration_ms(v)
+
+
+def parse_topology(text: str, source: str = "<topology>") -> Topology:
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if root is None:
+        raise ConfigError(f"{source}: the file is empty; see topologies/ for an example")
+    r = _Reader(source, root)
+    top = r.mapping(root, "", {"model", "task", "mode", "threshold", "baseline", "candidate",
+                               "windows", "labels", "rollback", "routing"})
+    model = r.value(top, "model", "", _text, required=True)
+    task = r.value(top, "task", "", _choice(TASKS), required=True)
+    mode = r.value(top, "mode", "", _choice(MODES), default="canary")
+    threshold = r.value(top, "threshold", "", _fraction, default=0.5)
+
+    def version_of(key: str) -> str | None:
+        node = top.get(key)
+        if node is None:
+            r.error(root, key, "is required, e.g. {version: \"1\"}")
+            return None
+        fields = r.mapping(node, key, {"version"})
+        return r.value(fields, "version", key, _text, required=True, parent=node)
+
+    baseline = version_of("baseline")
+    candidate = version_of("candidate")
+    if baseline is not None and baseline == candidate:
+        r.error(top["candidate"], "candidate.version", f"must differ from baseline.version ({baseline!r})")
+
+    def section(key: str, allowed: set[str]) -> tuple[dict[str, yaml.Node], yaml.Node | None]:
+        node = top.get(key)
+        return (r.mapping(node, key, allowed), node) if node is not None else ({}, None)
+
+    windows, _ = section("windows", {"size", "grace", "retention"})
+    size = r.value(windows, "size", "windows", _duration, default=60_000)
+    grace = r.value(windows, "grace", "windows", _duration, default=30_000)
+    retention = r.value(windows, "retention", "windows", _duration, default=3_600_000)
+    if size is not None and size <= 0:
+        r.error(top["windows"], "windows.size", "must be longer than 0")
+    if grace is not None and retention is not None and retention < grace:
+        r.error(top["windows"], "windows.retention", f"must be at least windows.grace ({grace} ms)")
+
+    labels, _ = section("labels", {"max_delay", "max_clock_skew"})
+    max_delay = r.value(labels, "max_delay", "labels", _duration, default=7 * 86_400_000)
+    skew = r.value(labels, "max_clock_skew", "labels", _duration, default=300_000)
+
+    rb, rb_node = section("rollback", {"name", "metric", "max_increase", "consecutive_windows", "min_samples"})
+    rule = RollbackRule(
+        name=r.value(rb, "name", "rollback", _text, default=RollbackRule.name),
+        metric=r.value(rb, "metric", "rollback", _choice(ROLLBACK_METRICS), default="error_rate"),
+        max_increase=r.value(rb, "max_increase", "rollback", _fraction, default=0.05),
+        consecutive_windows=r.value(rb, "consecutive_windows", "rollback", _positive_int, default=3),
+        min_samples=r.value(rb, "min_samples", "rollback", _positive_int, default=100),
+    )
+    if task == "regression" and rule.metric == "error_rate":
+        r.error(rb_node or root, "rollback.metric",
+                "error_rate needs a classification task; use serving_error_rate for regression")
+
+    rt, _ = section("routing", {"backend", "manifest", "service", "namespace", "gateway"})
+    routing = RoutingTarget(
+        backend=r.value(rt, "backend", "routing", _choice(("gitops",)), default="gitops"),
+        manifest=r.value(rt, "manifest", "routing", _text, default=RoutingTarget.manifest),
+        service=r.value(rt, "service", "routing", _text, default=RoutingTarget.service),
+        namespace=r.value(rt, "namespace", "routing", _text, default="default"),
+        gateway=r.value(rt, "gateway", "routing", _text, default="ml-gateway"),
+    )
+
+    if r.errors:
+        raise ConfigError(f"{len(r.errors)} problem(s) in {source}:\n  " + "\n  ".join(r.errors))
+    return Topology(
+        source=source, model=model, task=task, mode=mode, threshold=threshold,
+        baseline_version=baseline, candidate_version=candidate,  # type: ignore[arg-type]
+        window_size_ms=size, window_grace_ms=grace, window_retention_ms=retention,
+        label_max_delay_ms=max_delay, max_clock_skew_ms=skew, rollback=rule, routing=routing,
+        policy_version=hashlib.sha256(text.encode()).hexdigest()[:12],
+    )
+
+
+def load_topology(path: str | Path) -> Topology:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read topology {path}: {exc.strerror}") from exc
+    return parse_topology(text, str(path))
+
+
+def load_topologies(paths: list[str | Path]) -> dict[str, Topology]:
+    """Files or directories of *.yaml; one topology per model name."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files.extend(sorted(p.glob("*.y*ml")) if p.is_dir() else [p])
+    if not files:
+        raise ConfigError(f"no topology files found in {', '.join(map(str, paths))}")
+    by_model: dict[str, Topology] = {}
+    for f in files:
+        t = load_topology(f)
+        if t.model in by_model:
+            raise ConfigError(f"{f}: model {t.model!r} is already described by {by_model[t.model].source}")
+        by_model[t.model] = t
+    return by_model

@@ -1,0 +1,97 @@
+import random
+
+from sklearn.metrics import accuracy_score
+
+from mle_stream.core.evaluator import ModelEvaluator
+from mle_stream.core.events import Label, Prediction
+from mle_stream.core.policy import Verdict
+from mle_stream.core.topology import parse_topology
+
+TOPOLOGY = parse_topology(
+    'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+    "windows: {size: 10s, grace: 2s, retention: 1m}\n"
+    "rollback: {max_increase: 0.05, consecutive_windows: 2, min_samples: 50}\n"
+)
+NOW = 10**12  # the worker's clock, far beyond every event time used here
+
+
+def simulate(rng: random.Random, n: int, t0: int, accuracy: dict[str, float]):
+    preds, labels = [], []
+    for i in range(n):
+        version = "2" if i % 4 == 0 else "1"
+        truth = rng.random() < 0.3
+        predicted = truth if rng.random() < accuracy[version] else not truth
+        ts = t0 + rng.randrange(10_000)
+        preds.append(Prediction(prediction_id=f"{t0}-{i}", model="fraud", version=version, timestamp=ts,
+                                score=0.8 if predicted else 0.2, latency_ms=rng.uniform(1, 50)))
+        labels.append(Label(prediction_id=f"{t0}-{i}", model="fraud", timestamp=ts + 500, label=int(truth)))
+    return preds, labels
+
+
+def test_window_metrics_equal_sklearn_whatever_the_arrival_order() -> None:
+    rng = random.Random(1)
+    ev = ModelEvaluator(TOPOLOGY)
+    preds, labels = simulate(rng, 800, 0, {"1": 0.9, "2": 0.9})
+    # Half the labels arrive before their predictions, and 10% never arrive.
+    early, late = labels[: len(labels) // 2], labels[len(labels) // 2:]
+    kept_late = [lab for lab in late if rng.random() > 0.1]
+    assert ev.add_labels(early) == []
+    assert ev.add_predictions(preds, NOW) == []
+    assert ev.add_labels(kept_late) == []
+    ev.add_predictions([Prediction(prediction_id="tick", model="fraud", version="1", timestamp=12_000, score=0.5)], NOW)
+    out = ev.advance(NOW)
+    assert [j.window_start for j in out.judgements] == [0]
+    labeled = {lab.prediction_id: lab for lab in early + kept_late}
+    for snap in out.snapshots:
+        mine = [p for p in preds if p.version == snap.version]
+        joined = [p for p in mine if p.prediction_id in labeled]
+        truth = [bool(labeled[p.prediction_id].label) for p in joined]
+        predicted = [p.score >= 0.5 for p in joined]
+        assert snap.predictions == len(mine)
+        assert snap.labeled == len(joined)
+        assert abs(snap.accuracy - accuracy_score(truth, predicted)) < 1e-12
+        assert abs(snap.label_coverage - len(joined) / len(mine)) < 1e-12
+        assert snap.role == {"1": "baseline", "2": "candidate"}[snap.version]
+
+
+def test_a_degraded_candidate_is_rolled_back_after_two_failing_windows() -> None:
+    rng = random.Random(2)
+    ev = ModelEvaluator(TOPOLOGY)
+    verdicts, commands = [], []
+    for w, acc in enumerate([0.92, 0.92, 0.6, 0.6, 0.6]):
+        preds, labels = simulate(rng, 1200, w * 10_000, {"1": 0.92, "2": acc})
+        ev.add_predictions(preds, NOW)
+        ev.add_labels(labels)
+        out = ev.advance(NOW)
+        verdicts += [j.verdict for j in out.judgements]
+        commands += out.commands
+    # Windows 0..3 are closed (window 4 waits for event time 52s): PASS PASS FAIL FAIL -> rollback.
+    assert verdicts == [Verdict.PASS, Verdict.PASS, Verdict.FAIL, Verdict.FAIL]
+    assert len(commands) == 1 and commands[0].window_start == 20_000 and commands[0].window_end == 40_000
+
+
+def test_unusable_records_come_back_as_rejects_naming_the_field() -> None:
+    ev = ModelEvaluator(TOPOLOGY)
+    future = Prediction(prediction_id="f", model="fraud", version="1", timestamp=NOW + 3_600_000, score=0.5)
+    wrong_task = Prediction(prediction_id="w", model="fraud", version="1", timestamp=1, value=3.0)
+    rejects = ev.add_predictions([future, wrong_task], NOW)
+    assert [(r.field, r.record.prediction_id) for r in rejects] == [("timestamp", "f"), ("score", "w")]
+    assert ev.windows.watermark == -1  # the far-future timestamp did not move event time
+    ev.add_predictions([Prediction(prediction_id="p", model="fraud", version="1", timestamp=5, score=0.9)], NOW)
+    rejects = ev.add_labels([Label(prediction_id="p", model="fraud", timestamp=6, label="cat")])
+    assert len(rejects) == 1 and rejects[0].field == "label" and "binary label" in rejects[0].reason
+
+
+def test_multiclass_uses_argmax_unless_the_pod_says_otherwise() -> None:
+    t = parse_topology(
+        'model: m\ntask: multiclass\nbaseline: {version: "1"}\ncandidate: {version: "2"}\nwindows: {size: 1s, grace: 0s}\n')
+    ev = ModelEvaluator(t)
+    ev.add_predictions([
+        Prediction(prediction_id="a", model="m", version="1", timestamp=0, scores={"cat": 0.7, "dog": 0.3}),
+        Prediction(prediction_id="b", model="m", version="1", timestamp=0, scores={"cat": 0.7, "dog": 0.3},
+                   predicted_label="dog"),
+        Prediction(prediction_id="c", model="m", version="1", timestamp=2_000, scores={"cat": 1.0}),
+    ], NOW)
+    ev.add_labels([Label("a", "m", 1, "cat"), Label("b", "m", 1, "cat")])
+    snap = next(s for s in ev.advance(NOW).snapshots if s.version == "1")
+    assert (snap.labeled, snap.correct) == (2, 1)

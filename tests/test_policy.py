@@ -1,0 +1,78 @@
+import dataclasses
+import json
+
+from mle_stream.core.events import CommandKind
+from mle_stream.core.policy import PolicyState, Verdict, decide, judge
+from mle_stream.core.topology import parse_topology
+from mle_stream.core.window_metrics import WindowMetrics
+
+TOPOLOGY = parse_topology(
+    'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+    "windows: {size: 10s, grace: 0s}\n"
+    "rollback: {max_increase: 0.05, consecutive_windows: 3, min_samples: 100}\n"
+)
+
+
+def metrics(labeled: int, errors: int) -> WindowMetrics:
+    m = WindowMetrics()
+    for i in range(labeled):
+        m.add_prediction(None, False)
+        m.add_outcome(i >= errors)
+    return m
+
+
+def run(windows: list[tuple[tuple[int, int], tuple[int, int]]]) -> tuple[list[Verdict], list]:
+    state, verdicts, commands = PolicyState(), [], []
+    for i, (base, cand) in enumerate(windows):
+        j = judge(TOPOLOGY, i * 10_000, metrics(*base), metrics(*cand))
+        state, out = decide(TOPOLOGY, state, j, now_ms=999)
+        verdicts.append(j.verdict)
+        commands.extend(out)
+    return verdicts, commands
+
+
+def test_judge_hand_computed() -> None:
+    # baseline 8/100 = 0.08, candidate 14/100 = 0.14: +0.06 > 0.05 -> FAIL; 13/100 -> +0.05 is not > 0.05.
+    assert judge(TOPOLOGY, 0, metrics(100, 8), metrics(100, 14)).verdict is Verdict.FAIL
+    assert judge(TOPOLOGY, 0, metrics(100, 8), metrics(100, 12)).verdict is Verdict.PASS
+    j = judge(TOPOLOGY, 0, metrics(100, 8), metrics(99, 90))
+    assert j.verdict is Verdict.INCONCLUSIVE and "candidate 99" in j.reason
+
+
+def test_three_consecutive_failures_roll_back_once() -> None:
+    bad = ((200, 16), (200, 60))
+    verdicts, commands = run([bad, bad, bad, bad])
+    assert verdicts == [Verdict.FAIL] * 4
+    assert len(commands) == 1
+    cmd = commands[0]
+    assert cmd.kind is CommandKind.ROLLBACK and cmd.traffic == {"1": 100, "2": 0}
+    assert (cmd.window_start, cmd.window_end) == (0, 30_000)
+    evidence = json.loads(cmd.evidence)
+    assert [w["verdict"] for w in evidence["windows"]] == ["FAIL"] * 3
+    assert evidence["windows"][0]["candidate"] == {"value": 0.3, "samples": 200}
+
+
+def test_a_pass_or_an_inconclusive_window_resets_the_streak() -> None:
+    bad, good, thin = ((200, 16), (200, 60)), ((200, 16), (200, 16)), ((200, 16), (50, 40))
+    assert run([bad, bad, good, bad, bad])[1] == []
+    assert run([bad, bad, thin, bad, bad])[1] == []
+
+
+def test_too_few_labels_never_roll_back_however_bad_they_look() -> None:
+    thin = ((1000, 10), (99, 99))
+    verdicts, commands = run([thin] * 20)
+    assert set(verdicts) == {Verdict.INCONCLUSIVE} and commands == []
+
+
+def test_command_id_is_deterministic_and_ignores_issue_time() -> None:
+    bad = ((200, 16), (200, 60))
+    _, first = run([bad] * 3)
+    state = PolicyState()
+    for i in range(3):
+        state, again = decide(TOPOLOGY, state, judge(TOPOLOGY, i * 10_000, metrics(200, 16), metrics(200, 60)), now_ms=12345)
+    assert again[0].command_id == first[0].command_id and again[0].issued_at != first[0].issued_at
+    other_rule = dataclasses.replace(TOPOLOGY, rollback=dataclasses.replace(TOPOLOGY.rollback, name="other"))
+    state = PolicyState()
+    for i in range(3):
+        state, third = decide(other_rule, state, judge(other_rule, i * 10_000, metrics(200, 16), metrics(200, 60)), 1)
+    assert third[0].command_id != first[0].command_id

@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+
+from mle_stream.core.topology import load_topologies, load_topology, parse_duration_ms, parse_topology
+from mle_stream.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+MINIMAL = 'model: m\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+
+
+def test_every_shipped_topology_is_valid() -> None:
+    topologies = load_topologies([REPO / "topologies"])
+    demo = topologies["fraud-detector"]
+    assert (demo.baseline_version, demo.candidate_version) == ("1", "2")
+    assert demo.window_size_ms == 5_000 and demo.rollback.consecutive_windows == 3
+
+
+def test_defaults_and_policy_version_follow_the_text() -> None:
+    t = parse_topology(MINIMAL)
+    assert t.window_size_ms == 60_000 and t.label_max_delay_ms == 7 * 86_400_000
+    assert t.rollback.metric == "error_rate" and t.rollback.min_samples == 100
+    assert parse_topology(MINIMAL).policy_version == t.policy_version
+    assert parse_topology(MINIMAL + "threshold: 0.7\n").policy_version != t.policy_version
+
+
+@pytest.mark.parametrize("text,duration", [("500ms", 500), ("30s", 30_000), ("5m", 300_000), ("1.5h", 5_400_000), ("7d", 604_800_000)])
+def test_durations(text: str, duration: int) -> None:
+    assert parse_duration_ms(text) == duration
+
+
+def test_every_error_is_reported_with_its_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "model: m\n"             # 1
+        "task: binar\n"          # 2
+        'baseline: {version: "1"}\n'  # 3
+        "candidate: {version: '1'}\n"  # 4
+        "windows:\n"             # 5
+        "  size: ten\n"          # 6
+        "  sise: 5s\n"           # 7
+        "rollback:\n"            # 8
+        "  max_increase: 3\n"    # 9
+        "  consecutive_windows: 0\n"  # 10
+    )
+    with pytest.raises(ConfigError) as info:
+        load_topology(bad)
+    message = str(info.value)
+    for expected in [
+        f"{bad}:2: task: expected one of binary, multiclass, regression, got 'binar'",
+        f"{bad}:4: candidate.version: must differ from baseline.version ('1')",
+        f"{bad}:6: windows.size: expected a duration like 30s",
+        f"{bad}:7: windows.sise: unknown key",
+        f"{bad}:9: rollback.max_increase: expected a number between 0 and 1, got 3",
+        f"{bad}:10: rollback.consecutive_windows: expected a whole number >= 1, got 0",
+    ]:
+        assert expected in message
+    assert message.startswith("6 problem(s)")
+
+
+def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("model: m\ntask: [binary\n")
+    with pytest.raises(ConfigError, match=rf"{bad}:3: not valid YAML"):
+        load_topology(bad)
+
+
+def test_regression_cannot_use_error_rate() -> None:
+    with pytest.raises(ConfigError, match="error_rate needs a classification task"):
+        parse_topology(MINIMAL.replace("binary", "regression"))
+
+
+def test_two_files_for_one_model_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(MINIMAL)
+    (tmp_path / "b.yaml").write_text(MINIMAL)
+    with pytest.raises(ConfigError, match="already described by"):
+        load_topologies([tmp_path])
