@@ -1,0 +1,351 @@
+"""A RoutingBackend that writes Gateway API HTTPRoute manifests into a Git repository (GitOps).
+
+Argo CD or Flux deploys what is committed; this adapter only edits and commits (and pushes when
+the repository has an `origin`), so Git, the registry and the cluster can agree.
+
+The manifest (one per model, at `manifest_template`) is an HTTPRoute whose first rule lists one
+backendRef per version. Versions are recovered from the annotation `mle-stream.io/versions`
+(service name -> version, JSON), which this adapter writes with every change; a backendRef a human
+added without updating it is still understood when its name matches `service_template`. Fields a
+human put in the manifest (hostnames, matches, filters, other rules, extra backendRef fields) are
+kept, but YAML comments are not: PyYAML does not round-trip them.
+
+What counts as applied is what is committed, and pushed when there is an `origin`: reads use the
+manifest at HEAD, and `last_applied_command` answers None while HEAD is not on origin, so the
+actuator re-runs `set_weights`, which then only pushes.
+
+`repo_dir` must be the top level of its own repository (it is `git init`-ed on the first write
+otherwise): a directory inside another checkout is never committed into that outer repository.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import string
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mle_stream.actuator.ports import check_weights, describe_weights, version_order
+from mle_stream.errors import ActuationError
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "gateway.networking.k8s.io/v1"
+VERSIONS_ANNOTATION = "mle-stream.io/versions"
+LAST_COMMAND_ANNOTATION = "mle-stream.io/last-command-id"
+LAST_REASON_ANNOTATION = "mle-stream.io/last-reason"
+BACKEND_PORT = 80
+
+# metadata.name of the HTTPRoute is the model name, so it must be a DNS-1123 subdomain; this also
+# keeps a model name from walking out of the repository through the manifest path.
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_GIT_IDENTITY = ("-c", "user.name=mle-stream", "-c", "user.email=mle-stream@localhost", "-c", "commit.gpgsign=false")
+
+
+def _template_fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+class GitOpsRouting:
+    """Route traffic by committing HTTPRoute manifests; see the module docstring for the rules.
+
+    repo_dir: top level of the GitOps checkout. manifest_template: the manifest's path inside it,
+    with `{model}`. service_template: the Kubernetes Service of one version, with `{version}`
+    (and optionally `{model}`). namespace, gateway: written into a new manifest.
+    timeout_s: how long one git command may take (a push to a slow remote included).
+    """
+
+    def __init__(
+        self,
+        repo_dir: Path,
+        manifest_template: str = "routes/{model}.yaml",
+        service_template: str = "{model}-v{version}",
+        namespace: str = "default",
+        gateway: str = "ml-gateway",
+        *,
+        timeout_s: float = 60.0,
+    ) -> None:
+        manifest_fields = _template_fields(manifest_template)
+        if manifest_fields != {"model"}:
+            raise ValueError(f"manifest_template {manifest_template!r} must use {{model}} and no other field")
+        service_fields = _template_fields(service_template)
+        if "version" not in service_fields or not service_fields <= {"model", "version"}:
+            raise ValueError(
+                f"service_template {service_template!r} must use {{version}} and may use {{model}}, nothing else"
+            )
+        if not namespace or not gateway:
+            raise ValueError("namespace and gateway must be non-empty")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        self.repo_dir = Path(repo_dir).resolve()
+        self.manifest_template = manifest_template
+        self.service_template = service_template
+        self.namespace = namespace
+        self.gateway = gateway
+        self.timeout_s = timeout_s
+
+    # -- RoutingBackend ------------------------------------------------------------------------
+
+    def get_weights(self, model: str) -> dict[str, int]:
+        path = self.manifest_path(model)
+        manifest = self._committed_manifest(model)
+        if manifest is None:
+            raise ActuationError(
+                f"no committed route manifest for model {model!r} at {path} (repository {self.repo_dir}); "
+                "create it with GitOpsRouting.init_route or commit one"
+            )
+        return self._weights_of(model, manifest)
+
+    def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str) -> str:
+        weights = check_weights(model, weights)
+        if not command_id:
+            raise ActuationError(f"route of model {model!r}: set_weights needs a command id to record")
+        self._ensure_repo()
+        existing = self._committed_manifest(model)
+        if existing is None:
+            raise ActuationError(
+                f"no committed route manifest for model {model!r} at {self.manifest_path(model)} "
+                f"(repository {self.repo_dir}); create it with GitOpsRouting.init_route first"
+            )
+        manifest = self._render(model, weights, existing)
+        annotations = manifest["metadata"]["annotations"]
+        annotations[LAST_COMMAND_ANNOTATION] = command_id
+        annotations[LAST_REASON_ANNOTATION] = reason
+        message = f"route {model}: {describe_weights(weights)} (command {command_id})\n\n{reason}\n"
+        return self._write_commit_push(model, manifest, message)
+
+    def last_applied_command(self, model: str) -> str | None:
+        manifest = self._committed_manifest(model)
+        if manifest is None:
+            return None
+        command = self._annotations(manifest).get(LAST_COMMAND_ANNOTATION)
+        if command and self._has_origin() and self._unpushed():
+            log.info("route of %s records command %s but HEAD is not on origin yet: not applied", model, command)
+            return None
+        return str(command) if command else None
+
+    # -- beyond the port -----------------------------------------------------------------------
+
+    def init_route(self, model: str, weights: dict[str, int]) -> str:
+        """Create the model's manifest (or reset its weights) and commit it; returns the commit sha.
+
+        A reset also clears the last command recorded with the route: the route no longer
+        reflects it, so re-delivering that command must apply it again.
+        """
+        weights = check_weights(model, weights)
+        self._ensure_repo()
+        manifest = self._render(model, weights, self._committed_manifest(model))
+        annotations = manifest["metadata"]["annotations"]
+        annotations.pop(LAST_COMMAND_ANNOTATION, None)
+        annotations.pop(LAST_REASON_ANNOTATION, None)
+        message = f"init route {model}: {describe_weights(weights)}\n"
+        return self._write_commit_push(model, manifest, message)
+
+    def manifest_path(self, model: str) -> Path:
+        """Where the model's manifest lives; refuses names that are not valid Kubernetes names."""
+        if not isinstance(model, str) or len(model) > 253 or not _DNS1123_SUBDOMAIN.match(model):
+            raise ActuationError(
+                f"model name {model!r} cannot name an HTTPRoute: use lower-case letters, digits, '-' and '.' "
+                "(a DNS-1123 subdomain, at most 253 characters)"
+            )
+        path = (self.repo_dir / self.manifest_template.format(model=model)).resolve()
+        if not path.is_relative_to(self.repo_dir):
+            raise ActuationError(f"manifest path {path} for model {model!r} lies outside the repository {self.repo_dir}")
+        return path
+
+    def service_name(self, model: str, version: str) -> str:
+        return self.service_template.format(model=model, version=version)
+
+    def version_of_service(self, model: str, service: str) -> str | None:
+        """Reverse `service_template`: the version a Service name stands for, None if it does not match."""
+        pattern = ""
+        for literal, name, _, _ in string.Formatter().parse(self.service_template):
+            pattern += re.escape(literal)
+            if name == "model":
+                pattern += re.escape(model)
+            elif name == "version":
+                pattern += r"(?P<version>.+)"
+        match = re.fullmatch(pattern, service)
+        return match.group("version") if match else None
+
+    # -- manifest ------------------------------------------------------------------------------
+
+    def _render(self, model: str, weights: dict[str, int], existing: dict[str, Any] | None) -> dict[str, Any]:
+        """The manifest routing by `weights`, keeping whatever else `existing` says.
+
+        A version that already has a backendRef keeps it (its name, port and any other field), so
+        a Service named by hand stays as it is; a new version gets one from the templates.
+        """
+        if existing is None:
+            manifest: dict[str, Any] = {
+                "apiVersion": API_VERSION,
+                "kind": "HTTPRoute",
+                "metadata": {
+                    "name": model,
+                    "namespace": self.namespace,
+                    "labels": {"app.kubernetes.io/managed-by": "mle-stream"},
+                    "annotations": {},
+                },
+                "spec": {"parentRefs": [{"name": self.gateway}], "rules": [{"backendRefs": []}]},
+            }
+        else:
+            manifest = copy.deepcopy(existing)
+        old_refs = {version: ref for version, ref in self._versioned_refs(model, manifest)}
+        refs: list[dict[str, Any]] = []
+        names: dict[str, str] = {}
+        for version in sorted(weights, key=version_order):
+            ref = dict(old_refs.get(version) or {"name": self.service_name(model, version), "port": BACKEND_PORT})
+            ref["weight"] = weights[version]
+            refs.append(ref)
+            names[ref["name"]] = version
+        metadata = manifest.get("metadata") or {}
+        metadata["annotations"] = metadata.get("annotations") or {}
+        metadata["annotations"][VERSIONS_ANNOTATION] = json.dumps(names, sort_keys=True)
+        manifest["metadata"] = metadata
+        manifest["spec"]["rules"][0]["backendRefs"] = refs
+        return manifest
+
+    def _weights_of(self, model: str, manifest: dict[str, Any]) -> dict[str, int]:
+        where = f"{self.manifest_path(model)} at HEAD"
+        weights: dict[str, int] = {}
+        for version, ref in self._versioned_refs(model, manifest):
+            weight = ref.get("weight", 1)  # Gateway API's default weight is 1
+            if isinstance(weight, bool) or not isinstance(weight, int):
+                raise ActuationError(f"{where}: backendRef {ref['name']!r} has weight {weight!r}, not a whole number")
+            weights[version] = weights.get(version, 0) + weight
+        return weights
+
+    def _versioned_refs(self, model: str, manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """(version, backendRef) for each backendRef of spec.rules[0], or ActuationError saying what is wrong.
+
+        The version comes from the annotation this adapter writes, else from the name through the
+        service template; a backendRef neither explains is an error rather than silently dropped.
+        """
+        where = f"{self.manifest_path(model)} at HEAD"
+        spec = manifest.get("spec")
+        rules = spec.get("rules") if isinstance(spec, dict) else None
+        if not isinstance(rules, list) or not rules or not isinstance(rules[0], dict):
+            raise ActuationError(f"{where}: the HTTPRoute needs spec.rules[0], a mapping with backendRefs")
+        refs = rules[0].get("backendRefs") or []
+        if not isinstance(refs, list):
+            raise ActuationError(f"{where}: spec.rules[0].backendRefs must be a list")
+        raw_names = self._annotations(manifest).get(VERSIONS_ANNOTATION) or "{}"
+        try:
+            names = json.loads(raw_names)
+        except json.JSONDecodeError as exc:
+            raise ActuationError(f"{where}: annotation {VERSIONS_ANNOTATION} is not JSON: {exc}") from exc
+        if not isinstance(names, dict):
+            raise ActuationError(f"{where}: annotation {VERSIONS_ANNOTATION} must map service name -> version")
+        found: list[tuple[str, dict[str, Any]]] = []
+        for i, ref in enumerate(refs):
+            name = ref.get("name") if isinstance(ref, dict) else None
+            if not isinstance(ref, dict) or not isinstance(name, str):
+                raise ActuationError(f"{where}: spec.rules[0].backendRefs[{i}] has no name")
+            version = names.get(name) or self.version_of_service(model, name)
+            if version is None:
+                raise ActuationError(
+                    f"{where}: backendRef {name!r} names no version: it is not in annotation {VERSIONS_ANNOTATION} "
+                    f"and does not match the service template {self.service_template!r}"
+                )
+            found.append((str(version), ref))
+        return found
+
+    @staticmethod
+    def _annotations(manifest: dict[str, Any]) -> dict[str, Any]:
+        metadata = manifest.get("metadata") or {}
+        return metadata.get("annotations") or {}
+
+    def _committed_manifest(self, model: str) -> dict[str, Any] | None:
+        """The manifest as committed at HEAD, None when the repository or the file does not exist."""
+        path = self.manifest_path(model)
+        if not (self.repo_dir / ".git").exists():
+            return None
+        relative = path.relative_to(self.repo_dir).as_posix()
+        found = self._git("rev-parse", "-q", "--verify", f"HEAD:{relative}", check=False)
+        if found.returncode != 0:
+            return None
+        text = self._git("cat-file", "blob", found.stdout.strip()).stdout
+        try:
+            manifest = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ActuationError(f"{path} at HEAD is not valid YAML: {exc}") from exc
+        kind = manifest.get("kind") if isinstance(manifest, dict) else None
+        if not isinstance(manifest, dict) or kind != "HTTPRoute":
+            raise ActuationError(f"{path} at HEAD is not an HTTPRoute manifest (kind is {kind!r})")
+        return manifest
+
+    # -- git -----------------------------------------------------------------------------------
+
+    def _write_commit_push(self, model: str, manifest: dict[str, Any], message: str) -> str:
+        path = self.manifest_path(model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False), encoding="utf-8")
+        os.replace(tmp, path)  # never leave a half-written manifest for a concurrent reader
+        relative = path.relative_to(self.repo_dir).as_posix()
+        self._git("add", "--", relative)
+        # The index, not the file text, decides: a manifest written before a crash but never
+        # committed is committed now, and one that matches HEAD makes no empty commit.
+        if self._git("diff", "--cached", "--quiet", "--", relative, check=False).returncode != 0:
+            self._git("commit", "-q", "-m", message, "--", relative)
+        else:
+            log.info("route of %s at %s already as requested: nothing to commit", model, relative)
+        if self._has_origin():
+            # Pushed even without a new commit: an earlier push may have failed after the commit.
+            branch = self._branch()
+            try:
+                self._git("push", "-q", "origin", f"HEAD:refs/heads/{branch}")
+            except ActuationError as exc:
+                raise ActuationError(
+                    f"{exc}; the change is committed locally in {self.repo_dir} but not on origin: reconcile "
+                    "(e.g. git pull --rebase origin) and deliver the command again, which then only pushes"
+                ) from exc
+        return self._git("rev-parse", "HEAD").stdout.strip()
+
+    def _ensure_repo(self) -> None:
+        if (self.repo_dir / ".git").exists():
+            return
+        self.repo_dir.mkdir(parents=True, exist_ok=True)
+        log.info("%s is not a git repository: running git init", self.repo_dir)
+        self._git("init", "-q")
+
+    def _has_origin(self) -> bool:
+        return self._git("remote", "get-url", "origin", check=False).returncode == 0
+
+    def _branch(self) -> str:
+        head = self._git("symbolic-ref", "-q", "--short", "HEAD", check=False)
+        if head.returncode != 0:
+            raise ActuationError(f"{self.repo_dir}: HEAD is detached; check out the branch Argo CD/Flux deploys from")
+        return head.stdout.strip()
+
+    def _unpushed(self) -> bool:
+        tracking = f"refs/remotes/origin/{self._branch()}"
+        if self._git("rev-parse", "-q", "--verify", tracking, check=False).returncode != 0:
+            return True
+        return int(self._git("rev-list", "--count", f"{tracking}..HEAD").stdout.strip() or 0) > 0
+
+    def _git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = ["git", *_GIT_IDENTITY, *args]
+        # No prompt for credentials (it would hang the actuator); C locale for stable stderr.
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+        try:
+            proc = subprocess.run(
+                cmd, cwd=self.repo_dir, capture_output=True, text=True, timeout=self.timeout_s, env=env, check=False
+            )
+        except FileNotFoundError as exc:
+            raise ActuationError(f"git is not installed or not on PATH (needed for the GitOps repository {self.repo_dir})") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise ActuationError(f"`git {' '.join(args)}` in {self.repo_dir} took longer than {self.timeout_s} s") from exc
+        if check and proc.returncode != 0:
+            raise ActuationError(
+                f"`git {' '.join(args)}` in {self.repo_dir} failed (exit {proc.returncode}): "
+                f"{proc.stderr.strip() or proc.stdout.strip()}"
+            )
+        return proc

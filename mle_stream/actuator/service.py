@@ -1,0 +1,336 @@
+"""The actuator: turns one verified command into routing and registry changes, and says what it did.
+
+The only place in mle-stream that touches the world. The policy decides (commands); this applies,
+through the two ports (ports.py), in Flagger's order: traffic back first, then the registry, then
+the outcome is returned for the publisher. `handle` never raises: whatever happens becomes a
+RolloutEvent, and the event's route weights and aliases are read back from the backends after
+the action, so it reports the state of the world rather than the command's wishes.
+
+Idempotency (commands are redelivered: consumer restarts, re-emitted decisions):
+
+- an in-process memory of the ids applied by this actuator;
+- durably, the route records the last command it applied (`last_applied_command`) and the
+  registry step ends by tagging the candidate version `mle.command_id` = the id. The registry is
+  written last, so that tag proves the whole command completed: it is skipped as a duplicate.
+  When the route records the id but the registry does not, the actuator crashed (or the registry
+  failed) between the two steps: only the registry step is run again ("resumed").
+- HOLD and RETRAIN change nothing durable, so only the in-process memory covers them.
+
+Not thread-safe: one actuator per command stream, called from one consume loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+from mle_stream.actuator.ports import ModelRegistry, RoutingBackend, check_weights, describe_weights
+from mle_stream.core.commands import verify
+from mle_stream.core.events import Command, CommandKind, RolloutEvent, RolloutStatus
+from mle_stream.errors import ActuationError, RejectedCommand
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+TAG_COMMAND_ID = "mle.command_id"
+TAG_VERDICT = "mle.verdict"
+TAG_REASON = "mle.reason"
+TAG_RULE = "mle.rule"
+TAG_AT = "mle.at"
+TAG_TRAFFIC = "mle.traffic"
+
+# Bounds the in-process memory of applied ids; older ids are still covered by the durable check.
+_REMEMBERED_IDS = 100_000
+
+
+def epoch_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def event_id(command_id: str, status: RolloutStatus) -> str:
+    """Deterministic, so a republished outcome of the same command is recognisably the same event."""
+    return hashlib.sha256(f"{command_id}\x00{status.value}".encode()).hexdigest()[:32]
+
+
+def _iso_utc(millis: int) -> str:
+    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one command changes; the registry steps run in this order, the marker tag last."""
+
+    route: dict[str, int] | None = None
+    champion: str | None = None
+    drop_challenger_of: str | None = None
+    tags: tuple[tuple[str, dict[str, str]], ...] = ()
+    marker_version: str | None = None
+    note: str = ""
+    durable: bool = False
+
+
+@dataclass
+class _Observed:
+    weights: dict[str, int]
+    champion: str | None
+    challenger: str | None
+    problems: list[str]
+
+
+class Actuator:
+    """Apply signed commands through a RoutingBackend and a ModelRegistry; see the module docstring.
+
+    signing_key: the HMAC key commands are verified with (MLE_SIGNING_KEY). dry_run: report what
+    would change and touch nothing. clock: epoch milliseconds, for the event and the `mle.at` tag.
+    """
+
+    def __init__(
+        self,
+        routing: RoutingBackend,
+        registry: ModelRegistry,
+        signing_key: bytes,
+        *,
+        dry_run: bool = False,
+        clock: Callable[[], int] = epoch_ms,
+    ) -> None:
+        if not signing_key:
+            raise ValueError("signing_key is empty: the actuator verifies commands with MLE_SIGNING_KEY; set it")
+        self._routing = routing
+        self._registry = registry
+        self._key = signing_key
+        self._dry_run = dry_run
+        self._clock = clock
+        self._applied: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def dry_run(self) -> bool:
+        return self._dry_run
+
+    def handle(self, command: Command) -> RolloutEvent:
+        """Apply `command` and return what happened; never raises."""
+        try:
+            event = self._handle(command)
+        except Exception as exc:  # a bug or an adapter breaking its contract: report it, keep consuming
+            log.exception("actuator failed on command %s of model %s", command.command_id, command.model)
+            event = self._event(
+                command, RolloutStatus.FAILED, f"unexpected {type(exc).__name__}: {exc}", self._observe(command.model)
+            )
+        level = logging.WARNING if event.status in (RolloutStatus.FAILED, RolloutStatus.REJECTED) else logging.INFO
+        log.log(level, "%s %s of %s (command %s): %s", event.status.value, event.action, event.model,
+                event.command_id, event.details)
+        return event
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _handle(self, command: Command) -> RolloutEvent:
+        problem = self._signature_problem(command)
+        if problem:
+            # The model name is unverified: read nothing with it either.
+            return self._event(command, RolloutStatus.REJECTED, f"{problem}; nothing was read or changed",
+                               _Observed({}, None, None, []))
+        try:
+            plan = self._plan(command)
+        except RejectedCommand as exc:
+            return self._event(command, RolloutStatus.REJECTED, f"malformed command: {exc}; nothing was changed",
+                               self._observe(command.model))
+
+        if command.command_id in self._applied:
+            return self._duplicate(command, "already applied by this actuator")
+
+        resume = False
+        if plan.durable:
+            try:
+                route_last = self._routing.last_applied_command(command.model)
+                marker = self._registry.version_tags(command.model, plan.marker_version or "").get(TAG_COMMAND_ID)
+            except ActuationError as exc:
+                return self._event(command, RolloutStatus.FAILED, f"could not check whether it was applied: {exc}",
+                                   self._observe(command.model))
+            if marker == command.command_id:
+                since = "" if route_last == command.command_id else f"; the route has since recorded command {route_last}"
+                return self._duplicate(command, f"the registry records it as applied (tag {TAG_COMMAND_ID} on "
+                                                f"v{plan.marker_version}){since}")
+            resume = route_last == command.command_id
+
+        if self._dry_run:
+            observed = self._observe(command.model)
+            return self._event(command, RolloutStatus.DRY_RUN, self._describe_dry_run(plan, resume, observed.weights),
+                               observed)
+
+        done: list[str] = []
+        if plan.route is not None and not resume:
+            try:
+                before = self._routing.get_weights(command.model)
+                revision = self._routing.set_weights(
+                    command.model, plan.route, command_id=command.command_id, reason=self._route_reason(command)
+                )
+            except ActuationError as exc:
+                return self._event(command, RolloutStatus.FAILED,
+                                   f"route step failed, registry untouched: {exc}", self._observe(command.model))
+            done.append(f"route {describe_weights(before)} => {describe_weights(plan.route)} at revision {revision}")
+        elif resume:
+            done.append("resumed: the route already records this command (an earlier attempt stopped before the "
+                        "registry step)")
+        try:
+            done.extend(self._registry_step(command, plan))
+        except ActuationError as exc:
+            done.append(f"registry step failed: {exc}; delivering the command again resumes from the registry step")
+            return self._event(command, RolloutStatus.FAILED, "; ".join(done), self._observe(command.model))
+        if plan.note:
+            done.append(plan.note)
+        self._remember(command.command_id)
+        return self._event(command, RolloutStatus.APPLIED, "; ".join(done), self._observe(command.model))
+
+    def _signature_problem(self, command: Command) -> str:
+        if not command.signature:
+            return "unsigned command: the actuator applies only commands signed with MLE_SIGNING_KEY"
+        try:
+            valid = verify(command, self._key)
+        except Exception as exc:  # fields the canonical form cannot encode cannot carry a valid signature
+            return f"command cannot be verified ({type(exc).__name__}: {exc})"
+        if not valid:
+            return "signature does not match: the command was forged, changed after signing, or signed with another key"
+        return ""
+
+    def _plan(self, command: Command) -> _Plan:
+        """What the command changes, or RejectedCommand when it contradicts itself."""
+        if not isinstance(command.model, str) or not command.model:
+            raise RejectedCommand("model is empty")
+        if not command.command_id:
+            raise RejectedCommand("command_id is empty")
+        kind = command.kind
+        if kind is CommandKind.HOLD:
+            return _Plan(note="held")
+        if kind is CommandKind.RETRAIN:
+            return _Plan(note=f"retrain requested for model {command.model} (rule {command.rule or '-'}); no trainer "
+                              "is wired to the actuator yet, so routing and registry were left unchanged")
+        base, cand = command.baseline_version, command.candidate_version
+        if not base or not cand or base == cand:
+            raise RejectedCommand(f"{kind.value} needs two different versions, got baseline {base!r} and "
+                                  f"candidate {cand!r}")
+        traffic = dict(command.traffic)
+        if traffic:
+            try:
+                check_weights(command.model, traffic)
+            except ActuationError as exc:
+                raise RejectedCommand(f"traffic: {exc}") from None
+        at = _iso_utc(self._clock())
+        done_tag = {TAG_COMMAND_ID: command.command_id}
+        if kind is CommandKind.ROLLBACK:
+            route = traffic or {base: 100, cand: 0}
+            if route.get(base) != 100:
+                raise RejectedCommand(f"a ROLLBACK must give baseline {base} 100% of traffic, got {traffic}")
+            verdict = {TAG_VERDICT: "FAIL", TAG_REASON: command.reason, TAG_RULE: command.rule, TAG_AT: at}
+            return _Plan(route=route, champion=base, drop_challenger_of=cand,
+                         tags=((base, done_tag), (cand, verdict), (cand, done_tag)), marker_version=cand, durable=True)
+        if kind is CommandKind.PROMOTE:
+            route = traffic or {base: 0, cand: 100}
+            if route.get(cand) != 100:
+                raise RejectedCommand(f"a PROMOTE must give candidate {cand} 100% of traffic, got {traffic}")
+            verdict = {TAG_VERDICT: "PASS", TAG_REASON: command.reason, TAG_RULE: command.rule, TAG_AT: at}
+            return _Plan(route=route, champion=cand, drop_challenger_of=cand,
+                         tags=((base, done_tag), (cand, verdict), (cand, done_tag)), marker_version=cand, durable=True)
+        if kind is CommandKind.SET_TRAFFIC:
+            if not traffic:
+                raise RejectedCommand("a SET_TRAFFIC needs traffic (version -> percent)")
+            step = {TAG_TRAFFIC: json.dumps(traffic, sort_keys=True), TAG_REASON: command.reason,
+                    TAG_RULE: command.rule, TAG_AT: at}
+            return _Plan(route=traffic, tags=((cand, step), (cand, done_tag)), marker_version=cand, durable=True)
+        raise RejectedCommand(f"unknown command kind {kind!r}")
+
+    def _registry_step(self, command: Command, plan: _Plan) -> list[str]:
+        """Aliases, then tags, the marker tag last; every write is idempotent, so resuming is safe."""
+        model, done = command.model, []
+        if plan.champion is not None:
+            self._registry.set_alias(model, CHAMPION, plan.champion)
+            done.append(f"{CHAMPION} -> v{plan.champion}")
+        if plan.drop_challenger_of is not None:
+            if self._registry.aliases(model).get(CHALLENGER) == plan.drop_challenger_of:
+                self._registry.delete_alias(model, CHALLENGER)
+                done.append(f"{CHALLENGER} (v{plan.drop_challenger_of}) removed")
+        for version, tags in plan.tags:
+            self._registry.tag_version(model, version, tags)
+        if plan.tags:
+            tagged = sorted({v for v, _ in plan.tags})
+            done.append("tagged " + ", ".join(f"v{v}" for v in tagged))
+        return done
+
+    @staticmethod
+    def _describe_dry_run(plan: _Plan, resume: bool, current: dict[str, int]) -> str:
+        would: list[str] = []
+        if plan.route is not None and not resume:
+            would.append(f"route {describe_weights(plan.route)} (now {describe_weights(current)})")
+        if resume:
+            would.append("resume the registry step (the route already records this command)")
+        if plan.champion is not None:
+            would.append(f"point {CHAMPION} at v{plan.champion}")
+        if plan.drop_challenger_of is not None:
+            would.append(f"remove {CHALLENGER} if it is v{plan.drop_challenger_of}")
+        if plan.tags:
+            keys: dict[str, set[str]] = {}
+            for version, tags in plan.tags:
+                keys.setdefault(version, set()).update(tags)
+            would.append("tag " + ", ".join(f"v{v} with {', '.join(sorted(k))}" for v, k in keys.items()))
+        if plan.note:
+            would.append(f"report: {plan.note}")
+        return "dry run, nothing changed; would " + "; ".join(would) if would else "dry run, nothing to change"
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _route_reason(command: Command) -> str:
+        rule = f" ({command.rule})" if command.rule else ""
+        return f"{command.kind.value}{rule}: {command.reason}"
+
+    def _duplicate(self, command: Command, why: str) -> RolloutEvent:
+        self._remember(command.command_id)
+        status = RolloutStatus.DRY_RUN if self._dry_run else RolloutStatus.SKIPPED_DUPLICATE
+        prefix = "dry run: would skip, " if self._dry_run else "duplicate, nothing changed: "
+        return self._event(command, status, prefix + why, self._observe(command.model))
+
+    def _remember(self, command_id: str) -> None:
+        if self._dry_run:
+            return  # a dry run applies nothing, so it must not make a later live run skip
+        self._applied[command_id] = None
+        self._applied.move_to_end(command_id)
+        while len(self._applied) > _REMEMBERED_IDS:
+            self._applied.popitem(last=False)
+
+    def _observe(self, model: str) -> _Observed:
+        """The state after the action, read back; a read that fails is reported, not raised."""
+        problems: list[str] = []
+        weights: dict[str, int] = {}
+        aliases: dict[str, str] = {}
+        try:
+            weights = self._routing.get_weights(model)
+        except Exception as exc:  # the event must still be published
+            problems.append(f"route could not be read back: {exc}")
+        try:
+            aliases = self._registry.aliases(model)
+        except Exception as exc:
+            problems.append(f"aliases could not be read back: {exc}")
+        return _Observed(weights, aliases.get(CHAMPION), aliases.get(CHALLENGER), problems)
+
+    def _event(self, command: Command, status: RolloutStatus, details: str, observed: _Observed) -> RolloutEvent:
+        if observed.problems:
+            details = f"{details} ({'; '.join(observed.problems)})"
+        kind = command.kind
+        return RolloutEvent(
+            event_id=event_id(command.command_id, status),
+            command_id=command.command_id,
+            model=command.model,
+            action=kind.value if isinstance(kind, CommandKind) else str(kind),
+            status=status,
+            route_weights=observed.weights,
+            champion=observed.champion,
+            challenger=observed.challenger,
+            reason=command.reason,
+            details=details,
+            at=self._clock(),
+        )
