@@ -74,10 +74,14 @@ class Prediction:
             if self.latency_ms < 0:
                 raise InvalidEvent(f"must be >= 0, got {self.latency_ms!r}", "latency_ms")
         if self.features is not None:
+            if type(self.features) is not dict and not isinstance(self.features, Mapping):  # dict: the fast, usual case
+                raise InvalidEvent(f"must be a map of name -> number or string, got {self.features!r}", "features")
             for name, v in self.features.items():
                 if isinstance(v, bool) or not isinstance(v, (int, float, str)):
                     raise InvalidEvent(f"must be a number or a string, got {v!r}", f"features.{name}")
         if self.segment is not None:
+            if type(self.segment) is not dict and not isinstance(self.segment, Mapping):  # dict: the fast, usual case
+                raise InvalidEvent(f"must be a map of dimension -> string, got {self.segment!r}", "segment")
             for name, v in self.segment.items():
                 if not isinstance(v, str):
                     raise InvalidEvent(f"must be a string, got {v!r}", f"segment.{name}")

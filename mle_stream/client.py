@@ -1,0 +1,384 @@
+"""EvaluationClient: how serving pods and labelers publish predictions and labels to mle-stream.
+
+A serving pod must never wait for Kafka in its request path, and the stream is cheapest when many
+records travel in one Kafka message. So `log_prediction` / `log_label` only check the record and
+append it to a bounded in-memory queue; a background thread groups records per model (the model
+name is the message key, so a model's predictions and labels land in one partition of each topic),
+encodes each group as one PredictionBatch / LabelBatch (mle_stream.codec) and produces it with
+confluent-kafka. When the queue is full the record is dropped, counted and `False` is returned:
+losing a few evaluation records is better than slowing down or failing the request.
+
+Usage in a serving pod::
+
+    import time
+    from mle_stream.client import EvaluationClient
+
+    evaluation = EvaluationClient("kafka:9092")  # one per process, shared by all request threads
+
+    def predict(request):
+        score = model.predict_proba(request.features)
+        evaluation.log_prediction({
+            "prediction_id": request.id, "model": "fraud", "version": MODEL_VERSION,
+            "timestamp": int(time.time() * 1000), "score": score, "features": request.features,
+        })
+        return score
+
+    # at shutdown (or use `with EvaluationClient(...) as evaluation:`)
+    evaluation.close()
+
+A labeler calls `log_label({"prediction_id": ..., "model": "fraud", "timestamp": ..., "label": 1})`.
+Records still queued when the process exits without close() are lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Callable, Mapping, Sequence
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from mle_stream import codec
+from mle_stream.config import Topics
+from mle_stream.core.events import Label, Prediction
+from mle_stream.errors import ConfigError
+from mle_stream.kafka import producer_config as base_producer_config
+
+log = logging.getLogger(__name__)
+
+_LOG_INTERVAL_S = 10.0  # drops and Kafka errors are logged at most this often
+_PRODUCE_ATTEMPTS = 5  # librdkafka's queue full (BufferError): serve callbacks and retry this often
+_IDLE_TICK_S = 0.05  # how often an idle sender serves delivery reports
+_FLUSH_TICK_S = 0.005
+
+Record = Prediction | Label
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """Counters of one EvaluationClient, in records unless said otherwise.
+
+    queued: accepted and not yet acknowledged by Kafka (in the queue, in a batch or in flight).
+    sent_records / sent_messages: acknowledged by Kafka; the ratio is the mean batch size.
+    dropped_queue_full: refused by log_* because max_queue records were queued (or after close).
+    dropped_delivery_failed: accepted but lost: Kafka reported a failure, librdkafka's own queue
+    stayed full, the record could not be encoded, or close() gave up waiting for it.
+    """
+
+    queued: int
+    sent_records: int
+    sent_messages: int
+    dropped_queue_full: int
+    dropped_delivery_failed: int
+
+
+class EvaluationClient:
+    """Publishes predictions and labels in per-model batches from a background thread.
+
+    bootstrap_servers: the Kafka brokers.
+    topics: topic names (default: Topics.from_env(), so MLE_TOPIC_* apply).
+    batch_size: records per Kafka message at most; a batch is sent as soon as it is full...
+    linger_ms: ...or when its oldest record has waited this long.
+    max_queue: records held in memory at most, counting those sent but not yet acknowledged, so
+        memory stays bounded while the brokers are unreachable.
+    producer_config: extra librdkafka settings, merged over mle_stream.kafka.producer_config.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        topics: Topics | None = None,
+        batch_size: int = 500,
+        linger_ms: int = 200,
+        max_queue: int = 100_000,
+        producer_config: dict[str, Any] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if linger_ms < 0:
+            raise ValueError(f"linger_ms must be >= 0, got {linger_ms}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        self.topics = topics or Topics.from_env()
+        self.batch_size = batch_size
+        self.linger_ms = linger_ms
+        self.max_queue = max_queue
+        # librdkafka's own log lines go to this module's logger (served by poll), not to stderr. The
+        # error callback holds the client weakly: a producer -> client -> producer cycle would keep
+        # the producer and its broker connections alive until a garbage collection.
+        extra = {"error_cb": _weak_error_callback(weakref.ref(self)), "logger": log, **(producer_config or {})}
+        config = base_producer_config(bootstrap_servers, **extra)
+        try:
+            self._producer = Producer(config)
+        except KafkaException as exc:
+            raise ConfigError(f"invalid Kafka producer settings for {bootstrap_servers!r}: {exc}") from exc
+
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)  # notified when nothing is pending
+        self._queue: collections.deque[Record] = collections.deque()
+        self._pending = 0
+        self._sent_records = 0
+        self._sent_messages = 0
+        self._dropped_queue_full = 0
+        self._dropped_delivery_failed = 0
+        self._flush_waiters = 0
+        self._closed = False
+        self._last_failure = ""
+
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._reported_drops = (0, 0)
+        self._next_drop_log = 0.0
+        self._next_error_log = 0.0
+        self._thread = threading.Thread(target=self._run, name="mle-stream-evaluation-client", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side: cheap, never blocks on Kafka -----------------------------------------
+
+    def log_prediction(self, p: Prediction | Mapping[str, Any]) -> bool:
+        """Queue one prediction; False if it was dropped because the queue is full.
+
+        Raises InvalidEvent for a record that breaks the contract: that is a bug in the caller.
+        """
+        if not isinstance(p, Prediction):
+            p = codec.prediction_from_dict(p, strict=True)
+        codec.check_encodable(p)
+        return self._enqueue(p)
+
+    def log_label(self, label: Label | Mapping[str, Any]) -> bool:
+        """Queue one label; False if it was dropped. Raises InvalidEvent like log_prediction."""
+        if not isinstance(label, Label):
+            label = codec.label_from_dict(label, strict=True)
+        codec.check_encodable(label)
+        return self._enqueue(label)
+
+    def _enqueue(self, record: Record) -> bool:
+        with self._lock:
+            if self._closed or self._pending >= self.max_queue:
+                self._dropped_queue_full += 1
+                return False
+            self._pending += 1
+            self._queue.append(record)
+            if len(self._queue) == self.batch_size:  # only on the crossing: Event.set is not free
+                self._wake.set()
+            return True
+
+    @property
+    def stats(self) -> ClientStats:
+        with self._lock:
+            return ClientStats(
+                queued=self._pending,
+                sent_records=self._sent_records,
+                sent_messages=self._sent_messages,
+                dropped_queue_full=self._dropped_queue_full,
+                dropped_delivery_failed=self._dropped_delivery_failed,
+            )
+
+    def flush(self, timeout_s: float = 10) -> int:
+        """Send everything queued now and wait for Kafka's acknowledgements; returns the records
+        still not delivered when `timeout_s` ran out (0 when all arrived or failed for good)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            self._flush_waiters += 1
+        self._wake.set()
+        try:
+            with self._lock:
+                while self._pending and self._thread.is_alive():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._settled.wait(min(remaining, 0.1))
+                return self._pending
+        finally:
+            with self._lock:
+                self._flush_waiters -= 1
+
+    def close(self, timeout_s: float = 10) -> None:
+        """Deliver what is queued (waiting up to `timeout_s`), then stop the background thread.
+
+        Records Kafka has not acknowledged by then are given up and counted as
+        dropped_delivery_failed. Calling close() again does nothing; log_* after close returns False.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        undelivered = self.flush(timeout_s)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+        if undelivered or self._pending:
+            # Purged messages come back through the delivery callback as failures, so they are counted.
+            self._producer.purge()
+            self._producer.flush(1)
+            with self._lock:
+                self._give_up(self._pending, "close() timed out before Kafka acknowledged them")
+        self._log_drops(force=True)
+
+    def __enter__(self) -> "EvaluationClient":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- the background thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        batches: dict[tuple[bool, str], list[Record]] = {}
+        started: dict[tuple[bool, str], float] = {}
+        linger_s = self.linger_ms / 1000
+        while True:
+            try:
+                stopping = self._stop.is_set()
+                with self._lock:
+                    taken, self._queue = self._queue, collections.deque()
+                    urgent = stopping or self._flush_waiters > 0
+                now = time.monotonic()
+                for record in taken:
+                    key = (isinstance(record, Label), record.model)
+                    batch = batches.get(key)
+                    if batch is None:
+                        batch = batches[key] = []
+                        started[key] = now
+                    batch.append(record)
+                    if len(batch) >= self.batch_size:
+                        self._send(key, batch)
+                        del batches[key], started[key]
+                for key in [k for k, t in started.items() if urgent or now - t >= linger_s]:
+                    self._send(key, batches.pop(key))
+                    del started[key]
+                self._producer.poll(0)
+                self._log_drops()
+                if stopping and not batches:
+                    with self._lock:
+                        if not self._queue:
+                            return
+                    continue
+                if len(self._queue) >= self.batch_size:
+                    continue
+                if urgent:
+                    timeout = _FLUSH_TICK_S
+                elif started:
+                    timeout = min(_IDLE_TICK_S, max(0.001, min(started.values()) + linger_s - time.monotonic()))
+                else:
+                    timeout = _IDLE_TICK_S
+                self._wake.wait(timeout)
+                self._wake.clear()
+            except Exception:  # noqa: BLE001 - the thread must outlive any bug; every record is counted
+                log.exception("evaluation client: unexpected error in the sender thread; continuing")
+                time.sleep(_IDLE_TICK_S)
+
+    def _send(self, key: tuple[bool, str], records: Sequence[Record]) -> None:
+        is_label, model = key
+        topic = self.topics.labels if is_label else self.topics.predictions
+        encode: Callable[[Sequence[Any]], bytes] = codec.encode_labels if is_label else codec.encode_predictions
+        try:
+            try:
+                payload = encode(records)
+            except Exception as exc:  # noqa: BLE001 - find the record(s) the encoder refuses, keep the rest
+                records = self._drop_unencodable(records, encode, exc)
+                if not records:
+                    return
+                payload = encode(records)
+            self._produce(topic, model, records, payload, encode)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not leave records pending forever
+            log.exception("evaluation client: could not send %d records to %r", len(records), topic)
+            with self._lock:
+                self._give_up(len(records), f"unexpected error while sending: {exc!r}")
+
+    def _drop_unencodable(self, records: Sequence[Record], encode: Callable[[Sequence[Any]], bytes],
+                          exc: Exception) -> list[Record]:
+        good: list[Record] = []
+        for record in records:
+            try:
+                encode([record])
+                good.append(record)
+            except Exception as one:  # noqa: BLE001 - reported below with the record's id
+                log.error("evaluation client: dropped %s %r of model %r: cannot encode it: %s",
+                          type(record).__name__, record.prediction_id, record.model, one)
+        with self._lock:
+            self._give_up(len(records) - len(good), f"cannot encode: {exc}")
+        return good
+
+    def _produce(self, topic: str, model: str, records: Sequence[Record], payload: bytes,
+                 encode: Callable[[Sequence[Any]], bytes]) -> None:
+        on_delivery = functools.partial(self._delivered, len(records))
+        for _ in range(_PRODUCE_ATTEMPTS):
+            try:
+                self._producer.produce(topic, value=payload, key=model.encode(), on_delivery=on_delivery)
+                return
+            except BufferError:  # librdkafka's own queue is full: let it send, then retry
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE and len(records) > 1:
+                    half = len(records) // 2  # a batch of big records: send it as two messages
+                    for part in (records[:half], records[half:]):
+                        self._produce(topic, model, part, encode(part), encode)
+                    return
+                with self._lock:
+                    self._give_up(len(records), f"produce to {topic!r} failed: {exc}")
+                return
+        with self._lock:
+            self._give_up(len(records), f"librdkafka's queue stayed full after {_PRODUCE_ATTEMPTS} attempts")
+
+    def _delivered(self, count: int, error: KafkaError | None, _message: object) -> None:
+        with self._lock:
+            if error is not None:
+                self._give_up(count, f"delivery failed: {error}")
+            else:
+                self._pending -= count
+                self._sent_records += count
+                self._sent_messages += 1
+                if not self._pending:
+                    self._settled.notify_all()
+
+    def _give_up(self, count: int, why: str) -> None:
+        """Count records as lost (the caller holds the lock)."""
+        if count <= 0:
+            return
+        self._pending -= count
+        self._dropped_delivery_failed += count
+        self._last_failure = why
+        if not self._pending:
+            self._settled.notify_all()
+
+    def _log_drops(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_drop_log:
+            return
+        with self._lock:
+            full, failed, why = self._dropped_queue_full, self._dropped_delivery_failed, self._last_failure
+        new_full, new_failed = full - self._reported_drops[0], failed - self._reported_drops[1]
+        if not new_full and not new_failed:
+            return
+        self._reported_drops = (full, failed)
+        self._next_drop_log = now + _LOG_INTERVAL_S
+        log.warning(
+            "evaluation client dropped %d records since the last report: %d because %d were already "
+            "queued (max_queue; is Kafka reachable and fast enough?), %d not delivered (last reason: %s)",
+            new_full + new_failed, new_full, self.max_queue, new_failed, why or "-",
+        )
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        now = time.monotonic()
+        if now >= self._next_error_log:
+            self._next_error_log = now + _LOG_INTERVAL_S
+            log.warning("evaluation client: Kafka error (librdkafka keeps retrying): %s", error)
+
+
+def _weak_error_callback(client: "weakref.ref[EvaluationClient]") -> Callable[[KafkaError], None]:
+    def on_error(error: KafkaError) -> None:
+        target = client()
+        if target is not None:
+            target._on_kafka_error(error)
+
+    return on_error

@@ -1,0 +1,210 @@
+"""EvaluationClient: batching per model against a real broker, the drop path, and input checks."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import uuid
+import weakref
+from collections import Counter, defaultdict
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
+from mle_stream import codec
+from mle_stream.client import ClientStats, EvaluationClient
+from mle_stream.config import Topics
+from mle_stream.core.events import Label, Prediction
+from mle_stream.errors import InvalidEvent
+from mle_stream.kafka import consumer_config, ensure_topics
+
+T0 = 1_700_000_000_000
+PARTITIONS = 4
+UNREACHABLE = "127.0.0.1:1"  # nothing listens there: produce() queues, nothing is ever acknowledged
+
+
+def make_topics(prefix: str) -> Topics:
+    return Topics(**{name: prefix + name.replace("_", "-") for name in Topics.__dataclass_fields__})
+
+
+def prediction(i: int, model: str = "fraud") -> dict[str, Any]:
+    return {
+        "prediction_id": f"{model}-{i}", "model": model, "version": "v2", "timestamp": T0 + i,
+        "score": (i % 100) / 100, "features": {"amount": float(i), "country": "DE"},
+    }
+
+
+def label(i: int, model: str = "fraud") -> Label:
+    return Label(prediction_id=f"{model}-{i}", model=model, timestamp=T0 + 5_000 + i, label=i % 2 == 0)
+
+
+def consume(bootstrap: str, topics: Topics, expected_records: int, timeout_s: float = 30) -> list[Message]:
+    """Every message of the two topics, read until `expected_records` records arrived.
+
+    Partitions are assigned, not subscribed (no slow group join), and the end is the expected
+    count, not the high watermark, which the embedded broker reports wrong for batched produce.
+    """
+    consumer = Consumer(consumer_config(bootstrap, f"test-{uuid.uuid4().hex}"))
+    consumer.assign([
+        TopicPartition(topic, partition, OFFSET_BEGINNING)
+        for topic in (topics.predictions, topics.labels) for partition in range(PARTITIONS)
+    ])
+    messages: list[Message] = []
+    records = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while records < expected_records and time.monotonic() < deadline:
+            for message in consumer.consume(1000, timeout=0.5):
+                assert message.error() is None, message.error()
+                messages.append(message)
+                records += len(decode(message, topics))
+        # A duplicate would show up as an extra record: read a little past the expected count.
+        for message in consumer.consume(1000, timeout=1.0):
+            messages.append(message)
+    finally:
+        consumer.close()
+    return messages
+
+
+def decode(message: Message, topics: Topics) -> list[Prediction] | list[Label]:
+    decoder = codec.decode_predictions if message.topic() == topics.predictions else codec.decode_labels
+    result = decoder(message.value())
+    assert result.errors == []
+    return result.records  # type: ignore[return-value]
+
+
+@pytest.mark.broker
+def test_every_record_arrives_once_in_batches_keyed_by_model(kafka_bootstrap: str, topic_prefix: str) -> None:
+    topics = make_topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, [topics.predictions, topics.labels], PARTITIONS)
+    models = ("fraud", "churn")
+    with EvaluationClient(kafka_bootstrap, topics=topics, linger_ms=50) as client:
+        for i in range(1000):
+            for model in models:
+                assert client.log_prediction(prediction(i, model))
+        for i in range(0, 1000, 4):
+            for model in models:
+                assert client.log_label(label(i, model))
+    stats = client.stats
+    total = 2000 + 500
+    assert stats == ClientStats(queued=0, sent_records=total, sent_messages=stats.sent_messages,
+                                dropped_queue_full=0, dropped_delivery_failed=0)
+
+    messages = consume(kafka_bootstrap, topics, total)
+    seen: Counter[tuple[str, str]] = Counter()
+    partitions: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for message in messages:
+        records = decode(message, topics)
+        model = message.key().decode()
+        assert {r.model for r in records} == {model}
+        partitions[(message.topic(), model)].add(message.partition())
+        seen.update((message.topic(), r.prediction_id) for r in records)
+    expected = Counter(
+        [(topics.predictions, f"{m}-{i}") for m in models for i in range(1000)]
+        + [(topics.labels, f"{m}-{i}") for m in models for i in range(0, 1000, 4)]
+    )
+    assert seen == expected  # every record exactly once
+    assert len(messages) == stats.sent_messages < total / 10  # batched
+    assert all(len(p) == 1 for p in partitions.values())  # one partition per model and topic
+
+
+@pytest.mark.broker
+def test_close_delivers_records_queued_just_before(kafka_bootstrap: str, topic_prefix: str) -> None:
+    topics = make_topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, [topics.predictions, topics.labels], PARTITIONS)
+    # Neither size nor time would send these batches for a minute: only flush/close do.
+    client = EvaluationClient(kafka_bootstrap, topics=topics, batch_size=10_000, linger_ms=60_000)
+    for i in range(30):
+        client.log_prediction(prediction(i))
+    assert client.flush(timeout_s=20) == 0
+    for i in range(30, 70):
+        client.log_prediction(prediction(i))
+        client.log_label(label(i))
+    client.close(timeout_s=20)
+    assert client.stats == ClientStats(queued=0, sent_records=110, sent_messages=3, dropped_queue_full=0,
+                                       dropped_delivery_failed=0)
+    ids = [(m.topic(), r.prediction_id) for m in consume(kafka_bootstrap, topics, 110) for r in decode(m, topics)]
+    assert sorted(ids) == sorted(
+        [(topics.predictions, f"fraud-{i}") for i in range(70)] + [(topics.labels, f"fraud-{i}") for i in range(30, 70)]
+    )
+
+
+def test_a_full_queue_drops_and_counts_without_blocking() -> None:
+    """Records count against max_queue until Kafka acknowledges them, and nothing listens on
+    UNREACHABLE, so the first ten stay queued for the whole test whatever the thread does."""
+    client = EvaluationClient(UNREACHABLE, topics=make_topics("drop."), max_queue=10, linger_ms=0)
+    results: list[bool] = []
+
+    def log_many() -> None:
+        for i in range(100):
+            results.append(client.log_prediction(prediction(i)) if i % 2 else client.log_label(label(i)))
+
+    caller = threading.Thread(target=log_many)
+    caller.start()
+    caller.join(timeout=10)
+    assert not caller.is_alive(), "log_* blocked"
+    assert results == [True] * 10 + [False] * 90
+    assert client.stats == ClientStats(queued=10, sent_records=0, sent_messages=0, dropped_queue_full=90,
+                                       dropped_delivery_failed=0)
+    assert client.flush(timeout_s=0.2) == 10
+    client.close(timeout_s=0.2)
+    assert client.stats == ClientStats(queued=0, sent_records=0, sent_messages=0, dropped_queue_full=90,
+                                       dropped_delivery_failed=10)
+    assert client.log_prediction(prediction(0)) is False  # after close: refused, counted
+    assert client.stats.dropped_queue_full == 91
+    client.close()  # idempotent
+
+
+@pytest.fixture
+def offline_client() -> Any:
+    client = EvaluationClient(UNREACHABLE, topics=make_topics("offline."))
+    yield client
+    client.close(timeout_s=0)
+
+
+@pytest.mark.parametrize("record, field", [
+    ({**prediction(0), "timestamp": 1.5}, "timestamp"),
+    ({**prediction(0), "score": 2.0}, "score"),
+    ({k: v for k, v in prediction(0).items() if k != "version"}, "version"),
+    ({**prediction(0), "scroe": 0.5}, "scroe"),  # a typo is an error here, unlike on the wire
+    ({**prediction(0), "timestamp": 2**63}, "timestamp"),
+])
+def test_invalid_predictions_raise_in_the_caller(offline_client: EvaluationClient, record: dict[str, Any],
+                                                 field: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        offline_client.log_prediction(record)
+    assert info.value.field == field
+    assert offline_client.stats.queued == 0
+
+
+def test_invalid_labels_raise_in_the_caller(offline_client: EvaluationClient) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        offline_client.log_label({"prediction_id": "p", "model": "m", "timestamp": T0})
+    assert info.value.field == "label"
+    with pytest.raises(InvalidEvent):
+        offline_client.log_label(Label("p", "m", T0, 2**70))  # valid dataclass, but no Avro long
+    with pytest.raises(InvalidEvent):
+        offline_client.log_label(Prediction(**prediction(0)))  # type: ignore[arg-type]
+    assert offline_client.log_label({"prediction_id": "p", "model": "m", "timestamp": T0, "label": "cat"})
+
+
+def test_bad_settings_fail_at_construction() -> None:
+    for kwargs in ({"batch_size": 0}, {"linger_ms": -1}, {"max_queue": 0}):
+        with pytest.raises(ValueError):
+            EvaluationClient(UNREACHABLE, **kwargs)
+
+
+def test_a_closed_client_is_freed_without_garbage_collection() -> None:
+    """A reference cycle would keep the producer and its broker connections open until a GC run."""
+    client = EvaluationClient(UNREACHABLE, topics=make_topics("freed."))
+    client.log_prediction(prediction(0))
+    client.close(timeout_s=0)
+    ref = weakref.ref(client)
+    gc.disable()
+    try:
+        del client
+        assert ref() is None
+    finally:
+        gc.enable()
