@@ -43,6 +43,8 @@ class Settings:
     signing_key: MLE_SIGNING_KEY, the HMAC key commands are signed and verified with.
     mlflow_tracking_uri: MLFLOW_TRACKING_URI (MLflow's own variable).
     partitions: MLE_TOPIC_PARTITIONS, used when mle-stream creates its topics.
+    worker_group / actuator_group: MLE_WORKER_GROUP / MLE_ACTUATOR_GROUP, the consumer groups (and
+    the Faust app id); give each deployment on a shared cluster its own.
     """
 
     bootstrap_servers: str = ""
@@ -50,6 +52,8 @@ class Settings:
     signing_key: bytes = b""
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     partitions: int = 4
+    worker_group: str = "mle-stream-worker"
+    actuator_group: str = "mle-stream-actuator"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -64,6 +68,8 @@ class Settings:
             signing_key=env.get("MLE_SIGNING_KEY", "").encode(),
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", cls.mlflow_tracking_uri),
             partitions=partitions,
+            worker_group=env.get("MLE_WORKER_GROUP", cls.worker_group),
+            actuator_group=env.get("MLE_ACTUATOR_GROUP", cls.actuator_group),
         )
 
     def require_signing_key(self) -> bytes:

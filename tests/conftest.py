@@ -4,12 +4,16 @@ and the embedded Tansu broker otherwise (the development machines here have no D
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
+from confluent_kafka import Message
 
 from mle_stream.broker import EmbeddedBroker
+from mle_stream.config import Topics
+from mle_stream.kafka import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -40,3 +44,38 @@ def kafka_bootstrap() -> Iterator[str]:
 def topic_prefix() -> str:
     """A unique prefix so tests sharing the session broker never read each other's records."""
     return f"t{uuid.uuid4().hex[:8]}."
+
+
+def read_until(bootstrap: str, topics: list[str], done: Callable[[list[Message]], bool],
+               timeout_s: float = 60.0) -> list[Message]:
+    """Consume `topics` from the beginning until `done(messages)` holds or the time is up.
+
+    Never trusts the high watermark: the embedded broker reports it wrong (../shared/DESIGN.md).
+    """
+    from confluent_kafka import Consumer
+
+    from mle_stream.kafka import consumer_config
+
+    consumer = Consumer(consumer_config(bootstrap, f"test-reader-{uuid.uuid4().hex[:8]}"))
+    consumer.subscribe(topics)
+    seen: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and not done(seen):
+            seen.extend(m for m in consumer.consume(num_messages=500, timeout=0.5) if m.error() is None)
+    finally:
+        consumer.close()
+    return seen
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str, topic_prefix: str) -> Topics:
+    """A fresh set of the six mle-stream topics on the session broker."""
+    names = Topics(**{name: topic_prefix + default for name, default in Topics().__dict__.items()})
+    ensure_topics(kafka_bootstrap, names.all(), partitions=2)
+    return names
+
+
+def topic_env(topics: Topics) -> dict[str, str]:
+    """The environment that points an mle-stream process at these topics."""
+    return {f"MLE_TOPIC_{name.upper()}": value for name, value in topics.__dict__.items()}

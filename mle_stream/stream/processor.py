@@ -1,0 +1,132 @@
+"""One step of the worker, without Faust: raw Kafka messages in, messages to publish out.
+
+Decoding, routing records to each model's evaluator, dead-lettering what cannot be used, and
+signing commands all happen here, so the whole step is testable without a broker; app.py only
+moves bytes between Faust and this class.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from mle_stream import codec
+from mle_stream.config import Topics
+from mle_stream.dead_letter import dead_letter_entry
+from mle_stream.core.commands import sign
+from mle_stream.core.evaluator import ModelEvaluator, Reject
+from mle_stream.core.events import Label, Prediction
+from mle_stream.core.policy import Verdict
+from mle_stream.core.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: bytes
+    value: bytes
+
+
+class StreamProcessor:
+    def __init__(
+        self,
+        topologies: Mapping[str, Topology],
+        topics: Topics,
+        signing_key: bytes,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        if not signing_key:
+            raise ValueError("a signing key is required: every command the worker emits is signed")
+        self.topics = topics
+        self.evaluators = {model: ModelEvaluator(t) for model, t in topologies.items()}
+        self._key = signing_key
+        self._clock = clock
+        self.counters: Counter[str] = Counter()
+
+    def process(self, messages: Sequence[Incoming]) -> list[Outgoing]:
+        now = self._clock()
+        out: list[Outgoing] = []
+        touched: set[str] = set()
+        for msg in messages:
+            if msg.topic == self.topics.predictions:
+                out.extend(self._ingest(msg, codec.decode_predictions(msg.value or b""), now, touched))
+            elif msg.topic == self.topics.labels:
+                out.extend(self._ingest(msg, codec.decode_labels(msg.value or b""), now, touched))
+            else:
+                out.append(self._dead_letter(msg, None, "", f"the worker does not read topic {msg.topic!r}", msg.value))
+        for model in sorted(touched):
+            out.extend(self._advance(self.evaluators[model], now))
+        return out
+
+    def _ingest(self, msg: Incoming, decoded: "codec.DecodeResult", now: int, touched: set[str]) -> list[Outgoing]:
+        out = [self._dead_letter(msg, e.index, e.field, e.reason, msg.value) for e in decoded.errors]
+        by_model: dict[str, list[Prediction | Label]] = {}
+        positions: dict[int, int] = {}  # id(record) -> index in the message, for dead-letter entries
+        for index, record in enumerate(decoded.records):
+            by_model.setdefault(record.model, []).append(record)
+            positions[id(record)] = index
+        kind = "predictions" if msg.topic == self.topics.predictions else "labels"
+        for model, records in by_model.items():
+            evaluator = self.evaluators.get(model)
+            if evaluator is None:
+                known = ", ".join(sorted(self.evaluators)) or "none"
+                for r in records:
+                    out.append(self._dead_letter(msg, positions[id(r)], "model",
+                                                 f"no topology for model {model!r} (known: {known})", r))
+                continue
+            touched.add(model)
+            if kind == "predictions":
+                rejects = evaluator.add_predictions(records, now)  # type: ignore[arg-type]
+            else:
+                rejects = evaluator.add_labels(records)  # type: ignore[arg-type]
+            self.counters[kind] += len(records) - len(rejects)
+            out.extend(self._reject(msg, positions.get(id(r.record)), r) for r in rejects)
+        return out
+
+    def _reject(self, msg: Incoming, index: int | None, reject: Reject) -> Outgoing:
+        return self._dead_letter(msg, index, reject.field, reject.reason, reject.record)
+
+    def _dead_letter(self, msg: Incoming, index: int | None, field: str, reason: str,
+                     payload: bytes | Prediction | Label | None) -> Outgoing:
+        self.counters["dead_letter"] += 1
+        # The codec's reasons already name the record and field; the topic position is ours to add.
+        log.warning("dead-letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
+        value = dead_letter_entry(
+            reason=reason, field=field, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
+            record_index=index, at=self._clock(),
+            payload=bytes(payload) if isinstance(payload, (bytes, bytearray)) else None,
+            record=codec.to_json_dict(payload) if isinstance(payload, (Prediction, Label)) else None,
+        )
+        return Outgoing(self.topics.dead_letter, msg.topic.encode(), value)
+
+    def _advance(self, evaluator: ModelEvaluator, now: int) -> list[Outgoing]:
+        result = evaluator.advance(now)
+        model = evaluator.topology.model.encode()
+        out = [Outgoing(self.topics.metrics, model, codec.encode_metric_snapshot(s)) for s in result.snapshots]
+        for j in result.judgements:
+            level = logging.WARNING if j.verdict is Verdict.FAIL else logging.INFO
+            log.log(level, "%s window %d..%d: %s, %s", evaluator.topology.model, j.window_start, j.window_end,
+                    j.verdict.value, j.reason)
+        for command in result.commands:
+            signed = sign(command, self._key)
+            self.counters["commands"] += 1
+            log.warning("%s %s (command %s): %s", command.kind.value, command.model, command.command_id, command.reason)
+            out.append(Outgoing(self.topics.commands, model, codec.encode_command(signed)))
+        return out

@@ -1,0 +1,88 @@
+"""The worker's step without a broker: decode, evaluate, dead-letter, sign."""
+
+import json
+
+from mle_stream import codec
+from mle_stream.config import Topics
+from mle_stream.core.commands import verify
+from mle_stream.core.events import Label, Prediction
+from mle_stream.core.topology import parse_topology
+from mle_stream.stream.processor import Incoming, StreamProcessor
+
+TOPICS = Topics()
+KEY = b"test-key"
+TOPOLOGY = parse_topology(
+    'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+    "windows: {size: 1s, grace: 0s}\n"
+    "rollback: {max_increase: 0.1, consecutive_windows: 2, min_samples: 20}\n"
+)
+
+
+def processor() -> StreamProcessor:
+    return StreamProcessor({"fraud": TOPOLOGY}, TOPICS, KEY, clock=lambda: 10**12)
+
+
+def window(start: int, candidate_wrong: bool) -> tuple[bytes, bytes]:
+    preds, labels = [], []
+    for i in range(60):
+        version = "2" if i % 2 else "1"
+        wrong = candidate_wrong and version == "2"
+        pid = f"{start}-{i}"
+        preds.append(Prediction(prediction_id=pid, model="fraud", version=version, timestamp=start + i, score=0.9))
+        labels.append(Label(prediction_id=pid, model="fraud", timestamp=start + 900, label=not wrong))
+    return codec.encode_predictions(preds), codec.encode_labels(labels)
+
+
+def by_topic(out, topic):
+    return [o for o in out if o.topic == topic]
+
+
+def test_bad_messages_go_to_dead_letter_with_where_and_why_and_good_data_still_counts() -> None:
+    p = processor()
+    good_preds, good_labels = window(0, candidate_wrong=False)
+    other_preds, _ = window(5000, candidate_wrong=False)
+    unknown = codec.encode_prediction(Prediction(prediction_id="u", model="spam", version="1", timestamp=1, score=0.1))
+    messages = [
+        Incoming(TOPICS.predictions, 0, 10, b"{not json"),
+        Incoming(TOPICS.predictions, 1, 11, other_preds[:-3]),  # truncated Avro: 59 of 60 readable
+        Incoming(TOPICS.predictions, 2, 12, json.dumps({"prediction_id": "x", "model": "fraud", "version": "1"}).encode()),
+        Incoming(TOPICS.predictions, 3, 13, unknown),
+        Incoming(TOPICS.predictions, 0, 14, good_preds),
+        Incoming(TOPICS.labels, 0, 15, codec.encode_label(Label("p0", "fraud", 1, "cat"))),
+        Incoming(TOPICS.labels, 0, 16, good_labels),
+    ]
+    out = p.process(messages)
+    letters = [json.loads(o.value) for o in by_topic(out, TOPICS.dead_letter)]
+    where = [(d["source_topic"], d["partition"], d["offset"]) for d in letters]
+    assert (TOPICS.predictions, 0, 10) in where and (TOPICS.predictions, 3, 13) in where
+    assert (TOPICS.predictions, 2, 12) in where
+    missing = next(d for d in letters if d["offset"] == 12)
+    assert missing["field"] == "timestamp" and missing["record_index"] == 0
+    unknown_letter = next(d for d in letters if d["offset"] == 13)
+    assert "no topology for model 'spam'" in unknown_letter["reason"] and unknown_letter["record"]["model"] == "spam"
+    assert "payload_base64" in next(d for d in letters if d["offset"] == 10)
+    truncated = [d for d in letters if d["offset"] == 11]
+    assert len(truncated) == 1 and truncated[0]["record_index"] == 59
+    # The valid predictions (60, and the 59 read before the truncation) and the labels still count:
+    # the 60 good ones plus the one for 'p0', which waits for its prediction (whose label 'cat' will
+    # be dead-lettered only if that prediction ever comes: it cannot be judged before).
+    assert p.counters["predictions"] == 119 and p.counters["labels"] == 61
+    assert p.evaluators["fraud"].join.pending == (59, 1)  # the salvaged predictions and the p0 label wait
+
+
+def test_commands_are_signed_and_metrics_published_per_version() -> None:
+    p = processor()
+    out = []
+    for start in (0, 1000, 2000):
+        preds, labels = window(start, candidate_wrong=start > 0)
+        out += p.process([Incoming(TOPICS.predictions, 0, start, preds), Incoming(TOPICS.labels, 0, start, labels)])
+    snaps = [codec.decode_metric_snapshot(o.value) for o in by_topic(out, TOPICS.metrics)]
+    assert [(s.window_start, s.version, s.error_rate) for s in snaps] == [
+        (0, "1", 0.0), (0, "2", 0.0), (1000, "1", 0.0), (1000, "2", 1.0)]
+    commands = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
+    assert commands == []  # one failing window so far; the rule needs two
+    preds, labels = window(3000, candidate_wrong=True)
+    out = p.process([Incoming(TOPICS.predictions, 0, 9, preds), Incoming(TOPICS.labels, 0, 9, labels)])
+    commands = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
+    assert len(commands) == 1 and verify(commands[0], KEY) and not verify(commands[0], b"other")
+    assert by_topic(out, TOPICS.commands)[0].key == b"fraud"

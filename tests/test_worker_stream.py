@@ -1,0 +1,120 @@
+"""The worker as users run it (`mle-stream worker`, a Faust process) over a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from conftest import read_until, topic_env
+from mle_stream import codec
+from mle_stream.config import Topics
+from mle_stream.core.commands import verify
+from mle_stream.core.events import Label, Prediction
+from mle_stream.kafka import producer_config
+
+pytestmark = pytest.mark.broker
+
+KEY = "worker-test-key"
+TOPOLOGY = """\
+model: fraud
+task: binary
+baseline: {version: "1"}
+candidate: {version: "2"}
+windows: {size: 2s, grace: 0s, retention: 1h}
+rollback: {max_increase: 0.1, consecutive_windows: 2, min_samples: 20}
+"""
+
+
+@pytest.fixture
+def worker(tmp_path: Path, kafka_bootstrap: str, topics: Topics):
+    topology = tmp_path / "fraud.yaml"
+    topology.write_text(TOPOLOGY)
+    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": KEY,
+           "MLE_WORKER_GROUP": f"worker-{uuid.uuid4().hex[:8]}"}
+    log = open(tmp_path / "worker.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "mle_stream", "worker", "--topology", str(topology)],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+    print((tmp_path / "worker.log").read_text()[-3000:])
+
+
+def window(start: int, error_rate: dict[str, float]) -> tuple[list[Prediction], list[Label]]:
+    """40 predictions per version; the first error_rate * 40 of each version are wrong."""
+    preds, labels = [], []
+    for version in ("1", "2"):
+        for i in range(40):
+            pid = f"{start}-{version}-{i}"
+            preds.append(Prediction(prediction_id=pid, model="fraud", version=version, timestamp=start + i * 10,
+                                    score=0.9, latency_ms=5.0))
+            labels.append(Label(prediction_id=pid, model="fraud", timestamp=start + 1500,
+                                label=i >= error_rate[version] * 40))
+    return preds, labels
+
+
+def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_bootstrap: str, topics: Topics) -> None:
+    producer = Producer(producer_config(kafka_bootstrap))
+    delivered: dict[bytes, tuple[str, int, int]] = {}
+
+    def remember(err, msg) -> None:  # (topic, partition, offset) of each bad message, from the broker itself
+        assert err is None, err
+        delivered[msg.value()] = (msg.topic(), msg.partition(), msg.offset())
+
+    bad = {
+        b"{oops": "not JSON",
+        b"\xc3\x01" + b"\x00" * 8 + b"junk": "fingerprint",
+        json.dumps({"prediction_id": "x", "model": "fraud", "version": "1", "score": 0.5}).encode(): "timestamp",
+        codec.encode_prediction(Prediction(prediction_id="s", model="spam", version="1", timestamp=1, score=0.1)):
+            "no topology for model 'spam'",
+    }
+    for payload in bad:
+        producer.produce(topics.predictions, key=b"fraud", value=payload, on_delivery=remember)
+    producer.flush(10)
+
+    base = (int(time.time() * 1000) - 60_000) // 2000 * 2000
+    rates = [{"1": 0.1, "2": 0.1}, {"1": 0.1, "2": 0.5}, {"1": 0.1, "2": 0.5}]
+    for w, rate in enumerate(rates):
+        preds, labels = window(base + w * 2000, rate)
+        producer.produce(topics.predictions, key=b"fraud", value=codec.encode_predictions(preds))
+        producer.produce(topics.labels, key=b"fraud", value=codec.encode_labels(labels))
+    # One later prediction moves event time past the third window's end, closing it.
+    tick = Prediction(prediction_id="tick", model="fraud", version="1", timestamp=base + 6000, score=0.9)
+    producer.produce(topics.predictions, key=b"fraud", value=codec.encode_prediction(tick))
+    producer.flush(10)
+
+    out = read_until(kafka_bootstrap, [topics.dead_letter, topics.metrics, topics.commands],
+                     lambda ms: sum(m.topic() == topics.commands for m in ms) >= 1
+                     and sum(m.topic() == topics.dead_letter for m in ms) >= len(bad), timeout_s=90)
+    assert worker.poll() is None, "the worker must keep running after bad input"
+
+    letters = [json.loads(m.value()) for m in out if m.topic() == topics.dead_letter]
+    assert len(letters) == len(bad)
+    for payload, reason in bad.items():
+        topic, partition, offset = delivered[payload]
+        entry = next(d for d in letters if (d["source_topic"], d["partition"], d["offset"]) == (topic, partition, offset))
+        assert reason in entry["reason"] or reason == entry["field"], entry
+
+    snaps = [codec.decode_metric_snapshot(m.value()) for m in out if m.topic() == topics.metrics]
+    got = {(s.window_start - base, s.version): (s.predictions, s.labeled, s.error_rate) for s in snaps}
+    for w, rate in enumerate(rates):
+        for version in ("1", "2"):
+            predictions = 40
+            assert got[(w * 2000, version)] == (predictions, 40, rate[version])
+    commands = [codec.decode_command(m.value()) for m in out if m.topic() == topics.commands]
+    assert len(commands) == 1
+    command = commands[0]
+    assert command.kind.value == "ROLLBACK" and verify(command, KEY.encode())
+    assert (command.window_start - base, command.window_end - base) == (2000, 6000)
