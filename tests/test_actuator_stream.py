@@ -1,0 +1,86 @@
+"""`mle-stream actuator` as a process over the broker: forged and malformed commands change nothing
+and never stop it; a valid command is applied and reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from conftest import read_until, topic_env
+from mle_stream import codec
+from mle_stream.actuator.gitops import GitOpsRouting
+from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
+from mle_stream.config import Topics
+from mle_stream.core.commands import command_id, sign
+from mle_stream.core.events import Command, CommandKind
+from mle_stream.kafka import producer_config
+
+pytestmark = pytest.mark.broker
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = b"actuator-test-key"
+
+
+def rollback(rule: str = "r") -> Command:
+    return Command(
+        command_id=command_id("fraud-detector", "1", "2", CommandKind.ROLLBACK, rule, 0, 15_000),
+        kind=CommandKind.ROLLBACK, model="fraud-detector", baseline_version="1", candidate_version="2",
+        traffic={"1": 100, "2": 0}, reason="test", rule=rule, window_start=0, window_end=15_000, evidence="{}",
+        policy_version="p", issued_at=1,
+    )
+
+
+def test_forged_and_garbage_commands_are_refused_and_a_signed_one_applied(
+        tmp_path: Path, kafka_bootstrap: str, topics: Topics) -> None:
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    assert register_demo_versions(tracking, "fraud-detector", 2, tmp_path / "artifacts") == ["1", "2"]
+    registry = MlflowRegistry(tracking)
+    registry.set_alias("fraud-detector", "champion", "1")
+    registry.set_alias("fraud-detector", "challenger", "2")
+    routing = GitOpsRouting(tmp_path / "gitops", namespace="ml")
+    routing.init_route("fraud-detector", {"1": 90, "2": 10})
+
+    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "MLE_SIGNING_KEY": KEY.decode(), "MLFLOW_TRACKING_URI": tracking,
+           "MLE_ACTUATOR_GROUP": f"actuator-{uuid.uuid4().hex[:8]}"}
+    log = open(tmp_path / "actuator.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "mle_stream", "actuator", "-t", str(REPO / "topologies"),
+                                "--gitops-repo", str(tmp_path / "gitops")], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        producer = Producer(producer_config(kafka_bootstrap))
+        forged = sign(rollback("forged"), b"not the key")
+        producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(forged))
+        producer.produce(topics.commands, key=b"fraud-detector", value=b"\x00garbage")
+        good = sign(rollback(), KEY)
+        producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(good))
+        producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(good))  # redelivery
+        producer.flush(10)
+
+        out = read_until(kafka_bootstrap, [topics.rollout_events, topics.dead_letter],
+                         lambda ms: sum(m.topic() == topics.rollout_events for m in ms) >= 3
+                         and any(m.topic() == topics.dead_letter for m in ms), timeout_s=60)
+        assert process.poll() is None, "the actuator must keep running"
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        log.close()
+
+    events = [codec.decode_rollout_event(m.value()) for m in out if m.topic() == topics.rollout_events]
+    assert [(e.command_id, e.status.value) for e in events] == [
+        (forged.command_id, "REJECTED"), (good.command_id, "APPLIED"), (good.command_id, "SKIPPED_DUPLICATE")]
+    letters = [json.loads(m.value()) for m in out if m.topic() == topics.dead_letter]
+    assert len(letters) == 1 and letters[0]["source_topic"] == topics.commands and letters[0]["offset"] == 1
+
+    assert registry.aliases("fraud-detector") == {"champion": "1"}
+    assert routing.get_weights("fraud-detector") == {"1": 100, "2": 0}
+    log_lines = subprocess.run(["git", "-C", str(tmp_path / "gitops"), "log", "--format=%s"],
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(log_lines) == 2 and good.command_id in log_lines[0]  # applied once, forged never
