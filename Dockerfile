@@ -26,6 +26,7 @@ RUN groupadd --system --gid 10001 mle \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
+COPY topologies ./topologies
 COPY mle_stream ./mle_stream
 RUN pip install . && rm -rf /src
 

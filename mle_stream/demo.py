@@ -35,7 +35,16 @@ from mle_stream.core.topology import Topology, load_topology
 from mle_stream.errors import ConfigError
 from mle_stream.kafka import bootstrap_servers, consumer_config, ensure_topics
 
-DEFAULT_TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "fraud-detector-canary.yaml"
+
+def default_topology() -> Path:
+    """The demo topology: inside the package for a wheel install, at the repo top otherwise."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "topologies", here.parent / "topologies"):
+        if (folder / "fraud-detector-canary.yaml").is_file():
+            return folder / "fraud-detector-canary.yaml"
+    raise ConfigError(f"the demo topology fraud-detector-canary.yaml is in neither {here / 'topologies'} "
+                      f"nor {here.parent / 'topologies'}; pass --topology")
+
 
 HEALTHY_ACCURACY = 0.92
 DEGRADED_ACCURACY = 0.80  # the candidate's error rate goes from 8% to 20%
@@ -229,7 +238,7 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     timeline = Timeline(out)
-    topology_path = topology_path or DEFAULT_TOPOLOGY
+    topology_path = topology_path or default_topology()
     topology = load_topology(topology_path)
     model, base_v, cand_v = topology.model, topology.baseline_version, topology.candidate_version
     if workdir is None:

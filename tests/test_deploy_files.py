@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
@@ -209,9 +210,12 @@ def test_dockerfile_builds_the_package_and_runs_as_a_non_root_user() -> None:
     assert re.search(r"pip install \.(\s|$)", runs)
     assert _dockerfile_uid() != 0
     assert ("ENTRYPOINT", '["mle-stream"]') in instructions
-    # Everything the wheel is built from is copied (pyproject.toml names README.md as the readme).
+    # Everything the wheel is built from is copied (pyproject.toml names README.md as the readme,
+    # and force-includes folders from the repo top into the package).
     copied = " ".join(arg for op, arg in instructions if op == "COPY")
-    for needed in ("pyproject.toml", "README.md", "schemas", "mle_stream"):
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    force_included = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    for needed in ("pyproject.toml", "README.md", "mle_stream", *force_included):
         assert needed in copied and (REPO / needed).exists(), needed
 
 
