@@ -31,8 +31,10 @@ def _docker_answers() -> bool:
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
+        from testcontainers.community.kafka import KafkaContainer
 
+        # Confluent's build of Apache Kafka: the image testcontainers' Kafka module is written for
+        # (it drives the image's own start scripts), in KRaft mode.
         with KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
