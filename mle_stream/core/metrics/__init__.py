@@ -1,0 +1,1 @@
+"""Mergeable metric states: one class per task, each updating from a columnar batch of outcomes."""
