@@ -1022,6 +1022,12 @@ def _req_long(value: object, name: str) -> int:
     return value
 
 
+def _nullable_double_map(value: object, name: str) -> dict[str, float | None]:
+    if not isinstance(value, Mapping):
+        raise InvalidEvent(f"must be a map of name -> number or null, got {type(value).__name__}", name)
+    return {str(k): _opt_double(v, f"{name}.{k}") for k, v in value.items()}
+
+
 def _opt_double(value: object, name: str) -> float | None:
     if value is None:
         return None
@@ -1067,22 +1073,15 @@ _ROLLOUT_SPEC: _Spec = {
     "challenger": _optional_str, "reason": _req_str, "details": _req_str, "at": _req_long,
 }
 _SNAPSHOT_SPEC: _Spec = {
-    "model": _req_str, "version": _req_str, "role": _req_str, "window_start": _req_long,
-    "window_end": _req_long, "predictions": _req_long, "labeled": _req_long, "correct": _req_long,
-    "serving_errors": _req_long, "accuracy": _opt_double, "error_rate": _opt_double,
-    "serving_error_rate": _opt_double, "label_coverage": _opt_double, "latency_p50_ms": _opt_double,
-    "latency_p95_ms": _opt_double, "latency_p99_ms": _opt_double, "verdict": _optional_str,
-    "emitted_at": _req_long,
+    "model": _req_str, "version": _req_str, "role": _req_str, "segment": _optional_str,
+    "window_start": _req_long, "window_end": _req_long, "predictions": _req_long, "labeled": _req_long,
+    "metrics": _nullable_double_map, "status": _req_str, "verdict": _optional_str, "emitted_at": _req_long,
 }
 # Fields a JSON producer may leave out: nullable ones, and those the dataclass defaults.
 _OPTIONAL_DEFAULTS: dict[type, dict[str, object]] = {
     Command: {"signature": ""},
     RolloutEvent: {"champion": None, "challenger": None},
-    MetricSnapshot: {
-        **{n: None for n in ("accuracy", "error_rate", "serving_error_rate", "label_coverage",
-                             "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "verdict")},
-        "emitted_at": 0,
-    },
+    MetricSnapshot: {"segment": None, "status": "CLOSED", "verdict": None, "emitted_at": 0},
 }
 
 E = TypeVar("E", Command, RolloutEvent, MetricSnapshot)

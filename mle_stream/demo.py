@@ -134,6 +134,8 @@ class Watcher(threading.Thread):
         if topic == self.topics.metrics:
             snap = codec.decode_metric_snapshot(value)
             self.seen.snapshots.append(snap)
+            if snap.segment is not None or snap.status != "CLOSED":
+                return  # the timeline tells judged windows; updates are for dashboards
             if snap.role == "baseline":
                 self._baseline[snap.window_start] = snap
             elif snap.role == "candidate":
@@ -153,9 +155,10 @@ class Watcher(threading.Thread):
 
     def _narrate_window(self, cand: MetricSnapshot, base: MetricSnapshot | None) -> None:
         def err(s: MetricSnapshot | None) -> str:
-            if s is None or s.error_rate is None:
+            error_rate = None if s is None else s.metrics.get("error_rate")
+            if s is None or error_rate is None:
                 return "error rate n/a (0 labeled)"
-            return f"error rate {s.error_rate:.3f} ({s.labeled} labeled)"
+            return f"error rate {error_rate:.3f} ({s.labeled} labeled)"
         start = time.strftime("%H:%M:%S", time.localtime(cand.window_start / 1000))
         self.timeline.say(f"window {start}+{(cand.window_end - cand.window_start) // 1000}s: "
                           f"v{self.topology.baseline_version} {err(base)} | "
@@ -340,7 +343,8 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
             "predictions_sent": simulator.sent,
             "client": {"sent_records": stats.sent_records, "sent_messages": stats.sent_messages,
                        "dropped": stats.dropped_queue_full + stats.dropped_delivery_failed},
-            "windows_judged": sum(1 for s in seen.snapshots if s.role == "candidate"),
+            "windows_judged": sum(1 for s in seen.snapshots
+                                  if s.role == "candidate" and s.segment is None and s.status == "CLOSED"),
             "commands": [codec.to_json_dict(c) for c in seen.commands],
             "rollout_events": [codec.to_json_dict(e) for e in seen.events],
             "workdir": str(workdir),

@@ -62,10 +62,10 @@ def rollout_event() -> RolloutEvent:
 
 def snapshot() -> MetricSnapshot:
     return MetricSnapshot(
-        model="fraud", version="v2", role="candidate", window_start=T0, window_end=T0 + 60_000,
-        predictions=1000, labeled=800, correct=700, serving_errors=3, accuracy=0.875, error_rate=0.125,
-        serving_error_rate=0.003, label_coverage=0.8, latency_p50_ms=3.0, latency_p95_ms=9.5,
-        latency_p99_ms=None, verdict="PASS", emitted_at=T0 + 61_000,
+        model="fraud", version="v2", role="candidate", segment="country=DE", window_start=T0,
+        window_end=T0 + 60_000, predictions=1000, labeled=800,
+        metrics={"accuracy": 0.875, "error_rate": 0.125, "label_coverage": 0.8, "latency_p99_ms": None},
+        verdict="PASS", status="CLOSED", emitted_at=T0 + 61_000,
     )
 
 
@@ -175,10 +175,10 @@ def test_json_optional_fields_take_their_defaults() -> None:
     del doc["signature"]
     assert codec.decode_command(json.dumps(doc).encode()).signature == ""
     snap = codec.to_json_dict(snapshot())
-    for name in ("accuracy", "verdict", "emitted_at"):
+    for name in ("segment", "status", "verdict", "emitted_at"):
         del snap[name]
     decoded = codec.decode_metric_snapshot(json.dumps(snap).encode())
-    assert (decoded.accuracy, decoded.verdict, decoded.emitted_at) == (None, None, 0)
+    assert (decoded.segment, decoded.status, decoded.verdict, decoded.emitted_at) == (None, "CLOSED", None, 0)
 
 
 def test_to_json_dict_uses_enum_values_and_plain_dicts() -> None:
@@ -353,8 +353,10 @@ def test_command_decode_rejects_missing_fields_and_garbage() -> None:
             codec.decode_command(payload)
     with pytest.raises(InvalidEvent, match="status"):
         codec.decode_rollout_event(json.dumps({**codec.to_json_dict(rollout_event()), "status": "OK"}).encode())
-    with pytest.raises(InvalidEvent, match="accuracy"):
-        codec.decode_metric_snapshot(json.dumps({**codec.to_json_dict(snapshot()), "accuracy": "hi"}).encode())
+    with pytest.raises(InvalidEvent, match="metrics.accuracy"):
+        bad = codec.to_json_dict(snapshot())
+        bad["metrics"]["accuracy"] = "hi"
+        codec.decode_metric_snapshot(json.dumps(bad).encode())
 
 
 def test_a_map_field_that_is_not_a_map_is_named() -> None:

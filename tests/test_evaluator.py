@@ -42,15 +42,16 @@ def test_window_metrics_equal_sklearn_whatever_the_arrival_order() -> None:
     out = ev.advance(NOW)
     assert [j.window_start for j in out.judgements] == [0]
     labeled = {lab.prediction_id: lab for lab in early + kept_late}
-    for snap in out.snapshots:
+    assert {w.status for w in out.windows} == {"CLOSED"}
+    for snap in out.windows:
         mine = [p for p in preds if p.version == snap.version]
         joined = [p for p in mine if p.prediction_id in labeled]
         truth = [bool(labeled[p.prediction_id].label) for p in joined]
         predicted = [p.score >= 0.5 for p in joined]
         assert snap.predictions == len(mine)
         assert snap.labeled == len(joined)
-        assert abs(snap.accuracy - accuracy_score(truth, predicted)) < 1e-12
-        assert abs(snap.label_coverage - len(joined) / len(mine)) < 1e-12
+        assert abs(snap.metrics["accuracy"] - accuracy_score(truth, predicted)) < 1e-12
+        assert abs(snap.metrics["label_coverage"] - len(joined) / len(mine)) < 1e-12
         assert snap.role == {"1": "baseline", "2": "candidate"}[snap.version]
 
 
@@ -76,9 +77,9 @@ def test_unusable_records_come_back_as_rejects_naming_the_field() -> None:
     wrong_task = Prediction(prediction_id="w", model="fraud", version="1", timestamp=1, value=3.0)
     rejects = ev.add_predictions([future, wrong_task], NOW)
     assert [(r.field, r.record.prediction_id) for r in rejects] == [("timestamp", "f"), ("score", "w")]
-    assert ev.windows.watermark == -1  # the far-future timestamp did not move event time
+    assert ev.panes.watermark == -1  # the far-future timestamp did not move event time
     ev.add_predictions([Prediction(prediction_id="p", model="fraud", version="1", timestamp=5, score=0.9)], NOW)
-    rejects = ev.add_labels([Label(prediction_id="p", model="fraud", timestamp=6, label="cat")])
+    rejects = ev.add_labels([Label(prediction_id="p", model="fraud", timestamp=6, label="cat")])  # refused on arrival
     assert len(rejects) == 1 and rejects[0].field == "label" and "binary label" in rejects[0].reason
 
 
@@ -93,5 +94,50 @@ def test_multiclass_uses_argmax_unless_the_pod_says_otherwise() -> None:
         Prediction(prediction_id="c", model="m", version="1", timestamp=2_000, scores={"cat": 1.0}),
     ], NOW)
     ev.add_labels([Label("a", "m", 1, "cat"), Label("b", "m", 1, "cat")])
-    snap = next(s for s in ev.advance(NOW).snapshots if s.version == "1")
-    assert (snap.labeled, snap.correct) == (2, 1)
+    snap = next(s for s in ev.advance(NOW).windows if s.version == "1")
+    assert snap.labeled == 2 and snap.metrics["accuracy"] == 0.5
+
+
+def tick(ev: ModelEvaluator, ts: int) -> None:
+    ev.add_predictions([Prediction(prediction_id=f"tick-{ts}", model="fraud", version="1", timestamp=ts, score=0.5)], NOW)
+
+
+def test_a_corrected_label_replaces_the_outcome_and_duplicates_change_nothing() -> None:
+    ev = ModelEvaluator(TOPOLOGY)
+    preds = [Prediction(prediction_id=str(i), model="fraud", version="1", timestamp=100 + i, score=0.9)
+             for i in range(10)]
+    ev.add_predictions(preds, NOW)
+    ev.add_predictions(preds[:3], NOW)  # delivered twice
+    ev.add_labels([Label(str(i), "fraud", 1000, i < 5) for i in range(10)])  # 5 right, 5 wrong
+    ev.add_labels([Label(str(i), "fraud", 1000, i < 5) for i in range(10)])  # the same labels again
+    ev.add_labels([Label("7", "fraud", 2000, True)])  # a correction: 7 was wrong, now right
+    tick(ev, 12_000)
+    v1 = next(w for w in ev.advance(NOW).windows if w.version == "1" and w.window_start == 0)
+    assert (v1.predictions, v1.labeled) == (10, 10)
+    assert v1.metrics["accuracy"] == 0.6
+    assert ev.join.corrections == 1 and ev.join.duplicates == 13
+
+
+def test_late_labels_revise_a_closed_window_and_open_windows_report_updates() -> None:
+    ev = ModelEvaluator(TOPOLOGY)
+    ev.add_predictions([Prediction(prediction_id="a", model="fraud", version="1", timestamp=100, score=0.9)], NOW)
+    tick(ev, 12_000)
+    closed = ev.advance(NOW, updates=True).windows
+    assert [(w.window_start, w.status, w.labeled) for w in closed if w.version == "1"] == [(0, "CLOSED", 0), (10_000, "OPEN", 0)]
+    ev.add_labels([Label("a", "fraud", 12_500, True)])
+    assert ev.advance(NOW).windows == []  # without updates, only closing windows are reported
+    revised = [w for w in ev.advance(NOW, updates=True).windows if w.version == "1"]
+    assert [(w.window_start, w.status, w.labeled, w.verdict) for w in revised] == [(0, "REVISED", 1, None)]
+
+
+def test_segments_are_capped_with_an_other_bucket() -> None:
+    t = parse_topology(
+        'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+        "windows: {size: 10s, grace: 0s}\nsegments: {dimensions: [country], max_values: 2}\n")
+    ev = ModelEvaluator(t)
+    countries = ["DE", "FR", "US", "DE", "BR", "FR"]
+    ev.add_predictions([Prediction(prediction_id=str(i), model="fraud", version="1", timestamp=i, score=0.9,
+                                   segment={"country": c}) for i, c in enumerate(countries)], NOW)
+    ev.add_predictions([Prediction(prediction_id="x", model="fraud", version="1", timestamp=10_000, score=0.9)], NOW)
+    counts = {w.segment: w.predictions for w in ev.advance(NOW).windows if w.version == "1" and w.window_start == 0}
+    assert counts == {None: 6, ("country", "DE"): 2, ("country", "FR"): 2, ("country", "__other__"): 2}

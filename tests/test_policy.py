@@ -1,10 +1,13 @@
 import dataclasses
 import json
 
+import numpy as np
+
 from mle_stream.core.events import CommandKind
+from mle_stream.core.metrics.outcomes import BinaryOutcomes
 from mle_stream.core.policy import PolicyState, Verdict, decide, judge
 from mle_stream.core.topology import parse_topology
-from mle_stream.core.window_metrics import WindowMetrics
+from mle_stream.core.window_state import WindowState
 
 TOPOLOGY = parse_topology(
     'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
@@ -13,11 +16,13 @@ TOPOLOGY = parse_topology(
 )
 
 
-def metrics(labeled: int, errors: int) -> WindowMetrics:
-    m = WindowMetrics()
-    for i in range(labeled):
-        m.add_prediction(None, False)
-        m.add_outcome(i >= errors)
+def metrics(labeled: int, errors: int) -> WindowState:
+    """`labeled` predictions, the first `errors` of them wrong."""
+    m = WindowState.for_topology(TOPOLOGY)
+    m.serve(np.full(labeled, np.nan), np.zeros(labeled, dtype=bool))
+    truth = np.ones(labeled, dtype=bool)
+    decision = np.arange(labeled) >= errors
+    m.score(BinaryOutcomes(truth, np.where(decision, 0.9, 0.1), decision))
     return m
 
 
@@ -49,7 +54,8 @@ def test_three_consecutive_failures_roll_back_once() -> None:
     assert (cmd.window_start, cmd.window_end) == (0, 30_000)
     evidence = json.loads(cmd.evidence)
     assert [w["verdict"] for w in evidence["windows"]] == ["FAIL"] * 3
-    assert evidence["windows"][0]["candidate"] == {"value": 0.3, "samples": 200}
+    assert evidence["windows"][0]["candidate"]["samples"] == 200
+    assert abs(evidence["windows"][0]["candidate"]["value"] - 60 / 200) < 1e-12  # 1 - accuracy
 
 
 def test_a_pass_or_an_inconclusive_window_resets_the_streak() -> None:

@@ -18,7 +18,9 @@ from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.core.commands import verify
 from mle_stream.core.events import Label, Prediction
+from mle_stream.core.topology import parse_topology
 from mle_stream.kafka import producer_config
+from mle_stream.replay import replay
 
 pytestmark = pytest.mark.broker
 
@@ -28,7 +30,8 @@ model: fraud
 task: binary
 baseline: {version: "1"}
 candidate: {version: "2"}
-windows: {size: 2s, grace: 0s, retention: 1h}
+windows: {size: 2s, grace: 0s, retention: 1h, updates_every: 0s}
+segments: {dimensions: [country]}
 rollback: {max_increase: 0.1, consecutive_windows: 2, min_samples: 20}
 """
 
@@ -59,7 +62,7 @@ def window(start: int, error_rate: dict[str, float]) -> tuple[list[Prediction], 
         for i in range(40):
             pid = f"{start}-{version}-{i}"
             preds.append(Prediction(prediction_id=pid, model="fraud", version=version, timestamp=start + i * 10,
-                                    score=0.9, latency_ms=5.0))
+                                    score=0.6 + i / 100, latency_ms=5.0 + i, segment={"country": "DE" if i % 3 else "FR"}))
             labels.append(Label(prediction_id=pid, model="fraud", timestamp=start + 1500,
                                 label=i >= error_rate[version] * 40))
     return preds, labels
@@ -86,12 +89,16 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
 
     base = (int(time.time() * 1000) - 60_000) // 2000 * 2000
     rates = [{"1": 0.1, "2": 0.1}, {"1": 0.1, "2": 0.5}, {"1": 0.1, "2": 0.5}]
+    all_preds, all_labels = [], []
     for w, rate in enumerate(rates):
         preds, labels = window(base + w * 2000, rate)
+        all_preds += preds
+        all_labels += labels
         producer.produce(topics.predictions, key=b"fraud", value=codec.encode_predictions(preds))
         producer.produce(topics.labels, key=b"fraud", value=codec.encode_labels(labels))
     # One later prediction moves event time past the third window's end, closing it.
     tick = Prediction(prediction_id="tick", model="fraud", version="1", timestamp=base + 6000, score=0.9)
+    all_preds.append(tick)
     producer.produce(topics.predictions, key=b"fraud", value=codec.encode_prediction(tick))
     producer.flush(10)
 
@@ -108,7 +115,8 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
         assert reason in entry["reason"] or reason == entry["field"], entry
 
     snaps = [codec.decode_metric_snapshot(m.value()) for m in out if m.topic() == topics.metrics]
-    got = {(s.window_start - base, s.version): (s.predictions, s.labeled, s.error_rate) for s in snaps}
+    got = {(s.window_start - base, s.version): (s.predictions, s.labeled, s.metrics["error_rate"])
+           for s in snaps if s.status == "CLOSED" and s.segment is None}
     for w, rate in enumerate(rates):
         for version in ("1", "2"):
             predictions = 40
@@ -118,3 +126,15 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
     command = commands[0]
     assert command.kind.value == "ROLLBACK" and verify(command, KEY.encode())
     assert (command.window_start - base, command.window_end - base) == (2000, 6000)
+
+    # The replay of the same records gives the same windows as the stream's last word on each.
+    stream_last = {(s.version, s.segment, s.window_start): s for s in snaps}
+    replayed = replay(all_preds, all_labels, {"fraud": parse_topology(TOPOLOGY)})
+    replayed_by_key = {(w.version, None if w.segment is None else f"{w.segment[0]}={w.segment[1]}", w.window_start): w
+                       for w in replayed.windows}
+    for key, s in stream_last.items():
+        w = replayed_by_key[key]
+        assert (s.predictions, s.labeled, s.metrics) == (w.predictions, w.labeled, dict(w.metrics)), (s, w)
+    # 3 windows x 2 versions x (whole, DE, FR), and the tick's window (v1, whole).
+    assert len(stream_last) == 3 * 2 * 3 + 1
+    assert [c.command_id for c in replayed.decisions] == [command.command_id]

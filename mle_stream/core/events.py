@@ -161,23 +161,18 @@ class RolloutEvent:
 
 @dataclass(frozen=True, slots=True)
 class MetricSnapshot:
-    """Metrics of one model version over one event-time window (schemas/metric_snapshot.avsc)."""
+    """Metrics of one model version (and segment) over one event-time window
+    (schemas/metric_snapshot.avsc)."""
 
     model: str
     version: str
     role: str
+    segment: str | None  # "dimension=value", None for the whole version
     window_start: int
     window_end: int
     predictions: int
     labeled: int
-    correct: int
-    serving_errors: int
-    accuracy: float | None
-    error_rate: float | None
-    serving_error_rate: float | None
-    label_coverage: float | None
-    latency_p50_ms: float | None
-    latency_p95_ms: float | None
-    latency_p99_ms: float | None
+    metrics: Mapping[str, float | None]
     verdict: str | None
+    status: str = "CLOSED"  # OPEN, CLOSED or REVISED
     emitted_at: int = field(default=0)

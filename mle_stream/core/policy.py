@@ -16,7 +16,7 @@ from enum import Enum
 from mle_stream.core.commands import command_id
 from mle_stream.core.events import Command, CommandKind
 from mle_stream.core.topology import Topology
-from mle_stream.core.window_metrics import WindowMetrics
+from mle_stream.core.window_state import WindowState
 
 
 class Verdict(str, Enum):
@@ -53,13 +53,13 @@ class PolicyState:
     rolled_back: bool = False  # once rolled back, this topology's candidate gets no further commands
 
 
-def _metric(metrics: WindowMetrics, name: str) -> tuple[float | None, int]:
+def _metric(state: WindowState, name: str) -> tuple[float | None, int]:
     if name == "error_rate":
-        return metrics.error_rate, metrics.labeled
-    return metrics.serving_error_rate, metrics.predictions
+        return state.error_rate, state.labeled
+    return state.serving_error_rate, state.predictions
 
 
-def judge(topology: Topology, start: int, baseline: WindowMetrics, candidate: WindowMetrics) -> WindowJudgement:
+def judge(topology: Topology, start: int, baseline: WindowState, candidate: WindowState) -> WindowJudgement:
     rule = topology.rollback
     end = start + topology.window_size_ms
     b_value, b_n = _metric(baseline, rule.metric)

@@ -64,10 +64,15 @@ class Topology:
     mode: str = "canary"
     threshold: float = 0.5
     window_size_ms: int = 60_000
+    window_hop_ms: int = 60_000  # == size: tumbling windows
     window_grace_ms: int = 30_000
+    window_updates_ms: int = 10_000  # how often the worker publishes updates of open/revised windows
     window_retention_ms: int = 3_600_000
     label_max_delay_ms: int = 7 * 86_400_000
     max_clock_skew_ms: int = 300_000
+    thresholds: tuple[float, ...] = ()  # extra decision thresholds to report precision/recall/f1 at
+    segment_dimensions: tuple[str, ...] = ()
+    segment_max_values: int = 50  # per dimension; later values are counted as "__other__"
     rollback: RollbackRule = field(default_factory=RollbackRule)
     routing: RoutingTarget = field(default_factory=RoutingTarget)
     policy_version: str = ""
@@ -120,6 +125,21 @@ class _Reader:
             self.error(node, full, str(exc))
             return default
 
+    def sequence(self, fields: dict[str, yaml.Node], key: str, path: str, convert: Callable[[Any], Any]) -> list[Any]:
+        """A YAML list of single values, each converted; an error names the item and its line."""
+        node = fields.get(key)
+        if node is None:
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, f"{path}.{key}", "expected a list, e.g. [a, b]")
+            return []
+        out = []
+        for i, item in enumerate(node.value):
+            value = self.value({f"{key}[{i}]": item}, f"{key}[{i}]", path, convert)
+            if value is not None:
+                out.append(value)
+        return out
+
 
 def _text(v: Any) -> str:
     if v is None or isinstance(v, (dict, list)) or str(v) == "":
@@ -162,7 +182,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         raise ConfigError(f"{source}: the file is empty; see topologies/ for an example")
     r = _Reader(source, root)
     top = r.mapping(root, "", {"model", "task", "mode", "threshold", "baseline", "candidate",
-                               "windows", "labels", "rollback", "routing"})
+                               "windows", "labels", "metrics", "segments", "rollback", "routing"})
     model = r.value(top, "model", "", _text, required=True)
     task = r.value(top, "task", "", _choice(TASKS), required=True)
     mode = r.value(top, "mode", "", _choice(MODES), default="canary")
@@ -185,18 +205,30 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         node = top.get(key)
         return (r.mapping(node, key, allowed), node) if node is not None else ({}, None)
 
-    windows, _ = section("windows", {"size", "grace", "retention"})
+    windows, _ = section("windows", {"size", "hop", "grace", "retention", "updates_every"})
     size = r.value(windows, "size", "windows", _duration, default=60_000)
+    hop = r.value(windows, "hop", "windows", _duration, default=size)
+    updates_every = r.value(windows, "updates_every", "windows", _duration, default=10_000)
     grace = r.value(windows, "grace", "windows", _duration, default=30_000)
     retention = r.value(windows, "retention", "windows", _duration, default=3_600_000)
     if size is not None and size <= 0:
         r.error(top["windows"], "windows.size", "must be longer than 0")
+    if size and hop and (hop <= 0 or size % hop):
+        r.error(windows.get("hop", top.get("windows", root)), "windows.hop",
+                f"must be > 0 and divide windows.size ({size} ms) evenly, got {hop} ms")
     if grace is not None and retention is not None and retention < grace:
         r.error(top["windows"], "windows.retention", f"must be at least windows.grace ({grace} ms)")
 
     labels, _ = section("labels", {"max_delay", "max_clock_skew"})
     max_delay = r.value(labels, "max_delay", "labels", _duration, default=7 * 86_400_000)
     skew = r.value(labels, "max_clock_skew", "labels", _duration, default=300_000)
+
+    metrics, _ = section("metrics", {"thresholds"})
+    thresholds = r.sequence(metrics, "thresholds", "metrics", _fraction)
+
+    segments, _ = section("segments", {"dimensions", "max_values"})
+    dimensions = r.sequence(segments, "dimensions", "segments", _text)
+    max_values = r.value(segments, "max_values", "segments", _positive_int, default=50)
 
     rb, rb_node = section("rollback", {"name", "metric", "max_increase", "consecutive_windows", "min_samples"})
     rule = RollbackRule(
@@ -224,8 +256,9 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     return Topology(
         source=source, model=model, task=task, mode=mode, threshold=threshold,
         baseline_version=baseline, candidate_version=candidate,  # type: ignore[arg-type]
-        window_size_ms=size, window_grace_ms=grace, window_retention_ms=retention,
-        label_max_delay_ms=max_delay, max_clock_skew_ms=skew, rollback=rule, routing=routing,
+        window_size_ms=size, window_hop_ms=hop, window_grace_ms=grace, window_updates_ms=updates_every, window_retention_ms=retention,
+        label_max_delay_ms=max_delay, max_clock_skew_ms=skew, thresholds=tuple(thresholds),
+        segment_dimensions=tuple(dimensions), segment_max_values=max_values, rollback=rule, routing=routing,
         policy_version=hashlib.sha256(text.encode()).hexdigest()[:12],
     )
 

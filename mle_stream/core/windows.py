@@ -1,85 +1,138 @@
-"""Event-time tumbling windows per model version.
+"""Event-time windows per model version and segment, built from panes.
 
-A record belongs to the window of its prediction's timestamp, whenever it arrives. The watermark is
+Records are counted in tumbling *panes* of length `hop`; a window of length `size` (a multiple of
+`hop`) is the merge of its size/hop consecutive panes. Tumbling windows are the case hop == size.
+Storing panes, not windows, means a record updates one state however many hopping windows hold
+it, and a window's state is exact because the states merge (counts, sketches), never average.
+
+A record belongs to the pane of its prediction's timestamp, whenever it arrives. The watermark is
 the largest prediction timestamp seen; a window is closed (ready to judge) once the watermark has
-passed its end by `grace_ms` (time for its labels to arrive), and forgotten once it has passed it
-by `retention_ms` (late labels still update it until then).
+passed its end by `grace_ms`, and a pane is forgotten once every window holding it is older than
+`retention_ms` past its end (late labels still update it until then).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Generic, Iterator, Protocol, TypeVar
 
-from mle_stream.core.window_metrics import WindowMetrics
+
+S = TypeVar("S", bound="Mergeable")
+
+
+class Mergeable(Protocol):
+    def merge(self: S, other: S) -> S: ...
+
+
+Segment = tuple[str, str] | None  # (dimension, value); None is the whole version
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    size_ms: int
+    hop_ms: int
+    grace_ms: int
+    retention_ms: int
+
+    def __post_init__(self) -> None:
+        if self.size_ms <= 0 or self.hop_ms <= 0:
+            raise ValueError(f"window size ({self.size_ms} ms) and hop ({self.hop_ms} ms) must be > 0")
+        if self.size_ms % self.hop_ms:
+            raise ValueError(f"window size ({self.size_ms} ms) must be a multiple of the hop ({self.hop_ms} ms)")
+        if self.grace_ms < 0 or self.retention_ms < self.grace_ms:
+            raise ValueError(f"need 0 <= grace ({self.grace_ms} ms) <= retention ({self.retention_ms} ms)")
 
 
 @dataclass(frozen=True, order=True)
-class WindowKey:
+class PaneKey:
     start: int
     version: str
+    segment: Segment
 
 
-class WindowTable:
-    def __init__(self, size_ms: int, grace_ms: int, retention_ms: int) -> None:
-        if size_ms <= 0:
-            raise ValueError(f"window size must be > 0 ms, got {size_ms}")
-        if grace_ms < 0 or retention_ms < grace_ms:
-            raise ValueError(f"need 0 <= grace ({grace_ms} ms) <= retention ({retention_ms} ms)")
-        self.size_ms = size_ms
-        self.grace_ms = grace_ms
-        self.retention_ms = retention_ms
+class PaneTable(Generic[S]):
+    def __init__(self, spec: WindowSpec, new_state: Callable[[], S]) -> None:
+        self.spec = spec
+        self._new_state = new_state
         self.watermark = -1
-        self._windows: dict[WindowKey, WindowMetrics] = {}
-        self._closed_through = -1  # every window starting at or before this has been closed
-        self.late_dropped = 0  # records whose window was already forgotten
+        self._panes: dict[PaneKey, S] = {}
+        self._next_window: int | None = None  # start of the next window to close
+        self.late_dropped = 0  # records whose panes were already forgotten
 
-    def start_of(self, timestamp: int) -> int:
-        return timestamp - timestamp % self.size_ms
+    @property
+    def next_window(self) -> int | None:
+        """Start of the next window to close; None before the first data. Windows before it are closed."""
+        return self._next_window
+
+    def pane_start(self, timestamp: int) -> int:
+        return timestamp - timestamp % self.spec.hop_ms
 
     def observe(self, timestamp: int) -> None:
         self.watermark = max(self.watermark, timestamp)
 
-    def metrics_for(self, version: str, timestamp: int) -> WindowMetrics | None:
-        """The state of the window holding `timestamp`, or None once that window is forgotten."""
-        start = self.start_of(timestamp)
-        if self.watermark >= 0 and start + self.size_ms + self.retention_ms <= self.watermark:
+    def is_retained(self, pane_start: int) -> bool:
+        """False once the last window holding this pane is past retention."""
+        return self.watermark < 0 or pane_start + self.spec.size_ms + self.spec.retention_ms > self.watermark
+
+    def state(self, pane_start: int, version: str, segment: Segment = None) -> S | None:
+        """The pane's state (created on first use), or None once it is forgotten."""
+        if not self.is_retained(pane_start):
             self.late_dropped += 1
             return None
-        key = WindowKey(start, version)
-        state = self._windows.get(key)
+        key = PaneKey(pane_start, version, segment)
+        state = self._panes.get(key)
         if state is None:
-            state = self._windows[key] = WindowMetrics()
+            state = self._panes[key] = self._new_state()
         return state
 
     def close_ready(self) -> list[int]:
-        """Starts of windows that became closed since the last call, oldest first.
+        """Starts of the windows that became closed since the last call, oldest first.
 
-        Every window start between the previous close and now is returned, including windows with no
-        data at all: a gap in the data must reach the policy (as INCONCLUSIVE), not vanish.
+        Every window start from the first data on is returned, windows without data included: a gap
+        in the data must reach the policy (as INCONCLUSIVE), not vanish.
         """
-        if self.watermark < 0:
+        spec = self.spec
+        if self.watermark < 0 or not self._panes and self._next_window is None:
             return []
-        last_closable = self.start_of(self.watermark - self.grace_ms) - self.size_ms
-        if last_closable < 0 or last_closable <= self._closed_through:
+        last = self.watermark - spec.grace_ms - spec.size_ms
+        if last < 0:
             return []
-        if self._closed_through < 0:
-            # Start from the first window we hold data for, not from the epoch.
-            first = min((k.start for k in self._windows), default=last_closable)
-        else:
-            first = self._closed_through + self.size_ms
-        self._closed_through = last_closable
-        return list(range(first, last_closable + 1, self.size_ms))
+        last -= last % spec.hop_ms
+        if self._next_window is None:
+            # The first window that holds the first pane with data.
+            first_pane = min(k.start for k in self._panes)
+            self._next_window = max(0, first_pane - spec.size_ms + spec.hop_ms)
+        starts = list(range(self._next_window, last + 1, spec.hop_ms))
+        if starts:
+            self._next_window = starts[-1] + spec.hop_ms
+        return starts
 
-    def get(self, version: str, start: int) -> WindowMetrics:
-        return self._windows.get(WindowKey(start, version)) or WindowMetrics()
+    def panes_of(self, window_start: int) -> range:
+        return range(window_start, window_start + self.spec.size_ms, self.spec.hop_ms)
+
+    def keys_in(self, window_start: int) -> set[tuple[str, Segment]]:
+        """(version, segment) pairs with data in the window."""
+        panes = set(self.panes_of(window_start))
+        return {(k.version, k.segment) for k in self._panes if k.start in panes}
+
+    def window(self, window_start: int, version: str, segment: Segment = None) -> S:
+        """The merged state of the window's panes; an empty state when it holds no data."""
+        merged = self._new_state()
+        for start in self.panes_of(window_start):
+            pane = self._panes.get(PaneKey(start, version, segment))
+            if pane is not None:
+                merged = merged.merge(pane)
+        return merged
 
     def retire(self) -> int:
-        """Forget windows past retention; returns how many were dropped."""
-        horizon = self.watermark - self.retention_ms
-        old = [k for k in self._windows if k.start + self.size_ms <= horizon]
+        """Forget panes past retention; returns how many."""
+        old = [k for k in self._panes if not self.is_retained(k.start)]
         for key in old:
-            del self._windows[key]
+            del self._panes[key]
         return len(old)
 
+    def __iter__(self) -> Iterator[tuple[PaneKey, S]]:
+        return iter(self._panes.items())
+
     def __len__(self) -> int:
-        return len(self._windows)
+        return len(self._panes)

@@ -1,0 +1,78 @@
+"""The state of one model version (and segment) over one pane or window: the task's metric state
+(binary, multiclass or regression) and the serving state, merged and snapshotted together."""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from mle_stream.core.metrics.binary import BinaryMetrics
+from mle_stream.core.metrics.multiclass import MulticlassMetrics
+from mle_stream.core.metrics.outcomes import BinaryOutcomes, BoolArray, FloatArray, MulticlassOutcomes, RegressionOutcomes
+from mle_stream.core.metrics.regression import RegressionMetrics
+from mle_stream.core.metrics.serving import ServingMetrics
+from mle_stream.core.topology import Topology
+
+TaskMetrics = Union[BinaryMetrics, MulticlassMetrics, RegressionMetrics]
+Outcomes = Union[BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes]
+
+_TASKS: dict[str, type[TaskMetrics]] = {
+    "binary": BinaryMetrics, "multiclass": MulticlassMetrics, "regression": RegressionMetrics,
+}
+
+
+class WindowState:
+    def __init__(self, task: TaskMetrics, serving: ServingMetrics) -> None:
+        self.task = task
+        self.serving = serving
+
+    @classmethod
+    def for_topology(cls, topology: Topology) -> "WindowState":
+        if topology.task == "binary":
+            task: TaskMetrics = BinaryMetrics(thresholds=topology.thresholds)
+        else:
+            task = _TASKS[topology.task]()
+        return cls(task, ServingMetrics())
+
+    def serve(self, latency_ms: FloatArray, serving_error: BoolArray) -> None:
+        """Predictions as served: latency (NaN when not reported) and whether serving failed."""
+        self.serving.update(latency_ms, serving_error)
+
+    def score(self, outcomes: Outcomes) -> None:
+        """Joined (prediction, label) rows; weight -1 rows take a corrected outcome back out."""
+        self.task.update(outcomes)  # type: ignore[arg-type]
+        self.serving.add_labeled(int(outcomes.weights().sum()))
+
+    @property
+    def predictions(self) -> int:
+        return self.serving.count
+
+    @property
+    def labeled(self) -> int:
+        return self.task.count
+
+    @property
+    def error_rate(self) -> float | None:
+        """Misclassification rate over labeled predictions (classification only)."""
+        return self.task.values().get("error_rate")
+
+    @property
+    def serving_error_rate(self) -> float | None:
+        return self.serving.values().get("error_rate")
+
+    def values(self, window_s: float) -> dict[str, float | None]:
+        """Every metric of the window by name (the README lists them)."""
+        out: dict[str, float | None] = dict(self.task.values())
+        serving = self.serving.values(window_s)
+        serving["serving_error_rate"] = serving.pop("error_rate")
+        out.update(serving)
+        return out
+
+    def merge(self, other: "WindowState") -> "WindowState":
+        return WindowState(self.task.merge(other.task), self.serving.merge(other.serving))  # type: ignore[arg-type]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"task": self.task.snapshot(), "serving": self.serving.snapshot()}
+
+    @classmethod
+    def restore(cls, task: str, data: dict[str, Any]) -> "WindowState":
+        return cls(_TASKS[task].restore(data["task"]), ServingMetrics.restore(data["serving"]))

@@ -1,0 +1,167 @@
+"""`mle-stream replay`: the stream's core over recorded events, in event-time order, no broker.
+
+Predictions and labels (JSON lines, the same fields as on the topics) are merged into one stream
+ordered by timestamp, fed to the same ModelEvaluator the worker uses in batches, and every window
+is closed at the end. A user backtests a topology on yesterday's traffic this way.
+
+Without a topology for a model, a default is inferred from its data: the task from the first
+prediction's output (score: binary, scores: multiclass, value: regression), the most frequent
+version as the baseline and the next as the candidate, 1-hour tumbling windows with no grace and
+retention over the whole recording, and the default rollback rule.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, TextIO
+
+from mle_stream import codec
+from mle_stream.core.evaluator import Advance, ModelEvaluator, WindowResult
+from mle_stream.core.events import Command, Label, Prediction
+from mle_stream.core.topology import Topology
+from mle_stream.errors import ConfigError, InvalidEvent
+
+BATCH = 5000  # records per evaluator call: the same batched path the worker takes
+_REPORTED_ERRORS = 20
+
+
+@dataclass
+class ReplayResult:
+    windows: list[WindowResult] = field(default_factory=list)
+    decisions: list[Command] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "windows": [window_json(w) for w in self.windows],
+            "decisions": [codec.to_json_dict(c) for c in self.decisions],
+            "rejected": len(self.rejected),
+        }
+
+
+def window_json(w: WindowResult) -> dict[str, Any]:
+    return {
+        "model": w.model, "version": w.version, "role": w.role,
+        "segment": None if w.segment is None else f"{w.segment[0]}={w.segment[1]}",
+        "window_start": w.window_start, "window_end": w.window_end,
+        "predictions": w.predictions, "labeled": w.labeled, "metrics": dict(w.metrics), "verdict": w.verdict,
+        "status": w.status,
+    }
+
+
+def _read_jsonl(path: Path, kind: str, errors: list[str]) -> list[Prediction] | list[Label]:
+    make = codec.prediction_from_dict if kind == "prediction" else codec.label_from_dict
+    records: list[Any] = []
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {kind}s from {path}: {exc.strerror}") from exc
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(make(json.loads(line)))
+            except (ValueError, InvalidEvent) as exc:  # json.JSONDecodeError is a ValueError
+                errors.append(f"{path}:{number}: {exc}")
+    return records
+
+
+def default_topology(model: str, predictions: list[Prediction]) -> Topology:
+    from mle_stream.core.topology import parse_topology
+
+    first = next(p for p in predictions if p.error is None) if any(p.error is None for p in predictions) else None
+    task = "binary" if first is None or first.score is not None else "multiclass" if first.scores is not None else "regression"
+    versions = [v for v, _ in Counter(p.version for p in predictions).most_common()]
+    baseline = versions[0] if versions else "1"
+    candidate = versions[1] if len(versions) > 1 else f"{baseline}-candidate"
+    span = max((p.timestamp for p in predictions), default=0) - min((p.timestamp for p in predictions), default=0)
+    retention_h = max(1, span // 3_600_000 + 2)
+    rule = "serving_error_rate" if task == "regression" else "error_rate"
+    text = (f"model: {json.dumps(model)}\ntask: {task}\nbaseline: {{version: {json.dumps(baseline)}}}\n"
+            f"candidate: {{version: {json.dumps(candidate)}}}\n"
+            f"windows: {{size: 1h, grace: 0s, retention: {retention_h}h}}\n"
+            f"labels: {{max_delay: {retention_h}h}}\nrollback: {{metric: {rule}}}\n")
+    return parse_topology(text, f"<default topology for {model}>")
+
+
+def _events(predictions: list[Prediction], labels: list[Label]) -> Iterator[tuple[int, int, Prediction | Label]]:
+    """Both streams in event-time order; at equal times predictions first, then file order."""
+    p_stream: Iterator[tuple[int, int, int, Prediction | Label]] = (
+        (p.timestamp, 0, i, p) for i, p in enumerate(sorted(predictions, key=lambda r: r.timestamp)))
+    l_stream: Iterator[tuple[int, int, int, Prediction | Label]] = (
+        (lab.timestamp, 1, i, lab) for i, lab in enumerate(sorted(labels, key=lambda r: r.timestamp)))
+    for ts, kind, _, record in heapq.merge(p_stream, l_stream):
+        yield ts, kind, record
+
+
+def replay(predictions: list[Prediction], labels: list[Label], topologies: Mapping[str, Topology]) -> ReplayResult:
+    result = ReplayResult()
+    models = {p.model for p in predictions} | {lab.model for lab in labels}
+    by_model = {m: [p for p in predictions if p.model == m] for m in models}
+    evaluators = {m: ModelEvaluator(topologies.get(m) or default_topology(m, by_model[m])) for m in sorted(models)}
+    now = max((p.timestamp for p in predictions), default=0)  # the recording's clock, not the wall's
+
+    latest: dict[tuple[str, str, Any, int], WindowResult] = {}
+
+    def collect(advance: Advance) -> None:
+        # A window is reported as it fills, closes and is revised by late labels: keep the last.
+        for w in advance.windows:
+            latest[(w.model, w.version, w.segment, w.window_start)] = w
+        result.decisions.extend(advance.commands)
+
+    pending: dict[str, tuple[int, list[Any]]] = {}
+
+    def flush(model: str) -> None:
+        kind, batch = pending.pop(model)
+        ev = evaluators[model]
+        rejects = ev.add_predictions(batch, now) if kind == 0 else ev.add_labels(batch)
+        result.rejected.extend(f"{r.record.prediction_id}: {r.field}: {r.reason}" for r in rejects)
+        collect(ev.advance(now, updates=True))
+
+    for _, kind, record in _events(predictions, labels):
+        current = pending.get(record.model)
+        if current is not None and (current[0] != kind or len(current[1]) >= BATCH):
+            flush(record.model)
+            current = None
+        if current is None:
+            pending[record.model] = current = (kind, [])
+        current[1].append(record)
+    for model in list(pending):
+        flush(model)
+    for model in sorted(evaluators):
+        collect(evaluators[model].close_all(now))
+    result.windows = sorted(latest.values(), key=lambda w: (w.model, w.window_start, w.version, w.segment or ("", "")))
+    return result
+
+
+def run_replay(predictions_path: Path, labels_path: Path | None, topologies: Mapping[str, Topology],
+               json_output: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    errors: list[str] = []
+    predictions = _read_jsonl(predictions_path, "prediction", errors)
+    labels = _read_jsonl(labels_path, "label", errors) if labels_path else []
+    result = replay(predictions, labels, topologies)  # type: ignore[arg-type]
+    result.rejected[:0] = errors
+    for line in result.rejected[:_REPORTED_ERRORS]:
+        print(f"rejected: {line}", file=err)
+    if len(result.rejected) > _REPORTED_ERRORS:
+        print(f"... and {len(result.rejected) - _REPORTED_ERRORS} more rejected records", file=err)
+    if json_output:
+        json.dump(result.to_json(), out, indent=2, sort_keys=True, allow_nan=False)
+        print(file=out)
+        return 0
+    for w in result.windows:
+        m = w.metrics
+        seg = "" if w.segment is None else f" [{w.segment[0]}={w.segment[1]}]"
+        acc = m.get("accuracy")
+        print(f"{w.model} v{w.version}{seg} {w.window_start}..{w.window_end}: {w.predictions} predictions, "
+              f"{w.labeled} labeled" + (f", accuracy {acc:.4f}" if acc is not None else "")
+              + (f" → {w.verdict}" if w.verdict else ""), file=out)
+    for c in result.decisions:
+        print(f"decision: {c.kind.value} {c.model} v{c.candidate_version}: {c.reason}", file=out)
+    return 0
