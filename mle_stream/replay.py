@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, TextIO
 
 from mle_stream import codec
-from mle_stream.core.evaluator import Advance, ModelEvaluator, WindowResult
-from mle_stream.core.events import Command, Label, Prediction
+from mle_stream.core.evaluator import Advance, ModelEvaluator
+from mle_stream.core.events import Command, Label, MetricSnapshot, Prediction
 from mle_stream.core.topology import Topology
 from mle_stream.errors import ConfigError, InvalidEvent
 
@@ -32,7 +32,7 @@ _REPORTED_ERRORS = 20
 
 @dataclass
 class ReplayResult:
-    windows: list[WindowResult] = field(default_factory=list)
+    windows: list[MetricSnapshot] = field(default_factory=list)
     decisions: list[Command] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
 
@@ -44,14 +44,10 @@ class ReplayResult:
         }
 
 
-def window_json(w: WindowResult) -> dict[str, Any]:
-    return {
-        "model": w.model, "version": w.version, "role": w.role,
-        "segment": None if w.segment is None else f"{w.segment[0]}={w.segment[1]}",
-        "window_start": w.window_start, "window_end": w.window_end,
-        "predictions": w.predictions, "labeled": w.labeled, "metrics": dict(w.metrics), "verdict": w.verdict,
-        "status": w.status,
-    }
+def window_json(w: MetricSnapshot) -> dict[str, Any]:
+    doc = codec.to_json_dict(w)
+    del doc["emitted_at"]  # the replay's clock, not information about the window
+    return doc
 
 
 def _read_jsonl(path: Path, kind: str, errors: list[str]) -> list[Prediction] | list[Label]:
@@ -75,7 +71,7 @@ def _read_jsonl(path: Path, kind: str, errors: list[str]) -> list[Prediction] | 
 def default_topology(model: str, predictions: list[Prediction]) -> Topology:
     from mle_stream.core.topology import parse_topology
 
-    first = next(p for p in predictions if p.error is None) if any(p.error is None for p in predictions) else None
+    first = next((p for p in predictions if p.error is None), None)
     task = "binary" if first is None or first.score is not None else "multiclass" if first.scores is not None else "regression"
     versions = [v for v, _ in Counter(p.version for p in predictions).most_common()]
     baseline = versions[0] if versions else "1"
@@ -107,7 +103,7 @@ def replay(predictions: list[Prediction], labels: list[Label], topologies: Mappi
     evaluators = {m: ModelEvaluator(topologies.get(m) or default_topology(m, by_model[m])) for m in sorted(models)}
     now = max((p.timestamp for p in predictions), default=0)  # the recording's clock, not the wall's
 
-    latest: dict[tuple[str, str, Any, int], WindowResult] = {}
+    latest: dict[tuple[str, str, Any, int], MetricSnapshot] = {}
 
     def collect(advance: Advance) -> None:
         # A window is reported as it fills, closes and is revised by late labels: keep the last.
@@ -136,7 +132,7 @@ def replay(predictions: list[Prediction], labels: list[Label], topologies: Mappi
         flush(model)
     for model in sorted(evaluators):
         collect(evaluators[model].close_all(now))
-    result.windows = sorted(latest.values(), key=lambda w: (w.model, w.window_start, w.version, w.segment or ("", "")))
+    result.windows = sorted(latest.values(), key=lambda w: (w.model, w.window_start, w.version, w.segment or ""))
     return result
 
 
@@ -157,7 +153,7 @@ def run_replay(predictions_path: Path, labels_path: Path | None, topologies: Map
         return 0
     for w in result.windows:
         m = w.metrics
-        seg = "" if w.segment is None else f" [{w.segment[0]}={w.segment[1]}]"
+        seg = "" if w.segment is None else f" [{w.segment}]"
         acc = m.get("accuracy")
         print(f"{w.model} v{w.version}{seg} {w.window_start}..{w.window_end}: {w.predictions} predictions, "
               f"{w.labeled} labeled" + (f", accuracy {acc:.4f}" if acc is not None else "")

@@ -140,4 +140,4 @@ def test_segments_are_capped_with_an_other_bucket() -> None:
                                    segment={"country": c}) for i, c in enumerate(countries)], NOW)
     ev.add_predictions([Prediction(prediction_id="x", model="fraud", version="1", timestamp=10_000, score=0.9)], NOW)
     counts = {w.segment: w.predictions for w in ev.advance(NOW).windows if w.version == "1" and w.window_start == 0}
-    assert counts == {None: 6, ("country", "DE"): 2, ("country", "FR"): 2, ("country", "__other__"): 2}
+    assert counts == {None: 6, "country=DE": 2, "country=FR": 2, "country=__other__": 2}

@@ -130,8 +130,7 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
     # The replay of the same records gives the same windows as the stream's last word on each.
     stream_last = {(s.version, s.segment, s.window_start): s for s in snaps}
     replayed = replay(all_preds, all_labels, {"fraud": parse_topology(TOPOLOGY)})
-    replayed_by_key = {(w.version, None if w.segment is None else f"{w.segment[0]}={w.segment[1]}", w.window_start): w
-                       for w in replayed.windows}
+    replayed_by_key = {(w.version, w.segment, w.window_start): w for w in replayed.windows}
     for key, s in stream_last.items():
         w = replayed_by_key[key]
         assert (s.predictions, s.labeled, s.metrics) == (w.predictions, w.labeled, dict(w.metrics)), (s, w)

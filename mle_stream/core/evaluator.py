@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mle_stream.core.events import Command, Label, LabelValue, Prediction
+from mle_stream.core.events import Command, Label, LabelValue, MetricSnapshot, Prediction
 from mle_stream.core.join import Arrival, LabelJoin, binary_truth
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
 from mle_stream.core.policy import PolicyState, WindowJudgement, decide, judge
@@ -46,26 +46,9 @@ class Pending:
     decision: Any  # binary: bool; multiclass: class name; regression: None
 
 
-@dataclass(frozen=True)
-class WindowResult:
-    """One closed window of one version (and segment): counts, every metric, the verdict."""
-
-    model: str
-    version: str
-    role: str
-    segment: Segment
-    window_start: int
-    window_end: int
-    predictions: int
-    labeled: int
-    metrics: Mapping[str, float | None]
-    verdict: str | None
-    status: str  # OPEN (still filling), CLOSED (judged, carries the verdict), REVISED (late data after closing)
-
-
 @dataclass
 class Advance:
-    windows: list[WindowResult] = field(default_factory=list)
+    windows: list[MetricSnapshot] = field(default_factory=list)
     judgements: list[WindowJudgement] = field(default_factory=list)
     commands: list[Command] = field(default_factory=list)
 
@@ -284,13 +267,13 @@ class ModelEvaluator:
             out.commands.extend(commands)
             known: dict[tuple[str, Segment], WindowState] = {
                 (t.baseline_version, None): baseline, (t.candidate_version, None): candidate}
-            out.windows.extend(self._results(start, "CLOSED", judgement.verdict.value, known))
+            out.windows.extend(self._results(start, "CLOSED", judgement.verdict.value, known, now_ms))
         if updates:
             changed = {s for pane in self._touched for s in self._windows_holding(pane)} - set(closing)
             for start in sorted(changed):
                 status = "REVISED" if already_closed is not None and start < already_closed else "OPEN"
                 if status == "REVISED" or self.panes.next_window is None or start >= self.panes.next_window:
-                    out.windows.extend(self._results(start, status, None, {}))
+                    out.windows.extend(self._results(start, status, None, {}, now_ms))
             self._touched.clear()
         if closing:
             # Both scan only what has expired; run them once per closing, not per batch.
@@ -303,21 +286,23 @@ class ModelEvaluator:
         return range(max(0, pane - spec.size_ms + spec.hop_ms), pane + 1, spec.hop_ms)
 
     def _results(self, start: int, status: str, verdict: str | None,
-                 known: Mapping[tuple[str, Segment], WindowState]) -> list[WindowResult]:
+                 known: Mapping[tuple[str, Segment], WindowState], now_ms: int) -> list[MetricSnapshot]:
         t = self.topology
         keys = self.panes.keys_in(start) | set(known)
         results = []
         for version, segment in sorted(keys, key=lambda k: (k[0], k[1] or ("", ""))):
             state = known.get((version, segment)) or self.panes.window(start, version, segment)
             role = self.role(version)
-            results.append(WindowResult(
-                model=t.model, version=version, role=role, segment=segment,
+            results.append(MetricSnapshot(
+                model=t.model, version=version, role=role,
+                segment=None if segment is None else f"{segment[0]}={segment[1]}",
                 window_start=start, window_end=start + t.window_size_ms,
                 predictions=state.predictions, labeled=state.labeled,
                 metrics=state.values(t.window_size_ms / 1000),
                 verdict=verdict if role == "candidate" and segment is None else None, status=status,
+                emitted_at=now_ms,
             ))
         return results
 
 
-__all__ = ["Advance", "ModelEvaluator", "Pending", "Reject", "WindowResult"]
+__all__ = ["Advance", "ModelEvaluator", "Pending", "Reject"]

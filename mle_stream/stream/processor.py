@@ -17,8 +17,8 @@ from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.dead_letter import dead_letter_entry
 from mle_stream.core.commands import sign
-from mle_stream.core.evaluator import ModelEvaluator, Reject, WindowResult
-from mle_stream.core.events import Label, MetricSnapshot, Prediction
+from mle_stream.core.evaluator import ModelEvaluator, Reject
+from mle_stream.core.events import Label, Prediction
 from mle_stream.core.policy import Verdict
 from mle_stream.core.topology import Topology
 
@@ -27,16 +27,6 @@ log = logging.getLogger(__name__)
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
-
-
-def snapshot_of(window: WindowResult, now_ms: int) -> MetricSnapshot:
-    segment = None if window.segment is None else f"{window.segment[0]}={window.segment[1]}"
-    return MetricSnapshot(
-        model=window.model, version=window.version, role=window.role, segment=segment,
-        window_start=window.window_start, window_end=window.window_end, predictions=window.predictions,
-        labeled=window.labeled, metrics=dict(window.metrics), verdict=window.verdict, status=window.status,
-        emitted_at=now_ms,
-    )
 
 
 @dataclass(frozen=True)
@@ -135,8 +125,7 @@ class StreamProcessor:
             self._updated_at[model_name] = now
         result = evaluator.advance(now, updates=updates)
         model = evaluator.topology.model.encode()
-        out = [Outgoing(self.topics.metrics, model, codec.encode_metric_snapshot(snapshot_of(w, now)))
-               for w in result.windows]
+        out = [Outgoing(self.topics.metrics, model, codec.encode_metric_snapshot(w)) for w in result.windows]
         for j in result.judgements:
             level = logging.WARNING if j.verdict is Verdict.FAIL else logging.INFO
             log.log(level, "%s window %d..%d: %s, %s", evaluator.topology.model, j.window_start, j.window_end,
