@@ -1,0 +1,579 @@
+"""`mle-stream bench`: end-to-end throughput of one worker process, next to the floor it could reach.
+
+The bench publishes N predictions (10 numeric features each) and labels for about 90% of them
+through EvaluationClient, so the wire format is exactly what serving pods and labelers send, into
+fresh topics. Then, over the same already-produced messages, it measures two legs:
+
+- the **floor**: a raw confluent-kafka consumer that only decodes every message
+  (codec.decode_predictions / decode_labels), timed from the first message in hand to the last
+  record decoded;
+- the **worker**: the real Faust path (stream.app.build_app run by faust.Worker) in a process of
+  its own, timed from the first message Faust hands to the stream to the end of the batch that
+  completes all N predictions and their labels. Process start-up, Faust start-up and the consumer
+  group join come before that moment and are reported apart as `startup_s`.
+
+Both legs know they are done by counting messages and records, never by the high watermark (the
+embedded broker reports it wrong, ../shared/DESIGN.md). After the measured interval the bench sends
+one later prediction per model, which closes the last event-time windows, and checks that the
+metric snapshots the worker published account for every one of the N predictions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import heapq
+import logging
+import multiprocessing
+import os
+import platform
+import random
+import resource
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from mle_stream import codec
+from mle_stream.client import EvaluationClient
+from mle_stream.config import Settings, Topics
+from mle_stream.core.events import Label, Prediction
+from mle_stream.core.topology import Topology, parse_topology
+from mle_stream.errors import ConfigError, MleStreamError
+from mle_stream.kafka import bootstrap_servers, consumer_config, ensure_topics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EVENTS = 200_000  # about 40 s in all on the 2-core development machine
+TARGET_EVENTS_PER_S = 100_000
+TARGET_RATIO = 0.5
+
+WINDOW_S = 10
+GRACE_S = 5
+EVENTS_PER_EVENT_S = 2_000  # predictions per second of event time: 200k span 100 s, ten windows
+MIN_SPAN_S = 60  # a small run still closes several windows
+LABELED = 0.9
+LABEL_DELAY_S = (0.5, 4.0)
+POSITIVE_RATE = 0.2
+CANDIDATE_SHARE = 0.1
+FEATURES = ("amount", "account_age_days", "txn_count_24h", "avg_amount_30d", "distance_km",
+            "hour_of_day", "merchant_risk", "device_score", "velocity_1h", "balance_ratio")
+FEATURE_SCALES = (500.0, 3650.0, 40.0, 300.0, 2000.0, 24.0, 1.0, 1.0, 10.0, 5.0)
+
+TOPOLOGY_YAML = """\
+model: {model}
+task: binary
+threshold: 0.5
+baseline: {{version: "1"}}
+candidate: {{version: "2"}}
+windows: {{size: {window}s, grace: {grace}s, retention: 2m}}
+labels: {{max_delay: 1m}}
+rollback: {{metric: error_rate, max_increase: 0.05, consecutive_windows: 3, min_samples: 100}}
+"""
+
+MEASURED = ("from the first message the worker's stream received to the end of the batch that completed "
+            "all predictions and labels; process start-up, Faust start-up and the group join are excluded "
+            "(startup_s)")
+
+_SIGNING_KEY = b"mle-stream-bench"  # the bench's own topics and worker: no operator key needed
+_QUEUE_HIGH = 50_000  # records queued in a client before the producing loop waits for it
+_POLL_S = 0.5
+
+
+class BenchError(MleStreamError):
+    """The bench could not complete a leg (broker, worker process, missing records)."""
+
+
+def model_names(models: int) -> list[str]:
+    return [f"bench-model-{i}" for i in range(models)]
+
+
+def bench_topologies(models: int) -> dict[str, Topology]:
+    """One binary canary topology per bench model: 10 s tumbling windows, baseline v1, candidate v2."""
+    return {name: parse_topology(TOPOLOGY_YAML.format(model=name, window=WINDOW_S, grace=GRACE_S), "<bench>")
+            for name in model_names(models)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Producing
+
+
+@dataclass(frozen=True)
+class Produced:
+    predictions: int
+    labels: int
+    prediction_messages: int
+    label_messages: int
+    seconds: float
+    last_timestamp: dict[str, int]  # per model, the largest prediction timestamp
+
+
+def _wait_below(client: EvaluationClient, limit: int) -> None:
+    """Back-pressure: a full client queue drops records, and the bench must publish every one."""
+    while client.stats.queued > limit:
+        time.sleep(0.005)
+
+
+def _delivered(client: EvaluationClient, what: str, expected: int) -> int:
+    if client.flush(timeout_s=60):
+        raise BenchError(f"Kafka did not acknowledge all {what} within 60 s ({client.stats})")
+    stats = client.stats
+    if stats.sent_records != expected or stats.dropped_queue_full or stats.dropped_delivery_failed:
+        raise BenchError(f"{what}: {expected} logged but {stats.sent_records} delivered ({stats})")
+    return stats.sent_messages
+
+
+def produce(bootstrap: str, topics: Topics, events: int, models: int, seed: int = 7) -> Produced:
+    """Publish `events` predictions and ~90% of their labels through two EvaluationClients.
+
+    Event time runs from a few minutes ago over max(60 s, events / 2000 s); a label follows its
+    prediction by 0.5-4 s of event time and is published in label-time order, as a labeler would.
+    """
+    rng = random.Random(seed)
+    names = model_names(models)
+    span_ms = max(MIN_SPAN_S * 1000, events * 1000 // EVENTS_PER_EVENT_S)
+    start_ms = (int(time.time() * 1000) - span_ms - 120_000) // 1000 * 1000
+    pending: list[tuple[int, int, Label]] = []  # labels not yet due, by label timestamp
+    labels = 0
+    last: dict[str, int] = {}
+    rand, beta, lognorm, uniform, getrandbits = (rng.random, rng.betavariate, rng.lognormvariate, rng.uniform,
+                                                 rng.getrandbits)
+    began = time.monotonic()
+    # Two clients, as a serving pod and a labeler would have: each one's stats count its own messages.
+    with EvaluationClient(bootstrap, topics=topics) as predictions, \
+            EvaluationClient(bootstrap, topics=topics) as labelers:
+        for i in range(events):
+            model = names[i % models]
+            ts = start_ms + i * span_ms // events
+            positive = rand() < POSITIVE_RATE
+            score = beta(5.0, 1.6) if positive else beta(1.6, 5.0)
+            pid = f"{getrandbits(128):032x}"
+            predictions.log_prediction(Prediction(
+                prediction_id=pid, model=model, version="2" if rand() < CANDIDATE_SHARE else "1", timestamp=ts,
+                score=score, latency_ms=lognorm(2.3, 0.4),
+                features=dict(zip(FEATURES, [rand() * s for s in FEATURE_SCALES])),
+            ))
+            last[model] = ts
+            if rand() < LABELED:
+                label_ts = ts + int(uniform(*LABEL_DELAY_S) * 1000)
+                heapq.heappush(pending, (label_ts, i, Label(pid, model, label_ts, positive)))
+            while pending and pending[0][0] <= ts:
+                labelers.log_label(heapq.heappop(pending)[2])
+                labels += 1
+            if i % 5000 == 4999:
+                _wait_below(predictions, _QUEUE_HIGH)
+                _wait_below(labelers, _QUEUE_HIGH)
+        while pending:
+            labelers.log_label(heapq.heappop(pending)[2])
+            labels += 1
+        prediction_messages = _delivered(predictions, "predictions", events)
+        label_messages = _delivered(labelers, "labels", labels)
+    return Produced(events, labels, prediction_messages, label_messages, time.monotonic() - began, last)
+
+
+def send_window_closers(bootstrap: str, topics: Topics, last_timestamp: Mapping[str, int]) -> int:
+    """One prediction per model, a window and its grace after the last: event time passes every
+    window of the run, so the worker closes and publishes them all. Returns the messages sent."""
+    with EvaluationClient(bootstrap, topics=topics) as client:
+        for model, ts in last_timestamp.items():
+            client.log_prediction(Prediction(prediction_id=f"bench-closer-{model}", model=model, version="1",
+                                             timestamp=ts + (WINDOW_S + GRACE_S) * 1000 + 1, score=0.5))
+        return _delivered(client, "window closers", len(last_timestamp))
+
+
+# ------------------------------------------------------------------------------------------------
+# The floor: a raw consumer that only decodes
+
+
+@dataclass(frozen=True)
+class Leg:
+    seconds: float
+    messages: int
+    predictions: int
+    labels: int
+
+    @property
+    def events_per_s(self) -> float:
+        return self.predictions / self.seconds if self.seconds > 0 else 0.0
+
+
+def _reader(bootstrap: str, names: list[str], purpose: str) -> Consumer:
+    """A consumer with every partition of `names` assigned from the beginning.
+
+    Assigned, not subscribed: a group join takes seconds on the embedded broker and is no part of
+    what the bench measures.
+    """
+    consumer = Consumer(consumer_config(bootstrap, f"mle-bench-{purpose}-{uuid.uuid4().hex[:8]}"))
+    try:
+        metadata = consumer.list_topics(timeout=15)
+    except KafkaException as exc:
+        consumer.close()
+        raise BenchError(f"cannot read the topic metadata from {bootstrap!r}: {exc}") from exc
+    consumer.assign([TopicPartition(name, partition, OFFSET_BEGINNING)
+                     for name in names for partition in sorted(metadata.topics[name].partitions)])
+    return consumer
+
+
+def run_baseline(bootstrap: str, topics: Topics, predictions: int, labels: int, timeout_s: float) -> Leg:
+    """confluent-kafka consume(1000) over both topics, decoding every message; counts records."""
+    consumer = _reader(bootstrap, [topics.predictions, topics.labels], "floor")
+    decode_predictions, decode_labels, prediction_topic = (codec.decode_predictions, codec.decode_labels,
+                                                           topics.predictions)
+    seen_predictions = seen_labels = messages = errors = 0
+    first: float | None = None
+    deadline = time.monotonic() + timeout_s
+    try:
+        while seen_predictions < predictions or seen_labels < labels:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the raw consumer read {seen_predictions}/{predictions} predictions and "
+                                 f"{seen_labels}/{labels} labels in {timeout_s:.0f} s")
+            batch = consumer.consume(num_messages=1000, timeout=_POLL_S)
+            if batch and first is None:
+                first = time.monotonic()
+            for msg in batch:
+                if msg.error() is not None:
+                    raise BenchError(f"the raw consumer got a Kafka error: {msg.error()}")
+                messages += 1
+                value = msg.value() or b""
+                if msg.topic() == prediction_topic:
+                    decoded = decode_predictions(value)
+                    seen_predictions += len(decoded.records)
+                    errors += len(decoded.errors)
+                else:
+                    decoded_labels = decode_labels(value)
+                    seen_labels += len(decoded_labels.records)
+                    errors += len(decoded_labels.errors)
+        end = time.monotonic()
+    finally:
+        consumer.close()
+    if errors:
+        raise BenchError(f"the raw consumer could not decode {errors} records of the bench's own messages")
+    assert first is not None
+    return Leg(end - first, messages, seen_predictions, seen_labels)
+
+
+# ------------------------------------------------------------------------------------------------
+# The worker: build_app + faust.Worker in a process of its own (its peak RSS is the worker's alone)
+
+
+def _rss_mb() -> float | None:
+    """Resident set size now, from /proc (Linux); None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+class _WorkerProbe:
+    """Counts what the worker processed, through build_app's observer and a Faust sensor, and tells
+    the bench process when the measured part is done (`measured`) and when the closers are in (`done`)."""
+
+    def __init__(self, conn: Connection, messages: int, closers: int, profile: str | None) -> None:
+        self.conn = conn
+        self.target = messages
+        self.closers = closers
+        self.profile_path = profile
+        self.profiler: cProfile.Profile | None = None
+        self.processor: Any = None
+        self.first: float | None = None
+        self.rss_first: float | None = None
+        self.measured = False
+        self.done = False
+        self.messages = 0
+        self.published = 0
+        self.batches: list[int] = []
+
+    def on_first_message(self) -> None:
+        self.first = time.monotonic()
+        self.rss_first = _rss_mb()
+        if self.profile_path:
+            self.profiler = cProfile.Profile()
+            self.profiler.enable()
+
+    def on_batch(self, messages: int, published: int) -> None:
+        self.messages += messages
+        self.published += published
+        if not self.measured:
+            self.batches.append(messages)
+        if not self.measured and self.messages >= self.target:
+            end = time.monotonic()
+            if self.profiler is not None and self.profile_path:
+                self.profiler.disable()
+                self.profiler.dump_stats(self.profile_path)
+            self.measured = True
+            counters = self._counters()
+            self.conn.send(("measured", {
+                "first_message_at": self.first, "end_at": end, "messages": self.messages,
+                "batches": list(self.batches), "published": self.published,
+                "predictions": counters.get("predictions", 0), "labels": counters.get("labels", 0),
+                "dead_letters": counters.get("dead_letter", 0), "commands": counters.get("commands", 0),
+                "peak_rss_mb": _peak_rss_mb(), "rss_first_message_mb": self.rss_first, "rss_end_mb": _rss_mb(),
+            }))
+        elif self.measured and not self.done and self.messages >= self.target + self.closers:
+            self.done = True
+            self.conn.send(("done", {"messages": self.messages, "counters": self._counters()}))
+
+    def _counters(self) -> dict[str, int]:
+        return dict(getattr(self.processor, "counters", {}))
+
+
+def _worker_main(spec: dict[str, Any], conn: Connection) -> None:
+    """The worker process: the bench's topologies through build_app, run by faust.Worker until the
+    bench process stops it (SIGTERM, Faust's own graceful shutdown)."""
+    os.dup2(2, 1)  # Faust may print; the bench's stdout is for its report (--json) alone
+    logging.basicConfig(level=spec["log_level"], stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s worker %(name)s: %(message)s")
+    import faust
+
+    from mle_stream.stream.app import build_app
+
+    probe = _WorkerProbe(conn, spec["messages"], spec["closers"], spec["profile"])
+
+    class FirstMessage(faust.Sensor):  # type: ignore[misc]
+        def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+            if probe.first is None:
+                probe.on_first_message()
+
+    settings: Settings = spec["settings"]
+    app, processor = build_app(settings, spec["bootstrap"], bench_topologies(spec["models"]), observer=probe.on_batch)
+    probe.processor = processor
+    app.sensors.add(FirstMessage())
+    worker = faust.Worker(app, loglevel=spec["log_level"].lower(), redirect_stdouts=False, quiet=True)
+    worker.spinner = None  # its cursor codes would land in the bench's terminal
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+
+
+def _receive(process: multiprocessing.process.BaseProcess, conn: Connection, kind: str,
+             timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if conn.poll(_POLL_S):
+            got, payload = conn.recv()
+            if got != kind:
+                raise BenchError(f"the worker process reported {got!r} while the bench waited for {kind!r}")
+            return payload  # type: ignore[no-any-return]
+        if not process.is_alive():
+            raise BenchError(f"the worker process exited with status {process.exitcode} before it reported "
+                             f"{kind!r}; its log is on stderr")
+    raise BenchError(f"the worker process did not report {kind!r} within {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def _worker_process(spec: dict[str, Any]) -> Iterator[tuple[multiprocessing.process.BaseProcess, Connection]]:
+    context = multiprocessing.get_context("spawn")  # a clean process: its peak RSS is the worker's
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_worker_main, args=(spec, theirs), name="mle-stream-bench-worker")
+    process.start()
+    try:
+        yield process, ours
+    finally:
+        if process.is_alive():
+            process.terminate()  # SIGTERM: Faust stops its consumer and producer
+            process.join(20)
+        if process.is_alive():
+            log.warning("the bench's worker process did not stop within 20 s of SIGTERM; killing it")
+            process.kill()
+            process.join(5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Metric snapshots: the end-to-end check
+
+
+def read_snapshots(bootstrap: str, topic: str, predictions: int, timeout_s: float) -> dict[str, int]:
+    """Read the metrics topic until the closed windows account for `predictions` (or the time is up).
+
+    Only the one CLOSED snapshot of each model, version and window counts: per-segment breakdowns
+    and OPEN / REVISED updates repeat predictions that a closed window already holds.
+    """
+    consumer = _reader(bootstrap, [topic], "metrics")
+    closed: dict[tuple[str, str, int], tuple[int, int]] = {}
+    updates = duplicates = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while sum(n for n, _ in closed.values()) < predictions and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=500, timeout=_POLL_S):
+                if msg.error() is not None:
+                    continue
+                snap = codec.decode_metric_snapshot(msg.value() or b"")
+                if getattr(snap, "segment", None) is not None:
+                    continue
+                if getattr(snap, "status", "CLOSED") != "CLOSED":
+                    updates += 1
+                    continue
+                key = (snap.model, snap.version, snap.window_start)
+                duplicates += key in closed  # a window must close once
+                closed[key] = (snap.predictions, snap.labeled)
+    finally:
+        consumer.close()
+    return {"count": len(closed), "predictions": sum(n for n, _ in closed.values()),
+            "labeled": sum(labeled for _, labeled in closed.values()), "updates": updates,
+            "duplicates": duplicates}
+
+
+def _delete_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # held until the futures resolve
+    try:
+        futures = admin.delete_topics(names, operation_timeout=10)
+        for future in futures.values():
+            future.result(timeout=10)
+    except Exception as exc:  # noqa: BLE001 - cleanup only: report and go on
+        log.warning("could not delete the bench topics %s: %s", ", ".join(names), exc)
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole run
+
+
+def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int = 1, bootstrap: str | None = None,
+              profile: str | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+    """Produce, measure the floor, measure the worker, check the snapshots; the report as a dict."""
+    if events < 1:
+        raise ConfigError(f"--events must be at least 1, got {events}")
+    if models < 1 or models > events:
+        raise ConfigError(f"--models must be between 1 and --events ({events}), got {models}")
+    timeout_s = timeout_s or (120 + events / 5_000)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}."
+    topics = Topics(**{name: prefix + value for name, value in Topics().__dict__.items()})
+    worker_settings = replace(settings, topics=topics, signing_key=_SIGNING_KEY, worker_group=prefix + "worker")
+    embedded = not (bootstrap or settings.bootstrap_servers)
+    with bootstrap_servers(replace(settings, bootstrap_servers=bootstrap or settings.bootstrap_servers)) as servers:
+        ensure_topics(servers, topics.all(), settings.partitions)
+        try:
+            log.info("producing %d predictions and their labels to %s*", events, prefix)
+            produced = produce(servers, topics, events, models)
+            log.info("produced in %.1f s; measuring the raw consumer", produced.seconds)
+            floor = run_baseline(servers, topics, produced.predictions, produced.labels, timeout_s)
+            messages = produced.prediction_messages + produced.label_messages
+            if floor.messages != messages:
+                raise BenchError(f"the raw consumer read {floor.messages} messages, the clients sent {messages}")
+            log.info("floor: %.0f predictions/s; starting the worker process", floor.events_per_s)
+            spec = {"settings": worker_settings, "bootstrap": servers, "models": models, "messages": messages,
+                    "closers": models, "profile": profile,
+                    "log_level": "DEBUG" if logging.getLogger().isEnabledFor(logging.DEBUG) else "WARNING"}
+            spawned = time.monotonic()
+            with _worker_process(spec) as (process, conn):
+                measured = _receive(process, conn, "measured", timeout_s)
+                send_window_closers(servers, topics, produced.last_timestamp)
+                done = _receive(process, conn, "done", 60)
+                snapshots = read_snapshots(servers, topics.metrics, events, 60)
+        finally:
+            if not embedded:
+                _delete_topics(servers, topics.all())
+    return build_report(events, models, produced, floor, measured, spawned, snapshots, done,
+                  "embedded" if embedded else servers)
+
+
+def build_report(events: int, models: int, produced: Produced, floor: Leg, measured: Mapping[str, Any], spawned: float,
+           snapshots: Mapping[str, int], done: Mapping[str, Any], broker: str) -> dict[str, Any]:
+    worker = Leg(measured["end_at"] - measured["first_message_at"], measured["messages"],
+                 measured["predictions"], measured["labels"])
+    # Rounded first, so that ratio == events_per_s / baseline_events_per_s holds for the printed values.
+    events_per_s = round(events / worker.seconds, 1)
+    baseline_events_per_s = round(events / floor.seconds, 1)
+    ratio = events_per_s / baseline_events_per_s
+    batches = measured["batches"]
+    if (worker.predictions, worker.labels, snapshots["predictions"]) != (events, produced.labels, events):
+        log.warning("the worker processed %d of %d predictions and %d of %d labels, and its snapshots count %d "
+                    "predictions: some records were dead-lettered or lost", worker.predictions, events,
+                    worker.labels, produced.labels, snapshots["predictions"])
+    return {
+        "events_per_s": events_per_s,
+        "baseline_events_per_s": baseline_events_per_s,
+        "ratio": ratio,
+        "peak_rss_mb": round(measured["peak_rss_mb"], 1),
+        "startup_s": round(measured["first_message_at"] - spawned, 2),
+        "events": events,
+        "labels": produced.labels,
+        "models": models,
+        "features": len(FEATURES),
+        "measured": MEASURED,
+        "worker": {
+            "seconds": round(worker.seconds, 3),
+            "messages": worker.messages,
+            "predictions": worker.predictions,
+            "labels": worker.labels,
+            "dead_letters": measured["dead_letters"],
+            "commands": measured["commands"],
+            "batches": len(batches),
+            "messages_per_batch_mean": round(sum(batches) / len(batches), 1),
+            "messages_per_batch_max": max(batches),
+            "records_per_s": round((worker.predictions + worker.labels) / worker.seconds, 1),
+            "rss_first_message_mb": _round(measured["rss_first_message_mb"]),
+            "rss_end_mb": _round(measured["rss_end_mb"]),
+        },
+        "baseline": {
+            "seconds": round(floor.seconds, 3),
+            "messages": floor.messages,
+            "predictions": floor.predictions,
+            "labels": floor.labels,
+            "records_per_s": round((floor.predictions + floor.labels) / floor.seconds, 1),
+        },
+        "produce": {
+            "seconds": round(produced.seconds, 2),
+            "prediction_messages": produced.prediction_messages,
+            "label_messages": produced.label_messages,
+            "predictions_per_message": round(produced.predictions / produced.prediction_messages, 1),
+            "labels_per_message": round(produced.labels / max(1, produced.label_messages), 1),
+        },
+        "snapshots": {**snapshots, "window_closers": models,
+                      "worker_predictions_with_closers": done["counters"].get("predictions", 0)},
+        "targets": {"events_per_s": TARGET_EVENTS_PER_S, "ratio": TARGET_RATIO,
+                    "met": events_per_s >= TARGET_EVENTS_PER_S and ratio >= TARGET_RATIO},
+        "broker": broker,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def format_report(r: Mapping[str, Any]) -> str:
+    """The report as a small table and a few lines, for people."""
+    w, b, s, produced = r["worker"], r["baseline"], r["snapshots"], r["produce"]
+    rows = [
+        ("leg", "seconds", "messages", "predictions/s", "records/s"),
+        ("worker (Faust)", f"{w['seconds']:.2f}", f"{w['messages']:,}", f"{r['events_per_s']:,.0f}",
+         f"{w['records_per_s']:,.0f}"),
+        ("floor (raw consumer)", f"{b['seconds']:.2f}", f"{b['messages']:,}", f"{r['baseline_events_per_s']:,.0f}",
+         f"{b['records_per_s']:,.0f}"),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    table = ["  " + "  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+             for row in rows]
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    return "\n".join([
+        (f"mle-stream bench: {r['events']:,} predictions ({r['features']} numeric features each) and "
+         f"{r['labels']:,} labels, {r['models']} model(s), broker {r['broker']}"),
+        *table,
+        f"  ratio worker / floor: {r['ratio']:.2f}",
+        (f"worker: peak RSS {r['peak_rss_mb']:.0f} MB; {w['batches']} batches of {w['messages_per_batch_mean']:.0f} "
+         f"messages on average (max {w['messages_per_batch_max']}); {produced['predictions_per_message']:.0f} "
+         f"predictions and {produced['labels_per_message']:.0f} labels per message"),
+        f"worker start-up and group join (not measured): {r['startup_s']:.1f} s",
+        (f"snapshots: {s['count']} closed windows (per version), accounting for {s['predictions']:,} of "
+         f"{r['events']:,} predictions and {s['labeled']:,} labels; {s['updates']} open/revised updates"),
+        (f"targets: >= {r['targets']['events_per_s']:,} predictions/s "
+         f"{met(r['events_per_s'] >= r['targets']['events_per_s'])}, ratio >= {r['targets']['ratio']} "
+         f"{met(r['ratio'] >= r['targets']['ratio'])}"),
+        f"measured: {r['measured']}",
+    ])
