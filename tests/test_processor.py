@@ -87,3 +87,15 @@ def test_commands_are_signed_and_metrics_published_per_version() -> None:
     commands = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
     assert len(commands) == 1 and verify(commands[0], KEY) and not verify(commands[0], b"other")
     assert by_topic(out, TOPICS.commands)[0].key == b"fraud"
+
+
+def test_a_rejected_record_is_named_by_its_index_in_the_message_even_after_a_decode_error() -> None:
+    p = processor()
+    batch = json.dumps({"records": [
+        {"prediction_id": "a", "model": "fraud", "version": "1", "timestamp": 1, "score": 0.5},
+        {"prediction_id": "b", "model": "fraud", "version": "1", "timestamp": 1, "score": 7},  # decode error
+        {"prediction_id": "c", "model": "spam", "version": "1", "timestamp": 1, "score": 0.5},  # unknown model
+    ]}).encode()
+    letters = [json.loads(o.value) for o in by_topic(p.process([Incoming(TOPICS.predictions, 0, 3, batch)]),
+                                                      TOPICS.dead_letter)]
+    assert sorted((d["record_index"], d["field"]) for d in letters) == [(1, "score"), (2, "model")]

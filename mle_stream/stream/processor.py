@@ -44,6 +44,18 @@ class Outgoing:
     value: bytes
 
 
+def _index_in_message(decoded: "codec.DecodeResult", record: Prediction | Label) -> int | None:
+    """The record's position in the Kafka message, counting the records that failed to decode
+    (only computed for the rare record that is dead-lettered)."""
+    position = next((i for i, r in enumerate(decoded.records) if r is record), None)
+    if position is None:
+        return None
+    for failed in sorted(e.index for e in decoded.errors if e.index is not None):
+        if failed <= position:
+            position += 1
+    return position
+
+
 class StreamProcessor:
     def __init__(
         self,
@@ -78,27 +90,29 @@ class StreamProcessor:
 
     def _ingest(self, msg: Incoming, decoded: "codec.DecodeResult", now: int, touched: set[str]) -> list[Outgoing]:
         out = [self._dead_letter(msg, e.index, e.field, e.reason, msg.value) for e in decoded.errors]
-        by_model: dict[str, list[Prediction | Label]] = {}
-        positions: dict[int, int] = {}  # id(record) -> index in the message, for dead-letter entries
-        for index, record in enumerate(decoded.records):
-            by_model.setdefault(record.model, []).append(record)
-            positions[id(record)] = index
+        records: list[Prediction | Label] = decoded.records
+        models = {r.model for r in records}
+        if len(models) == 1:  # the usual case: the client batches per model
+            by_model = {models.pop(): records}
+        else:
+            by_model = {}
+            for record in records:
+                by_model.setdefault(record.model, []).append(record)
         kind = "predictions" if msg.topic == self.topics.predictions else "labels"
-        for model, records in by_model.items():
+        for model, group in by_model.items():
             evaluator = self.evaluators.get(model)
             if evaluator is None:
                 known = ", ".join(sorted(self.evaluators)) or "none"
-                for r in records:
-                    out.append(self._dead_letter(msg, positions[id(r)], "model",
-                                                 f"no topology for model {model!r} (known: {known})", r))
+                out.extend(self._dead_letter(msg, _index_in_message(decoded, r), "model",
+                                             f"no topology for model {model!r} (known: {known})", r) for r in group)
                 continue
             touched.add(model)
             if kind == "predictions":
-                rejects = evaluator.add_predictions(records, now)  # type: ignore[arg-type]
+                rejects = evaluator.add_predictions(group, now)  # type: ignore[arg-type]
             else:
-                rejects = evaluator.add_labels(records)  # type: ignore[arg-type]
-            self.counters[kind] += len(records) - len(rejects)
-            out.extend(self._reject(msg, positions.get(id(r.record)), r) for r in rejects)
+                rejects = evaluator.add_labels(group)  # type: ignore[arg-type]
+            self.counters[kind] += len(group) - len(rejects)
+            out.extend(self._reject(msg, _index_in_message(decoded, r.record), r) for r in rejects)
         return out
 
     def _reject(self, msg: Incoming, index: int | None, reject: Reject) -> Outgoing:
