@@ -74,7 +74,6 @@ class ModelEvaluator:
         self.join: LabelJoin[Pending] = LabelJoin(t.label_max_delay_ms, t.window_size_ms + t.window_retention_ms)
         self.policy_state = PolicyState()
         self._segment_values: dict[str, set[str]] = {d: set() for d in t.segment_dimensions}
-        self._versions: set[str] = {t.baseline_version, t.candidate_version}
         self._touched: set[int] = set()  # panes updated since updates were last emitted
 
     def role(self, version: str) -> str:
@@ -116,7 +115,6 @@ class ModelEvaluator:
                     continue
                 if result.arrival is Arrival.JOINED:
                     self._collect(scored, pending, result.label, 1.0)  # type: ignore[arg-type]  # set when JOINED
-            self._versions.add(p.version)
             latency = np.nan if p.latency_ms is None else p.latency_ms
             for segment in pending.segments:
                 cols = served[(pane, p.version, segment)]
@@ -269,21 +267,21 @@ class ModelEvaluator:
                 (t.baseline_version, None): baseline, (t.candidate_version, None): candidate}
             out.windows.extend(self._results(start, "CLOSED", judgement.verdict.value, known, now_ms))
         if updates:
-            changed = {s for pane in self._touched for s in self._windows_holding(pane)} - set(closing)
+            changed = {s for pane in self._touched for s in self.panes.windows_holding(pane)} - set(closing)
             for start in sorted(changed):
-                status = "REVISED" if already_closed is not None and start < already_closed else "OPEN"
-                if status == "REVISED" or self.panes.next_window is None or start >= self.panes.next_window:
-                    out.windows.extend(self._results(start, status, None, {}, now_ms))
+                if already_closed is not None and start < already_closed:
+                    status = "REVISED"
+                elif self.panes.next_window is None or start >= self.panes.next_window:
+                    status = "OPEN"
+                else:
+                    continue  # starts before the first window with data: never judged, never reported
+                out.windows.extend(self._results(start, status, None, {}, now_ms))
             self._touched.clear()
         if closing:
             # Both scan only what has expired; run them once per closing, not per batch.
             self.panes.retire()
             self.join.expire(self.panes.watermark)
         return out
-
-    def _windows_holding(self, pane: int) -> range:
-        spec = self.panes.spec
-        return range(max(0, pane - spec.size_ms + spec.hop_ms), pane + 1, spec.hop_ms)
 
     def _results(self, start: int, status: str, verdict: str | None,
                  known: Mapping[tuple[str, Segment], WindowState], now_ms: int) -> list[MetricSnapshot]:

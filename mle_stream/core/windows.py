@@ -100,12 +100,16 @@ class PaneTable(Generic[S]):
         last -= last % spec.hop_ms
         if self._next_window is None:
             # The first window that holds the first pane with data.
-            first_pane = min(k.start for k in self._panes)
-            self._next_window = max(0, first_pane - spec.size_ms + spec.hop_ms)
+            self._next_window = self.windows_holding(min(k.start for k in self._panes))[0]
         starts = list(range(self._next_window, last + 1, spec.hop_ms))
         if starts:
             self._next_window = starts[-1] + spec.hop_ms
         return starts
+
+    def windows_holding(self, pane_start: int) -> range:
+        """Starts of the windows that hold this pane, oldest first."""
+        spec = self.spec
+        return range(max(0, pane_start - spec.size_ms + spec.hop_ms), pane_start + 1, spec.hop_ms)
 
     def panes_of(self, window_start: int) -> range:
         return range(window_start, window_start + self.spec.size_ms, self.spec.hop_ms)

@@ -17,7 +17,7 @@ from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.dead_letter import dead_letter_entry
 from mle_stream.core.commands import sign
-from mle_stream.core.evaluator import ModelEvaluator, Reject
+from mle_stream.core.evaluator import ModelEvaluator
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.policy import Verdict
 from mle_stream.core.topology import Topology
@@ -112,11 +112,9 @@ class StreamProcessor:
             else:
                 rejects = evaluator.add_labels(group)  # type: ignore[arg-type]
             self.counters[kind] += len(group) - len(rejects)
-            out.extend(self._reject(msg, _index_in_message(decoded, r.record), r) for r in rejects)
+            out.extend(self._dead_letter(msg, _index_in_message(decoded, r.record), r.field, r.reason, r.record)
+                       for r in rejects)
         return out
-
-    def _reject(self, msg: Incoming, index: int | None, reject: Reject) -> Outgoing:
-        return self._dead_letter(msg, index, reject.field, reject.reason, reject.record)
 
     def _dead_letter(self, msg: Incoming, index: int | None, field: str, reason: str,
                      payload: bytes | Prediction | Label | None) -> Outgoing:
