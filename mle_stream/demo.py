@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 import json
 import logging
 import os
@@ -177,7 +178,8 @@ class Simulator:
         self.degraded_at: int | None = None
         self.canary_timestamps: list[int] = []
         self.sent: dict[str, int] = {}
-        self._labels: list[tuple[float, int, Label]] = []  # (due, tie-breaker, label)
+        self._labels: list[tuple[float, int, Label]] = []  # (due, tie-breaker, label): Labels don't order
+        self._sequence = itertools.count()
         self._route = weights()
         self._route_read = time.monotonic()
 
@@ -216,7 +218,7 @@ class Simulator:
             if self.rng.random() >= LABEL_LOSS:
                 due = time.monotonic() + self.rng.uniform(*LABEL_DELAY_S)
                 label = Label(prediction_id=pid, model=self.topology.model, timestamp=t, label=fraud)
-                heapq.heappush(self._labels, (due, len(self._labels) + t, label))
+                heapq.heappush(self._labels, (due, next(self._sequence), label))
 
     def release_labels(self) -> None:
         now = time.monotonic()
