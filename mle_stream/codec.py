@@ -13,8 +13,11 @@ Producers may write either of two encodings; consumers accept both, told apart b
 
 Prediction and label topics carry either one record or a batch (PredictionBatch / LabelBatch) per
 message; the decoders return every valid record of a batch and one `RecordError` per invalid one,
-so a single bad record never costs the good ones. Commands, rollout events and metric snapshots
-travel one per message and their decoders raise `InvalidEvent`.
+so a single bad record never costs the good ones. The worker reads them as columns
+(`decode_prediction_columns` / `decode_label_columns`): a batch goes straight from its bytes into
+numpy arrays and lists (avro_batch_reader.py), with the same records and errors as the dataclass
+decoders. Commands, rollout events and metric snapshots travel one per message and their decoders
+raise `InvalidEvent`.
 
 Two fastavro defaults are overridden on purpose: ``timestamp-millis`` fields are read and written
 as plain ``int`` epoch milliseconds (the dataclasses carry ints; fastavro would build datetimes),
@@ -28,17 +31,28 @@ import copy
 import dataclasses
 import io
 import json
-import re
-import struct
+import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterable, Mapping, NoReturn, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar
 
 import fastavro
+import numpy as np
+import numpy.typing as npt
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
+from mle_stream.avro_batch_reader import (
+    LABEL_BATCH_CANONICAL_FORM,
+    LABEL_FIELDS,
+    PREDICTION_BATCH_CANONICAL_FORM,
+    PREDICTION_FIELDS,
+    PredictionRead,
+    read_label_batch,
+    read_prediction_batch,
+)
+from mle_stream.core.columns import IntArray, LabelColumns, PredictionColumns
 from mle_stream.core.events import (
     Command,
     CommandKind,
@@ -52,13 +66,16 @@ from mle_stream.errors import InvalidEvent
 
 __all__ = [
     "AVRO_MARKER",
+    "ColumnsResult",
     "DecodeResult",
     "RecordError",
     "WireSchema",
     "check_encodable",
     "decode_command",
+    "decode_label_columns",
     "decode_labels",
     "decode_metric_snapshot",
+    "decode_prediction_columns",
     "decode_predictions",
     "decode_rollout_event",
     "encode_command",
@@ -81,6 +98,9 @@ _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 
 T = TypeVar("T")
+C = TypeVar("C", PredictionColumns, LabelColumns)
+R = TypeVar("R")
+BoolArray = npt.NDArray[np.bool_]
 
 # ------------------------------------------------------------------------------------------------
 # Schemas
@@ -243,6 +263,21 @@ class DecodeResult(Generic[T]):
 
     records: list[T]
     errors: list[RecordError]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # columns have no ==: compare columns.records()
+class ColumnsResult(Generic[C]):
+    """The valid records of one message as columns (PredictionColumns or LabelColumns), in message
+    order, and one error per invalid record, as DecodeResult. Row j of `columns` is record
+    `message_index[j]` of the message, the index its errors and dead letters use."""
+
+    columns: C
+    errors: list[RecordError]
+    message_index: IntArray
 
     @property
     def ok(self) -> bool:
@@ -478,321 +513,6 @@ def _stream_long(stream: io.BytesIO) -> int:
             raise ValueError("varint longer than 10 bytes")
 
 
-# ------------------------------------------------------------------------------------------------
-# Fast path: a reader written for the Prediction schema
-#
-# fastavro needs ~14 us for a Prediction with ten numeric features on the 2-core machines here
-# (its per-datum dispatch costs ~0.5 us per map entry); with the dataclass checks on top that caps
-# the stream near 50k records/s. This reader knows the one schema it reads and, in the usual batch
-# whose records share their feature names, checks the whole features map with one regex match and
-# reads its values with one struct call. It is used only while prediction.avsc and the Prediction
-# dataclass keep the shape it was written for (checked below, at import), and it has no error
-# reporting of its own: any exception sends the message to fastavro, which reads or reports it. At
-# worst it is slower, never lossier; tests cross-check it against fastavro on generated records.
-
-_PREDICTION_CANONICAL_FORM = (
-    '{"name":"io.mlestream.Prediction","type":"record","fields":[{"name":"prediction_id","type":"string"},'
-    '{"name":"model","type":"string"},{"name":"version","type":"string"},{"name":"timestamp","type":"long"},'
-    '{"name":"score","type":["null","double"]},{"name":"scores","type":["null",{"type":"map","values":"double"}]},'
-    '{"name":"value","type":["null","double"]},'
-    '{"name":"predicted_label","type":["null","boolean","long","double","string"]},'
-    '{"name":"latency_ms","type":["null","double"]},'
-    '{"name":"features","type":["null",{"type":"map","values":["double","string"]}]},'
-    '{"name":"segment","type":["null",{"type":"map","values":"string"}]},{"name":"error","type":["null","string"]}]}'
-)
-_PREDICTION_ORDER = ("prediction_id", "model", "version", "timestamp", "score", "scores", "value",
-                     "predicted_label", "latency_ms", "features", "segment", "error")
-_FAST_PREDICTIONS = (
-    _SCHEMAS["Prediction"].canonical_form == _PREDICTION_CANONICAL_FORM
-    and tuple(f.name for f in dataclasses.fields(Prediction)) == _PREDICTION_ORDER
-)
-
-_unpack_double = struct.Struct("<d").unpack_from
-
-
-def _long_at(buf: bytes, pos: int) -> tuple[int, int]:
-    b = buf[pos]
-    pos += 1
-    n = b & 0x7F
-    shift = 7
-    while b & 0x80:
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-    return (n >> 1) ^ -(n & 1), pos
-
-
-def _str_at(buf: bytes, pos: int) -> tuple[str, int]:
-    b = buf[pos]
-    if not b & 0x81:  # a one-byte, non-negative length: the usual case
-        end = pos + 1 + (b >> 1)
-    else:
-        n, pos = _long_at(buf, pos)
-        if n < 0:
-            raise ValueError(f"negative string length {n}")
-        end = pos + n
-        pos -= 1
-    return buf[pos + 1 : end].decode(), end  # a short slice at the end is caught by the length check
-
-
-def _double_at(buf: bytes, pos: int) -> tuple[float, int]:
-    return _unpack_double(buf, pos)[0], pos + 8
-
-
-def _feature_at(buf: bytes, pos: int) -> tuple[float | str, int]:
-    branch = buf[pos]
-    if branch == 0:
-        return _unpack_double(buf, pos + 1)[0], pos + 9
-    if branch == 2:
-        return _str_at(buf, pos + 1)
-    raise ValueError(f"bad union branch {branch}")
-
-
-def _map_at(buf: bytes, pos: int, value_at: Callable[[bytes, int], tuple[Any, int]]) -> tuple[dict[str, Any], int]:
-    out: dict[str, Any] = {}
-    while True:
-        count, pos = _long_at(buf, pos)
-        if count == 0:
-            return out, pos
-        if count < 0:  # a block that also carries its size in bytes
-            count = -count
-            _, pos = _long_at(buf, pos)
-        for _ in range(count):
-            key, pos = _str_at(buf, pos)
-            out[key], pos = value_at(buf, pos)
-
-
-def _string_map_at(buf: bytes, pos: int) -> tuple[dict[str, str], int]:
-    """_map_at(buf, pos, _str_at) with the short-string case inlined: segments are small maps of
-    short strings, and the general version spends most of its time in calls."""
-    out: dict[str, str] = {}
-    while True:
-        b = buf[pos]
-        if b & 0x81:
-            count, pos = _long_at(buf, pos)
-            if count < 0:
-                count = -count
-                _, pos = _long_at(buf, pos)
-        else:
-            count = b >> 1
-            pos += 1
-        if count == 0:
-            return out, pos
-        for _ in range(count):
-            b = buf[pos]
-            if b & 0x81:
-                key, pos = _str_at(buf, pos)
-            else:
-                end = pos + 1 + (b >> 1)
-                key = buf[pos + 1 : end].decode()
-                pos = end
-            b = buf[pos]
-            if b & 0x81:
-                out[key], pos = _str_at(buf, pos)
-            else:
-                end = pos + 1 + (b >> 1)
-                out[key] = buf[pos + 1 : end].decode()
-                pos = end
-
-
-class _FeatureLayout:
-    """The bytes of a features map of given names, in one block, every value a double.
-
-    Only the eight bytes of each value differ between two records with the same names, so a
-    regex over the fixed bytes recognises the layout and a struct reads all the values at once.
-    """
-
-    __slots__ = ("match", "unpack", "names", "size")
-
-    def __init__(self, names: Sequence[str]) -> None:
-        pattern: list[bytes] = []
-        fmt = ["<"]
-        fixed = bytes([2 * len(names)])  # zig-zag block count; the caller keeps it under 64
-        for name in names:
-            raw = name.encode()
-            fixed += bytes([2 * len(raw)]) + raw + b"\x00"  # key length, key, union branch "double"
-            pattern += [re.escape(fixed), b".{8}"]
-            fmt.append(f"{len(fixed)}xd")
-            fixed = b""
-        pattern.append(b"\x00")  # end of the map's blocks
-        fmt.append("x")
-        self.match = re.compile(b"".join(pattern), re.DOTALL).match
-        packer = struct.Struct("".join(fmt))
-        self.unpack = packer.unpack_from
-        self.size = packer.size
-        self.names = tuple(names)
-
-
-class _FeatureLayouts:
-    """The layouts seen so far, and the one that matched last (a batch usually repeats one)."""
-
-    _MAX = 256  # feature-name sets to remember; beyond that, new sets take the general path
-
-    def __init__(self) -> None:
-        self.last: _FeatureLayout | None = None
-        self._known: dict[tuple[str, ...], _FeatureLayout] = {}
-
-    def read(self, buf: bytes, pos: int) -> tuple[dict[str, Any], int]:
-        layout = self.last
-        if layout is not None and layout.match(buf, pos):
-            return dict(zip(layout.names, layout.unpack(buf, pos))), pos + layout.size
-        features, end = _map_at(buf, pos, _feature_at)
-        self._learn(features, buf, pos)
-        return features, end
-
-    def _learn(self, features: dict[str, Any], buf: bytes, pos: int) -> None:
-        if not 0 < len(features) < 64 or any(type(v) is not float for v in features.values()):
-            return
-        names = tuple(features)
-        layout = self._known.get(names)
-        if layout is None:
-            if len(self._known) >= self._MAX or any(len(n.encode()) >= 64 for n in names):
-                return
-            layout = _FeatureLayout(names)
-        if layout.match(buf, pos):  # the regex, not this code, decides whether the layout applies
-            self._known[names] = layout
-            self.last = layout
-
-
-_feature_layouts = _FeatureLayouts()
-
-
-def _read_prediction_batch(payload: bytes) -> list[tuple[Any, ...]]:
-    """The records of a PredictionBatch message as Prediction argument tuples, in schema order.
-
-    Written out long-hand on purpose: the common cases (short strings, one-byte union indexes)
-    are inlined because a function call costs as much as the read itself.
-    """
-    buf = payload
-    rows: list[tuple[Any, ...]] = []
-    append = rows.append
-    double, str_at, long_at, map_at = _unpack_double, _str_at, _long_at, _map_at
-    features_at = _feature_layouts.read
-    pos = _HEADER_LEN
-    while True:
-        count, pos = long_at(buf, pos)
-        if count == 0:
-            break
-        if count < 0:
-            count = -count
-            _, pos = long_at(buf, pos)
-        for _ in range(count):
-            # prediction_id, model, version: strings, nearly always shorter than 64 bytes
-            b = buf[pos]
-            if b & 0x81:
-                prediction_id, pos = str_at(buf, pos)
-            else:
-                end = pos + 1 + (b >> 1)
-                prediction_id = buf[pos + 1 : end].decode()
-                pos = end
-            b = buf[pos]
-            if b & 0x81:
-                model, pos = str_at(buf, pos)
-            else:
-                end = pos + 1 + (b >> 1)
-                model = buf[pos + 1 : end].decode()
-                pos = end
-            b = buf[pos]
-            if b & 0x81:
-                version, pos = str_at(buf, pos)
-            else:
-                end = pos + 1 + (b >> 1)
-                version = buf[pos + 1 : end].decode()
-                pos = end
-            timestamp, pos = long_at(buf, pos)
-            # The unions: the branch index is one zig-zag byte, branch i is written as 2 * i.
-            b = buf[pos]
-            if b == 2:
-                score = double(buf, pos + 1)[0]
-                pos += 9
-            elif b == 0:
-                score = None
-                pos += 1
-            else:
-                _bad(b)
-            b = buf[pos]
-            pos += 1
-            if b == 0:
-                scores = None
-            elif b == 2:
-                scores, pos = map_at(buf, pos, _double_at)
-            else:
-                _bad(b)
-            b = buf[pos]
-            if b == 0:
-                value = None
-                pos += 1
-            elif b == 2:
-                value = double(buf, pos + 1)[0]
-                pos += 9
-            else:
-                _bad(b)
-            b = buf[pos]
-            pos += 1
-            if b == 0:
-                predicted_label: Any = None
-            elif b == 2:
-                flag = buf[pos]
-                if flag > 1:
-                    _bad(flag)
-                predicted_label = flag == 1
-                pos += 1
-            elif b == 4:
-                predicted_label, pos = long_at(buf, pos)
-            elif b == 6:
-                predicted_label = double(buf, pos)[0]
-                pos += 8
-            elif b == 8:
-                predicted_label, pos = str_at(buf, pos)
-            else:
-                _bad(b)
-            b = buf[pos]
-            if b == 2:
-                latency_ms = double(buf, pos + 1)[0]
-                pos += 9
-            elif b == 0:
-                latency_ms = None
-                pos += 1
-            else:
-                _bad(b)
-            b = buf[pos]
-            pos += 1
-            if b == 2:
-                features, pos = features_at(buf, pos)
-            elif b == 0:
-                features = None
-            else:
-                _bad(b)
-            b = buf[pos]
-            pos += 1
-            if b == 0:
-                segment = None
-            elif b == 2:
-                segment, pos = _string_map_at(buf, pos)
-            else:
-                _bad(b)
-            b = buf[pos]
-            pos += 1
-            if b == 0:
-                error = None
-            elif b == 2:
-                error, pos = str_at(buf, pos)
-            else:
-                _bad(b)
-            append((prediction_id, model, version, timestamp, score, scores, value, predicted_label,
-                    latency_ms, features, segment, error))
-    if pos != len(buf):
-        raise ValueError(f"batch ends at byte {pos} of {len(buf)}")
-    return rows
-
-
-def _bad(byte: int) -> NoReturn:
-    raise ValueError(f"unexpected byte {byte} for a union branch or boolean")
-
-
 @dataclass(frozen=True)
 class _Kind(Generic[T]):
     """What decode_predictions / decode_labels differ in."""
@@ -803,9 +523,6 @@ class _Kind(Generic[T]):
     from_avro: Callable[[dict[str, Any]], T]
     from_json: Callable[[Mapping[str, Any]], T]
     id_field: str
-    # A faster reader of the batch body into constructor argument tuples, None to use fastavro.
-    fast_batch: Callable[[bytes], list[tuple[Any, ...]]] | None = None
-    from_row: Callable[..., T] | None = None
 
 
 def _wrong_schema(fp: bytes, expected: Sequence[WireSchema], noun: str) -> str:
@@ -834,13 +551,6 @@ def _decode_avro(payload: bytes, kind: _Kind[T]) -> DecodeResult[T]:
     stream = io.BytesIO(payload)
     stream.seek(_HEADER_LEN)
     if fp == kind.batch.fingerprint:
-        if kind.fast_batch is not None and kind.from_row is not None:
-            try:
-                rows = kind.fast_batch(payload)
-            except Exception:  # noqa: BLE001 - corrupt or unusual input: fastavro reads and reports it
-                rows = None
-            if rows is not None:
-                return _build_rows(rows, kind.from_row)
         try:
             raw = _read_body(stream, kind.batch)["records"]
         # fastavro reports corrupt input with EOFError, ValueError, IndexError, UnicodeDecodeError...
@@ -908,19 +618,6 @@ def _build(raw: Iterable[Any], make: Callable[[Any], T]) -> DecodeResult[T]:
     return DecodeResult(records, errors)
 
 
-def _build_rows(rows: Iterable[tuple[Any, ...]], cls: Callable[..., T]) -> DecodeResult[T]:
-    """_build for the fast reader's argument tuples (a wrapper call per record would cost 5%)."""
-    records: list[T] = []
-    errors: list[RecordError] = []
-    append = records.append
-    for index, row in enumerate(rows):
-        try:
-            append(cls(*row))
-        except InvalidEvent as exc:
-            errors.append(_record_error(index, exc))
-    return DecodeResult(records, errors)
-
-
 def _load_json(payload: bytes) -> Any:
     """The parsed JSON document; raises ValueError with a readable reason."""
     if not payload:
@@ -981,11 +678,119 @@ def _label_from_avro(datum: dict[str, Any]) -> Label:
 _PREDICTIONS: _Kind[Prediction] = _Kind(
     "prediction", _SCHEMAS["Prediction"], _SCHEMAS["PredictionBatch"],
     _prediction_from_avro, prediction_from_dict, "prediction_id",
-    fast_batch=_read_prediction_batch if _FAST_PREDICTIONS else None, from_row=Prediction,
 )
 _LABELS: _Kind[Label] = _Kind(
     "label", _SCHEMAS["Label"], _SCHEMAS["LabelBatch"], _label_from_avro, label_from_dict, "prediction_id",
 )
+
+
+# ------------------------------------------------------------------------------------------------
+# The columns path: a PredictionBatch or LabelBatch straight into columns (avro_batch_reader.py)
+
+# The readers know one schema each: they are used only while schemas/*.avsc and the dataclasses
+# keep the shape they were written for. Otherwise every message takes the record path above.
+_FAST_PREDICTIONS = (
+    _SCHEMAS["PredictionBatch"].canonical_form == PREDICTION_BATCH_CANONICAL_FORM
+    and tuple(f.name for f in dataclasses.fields(Prediction)) == PREDICTION_FIELDS
+)
+_FAST_LABELS = (
+    _SCHEMAS["LabelBatch"].canonical_form == LABEL_BATCH_CANONICAL_FORM
+    and tuple(f.name for f in dataclasses.fields(Label)) == LABEL_FIELDS
+)
+
+
+def _fast_read(payload: bytes, kind: _Kind[Any], enabled: bool, reader: Callable[[bytes, int], R]) -> R | None:
+    """What the fast reader reads of a batch message of this kind; None for any other message, or
+    when the reader refuses it (the record path then reads it with fastavro, or reports it)."""
+    if not enabled or payload[:2] != AVRO_MARKER or payload[2:_HEADER_LEN] != kind.batch.fingerprint:
+        return None
+    try:
+        return reader(payload, _HEADER_LEN)
+    except Exception:  # noqa: BLE001 - corrupt or unusual input: fastavro reads and reports it
+        return None
+
+
+def _read_prediction_batch(payload: bytes) -> list[tuple[Any, ...]]:
+    """Every record of a PredictionBatch message as Prediction constructor arguments, unchecked (the
+    tests cross-check the fast reader against fastavro with it)."""
+    read = read_prediction_batch(payload, _HEADER_LEN)
+    return [read.args(i) for i in range(len(read))]
+
+
+def _present(values: Sequence[object] | None, n: int) -> BoolArray:
+    if values is None:
+        return np.zeros(n, dtype=np.bool_)
+    return np.fromiter((v is not None for v in values), dtype=np.bool_, count=n)
+
+
+def _flag_empty(flagged: BoolArray, *columns: list[str]) -> None:
+    for column in columns:
+        if "" in column:  # a C loop; the per-row flags only when there is one
+            flagged |= np.fromiter((not s for s in column), dtype=np.bool_, count=len(column))
+
+
+def _explained(columns: C, flagged: BoolArray, build: Callable[[int], object]) -> ColumnsResult[C]:
+    """The rows not flagged, and an error for each flagged row, explained by `build` (the
+    dataclass of that row), so the reason is exactly the one the record path gives."""
+    errors: list[RecordError] = []
+    for i in np.flatnonzero(flagged).tolist():
+        try:
+            build(i)
+        except InvalidEvent as exc:
+            errors.append(_record_error(i, exc))
+        else:  # the dataclass is the contract: a row it accepts stays
+            flagged[i] = False
+    keep = np.flatnonzero(~flagged).astype(np.int64, copy=False)
+    return ColumnsResult(columns.select(keep) if errors else columns, errors, keep)
+
+
+def _check_predictions(read: PredictionRead) -> ColumnsResult[PredictionColumns]:
+    """events.Prediction's contract on whole columns: what Avro's types do not already guarantee.
+
+    Validate fast, explain slow: these checks only flag rows; _explained builds the Prediction of a
+    flagged row for its error. Feature and segment values need no check: Avro types them.
+    """
+    c = read.columns
+    n = len(c)
+    outputs = read.has_score.astype(np.int8) + read.has_value + _present(c.scores, n)
+    flagged = (c.timestamp < 0) | (outputs > 1) | ((outputs == 0) & ~_present(c.error, n))
+    flagged |= read.has_score & ~((c.score >= 0.0) & (c.score <= 1.0))  # NaN fails both
+    flagged |= read.has_value & ~np.isfinite(c.value)
+    flagged |= read.has_latency & ~(np.isfinite(c.latency_ms) & (c.latency_ms >= 0.0))
+    _flag_empty(flagged, c.prediction_id, c.model, c.version)
+    if c.scores is not None:
+        for i, scores in enumerate(c.scores):
+            if scores is not None and not (scores and all(map(math.isfinite, scores.values()))):
+                flagged[i] = True
+    return _explained(c, flagged, lambda i: Prediction(*read.args(i)))
+
+
+def _check_labels(c: LabelColumns) -> ColumnsResult[LabelColumns]:
+    """events.Label's contract on whole columns; as _check_predictions."""
+    flagged = c.timestamp < 0
+    _flag_empty(flagged, c.prediction_id, c.model)
+    if float in set(map(type, c.label)):  # only a double can break it (NaN, infinite)
+        flagged |= np.fromiter((type(v) is float and not math.isfinite(v) for v in c.label),
+                               dtype=np.bool_, count=len(c))
+    return _explained(c, flagged, c.record)
+
+
+def _prediction_columns(payload: bytes) -> ColumnsResult[PredictionColumns] | None:
+    read = _fast_read(payload, _PREDICTIONS, _FAST_PREDICTIONS, read_prediction_batch)
+    return None if read is None else _check_predictions(read)
+
+
+def _label_columns(payload: bytes) -> ColumnsResult[LabelColumns] | None:
+    read = _fast_read(payload, _LABELS, _FAST_LABELS, read_label_batch)
+    return None if read is None else _check_labels(read)
+
+
+def _as_columns(result: DecodeResult[T], to_columns: Callable[[list[T]], C]) -> ColumnsResult[C]:
+    # Each record the record path read is in `records` or named by an error: the records' message
+    # indices are the ones no error names.
+    bad = {e.index for e in result.errors if e.index is not None}
+    index = [i for i in range(len(result.records) + len(bad)) if i not in bad]
+    return ColumnsResult(to_columns(result.records), result.errors, np.array(index, dtype=np.int64))
 
 
 def decode_predictions(payload: bytes) -> DecodeResult[Prediction]:
@@ -997,12 +802,44 @@ def decode_predictions(payload: bytes) -> DecodeResult[Prediction]:
     Never raises for bad input: a record that breaks the contract becomes a RecordError with its
     index, and an unreadable message a single RecordError with index None.
     """
+    payload = _as_bytes(payload)
+    fast = _prediction_columns(payload)
+    if fast is not None:
+        return DecodeResult(fast.columns.records(), fast.errors)
     return _decode(payload, _PREDICTIONS)
+
+
+def decode_prediction_columns(payload: bytes) -> ColumnsResult[PredictionColumns]:
+    """The predictions in one message as columns: what the worker's hot path reads.
+
+    The same forms, records and errors as decode_predictions. A PredictionBatch is read straight
+    into columns (no object per record) and the contract is checked on whole columns; the rarer
+    forms go through decode_predictions' records. `message_index` maps each row back to its record
+    in the message, for dead letters.
+    """
+    payload = _as_bytes(payload)
+    fast = _prediction_columns(payload)
+    if fast is not None:
+        return fast
+    return _as_columns(_decode(payload, _PREDICTIONS), PredictionColumns.from_records)
 
 
 def decode_labels(payload: bytes) -> DecodeResult[Label]:
     """The labels in one message of the labels topic; same forms and rules as decode_predictions."""
+    payload = _as_bytes(payload)
+    fast = _label_columns(payload)
+    if fast is not None:
+        return DecodeResult(fast.columns.records(), fast.errors)
     return _decode(payload, _LABELS)
+
+
+def decode_label_columns(payload: bytes) -> ColumnsResult[LabelColumns]:
+    """The labels in one message as columns; as decode_prediction_columns."""
+    payload = _as_bytes(payload)
+    fast = _label_columns(payload)
+    if fast is not None:
+        return fast
+    return _as_columns(_decode(payload, _LABELS), LabelColumns.from_records)
 
 
 # ------------------------------------------------------------------------------------------------
