@@ -117,7 +117,7 @@ def replay(predictions: list[Prediction], labels: list[Label], topologies: Mappi
         kind, batch = pending.pop(model)
         ev = evaluators[model]
         rejects = ev.add_predictions(batch, now) if kind == 0 else ev.add_labels(batch)
-        result.rejected.extend(f"{r.record.prediction_id}: {r.field}: {r.reason}" for r in rejects)
+        result.rejected.extend(f"{batch[r.index].prediction_id}: {r.field}: {r.reason}" for r in rejects)
         collect(ev.advance(now, updates=True))
 
     for _, kind, record in _events(predictions, labels):

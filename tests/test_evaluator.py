@@ -75,8 +75,9 @@ def test_unusable_records_come_back_as_rejects_naming_the_field() -> None:
     ev = ModelEvaluator(TOPOLOGY)
     future = Prediction(prediction_id="f", model="fraud", version="1", timestamp=NOW + 3_600_000, score=0.5)
     wrong_task = Prediction(prediction_id="w", model="fraud", version="1", timestamp=1, value=3.0)
-    rejects = ev.add_predictions([future, wrong_task], NOW)
-    assert [(r.field, r.record.prediction_id) for r in rejects] == [("timestamp", "f"), ("score", "w")]
+    batch = [future, wrong_task]
+    rejects = ev.add_predictions(batch, NOW)
+    assert [(r.field, batch[r.index].prediction_id) for r in rejects] == [("timestamp", "f"), ("score", "w")]
     assert ev.panes.watermark == -1  # the far-future timestamp did not move event time
     ev.add_predictions([Prediction(prediction_id="p", model="fraud", version="1", timestamp=5, score=0.9)], NOW)
     rejects = ev.add_labels([Label(prediction_id="p", model="fraud", timestamp=6, label="cat")])  # refused on arrival

@@ -1,24 +1,29 @@
 """Everything mle-stream knows about one model: the label join, its panes and its policy state.
 
-The stream (and `mle-stream replay`) feed decoded records in and call `advance`; what comes out
-(window results of closed windows, judgements, commands) is for the edge to publish. Records the
-contract allows but this model cannot use (a binary label 'cat', a timestamp far in the future)
-come back as Rejects for the dead-letter topic.
+The stream (and `mle-stream replay`) feed columns of decoded records in and call `advance`; what
+comes out (window results of closed windows, judgements, commands) is for the edge to publish.
+Records the contract allows but this model cannot use (a binary label 'cat', a timestamp far in
+the future) come back as Rejects for the dead-letter topic.
 
-The per-record work is the join (a dict lookup) and appending to column lists; the metric states
-are updated once per (pane, version, segment) and batch, from numpy arrays.
+Batches are columns (core/columns.py) and the work is done per column: pane, retention and
+decision are numpy expressions, the join moves whole batches in and out of dicts with C-level
+calls (dict.update over zip, map over dict.pop), and each (pane, version, segment) state is
+updated once per batch from numpy arrays. Python runs per record only where the data is
+irregular: segments, multiclass score maps, a pod's own predicted_label, duplicates.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from itertools import repeat
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from mle_stream.core.columns import IntArray, LabelColumns, PredictionColumns
 from mle_stream.core.events import Command, Label, LabelValue, MetricSnapshot, Prediction
-from mle_stream.core.join import Arrival, LabelJoin, binary_truth
+from mle_stream.core.join import Joined, LabelJoin, binary_truth
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
 from mle_stream.core.policy import PolicyState, WindowJudgement, decide, judge
 from mle_stream.core.topology import Topology
@@ -26,24 +31,20 @@ from mle_stream.core.window_state import WindowState
 from mle_stream.core.windows import PaneTable, Segment, WindowSpec
 
 OTHER = "__other__"  # the segment value that stands for every value past the cardinality cap
+WHOLE: tuple[Segment, ...] = (None,)  # the segments of a record without segment values
+
+# What the join keeps of a prediction: enough to score it, not its features. A plain tuple, built
+# by zip() in C: (pane, version, segments, output, decision), where segments always starts with
+# None (the whole version), output is the score (binary), the scores map (multiclass) or the value
+# (regression), and decision is the pod's decision (binary: bool; multiclass: class; else None).
+Pending = tuple[int, str, tuple[Segment, ...], Any, Any]
 
 
 @dataclass(frozen=True)
 class Reject:
-    record: Prediction | Label
+    index: int  # the row in the batch that was passed in
     field: str
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """What the join keeps of a prediction: enough to score it, not its features."""
-
-    version: str
-    pane: int
-    segments: tuple[Segment, ...]  # always starts with None, the whole version
-    output: Any  # binary: score; multiclass: the scores map; regression: the value
-    decision: Any  # binary: bool; multiclass: class name; regression: None
 
 
 @dataclass
@@ -53,16 +54,50 @@ class Advance:
     commands: list[Command] = field(default_factory=list)
 
 
-class _Columns:
-    """Rows for one state, gathered during a batch and applied at its end."""
+def _groups(panes: IntArray, versions: Sequence[str],
+            segments: Sequence[tuple[Segment, ...]] | None) -> Iterator[tuple[tuple[int, str, Segment], IntArray]]:
+    """Row indices per (pane, version, segment): numpy for the whole-version groups, a loop over
+    records only for segment groups."""
+    n = len(panes)
+    if n == 0:
+        return
+    distinct = list(dict.fromkeys(versions))
+    if len(distinct) == 1:
+        codes = np.zeros(n, dtype=np.int64)
+    else:
+        lookup = {v: i for i, v in enumerate(distinct)}
+        codes = np.fromiter(map(lookup.__getitem__, versions), dtype=np.int64, count=n)
+    key = panes * len(distinct) + codes  # pane starts are < 2**62 / len(distinct) for any real clock
+    first = key[0]
+    if (key == first).all():
+        yield (int(panes[0]), distinct[int(codes[0])], None), np.arange(n, dtype=np.int64)
+    else:
+        order = np.argsort(key, kind="stable")
+        bounds = np.flatnonzero(np.diff(key[order])) + 1
+        for rows in np.split(order, bounds):
+            r = int(rows[0])
+            yield (int(panes[r]), distinct[int(codes[r])], None), rows
+    if segments is not None:
+        by_segment: defaultdict[tuple[int, str, Segment], list[int]] = defaultdict(list)
+        pane_list = panes.tolist()
+        for i, segs in enumerate(segments):
+            for segment in segs[1:]:
+                by_segment[(pane_list[i], versions[i], segment)].append(i)
+        for k, rows_list in by_segment.items():
+            yield k, np.array(rows_list, dtype=np.int64)
 
-    __slots__ = ("a", "b", "c", "w")
 
-    def __init__(self) -> None:
-        self.a: list[Any] = []
-        self.b: list[Any] = []
-        self.c: list[Any] = []
-        self.w: list[float] = []
+def _take(values: Any, rows: IntArray) -> list[Any]:
+    """values[rows] as a list, for a numpy column or a list."""
+    if isinstance(values, np.ndarray):
+        return values[rows].tolist()  # type: ignore[no-any-return]
+    return [values[i] for i in rows.tolist()]
+
+
+def _pending_from_json(data: list[Any]) -> Pending:
+    pane, version, segments, output, decision = data
+    segs = WHOLE if len(segments) == 1 else tuple(None if s is None else (s[0], s[1]) for s in segments)
+    return pane, version, segs, output, decision
 
 
 class ModelEvaluator:
@@ -75,6 +110,10 @@ class ModelEvaluator:
         self.policy_state = PolicyState()
         self._segment_values: dict[str, set[str]] = {d: set() for d in t.segment_dimensions}
         self._touched: set[int] = set()  # panes updated since updates were last emitted
+        # Rows not yet applied to the pane states (see _apply): served predictions as columns
+        # (panes, versions, segments, latency, failed) per batch, and joined rows.
+        self._served: list[tuple[IntArray, Sequence[str], list[tuple[Segment, ...]] | None, Any, Any]] = []
+        self._scored: Joined[Pending] = Joined()
 
     def role(self, version: str) -> str:
         if version == self.topology.baseline_version:
@@ -83,158 +122,296 @@ class ModelEvaluator:
             return "candidate"
         return "other"
 
+    # -- state ------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything this evaluator holds, as plain JSON data, for a checkpoint. A million
+        pending predictions are a few tens of MB; see the README (State and restarts)."""
+        self._apply()
+        return {
+            "kind": "model_evaluator", "v": 1, "shape": self._shape(),
+            "join": self.join.snapshot(),
+            "panes": self.panes.snapshot(WindowState.snapshot),
+            "policy": self.policy_state.snapshot(),
+            "segment_values": {d: sorted(v) for d, v in self._segment_values.items()},
+            "touched": sorted(self._touched),
+        }
+
+    @classmethod
+    def restore(cls, topology: Topology, data: dict[str, Any]) -> ModelEvaluator:
+        """The evaluator a snapshot was taken of, under `topology`. A topology whose windows,
+        task or thresholds changed since cannot take the old state (panes would mean other
+        spans, pending decisions other thresholds): ValueError names what differs."""
+        if not isinstance(data, dict) or data.get("kind") != "model_evaluator" or data.get("v") != 1:
+            raise ValueError(f"not a model_evaluator v1 snapshot: kind={data.get('kind')!r}, v={data.get('v')!r}")
+        ev = cls(topology)
+        differs = {k: (v, data["shape"].get(k)) for k, v in ev._shape().items() if data["shape"].get(k) != v}
+        if differs:
+            detail = "; ".join(f"{k}: snapshot {old!r}, topology {new!r}" for k, (new, old) in differs.items())
+            raise ValueError(f"the snapshot of model {topology.model!r} was taken under another topology ({detail})")
+        ev.join = LabelJoin.restore(data["join"], _pending_from_json)
+        ev.panes = PaneTable.restore(ev.panes.spec, ev.panes._new_state, data["panes"],
+                                     lambda d: WindowState.restore(topology.task, d))
+        ev.policy_state = PolicyState.restore(data["policy"])
+        ev._segment_values = {d: set(v) for d, v in data["segment_values"].items()}
+        ev._touched = set(data["touched"])
+        return ev
+
+    def _shape(self) -> dict[str, Any]:
+        """What a snapshot's meaning depends on."""
+        t = self.topology
+        return {"model": t.model, "task": t.task, "threshold": t.threshold, "thresholds": list(t.thresholds),
+                "window_size_ms": t.window_size_ms, "window_hop_ms": t.window_hop_ms,
+                "segment_dimensions": list(t.segment_dimensions)}
+
     # -- input ------------------------------------------------------------------------------------
 
     def add_predictions(self, predictions: list[Prediction], now_ms: int) -> list[Reject]:
-        rejects: list[Reject] = []
-        served: defaultdict[tuple[int, str, Segment], _Columns] = defaultdict(_Columns)
-        scored: defaultdict[tuple[int, str, Segment], _Columns] = defaultdict(_Columns)
-        horizon = now_ms + self.topology.max_clock_skew_ms
-        panes = self.panes
-        for p in predictions:
-            if p.timestamp > horizon:
-                # One far-future timestamp would close every open window at once: refuse it.
-                rejects.append(Reject(p, "timestamp", f"{p.timestamp} is {p.timestamp - now_ms} ms ahead of the "
-                                      f"worker's clock (allowed: {self.topology.max_clock_skew_ms} ms)"))
-                continue
-            try:
-                output, decision = self._read_output(p)
-            except ValueError as exc:
-                field_name, _, reason = str(exc).partition(": ")
-                rejects.append(Reject(p, field_name, reason))
-                continue
-            panes.observe(p.timestamp)
-            pane = panes.pane_start(p.timestamp)
-            if not panes.is_retained(pane):
-                panes.late_dropped += 1
-                continue
-            pending = Pending(p.version, pane, self._segments(p), output, decision)
-            if p.error is None:
-                result = self.join.add_prediction(p.prediction_id, p.timestamp, pending)
-                if result.arrival is Arrival.DUPLICATE:
-                    continue
-                if result.arrival is Arrival.JOINED:
-                    self._collect(scored, pending, result.label, 1.0)  # type: ignore[arg-type]  # set when JOINED
-            latency = np.nan if p.latency_ms is None else p.latency_ms
-            for segment in pending.segments:
-                cols = served[(pane, p.version, segment)]
-                cols.a.append(latency)
-                cols.b.append(p.error is not None)
-        self._apply_served(served)
-        self._apply_scored(scored)
-        return rejects
+        """Records instead of columns (replay, tests); Reject.index is the position in the list."""
+        return self.add_prediction_columns(PredictionColumns.from_records(predictions), now_ms)
 
     def add_labels(self, labels: list[Label]) -> list[Reject]:
+        return self.add_label_columns(LabelColumns.from_records(labels))
+
+    def add_prediction_columns(self, cols: PredictionColumns, now_ms: int) -> list[Reject]:
+        """One batch of one model's predictions, in arrival order. The result is as if they were
+        added one by one: event time (the watermark) moves with every accepted record, and a
+        record whose pane event time has already retired is dropped (counted in late_dropped)."""
+        t = self.topology
+        n = len(cols)
+        if n == 0:
+            return []
         rejects: list[Reject] = []
-        scored: defaultdict[tuple[int, str, Segment], _Columns] = defaultdict(_Columns)
-        for label in labels:
-            try:
-                truth = self._read_truth(label.label)
-            except ValueError as exc:
-                rejects.append(Reject(label, "label", f"cannot score a {self.topology.task} model with it: {exc}"))
-                continue
-            result = self.join.add_label(label.prediction_id, label.timestamp, truth)
-            if result.arrival is Arrival.JOINED:
-                self._collect(scored, result.prediction, truth, 1.0)  # type: ignore[arg-type]
-            elif result.arrival is Arrival.CORRECTED:
-                # The later label wins: take the old outcome out, put the new one in.
-                self._collect(scored, result.prediction, result.previous_label, -1.0)  # type: ignore[arg-type]
-                self._collect(scored, result.prediction, truth, 1.0)  # type: ignore[arg-type]
-        self._apply_scored(scored)
+        ok = np.ones(n, dtype=bool)
+        ts = cols.timestamp
+        horizon = now_ms + t.max_clock_skew_ms
+        for i in np.flatnonzero(ts > horizon).tolist():
+            # One far-future timestamp would close every open window at once: refuse it.
+            rejects.append(Reject(i, "timestamp", f"{int(ts[i])} is {int(ts[i]) - now_ms} ms ahead of the "
+                                  f"worker's clock (allowed: {t.max_clock_skew_ms} ms)"))
+            ok[i] = False
+        failed = np.zeros(n, dtype=bool) if cols.error is None else np.array([e is not None for e in cols.error])
+        outputs, decisions = self._read_outputs(cols, failed, ok, rejects)
+        if rejects:
+            rejects.sort(key=lambda r: r.index)
+        rows = np.flatnonzero(ok)
+        if len(rows) == 0:
+            return rejects
+        # Event time as it was when each record arrived: the running maximum, this record included.
+        ts_ok = ts[rows]
+        running = np.maximum(np.maximum.accumulate(ts_ok), self.panes.watermark)
+        self.panes.observe(int(running[-1]))
+        spec = self.panes.spec
+        panes = ts_ok - ts_ok % spec.hop_ms
+        retained = panes + (spec.size_ms + spec.retention_ms) > running  # PaneTable.is_retained, per record
+        if not retained.all():
+            self.panes.late_dropped += int((~retained).sum())
+            rows, ts_ok, panes = rows[retained], ts_ok[retained], panes[retained]
+        if len(rows) == 0:
+            return rejects
+        all_rows = len(rows) == n
+        versions = cols.version if all_rows else [cols.version[i] for i in rows.tolist()]
+        segments = self._segments(cols, rows)
+
+        failed_rows = failed if all_rows else failed[rows]
+        # Joined: predictions that did not fail wait for (or meet) their labels.
+        waiting = np.flatnonzero(~failed_rows)
+        sel = waiting.tolist()
+        ids = [cols.prediction_id[i] for i in rows[waiting].tolist()] if len(sel) < n else cols.prediction_id
+        # Pane starts and version names repeat: share one object each instead of one per pending
+        # record (a decoded string or a tolist() int is a new object every time; ~80 B a record).
+        pane_list = panes[waiting].tolist()
+        version_list = versions if len(sel) == len(rows) else [versions[i] for i in sel]
+        pending: list[Pending] = list(zip(
+            map({p: p for p in set(pane_list)}.__getitem__, pane_list),
+            map({v: v for v in set(version_list)}.__getitem__, version_list),
+            repeat(WHOLE) if segments is None else [segments[i] for i in sel],
+            _take(outputs, rows[waiting]), _take(decisions, rows[waiting])))
+        joined = self.join.add_predictions(ids, ts_ok[waiting].tolist(), pending)
+
+        # Served: every prediction, failed ones included, a duplicate delivery not again.
+        latency = cols.latency_ms if all_rows else cols.latency_ms[rows]
+        if joined.duplicates:
+            served = np.ones(len(rows), dtype=bool)
+            served[waiting[joined.duplicates]] = False
+            keep = np.flatnonzero(served)
+            kept = keep.tolist()
+            panes, latency, failed_rows = panes[keep], latency[keep], failed_rows[keep]
+            versions = [versions[i] for i in kept]
+            segments = None if segments is None else [segments[i] for i in kept]
+        self._served.append((panes, versions, segments, latency, failed_rows))
+        if joined.predictions:
+            self._scored.extend(joined)
         return rejects
 
-    def _read_output(self, p: Prediction) -> tuple[Any, Any]:
-        """The model output and the decision taken; ValueError('field: reason') when unusable."""
-        task = self.topology.task
-        if p.error is not None:
-            return None, None
-        if task == "binary":
-            if p.score is None:
-                raise ValueError(f"score: model {p.model!r} is a binary model: its predictions carry 'score'")
-            if p.predicted_label is not None:
-                try:
-                    return p.score, binary_truth(p.predicted_label)
-                except ValueError as exc:
-                    raise ValueError(f"predicted_label: {exc}") from None
-            return p.score, p.score >= self.topology.threshold
-        if task == "multiclass":
-            if p.scores is None:
-                raise ValueError(f"scores: model {p.model!r} is a multiclass model: its predictions carry 'scores'")
-            if sum(p.scores.values()) <= 0 or min(p.scores.values()) < 0:
-                raise ValueError("scores: class probabilities must be >= 0 and not all 0")
-            decision = p.predicted_label if p.predicted_label is not None else max(p.scores, key=p.scores.__getitem__)
-            return p.scores, str(decision)
-        if p.value is None:
-            raise ValueError(f"value: model {p.model!r} is a regression model: its predictions carry 'value'")
-        return p.value, None
+    def add_label_columns(self, cols: LabelColumns) -> list[Reject]:
+        """One batch of one model's labels, in arrival order."""
+        n = len(cols)
+        if n == 0:
+            return []
+        rejects: list[Reject] = []
+        truths = self._read_truths(cols.label, rejects)
+        ids, ts = cols.prediction_id, cols.timestamp.tolist()
+        if rejects:
+            bad = {r.index for r in rejects}
+            keep = [i for i in range(n) if i not in bad]
+            ids, ts, truths = [ids[i] for i in keep], [ts[i] for i in keep], [truths[i] for i in keep]
+        joined = self.join.add_labels(ids, ts, truths)
+        if joined.predictions:
+            self._scored.extend(joined)
+        return rejects
 
-    def _read_truth(self, value: LabelValue) -> LabelValue:
-        task = self.topology.task
+    def _read_outputs(self, cols: PredictionColumns, failed: np.ndarray, ok: np.ndarray,
+                      rejects: list[Reject]) -> tuple[Any, Any]:
+        """The model output and the decision per row (arrays where the task allows, else lists);
+        rows this model cannot use are rejected and cleared in `ok`."""
+        t = self.topology
+        task = t.task
+        model = cols.model[0]
         if task == "binary":
-            return binary_truth(value)
-        if task == "multiclass":
-            return str(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"a regression label must be a number, got {value!r}")
-        return float(value)
-
-    def _segments(self, p: Prediction) -> tuple[Segment, ...]:
-        if not self._segment_values or not p.segment:
-            return (None,)
-        out: list[Segment] = [None]
-        for dimension, seen in self._segment_values.items():
-            value = p.segment.get(dimension)
-            if value is None:
+            missing = np.isnan(cols.score) & ~failed & ok
+            for i in np.flatnonzero(missing).tolist():
+                rejects.append(Reject(i, "score", f"model {model!r} is a binary model: its predictions carry 'score'"))
+                ok[i] = False
+            decisions = cols.score >= t.threshold
+            if cols.predicted_label is not None:
+                decisions = decisions.tolist()
+                for i, given in enumerate(cols.predicted_label):
+                    if given is not None and ok[i] and not failed[i]:
+                        try:
+                            decisions[i] = binary_truth(given)
+                        except ValueError as exc:
+                            rejects.append(Reject(i, "predicted_label", str(exc)))
+                            ok[i] = False
+            return cols.score, decisions
+        outputs: list[Any] = [None] * len(cols)
+        decisions_list: list[Any] = [None] * len(cols)
+        for i in range(len(cols)):
+            if not ok[i] or failed[i]:
                 continue
-            if value not in seen:
-                if len(seen) >= self.topology.segment_max_values:
-                    value = OTHER
+            if task == "multiclass":
+                scores = None if cols.scores is None else cols.scores[i]
+                if scores is None:
+                    rejects.append(Reject(i, "scores", f"model {model!r} is a multiclass model: its predictions carry 'scores'"))
+                    ok[i] = False
+                    continue
+                if sum(scores.values()) <= 0 or min(scores.values()) < 0:
+                    rejects.append(Reject(i, "scores", "class probabilities must be >= 0 and not all 0"))
+                    ok[i] = False
+                    continue
+                given = None if cols.predicted_label is None else cols.predicted_label[i]
+                outputs[i] = scores
+                decisions_list[i] = str(given if given is not None else max(scores, key=scores.__getitem__))
+            else:
+                value = float(cols.value[i])
+                if value != value:
+                    rejects.append(Reject(i, "value", f"model {model!r} is a regression model: its predictions carry 'value'"))
+                    ok[i] = False
+                    continue
+                outputs[i] = value
+        return outputs, decisions_list
+
+    def _read_truths(self, values: list[LabelValue], rejects: list[Reject]) -> list[LabelValue]:
+        task = self.topology.task
+        if task == "binary" and set(map(type, values)) == {bool}:
+            return values  # the usual case: Avro booleans
+        out: list[LabelValue] = []
+        for i, value in enumerate(values):
+            try:
+                if task == "binary":
+                    out.append(binary_truth(value))
+                elif task == "multiclass":
+                    out.append(str(value))
+                elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"a regression label must be a number, got {value!r}")
                 else:
-                    seen.add(value)
-            out.append((dimension, value))
-        return tuple(out)
+                    out.append(float(value))
+            except ValueError as exc:
+                rejects.append(Reject(i, "label", f"cannot score a {task} model with it: {exc}"))
+                out.append(value)  # dropped by the caller
+        return out
 
-    def _collect(self, scored: defaultdict[tuple[int, str, Segment], _Columns], pending: Pending,
-                 truth: LabelValue, weight: float) -> None:
+    def _segments(self, cols: PredictionColumns, rows: IntArray) -> list[tuple[Segment, ...]] | None:
+        """Per row, the whole version followed by (dimension, value) for each configured
+        dimension the record names; None when no row has segments to count."""
+        if not self._segment_values or cols.segment is None:
+            return None
+        out: list[tuple[Segment, ...]] = []
+        cap = self.topology.segment_max_values
+        for i in rows.tolist():
+            given = cols.segment[i]
+            if not given:
+                out.append(WHOLE)
+                continue
+            segs: list[Segment] = [None]
+            for dimension, seen in self._segment_values.items():
+                value = given.get(dimension)
+                if value is None:
+                    continue
+                if value not in seen:
+                    if len(seen) >= cap:
+                        value = OTHER
+                    else:
+                        seen.add(value)
+                segs.append((dimension, value))
+            out.append(tuple(segs))
+        return out
+
+    def _apply(self) -> None:
+        """Update the pane states with the rows gathered since the last call. Deferred to here
+        (advance, snapshot) because a state update costs a few hundred µs whatever its size:
+        once per worker batch, not once per Kafka message."""
+        if self._served:
+            served, self._served = self._served, []
+            panes = np.concatenate([s[0] for s in served])
+            versions = [v for s in served for v in s[1]]
+            if all(s[2] is None for s in served):
+                segments = None
+            else:
+                segments = [seg for s in served for seg in (s[2] or repeat(WHOLE, len(s[0])))]
+            latency = np.concatenate([s[3] for s in served])
+            failed = np.concatenate([s[4] for s in served])
+            for (pane, version, segment), idx in _groups(panes, versions, segments):
+                state = self.panes.state(pane, version, segment)
+                if state is not None:
+                    self._touched.add(pane)
+                    state.serve(latency[idx], failed[idx])
+        if self._scored.predictions:
+            scored, self._scored = self._scored, Joined()
+            self._score(scored.predictions, scored.labels, scored.weights)
+
+    def _score(self, pending: list[Pending], truths: list[LabelValue], weights: list[float]) -> None:
+        """Add joined (prediction, label) rows to their panes' states; weight -1 takes one out."""
         task = self.topology.task
+        pane_col, version_col, segment_col, output_col, decision_col = zip(*pending)
+        panes = np.array(pane_col, dtype=np.int64)
+        segments = None if segment_col.count(WHOLE) == len(segment_col) else segment_col  # count: in C
+        w = np.array(weights, dtype=np.float64)
+        y: np.ndarray[Any, Any]
+        predicted: np.ndarray[Any, Any]
         if task == "binary":
-            a, b, c = truth, pending.output, pending.decision
+            y = np.array(truths, dtype=np.bool_)
+            score = np.array(output_col, dtype=np.float64)
+            predicted = np.array(decision_col, dtype=np.bool_)
         elif task == "multiclass":
-            total = sum(pending.output.values())
-            a, b, c = truth, pending.decision, pending.output.get(truth, 0.0) / total
+            y = np.array(truths, dtype=object)
+            predicted = np.array(decision_col, dtype=object)
+            score = np.array([o.get(truth, 0.0) / sum(o.values()) for o, truth in zip(output_col, truths)],
+                             dtype=np.float64)
         else:
-            a, b, c = truth, pending.output, None
-        for segment in pending.segments:
-            cols = scored[(pending.pane, pending.version, segment)]
-            cols.a.append(a)
-            cols.b.append(b)
-            cols.c.append(c)
-            cols.w.append(weight)
-
-    def _apply_served(self, served: Mapping[tuple[int, str, Segment], _Columns]) -> None:
-        for (pane, version, segment), cols in served.items():
-            state = self.panes.state(pane, version, segment)
-            if state is not None:
-                self._touched.add(pane)
-                state.serve(np.array(cols.a, dtype=np.float64), np.array(cols.b, dtype=np.bool_))
-
-    def _apply_scored(self, scored: Mapping[tuple[int, str, Segment], _Columns]) -> None:
-        task = self.topology.task
-        for (pane, version, segment), cols in scored.items():
+            y = np.array(truths, dtype=np.float64)
+            score = np.array(output_col, dtype=np.float64)
+        for (pane, version, segment), idx in _groups(panes, version_col, segments):
             state = self.panes.state(pane, version, segment)
             if state is None:
                 continue
             self._touched.add(pane)
-            weight = np.array(cols.w, dtype=np.float64)
             if task == "binary":
-                state.score(BinaryOutcomes(np.array(cols.a, dtype=np.bool_), np.array(cols.b, dtype=np.float64),
-                                           np.array(cols.c, dtype=np.bool_), weight))
+                state.score(BinaryOutcomes(y[idx], score[idx], predicted[idx], w[idx]))
             elif task == "multiclass":
-                state.score(MulticlassOutcomes(np.array(cols.a, dtype=object), np.array(cols.b, dtype=object),
-                                               np.array(cols.c, dtype=np.float64), weight))
+                state.score(MulticlassOutcomes(y[idx], predicted[idx], score[idx], w[idx]))
             else:
-                state.score(RegressionOutcomes(np.array(cols.a, dtype=np.float64),
-                                               np.array(cols.b, dtype=np.float64), weight))
+                state.score(RegressionOutcomes(y[idx], score[idx], w[idx]))
 
     # -- output -----------------------------------------------------------------------------------
 
@@ -252,6 +429,7 @@ class ModelEvaluator:
         last updates: OPEN ones still filling, REVISED ones that late labels changed after they
         closed (their verdict stands: a decision is taken once). Then forget what retention no
         longer needs."""
+        self._apply()
         out = Advance()
         t = self.topology
         already_closed = self.panes.next_window

@@ -15,9 +15,11 @@ scoring needs, not the features.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Generic, TypeVar
+from itertools import repeat
+from operator import itemgetter
+from typing import Any, Callable, Generic, TypeVar
 
 from mle_stream.core.events import LabelValue
 
@@ -37,6 +39,37 @@ class JoinResult(Generic[P]):
     prediction: P | None = None
     label: LabelValue | None = None
     previous_label: LabelValue | None = None  # set for CORRECTED
+
+
+@dataclass(slots=True)
+class Joined(Generic[P]):
+    """What a batch changed, as scored rows: weight +1 for a new pair, and for a correction -1
+    with the old label then +1 with the new one."""
+
+    predictions: list[P] = field(default_factory=list)
+    labels: list[LabelValue] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)  # positions in the batch that changed nothing
+
+    def extend(self, other: Joined[P]) -> None:
+        self.predictions.extend(other.predictions)
+        self.labels.extend(other.labels)
+        self.weights.extend(other.weights)
+
+    def add(self, index: int, result: JoinResult[P]) -> None:
+        if result.arrival is Arrival.DUPLICATE:
+            self.duplicates.append(index)
+        elif result.arrival is Arrival.JOINED:
+            self._row(result.prediction, result.label, 1.0)
+        elif result.arrival is Arrival.CORRECTED:
+            self._row(result.prediction, result.previous_label, -1.0)
+            self._row(result.prediction, result.label, 1.0)
+
+    def _row(self, prediction: P | None, label: LabelValue | None, weight: float) -> None:
+        assert prediction is not None and label is not None  # set for JOINED and CORRECTED
+        self.predictions.append(prediction)
+        self.labels.append(label)
+        self.weights.append(weight)
 
 
 class LabelJoin(Generic[P]):
@@ -87,10 +120,115 @@ class LabelJoin(Generic[P]):
         self._labels[prediction_id] = (timestamp, label)
         return JoinResult(Arrival.WAITING)
 
+    def add_predictions(self, ids: list[str], timestamps: list[int], predictions: list[P]) -> Joined[P]:
+        """A batch of predictions, exactly as if added one by one; what they joined with.
+
+        With distinct ids each record meets only its own state, so the batch splits into three
+        groups handled with C-level dict calls: new ids (stored), ids whose label came first
+        (joined), ids seen before (duplicates). Each dict still receives its entries in batch
+        order, which expiry relies on. The same id twice in one batch goes one by one."""
+        joined: Joined[P] = Joined()
+        batch = set(ids)
+        if len(batch) < len(ids):
+            for i, prediction_id in enumerate(ids):
+                joined.add(i, self.add_prediction(prediction_id, timestamps[i], predictions[i]))
+            return joined
+        waiting = self._labels.keys() & batch
+        seen = (self._predictions.keys() & batch) | (self._joined.keys() & batch)
+        if not waiting and not seen:
+            self._predictions.update(zip(ids, zip(timestamps, predictions)))
+            return joined
+        fresh: list[int] = []
+        meet: list[int] = []
+        for i, prediction_id in enumerate(ids):
+            if prediction_id in waiting:
+                meet.append(i)
+            elif prediction_id in seen:
+                joined.duplicates.append(i)
+            else:
+                fresh.append(i)
+        self.duplicates += len(joined.duplicates)
+        self._predictions.update((ids[i], (timestamps[i], predictions[i])) for i in fresh)
+        if meet:
+            meet_ids = [ids[i] for i in meet]
+            labels = list(map(itemgetter(1), map(self._labels.pop, meet_ids)))
+            matched = [predictions[i] for i in meet]
+            self._joined.update(zip(meet_ids, zip([timestamps[i] for i in meet], matched, labels)))
+            joined.predictions, joined.labels, joined.weights = matched, labels, [1.0] * len(meet)
+        return joined
+
+    def add_labels(self, ids: list[str], timestamps: list[int], labels: list[LabelValue]) -> Joined[P]:
+        """A batch of labels, exactly as if added one by one; the joins and corrections they make.
+
+        The usual label meets a waiting prediction: those are popped in C (map over dict.pop).
+        Labels that came first are stored at once when they are all new; anything else (a
+        correction, a duplicate, an id twice) takes the per-record path, after the batch's own
+        joins so that a label repeated within the batch sees the first one."""
+        joined: Joined[P] = Joined()
+        found: list[Any] = list(map(self._predictions.pop, ids, repeat(None)))
+        if None not in found:
+            # (ts, prediction) + (label,): the joined entry, built without a Python-level loop.
+            self._joined.update(zip(ids, map(tuple.__add__, found, zip(labels))))  # type: ignore[arg-type]
+            joined.predictions = list(map(itemgetter(1), found))
+            joined.labels = list(labels)
+            joined.weights = [1.0] * len(found)
+            return joined
+        misses: list[int] = []
+        for i, hit in enumerate(found):
+            if hit is None:
+                misses.append(i)
+                continue
+            label = labels[i]
+            self._joined[ids[i]] = (hit[0], hit[1], label)
+            joined.predictions.append(hit[1])
+            joined.labels.append(label)
+        joined.weights = [1.0] * len(joined.predictions)
+        early = {ids[i] for i in misses}
+        if (len(early) == len(misses) and self._labels.keys().isdisjoint(early)
+                and self._joined.keys().isdisjoint(early)):
+            self._labels.update((ids[i], (timestamps[i], labels[i])) for i in misses)
+            return joined
+        for i in misses:
+            joined.add(i, self.add_label(ids[i], timestamps[i], labels[i]))
+        return joined
+
     def expire(self, watermark: int) -> None:
         self.expired_predictions += _pop_older(self._predictions, watermark - self.max_delay_ms)
         self.expired_labels += _pop_older(self._labels, watermark - self.max_delay_ms)
         _pop_older(self._joined, watermark - self.max_delay_ms - self.correction_ms)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data, column by column and in insertion order (expiry relies on that order).
+        The stored predictions (P) must be JSON data themselves; tuples come back as lists."""
+        def columns(entries: dict[str, tuple[Any, ...]], *names: str) -> dict[str, list[Any]]:
+            out: dict[str, list[Any]] = {"id": list(entries)}
+            for name, column in zip(names, zip(*entries.values()) if entries else [()] * len(names)):
+                out[name] = list(column)
+            return out
+
+        return {
+            "kind": "label_join", "v": 1, "max_delay_ms": self.max_delay_ms, "correction_ms": self.correction_ms,
+            "predictions": columns(self._predictions, "ts", "prediction"),
+            "labels": columns(self._labels, "ts", "label"),
+            "joined": columns(self._joined, "ts", "prediction", "label"),
+            "counters": {"expired_predictions": self.expired_predictions, "expired_labels": self.expired_labels,
+                         "corrections": self.corrections, "duplicates": self.duplicates},
+        }
+
+    @classmethod
+    def restore(cls, data: dict[str, Any], prediction: Callable[[Any], P]) -> LabelJoin[P]:
+        """The join a snapshot was taken of; `prediction` turns a stored P back from JSON data."""
+        if not isinstance(data, dict) or data.get("kind") != "label_join" or data.get("v") != 1:
+            raise ValueError(f"not a label_join v1 snapshot: kind={data.get('kind')!r}, v={data.get('v')!r}")
+        join: LabelJoin[P] = cls(data["max_delay_ms"], data["correction_ms"])
+        p, lab, j = data["predictions"], data["labels"], data["joined"]
+        join._predictions = dict(zip(p["id"], zip(p["ts"], map(prediction, p["prediction"]))))
+        join._labels = dict(zip(lab["id"], zip(lab["ts"], lab["label"])))
+        join._joined = dict(zip(j["id"], zip(j["ts"], map(prediction, j["prediction"]), j["label"])))
+        counters = data["counters"]
+        join.expired_predictions, join.expired_labels = counters["expired_predictions"], counters["expired_labels"]
+        join.corrections, join.duplicates = counters["corrections"], counters["duplicates"]
+        return join
 
     @property
     def pending(self) -> tuple[int, int]:
@@ -107,14 +245,16 @@ def _same(a: LabelValue, b: LabelValue) -> bool:
 
 
 def _pop_older(entries: dict[str, tuple], horizon: int) -> int:  # type: ignore[type-arg]
-    popped = 0
-    while entries:
-        key = next(iter(entries))
-        if entries[key][0] >= horizon:
+    # One pass to find the expired prefix, then the deletes: `next(iter(d))` after each delete
+    # would rescan the deleted slots at the front of the dict, quadratic in what expires at once.
+    expired = []
+    for key, entry in entries.items():
+        if entry[0] >= horizon:
             break
+        expired.append(key)
+    for key in expired:
         del entries[key]
-        popped += 1
-    return popped
+    return len(expired)
 
 
 _TRUE = {"1", "true", "yes", "positive"}

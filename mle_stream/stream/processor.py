@@ -11,12 +11,13 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.dead_letter import dead_letter_entry
 from mle_stream.core.commands import sign
+from mle_stream.core.columns import LabelColumns, PredictionColumns, group_rows
 from mle_stream.core.evaluator import ModelEvaluator
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.policy import Verdict
@@ -44,18 +45,6 @@ class Outgoing:
     value: bytes
 
 
-def _index_in_message(decoded: "codec.DecodeResult", record: Prediction | Label) -> int | None:
-    """The record's position in the Kafka message, counting the records that failed to decode
-    (only computed for the rare record that is dead-lettered)."""
-    position = next((i for i, r in enumerate(decoded.records) if r is record), None)
-    if position is None:
-        return None
-    for failed in sorted(e.index for e in decoded.errors if e.index is not None):
-        if failed <= position:
-            position += 1
-    return position
-
-
 class StreamProcessor:
     def __init__(
         self,
@@ -79,40 +68,38 @@ class StreamProcessor:
         touched: set[str] = set()
         for msg in messages:
             if msg.topic == self.topics.predictions:
-                out.extend(self._ingest(msg, codec.decode_predictions(msg.value or b""), now, touched))
+                out.extend(self._ingest(msg, codec.decode_prediction_columns(msg.value or b""), now, touched))
             elif msg.topic == self.topics.labels:
-                out.extend(self._ingest(msg, codec.decode_labels(msg.value or b""), now, touched))
+                out.extend(self._ingest(msg, codec.decode_label_columns(msg.value or b""), now, touched))
             else:
                 out.append(self._dead_letter(msg, None, "", f"the worker does not read topic {msg.topic!r}", msg.value))
         for model in sorted(touched):
             out.extend(self._advance(self.evaluators[model], now))
         return out
 
-    def _ingest(self, msg: Incoming, decoded: "codec.DecodeResult", now: int, touched: set[str]) -> list[Outgoing]:
+    def _ingest(self, msg: Incoming, decoded: codec.ColumnsResult[Any], now: int, touched: set[str]) -> list[Outgoing]:
         out = [self._dead_letter(msg, e.index, e.field, e.reason, msg.value) for e in decoded.errors]
-        records: list[Prediction | Label] = decoded.records
-        models = {r.model for r in records}
-        if len(models) == 1:  # the usual case: the client batches per model
-            by_model = {models.pop(): records}
-        else:
-            by_model = {}
-            for record in records:
-                by_model.setdefault(record.model, []).append(record)
-        kind = "predictions" if msg.topic == self.topics.predictions else "labels"
-        for model, group in by_model.items():
+        cols: PredictionColumns | LabelColumns = decoded.columns
+        if not len(cols):
+            return out
+        kind = "predictions" if isinstance(cols, PredictionColumns) else "labels"
+        position = decoded.message_index  # row -> index of the record in the Kafka message
+        for model, rows in group_rows(cols.model).items():
+            part = cols if len(rows) == len(cols) else cols.select(rows)
             evaluator = self.evaluators.get(model)
             if evaluator is None:
                 known = ", ".join(sorted(self.evaluators)) or "none"
-                out.extend(self._dead_letter(msg, _index_in_message(decoded, r), "model",
-                                             f"no topology for model {model!r} (known: {known})", r) for r in group)
+                out.extend(self._dead_letter(msg, int(position[rows[j]]), "model",
+                                             f"no topology for model {model!r} (known: {known})", part.record(j))
+                           for j in range(len(part)))
                 continue
             touched.add(model)
-            if kind == "predictions":
-                rejects = evaluator.add_predictions(group, now)  # type: ignore[arg-type]
+            if isinstance(part, PredictionColumns):
+                rejects = evaluator.add_prediction_columns(part, now)
             else:
-                rejects = evaluator.add_labels(group)  # type: ignore[arg-type]
-            self.counters[kind] += len(group) - len(rejects)
-            out.extend(self._dead_letter(msg, _index_in_message(decoded, r.record), r.field, r.reason, r.record)
+                rejects = evaluator.add_label_columns(part)
+            self.counters[kind] += len(part) - len(rejects)
+            out.extend(self._dead_letter(msg, int(position[rows[r.index]]), r.field, r.reason, part.record(r.index))
                        for r in rejects)
         return out
 
