@@ -4,9 +4,9 @@ The bench publishes N predictions (10 numeric features each) and labels for abou
 through EvaluationClient, so the wire format is exactly what serving pods and labelers send, into
 fresh topics. Then, over the same already-produced messages, it measures two legs:
 
-- the **floor**: a raw confluent-kafka consumer that only decodes every message
-  (codec.decode_predictions / decode_labels), timed from the first message in hand to the last
-  record decoded;
+- the **floor**: a raw confluent-kafka consumer that only decodes every message with the worker's
+  own decoders (codec.decode_prediction_columns / decode_label_columns), timed from the first
+  message in hand to the last record decoded;
 - the **worker**: the real Faust path (stream.app.build_app run by faust.Worker) in a process of
   its own, timed from the first message Faust hands to the stream to the end of the batch that
   completes all N predictions and their labels. Process start-up, Faust start-up and the consumer
@@ -223,8 +223,9 @@ def _reader(bootstrap: str, names: list[str], purpose: str) -> Consumer:
 def run_baseline(bootstrap: str, topics: Topics, predictions: int, labels: int, timeout_s: float) -> Leg:
     """confluent-kafka consume(1000) over both topics, decoding every message; counts records."""
     consumer = _reader(bootstrap, [topics.predictions, topics.labels], "floor")
-    decode_predictions, decode_labels, prediction_topic = (codec.decode_predictions, codec.decode_labels,
-                                                           topics.predictions)
+    # The worker's own decoders: the floor reads exactly what the worker reads, into the same columns.
+    decode_predictions, decode_labels, prediction_topic = (codec.decode_prediction_columns,
+                                                           codec.decode_label_columns, topics.predictions)
     seen_predictions = seen_labels = messages = errors = 0
     first: float | None = None
     deadline = time.monotonic() + timeout_s
@@ -243,11 +244,11 @@ def run_baseline(bootstrap: str, topics: Topics, predictions: int, labels: int, 
                 value = msg.value() or b""
                 if msg.topic() == prediction_topic:
                     decoded = decode_predictions(value)
-                    seen_predictions += len(decoded.records)
+                    seen_predictions += len(decoded.columns)
                     errors += len(decoded.errors)
                 else:
                     decoded_labels = decode_labels(value)
-                    seen_labels += len(decoded_labels.records)
+                    seen_labels += len(decoded_labels.columns)
                     errors += len(decoded_labels.errors)
         end = time.monotonic()
     finally:
@@ -337,7 +338,7 @@ def _worker_main(spec: dict[str, Any], conn: Connection) -> None:
                         format="%(asctime)s %(levelname)-7s worker %(name)s: %(message)s")
     import faust
 
-    from mle_stream.stream.app import build_app
+    from mle_stream.stream.app import build_app, tune_gc
 
     probe = _WorkerProbe(conn, spec["messages"], spec["closers"], spec["profile"])
 
@@ -347,6 +348,7 @@ def _worker_main(spec: dict[str, Any], conn: Connection) -> None:
                 probe.on_first_message()
 
     settings: Settings = spec["settings"]
+    tune_gc()  # as run_worker does
     app, processor = build_app(settings, spec["bootstrap"], bench_topologies(spec["models"]), observer=probe.on_batch)
     probe.processor = processor
     app.sensors.add(FirstMessage())
@@ -474,7 +476,7 @@ def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int =
                 snapshots = read_snapshots(servers, topics.metrics, events, 60)
         finally:
             if not embedded:
-                _delete_topics(servers, topics.all())
+                _delete_topics(servers, [*topics.all(), topics.state])  # the worker created the state topic
     return build_report(events, models, produced, floor, measured, spawned, snapshots, done,
                   "embedded" if embedded else servers)
 

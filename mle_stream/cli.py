@@ -26,7 +26,10 @@ environment:
   MLE_ACTUATOR_GROUP      consumer group of the actuator (mle-stream-actuator).
   MLE_TOPIC_<NAME>        topic names: PREDICTIONS (mle.predictions), LABELS (mle.labels),
                           COMMANDS (mle.commands), ROLLOUT_EVENTS (mle.rollout-events),
-                          METRICS (mle.metrics), DEAD_LETTER (mle.dead-letter).
+                          METRICS (mle.metrics), DEAD_LETTER (mle.dead-letter), STATE
+                          (mle.state: the worker's checkpoints, compacted).
+  MLE_CHECKPOINT_INTERVAL how often the worker checkpoints its state (default 30s; 500ms, 5m or
+                          seconds): after a restart it resumes from the last checkpoint.
 """
 
 

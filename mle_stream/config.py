@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from mle_stream.core.topology import parse_duration_ms
 from mle_stream.errors import ConfigError
 
 
@@ -22,6 +23,8 @@ class Topics:
     rollout_events: str = "mle.rollout-events"
     metrics: str = "mle.metrics"
     dead_letter: str = "mle.dead-letter"
+    # The worker's checkpoints: compacted, created by the worker itself (mle_stream.kafka.ensure_state_topic).
+    state: str = "mle.state"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Topics":
@@ -32,7 +35,9 @@ class Topics:
         })
 
     def all(self) -> list[str]:
-        return [getattr(self, name) for name in self.__dataclass_fields__]
+        """The event topics, created alike (delete policy, MLE_TOPIC_PARTITIONS partitions). The state
+        topic is not among them: it needs log compaction, and the worker creates it so on start."""
+        return [getattr(self, name) for name in self.__dataclass_fields__ if name != "state"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class Settings:
     partitions: MLE_TOPIC_PARTITIONS, used when mle-stream creates its topics.
     worker_group / actuator_group: MLE_WORKER_GROUP / MLE_ACTUATOR_GROUP, the consumer groups (and
     the Faust app id); give each deployment on a shared cluster its own.
+    checkpoint_interval_s: MLE_CHECKPOINT_INTERVAL ('30s', '5m', '500ms' or seconds), how often the
+    worker checkpoints its state (see README, State and restarts).
     """
 
     bootstrap_servers: str = ""
@@ -54,6 +61,7 @@ class Settings:
     partitions: int = 4
     worker_group: str = "mle-stream-worker"
     actuator_group: str = "mle-stream-actuator"
+    checkpoint_interval_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -62,6 +70,15 @@ class Settings:
             partitions = int(raw_partitions)
         except ValueError:
             raise ConfigError(f"MLE_TOPIC_PARTITIONS must be a whole number, got {raw_partitions!r}") from None
+        raw_interval = env.get("MLE_CHECKPOINT_INTERVAL", "").strip() or f"{cls.checkpoint_interval_s}s"
+        try:
+            # The topologies' durations ('30s', '5m', '500ms'); a bare number is seconds.
+            interval_s = parse_duration_ms(raw_interval + "s" if raw_interval[-1].isdigit() else raw_interval) / 1000
+        except ValueError:
+            interval_s = 0.0
+        if interval_s <= 0:
+            raise ConfigError(f"MLE_CHECKPOINT_INTERVAL must be a duration > 0 such as 30s, 5m or 500ms, "
+                              f"got {raw_interval!r}")
         return cls(
             bootstrap_servers=env.get("MLE_BOOTSTRAP_SERVERS", ""),
             topics=Topics.from_env(env),
@@ -70,6 +87,7 @@ class Settings:
             partitions=partitions,
             worker_group=env.get("MLE_WORKER_GROUP", cls.worker_group),
             actuator_group=env.get("MLE_ACTUATOR_GROUP", cls.actuator_group),
+            checkpoint_interval_s=interval_s,
         )
 
     def require_signing_key(self) -> bytes:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from mle_stream.broker import EmbeddedBroker
 from mle_stream.config import Settings
@@ -37,8 +37,16 @@ def consumer_config(bootstrap: str, group_id: str, **extra: object) -> dict[str,
     }
 
 
-def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout_s: float = 15.0) -> None:
-    """Create the topics that do not exist yet (existing ones are left as they are)."""
+# The worker's checkpoints (mle_stream.stream.checkpoints): compaction keeps the latest value of each
+# key, i.e. the latest complete checkpoint of each partition. A restarting worker reads whatever is
+# not compacted yet, and Kafka never compacts the active segment (1 GB or 7 days by default):
+# segments of at most 64 MB or 10 minutes keep that read to a few times the live checkpoints.
+STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": str(64 * 1024**2), "segment.ms": str(600_000)}
+
+
+def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout_s: float = 15.0,
+                  config: Mapping[str, str] | None = None) -> None:
+    """Create the topics that do not exist yet, with this topic `config` (existing ones are left as they are)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
@@ -47,7 +55,8 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout
     missing = [n for n in dict.fromkeys(names) if n not in existing]
     if not missing:
         return
-    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing])
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1, config=dict(config or {}))
+                                   for n in missing])
     for name, future in futures.items():
         try:
             future.result(timeout=timeout_s)
@@ -55,6 +64,34 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise BrokerError(f"cannot create topic {name!r} on {bootstrap!r}: {exc}") from exc
+
+
+def ensure_state_topic(bootstrap: str, name: str, partitions: int, timeout_s: float = 15.0) -> None:
+    """Create the compacted state topic if it is missing; warn when an existing one is not compacted
+    (the delete policy would, after retention.ms, delete the only copy of a checkpoint)."""
+    ensure_topics(bootstrap, [name], partitions, timeout_s, config=STATE_TOPIC_CONFIG)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        described = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, name)])
+        config = next(iter(described.values())).result(timeout=timeout_s)
+    except KafkaException as exc:
+        log.warning("cannot read the configuration of state topic %s (%s): make sure it is compacted", name, exc)
+        return
+    policy = config["cleanup.policy"].value if "cleanup.policy" in config else None
+    if policy is None or "compact" not in policy:
+        log.warning("state topic %s has cleanup.policy=%s, not compact: Kafka will delete checkpoints after "
+                    "retention.ms and a restart then re-reads the inputs from their beginning. Set "
+                    "cleanup.policy=compact on it.", name, policy)
+
+
+def partition_counts(bootstrap: str, names: Iterable[str], timeout_s: float = 15.0) -> dict[str, int]:
+    """Partitions per topic, for the topics that exist."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        topics = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise BrokerError(f"cannot reach Kafka at {bootstrap!r} to list topics: {exc}") from exc
+    return {n: len(topics[n].partitions) for n in names if n in topics}
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from kubernetes.client import ApiClient
 
 from mle_stream.config import Settings, Topics
 from mle_stream.core.topology import load_topologies
+from mle_stream.kafka import STATE_TOPIC_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -309,6 +310,10 @@ def test_kafka_init_creates_exactly_the_topics_mle_stream_uses() -> None:
     assert "$$MLE_TOPICS" in script and '--partitions "$$MLE_TOPIC_PARTITIONS"' in script
     assert "--if-not-exists" in script, "a second `docker compose up` must not fail on existing topics"
     assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
+    # The checkpoint topic, with the configuration the worker would give it itself.
+    assert f"--topic {Topics().state} " in script
+    for key, value in STATE_TOPIC_CONFIG.items():
+        assert f"--config {key}={value}" in script
 
 
 def test_topologies_are_mounted_read_only_where_both_components_read_them() -> None:

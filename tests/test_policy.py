@@ -2,10 +2,12 @@ import dataclasses
 import json
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mle_stream.core.events import CommandKind
 from mle_stream.core.metrics.outcomes import BinaryOutcomes
-from mle_stream.core.policy import PolicyState, Verdict, decide, judge
+from mle_stream.core.policy import PolicyState, Verdict, WindowJudgement, decide, judge
 from mle_stream.core.topology import parse_topology
 from mle_stream.core.window_state import WindowState
 
@@ -82,3 +84,42 @@ def test_command_id_is_deterministic_and_ignores_issue_time() -> None:
     for i in range(3):
         state, third = decide(other_rule, state, judge(other_rule, i * 10_000, metrics(200, 16), metrics(200, 60)), 1)
     assert third[0].command_id != first[0].command_id
+
+
+def test_policy_state_round_trips_through_json() -> None:
+    bad, thin = ((200, 16), (200, 60)), ((200, 16), (50, 40))
+    state = PolicyState()
+    judgements = [judge(TOPOLOGY, i * 10_000, metrics(*b), metrics(*c)) for i, (b, c) in enumerate([thin, bad, bad])]
+    for j in judgements:
+        state, _ = decide(TOPOLOGY, state, j, now_ms=1)
+    assert len(state.streak) == 2
+    restored = PolicyState.restore(json.loads(json.dumps(state.snapshot())))
+    assert restored == state
+    # The next FAIL window rolls back from the restored state exactly as from the original one.
+    nxt = judge(TOPOLOGY, 30_000, metrics(200, 16), metrics(200, 60))
+    assert decide(TOPOLOGY, restored, nxt, now_ms=5) == decide(TOPOLOGY, state, nxt, now_ms=5)
+    after, commands = decide(TOPOLOGY, restored, nxt, now_ms=5)
+    assert after.rolled_back and len(commands) == 1
+    assert PolicyState.restore(json.loads(json.dumps(after.snapshot()))) == after
+
+judgements = st.builds(
+    lambda start, verdict, b, c, nb, nc: WindowJudgement(start, start + 10_000, verdict, b, c, nb, nc,
+                                                         f"reason ü {verdict.value}"),
+    st.integers(0, 10**12), st.sampled_from(list(Verdict)),
+    st.one_of(st.none(), st.floats(0, 1)), st.one_of(st.none(), st.floats(0, 1)),
+    st.integers(0, 10**6), st.integers(0, 10**6),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(before=st.lists(judgements, max_size=6), after=st.lists(judgements, max_size=6))
+def test_restored_policy_state_decides_identically(before, after) -> None:
+    state = PolicyState()
+    for j in before:
+        state, _ = decide(TOPOLOGY, state, j, now_ms=1)
+    restored = PolicyState.restore(json.loads(json.dumps(state.snapshot())))
+    assert restored == state
+    for j in after:
+        assert decide(TOPOLOGY, restored, j, now_ms=2) == decide(TOPOLOGY, state, j, now_ms=2)
+        state, _ = decide(TOPOLOGY, state, j, now_ms=2)
+        restored, _ = decide(TOPOLOGY, restored, j, now_ms=2)

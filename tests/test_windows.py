@@ -1,4 +1,8 @@
+import json
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mle_stream.core.windows import PaneTable, WindowSpec
 
@@ -80,3 +84,97 @@ def test_bad_specs_are_refused_at_construction() -> None:
         WindowSpec(1000, 300, 0, 0)
     with pytest.raises(ValueError, match="grace"):
         WindowSpec(1000, 1000, 5000, 1000)
+
+
+# -- snapshot / restore ---------------------------------------------------------------------------
+
+def count_snapshot(c: Count) -> dict:
+    return {"items": list(c.items)}
+
+
+def count_restore(data: dict) -> Count:
+    return Count(tuple(data["items"]))
+
+
+def roundtrip(t: PaneTable[Count]) -> PaneTable[Count]:
+    """Through JSON text, as a checkpoint stores it."""
+    data = json.loads(json.dumps(t.snapshot(count_snapshot)))
+    return PaneTable.restore(t.spec, Count, data, count_restore)
+
+
+def observable(t: PaneTable[Count]) -> tuple:
+    """Everything a caller can see of a table (panes in iteration order)."""
+    return (t.watermark, t.next_window, t.late_dropped, len(t),
+            [(k, s.items) for k, s in t])
+
+
+def test_a_restored_table_is_the_same_table() -> None:
+    t = table(3000, 1000, grace=500, retention=4000)
+    for ts in (1_000, 1_500, 2_200, 3_700):
+        add(t, ts)
+    t.state(2_000, "2", ("country", "DE")).items += (2_100,)
+    add(t, 6_000)
+    assert t.close_ready() == [0, 1_000, 2_000]
+    add(t, 900)  # late, into a closed window: pane 0 is kept until 0 + 3000 + 4000
+    r = roundtrip(t)
+    assert observable(r) == observable(t)
+    assert r.keys_in(2_000) == t.keys_in(2_000) == {("1", None), ("2", ("country", "DE"))}
+    # ... and both go on alike: the same windows close, the same panes are forgotten.
+    for x in (t, r):
+        add(x, 12_000)
+    assert r.close_ready() == t.close_ready() == list(range(3_000, 9_000, 1_000))
+    assert r.retire() == t.retire()
+    assert observable(r) == observable(t)
+
+
+def test_an_empty_table_round_trips() -> None:
+    t = table(1000, 1000)
+    r = roundtrip(t)
+    assert observable(r) == observable(t) and r.next_window is None
+    add(t, 100)
+    add(r, 100)
+    assert observable(r) == observable(t)
+
+
+def test_restore_refuses_another_pane_length() -> None:
+    t = table(2000, 1000)
+    add(t, 100)
+    data = t.snapshot(count_snapshot)
+    with pytest.raises(ValueError, match="hop of 500 ms"):
+        PaneTable.restore(WindowSpec(2000, 500, 0, 10_000), Count, data, count_restore)
+    # Grace and retention are only read, not stored in panes: a new value applies from now on.
+    r = PaneTable.restore(WindowSpec(4000, 1000, 100, 20_000), Count, data, count_restore)
+    assert r.window(0, "1").items == (100,)
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 20_000), st.sampled_from(["1", "2"])),
+    st.tuples(st.just("close"), st.just(0), st.just("")),
+    st.tuples(st.just("retire"), st.just(0), st.just("")),
+), max_size=40)
+
+
+def apply(t: PaneTable[Count], op: tuple[str, int, str]) -> object:
+    kind, ts, version = op
+    if kind == "add":
+        add(t, ts, version)
+        return None
+    if kind == "close":
+        starts = t.close_ready()
+        return [(s, sorted(t.keys_in(s)), [t.window(s, v, g).items for v, g in sorted(t.keys_in(s), key=str)])
+                for s in starts]
+    return t.retire()
+
+
+@settings(max_examples=200, deadline=None)
+@given(before=ops, after=ops, hop=st.sampled_from([500, 1000]), panes_per_window=st.integers(1, 3),
+       grace=st.integers(0, 2000), extra_retention=st.integers(0, 5000))
+def test_restore_of_snapshot_behaves_identically(before, after, hop, panes_per_window, grace, extra_retention) -> None:
+    t = PaneTable(WindowSpec(hop * panes_per_window, hop, grace, grace + extra_retention), Count)
+    for op in before:
+        apply(t, op)
+    r = roundtrip(t)
+    assert observable(r) == observable(t)
+    for op in after:
+        assert apply(r, op) == apply(t, op)
+    assert observable(r) == observable(t)

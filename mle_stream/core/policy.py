@@ -10,8 +10,9 @@ INCONCLUSIVE or PASS window in between resets the streak.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
+from typing import Any
 
 from mle_stream.core.commands import command_id
 from mle_stream.core.events import Command, CommandKind
@@ -51,6 +52,16 @@ class WindowJudgement:
 class PolicyState:
     streak: tuple[WindowJudgement, ...] = ()
     rolled_back: bool = False  # once rolled back, this topology's candidate gets no further commands
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain JSON-able data; `restore` gives back an equal state."""
+        return {"streak": [{**asdict(j), "verdict": j.verdict.value} for j in self.streak],
+                "rolled_back": self.rolled_back}
+
+    @classmethod
+    def restore(cls, data: dict[str, Any]) -> "PolicyState":
+        streak = tuple(WindowJudgement(**{**j, "verdict": Verdict(j["verdict"])}) for j in data["streak"])
+        return cls(streak=streak, rolled_back=bool(data["rolled_back"]))
 
 
 def _metric(state: WindowState, name: str) -> tuple[float | None, int]:

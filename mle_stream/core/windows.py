@@ -14,7 +14,7 @@ passed its end by `grace_ms`, and a pane is forgotten once every window holding 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
 
 
 S = TypeVar("S", bound="Mergeable")
@@ -140,3 +140,35 @@ class PaneTable(Generic[S]):
 
     def __len__(self) -> int:
         return len(self._panes)
+
+    # -- snapshot / restore -----------------------------------------------------------------------
+
+    def snapshot(self, state_snapshot: Callable[[S], dict[str, Any]]) -> dict[str, Any]:
+        """Everything the table knows, as plain JSON-able data; `state_snapshot` turns one pane's
+        state into a dict. Panes keep their insertion order, so a restored table iterates alike."""
+        return {
+            "hop_ms": self.spec.hop_ms,
+            "watermark": self.watermark,
+            "next_window": self._next_window,
+            "late_dropped": self.late_dropped,
+            "panes": [[k.start, k.version, None if k.segment is None else list(k.segment), state_snapshot(s)]
+                      for k, s in self._panes.items()],
+        }
+
+    @classmethod
+    def restore(cls, spec: WindowSpec, new_state: Callable[[], S], data: dict[str, Any],
+                state_restore: Callable[[dict[str, Any]], S]) -> "PaneTable[S]":
+        """The table `snapshot` described, under `spec`. Size, grace and retention may differ from the
+        spec the snapshot was taken under (they only decide which panes make a window and when); the
+        hop may not, since it is the length of every stored pane."""
+        if data["hop_ms"] != spec.hop_ms:
+            raise ValueError(f"cannot restore panes of {data['hop_ms']} ms into windows with a hop of "
+                             f"{spec.hop_ms} ms: the pane length (windows.hop) changed since the snapshot")
+        table = cls(spec, new_state)
+        table.watermark = int(data["watermark"])
+        table._next_window = None if data["next_window"] is None else int(data["next_window"])
+        table.late_dropped = int(data["late_dropped"])
+        for start, version, segment, state in data["panes"]:
+            key = PaneKey(int(start), str(version), None if segment is None else (str(segment[0]), str(segment[1])))
+            table._panes[key] = state_restore(state)
+        return table

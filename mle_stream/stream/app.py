@@ -1,16 +1,30 @@
 """The Faust worker: one agent reads predictions and labels (keyed by model, so a model's records
 of both topics land in the same partition number and Faust assigns them to the same worker), hands
-batches of raw messages to the StreamProcessor and publishes what it returns."""
+batches of raw messages to the StreamProcessor and publishes what it returns.
+
+The state is checkpointed per input partition (mle_stream.stream.checkpoints): every
+`checkpoint_interval_s` between batches, when Faust revokes partitions, and on a clean shutdown.
+When partitions are assigned, the worker restores their checkpoints and reads both topics from the
+offsets the checkpoints include, whatever offsets Faust committed: see `_read_from`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
-from typing import Any, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Mapping, cast
 
 import faust
+from faust.transport.consumer import Consumer
+from faust.types import TP
 
 from mle_stream.config import Settings
 from mle_stream.core.topology import Topology
+from mle_stream.errors import BrokerError, ConfigError
+from mle_stream.kafka import ensure_state_topic, partition_counts
+from mle_stream.stream.checkpoints import CheckpointedProcessor, Checkpoints, CheckpointStore
 from mle_stream.stream.processor import Incoming, StreamProcessor
 
 log = logging.getLogger(__name__)
@@ -25,6 +39,9 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
     """The Faust app and its processor; `observer(messages, published)`, if given, is called after
     each batch is processed and its outputs handed to Faust (mle-stream bench times the worker with it)."""
     processor = StreamProcessor(topologies, settings.topics, settings.require_signing_key())
+    topics = settings.topics
+    _require_copartitioned(bootstrap, topics.predictions, topics.labels)
+    ensure_state_topic(bootstrap, topics.state, settings.partitions)
     app = faust.App(
         settings.worker_group,
         broker=f"kafka://{bootstrap}",
@@ -38,27 +55,107 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         store="memory://",
         web_enabled=False,
     )
-    topics = settings.topics
+    tracked = CheckpointedProcessor(processor)
+    checkpoints = Checkpoints(tracked, CheckpointStore(bootstrap, topics.state, settings.worker_group),
+                              settings.checkpoint_interval_s, flush_outputs=lambda: app.producer.flush())
+    inputs = set(tracked.inputs)
     source = app.topic(topics.predictions, topics.labels, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     sinks = {name: app.topic(name, key_serializer="raw", value_serializer="raw")
              for name in (topics.metrics, topics.commands, topics.dead_letter)}
 
+    # One thread: batches are processed one at a time and in order, under the checkpoint lock.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mle-stream-process")
+
     @app.agent(source, name="evaluate")
     async def evaluate(stream: Any) -> None:
+        loop = asyncio.get_running_loop()
         async for events in stream.take_events(BATCH_MESSAGES, within=BATCH_WITHIN_S):
+            # Faust drops events fetched before a rebalance when they leave its channel, but take()
+            # may have buffered some already (faust-streaming #221): their partition may be gone.
+            generation = app.consumer_generation_id
+            events = [e for e in events if e.message.generation_id in (None, generation)]
             batch = [Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.value)
                      for e in events]
-            outs = processor.process(batch)
-            for out in outs:
-                await sinks[out.topic].send(key=out.key, value=out.value)
+            async with checkpoints.batch() as worker:
+                # In a thread, so that the event loop keeps fetching the next messages meanwhile:
+                # the CPU-bound processing would otherwise stall the fetcher for its whole length.
+                outs = await loop.run_in_executor(executor, worker.process, batch, [e.message.key for e in events])
+                for out in outs:
+                    await sinks[out.topic].send(key=out.key, value=out.value)
             if observer is not None:
                 observer(len(batch), len(outs))
+            await checkpoints.maybe_write()
+
+    @app.timer(settings.checkpoint_interval_s)
+    async def checkpoint_when_idle() -> None:
+        # The agent checkpoints between batches; without input it never wakes up, and this does.
+        await checkpoints.maybe_write()
+
+    # mode's SignalHandlerT type rejects every handler under mypy, even its own documented form.
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    async def restore(sender: faust.App, **_: Any) -> None:
+        generation = app.consumer_generation_id
+        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic in inputs}
+        positions = await checkpoints.assigned(assigned)
+        if app.consumer_generation_id == generation:  # else another rebalance is on: it comes back here
+            await _read_from(app, positions)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def hand_over(sender: faust.App, revoked: set[TP], **_: Any) -> None:
+        # Faust has waited for the agent to finish its events: the next owner starts from here.
+        await checkpoints.write({tp.partition for tp in revoked if tp.topic in inputs})
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def last_checkpoint(sender: faust.App, **_: Any) -> None:
+        await checkpoints.close()
 
     return app, processor
 
 
+async def _read_from(app: faust.App, positions: Mapping[tuple[str, int], int]) -> None:
+    """Make the consumer read each input partition from these offsets (the checkpoints' ones).
+
+    Right after on_rebalance_complete, Faust seeks every assigned partition to the group's committed
+    offset (Recovery._resume_streams -> Consumer.perform_seek) and only then resumes the flow; a seek
+    of ours before that would be undone, and one after it would race with fetched messages. So the
+    offsets are committed first, and Faust's own seek lands on them. aiokafka's seek_to_committed
+    leaves a partition whose committed offset is 0 where it is, hence the explicit seek as well.
+    Faust commits the offsets its agent acknowledged meanwhile, which may be ahead of the last
+    checkpoint: that is harmless, since every assignment commits the checkpoint's offsets again.
+    """
+    offsets = {TP(topic, partition): offset for (topic, partition), offset in positions.items()}
+    if not offsets:
+        return
+    # Faust's Consumer has no public call that commits given offsets: _commit is its transport's.
+    if not await cast(Consumer, app.consumer)._commit(offsets):
+        raise BrokerError(f"could not commit the checkpoints' offsets {offsets} for group {app.conf.id!r}: the "
+                          f"worker would read from other offsets and lose or double-count records; stopping")
+    for tp, offset in offsets.items():
+        await app.consumer.seek(tp, offset)
+    log.info("reading from %s", ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(offsets.items())))
+
+
+def _require_copartitioned(bootstrap: str, predictions: str, labels: str) -> None:
+    """A model's predictions and labels must land in the same partition number: its checkpoint
+    records offsets of both, and one worker must hold the whole join."""
+    counts = partition_counts(bootstrap, [predictions, labels])
+    if len(set(counts.values())) > 1:
+        raise ConfigError(f"topics {predictions} ({counts[predictions]} partitions) and {labels} "
+                          f"({counts[labels]} partitions) must have the same number of partitions: a model's "
+                          f"predictions and labels are joined, and checkpointed, by partition number")
+
+
+def tune_gc() -> None:
+    """Collect the youngest generation every 100,000 allocations instead of 700. The worker keeps
+    millions of small long-lived tuples (the join's pending predictions) and allocates a few per
+    record; at the default threshold the collector keeps re-examining them: ~10% of the worker's
+    time in mle-stream bench."""
+    gc.set_threshold(100_000, 50, 100)
+
+
 def run_worker(settings: Settings, bootstrap: str, topologies: Mapping[str, Topology], loglevel: str = "info") -> None:
+    tune_gc()
     app, _ = build_app(settings, bootstrap, topologies)
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, quiet=True)
     worker.execute_from_commandline()
