@@ -120,3 +120,21 @@ def test_a_snapshot_of_another_topology_is_refused_naming_the_difference() -> No
         assert "window_hop_ms" in str(exc) and "segment_dimensions" in str(exc)
     else:
         raise AssertionError("restored a snapshot taken under other windows")
+
+
+def test_a_worker_batch_longer_than_retention_loses_nothing() -> None:
+    """The worker applies a whole batch of messages at once; the batch may span more event time
+    than the retention. Every record was retained when it arrived, so every one counts."""
+    t = parse_topology(
+        'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+        "windows: {size: 10s, grace: 0s, retention: 20s}\nlabels: {max_delay: 1m}\n")
+    ev = ModelEvaluator(t)
+    for second in range(300):  # 300 s of event time, one message per second, no advance between
+        ids = [f"{second}-{i}" for i in range(4)]
+        ev.add_predictions([Prediction(prediction_id=p, model="fraud", version="1", timestamp=second * 1000 + 10 * i,
+                                       score=0.9) for i, p in enumerate(ids)], NOW)
+        ev.add_labels([Label(p, "fraud", second * 1000 + 500, i % 2 == 0) for i, p in enumerate(ids)])
+    windows = [w for w in ev.close_all(NOW).windows if w.version == "1"]
+    assert [w.window_start for w in windows] == list(range(0, 300_000, 10_000))
+    assert all((w.predictions, w.labeled, w.metrics["accuracy"]) == (40, 40, 0.5) for w in windows)
+    assert ev.panes.late_dropped == 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import repeat
+from operator import itemgetter
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -258,8 +259,22 @@ class ModelEvaluator:
             ids, ts, truths = [ids[i] for i in keep], [ts[i] for i in keep], [truths[i] for i in keep]
         joined = self.join.add_labels(ids, ts, truths)
         if joined.predictions:
-            self._scored.extend(joined)
+            self._scored.extend(self._retained(joined))
         return rejects
+
+    def _retained(self, joined: Joined[Pending]) -> Joined[Pending]:
+        """The rows whose panes event time still retains now, as a label arrives (it is checked
+        here, not when the batch is applied: event time may have moved far on by then)."""
+        spec = self.panes.spec
+        cutoff = self.panes.watermark - spec.size_ms - spec.retention_ms  # PaneTable.is_retained
+        panes = np.fromiter(map(itemgetter(0), joined.predictions), dtype=np.int64, count=len(joined.predictions))
+        keep = panes > cutoff
+        if keep.all():
+            return joined
+        self.panes.late_dropped += int((~keep).sum())
+        rows = np.flatnonzero(keep).tolist()
+        return Joined([joined.predictions[i] for i in rows], [joined.labels[i] for i in rows],
+                      [joined.weights[i] for i in rows])
 
     def _read_outputs(self, cols: PredictionColumns, failed: np.ndarray, ok: np.ndarray,
                       rejects: list[Reject]) -> tuple[Any, Any]:
@@ -372,7 +387,7 @@ class ModelEvaluator:
             latency = np.concatenate([s[3] for s in served])
             failed = np.concatenate([s[4] for s in served])
             for (pane, version, segment), idx in _groups(panes, versions, segments):
-                state = self.panes.state(pane, version, segment)
+                state = self.panes.state(pane, version, segment, checked=True)
                 if state is not None:
                     self._touched.add(pane)
                     state.serve(latency[idx], failed[idx])
@@ -402,7 +417,7 @@ class ModelEvaluator:
             y = np.array(truths, dtype=np.float64)
             score = np.array(output_col, dtype=np.float64)
         for (pane, version, segment), idx in _groups(panes, version_col, segments):
-            state = self.panes.state(pane, version, segment)
+            state = self.panes.state(pane, version, segment, checked=True)
             if state is None:
                 continue
             self._touched.add(pane)

@@ -74,9 +74,12 @@ class PaneTable(Generic[S]):
         """False once the last window holding this pane is past retention."""
         return self.watermark < 0 or pane_start + self.spec.size_ms + self.spec.retention_ms > self.watermark
 
-    def state(self, pane_start: int, version: str, segment: Segment = None) -> S | None:
-        """The pane's state (created on first use), or None once it is forgotten."""
-        if not self.is_retained(pane_start):
+    def state(self, pane_start: int, version: str, segment: Segment = None, checked: bool = False) -> S | None:
+        """The pane's state (created on first use), or None once it is forgotten. With `checked`,
+        the caller has checked retention when the records arrived, and they count even if event
+        time has moved on since: their windows close only after this update (ModelEvaluator
+        applies a whole worker batch at once)."""
+        if not checked and not self.is_retained(pane_start):
             self.late_dropped += 1
             return None
         key = PaneKey(pane_start, version, segment)
