@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -95,10 +95,17 @@ def _take(values: Any, rows: IntArray) -> list[Any]:
     return [values[i] for i in rows.tolist()]
 
 
-def _pending_from_json(data: list[Any]) -> Pending:
-    pane, version, segments, output, decision = data
-    segs = WHOLE if len(segments) == 1 else tuple(None if s is None else (s[0], s[1]) for s in segments)
-    return pane, version, segs, output, decision
+def _pending_reader() -> Callable[[list[Any]], Pending]:
+    """Turns a stored Pending back from JSON data; pane starts and version names come back as one
+    shared object each, as add_prediction_columns keeps them (JSON gives a new one per entry)."""
+    shared: dict[int | str, Any] = {}
+
+    def read(data: list[Any]) -> Pending:
+        pane, version, segments, output, decision = data
+        segs = WHOLE if len(segments) == 1 else tuple(None if s is None else (s[0], s[1]) for s in segments)
+        return shared.setdefault(pane, pane), shared.setdefault(version, version), segs, output, decision
+
+    return read
 
 
 class ModelEvaluator:
@@ -150,8 +157,8 @@ class ModelEvaluator:
         if differs:
             detail = "; ".join(f"{k}: snapshot {old!r}, topology {new!r}" for k, (new, old) in differs.items())
             raise ValueError(f"the snapshot of model {topology.model!r} was taken under another topology ({detail})")
-        ev.join = LabelJoin.restore(data["join"], _pending_from_json)
-        ev.panes = PaneTable.restore(ev.panes.spec, ev.panes._new_state, data["panes"],
+        ev.join = LabelJoin.restore(data["join"], _pending_reader())
+        ev.panes = PaneTable.restore(ev.panes.spec, lambda: WindowState.for_topology(topology), data["panes"],
                                      lambda d: WindowState.restore(topology.task, d))
         ev.policy_state = PolicyState.restore(data["policy"])
         ev._segment_values = {d: set(v) for d, v in data["segment_values"].items()}
@@ -202,9 +209,8 @@ class ModelEvaluator:
         ts_ok = ts[rows]
         running = np.maximum(np.maximum.accumulate(ts_ok), self.panes.watermark)
         self.panes.observe(int(running[-1]))
-        spec = self.panes.spec
-        panes = ts_ok - ts_ok % spec.hop_ms
-        retained = panes + (spec.size_ms + spec.retention_ms) > running  # PaneTable.is_retained, per record
+        panes = ts_ok - ts_ok % self.panes.spec.hop_ms
+        retained = self.panes.retained(panes, running)
         if not retained.all():
             self.panes.late_dropped += int((~retained).sum())
             rows, ts_ok, panes = rows[retained], ts_ok[retained], panes[retained]
@@ -265,10 +271,8 @@ class ModelEvaluator:
     def _retained(self, joined: Joined[Pending]) -> Joined[Pending]:
         """The rows whose panes event time still retains now, as a label arrives (it is checked
         here, not when the batch is applied: event time may have moved far on by then)."""
-        spec = self.panes.spec
-        cutoff = self.panes.watermark - spec.size_ms - spec.retention_ms  # PaneTable.is_retained
         panes = np.fromiter(map(itemgetter(0), joined.predictions), dtype=np.int64, count=len(joined.predictions))
-        keep = panes > cutoff
+        keep = self.panes.retained(panes, self.panes.watermark)
         if keep.all():
             return joined
         self.panes.late_dropped += int((~keep).sum())

@@ -16,6 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 
 S = TypeVar("S", bound="Mergeable")
 
@@ -73,6 +76,11 @@ class PaneTable(Generic[S]):
     def is_retained(self, pane_start: int) -> bool:
         """False once the last window holding this pane is past retention."""
         return self.watermark < 0 or pane_start + self.spec.size_ms + self.spec.retention_ms > self.watermark
+
+    def retained(self, pane_starts: npt.NDArray[np.int64], watermark: npt.NDArray[np.int64] | int) -> npt.NDArray[np.bool_]:
+        """is_retained for many panes at once, against the given watermark (an array: each
+        record's own, as event time stood when it arrived)."""
+        return pane_starts + (self.spec.size_ms + self.spec.retention_ms) > watermark  # type: ignore[no-any-return]
 
     def state(self, pane_start: int, version: str, segment: Segment = None, checked: bool = False) -> S | None:
         """The pane's state (created on first use), or None once it is forgotten. With `checked`,
