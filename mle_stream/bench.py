@@ -290,6 +290,7 @@ class _WorkerProbe:
         self.processor: Any = None
         self.first: float | None = None
         self.rss_first: float | None = None
+        self.cpu_first = 0.0
         self.measured = False
         self.done = False
         self.messages = 0
@@ -299,6 +300,7 @@ class _WorkerProbe:
     def on_first_message(self) -> None:
         self.first = time.monotonic()
         self.rss_first = _rss_mb()
+        self.cpu_first = time.process_time()
         if self.profile_path:
             self.profiler = cProfile.Profile()
             self.profiler.enable()
@@ -321,6 +323,7 @@ class _WorkerProbe:
                 "predictions": counters.get("predictions", 0), "labels": counters.get("labels", 0),
                 "dead_letters": counters.get("dead_letter", 0), "commands": counters.get("commands", 0),
                 "peak_rss_mb": _peak_rss_mb(), "rss_first_message_mb": self.rss_first, "rss_end_mb": _rss_mb(),
+                "cpu_s": time.process_time() - self.cpu_first,
             }))
         elif self.measured and not self.done and self.messages >= self.target + self.closers:
             self.done = True
@@ -518,6 +521,9 @@ def build_report(events: int, models: int, produced: Produced, floor: Leg, measu
             "records_per_s": round((worker.predictions + worker.labels) / worker.seconds, 1),
             "rss_first_message_mb": _round(measured["rss_first_message_mb"]),
             "rss_end_mb": _round(measured["rss_end_mb"]),
+            # CPU seconds of the worker process (all its threads) in the measured interval: near
+            # `seconds` means it computes all along, well below means it waits (for fetches).
+            "cpu_s": _round(measured["cpu_s"]),
         },
         "baseline": {
             "seconds": round(floor.seconds, 3),
