@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from itertools import repeat
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import itemgetter, not_
 from typing import Any, Callable, Generic, TypeVar
 
 from mle_stream.core.events import LabelValue
@@ -138,23 +138,22 @@ class LabelJoin(Generic[P]):
         if not waiting and not seen:
             self._predictions.update(zip(ids, zip(timestamps, predictions)))
             return joined
-        fresh: list[int] = []
-        meet: list[int] = []
-        for i, prediction_id in enumerate(ids):
-            if prediction_id in waiting:
-                meet.append(i)
-            elif prediction_id in seen:
-                joined.duplicates.append(i)
-            else:
-                fresh.append(i)
-        self.duplicates += len(joined.duplicates)
-        self._predictions.update((ids[i], (timestamps[i], predictions[i])) for i in fresh)
-        if meet:
-            meet_ids = [ids[i] for i in meet]
+        # An id is in at most one of the two sets: a waiting label means no prediction was kept.
+        meets = list(map(waiting.__contains__, ids))  # flags, computed in C like the selections below
+        if seen:
+            dups = list(map(seen.__contains__, ids))
+            joined.duplicates = list(compress(range(len(ids)), dups))
+            self.duplicates += len(joined.duplicates)
+            new = [not (m or d) for m, d in zip(meets, dups)]
+        else:
+            new = list(map(not_, meets))
+        self._predictions.update(zip(compress(ids, new), zip(compress(timestamps, new), compress(predictions, new))))
+        if waiting:
+            meet_ids = list(compress(ids, meets))
             labels = list(map(itemgetter(1), map(self._labels.pop, meet_ids)))
-            matched = [predictions[i] for i in meet]
-            self._joined.update(zip(meet_ids, zip([timestamps[i] for i in meet], matched, labels)))
-            joined.predictions, joined.labels, joined.weights = matched, labels, [1.0] * len(meet)
+            matched = list(compress(predictions, meets))
+            self._joined.update(zip(meet_ids, zip(compress(timestamps, meets), matched, labels)))
+            joined.predictions, joined.labels, joined.weights = matched, labels, [1.0] * len(matched)
         return joined
 
     def add_labels(self, ids: list[str], timestamps: list[int], labels: list[LabelValue]) -> Joined[P]:
