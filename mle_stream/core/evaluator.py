@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from mle_stream.core.events import Command, Label, LabelValue, MetricSnapshot, P
 from mle_stream.core.join import Joined, LabelJoin, binary_truth
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
 from mle_stream.core.policy import PolicyState, WindowJudgement, decide, judge
+from mle_stream.core.snapshot_columns import decode_row_columns
 from mle_stream.core.topology import Topology
 from mle_stream.core.window_state import WindowState
 from mle_stream.core.windows import PaneTable, Segment, WindowSpec
@@ -95,17 +96,20 @@ def _take(values: Any, rows: IntArray) -> list[Any]:
     return [values[i] for i in rows.tolist()]
 
 
-def _pending_reader() -> Callable[[list[Any]], Pending]:
-    """Turns a stored Pending back from JSON data; pane starts and version names come back as one
-    shared object each, as add_prediction_columns keeps them (JSON gives a new one per entry)."""
-    shared: dict[int | str, Any] = {}
-
-    def read(data: list[Any]) -> Pending:
-        pane, version, segments, output, decision = data
-        segs = WHOLE if len(segments) == 1 else tuple(None if s is None else (s[0], s[1]) for s in segments)
-        return shared.setdefault(pane, pane), shared.setdefault(version, version), segs, output, decision
-
-    return read
+def _pending_from_json(data: dict[str, Any]) -> list[Pending]:
+    """Stored Pending tuples back from JSON data, column by column. Pane starts and version names
+    come back as one shared object each, as add_prediction_columns keeps them (JSON data has a
+    new one per entry), and a whole-version record's segments as WHOLE itself."""
+    columns = decode_row_columns(data)
+    if not columns:
+        return []
+    panes, versions, segments, outputs, decisions = columns
+    if all(len(s) == 1 for s in segments):
+        segs: Any = repeat(WHOLE)
+    else:
+        segs = [WHOLE if len(s) == 1 else tuple(None if d is None else (d[0], d[1]) for d in s) for s in segments]
+    return list(zip(map({p: p for p in set(panes)}.__getitem__, panes),
+                    map({v: v for v in set(versions)}.__getitem__, versions), segs, outputs, decisions))
 
 
 class ModelEvaluator:
@@ -157,7 +161,7 @@ class ModelEvaluator:
         if differs:
             detail = "; ".join(f"{k}: snapshot {old!r}, topology {new!r}" for k, (new, old) in differs.items())
             raise ValueError(f"the snapshot of model {topology.model!r} was taken under another topology ({detail})")
-        ev.join = LabelJoin.restore(data["join"], _pending_reader())
+        ev.join = LabelJoin.restore(data["join"], _pending_from_json)
         ev.panes = PaneTable.restore(ev.panes.spec, lambda: WindowState.for_topology(topology), data["panes"],
                                      lambda d: WindowState.restore(topology.task, d))
         ev.policy_state = PolicyState.restore(data["policy"])

@@ -22,6 +22,7 @@ from operator import itemgetter, not_
 from typing import Any, Callable, Generic, TypeVar
 
 from mle_stream.core.events import LabelValue
+from mle_stream.core.snapshot_columns import decode_column, encode_column, encode_rows
 
 P = TypeVar("P")
 
@@ -197,16 +198,19 @@ class LabelJoin(Generic[P]):
         _pop_older(self._joined, watermark - self.max_delay_ms - self.correction_ms)
 
     def snapshot(self) -> dict[str, Any]:
-        """Plain data, column by column and in insertion order (expiry relies on that order).
-        The stored predictions (P) must be JSON data themselves; tuples come back as lists."""
-        def columns(entries: dict[str, tuple[Any, ...]], *names: str) -> dict[str, list[Any]]:
-            out: dict[str, list[Any]] = {"id": list(entries)}
-            for name, column in zip(names, zip(*entries.values()) if entries else [()] * len(names)):
-                out[name] = list(column)
+        """Plain JSON data, column by column and in insertion order (expiry relies on that order).
+        Columns of one type are packed (core/snapshot_columns.py); a stored prediction (P) must
+        be JSON data or a tuple of it, and comes back with tuples as lists where a column is one."""
+        def columns(entries: dict[str, tuple[Any, ...]], *names: str) -> dict[str, Any]:
+            out: dict[str, Any] = {"id": encode_column(list(entries))}
+            values = list(entries.values())
+            for k, name in enumerate(names):
+                column = list(map(itemgetter(k), values))
+                out[name] = encode_rows(column) if name == "prediction" else encode_column(column)
             return out
 
         return {
-            "kind": "label_join", "v": 1, "max_delay_ms": self.max_delay_ms, "correction_ms": self.correction_ms,
+            "kind": "label_join", "v": 2, "max_delay_ms": self.max_delay_ms, "correction_ms": self.correction_ms,
             "predictions": columns(self._predictions, "ts", "prediction"),
             "labels": columns(self._labels, "ts", "label"),
             "joined": columns(self._joined, "ts", "prediction", "label"),
@@ -215,15 +219,19 @@ class LabelJoin(Generic[P]):
         }
 
     @classmethod
-    def restore(cls, data: dict[str, Any], prediction: Callable[[Any], P]) -> LabelJoin[P]:
-        """The join a snapshot was taken of; `prediction` turns a stored P back from JSON data."""
-        if not isinstance(data, dict) or data.get("kind") != "label_join" or data.get("v") != 1:
-            raise ValueError(f"not a label_join v1 snapshot: kind={data.get('kind')!r}, v={data.get('v')!r}")
+    def restore(cls, data: dict[str, Any], predictions: Callable[[dict[str, Any]], list[P]]) -> LabelJoin[P]:
+        """The join a snapshot was taken of; `predictions` turns the stored Ps of one dict back
+        from what snapshot_columns.encode_rows made of them (decode_rows, or column by column
+        with decode_row_columns)."""
+        if not isinstance(data, dict) or data.get("kind") != "label_join" or data.get("v") != 2:
+            raise ValueError(f"not a label_join v2 snapshot: kind={data.get('kind')!r}, v={data.get('v')!r}")
         join: LabelJoin[P] = cls(data["max_delay_ms"], data["correction_ms"])
         p, lab, j = data["predictions"], data["labels"], data["joined"]
-        join._predictions = dict(zip(p["id"], zip(p["ts"], map(prediction, p["prediction"]))))
-        join._labels = dict(zip(lab["id"], zip(lab["ts"], lab["label"])))
-        join._joined = dict(zip(j["id"], zip(j["ts"], map(prediction, j["prediction"]), j["label"])))
+        join._predictions = dict(zip(decode_column(p["id"]), zip(
+            decode_column(p["ts"]), predictions(p["prediction"]))))
+        join._labels = dict(zip(decode_column(lab["id"]), zip(decode_column(lab["ts"]), decode_column(lab["label"]))))
+        join._joined = dict(zip(decode_column(j["id"]), zip(
+            decode_column(j["ts"]), predictions(j["prediction"]), decode_column(j["label"]))))
         counters = data["counters"]
         join.expired_predictions, join.expired_labels = counters["expired_predictions"], counters["expired_labels"]
         join.corrections, join.duplicates = counters["corrections"], counters["duplicates"]
