@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import compress, repeat
-from operator import itemgetter, not_
+from operator import is_not, itemgetter, not_
 from typing import Any, Callable, Generic, TypeVar
 
 from mle_stream.core.events import LabelValue
@@ -166,23 +166,16 @@ class LabelJoin(Generic[P]):
         joins so that a label repeated within the batch sees the first one."""
         joined: Joined[P] = Joined()
         found: list[Any] = list(map(self._predictions.pop, ids, repeat(None)))
-        if None not in found:
-            # (ts, prediction) + (label,): the joined entry, built without a Python-level loop.
-            self._joined.update(zip(ids, map(tuple.__add__, found, zip(labels))))  # type: ignore[arg-type]
-            joined.predictions = list(map(itemgetter(1), found))
-            joined.labels = list(labels)
-            joined.weights = [1.0] * len(found)
+        hit = list(map(is_not, found, repeat(None)))
+        hits = list(compress(found, hit))
+        hit_ids, hit_labels = list(compress(ids, hit)), list(compress(labels, hit))
+        # (ts, prediction) + (label,): the joined entries, built without a Python-level loop.
+        self._joined.update(zip(hit_ids, map(tuple.__add__, hits, zip(hit_labels))))
+        joined.predictions, joined.labels = list(map(itemgetter(1), hits)), hit_labels
+        joined.weights = [1.0] * len(hits)
+        if len(hits) == len(ids):
             return joined
-        misses: list[int] = []
-        for i, hit in enumerate(found):
-            if hit is None:
-                misses.append(i)
-                continue
-            label = labels[i]
-            self._joined[ids[i]] = (hit[0], hit[1], label)
-            joined.predictions.append(hit[1])
-            joined.labels.append(label)
-        joined.weights = [1.0] * len(joined.predictions)
+        misses = list(compress(range(len(ids)), map(not_, hit)))
         early = {ids[i] for i in misses}
         if (len(early) == len(misses) and self._labels.keys().isdisjoint(early)
                 and self._joined.keys().isdisjoint(early)):
