@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+import textwrap
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,19 @@ environment:
   MLE_CHECKPOINT_INTERVAL how often the worker checkpoints its state (default 30s; 500ms, 5m or
                           seconds): after a restart it resumes from the last checkpoint.
 """
+
+
+PROFILE_BUILD_HELP = (
+    "Read the training rows of a model version from DATA (.csv with a header row, .jsonl with "
+    "one JSON object per line, or .parquet) and build its reference profile: numeric columns get "
+    "quantile bin edges (--bins), counts per bin and moments; text and boolean columns get the counts "
+    "of their --top-k most frequent categories plus 'other'; the score column (--score-column, if "
+    "present) gets a numeric sketch of its own. Leave label, id and timestamp columns out with "
+    "--exclude. Columns without any value are skipped and listed. Writes the profile as JSON (-o) "
+    "and/or stores it in MLflow (--log-to-mlflow) as an artifact of the run the version was "
+    "registered from, tagged mle_stream.reference_profile on the version (the worker does not read "
+    "profiles yet)."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,6 +134,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="give up when no rollback happened within this time (default 150)")
     p.add_argument("--degrade-after", type=float, default=25.0, metavar="SECONDS",
                    help="seconds of healthy traffic before v2 degrades (default 25)")
+
+    p = add("profile", "build the reference profile (drift baseline) of a model version",
+            "Reference profiles: the training data of a model version reduced to drift sketches, the "
+            "baseline live windows are compared with.")
+    profile_sub = p.add_subparsers(dest="profile_command", required=True, metavar="SUBCOMMAND")
+    p = profile_sub.add_parser(
+        "build", help="profile training rows from a csv, jsonl or parquet file",
+        description=textwrap.fill(PROFILE_BUILD_HELP, 100, break_on_hyphens=False),
+        epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", type=Path, metavar="DATA", help="training rows: .csv, .jsonl (.ndjson) or .parquet")
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--version", required=True, help="model version the data trained (MLflow version number)")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the profile JSON to FILE")
+    p.add_argument("--score-column", default="score", metavar="NAME",
+                   help="column holding the model's score (default: score; profiled only if present)")
+    p.add_argument("--exclude", action="append", default=[], metavar="COLUMN[,COLUMN...]",
+                   help="columns to leave out, e.g. the label and id columns (repeatable, or comma-separated)")
+    p.add_argument("--bins", type=int, default=100, metavar="N", help="quantile bins per numeric column (default 100)")
+    p.add_argument("--top-k", type=int, default=20, metavar="K",
+                   help="categories kept per categorical column, the rest count as 'other' (default 20)")
+    p.add_argument("--log-to-mlflow", action="store_true",
+                   help="store the profile with the model version in MLflow (MLFLOW_TRACKING_URI)")
     return parser
 
 
@@ -227,8 +263,36 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                     timeout_s=args.timeout, degrade_after_s=args.degrade_after)
 
 
+def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
+    from mle_stream.profiles import build_profile_from_file, log_to_mlflow, write_profile
+
+    if args.output is None and not args.log_to_mlflow:
+        raise MleStreamError("profile build: nothing to do: give -o FILE and/or --log-to-mlflow")
+    if args.bins < 1 or args.top_k < 1:
+        raise MleStreamError(f"profile build: --bins and --top-k must be >= 1, got {args.bins} and {args.top_k}")
+    exclude = [name.strip() for value in args.exclude for name in value.split(",") if name.strip()]
+    profile = build_profile_from_file(args.data, model=args.model, version=args.version,
+                                      score_column=args.score_column or None, exclude=exclude,
+                                      bins=args.bins, top_k=args.top_k)
+    if args.score_column and profile.score is None and args.score_column not in profile.skipped:
+        print(f"note: {args.data} has no column {args.score_column!r}: the profile has no score distribution",
+              file=sys.stderr)
+    if args.output is not None:
+        try:
+            write_profile(profile, args.output)
+        except OSError as exc:
+            raise MleStreamError(f"{args.output}: cannot write: {exc.strerror}") from None
+        print(f"wrote {args.output}: {profile.summary()}")
+    if args.log_to_mlflow:
+        uri = log_to_mlflow(profile, settings.mlflow_tracking_uri)
+        print(f"stored in MLflow at {settings.mlflow_tracking_uri}: {uri} "
+              f"(tag mle_stream.reference_profile on {args.model} version {args.version})")
+    return 0
+
+
 COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "actuator": cmd_actuator,
-            "validate": cmd_validate, "replay": cmd_replay, "bench": cmd_bench, "demo": cmd_demo}
+            "validate": cmd_validate, "replay": cmd_replay, "bench": cmd_bench, "demo": cmd_demo,
+            "profile": cmd_profile}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
