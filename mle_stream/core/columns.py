@@ -137,7 +137,7 @@ class PredictionColumns:
         absent = [None] * n
 
         def optional(values: FloatArray) -> list[float | None]:
-            return [None if v != v else v for v in values.tolist()]
+            return list(map(_none_if_nan, values.tolist()))
 
         return list(map(
             Prediction, self.prediction_id, self.model, self.version, self.timestamp.tolist(),
