@@ -56,6 +56,7 @@ from mle_stream.core.columns import IntArray, LabelColumns, PredictionColumns
 from mle_stream.core.events import (
     Command,
     CommandKind,
+    DriftTable,
     Label,
     MetricSnapshot,
     Prediction,
@@ -72,6 +73,7 @@ __all__ = [
     "WireSchema",
     "check_encodable",
     "decode_command",
+    "decode_drift_table",
     "decode_label_columns",
     "decode_labels",
     "decode_metric_snapshot",
@@ -79,6 +81,7 @@ __all__ = [
     "decode_predictions",
     "decode_rollout_event",
     "encode_command",
+    "encode_drift_table",
     "encode_label",
     "encode_labels",
     "encode_metric_snapshot",
@@ -152,6 +155,7 @@ _SCHEMA_FILES = {
     "Command": "command.avsc",
     "RolloutEvent": "rollout_event.avsc",
     "MetricSnapshot": "metric_snapshot.avsc",
+    "DriftTable": "drift_table.avsc",
 }
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAMED = frozenset({"record", "error", "enum", "fixed"})
@@ -873,6 +877,42 @@ def _opt_double(value: object, name: str) -> float | None:
     return float(value)
 
 
+def _str_list(value: object, name: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise InvalidEvent(f"must be a list of strings, got {value!r}", name)
+    return tuple(value)
+
+
+def _req_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidEvent(f"must be true or false, got {value!r}", name)
+    return value
+
+
+_FEATURE_DRIFT_SPEC: dict[str, Callable[[object, str], object]] = {
+    "kind": _req_str, "reference_count": _req_long, "current_count": _req_long,
+    **{k: _opt_double for k in ("psi", "jensen_shannon", "wasserstein", "wasserstein_error_bound", "ks_statistic",
+                                "ks_statistic_upper", "chi_square", "p_value", "p_value_adjusted")},
+    "test": _optional_str, "exceeded": _str_list, "drifted": _req_bool, "reason": _req_str,
+}
+
+
+def _feature_drift_map(value: object, name: str) -> dict[str, dict[str, object]]:
+    if not isinstance(value, Mapping):
+        raise InvalidEvent(f"must be a map of feature -> statistics, got {type(value).__name__}", name)
+    out: dict[str, dict[str, object]] = {}
+    for feature, stats in value.items():
+        where = f"{name}.{feature}"
+        if not isinstance(stats, Mapping):
+            raise InvalidEvent(f"must be an object of statistics, got {stats!r}", where)
+        missing = [k for k in ("kind", "reference_count", "current_count", "drifted", "reason", "exceeded")
+                   if k not in stats]
+        if missing:
+            raise InvalidEvent(f"is missing {', '.join(missing)}", where)
+        out[str(feature)] = {k: check(stats.get(k), f"{where}.{k}") for k, check in _FEATURE_DRIFT_SPEC.items()}
+    return out
+
+
 def _int_map(value: object, name: str) -> dict[str, int]:
     if not isinstance(value, Mapping):
         raise InvalidEvent(f"must be an object of string -> integer, got {value!r}", name)
@@ -914,14 +954,37 @@ _SNAPSHOT_SPEC: _Spec = {
     "window_start": _req_long, "window_end": _req_long, "predictions": _req_long, "labeled": _req_long,
     "metrics": _nullable_double_map, "status": _req_str, "verdict": _optional_str, "emitted_at": _req_long,
 }
+def _alarms(value: object, name: str) -> tuple[dict[str, object], ...]:
+    if not isinstance(value, (list, tuple)):
+        raise InvalidEvent(f"must be a list of alarms, got {value!r}", name)
+    out = []
+    for i, alarm in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(alarm, Mapping) or not {"detector", "params", "position", "context"} <= set(alarm):
+            raise InvalidEvent(f"must be an object with detector, params, position and context, got {alarm!r}", where)
+        for key in ("params", "context"):
+            if not isinstance(alarm[key], Mapping) or not all(
+                    v is None or isinstance(v, (bool, int, float, str)) for v in alarm[key].values()):
+                raise InvalidEvent("must map names to plain values", f"{where}.{key}")
+        out.append({"detector": _req_str(alarm["detector"], f"{where}.detector"), "params": dict(alarm["params"]),
+                    "position": _req_long(alarm["position"], f"{where}.position"), "context": dict(alarm["context"])})
+    return tuple(out)
+
+
+_DRIFT_SPEC: _Spec = {
+    "model": _req_str, "version": _req_str, "role": _req_str, "window_start": _req_long, "window_end": _req_long,
+    "status": _req_str, "reference": _req_str, "features": _feature_drift_map, "drifted": _str_list,
+    "drifted_share": _opt_double, "concept_drift": _alarms, "emitted_at": _req_long,
+}
 # Fields a JSON producer may leave out: nullable ones, and those the dataclass defaults.
 _OPTIONAL_DEFAULTS: dict[type, dict[str, object]] = {
     Command: {"signature": ""},
     RolloutEvent: {"champion": None, "challenger": None},
     MetricSnapshot: {"segment": None, "status": "CLOSED", "verdict": None, "emitted_at": 0},
+    DriftTable: {"drifted_share": None, "concept_drift": (), "emitted_at": 0},
 }
 
-E = TypeVar("E", Command, RolloutEvent, MetricSnapshot)
+E = TypeVar("E", Command, RolloutEvent, MetricSnapshot, DriftTable)
 
 
 def _from_spec(cls: type[E], spec: _Spec, data: object) -> E:
@@ -1001,6 +1064,16 @@ def encode_metric_snapshot(snapshot: MetricSnapshot) -> bytes:
 def decode_metric_snapshot(payload: bytes) -> MetricSnapshot:
     """A MetricSnapshot from Avro single-object or JSON; raises InvalidEvent."""
     return _decode_single(payload, _SCHEMAS["MetricSnapshot"], MetricSnapshot, _SNAPSHOT_SPEC)
+
+
+def encode_drift_table(table: DriftTable) -> bytes:
+    """A DriftTable as an Avro single-object message."""
+    return _encode_single(_SCHEMAS["DriftTable"], DriftTable, _DRIFT_SPEC, table)
+
+
+def decode_drift_table(payload: bytes) -> DriftTable:
+    """A DriftTable from Avro single-object or JSON; raises InvalidEvent."""
+    return _decode_single(payload, _SCHEMAS["DriftTable"], DriftTable, _DRIFT_SPEC)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ class Topics:
     commands: str = "mle.commands"
     rollout_events: str = "mle.rollout-events"
     metrics: str = "mle.metrics"
+    drift: str = "mle.drift"
     dead_letter: str = "mle.dead-letter"
     # The worker's checkpoints: compacted, created by the worker itself (mle_stream.kafka.ensure_state_topic).
     state: str = "mle.state"

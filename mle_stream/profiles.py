@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import re
 import tempfile
@@ -25,7 +26,10 @@ from typing import Any
 import numpy as np
 
 from mle_stream.core.drift.profile import ReferenceProfile, build_profile
+from mle_stream.core.topology import Topology
 from mle_stream.errors import MleStreamError
+
+log = logging.getLogger(__name__)
 
 PROFILE_TAG = "mle_stream.reference_profile"
 ARTIFACT_DIR = "mle-stream/reference_profile"
@@ -290,3 +294,25 @@ def load_from_mlflow(model: str, version: str | int, tracking_uri: str | None = 
         raise ProfileError(f"{where}: {uri} holds the profile of model {profile.model!r} version "
                            f"{profile.version!r}, not of {model!r} version {version!r}")
     return profile
+
+
+def profiles_for(topologies: Iterable[Topology], tracking_uri: str) -> dict[str, dict[str, ReferenceProfile]]:
+    """The reference profiles the worker compares with: for each topology with a drift section,
+    those its baseline and candidate versions have in MLflow. A version without one is compared
+    with the baseline's window instead (core/drift/live.py); that is logged, not an error, and so
+    is an MLflow that cannot be read (the worker must not stop evaluating because of it)."""
+    out: dict[str, dict[str, ReferenceProfile]] = {}
+    wanted = [t for t in topologies if t.drift.enabled]
+    local = tracking_uri.removeprefix("sqlite:///") if tracking_uri.startswith("sqlite:///") else None
+    if wanted and local is not None and not Path(local).exists():
+        # Opening a missing sqlite store would create an empty one, wherever the worker runs.
+        log.warning("drift: no reference profiles: the MLflow store %s does not exist (MLFLOW_TRACKING_URI)", local)
+        return out
+    for t in wanted:
+        for version in (t.baseline_version, t.candidate_version):
+            try:
+                out.setdefault(t.model, {})[version] = load_from_mlflow(t.model, version, tracking_uri)
+                log.info("drift of %s v%s: against its reference profile from MLflow", t.model, version)
+            except ProfileError as exc:
+                log.warning("drift of %s v%s: no reference profile (%s)", t.model, version, exc)
+    return out

@@ -4,6 +4,11 @@ Predictions and labels (JSON lines, the same fields as on the topics) are merged
 ordered by timestamp, fed to the same ModelEvaluator the worker uses in batches, and every window
 is closed at the end. A user backtests a topology on yesterday's traffic this way.
 
+With reference profiles (`--reference ref.json`, repeatable; each names its model and version),
+drift is computed for their models even when the topology has no drift section, and the JSON
+output carries each window's drift table under "drift" (see core/drift/live.py for what a window
+is compared with).
+
 Without a topology for a model, a default is inferred from its data: the task from the first
 prediction's output (score: binary, scores: multiclass, value: regression), the most frequent
 version as the baseline and the next as the candidate, 1-hour tumbling windows with no grace and
@@ -16,13 +21,14 @@ import heapq
 import json
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, TextIO
+from typing import Any, Iterator, Mapping, Sequence, TextIO
 
 from mle_stream import codec
 from mle_stream.core.evaluator import Advance, ModelEvaluator
-from mle_stream.core.events import Command, Label, MetricSnapshot, Prediction
+from mle_stream.core.drift.profile import ReferenceProfile
+from mle_stream.core.events import Command, DriftTable, Label, MetricSnapshot, Prediction
 from mle_stream.core.topology import Topology
 from mle_stream.errors import ConfigError, InvalidEvent
 
@@ -33,20 +39,30 @@ _REPORTED_ERRORS = 20
 @dataclass
 class ReplayResult:
     windows: list[MetricSnapshot] = field(default_factory=list)
+    drift: list[DriftTable] = field(default_factory=list)
     decisions: list[Command] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
+        tables = {(d.model, d.version, d.window_start): d for d in self.drift}
         return {
-            "windows": [window_json(w) for w in self.windows],
+            "windows": [window_json(w, tables.get((w.model, w.version, w.window_start)) if w.segment is None else None)
+                        for w in self.windows],
             "decisions": [codec.to_json_dict(c) for c in self.decisions],
             "rejected": len(self.rejected),
         }
 
 
-def window_json(w: MetricSnapshot) -> dict[str, Any]:
+def window_json(w: MetricSnapshot, drift: DriftTable | None = None) -> dict[str, Any]:
+    """A window as JSON; with its drift table, "drift" maps each feature (and "__score__") to its
+    statistics and "drifted", "drift_reference" says what it was compared with."""
     doc = codec.to_json_dict(w)
     del doc["emitted_at"]  # the replay's clock, not information about the window
+    if drift is not None:
+        doc["drift"] = {name: {k: list(v) if isinstance(v, tuple) else v for k, v in stats.items()}
+                        for name, stats in drift.features.items()}
+        doc["drift_reference"] = drift.reference
+        doc["drifted_share"] = drift.drifted_share
     return doc
 
 
@@ -96,19 +112,31 @@ def _events(predictions: list[Prediction], labels: list[Label]) -> Iterator[tupl
         yield ts, kind, record
 
 
-def replay(predictions: list[Prediction], labels: list[Label], topologies: Mapping[str, Topology]) -> ReplayResult:
+def replay(predictions: list[Prediction], labels: list[Label], topologies: Mapping[str, Topology],
+           references: Sequence[ReferenceProfile] = ()) -> ReplayResult:
     result = ReplayResult()
     models = {p.model for p in predictions} | {lab.model for lab in labels}
     by_model = {m: [p for p in predictions if p.model == m] for m in models}
-    evaluators = {m: ModelEvaluator(topologies.get(m) or default_topology(m, by_model[m])) for m in sorted(models)}
+    profiles: dict[str, dict[str, ReferenceProfile]] = {}
+    for profile in references:
+        profiles.setdefault(profile.model, {})[profile.version] = profile
+    evaluators = {}
+    for m in sorted(models):
+        topology = topologies.get(m) or default_topology(m, by_model[m])
+        if m in profiles and not topology.drift.enabled:
+            topology = replace(topology, drift=replace(topology.drift, enabled=True))
+        evaluators[m] = ModelEvaluator(topology, profiles.get(m))
     now = max((p.timestamp for p in predictions), default=0)  # the recording's clock, not the wall's
 
     latest: dict[tuple[str, str, Any, int], MetricSnapshot] = {}
+    latest_drift: dict[tuple[str, str, int], DriftTable] = {}
 
     def collect(advance: Advance) -> None:
         # A window is reported as it fills, closes and is revised by late labels: keep the last.
         for w in advance.windows:
             latest[(w.model, w.version, w.segment, w.window_start)] = w
+        for d in advance.drift:
+            latest_drift[(d.model, d.version, d.window_start)] = d
         result.decisions.extend(advance.commands)
 
     pending: dict[str, tuple[int, list[Any]]] = {}
@@ -133,15 +161,17 @@ def replay(predictions: list[Prediction], labels: list[Label], topologies: Mappi
     for model in sorted(evaluators):
         collect(evaluators[model].close_all(now))
     result.windows = sorted(latest.values(), key=lambda w: (w.model, w.window_start, w.version, w.segment or ""))
+    result.drift = sorted(latest_drift.values(), key=lambda d: (d.model, d.window_start, d.version))
     return result
 
 
 def run_replay(predictions_path: Path, labels_path: Path | None, topologies: Mapping[str, Topology],
-               json_output: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+               json_output: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+               references: Sequence[ReferenceProfile] = ()) -> int:
     errors: list[str] = []
     predictions = _read_jsonl(predictions_path, "prediction", errors)
     labels = _read_jsonl(labels_path, "label", errors) if labels_path else []
-    result = replay(predictions, labels, topologies)  # type: ignore[arg-type]
+    result = replay(predictions, labels, topologies, list(references))  # type: ignore[arg-type]
     result.rejected[:0] = errors
     for line in result.rejected[:_REPORTED_ERRORS]:
         print(f"rejected: {line}", file=err)
@@ -158,6 +188,10 @@ def run_replay(predictions_path: Path, labels_path: Path | None, topologies: Map
         print(f"{w.model} v{w.version}{seg} {w.window_start}..{w.window_end}: {w.predictions} predictions, "
               f"{w.labeled} labeled" + (f", accuracy {acc:.4f}" if acc is not None else "")
               + (f" → {w.verdict}" if w.verdict else ""), file=out)
+    for d in result.drift:
+        if d.drifted:
+            print(f"drift: {d.model} v{d.version} {d.window_start}..{d.window_end} against {d.reference}: "
+                  f"{', '.join(d.drifted)}", file=out)
     for c in result.decisions:
         print(f"decision: {c.kind.value} {c.model} v{c.candidate_version}: {c.reason}", file=out)
     return 0

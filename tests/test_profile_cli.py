@@ -149,3 +149,23 @@ def test_cli_log_to_mlflow(tracking_uri: str, tmp_path: Path, capsys: pytest.Cap
     assert main(["profile", "build", str(data), "--model", "nope", "--version", "1", "--log-to-mlflow",
                  "--exclude", "txn_id,label"]) == 2
     assert "model 'nope' version '1' not found" in capsys.readouterr().err
+
+
+def test_the_worker_finds_the_profiles_its_topologies_need(tracking_uri: str, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    from mle_stream.core.topology import parse_topology
+    from mle_stream.profiles import profiles_for
+
+    data = _write_csv(tmp_path / "train.csv", 300)
+    profile = build_profile_from_file(data, model=MODEL, version="1", exclude=["txn_id", "label"])
+    log_to_mlflow(profile, tracking_uri)
+    text = f'model: {MODEL}\ntask: binary\nbaseline: {{version: "1"}}\ncandidate: {{version: "2"}}\n'
+    with_drift, without = parse_topology(text + "drift: {}\n"), parse_topology(text)
+    with caplog.at_level("WARNING"):
+        found = profiles_for([with_drift], tracking_uri)
+    assert found == {MODEL: {"1": profile}}
+    assert f"drift of {MODEL} v2: no reference profile" in caplog.text  # v2 has none: said, not fatal
+    assert profiles_for([without], tracking_uri) == {}  # no drift section: MLflow is not asked
+    # A sqlite store that does not exist is not created by asking it.
+    assert profiles_for([with_drift], f"sqlite:///{tmp_path}/nowhere.db") == {}
+    assert not (tmp_path / "nowhere.db").exists()

@@ -33,6 +33,7 @@ candidate: {version: "2"}
 windows: {size: 2s, grace: 0s, retention: 1h, updates_every: 0s}
 segments: {dimensions: [country]}
 rollback: {max_increase: 0.1, consecutive_windows: 2, min_samples: 20}
+drift: {warmup: 30, bins: 5}
 """
 
 
@@ -62,7 +63,8 @@ def window(start: int, error_rate: dict[str, float]) -> tuple[list[Prediction], 
         for i in range(40):
             pid = f"{start}-{version}-{i}"
             preds.append(Prediction(prediction_id=pid, model="fraud", version=version, timestamp=start + i * 10,
-                                    score=0.6 + i / 100, latency_ms=5.0 + i, segment={"country": "DE" if i % 3 else "FR"}))
+                                    score=0.6 + i / 100, latency_ms=5.0 + i, segment={"country": "DE" if i % 3 else "FR"},
+                                    features={"x": i % 7 + (3.0 if version == "2" else 0.0), "y": float(i % 5)}))
             labels.append(Label(prediction_id=pid, model="fraud", timestamp=start + 1500,
                                 label=i >= error_rate[version] * 40))
     return preds, labels
@@ -102,7 +104,7 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
     producer.produce(topics.predictions, key=b"fraud", value=codec.encode_prediction(tick))
     producer.flush(10)
 
-    out = read_until(kafka_bootstrap, [topics.dead_letter, topics.metrics, topics.commands],
+    out = read_until(kafka_bootstrap, [topics.dead_letter, topics.metrics, topics.commands, topics.drift],
                      lambda ms: sum(m.topic() == topics.commands for m in ms) >= 1
                      and sum(m.topic() == topics.dead_letter for m in ms) >= len(bad), timeout_s=90)
     assert worker.poll() is None, "the worker must keep running after bad input"
@@ -137,3 +139,14 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
     # 3 windows x 2 versions x (whole, DE, FR), and the tick's window (v1, whole).
     assert len(stream_last) == 3 * 2 * 3 + 1
     assert [c.command_id for c in replayed.decisions] == [command.command_id]
+
+    # Drift tables on mle.drift: v2 against v1's window, x moved by 3, y not; as the replay has them.
+    tables = {(d.version, d.window_start): d for d in (codec.decode_drift_table(m.value())
+                                                      for m in out if m.topic() == topics.drift)}
+    assert {v for v, _ in tables} == {"2"}
+    for w in range(3):
+        d = tables[("2", base + w * 2000)]
+        assert d.reference == "baseline v1 window" and "x" in d.drifted and "y" not in d.drifted
+    replayed_drift = {(d.version, d.window_start): d for d in replayed.drift}
+    for key, d in tables.items():
+        assert d.features == replayed_drift[key].features

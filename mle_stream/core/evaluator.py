@@ -15,18 +15,23 @@ irregular: segments, multiclass score maps, a pod's own predicted_label, duplica
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from operator import itemgetter
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from mle_stream.core.columns import IntArray, LabelColumns, PredictionColumns
-from mle_stream.core.events import Command, Label, LabelValue, MetricSnapshot, Prediction
+from mle_stream.core.columns import FeatureColumns, IntArray, LabelColumns, PredictionColumns
+from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence
+from mle_stream.core.drift.decision import FeatureDrift
+from mle_stream.core.drift.live import SCORE, Columns, DriftSketches, LiveDrift
+from mle_stream.core.drift.profile import ReferenceProfile
+from mle_stream.core.events import Command, DriftTable, Label, LabelValue, MetricSnapshot, Prediction
 from mle_stream.core.join import Joined, LabelJoin, binary_truth
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
 from mle_stream.core.policy import PolicyState, WindowJudgement, decide, judge
+from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
 from mle_stream.core.snapshot_columns import decode_row_columns
 from mle_stream.core.topology import Topology
 from mle_stream.core.window_state import WindowState
@@ -52,6 +57,7 @@ class Reject:
 @dataclass
 class Advance:
     windows: list[MetricSnapshot] = field(default_factory=list)
+    drift: list[DriftTable] = field(default_factory=list)
     judgements: list[WindowJudgement] = field(default_factory=list)
     commands: list[Command] = field(default_factory=list)
 
@@ -89,6 +95,34 @@ def _groups(panes: IntArray, versions: Sequence[str],
             yield k, np.array(rows_list, dtype=np.int64)
 
 
+def drift_columns(features: FeatureColumns, score: np.ndarray | None, rows: IntArray, n: int) -> dict[str, np.ndarray]:
+    """The given rows' feature values by name (float64 columns for the numeric layout, object
+    columns where a record sent text or other names; absent values are NaN / None), plus the
+    score as SCORE."""
+    out: dict[str, np.ndarray] = {}
+    if features.names:
+        full = np.full((n, len(features.names)), np.nan)
+        full[features.rows] = features.matrix
+        picked = full[rows]
+        for j, name in enumerate(features.names):
+            out[name] = picked[:, j]
+    if features.other:
+        position = {i: k for k, i in enumerate(rows.tolist())}
+        for i, values in features.other.items():
+            k = position.get(i)
+            if k is None:
+                continue
+            for name, value in values.items():
+                column = out.get(name)
+                if column is None or (column.dtype != object and not isinstance(value, (int, float))):
+                    column = out[name] = (np.full(len(rows), None, dtype=object) if column is None
+                                          else column.astype(object))
+                column[k] = value
+    if score is not None:
+        out[SCORE] = score[rows]
+    return out
+
+
 def _take(values: Any, rows: IntArray) -> list[Any]:
     """values[rows] as a list, for a numpy column or a list."""
     if isinstance(values, np.ndarray):
@@ -113,18 +147,30 @@ def _pending_from_json(data: dict[str, Any]) -> list[Pending]:
 
 
 class ModelEvaluator:
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, profiles: Mapping[str, ReferenceProfile] | None = None) -> None:
+        """`profiles`: reference profiles by version (see core/drift/live.py for how they are used)."""
         t = self.topology = topology
+        self.profiles = dict(profiles or {})
+        self.drift = (LiveDrift(t.drift, t.model, t.baseline_version, t.candidate_version, self.profiles)
+                      if t.drift.enabled else None)
         spec = WindowSpec(t.window_size_ms, t.window_hop_ms, t.window_grace_ms, t.window_retention_ms)
         self.panes: PaneTable[WindowState] = PaneTable(spec, lambda: WindowState.for_topology(t))
         # A joined pair stays correctable as long as its pane can still change.
         self.join: LabelJoin[Pending] = LabelJoin(t.label_max_delay_ms, t.window_size_ms + t.window_retention_ms)
         self.policy_state = PolicyState()
+        self.retrain_state = RetrainState()
+        # Concept drift (classification): each tracked version's errors, pane by pane (see _detect).
+        self.monitors = {v: ConceptDriftMonitor(t.drift.concept) for v in (t.baseline_version, t.candidate_version)
+                         if t.drift.concept and t.task != "regression"}
+        self._alarms: dict[tuple[str, int], list[dict[str, Any]]] = {}  # (version, window start) -> alarms
+        baseline_profile = self.profiles.get(t.baseline_version)
+        self._trained_at = trained_at_ms(None if baseline_profile is None else baseline_profile.created_at)
         self._segment_values: dict[str, set[str]] = {d: set() for d in t.segment_dimensions}
         self._touched: set[int] = set()  # panes updated since updates were last emitted
         # Rows not yet applied to the pane states (see _apply): served predictions as columns
-        # (panes, versions, segments, latency, failed) per batch, and joined rows.
-        self._served: list[tuple[IntArray, Sequence[str], list[tuple[Segment, ...]] | None, Any, Any]] = []
+        # (panes, versions, segments, latency, failed, drift columns) per batch, and joined rows.
+        self._served: list[tuple[IntArray, Sequence[str], list[tuple[Segment, ...]] | None, Any, Any,
+                                 dict[str, np.ndarray] | None]] = []
         self._scored: Joined[Pending] = Joined()
 
     def role(self, version: str) -> str:
@@ -145,18 +191,23 @@ class ModelEvaluator:
             "join": self.join.snapshot(),
             "panes": self.panes.snapshot(WindowState.snapshot),
             "policy": self.policy_state.snapshot(),
+            "retrain": self.retrain_state.snapshot(),
+            "monitors": {v: m.snapshot() for v, m in self.monitors.items()},
+            "alarms": [[v, start, alarms] for (v, start), alarms in self._alarms.items()],
             "segment_values": {d: sorted(v) for d, v in self._segment_values.items()},
             "touched": sorted(self._touched),
+            "drift": None if self.drift is None else self.drift.snapshot(),
         }
 
     @classmethod
-    def restore(cls, topology: Topology, data: dict[str, Any]) -> ModelEvaluator:
+    def restore(cls, topology: Topology, data: dict[str, Any],
+                profiles: Mapping[str, ReferenceProfile] | None = None) -> ModelEvaluator:
         """The evaluator a snapshot was taken of, under `topology`. A topology whose windows,
         task or thresholds changed since cannot take the old state (panes would mean other
         spans, pending decisions other thresholds): ValueError names what differs."""
         if not isinstance(data, dict) or data.get("kind") != "model_evaluator" or data.get("v") != 1:
             raise ValueError(f"not a model_evaluator v1 snapshot: kind={data.get('kind')!r}, v={data.get('v')!r}")
-        ev = cls(topology)
+        ev = cls(topology, profiles)
         differs = {k: (v, data["shape"].get(k)) for k, v in ev._shape().items() if data["shape"].get(k) != v}
         if differs:
             detail = "; ".join(f"{k}: snapshot {old!r}, topology {new!r}" for k, (new, old) in differs.items())
@@ -165,8 +216,13 @@ class ModelEvaluator:
         ev.panes = PaneTable.restore(ev.panes.spec, lambda: WindowState.for_topology(topology), data["panes"],
                                      lambda d: WindowState.restore(topology.task, d))
         ev.policy_state = PolicyState.restore(data["policy"])
+        ev.retrain_state = RetrainState.restore(data.get("retrain") or {})
+        ev.monitors = {v: ConceptDriftMonitor.restore(topology.drift.concept, m) for v, m in data["monitors"].items()}
+        ev._alarms = {(str(v), int(start)): alarms for v, start, alarms in data["alarms"]}
         ev._segment_values = {d: set(v) for d, v in data["segment_values"].items()}
         ev._touched = set(data["touched"])
+        if ev.drift is not None and data.get("drift"):
+            ev.drift.restore_state(data["drift"])
         return ev
 
     def _shape(self) -> dict[str, Any]:
@@ -174,7 +230,8 @@ class ModelEvaluator:
         t = self.topology
         return {"model": t.model, "task": t.task, "threshold": t.threshold, "thresholds": list(t.thresholds),
                 "window_size_ms": t.window_size_ms, "window_hop_ms": t.window_hop_ms,
-                "segment_dimensions": list(t.segment_dimensions)}
+                "segment_dimensions": list(t.segment_dimensions), "drift": t.drift.enabled,
+                "concept": [s.to_json() for s in t.drift.concept]}
 
     # -- input ------------------------------------------------------------------------------------
 
@@ -242,6 +299,7 @@ class ModelEvaluator:
 
         # Served: every prediction, failed ones included, a duplicate delivery not again.
         latency = cols.latency_ms if all_rows else cols.latency_ms[rows]
+        served_rows = rows
         if joined.duplicates:
             served = np.ones(len(rows), dtype=bool)
             served[waiting[joined.duplicates]] = False
@@ -250,7 +308,12 @@ class ModelEvaluator:
             panes, latency, failed_rows = panes[keep], latency[keep], failed_rows[keep]
             versions = [versions[i] for i in kept]
             segments = None if segments is None else [segments[i] for i in kept]
-        self._served.append((panes, versions, segments, latency, failed_rows))
+            served_rows = rows[keep]
+        drift = None
+        if self.drift is not None:
+            score = cols.score if t.task == "binary" else cols.value if t.task == "regression" else None
+            drift = drift_columns(cols.features, score, served_rows, n)
+        self._served.append((panes, versions, segments, latency, failed_rows, drift))
         if joined.predictions:
             self._scored.extend(joined)
         return rejects
@@ -394,14 +457,34 @@ class ModelEvaluator:
                 segments = [seg for s in served for seg in (s[2] or repeat(WHOLE, len(s[0])))]
             latency = np.concatenate([s[3] for s in served])
             failed = np.concatenate([s[4] for s in served])
+            drift = _concat_columns([(s[5], len(s[0])) for s in served]) if self.drift is not None else None
             for (pane, version, segment), idx in _groups(panes, versions, segments):
                 state = self.panes.state(pane, version, segment, checked=True)
                 if state is not None:
                     self._touched.add(pane)
                     state.serve(latency[idx], failed[idx])
+                    if drift is not None and segment is None:
+                        self._sketch(pane, version, {k: c[idx] for k, c in drift.items()}, len(idx))
         if self._scored.predictions:
             scored, self._scored = self._scored, Joined()
             self._score(scored.predictions, scored.labels, scored.weights)
+
+    def _sketch(self, pane: int, version: str, columns: Columns, n: int) -> None:
+        """Rows of one (pane, version) into its drift sketches, or into the warm-up buffer."""
+        assert self.drift is not None
+        if not self.drift.tracked(version):
+            return
+        for p, v, cols, m in self.drift.take(pane, version, columns, n):
+            if p != pane and not self.panes.is_retained(p):
+                continue  # warm-up rows of a pane retention has let go
+            state = self.panes.state(p, v, None, checked=True)
+            bins = self.drift.bins(v)
+            if state is None or bins is None:
+                continue
+            if state.drift is None:
+                state.drift = DriftSketches.like(bins)
+            state.drift.update(cols, m)
+            self._touched.add(p)
 
     def _score(self, pending: list[Pending], truths: list[LabelValue], weights: list[float]) -> None:
         """Add joined (prediction, label) rows to their panes' states; weight -1 takes one out."""
@@ -424,6 +507,10 @@ class ModelEvaluator:
         else:
             y = np.array(truths, dtype=np.float64)
             score = np.array(output_col, dtype=np.float64)
+        if self.topology.retrain.new_labels is not None:
+            mine = (np.array(version_col) == self.topology.baseline_version) & (panes >= self._trained_at)
+            self.retrain_state = replace(self.retrain_state, labels_since_training=(
+                self.retrain_state.labels_since_training + float(w[mine].sum())))
         for (pane, version, segment), idx in _groups(panes, version_col, segments):
             state = self.panes.state(pane, version, segment, checked=True)
             if state is None:
@@ -466,7 +553,16 @@ class ModelEvaluator:
             out.commands.extend(commands)
             known: dict[tuple[str, Segment], WindowState] = {
                 (t.baseline_version, None): baseline, (t.candidate_version, None): candidate}
-            out.windows.extend(self._results(start, "CLOSED", judgement.verdict.value, known, now_ms))
+            self._detect(start)
+            self._results(out, start, "CLOSED", judgement.verdict.value, known, now_ms)
+            if t.retrain.enabled:
+                baseline_drift = next((d for d in reversed(out.drift)
+                                       if d.window_start == start and d.version == t.baseline_version), None)
+                self.retrain_state, retrain = consider_retrain(
+                    t, self.retrain_state, window_start=start, window_end=start + t.window_size_ms,
+                    baseline_drift=baseline_drift, alarms=self._alarms.get((t.baseline_version, start), []),
+                    trained_at=self._trained_at, now_ms=now_ms)
+                out.commands.extend(retrain)
         if updates:
             changed = {s for pane in self._touched for s in self.panes.windows_holding(pane)} - set(closing)
             for start in sorted(changed):
@@ -476,23 +572,48 @@ class ModelEvaluator:
                     status = "OPEN"
                 else:
                     continue  # starts before the first window with data: never judged, never reported
-                out.windows.extend(self._results(start, status, None, {}, now_ms))
+                self._results(out, start, status, None, {}, now_ms)
             self._touched.clear()
         if closing:
             # Both scan only what has expired; run them once per closing, not per batch.
             self.panes.retire()
             self.join.expire(self.panes.watermark)
+            if self._alarms:
+                self._alarms = {k: a for k, a in self._alarms.items() if self.panes.is_retained(k[1])}
         return out
 
-    def _results(self, start: int, status: str, verdict: str | None,
-                 known: Mapping[tuple[str, Segment], WindowState], now_ms: int) -> list[MetricSnapshot]:
+    def _detect(self, start: int) -> None:
+        """Feed the concept-drift detectors the errors of the pane that the closing window is the
+        first to hold (its last pane), version by version. Within a pane, arrival order would not
+        be the same after a restart, so its labeled outcomes go in a canonical order: its error
+        count spread by a shuffle seeded with model, version and pane (core/drift/concept.py).
+        Labels that arrive after the window closed update its metrics but not the detectors."""
+        t = self.topology
+        pane = start + t.window_size_ms - t.window_hop_ms
+        for version, monitor in self.monitors.items():
+            state = self.panes.peek(pane, version)
+            n = 0 if state is None else state.labeled
+            if n <= 0:
+                continue
+            assert state is not None
+            errors = round((state.error_rate or 0.0) * n)
+            sequence = pane_sequence(n, errors, f"{t.model}/{version}/{pane}")
+            alarms = monitor.update(sequence, {"pane_start": pane})
+            if alarms:
+                self._alarms[(version, start)] = [a.to_json() for a in alarms]
+
+    def _results(self, out: Advance, start: int, status: str, verdict: str | None,
+                 known: Mapping[tuple[str, Segment], WindowState], now_ms: int) -> None:
+        """The window's MetricSnapshots (per version and segment) and drift tables into `out`."""
         t = self.topology
         keys = self.panes.keys_in(start) | set(known)
-        results = []
+        whole: dict[str, WindowState] = {}
         for version, segment in sorted(keys, key=lambda k: (k[0], k[1] or ("", ""))):
             state = known.get((version, segment)) or self.panes.window(start, version, segment)
             role = self.role(version)
-            results.append(MetricSnapshot(
+            if segment is None:
+                whole[version] = state
+            out.windows.append(MetricSnapshot(
                 model=t.model, version=version, role=role,
                 segment=None if segment is None else f"{segment[0]}={segment[1]}",
                 window_start=start, window_end=start + t.window_size_ms,
@@ -501,7 +622,42 @@ class ModelEvaluator:
                 verdict=verdict if role == "candidate" and segment is None else None, status=status,
                 emitted_at=now_ms,
             ))
-        return results
+        if self.drift is None:
+            return
+        baseline = whole.get(t.baseline_version)
+        for version in (t.baseline_version, t.candidate_version):
+            current = whole.get(version)
+            table = None if current is None else self.drift.table(
+                version, current.drift, None if baseline is None else baseline.drift)
+            if table is None and (current is None or version not in self.monitors):
+                continue  # nothing to compare with, and no detector to report
+            out.drift.append(DriftTable(
+                model=t.model, version=version, role=self.role(version), window_start=start,
+                window_end=start + t.window_size_ms, status=status,
+                reference="none" if table is None else table.reference,
+                features={} if table is None else {name: _stats(f) for name, f in table.features.items()},
+                drifted=() if table is None else tuple(table.drifted),
+                drifted_share=None if table is None else table.drifted_share,
+                concept_drift=tuple(self._alarms.get((version, start), ())), emitted_at=now_ms))
+
+
+def _stats(f: FeatureDrift) -> dict[str, object]:
+    """A feature's drift statistics as the DriftTable event carries them (without its name)."""
+    return {k: getattr(f, k) for k in f.__dataclass_fields__ if k != "feature"}
+
+
+def _concat_columns(parts: list[tuple[dict[str, np.ndarray] | None, int]]) -> dict[str, np.ndarray]:
+    """Columns of consecutive batches as one; a column a batch lacks is missing (NaN / None) there."""
+    names = list(dict.fromkeys(k for cols, _ in parts for k in (cols or {})))
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        pieces = []
+        for cols, n in parts:
+            column = None if cols is None else cols.get(name)
+            pieces.append(np.full(n, np.nan) if column is None else column)
+        text = any(p.dtype == object for p in pieces)
+        out[name] = np.concatenate([p.astype(object) if text else p for p in pieces])
+    return out
 
 
 __all__ = ["Advance", "ModelEvaluator", "Pending", "Reject"]

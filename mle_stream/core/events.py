@@ -176,3 +176,23 @@ class MetricSnapshot:
     verdict: str | None
     status: str = "CLOSED"  # OPEN, CLOSED or REVISED
     emitted_at: int = field(default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class DriftTable:
+    """Drift of one version's window against its reference (schemas/drift_table.avsc). `features`
+    maps a feature (and "__score__") to its statistics, as core.drift.decision.FeatureDrift's
+    fields without the name."""
+
+    model: str
+    version: str
+    role: str
+    window_start: int
+    window_end: int
+    status: str
+    reference: str
+    features: Mapping[str, Mapping[str, object]]
+    drifted: tuple[str, ...]
+    drifted_share: float | None
+    concept_drift: tuple[Mapping[str, object], ...] = ()  # alarms: detector, params, position, context
+    emitted_at: int = 0

@@ -14,6 +14,9 @@ from typing import Any, Callable
 
 import yaml
 
+from mle_stream.core.drift.concept import KINDS, DetectorSpec
+from mle_stream.core.drift.decision import DriftThresholds
+from mle_stream.core.drift.live import DriftSettings
 from mle_stream.errors import ConfigError
 
 TASKS = ("binary", "multiclass", "regression")
@@ -46,6 +49,24 @@ class RollbackRule:
 
 
 @dataclass(frozen=True)
+class RetrainRule:
+    """When to ask for a retrain of the baseline (the version in production): any trigger that is
+    set fires. The command names the event-time range of data to train on: `train_window` up to
+    the end of the window that fired (never before the version's training time)."""
+
+    drifted_share: float | None = None  # this share of the baseline's tested features drifted in a closed window
+    concept_drift: bool = False  # a concept-drift alarm on the baseline's errors
+    new_labels: int | None = None  # labeled predictions of the baseline since it was trained
+    train_window_ms: int = 30 * 86_400_000
+    cooldown_ms: int = 86_400_000  # event time after a retrain command before the next one
+    name: str = "retrain"
+
+    @property
+    def enabled(self) -> bool:
+        return self.drifted_share is not None or self.concept_drift or self.new_labels is not None
+
+
+@dataclass(frozen=True)
 class RoutingTarget:
     backend: str = "gitops"
     manifest: str = "routes/{model}.yaml"
@@ -74,6 +95,8 @@ class Topology:
     segment_dimensions: tuple[str, ...] = ()
     segment_max_values: int = 50  # per dimension; later values are counted as "__other__"
     rollback: RollbackRule = field(default_factory=RollbackRule)
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    retrain: RetrainRule = field(default_factory=RetrainRule)
     routing: RoutingTarget = field(default_factory=RoutingTarget)
     policy_version: str = ""
 
@@ -161,6 +184,18 @@ def _fraction(v: Any) -> float:
     return float(v)
 
 
+def _positive_float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v or v == float("inf"):
+        raise ValueError(f"expected a number > 0, got {v!r}")
+    return float(v)
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
 def _positive_int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"expected a whole number >= 1, got {v!r}")
@@ -182,7 +217,8 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         raise ConfigError(f"{source}: the file is empty; see topologies/ for an example")
     r = _Reader(source, root)
     top = r.mapping(root, "", {"model", "task", "mode", "threshold", "baseline", "candidate",
-                               "windows", "labels", "metrics", "segments", "rollback", "routing"})
+                               "windows", "labels", "metrics", "segments", "rollback", "routing",
+                               "drift", "retrain"})
     model = r.value(top, "model", "", _text, required=True)
     task = r.value(top, "task", "", _choice(TASKS), required=True)
     mode = r.value(top, "mode", "", _choice(MODES), default="canary")
@@ -242,6 +278,55 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         r.error(rb_node or root, "rollback.metric",
                 "error_rate needs a classification task; use serving_error_rate for regression")
 
+    dr, dr_node = section("drift", {"features", "bins", "top_k", "warmup", "thresholds", "concept"})
+    concept: list[DetectorSpec] = []
+    concept_node = dr.get("concept")
+    if concept_node is not None and not isinstance(concept_node, yaml.SequenceNode):
+        r.error(concept_node, "drift.concept", "expected a list of detectors, e.g. [{detector: adwin, delta: 0.002}]")
+    elif concept_node is not None:
+        for i, item in enumerate(concept_node.value):
+            params = yaml.safe_load(yaml.serialize(item))
+            if not isinstance(params, dict) or "detector" not in params:
+                r.error(item, f"drift.concept[{i}]", f"expected a mapping with 'detector' (one of {', '.join(KINDS)})")
+                continue
+            try:
+                concept.append(DetectorSpec.parse(str(params.pop("detector")), params))
+            except ValueError as exc:
+                r.error(item, f"drift.concept[{i}]", str(exc))
+    th = r.mapping(dr["thresholds"], "drift.thresholds", {"psi", "wasserstein", "jensen_shannon", "alpha"}) \
+        if "thresholds" in dr else {}
+    limits = {name: r.value(th, name, "drift.thresholds", _positive_float, default=getattr(DriftThresholds, name))
+              for name in ("psi", "wasserstein", "jensen_shannon", "alpha")}
+    if limits["alpha"] >= 1:
+        r.error(th["alpha"], "drift.thresholds.alpha", f"must be below 1, got {limits['alpha']}")
+        limits["alpha"] = DriftThresholds.alpha
+    drift = DriftSettings(
+        enabled=dr_node is not None,
+        features=tuple(r.sequence(dr, "features", "drift", _text)),
+        bins=r.value(dr, "bins", "drift", _positive_int, default=DriftSettings.bins),
+        top_k=r.value(dr, "top_k", "drift", _positive_int, default=DriftSettings.top_k),
+        warmup=r.value(dr, "warmup", "drift", _positive_int, default=DriftSettings.warmup),
+        thresholds=DriftThresholds(**limits),
+        concept=tuple(concept),
+    )
+
+    re_, re_node = section("retrain", {"name", "drifted_share", "concept_drift", "new_labels", "train_window",
+                                       "cooldown"})
+    retrain = RetrainRule(
+        name=r.value(re_, "name", "retrain", _text, default=RetrainRule.name),
+        drifted_share=r.value(re_, "drifted_share", "retrain", _fraction, default=None),
+        concept_drift=r.value(re_, "concept_drift", "retrain", _bool, default=False),
+        new_labels=r.value(re_, "new_labels", "retrain", _positive_int, default=None),
+        train_window_ms=r.value(re_, "train_window", "retrain", _duration, default=RetrainRule.train_window_ms),
+        cooldown_ms=r.value(re_, "cooldown", "retrain", _duration, default=RetrainRule.cooldown_ms),
+    )
+    if re_node is not None and not retrain.enabled:
+        r.error(re_node, "retrain", "names no trigger: set drifted_share, concept_drift: true or new_labels")
+    if retrain.concept_drift and not drift.concept:
+        r.error(re_node or root, "retrain.concept_drift", "needs detectors in drift.concept to raise alarms")
+    if retrain.drifted_share is not None and not drift.enabled:
+        r.error(re_node or root, "retrain.drifted_share", "needs a drift section (drift tables to count drifted features in)")
+
     rt, _ = section("routing", {"backend", "manifest", "service", "namespace", "gateway"})
     routing = RoutingTarget(
         backend=r.value(rt, "backend", "routing", _choice(("gitops",)), default="gitops"),
@@ -259,6 +344,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         window_size_ms=size, window_hop_ms=hop, window_grace_ms=grace, window_updates_ms=updates_every, window_retention_ms=retention,
         label_max_delay_ms=max_delay, max_clock_skew_ms=skew, thresholds=tuple(thresholds),
         segment_dimensions=tuple(dimensions), segment_max_values=max_values, rollback=rule, routing=routing,
+        drift=drift, retrain=retrain,
         policy_version=hashlib.sha256(text.encode()).hexdigest()[:12],
     )
 

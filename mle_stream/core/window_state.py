@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Union
 
+from mle_stream.core.drift.live import DriftSketches, merge_optional
 from mle_stream.core.metrics.binary import BinaryMetrics
 from mle_stream.core.metrics.multiclass import MulticlassMetrics
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, BoolArray, FloatArray, MulticlassOutcomes, RegressionOutcomes
@@ -21,9 +22,10 @@ _TASKS: dict[str, type[TaskMetrics]] = {
 
 
 class WindowState:
-    def __init__(self, task: TaskMetrics, serving: ServingMetrics) -> None:
+    def __init__(self, task: TaskMetrics, serving: ServingMetrics, drift: DriftSketches | None = None) -> None:
         self.task = task
         self.serving = serving
+        self.drift = drift  # a tracked version's whole-version drift sketches, once it has rows
 
     @classmethod
     def for_topology(cls, topology: Topology) -> "WindowState":
@@ -68,11 +70,16 @@ class WindowState:
         return out
 
     def merge(self, other: "WindowState") -> "WindowState":
-        return WindowState(self.task.merge(other.task), self.serving.merge(other.serving))  # type: ignore[arg-type]
+        return WindowState(self.task.merge(other.task), self.serving.merge(other.serving),  # type: ignore[arg-type]
+                           merge_optional(self.drift, other.drift))
 
     def snapshot(self) -> dict[str, Any]:
-        return {"task": self.task.snapshot(), "serving": self.serving.snapshot()}
+        data = {"task": self.task.snapshot(), "serving": self.serving.snapshot()}
+        if self.drift is not None:
+            data["drift"] = self.drift.snapshot()
+        return data
 
     @classmethod
     def restore(cls, task: str, data: dict[str, Any]) -> "WindowState":
-        return cls(_TASKS[task].restore(data["task"]), ServingMetrics.restore(data["serving"]))
+        drift = DriftSketches.restore(data["drift"]) if "drift" in data else None
+        return cls(_TASKS[task].restore(data["task"]), ServingMetrics.restore(data["serving"]), drift)

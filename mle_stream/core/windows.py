@@ -96,6 +96,10 @@ class PaneTable(Generic[S]):
             state = self._panes[key] = self._new_state()
         return state
 
+    def peek(self, pane_start: int, version: str, segment: Segment = None) -> S | None:
+        """The pane's state if it has one; never creates it."""
+        return self._panes.get(PaneKey(pane_start, version, segment))
+
     def close_ready(self) -> list[int]:
         """Starts of the windows that became closed since the last call, oldest first.
 

@@ -21,6 +21,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 
 from mle_stream.config import Settings
+from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.topology import Topology
 from mle_stream.errors import BrokerError, ConfigError
 from mle_stream.kafka import ensure_state_topic, partition_counts
@@ -38,10 +39,11 @@ BATCH_WITHIN_S = 0.2
 
 
 def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topology],
-              observer: Callable[[int, int], None] | None = None) -> tuple[faust.App, StreamProcessor]:
+              observer: Callable[[int, int], None] | None = None,
+              profiles: Mapping[str, Mapping[str, ReferenceProfile]] | None = None) -> tuple[faust.App, StreamProcessor]:
     """The Faust app and its processor; `observer(messages, published)`, if given, is called after
     each batch is processed and its outputs handed to Faust (mle-stream bench times the worker with it)."""
-    processor = StreamProcessor(topologies, settings.topics, settings.require_signing_key())
+    processor = StreamProcessor(topologies, settings.topics, settings.require_signing_key(), profiles=profiles)
     topics = settings.topics
     _require_copartitioned(bootstrap, topics.predictions, topics.labels)
     ensure_state_topic(bootstrap, topics.state, settings.partitions)
@@ -65,7 +67,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
     source = app.topic(topics.predictions, topics.labels, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     sinks = {name: app.topic(name, key_serializer="raw", value_serializer="raw")
-             for name in (topics.metrics, topics.commands, topics.dead_letter)}
+             for name in (topics.metrics, topics.drift, topics.commands, topics.dead_letter)}
 
     # One thread: batches are processed one at a time and in order, under the checkpoint lock.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mle-stream-process")
@@ -158,7 +160,10 @@ def tune_gc() -> None:
 
 
 def run_worker(settings: Settings, bootstrap: str, topologies: Mapping[str, Topology], loglevel: str = "info") -> None:
+    from mle_stream.profiles import profiles_for
+
     tune_gc()
-    app, _ = build_app(settings, bootstrap, topologies)
+    app, _ = build_app(settings, bootstrap, topologies,
+                       profiles=profiles_for(topologies.values(), settings.mlflow_tracking_uri))
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, quiet=True)
     worker.execute_from_commandline()

@@ -380,7 +380,7 @@ class CheckpointedProcessor:
                                 "its state is dropped", partition, model)
                     continue
                 try:
-                    restored[model] = ModelEvaluator.restore(current.topology, data)
+                    restored[model] = ModelEvaluator.restore(current.topology, data, current.profiles)
                 except (ValueError, KeyError, TypeError) as exc:
                     raise CheckpointError(f"model {model!r} in the checkpoint of partition {partition}: {exc}") from exc
         self.release(partition)  # whatever an earlier ownership left is stale
@@ -397,7 +397,8 @@ class CheckpointedProcessor:
     def release(self, partition: int) -> None:
         """Stop holding `partition`: its models start empty again (another worker owns their state now)."""
         for model in self._models.pop(partition, set()):
-            self.processor.evaluators[model] = ModelEvaluator(self.processor.evaluators[model].topology)
+            current = self.processor.evaluators[model]
+            self.processor.evaluators[model] = ModelEvaluator(current.topology, current.profiles)
             del self._home[model]
         for topic in self.inputs:
             self._next.pop((topic, partition), None)

@@ -18,6 +18,7 @@ from mle_stream.config import Topics
 from mle_stream.dead_letter import dead_letter_entry
 from mle_stream.core.commands import sign
 from mle_stream.core.columns import LabelColumns, PredictionColumns, group_rows
+from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.evaluator import ModelEvaluator
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.policy import Verdict
@@ -52,11 +53,14 @@ class StreamProcessor:
         topics: Topics,
         signing_key: bytes,
         clock: Callable[[], int] = wall_clock_ms,
+        profiles: Mapping[str, Mapping[str, ReferenceProfile]] | None = None,
     ) -> None:
+        """`profiles`: reference profiles by model and version, for drift (core/drift/live.py)."""
         if not signing_key:
             raise ValueError("a signing key is required: every command the worker emits is signed")
         self.topics = topics
-        self.evaluators = {model: ModelEvaluator(t) for model, t in topologies.items()}
+        profiles = profiles or {}
+        self.evaluators = {model: ModelEvaluator(t, profiles.get(model)) for model, t in topologies.items()}
         self._key = signing_key
         self._clock = clock
         self._updated_at: dict[str, int] = {}  # model -> when window updates were last published
@@ -125,6 +129,11 @@ class StreamProcessor:
         result = evaluator.advance(now, updates=updates)
         model = evaluator.topology.model.encode()
         out = [Outgoing(self.topics.metrics, model, codec.encode_metric_snapshot(w)) for w in result.windows]
+        out.extend(Outgoing(self.topics.drift, model, codec.encode_drift_table(d)) for d in result.drift)
+        for d in result.drift:
+            if d.status == "CLOSED" and d.drifted:
+                log.warning("%s v%s window %d..%d drifted from %s: %s", d.model, d.version, d.window_start,
+                            d.window_end, d.reference, ", ".join(d.drifted))
         for j in result.judgements:
             level = logging.WARNING if j.verdict is Verdict.FAIL else logging.INFO
             log.log(level, "%s window %d..%d: %s, %s", evaluator.topology.model, j.window_start, j.window_end,
