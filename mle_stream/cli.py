@@ -100,18 +100,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", "-t", action="append", default=[], metavar="PATH",
                    help="topology YAML file(s) or directories (repeatable)")
     p.add_argument("--json", action="store_true",
-                   help='print one JSON object: {"windows": [...], "decisions": [...], "rejected": N}')
+                   help='print one JSON object: {"windows": [...], "decisions": [...], "rejected": N}; a '
+                        'window with a drift table carries it as "drift": {feature: {statistic: value, '
+                        '"drifted": bool}}')
+    p.add_argument("--reference", action="append", default=[], type=Path, metavar="REF.json",
+                   help="reference profile of a model version (mle-stream profile build); computes drift "
+                        "for its model against it (repeatable: one per version)")
 
-    p = add("bench", "measure end-to-end prediction events/s of one worker against a raw-consumer floor",
-            "Publish N predictions (10 numeric features each) and labels for ~90% of them through the "
-            "client into fresh topics, then measure over the same messages (1) the floor: a raw "
+    p = add("bench", "measure the worker's events/s against a raw-consumer floor, or drift against Evidently",
+            "mle-stream bench [worker] (the default): publish N predictions (10 numeric features each) and "
+            "labels for ~90% of them through the client into fresh topics, then measure over the same messages (1) the floor: a raw "
             "confluent-kafka consumer that only decodes them, and (2) the real worker (Faust) in its own "
             "process, from its first message to the last record processed; start-up and group join are "
             "excluded and reported as startup_s. Prints a table, or with --json at least events_per_s, "
             "baseline_events_per_s, ratio (= events_per_s / baseline_events_per_s) and peak_rss_mb of the "
             "worker process. The default size takes about 40 s on a 2-core machine. The bench creates its "
             "own topics, groups and signing key: of the variables below only MLE_BOOTSTRAP_SERVERS and "
-            "MLE_TOPIC_PARTITIONS apply.")
+            "MLE_TOPIC_PARTITIONS apply.\n\n"
+            "mle-stream bench drift: compute the drift table (reference profile, sketches, decide_drift) for "
+            "--rows current rows x --features numeric columns against --reference-rows reference rows, and "
+            "time it next to Evidently's DataDriftPreset (PSI and normed Wasserstein forced on every column, "
+            "and the default preset) on the same seeded frames, Evidently running in a bench-only venv "
+            "(create it with scripts/bench-drift-env). Prints a table, or with --json at least seconds, "
+            "evidently_seconds, speedup and max_relative_difference (ours vs Evidently's PSI and Wasserstein "
+            "on the same statistic; see mle_stream/bench_drift.py). About 1.5 min at the default size.\n\n"
+            "examples:\n"
+            "  mle-stream bench --json\n"
+            "  scripts/bench-drift-env && mle-stream bench drift --json")
+    p.add_argument("what", nargs="?", choices=["worker", "drift"], default="worker",
+                   help="worker (default): the worker's throughput; drift: the drift table against Evidently")
     p.add_argument("--events", type=int, default=200_000, metavar="N",
                    help="predictions to publish and measure (default 200,000)")
     p.add_argument("--models", type=int, default=1, metavar="N", help="models the predictions are spread over (default 1)")
@@ -120,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="Kafka to use (default: MLE_BOOTSTRAP_SERVERS, else a new embedded broker)")
     p.add_argument("--profile", metavar="FILE",
                    help="write a cProfile of the worker's measured interval to FILE (slows the worker down)")
+    p.add_argument("--rows", type=int, metavar="N", help="drift: current rows (default 1,000,000)")
+    p.add_argument("--reference-rows", type=int, metavar="N", help="drift: reference rows (default 100,000)")
+    p.add_argument("--features", type=int, metavar="N", help="drift: numeric features (default 10)")
+    p.add_argument("--evidently-python", type=Path, metavar="PATH",
+                   help="drift: the python of the Evidently venv (default: the one scripts/bench-drift-env "
+                        "creates, ~/.cache/mle-stream/bench-drift-evidently/bin/python)")
 
     p = add("demo", "run the whole system on a simulated canary that degrades and is rolled back",
             "Start the embedded broker, a worker, the actuator and a simulator; register two versions "
@@ -239,14 +262,40 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.core.topology import load_topologies
+    from mle_stream.profiles import read_profile
     from mle_stream.replay import run_replay
 
     topologies = load_topologies(args.topology) if args.topology else {}
-    return run_replay(args.predictions, args.labels, topologies, args.json)
+    references = [read_profile(path) for path in args.reference]
+    return run_replay(args.predictions, args.labels, topologies, args.json, references=references)
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     import json
+
+    drift_options = {"--rows": args.rows, "--reference-rows": args.reference_rows, "--features": args.features,
+                     "--evidently-python": args.evidently_python}
+    if args.what == "drift":
+        # The worker's options mean nothing to the drift bench: refuse them rather than ignore them.
+        given = [name for name, value in (("--events", args.events != 200_000), ("--models", args.models != 1),
+                                          ("--bootstrap", args.bootstrap), ("--profile", args.profile)) if value]
+        if given:
+            raise MleStreamError(f"bench drift: {', '.join(given)} apply to `mle-stream bench worker` only")
+        from mle_stream.bench_drift import (DEFAULT_FEATURES, DEFAULT_REFERENCE_ROWS, DEFAULT_ROWS,
+                                            format_drift_report, run_drift_bench)
+
+        def given_or(value: int | None, default: int) -> int:
+            return default if value is None else value
+
+        drift = run_drift_bench(rows=given_or(args.rows, DEFAULT_ROWS),
+                                reference_rows=given_or(args.reference_rows, DEFAULT_REFERENCE_ROWS),
+                                features=given_or(args.features, DEFAULT_FEATURES),
+                                evidently_python=args.evidently_python)
+        print(json.dumps(drift, indent=2) if args.json else format_drift_report(drift))
+        return 0
+    given = [name for name, value in drift_options.items() if value is not None]
+    if given:
+        raise MleStreamError(f"bench: {', '.join(given)} apply to `mle-stream bench drift` only")
 
     from mle_stream.bench import format_report, run_bench
 

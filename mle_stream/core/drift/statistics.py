@@ -5,7 +5,9 @@ binning costs is stated per statistic, against the same statistic of the raw row
 
 - `psi`: population stability index on the sketch's bins,
   PSI = sum_b (q_b - p_b) ln(q_b / p_b), p = reference shares, q = current shares, a share of 0
-  replaced by `eps` = 1e-4 (Evidently's convention: without it one empty bin makes PSI infinite).
+  replaced by `eps` = 1e-4 (without it one empty bin makes PSI infinite). Evidently floors an
+  empty share at min(1e-4, smallest nonzero share / 1e6) instead, which lets one empty tail bin
+  dominate its PSI at large n; `mle-stream bench drift` applies Evidently's rule when it compares.
   PSI is defined on bins, so the raw-data value *is* the value on these bins: it equals numpy
   histogram shares of the raw data on the same edges up to float rounding (~1e-12).
 - `jensen_shannon`: Jensen-Shannon distance in natural log, scipy.spatial.distance.jensenshannon
