@@ -164,3 +164,25 @@ def test_top_categories_by_frequency_then_text() -> None:
     assert top_categories(ref, 0) == []
     with pytest.raises(ValueError, match="distinct"):
         CategoricalSketch(["a", "a"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    edges=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=8, max_size=120, unique=True),
+    picks=st.lists(st.integers(0, 10**9), min_size=1, max_size=50),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_bin_index_equals_searchsorted_at_edges_cell_borders_and_infinities(edges, picks, seed) -> None:
+    from mle_stream.core.drift.sketch import _LOOKUP_MIN_VALUES, _lookup, bin_index
+
+    e = np.array(sorted(edges))
+    key = tuple(float(v) for v in e)
+    rng = np.random.default_rng(seed)
+    lookup = _lookup(key)
+    special = [np.inf, -np.inf, e[0], e[-1], np.nextafter(e[0], -np.inf), np.nextafter(e[-1], np.inf)]
+    special += [e[p % len(e)] for p in picks] + [np.nextafter(e[p % len(e)], -np.inf) for p in picks]
+    if lookup is not None:  # the starts of cells, where rounding of the cell number matters
+        special += [lookup.lo + (p % lookup.cells) / lookup.scale for p in picks]
+    spread = rng.uniform(e[0] - 1, e[-1] + 1, _LOOKUP_MIN_VALUES)
+    values = np.concatenate([np.array(special, dtype=np.float64), spread, rng.choice(e, 500)])
+    assert np.array_equal(bin_index(e, key, values), np.searchsorted(e, values, side="right"))
