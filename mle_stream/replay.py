@@ -166,8 +166,10 @@ def replay(predictions: list[Prediction], labels: list[Label], topologies: Mappi
 
 
 def run_replay(predictions_path: Path, labels_path: Path | None, topologies: Mapping[str, Topology],
-               json_output: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+               json_output: bool, out: TextIO | None = None, err: TextIO | None = None,
                references: Sequence[ReferenceProfile] = ()) -> int:
+    # Looked up per call, not bound at import: a caller (or pytest) may have replaced them since.
+    out, err = out or sys.stdout, err or sys.stderr
     errors: list[str] = []
     predictions = _read_jsonl(predictions_path, "prediction", errors)
     labels = _read_jsonl(labels_path, "label", errors) if labels_path else []

@@ -4,7 +4,6 @@ the DriftTable on the wire and in `mle-stream replay --json`."""
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -20,7 +19,6 @@ from mle_stream.core.evaluator import ModelEvaluator
 from mle_stream.core.events import CommandKind, DriftTable, Label, Prediction
 from mle_stream.core.topology import parse_topology
 from mle_stream.errors import ConfigError, InvalidEvent
-from mle_stream.replay import run_replay
 from mle_stream.stream.processor import Incoming, StreamProcessor
 
 START = 1_800_000_000_000  # a window boundary (multiple of 60 s)
@@ -237,17 +235,20 @@ def test_drift_table_wire_format_round_trips_and_names_bad_fields() -> None:
         codec.decode_drift_table(json.dumps(doc).encode())
 
 
-def test_replay_json_has_drift_under_each_window_with_a_reference_profile(tmp_path: Any) -> None:
+def test_replay_json_has_drift_under_each_window_with_a_reference_profile(tmp_path: Any, capsys: Any) -> None:
+    from mle_stream.cli import main
+    from mle_stream.profiles import write_profile
+
     preds, _ = traffic(seed=13, windows=2, shift={"x": 0.5})
     rng = np.random.default_rng(14)
     profile = build_profile({"x": rng.normal(0, 1, 10_000), "y": rng.normal(0, 2, 10_000)}, model="m", version="2",
                             score_column=None)
+    write_profile(profile, tmp_path / "ref.json")
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(codec.to_json_dict(p)) for p in preds))
-    out = io.StringIO()
-    topo = parse_topology(BASE)  # no drift section: the reference turns drift on
-    assert run_replay(tmp_path / "p.jsonl", None, {"m": topo}, True, out=out, err=io.StringIO(),
-                      references=[profile]) == 0
-    doc = json.loads(out.getvalue())
+    (tmp_path / "m.yaml").write_text(BASE)  # no drift section: the reference turns drift on
+    assert main(["replay", "--predictions", str(tmp_path / "p.jsonl"), "-t", str(tmp_path / "m.yaml"),
+                 "--reference", str(tmp_path / "ref.json"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
     v2 = [w for w in doc["windows"] if w["version"] == "2"]
     assert len(v2) == 2
     for w in v2:
@@ -369,3 +370,49 @@ def test_concept_detectors_are_validated_in_the_topology() -> None:
     assert "t.yaml:" in str(exc.value)
     with pytest.raises(ConfigError, match=r"retrain\.concept_drift: needs detectors"):
         parse_topology(BASE + "drift: {}\nretrain: {concept_drift: true}\n", "t.yaml")
+
+
+def test_regression_detectors_see_each_panes_absolute_errors_corrections_applied() -> None:
+    from river.drift import PageHinkley
+
+    from mle_stream.core.drift.concept import pane_values_sequence
+
+    t = parse_topology(BASE.replace("task: binary", "task: regression")
+                       + "rollback: {metric: serving_error_rate}\n"
+                       + "drift:\n  concept:\n    - {detector: page_hinkley, mode: up, threshold: 20}\n")
+    rng = np.random.default_rng(31)
+    ev = ModelEvaluator(t)
+    errors: dict[tuple[str, int], list[float]] = {}
+    tables = []
+    for w in range(6):
+        preds, labels = [], []
+        for i in range(400):
+            version = "2" if i % 2 else "1"
+            pid, ts = f"{w}-{i}", START + w * 60_000 + i * 100
+            value = float(rng.normal(10, 1))
+            noise = 3.0 if (version == "2" and w >= 3) else 0.5
+            truth = value + float(rng.normal(0, noise))
+            preds.append(Prediction(pid, "m", version, ts, value=value))
+            if i % 10 == 0:  # a first, wrong label, corrected below: only the correction counts
+                labels.append(Label(pid, "m", ts + 1, truth + 100.0))
+            labels.append(Label(pid, "m", ts + 2, truth))
+            errors.setdefault((version, START + w * 60_000), []).append(abs(value - truth))
+        ev.add_predictions(preds, NOW)
+        tables += ev.advance(NOW).drift
+        ev.add_labels(labels[: len(labels) // 2])
+        ev.add_labels(labels[len(labels) // 2:])
+    tables += ev.close_all(NOW).drift
+    got = [(d.version, a["position"], a["context"]["pane_start"])
+           for d in tables if d.status == "CLOSED" for a in d.concept_drift]
+    expected = []
+    for version in ("1", "2"):
+        ph, position = PageHinkley(mode="up", threshold=20), 0
+        for w in range(6):
+            pane = START + w * 60_000
+            for x in pane_values_sequence(np.array(errors[(version, pane)]), f"m/{version}/{pane}"):
+                ph.update(x)
+                if ph.drift_detected:
+                    expected.append((version, position, pane))
+                position += 1
+    assert got == sorted(expected, key=lambda e: (e[2], e[0]))
+    assert any(v == "2" and pane >= START + 3 * 60_000 for v, _, pane in got), "the noisier v2 is caught"

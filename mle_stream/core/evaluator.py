@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from mle_stream.core.columns import FeatureColumns, IntArray, LabelColumns, PredictionColumns
-from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence
+from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence, pane_values_sequence
 from mle_stream.core.drift.decision import FeatureDrift
 from mle_stream.core.drift.live import SCORE, Columns, DriftSketches, LiveDrift
 from mle_stream.core.drift.profile import ReferenceProfile
@@ -159,10 +159,13 @@ class ModelEvaluator:
         self.join: LabelJoin[Pending] = LabelJoin(t.label_max_delay_ms, t.window_size_ms + t.window_retention_ms)
         self.policy_state = PolicyState()
         self.retrain_state = RetrainState()
-        # Concept drift (classification): each tracked version's errors, pane by pane (see _detect).
+        # Concept drift: each tracked version's errors, pane by pane (see _detect).
         self.monitors = {v: ConceptDriftMonitor(t.drift.concept) for v in (t.baseline_version, t.candidate_version)
-                         if t.drift.concept and t.task != "regression"}
+                         if t.drift.concept}
         self._alarms: dict[tuple[str, int], list[dict[str, Any]]] = {}  # (version, window start) -> alarms
+        # Regression: absolute errors (and weights: -1 takes a corrected one out) of panes not yet fed.
+        self._abs_errors: defaultdict[tuple[int, str], list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+        self._fed_until = -1  # the last pane start fed to the detectors
         baseline_profile = self.profiles.get(t.baseline_version)
         self._trained_at = trained_at_ms(None if baseline_profile is None else baseline_profile.created_at)
         self._segment_values: dict[str, set[str]] = {d: set() for d in t.segment_dimensions}
@@ -194,6 +197,10 @@ class ModelEvaluator:
             "retrain": self.retrain_state.snapshot(),
             "monitors": {v: m.snapshot() for v, m in self.monitors.items()},
             "alarms": [[v, start, alarms] for (v, start), alarms in self._alarms.items()],
+            "abs_errors": [[pane, v, np.concatenate([e for e, _ in parts]).tolist(),
+                            np.concatenate([w for _, w in parts]).tolist()]
+                           for (pane, v), parts in self._abs_errors.items()],
+            "fed_until": self._fed_until,
             "segment_values": {d: sorted(v) for d, v in self._segment_values.items()},
             "touched": sorted(self._touched),
             "drift": None if self.drift is None else self.drift.snapshot(),
@@ -219,6 +226,10 @@ class ModelEvaluator:
         ev.retrain_state = RetrainState.restore(data.get("retrain") or {})
         ev.monitors = {v: ConceptDriftMonitor.restore(topology.drift.concept, m) for v, m in data["monitors"].items()}
         ev._alarms = {(str(v), int(start)): alarms for v, start, alarms in data["alarms"]}
+        for pane, v, errors, weights in data["abs_errors"]:
+            ev._abs_errors[(int(pane), str(v))].append((np.array(errors, dtype=np.float64),
+                                                        np.array(weights, dtype=np.float64)))
+        ev._fed_until = int(data["fed_until"])
         ev._segment_values = {d: set(v) for d, v in data["segment_values"].items()}
         ev._touched = set(data["touched"])
         if ev.drift is not None and data.get("drift"):
@@ -522,6 +533,8 @@ class ModelEvaluator:
                 state.score(MulticlassOutcomes(y[idx], predicted[idx], score[idx], w[idx]))
             else:
                 state.score(RegressionOutcomes(y[idx], score[idx], w[idx]))
+                if segment is None and version in self.monitors and pane > self._fed_until:
+                    self._abs_errors[(pane, version)].append((np.abs(score[idx] - y[idx]), w[idx]))
 
     # -- output -----------------------------------------------------------------------------------
 
@@ -580,6 +593,8 @@ class ModelEvaluator:
             self.join.expire(self.panes.watermark)
             if self._alarms:
                 self._alarms = {k: a for k, a in self._alarms.items() if self.panes.is_retained(k[1])}
+            for key in [k for k in self._abs_errors if not self.panes.is_retained(k[0])]:
+                del self._abs_errors[key]  # a pane no closing window fed
         return out
 
     def _detect(self, start: int) -> None:
@@ -590,14 +605,18 @@ class ModelEvaluator:
         Labels that arrive after the window closed update its metrics but not the detectors."""
         t = self.topology
         pane = start + t.window_size_ms - t.window_hop_ms
+        self._fed_until = max(self._fed_until, pane)
         for version, monitor in self.monitors.items():
-            state = self.panes.peek(pane, version)
-            n = 0 if state is None else state.labeled
-            if n <= 0:
+            key = f"{t.model}/{version}/{pane}"
+            if t.task == "regression":
+                sequence = pane_values_sequence(_net_values(self._abs_errors.pop((pane, version), [])), key)
+            else:
+                state = self.panes.peek(pane, version)
+                n = 0 if state is None else state.labeled
+                errors = 0 if state is None else round((state.error_rate or 0.0) * n)
+                sequence = pane_sequence(n, errors, key)
+            if len(sequence) == 0:
                 continue
-            assert state is not None
-            errors = round((state.error_rate or 0.0) * n)
-            sequence = pane_sequence(n, errors, f"{t.model}/{version}/{pane}")
             alarms = monitor.update(sequence, {"pane_start": pane})
             if alarms:
                 self._alarms[(version, start)] = [a.to_json() for a in alarms]
@@ -639,6 +658,15 @@ class ModelEvaluator:
                 drifted=() if table is None else tuple(table.drifted),
                 drifted_share=None if table is None else table.drifted_share,
                 concept_drift=tuple(self._alarms.get((version, start), ())), emitted_at=now_ms))
+
+
+def _net_values(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The multiset of values left when each weight -1 entry takes one equal +1 entry out."""
+    if not parts:
+        return np.empty(0)
+    values, inverse = np.unique(np.concatenate([v for v, _ in parts]), return_inverse=True)
+    net = np.bincount(inverse, weights=np.concatenate([w for _, w in parts]), minlength=len(values))
+    return np.repeat(values, np.maximum(np.rint(net), 0).astype(np.int64))
 
 
 def _stats(f: FeatureDrift) -> dict[str, object]:
