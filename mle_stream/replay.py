@@ -144,7 +144,7 @@ def replay(predictions: list[Prediction], labels: list[Label], topologies: Mappi
     def flush(model: str) -> None:
         kind, batch = pending.pop(model)
         ev = evaluators[model]
-        rejects = ev.add_predictions(batch, now) if kind == 0 else ev.add_labels(batch)
+        rejects = ev.add_predictions(batch, now) if kind == 0 else ev.add_labels(batch, now)
         result.rejected.extend(f"{batch[r.index].prediction_id}: {r.field}: {r.reason}" for r in rejects)
         collect(ev.advance(now, updates=True))
 

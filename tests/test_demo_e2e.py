@@ -39,7 +39,8 @@ def test_demo_rolls_the_degraded_canary_back(tmp_path: Path, kafka_bootstrap: st
     assert len(rollbacks) == 1
     evidence = json.loads(rollbacks[0]["evidence"])
     assert [w["verdict"] for w in evidence["windows"]] == ["FAIL"] * 3
-    assert all(w["candidate"]["samples"] >= 100 and w["baseline"]["samples"] >= 100 for w in evidence["windows"])
+    assert all(c["candidate"]["samples"] >= 100 and c["baseline"]["samples"] >= 100
+               for w in evidence["windows"] for c in w["checks"])
 
     # The rollout event, read from the broker itself.
     events = [codec.decode_rollout_event(m.value()) for m in

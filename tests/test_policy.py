@@ -1,15 +1,19 @@
 import dataclasses
 import json
+import re
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mle_stream.core.events import CommandKind
 from mle_stream.core.metrics.outcomes import BinaryOutcomes
-from mle_stream.core.policy import PolicyState, Verdict, WindowJudgement, decide, judge
+from mle_stream.core.checks import CheckResult, judge_check
+from mle_stream.core.policy import PolicyState, Verdict, WindowJudgement, decide, decide_outage, judge
 from mle_stream.core.topology import parse_topology
 from mle_stream.core.window_state import WindowState
+from mle_stream.errors import ConfigError
 
 TOPOLOGY = parse_topology(
     'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
@@ -56,8 +60,12 @@ def test_three_consecutive_failures_roll_back_once() -> None:
     assert (cmd.window_start, cmd.window_end) == (0, 30_000)
     evidence = json.loads(cmd.evidence)
     assert [w["verdict"] for w in evidence["windows"]] == ["FAIL"] * 3
-    assert evidence["windows"][0]["candidate"]["samples"] == 200
-    assert abs(evidence["windows"][0]["candidate"]["value"] - 60 / 200) < 1e-12  # 1 - accuracy
+    (check,) = evidence["windows"][0]["checks"]
+    assert check["candidate"]["samples"] == 200 and check["baseline"]["samples"] == 200
+    assert abs(check["candidate"]["value"] - 60 / 200) < 1e-12  # 1 - accuracy
+    assert evidence["rule"] == {"name": "error-rate-vs-baseline", "metric": "error_rate", "worse": "higher",
+                                "max_degradation": 0.05, "min_samples": 100, "consecutive": 3, "cumulative": None,
+                                "hysteresis": 0.0, "action": "rollback"}
 
 
 def test_a_pass_or_an_inconclusive_window_resets_the_streak() -> None:
@@ -79,7 +87,7 @@ def test_command_id_is_deterministic_and_ignores_issue_time() -> None:
     for i in range(3):
         state, again = decide(TOPOLOGY, state, judge(TOPOLOGY, i * 10_000, metrics(200, 16), metrics(200, 60)), now_ms=12345)
     assert again[0].command_id == first[0].command_id and again[0].issued_at != first[0].issued_at
-    other_rule = dataclasses.replace(TOPOLOGY, rollback=dataclasses.replace(TOPOLOGY.rollback, name="other"))
+    other_rule = dataclasses.replace(TOPOLOGY, checks=(dataclasses.replace(TOPOLOGY.checks[0], name="other"),))
     state = PolicyState()
     for i in range(3):
         state, third = decide(other_rule, state, judge(other_rule, i * 10_000, metrics(200, 16), metrics(200, 60)), 1)
@@ -92,7 +100,7 @@ def test_policy_state_round_trips_through_json() -> None:
     judgements = [judge(TOPOLOGY, i * 10_000, metrics(*b), metrics(*c)) for i, (b, c) in enumerate([thin, bad, bad])]
     for j in judgements:
         state, _ = decide(TOPOLOGY, state, j, now_ms=1)
-    assert len(state.streak) == 2
+    assert len(state.check("error-rate-vs-baseline").streak) == 2
     restored = PolicyState.restore(json.loads(json.dumps(state.snapshot())))
     assert restored == state
     # The next FAIL window rolls back from the restored state exactly as from the original one.
@@ -102,9 +110,13 @@ def test_policy_state_round_trips_through_json() -> None:
     assert after.rolled_back and len(commands) == 1
     assert PolicyState.restore(json.loads(json.dumps(after.snapshot()))) == after
 
+def check_results(verdict: Verdict, b: float | None, c: float | None, nb: int, nc: int) -> tuple[CheckResult, ...]:
+    return (CheckResult("error-rate-vs-baseline", "error_rate", verdict, b, c, nb, nc, f"reason ü {verdict.value}"),)
+
+
 judgements = st.builds(
-    lambda start, verdict, b, c, nb, nc: WindowJudgement(start, start + 10_000, verdict, b, c, nb, nc,
-                                                         f"reason ü {verdict.value}"),
+    lambda start, verdict, b, c, nb, nc: WindowJudgement(start, start + 10_000, verdict,
+                                                         check_results(verdict, b, c, nb, nc), f"why {verdict.value}"),
     st.integers(0, 10**12), st.sampled_from(list(Verdict)),
     st.one_of(st.none(), st.floats(0, 1)), st.one_of(st.none(), st.floats(0, 1)),
     st.integers(0, 10**6), st.integers(0, 10**6),
@@ -123,3 +135,167 @@ def test_restored_policy_state_decides_identically(before, after) -> None:
         assert decide(TOPOLOGY, restored, j, now_ms=2) == decide(TOPOLOGY, state, j, now_ms=2)
         state, _ = decide(TOPOLOGY, state, j, now_ms=2)
         restored, _ = decide(TOPOLOGY, restored, j, now_ms=2)
+
+
+# --- checks: limits, directions, cumulative, hysteresis, hold, ERROR -----------------------------
+
+def topology(checks: str, extra: str = ""):
+    return parse_topology('model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+                          f"windows: {{size: 10s, grace: 0s}}\nchecks:\n{checks}{extra}")
+
+
+def values(**kw: float) -> dict[str, float]:
+    return {"labeled": 500, "predictions": 500, "latency_samples": 500, **kw}
+
+
+@pytest.mark.parametrize("rule, baseline, candidate, verdict", [
+    # absolute limits, both directions
+    ("{name: p99, metric: latency_p99_ms, max: 500}", {}, {"latency_p99_ms": 501.0}, Verdict.FAIL),
+    ("{name: p99, metric: latency_p99_ms, max: 500}", {}, {"latency_p99_ms": 500.0}, Verdict.PASS),
+    ("{name: auc, metric: roc_auc, min: 0.92}", {}, {"roc_auc": 0.919}, Verdict.FAIL),
+    ("{name: auc, metric: roc_auc, min: 0.92}", {}, {"roc_auc": 0.92}, Verdict.PASS),
+    # relative to the baseline: f1 gets worse downwards; 0.80 -> 0.75 is 0.05 = 6.25% worse
+    ("{name: f1, metric: f1, max_degradation: 0.04}", {"f1": 0.80}, {"f1": 0.75}, Verdict.FAIL),
+    ("{name: f1, metric: f1, max_degradation: 0.06}", {"f1": 0.80}, {"f1": 0.75}, Verdict.PASS),
+    ("{name: f1, metric: f1, max_degradation_relative: 0.06}", {"f1": 0.80}, {"f1": 0.75}, Verdict.FAIL),
+    ("{name: f1, metric: f1, max_degradation_relative: 0.07}", {"f1": 0.80}, {"f1": 0.75}, Verdict.PASS),
+    ("{name: f1, metric: f1, max_degradation: 0.0}", {"f1": 0.80}, {"f1": 0.90}, Verdict.PASS),  # better is fine
+    # samples: a quality metric counts labeled predictions, latency counts latency reports
+    ("{name: f1, metric: f1, min: 0.5, min_samples: 501}", {}, {"f1": 0.1}, Verdict.INCONCLUSIVE),
+    ("{name: p99, metric: latency_p99_ms, max: 5, min_samples: 10}", {}, {"latency_p99_ms": 9.0, "latency_samples": 9},
+     Verdict.INCONCLUSIVE),
+    ("{name: f1, metric: f1, max_degradation: 0.1}", {"f1": None}, {"f1": 0.5}, Verdict.INCONCLUSIVE),
+])
+def test_check_limits_hand_computed(rule: str, baseline: dict, candidate: dict, verdict: Verdict) -> None:
+    (check,) = topology(f"  - {rule}\n").checks
+    assert judge_check(check, values(**baseline), values(**candidate)).verdict is verdict
+
+
+def test_hysteresis_needs_the_value_back_inside_by_the_margin() -> None:
+    (check,) = topology("  - {name: p99, metric: latency_p99_ms, max: 500, hysteresis: 50}\n").checks
+    assert judge_check(check, values(), values(latency_p99_ms=480.0)).verdict is Verdict.PASS
+    assert judge_check(check, values(), values(latency_p99_ms=480.0), failing=True).verdict is Verdict.FAIL
+    assert judge_check(check, values(), values(latency_p99_ms=449.0), failing=True).verdict is Verdict.PASS
+
+
+def run_checks(t, windows: list[tuple[dict, dict]]) -> tuple[list[WindowJudgement], list]:
+    """Drive judge + decide with hand-made window metrics (WindowState stand-ins with values())."""
+    class W:
+        def __init__(self, v: dict) -> None:
+            self.v, self.predictions = values(**v), 0 if v.get("empty") else 500
+
+        def values(self, _window_s: float) -> dict:
+            return self.v
+
+    state, judgements, commands = PolicyState(), [], []
+    for i, (b, c) in enumerate(windows):
+        j = judge(t, i * 10_000, W(b), W(c), state)
+        state, out = decide(t, state, j, now_ms=7)
+        judgements.append(j)
+        commands += out
+    return judgements, commands
+
+
+def test_cumulative_failures_roll_back_even_when_not_consecutive() -> None:
+    t = topology("  - {name: p99, metric: latency_p99_ms, max: 500, consecutive: 3, cumulative: 3}\n")
+    bad, good = ({}, {"latency_p99_ms": 900.0}), ({}, {"latency_p99_ms": 100.0})
+    judgements, commands = run_checks(t, [bad, good, bad, good, bad, good])
+    assert [c.kind for c in commands] == [CommandKind.ROLLBACK]
+    assert commands[0].window_end == 50_000 and "3 windows (cumulative limit 3)" in commands[0].reason
+    assert json.loads(commands[0].evidence)["failures"] == 3
+
+
+def test_the_first_check_to_fire_names_the_rollback_and_every_check_is_in_the_evidence() -> None:
+    t = topology("  - {name: p99, metric: latency_p99_ms, max: 500, consecutive: 2}\n"
+                 "  - {name: auc, metric: roc_auc, min: 0.9, consecutive: 2}\n")
+    bad = ({}, {"latency_p99_ms": 900.0, "roc_auc": 0.5})
+    judgements, commands = run_checks(t, [bad, bad])
+    assert judgements[0].verdict is Verdict.FAIL and len(judgements[0].checks) == 2
+    (cmd,) = commands
+    evidence = json.loads(cmd.evidence)
+    assert cmd.rule == "p99" and evidence["also_fired"] == ["auc"]
+    assert [c["check"] for c in evidence["windows"][1]["checks"]] == ["p99", "auc"]
+
+
+def test_a_hold_check_holds_and_repeats_only_after_the_cooldown() -> None:
+    t = topology("  - {name: drift, metric: mean_score, worse: higher, max: 0.6, consecutive: 1, action: hold}\n",
+                 "decision: {cooldown: 25s}\n")
+    bad = ({}, {"mean_score": 0.9})
+    _, commands = run_checks(t, [bad] * 6)
+    assert [c.kind for c in commands] == [CommandKind.HOLD, CommandKind.HOLD]
+    assert [c.window_end for c in commands] == [10_000, 40_000]  # 10 s, then >= 25 s later
+    assert commands[0].traffic == {} and json.loads(commands[0].evidence)["rule"]["action"] == "hold"
+
+
+def test_a_window_without_any_data_is_an_error_that_holds_and_never_rolls_back() -> None:
+    t = topology("  - {name: p99, metric: latency_p99_ms, max: 500, consecutive: 2}\n")
+    empty = ({"empty": True}, {"empty": True})
+    bad = ({}, {"latency_p99_ms": 900.0})
+    judgements, commands = run_checks(t, [bad, empty, empty, bad, empty, bad])
+    assert [j.verdict for j in judgements] == [Verdict.FAIL, Verdict.ERROR, Verdict.ERROR, Verdict.FAIL,
+                                               Verdict.ERROR, Verdict.FAIL]
+    assert [c.kind for c in commands] == [CommandKind.HOLD]  # no two FAILs in a row; the cooldown (5 min)
+    assert "no data" in commands[0].reason and commands[0].window_end == 20_000
+
+
+def test_a_silent_source_holds_once_per_outage() -> None:
+    t = topology("  - {name: err, metric: error_rate, max_degradation: 0.05}\n", "decision: {outage_after: 60s}\n")
+    state, out = decide_outage(t, PolicyState(), "labels", silent_since_ms=1_000, now_ms=62_000)
+    assert [c.kind for c in out] == [CommandKind.HOLD] and "no labels for 61 s" in out[0].reason
+    again, none = decide_outage(t, state, "labels", silent_since_ms=1_000, now_ms=120_000)
+    assert none == [] and again == state
+
+
+@pytest.mark.parametrize("checks, message", [
+    ("  - {name: a, metric: nope, max: 1}\n", "checks[0].metric: 'nope' is not a metric of a binary model"),
+    ("  - {name: a, metric: mae, max: 1}\n", "'mae' is not a metric of a binary model"),
+    ("  - {name: a, metric: f1@0.3, min: 0.5}\n", "add 0.3 to metrics.thresholds"),
+    ("  - {name: a, metric: mean_score, max: 0.5}\n", "checks[0].worse: say in which direction mean_score gets worse"),
+    ("  - {name: a, metric: f1}\n", "checks[0]: sets no limit"),
+    ("  - {name: a, metric: f1, min: 0.1}\n  - {name: a, metric: f1, min: 0.2}\n", "already the name of another check"),
+    ("  - {name: a, metric: f1, min: 0.1, action: page}\n", "checks[0].action: expected one of rollback, hold"),
+    ("  - {metric: f1, min: 0.1}\n", "checks[0].name: is required"),
+])
+def test_check_errors_name_the_line_and_what_is_expected(checks: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as exc:
+        parse_topology('model: m\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+                       f"checks:\n{checks}", "t.yaml")
+    assert "t.yaml:" in str(exc.value)
+
+
+def test_progressive_rollout_steps_up_through_the_gate_and_promotes_at_100() -> None:
+    t = topology("  - {name: p99, metric: latency_p99_ms, max: 500}\n",
+                 "rollout: {steps: [10, 50, 100], windows: 2, samples: 900}\ndecision: {cooldown: 0s}\n")
+    good, bad, thin = ({}, {"latency_p99_ms": 100.0}), ({}, {"latency_p99_ms": 900.0}), \
+        ({}, {"latency_p99_ms": 100.0, "latency_samples": 10})
+    # 500 samples a window: two PASS windows in a row make 1000 >= 900.
+    judgements, commands = run_checks(t, [good, bad, good, thin, good, good, good, good, good])
+    assert [j.verdict for j in judgements][3] is Verdict.INCONCLUSIVE
+    assert [(c.kind, c.traffic, c.window_start, c.window_end) for c in commands] == [
+        (CommandKind.SET_TRAFFIC, {"1": 50, "2": 50}, 20_000, 50_000),  # windows 2 and 4 (3 neither counts nor resets)
+        (CommandKind.PROMOTE, {"1": 0, "2": 100}, 50_000, 70_000),
+    ]
+    evidence = json.loads(commands[0].evidence)
+    assert (evidence["from_percent"], evidence["to_percent"]) == (10, 50) and len(evidence["windows"]) == 2
+    assert commands[0].rule == "step-50" and commands[1].rule == "step-100"
+
+
+def test_a_step_waits_for_the_cooldown_and_rollback_ends_the_rollout() -> None:
+    t = topology("  - {name: p99, metric: latency_p99_ms, max: 500, consecutive: 1}\n",
+                 "rollout: {steps: [10, 50, 100], windows: 1, samples: 0}\ndecision: {cooldown: 25s}\n")
+    good, bad = ({}, {"latency_p99_ms": 100.0}), ({}, {"latency_p99_ms": 900.0})
+    _, commands = run_checks(t, [good, good, good, good, bad, good])
+    assert [(c.kind, c.window_end) for c in commands] == [
+        (CommandKind.SET_TRAFFIC, 10_000), (CommandKind.PROMOTE, 40_000)]  # 20 s and 30 s are within 25 s
+    _, commands = run_checks(t, [good, bad, good, good])
+    assert [c.kind for c in commands] == [CommandKind.SET_TRAFFIC, CommandKind.ROLLBACK]
+
+
+@pytest.mark.parametrize("rollout, message", [
+    ("rollout: {steps: [10, 5, 100]}\n", "rollout.steps: must rise strictly and end at 100"),
+    ("rollout: {steps: [10, 50]}\n", "must rise strictly and end at 100"),
+    ("rollout: {steps: [0, 100]}\n", "rollout.steps[0]: expected a whole percentage in 1..100"),
+])
+def test_rollout_steps_are_validated(rollout: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        topology("  - {name: a, metric: f1, min: 0.1}\n", rollout)

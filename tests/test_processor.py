@@ -99,3 +99,23 @@ def test_a_rejected_record_is_named_by_its_index_in_the_message_even_after_a_dec
     letters = [json.loads(o.value) for o in by_topic(p.process([Incoming(TOPICS.predictions, 0, 3, batch)]),
                                                       TOPICS.dead_letter)]
     assert sorted((d["record_index"], d["field"]) for d in letters) == [(1, "score"), (2, "model")]
+
+
+def test_a_silent_source_holds_on_the_timer_tick_once_signed() -> None:
+    from mle_stream.core.events import CommandKind
+
+    clock = [10**12]
+    topology = parse_topology(
+        'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+        "windows: {size: 1s, grace: 0s}\ndecision: {outage_after: 60s}\n")
+    p = StreamProcessor({"fraud": topology}, TOPICS, KEY, clock=lambda: clock[0])
+    preds, labels = window(0, candidate_wrong=False)
+    p.process([Incoming(TOPICS.predictions, 0, 0, preds), Incoming(TOPICS.labels, 0, 1, labels)])
+    clock[0] += 60_000
+    assert by_topic(p.tick(), TOPICS.commands) == []  # 60 s is not longer than outage_after
+    clock[0] += 1_000
+    commands = [codec.decode_command(o.value) for o in by_topic(p.tick(), TOPICS.commands)]
+    assert [c.kind for c in commands] == [CommandKind.HOLD] and verify(commands[0], KEY)
+    assert "no predictions for 61 s" in commands[0].reason and commands[0].traffic == {}
+    clock[0] += 60_000
+    assert by_topic(p.tick(), TOPICS.commands) == []  # one HOLD per outage

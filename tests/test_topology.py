@@ -14,13 +14,14 @@ def test_every_shipped_topology_is_valid() -> None:
     topologies = load_topologies([REPO / "topologies"])
     demo = topologies["fraud-detector"]
     assert (demo.baseline_version, demo.candidate_version) == ("1", "2")
-    assert demo.window_size_ms == 5_000 and demo.rollback.consecutive_windows == 3
+    assert demo.window_size_ms == 5_000 and demo.checks[0].consecutive == 3
 
 
 def test_defaults_and_policy_version_follow_the_text() -> None:
     t = parse_topology(MINIMAL)
     assert t.window_size_ms == 60_000 and t.label_max_delay_ms == 7 * 86_400_000
-    assert t.rollback.metric == "error_rate" and t.rollback.min_samples == 100
+    (check,) = t.checks  # without checks, the rollback shorthand's default
+    assert (check.metric, check.max_degradation, check.min_samples, check.consecutive) == ("error_rate", 0.05, 100, 3)
     assert parse_topology(MINIMAL).policy_version == t.policy_version
     assert parse_topology(MINIMAL + "threshold: 0.7\n").policy_version != t.policy_version
 
@@ -68,7 +69,9 @@ def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
 
 def test_regression_cannot_use_error_rate() -> None:
     with pytest.raises(ConfigError, match="error_rate needs a classification task"):
-        parse_topology(MINIMAL.replace("binary", "regression"))
+        parse_topology(MINIMAL.replace("binary", "regression") + "rollback: {metric: error_rate}\n")
+    (check,) = parse_topology(MINIMAL.replace("binary", "regression")).checks
+    assert check.metric == "serving_error_rate"  # the default check of a regression model
 
 
 def test_two_files_for_one_model_are_refused(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from mle_stream.core.checks import samples_of
 from mle_stream.core.columns import FeatureColumns, IntArray, LabelColumns, PredictionColumns
 from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence, pane_values_sequence
 from mle_stream.core.drift.decision import FeatureDrift
@@ -30,7 +31,7 @@ from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.events import Command, DriftTable, Label, LabelValue, MetricSnapshot, Prediction
 from mle_stream.core.join import Joined, LabelJoin, binary_truth
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
-from mle_stream.core.policy import PolicyState, WindowJudgement, decide, judge
+from mle_stream.core.policy import PolicyState, WindowJudgement, decide, decide_outage, judge
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
 from mle_stream.core.snapshot_columns import decode_row_columns
 from mle_stream.core.topology import Topology
@@ -158,6 +159,9 @@ class ModelEvaluator:
         # A joined pair stays correctable as long as its pane can still change.
         self.join: LabelJoin[Pending] = LabelJoin(t.label_max_delay_ms, t.window_size_ms + t.window_retention_ms)
         self.policy_state = PolicyState()
+        # When each source last sent something, on the worker's clock (not checkpointed: an outage
+        # is what this process has seen; the first batch after a restart sets them).
+        self._last_arrival: dict[str, int] = {}
         self.retrain_state = RetrainState()
         # Concept drift: each tracked version's errors, pane by pane (see _detect).
         self.monitors = {v: ConceptDriftMonitor(t.drift.concept) for v in (t.baseline_version, t.candidate_version)
@@ -250,8 +254,8 @@ class ModelEvaluator:
         """Records instead of columns (replay, tests); Reject.index is the position in the list."""
         return self.add_prediction_columns(PredictionColumns.from_records(predictions), now_ms)
 
-    def add_labels(self, labels: list[Label]) -> list[Reject]:
-        return self.add_label_columns(LabelColumns.from_records(labels))
+    def add_labels(self, labels: list[Label], now_ms: int | None = None) -> list[Reject]:
+        return self.add_label_columns(LabelColumns.from_records(labels), now_ms)
 
     def add_prediction_columns(self, cols: PredictionColumns, now_ms: int) -> list[Reject]:
         """One batch of one model's predictions, in arrival order. The result is as if they were
@@ -261,6 +265,7 @@ class ModelEvaluator:
         n = len(cols)
         if n == 0:
             return []
+        self._last_arrival["predictions"] = now_ms
         rejects: list[Reject] = []
         ok = np.ones(n, dtype=bool)
         ts = cols.timestamp
@@ -329,11 +334,13 @@ class ModelEvaluator:
             self._scored.extend(joined)
         return rejects
 
-    def add_label_columns(self, cols: LabelColumns) -> list[Reject]:
-        """One batch of one model's labels, in arrival order."""
+    def add_label_columns(self, cols: LabelColumns, now_ms: int | None = None) -> list[Reject]:
+        """One batch of one model's labels, in arrival order (at `now_ms` on the worker's clock)."""
         n = len(cols)
         if n == 0:
             return []
+        if now_ms is not None:
+            self._last_arrival["labels"] = now_ms
         rejects: list[Reject] = []
         truths = self._read_truths(cols.label, rejects)
         ids, ts = cols.prediction_id, cols.timestamp.tolist()
@@ -560,7 +567,7 @@ class ModelEvaluator:
         for start in closing:
             baseline = self.panes.window(start, t.baseline_version)
             candidate = self.panes.window(start, t.candidate_version)
-            judgement = judge(t, start, baseline, candidate)
+            judgement = judge(t, start, baseline, candidate, self.policy_state)
             self.policy_state, commands = decide(t, self.policy_state, judgement, now_ms)
             out.judgements.append(judgement)
             out.commands.extend(commands)
@@ -576,6 +583,7 @@ class ModelEvaluator:
                     baseline_drift=baseline_drift, alarms=self._alarms.get((t.baseline_version, start), []),
                     trained_at=self._trained_at, now_ms=now_ms)
                 out.commands.extend(retrain)
+        out.commands.extend(self.check_outage(now_ms))
         if updates:
             changed = {s for pane in self._touched for s in self.panes.windows_holding(pane)} - set(closing)
             for start in sorted(changed):
@@ -620,6 +628,20 @@ class ModelEvaluator:
             alarms = monitor.update(sequence, {"pane_start": pane})
             if alarms:
                 self._alarms[(version, start)] = [a.to_json() for a in alarms]
+
+    def check_outage(self, now_ms: int) -> list[Command]:
+        """HOLD when a source has been silent longer than decision.outage_after (labels only matter
+        when a check reads labeled predictions). The worker also calls this on a timer: without
+        input nothing else runs."""
+        t = self.topology
+        commands: list[Command] = []
+        for source, last in [(s, self._last_arrival[s]) for s in ("predictions", "labels") if s in self._last_arrival]:
+            if source == "labels" and all(samples_of(r.metric) != "labeled" for r in t.checks):
+                continue
+            if now_ms - last > t.decision.outage_after_ms:
+                self.policy_state, held = decide_outage(t, self.policy_state, source, last, now_ms)
+                commands += held
+        return commands
 
     def _results(self, out: Advance, start: int, status: str, verdict: str | None,
                  known: Mapping[tuple[str, Segment], WindowState], now_ms: int) -> None:

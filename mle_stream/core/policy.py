@@ -1,29 +1,35 @@
-"""The first decision policy: consecutive windows of a worse error rate roll the candidate back.
+"""The decision policy: each closed window judged by the topology's checks, and what follows.
 
-`decide` is a pure function (state, closed window, now) -> (state, judgement, commands); the stream
-and any replay call the same function. Verdicts are typed: a window with too few samples on either
-side is INCONCLUSIVE, which never counts toward a rollback (flagger #1035, argo-rollouts #1466 are
-rollbacks caused by low traffic). Only windows that follow each other count as consecutive: an
-INCONCLUSIVE or PASS window in between resets the streak.
+`judge` gives each check's verdict on a window (core/checks.py) and the window's overall verdict:
+FAIL when a check fails, else INCONCLUSIVE when a check has too few samples, else PASS; ERROR when
+neither version served a single prediction in the window. `decide` is a pure function (state,
+judgement, now) -> (state, commands); the stream and `mle-stream replay` call the same one:
+
+- a check whose FAIL windows reach `consecutive` in a row, or `cumulative` in all, fires its
+  action: ROLLBACK (the candidate to 0%, once: a rolled-back candidate gets no further commands)
+  or HOLD (keep the current traffic step). Only windows that follow each other count as
+  consecutive: an INCONCLUSIVE or PASS window in between resets the streak, so a data gap can
+  never turn into a rollback;
+- ERROR (no data, or a source outage longer than `decision.outage_after`, see `decide_outage`)
+  holds: a HOLD command, not repeated within `decision.cooldown`, and never a rollback.
+
+Every command carries its evidence: the rule with its limits, the windows with every check's
+numbers, and the topology it came from.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
-from enum import Enum
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
 
+from mle_stream.core.checks import CheckResult, CheckRule, Verdict, judge_check
 from mle_stream.core.commands import command_id
 from mle_stream.core.events import Command, CommandKind
 from mle_stream.core.topology import Topology
 from mle_stream.core.window_state import WindowState
 
-
-class Verdict(str, Enum):
-    PASS = "PASS"
-    FAIL = "FAIL"
-    INCONCLUSIVE = "INCONCLUSIVE"
+__all__ = ["CheckState", "PolicyState", "Verdict", "WindowJudgement", "decide", "decide_outage", "judge"]
 
 
 @dataclass(frozen=True)
@@ -31,103 +37,212 @@ class WindowJudgement:
     window_start: int
     window_end: int
     verdict: Verdict
-    baseline_value: float | None
-    candidate_value: float | None
-    baseline_samples: int
-    candidate_samples: int
+    checks: tuple[CheckResult, ...]
     reason: str
 
-    def evidence(self) -> dict[str, object]:
-        return {
-            "window_start": self.window_start,
-            "window_end": self.window_end,
-            "verdict": self.verdict.value,
-            "baseline": {"value": self.baseline_value, "samples": self.baseline_samples},
-            "candidate": {"value": self.candidate_value, "samples": self.candidate_samples},
-            "reason": self.reason,
-        }
+    def check(self, name: str) -> CheckResult:
+        return next(c for c in self.checks if c.check == name)
+
+    def evidence(self) -> dict[str, Any]:
+        return {"window_start": self.window_start, "window_end": self.window_end, "verdict": self.verdict.value,
+                "checks": [c.evidence() for c in self.checks], "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class CheckState:
+    streak: tuple[dict[str, Any], ...] = ()  # evidence of the FAIL windows in a row, oldest first
+    failures: int = 0  # FAIL windows since the rollout began
+    failing: bool = False  # the last judged window FAILed (hysteresis)
 
 
 @dataclass(frozen=True)
 class PolicyState:
-    streak: tuple[WindowJudgement, ...] = ()
+    checks: Mapping[str, CheckState] = field(default_factory=dict)
     rolled_back: bool = False  # once rolled back, this topology's candidate gets no further commands
+    holding: str | None = None  # why the rollout is held (ERROR), until a window has data again
+    last_hold_end: int | None = None  # event time the last HOLD rests on (cooldown)
+    step: int = 0  # index of the candidate's current traffic step (topology rollout.steps)
+    step_passes: tuple[dict[str, Any], ...] = ()  # PASS windows in a row in this step (evidence)
+    last_step_end: int | None = None  # event time the last SET_TRAFFIC rests on (cooldown)
+    promoted: bool = False
+
+    def check(self, name: str) -> CheckState:
+        return self.checks.get(name, CheckState())
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON-able data; `restore` gives back an equal state."""
-        return {"streak": [{**asdict(j), "verdict": j.verdict.value} for j in self.streak],
-                "rolled_back": self.rolled_back}
+        return {"checks": {n: {"streak": list(c.streak), "failures": c.failures, "failing": c.failing}
+                           for n, c in self.checks.items()},
+                "rolled_back": self.rolled_back, "holding": self.holding, "last_hold_end": self.last_hold_end,
+                "step": self.step, "step_passes": list(self.step_passes), "last_step_end": self.last_step_end,
+                "promoted": self.promoted}
 
     @classmethod
-    def restore(cls, data: dict[str, Any]) -> "PolicyState":
-        streak = tuple(WindowJudgement(**{**j, "verdict": Verdict(j["verdict"])}) for j in data["streak"])
-        return cls(streak=streak, rolled_back=bool(data["rolled_back"]))
+    def restore(cls, data: Mapping[str, Any]) -> PolicyState:
+        checks = {str(n): CheckState(tuple(c["streak"]), int(c["failures"]), bool(c["failing"]))
+                  for n, c in (data.get("checks") or {}).items()}
+        last, step_end = data.get("last_hold_end"), data.get("last_step_end")
+        return cls(checks, bool(data["rolled_back"]), data.get("holding"), None if last is None else int(last),
+                   int(data.get("step", 0)), tuple(data.get("step_passes", ())),
+                   None if step_end is None else int(step_end), bool(data.get("promoted", False)))
 
 
-def _metric(state: WindowState, name: str) -> tuple[float | None, int]:
-    if name == "error_rate":
-        return state.error_rate, state.labeled
-    return state.serving_error_rate, state.predictions
-
-
-def judge(topology: Topology, start: int, baseline: WindowState, candidate: WindowState) -> WindowJudgement:
-    rule = topology.rollback
+def judge(topology: Topology, start: int, baseline: WindowState, candidate: WindowState,
+          state: PolicyState | None = None) -> WindowJudgement:
     end = start + topology.window_size_ms
-    b_value, b_n = _metric(baseline, rule.metric)
-    c_value, c_n = _metric(candidate, rule.metric)
-    sample_kind = "labeled predictions" if rule.metric == "error_rate" else "predictions"
-    if b_n < rule.min_samples or c_n < rule.min_samples or b_value is None or c_value is None:
-        reason = (f"too few {sample_kind}: baseline {b_n}, candidate {c_n}, "
-                  f"need {rule.min_samples} on each side")
-        return WindowJudgement(start, end, Verdict.INCONCLUSIVE, b_value, c_value, b_n, c_n, reason)
-    delta = c_value - b_value
-    if delta > rule.max_increase:
-        verdict = Verdict.FAIL
-        reason = (f"{rule.metric} {c_value:.4f} (n={c_n}) is {delta:+.4f} above the baseline's "
-                  f"{b_value:.4f} (n={b_n}); allowed {rule.max_increase:+.4f}")
-    else:
-        verdict = Verdict.PASS
-        reason = f"{rule.metric} {c_value:.4f} vs baseline {b_value:.4f}: within {rule.max_increase:+.4f}"
-    return WindowJudgement(start, end, verdict, b_value, c_value, b_n, c_n, reason)
+    if baseline.predictions == 0 and candidate.predictions == 0:
+        reason = "no data: neither version served a prediction in the window"
+        results = tuple(CheckResult(r.name, r.metric, Verdict.ERROR, None, None, 0, 0, reason) for r in topology.checks)
+        return WindowJudgement(start, end, Verdict.ERROR, results, reason)
+    window_s = topology.window_size_ms / 1000
+    b_values, c_values = baseline.values(window_s), candidate.values(window_s)
+    state = state or PolicyState()
+    results = tuple(judge_check(rule, b_values, c_values, state.check(rule.name).failing)
+                    for rule in topology.checks)
+    verdicts = {r.verdict for r in results}
+    verdict = (Verdict.FAIL if Verdict.FAIL in verdicts else
+               Verdict.INCONCLUSIVE if Verdict.INCONCLUSIVE in verdicts else Verdict.PASS)
+    shown = [r for r in results if r.verdict is verdict] or list(results)
+    reason = "; ".join(f"{r.check}: {r.reason}" for r in shown)
+    return WindowJudgement(start, end, verdict, results, reason)
 
 
-def decide(
-    topology: Topology, state: PolicyState, judgement: WindowJudgement, now_ms: int
-) -> tuple[PolicyState, list[Command]]:
-    """Fold one judged window into the state; returns an unsigned ROLLBACK when the rule fires."""
-    if state.rolled_back:
-        return state, []
-    if judgement.verdict is not Verdict.FAIL:
-        return replace(state, streak=()), []
-    streak = state.streak + (judgement,)
-    rule = topology.rollback
-    if len(streak) < rule.consecutive_windows:
-        return replace(state, streak=streak), []
-    first, last = streak[0], streak[-1]
-    kind = CommandKind.ROLLBACK
-    reason = (f"{topology.model} v{topology.candidate_version}: {rule.metric} worse than baseline "
-              f"v{topology.baseline_version} by more than {rule.max_increase} in {len(streak)} "
-              f"consecutive windows; last: {last.reason}")
-    evidence = {
-        "rule": {"name": rule.name, "metric": rule.metric, "max_increase": rule.max_increase,
-                 "consecutive_windows": rule.consecutive_windows, "min_samples": rule.min_samples},
-        "windows": [j.evidence() for j in streak],
-        "topology": topology.source,
-    }
-    command = Command(
+def _command(topology: Topology, kind: CommandKind, rule: str, start: int, end: int, reason: str,
+             evidence: dict[str, Any], traffic: Mapping[str, int], now_ms: int) -> Command:
+    return Command(
         command_id=command_id(topology.model, topology.baseline_version, topology.candidate_version,
-                              kind, rule.name, first.window_start, last.window_end),
-        kind=kind,
-        model=topology.model,
-        baseline_version=topology.baseline_version,
-        candidate_version=topology.candidate_version,
-        traffic={topology.baseline_version: 100, topology.candidate_version: 0},
-        reason=reason,
-        rule=rule.name,
-        window_start=first.window_start,
-        window_end=last.window_end,
-        evidence=json.dumps(evidence, sort_keys=True),
-        policy_version=topology.policy_version,
-        issued_at=now_ms,
-    )
-    return PolicyState(streak=streak, rolled_back=True), [command]
+                              kind, rule, start, end),
+        kind=kind, model=topology.model, baseline_version=topology.baseline_version,
+        candidate_version=topology.candidate_version, traffic=dict(traffic), reason=reason, rule=rule,
+        window_start=start, window_end=end, evidence=json.dumps({**evidence, "topology": topology.source},
+                                                                 sort_keys=True, allow_nan=False),
+        policy_version=topology.policy_version, issued_at=now_ms)
+
+
+def _hold(topology: Topology, state: PolicyState, rule: str, start: int, end: int, reason: str,
+          evidence: dict[str, Any], now_ms: int) -> tuple[PolicyState, list[Command]]:
+    """A HOLD, unless one was issued less than the cooldown ago (event time)."""
+    if state.last_hold_end is not None and end - state.last_hold_end < topology.decision.cooldown_ms:
+        return state, []
+    command = _command(topology, CommandKind.HOLD, rule, start, end, reason, evidence, {}, now_ms)
+    return replace(state, last_hold_end=end), [command]
+
+
+def decide(topology: Topology, state: PolicyState, judgement: WindowJudgement,
+           now_ms: int) -> tuple[PolicyState, list[Command]]:
+    """Fold one judged window into the state; returns the (unsigned) commands it fires."""
+    if state.rolled_back or state.promoted:
+        return state, []
+    start, end = judgement.window_start, judgement.window_end
+    if judgement.verdict is Verdict.ERROR:
+        reason = f"{topology.model}: hold v{topology.candidate_version}'s rollout: {judgement.reason}"
+        # A gap breaks every streak: the FAIL windows of a streak must follow each other.
+        gap = {name: replace(cs, streak=()) for name, cs in state.checks.items()}
+        return _hold(topology, replace(state, checks=gap, holding=judgement.reason, step_passes=()),
+                     "hold-on-error", start, end,
+                     reason, {"window": judgement.evidence()}, now_ms)
+    checks = dict(state.checks)
+    for result in judgement.checks:
+        current = state.check(result.check)
+        if result.verdict is Verdict.FAIL:
+            checks[result.check] = CheckState(current.streak + (judgement.evidence(),), current.failures + 1, True)
+        elif result.verdict is Verdict.PASS:
+            checks[result.check] = CheckState((), current.failures, False)
+        else:  # INCONCLUSIVE breaks the streak: the windows must follow each other
+            checks[result.check] = CheckState((), current.failures, current.failing)
+    state = replace(state, checks=checks, holding=None)
+    fired = [(rule, checks[rule.name]) for rule in topology.checks
+             if rule.name in checks and _fires(rule, checks[rule.name])]
+    rollback = [(rule, cs) for rule, cs in fired if rule.action == "rollback"]
+    if rollback:
+        return _rollback(topology, state, rollback, judgement, now_ms)
+    commands: list[Command] = []
+    for rule, cs in fired:  # action: hold
+        reason = (f"{topology.model}: hold v{topology.candidate_version}'s rollout: check {rule.name} failed "
+                  f"{_count(rule, cs)}; last: {judgement.check(rule.name).reason}")
+        state, holds = _hold(topology, state, rule.name, cs.streak[0]["window_start"] if cs.streak else start, end,
+                             reason, {"rule": _rule_evidence(rule), "windows": list(cs.streak)}, now_ms)
+        commands += holds
+    if fired or topology.rollout is None:
+        return state, commands
+    state, steps = _progress(topology, state, judgement, now_ms)
+    return state, commands + steps
+
+
+def _progress(topology: Topology, state: PolicyState, judgement: WindowJudgement,
+              now_ms: int) -> tuple[PolicyState, list[Command]]:
+    """The progressive rollout: move to the next step when the last `windows` windows of this step
+    all PASSed, with `samples` candidate samples between them (each window counts the fewest
+    samples any check read), and the cooldown since the last step has passed. A FAIL window starts
+    the count again; an INCONCLUSIVE one neither counts nor resets it."""
+    rollout = topology.rollout
+    assert rollout is not None
+    if judgement.verdict is Verdict.FAIL:
+        return replace(state, step_passes=()), []
+    if judgement.verdict is not Verdict.PASS:
+        return state, []
+    passes = (state.step_passes + (judgement.evidence(),))[-rollout.windows:]  # the last `windows` PASS in a row
+    samples = sum(min((c["candidate"]["samples"] for c in w["checks"]), default=0) for w in passes)
+    cooling = state.last_step_end is not None and judgement.window_end - state.last_step_end < topology.decision.cooldown_ms
+    if len(passes) < rollout.windows or samples < rollout.samples or cooling:
+        return replace(state, step_passes=passes), []
+    current = rollout.steps[min(state.step, len(rollout.steps) - 1)]
+    following = rollout.steps[state.step + 1] if state.step + 1 < len(rollout.steps) else 100
+    base, cand = topology.baseline_version, topology.candidate_version
+    kind = CommandKind.PROMOTE if following == 100 else CommandKind.SET_TRAFFIC
+    reason = (f"{topology.model} v{cand}: every check passed in {len(passes)} windows in a row at {current}% "
+              f"({samples} candidate samples): " + ("promote to 100%, champion" if kind is CommandKind.PROMOTE
+                                                   else f"next step {following}%"))
+    evidence = {"from_percent": current, "to_percent": following, "windows": list(passes),
+                "gate": {"windows": rollout.windows, "samples": rollout.samples}}
+    command = _command(topology, kind, f"step-{following}", passes[0]["window_start"], judgement.window_end, reason,
+                       evidence, {base: 100 - following, cand: following}, now_ms)
+    return replace(state, step=state.step + 1, step_passes=(), last_step_end=judgement.window_end,
+                   promoted=kind is CommandKind.PROMOTE), [command]
+
+
+def _fires(rule: CheckRule, cs: CheckState) -> bool:
+    return len(cs.streak) >= rule.consecutive or (rule.cumulative is not None and cs.failures >= rule.cumulative)
+
+
+def _count(rule: CheckRule, cs: CheckState) -> str:
+    if len(cs.streak) >= rule.consecutive:
+        return f"in {len(cs.streak)} consecutive windows"
+    return f"in {cs.failures} windows (cumulative limit {rule.cumulative})"
+
+
+def _rule_evidence(rule: CheckRule) -> dict[str, Any]:
+    return {"name": rule.name, "metric": rule.metric, "worse": rule.worse, **rule.limits(),
+            "min_samples": rule.min_samples, "consecutive": rule.consecutive, "cumulative": rule.cumulative,
+            "hysteresis": rule.hysteresis, "action": rule.action}
+
+
+def _rollback(topology: Topology, state: PolicyState, fired: list[tuple[CheckRule, CheckState]],
+              judgement: WindowJudgement, now_ms: int) -> tuple[PolicyState, list[Command]]:
+    rule, cs = fired[0]  # the topology's first check that fired names the command
+    windows = list(cs.streak) or [judgement.evidence()]
+    start = windows[0]["window_start"] if len(cs.streak) >= rule.consecutive else judgement.window_start
+    reason = (f"{topology.model} v{topology.candidate_version}: check {rule.name} ({rule.metric}) failed "
+              f"{_count(rule, cs)} against baseline v{topology.baseline_version}; last: "
+              f"{judgement.check(rule.name).reason}")
+    evidence = {"rule": _rule_evidence(rule), "also_fired": [r.name for r, _ in fired[1:]], "windows": windows,
+                "failures": cs.failures}
+    command = _command(topology, CommandKind.ROLLBACK, rule.name, start, judgement.window_end, reason, evidence,
+                       {topology.baseline_version: 100, topology.candidate_version: 0}, now_ms)
+    return replace(state, rolled_back=True), [command]
+
+
+def decide_outage(topology: Topology, state: PolicyState, source: str, silent_since_ms: int,
+                  now_ms: int) -> tuple[PolicyState, list[Command]]:
+    """ERROR from the wall clock: `source` ("predictions" or "labels") has sent nothing since
+    `silent_since_ms` (arrival time), longer than `decision.outage_after`. Holds (once per
+    outage: `holding` stays set until a window with data is judged), never rolls back."""
+    if state.rolled_back or state.holding is not None:
+        return state, []
+    silent_s = (now_ms - silent_since_ms) / 1000
+    why = f"source outage: no {source} for {silent_s:.0f} s (outage_after {topology.decision.outage_after_ms / 1000:g} s)"
+    reason = f"{topology.model}: hold v{topology.candidate_version}'s rollout: {why}"
+    state = replace(state, holding=why)
+    command = _command(topology, CommandKind.HOLD, f"source-outage:{source}", silent_since_ms, silent_since_ms,
+                       reason, {"source": source, "silent_since": silent_since_ms, "detected_at": now_ms}, {}, now_ms)
+    return state, [command]

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import yaml
 
+from mle_stream.core.checks import CheckRule, default_worse, metric_problem
 from mle_stream.core.drift.concept import KINDS, DetectorSpec
 from mle_stream.core.drift.decision import DriftThresholds
 from mle_stream.core.drift.live import DriftSettings
@@ -21,7 +22,9 @@ from mle_stream.errors import ConfigError
 
 TASKS = ("binary", "multiclass", "regression")
 MODES = ("canary",)  # shadow and A/B come with the decision engine
-ROLLBACK_METRICS = ("error_rate", "serving_error_rate")
+ROLLBACK_METRICS = ("error_rate", "serving_error_rate")  # the `rollback:` shorthand's choices
+CHECK_KEYS = {"name", "metric", "worse", "max", "min", "max_degradation", "max_degradation_relative", "min_samples",
+              "consecutive", "cumulative", "hysteresis", "action"}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -36,16 +39,23 @@ def parse_duration_ms(text: str) -> int:
 
 
 @dataclass(frozen=True)
-class RollbackRule:
-    """Roll back when the candidate's `metric` exceeds the baseline's by more than `max_increase`
-    (absolute) in `consecutive_windows` windows in a row, each with at least `min_samples` samples
-    (labeled predictions for error_rate, predictions for serving_error_rate) on both sides."""
+class RolloutSteps:
+    """The `rollout` section: the candidate's traffic steps (percent). The candidate starts at the
+    first (the deployment's own split); it moves to the next once `windows` consecutive windows
+    PASS every check in the current step with at least `samples` candidate samples in all, and
+    the cooldown since the last step has passed; at 100 it is PROMOTEd (champion)."""
 
-    metric: str = "error_rate"
-    max_increase: float = 0.05
-    consecutive_windows: int = 3
-    min_samples: int = 100
-    name: str = "error-rate-vs-baseline"
+    steps: tuple[int, ...] = (5, 10, 25, 50, 100)
+    windows: int = 3
+    samples: int = 500
+
+
+@dataclass(frozen=True)
+class DecisionSettings:
+    """The `decision` section: what holds for every check."""
+
+    cooldown_ms: int = 300_000  # event time after a HOLD before the next HOLD
+    outage_after_ms: int = 300_000  # no predictions (or, with label checks, no labels) for this long: ERROR
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,9 @@ class Topology:
     thresholds: tuple[float, ...] = ()  # extra decision thresholds to report precision/recall/f1 at
     segment_dimensions: tuple[str, ...] = ()
     segment_max_values: int = 50  # per dimension; later values are counted as "__other__"
-    rollback: RollbackRule = field(default_factory=RollbackRule)
+    checks: tuple[CheckRule, ...] = ()
+    decision: DecisionSettings = field(default_factory=DecisionSettings)
+    rollout: RolloutSteps | None = None  # None: no progressive rollout (the deployment's split stays)
     drift: DriftSettings = field(default_factory=DriftSettings)
     retrain: RetrainRule = field(default_factory=RetrainRule)
     routing: RoutingTarget = field(default_factory=RoutingTarget)
@@ -190,6 +202,31 @@ def _positive_float(v: Any) -> float:
     return float(v)
 
 
+def _number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"expected a finite number, got {v!r}")
+    return float(v)
+
+
+def _percent(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 100:
+        raise ValueError(f"expected a whole percentage in 1..100, got {v!r}")
+    return v
+
+
+def _non_negative_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"expected a whole number >= 0, got {v!r}")
+    return v
+
+
+def _non_negative(v: Any) -> float:
+    value = _number(v)
+    if value < 0:
+        raise ValueError(f"expected a number >= 0, got {v!r}")
+    return value
+
+
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError(f"expected true or false, got {v!r}")
@@ -218,7 +255,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     r = _Reader(source, root)
     top = r.mapping(root, "", {"model", "task", "mode", "threshold", "baseline", "candidate",
                                "windows", "labels", "metrics", "segments", "rollback", "routing",
-                               "drift", "retrain"})
+                               "drift", "retrain", "checks", "decision", "rollout"})
     model = r.value(top, "model", "", _text, required=True)
     task = r.value(top, "task", "", _choice(TASKS), required=True)
     mode = r.value(top, "mode", "", _choice(MODES), default="canary")
@@ -266,17 +303,66 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     dimensions = r.sequence(segments, "dimensions", "segments", _text)
     max_values = r.value(segments, "max_values", "segments", _positive_int, default=50)
 
+    checks: list[CheckRule] = []
     rb, rb_node = section("rollback", {"name", "metric", "max_increase", "consecutive_windows", "min_samples"})
-    rule = RollbackRule(
-        name=r.value(rb, "name", "rollback", _text, default=RollbackRule.name),
-        metric=r.value(rb, "metric", "rollback", _choice(ROLLBACK_METRICS), default="error_rate"),
-        max_increase=r.value(rb, "max_increase", "rollback", _fraction, default=0.05),
-        consecutive_windows=r.value(rb, "consecutive_windows", "rollback", _positive_int, default=3),
-        min_samples=r.value(rb, "min_samples", "rollback", _positive_int, default=100),
+    if rb_node is not None or "checks" not in top:
+        # The shorthand (and the default without any checks): the candidate's error rate (serving
+        # error rate for regression) vs the baseline's.
+        fallback = "serving_error_rate" if task == "regression" else "error_rate"
+        metric = r.value(rb, "metric", "rollback", _choice(ROLLBACK_METRICS), default=fallback)
+        if task == "regression" and metric == "error_rate":
+            r.error(rb_node or root, "rollback.metric",
+                    "error_rate needs a classification task; use serving_error_rate for regression")
+        checks.append(CheckRule(
+            name=r.value(rb, "name", "rollback", _text, default="error-rate-vs-baseline"), metric=metric,
+            worse="higher", max_degradation=r.value(rb, "max_increase", "rollback", _fraction, default=0.05),
+            consecutive=r.value(rb, "consecutive_windows", "rollback", _positive_int, default=3),
+            min_samples=r.value(rb, "min_samples", "rollback", _positive_int, default=100)))
+    checks_node = top.get("checks")
+    if checks_node is not None and not isinstance(checks_node, yaml.SequenceNode):
+        r.error(checks_node, "checks", "expected a list of checks, e.g. [{name: f1, metric: f1, min: 0.8}]")
+    elif checks_node is not None:
+        for i, item in enumerate(checks_node.value):
+            path = f"checks[{i}]"
+            c = r.mapping(item, path, CHECK_KEYS)
+            name = r.value(c, "name", path, _text, required=True, parent=item)
+            metric = r.value(c, "metric", path, _text, required=True, parent=item)
+            problem = None if metric is None or task is None else metric_problem(task, metric, tuple(thresholds))
+            if problem:
+                r.error(c["metric"], f"{path}.metric", problem)
+            worse = r.value(c, "worse", path, _choice(("higher", "lower")),
+                            default=None if metric is None else default_worse(metric))
+            if worse is None and metric is not None and not problem:
+                r.error(item, f"{path}.worse", f"say in which direction {metric} gets worse: higher or lower")
+            rule = CheckRule(
+                name=name or "", metric=metric or "", worse=worse or "higher",
+                max=r.value(c, "max", path, _number, default=None), min=r.value(c, "min", path, _number, default=None),
+                max_degradation=r.value(c, "max_degradation", path, _non_negative, default=None),
+                max_degradation_relative=r.value(c, "max_degradation_relative", path, _non_negative, default=None),
+                min_samples=r.value(c, "min_samples", path, _positive_int, default=100),
+                consecutive=r.value(c, "consecutive", path, _positive_int, default=3),
+                cumulative=r.value(c, "cumulative", path, _positive_int, default=None),
+                hysteresis=r.value(c, "hysteresis", path, _non_negative, default=0.0),
+                action=r.value(c, "action", path, _choice(("rollback", "hold")), default="rollback"),
+            )
+            if not rule.limits():
+                r.error(item, path, "sets no limit: give max, min, max_degradation or max_degradation_relative")
+            if name in {k.name for k in checks}:
+                r.error(c.get("name", item), f"{path}.name", f"{name!r} is already the name of another check")
+            checks.append(rule)
+    ro, ro_node = section("rollout", {"steps", "windows", "samples"})
+    rollout = None
+    if ro_node is not None:
+        steps = tuple(r.sequence(ro, "steps", "rollout", _percent)) or RolloutSteps.steps
+        if list(steps) != sorted(set(steps)) or steps[-1] != 100:
+            r.error(ro.get("steps", ro_node), "rollout.steps", f"must rise strictly and end at 100, got {list(steps)}")
+        rollout = RolloutSteps(steps, r.value(ro, "windows", "rollout", _positive_int, default=RolloutSteps.windows),
+                               r.value(ro, "samples", "rollout", _non_negative_int, default=RolloutSteps.samples))
+    de, _ = section("decision", {"cooldown", "outage_after"})
+    decision = DecisionSettings(
+        cooldown_ms=r.value(de, "cooldown", "decision", _duration, default=DecisionSettings.cooldown_ms),
+        outage_after_ms=r.value(de, "outage_after", "decision", _duration, default=DecisionSettings.outage_after_ms),
     )
-    if task == "regression" and rule.metric == "error_rate":
-        r.error(rb_node or root, "rollback.metric",
-                "error_rate needs a classification task; use serving_error_rate for regression")
 
     dr, dr_node = section("drift", {"features", "bins", "top_k", "warmup", "thresholds", "concept"})
     concept: list[DetectorSpec] = []
@@ -343,7 +429,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         baseline_version=baseline, candidate_version=candidate,  # type: ignore[arg-type]
         window_size_ms=size, window_hop_ms=hop, window_grace_ms=grace, window_updates_ms=updates_every, window_retention_ms=retention,
         label_max_delay_ms=max_delay, max_clock_skew_ms=skew, thresholds=tuple(thresholds),
-        segment_dimensions=tuple(dimensions), segment_max_values=max_values, rollback=rule, routing=routing,
+        segment_dimensions=tuple(dimensions), segment_max_values=max_values, checks=tuple(checks), decision=decision, rollout=rollout, routing=routing,
         drift=drift, retrain=retrain,
         policy_version=hashlib.sha256(text.encode()).hexdigest()[:12],
     )

@@ -20,7 +20,7 @@ from mle_stream.core.commands import sign
 from mle_stream.core.columns import LabelColumns, PredictionColumns, group_rows
 from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.evaluator import ModelEvaluator
-from mle_stream.core.events import Label, Prediction
+from mle_stream.core.events import Command, Label, Prediction
 from mle_stream.core.policy import Verdict
 from mle_stream.core.topology import Topology
 
@@ -81,6 +81,14 @@ class StreamProcessor:
             out.extend(self._advance(self.evaluators[model], now))
         return out
 
+    def tick(self) -> list[Outgoing]:
+        """What time alone decides, without input: HOLD commands for silent sources."""
+        now = self._clock()
+        out: list[Outgoing] = []
+        for model in sorted(self.evaluators):
+            out.extend(self._publish(model.encode(), self.evaluators[model].check_outage(now)))
+        return out
+
     def _ingest(self, msg: Incoming, decoded: codec.ColumnsResult[Any], now: int, touched: set[str]) -> list[Outgoing]:
         out = [self._dead_letter(msg, e.index, e.field, e.reason, msg.value) for e in decoded.errors]
         cols: PredictionColumns | LabelColumns = decoded.columns
@@ -101,7 +109,7 @@ class StreamProcessor:
             if isinstance(part, PredictionColumns):
                 rejects = evaluator.add_prediction_columns(part, now)
             else:
-                rejects = evaluator.add_label_columns(part)
+                rejects = evaluator.add_label_columns(part, now)
             self.counters[kind] += len(part) - len(rejects)
             out.extend(self._dead_letter(msg, int(position[rows[r.index]]), r.field, r.reason, part.record(r.index))
                        for r in rejects)
@@ -138,7 +146,12 @@ class StreamProcessor:
             level = logging.WARNING if j.verdict is Verdict.FAIL else logging.INFO
             log.log(level, "%s window %d..%d: %s, %s", evaluator.topology.model, j.window_start, j.window_end,
                     j.verdict.value, j.reason)
-        for command in result.commands:
+        out.extend(self._publish(model, result.commands))
+        return out
+
+    def _publish(self, model: bytes, commands: Sequence[Command]) -> list[Outgoing]:
+        out = []
+        for command in commands:
             signed = sign(command, self._key)
             self.counters["commands"] += 1
             log.warning("%s %s (command %s): %s", command.kind.value, command.model, command.command_id, command.reason)

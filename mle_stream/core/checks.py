@@ -1,0 +1,179 @@
+"""Checks: the rules a topology judges each closed window of the candidate by, and their verdicts.
+
+A check watches one window metric (any name a MetricSnapshot carries: `error_rate`, `f1`,
+`roc_auc`, `latency_p99_ms`, `mape`, `precision@0.3`, `recall[cat]`, ...) and FAILs a window when
+the candidate's value crosses any of the limits it sets:
+
+- absolute: `max` / `min` on the candidate's value;
+- relative to the baseline's value in the same window: `max_degradation` (in the metric's units)
+  and `max_degradation_relative` (a fraction of the baseline's value), where "degradation" is
+  the difference in the metric's worse direction (higher for error rates, losses and latencies,
+  lower for accuracy, F1, AUC, R²; `worse:` says it for metrics where it is not obvious).
+
+A window with fewer than `min_samples` samples (labeled predictions for quality metrics,
+predictions for serving metrics, latency reports for latencies) on a side the check reads is
+INCONCLUSIVE: it never counts toward an action (flagger #1035, argo-rollouts #1466 are rollbacks
+caused by low traffic). `hysteresis` makes a failing check PASS again only once the value is that
+far inside its limits (in each limit's units: a fraction for max_degradation_relative), so a
+metric sitting on a limit does not flap.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Mapping
+
+# Metric names per task, as WindowState.values() names them (README: Metrics). Suffixes @t (a
+# configured threshold) and [class] (per class) name variants of the same metric.
+TASK_METRICS: dict[str, frozenset[str]] = {
+    "binary": frozenset({"accuracy", "error_rate", "precision", "recall", "f1", "roc_auc", "average_precision",
+                         "log_loss", "brier_score", "expected_calibration_error", "positive_rate", "label_rate",
+                         "mean_score"}),
+    "multiclass": frozenset({"accuracy", "error_rate", "micro_f1", "macro_f1", "log_loss", "recall"}),
+    "regression": frozenset({"mae", "rmse", "r2", "mape", "mean_prediction", "mean_label"}),
+}
+SERVING_METRICS = frozenset({"serving_error_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
+                             "label_coverage", "throughput_per_s"})
+HIGHER_IS_WORSE = frozenset({"error_rate", "log_loss", "brier_score", "expected_calibration_error", "mae", "rmse",
+                             "mape", "serving_error_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms"})
+LOWER_IS_WORSE = frozenset({"accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "micro_f1",
+                            "macro_f1", "r2", "label_coverage", "throughput_per_s"})
+_VARIANT = re.compile(r"^(?P<base>[a-z_0-9]+?)(?:@(?P<at>[0-9.]+)|\[(?P<cls>[^\]]+)\])?$")
+
+
+def base_metric(metric: str) -> str:
+    match = _VARIANT.match(metric)
+    return match.group("base") if match else metric
+
+
+def metric_problem(task: str, metric: str, thresholds: tuple[float, ...] = ()) -> str | None:
+    """Why `metric` cannot be checked for a model of `task`, or None when it can."""
+    match = _VARIANT.match(metric)
+    base = match.group("base") if match else metric
+    if base in SERVING_METRICS:
+        return None if match and not match.group("at") and not match.group("cls") else f"{metric!r} takes no suffix"
+    known = TASK_METRICS.get(task, frozenset())
+    if base not in known:
+        names = sorted(known | SERVING_METRICS)
+        return f"{metric!r} is not a metric of a {task} model; expected one of {', '.join(names)}"
+    if match and match.group("at"):
+        if task != "binary" or base not in {"accuracy", "precision", "recall", "f1"}:
+            return f"{metric!r}: only accuracy, precision, recall and f1 of a binary model take @threshold"
+        if float(match.group("at")) not in thresholds:
+            return f"{metric!r}: add {match.group('at')} to metrics.thresholds to have it computed"
+    if match and match.group("cls") and not (task == "multiclass" and base == "recall"):
+        return f"{metric!r}: only recall of a multiclass model is per class (recall[<class>])"
+    if task == "multiclass" and base == "recall" and not (match and match.group("cls")):
+        return "a multiclass model's recall is per class: recall[<class>]"
+    return None
+
+
+def default_worse(metric: str) -> str | None:
+    """"higher" or "lower": the direction in which `metric` gets worse, when it is obvious."""
+    base = base_metric(metric)
+    return "higher" if base in HIGHER_IS_WORSE else "lower" if base in LOWER_IS_WORSE else None
+
+
+def samples_of(metric: str) -> str:
+    """The count a window's value of `metric` rests on."""
+    base = base_metric(metric)
+    if base.startswith("latency_"):
+        return "latency_samples"
+    return "predictions" if base in SERVING_METRICS else "labeled"
+
+
+class Verdict(str, Enum):
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCONCLUSIVE = "INCONCLUSIVE"  # too few samples: hold the current step, never roll back
+    ERROR = "ERROR"  # no data at all, or a source outage: hold and alert
+
+
+@dataclass(frozen=True)
+class CheckRule:
+    name: str
+    metric: str
+    worse: str  # "higher" or "lower"
+    max: float | None = None
+    min: float | None = None
+    max_degradation: float | None = None  # candidate vs baseline, in the metric's units
+    max_degradation_relative: float | None = None  # candidate vs baseline, a fraction of the baseline's value
+    min_samples: int = 100
+    consecutive: int = 3  # FAIL windows in a row that fire the action
+    cumulative: int | None = None  # FAIL windows in all that fire it, in a row or not
+    hysteresis: float = 0.0
+    action: str = "rollback"  # or "hold"
+
+    @property
+    def relative(self) -> bool:
+        return self.max_degradation is not None or self.max_degradation_relative is not None
+
+    def limits(self) -> dict[str, Any]:
+        return {k: v for k, v in (("max", self.max), ("min", self.min), ("max_degradation", self.max_degradation),
+                                  ("max_degradation_relative", self.max_degradation_relative)) if v is not None}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: str
+    metric: str
+    verdict: Verdict
+    baseline_value: float | None
+    candidate_value: float | None
+    baseline_samples: int
+    candidate_samples: int
+    reason: str
+
+    def evidence(self) -> dict[str, Any]:
+        return {"check": self.check, "metric": self.metric, "verdict": self.verdict.value,
+                "baseline": {"value": self.baseline_value, "samples": self.baseline_samples},
+                "candidate": {"value": self.candidate_value, "samples": self.candidate_samples},
+                "reason": self.reason}
+
+    @classmethod
+    def from_evidence(cls, data: Mapping[str, Any]) -> CheckResult:
+        return cls(str(data["check"]), str(data["metric"]), Verdict(data["verdict"]), data["baseline"]["value"],
+                   data["candidate"]["value"], int(data["baseline"]["samples"]), int(data["candidate"]["samples"]),
+                   str(data["reason"]))
+
+
+def judge_check(rule: CheckRule, baseline: Mapping[str, Any], candidate: Mapping[str, Any],
+                failing: bool = False) -> CheckResult:
+    """One check on one window: `baseline` and `candidate` are the versions' window metrics
+    (WindowState.values()); `failing`: the check FAILed the window before (hysteresis)."""
+    samples = samples_of(rule.metric)
+    b, c = baseline.get(rule.metric), candidate.get(rule.metric)
+    b_n, c_n = int(baseline.get(samples) or 0), int(candidate.get(samples) or 0)
+    what = samples.replace("_", " ")
+
+    def result(verdict: Verdict, reason: str) -> CheckResult:
+        return CheckResult(rule.name, rule.metric, verdict, b, c, b_n, c_n, reason)
+
+    if c_n < rule.min_samples or (rule.relative and b_n < rule.min_samples):
+        sides = f"baseline {b_n}, candidate {c_n}" if rule.relative else f"candidate {c_n}"
+        return result(Verdict.INCONCLUSIVE, f"too few {what}: {sides}, need {rule.min_samples}"
+                                            + (" on each side" if rule.relative else ""))
+    if c is None or (rule.relative and b is None):
+        return result(Verdict.INCONCLUSIVE, f"{rule.metric} is undefined in this window "
+                                            f"(baseline {b}, candidate {c})")
+    slack = rule.hysteresis if failing else 0.0  # a failing check must come back this far inside
+    higher = rule.worse == "higher"
+    broken: list[str] = []
+    if rule.max is not None and c > rule.max - slack:
+        broken.append(f"{c:.6g} > max {rule.max:g}" + (f" - hysteresis {slack:g}" if slack else ""))
+    if rule.min is not None and c < rule.min + slack:
+        broken.append(f"{c:.6g} < min {rule.min:g}" + (f" + hysteresis {slack:g}" if slack else ""))
+    if b is not None:
+        degradation = (c - b) if higher else (b - c)
+        if rule.max_degradation is not None and degradation > rule.max_degradation - slack:
+            broken.append(f"{degradation:+.6g} worse than the baseline's {b:.6g} (allowed {rule.max_degradation:g})")
+        if rule.max_degradation_relative is not None and b != 0 and degradation / abs(b) > rule.max_degradation_relative - slack:
+            broken.append(f"{degradation / abs(b):+.2%} worse than the baseline's {b:.6g} "
+                          f"(allowed {rule.max_degradation_relative:.2%})")
+    counts = f"(n={c_n}" + (f", baseline n={b_n})" if rule.relative else ")")
+    if broken:
+        return result(Verdict.FAIL, f"{rule.metric} {c:.6g} {counts}: " + "; ".join(broken))
+    versus = f" vs baseline {b:.6g}" if b is not None and rule.relative else ""
+    return result(Verdict.PASS, f"{rule.metric} {c:.6g}{versus} {counts}: within {rule.limits()}")
