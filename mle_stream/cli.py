@@ -107,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="reference profile of a model version (mle-stream profile build); computes drift "
                         "for its model against it (repeatable: one per version)")
 
-    p = add("bench", "measure the worker's events/s against a raw-consumer floor, or drift against Evidently",
+    p = add("bench", "measure the worker's events/s against a raw-consumer floor, drift against Evidently, "
+            "or rollback decisions against Flagger-style thresholds and the oracle CUSUM",
             "mle-stream bench [worker] (the default): publish N predictions (10 numeric features each) and "
             "labels for ~90% of them through the client into fresh topics, then measure over the same messages (1) the floor: a raw "
             "confluent-kafka consumer that only decodes them, and (2) the real worker (Faust) in its own "
@@ -124,11 +125,24 @@ def _parser() -> argparse.ArgumentParser:
             "(create it with scripts/bench-drift-env). Prints a table, or with --json at least seconds, "
             "evidently_seconds, speedup and max_relative_difference (ours vs Evidently's PSI and Wasserstein "
             "on the same statistic; see mle_stream/bench_drift.py). About 1.5 min at the default size.\n\n"
+            "mle-stream bench decisions: simulate --rollouts A/A rollouts (canary as good as the baseline) and "
+            "--rollouts A/B rollouts (canary error rate 2%% -> 4%% from the start, 10%% of the traffic), "
+            "--windows windows of 1000 labeled predictions each, and roll back with (i) the sequential "
+            "error-rate test of core/sequential.py at --alpha, looked at after every window, (ii) a "
+            "Flagger-style fixed threshold (a window error rate above 3%% is a failed check, 5 failed checks "
+            "roll back), (iii) the oracle CUSUM calibrated to the same false-alarm rate. Prints a table, or "
+            "with --json at least alpha, false_rollback_rate, power, median_delay_samples, p95_delay_samples, "
+            "cusum_median_delay_samples, fixed_threshold_false_rollback_rate and "
+            "fixed_threshold_median_delay_samples (delays in canary samples; see "
+            "mle_stream/bench_decisions.py). About 5 s at the default size; no broker.\n\n"
             "examples:\n"
             "  mle-stream bench --json\n"
-            "  scripts/bench-drift-env && mle-stream bench drift --json")
-    p.add_argument("what", nargs="?", choices=["worker", "drift"], default="worker",
-                   help="worker (default): the worker's throughput; drift: the drift table against Evidently")
+            "  scripts/bench-drift-env && mle-stream bench drift --json\n"
+            "  mle-stream bench decisions --json\n"
+            "  mle-stream bench decisions --rollouts 5000 --alpha 0.05 --seed 7")
+    p.add_argument("what", nargs="?", choices=["worker", "drift", "decisions"], default="worker",
+                   help="worker (default): the worker's throughput; drift: the drift table against Evidently; "
+                        "decisions: false rollbacks and detection delay of the sequential test")
     p.add_argument("--events", type=int, default=200_000, metavar="N",
                    help="predictions to publish and measure (default 200,000)")
     p.add_argument("--models", type=int, default=1, metavar="N", help="models the predictions are spread over (default 1)")
@@ -143,6 +157,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--evidently-python", type=Path, metavar="PATH",
                    help="drift: the python of the Evidently venv (default: the one scripts/bench-drift-env "
                         "creates, ~/.cache/mle-stream/bench-drift-evidently/bin/python)")
+    p.add_argument("--rollouts", type=int, metavar="N",
+                   help="decisions: A/A rollouts, and as many A/B rollouts (default 1000)")
+    p.add_argument("--alpha", type=float, metavar="A", help="decisions: the test's false-rollback rate (default 0.01)")
+    p.add_argument("--windows", type=int, metavar="N", help="decisions: windows per rollout, the horizon (default 60)")
+    p.add_argument("--min-relative-increase", type=float, metavar="M",
+                   help="decisions: margin: no rollback for a candidate/baseline error-rate ratio below 1+M "
+                        "(default 0.1)")
+    p.add_argument("--seed", type=int, metavar="N", help="decisions: random seed (default 20261129)")
 
     p = add("demo", "run the whole system on a simulated canary that degrades and is rolled back",
             "Start the embedded broker, a worker, the actuator and a simulator; register two versions "
@@ -275,6 +297,28 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     drift_options = {"--rows": args.rows, "--reference-rows": args.reference_rows, "--features": args.features,
                      "--evidently-python": args.evidently_python}
+    decision_options = {"--rollouts": args.rollouts, "--alpha": args.alpha, "--windows": args.windows,
+                        "--min-relative-increase": args.min_relative_increase, "--seed": args.seed}
+    if args.what == "decisions":
+        # Neither the worker's nor the drift bench's options mean anything here: refuse, don't ignore.
+        given = [name for name, value in drift_options.items() if value is not None]
+        given += [name for name, value in (("--events", args.events != 200_000), ("--models", args.models != 1),
+                                           ("--bootstrap", args.bootstrap), ("--profile", args.profile)) if value]
+        if given:
+            raise MleStreamError(f"bench decisions: {', '.join(given)} do not apply to `mle-stream bench decisions`")
+        from mle_stream.bench_decisions import format_decisions_report, run_decisions_bench
+
+        chosen = {name.lstrip("-").replace("-", "_"): value for name, value in decision_options.items()
+                  if value is not None}
+        try:
+            decisions = run_decisions_bench(**chosen)
+        except ValueError as exc:
+            raise MleStreamError(str(exc)) from None
+        print(json.dumps(decisions, indent=2) if args.json else format_decisions_report(decisions))
+        return 0
+    given = [name for name, value in decision_options.items() if value is not None]
+    if given:
+        raise MleStreamError(f"bench {args.what}: {', '.join(given)} apply to `mle-stream bench decisions` only")
     if args.what == "drift":
         # The worker's options mean nothing to the drift bench: refuse them rather than ignore them.
         given = [name for name, value in (("--events", args.events != 200_000), ("--models", args.models != 1),

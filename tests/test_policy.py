@@ -299,3 +299,44 @@ def test_a_step_waits_for_the_cooldown_and_rollback_ends_the_rollout() -> None:
 def test_rollout_steps_are_validated(rollout: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         topology("  - {name: a, metric: f1, min: 0.1}\n", rollout)
+
+
+@pytest.mark.parametrize("candidate_rate", [0.02, 0.06])  # A/A, and a tripled error rate
+def test_a_sequential_check_decides_as_the_test_fed_the_same_windows(candidate_rate: float) -> None:
+    from mle_stream.core.sequential import ErrorRateTest
+
+    t = topology("  - {name: seq, metric: error_rate, sequential: {alpha: 0.01, min_relative_increase: 0.1}}\n")
+    (rule,) = t.checks
+    assert rule.consecutive == 1  # the test's FAIL is conclusive on its own
+    rng = np.random.default_rng(5)
+    reference = ErrorRateTest(alpha=0.01, min_relative_increase=0.1, min_samples=100)
+    state, expected, got, commands = PolicyState(), [], [], []
+    for i in range(40):
+        b_err, c_err = int(rng.binomial(900, 0.02)), int(rng.binomial(100, candidate_rate))
+        reference.update(100, c_err, 900, b_err)
+        expected.append(reference.decide().verdict.value)
+        j = judge(t, i * 10_000, metrics(900, b_err), metrics(100, c_err), state)
+        state, out = decide(t, state, j, now_ms=1)
+        got.append(j.verdict.value)
+        commands += out
+        if state.rolled_back:
+            break
+        state = PolicyState.restore(json.loads(json.dumps(state.snapshot())))  # through a checkpoint every window
+    assert got == expected[:len(got)]
+    if candidate_rate == 0.02:
+        assert commands == [] and "FAIL" not in got
+    else:
+        (cmd,) = commands
+        assert cmd.kind is CommandKind.ROLLBACK and got[-1] == "FAIL" and got.count("FAIL") == 1
+        last = json.loads(cmd.evidence)["windows"][-1]["checks"][0]["sequential"]
+        assert last["log_likelihood_ratio"] == pytest.approx(reference.log_likelihood_ratio(), rel=1e-12)
+        assert last["log_likelihood_ratio"] >= last["threshold"] == pytest.approx(np.log(100))
+
+
+def test_sequential_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match=re.escape("checks[0].sequential: is for error rates")):
+        topology("  - {name: s, metric: f1, sequential: {alpha: 0.01}}\n")
+    with pytest.raises(ConfigError, match=re.escape("checks[0].sequential: decides alone")):
+        topology("  - {name: s, metric: error_rate, max: 0.1, sequential: {}}\n")
+    with pytest.raises(ConfigError, match=re.escape("checks[0].sequential.alpha: expected a number between 0 and 1")):
+        topology("  - {name: s, metric: error_rate, sequential: {alpha: 1}}\n")

@@ -13,7 +13,11 @@ the candidate's value crosses any of the limits it sets:
 A window with fewer than `min_samples` samples (labeled predictions for quality metrics,
 predictions for serving metrics, latency reports for latencies) on a side the check reads is
 INCONCLUSIVE: it never counts toward an action (flagger #1035, argo-rollouts #1466 are rollbacks
-caused by low traffic). `hysteresis` makes a failing check PASS again only once the value is that
+caused by low traffic). A check with `sequential` (error rates only) FAILs instead when the
+always-valid test of core/sequential.py concludes, over every window of the rollout so far, that
+the candidate's rate exceeds the baseline's by more than `min_relative_increase`: its false
+rollback rate stays below `alpha` however many windows are looked at, which a fixed limit
+re-checked every window cannot promise. `hysteresis` makes a failing check PASS again only once the value is that
 far inside its limits (in each limit's units: a fraction for max_degradation_relative), so a
 metric sitting on a limit does not flap.
 """
@@ -21,9 +25,11 @@ metric sitting on a limit does not flap.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
+
+from mle_stream.core.sequential import ErrorRateTest
 
 # Metric names per task, as WindowState.values() names them (README: Metrics). Suffixes @t (a
 # configured threshold) and [class] (per class) name variants of the same metric.
@@ -91,6 +97,21 @@ class Verdict(str, Enum):
     ERROR = "ERROR"  # no data at all, or a source outage: hold and alert
 
 
+SEQUENTIAL_METRICS = ("error_rate", "serving_error_rate")
+
+
+@dataclass(frozen=True)
+class SequentialSpec:
+    """The always-valid test's settings (core/sequential.py: ErrorRateTest)."""
+
+    alpha: float = 0.01
+    min_relative_increase: float = 0.1
+    mixing_scale: float = 0.7
+
+    def new_test(self, min_samples: int) -> ErrorRateTest:
+        return ErrorRateTest(self.alpha, self.min_relative_increase, self.mixing_scale, min_samples)
+
+
 @dataclass(frozen=True)
 class CheckRule:
     name: str
@@ -105,14 +126,21 @@ class CheckRule:
     cumulative: int | None = None  # FAIL windows in all that fire it, in a row or not
     hysteresis: float = 0.0
     action: str = "rollback"  # or "hold"
+    sequential: SequentialSpec | None = None
 
     @property
     def relative(self) -> bool:
-        return self.max_degradation is not None or self.max_degradation_relative is not None
+        return (self.max_degradation is not None or self.max_degradation_relative is not None
+                or self.sequential is not None)
 
     def limits(self) -> dict[str, Any]:
-        return {k: v for k, v in (("max", self.max), ("min", self.min), ("max_degradation", self.max_degradation),
-                                  ("max_degradation_relative", self.max_degradation_relative)) if v is not None}
+        limits: dict[str, Any] = {k: v for k, v in (("max", self.max), ("min", self.min),
+                                                   ("max_degradation", self.max_degradation),
+                                                   ("max_degradation_relative", self.max_degradation_relative))
+                                  if v is not None}
+        if self.sequential is not None:
+            limits["sequential"] = vars(self.sequential).copy()
+        return limits
 
 
 @dataclass(frozen=True)
@@ -125,24 +153,24 @@ class CheckResult:
     baseline_samples: int
     candidate_samples: int
     reason: str
+    test: Mapping[str, Any] | None = None  # a sequential check's decision: log LR, threshold, p-value, totals
+    test_state: Mapping[str, Any] | None = field(default=None, compare=False)  # its state after this window
 
     def evidence(self) -> dict[str, Any]:
-        return {"check": self.check, "metric": self.metric, "verdict": self.verdict.value,
-                "baseline": {"value": self.baseline_value, "samples": self.baseline_samples},
-                "candidate": {"value": self.candidate_value, "samples": self.candidate_samples},
-                "reason": self.reason}
-
-    @classmethod
-    def from_evidence(cls, data: Mapping[str, Any]) -> CheckResult:
-        return cls(str(data["check"]), str(data["metric"]), Verdict(data["verdict"]), data["baseline"]["value"],
-                   data["candidate"]["value"], int(data["baseline"]["samples"]), int(data["candidate"]["samples"]),
-                   str(data["reason"]))
+        out = {"check": self.check, "metric": self.metric, "verdict": self.verdict.value,
+               "baseline": {"value": self.baseline_value, "samples": self.baseline_samples},
+               "candidate": {"value": self.candidate_value, "samples": self.candidate_samples},
+               "reason": self.reason}
+        if self.test is not None:
+            out["sequential"] = dict(self.test)
+        return out
 
 
 def judge_check(rule: CheckRule, baseline: Mapping[str, Any], candidate: Mapping[str, Any],
-                failing: bool = False) -> CheckResult:
+                failing: bool = False, test_state: Mapping[str, Any] | None = None) -> CheckResult:
     """One check on one window: `baseline` and `candidate` are the versions' window metrics
-    (WindowState.values()); `failing`: the check FAILed the window before (hysteresis)."""
+    (WindowState.values()); `failing`: the check FAILed the window before (hysteresis);
+    `test_state`: a sequential check's state before this window (None: the rollout's first)."""
     samples = samples_of(rule.metric)
     b, c = baseline.get(rule.metric), candidate.get(rule.metric)
     b_n, c_n = int(baseline.get(samples) or 0), int(candidate.get(samples) or 0)
@@ -150,6 +178,9 @@ def judge_check(rule: CheckRule, baseline: Mapping[str, Any], candidate: Mapping
 
     def result(verdict: Verdict, reason: str) -> CheckResult:
         return CheckResult(rule.name, rule.metric, verdict, b, c, b_n, c_n, reason)
+
+    if rule.sequential is not None:
+        return _judge_sequential(rule, rule.sequential, b, c, b_n, c_n, test_state)
 
     if c_n < rule.min_samples or (rule.relative and b_n < rule.min_samples):
         sides = f"baseline {b_n}, candidate {c_n}" if rule.relative else f"candidate {c_n}"
@@ -177,3 +208,20 @@ def judge_check(rule: CheckRule, baseline: Mapping[str, Any], candidate: Mapping
         return result(Verdict.FAIL, f"{rule.metric} {c:.6g} {counts}: " + "; ".join(broken))
     versus = f" vs baseline {b:.6g}" if b is not None and rule.relative else ""
     return result(Verdict.PASS, f"{rule.metric} {c:.6g}{versus} {counts}: within {rule.limits()}")
+
+
+def _judge_sequential(rule: CheckRule, spec: SequentialSpec, b: float | None, c: float | None, b_n: int, c_n: int,
+                      test_state: Mapping[str, Any] | None) -> CheckResult:
+    """Add this window's counts to the rollout's test, then read its decision."""
+    test = ErrorRateTest.restore(dict(test_state)) if test_state else spec.new_test(rule.min_samples)
+    if b_n or c_n:
+        test.update(c_n, round((c or 0.0) * c_n), b_n, round((b or 0.0) * b_n))
+    decision = test.decide()
+    summary = {"log_likelihood_ratio": decision.log_likelihood_ratio, "threshold": decision.threshold,
+               "p_value": decision.p_value, "windows": test.windows,
+               "candidate": {"samples": test.candidate_n, "errors": test.candidate_errors},
+               "baseline": {"samples": test.baseline_n, "errors": test.baseline_errors}}
+    return CheckResult(rule.name, rule.metric, Verdict(decision.verdict.value), b, c, b_n, c_n,
+                       f"sequential test over {test.windows} windows: {decision.reason}; "
+                       f"log LR {decision.log_likelihood_ratio:.3g} vs {decision.threshold:.3g} (alpha {spec.alpha:g})",
+                       test=summary, test_state=test.snapshot())

@@ -53,6 +53,7 @@ class CheckState:
     streak: tuple[dict[str, Any], ...] = ()  # evidence of the FAIL windows in a row, oldest first
     failures: int = 0  # FAIL windows since the rollout began
     failing: bool = False  # the last judged window FAILed (hysteresis)
+    test: Mapping[str, Any] | None = None  # a sequential check's test state over the rollout so far
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class PolicyState:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON-able data; `restore` gives back an equal state."""
-        return {"checks": {n: {"streak": list(c.streak), "failures": c.failures, "failing": c.failing}
+        return {"checks": {n: {"streak": list(c.streak), "failures": c.failures, "failing": c.failing,
+                               "test": None if c.test is None else dict(c.test)}
                            for n, c in self.checks.items()},
                 "rolled_back": self.rolled_back, "holding": self.holding, "last_hold_end": self.last_hold_end,
                 "step": self.step, "step_passes": list(self.step_passes), "last_step_end": self.last_step_end,
@@ -79,7 +81,7 @@ class PolicyState:
 
     @classmethod
     def restore(cls, data: Mapping[str, Any]) -> PolicyState:
-        checks = {str(n): CheckState(tuple(c["streak"]), int(c["failures"]), bool(c["failing"]))
+        checks = {str(n): CheckState(tuple(c["streak"]), int(c["failures"]), bool(c["failing"]), c.get("test"))
                   for n, c in (data.get("checks") or {}).items()}
         last, step_end = data.get("last_hold_end"), data.get("last_step_end")
         return cls(checks, bool(data["rolled_back"]), data.get("holding"), None if last is None else int(last),
@@ -97,7 +99,7 @@ def judge(topology: Topology, start: int, baseline: WindowState, candidate: Wind
     window_s = topology.window_size_ms / 1000
     b_values, c_values = baseline.values(window_s), candidate.values(window_s)
     state = state or PolicyState()
-    results = tuple(judge_check(rule, b_values, c_values, state.check(rule.name).failing)
+    results = tuple(judge_check(rule, b_values, c_values, state.check(rule.name).failing, state.check(rule.name).test)
                     for rule in topology.checks)
     verdicts = {r.verdict for r in results}
     verdict = (Verdict.FAIL if Verdict.FAIL in verdicts else
@@ -144,12 +146,13 @@ def decide(topology: Topology, state: PolicyState, judgement: WindowJudgement,
     checks = dict(state.checks)
     for result in judgement.checks:
         current = state.check(result.check)
+        test = current.test if result.test_state is None else result.test_state
         if result.verdict is Verdict.FAIL:
-            checks[result.check] = CheckState(current.streak + (judgement.evidence(),), current.failures + 1, True)
+            checks[result.check] = CheckState(current.streak + (judgement.evidence(),), current.failures + 1, True, test)
         elif result.verdict is Verdict.PASS:
-            checks[result.check] = CheckState((), current.failures, False)
+            checks[result.check] = CheckState((), current.failures, False, test)
         else:  # INCONCLUSIVE breaks the streak: the windows must follow each other
-            checks[result.check] = CheckState((), current.failures, current.failing)
+            checks[result.check] = CheckState((), current.failures, current.failing, test)
     state = replace(state, checks=checks, holding=None)
     fired = [(rule, checks[rule.name]) for rule in topology.checks
              if rule.name in checks and _fires(rule, checks[rule.name])]

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import yaml
 
-from mle_stream.core.checks import CheckRule, default_worse, metric_problem
+from mle_stream.core.checks import SEQUENTIAL_METRICS, CheckRule, SequentialSpec, default_worse, metric_problem
 from mle_stream.core.drift.concept import KINDS, DetectorSpec
 from mle_stream.core.drift.decision import DriftThresholds
 from mle_stream.core.drift.live import DriftSettings
@@ -24,7 +24,7 @@ TASKS = ("binary", "multiclass", "regression")
 MODES = ("canary",)  # shadow and A/B come with the decision engine
 ROLLBACK_METRICS = ("error_rate", "serving_error_rate")  # the `rollback:` shorthand's choices
 CHECK_KEYS = {"name", "metric", "worse", "max", "min", "max_degradation", "max_degradation_relative", "min_samples",
-              "consecutive", "cumulative", "hysteresis", "action"}
+              "consecutive", "cumulative", "hysteresis", "action", "sequential"}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -208,6 +208,13 @@ def _number(v: Any) -> float:
     return float(v)
 
 
+def _open_fraction(v: Any) -> float:
+    value = _number(v)
+    if not 0 < value < 1:
+        raise ValueError(f"expected a number between 0 and 1 (exclusive), got {v!r}")
+    return value
+
+
 def _percent(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 100:
         raise ValueError(f"expected a whole percentage in 1..100, got {v!r}")
@@ -334,13 +341,30 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
                             default=None if metric is None else default_worse(metric))
             if worse is None and metric is not None and not problem:
                 r.error(item, f"{path}.worse", f"say in which direction {metric} gets worse: higher or lower")
+            sequential = None
+            if "sequential" in c:
+                sq = r.mapping(c["sequential"], f"{path}.sequential", {"alpha", "min_relative_increase", "mixing_scale"})
+                sequential = SequentialSpec(
+                    alpha=r.value(sq, "alpha", f"{path}.sequential", _open_fraction, default=SequentialSpec.alpha),
+                    min_relative_increase=r.value(sq, "min_relative_increase", f"{path}.sequential", _non_negative,
+                                                  default=SequentialSpec.min_relative_increase),
+                    mixing_scale=r.value(sq, "mixing_scale", f"{path}.sequential", _positive_float,
+                                         default=SequentialSpec.mixing_scale))
+                if metric not in SEQUENTIAL_METRICS:
+                    r.error(c["sequential"], f"{path}.sequential",
+                            f"is for error rates ({', '.join(SEQUENTIAL_METRICS)}), not {metric}")
+                if any(k in c for k in ("max", "min", "max_degradation", "max_degradation_relative", "hysteresis")):
+                    r.error(c["sequential"], f"{path}.sequential",
+                            "decides alone: give the limits (max, min, max_degradation...) to another check")
             rule = CheckRule(
+                sequential=sequential,
                 name=name or "", metric=metric or "", worse=worse or "higher",
                 max=r.value(c, "max", path, _number, default=None), min=r.value(c, "min", path, _number, default=None),
                 max_degradation=r.value(c, "max_degradation", path, _non_negative, default=None),
                 max_degradation_relative=r.value(c, "max_degradation_relative", path, _non_negative, default=None),
                 min_samples=r.value(c, "min_samples", path, _positive_int, default=100),
-                consecutive=r.value(c, "consecutive", path, _positive_int, default=3),
+                # A sequential test's FAIL is already conclusive: one window fires it by default.
+                consecutive=r.value(c, "consecutive", path, _positive_int, default=1 if "sequential" in c else 3),
                 cumulative=r.value(c, "cumulative", path, _positive_int, default=None),
                 hysteresis=r.value(c, "hysteresis", path, _non_negative, default=0.0),
                 action=r.value(c, "action", path, _choice(("rollback", "hold")), default="rollback"),
