@@ -79,3 +79,16 @@ def test_two_files_for_one_model_are_refused(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text(MINIMAL)
     with pytest.raises(ConfigError, match="already described by"):
         load_topologies([tmp_path])
+
+
+def test_the_ab_example_is_an_ab_test_with_one_split() -> None:
+    t = load_topology(REPO / "topologies" / "recommender-ab.yaml")
+    assert t.mode == "ab" and t.rollout is not None and t.rollout.steps == (50, 100)
+    assert [c.name for c in t.checks] == ["clicks-vs-baseline", "auc-vs-baseline", "p99-latency"]
+    assert t.checks[0].sequential is not None and t.checks[0].sequential.alpha == 0.01
+    with pytest.raises(ConfigError, match="mode ab needs rollout"):
+        parse_topology(MINIMAL + "mode: ab\n")
+    with pytest.raises(ConfigError, match="an A/B test has one split"):
+        parse_topology(MINIMAL + "mode: ab\nrollout: {steps: [10, 50, 100]}\n")
+    with pytest.raises(ConfigError, match="mode: expected one of canary, ab, got 'shadow'"):
+        parse_topology(MINIMAL + "mode: shadow\n")

@@ -21,7 +21,11 @@ from mle_stream.core.drift.live import DriftSettings
 from mle_stream.errors import ConfigError
 
 TASKS = ("binary", "multiclass", "regression")
-MODES = ("canary",)  # shadow and A/B come with the decision engine
+# canary: the candidate takes rising traffic steps (rollout.steps) or keeps the deployment's split;
+# ab: both versions serve a fixed split (rollout.steps: [split, 100]) until the gate promotes the
+# candidate or a check rolls it back. Shadow needs the shadow and the production prediction of one
+# request paired, which the event contract does not carry yet.
+MODES = ("canary", "ab")
 ROLLBACK_METRICS = ("error_rate", "serving_error_rate")  # the `rollback:` shorthand's choices
 CHECK_KEYS = {"name", "metric", "worse", "max", "min", "max_degradation", "max_degradation_relative", "min_samples",
               "consecutive", "cumulative", "hysteresis", "action", "sequential"}
@@ -380,8 +384,13 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         steps = tuple(r.sequence(ro, "steps", "rollout", _percent)) or RolloutSteps.steps
         if list(steps) != sorted(set(steps)) or steps[-1] != 100:
             r.error(ro.get("steps", ro_node), "rollout.steps", f"must rise strictly and end at 100, got {list(steps)}")
+        elif mode == "ab" and len(steps) != 2:
+            r.error(ro.get("steps", ro_node), "rollout.steps",
+                    f"an A/B test has one split and the promotion, e.g. [50, 100]; got {list(steps)}")
         rollout = RolloutSteps(steps, r.value(ro, "windows", "rollout", _positive_int, default=RolloutSteps.windows),
                                r.value(ro, "samples", "rollout", _non_negative_int, default=RolloutSteps.samples))
+    elif mode == "ab":
+        r.error(root, "rollout", "mode ab needs rollout: {steps: [<split>, 100], windows: N, samples: N}")
     de, _ = section("decision", {"cooldown", "outage_after"})
     decision = DecisionSettings(
         cooldown_ms=r.value(de, "cooldown", "decision", _duration, default=DecisionSettings.cooldown_ms),
