@@ -269,6 +269,11 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
                                "drift", "retrain", "checks", "decision", "rollout"})
     model = r.value(top, "model", "", _text, required=True)
     task = r.value(top, "task", "", _choice(TASKS), required=True)
+    if "mode" in top and getattr(top["mode"], "value", None) == "shadow":
+        r.error(top["mode"], "mode", "shadow is not supported yet: comparing a shadow prediction with the "
+                                     "production one of the same request needs a request id the event contract "
+                                     "does not carry; use canary or ab")
+        del top["mode"]
     mode = r.value(top, "mode", "", _choice(MODES), default="canary")
     threshold = r.value(top, "threshold", "", _fraction, default=0.5)
 
