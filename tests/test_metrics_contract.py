@@ -152,12 +152,23 @@ def regression_view(snapshot: dict[str, Any]) -> dict[str, Any]:
     return sums | {"mean": pivot + s1 / n if n else 0.0, "m2": s2 - s1 * s1 / n if n else 0.0}
 
 
+def moments_view(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A snapshot whose `key` holds (n, pivot, s1, s2) moments, those seen as count, mean and
+    squared deviations (as regression_view). Their standard deviation is ill-conditioned where the
+    deviations are ~0: sqrt turns a 1e-14 residue of the rows taken out into 1e-7."""
+    def view(snapshot: dict[str, Any]) -> dict[str, Any]:
+        n, pivot, s1, s2 = snapshot[key]
+        return snapshot | {key: {"n": n, "mean": pivot + s1 / n if n else 0.0, "m2": s2 - s1 * s1 / n if n else 0.0}}
+    return view
+
+
 CASES = [
     Case("binary", lambda: BinaryMetrics(thresholds=(0.3, 0.5, 0.7), calibration_bins=5), binary_batches(),
          (lambda: BinaryMetrics(thresholds=(0.5,)), lambda: BinaryMetrics(thresholds=(0.4,)), "thresholds"),
          [lambda: BinaryMetrics(thresholds=(1.5,)), lambda: BinaryMetrics(thresholds=(float("nan"),)),
           lambda: BinaryMetrics(thresholds=(0.5, 0.5)), lambda: BinaryMetrics(score_bins=1),
-          lambda: BinaryMetrics(score_bins=10.5), lambda: BinaryMetrics(calibration_bins=0)]),
+          lambda: BinaryMetrics(score_bins=10.5), lambda: BinaryMetrics(calibration_bins=0)],
+         ill_conditioned=("log_loss_std",), view=moments_view("loss_moments")),
     # Four bins: most batches coarsen the histogram, so merges across levels get exercised.
     Case("binary, coarse histogram", lambda: BinaryMetrics(score_bins=4, calibration_bins=3), binary_batches(),
          (lambda: BinaryMetrics(score_bins=4), lambda: BinaryMetrics(score_bins=8), "score_bins"),
@@ -173,7 +184,8 @@ CASES = [
          view=regression_view),
     Case("serving", lambda: ServingMetrics(relative_accuracy=0.02), serving_batches(),
          (lambda: ServingMetrics(0.01), lambda: ServingMetrics(0.02), "relative_accuracy"),
-         [lambda: ServingMetrics(0.0), lambda: ServingMetrics(1.0)]),
+         [lambda: ServingMetrics(0.0), lambda: ServingMetrics(1.0)],
+         ill_conditioned=("latency_std_ms",), view=moments_view("latency_moments")),
 ]
 ids = [c.name for c in CASES]
 

@@ -87,3 +87,22 @@ def test_merged_windows_take_their_span_from_the_caller() -> None:
     minute_2.update(np.full(60, 5.0), np.ones(60, dtype=bool))
     both = minute_1.merge(minute_2).values(window_s=120.0)
     assert both["throughput_per_s"] == 1.5 and both["error_rate"] == pytest.approx(1 / 3)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 1e4, allow_nan=False), min_size=0, max_size=60), st.integers(0, 10))
+def test_latency_mean_and_std_equal_numpy_and_a_correction_takes_a_value_out(values: list[float], gaps: int) -> None:
+    latency = np.array(values + [np.nan] * gaps)
+    state = ServingMetrics()
+    state.update(latency, np.zeros(len(latency), dtype=bool))
+    state.update(np.array([123.0]), np.zeros(1, dtype=bool))
+    state.update(np.array([123.0]), np.zeros(1, dtype=bool), weight=np.array([-1.0]))  # taken back out
+    v = ServingMetrics.restore(state.snapshot()).values()
+    if not values:
+        assert v["latency_mean_ms"] is None and v["latency_std_ms"] is None
+        return
+    assert v["latency_mean_ms"] == pytest.approx(float(np.mean(values)), rel=1e-9, abs=1e-9)
+    if len(values) < 2:
+        assert v["latency_std_ms"] is None
+    else:
+        assert v["latency_std_ms"] == pytest.approx(float(np.std(values, ddof=1)), rel=1e-6, abs=1e-6)

@@ -334,9 +334,45 @@ def test_a_sequential_check_decides_as_the_test_fed_the_same_windows(candidate_r
 
 
 def test_sequential_settings_are_validated() -> None:
-    with pytest.raises(ConfigError, match=re.escape("checks[0].sequential: is for error rates")):
+    with pytest.raises(ConfigError, match=re.escape("checks[0].sequential: is for error_rate, serving_error_rate, log_loss")):
         topology("  - {name: s, metric: f1, sequential: {alpha: 0.01}}\n")
     with pytest.raises(ConfigError, match=re.escape("checks[0].sequential: decides alone")):
         topology("  - {name: s, metric: error_rate, max: 0.1, sequential: {}}\n")
     with pytest.raises(ConfigError, match=re.escape("checks[0].sequential.alpha: expected a number between 0 and 1")):
         topology("  - {name: s, metric: error_rate, sequential: {alpha: 1}}\n")
+
+
+def test_a_sequential_log_loss_check_decides_as_the_mean_test_fed_the_raw_losses() -> None:
+    from sklearn.metrics import log_loss
+
+    from mle_stream.core.sequential import MeanTest
+
+    t = topology("  - {name: ll, metric: log_loss, sequential: {alpha: 0.01, min_relative_increase: 0.05}}\n")
+    rng = np.random.default_rng(8)
+    reference = MeanTest(alpha=0.01, min_relative_increase=0.05, min_samples=100)
+    state, got, expected, commands = PolicyState(), [], [], []
+
+    def window(n: int, noise: float) -> tuple[WindowState, np.ndarray]:
+        y = rng.random(n) < 0.3
+        score = np.clip(np.where(y, 0.7, 0.3) + rng.normal(0, noise, n), 0.01, 0.99)
+        state_ = WindowState.for_topology(t)
+        state_.serve(np.full(n, np.nan), np.zeros(n, dtype=bool))
+        state_.score(BinaryOutcomes(y, score, score >= 0.5))
+        losses = np.array([log_loss(y[i:i + 1], score[i:i + 1], labels=[False, True]) for i in range(n)])
+        return state_, losses
+
+    for i in range(30):
+        base, b_losses = window(400, 0.1)
+        cand, c_losses = window(100, 0.1 if i < 5 else 0.35)  # the candidate's scores get noisy from window 5
+        reference.update_values(c_losses, b_losses)
+        expected.append(reference.decide().verdict.value)
+        j = judge(t, i * 10_000, base, cand, state)
+        state, out = decide(t, state, j, now_ms=1)
+        got.append(j.verdict.value)
+        commands += out
+        if state.rolled_back:
+            break
+    assert got == expected[:len(got)] and got[-1] == "FAIL" and "FAIL" not in got[:5]
+    (cmd,) = commands
+    last = json.loads(cmd.evidence)["windows"][-1]["checks"][0]["sequential"]
+    assert last["log_likelihood_ratio"] == pytest.approx(reference.log_likelihood_ratio(), rel=1e-9)

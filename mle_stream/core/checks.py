@@ -29,21 +29,22 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
 
-from mle_stream.core.sequential import ErrorRateTest
+from mle_stream.core.sequential import ErrorRateTest, MeanTest
 
 # Metric names per task, as WindowState.values() names them (README: Metrics). Suffixes @t (a
 # configured threshold) and [class] (per class) name variants of the same metric.
 TASK_METRICS: dict[str, frozenset[str]] = {
     "binary": frozenset({"accuracy", "error_rate", "precision", "recall", "f1", "roc_auc", "average_precision",
-                         "log_loss", "brier_score", "expected_calibration_error", "positive_rate", "label_rate",
+                         "log_loss", "log_loss_std", "brier_score", "expected_calibration_error", "positive_rate", "label_rate",
                          "mean_score"}),
     "multiclass": frozenset({"accuracy", "error_rate", "micro_f1", "macro_f1", "log_loss", "recall"}),
     "regression": frozenset({"mae", "rmse", "r2", "mape", "mean_prediction", "mean_label"}),
 }
 SERVING_METRICS = frozenset({"serving_error_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
-                             "label_coverage", "throughput_per_s"})
+                             "latency_mean_ms", "latency_std_ms", "label_coverage", "throughput_per_s"})
 HIGHER_IS_WORSE = frozenset({"error_rate", "log_loss", "brier_score", "expected_calibration_error", "mae", "rmse",
-                             "mape", "serving_error_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms"})
+                             "mape", "serving_error_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
+                             "latency_mean_ms"})
 LOWER_IS_WORSE = frozenset({"accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "micro_f1",
                             "macro_f1", "r2", "label_coverage", "throughput_per_s"})
 _VARIANT = re.compile(r"^(?P<base>[a-z_0-9]+?)(?:@(?P<at>[0-9.]+)|\[(?P<cls>[^\]]+)\])?$")
@@ -97,19 +98,27 @@ class Verdict(str, Enum):
     ERROR = "ERROR"  # no data at all, or a source outage: hold and alert
 
 
-SEQUENTIAL_METRICS = ("error_rate", "serving_error_rate")
+# Rates get ErrorRateTest (counts); means of a per-prediction quantity get MeanTest (count, mean,
+# standard deviation: the window metric named here, its "_std" twin, and its sample count).
+RATE_METRICS = ("error_rate", "serving_error_rate")
+MEAN_METRICS = {"log_loss": "log_loss_std", "latency_mean_ms": "latency_std_ms"}
+SEQUENTIAL_METRICS = RATE_METRICS + tuple(MEAN_METRICS)
 
 
 @dataclass(frozen=True)
 class SequentialSpec:
-    """The always-valid test's settings (core/sequential.py: ErrorRateTest)."""
+    """The always-valid test's settings (core/sequential.py); None takes the test's default."""
 
     alpha: float = 0.01
-    min_relative_increase: float = 0.1
-    mixing_scale: float = 0.7
+    min_relative_increase: float | None = None
+    mixing_scale: float | None = None
 
-    def new_test(self, min_samples: int) -> ErrorRateTest:
-        return ErrorRateTest(self.alpha, self.min_relative_increase, self.mixing_scale, min_samples)
+    def new_test(self, metric: str, min_samples: int) -> ErrorRateTest | MeanTest:
+        test = ErrorRateTest if metric in RATE_METRICS else MeanTest
+        defaults = test()
+        return test(self.alpha, defaults.min_relative_increase if self.min_relative_increase is None
+                    else self.min_relative_increase,
+                    defaults.mixing_scale if self.mixing_scale is None else self.mixing_scale, min_samples)
 
 
 @dataclass(frozen=True)
@@ -180,7 +189,9 @@ def judge_check(rule: CheckRule, baseline: Mapping[str, Any], candidate: Mapping
         return CheckResult(rule.name, rule.metric, verdict, b, c, b_n, c_n, reason)
 
     if rule.sequential is not None:
-        return _judge_sequential(rule, rule.sequential, b, c, b_n, c_n, test_state)
+        std = MEAN_METRICS.get(rule.metric)
+        return _judge_sequential(rule, rule.sequential, b, c, b_n, c_n, test_state,
+                                 None if std is None else baseline.get(std), None if std is None else candidate.get(std))
 
     if c_n < rule.min_samples or (rule.relative and b_n < rule.min_samples):
         sides = f"baseline {b_n}, candidate {c_n}" if rule.relative else f"candidate {c_n}"
@@ -210,17 +221,44 @@ def judge_check(rule: CheckRule, baseline: Mapping[str, Any], candidate: Mapping
     return result(Verdict.PASS, f"{rule.metric} {c:.6g}{versus} {counts}: within {rule.limits()}")
 
 
+def _sums(n: int, mean: float | None, std: float | None) -> tuple[float, float, float]:
+    """(n, sum, sum of squares) of n values with this mean and sample standard deviation; a
+    window without a mean adds nothing (n counted only with a mean)."""
+    if mean is None or n <= 0:
+        return 0.0, 0.0, 0.0
+    variance = 0.0 if std is None else std * std
+    return float(n), n * mean, (n - 1) * variance + n * mean * mean
+
+
+def _mean(n: float, total: float) -> float | None:
+    return total / n if n else None
+
+
 def _judge_sequential(rule: CheckRule, spec: SequentialSpec, b: float | None, c: float | None, b_n: int, c_n: int,
-                      test_state: Mapping[str, Any] | None) -> CheckResult:
-    """Add this window's counts to the rollout's test, then read its decision."""
-    test = ErrorRateTest.restore(dict(test_state)) if test_state else spec.new_test(rule.min_samples)
-    if b_n or c_n:
-        test.update(c_n, round((c or 0.0) * c_n), b_n, round((b or 0.0) * b_n))
+                      test_state: Mapping[str, Any] | None, b_std: float | None = None,
+                      c_std: float | None = None) -> CheckResult:
+    """Add this window to the rollout's test, then read its decision."""
+    test: ErrorRateTest | MeanTest
+    totals: dict[str, dict[str, Any]]
+    if rule.metric in RATE_METRICS:
+        test = ErrorRateTest.restore(dict(test_state)) if test_state else spec.new_test(rule.metric, rule.min_samples)
+        assert isinstance(test, ErrorRateTest)
+        if b_n or c_n:
+            test.update(c_n, round((c or 0.0) * c_n), b_n, round((b or 0.0) * b_n))
+        totals = {"candidate": {"samples": test.candidate_n, "errors": test.candidate_errors},
+                  "baseline": {"samples": test.baseline_n, "errors": test.baseline_errors}}
+    else:
+        test = MeanTest.restore(dict(test_state)) if test_state else spec.new_test(rule.metric, rule.min_samples)
+        assert isinstance(test, MeanTest)
+        # Count, sum and sum of squares per version back from the window's mean and sample std.
+        sums = [_sums(n, mean, std) for n, mean, std in ((c_n, c, c_std), (b_n, b, b_std))]
+        if sums[0][0] or sums[1][0]:
+            test.update(*sums[0], *sums[1])
+        totals = {"candidate": {"samples": test.candidate_n, "mean": _mean(test.candidate_n, test.candidate_sum)},
+                  "baseline": {"samples": test.baseline_n, "mean": _mean(test.baseline_n, test.baseline_sum)}}
     decision = test.decide()
     summary = {"log_likelihood_ratio": decision.log_likelihood_ratio, "threshold": decision.threshold,
-               "p_value": decision.p_value, "windows": test.windows,
-               "candidate": {"samples": test.candidate_n, "errors": test.candidate_errors},
-               "baseline": {"samples": test.baseline_n, "errors": test.baseline_errors}}
+               "p_value": decision.p_value, "windows": test.windows, **totals}
     return CheckResult(rule.name, rule.metric, Verdict(decision.verdict.value), b, c, b_n, c_n,
                        f"sequential test over {test.windows} windows: {decision.reason}; "
                        f"log LR {decision.log_likelihood_ratio:.3g} vs {decision.threshold:.3g} (alpha {spec.alpha:g})",

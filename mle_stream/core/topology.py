@@ -356,12 +356,11 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
                 sequential = SequentialSpec(
                     alpha=r.value(sq, "alpha", f"{path}.sequential", _open_fraction, default=SequentialSpec.alpha),
                     min_relative_increase=r.value(sq, "min_relative_increase", f"{path}.sequential", _non_negative,
-                                                  default=SequentialSpec.min_relative_increase),
-                    mixing_scale=r.value(sq, "mixing_scale", f"{path}.sequential", _positive_float,
-                                         default=SequentialSpec.mixing_scale))
+                                                  default=None),
+                    mixing_scale=r.value(sq, "mixing_scale", f"{path}.sequential", _positive_float, default=None))
                 if metric not in SEQUENTIAL_METRICS:
                     r.error(c["sequential"], f"{path}.sequential",
-                            f"is for error rates ({', '.join(SEQUENTIAL_METRICS)}), not {metric}")
+                            f"is for {', '.join(SEQUENTIAL_METRICS)}, not {metric}")
                 if any(k in c for k in ("max", "min", "max_degradation", "max_degradation_relative", "hysteresis")):
                     r.error(c["sequential"], f"{path}.sequential",
                             "decides alone: give the limits (max, min, max_degradation...) to another check")

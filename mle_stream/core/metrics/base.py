@@ -9,7 +9,11 @@ windows on the same update/revert pair).
 
 from __future__ import annotations
 
+import math
 from typing import Any, ParamSpec, Protocol, Self, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
 
 P = ParamSpec("P")
 
@@ -71,3 +75,57 @@ def ratio(numerator: float, denominator: float) -> float | None:
     """numerator / denominator, None when the denominator is not positive (no rows yet, or a
     state that holds only removals)."""
     return numerator / denominator if denominator > 0 else None
+
+
+# (n, pivot, s1, s2): n values, s1 = sum(y - pivot), s2 = sum((y - pivot)^2). The pivot is a
+# value (or near the mean, see combine_moments); signed rows can leave n = 0 with content (a removal and
+# an addition of different rows), which this form holds without dividing by n.
+Moments = tuple[int, float, float, float]
+EMPTY_MOMENTS: Moments = (0, 0.0, 0.0, 0.0)
+
+
+def moments_of(y: npt.NDArray[np.float64]) -> Moments:
+    """Moments of one batch about its first value: constant values give exactly zero deviations."""
+    if len(y) == 0:
+        return EMPTY_MOMENTS
+    deviation = y - y[0]
+    return len(y), float(y[0]), float(deviation.sum()), float(deviation @ deviation)
+
+
+def combine_moments(a: Moments, b: Moments) -> Moments:
+    """The moments of both sides' values. Keeps a's pivot while a holds rows, so that adding rows
+    and taking them back out returns the pivot, and the sums, to what they were."""
+    na, ka, s1a, s2a = a
+    nb, kb, s1b, s2b = b
+    n = na + nb
+    pivot = ka if na else kb
+    da, db = ka - pivot, kb - pivot
+    s1_terms = (s1a, na * da, s1b, nb * db)
+    s2_terms = (s2a, 2 * da * s1a, na * da * da, s2b, 2 * db * s1b, nb * db * db)
+    # fsum: the sums of the terms are exact, so terms added and later subtracted cancel exactly.
+    s1, s2 = math.fsum(s1_terms), math.fsum(s2_terms)
+    if n == 0:
+        return (0, pivot, s1, s2) if s1 or s2 else EMPTY_MOMENTS
+    if n > 0 and 2 * s1 * s1 > n * s2:
+        # The mean moved more than a standard deviation off the pivot: s2 - s1^2/n would start to
+        # cancel. Move the pivot to the mean (Chan's centring); any pivot is exact, this one is stable.
+        shift = (pivot + s1 / n) - pivot
+        s1, s2 = math.fsum((s1, -n * shift)), math.fsum((s2, -2 * shift * s1, n * shift * shift))
+        pivot += shift
+    return n, pivot, s1, s2
+
+
+def signed_moments(moments: Moments, values: npt.NDArray[np.float64], weight: npt.NDArray[np.float64]) -> Moments:
+    """`moments` with the weight +1 values added and the weight -1 values taken out."""
+    added, removed = moments_of(values[weight > 0]), moments_of(values[weight < 0])
+    return combine_moments(combine_moments(moments, added), (-removed[0], removed[1], -removed[2], -removed[3]))
+
+
+def moments_mean_std(moments: Moments) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof 1); None where undefined (n < 1, n < 2)."""
+    n, pivot, s1, s2 = moments
+    if n <= 0:
+        return None, None
+    mean = pivot + s1 / n
+    # combine_moments keeps the pivot within a standard deviation of the mean: no cancellation.
+    return mean, (math.sqrt(max(0.0, s2 - s1 * s1 / n) / (n - 1)) if n >= 2 else None)

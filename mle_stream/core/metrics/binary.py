@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from mle_stream.core.metrics.base import check_mergeable, check_snapshot, ratio
+from mle_stream.core.metrics.base import (EMPTY_MOMENTS, Moments, check_mergeable, check_snapshot, moments_mean_std, ratio,
+                                          combine_moments, signed_moments)
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, FloatArray
 
 IntArray = npt.NDArray[np.int64]
@@ -100,6 +101,7 @@ class BinaryMetrics:
         self._tp_at = np.zeros(len(ts), dtype=np.int64)  # per threshold
         self._fp_at = np.zeros(len(ts), dtype=np.int64)
         self._log_loss_sum = 0.0
+        self._loss_moments: Moments = EMPTY_MOMENTS  # of the per-prediction losses: their spread, for a sequential test
         self._brier_sum = 0.0
         self._cal_count = np.zeros(calibration_bins, dtype=np.int64)
         self._cal_positives = np.zeros(calibration_bins, dtype=np.int64)
@@ -132,7 +134,9 @@ class BinaryMetrics:
         self._fp_at += (at @ wn).astype(np.int64)
 
         p_label = np.clip(np.where(y, score, 1.0 - score), _EPS, 1.0 - _EPS)  # as sklearn clips
-        self._log_loss_sum += float(w @ -np.log(p_label))
+        losses = -np.log(p_label)
+        self._log_loss_sum += float(w @ losses)
+        self._loss_moments = signed_moments(self._loss_moments, losses, w)
         self._brier_sum += float(w @ (score - y) ** 2)
         cal = np.searchsorted(self._inner_edges, score)  # calibration_curve's own binning
         k = self.calibration_bins
@@ -155,6 +159,7 @@ class BinaryMetrics:
         merged._tp_at = self._tp_at + other._tp_at
         merged._fp_at = self._fp_at + other._fp_at
         merged._log_loss_sum = self._log_loss_sum + other._log_loss_sum
+        merged._loss_moments = combine_moments(self._loss_moments, other._loss_moments)
         merged._brier_sum = self._brier_sum + other._brier_sum
         merged._cal_count = self._cal_count + other._cal_count
         merged._cal_positives = self._cal_positives + other._cal_positives
@@ -185,8 +190,8 @@ class BinaryMetrics:
             names = ["accuracy", "precision", "recall", "f1"]
             names += [f"{m}@{t!r}" for t in self.thresholds for m in names]
             names += ["error_rate", "roc_auc", "roc_auc_error_bound", "average_precision", "average_precision_error_bound",
-                      "log_loss", "brier_score", "expected_calibration_error", "positive_rate", "label_rate",
-                      "mean_score"]
+                      "log_loss", "log_loss_std", "brier_score", "expected_calibration_error", "positive_rate",
+                      "label_rate", "mean_score"]
             return out | dict.fromkeys(names)
         out |= _confusion_metrics(n, p, self._tp, self._fp, "")
         # From the counts, not 1 - accuracy, so that it is exact (the policy compares it).
@@ -195,6 +200,7 @@ class BinaryMetrics:
             out |= _confusion_metrics(n, p, tp, fp, f"@{t!r}")
         out |= self._ranking_metrics()
         out["log_loss"] = self._log_loss_sum / n
+        out["log_loss_std"] = moments_mean_std(self._loss_moments)[1]
         out["brier_score"] = self._brier_sum / n
         out["expected_calibration_error"] = float(np.abs(self._cal_positives - self._cal_score_sum).sum()) / n
         out["positive_rate"] = (self._tp + self._fp) / n
@@ -232,7 +238,7 @@ class BinaryMetrics:
             "calibration_bins": self.calibration_bins,
             "n": self._n, "positives": self._positives, "tp": self._tp, "fp": self._fp,
             "tp_at": self._tp_at.tolist(), "fp_at": self._fp_at.tolist(),
-            "log_loss_sum": self._log_loss_sum, "brier_sum": self._brier_sum,
+            "log_loss_sum": self._log_loss_sum, "loss_moments": list(self._loss_moments), "brier_sum": self._brier_sum,
             "cal_count": self._cal_count.tolist(), "cal_positives": self._cal_positives.tolist(),
             "cal_score_sum": self._cal_score_sum.tolist(),
             "level": self._level, "bins": self._bins.tolist(),
@@ -248,6 +254,8 @@ class BinaryMetrics:
         state._tp_at = _array(data["tp_at"], np.int64, len(state.thresholds), "tp_at")
         state._fp_at = _array(data["fp_at"], np.int64, len(state.thresholds), "fp_at")
         state._log_loss_sum, state._brier_sum = float(data["log_loss_sum"]), float(data["brier_sum"])
+        n, pivot, s1, s2 = data["loss_moments"]
+        state._loss_moments = (int(n), float(pivot), float(s1), float(s2))
         k = state.calibration_bins
         state._cal_count = _array(data["cal_count"], np.int64, k, "cal_count")
         state._cal_positives = _array(data["cal_positives"], np.int64, k, "cal_positives")

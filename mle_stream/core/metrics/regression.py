@@ -16,19 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from mle_stream.core.metrics.base import check_mergeable, check_snapshot
-from mle_stream.core.metrics.outcomes import FloatArray, RegressionOutcomes
+from mle_stream.core.metrics.base import EMPTY_MOMENTS, Moments, check_mergeable, check_snapshot, combine_moments, moments_of
+from mle_stream.core.metrics.outcomes import RegressionOutcomes
 
 _KIND, _VERSION = "regression", 1
 # sklearn.metrics.mean_absolute_percentage_error divides by max(|y|, eps), eps of float64.
 _EPS = float(np.finfo(np.float64).eps)
-# (n, pivot, s1, s2): n labels, s1 = sum(y - pivot), s2 = sum((y - pivot)^2). The pivot is a
-# label (or near the mean, see _combine); signed rows can leave n = 0 with content (a removal and
-# an addition of different rows), which this form holds without dividing by n.
-Moments = tuple[int, float, float, float]
-_EMPTY: Moments = (0, 0.0, 0.0, 0.0)
-
-
 class RegressionMetrics:
     """mae, rmse, r2, mape, mean_prediction, mean_label and count of y_pred against y_true.
 
@@ -45,7 +38,7 @@ class RegressionMetrics:
     """
 
     def __init__(self) -> None:
-        self._moments: Moments = _EMPTY  # of y_true
+        self._moments: Moments = EMPTY_MOMENTS  # of y_true
         self._abs_error_sum = 0.0
         self._sq_error_sum = 0.0
         self._pct_error_sum = 0.0  # sum of |y - y_pred| / max(|y|, eps)
@@ -66,14 +59,14 @@ class RegressionMetrics:
         self._sq_error_sum += float(w @ error**2)
         self._pct_error_sum += float(w @ (error / np.maximum(np.abs(y), _EPS)))
         self._pred_sum += float(w @ y_pred)
-        added, removed = _moments_of(y[w > 0]), _moments_of(y[w < 0])
+        added, removed = moments_of(y[w > 0]), moments_of(y[w < 0])
         removed = (-removed[0], removed[1], -removed[2], -removed[3])
-        self._moments = _combine(_combine(self._moments, added), removed)
+        self._moments = combine_moments(combine_moments(self._moments, added), removed)
 
     def merge(self, other: RegressionMetrics) -> RegressionMetrics:
         check_mergeable(self, other, ())
         merged = RegressionMetrics()
-        merged._moments = _combine(self._moments, other._moments)
+        merged._moments = combine_moments(self._moments, other._moments)
         merged._abs_error_sum = self._abs_error_sum + other._abs_error_sum
         merged._sq_error_sum = self._sq_error_sum + other._sq_error_sum
         merged._pct_error_sum = self._pct_error_sum + other._pct_error_sum
@@ -120,34 +113,3 @@ class RegressionMetrics:
 
     def __repr__(self) -> str:
         return f"RegressionMetrics(count={self.count})"
-
-
-def _moments_of(y: FloatArray) -> Moments:
-    """Moments of one batch about its first label: constant labels give exactly zero deviations."""
-    if len(y) == 0:
-        return _EMPTY
-    deviation = y - y[0]
-    return len(y), float(y[0]), float(deviation.sum()), float(deviation @ deviation)
-
-
-def _combine(a: Moments, b: Moments) -> Moments:
-    """The moments of both sides' labels. Keeps a's pivot while a holds rows, so that adding rows
-    and taking them back out returns the pivot, and the sums, to what they were."""
-    na, ka, s1a, s2a = a
-    nb, kb, s1b, s2b = b
-    n = na + nb
-    pivot = ka if na else kb
-    da, db = ka - pivot, kb - pivot
-    s1_terms = (s1a, na * da, s1b, nb * db)
-    s2_terms = (s2a, 2 * da * s1a, na * da * da, s2b, 2 * db * s1b, nb * db * db)
-    # fsum: the sums of the terms are exact, so terms added and later subtracted cancel exactly.
-    s1, s2 = math.fsum(s1_terms), math.fsum(s2_terms)
-    if n == 0:
-        return (0, pivot, s1, s2) if s1 or s2 else _EMPTY
-    if n > 0 and 2 * s1 * s1 > n * s2:
-        # The mean moved more than a standard deviation off the pivot: s2 - s1^2/n would start to
-        # cancel. Move the pivot to the mean (Chan's centring); any pivot is exact, this one is stable.
-        shift = (pivot + s1 / n) - pivot
-        s1, s2 = math.fsum((s1, -n * shift)), math.fsum((s2, -2 * shift * s1, n * shift * shift))
-        pivot += shift
-    return n, pivot, s1, s2

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from mle_stream.core.latency_sketch import LatencySketch
-from mle_stream.core.metrics.base import check_mergeable, check_snapshot, ratio
+from mle_stream.core.metrics.base import (EMPTY_MOMENTS, Moments, check_mergeable, check_snapshot, combine_moments,
+                                          moments_mean_std, ratio, signed_moments)
 from mle_stream.core.metrics.outcomes import BoolArray, FloatArray
 
 _KIND, _VERSION = "serving", 1
@@ -44,6 +45,7 @@ class ServingMetrics:
         self._predictions = 0
         self._errors = 0
         self._labeled = 0
+        self._latency_moments: Moments = EMPTY_MOMENTS  # of the reported latencies, for a sequential test
 
     @property
     def count(self) -> int:
@@ -63,6 +65,7 @@ class ServingMetrics:
         if not np.all(latency[reported] >= 0.0) or np.isinf(latency).any():
             raise ValueError("latency_ms must be a finite number >= 0, or NaN when not reported")
         self._latency.add_many(latency[reported], w[reported])
+        self._latency_moments = signed_moments(self._latency_moments, latency[reported], w[reported])
         self._predictions += int(w.sum())
         self._errors += int(w @ error)
 
@@ -79,6 +82,7 @@ class ServingMetrics:
         merged._predictions = self._predictions + other._predictions
         merged._errors = self._errors + other._errors
         merged._labeled = self._labeled + other._labeled
+        merged._latency_moments = combine_moments(self._latency_moments, other._latency_moments)
         return merged
 
     def values(self, window_s: float | None = None) -> dict[str, float | None]:
@@ -93,6 +97,8 @@ class ServingMetrics:
             "latency_p95_ms": self._latency.quantile(0.95),
             "latency_p99_ms": self._latency.quantile(0.99),
             "latency_samples": self._latency.count,
+            "latency_mean_ms": moments_mean_std(self._latency_moments)[0],
+            "latency_std_ms": moments_mean_std(self._latency_moments)[1],
             "labeled": self._labeled,
             "label_coverage": ratio(self._labeled, n),
             "throughput_per_s": n / window_s if window_s is not None and n >= 0 else None,
@@ -102,7 +108,7 @@ class ServingMetrics:
         return {
             "kind": _KIND, "v": _VERSION, "relative_accuracy": self.relative_accuracy,
             "predictions": self._predictions, "serving_errors": self._errors, "labeled": self._labeled,
-            "latency": self._latency.snapshot(),
+            "latency": self._latency.snapshot(), "latency_moments": list(self._latency_moments),
         }
 
     @classmethod
@@ -112,6 +118,8 @@ class ServingMetrics:
         state._predictions, state._errors = int(data["predictions"]), int(data["serving_errors"])
         state._labeled = int(data["labeled"])
         state._latency = LatencySketch.restore(data["latency"])
+        n, pivot, s1, s2 = data["latency_moments"]
+        state._latency_moments = (int(n), float(pivot), float(s1), float(s2))
         if state._latency.relative_accuracy != state.relative_accuracy:
             raise ValueError("serving snapshot: latency sketch accuracy differs from relative_accuracy")
         return state
