@@ -29,7 +29,9 @@ import os
 import platform
 import random
 import resource
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -341,7 +343,7 @@ def _worker_main(spec: dict[str, Any], conn: Connection) -> None:
                         format="%(asctime)s %(levelname)-7s worker %(name)s: %(message)s")
     import faust
 
-    from mle_stream.stream.app import build_app, tune_gc
+    from mle_stream.stream.app import build_app, tune_runtime
 
     probe = _WorkerProbe(conn, spec["messages"], spec["closers"], spec["profile"])
 
@@ -351,8 +353,11 @@ def _worker_main(spec: dict[str, Any], conn: Connection) -> None:
                 probe.on_first_message()
 
     settings: Settings = spec["settings"]
-    tune_gc()  # as run_worker does
-    app, processor = build_app(settings, spec["bootstrap"], bench_topologies(spec["models"]), observer=probe.on_batch)
+    # Faust's data directory (empty with the memory store) goes to a temporary one, not the cwd.
+    datadir = tempfile.mkdtemp(prefix="mle-bench-faust-")
+    app, processor = build_app(settings, spec["bootstrap"], bench_topologies(spec["models"]), observer=probe.on_batch,
+                               datadir=datadir)
+    tune_runtime()  # as run_worker does
     probe.processor = processor
     app.sensors.add(FirstMessage())
     worker = faust.Worker(app, loglevel=spec["log_level"].lower(), redirect_stdouts=False, quiet=True)
@@ -361,6 +366,8 @@ def _worker_main(spec: dict[str, Any], conn: Connection) -> None:
         worker.execute_from_commandline()
     except SystemExit:
         pass
+    finally:
+        shutil.rmtree(datadir, ignore_errors=True)
 
 
 def _receive(process: multiprocessing.process.BaseProcess, conn: Connection, kind: str,
