@@ -57,7 +57,7 @@ class Worker:
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mle_stream", "--log-level", "info", "worker", "--topology", str(self.topologies)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT)
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp_path)  # Faust's data dir there
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")

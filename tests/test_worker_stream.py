@@ -45,7 +45,7 @@ def worker(tmp_path: Path, kafka_bootstrap: str, topics: Topics):
            "MLE_WORKER_GROUP": f"worker-{uuid.uuid4().hex[:8]}"}
     log = open(tmp_path / "worker.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "mle_stream", "worker", "--topology", str(topology)],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
+                               env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)  # Faust's data dir there
     yield process
     process.terminate()
     try:

@@ -41,6 +41,7 @@ BATCH_MESSAGES = 200
 # 0.2 s cost the bench ~1 µs per prediction in that wait alone. Shorter makes more, smaller
 # batches when input trickles in.
 BATCH_WITHIN_S = 0.05
+TICK_S = 10.0  # how often the worker asks whether a source has gone silent (decision.outage_after)
 
 
 def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topology],
@@ -98,6 +99,13 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
             if observer is not None:
                 observer(len(batch), len(outs))
             await checkpoints.maybe_write()
+
+    @app.timer(TICK_S)
+    async def hold_on_silence() -> None:
+        # Without input the agent never runs, yet a silent source must still hold the rollout.
+        async with checkpoints.batch() as worker:
+            for out in worker.tick():
+                await sinks[out.topic].send(key=out.key, value=out.value)
 
     @app.timer(settings.checkpoint_interval_s)
     async def checkpoint_when_idle() -> None:

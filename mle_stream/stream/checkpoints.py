@@ -341,6 +341,17 @@ class CheckpointedProcessor:
                 self._attribute(key.decode("utf-8", "replace"), msg)
         return self.processor.process(kept) if kept else []
 
+    def tick(self) -> list[Outgoing]:
+        """What time alone decides (StreamProcessor.tick); a model it changed makes its partition's
+        state worth a checkpoint. Evaluators of partitions this worker does not hold have seen no
+        input since they were reset, so they hold nothing."""
+        out = self.processor.tick()
+        for o in out:
+            home = self._home.get(o.key.decode("utf-8", "replace"))
+            if home is not None and home in self._models:
+                self._dirty.add(home)
+        return out
+
     def _attribute(self, model: str, msg: Incoming) -> None:
         if model not in self.processor.evaluators:
             return  # no topology: its records are dead-lettered, there is no state to keep
