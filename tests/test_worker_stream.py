@@ -38,9 +38,9 @@ drift: {warmup: 30, bins: 5}
 
 
 @pytest.fixture
-def worker(tmp_path: Path, kafka_bootstrap: str, topics: Topics):
+def worker(tmp_path: Path, kafka_bootstrap: str, topics: Topics, request: pytest.FixtureRequest):
     topology = tmp_path / "fraud.yaml"
-    topology.write_text(TOPOLOGY)
+    topology.write_text(getattr(request, "param", TOPOLOGY))
     env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": KEY,
            "MLE_WORKER_GROUP": f"worker-{uuid.uuid4().hex[:8]}"}
     log = open(tmp_path / "worker.log", "wb")
@@ -150,3 +150,16 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
     replayed_drift = {(d.version, d.window_start): d for d in replayed.drift}
     for key, d in tables.items():
         assert d.features == replayed_drift[key].features
+
+
+@pytest.mark.parametrize("worker", [TOPOLOGY + "decision: {outage_after: 2s}\n"], indirect=True)
+def test_a_silent_source_holds_the_rollout_without_any_input(worker, kafka_bootstrap: str, topics: Topics) -> None:
+    producer = Producer(producer_config(kafka_bootstrap))
+    preds, _ = window((int(time.time() * 1000) - 60_000) // 2000 * 2000, {"1": 0.1, "2": 0.1})
+    producer.produce(topics.predictions, key=b"fraud", value=codec.encode_predictions(preds))
+    producer.flush(10)
+    # Then nothing: the worker's timer (every 10 s) must notice that predictions stopped.
+    out = read_until(kafka_bootstrap, [topics.commands], lambda ms: len(ms) >= 1, timeout_s=60)
+    (command,) = [codec.decode_command(m.value()) for m in out]
+    assert command.kind.value == "HOLD" and verify(command, KEY.encode())
+    assert "no predictions for" in command.reason and command.rule == "source-outage:predictions"
