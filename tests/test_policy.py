@@ -376,3 +376,11 @@ def test_a_sequential_log_loss_check_decides_as_the_mean_test_fed_the_raw_losses
     (cmd,) = commands
     last = json.loads(cmd.evidence)["windows"][-1]["checks"][0]["sequential"]
     assert last["log_likelihood_ratio"] == pytest.approx(reference.log_likelihood_ratio(), rel=1e-9)
+
+
+def test_a_hold_on_a_cumulative_count_fires_on_failing_windows_only() -> None:
+    t = topology("  - {name: p99, metric: latency_p99_ms, max: 500, consecutive: 9, cumulative: 2, action: hold}\n",
+                 "decision: {cooldown: 0s}\n")
+    bad, good = ({}, {"latency_p99_ms": 900.0}), ({}, {"latency_p99_ms": 100.0})
+    _, commands = run_checks(t, [bad, good, bad, good, good, bad])
+    assert [c.window_end for c in commands] == [30_000, 60_000]  # the 2nd and 3rd failures, not the passes after

@@ -154,8 +154,10 @@ def decide(topology: Topology, state: PolicyState, judgement: WindowJudgement,
         else:  # INCONCLUSIVE breaks the streak: the windows must follow each other
             checks[result.check] = CheckState((), current.failures, current.failing, test)
     state = replace(state, checks=checks, holding=None)
+    # Only a FAIL window fires an action: a cumulative count, once reached, stays reached.
+    failed = {r.check for r in judgement.checks if r.verdict is Verdict.FAIL}
     fired = [(rule, checks[rule.name]) for rule in topology.checks
-             if rule.name in checks and _fires(rule, checks[rule.name])]
+             if rule.name in failed and _fires(rule, checks[rule.name])]
     rollback = [(rule, cs) for rule, cs in fired if rule.action == "rollback"]
     if rollback:
         return _rollback(topology, state, rollback, judgement, now_ms)
