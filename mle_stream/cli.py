@@ -234,7 +234,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.kafka import bootstrap_servers, ensure_topics
     from mle_stream.stream.app import run_worker
 
-    topologies = load_topologies(args.topology)
+    from mle_stream.aliases import resolve_with_mlflow
+
+    topologies = resolve_with_mlflow(load_topologies(args.topology), settings.mlflow_tracking_uri)
     settings.require_signing_key()
     with bootstrap_servers(settings) as bootstrap:
         ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
@@ -275,7 +277,10 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     for f in files:
         try:
             t = load_topology(f)
-            print(f"{f}: ok (model {t.model}, {t.task}, baseline v{t.baseline_version}, candidate v{t.candidate_version})")
+            base = f"@{t.baseline_alias}" if t.baseline_alias else f"v{t.baseline_version}"
+            cand = f"@{t.candidate_alias}" if t.candidate_alias else f"v{t.candidate_version}"
+            print(f"{f}: ok (model {t.model}, {t.task}, {t.mode}, baseline {base}, candidate {cand}, "
+                  f"{len(t.checks)} check(s))")
         except MleStreamError as exc:
             failed += 1
             print(exc, file=sys.stderr)
@@ -287,7 +292,10 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.profiles import read_profile
     from mle_stream.replay import run_replay
 
-    topologies = load_topologies(args.topology) if args.topology else {}
+    from mle_stream.aliases import resolve_with_mlflow
+
+    topologies = resolve_with_mlflow(load_topologies(args.topology) if args.topology else {},
+                                     settings.mlflow_tracking_uri)
     references = [read_profile(path) for path in args.reference]
     return run_replay(args.predictions, args.labels, topologies, args.json, references=references)
 

@@ -169,3 +169,24 @@ def test_the_worker_finds_the_profiles_its_topologies_need(tracking_uri: str, tm
     # A sqlite store that does not exist is not created by asking it.
     assert profiles_for([with_drift], f"sqlite:///{tmp_path}/nowhere.db") == {}
     assert not (tmp_path / "nowhere.db").exists()
+
+
+def test_the_worker_resolves_aliases_in_the_mlflow_registry(tracking_uri: str, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from mle_stream.aliases import resolve_with_mlflow
+    from mle_stream.core.topology import parse_topology
+    from mle_stream.errors import ConfigError
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    client.set_registered_model_alias(MODEL, "champion", "1")
+    client.set_registered_model_alias(MODEL, "challenger", "2")
+    t = parse_topology(f"model: {MODEL}\ntask: binary\nbaseline: {{alias: champion}}\ncandidate: {{alias: challenger}}\n")
+    (resolved,) = resolve_with_mlflow({MODEL: t}, tracking_uri).values()
+    assert (resolved.baseline_version, resolved.candidate_version) == ("1", "2")
+    client.delete_registered_model_alias(MODEL, "challenger")
+    with pytest.raises(ConfigError, match="candidate.alias 'challenger'.*its aliases: champion -> v1"):
+        resolve_with_mlflow({MODEL: t}, tracking_uri)
+    with pytest.raises(ConfigError, match="the MLflow store .* does not exist"):
+        resolve_with_mlflow({MODEL: t}, f"sqlite:///{tmp_path}/nowhere.db")
+    assert not (tmp_path / "nowhere.db").exists()

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,34 @@ def test_the_ab_example_is_an_ab_test_with_one_split() -> None:
         parse_topology(MINIMAL + "mode: ab\nrollout: {steps: [10, 50, 100]}\n")
     with pytest.raises(ConfigError, match="mode: shadow is not supported yet"):
         parse_topology(MINIMAL + "mode: shadow\n")
+
+
+ALIASED = 'model: m\ntask: binary\nbaseline: {alias: champion}\ncandidate: {alias: challenger}\n'
+
+
+def test_aliases_resolve_to_the_registrys_versions() -> None:
+    from mle_stream.core.topology import resolve_aliases
+
+    t = parse_topology(ALIASED, "t.yaml")
+    assert (t.baseline_alias, t.candidate_alias, t.baseline_version) == ("champion", "challenger", "")
+    resolved = resolve_aliases(t, lambda model: {"champion": "3", "challenger": "4", "old": "1"})
+    assert (resolved.baseline_version, resolved.candidate_version) == ("3", "4")
+    mixed = parse_topology(ALIASED.replace("{alias: challenger}", '{version: "7"}'))
+    assert resolve_aliases(mixed, lambda model: {"champion": "3"}).candidate_version == "7"
+    with pytest.raises(ConfigError, match=r"t.yaml: candidate.alias 'challenger': model 'm' has no such alias "
+                                          r"in the registry \(its aliases: champion -> v3\)"):
+        resolve_aliases(t, lambda model: {"champion": "3"})
+    with pytest.raises(ConfigError, match="both version '3'"):
+        resolve_aliases(t, lambda model: {"champion": "3", "challenger": "3"})
+    assert resolve_aliases(parse_topology(MINIMAL), lambda model: {}) == parse_topology(MINIMAL)
+
+
+@pytest.mark.parametrize("text, message", [
+    (MINIMAL.replace('{version: "1"}', '{version: "1", alias: champion}'), "baseline: give either version"),
+    (MINIMAL.replace('{version: "1"}', "{}"), "baseline: give either version"),
+    (ALIASED.replace("challenger", "champion"), "candidate.alias: must differ from baseline.alias"),
+])
+def test_alias_errors_name_the_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as exc:
+        parse_topology(text, "t.yaml")
+    assert "t.yaml:" in str(exc.value)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -111,6 +111,9 @@ class Topology:
     checks: tuple[CheckRule, ...] = ()
     decision: DecisionSettings = field(default_factory=DecisionSettings)
     rollout: RolloutSteps | None = None  # None: no progressive rollout (the deployment's split stays)
+    # Versions named by MLflow alias instead: their *_version is "" until resolve_aliases fills it.
+    baseline_alias: str | None = None
+    candidate_alias: str | None = None
     drift: DriftSettings = field(default_factory=DriftSettings)
     retrain: RetrainRule = field(default_factory=RetrainRule)
     routing: RoutingTarget = field(default_factory=RoutingTarget)
@@ -277,18 +280,26 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     mode = r.value(top, "mode", "", _choice(MODES), default="canary")
     threshold = r.value(top, "threshold", "", _fraction, default=0.5)
 
-    def version_of(key: str) -> str | None:
+    def version_of(key: str) -> tuple[str | None, str | None]:
+        """(version, alias): exactly one of them."""
         node = top.get(key)
         if node is None:
-            r.error(root, key, "is required, e.g. {version: \"1\"}")
-            return None
-        fields = r.mapping(node, key, {"version"})
-        return r.value(fields, "version", key, _text, required=True, parent=node)
+            r.error(root, key, "is required, e.g. {version: \"1\"} or {alias: champion}")
+            return None, None
+        fields = r.mapping(node, key, {"version", "alias"})
+        if ("version" in fields) == ("alias" in fields):
+            r.error(node, key, "give either version (e.g. \"1\") or alias (an MLflow alias, e.g. champion)")
+            return None, None
+        if "alias" in fields:
+            return "", r.value(fields, "alias", key, _text, required=True, parent=node)
+        return r.value(fields, "version", key, _text, required=True, parent=node), None
 
-    baseline = version_of("baseline")
-    candidate = version_of("candidate")
-    if baseline is not None and baseline == candidate:
+    baseline, baseline_alias = version_of("baseline")
+    candidate, candidate_alias = version_of("candidate")
+    if baseline and baseline == candidate:
         r.error(top["candidate"], "candidate.version", f"must differ from baseline.version ({baseline!r})")
+    if baseline_alias and baseline_alias == candidate_alias:
+        r.error(top["candidate"], "candidate.alias", f"must differ from baseline.alias ({baseline_alias!r})")
 
     def section(key: str, allowed: set[str]) -> tuple[dict[str, yaml.Node], yaml.Node | None]:
         node = top.get(key)
@@ -464,12 +475,38 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     return Topology(
         source=source, model=model, task=task, mode=mode, threshold=threshold,
         baseline_version=baseline, candidate_version=candidate,  # type: ignore[arg-type]
+        baseline_alias=baseline_alias, candidate_alias=candidate_alias,
         window_size_ms=size, window_hop_ms=hop, window_grace_ms=grace, window_updates_ms=updates_every, window_retention_ms=retention,
         label_max_delay_ms=max_delay, max_clock_skew_ms=skew, thresholds=tuple(thresholds),
         segment_dimensions=tuple(dimensions), segment_max_values=max_values, checks=tuple(checks), decision=decision, rollout=rollout, routing=routing,
         drift=drift, retrain=retrain,
         policy_version=hashlib.sha256(text.encode()).hexdigest()[:12],
     )
+
+
+def resolve_aliases(topology: Topology, aliases: Callable[[str], Mapping[str, str]]) -> Topology:
+    """`topology` with the versions its aliases point at; `aliases(model)` gives alias -> version
+    (the registry's, read once when a component starts: a worker follows a moved alias when it
+    restarts). A topology without aliases comes back as it is."""
+    if topology.baseline_alias is None and topology.candidate_alias is None:
+        return topology
+    known = aliases(topology.model)
+
+    def version(alias: str | None, given: str, side: str) -> str:
+        if alias is None:
+            return given
+        if alias not in known:
+            listed = ", ".join(f"{a} -> v{v}" for a, v in sorted(known.items())) or "none"
+            raise ConfigError(f"{topology.source}: {side}.alias {alias!r}: model {topology.model!r} has no such alias "
+                              f"in the registry (its aliases: {listed})")
+        return known[alias]
+
+    baseline = version(topology.baseline_alias, topology.baseline_version, "baseline")
+    candidate = version(topology.candidate_alias, topology.candidate_version, "candidate")
+    if baseline == candidate:
+        raise ConfigError(f"{topology.source}: baseline and candidate are both version {baseline!r} of model "
+                          f"{topology.model!r} in the registry: nothing to compare")
+    return replace(topology, baseline_version=baseline, candidate_version=candidate)
 
 
 def load_topology(path: str | Path) -> Topology:
