@@ -79,7 +79,8 @@ class Component:
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "mle_stream", *args], env=env,
+        # In the demo's directory: Faust's data directory goes there, not into the caller's.
+        self.process = subprocess.Popen([sys.executable, "-m", "mle_stream", *args], env=env, cwd=log_path.parent,
                                         stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:
@@ -243,7 +244,7 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     timeline = Timeline(out)
-    topology_path = topology_path or default_topology()
+    topology_path = (topology_path or default_topology()).resolve()  # the components run in the workdir
     topology = load_topology(topology_path)
     model, base_v, cand_v = topology.model, topology.baseline_version, topology.candidate_version
     if workdir is None:
@@ -251,6 +252,7 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
     elif workdir.exists() and any(workdir.iterdir()):
         raise ConfigError(f"--workdir {workdir} is not empty: the demo registers fresh model versions there")
     workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir.resolve()  # the components run in it: every path handed to them is absolute
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
     signing_key = settings.signing_key or secrets.token_hex(32).encode()
     gitops_dir = workdir / "gitops"
