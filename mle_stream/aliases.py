@@ -4,9 +4,9 @@ follows a moved alias when it restarts; the rollout it runs is the one it starte
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping
 
+from mle_stream.config import missing_sqlite_store
 from mle_stream.core.topology import Topology, resolve_aliases
 from mle_stream.errors import ActuationError, ConfigError
 
@@ -16,8 +16,8 @@ def resolve_with_mlflow(topologies: Mapping[str, Topology], tracking_uri: str) -
     ConfigError names the model and the alias that cannot be."""
     if all(t.baseline_alias is None and t.candidate_alias is None for t in topologies.values()):
         return dict(topologies)
-    local = tracking_uri.removeprefix("sqlite:///") if tracking_uri.startswith("sqlite:///") else None
-    if local is not None and not Path(local).exists():  # opening it would create an empty store
+    local = missing_sqlite_store(tracking_uri)
+    if local is not None:
         raise ConfigError(f"topologies name MLflow aliases, but the MLflow store {local} does not exist "
                           "(MLFLOW_TRACKING_URI)")
     from mle_stream.actuator.mlflow_registry import MlflowRegistry

@@ -41,6 +41,15 @@ class Topics:
         return [getattr(self, name) for name in self.__dataclass_fields__ if name != "state"]
 
 
+def missing_sqlite_store(tracking_uri: str) -> str | None:
+    """The file of a `sqlite:///` MLflow store that does not exist (None otherwise): a reader
+    must not open it, since MLflow would create an empty store wherever the process runs."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri.removeprefix("sqlite:///")
+    return None if os.path.exists(path) else path
+
+
 @dataclass(frozen=True)
 class Settings:
     """What every component needs to know about its surroundings.

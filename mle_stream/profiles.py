@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mle_stream.config import missing_sqlite_store
 from mle_stream.core.drift.profile import ReferenceProfile, build_profile
 from mle_stream.core.topology import Topology
 from mle_stream.errors import MleStreamError
@@ -303,9 +304,8 @@ def profiles_for(topologies: Iterable[Topology], tracking_uri: str) -> dict[str,
     is an MLflow that cannot be read (the worker must not stop evaluating because of it)."""
     out: dict[str, dict[str, ReferenceProfile]] = {}
     wanted = [t for t in topologies if t.drift.enabled]
-    local = tracking_uri.removeprefix("sqlite:///") if tracking_uri.startswith("sqlite:///") else None
-    if wanted and local is not None and not Path(local).exists():
-        # Opening a missing sqlite store would create an empty one, wherever the worker runs.
+    local = missing_sqlite_store(tracking_uri)
+    if wanted and local is not None:
         log.warning("drift: no reference profiles: the MLflow store %s does not exist (MLFLOW_TRACKING_URI)", local)
         return out
     for t in wanted:
