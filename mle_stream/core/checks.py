@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Mapping
 
 from mle_stream.core.sequential import ErrorRateTest, MeanTest
+from mle_stream.core.verdict import Verdict
 
 # Metric names per task, as WindowState.values() names them (README: Metrics). Suffixes @t (a
 # configured threshold) and [class] (per class) name variants of the same metric.
@@ -89,13 +89,6 @@ def samples_of(metric: str) -> str:
     if base.startswith("latency_"):
         return "latency_samples"
     return "predictions" if base in SERVING_METRICS else "labeled"
-
-
-class Verdict(str, Enum):
-    PASS = "PASS"
-    FAIL = "FAIL"
-    INCONCLUSIVE = "INCONCLUSIVE"  # too few samples: hold the current step, never roll back
-    ERROR = "ERROR"  # no data at all, or a source outage: hold and alert
 
 
 # Rates get ErrorRateTest (counts); means of a per-prediction quantity get MeanTest (count, mean,
@@ -259,7 +252,7 @@ def _judge_sequential(rule: CheckRule, spec: SequentialSpec, b: float | None, c:
     decision = test.decide()
     summary = {"log_likelihood_ratio": decision.log_likelihood_ratio, "threshold": decision.threshold,
                "p_value": decision.p_value, "windows": test.windows, **totals}
-    return CheckResult(rule.name, rule.metric, Verdict(decision.verdict.value), b, c, b_n, c_n,
+    return CheckResult(rule.name, rule.metric, decision.verdict, b, c, b_n, c_n,
                        f"sequential test over {test.windows} windows: {decision.reason}; "
                        f"log LR {decision.log_likelihood_ratio:.3g} vs {decision.threshold:.3g} (alpha {spec.alpha:g})",
                        test=summary, test_state=test.snapshot())

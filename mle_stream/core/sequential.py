@@ -87,22 +87,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import numpy as np
 from scipy.special import log_ndtr, logsumexp
 
+from mle_stream.core.verdict import Verdict
+
 SNAPSHOT_VERSION = 1
-
-
-class Verdict(str, Enum):
-    """Same values as the window policy's verdicts (core.policy.Verdict), kept apart so that the
-    policy can import this module without a cycle. PASS means "no evidence of harm so far"."""
-
-    PASS = "PASS"
-    FAIL = "FAIL"
-    INCONCLUSIVE = "INCONCLUSIVE"
 
 
 @dataclass(frozen=True)
