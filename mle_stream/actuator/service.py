@@ -14,7 +14,7 @@ Idempotency (commands are redelivered: consumer restarts, re-emitted decisions):
   written last, so that tag proves the whole command completed: it is skipped as a duplicate.
   When the route records the id but the registry does not, the actuator crashed (or the registry
   failed) between the two steps: only the registry step is run again ("resumed").
-- HOLD and RETRAIN change nothing durable, so only the in-process memory covers them.
+- HOLD, RETRAIN and APPROVE change nothing durable, so only the in-process memory covers them.
 
 Not thread-safe: one actuator per command stream, called from one consume loop.
 """
@@ -207,6 +207,11 @@ class Actuator:
         kind = command.kind
         if kind is CommandKind.HOLD:
             return _Plan(note="held")
+        if kind is CommandKind.APPROVE:
+            # The worker acts on approvals (it emits the approved step's command); here the approval
+            # is only verified, so the rollout events show who approved what.
+            return _Plan(note=f"approval of {describe_weights(dict(command.traffic))} recorded; routing and registry "
+                              "change when the worker emits the step's command")
         if kind is CommandKind.RETRAIN:
             return _Plan(note=f"retrain requested for model {command.model} (rule {command.rule or '-'}); no trainer "
                               "is wired to the actuator yet, so routing and registry were left unchanged")

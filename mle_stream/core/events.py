@@ -112,6 +112,7 @@ class CommandKind(str, Enum):
     PROMOTE = "PROMOTE"
     RETRAIN = "RETRAIN"
     HOLD = "HOLD"
+    APPROVE = "APPROVE"  # an operator lets a rollout waiting for approval take its next step
 
 
 @dataclass(frozen=True, slots=True)
