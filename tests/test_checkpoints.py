@@ -57,7 +57,7 @@ def traffic(model: str, partition: int, windows: int = 6, seed: int = 1) -> list
     labels of a window one message after its predictions (so some windows close before them)."""
     rng = random.Random(seed)
     out: list[tuple[Incoming, bytes]] = []
-    offsets = {TOPICS.predictions: 0, TOPICS.labels: 0}
+    offsets = {TOPICS.predictions: 0, TOPICS.labels: 0, TOPICS.commands: 0}
 
     def message(topic: str, value: bytes) -> None:
         out.append((Incoming(topic, partition, offsets[topic], value), model.encode()))
@@ -97,7 +97,7 @@ def roundtrip(cp: PartitionCheckpoint) -> PartitionCheckpoint:
 
 
 def test_a_checkpoint_survives_its_encoding() -> None:
-    cp = PartitionCheckpoint(3, {TOPICS.predictions: 17, TOPICS.labels: 4}, {"fraud": {"x": [1, 2.5, None, "ü"]}})
+    cp = PartitionCheckpoint(3, {TOPICS.predictions: 17, TOPICS.labels: 4, TOPICS.commands: 2}, {"fraud": {"x": [1, 2.5, None, "ü"]}})
     again = roundtrip(cp)
     assert again == cp
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
@@ -137,7 +137,7 @@ def test_models_are_attributed_to_the_partition_of_their_messages() -> None:
     t.assign(1, None)
     feed(t, traffic("fraud", 0)[:2] + traffic("spam", 1)[:2])
     assert set(t.snapshot(0).models) == {"fraud"} and set(t.snapshot(1).models) == {"spam"}
-    assert t.snapshot(0).offsets == {TOPICS.predictions: 2, TOPICS.labels: 0}
+    assert t.snapshot(0).offsets == {TOPICS.predictions: 2, TOPICS.labels: 0, TOPICS.commands: 0}
     assert t.dirty == {0, 1}
     t.mark_clean(0)
     assert t.dirty == {1}
@@ -159,7 +159,7 @@ def test_release_forgets_the_partition_and_empties_its_models() -> None:
     assert t.held == set() and t.processor.evaluators["fraud"].join.pending == (0, 0)
     # A later assignment without a checkpoint starts from offset 0 again.
     t.assign(0, None)
-    assert t.positions(0) == {(TOPICS.predictions, 0): 0, (TOPICS.labels, 0): 0}
+    assert t.positions(0) == {(TOPICS.predictions, 0): 0, (TOPICS.labels, 0): 0, (TOPICS.commands, 0): 0}
 
 
 def test_a_checkpoint_that_cannot_be_restored_changes_nothing() -> None:
@@ -222,8 +222,8 @@ def test_the_schedule_writes_dirty_partitions_after_flushing_outputs_and_restore
         store = MemoryStore()
         cps = Checkpoints(tracked(), store, interval_s=10, flush_outputs=flush, clock=lambda: clock[0])
         positions = await cps.assigned({0, 1})
-        assert positions == {(TOPICS.predictions, 0): 0, (TOPICS.labels, 0): 0,
-                             (TOPICS.predictions, 1): 0, (TOPICS.labels, 1): 0}
+        assert positions == {(topic, p): 0 for topic in (TOPICS.predictions, TOPICS.labels, TOPICS.commands)
+                             for p in (0, 1)}
         messages = traffic("fraud", 0)
         async with cps.batch() as t:
             feed(t, messages[:4])

@@ -384,3 +384,87 @@ def test_a_hold_on_a_cumulative_count_fires_on_failing_windows_only() -> None:
     bad, good = ({}, {"latency_p99_ms": 900.0}), ({}, {"latency_p99_ms": 100.0})
     _, commands = run_checks(t, [bad, good, bad, good, good, bad])
     assert [c.window_end for c in commands] == [30_000, 60_000]  # the 2nd and 3rd failures, not the passes after
+
+
+# --- manual approval gate ---------------------------------------------------------------------------
+
+def approval_of(percent: int, model: str = "fraud", candidate: str = "2"):
+    from mle_stream.core.events import Command
+    return Command(command_id=f"approve-{percent}", kind=CommandKind.APPROVE, model=model, baseline_version="1",
+                   candidate_version=candidate, traffic={"1": 100 - percent, candidate: percent},
+                   reason="looked at the dashboard", rule="manual:approve", window_start=5, window_end=5,
+                   evidence='{"operator": "ana"}', policy_version="manual", issued_at=5)
+
+
+def drive(t, state, windows: list[tuple[dict, dict]], first: int = 0):
+    """Like run_checks, from a given state and window index; returns (state, commands)."""
+    class W:
+        def __init__(self, v: dict) -> None:
+            self.v, self.predictions = values(**v), 500
+
+        def values(self, _window_s: float) -> dict:
+            return self.v
+
+    commands = []
+    for i, (b, c) in enumerate(windows, start=first):
+        state, out = decide(t, state, judge(t, i * 10_000, W(b), W(c), state), now_ms=7)
+        commands += out
+    return state, commands
+
+
+def test_an_approval_step_waits_for_the_approve_command_and_then_steps_on_its_gate_windows() -> None:
+    from mle_stream.core.commands import command_id
+    from mle_stream.core.policy import approve
+
+    t = topology("  - {name: p99, metric: latency_p99_ms, max: 500}\n",
+                 "rollout: {steps: [10, 50, 100], windows: 2, samples: 0, approval: [50]}\ndecision: {cooldown: 0s}\n")
+    good = ({}, {"latency_p99_ms": 100.0})
+    state, commands = drive(t, PolicyState(), [good, good, good, good])
+    # The gate passes after two windows: one HOLD saying so, nothing more while nobody approves.
+    assert [(c.kind, c.rule, c.traffic) for c in commands] == [(CommandKind.HOLD, "await-approval:step-50", {})]
+    assert "mle-stream command approve --model fraud --baseline 1 --candidate 2 --percent 50" in commands[0].reason
+    assert state.awaiting == 50 and state.step == 0
+    # Approving another step, another model's or another candidate's changes nothing.
+    for wrong in (approval_of(10), approval_of(100), approval_of(50, model="spam"), approval_of(50, candidate="3")):
+        after, out, note = approve(t, state, wrong, now_ms=9)
+        assert (after, out) == (state, []) and note.startswith("ignored")
+    # The right approval steps at once, on the last two PASS windows (20..40 s), with the approval in the evidence.
+    state2, out, note = approve(t, PolicyState.restore(json.loads(json.dumps(state.snapshot()))), approval_of(50), 9)
+    assert note == "approved: SET_TRAFFIC to 50%"
+    assert [(c.kind, c.traffic, c.window_start, c.window_end) for c in out] == [
+        (CommandKind.SET_TRAFFIC, {"1": 50, "2": 50}, 20_000, 40_000)]
+    assert out[0].command_id == command_id("fraud", "1", "2", CommandKind.SET_TRAFFIC, "step-50", 20_000, 40_000)
+    assert json.loads(out[0].evidence)["approval"]["command_id"] == "approve-50"
+    assert state2.awaiting is None and state2.step == 1
+    assert approve(t, state2, approval_of(50), 9)[1] == []  # approving twice steps once
+    # Step 100 needs no approval: the gate promotes by itself.
+    _, commands = drive(t, state2, [good, good], first=4)
+    assert [c.kind for c in commands] == [CommandKind.PROMOTE]
+
+
+def test_a_failing_window_clears_the_wait_so_an_approval_needs_the_gate_to_pass_again() -> None:
+    from mle_stream.core.policy import approve
+
+    t = topology("  - {name: p99, metric: latency_p99_ms, max: 500, consecutive: 3}\n",
+                 "rollout: {steps: [10, 100], windows: 1, samples: 0, approval: true}\ndecision: {cooldown: 0s}\n")
+    good, bad = ({}, {"latency_p99_ms": 100.0}), ({}, {"latency_p99_ms": 900.0})
+    state, commands = drive(t, PolicyState(), [good, bad])
+    assert [c.rule for c in commands] == ["await-approval:step-100"] and state.awaiting is None
+    _, out, note = approve(t, state, approval_of(100), 9)
+    assert out == [] and "no step waits for approval" in note
+    state, commands = drive(t, state, [good], first=2)  # passes again: asks again
+    assert [c.rule for c in commands] == ["await-approval:step-100"]
+    _, out, _ = approve(t, state, approval_of(100), 9)
+    assert [(c.kind, c.window_start) for c in out] == [(CommandKind.PROMOTE, 20_000)]
+
+
+@pytest.mark.parametrize("approval, expected", [("true", (50, 100)), ("false", ()), ("[100]", (100,))])
+def test_rollout_approval_lists_the_steps_that_wait(approval: str, expected: tuple) -> None:
+    t = topology("  - {name: a, metric: f1, min: 0.1}\n", f"rollout: {{steps: [10, 50, 100], approval: {approval}}}\n")
+    assert t.rollout.approval == expected
+
+
+def test_rollout_approval_of_a_step_that_is_not_one_is_an_error_with_its_line() -> None:
+    with pytest.raises(ConfigError, match=re.escape(":8: rollout.approval: [10, 75] are not steps the candidate "
+                                                    "moves to; expected some of [50, 100]")):
+        topology("  - {name: a, metric: f1, min: 0.1}\n", "rollout: {steps: [10, 50, 100], approval: [10, 75]}\n")

@@ -119,3 +119,37 @@ def test_a_silent_source_holds_on_the_timer_tick_once_signed() -> None:
     assert "no predictions for 61 s" in commands[0].reason and commands[0].traffic == {}
     clock[0] += 60_000
     assert by_topic(p.tick(), TOPICS.commands) == []  # one HOLD per outage
+
+
+def test_a_signed_approve_on_the_commands_topic_steps_a_waiting_rollout_and_a_forged_one_is_dead_lettered() -> None:
+    from mle_stream.core.commands import sign
+    from mle_stream.core.events import Command, CommandKind
+
+    topology = parse_topology(
+        'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+        "windows: {size: 1s, grace: 0s}\n"
+        "checks: [{name: errors, metric: error_rate, max_degradation: 0.1, min_samples: 20}]\n"
+        "rollout: {steps: [10, 100], windows: 1, samples: 0, approval: true}\n")
+    p = StreamProcessor({"fraud": topology}, TOPICS, KEY, clock=lambda: 10**12)
+    out = []
+    for i, start in enumerate((0, 1000)):
+        preds, labels = window(start, candidate_wrong=False)
+        out += p.process([Incoming(TOPICS.predictions, 0, i, preds), Incoming(TOPICS.labels, 0, i, labels)])
+    (hold,) = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
+    assert (hold.kind, hold.rule) == (CommandKind.HOLD, "await-approval:step-100")
+    approval = Command(command_id="op-1", kind=CommandKind.APPROVE, model="fraud", baseline_version="1",
+                       candidate_version="2", traffic={"1": 0, "2": 100}, reason="ok by ana", rule="manual:approve",
+                       window_start=1, window_end=1, evidence="{}", policy_version="manual", issued_at=1)
+    forged = sign(approval, b"not-the-key")
+    # The worker's own HOLD read back from the topic is not for it, the forged approval is refused.
+    out = p.process([Incoming(TOPICS.commands, 0, 0, by_topic(out, TOPICS.commands)[0].value),
+                     Incoming(TOPICS.commands, 0, 1, codec.encode_command(forged)),
+                     Incoming(TOPICS.commands, 0, 2, codec.encode_command(approval))])  # unsigned
+    assert by_topic(out, TOPICS.commands) == []
+    letters = [json.loads(o.value) for o in by_topic(out, TOPICS.dead_letter)]
+    assert [(d["offset"], d["field"]) for d in letters] == [(1, "signature"), (2, "signature")]
+    assert all(d["source_topic"] == TOPICS.commands for d in letters)
+    out = p.process([Incoming(TOPICS.commands, 0, 3, codec.encode_command(sign(approval, KEY)))])
+    (promote,) = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
+    assert promote.kind is CommandKind.PROMOTE and promote.traffic == {"1": 0, "2": 100} and verify(promote, KEY)
+    assert json.loads(promote.evidence)["approval"]["reason"] == "ok by ana"

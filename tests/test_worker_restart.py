@@ -154,7 +154,7 @@ def test_sigkill_twice_mid_stream_loses_nothing_and_counts_nothing_twice(
             # The restart reads from the checkpoint's offsets, not from the group's committed ones.
             line = next(x for x in worker.text().splitlines() if "reading from " in x)
             reading = {(t, int(p)): int(o) for t, p, o in re.findall(r"(\S+)\[(\d+)\] from (\d+)", line)}
-            assert reading == restored and len(restored) == 2 * len(MODELS), (reading, restored)
+            assert reading == restored and len(restored) == 3 * len(MODELS), (reading, restored)  # 3 input topics
             ahead.extend(tp for tp, offset in restored.items() if committed.get(tp, -1) > offset)
         assert published.wait(60)
         for model in MODELS:  # the labels kept back: every window changes once more, after the last restart

@@ -163,3 +163,47 @@ def test_a_silent_source_holds_the_rollout_without_any_input(worker, kafka_boots
     (command,) = [codec.decode_command(m.value()) for m in out]
     assert command.kind.value == "HOLD" and verify(command, KEY.encode())
     assert "no predictions for" in command.reason and command.rule == "source-outage:predictions"
+
+
+APPROVAL_TOPOLOGY = """\
+model: fraud
+task: binary
+baseline: {version: "1"}
+candidate: {version: "2"}
+windows: {size: 2s, grace: 0s, retention: 1h}
+checks: [{name: errors, metric: error_rate, max_degradation: 0.1, min_samples: 20}]
+rollout: {steps: [10, 100], windows: 1, samples: 0, approval: true}
+"""
+
+
+@pytest.mark.parametrize("worker", [APPROVAL_TOPOLOGY], indirect=True)
+def test_a_rollout_waits_for_an_operators_signed_approve_on_the_commands_topic(worker, kafka_bootstrap: str,
+                                                                               topics: Topics) -> None:
+    from mle_stream.core.commands import sign
+    from mle_stream.core.events import Command, CommandKind
+
+    producer = Producer(producer_config(kafka_bootstrap))
+    start = (int(time.time() * 1000) - 60_000) // 2000 * 2000
+    for s in (start, start + 2000):  # the second window closes the first, which passes the gate
+        preds, labels = window(s, {"1": 0.1, "2": 0.1})
+        producer.produce(topics.predictions, key=b"fraud", value=codec.encode_predictions(preds))
+        producer.produce(topics.labels, key=b"fraud", value=codec.encode_labels(labels))
+    producer.flush(10)
+    out = read_until(kafka_bootstrap, [topics.commands], lambda ms: len(ms) >= 1, timeout_s=60)
+    (hold,) = [codec.decode_command(m.value()) for m in out]
+    assert (hold.kind, hold.rule) == (CommandKind.HOLD, "await-approval:step-100")
+    approval = Command(command_id="operator-1", kind=CommandKind.APPROVE, model="fraud", baseline_version="1",
+                       candidate_version="2", traffic={"1": 0, "2": 100}, reason="dashboards look fine",
+                       rule="manual:approve", window_start=start, window_end=start, evidence="{}",
+                       policy_version="manual", issued_at=int(time.time() * 1000))
+    # A forged approval first: it must change nothing. Both keyed by the model, as serving pods key predictions.
+    producer.produce(topics.commands, key=b"fraud", value=codec.encode_command(sign(approval, b"forged")))
+    producer.produce(topics.commands, key=b"fraud", value=codec.encode_command(sign(approval, KEY.encode())))
+    producer.flush(10)
+    out = read_until(kafka_bootstrap, [topics.commands], lambda ms: len(ms) >= 4, timeout_s=60)
+    kinds = [codec.decode_command(m.value()) for m in out]
+    (promote,) = [c for c in kinds if c.kind is CommandKind.PROMOTE]
+    assert promote.traffic == {"1": 0, "2": 100} and verify(promote, KEY.encode())
+    assert json.loads(promote.evidence)["approval"]["command_id"] == "operator-1"
+    letters = read_until(kafka_bootstrap, [topics.dead_letter], lambda ms: len(ms) >= 1, timeout_s=30)
+    assert [json.loads(m.value())["field"] for m in letters] == ["signature"]

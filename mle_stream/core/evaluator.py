@@ -31,7 +31,7 @@ from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.events import Command, DriftTable, Label, LabelValue, MetricSnapshot, Prediction
 from mle_stream.core.join import Joined, LabelJoin, binary_truth
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
-from mle_stream.core.policy import PolicyState, WindowJudgement, decide, decide_outage, judge
+from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
 from mle_stream.core.snapshot_columns import decode_row_columns
 from mle_stream.core.topology import Topology
@@ -642,6 +642,12 @@ class ModelEvaluator:
                 self.policy_state, held = decide_outage(t, self.policy_state, source, last, now_ms)
                 commands += held
         return commands
+
+    def approve(self, approval: Command, now_ms: int) -> tuple[list[Command], str]:
+        """An operator's verified APPROVE: the waiting step's command, if it is the one approved
+        (core/policy.approve), and what happened, for the log."""
+        self.policy_state, commands, note = approve(self.topology, self.policy_state, approval, now_ms)
+        return commands, note
 
     def _results(self, out: Advance, start: int, status: str, verdict: str | None,
                  known: Mapping[tuple[str, Segment], WindowState], now_ms: int) -> None:

@@ -29,7 +29,7 @@ from mle_stream.core.events import Command, CommandKind
 from mle_stream.core.topology import Topology
 from mle_stream.core.window_state import WindowState
 
-__all__ = ["CheckState", "PolicyState", "Verdict", "WindowJudgement", "decide", "decide_outage", "judge"]
+__all__ = ["CheckState", "PolicyState", "Verdict", "WindowJudgement", "approve", "decide", "decide_outage", "judge"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class PolicyState:
     step_passes: tuple[dict[str, Any], ...] = ()  # PASS windows in a row in this step (evidence)
     last_step_end: int | None = None  # event time the last SET_TRAFFIC rests on (cooldown)
     promoted: bool = False
+    awaiting: int | None = None  # the step (percent) whose gate passed and that waits for approval
 
     def check(self, name: str) -> CheckState:
         return self.checks.get(name, CheckState())
@@ -77,16 +78,17 @@ class PolicyState:
                            for n, c in self.checks.items()},
                 "rolled_back": self.rolled_back, "holding": self.holding, "last_hold_end": self.last_hold_end,
                 "step": self.step, "step_passes": list(self.step_passes), "last_step_end": self.last_step_end,
-                "promoted": self.promoted}
+                "promoted": self.promoted, "awaiting": self.awaiting}
 
     @classmethod
     def restore(cls, data: Mapping[str, Any]) -> PolicyState:
         checks = {str(n): CheckState(tuple(c["streak"]), int(c["failures"]), bool(c["failing"]), c.get("test"))
                   for n, c in (data.get("checks") or {}).items()}
-        last, step_end = data.get("last_hold_end"), data.get("last_step_end")
+        last, step_end, awaiting = data.get("last_hold_end"), data.get("last_step_end"), data.get("awaiting")
         return cls(checks, bool(data["rolled_back"]), data.get("holding"), None if last is None else int(last),
                    int(data.get("step", 0)), tuple(data.get("step_passes", ())),
-                   None if step_end is None else int(step_end), bool(data.get("promoted", False)))
+                   None if step_end is None else int(step_end), bool(data.get("promoted", False)),
+                   None if awaiting is None else int(awaiting))
 
 
 def judge(topology: Topology, start: int, baseline: WindowState, candidate: WindowState,
@@ -140,7 +142,7 @@ def decide(topology: Topology, state: PolicyState, judgement: WindowJudgement,
         reason = f"{topology.model}: hold v{topology.candidate_version}'s rollout: {judgement.reason}"
         # A gap breaks every streak: the FAIL windows of a streak must follow each other.
         gap = {name: replace(cs, streak=()) for name, cs in state.checks.items()}
-        return _hold(topology, replace(state, checks=gap, holding=judgement.reason, step_passes=()),
+        return _hold(topology, replace(state, checks=gap, holding=judgement.reason, step_passes=(), awaiting=None),
                      "hold-on-error", start, end,
                      reason, {"window": judgement.evidence()}, now_ms)
     checks = dict(state.checks)
@@ -179,30 +181,95 @@ def _progress(topology: Topology, state: PolicyState, judgement: WindowJudgement
     """The progressive rollout: move to the next step when the last `windows` windows of this step
     all PASSed, with `samples` candidate samples between them (each window counts the fewest
     samples any check read), and the cooldown since the last step has passed. A FAIL window starts
-    the count again; an INCONCLUSIVE one neither counts nor resets it."""
+    the count again; an INCONCLUSIVE one neither counts nor resets it. A step listed in
+    `rollout.approval` then waits for an operator's APPROVE (see `approve`): the policy emits one
+    HOLD saying so, and the checks keep running meanwhile (a FAIL still rolls back, and clears the
+    wait: the gate has to pass again)."""
     rollout = topology.rollout
     assert rollout is not None
     if judgement.verdict is Verdict.FAIL:
-        return replace(state, step_passes=()), []
+        return replace(state, step_passes=(), awaiting=None), []
     if judgement.verdict is not Verdict.PASS:
         return state, []
     passes = (state.step_passes + (judgement.evidence(),))[-rollout.windows:]  # the last `windows` PASS in a row
-    samples = sum(min((c["candidate"]["samples"] for c in w["checks"]), default=0) for w in passes)
+    samples = _gate_samples(passes)
     cooling = state.last_step_end is not None and judgement.window_end - state.last_step_end < topology.decision.cooldown_ms
     if len(passes) < rollout.windows or samples < rollout.samples or cooling:
         return replace(state, step_passes=passes), []
-    current = rollout.steps[min(state.step, len(rollout.steps) - 1)]
-    following = rollout.steps[state.step + 1] if state.step + 1 < len(rollout.steps) else 100
+    following = _next_step(topology, state)
+    if following not in rollout.approval:
+        return _step(topology, replace(state, step_passes=passes), now_ms, None)
+    if state.awaiting == following:  # already asked: the evidence slides on with the newest windows
+        return replace(state, step_passes=passes), []
+    base, cand = topology.baseline_version, topology.candidate_version
+    reason = (f"{topology.model} v{cand}: every check passed in {len(passes)} windows in a row at "
+              f"{_current_step(topology, state)}% ({samples} candidate samples); the step to {following}% waits "
+              f"for approval: mle-stream command approve --model {topology.model} --baseline {base} "
+              f"--candidate {cand} --percent {following} --reason ...")
+    evidence = {"awaiting_percent": following, "windows": list(passes),
+                "gate": {"windows": rollout.windows, "samples": rollout.samples}}
+    command = _command(topology, CommandKind.HOLD, f"await-approval:step-{following}", passes[0]["window_start"],
+                       judgement.window_end, reason, evidence, {}, now_ms)
+    return replace(state, step_passes=passes, awaiting=following), [command]
+
+
+def approve(topology: Topology, state: PolicyState, approval: Command,
+            now_ms: int) -> tuple[PolicyState, list[Command], str]:
+    """An operator's APPROVE (already verified) of the step `approval.traffic` names: when that step
+    is the one waiting (its gate passed, see `_progress`), the step's SET_TRAFFIC or PROMOTE, with
+    the approval in its evidence. Returns (state, commands, what happened) — an approval of a step
+    that is not waiting changes nothing: approving ahead of the evidence is not possible."""
+    base, cand = topology.baseline_version, topology.candidate_version
+    if (approval.model, approval.baseline_version, approval.candidate_version) != (topology.model, base, cand):
+        return state, [], (f"ignored: it approves {approval.model} v{approval.candidate_version} against "
+                           f"v{approval.baseline_version}; the rollout is {topology.model} v{cand} against v{base}")
+    percent = approval.traffic.get(cand)
+    if state.rolled_back or state.promoted:
+        return state, [], f"ignored: the rollout is over ({'rolled back' if state.rolled_back else 'promoted'})"
+    if state.awaiting is None or percent != state.awaiting:
+        waiting = "no step waits for approval" if state.awaiting is None else f"the step to {state.awaiting}% waits"
+        return state, [], f"ignored: it approves {percent}% of traffic for v{cand}, but {waiting}"
+    approved = {"command_id": approval.command_id, "reason": approval.reason, "issued_at": approval.issued_at,
+                "evidence": approval.evidence}
+    state, commands = _step(topology, state, now_ms, approved)
+    return state, commands, f"approved: {commands[0].kind.value} to {percent}%"
+
+
+def _gate_samples(passes: tuple[dict[str, Any], ...]) -> int:
+    return sum(min((c["candidate"]["samples"] for c in w["checks"]), default=0) for w in passes)
+
+
+def _current_step(topology: Topology, state: PolicyState) -> int:
+    assert topology.rollout is not None
+    return topology.rollout.steps[min(state.step, len(topology.rollout.steps) - 1)]
+
+
+def _next_step(topology: Topology, state: PolicyState) -> int:
+    steps = topology.rollout.steps if topology.rollout is not None else ()
+    return steps[state.step + 1] if state.step + 1 < len(steps) else 100
+
+
+def _step(topology: Topology, state: PolicyState, now_ms: int,
+          approval: dict[str, Any] | None) -> tuple[PolicyState, list[Command]]:
+    """The command that moves the candidate to the next step, on the gate windows in `state.step_passes`."""
+    rollout = topology.rollout
+    assert rollout is not None
+    passes = state.step_passes
+    current, following = _current_step(topology, state), _next_step(topology, state)
     base, cand = topology.baseline_version, topology.candidate_version
     kind = CommandKind.PROMOTE if following == 100 else CommandKind.SET_TRAFFIC
     reason = (f"{topology.model} v{cand}: every check passed in {len(passes)} windows in a row at {current}% "
-              f"({samples} candidate samples): " + ("promote to 100%, champion" if kind is CommandKind.PROMOTE
-                                                   else f"next step {following}%"))
-    evidence = {"from_percent": current, "to_percent": following, "windows": list(passes),
-                "gate": {"windows": rollout.windows, "samples": rollout.samples}}
-    command = _command(topology, kind, f"step-{following}", passes[0]["window_start"], judgement.window_end, reason,
+              f"({_gate_samples(passes)} candidate samples): " + ("promote to 100%, champion" if kind is CommandKind.PROMOTE
+                                                                else f"next step {following}%")
+              + ("" if approval is None else f"; approved (command {approval['command_id']}): {approval['reason']}"))
+    evidence: dict[str, Any] = {"from_percent": current, "to_percent": following, "windows": list(passes),
+                                "gate": {"windows": rollout.windows, "samples": rollout.samples}}
+    if approval is not None:
+        evidence["approval"] = approval
+    end = passes[-1]["window_end"]
+    command = _command(topology, kind, f"step-{following}", passes[0]["window_start"], end, reason,
                        evidence, {base: 100 - following, cand: following}, now_ms)
-    return replace(state, step=state.step + 1, step_passes=(), last_step_end=judgement.window_end,
+    return replace(state, step=state.step + 1, step_passes=(), last_step_end=end, awaiting=None,
                    promoted=kind is CommandKind.PROMOTE), [command]
 
 

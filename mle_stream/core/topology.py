@@ -47,11 +47,14 @@ class RolloutSteps:
     """The `rollout` section: the candidate's traffic steps (percent). The candidate starts at the
     first (the deployment's own split); it moves to the next once `windows` consecutive windows
     PASS every check in the current step with at least `samples` candidate samples in all, and
-    the cooldown since the last step has passed; at 100 it is PROMOTEd (champion)."""
+    the cooldown since the last step has passed; at 100 it is PROMOTEd (champion). A step listed in
+    `approval` (`approval: true` lists every step after the first) then waits for an operator's
+    APPROVE command."""
 
     steps: tuple[int, ...] = (5, 10, 25, 50, 100)
     windows: int = 3
     samples: int = 500
+    approval: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,21 @@ def _duration(v: Any) -> int:
     return parse_duration_ms(v)
 
 
+def _approval(r: _Reader, rollout: dict[str, yaml.Node], steps: tuple[int, ...]) -> tuple[int, ...]:
+    """`rollout.approval`: true (every step the candidate moves to), false, or a list of those steps."""
+    node = rollout.get("approval")
+    if node is None:
+        return ()
+    if not isinstance(node, yaml.SequenceNode):
+        return steps[1:] if r.value(rollout, "approval", "rollout", _bool, default=False) else ()
+    listed = r.sequence(rollout, "approval", "rollout", _percent)
+    unknown = [p for p in listed if p not in steps[1:]]
+    if unknown:
+        r.error(node, "rollout.approval", f"{unknown} are not steps the candidate moves to; expected some of "
+                                          f"{list(steps[1:])} (rollout.steps after the first), or true")
+    return tuple(p for p in steps[1:] if p in listed)
+
+
 def parse_topology(text: str, source: str = "<topology>") -> Topology:
     try:
         root = yaml.compose(text)
@@ -393,7 +411,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
             if name in {k.name for k in checks}:
                 r.error(c.get("name", item), f"{path}.name", f"{name!r} is already the name of another check")
             checks.append(rule)
-    ro, ro_node = section("rollout", {"steps", "windows", "samples"})
+    ro, ro_node = section("rollout", {"steps", "windows", "samples", "approval"})
     rollout = None
     if ro_node is not None:
         steps = tuple(r.sequence(ro, "steps", "rollout", _percent)) or RolloutSteps.steps
@@ -403,7 +421,8 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
             r.error(ro.get("steps", ro_node), "rollout.steps",
                     f"an A/B test has one split and the promotion, e.g. [50, 100]; got {list(steps)}")
         rollout = RolloutSteps(steps, r.value(ro, "windows", "rollout", _positive_int, default=RolloutSteps.windows),
-                               r.value(ro, "samples", "rollout", _non_negative_int, default=RolloutSteps.samples))
+                               r.value(ro, "samples", "rollout", _non_negative_int, default=RolloutSteps.samples),
+                               _approval(r, ro, steps))
     elif mode == "ab":
         r.error(root, "rollout", "mode ab needs rollout: {steps: [<split>, 100], windows: N, samples: N}")
     de, _ = section("decision", {"cooldown", "outage_after"})

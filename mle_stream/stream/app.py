@@ -1,6 +1,7 @@
-"""The Faust worker: one agent reads predictions and labels (keyed by model, so a model's records
-of both topics land in the same partition number and Faust assigns them to the same worker), hands
-batches of raw messages to the StreamProcessor and publishes what it returns.
+"""The Faust worker: one agent reads predictions, labels and the commands topic (keyed by model,
+so a model's records land in the same partition number of each and Faust assigns them to the same
+worker; of the commands only operators' APPROVEs matter here), hands batches of raw messages to
+the StreamProcessor and publishes what it returns.
 
 The state is checkpointed per input partition (mle_stream.stream.checkpoints): every
 `checkpoint_interval_s` between batches, when Faust revokes partitions, and on a clean shutdown.
@@ -52,7 +53,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
     each batch is processed and its outputs handed to Faust (mle-stream bench times the worker with it)."""
     processor = StreamProcessor(topologies, settings.topics, settings.require_signing_key(), profiles=profiles)
     topics = settings.topics
-    _require_copartitioned(bootstrap, topics.predictions, topics.labels)
+    _require_copartitioned(bootstrap, topics.predictions, topics.labels, topics.commands)
     ensure_state_topic(bootstrap, topics.state, settings.partitions)
     app = faust.App(
         settings.worker_group,
@@ -72,7 +73,8 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
     checkpoints = Checkpoints(tracked, CheckpointStore(bootstrap, topics.state, settings.worker_group),
                               settings.checkpoint_interval_s, flush_outputs=lambda: app.producer.flush())
     inputs = set(tracked.inputs)
-    source = app.topic(topics.predictions, topics.labels, key_type=bytes, value_type=bytes,
+    # The commands topic is read for operators' APPROVE commands (rollout.approval).
+    source = app.topic(topics.predictions, topics.labels, topics.commands, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     sinks = {name: app.topic(name, key_serializer="raw", value_serializer="raw")
              for name in (topics.metrics, topics.drift, topics.commands, topics.dead_letter)}
@@ -156,14 +158,14 @@ async def _read_from(app: faust.App, positions: Mapping[tuple[str, int], int]) -
     log.info("reading from %s", ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(offsets.items())))
 
 
-def _require_copartitioned(bootstrap: str, predictions: str, labels: str) -> None:
-    """A model's predictions and labels must land in the same partition number: its checkpoint
-    records offsets of both, and one worker must hold the whole join."""
-    counts = partition_counts(bootstrap, [predictions, labels])
+def _require_copartitioned(bootstrap: str, *names: str) -> None:
+    """A model's predictions, labels and approvals must land in the same partition number: its
+    checkpoint records offsets of all of them, and one worker must hold the whole join."""
+    counts = partition_counts(bootstrap, list(names))
     if len(set(counts.values())) > 1:
-        raise ConfigError(f"topics {predictions} ({counts[predictions]} partitions) and {labels} "
-                          f"({counts[labels]} partitions) must have the same number of partitions: a model's "
-                          f"predictions and labels are joined, and checkpointed, by partition number")
+        listed = ", ".join(f"{name} ({counts[name]} partitions)" for name in names)
+        raise ConfigError(f"topics {listed} must have the same number of partitions: a model's predictions and "
+                          f"labels are joined, and checkpointed with its approvals, by partition number")
 
 
 def tune_runtime() -> None:

@@ -4,11 +4,11 @@ A checkpoint belongs to one input partition number k. Predictions and labels are
 a model's records are in partition k of both topics (which must have the same partition count), and
 the checkpoint of k holds:
 
-- the next offset to read of predictions[k] and of labels[k], and
+- the next offset to read of predictions[k], labels[k] and commands[k] (operators' approvals), and
 - the snapshot of every model evaluator whose records came from partition k,
 
 taken between two batches, so the state includes exactly the input before those offsets. A worker
-that is assigned partition k restores the checkpoint and reads both topics from its offsets, not
+that is assigned partition k restores the checkpoint and reads the topics from its offsets, not
 from the consumer group's committed offsets: nothing is lost and nothing is counted twice. Without
 a (valid) checkpoint it reads the partition from its beginning, which is exact as well.
 
@@ -293,14 +293,16 @@ class CheckpointedProcessor:
     """The StreamProcessor plus what makes its state checkpointable per input partition.
 
     It holds the input partitions assigned to this worker; for each, the next offset to process of
-    both input topics and the models whose records came from it (by message key, the model name).
+    every input topic and the models whose records came from it (by message key, the model name).
     A message of a partition it does not hold, or below the next offset (already included in the
     state, e.g. redelivered after a rebalance), is dropped before the processor sees it.
     """
 
     def __init__(self, processor: StreamProcessor) -> None:
         self.processor = processor
-        self.inputs = (processor.topics.predictions, processor.topics.labels)
+        # The commands topic is an input for operators' APPROVE commands: its offsets are in the
+        # checkpoint like the others', so an approval is acted on exactly once across restarts.
+        self.inputs = (processor.topics.predictions, processor.topics.labels, processor.topics.commands)
         self._next: dict[tuple[str, int], int] = {}
         self._models: dict[int, set[str]] = {}  # held partition -> its models
         self._home: dict[str, int] = {}  # model -> the partition its records come from
@@ -317,7 +319,7 @@ class CheckpointedProcessor:
         return set(self._dirty)
 
     def positions(self, partition: int) -> dict[tuple[str, int], int]:
-        """(topic, partition) -> next offset to read, for both inputs of a held partition."""
+        """(topic, partition) -> next offset to read, for every input of a held partition."""
         return {(t, partition): self._next[(t, partition)] for t in self.inputs}
 
     def process(self, messages: Sequence[Incoming], keys: Sequence[bytes | None]) -> list[Outgoing]:
@@ -337,7 +339,9 @@ class CheckpointedProcessor:
             self._next[tp] = msg.offset + 1
             self._dirty.add(msg.partition)
             kept.append(msg)
-            if key is not None:
+            # A model's home is where its predictions and labels come from; commands are published
+            # by other producers (Faust's partitioner among them) and may sit in another partition.
+            if key is not None and msg.topic != self.processor.topics.commands:
                 self._attribute(key.decode("utf-8", "replace"), msg)
         return self.processor.process(kept) if kept else []
 

@@ -16,11 +16,12 @@ from typing import Any, Callable, Mapping, Sequence
 from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.dead_letter import dead_letter_entry
-from mle_stream.core.commands import sign
+from mle_stream.errors import InvalidEvent
+from mle_stream.core.commands import sign, verify
 from mle_stream.core.columns import LabelColumns, PredictionColumns, group_rows
 from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.evaluator import ModelEvaluator
-from mle_stream.core.events import Command, Label, Prediction
+from mle_stream.core.events import Command, CommandKind, Label, Prediction
 from mle_stream.core.policy import Verdict
 from mle_stream.core.topology import Topology
 
@@ -75,6 +76,8 @@ class StreamProcessor:
                 out.extend(self._ingest(msg, codec.decode_prediction_columns(msg.value or b""), now, touched))
             elif msg.topic == self.topics.labels:
                 out.extend(self._ingest(msg, codec.decode_label_columns(msg.value or b""), now, touched))
+            elif msg.topic == self.topics.commands:
+                out.extend(self._approval(msg, now))
             else:
                 out.append(self._dead_letter(msg, None, "", f"the worker does not read topic {msg.topic!r}", msg.value))
         for model in sorted(touched):
@@ -114,6 +117,30 @@ class StreamProcessor:
             out.extend(self._dead_letter(msg, int(position[rows[r.index]]), r.field, r.reason, part.record(r.index))
                        for r in rejects)
         return out
+
+    def _approval(self, msg: Incoming, now: int) -> list[Outgoing]:
+        """The worker reads the commands topic for operators' APPROVE commands (rollout.approval);
+        every other kind is for the actuator (the worker's own commands among them) and skipped. An
+        approval is acted on only when its signature verifies: a forged one is dead-lettered."""
+        try:
+            command = codec.decode_command(msg.value or b"")
+        except InvalidEvent as exc:
+            return [self._dead_letter(msg, None, exc.field, f"not a command: {exc}", msg.value)]
+        if command.kind is not CommandKind.APPROVE:
+            return []
+        if not verify(command, self._key):
+            return [self._dead_letter(msg, None, "signature", f"APPROVE {command.command_id} of {command.model!r} "
+                                      "is unsigned or its signature does not match MLE_SIGNING_KEY: ignored",
+                                      msg.value)]
+        evaluator = self.evaluators.get(command.model)
+        if evaluator is None:
+            known = ", ".join(sorted(self.evaluators)) or "none"
+            return [self._dead_letter(msg, None, "model", f"APPROVE {command.command_id}: no topology for model "
+                                      f"{command.model!r} (known: {known})", msg.value)]
+        commands, note = evaluator.approve(command, now)
+        log.log(logging.INFO if commands else logging.WARNING, "APPROVE %s of %s (%s): %s",
+                command.command_id, command.model, command.reason, note)
+        return self._publish(command.model.encode(), commands)
 
     def _dead_letter(self, msg: Incoming, index: int | None, field: str, reason: str,
                      payload: bytes | Prediction | Label | None) -> Outgoing:
