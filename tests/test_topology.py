@@ -91,8 +91,6 @@ def test_the_ab_example_is_an_ab_test_with_one_split() -> None:
         parse_topology(MINIMAL + "mode: ab\n")
     with pytest.raises(ConfigError, match="an A/B test has one split"):
         parse_topology(MINIMAL + "mode: ab\nrollout: {steps: [10, 50, 100]}\n")
-    with pytest.raises(ConfigError, match="mode: shadow is not supported yet"):
-        parse_topology(MINIMAL + "mode: shadow\n")
 
 
 ALIASED = 'model: m\ntask: binary\nbaseline: {alias: champion}\ncandidate: {alias: challenger}\n'
@@ -124,3 +122,37 @@ def test_alias_errors_name_the_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)) as exc:
         parse_topology(text, "t.yaml")
     assert "t.yaml:" in str(exc.value)
+
+
+def test_routing_backends_and_their_fields() -> None:
+    from mle_stream.core.topology import RoutingTarget
+
+    assert parse_topology(MINIMAL).routing == RoutingTarget()  # gitops, the defaults
+    gateway = parse_topology(MINIMAL + "routing:\n  backend: gateway-api\n  namespace: ml\n  name: \"{model}-route\"\n"
+                                       "  service: \"{model}-svc-{version}\"\n").routing
+    assert (gateway.backend, gateway.namespace, gateway.name, gateway.service) == (
+        "gateway-api", "ml", "{model}-route", "{model}-svc-{version}")
+    istio = parse_topology(MINIMAL + "routing:\n  backend: istio\n  subset: \"release-{version}\"\n"
+                                     "  host: \"{model}.ml.svc.cluster.local\"\n").routing
+    assert (istio.backend, istio.subset, istio.host, istio.name) == (
+        "istio", "release-{version}", "{model}.ml.svc.cluster.local", "{model}")
+    kserve = parse_topology(MINIMAL + "routing: {backend: kserve, namespace: serving}\n").routing
+    assert (kserve.backend, kserve.namespace, kserve.name) == ("kserve", "serving", "{model}")
+
+
+@pytest.mark.parametrize("routing, line, message", [
+    ("routing:\n  backend: linkerd\n", 6, "routing.backend: expected one of gitops, gateway-api, istio, kserve"),
+    ("routing:\n  backend: kserve\n  service: \"{model}-v{version}\"\n", 7,
+     "routing.service: does not apply to backend kserve; it takes name, namespace"),
+    ("routing:\n  backend: gitops\n  subset: \"v{version}\"\n", 7, "routing.subset: does not apply to backend gitops"),
+    ("routing:\n  backend: istio\n  subset: stable\n", 7, "routing.subset: template 'stable' must use {version}"),
+    ("routing:\n  backend: gateway-api\n  name: \"{model}-{version}\"\n", 7,
+     "routing.name: template '{model}-{version}' may use only {model}, not {version}"),
+    ("routing:\n  backend: gateway-api\n  service: \"{model}\"\n", 7, "routing.service: template '{model}' must use {version}"),
+    ("routing:\n  backend: istio\n  host: \"{cluster}\"\n", 7, "routing.host: template '{cluster}' may use only {model}"),
+    ("routing:\n  manifest: \"routes/{model\"\n", 6, "routing.manifest: 'routes/{model' is not a valid template"),
+    ("routing:\n  backend: gateway-api\n  namespace: \"\"\n", 7, "routing.namespace: expected a non-empty string"),
+])
+def test_routing_errors_name_the_file_and_line(routing: str, line: int, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"t.yaml:{line}: {message}")):
+        parse_topology(MINIMAL + routing, "t.yaml")

@@ -42,10 +42,12 @@ TASK_METRICS: dict[str, frozenset[str]] = {
 }
 SERVING_METRICS = frozenset({"serving_error_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
                              "latency_mean_ms", "latency_std_ms", "label_coverage", "throughput_per_s"})
-HIGHER_IS_WORSE = frozenset({"error_rate", "log_loss", "brier_score", "expected_calibration_error", "mae", "rmse",
+# Shadow mode only: the shadow's agreement with production on the same requests (core/shadow.py).
+SHADOW_METRICS = frozenset({"agreement", "score_abs_diff", "score_diff", "paired_rate"})
+HIGHER_IS_WORSE = frozenset({"score_abs_diff", "error_rate", "log_loss", "brier_score", "expected_calibration_error", "mae", "rmse",
                              "mape", "serving_error_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
                              "latency_mean_ms"})
-LOWER_IS_WORSE = frozenset({"accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "micro_f1",
+LOWER_IS_WORSE = frozenset({"agreement", "paired_rate", "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "micro_f1",
                             "macro_f1", "r2", "label_coverage", "throughput_per_s"})
 _VARIANT = re.compile(r"^(?P<base>[a-z_0-9]+?)(?:@(?P<at>[0-9.]+)|\[(?P<cls>[^\]]+)\])?$")
 
@@ -55,10 +57,16 @@ def base_metric(metric: str) -> str:
     return match.group("base") if match else metric
 
 
-def metric_problem(task: str, metric: str, thresholds: tuple[float, ...] = ()) -> str | None:
-    """Why `metric` cannot be checked for a model of `task`, or None when it can."""
+def metric_problem(task: str, metric: str, thresholds: tuple[float, ...] = (), mode: str = "canary") -> str | None:
+    """Why `metric` cannot be checked for a model of `task` in rollout `mode`, or None when it can."""
     match = _VARIANT.match(metric)
     base = match.group("base") if match else metric
+    if metric in SHADOW_METRICS:
+        if mode != "shadow":
+            return f"{metric!r} compares a shadow with production: only a topology with mode: shadow has it"
+        if metric == "agreement" and task == "regression":
+            return "'agreement' compares decisions, which a regression model has none of; check score_abs_diff"
+        return None
     if base in SERVING_METRICS:
         return None if match and not match.group("at") and not match.group("cls") else f"{metric!r} takes no suffix"
     known = TASK_METRICS.get(task, frozenset())
@@ -88,6 +96,8 @@ def samples_of(metric: str) -> str:
     base = base_metric(metric)
     if base.startswith("latency_"):
         return "latency_samples"
+    if base in SHADOW_METRICS:
+        return "paired"
     return "predictions" if base in SERVING_METRICS else "labeled"
 
 

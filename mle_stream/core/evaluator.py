@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from itertools import repeat
+from itertools import compress, repeat
 from operator import itemgetter
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -33,6 +33,7 @@ from mle_stream.core.join import Joined, LabelJoin, binary_truth
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
+from mle_stream.core.shadow import ShadowPairing, compare
 from mle_stream.core.snapshot_columns import decode_row_columns
 from mle_stream.core.topology import Topology
 from mle_stream.core.window_state import WindowState
@@ -158,6 +159,14 @@ class ModelEvaluator:
         self.panes: PaneTable[WindowState] = PaneTable(spec, lambda: WindowState.for_topology(t))
         # A joined pair stays correctable as long as its pane can still change.
         self.join: LabelJoin[Pending] = LabelJoin(t.label_max_delay_ms, t.window_size_ms + t.window_retention_ms)
+        # Shadow mode (core/shadow.py): the shadow's predictions share their ids with production's,
+        # so they wait for the same labels in a join of their own, and are paired with production's.
+        self.shadow_join: LabelJoin[Pending] | None = None
+        self.pairing: ShadowPairing | None = None
+        if t.mode == "shadow":
+            self.shadow_join = LabelJoin(t.label_max_delay_ms, t.window_size_ms + t.window_retention_ms)
+            self.pairing = ShadowPairing(t.shadow_pair_within_ms)
+        self._pairs: list[tuple[Pending, Pending]] = []  # (shadow, production), not yet in the pane states
         self.policy_state = PolicyState()
         # When each source last sent something, on the worker's clock (not checkpointed: an outage
         # is what this process has seen; the first batch after a restart sets them).
@@ -196,6 +205,8 @@ class ModelEvaluator:
         return {
             "kind": "model_evaluator", "v": 1, "shape": self._shape(),
             "join": self.join.snapshot(),
+            **({} if self.shadow_join is None or self.pairing is None else
+               {"shadow_join": self.shadow_join.snapshot(), "pairing": self.pairing.snapshot()}),
             "panes": self.panes.snapshot(WindowState.snapshot),
             "policy": self.policy_state.snapshot(),
             "retrain": self.retrain_state.snapshot(),
@@ -224,6 +235,9 @@ class ModelEvaluator:
             detail = "; ".join(f"{k}: snapshot {old!r}, topology {new!r}" for k, (new, old) in differs.items())
             raise ValueError(f"the snapshot of model {topology.model!r} was taken under another topology ({detail})")
         ev.join = LabelJoin.restore(data["join"], _pending_from_json)
+        if topology.mode == "shadow":
+            ev.shadow_join = LabelJoin.restore(data["shadow_join"], _pending_from_json)
+            ev.pairing = ShadowPairing.restore(data["pairing"], _pending_from_json)
         ev.panes = PaneTable.restore(ev.panes.spec, lambda: WindowState.for_topology(topology), data["panes"],
                                      lambda d: WindowState.restore(topology.task, d))
         ev.policy_state = PolicyState.restore(data["policy"])
@@ -246,7 +260,8 @@ class ModelEvaluator:
         return {"model": t.model, "task": t.task, "threshold": t.threshold, "thresholds": list(t.thresholds),
                 "window_size_ms": t.window_size_ms, "window_hop_ms": t.window_hop_ms,
                 "segment_dimensions": list(t.segment_dimensions), "drift": t.drift.enabled,
-                "concept": [s.to_json() for s in t.drift.concept]}
+                "concept": [s.to_json() for s in t.drift.concept],
+                **({"mode": "shadow"} if t.mode == "shadow" else {})}  # only then: older snapshots stay valid
 
     # -- input ------------------------------------------------------------------------------------
 
@@ -311,7 +326,7 @@ class ModelEvaluator:
             map({v: v for v in set(version_list)}.__getitem__, version_list),
             repeat(WHOLE) if segments is None else [segments[i] for i in sel],
             _take(outputs, rows[waiting]), _take(decisions, rows[waiting])))
-        joined = self.join.add_predictions(ids, ts_ok[waiting].tolist(), pending)
+        joined = self._join_predictions(ids, ts_ok[waiting].tolist(), pending)
 
         # Served: every prediction, failed ones included, a duplicate delivery not again.
         latency = cols.latency_ms if all_rows else cols.latency_ms[rows]
@@ -349,9 +364,45 @@ class ModelEvaluator:
             keep = [i for i in range(n) if i not in bad]
             ids, ts, truths = [ids[i] for i in keep], [ts[i] for i in keep], [truths[i] for i in keep]
         joined = self.join.add_labels(ids, ts, truths)
+        if self.shadow_join is not None:
+            # Only labels of shadow predictions it holds: a label that comes before its shadow
+            # prediction is found in the main join when the shadow prediction comes (_join_predictions),
+            # so mirrors that sample a few requests do not keep every other label for max_delay.
+            held = self.shadow_join.holds(ids)
+            if any(held):
+                joined.extend(self.shadow_join.add_labels(list(compress(ids, held)), list(compress(ts, held)),
+                                                          list(compress(truths, held))))
         if joined.predictions:
             self._scored.extend(self._retained(joined))
         return rejects
+
+    def _join_predictions(self, ids: Sequence[str], ts: list[int], pending: list[Pending]) -> Joined[Pending]:
+        """Predictions into the label join; in shadow mode the shadow's into its own join, with the
+        label production's join already holds for the id, and both sides into the pairing."""
+        if self.shadow_join is None or self.pairing is None:
+            return self.join.add_predictions(ids, ts, pending)  # type: ignore[arg-type]
+        cand = self.topology.candidate_version
+        shadow = [p[1] == cand for p in pending]
+        main = [i for i, s in enumerate(shadow) if not s]
+        mirrored = [i for i, s in enumerate(shadow) if s]
+        joined = self.join.add_predictions([ids[i] for i in main], [ts[i] for i in main], [pending[i] for i in main])
+        duplicates = [main[d] for d in joined.duplicates]
+        if mirrored:
+            shadow_joined = self.shadow_join.add_predictions([ids[i] for i in mirrored], [ts[i] for i in mirrored],
+                                                             [pending[i] for i in mirrored])
+            joined.extend(shadow_joined)
+            duplicates += [mirrored[d] for d in shadow_joined.duplicates]
+            new = sorted(set(mirrored) - set(duplicates))
+            labels = self.join.labels_of([ids[i] for i in new])
+            known = [(i, label) for i, label in zip(new, labels) if label is not None]
+            if known:  # the label came first: production's join has it
+                joined.extend(self.shadow_join.add_labels([ids[i] for i, _ in known], [ts[i] for i, _ in known],
+                                                          [label for _, label in known]))
+        joined.duplicates = sorted(duplicates)
+        fresh = sorted(set(range(len(pending))) - set(duplicates))
+        self._pairs.extend(self.pairing.add([ids[i] for i in fresh], [ts[i] for i in fresh],
+                                            [pending[i] for i in fresh], [shadow[i] for i in fresh]))
+        return joined
 
     def _retained(self, joined: Joined[Pending]) -> Joined[Pending]:
         """The rows whose panes event time still retains now, as a label arrives (it is checked
@@ -486,6 +537,23 @@ class ModelEvaluator:
         if self._scored.predictions:
             scored, self._scored = self._scored, Joined()
             self._score(scored.predictions, scored.labels, scored.weights)
+        if self._pairs:
+            pairs, self._pairs = self._pairs, []
+            self._compare(pairs)
+
+    def _compare(self, pairs: list[tuple[Pending, Pending]]) -> None:
+        """Shadow mode: (shadow, production) pairs into the shadow's pane states (core/shadow.py)."""
+        agree, decided, diff, abs_diff = compare(self.topology.task, pairs)
+        shadow = [s for s, _ in pairs]
+        panes = np.fromiter(map(itemgetter(0), shadow), dtype=np.int64, count=len(shadow))
+        segments = [s[2] for s in shadow]
+        if segments.count(WHOLE) == len(segments):
+            segments = None  # type: ignore[assignment]
+        for (pane, version, segment), idx in _groups(panes, [s[1] for s in shadow], segments):
+            state = self.panes.state(pane, version, segment, checked=True)
+            if state is not None and state.shadow is not None:
+                self._touched.add(pane)
+                state.shadow.update(agree[idx], decided[idx], diff[idx], abs_diff[idx])
 
     def _sketch(self, pane: int, version: str, columns: Columns, n: int) -> None:
         """Rows of one (pane, version) into its drift sketches, or into the warm-up buffer."""
@@ -599,6 +667,9 @@ class ModelEvaluator:
             # Both scan only what has expired; run them once per closing, not per batch.
             self.panes.retire()
             self.join.expire(self.panes.watermark)
+            if self.shadow_join is not None and self.pairing is not None:
+                self.shadow_join.expire(self.panes.watermark)
+                self.pairing.expire(self.panes.watermark)
             if self._alarms:
                 self._alarms = {k: a for k, a in self._alarms.items() if self.panes.is_retained(k[1])}
             for key in [k for k in self._abs_errors if not self.panes.is_retained(k[0])]:

@@ -230,6 +230,18 @@ class LabelJoin(Generic[P]):
         join.corrections, join.duplicates = counters["corrections"], counters["duplicates"]
         return join
 
+    def holds(self, ids: list[str]) -> list[bool]:
+        """Per id: is a prediction with it held (waiting for its label, or joined and correctable)?"""
+        return [i in self._predictions or i in self._joined for i in ids]
+
+    def labels_of(self, ids: list[str]) -> list[LabelValue | None]:
+        """Per id: the label this join holds for it (joined, or waiting for its prediction), else None."""
+        out: list[LabelValue | None] = []
+        for i in ids:
+            joined, waiting = self._joined.get(i), self._labels.get(i)
+            out.append(joined[2] if joined is not None else None if waiting is None else waiting[1])
+        return out
+
     @property
     def pending(self) -> tuple[int, int]:
         """(predictions waiting for a label, labels waiting for a prediction)."""

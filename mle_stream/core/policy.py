@@ -202,8 +202,8 @@ def _progress(topology: Topology, state: PolicyState, judgement: WindowJudgement
     if state.awaiting == following:  # already asked: the evidence slides on with the newest windows
         return replace(state, step_passes=passes), []
     base, cand = topology.baseline_version, topology.candidate_version
-    reason = (f"{topology.model} v{cand}: every check passed in {len(passes)} windows in a row at "
-              f"{_current_step(topology, state)}% ({samples} candidate samples); the step to {following}% waits "
+    reason = (f"{topology.model} v{cand}: every check passed in {len(passes)} windows in a row "
+              f"{_at(_current_step(topology, state))} ({samples} candidate samples); the step to {following}% waits "
               f"for approval: mle-stream command approve --model {topology.model} --baseline {base} "
               f"--candidate {cand} --percent {following} --reason ...")
     evidence = {"awaiting_percent": following, "windows": list(passes),
@@ -244,6 +244,10 @@ def _current_step(topology: Topology, state: PolicyState) -> int:
     return topology.rollout.steps[min(state.step, len(topology.rollout.steps) - 1)]
 
 
+def _at(percent: int) -> str:
+    return "in shadow (no live traffic)" if percent == 0 else f"at {percent}%"
+
+
 def _next_step(topology: Topology, state: PolicyState) -> int:
     steps = topology.rollout.steps if topology.rollout is not None else ()
     return steps[state.step + 1] if state.step + 1 < len(steps) else 100
@@ -258,7 +262,7 @@ def _step(topology: Topology, state: PolicyState, now_ms: int,
     current, following = _current_step(topology, state), _next_step(topology, state)
     base, cand = topology.baseline_version, topology.candidate_version
     kind = CommandKind.PROMOTE if following == 100 else CommandKind.SET_TRAFFIC
-    reason = (f"{topology.model} v{cand}: every check passed in {len(passes)} windows in a row at {current}% "
+    reason = (f"{topology.model} v{cand}: every check passed in {len(passes)} windows in a row {_at(current)} "
               f"({_gate_samples(passes)} candidate samples): " + ("promote to 100%, champion" if kind is CommandKind.PROMOTE
                                                                 else f"next step {following}%")
               + ("" if approval is None else f"; approved (command {approval['command_id']}): {approval['reason']}"))

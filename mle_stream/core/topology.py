@@ -14,7 +14,14 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from mle_stream.core.checks import SEQUENTIAL_METRICS, CheckRule, SequentialSpec, default_worse, metric_problem
+from mle_stream.core.checks import (
+    SEQUENTIAL_METRICS,
+    SHADOW_METRICS,
+    CheckRule,
+    SequentialSpec,
+    default_worse,
+    metric_problem,
+)
 from mle_stream.core.drift.concept import KINDS, DetectorSpec
 from mle_stream.core.drift.decision import DriftThresholds
 from mle_stream.core.drift.live import DriftSettings
@@ -23,9 +30,11 @@ from mle_stream.errors import ConfigError
 TASKS = ("binary", "multiclass", "regression")
 # canary: the candidate takes rising traffic steps (rollout.steps) or keeps the deployment's split;
 # ab: both versions serve a fixed split (rollout.steps: [split, 100]) until the gate promotes the
-# candidate or a check rolls it back. Shadow needs the shadow and the production prediction of one
-# request paired, which the event contract does not carry yet.
-MODES = ("canary", "ab")
+# candidate or a check rolls it back; shadow: the candidate answers mirrored requests and is never
+# served, its predictions are paired with production's by prediction_id (core/shadow.py), and the
+# gate, if any, promotes it straight to 100% (as Flagger's traffic mirroring does).
+MODES = ("canary", "ab", "shadow")
+SHADOW_STEPS = (0, 100)  # the shadow's rollout: 0% of live traffic, then promotion
 ROLLBACK_METRICS = ("error_rate", "serving_error_rate")  # the `rollback:` shorthand's choices
 CHECK_KEYS = {"name", "metric", "worse", "max", "min", "max_degradation", "max_degradation_relative", "min_samples",
               "consecutive", "cumulative", "hysteresis", "action", "sequential"}
@@ -83,13 +92,50 @@ class RetrainRule:
         return self.drifted_share is not None or self.concept_drift or self.new_labels is not None
 
 
+# Where a model's traffic split lives: a GitOps repository of HTTPRoute manifests, or an object the
+# actuator patches on the API server (Gateway API HTTPRoute, Istio VirtualService, KServe
+# InferenceService). Each backend reads only the fields it needs; naming another backend's field
+# is an error, so a copied topology cannot silently route through the wrong object.
+ROUTING_BACKENDS = ("gitops", "gateway-api", "istio", "kserve")
+_ROUTING_FIELDS = {
+    "gitops": {"manifest", "service", "namespace", "gateway"},
+    "gateway-api": {"name", "service", "namespace"},
+    "istio": {"name", "subset", "host", "namespace"},
+    "kserve": {"name", "namespace"},
+}
+
+
 @dataclass(frozen=True)
 class RoutingTarget:
     backend: str = "gitops"
-    manifest: str = "routes/{model}.yaml"
-    service: str = "{model}-v{version}"
+    manifest: str = "routes/{model}.yaml"  # gitops: manifest path in the repository
+    service: str = "{model}-v{version}"  # gitops, gateway-api: the Service of one version
     namespace: str = "default"
-    gateway: str = "ml-gateway"
+    gateway: str = "ml-gateway"  # gitops: parentRef of a newly written HTTPRoute
+    name: str = "{model}"  # gateway-api, istio, kserve: metadata.name of the object
+    subset: str = "v{version}"  # istio: DestinationRule subset of one version
+    host: str = "{model}"  # istio: destination host (the model's Service) of a new route entry
+
+
+def _template(*required: str, allowed: tuple[str, ...] = ("model", "version")) -> Callable[[Any], str]:
+    """A non-empty format string using every field in `required` and none outside `allowed`."""
+    import string  # kept local: this block is the routing section's own code
+
+    def convert(v: Any) -> str:
+        text = _text(v)
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not a valid template ({exc})") from None
+        fields = ", ".join("{" + a + "}" for a in allowed)
+        missing = [n for n in required if n not in names]
+        if missing:
+            raise ValueError(f"template {text!r} must use {', '.join('{' + n + '}' for n in missing)}")
+        unknown = sorted(names - set(allowed))
+        if unknown:
+            raise ValueError(f"template {text!r} may use only {fields}, not {', '.join('{' + n + '}' for n in unknown)}")
+        return text
+    return convert
 
 
 @dataclass(frozen=True)
@@ -108,6 +154,7 @@ class Topology:
     window_retention_ms: int = 3_600_000
     label_max_delay_ms: int = 7 * 86_400_000
     max_clock_skew_ms: int = 300_000
+    shadow_pair_within_ms: int = 60_000  # shadow mode: how long a side waits for its counterpart
     thresholds: tuple[float, ...] = ()  # extra decision thresholds to report precision/recall/f1 at
     segment_dimensions: tuple[str, ...] = ()
     segment_max_values: int = 50  # per dimension; later values are counted as "__other__"
@@ -287,14 +334,9 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     r = _Reader(source, root)
     top = r.mapping(root, "", {"model", "task", "mode", "threshold", "baseline", "candidate",
                                "windows", "labels", "metrics", "segments", "rollback", "routing",
-                               "drift", "retrain", "checks", "decision", "rollout"})
+                               "drift", "retrain", "checks", "decision", "rollout", "shadow"})
     model = r.value(top, "model", "", _text, required=True)
     task = r.value(top, "task", "", _choice(TASKS), required=True)
-    if "mode" in top and getattr(top["mode"], "value", None) == "shadow":
-        r.error(top["mode"], "mode", "shadow is not supported yet: comparing a shadow prediction with the "
-                                     "production one of the same request needs a request id the event contract "
-                                     "does not carry; use canary or ab")
-        del top["mode"]
     mode = r.value(top, "mode", "", _choice(MODES), default="canary")
     threshold = r.value(top, "threshold", "", _fraction, default=0.5)
 
@@ -372,7 +414,11 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
             c = r.mapping(item, path, CHECK_KEYS)
             name = r.value(c, "name", path, _text, required=True, parent=item)
             metric = r.value(c, "metric", path, _text, required=True, parent=item)
-            problem = None if metric is None or task is None else metric_problem(task, metric, tuple(thresholds))
+            problem = (None if metric is None or task is None
+                       else metric_problem(task, metric, tuple(thresholds), mode or "canary"))
+            if metric in SHADOW_METRICS and any(k in c for k in ("max_degradation", "max_degradation_relative")):
+                r.error(c["metric"], f"{path}.metric", f"{metric} already compares the shadow with production: "
+                                                       "give it max or min, not max_degradation")
             if problem:
                 r.error(c["metric"], f"{path}.metric", problem)
             worse = r.value(c, "worse", path, _choice(("higher", "lower")),
@@ -415,7 +461,13 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     rollout = None
     if ro_node is not None:
         steps = tuple(r.sequence(ro, "steps", "rollout", _percent)) or RolloutSteps.steps
-        if list(steps) != sorted(set(steps)) or steps[-1] != 100:
+        if mode == "shadow":
+            if "steps" in ro:
+                r.error(ro["steps"], "rollout.steps", "a shadow serves no traffic, so it has no steps: its gate "
+                                                      "promotes it to 100%; for traffic steps after the shadow, "
+                                                      "roll out with a canary topology")
+            steps = SHADOW_STEPS
+        elif list(steps) != sorted(set(steps)) or steps[-1] != 100:
             r.error(ro.get("steps", ro_node), "rollout.steps", f"must rise strictly and end at 100, got {list(steps)}")
         elif mode == "ab" and len(steps) != 2:
             r.error(ro.get("steps", ro_node), "rollout.steps",
@@ -425,6 +477,12 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
                                _approval(r, ro, steps))
     elif mode == "ab":
         r.error(root, "rollout", "mode ab needs rollout: {steps: [<split>, 100], windows: N, samples: N}")
+    sh, sh_node = section("shadow", {"pair_within"})
+    if sh_node is not None and mode != "shadow":
+        r.error(sh_node, "shadow", "is for mode: shadow")
+    pair_within = r.value(sh, "pair_within", "shadow", _duration, default=Topology.shadow_pair_within_ms)
+    if pair_within is not None and pair_within <= 0:
+        r.error(sh["pair_within"], "shadow.pair_within", "must be longer than 0")
     de, _ = section("decision", {"cooldown", "outage_after"})
     decision = DecisionSettings(
         cooldown_ms=r.value(de, "cooldown", "decision", _duration, default=DecisionSettings.cooldown_ms),
@@ -480,13 +538,22 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     if retrain.drifted_share is not None and not drift.enabled:
         r.error(re_node or root, "retrain.drifted_share", "needs a drift section (drift tables to count drifted features in)")
 
-    rt, _ = section("routing", {"backend", "manifest", "service", "namespace", "gateway"})
+    rt, _ = section("routing", set().union(*_ROUTING_FIELDS.values(), {"backend"}))
+    routing_backend = r.value(rt, "backend", "routing", _choice(ROUTING_BACKENDS), default="gitops")
+    for key in sorted(set(rt) - {"backend"} - _ROUTING_FIELDS.get(routing_backend, set(rt))):
+        r.error(rt[key], f"routing.{key}", f"does not apply to backend {routing_backend}; it takes "
+                                           f"{', '.join(sorted(_ROUTING_FIELDS[routing_backend]))}")
+        del rt[key]  # reported once, not checked again as that backend's value
     routing = RoutingTarget(
-        backend=r.value(rt, "backend", "routing", _choice(("gitops",)), default="gitops"),
-        manifest=r.value(rt, "manifest", "routing", _text, default=RoutingTarget.manifest),
-        service=r.value(rt, "service", "routing", _text, default=RoutingTarget.service),
+        backend=routing_backend or "gitops",
+        manifest=r.value(rt, "manifest", "routing", _template("model", allowed=("model",)),
+                         default=RoutingTarget.manifest),
+        service=r.value(rt, "service", "routing", _template("version"), default=RoutingTarget.service),
         namespace=r.value(rt, "namespace", "routing", _text, default="default"),
         gateway=r.value(rt, "gateway", "routing", _text, default="ml-gateway"),
+        name=r.value(rt, "name", "routing", _template(allowed=("model",)), default=RoutingTarget.name),
+        subset=r.value(rt, "subset", "routing", _template("version"), default=RoutingTarget.subset),
+        host=r.value(rt, "host", "routing", _template(allowed=("model",)), default=RoutingTarget.host),
     )
 
     if r.errors:
@@ -498,6 +565,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         window_size_ms=size, window_hop_ms=hop, window_grace_ms=grace, window_updates_ms=updates_every, window_retention_ms=retention,
         label_max_delay_ms=max_delay, max_clock_skew_ms=skew, thresholds=tuple(thresholds),
         segment_dimensions=tuple(dimensions), segment_max_values=max_values, checks=tuple(checks), decision=decision, rollout=rollout, routing=routing,
+        shadow_pair_within_ms=pair_within,
         drift=drift, retrain=retrain,
         policy_version=hashlib.sha256(text.encode()).hexdigest()[:12],
     )

@@ -1,5 +1,6 @@
 """The state of one model version (and segment) over one pane or window: the task's metric state
-(binary, multiclass or regression) and the serving state, merged and snapshotted together."""
+(binary, multiclass or regression), the serving state and, in shadow mode, the agreement with
+production, merged and snapshotted together."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from mle_stream.core.metrics.multiclass import MulticlassMetrics
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, BoolArray, FloatArray, MulticlassOutcomes, RegressionOutcomes
 from mle_stream.core.metrics.regression import RegressionMetrics
 from mle_stream.core.metrics.serving import ServingMetrics
+from mle_stream.core.shadow import AgreementMetrics
 from mle_stream.core.topology import Topology
 
 TaskMetrics = Union[BinaryMetrics, MulticlassMetrics, RegressionMetrics]
@@ -22,10 +24,12 @@ _TASKS: dict[str, type[TaskMetrics]] = {
 
 
 class WindowState:
-    def __init__(self, task: TaskMetrics, serving: ServingMetrics, drift: DriftSketches | None = None) -> None:
+    def __init__(self, task: TaskMetrics, serving: ServingMetrics, drift: DriftSketches | None = None,
+                 shadow: AgreementMetrics | None = None) -> None:
         self.task = task
         self.serving = serving
         self.drift = drift  # a tracked version's whole-version drift sketches, once it has rows
+        self.shadow = shadow  # shadow mode: pairs with production (only the shadow version's fill)
 
     @classmethod
     def for_topology(cls, topology: Topology) -> "WindowState":
@@ -33,7 +37,7 @@ class WindowState:
             task: TaskMetrics = BinaryMetrics(thresholds=topology.thresholds)
         else:
             task = _TASKS[topology.task]()
-        return cls(task, ServingMetrics())
+        return cls(task, ServingMetrics(), shadow=AgreementMetrics() if topology.mode == "shadow" else None)
 
     def serve(self, latency_ms: FloatArray, serving_error: BoolArray) -> None:
         """Predictions as served: latency (NaN when not reported) and whether serving failed."""
@@ -67,19 +71,25 @@ class WindowState:
         serving = self.serving.values(window_s)
         serving["serving_error_rate"] = serving.pop("error_rate")
         out.update(serving)
+        if self.shadow is not None:
+            out.update(self.shadow.values())
+            out["paired_rate"] = self.shadow.pairs / self.predictions if self.shadow.pairs else None
         return out
 
     def merge(self, other: "WindowState") -> "WindowState":
         return WindowState(self.task.merge(other.task), self.serving.merge(other.serving),  # type: ignore[arg-type]
-                           merge_optional(self.drift, other.drift))
+                           merge_optional(self.drift, other.drift), merge_optional(self.shadow, other.shadow))
 
     def snapshot(self) -> dict[str, Any]:
         data = {"task": self.task.snapshot(), "serving": self.serving.snapshot()}
         if self.drift is not None:
             data["drift"] = self.drift.snapshot()
+        if self.shadow is not None:
+            data["shadow"] = self.shadow.snapshot()
         return data
 
     @classmethod
     def restore(cls, task: str, data: dict[str, Any]) -> "WindowState":
         drift = DriftSketches.restore(data["drift"]) if "drift" in data else None
-        return cls(_TASKS[task].restore(data["task"]), ServingMetrics.restore(data["serving"]), drift)
+        shadow = AgreementMetrics.restore(data["shadow"]) if "shadow" in data else None
+        return cls(_TASKS[task].restore(data["task"]), ServingMetrics.restore(data["serving"]), drift, shadow)

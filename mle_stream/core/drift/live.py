@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -97,7 +97,15 @@ class DriftSketches:
         return cls({str(name): _restore_sketch(s, f"drift column {name!r}") for name, s in data.items()})
 
 
-def merge_optional(a: DriftSketches | None, b: DriftSketches | None) -> DriftSketches | None:
+class _Mergeable(Protocol):
+    def merge(self: _M, other: _M) -> _M: ...
+
+
+_M = TypeVar("_M", bound=_Mergeable)
+
+
+def merge_optional(a: _M | None, b: _M | None) -> _M | None:
+    """a merged with b, where either may be absent (a state that never had rows)."""
     if a is None:
         return b
     if b is None:

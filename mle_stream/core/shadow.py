@@ -1,0 +1,160 @@
+"""Shadow mode: the candidate answers a mirrored copy of production traffic and is never served.
+
+A shadow prediction carries the `prediction_id` of the production prediction of the same request
+(its request id: KServe's inference logger and an Istio or Gateway API mirror hand both models the
+same request, and the serving code publishes both predictions under its id). With that the
+evaluator can
+
+- pair the two predictions of a request (`ShadowPairing`) and measure how far the shadow is from
+  production on exactly the same requests (`AgreementMetrics`): how often their decisions agree,
+  and how far apart their scores are (the shadow's score drift, signed and absolute);
+- score the shadow on the production prediction's label, in a second label join (evaluator.py).
+
+Both sides may arrive in either order. A side whose counterpart has not come within `within_ms`
+of event time stays unpaired and is counted (`unpaired`), never an error: mirrors may sample.
+"""
+
+from __future__ import annotations
+
+import math
+from operator import itemgetter
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mle_stream.core.snapshot_columns import decode_column, encode_column, encode_rows
+
+# A stored prediction as the evaluator keeps it (evaluator.Pending): (pane, version, segments,
+# output, decision).
+Pending = tuple[Any, ...]
+
+
+class ShadowPairing:
+    """Shadow and production predictions waiting for their counterpart, by prediction_id."""
+
+    def __init__(self, within_ms: int) -> None:
+        if within_ms <= 0:
+            raise ValueError(f"need within_ms > 0, got {within_ms}")
+        self.within_ms = within_ms
+        # id -> (timestamp, is_shadow, prediction), in insertion order (expiry pops from the front).
+        self._waiting: dict[str, tuple[int, bool, Pending]] = {}
+        self.unpaired = {"shadow": 0, "production": 0}
+
+    def add(self, ids: Sequence[str], timestamps: Sequence[int], predictions: Sequence[Pending],
+            shadow: Sequence[bool]) -> list[tuple[Pending, Pending]]:
+        """Predictions the label join did not find to be duplicates; returns the (shadow,
+        production) pairs they complete. A second prediction of the same side and id keeps the
+        first (the join lets a prediction through again only after it expired)."""
+        pairs: list[tuple[Pending, Pending]] = []
+        waiting = self._waiting
+        for key, ts, prediction, is_shadow in zip(ids, timestamps, predictions, shadow):
+            other = waiting.get(key)
+            if other is None:
+                waiting[key] = (ts, is_shadow, prediction)
+            elif other[1] != is_shadow:
+                del waiting[key]
+                pairs.append((prediction, other[2]) if is_shadow else (other[2], prediction))
+        return pairs
+
+    def expire(self, watermark: int) -> None:
+        horizon = watermark - self.within_ms
+        expired = []
+        for key, (ts, is_shadow, _) in self._waiting.items():
+            if ts >= horizon:
+                break
+            expired.append(key)
+            self.unpaired["shadow" if is_shadow else "production"] += 1
+        for key in expired:
+            del self._waiting[key]
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def snapshot(self) -> dict[str, Any]:
+        entries = list(self._waiting.values())
+        return {"kind": "shadow_pairing", "v": 1, "within_ms": self.within_ms,
+                "id": encode_column(list(self._waiting)), "ts": encode_column([e[0] for e in entries]),
+                "shadow": encode_column([e[1] for e in entries]),
+                "prediction": encode_rows(list(map(itemgetter(2), entries))), "unpaired": dict(self.unpaired)}
+
+    @classmethod
+    def restore(cls, data: dict[str, Any], predictions: Callable[[dict[str, Any]], list[Pending]]) -> ShadowPairing:
+        if not isinstance(data, dict) or data.get("kind") != "shadow_pairing" or data.get("v") != 1:
+            raise ValueError(f"not a shadow_pairing v1 snapshot: kind={data.get('kind')!r}, v={data.get('v')!r}")
+        pairing = cls(int(data["within_ms"]))
+        pairing._waiting = dict(zip(decode_column(data["id"]), zip(
+            decode_column(data["ts"]), map(bool, decode_column(data["shadow"])), predictions(data["prediction"]))))
+        pairing.unpaired = {k: int(v) for k, v in data["unpaired"].items()}
+        return pairing
+
+
+def compare(task: str, pairs: Sequence[tuple[Pending, Pending]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per (shadow, production) pair: (agree, decided, diff, abs_diff).
+
+    decided: both decisions are known (binary and multiclass; a regression has none), agree:
+    they are equal. diff: shadow score - production score (binary: the score, regression: the
+    value; NaN for multiclass), abs_diff: |diff|, or for multiclass the total variation distance
+    between the two normalised class distributions (half the L1 distance, in [0, 1])."""
+    n = len(pairs)
+    shadow_out = [s[3] for s, _ in pairs]
+    production_out = [p[3] for _, p in pairs]
+    if task == "multiclass":
+        agree = np.fromiter((s[4] == p[4] for s, p in pairs), dtype=np.bool_, count=n)
+        tv = np.fromiter((_total_variation(a, b) for a, b in zip(shadow_out, production_out)), dtype=np.float64, count=n)
+        return agree, np.ones(n, dtype=np.bool_), np.full(n, np.nan), tv
+    diff = np.array(shadow_out, dtype=np.float64) - np.array(production_out, dtype=np.float64)
+    if task == "binary":
+        agree = np.array([s[4] for s, _ in pairs], dtype=np.bool_) == np.array([p[4] for _, p in pairs], dtype=np.bool_)
+        return agree, np.ones(n, dtype=np.bool_), diff, np.abs(diff)
+    return np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_), diff, np.abs(diff)
+
+
+def _total_variation(a: dict[str, float], b: dict[str, float]) -> float:
+    sa, sb = math.fsum(a.values()), math.fsum(b.values())
+    return 0.5 * math.fsum(abs(a.get(k, 0.0) / sa - b.get(k, 0.0) / sb) for k in a.keys() | b.keys())
+
+
+class AgreementMetrics:
+    """Mergeable: the shadow's pairs with production in one pane or window, as counts and sums."""
+
+    __slots__ = ("pairs", "decided", "agree", "abs_n", "abs_sum", "diff_n", "diff_sum")
+
+    def __init__(self) -> None:
+        self.pairs = 0
+        self.decided = 0  # pairs with both decisions known
+        self.agree = 0
+        self.abs_n, self.abs_sum = 0, 0.0
+        self.diff_n, self.diff_sum = 0, 0.0
+
+    def update(self, agree: np.ndarray, decided: np.ndarray, diff: np.ndarray, abs_diff: np.ndarray) -> None:
+        self.pairs += len(agree)
+        self.decided += int(decided.sum())
+        self.agree += int((agree & decided).sum())
+        has_abs, has_diff = ~np.isnan(abs_diff), ~np.isnan(diff)
+        self.abs_n += int(has_abs.sum())
+        self.abs_sum += float(abs_diff[has_abs].sum())
+        self.diff_n += int(has_diff.sum())
+        self.diff_sum += float(diff[has_diff].sum())
+
+    def merge(self, other: AgreementMetrics) -> AgreementMetrics:
+        out = AgreementMetrics()
+        for name in self.__slots__:
+            setattr(out, name, getattr(self, name) + getattr(other, name))
+        return out
+
+    def values(self) -> dict[str, float | None]:
+        return {"paired": float(self.pairs),
+                "agreement": self.agree / self.decided if self.decided else None,
+                "score_abs_diff": self.abs_sum / self.abs_n if self.abs_n else None,
+                "score_diff": self.diff_sum / self.diff_n if self.diff_n else None}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def restore(cls, data: dict[str, Any]) -> AgreementMetrics:
+        out = cls()
+        for name in cls.__slots__:
+            setattr(out, name, type(getattr(out, name))(data[name]))
+        return out
