@@ -38,7 +38,8 @@ SECRET_EXAMPLE = K8S / "secret.example.yaml"
 # What the worker and the actuator must agree on: a different key, broker or topic layout on one
 # side makes every command unverifiable or unseen.
 SHARED_SETTINGS = ("MLE_BOOTSTRAP_SERVERS", "MLE_SIGNING_KEY", "MLFLOW_TRACKING_URI", "MLE_TOPIC_PARTITIONS")
-ACTUATOR_VERBS = {"get", "list", "watch", "patch"}
+# Exactly what the routing adapters call: read one named object, patch it.
+ACTUATOR_VERBS = {"get", "patch"}
 ROUTING_RESOURCES = {
     ("gateway.networking.k8s.io", "httproutes"),
     ("networking.istio.io", "virtualservices"),
@@ -408,7 +409,7 @@ def test_actuator_role_grants_exactly_the_routing_rights() -> None:
     for rule in role["rules"]:
         for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
             assert not any("*" in value for value in rule.get(field, [])), f"wildcard in {field}: {rule}"
-        assert set(rule["verbs"]) <= ACTUATOR_VERBS, rule["verbs"]
+        assert set(rule["verbs"]) == ACTUATOR_VERBS, rule["verbs"]
         granted |= {(group, resource) for group in rule["apiGroups"] for resource in rule["resources"]}
     assert granted == ROUTING_RESOURCES
 

@@ -4,11 +4,10 @@ Argo CD or Flux deploys what is committed; this adapter only edits and commits (
 the repository has an `origin`), so Git, the registry and the cluster can agree.
 
 The manifest (one per model, at `manifest_template`) is an HTTPRoute whose first rule lists one
-backendRef per version. Versions are recovered from the annotation `mle-stream.io/versions`
-(service name -> version, JSON), which this adapter writes with every change; a backendRef a human
-added without updating it is still understood when its name matches `service_template`. Fields a
-human put in the manifest (hostnames, matches, filters, other rules, extra backendRef fields) are
-kept, but YAML comments are not: PyYAML does not round-trip them.
+backendRef per version; httproute.py reads and rewrites the weights (the same code patches a live
+HTTPRoute in kubernetes_routing.py). Fields a human put in the manifest (hostnames, matches,
+filters, other rules, extra backendRef fields) are kept, but YAML comments are not: PyYAML does
+not round-trip them.
 
 What counts as applied is what is committed, and pushed when there is an `origin`: reads use the
 manifest at HEAD, and `last_applied_command` answers None while HEAD is not on origin, so the
@@ -20,37 +19,33 @@ otherwise): a directory inside another checkout is never committed into that out
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import os
-import re
-import string
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mle_stream.actuator.ports import check_weights, describe_weights, version_order
+from mle_stream.actuator.httproute import (
+    API_VERSION,
+    KIND,
+    LAST_COMMAND_ANNOTATION,
+    LAST_REASON_ANNOTATION,
+    VERSIONS_ANNOTATION,
+    HTTPRouteWeights,
+    annotations_of,
+    is_object_name,
+    template_fields,
+)
+from mle_stream.actuator.ports import check_weights, describe_weights
 from mle_stream.errors import ActuationError
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "gateway.networking.k8s.io/v1"
-VERSIONS_ANNOTATION = "mle-stream.io/versions"
-LAST_COMMAND_ANNOTATION = "mle-stream.io/last-command-id"
-LAST_REASON_ANNOTATION = "mle-stream.io/last-reason"
-BACKEND_PORT = 80
+__all__ = ["GitOpsRouting", "LAST_COMMAND_ANNOTATION", "LAST_REASON_ANNOTATION", "VERSIONS_ANNOTATION"]
 
-# metadata.name of the HTTPRoute is the model name, so it must be a DNS-1123 subdomain; this also
-# keeps a model name from walking out of the repository through the manifest path.
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _GIT_IDENTITY = ("-c", "user.name=mle-stream", "-c", "user.email=mle-stream@localhost", "-c", "commit.gpgsign=false")
-
-
-def _template_fields(template: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
 
 
 class GitOpsRouting:
@@ -72,14 +67,10 @@ class GitOpsRouting:
         *,
         timeout_s: float = 60.0,
     ) -> None:
-        manifest_fields = _template_fields(manifest_template)
+        manifest_fields = template_fields(manifest_template)
         if manifest_fields != {"model"}:
             raise ValueError(f"manifest_template {manifest_template!r} must use {{model}} and no other field")
-        service_fields = _template_fields(service_template)
-        if "version" not in service_fields or not service_fields <= {"model", "version"}:
-            raise ValueError(
-                f"service_template {service_template!r} must use {{version}} and may use {{model}}, nothing else"
-            )
+        self._routes = HTTPRouteWeights(service_template)
         if not namespace or not gateway:
             raise ValueError("namespace and gateway must be non-empty")
         if timeout_s <= 0:
@@ -101,7 +92,7 @@ class GitOpsRouting:
                 f"no committed route manifest for model {model!r} at {path} (repository {self.repo_dir}); "
                 "create it with GitOpsRouting.init_route or commit one"
             )
-        return self._weights_of(model, manifest)
+        return self._routes.weights(model, manifest, self._where(model))
 
     def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str) -> str:
         weights = check_weights(model, weights)
@@ -125,7 +116,7 @@ class GitOpsRouting:
         manifest = self._committed_manifest(model)
         if manifest is None:
             return None
-        command = self._annotations(manifest).get(LAST_COMMAND_ANNOTATION)
+        command = annotations_of(manifest).get(LAST_COMMAND_ANNOTATION)
         if command and self._has_origin() and self._unpushed():
             log.info("route of %s records command %s but HEAD is not on origin yet: not applied", model, command)
             return None
@@ -150,7 +141,9 @@ class GitOpsRouting:
 
     def manifest_path(self, model: str) -> Path:
         """Where the model's manifest lives; refuses names that are not valid Kubernetes names."""
-        if not isinstance(model, str) or len(model) > 253 or not _DNS1123_SUBDOMAIN.match(model):
+        # metadata.name of the HTTPRoute is the model name; this also keeps a model name from
+        # walking out of the repository through the manifest path.
+        if not is_object_name(model):
             raise ActuationError(
                 f"model name {model!r} cannot name an HTTPRoute: use lower-case letters, digits, '-' and '.' "
                 "(a DNS-1123 subdomain, at most 253 characters)"
@@ -161,106 +154,31 @@ class GitOpsRouting:
         return path
 
     def service_name(self, model: str, version: str) -> str:
-        return self.service_template.format(model=model, version=version)
+        return self._routes.service_name(model, version)
 
     def version_of_service(self, model: str, service: str) -> str | None:
         """Reverse `service_template`: the version a Service name stands for, None if it does not match."""
-        pattern = ""
-        for literal, name, _, _ in string.Formatter().parse(self.service_template):
-            pattern += re.escape(literal)
-            if name == "model":
-                pattern += re.escape(model)
-            elif name == "version":
-                pattern += r"(?P<version>.+)"
-        match = re.fullmatch(pattern, service)
-        return match.group("version") if match else None
+        return self._routes.version_of_service(model, service)
 
     # -- manifest ------------------------------------------------------------------------------
 
     def _render(self, model: str, weights: dict[str, int], existing: dict[str, Any] | None) -> dict[str, Any]:
-        """The manifest routing by `weights`, keeping whatever else `existing` says.
+        """The manifest routing by `weights`, keeping whatever else `existing` says (a new one if None)."""
+        manifest: dict[str, Any] = existing or {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {
+                "name": model,
+                "namespace": self.namespace,
+                "labels": {"app.kubernetes.io/managed-by": "mle-stream"},
+                "annotations": {},
+            },
+            "spec": {"parentRefs": [{"name": self.gateway}], "rules": [{"backendRefs": []}]},
+        }
+        return self._routes.with_weights(model, manifest, weights, self._where(model))
 
-        A version that already has a backendRef keeps it (its name, port and any other field), so
-        a Service named by hand stays as it is; a new version gets one from the templates.
-        """
-        if existing is None:
-            manifest: dict[str, Any] = {
-                "apiVersion": API_VERSION,
-                "kind": "HTTPRoute",
-                "metadata": {
-                    "name": model,
-                    "namespace": self.namespace,
-                    "labels": {"app.kubernetes.io/managed-by": "mle-stream"},
-                    "annotations": {},
-                },
-                "spec": {"parentRefs": [{"name": self.gateway}], "rules": [{"backendRefs": []}]},
-            }
-        else:
-            manifest = copy.deepcopy(existing)
-        old_refs = {version: ref for version, ref in self._versioned_refs(model, manifest)}
-        refs: list[dict[str, Any]] = []
-        names: dict[str, str] = {}
-        for version in sorted(weights, key=version_order):
-            ref = dict(old_refs.get(version) or {"name": self.service_name(model, version), "port": BACKEND_PORT})
-            ref["weight"] = weights[version]
-            refs.append(ref)
-            names[ref["name"]] = version
-        metadata = manifest.get("metadata") or {}
-        metadata["annotations"] = metadata.get("annotations") or {}
-        metadata["annotations"][VERSIONS_ANNOTATION] = json.dumps(names, sort_keys=True)
-        manifest["metadata"] = metadata
-        manifest["spec"]["rules"][0]["backendRefs"] = refs
-        return manifest
-
-    def _weights_of(self, model: str, manifest: dict[str, Any]) -> dict[str, int]:
-        where = f"{self.manifest_path(model)} at HEAD"
-        weights: dict[str, int] = {}
-        for version, ref in self._versioned_refs(model, manifest):
-            weight = ref.get("weight", 1)  # Gateway API's default weight is 1
-            if isinstance(weight, bool) or not isinstance(weight, int):
-                raise ActuationError(f"{where}: backendRef {ref['name']!r} has weight {weight!r}, not a whole number")
-            weights[version] = weights.get(version, 0) + weight
-        return weights
-
-    def _versioned_refs(self, model: str, manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        """(version, backendRef) for each backendRef of spec.rules[0], or ActuationError saying what is wrong.
-
-        The version comes from the annotation this adapter writes, else from the name through the
-        service template; a backendRef neither explains is an error rather than silently dropped.
-        """
-        where = f"{self.manifest_path(model)} at HEAD"
-        spec = manifest.get("spec")
-        rules = spec.get("rules") if isinstance(spec, dict) else None
-        if not isinstance(rules, list) or not rules or not isinstance(rules[0], dict):
-            raise ActuationError(f"{where}: the HTTPRoute needs spec.rules[0], a mapping with backendRefs")
-        refs = rules[0].get("backendRefs") or []
-        if not isinstance(refs, list):
-            raise ActuationError(f"{where}: spec.rules[0].backendRefs must be a list")
-        raw_names = self._annotations(manifest).get(VERSIONS_ANNOTATION) or "{}"
-        try:
-            names = json.loads(raw_names)
-        except json.JSONDecodeError as exc:
-            raise ActuationError(f"{where}: annotation {VERSIONS_ANNOTATION} is not JSON: {exc}") from exc
-        if not isinstance(names, dict):
-            raise ActuationError(f"{where}: annotation {VERSIONS_ANNOTATION} must map service name -> version")
-        found: list[tuple[str, dict[str, Any]]] = []
-        for i, ref in enumerate(refs):
-            name = ref.get("name") if isinstance(ref, dict) else None
-            if not isinstance(ref, dict) or not isinstance(name, str):
-                raise ActuationError(f"{where}: spec.rules[0].backendRefs[{i}] has no name")
-            version = names.get(name) or self.version_of_service(model, name)
-            if version is None:
-                raise ActuationError(
-                    f"{where}: backendRef {name!r} names no version: it is not in annotation {VERSIONS_ANNOTATION} "
-                    f"and does not match the service template {self.service_template!r}"
-                )
-            found.append((str(version), ref))
-        return found
-
-    @staticmethod
-    def _annotations(manifest: dict[str, Any]) -> dict[str, Any]:
-        metadata = manifest.get("metadata") or {}
-        return metadata.get("annotations") or {}
+    def _where(self, model: str) -> str:
+        return f"{self.manifest_path(model)} at HEAD"
 
     def _committed_manifest(self, model: str) -> dict[str, Any] | None:
         """The manifest as committed at HEAD, None when the repository or the file does not exist."""
@@ -277,7 +195,7 @@ class GitOpsRouting:
         except yaml.YAMLError as exc:
             raise ActuationError(f"{path} at HEAD is not valid YAML: {exc}") from exc
         kind = manifest.get("kind") if isinstance(manifest, dict) else None
-        if not isinstance(manifest, dict) or kind != "HTTPRoute":
+        if not isinstance(manifest, dict) or kind != KIND:
             raise ActuationError(f"{path} at HEAD is not an HTTPRoute manifest (kind is {kind!r})")
         return manifest
 
