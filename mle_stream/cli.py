@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import textwrap
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Sequence
 
 from mle_stream import __version__
+from mle_stream.actuator.backends import add_routing_arguments
 from mle_stream.config import Settings
-from mle_stream.errors import MleStreamError
+from mle_stream.errors import ConfigError, MleStreamError
+from mle_stream.operator_commands import OPERATOR_KINDS
 
 ENVIRONMENT_HELP = """\
 environment:
@@ -31,6 +34,8 @@ environment:
                           (mle.state: the worker's checkpoints, compacted).
   MLE_CHECKPOINT_INTERVAL how often the worker checkpoints its state (default 30s; 500ms, 5m or
                           seconds): after a restart it resumes from the last checkpoint.
+  MLE_NOTIFY_WEBHOOK      Slack-compatible incoming webhook the actuator reports rollbacks and
+                          failed or rejected commands to (same as actuator --notify-webhook).
 """
 
 
@@ -45,6 +50,43 @@ PROFILE_BUILD_HELP = (
     "registered from, tagged mle_stream.reference_profile on the version (the worker does not read "
     "profiles yet)."
 )
+
+
+COMMAND_HELP = (
+    "Create a command as an operator, signed with MLE_SIGNING_KEY like the worker's, and publish it to the "
+    "commands topic keyed by the model (waiting until the broker confirms it), or write it to a JSON file "
+    "with --out. rollback gives the baseline 100% of traffic and keeps champion on it; promote gives the "
+    "candidate 100% and moves champion to it; set-traffic gives the candidate --percent and the baseline the "
+    "rest; approve lets a rollout that waits for approval (topology rollout.approval) take its step to "
+    "--percent: the worker acts on it. The running actuator applies rollback, promote and set-traffic. "
+    "Each command gets its own id (rule manual:<kind>, window = the moment it is issued), and its evidence "
+    "names the operator (--by, default $USER) and the reason. Publishing needs MLE_BOOTSTRAP_SERVERS."
+)
+COMMAND_EXAMPLES = """\
+examples:
+  mle-stream command rollback --model fraud-detector --baseline 1 --candidate 2 \\
+      --reason "v2 flags 17% more legitimate payments since the feature store change"
+  mle-stream command set-traffic --model fraud-detector --baseline 1 --candidate 2 --percent 25 \\
+      --reason "canary healthy for 2 h"
+  mle-stream command approve --model fraud-detector --baseline 1 --candidate 2 --percent 50 \\
+      --reason "reviewed the 25% step's windows" --by alice
+  mle-stream command promote --model fraud-detector --baseline 1 --candidate 2 \\
+      --reason "A/B test won" --out promote.json"""
+
+ACTUATE_HELP = (
+    "Apply one command file (mle-stream command ... --out FILE) with the routing backends of the "
+    "topologies and the MLflow registry (MLFLOW_TRACKING_URI), exactly as the running actuator would: "
+    "verify the signature, skip a command already applied, route traffic, then update the registry. "
+    "Prints the rollout event as JSON on stdout; nothing is published to Kafka. Exit status: 0 for APPLIED, "
+    "SKIPPED_DUPLICATE and DRY_RUN, 3 for REJECTED (unsigned, forged, changed after signing, or "
+    "contradicting itself: nothing was changed), 1 for FAILED, 2 when the file or the configuration is wrong."
+)
+ACTUATE_EXAMPLES = """\
+examples:
+  mle-stream command rollback --model fraud-detector --baseline 1 --candidate 2 \\
+      --reason "error rate 4% on v2" --out rollback.json
+  mle-stream actuate --command rollback.json -t topologies/ --gitops-repo ../gitops --dry-run
+  mle-stream actuate --command rollback.json -t topologies/ --gitops-repo ../gitops"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,12 +120,44 @@ def _parser() -> argparse.ArgumentParser:
                    help="a topology YAML file or a directory of them (repeatable)")
 
     p = add("actuator", "apply commands to the routing and the MLflow registry",
-            "Consume commands, verify their signature, route traffic (GitOps repository of Gateway "
-            "API HTTPRoute manifests), move MLflow aliases, and publish a rollout event for each.")
+            "Consume commands, verify their signature, route traffic (each topology's routing.backend: "
+            "a GitOps repository of Gateway API HTTPRoute manifests, or an HTTPRoute, Istio VirtualService "
+            "or KServe InferenceService patched on the Kubernetes API server), move MLflow aliases, and "
+            "publish a rollout event for each.")
     p.add_argument("--topology", "-t", action="append", required=True, metavar="PATH",
                    help="topology YAML file(s) or directories: they say where each model's route lives")
-    p.add_argument("--gitops-repo", required=True, type=Path, metavar="DIR",
-                   help="git checkout holding the route manifests (created if missing); pushed to 'origin' if set")
+    add_routing_arguments(p)
+    p.add_argument("--dry-run", action="store_true", help="report what would change (status DRY_RUN), change nothing")
+    p.add_argument("--notify-webhook", metavar="URL", default=None,
+                   help="POST a Slack-compatible message to this incoming webhook for every rollback and every "
+                        "FAILED or REJECTED command (default: MLE_NOTIFY_WEBHOOK; none when both are empty)")
+
+    p = add("command", "publish a signed command by hand: rollback, promote, set-traffic, approve",
+            textwrap.fill(COMMAND_HELP, 100, break_on_hyphens=False) + "\n\n" + COMMAND_EXAMPLES)
+    p.add_argument("kind", choices=list(OPERATOR_KINDS), metavar="{" + ",".join(OPERATOR_KINDS) + "}",
+                   help="rollback: 100%% to the baseline, champion stays on it; promote: 100%% to the candidate, "
+                        "champion moves to it; set-traffic: the candidate gets --percent; approve: let the "
+                        "rollout take its waiting step to --percent (topology rollout.approval)")
+    p.add_argument("--model", required=True, help="registered model name, as in its topology")
+    p.add_argument("--baseline", required=True, metavar="VERSION", help="the baseline's MLflow version number")
+    p.add_argument("--candidate", required=True, metavar="VERSION", help="the candidate's MLflow version number")
+    p.add_argument("--reason", required=True, help="why, in one sentence: recorded in the command, the route's "
+                                                    "commit and the registry's tags")
+    p.add_argument("--percent", type=int, metavar="P",
+                   help="the candidate's share of traffic: 1-99 for set-traffic, 1-100 for approve (the step "
+                        "approved); not for rollback or promote")
+    p.add_argument("--by", metavar="NAME", help="who issues it, recorded in the evidence (default: $USER)")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="write the signed command to FILE as JSON instead of publishing it (apply it with "
+                        "mle-stream actuate --command FILE)")
+
+    p = add("actuate", "apply one command file now, without Kafka, and print its rollout event",
+            textwrap.fill(ACTUATE_HELP, 100, break_on_hyphens=False) + "\n\n" + ACTUATE_EXAMPLES)
+    p.add_argument("--command", dest="command_file", required=True, type=Path, metavar="FILE",
+                   help="a command file (mle-stream command ... --out FILE)")
+    p.add_argument("--topology", "-t", action="append", required=True, metavar="PATH",
+                   help="topology YAML file(s) or directories: they say where each model's route lives")
+    add_routing_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="report what would change (status DRY_RUN), change nothing")
 
     p = add("validate", "check topology files and report every problem with file:line",
@@ -246,27 +320,78 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
-    from mle_stream.actuator.gitops import GitOpsRouting
+    from mle_stream.actuator.backends import build_routing
     from mle_stream.actuator.mlflow_registry import MlflowRegistry
-    from mle_stream.actuator.runner import RoutingByModel, run_actuator_loop
+    from mle_stream.actuator.notify import notifier_for
+    from mle_stream.actuator.runner import run_actuator_loop
     from mle_stream.actuator.service import Actuator
     from mle_stream.core.topology import load_topologies
     from mle_stream.kafka import bootstrap_servers, ensure_topics
 
+    try:
+        notifier = notifier_for(args.notify_webhook or settings.notify_webhook)
+    except ValueError as exc:
+        raise ConfigError(f"--notify-webhook / MLE_NOTIFY_WEBHOOK: {exc}") from None
     topologies = load_topologies(args.topology)
-    routing = RoutingByModel({
-        model: GitOpsRouting(args.gitops_repo, manifest_template=t.routing.manifest,
-                             service_template=t.routing.service, namespace=t.routing.namespace,
-                             gateway=t.routing.gateway)
-        for model, t in topologies.items()
-    })
+    routing = build_routing(topologies, args)
     actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), settings.require_signing_key(),
                         dry_run=args.dry_run)
     stop = _wait_for_signal()
-    with bootstrap_servers(settings) as bootstrap:
-        ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
-        run_actuator_loop(actuator, bootstrap, settings.topics, stop, group_id=settings.actuator_group)
+    try:
+        with bootstrap_servers(settings) as bootstrap:
+            ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
+            run_actuator_loop(actuator, bootstrap, settings.topics, stop, group_id=settings.actuator_group,
+                              notifier=notifier)
+    finally:
+        notifier.close()
     return 0
+
+
+def cmd_command(args: argparse.Namespace, settings: Settings) -> int:
+    from mle_stream.operator_commands import manual_command, publish_command, write_command_file
+
+    operator = args.by or os.environ.get("USER", "")
+    if not operator.strip():
+        raise ConfigError("--by NAME is required here: $USER is not set, and a command names who issued it")
+    command = manual_command(OPERATOR_KINDS[args.kind], model=args.model, baseline=args.baseline,
+                             candidate=args.candidate, reason=args.reason, percent=args.percent,
+                             operator=operator, key=settings.require_signing_key())
+    traffic = ", ".join(f"v{v} {p}%" for v, p in command.traffic.items())
+    if args.out is not None:
+        write_command_file(command, args.out)
+        print(f"wrote {args.out}: {command.kind.value} of {command.model} ({traffic}), command {command.command_id}")
+        return 0
+    if not settings.bootstrap_servers:  # an embedded broker started for one command would vanish with it
+        raise ConfigError("MLE_BOOTSTRAP_SERVERS is not set: give the Kafka the worker and the actuator use, "
+                          "or write the command to a file with --out FILE")
+    partition, offset = publish_command(command, settings.bootstrap_servers, settings.topics)
+    print(f"published {command.kind.value} of {command.model} ({traffic}) to {settings.topics.commands}"
+          f"[{partition}]@{offset}, command {command.command_id}")
+    return 0
+
+
+def cmd_actuate(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from mle_stream import codec
+    from mle_stream.actuator.backends import build_routing
+    from mle_stream.actuator.mlflow_registry import MlflowRegistry
+    from mle_stream.actuator.service import Actuator
+    from mle_stream.config import missing_sqlite_store
+    from mle_stream.core.events import RolloutStatus
+    from mle_stream.core.topology import load_topologies
+    from mle_stream.operator_commands import read_command_file
+
+    command = read_command_file(args.command_file)
+    local = missing_sqlite_store(settings.mlflow_tracking_uri)
+    if local is not None:  # MLflow would create an empty store here, and every lookup in it would fail
+        raise ConfigError(f"the MLflow store {local} does not exist (MLFLOW_TRACKING_URI)")
+    routing = build_routing(load_topologies(args.topology), args)
+    actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), settings.require_signing_key(),
+                        dry_run=args.dry_run)
+    event = actuator.handle(command)
+    print(json.dumps(codec.to_json_dict(event), indent=2, ensure_ascii=False))
+    return {RolloutStatus.REJECTED: 3, RolloutStatus.FAILED: 1}.get(event.status, 0)
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
@@ -391,7 +516,8 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "actuator": cmd_actuator,
+COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "actuator": cmd_actuator, "command": cmd_command,
+            "actuate": cmd_actuate,
             "validate": cmd_validate, "replay": cmd_replay, "bench": cmd_bench, "demo": cmd_demo,
             "profile": cmd_profile}
 

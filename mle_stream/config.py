@@ -62,6 +62,8 @@ class Settings:
     the Faust app id); give each deployment on a shared cluster its own.
     checkpoint_interval_s: MLE_CHECKPOINT_INTERVAL ('30s', '5m', '500ms' or seconds), how often the
     worker checkpoints its state (see README, State and restarts).
+    notify_webhook: MLE_NOTIFY_WEBHOOK, a Slack-compatible incoming webhook the actuator reports
+    rollbacks and failed or rejected commands to (empty: none).
     """
 
     bootstrap_servers: str = ""
@@ -72,6 +74,7 @@ class Settings:
     worker_group: str = "mle-stream-worker"
     actuator_group: str = "mle-stream-actuator"
     checkpoint_interval_s: float = 30.0
+    notify_webhook: str = field(default="", repr=False)  # a secret: the token is in its path
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -98,6 +101,7 @@ class Settings:
             worker_group=env.get("MLE_WORKER_GROUP", cls.worker_group),
             actuator_group=env.get("MLE_ACTUATOR_GROUP", cls.actuator_group),
             checkpoint_interval_s=interval_s,
+            notify_webhook=env.get("MLE_NOTIFY_WEBHOOK", "").strip(),
         )
 
     def require_signing_key(self) -> bytes:

@@ -22,7 +22,7 @@ def mle(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
                           timeout=timeout, env=env or os.environ.copy())
 
 
-@pytest.mark.parametrize("command", ["broker", "worker", "actuator", "validate", "demo"])
+@pytest.mark.parametrize("command", ["broker", "worker", "actuator", "validate", "demo", "command", "actuate"])
 def test_every_command_explains_itself(command: str) -> None:
     result = mle(command, "--help")
     assert result.returncode == 0

@@ -192,18 +192,24 @@ def test_a_rollout_waits_for_an_operators_signed_approve_on_the_commands_topic(w
     out = read_until(kafka_bootstrap, [topics.commands], lambda ms: len(ms) >= 1, timeout_s=60)
     (hold,) = [codec.decode_command(m.value()) for m in out]
     assert (hold.kind, hold.rule) == (CommandKind.HOLD, "await-approval:step-100")
-    approval = Command(command_id="operator-1", kind=CommandKind.APPROVE, model="fraud", baseline_version="1",
-                       candidate_version="2", traffic={"1": 0, "2": 100}, reason="dashboards look fine",
-                       rule="manual:approve", window_start=start, window_end=start, evidence="{}",
-                       policy_version="manual", issued_at=int(time.time() * 1000))
-    # A forged approval first: it must change nothing. Both keyed by the model, as serving pods key predictions.
-    producer.produce(topics.commands, key=b"fraud", value=codec.encode_command(sign(approval, b"forged")))
-    producer.produce(topics.commands, key=b"fraud", value=codec.encode_command(sign(approval, KEY.encode())))
+    forged = Command(command_id="operator-1", kind=CommandKind.APPROVE, model="fraud", baseline_version="1",
+                     candidate_version="2", traffic={"1": 0, "2": 100}, reason="let me in",
+                     rule="manual:approve", window_start=start, window_end=start, evidence="{}",
+                     policy_version="manual", issued_at=int(time.time() * 1000))
+    # A forged approval first: it must change nothing.
+    producer.produce(topics.commands, key=b"fraud", value=codec.encode_command(sign(forged, b"forged")))
     producer.flush(10)
+    # Then the operator's, through the CLI: signed with the shared key, keyed by the model.
+    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": KEY}
+    approve = subprocess.run([sys.executable, "-m", "mle_stream", "command", "approve", "--model", "fraud",
+                              "--baseline", "1", "--candidate", "2", "--percent", "100", "--by", "ana",
+                              "--reason", "dashboards look fine"], env=env, capture_output=True, text=True, timeout=60)
+    assert approve.returncode == 0, approve.stderr
     out = read_until(kafka_bootstrap, [topics.commands], lambda ms: len(ms) >= 4, timeout_s=60)
     kinds = [codec.decode_command(m.value()) for m in out]
     (promote,) = [c for c in kinds if c.kind is CommandKind.PROMOTE]
     assert promote.traffic == {"1": 0, "2": 100} and verify(promote, KEY.encode())
-    assert json.loads(promote.evidence)["approval"]["command_id"] == "operator-1"
+    approval = json.loads(promote.evidence)["approval"]
+    assert approval["reason"] == "dashboards look fine" and json.loads(approval["evidence"])["operator"] == "ana"
     letters = read_until(kafka_bootstrap, [topics.dead_letter], lambda ms: len(ms) >= 1, timeout_s=30)
     assert [json.loads(m.value())["field"] for m in letters] == ["signature"]

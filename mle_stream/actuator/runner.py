@@ -2,7 +2,8 @@
 
 Each command is applied, its rollout event is published and flushed, and only then is the offset
 committed: a crash in between re-delivers the command, which the Actuator recognises by its id and
-skips (or finishes). A message that is not a command goes to the dead-letter topic.
+skips (or finishes). A message that is not a command goes to the dead-letter topic. Once its event
+is out, a notifier (notify.py) may tell people; it only queues, so it never holds the loop up.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from confluent_kafka import Consumer, Message, Producer
 
 from mle_stream import codec
+from mle_stream.actuator.notify import Notifier
 from mle_stream.actuator.ports import RoutingBackend
 from mle_stream.actuator.service import Actuator
 from mle_stream.config import Topics
@@ -48,7 +50,7 @@ class RoutingByModel:
 
 
 def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: threading.Event,
-                      group_id: str = "mle-stream-actuator") -> None:
+                      group_id: str = "mle-stream-actuator", notifier: Notifier | None = None) -> None:
     consumer = Consumer(consumer_config(bootstrap, group_id))
     producer = Producer(producer_config(bootstrap))
     consumer.subscribe([topics.commands])
@@ -59,14 +61,15 @@ def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: 
                 if message.error():
                     log.warning("consumer error on %s: %s", topics.commands, message.error())
                     continue
-                _handle(actuator, producer, topics, message)
+                _handle(actuator, producer, topics, message, notifier)
                 consumer.commit(message=message, asynchronous=False)
     finally:
         consumer.close()
         producer.flush(10)
 
 
-def _handle(actuator: Actuator, producer: Producer, topics: Topics, message: Message) -> None:
+def _handle(actuator: Actuator, producer: Producer, topics: Topics, message: Message,
+            notifier: Notifier | None) -> None:
     payload = message.value() or b""
     try:
         command = codec.decode_command(payload)
@@ -85,3 +88,8 @@ def _handle(actuator: Actuator, producer: Producer, topics: Topics, message: Mes
     if producer.flush(10) != 0:
         # The event must be out before the offset is committed, or downstream never hears of it.
         raise ActuationError(f"could not publish the rollout event for command {command.command_id} within 10 s")
+    if notifier is not None:
+        try:
+            notifier.notify(event, command)
+        except Exception:  # telling people is best effort: it must never stop the actuator
+            log.exception("notifier failed on command %s", command.command_id)
