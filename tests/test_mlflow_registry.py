@@ -169,3 +169,193 @@ def test_rollback_end_to_end_with_git_and_mlflow(tracking_uri: str, workdir: Pat
     # A restarted actuator sees the command in Git and MLflow and does not apply it again.
     again = Actuator(GitOpsRouting(workdir / "gitops"), MlflowRegistry(tracking_uri), KEY).handle(command)
     assert again.status is RolloutStatus.SKIPPED_DUPLICATE
+
+
+# -- retries: what is transient, and the bounded backoff, against a scripted HTTP server ----------
+
+
+class _ScriptedMlflow:
+    """An HTTP server that answers each request with the next (status, JSON body) of `script`, then
+    with the last one again; `requests` counts what arrived. Stands in for an MLflow server that is
+    overloaded or failing in a chosen way."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.script: list[tuple[int, str]] = [(200, "{}")]
+        self.requests = 0
+        scripted = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, body = scripted.script[min(scripted.requests, len(scripted.script) - 1)]
+                scripted.requests += 1
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = do_PATCH = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+_MODEL_JSON = '{"registered_model": {"name": "fraud-detector", "aliases": [{"alias": "champion", "version": "1"}]}}'
+
+
+def _error_json(code: str) -> str:
+    return f'{{"error_code": "{code}", "message": "scripted {code}"}}'
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[_ScriptedMlflow]:
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    # What MlflowRegistry would set for the process; set here so the test restores the environment.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    server = _ScriptedMlflow()
+    yield server
+    server.close()
+
+
+def _mlflow_error(uri: str) -> Exception:
+    """What MLflow's client really raises for a read of a version at `uri`."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(MODEL, "1")
+    except MlflowException as exc:
+        return exc
+    raise AssertionError(f"reading from {uri} did not fail")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "transient"),
+    [
+        (503, "service unavailable", True),
+        (429, "slow down", True),
+        (500, _error_json("INTERNAL_ERROR"), True),
+        (502, "bad gateway", True),
+        (504, "gateway timeout", True),
+        (507, _error_json("INTERNAL_ERROR"), True),  # a 5xx MLflow does not retry, answered by its server
+        (503, _error_json("TEMPORARILY_UNAVAILABLE"), True),
+        (404, _error_json("RESOURCE_DOES_NOT_EXIST"), False),
+        (400, _error_json("INVALID_PARAMETER_VALUE"), False),
+        (403, _error_json("PERMISSION_DENIED"), False),
+        (501, "not implemented", False),
+        (404, "<html>no such endpoint</html>", False),
+    ],
+)
+def test_transient_is_what_may_succeed_when_tried_again(
+        scripted: _ScriptedMlflow, status: int, body: str, transient: bool) -> None:
+    from mle_stream.actuator.mlflow_registry import is_transient
+
+    scripted.script = [(status, body)]
+    assert is_transient(_mlflow_error(scripted.uri)) is transient
+
+
+def test_unreachable_server_and_timeouts_are_transient_local_failures_are_not(
+        scripted: _ScriptedMlflow, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    from mle_stream.actuator.mlflow_registry import is_transient
+
+    with socket.socket() as closed:  # a port nobody listens on: connection refused
+        closed.bind(("127.0.0.1", 0))
+        refused_uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    assert is_transient(_mlflow_error(refused_uri))
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    with socket.socket() as silent:  # accepts, never answers: a read timeout
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        assert is_transient(_mlflow_error(f"http://127.0.0.1:{silent.getsockname()[1]}"))
+
+    assert not is_transient(MlflowException("a local store failed"))  # INTERNAL_ERROR by default, not from a server
+    assert not is_transient(ValueError("a bug"))
+    try:
+        try:
+            raise requests.exceptions.SSLError("certificate verify failed")
+        except requests.exceptions.SSLError:
+            raise MlflowException("API request to https://mlflow failed with exception ...")  # as MLflow: no `from`
+    except MlflowException as exc:
+        ssl_failure = exc
+    assert ssl_failure.__context__ is not None
+    assert not is_transient(ssl_failure)
+
+
+def test_transient_errors_are_retried_with_bounded_backoff(scripted: _ScriptedMlflow) -> None:
+    from mle_stream.actuator import MlflowRegistry
+
+    sleeps: list[float] = []
+    registry = MlflowRegistry(scripted.uri, attempts=5, base_delay_s=0.1, max_delay_s=0.3, sleep=sleeps.append)
+
+    scripted.script = [(503, "down"), (429, "slow down"), (502, "restarting"), (200, _MODEL_JSON)]
+    assert registry.aliases(MODEL) == {"champion": "1"}
+    assert scripted.requests == 4 and sleeps == [0.1, 0.2, 0.3]
+
+    scripted.requests, sleeps[:] = 0, []
+    scripted.script = [(503, "still down")]
+    with pytest.raises(ActuationError) as caught:
+        registry.version_tags(MODEL, "2")
+    message = str(caught.value)
+    assert scripted.requests == 5 and sleeps == [0.1, 0.2, 0.3, 0.3]
+    assert "5 attempts failed" in message and "model 'fraud-detector' version '2'" in message
+    assert scripted.uri in message and "503" in message  # the last cause: too many 503 error responses
+
+
+def test_wrong_requests_fail_at_once(scripted: _ScriptedMlflow) -> None:
+    from mlflow.exceptions import RestException
+
+    from mle_stream.actuator import MlflowRegistry
+
+    sleeps: list[float] = []
+    registry = MlflowRegistry(scripted.uri, sleep=sleeps.append)
+    scripted.script = [(404, _error_json("RESOURCE_DOES_NOT_EXIST"))]
+    with pytest.raises(ActuationError, match=r"alias 'champion' of model 'fraud-detector' at version '9'.*"
+                                             r"RESOURCE_DOES_NOT_EXIST") as caught:
+        registry.set_alias(MODEL, "champion", "9")
+    assert isinstance(caught.value.__cause__, RestException)
+    assert "attempts" not in str(caught.value)
+    scripted.script = [(400, _error_json("INVALID_PARAMETER_VALUE"))]
+    with pytest.raises(ActuationError, match="INVALID_PARAMETER_VALUE"):
+        registry.tag_version(MODEL, "1", {"k": "v"})
+    assert scripted.requests == 2 and sleeps == []
+
+
+def test_retry_settings_are_checked_and_mlflow_http_retries_turned_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from mle_stream.actuator import MlflowRegistry
+
+    for bad in ({"attempts": 0}, {"base_delay_s": -1.0}, {"base_delay_s": 2.0, "max_delay_s": 1.0}):
+        with pytest.raises(ValueError):
+            MlflowRegistry("http://127.0.0.1:5000", **bad)  # type: ignore[arg-type]
+
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.setenv(name, "restored at teardown")
+        monkeypatch.delenv(name)
+    MlflowRegistry("http://127.0.0.1:5000")
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")  # the operator's choice stands
+    MlflowRegistry("http://127.0.0.1:5000")
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"

@@ -2,8 +2,10 @@
 
 It applies signed commands through two small ports (ports.py) — a RoutingBackend (who gets how
 much traffic) and a ModelRegistry (aliases and audit tags) — and returns a RolloutEvent saying
-what it did. Adapters: GitOpsRouting (HTTPRoute manifests committed to Git), MlflowRegistry
-(MLflow aliases and version tags), and in-memory ones for tests and demos.
+what it did. Adapters: GitOpsRouting (HTTPRoute manifests committed to Git), GatewayAPIRouting,
+IstioRouting and KServeRouting (objects patched on the Kubernetes API server, kubernetes_routing.py;
+backends.py builds the right one per model from its topology), MlflowRegistry (MLflow aliases and
+version tags), and in-memory ones for tests and demos.
 
 MlflowRegistry and register_demo_versions are loaded on first use, so importing this package does
 not pay for importing mlflow (~2 s).

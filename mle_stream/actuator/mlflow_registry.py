@@ -5,16 +5,34 @@ pure core stay fast to import and free of it.
 
 MLflow returns version numbers as integers in some places (3.x: `ModelVersion.version`,
 `RegisteredModel.aliases` values); the port speaks strings, so everything is converted here.
+
+Transient failures are retried here, per registry call, with bounded exponential backoff: the
+server unreachable (connection refused or reset), a request timing out, HTTP 429 and 5xx. What
+MLflow raises for each (3.x, with its own HTTP retries off, see `_MLFLOW_HTTP_DEFAULTS`):
+
+- connection refused / reset, read timeout: MlflowException(INTERNAL_ERROR, "API request to ...
+  failed with exception ...") whose __context__ (not __cause__) is a requests ConnectionError;
+- 429, 500, 502, 503, 504 (MLflow's retry codes, and 408): the same, with a requests RetryError
+  ("too many 503 error responses");
+- another status with an MLflow JSON body: RestException with the server's error code
+  (RESOURCE_DOES_NOT_EXIST 404, INVALID_PARAMETER_VALUE 400, INTERNAL_ERROR 500, ...);
+- another status without one: MlflowException with the code mapped from the status (501
+  NOT_IMPLEMENTED, 404 ENDPOINT_NOT_FOUND).
+
+`is_transient` draws that line; unknown models or versions and invalid parameters fail at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import requests
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
+from mlflow.exceptions import MlflowException, RestException
 
 from mle_stream.errors import ActuationError
 
@@ -24,19 +42,98 @@ T = TypeVar("T")
 
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 
+# Error codes an MLflow server answers with when it is overloaded or briefly unwell, not when the
+# request is wrong. INTERNAL_ERROR counts only when a server sent it (a RestException): MLflow also
+# uses it as the default code of any local failure, which retrying does not fix.
+_TRANSIENT_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED",
+                              "DEADLINE_EXCEEDED"})
+
+# MLflow's HTTP client retries inside every call: MLFLOW_HTTP_REQUEST_MAX_RETRIES (default 7) with
+# MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR (default 2; urllib3 sleeps 0, 4, 8, ... 64, 120 s: ~4 min on
+# a dead server) and up to MLFLOW_HTTP_REQUEST_TIMEOUT (default 120 s) per attempt, so one call
+# can block the actuator for many minutes and then fail with a message that hides how often it
+# tried. Those settings exist only process-wide, in the environment. So MlflowRegistry retries
+# itself (bounded, transient errors only, see `is_transient`) and, for an HTTP tracking URI, turns
+# MLflow's retries off and its timeout down for the process, unless the operator set them (then
+# the operator's values stand, and the two retry layers multiply). 5 s per request is ample for
+# these small metadata calls and keeps a hung server's worst case, (9 attempts x 5 s + 63.5 s of
+# backoff) per call, times two calls when a command fails (the failing call, then the read-back
+# of the aliases for the event), under librdkafka's max.poll.interval.ms of 300 s.
+_MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling, outermost first."""
+    links: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in links:
+        links.append(current)
+        current = current.__cause__ or current.__context__
+    return links
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether trying the same registry call again may succeed: the server unreachable, slow or
+    overloaded (connection errors, timeouts, HTTP 429 and 5xx), not a wrong request."""
+    if isinstance(exc, RestException):  # the server answered: its error code says
+        return exc.error_code in _TRANSIENT_CODES or exc.error_code == "INTERNAL_ERROR"
+    for link in _chain(exc):
+        if isinstance(link, requests.exceptions.SSLError):
+            return False  # a certificate problem does not go away by itself
+        if isinstance(link, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                             requests.exceptions.RetryError, ConnectionError, TimeoutError)):
+            return True
+    return isinstance(exc, MlflowException) and exc.error_code in _TRANSIENT_CODES
+
+
+def _describe(exc: BaseException) -> str:
+    """MLflow's message, or for a network failure its root cause (MLflow's text repeats the URL)."""
+    links = _chain(exc)
+    if len(links) > 1 and is_transient(exc):
+        root = links[-1]
+        return f"{type(root).__name__}: {root}"
+    return exc.message if isinstance(exc, MlflowException) else f"{type(exc).__name__}: {exc}"
+
 
 class MlflowRegistry:
     """ModelRegistry on an MLflow tracking/registry server or a local `sqlite:///` store.
 
-    registry_uri defaults to tracking_uri, as in MLflow itself. Every MLflow failure is raised as
-    ActuationError naming the registry, the model and the version, with MLflow's exception chained.
+    registry_uri defaults to tracking_uri, as in MLflow itself. Every registry call is retried on
+    transient errors (see the module docstring): `attempts` tries in all, waiting `base_delay_s`,
+    then twice as long each time up to `max_delay_s`. The defaults (9 attempts, 0.5 s to 16 s,
+    63.5 s of waiting) ride out an MLflow restart of half a minute. Every failure is raised as
+    ActuationError naming the registry, the model and the version, with MLflow's exception chained;
+    after retries it says how many attempts failed and the last cause. `sleep` is for tests.
+
+    Retrying a write whose answer was lost is safe: every write here is idempotent (an alias set
+    to the same version, a tag set to the same value, an alias already deleted).
     """
 
-    def __init__(self, tracking_uri: str, registry_uri: str | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        registry_uri: str | None = None,
+        *,
+        attempts: int = 9,
+        base_delay_s: float = 0.5,
+        max_delay_s: float = 16.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if not tracking_uri:
             raise ValueError("tracking_uri is empty: set MLFLOW_TRACKING_URI (e.g. sqlite:///mlflow.db)")
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {attempts!r}")
+        if base_delay_s < 0 or max_delay_s < base_delay_s:
+            raise ValueError(f"need 0 <= base_delay_s <= max_delay_s, got {base_delay_s!r} and {max_delay_s!r}")
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
+        self.attempts = attempts
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self._sleep = sleep
+        if any(uri.startswith(("http://", "https://")) for uri in (self.tracking_uri, self.registry_uri)):
+            for name, value in _MLFLOW_HTTP_DEFAULTS.items():
+                os.environ.setdefault(name, value)
         self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
 
     def aliases(self, model: str) -> dict[str, str]:
@@ -50,28 +147,27 @@ class MlflowRegistry:
         )
 
     def delete_alias(self, model: str, alias: str) -> None:
-        # Checked first because the port promises a no-op for a missing alias, while MLflow's REST
-        # stores answer that case with RESOURCE_DOES_NOT_EXIST (the sqlite store does not).
+        # Checked first because the port promises a no-op for a missing alias, and MLflow's REST
+        # stores have answered that case with RESOURCE_DOES_NOT_EXIST (3.x servers answer 200).
         if alias not in self.aliases(model):
             return
-        try:
-            self._client.delete_registered_model_alias(model, alias)
-        except MlflowException as exc:
-            if exc.error_code == _NOT_FOUND:  # deleted concurrently: the outcome we wanted
-                return
-            raise ActuationError(
-                f"MLflow registry {self.registry_uri}: could not delete alias {alias!r} of model {model!r}: {exc.message}"
-            ) from exc
+
+        def delete() -> None:
+            try:
+                self._client.delete_registered_model_alias(model, alias)
+            except MlflowException as exc:
+                # Deleted concurrently, or by an earlier attempt whose answer was lost: the outcome we wanted.
+                if exc.error_code != _NOT_FOUND:
+                    raise
+
+        self._call(f"delete alias {alias!r} of model {model!r}", delete)
 
     def tag_version(self, model: str, version: str, tags: dict[str, str]) -> None:
+        def setter(key: str, value: str) -> Callable[[], None]:
+            return lambda: self._client.set_model_version_tag(model, version, key, value)
+
         for key, value in tags.items():  # one call per tag: MLflow has no batch update for versions
-            try:
-                self._client.set_model_version_tag(model, version, key, value)
-            except MlflowException as exc:
-                raise ActuationError(
-                    f"MLflow registry {self.registry_uri}: could not set tag {key!r} on model {model!r} "
-                    f"version {version!r}: {exc.message}"
-                ) from exc
+            self._call(f"set tag {key!r} on model {model!r} version {version!r}", setter(key, value))
 
     def version_tags(self, model: str, version: str) -> dict[str, str]:
         found = self._call(
@@ -80,10 +176,25 @@ class MlflowRegistry:
         return dict(found.tags or {})
 
     def _call(self, what: str, action: Callable[[], T]) -> T:
-        try:
-            return action()
-        except MlflowException as exc:
-            raise ActuationError(f"MLflow registry {self.registry_uri}: could not {what}: {exc.message}") from exc
+        """Run one registry call, again after transient failures; ActuationError naming `what` otherwise."""
+        started = time.monotonic()
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return action()
+            except (MlflowException, requests.exceptions.RequestException) as exc:
+                if not is_transient(exc):
+                    raise ActuationError(f"MLflow registry {self.registry_uri}: could not {what}: {_describe(exc)}") from exc
+                if attempt == self.attempts:
+                    raise ActuationError(
+                        f"MLflow registry {self.registry_uri}: could not {what}: {self.attempts} attempts failed "
+                        f"over {time.monotonic() - started:.1f} s (MLflow unreachable, timing out or overloaded); "
+                        f"last error: {_describe(exc)}"
+                    ) from exc
+                delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
+                log.warning("MLflow registry %s: could not %s (attempt %d of %d: %s); retrying in %.1f s",
+                            self.registry_uri, what, attempt, self.attempts, _describe(exc), delay)
+                self._sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def register_demo_versions(tracking_uri: str, model: str, n_versions: int, artifact_dir: Path) -> list[str]:
