@@ -35,7 +35,13 @@ class BrokerError(MleStreamError):
 
 
 class ActuationError(MleStreamError):
-    """The actuator could not apply a command."""
+    """The actuator could not apply a command. `transient`: it failed on errors that retries could
+    not outlast this time (a service down or overloaded), so delivering the command again later may
+    succeed; otherwise the command or the configuration has to change first."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class RejectedCommand(ActuationError):

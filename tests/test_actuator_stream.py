@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -16,11 +18,16 @@ from confluent_kafka import Producer
 from conftest import read_until, topic_env
 from mle_stream import codec
 from mle_stream.actuator.gitops import GitOpsRouting
+from mle_stream.actuator.ports import InMemoryRegistry, InMemoryRouting
+from mle_stream.actuator.runner import run_actuator_loop
+from mle_stream.actuator.service import Actuator
 from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
 from mle_stream.config import Topics
 from mle_stream.core.commands import command_id, sign
 from mle_stream.core.events import Command, CommandKind
+from mle_stream.errors import ActuationError
 from mle_stream.kafka import producer_config
+from mle_stream.retry import Backoff
 
 pytestmark = pytest.mark.broker
 
@@ -84,3 +91,62 @@ def test_forged_and_garbage_commands_are_refused_and_a_signed_one_applied(
     log_lines = subprocess.run(["git", "-C", str(tmp_path / "gitops"), "log", "--format=%s"],
                                capture_output=True, text=True, check=True).stdout.splitlines()
     assert len(log_lines) == 2 and good.command_id in log_lines[0]  # applied once, forged never
+
+
+class FlakyRegistry(InMemoryRegistry):
+    """An in-memory registry whose writes fail with a transient error while `down` is set (a
+    registry server that is unreachable after the adapter's own retries)."""
+
+    def __init__(self, versions) -> None:
+        super().__init__(versions)
+        self.down = threading.Event()
+        self.refused = 0
+
+    def set_alias(self, model: str, alias: str, version: str) -> None:
+        if self.down.is_set():
+            self.refused += 1
+            raise ActuationError("registry unreachable: 9 attempts failed over 63.5 s", transient=True)
+        super().set_alias(model, alias, version)
+
+
+def test_a_command_failing_on_a_registry_outage_is_applied_once_the_registry_is_back_and_holds_the_next(
+        kafka_bootstrap: str, topics: Topics) -> None:
+    routing = InMemoryRouting({"fraud-detector": {"1": 90, "2": 10}})
+    registry = FlakyRegistry({"fraud-detector": ["1", "2"]})
+    registry.down.set()
+    actuator = Actuator(routing, registry, KEY)
+    stop, failure = threading.Event(), []
+
+    def loop() -> None:
+        try:
+            run_actuator_loop(actuator, kafka_bootstrap, topics, stop, group_id=f"g-{uuid.uuid4().hex[:8]}",
+                              redeliver=Backoff(1, 0.2, 0.4))
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            failure.append(exc)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    first, second = sign(rollback("outage"), KEY), sign(rollback("after"), KEY)
+    producer = Producer(producer_config(kafka_bootstrap))
+    for cmd in (first, second):
+        producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(cmd))
+    producer.flush(10)
+    try:
+        deadline = time.monotonic() + 30
+        while registry.refused < 3 and time.monotonic() < deadline:  # delivered again and again meanwhile
+            time.sleep(0.1)
+        assert registry.refused >= 3 and routing.history and len(routing.history) == 1
+        registry.down.clear()
+        out = read_until(kafka_bootstrap, [topics.rollout_events], lambda ms: len(ms) >= 3, timeout_s=30)
+        assert thread.is_alive() and not failure
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    events = [codec.decode_rollout_event(m.value()) for m in out]
+    # One FAILED for the whole outage, then the same command APPLIED (resumed at the registry step),
+    # and only then the command behind it, which the first one held up.
+    assert [(e.command_id, e.status.value) for e in events] == [
+        (first.command_id, "FAILED"), (first.command_id, "APPLIED"), (second.command_id, "APPLIED")]
+    assert "resumed" in events[1].details
+    assert registry.aliases("fraud-detector") == {"champion": "1"}
+    assert [h[2] for h in routing.history] == [first.command_id, second.command_id]  # each routed once, in order

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import urllib3
@@ -66,6 +65,7 @@ from mle_stream.actuator.httproute import (
 )
 from mle_stream.actuator.ports import check_weights, describe_weights, version_order
 from mle_stream.errors import ActuationError
+from mle_stream.retry import Backoff, RetriesExhausted, retrying
 
 log = logging.getLogger(__name__)
 
@@ -104,19 +104,13 @@ class ObjectRouting:
             raise ValueError(f"namespace {namespace!r} is not a valid Kubernetes namespace name")
         if not api_version:
             raise ValueError("api_version must be non-empty")
-        if attempts < 1:
-            raise ValueError(f"attempts must be >= 1, got {attempts!r}")
-        if base_delay_s < 0 or max_delay_s < base_delay_s:
-            raise ValueError(f"need 0 <= base_delay_s <= max_delay_s, got {base_delay_s!r} and {max_delay_s!r}")
+        self.backoff = Backoff(attempts, base_delay_s, max_delay_s)
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         self.api = api
         self.namespace = namespace
         self.name_template = name_template
         self.api_version = api_version
-        self.attempts = attempts
-        self.base_delay_s = base_delay_s
-        self.max_delay_s = max_delay_s
         self.timeout_s = timeout_s
 
     # -- RoutingBackend ------------------------------------------------------------------------
@@ -207,12 +201,9 @@ class ObjectRouting:
     def _retrying(self, model: str, action: str, step: Callable[[], _T]) -> _T:
         """Run `step`, again after transient failures (see the module docstring); ActuationError otherwise."""
         where = self.where(model)
-        failures: list[str] = []
-        last: BaseException | None = None
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return step()
-            except ApiException as exc:
+
+        def transient(exc: Exception) -> str | None:
+            if isinstance(exc, ApiException):
                 status = exc.status or 0
                 if status == 404:
                     raise ActuationError(
@@ -228,21 +219,23 @@ class ObjectRouting:
                 if status not in _RETRY_STATUSES and status < 500:
                     raise ActuationError(f"{where}: the API server rejected {action} (HTTP {status}): "
                                          f"{_cause(exc)}") from exc
-                failures.append(_cause(exc))
-                last = exc
-            except (urllib3.exceptions.HTTPError, OSError) as exc:  # refused, reset, timed out
-                failures.append(f"{type(exc).__name__}: {exc}")
-                last = exc
-            if attempt < self.attempts:
-                delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
-                log.warning("%s: %s failed (attempt %d of %d: %s); retrying in %.2f s", where, action, attempt,
-                            self.attempts, failures[-1], delay)
-                time.sleep(delay)
-        raise ActuationError(
-            f"{where}: {action} failed {self.attempts} times in a row (transient errors: API server or network); "
-            f"last error: {failures[-1]}; nothing more was changed, deliver the command again once the API server "
-            "is healthy"
-        ) from last
+                return _cause(exc)
+            if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):  # refused, reset, timed out
+                return f"{type(exc).__name__}: {exc}"
+            return None
+
+        def on_retry(attempt: int, why: str, delay: float) -> None:
+            log.warning("%s: %s failed (attempt %d of %d: %s); retrying in %.2f s", where, action, attempt,
+                        self.backoff.attempts, why, delay)
+
+        try:
+            return retrying(step, self.backoff, transient, on_retry)
+        except RetriesExhausted as exc:
+            raise ActuationError(
+                f"{where}: {action} failed {exc.attempts} times in a row (transient errors: API server or network); "
+                f"last error: {exc.last}; nothing more was changed, deliver the command again once the API server "
+                "is healthy", transient=True,
+            ) from exc.__cause__
 
 
 class GatewayAPIRouting(ObjectRouting):

@@ -35,6 +35,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 
 from mle_stream.errors import ActuationError
+from mle_stream.retry import Backoff, RetriesExhausted, retrying
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +122,9 @@ class MlflowRegistry:
     ) -> None:
         if not tracking_uri:
             raise ValueError("tracking_uri is empty: set MLFLOW_TRACKING_URI (e.g. sqlite:///mlflow.db)")
-        if attempts < 1:
-            raise ValueError(f"attempts must be >= 1, got {attempts!r}")
-        if base_delay_s < 0 or max_delay_s < base_delay_s:
-            raise ValueError(f"need 0 <= base_delay_s <= max_delay_s, got {base_delay_s!r} and {max_delay_s!r}")
+        self.backoff = Backoff(attempts, base_delay_s, max_delay_s)
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
-        self.attempts = attempts
-        self.base_delay_s = base_delay_s
-        self.max_delay_s = max_delay_s
         self._sleep = sleep
         if any(uri.startswith(("http://", "https://")) for uri in (self.tracking_uri, self.registry_uri)):
             for name, value in _MLFLOW_HTTP_DEFAULTS.items():
@@ -177,24 +172,25 @@ class MlflowRegistry:
 
     def _call(self, what: str, action: Callable[[], T]) -> T:
         """Run one registry call, again after transient failures; ActuationError naming `what` otherwise."""
-        started = time.monotonic()
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return action()
-            except (MlflowException, requests.exceptions.RequestException) as exc:
-                if not is_transient(exc):
-                    raise ActuationError(f"MLflow registry {self.registry_uri}: could not {what}: {_describe(exc)}") from exc
-                if attempt == self.attempts:
-                    raise ActuationError(
-                        f"MLflow registry {self.registry_uri}: could not {what}: {self.attempts} attempts failed "
-                        f"over {time.monotonic() - started:.1f} s (MLflow unreachable, timing out or overloaded); "
-                        f"last error: {_describe(exc)}"
-                    ) from exc
-                delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
-                log.warning("MLflow registry %s: could not %s (attempt %d of %d: %s); retrying in %.1f s",
-                            self.registry_uri, what, attempt, self.attempts, _describe(exc), delay)
-                self._sleep(delay)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        def transient(exc: Exception) -> str | None:
+            if not isinstance(exc, (MlflowException, requests.exceptions.RequestException)):
+                return None
+            if not is_transient(exc):
+                raise ActuationError(f"MLflow registry {self.registry_uri}: could not {what}: {_describe(exc)}") from exc
+            return _describe(exc)
+
+        def on_retry(attempt: int, why: str, delay: float) -> None:
+            log.warning("MLflow registry %s: could not %s (attempt %d of %d: %s); retrying in %.1f s",
+                        self.registry_uri, what, attempt, self.backoff.attempts, why, delay)
+
+        try:
+            return retrying(action, self.backoff, transient, on_retry, self._sleep)
+        except RetriesExhausted as exc:
+            raise ActuationError(
+                f"MLflow registry {self.registry_uri}: could not {what}: {exc.attempts} attempts failed over "
+                f"{exc.elapsed_s:.1f} s (MLflow unreachable, timing out or overloaded); last error: {exc.last}",
+                transient=True,
+            ) from exc.__cause__
 
 
 def register_demo_versions(tracking_uri: str, model: str, n_versions: int, artifact_dir: Path) -> list[str]:

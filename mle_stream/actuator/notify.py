@@ -28,6 +28,7 @@ from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 from mle_stream.core.events import Command, RolloutEvent, RolloutStatus
+from mle_stream.retry import Backoff, RetriesExhausted, retrying
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +124,11 @@ class WebhookNotifier:
             raise ValueError(f"the webhook's port is not a number: {redact(url)}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"the webhook must be an http:// or https:// URL, got {redact(url)}")
-        if timeout_s <= 0 or attempts < 1 or backoff_s < 0 or max_pending < 1:
-            raise ValueError("timeout_s > 0, attempts >= 1, backoff_s >= 0 and max_pending >= 1 are required, got "
-                             f"{timeout_s}, {attempts}, {backoff_s}, {max_pending}")
+        if timeout_s <= 0 or max_pending < 1:
+            raise ValueError(f"timeout_s > 0 and max_pending >= 1 are required, got {timeout_s}, {max_pending}")
+        self._backoff = Backoff(attempts, backoff_s, max(backoff_s, 30.0))
         self._url = url
         self._timeout_s = timeout_s
-        self._attempts = attempts
-        self._backoff_s = backoff_s
         self._max_pending = max_pending
         self._sleep = sleep
         self._pending: deque[tuple[RolloutEvent, Command]] = deque()
@@ -203,25 +202,33 @@ class WebhookNotifier:
     def _deliver(self, event: RolloutEvent, command: Command) -> bool:
         body = json.dumps(slack_message(event, command)).encode()
         what = f"{event.status.value} {event.action} of {event.model} (command {event.command_id})"
-        problem = ""
-        for attempt in range(self._attempts):
-            if attempt:
-                self._sleep(self._backoff_s * 2 ** (attempt - 1))
+
+        def post() -> None:
             request = urllib.request.Request(self._url, data=body, method="POST",
                                              headers={"Content-Type": "application/json; charset=utf-8"})
-            try:
-                with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
-                    response.read()
-                log.info("notified %s of %s", redact(self._url), what)
-                return True
-            except urllib.error.HTTPError as exc:
-                problem = f"HTTP {exc.code} {exc.reason}"
-                if exc.code != 429 and exc.code < 500:
-                    break  # the request itself is wrong (bad payload, revoked URL): repeating it cannot help
-            except (OSError, ValueError) as exc:  # refused, unreachable, timed out, a broken response
-                problem = f"{type(exc).__name__}: {exc}"
+            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
+                response.read()
+
+        def transient(exc: Exception) -> str | None:
+            if isinstance(exc, urllib.error.HTTPError):  # (an OSError too: look at it first)
+                # Any other 4xx: the request itself is wrong (bad payload, revoked URL); repeating it cannot help.
+                return f"HTTP {exc.code} {exc.reason}" if exc.code == 429 or exc.code >= 500 else None
+            if isinstance(exc, (OSError, ValueError)):  # refused, unreachable, timed out, a broken response
+                return f"{type(exc).__name__}: {exc}"
+            return None
+
+        def on_retry(attempt: int, why: str, delay: float) -> None:
             log.warning("webhook %s refused or did not answer %s (attempt %d of %d): %s", redact(self._url), what,
-                        attempt + 1, self._attempts, problem)
+                        attempt, self._backoff.attempts, why)
+
+        try:
+            retrying(post, self._backoff, transient, on_retry, self._sleep)
+            log.info("notified %s of %s", redact(self._url), what)
+            return True
+        except RetriesExhausted as exc:
+            problem = exc.last
+        except urllib.error.HTTPError as exc:
+            problem = f"HTTP {exc.code} {exc.reason}"
         log.error("could not notify %s of %s: %s; the rollout event is on the rollout-events topic regardless",
                   redact(self._url), what, problem)
         return False

@@ -2,7 +2,8 @@
 
 Each command is applied, its rollout event is published and flushed, and only then is the offset
 committed: a crash in between re-delivers the command, which the Actuator recognises by its id and
-skips (or finishes). A message that is not a command goes to the dead-letter topic. Once its event
+skips (or finishes). A command that FAILED on transient errors is not committed but applied again
+after a wait (see run_actuator_loop). A message that is not a command goes to the dead-letter topic. Once its event
 is out, a notifier (notify.py) may tell people; it only queues, so it never holds the loop up.
 """
 
@@ -12,16 +13,17 @@ import logging
 import threading
 import time
 
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from mle_stream import codec
 from mle_stream.actuator.notify import Notifier
 from mle_stream.actuator.ports import RoutingBackend
-from mle_stream.actuator.service import Actuator
+from mle_stream.actuator.service import Actuator, Outcome
 from mle_stream.config import Topics
 from mle_stream.dead_letter import dead_letter_entry
 from mle_stream.errors import ActuationError, InvalidEvent
 from mle_stream.kafka import consumer_config, producer_config
+from mle_stream.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +51,48 @@ class RoutingByModel:
         return self._for(model).last_applied_command(model)
 
 
+# A command that FAILED on transient errors (a service down) is delivered again after this wait,
+# doubling while it keeps failing: the adapters' own retries (~1 min) have already run each time.
+# Only its delays are used: redelivery never gives up.
+REDELIVER = Backoff(attempts=1, base_delay_s=5.0, max_delay_s=120.0)
+
+
 def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: threading.Event,
-                      group_id: str = "mle-stream-actuator", notifier: Notifier | None = None) -> None:
+                      group_id: str = "mle-stream-actuator", notifier: Notifier | None = None,
+                      redeliver: Backoff = REDELIVER) -> None:
+    """Apply commands one at a time, in order. A command that FAILED on transient errors is not
+    committed: it is applied again after a wait (`redeliver`) until it goes through, holding the
+    commands behind it, so an outage of the registry or the API server delays commands but never
+    loses one (a rollback the worker emits once must not be dropped). Its FAILED event and alert go
+    out once per outage, not once per attempt."""
     consumer = Consumer(consumer_config(bootstrap, group_id))
     producer = Producer(producer_config(bootstrap))
     consumer.subscribe([topics.commands])
     log.info("actuator reading %s on %s", topics.commands, bootstrap)
+    failing: str | None = None  # the command being delivered again, and how often it failed
+    failures = 0
     try:
         while not stop.is_set():
-            for message in consumer.consume(num_messages=50, timeout=0.5):
+            # One at a time: a command that must be delivered again is sought back to, and nothing
+            # fetched after it may have been taken out of the consumer's hands meanwhile.
+            for message in consumer.consume(num_messages=1, timeout=0.5):
                 if message.error():
                     log.warning("consumer error on %s: %s", topics.commands, message.error())
                     continue
-                _handle(actuator, producer, topics, message, notifier)
+                outcome = _handle(actuator, producer, topics, message, notifier, announce=failing is None)
+                if outcome is not None and outcome.retry:
+                    command_id = outcome.event.command_id
+                    failures = failures + 1 if failing == command_id else 1
+                    failing = command_id
+                    delay = redeliver.delay(failures)
+                    log.error("command %s failed on transient errors (%d time(s) in a row): applying it again "
+                              "in %.1f s, holding the commands after it", command_id, failures, delay)
+                    topic, partition, offset = message.topic(), message.partition(), message.offset()
+                    assert topic is not None and partition is not None and offset is not None  # a fetched message
+                    consumer.seek(TopicPartition(topic, partition, offset))
+                    stop.wait(delay)
+                    continue
+                failing, failures = None, 0
                 consumer.commit(message=message, asynchronous=False)
     finally:
         consumer.close()
@@ -69,7 +100,9 @@ def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: 
 
 
 def _handle(actuator: Actuator, producer: Producer, topics: Topics, message: Message,
-            notifier: Notifier | None) -> None:
+            notifier: Notifier | None, announce: bool = True) -> Outcome | None:
+    """Apply one message; None when it is not a command (dead-lettered). `announce`: publish and
+    notify a FAILED event that will be retried (False while the same command keeps failing)."""
     payload = message.value() or b""
     try:
         command = codec.decode_command(payload)
@@ -78,12 +111,17 @@ def _handle(actuator: Actuator, producer: Producer, topics: Topics, message: Mes
         producer.produce(topics.dead_letter, key=(message.topic() or "").encode(), value=dead_letter_entry(
             reason=str(exc), field=exc.field, source_topic=message.topic() or "", partition=message.partition() or 0,
             offset=message.offset() or 0, record_index=None, at=int(time.time() * 1000), payload=payload))
-        producer.flush(10)
-        return
-    event = actuator.handle(command)
+        if producer.flush(10) != 0:
+            raise ActuationError(f"could not dead-letter the message at {message.topic()}[{message.partition()}]@"
+                                 f"{message.offset()} within 10 s")
+        return None
+    outcome = actuator.apply(command)
+    event = outcome.event
     level = logging.INFO if event.status.value in ("APPLIED", "SKIPPED_DUPLICATE", "DRY_RUN") else logging.ERROR
     log.log(level, "%s %s %s (command %s): %s", event.status.value, event.action, event.model,
             event.command_id, event.details)
+    if outcome.retry and not announce:
+        return outcome
     producer.produce(topics.rollout_events, key=command.model.encode(), value=codec.encode_rollout_event(event))
     if producer.flush(10) != 0:
         # The event must be out before the offset is committed, or downstream never hears of it.
@@ -93,3 +131,4 @@ def _handle(actuator: Actuator, producer: Producer, topics: Topics, message: Mes
             notifier.notify(event, command)
         except Exception:  # telling people is best effort: it must never stop the actuator
             log.exception("notifier failed on command %s", command.command_id)
+    return outcome

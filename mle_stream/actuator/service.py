@@ -3,7 +3,8 @@
 The only place in mle-stream that touches the world. The policy decides (commands); this applies,
 through the two ports (ports.py), in Flagger's order: traffic back first, then the registry, then
 the outcome is returned for the publisher. `handle` never raises: whatever happens becomes a
-RolloutEvent, and the event's route weights and aliases are read back from the backends after
+RolloutEvent (`apply` adds whether a FAILED one is worth delivering again: it failed on transient
+errors, a service down or overloaded, that the adapters' own retries did not outlast), and the event's route weights and aliases are read back from the backends after
 the action, so it reports the state of the world rather than the command's wishes.
 
 Idempotency (commands are redelivered: consumer restarts, re-emitted decisions):
@@ -48,6 +49,12 @@ TAG_TRAFFIC = "mle.traffic"
 
 # Bounds the in-process memory of applied ids; older ids are still covered by the durable check.
 _REMEMBERED_IDS = 100_000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    event: RolloutEvent
+    retry: bool  # FAILED on transient errors only: the same command delivered again later may apply
 
 
 def epoch_ms() -> int:
@@ -108,10 +115,17 @@ class Actuator:
         self._dry_run = dry_run
         self._clock = clock
         self._applied: OrderedDict[str, None] = OrderedDict()
+        self._transient = False  # the last FAILED came from transient errors (see apply)
 
     @property
     def dry_run(self) -> bool:
         return self._dry_run
+
+    def apply(self, command: Command) -> Outcome:
+        """`handle`, and whether a FAILED command is worth delivering again (see Outcome)."""
+        self._transient = False
+        event = self.handle(command)
+        return Outcome(event, event.status is RolloutStatus.FAILED and self._transient)
 
     def handle(self, command: Command) -> RolloutEvent:
         """Apply `command` and return what happened; never raises."""
@@ -150,8 +164,7 @@ class Actuator:
                 route_last = self._routing.last_applied_command(command.model)
                 marker = self._registry.version_tags(command.model, plan.marker_version or "").get(TAG_COMMAND_ID)
             except ActuationError as exc:
-                return self._event(command, RolloutStatus.FAILED, f"could not check whether it was applied: {exc}",
-                                   self._observe(command.model))
+                return self._failed(command, f"could not check whether it was applied: {exc}", exc)
             if marker == command.command_id:
                 since = "" if route_last == command.command_id else f"; the route has since recorded command {route_last}"
                 return self._duplicate(command, f"the registry records it as applied (tag {TAG_COMMAND_ID} on "
@@ -171,8 +184,7 @@ class Actuator:
                     command.model, plan.route, command_id=command.command_id, reason=self._route_reason(command)
                 )
             except ActuationError as exc:
-                return self._event(command, RolloutStatus.FAILED,
-                                   f"route step failed, registry untouched: {exc}", self._observe(command.model))
+                return self._failed(command, f"route step failed, registry untouched: {exc}", exc)
             done.append(f"route {describe_weights(before)} => {describe_weights(plan.route)} at revision {revision}")
         elif resume:
             done.append("resumed: the route already records this command (an earlier attempt stopped before the "
@@ -181,7 +193,7 @@ class Actuator:
             done.extend(self._registry_step(command, plan))
         except ActuationError as exc:
             done.append(f"registry step failed: {exc}; delivering the command again resumes from the registry step")
-            return self._event(command, RolloutStatus.FAILED, "; ".join(done), self._observe(command.model))
+            return self._failed(command, "; ".join(done), exc)
         if plan.note:
             done.append(plan.note)
         self._remember(command.command_id)
@@ -321,6 +333,10 @@ class Actuator:
         except Exception as exc:
             problems.append(f"aliases could not be read back: {exc}")
         return _Observed(weights, aliases.get(CHAMPION), aliases.get(CHALLENGER), problems)
+
+    def _failed(self, command: Command, details: str, exc: ActuationError) -> RolloutEvent:
+        self._transient = exc.transient
+        return self._event(command, RolloutStatus.FAILED, details, self._observe(command.model))
 
     def _event(self, command: Command, status: RolloutStatus, details: str, observed: _Observed) -> RolloutEvent:
         if observed.problems:
