@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mle_stream import __version__
-from mle_stream.actuator.backends import add_routing_arguments
+from mle_stream.actuator.backends import add_route_arguments, add_routing_arguments
 from mle_stream.config import Settings
 from mle_stream.errors import ConfigError, MleStreamError
 from mle_stream.operator_commands import OPERATOR_KINDS
@@ -155,9 +155,11 @@ def _parser() -> argparse.ArgumentParser:
             textwrap.fill(ACTUATE_HELP, 100, break_on_hyphens=False) + "\n\n" + ACTUATE_EXAMPLES)
     p.add_argument("--command", dest="command_file", required=True, type=Path, metavar="FILE",
                    help="a command file (mle-stream command ... --out FILE)")
-    p.add_argument("--topology", "-t", action="append", required=True, metavar="PATH",
-                   help="topology YAML file(s) or directories: they say where each model's route lives")
+    p.add_argument("--topology", "-t", action="append", metavar="PATH",
+                   help="topology YAML file(s) or directories: they say where each model's route lives "
+                        "(or give the route with --backend and its flags below)")
     add_routing_arguments(p)
+    add_route_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="report what would change (status DRY_RUN), change nothing")
 
     p = add("validate", "check topology files and report every problem with file:line",
@@ -374,7 +376,7 @@ def cmd_actuate(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
     from mle_stream import codec
-    from mle_stream.actuator.backends import build_routing
+    from mle_stream.actuator.backends import ROUTE_FLAGS, build_routing, topology_from_flags
     from mle_stream.actuator.mlflow_registry import MlflowRegistry
     from mle_stream.actuator.service import Actuator
     from mle_stream.config import missing_sqlite_store
@@ -386,7 +388,17 @@ def cmd_actuate(args: argparse.Namespace, settings: Settings) -> int:
     local = missing_sqlite_store(settings.mlflow_tracking_uri)
     if local is not None:  # MLflow would create an empty store here, and every lookup in it would fail
         raise ConfigError(f"the MLflow store {local} does not exist (MLFLOW_TRACKING_URI)")
-    routing = build_routing(load_topologies(args.topology), args)
+    flags = [f"--{key}" for key in ROUTE_FLAGS if getattr(args, key, None) is not None]
+    if args.topology and flags:
+        raise ConfigError(f"give the route by --topology or by flags ({', '.join(flags)}), not both")
+    if args.topology:
+        topologies = load_topologies(args.topology)
+    elif "--backend" in flags:
+        topologies = {command.model: topology_from_flags(args, command.model, command.baseline_version,
+                                                         command.candidate_version)}
+    else:
+        raise ConfigError("say where the model's route lives: --topology FILE, or --backend and its flags")
+    routing = build_routing(topologies, args)
     actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), settings.require_signing_key(),
                         dry_run=args.dry_run)
     event = actuator.handle(command)

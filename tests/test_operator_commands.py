@@ -201,6 +201,25 @@ def test_actuate_applies_a_command_file_once_and_rejects_a_tampered_one(tmp_path
                                                          "tampered.json"]  # no stray mlflow.db in the cwd
 
 
+def test_actuate_takes_the_route_from_flags_instead_of_a_topology(tmp_path: Path, world: dict[str, str]) -> None:
+    made = mle("command", "set-traffic", "--model", MODEL, "--baseline", "1", "--candidate", "2", "--percent", "30",
+               "--reason", "widen", "--out", str(tmp_path / "step.json"), env=world, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    by_flags = ("actuate", "--command", str(tmp_path / "step.json"), "--gitops-repo", str(tmp_path / "gitops"),
+                "--backend", "gitops", "--namespace", "ml")
+    result = mle(*by_flags, env=world, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["route_weights"] == {"1": 70, "2": 30}
+    manifest = observed(tmp_path, world["MLFLOW_TRACKING_URI"])[0]
+    assert [ref["weight"] for ref in manifest["spec"]["rules"][0]["backendRefs"]] == [70, 30]  # type: ignore[index]
+    # Both ways at once, neither, or a flag the backend does not read: refused, saying why.
+    for args, message in [((*by_flags, "-t", str(TOPOLOGY)), "by --topology or by flags"),
+                          (by_flags[:5], "--topology FILE, or --backend"),
+                          ((*by_flags, "--subset", "v{version}"), "routing.subset")]:
+        result = mle(*args, env=world, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
 def test_actuate_refuses_a_broken_file_and_a_missing_store(tmp_path: Path) -> None:
     broken = tmp_path / "cmd.json"
     broken.write_text('{"kind": "ROLLBACK"}')

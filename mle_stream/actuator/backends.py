@@ -47,6 +47,41 @@ def add_routing_arguments(parser: argparse.ArgumentParser) -> None:
                        help="kubeconfig context to use (default: the file's current-context)")
 
 
+# Flags that say where one model's route lives, for commands that may run without a topology
+# (mle-stream actuate): the topology's `routing` keys.
+ROUTE_FLAGS = ("backend", "namespace", "name", "service", "subset", "host", "manifest", "gateway")
+
+
+def add_route_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend and the other `routing:` keys as flags, instead of a topology file."""
+    group = parser.add_argument_group(
+        "route from flags (instead of --topology)",
+        "The command's model's routing section, as flags: the same keys and defaults as a topology's "
+        "`routing:` (README: Routing). Templates take {model} and {version}.")
+    group.add_argument("--backend", choices=("gitops", "gateway-api", "istio", "kserve"),
+                       help="where the model's traffic split lives")
+    group.add_argument("--namespace", help="namespace of the route object (default: default)")
+    group.add_argument("--name", help="gateway-api, istio, kserve: the object's name template (default: {model})")
+    group.add_argument("--service", help="gitops, gateway-api: Service of one version (default: {model}-v{version})")
+    group.add_argument("--subset", help="istio: DestinationRule subset of one version (default: v{version})")
+    group.add_argument("--host", help="istio: destination host of a new route entry (default: {model})")
+    group.add_argument("--manifest", help="gitops: manifest path in the repository (default: routes/{model}.yaml)")
+    group.add_argument("--gateway", help="gitops: parentRef of a new manifest (default: ml-gateway)")
+
+
+def topology_from_flags(args: argparse.Namespace, model: str, baseline: str, candidate: str) -> Topology:
+    """A topology holding only the route the flags describe, for one model and its two versions;
+    it goes through the topology parser, so the flags are checked exactly as a `routing:` section."""
+    import yaml
+
+    from mle_stream.core.topology import parse_topology
+
+    routing = {key: getattr(args, key) for key in ROUTE_FLAGS if getattr(args, key, None) is not None}
+    text = yaml.safe_dump({"model": model, "task": "binary", "baseline": {"version": baseline},
+                           "candidate": {"version": candidate}, "routing": routing}, sort_keys=False)
+    return parse_topology(text, source="the route flags")
+
+
 def build_routing(topologies: Mapping[str, Topology], args: argparse.Namespace) -> RoutingBackend:
     """One RoutingBackend per model, from its topology's routing section; ConfigError when flags are missing.
 
