@@ -9,14 +9,19 @@ import signal
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
 from mle_stream import __version__
 from mle_stream.actuator.backends import add_route_arguments, add_routing_arguments
-from mle_stream.config import Settings
+from mle_stream.config import ACTUATOR_METRICS_PORT, WORKER_METRICS_PORT, Settings
 from mle_stream.errors import ConfigError, MleStreamError
+from mle_stream.json_logs import FORMATS as LOG_FORMATS
+from mle_stream.json_logs import JsonFormatter
 from mle_stream.operator_commands import OPERATOR_KINDS
+
+STATUS_PORT = 8077  # the worker's status page (mle_stream/status/server.py)
 
 ENVIRONMENT_HELP = """\
 environment:
@@ -36,6 +41,12 @@ environment:
                           seconds): after a restart it resumes from the last checkpoint.
   MLE_NOTIFY_WEBHOOK      Slack-compatible incoming webhook the actuator reports rollbacks and
                           failed or rejected commands to (same as actuator --notify-webhook).
+  MLE_STATUS_PORT         port of the worker's live status page (same as worker --status-port;
+                          default 8077; 0: none).
+  MLE_LOG_FORMAT          text (default) or json: one JSON object per log line (same as
+                          --log-format).
+  MLE_METRICS_PORT        port of the Prometheus metrics (same as --metrics-port; default 9464 for
+                          the worker, 9465 for the actuator; 0: none).
 """
 
 
@@ -81,6 +92,37 @@ ACTUATE_HELP = (
     "SKIPPED_DUPLICATE and DRY_RUN, 3 for REJECTED (unsigned, forged, changed after signing, or "
     "contradicting itself: nothing was changed), 1 for FAILED, 2 when the file or the configuration is wrong."
 )
+# The `examples:` block of each command's --help (command, actuate, bench and status carry theirs in
+# the description).
+EXAMPLES = {
+    "broker": "examples:\n  mle-stream broker --port 9092\n  export MLE_BOOTSTRAP_SERVERS=127.0.0.1:9092",
+    "worker": "examples:\n  MLE_SIGNING_KEY=$(cat key) mle-stream worker -t topologies/\n"
+              "  mle-stream --log-format json worker -t topologies/fraud-detector-canary.yaml --status-port 8077",
+    "actuator": "examples:\n  mle-stream actuator -t topologies/ --gitops-repo ../gitops\n"
+                "  mle-stream actuator -t topologies/ --kubeconfig ~/.kube/config --dry-run",
+    "validate": "examples:\n  mle-stream validate topologies/\n  mle-stream validate topologies/recommender-ab.yaml",
+    "replay": "examples:\n  mle-stream replay --predictions predictions.jsonl --labels labels.jsonl -t topologies/ --json\n"
+              "  mle-stream replay --predictions p.jsonl --labels l.jsonl --reference ref-v1.json --reference ref-v2.json",
+    "demo": "examples:\n  mle-stream demo\n"
+            "  mle-stream demo --json --keep-running 120   # then open the status page it prints",
+    "profile": "examples:\n  mle-stream profile build train.csv --model fraud-detector --version 2 --exclude label,id "
+               "-o ref.json\n  mle-stream profile build train.parquet --model fraud-detector --version 2 --log-to-mlflow",
+}
+
+STATUS_HELP = (
+    "Read the output topics (metrics, drift, commands, rollout events) from the beginning, without a consumer "
+    "group, and print per model: the versions with their traffic (as the last applied rollout event reported "
+    "it) and the rollout phase; the last judged windows with the watched metrics, baseline | candidate (the "
+    "topologies' check metrics with -t, else error_rate, accuracy and latency_p99_ms); drifted windows; the "
+    "last decisions; the timeline of commands and rollout events. The same data as the worker's status page "
+    "(worker --status-port). Needs MLE_BOOTSTRAP_SERVERS."
+)
+STATUS_EXAMPLES = """\
+examples:
+  mle-stream status
+  mle-stream status --model fraud-detector -t topologies/ --follow
+  mle-stream status --json | jq '.models[0].phase'"""
+
 ACTUATE_EXAMPLES = """\
 examples:
   mle-stream command rollback --model fraud-detector --baseline 1 --candidate 2 \\
@@ -99,10 +141,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mle-stream {__version__}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="log verbosity on stderr (default: info)")
+    parser.add_argument("--log-format", choices=list(LOG_FORMATS), default=None,
+                        help="text (default) or json: one JSON object per line with time, level, logger, message "
+                             "and, on decision lines, model, version, window_start, window_end and command_id "
+                             "(default: MLE_LOG_FORMAT, else text)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=description, epilog=ENVIRONMENT_HELP,
+        examples = EXAMPLES.get(name)  # commands whose description ends with its own examples have none here
+        return sub.add_parser(name, help=help_text, description=description,
+                              epilog=f"{examples}\n\n{ENVIRONMENT_HELP}" if examples else ENVIRONMENT_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
     p = add("broker", "run the embedded Kafka-compatible broker in the foreground",
@@ -118,6 +166,13 @@ def _parser() -> argparse.ArgumentParser:
             "metric snapshots, signed commands and dead letters.")
     p.add_argument("--topology", "-t", action="append", required=True, metavar="PATH",
                    help="a topology YAML file or a directory of them (repeatable)")
+    p.add_argument("--status-port", type=int, metavar="PORT", default=None,
+                   help=f"serve the live status page at http://BIND:PORT/ (default: MLE_STATUS_PORT, else "
+                        f"{STATUS_PORT}; 0: none)")
+    p.add_argument("--status-bind", metavar="ADDRESS", default="127.0.0.1",
+                   help="address the status page is served on (default 127.0.0.1: this host only; 0.0.0.0: "
+                        "every interface)")
+    _add_metrics_arguments(p, "worker", WORKER_METRICS_PORT)
 
     p = add("actuator", "apply commands to the routing and the MLflow registry",
             "Consume commands, verify their signature, route traffic (each topology's routing.backend: "
@@ -131,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--notify-webhook", metavar="URL", default=None,
                    help="POST a Slack-compatible message to this incoming webhook for every rollback and every "
                         "FAILED or REJECTED command (default: MLE_NOTIFY_WEBHOOK; none when both are empty)")
+    _add_metrics_arguments(p, "actuator", ACTUATOR_METRICS_PORT)
 
     p = add("command", "publish a signed command by hand: rollback, promote, set-traffic, approve",
             textwrap.fill(COMMAND_HELP, 100, break_on_hyphens=False) + "\n\n" + COMMAND_EXAMPLES)
@@ -255,6 +311,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="give up when no rollback happened within this time (default 150)")
     p.add_argument("--degrade-after", type=float, default=25.0, metavar="SECONDS",
                    help="seconds of healthy traffic before v2 degrades (default 25)")
+    p.add_argument("--keep-running", type=float, default=3.0, metavar="SECONDS",
+                   help="after the rollback, keep traffic flowing and every component (and the worker's status "
+                        "page, whose address the demo prints) running this long (default 3)")
+
+    p = add("status", "show each model's versions, traffic, phase, windows, decisions and timeline",
+            textwrap.fill(STATUS_HELP, 100, break_on_hyphens=False) + "\n\n" + STATUS_EXAMPLES)
+    p.add_argument("--model", metavar="M", help="only this model")
+    p.add_argument("--topology", "-t", action="append", default=[], metavar="PATH",
+                   help="topology file(s) or directories: their checks' metrics are the ones shown")
+    p.add_argument("--since", metavar="DURATION",
+                   help="read only what was published in the last DURATION (30m, 6h, 7d; default: everything the "
+                        "topics still hold)")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="keep reading and print again every --interval seconds (Ctrl-C stops)")
+    p.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+                   help="--follow: seconds between two prints (default 2)")
+    p.add_argument("--json", action="store_true",
+                   help="print the status as JSON (the status page's /api/status); with --follow one object per line")
 
     p = add("profile", "build the reference profile (drift baseline) of a model version",
             "Reference profiles: the training data of a model version reduced to drift sketches, the "
@@ -263,7 +337,7 @@ def _parser() -> argparse.ArgumentParser:
     p = profile_sub.add_parser(
         "build", help="profile training rows from a csv, jsonl or parquet file",
         description=textwrap.fill(PROFILE_BUILD_HELP, 100, break_on_hyphens=False),
-        epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=f"{EXAMPLES['profile']}\n\n{ENVIRONMENT_HELP}", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", type=Path, metavar="DATA", help="training rows: .csv, .jsonl (.ndjson) or .parquet")
     p.add_argument("--model", required=True, help="registered model name")
     p.add_argument("--version", required=True, help="model version the data trained (MLflow version number)")
@@ -278,6 +352,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-to-mlflow", action="store_true",
                    help="store the profile with the model version in MLflow (MLFLOW_TRACKING_URI)")
     return parser
+
+
+def _add_metrics_arguments(p: argparse.ArgumentParser, component: str, default_port: int) -> None:
+    p.add_argument("--metrics-port", type=int, metavar="PORT", default=None,
+                   help=f"serve the {component}'s Prometheus metrics at http://BIND:PORT/metrics (default: "
+                        f"MLE_METRICS_PORT, else {default_port}; 0: none). A port in use is logged, and the "
+                        f"{component} runs without metrics")
+    p.add_argument("--metrics-bind", metavar="ADDRESS", default="0.0.0.0",
+                   help="address the metrics are served on (default 0.0.0.0: every interface, for Prometheus "
+                        "to scrape; 127.0.0.1 keeps them on this host)")
+
+
+def _metrics_port(args: argparse.Namespace, settings: Settings, default_port: int) -> int:
+    port: int = next(p for p in (args.metrics_port, settings.metrics_port, default_port) if p is not None)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--metrics-port must be a port number 0-65535 (0: no metrics), got {port}")
+    return port
+
+
+def _status_port(flag: int | None) -> int:
+    raw = os.environ.get("MLE_STATUS_PORT", "").strip()
+    if flag is None and raw and not raw.isdigit():
+        raise ConfigError(f"MLE_STATUS_PORT must be a port number 0-65535 (0: no status page), got {raw!r}")
+    port = flag if flag is not None else int(raw) if raw else STATUS_PORT
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--status-port / MLE_STATUS_PORT must be a port number 0-65535 (0: no status page), "
+                          f"got {port}")
+    return port
 
 
 def _wait_for_signal() -> threading.Event:
@@ -312,12 +414,21 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from mle_stream.aliases import resolve_with_mlflow
 
+    metrics_port = _metrics_port(args, settings, WORKER_METRICS_PORT)
+    status_port = _status_port(args.status_port)
     topologies = resolve_with_mlflow(load_topologies(args.topology), settings.mlflow_tracking_uri)
     settings.require_signing_key()
     with bootstrap_servers(settings) as bootstrap:
         ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
         logging.getLogger("mle_stream").info("worker for %s on %s", ", ".join(sorted(topologies)), bootstrap)
-        run_worker(settings, bootstrap, topologies, loglevel=args.log_level)
+        if status_port:
+            from mle_stream.status.server import start_status_page
+
+            start_status_page(bootstrap, settings.topics, {name: [c.metric for c in t.checks]
+                                                           for name, t in topologies.items()},
+                              status_port, args.status_bind)
+        run_worker(settings, bootstrap, topologies, loglevel=args.log_level, metrics_port=metrics_port,
+                   metrics_bind=args.metrics_bind)
     return 0
 
 
@@ -329,7 +440,9 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.actuator.service import Actuator
     from mle_stream.core.topology import load_topologies
     from mle_stream.kafka import bootstrap_servers, ensure_topics
+    from mle_stream.telemetry import ActuatorMetrics, serve
 
+    metrics_port = _metrics_port(args, settings, ACTUATOR_METRICS_PORT)
     try:
         notifier = notifier_for(args.notify_webhook or settings.notify_webhook)
     except ValueError as exc:
@@ -342,8 +455,10 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with bootstrap_servers(settings) as bootstrap:
             ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
+            metrics = ActuatorMetrics()
+            serve(metrics.registry, metrics_port, args.metrics_bind)
             run_actuator_loop(actuator, bootstrap, settings.topics, stop, group_id=settings.actuator_group,
-                              notifier=notifier)
+                              notifier=notifier, metrics=metrics)
     finally:
         notifier.close()
     return 0
@@ -434,7 +549,16 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     topologies = resolve_with_mlflow(load_topologies(args.topology) if args.topology else {},
                                      settings.mlflow_tracking_uri)
     references = [read_profile(path) for path in args.reference]
-    return run_replay(args.predictions, args.labels, topologies, args.json, references=references)
+    _progress(f"replaying {args.predictions}" + (f" and {args.labels}" if args.labels else "") + " ...")
+    started = time.monotonic()
+    code = run_replay(args.predictions, args.labels, topologies, args.json, references=references)
+    _progress(f"replayed in {time.monotonic() - started:.1f} s")
+    return code
+
+
+def _progress(text: str) -> None:
+    """A progress line of a long-running command, on stderr: stdout stays the result (--json)."""
+    print(f"mle-stream: {text}", file=sys.stderr, flush=True)
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -455,6 +579,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
         chosen = {name.lstrip("-").replace("-", "_"): value for name, value in decision_options.items()
                   if value is not None}
+        _progress("bench decisions: simulating the A/A and A/B rollouts (about 5 s at the default size) ...")
         try:
             decisions = run_decisions_bench(**chosen)
         except ValueError as exc:
@@ -476,6 +601,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         def given_or(value: int | None, default: int) -> int:
             return default if value is None else value
 
+        _progress("bench drift: writing the frames, then timing ours and Evidently's reports (about 1.5 min at "
+                  "the default size) ...")
         drift = run_drift_bench(rows=given_or(args.rows, DEFAULT_ROWS),
                                 reference_rows=given_or(args.reference_rows, DEFAULT_REFERENCE_ROWS),
                                 features=given_or(args.features, DEFAULT_FEATURES),
@@ -498,7 +625,58 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.demo import run_demo
 
     return run_demo(settings, json_output=args.json, workdir=args.workdir, topology_path=args.topology,
-                    timeout_s=args.timeout, degrade_after_s=args.degrade_after)
+                    timeout_s=args.timeout, degrade_after_s=args.degrade_after, after_rollback_s=args.keep_running)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from mle_stream.core.topology import load_topologies, parse_duration_ms
+    from mle_stream.status.feed import StatusFeed
+    from mle_stream.status.model import StatusBoard
+    from mle_stream.status.terminal import render
+
+    if not settings.bootstrap_servers:  # an embedded broker started for this would hold nothing
+        raise ConfigError("MLE_BOOTSTRAP_SERVERS is not set: give the Kafka the worker and the actuator use")
+    if args.interval <= 0:
+        raise ConfigError(f"--interval must be > 0 seconds, got {args.interval}")
+    since_ms = None
+    if args.since is not None:
+        try:
+            since_ms = int(time.time() * 1000) - parse_duration_ms(args.since)
+        except ValueError as exc:
+            raise ConfigError(f"--since: {exc}") from None
+    topologies = load_topologies(args.topology) if args.topology else {}
+    board = StatusBoard({name: [c.metric for c in t.checks] for name, t in topologies.items()})
+    feed = StatusFeed(settings.bootstrap_servers, settings.topics, board, since_ms=since_ms)
+    try:
+        print(f"reading {settings.topics.metrics}, {settings.topics.drift}, {settings.topics.commands} and "
+              f"{settings.topics.rollout_events} on {settings.bootstrap_servers} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        read = feed.read_to_end()
+        print(f"read {read} messages in {time.monotonic() - started:.1f} s"
+              + (f", {feed.skipped} unreadable skipped" if feed.skipped else ""), file=sys.stderr, flush=True)
+        while True:
+            data = board.to_json(args.model)
+            if args.model and not data["models"] and not args.follow:
+                print(f"mle-stream status: nothing published for model {args.model!r} (models seen: "
+                      f"{', '.join(board.models()) or 'none'})", file=sys.stderr)
+                return 1
+            if args.json:
+                print(json.dumps(data, indent=None if args.follow else 2), flush=True)
+            else:
+                if args.follow and sys.stdout.isatty():
+                    print("\033[2J\033[H", end="")  # clear the screen: a refreshing view, like top
+                print(render(data), flush=True)
+            if not args.follow:
+                return 0
+            deadline = time.monotonic() + args.interval
+            while time.monotonic() < deadline:
+                feed.poll(min(0.25, max(0.0, deadline - time.monotonic())))
+            if not sys.stdout.isatty() and not args.json:
+                print(flush=True)
+    finally:
+        feed.close()
 
 
 def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
@@ -531,13 +709,21 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "actuator": cmd_actuator, "command": cmd_command,
             "actuate": cmd_actuate,
             "validate": cmd_validate, "replay": cmd_replay, "bench": cmd_bench, "demo": cmd_demo,
-            "profile": cmd_profile}
+            "profile": cmd_profile, "status": cmd_status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    log_format = args.log_format or os.environ.get("MLE_LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in LOG_FORMATS:
+        print(f"mle-stream: MLE_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     try:
         return COMMANDS[args.command](args, Settings.from_env())
     except MleStreamError as exc:

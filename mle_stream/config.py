@@ -13,6 +13,12 @@ from mle_stream.core.topology import parse_duration_ms
 from mle_stream.errors import ConfigError
 
 
+# Where the worker and the actuator serve their Prometheus metrics unless told otherwise (MLE_METRICS_PORT,
+# --metrics-port): next to the OpenTelemetry exporter's 9464, one port per component on a shared host.
+WORKER_METRICS_PORT = 9464
+ACTUATOR_METRICS_PORT = 9465
+
+
 @dataclass(frozen=True)
 class Topics:
     """The topic names, each overridable by MLE_TOPIC_<NAME> (e.g. MLE_TOPIC_PREDICTIONS)."""
@@ -64,6 +70,8 @@ class Settings:
     worker checkpoints its state (see README, State and restarts).
     notify_webhook: MLE_NOTIFY_WEBHOOK, a Slack-compatible incoming webhook the actuator reports
     rollbacks and failed or rejected commands to (empty: none).
+    metrics_port: MLE_METRICS_PORT, the port of the Prometheus metrics (0: not served); None (unset)
+    means each component's default (WORKER_METRICS_PORT, ACTUATOR_METRICS_PORT).
     """
 
     bootstrap_servers: str = ""
@@ -75,6 +83,7 @@ class Settings:
     actuator_group: str = "mle-stream-actuator"
     checkpoint_interval_s: float = 30.0
     notify_webhook: str = field(default="", repr=False)  # a secret: the token is in its path
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -92,6 +101,12 @@ class Settings:
         if interval_s <= 0:
             raise ConfigError(f"MLE_CHECKPOINT_INTERVAL must be a duration > 0 such as 30s, 5m or 500ms, "
                               f"got {raw_interval!r}")
+        raw_port = env.get("MLE_METRICS_PORT", "").strip()
+        metrics_port = None
+        if raw_port:
+            metrics_port = int(raw_port) if raw_port.isdigit() else -1
+            if not 0 <= metrics_port <= 65535:
+                raise ConfigError(f"MLE_METRICS_PORT must be a port number 0-65535 (0: no metrics), got {raw_port!r}")
         return cls(
             bootstrap_servers=env.get("MLE_BOOTSTRAP_SERVERS", ""),
             topics=Topics.from_env(env),
@@ -102,6 +117,7 @@ class Settings:
             actuator_group=env.get("MLE_ACTUATOR_GROUP", cls.actuator_group),
             checkpoint_interval_s=interval_s,
             notify_webhook=env.get("MLE_NOTIFY_WEBHOOK", "").strip(),
+            metrics_port=metrics_port,
         )
 
     def require_signing_key(self) -> bytes:

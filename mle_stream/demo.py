@@ -235,7 +235,11 @@ def _git_log(repo: Path) -> list[str]:
 
 def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | None = None,
              topology_path: Path | None = None, timeout_s: float = 150.0, degrade_after_s: float = 25.0,
-             rate_per_s: int = PREDICTIONS_PER_S, seed: int = 7) -> int:
+             rate_per_s: int = PREDICTIONS_PER_S, seed: int = 7, after_rollback_s: float = AFTER_ROLLBACK_S,
+             status_port: int | None = None) -> int:
+    """Run the demo; 0 when the rollback happened and the registry and route agree with it.
+    `after_rollback_s`: how long everything keeps running after the rollback (to look at the
+    status page); `status_port`: the worker's status page (None: a free port, 0: none)."""
     from mle_stream.actuator.gitops import GitOpsRouting
     from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
 
@@ -279,8 +283,13 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
                "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
         env.update({f"MLE_TOPIC_{name.upper()}": getattr(settings.topics, name)
                     for name in settings.topics.__dataclass_fields__})
+        if status_port is None:
+            from mle_stream.broker import free_port
+
+            status_port = free_port()
         components = [
-            Component("worker", ["worker", "--topology", str(topology_path)], env, workdir / "worker.log"),
+            Component("worker", ["worker", "--topology", str(topology_path), "--status-port", str(status_port)],
+                      env, workdir / "worker.log"),
             Component("actuator", ["actuator", "--topology", str(topology_path), "--gitops-repo", str(gitops_dir)],
                       env, workdir / "actuator.log"),
         ]
@@ -288,6 +297,9 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
             stack.callback(c.stop)
         timeline.say(f"started worker (pid {components[0].process.pid}) and actuator "
                      f"(pid {components[1].process.pid}); logs in {workdir}")
+        status_url = f"http://127.0.0.1:{status_port}/" if status_port else None
+        if status_url:
+            timeline.say(f"status page: {status_url} (the worker serves it; --keep-running keeps it up after the end)")
 
         watcher = Watcher(bootstrap, settings.topics, topology, timeline)
         watcher.start()
@@ -313,7 +325,7 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
             if rolled_back_at is None and any(e.action == "ROLLBACK" and e.status is RolloutStatus.APPLIED
                                               for e in list(watcher.seen.events)):
                 rolled_back_at = time.monotonic()
-            if rolled_back_at is not None and time.monotonic() - rolled_back_at >= AFTER_ROLLBACK_S:
+            if rolled_back_at is not None and time.monotonic() - rolled_back_at >= after_rollback_s:
                 break
             dead = [c for c in components if not c.alive()]
             if dead:
@@ -352,6 +364,7 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
             "commands": [codec.to_json_dict(c) for c in seen.commands],
             "rollout_events": [codec.to_json_dict(e) for e in seen.events],
             "workdir": str(workdir),
+            "status_page": status_url,
         }
         applied = any(e.status is RolloutStatus.APPLIED and e.action == "ROLLBACK" for e in seen.events)
         consistent = (aliases.get("champion") == base_v and aliases.get("challenger") is None

@@ -22,12 +22,51 @@ def mle(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
                           timeout=timeout, env=env or os.environ.copy())
 
 
-@pytest.mark.parametrize("command", ["broker", "worker", "actuator", "validate", "demo", "command", "actuate"])
+@pytest.mark.parametrize("command", ["broker", "worker", "actuator", "validate", "demo", "command", "actuate",
+                                     "replay", "bench", "profile", "profile build", "status"])
 def test_every_command_explains_itself(command: str) -> None:
-    result = mle(command, "--help")
+    result = mle(*command.split(), "--help")
     assert result.returncode == 0
     assert "MLE_BOOTSTRAP_SERVERS" in result.stdout and "MLE_SIGNING_KEY" in result.stdout
     assert f"usage: mle-stream {command}" in result.stdout
+    assert "examples:\n  mle-stream " in result.stdout or "examples:\n  MLE_" in result.stdout
+
+
+def test_every_command_has_a_help_test() -> None:
+    from mle_stream.cli import COMMANDS
+
+    tested = {c.split()[0] for c in test_every_command_explains_itself.pytestmark[0].args[1]}  # type: ignore[attr-defined]
+    assert set(COMMANDS) <= tested
+
+
+def test_json_logs_carry_the_decision_fields() -> None:
+    """--log-format json: a decision line has model, version, window and command id as fields."""
+    code = (
+        "import logging, sys\n"
+        "from mle_stream.cli import main\n"
+        "from mle_stream.stream import processor\n"
+        "from mle_stream.core.events import Command, CommandKind\n"
+        "from mle_stream.config import Topics\n"
+        "from mle_stream.core.topology import load_topology\n"
+        "c = Command('c0ffee', CommandKind.ROLLBACK, 'fraud-detector', '1', '2', {'1': 100, '2': 0}, 'worse', "
+        "'error-rate', 5000, 10000, '{}', 'p', 10001)\n"
+        "t = load_topology('topologies/fraud-detector-canary.yaml')\n"
+        "p = processor.StreamProcessor({t.model: t}, Topics(), b'k')\n"
+        "sys.argv = ['mle-stream', '--log-format', 'json', 'validate', 'topologies/']\n"
+        "main(sys.argv[1:])\n"
+        "p._publish(b'fraud-detector', [c])  # the worker's decision line\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    decision = next(line for line in lines if line["message"].startswith("ROLLBACK fraud-detector"))
+    assert {k: decision[k] for k in ("level", "logger", "model", "version", "window_start", "window_end",
+                                     "command_id")} == {
+        "level": "WARNING", "logger": "mle_stream.stream.processor", "model": "fraud-detector", "version": "2",
+        "window_start": 5000, "window_end": 10000, "command_id": "c0ffee"}
+    assert decision["time"].endswith("+00:00")
 
 
 def test_validate_reports_file_and_line(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from mle_stream.dead_letter import dead_letter_entry
 from mle_stream.errors import ActuationError, InvalidEvent
 from mle_stream.kafka import consumer_config, producer_config
 from mle_stream.retry import Backoff
+from mle_stream.telemetry import ActuatorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,13 @@ REDELIVER = Backoff(attempts=1, base_delay_s=5.0, max_delay_s=120.0)
 
 def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: threading.Event,
                       group_id: str = "mle-stream-actuator", notifier: Notifier | None = None,
-                      redeliver: Backoff = REDELIVER) -> None:
+                      redeliver: Backoff = REDELIVER, metrics: ActuatorMetrics | None = None) -> None:
     """Apply commands one at a time, in order. A command that FAILED on transient errors is not
     committed: it is applied again after a wait (`redeliver`) until it goes through, holding the
     commands behind it, so an outage of the registry or the API server delays commands but never
     loses one (a rollback the worker emits once must not be dropped). Its FAILED event and alert go
-    out once per outage, not once per attempt."""
+    out once per outage, not once per attempt. `metrics` (telemetry.py) counts commands and outcomes."""
+    metrics = metrics if metrics is not None else ActuatorMetrics()
     consumer = Consumer(consumer_config(bootstrap, group_id))
     producer = Producer(producer_config(bootstrap))
     consumer.subscribe([topics.commands])
@@ -79,8 +81,9 @@ def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: 
                 if message.error():
                     log.warning("consumer error on %s: %s", topics.commands, message.error())
                     continue
-                outcome = _handle(actuator, producer, topics, message, notifier, announce=failing is None)
+                outcome = _handle(actuator, producer, topics, message, notifier, metrics, announce=failing is None)
                 if outcome is not None and outcome.retry:
+                    metrics.redeliveries.labels(outcome.event.action).inc()
                     command_id = outcome.event.command_id
                     failures = failures + 1 if failing == command_id else 1
                     failing = command_id
@@ -100,7 +103,7 @@ def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: 
 
 
 def _handle(actuator: Actuator, producer: Producer, topics: Topics, message: Message,
-            notifier: Notifier | None, announce: bool = True) -> Outcome | None:
+            notifier: Notifier | None, metrics: ActuatorMetrics, announce: bool = True) -> Outcome | None:
     """Apply one message; None when it is not a command (dead-lettered). `announce`: publish and
     notify a FAILED event that will be retried (False while the same command keeps failing)."""
     payload = message.value() or b""
@@ -114,12 +117,21 @@ def _handle(actuator: Actuator, producer: Producer, topics: Topics, message: Mes
         if producer.flush(10) != 0:
             raise ActuationError(f"could not dead-letter the message at {message.topic()}[{message.partition()}]@"
                                  f"{message.offset()} within 10 s")
+        metrics.dead_letters.labels(message.topic() or "", "undecodable").inc()
         return None
+    kind = command.kind.value
+    metrics.commands.labels(kind).inc()
+    started = time.perf_counter()
     outcome = actuator.apply(command)
+    metrics.apply_seconds.labels(kind).observe(time.perf_counter() - started)
     event = outcome.event
+    metrics.outcomes.labels(kind, event.status.value).inc()
     level = logging.INFO if event.status.value in ("APPLIED", "SKIPPED_DUPLICATE", "DRY_RUN") else logging.ERROR
     log.log(level, "%s %s %s (command %s): %s", event.status.value, event.action, event.model,
-            event.command_id, event.details)
+            event.command_id, event.details,
+            extra={"model": event.model, "version": command.candidate_version, "window_start": command.window_start,
+                   "window_end": command.window_end, "command_id": event.command_id, "kind": event.action,
+                   "status": event.status.value})
     if outcome.retry and not announce:
         return outcome
     producer.produce(topics.rollout_events, key=command.model.encode(), value=codec.encode_rollout_event(event))

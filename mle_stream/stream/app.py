@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping, cast
+from typing import Any, Awaitable, Callable, Mapping, cast
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
@@ -28,6 +30,7 @@ from mle_stream.errors import BrokerError, ConfigError
 from mle_stream.kafka import ensure_state_topic, partition_counts
 from mle_stream.stream.checkpoints import CheckpointedProcessor, Checkpoints, CheckpointStore
 from mle_stream.stream.processor import Incoming, StreamProcessor
+from mle_stream.telemetry import WorkerMetrics, serve
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +46,18 @@ BATCH_MESSAGES = 200
 # batches when input trickles in.
 BATCH_WITHIN_S = 0.05
 TICK_S = 10.0  # how often the worker asks whether a source has gone silent (decision.outage_after)
+LAG_S = 5.0  # how often the consumer lag gauges are refreshed without input (after every batch too)
 
 
 def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topology],
               observer: Callable[[int, int], None] | None = None,
               profiles: Mapping[str, Mapping[str, ReferenceProfile]] | None = None,
-              datadir: str | None = None) -> tuple[faust.App, StreamProcessor]:
+              datadir: str | None = None, metrics: WorkerMetrics | None = None) -> tuple[faust.App, StreamProcessor]:
     """The Faust app and its processor; `observer(messages, published)`, if given, is called after
-    each batch is processed and its outputs handed to Faust (mle-stream bench times the worker with it)."""
+    each batch is processed and its outputs handed to Faust (mle-stream bench times the worker with it).
+    `metrics` (telemetry.py) is updated once per batch; without it the app keeps its own, unexposed."""
     processor = StreamProcessor(topologies, settings.topics, settings.require_signing_key(), profiles=profiles)
+    metrics = metrics if metrics is not None else WorkerMetrics()
     topics = settings.topics
     _require_copartitioned(bootstrap, topics.predictions, topics.labels, topics.commands)
     ensure_state_topic(bootstrap, topics.state, settings.partitions)
@@ -81,6 +87,21 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
 
     # One thread: batches are processed one at a time and in order, under the checkpoint lock.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mle-stream-process")
+    positions: dict[tuple[str, int], int] = {}  # next offset to process per held input partition, for the lag
+    reported = 0  # checkpoints.reports already counted in the metrics
+
+    def highwater(topic: str, partition: int) -> int | None:
+        try:
+            return cast(int | None, app.consumer.highwater(TP(topic, partition)))
+        except (AssertionError, KeyError, ConsumerNotStarted):  # aiokafka asserts the partition is assigned
+            return None  # revoked meanwhile, or the consumer is not up: no lag to tell
+
+    async def checkpoint(write: Awaitable[Any]) -> None:
+        nonlocal reported
+        started = time.perf_counter()
+        await write
+        metrics.observe_checkpoints(checkpoints.reports[reported:], time.perf_counter() - started)
+        reported = len(checkpoints.reports)
 
     @app.agent(source, name="evaluate")
     async def evaluate(stream: Any) -> None:
@@ -93,44 +114,59 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
             batch = [Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.value)
                      for e in events]
             async with checkpoints.batch() as worker:
+                started = time.perf_counter()
                 # In a thread, so that the event loop keeps fetching the next messages meanwhile:
                 # the CPU-bound processing would otherwise stall the fetcher for its whole length.
                 outs = await loop.run_in_executor(executor, worker.process, batch, [e.message.key for e in events])
+                seconds = time.perf_counter() - started
                 for out in outs:
                     await sinks[out.topic].send(key=out.key, value=out.value)
+                metrics.observe_batch(batch, outs, processor.drain_tally(), seconds)
+                for k in worker.held:
+                    positions.update(worker.positions(k))
+            metrics.observe_lag(positions, highwater)
             if observer is not None:
                 observer(len(batch), len(outs))
-            await checkpoints.maybe_write()
+            await checkpoint(checkpoints.maybe_write())
 
     @app.timer(TICK_S)
     async def hold_on_silence() -> None:
         # Without input the agent never runs, yet a silent source must still hold the rollout.
         async with checkpoints.batch() as worker:
-            for out in worker.tick():
+            outs = worker.tick()
+            for out in outs:
                 await sinks[out.topic].send(key=out.key, value=out.value)
+            metrics.observe_outputs(outs, processor.drain_tally())
 
     @app.timer(settings.checkpoint_interval_s)
     async def checkpoint_when_idle() -> None:
         # The agent checkpoints between batches; without input it never wakes up, and this does.
-        await checkpoints.maybe_write()
+        await checkpoint(checkpoints.maybe_write())
+
+    @app.timer(LAG_S)
+    async def refresh_lag() -> None:
+        # A worker stuck in a batch or starved of fetches is when the lag matters: not only after batches.
+        metrics.observe_lag(positions, highwater)
 
     # mode's SignalHandlerT type rejects every handler under mypy, even its own documented form.
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def restore(sender: faust.App, **_: Any) -> None:
         generation = app.consumer_generation_id
         assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic in inputs}
-        positions = await checkpoints.assigned(assigned)
+        assigned_positions = await checkpoints.assigned(assigned)
+        positions.clear()
+        positions.update(assigned_positions)
         if app.consumer_generation_id == generation:  # else another rebalance is on: it comes back here
-            await _read_from(app, positions)
+            await _read_from(app, assigned_positions)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def hand_over(sender: faust.App, revoked: set[TP], **_: Any) -> None:
         # Faust has waited for the agent to finish its events: the next owner starts from here.
-        await checkpoints.write({tp.partition for tp in revoked if tp.topic in inputs})
+        await checkpoint(checkpoints.write({tp.partition for tp in revoked if tp.topic in inputs}))
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def last_checkpoint(sender: faust.App, **_: Any) -> None:
-        await checkpoints.close()
+        await checkpoint(checkpoints.close())
 
     return app, processor
 
@@ -222,11 +258,20 @@ def limit_blas_threads(threads: int = 1) -> list[str]:
     return changed
 
 
-def run_worker(settings: Settings, bootstrap: str, topologies: Mapping[str, Topology], loglevel: str = "info") -> None:
+def run_worker(settings: Settings, bootstrap: str, topologies: Mapping[str, Topology], loglevel: str = "info",
+               metrics_port: int = 0, metrics_bind: str = "0.0.0.0") -> None:
+    """Run the worker until it is stopped; serve its Prometheus metrics on metrics_bind:metrics_port
+    (0: not served)."""
     from mle_stream.profiles import profiles_for
 
+    metrics = WorkerMetrics()
     app, _ = build_app(settings, bootstrap, topologies,
-                       profiles=profiles_for(topologies.values(), settings.mlflow_tracking_uri))
+                       profiles=profiles_for(topologies.values(), settings.mlflow_tracking_uri), metrics=metrics)
+    serve(metrics.registry, metrics_port, metrics_bind)
     tune_runtime()  # after the imports: they load the BLAS libraries
-    worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, quiet=True)
+    from mle_stream.json_logs import json_logging_enabled
+
+    # mode would replace the root handler with its own text one: keep ours with --log-format json.
+    worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, quiet=True,
+                          override_logging=not json_logging_enabled())
     worker.execute_from_commandline()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from mle_stream import codec
@@ -21,11 +21,17 @@ from mle_stream.core.commands import sign, verify
 from mle_stream.core.columns import LabelColumns, PredictionColumns, group_rows
 from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.evaluator import ModelEvaluator
-from mle_stream.core.events import Command, CommandKind, Label, Prediction
+from mle_stream.core.events import Command, CommandKind, Label, MetricSnapshot, Prediction
 from mle_stream.core.policy import Verdict
 from mle_stream.core.topology import Topology
 
 log = logging.getLogger(__name__)
+
+
+def _fields(command: Command) -> dict[str, object]:
+    """A decision's structured log fields (mle-stream --log-format json)."""
+    return {"model": command.model, "version": command.candidate_version, "window_start": command.window_start,
+            "window_end": command.window_end, "command_id": command.command_id, "kind": command.kind.value}
 
 
 def wall_clock_ms() -> int:
@@ -47,6 +53,28 @@ class Outgoing:
     value: bytes
 
 
+# Why a record or message was dead-lettered, in a few classes (a label of the worker's metrics:
+# the reasons themselves name records and values, which no metric label may hold).
+UNDECODABLE = "undecodable"  # not a record of the topic's contract (codec)
+REJECTED = "rejected"  # a valid record its model cannot use (wrong task, timestamp ahead, ...)
+UNKNOWN_MODEL = "unknown_model"
+UNKNOWN_TOPIC = "unknown_topic"
+UNSIGNED = "unsigned"  # an APPROVE that does not verify
+
+
+@dataclass
+class Tally:
+    """What the processor did since the last `StreamProcessor.drain_tally`, for the worker's metrics:
+    counted as it goes (a few counter increments per message and per closed window), read once per
+    batch, so that telemetry never decodes the outputs again."""
+
+    records: Counter[tuple[str, str]] = field(default_factory=Counter)  # (predictions|labels, model) -> accepted
+    dead_letters: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source topic, reason class)
+    closed: list[MetricSnapshot] = field(default_factory=list)  # closed windows of whole versions
+    verdicts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, verdict), one per closed window
+    commands: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, kind) emitted
+
+
 class StreamProcessor:
     def __init__(
         self,
@@ -66,6 +94,7 @@ class StreamProcessor:
         self._clock = clock
         self._updated_at: dict[str, int] = {}  # model -> when window updates were last published
         self.counters: Counter[str] = Counter()
+        self.tally = Tally()
 
     def process(self, messages: Sequence[Incoming]) -> list[Outgoing]:
         now = self._clock()
@@ -79,10 +108,16 @@ class StreamProcessor:
             elif msg.topic == self.topics.commands:
                 out.extend(self._approval(msg, now))
             else:
-                out.append(self._dead_letter(msg, None, "", f"the worker does not read topic {msg.topic!r}", msg.value))
+                out.append(self._dead_letter(msg, None, "", f"the worker does not read topic {msg.topic!r}", msg.value,
+                                             UNKNOWN_TOPIC))
         for model in sorted(touched):
             out.extend(self._advance(self.evaluators[model], now))
         return out
+
+    def drain_tally(self) -> Tally:
+        """What was done since the last call (and start afresh)."""
+        tally, self.tally = self.tally, Tally()
+        return tally
 
     def tick(self) -> list[Outgoing]:
         """What time alone decides, without input: HOLD commands for silent sources."""
@@ -93,7 +128,7 @@ class StreamProcessor:
         return out
 
     def _ingest(self, msg: Incoming, decoded: codec.ColumnsResult[Any], now: int, touched: set[str]) -> list[Outgoing]:
-        out = [self._dead_letter(msg, e.index, e.field, e.reason, msg.value) for e in decoded.errors]
+        out = [self._dead_letter(msg, e.index, e.field, e.reason, msg.value, UNDECODABLE) for e in decoded.errors]
         cols: PredictionColumns | LabelColumns = decoded.columns
         if not len(cols):
             return out
@@ -105,7 +140,8 @@ class StreamProcessor:
             if evaluator is None:
                 known = ", ".join(sorted(self.evaluators)) or "none"
                 out.extend(self._dead_letter(msg, int(position[rows[j]]), "model",
-                                             f"no topology for model {model!r} (known: {known})", part.record(j))
+                                             f"no topology for model {model!r} (known: {known})", part.record(j),
+                                             UNKNOWN_MODEL)
                            for j in range(len(part)))
                 continue
             touched.add(model)
@@ -114,8 +150,9 @@ class StreamProcessor:
             else:
                 rejects = evaluator.add_label_columns(part, now)
             self.counters[kind] += len(part) - len(rejects)
-            out.extend(self._dead_letter(msg, int(position[rows[r.index]]), r.field, r.reason, part.record(r.index))
-                       for r in rejects)
+            self.tally.records[(kind, model)] += len(part) - len(rejects)
+            out.extend(self._dead_letter(msg, int(position[rows[r.index]]), r.field, r.reason, part.record(r.index),
+                                         REJECTED) for r in rejects)
         return out
 
     def _approval(self, msg: Incoming, now: int) -> list[Outgoing]:
@@ -125,26 +162,27 @@ class StreamProcessor:
         try:
             command = codec.decode_command(msg.value or b"")
         except InvalidEvent as exc:
-            return [self._dead_letter(msg, None, exc.field, f"not a command: {exc}", msg.value)]
+            return [self._dead_letter(msg, None, exc.field, f"not a command: {exc}", msg.value, UNDECODABLE)]
         if command.kind is not CommandKind.APPROVE:
             return []
         if not verify(command, self._key):
             return [self._dead_letter(msg, None, "signature", f"APPROVE {command.command_id} of {command.model!r} "
                                       "is unsigned or its signature does not match MLE_SIGNING_KEY: ignored",
-                                      msg.value)]
+                                      msg.value, UNSIGNED)]
         evaluator = self.evaluators.get(command.model)
         if evaluator is None:
             known = ", ".join(sorted(self.evaluators)) or "none"
             return [self._dead_letter(msg, None, "model", f"APPROVE {command.command_id}: no topology for model "
-                                      f"{command.model!r} (known: {known})", msg.value)]
+                                      f"{command.model!r} (known: {known})", msg.value, UNKNOWN_MODEL)]
         commands, note = evaluator.approve(command, now)
         log.log(logging.INFO if commands else logging.WARNING, "APPROVE %s of %s (%s): %s",
-                command.command_id, command.model, command.reason, note)
+                command.command_id, command.model, command.reason, note, extra=_fields(command))
         return self._publish(command.model.encode(), commands)
 
     def _dead_letter(self, msg: Incoming, index: int | None, field: str, reason: str,
-                     payload: bytes | Prediction | Label | None) -> Outgoing:
+                     payload: bytes | Prediction | Label | None, reason_class: str) -> Outgoing:
         self.counters["dead_letter"] += 1
+        self.tally.dead_letters[(msg.topic, reason_class)] += 1
         # The codec's reasons already name the record and field; the topic position is ours to add.
         log.warning("dead-letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
         value = dead_letter_entry(
@@ -168,11 +206,17 @@ class StreamProcessor:
         for d in result.drift:
             if d.status == "CLOSED" and d.drifted:
                 log.warning("%s v%s window %d..%d drifted from %s: %s", d.model, d.version, d.window_start,
-                            d.window_end, d.reference, ", ".join(d.drifted))
+                            d.window_end, d.reference, ", ".join(d.drifted),
+                            extra={"model": d.model, "version": d.version, "window_start": d.window_start,
+                                   "window_end": d.window_end})
+        self.tally.closed.extend(w for w in result.windows if w.status == "CLOSED" and w.segment is None)
         for j in result.judgements:
+            self.tally.verdicts[(model_name, j.verdict.value)] += 1
             level = logging.WARNING if j.verdict is Verdict.FAIL else logging.INFO
             log.log(level, "%s window %d..%d: %s, %s", evaluator.topology.model, j.window_start, j.window_end,
-                    j.verdict.value, j.reason)
+                    j.verdict.value, j.reason,
+                    extra={"model": evaluator.topology.model, "version": evaluator.topology.candidate_version,
+                           "window_start": j.window_start, "window_end": j.window_end, "verdict": j.verdict.value})
         out.extend(self._publish(model, result.commands))
         return out
 
@@ -181,6 +225,8 @@ class StreamProcessor:
         for command in commands:
             signed = sign(command, self._key)
             self.counters["commands"] += 1
-            log.warning("%s %s (command %s): %s", command.kind.value, command.model, command.command_id, command.reason)
+            self.tally.commands[(command.model, command.kind.value)] += 1
+            log.warning("%s %s (command %s): %s", command.kind.value, command.model, command.command_id, command.reason,
+                        extra=_fields(command))
             out.append(Outgoing(self.topics.commands, model, codec.encode_command(signed)))
         return out

@@ -1,0 +1,129 @@
+"""The live status page: a small HTTP server in a daemon thread of the worker.
+
+`/` is one self-contained HTML file (page.html: inline CSS and JS, plots drawn as SVG by its own
+code, nothing fetched from a CDN: the page must work on machines without internet), `/api/status`
+the StatusBoard as JSON (`?model=M` for one model), polled by the page every 1.5 s; `/healthz`
+answers "ok". The board is fed by a StatusFeed reading the output topics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+from urllib.parse import parse_qs, urlsplit
+
+from mle_stream.config import Topics
+from mle_stream.errors import ConfigError
+from mle_stream.status.feed import StatusFeed
+from mle_stream.status.model import StatusBoard
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("page.html")
+DEFAULT_PORT = 8077
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        url = urlsplit(self.path)
+        if url.path in ("/", "/index.html"):
+            self._send(200, "text/html; charset=utf-8", self.server.page)
+        elif url.path == "/api/status":
+            model = parse_qs(url.query).get("model", [None])[0]
+            with self.server.lock:
+                data = self.server.board.to_json(model)
+            self._send(200, "application/json", json.dumps(data, allow_nan=False, default=str).encode())
+        elif url.path == "/healthz":
+            self._send(200, "text/plain", b"ok\n")
+        else:
+            self._send(404, "text/plain", b"not found: try / or /api/status\n")
+
+    def _send(self, code: int, content_type: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        log.debug("status page: " + format, *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], board: StatusBoard, lock: threading.Lock) -> None:
+        self.board = board
+        self.lock = lock
+        self.page = PAGE.read_bytes()
+        super().__init__(address, _Handler)
+
+
+@dataclass
+class StatusServer:
+    """A running status page; `close()` stops the server and its feed."""
+
+    url: str
+    board: StatusBoard
+    lock: threading.Lock
+    _http: _Server
+    _feed: StatusFeed | None
+
+    def close(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+        if self._feed is not None:
+            self._feed.close()
+
+
+def _listen(board: StatusBoard, lock: threading.Lock, port: int, bind: str) -> _Server:
+    try:
+        return _Server((bind, port), board, lock)
+    except OSError as exc:
+        raise ConfigError(f"status page: cannot listen on {bind}:{port}: {exc.strerror} (--status-port, "
+                          f"MLE_STATUS_PORT; 0 turns the page off)") from None
+
+
+def _serve(http: _Server, board: StatusBoard, lock: threading.Lock, feed: StatusFeed | None) -> StatusServer:
+    threading.Thread(target=http.serve_forever, name="mle-stream-status-http", daemon=True).start()
+    if feed is not None:
+        feed.start()
+    host, bound_port = http.server_address[:2]
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return StatusServer(f"http://{shown}:{bound_port}/", board, lock, http, feed)
+
+
+def serve_status(board: StatusBoard, lock: threading.Lock, port: int, bind: str = "127.0.0.1",
+                 feed: StatusFeed | None = None) -> StatusServer:
+    """Serve `board` on bind:port (0: any free port) in a daemon thread; starts `feed` if given."""
+    return _serve(_listen(board, lock, port, bind), board, lock, feed)
+
+
+def watched_metrics(checks_by_model: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """The metrics to plot per model: its checks' metrics (a rollback: shorthand is error_rate)."""
+    return {model: list(dict.fromkeys(metrics)) for model, metrics in checks_by_model.items() if metrics}
+
+
+def start_status_page(bootstrap: str, topics: Topics, checks_by_model: Mapping[str, Sequence[str]], port: int,
+                      bind: str = "127.0.0.1") -> StatusServer | None:
+    """The worker's status page: a board fed from the output topics, served on bind:port. A port in
+    use is logged and gives None: the page must never keep a worker from running."""
+    board = StatusBoard(watched_metrics(checks_by_model))
+    lock = threading.Lock()
+    try:
+        http = _listen(board, lock, port, bind)
+    except ConfigError as exc:  # a second worker on this host: it works on, without a page
+        log.warning("%s; the worker runs without a status page", exc)
+        return None
+    server = _serve(http, board, lock, StatusFeed(bootstrap, topics, board, lock))
+    log.info("status page on %s", server.url)
+    return server

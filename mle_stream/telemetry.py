@@ -1,0 +1,183 @@
+"""Prometheus metrics of the worker and the actuator, and their HTTP exposition.
+
+Each process role has its own `CollectorRegistry` (never the global default one), so a test can
+build several side by side. Every name starts with `mle_stream_`; labels stay bounded: per model,
+version, metric name, topic and partition, never per prediction, command or window. README.md
+("Prometheus metrics") lists them all, and grafana/mle-stream-dashboard.json is built on them.
+
+The worker updates its metrics once per batch from what the StreamProcessor tallied while it worked
+(`processor.Tally`), not by decoding its outputs again; the actuator once per command.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from mle_stream.stream.checkpoints import WriteReport
+    from mle_stream.stream.processor import Incoming, Outgoing, Tally
+
+log = logging.getLogger(__name__)
+
+# Roles whose window metrics are exported: versions the topology does not name ("other") come from
+# the input, and a gauge per such version would let producers grow the label set without bound.
+_EXPORTED_ROLES = ("baseline", "candidate")
+
+
+class _Metrics:
+    """Metrics of one process role, in `registry` (a new one by default; never the global one)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+
+    def _counter(self, name: str, help_text: str, *labels: str) -> Counter:
+        return Counter(name, help_text, labels, registry=self.registry)
+
+    def _gauge(self, name: str, help_text: str, *labels: str) -> Gauge:
+        return Gauge(name, help_text, labels, registry=self.registry)
+
+    def _histogram(self, name: str, help_text: str, buckets: Sequence[float], *labels: str) -> Histogram:
+        return Histogram(name, help_text, labels, registry=self.registry, buckets=buckets)
+
+
+class WorkerMetrics(_Metrics):
+    """The worker's metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        self.input_messages = self._counter(
+            "mle_stream_input_messages", "Kafka messages the worker read, by topic (a message may carry many "
+            "records)", "topic")
+        self.predictions = self._counter(
+            "mle_stream_predictions", "Prediction records the worker accepted into a model's windows, by model",
+            "model")
+        self.labels = self._counter(
+            "mle_stream_labels", "Label records the worker accepted into a model's windows, by model",
+            "model")
+        self.output_messages = self._counter(
+            "mle_stream_output_messages", "Kafka messages the worker published, by topic (metric snapshots, drift "
+            "tables, commands, dead letters)", "topic")
+        self.dead_letters = self._counter(
+            "mle_stream_dead_letters", "Records or messages sent to the dead-letter topic, by the topic they were "
+            "read from and reason class (undecodable, rejected, unknown_model, unknown_topic, unsigned)",
+            "topic", "reason")
+        self.window_metric = self._gauge(
+            "mle_stream_window_metric", "Value of a metric in the last closed event-time window of a whole model "
+            "version (segments excluded), in the metric's own unit (ratios 0-1, latency in ms); NaN when that "
+            "window had none", "model", "version", "role", "metric")
+        self.window_end = self._gauge(
+            "mle_stream_window_end_timestamp_seconds", "Event-time end of the last closed window of a whole model "
+            "version, in seconds since the epoch", "model", "version", "role")
+        self.verdicts = self._counter(
+            "mle_stream_verdicts", "Verdicts on closed windows (PASS, FAIL, INCONCLUSIVE, ERROR), one per closed "
+            "window of a model", "model", "verdict")
+        self.commands = self._counter(
+            "mle_stream_commands_emitted", "Signed commands the worker published, by model and kind",
+            "model", "kind")
+        self.consumer_lag = self._gauge(
+            "mle_stream_consumer_lag", "Messages not yet processed in an assigned input partition: the consumer's "
+            "high watermark minus the next offset to process. The embedded broker (Tansu) reports a high watermark "
+            "too low (the first offset of the last record batch + 1), so there this reads low or 0",
+            "topic", "partition")
+        self.batch_seconds = self._histogram(
+            "mle_stream_batch_seconds", "Time to process one batch of input messages, in seconds (decode, join, "
+            "windows, decisions; in the worker's processing thread)",
+            (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+        self.checkpoints = self._counter(
+            "mle_stream_checkpoints_written", "Checkpoints of an input partition's state written to the state "
+            "topic")
+        self.checkpoint_bytes = self._counter(
+            "mle_stream_checkpoint_bytes", "Compressed bytes of the checkpoints written, in bytes")
+        self.checkpoint_seconds = self._histogram(
+            "mle_stream_checkpoint_seconds", "Time of one checkpoint round that wrote at least one partition, in "
+            "seconds (output flush, snapshot, encoding and writing of every partition due; waiting for a batch in "
+            "progress included)", (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0))
+
+    def observe_batch(self, messages: Sequence[Incoming], outs: Sequence[Outgoing], tally: Tally,
+                      seconds: float) -> None:
+        """One processed batch: its input messages, its outputs, the processor's tally of it."""
+        for topic, count in collections.Counter(m.topic for m in messages).items():
+            self.input_messages.labels(topic).inc(count)
+        self.batch_seconds.observe(seconds)
+        self.observe_outputs(outs, tally)
+
+    def observe_outputs(self, outs: Sequence[Outgoing], tally: Tally) -> None:
+        """Outputs and tally of work without input as well (the worker's timer that holds rollouts)."""
+        for topic, count in collections.Counter(o.topic for o in outs).items():
+            self.output_messages.labels(topic).inc(count)
+        for (kind, model), count in tally.records.items():
+            (self.predictions if kind == "predictions" else self.labels).labels(model).inc(count)
+        for (topic, reason), count in tally.dead_letters.items():
+            self.dead_letters.labels(topic, reason).inc(count)
+        for (model, verdict), count in tally.verdicts.items():
+            self.verdicts.labels(model, verdict).inc(count)
+        for (model, kind), count in tally.commands.items():
+            self.commands.labels(model, kind).inc(count)
+        for snapshot in tally.closed:  # in event-time order: the last closed window's values win
+            if snapshot.role not in _EXPORTED_ROLES:
+                continue
+            for name, value in snapshot.metrics.items():
+                self.window_metric.labels(snapshot.model, snapshot.version, snapshot.role, name).set(
+                    math.nan if value is None else value)
+            self.window_end.labels(snapshot.model, snapshot.version, snapshot.role).set(snapshot.window_end / 1000)
+
+    def observe_lag(self, positions: Mapping[tuple[str, int], int],
+                    highwater: Callable[[str, int], int | None]) -> None:
+        """Set the lag of exactly these input partitions (next offset to process by (topic, partition));
+        `highwater` returns the consumer's last known high watermark, None when it has none yet."""
+        self.consumer_lag.clear()  # partitions revoked since the last call disappear
+        for (topic, partition), position in positions.items():
+            end = highwater(topic, partition)
+            if end is not None:
+                self.consumer_lag.labels(topic, str(partition)).set(max(end - position, 0))
+
+    def observe_checkpoints(self, reports: Sequence[WriteReport], seconds: float) -> None:
+        if not reports:
+            return
+        self.checkpoints.inc(len(reports))
+        self.checkpoint_bytes.inc(sum(r.bytes for r in reports))
+        self.checkpoint_seconds.observe(seconds)
+
+
+class ActuatorMetrics(_Metrics):
+    """The actuator's metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        self.commands = self._counter(
+            "mle_stream_actuator_commands", "Commands the actuator received and decoded, by kind (a failing command "
+            "counts again at every redelivery)", "kind")
+        self.outcomes = self._counter(
+            "mle_stream_actuator_outcomes", "Outcomes of applying commands, by kind and rollout status (APPLIED, "
+            "SKIPPED_DUPLICATE, DRY_RUN, REJECTED, FAILED); a FAILED command being redelivered counts every attempt",
+            "kind", "status")
+        self.redeliveries = self._counter(
+            "mle_stream_actuator_redeliveries", "Commands that FAILED on transient errors and will be applied again "
+            "after a wait, by kind (one per attempt)", "kind")
+        self.apply_seconds = self._histogram(
+            "mle_stream_actuator_apply_seconds", "Time to apply one command (verify, route, registry), in seconds, "
+            "by kind", (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0), "kind")
+        self.dead_letters = self._counter(
+            "mle_stream_dead_letters", "Messages sent to the dead-letter topic, by the topic they were read from and "
+            "reason class (undecodable: not a command)", "topic", "reason")
+
+
+def serve(registry: CollectorRegistry, port: int, bind: str = "0.0.0.0") -> int | None:
+    """Serve `registry` at http://BIND:PORT/metrics from a daemon thread; returns the port, None when
+    `port` is 0 (disabled) or taken. A port in use does not stop the component (metrics are not worth
+    losing the evaluation or a rollback over): it logs an error naming the flag to change."""
+    if not port:
+        return None
+    try:
+        server, _ = start_http_server(port, addr=bind, registry=registry)
+    except OSError as exc:
+        log.error("cannot serve Prometheus metrics on %s:%d: %s; running without them (choose another port "
+                  "with --metrics-port or MLE_METRICS_PORT, 0 to disable)", bind, port, exc)
+        return None
+    log.info("Prometheus metrics on http://%s:%d/metrics", bind, server.server_port)
+    return int(server.server_port)

@@ -1,0 +1,47 @@
+"""The status page's HTTP server without Kafka: a hand-fed board served on a free port."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from mle_stream.core.events import CommandKind
+from mle_stream.errors import ConfigError
+from mle_stream.status.model import StatusBoard
+from mle_stream.status.server import serve_status
+from test_status_model import M, command, snapshot
+
+
+def get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.headers["Content-Type"], r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read()
+
+
+def test_page_api_and_errors() -> None:
+    board, lock = StatusBoard(), threading.Lock()
+    board.apply(snapshot("1", 0, 0.1))
+    board.apply(command(CommandKind.ROLLBACK, 10_000))
+    server = serve_status(board, lock, 0)
+    try:
+        code, kind, body = get(server.url)
+        assert code == 200 and kind.startswith("text/html")
+        assert b"<script>" in body and b"http://" not in body.replace(b"http://www.w3.org", b"")  # no CDN
+        code, kind, body = get(server.url + "api/status")
+        assert code == 200 and kind == "application/json"
+        assert json.loads(body)["models"][0]["phase"] == "rolling back"
+        with lock:
+            board.apply(snapshot("2", 0, 0.3))  # the next poll sees it
+        assert len(json.loads(get(server.url + f"api/status?model={M}")[2])["models"][0]["versions"]) == 2
+        assert json.loads(get(server.url + "api/status?model=other")[2])["models"] == []
+        assert get(server.url + "nope")[0] == 404
+        with pytest.raises(ConfigError, match="cannot listen"):
+            serve_status(board, lock, int(server.url.rsplit(":", 1)[1].strip("/")))
+    finally:
+        server.close()
