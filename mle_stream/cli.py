@@ -409,7 +409,7 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.core.topology import load_topologies
-    from mle_stream.kafka import bootstrap_servers, ensure_topics
+    from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
     from mle_stream.stream.app import run_worker
 
     from mle_stream.aliases import resolve_with_mlflow
@@ -419,6 +419,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     topologies = resolve_with_mlflow(load_topologies(args.topology), settings.mlflow_tracking_uri)
     settings.require_signing_key()
     with bootstrap_servers(settings) as bootstrap:
+        wait_for_broker(bootstrap)
         ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
         logging.getLogger("mle_stream").info("worker for %s on %s", ", ".join(sorted(topologies)), bootstrap)
         if status_port:
@@ -439,7 +440,7 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.actuator.runner import run_actuator_loop
     from mle_stream.actuator.service import Actuator
     from mle_stream.core.topology import load_topologies
-    from mle_stream.kafka import bootstrap_servers, ensure_topics
+    from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
     from mle_stream.telemetry import ActuatorMetrics, serve
 
     metrics_port = _metrics_port(args, settings, ACTUATOR_METRICS_PORT)
@@ -454,6 +455,7 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     stop = _wait_for_signal()
     try:
         with bootstrap_servers(settings) as bootstrap:
+            wait_for_broker(bootstrap)
             ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
             metrics = ActuatorMetrics()
             serve(metrics.registry, metrics_port, args.metrics_bind)

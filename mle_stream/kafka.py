@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterable, Iterator, Mapping
+import time
+from typing import Callable, Iterable, Iterator, Mapping
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
@@ -13,6 +14,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from mle_stream.broker import EmbeddedBroker
 from mle_stream.config import Settings
 from mle_stream.errors import BrokerError
+from mle_stream.retry import Backoff, RetriesExhausted, retrying
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,34 @@ def ensure_state_topic(bootstrap: str, name: str, partitions: int, timeout_s: fl
         log.warning("state topic %s has cleanup.policy=%s, not compact: Kafka will delete checkpoints after "
                     "retention.ms and a restart then re-reads the inputs from their beginning. Set "
                     "cleanup.policy=compact on it.", name, policy)
+
+
+# How long a worker or an actuator waits for an unreachable broker at start: 1 s, doubling up to
+# 30 s, ~3.5 min in all (a broker restarting, a cluster still coming up) before it gives up.
+BROKER_WAIT = Backoff(attempts=12, base_delay_s=1.0, max_delay_s=30.0)
+
+
+def wait_for_broker(bootstrap: str, backoff: Backoff = BROKER_WAIT, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Return once Kafka at `bootstrap` answers a metadata request; retry with `backoff` meanwhile,
+    saying so in the log, then raise BrokerError saying how long it tried."""
+    # librdkafka would print every refused connection on stderr: the log lines below say it once per attempt.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+
+    def probe() -> None:
+        admin.list_topics(timeout=5)
+
+    def transient(exc: Exception) -> str | None:
+        return str(exc) if isinstance(exc, KafkaException) else None
+
+    def on_retry(attempt: int, why: str, delay: float) -> None:
+        log.warning("Kafka at %s does not answer (attempt %d of %d: %s); trying again in %.0f s", bootstrap, attempt,
+                    backoff.attempts, why, delay)
+
+    try:
+        retrying(probe, backoff, transient, on_retry, sleep)
+    except RetriesExhausted as exc:
+        raise BrokerError(f"cannot reach Kafka at {bootstrap!r}: {exc}; check MLE_BOOTSTRAP_SERVERS and that the "
+                          "brokers are up") from exc.__cause__
 
 
 def partition_counts(bootstrap: str, names: Iterable[str], timeout_s: float = 15.0) -> dict[str, int]:

@@ -253,3 +253,36 @@ def test_ten_sigkills_at_random_points_leave_the_windows_and_decisions_of_an_uni
     assert {c.command_id for c in emitted} == {d.command_id for d in decisions}
     assert {(c.kind, c.rule, c.window_start, c.window_end) for c in emitted} == {
         (d.kind, d.rule, d.window_start, d.window_end) for d in decisions}
+
+
+def test_a_worker_started_before_its_broker_waits_for_it_then_runs(tmp_path: Path) -> None:
+    from mle_stream.broker import EmbeddedBroker, free_port
+
+    port = free_port()
+    topology = tmp_path / "fraud.yaml"
+    topology.write_text(RELIABILITY_TOPOLOGY.format(model="fraud"))
+    env = {**os.environ, "MLE_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "MLE_SIGNING_KEY": "k",
+           "MLE_STATUS_PORT": "0", "MLE_METRICS_PORT": "0", "MLE_TOPIC_PARTITIONS": "2"}
+    worker = Worker(tmp_path, env, topology)
+    worker.start()
+    try:
+        worker.wait_for("does not answer (attempt 2 of", 1, 30)  # waiting, not exited (wait_for checks)
+        with EmbeddedBroker(port=port):
+            try:
+                worker.wait_for("reading from ", 1, 90)
+            finally:
+                worker.stop()  # before the broker goes
+    finally:
+        worker.stop()
+
+
+def test_a_broker_that_never_comes_is_a_clear_error_after_the_wait() -> None:
+    from mle_stream.broker import free_port
+    from mle_stream.errors import BrokerError
+    from mle_stream.kafka import wait_for_broker
+    from mle_stream.retry import Backoff
+
+    waits: list[float] = []
+    with pytest.raises(BrokerError, match=r"cannot reach Kafka at '127\.0\.0\.1:\d+': 3 attempts failed") as caught:
+        wait_for_broker(f"127.0.0.1:{free_port()}", Backoff(3, 0.5, 1.0), sleep=waits.append)
+    assert waits == [0.5, 1.0] and "MLE_BOOTSTRAP_SERVERS" in str(caught.value)
