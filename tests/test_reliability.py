@@ -25,38 +25,13 @@ from mle_stream.core.events import Command, CommandKind, Label, MetricSnapshot, 
 from mle_stream.core.topology import parse_topology
 from mle_stream.kafka import producer_config
 from mle_stream.replay import replay
-from test_worker_restart import TOPOLOGY, Worker, same
+from test_worker_restart import MODELS, TOPOLOGY, Worker, same, traffic
 
 pytestmark = [pytest.mark.broker, pytest.mark.reliability]
 
-MODELS = ("fraud", "spam")  # partitions 0 and 1 of the 2-partition test topics
 # A window is judged 3 s of event time after its end: its labels (published with the next window's
 # predictions) are in by then, so the bad candidate's windows FAIL and a rollback is decided.
 RELIABILITY_TOPOLOGY = TOPOLOGY.replace("grace: 0s", "grace: 3s")
-
-
-def traffic(base: int, windows: int, rng: random.Random, bad_candidate: str | None = None,
-            per_window: int = 24, bad_from: int = 0) -> tuple[list[list[Prediction]], list[list[Label]]]:
-    """A message of predictions per window and model, and a message with most of their labels.
-    `bad_candidate`'s v2 is wrong 70% of the time from window `bad_from` on, so its rollback is decided."""
-    preds_out, labels_out = [], []
-    for w in range(windows):
-        for model in MODELS:
-            preds = [Prediction(prediction_id=f"{model}-{w}-{i}", model=model, version=rng.choice("12"),
-                                timestamp=base + w * 1000 + i * 40, score=rng.random(),
-                                segment={"country": rng.choice(["DE", "FR"])}, latency_ms=rng.uniform(1, 50))
-                     for i in range(per_window)]
-            labels = []
-            for p in preds:
-                if rng.random() < 0.9:
-                    right = rng.random() < 0.8
-                    if model == bad_candidate and p.version == "2" and w >= bad_from:
-                        right = rng.random() < 0.3
-                    labels.append(Label(prediction_id=p.prediction_id, model=model, timestamp=p.timestamp + 700,
-                                        label=(p.score >= 0.5) == right))
-            preds_out.append(preds)
-            labels_out.append(labels)
-    return preds_out, labels_out
 
 
 def expected_windows(preds: list[list[Prediction]], labels: list[list[Label]]) -> tuple[dict, list[Command]]:

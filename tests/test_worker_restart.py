@@ -83,23 +83,35 @@ class Worker:
                 self.process.kill()
 
 
-def records(base: int, rng: random.Random) -> tuple[list[list[Prediction]], list[list[Label]], list[Label]]:
-    """Per window and model: a message of predictions, a message of labels for most of them (published
-    with the next window's predictions, so windows often close before their labels), and one label
-    kept back for the end, so that every window is updated once more after the last restart."""
-    pred_msgs, label_msgs, late = [], [], []
-    for w in range(WINDOWS):
+def traffic(base: int, windows: int, rng: random.Random, bad_candidate: str | None = None,
+            per_window: int = 24, bad_from: int = 0) -> tuple[list[list[Prediction]], list[list[Label]]]:
+    """A message of predictions per window and model, and a message with most of their labels.
+    `bad_candidate`'s v2 is wrong 70% of the time from window `bad_from` on, so its rollback is decided."""
+    preds_out, labels_out = [], []
+    for w in range(windows):
         for model in MODELS:
             preds = [Prediction(prediction_id=f"{model}-{w}-{i}", model=model, version=rng.choice("12"),
                                 timestamp=base + w * 1000 + i * 40, score=rng.random(),
                                 segment={"country": rng.choice(["DE", "FR"])}, latency_ms=rng.uniform(1, 50))
-                     for i in range(PER_WINDOW)]
-            labels = [Label(prediction_id=p.prediction_id, model=model, timestamp=p.timestamp + 700,
-                            label=rng.random() < 0.7) for p in preds if rng.random() < 0.9]
-            late.append(labels.pop(0))
-            pred_msgs.append(preds)
-            label_msgs.append(labels)
-    return pred_msgs, label_msgs, late
+                     for i in range(per_window)]
+            labels = []
+            for p in preds:
+                if rng.random() < 0.9:
+                    right = rng.random() < 0.8
+                    if model == bad_candidate and p.version == "2" and w >= bad_from:
+                        right = rng.random() < 0.3
+                    labels.append(Label(prediction_id=p.prediction_id, model=model, timestamp=p.timestamp + 700,
+                                        label=(p.score >= 0.5) == right))
+            preds_out.append(preds)
+            labels_out.append(labels)
+    return preds_out, labels_out
+
+
+def records(base: int, rng: random.Random) -> tuple[list[list[Prediction]], list[list[Label]], list[Label]]:
+    """`traffic`, with one label of each message kept back for the end (published after the last
+    restart, so that every window is updated once more)."""
+    pred_msgs, label_msgs = traffic(base, WINDOWS, rng, per_window=PER_WINDOW)
+    return pred_msgs, label_msgs, [labels.pop(0) for labels in label_msgs]
 
 
 def test_sigkill_twice_mid_stream_loses_nothing_and_counts_nothing_twice(
