@@ -3,8 +3,9 @@
 Each command is applied, its rollout event is published and flushed, and only then is the offset
 committed: a crash in between re-delivers the command, which the Actuator recognises by its id and
 skips (or finishes). A command that FAILED on transient errors is not committed but applied again
-after a wait (see run_actuator_loop). A message that is not a command goes to the dead-letter topic. Once its event
-is out, a notifier (notify.py) may tell people; it only queues, so it never holds the loop up.
+after a wait (see run_actuator_loop). A message that is not a command goes to the dead-letter
+topic. Once its event is out, a notifier (notify.py) may tell people; it only queues, so it never
+holds the loop up.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: 
     producer = Producer(producer_config(bootstrap))
     consumer.subscribe([topics.commands])
     log.info("actuator reading %s on %s", topics.commands, bootstrap)
-    failing: str | None = None  # the command being delivered again, and how often it failed
-    failures = 0
+    failing: str | None = None  # the command being delivered again ...
+    failures = 0  # ... and how often in a row it failed
     try:
         while not stop.is_set():
             # One at a time: a command that must be delivered again is sought back to, and nothing
