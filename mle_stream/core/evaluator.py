@@ -31,6 +31,7 @@ from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.events import Command, DriftTable, Label, LabelValue, MetricSnapshot, Prediction
 from mle_stream.core.join import Joined, LabelJoin, binary_truth
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
+from mle_stream.core.metrics.regression import MAX_MAGNITUDE as REGRESSION_MAX_MAGNITUDE
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
 from mle_stream.core.shadow import ShadowPairing, compare
@@ -463,6 +464,11 @@ class ModelEvaluator:
                     rejects.append(Reject(i, "value", f"model {model!r} is a regression model: its predictions carry 'value'"))
                     ok[i] = False
                     continue
+                if abs(value) >= REGRESSION_MAX_MAGNITUDE:
+                    rejects.append(Reject(i, "value", f"a regression value must be below {REGRESSION_MAX_MAGNITUDE:g} "
+                                                      f"in magnitude (its square must be a double), got {value!r}"))
+                    ok[i] = False
+                    continue
                 outputs[i] = value
         return outputs, decisions_list
 
@@ -479,6 +485,9 @@ class ModelEvaluator:
                     out.append(str(value))
                 elif isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ValueError(f"a regression label must be a number, got {value!r}")
+                elif not abs(value) < REGRESSION_MAX_MAGNITUDE:
+                    raise ValueError(f"a regression label must be below {REGRESSION_MAX_MAGNITUDE:g} in magnitude "
+                                     f"(its square must be a double), got {value!r}")
                 else:
                     out.append(float(value))
             except ValueError as exc:

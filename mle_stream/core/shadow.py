@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mle_stream.core.exact_sum import exact_column_sums, pack, to_float, unpack
 from mle_stream.core.snapshot_columns import decode_column, encode_column, encode_rows
 
 # A stored prediction as the evaluator keeps it (evaluator.Pending): (pane, version, segments,
@@ -115,8 +116,13 @@ def _total_variation(a: dict[str, float], b: dict[str, float]) -> float:
     return 0.5 * math.fsum(abs(a.get(k, 0.0) / sa - b.get(k, 0.0) / sb) for k in a.keys() | b.keys())
 
 
+_SUMS = ("abs_sum", "diff_sum")  # exact sums, packed in snapshots
+
+
 class AgreementMetrics:
-    """Mergeable: the shadow's pairs with production in one pane or window, as counts and sums."""
+    """Mergeable: the shadow's pairs with production in one pane or window, as counts and exact sums
+    (integer counts of 2**-1074, core/exact_sum.py), so the same pairs give the same values
+    however they were grouped."""
 
     __slots__ = ("pairs", "decided", "agree", "abs_n", "abs_sum", "diff_n", "diff_sum")
 
@@ -124,8 +130,8 @@ class AgreementMetrics:
         self.pairs = 0
         self.decided = 0  # pairs with both decisions known
         self.agree = 0
-        self.abs_n, self.abs_sum = 0, 0.0
-        self.diff_n, self.diff_sum = 0, 0.0
+        self.abs_n, self.abs_sum = 0, 0
+        self.diff_n, self.diff_sum = 0, 0
 
     def update(self, agree: np.ndarray, decided: np.ndarray, diff: np.ndarray, abs_diff: np.ndarray) -> None:
         self.pairs += len(agree)
@@ -133,9 +139,10 @@ class AgreementMetrics:
         self.agree += int((agree & decided).sum())
         has_abs, has_diff = ~np.isnan(abs_diff), ~np.isnan(diff)
         self.abs_n += int(has_abs.sum())
-        self.abs_sum += float(abs_diff[has_abs].sum())
         self.diff_n += int(has_diff.sum())
-        self.diff_sum += float(diff[has_diff].sum())
+        abs_sum, diff_sum = exact_column_sums([abs_diff[has_abs], diff[has_diff]])
+        self.abs_sum += abs_sum
+        self.diff_sum += diff_sum
 
     def merge(self, other: AgreementMetrics) -> AgreementMetrics:
         out = AgreementMetrics()
@@ -146,15 +153,15 @@ class AgreementMetrics:
     def values(self) -> dict[str, float | None]:
         return {"paired": float(self.pairs),
                 "agreement": self.agree / self.decided if self.decided else None,
-                "score_abs_diff": self.abs_sum / self.abs_n if self.abs_n else None,
-                "score_diff": self.diff_sum / self.diff_n if self.diff_n else None}
+                "score_abs_diff": to_float(self.abs_sum, self.abs_n) if self.abs_n else None,
+                "score_diff": to_float(self.diff_sum, self.diff_n) if self.diff_n else None}
 
     def snapshot(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: pack(getattr(self, name)) if name in _SUMS else getattr(self, name) for name in self.__slots__}
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> AgreementMetrics:
         out = cls()
         for name in cls.__slots__:
-            setattr(out, name, type(getattr(out, name))(data[name]))
+            setattr(out, name, unpack(data[name]) if name in _SUMS else int(data[name]))
         return out

@@ -30,12 +30,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from mle_stream.core.exact_sum import SCALE_BITS, exact_column_sums, pack, square_parts, to_float, unpack
 from mle_stream.core.metrics.base import check_mergeable, check_snapshot, ratio
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
-_NUMERIC_KIND, _CATEGORICAL_KIND, _VERSION = "drift_numeric_sketch", "drift_categorical_sketch", 1
+_NUMERIC_KIND, _NUMERIC_VERSION = "drift_numeric_sketch", 2  # v2: exact sums
+_CATEGORICAL_KIND, _VERSION = "drift_categorical_sketch", 1
 
 
 _LOOKUP_MIN_VALUES = 2048  # below this, one np.searchsorted call costs less than the lookup's passes
@@ -121,10 +123,11 @@ def top_categories(reference: npt.ArrayLike, k: int = 50) -> list[str]:
 class NumericSketch:
     """Counts and value sums per fixed bin, plus count, mean, sum of squared deviations, min, max.
 
-    Mean and spread are kept as (n, mean, M2) and merged with Chan et al.'s pairwise formula
-    rather than as a raw sum of squares, whose cancellation loses all digits of the variance of a
-    feature like a timestamp (mean 1.7e9, std 10). The normalized Wasserstein distance divides
-    by the reference's population std (ddof=0, as Evidently and np.std do).
+    Bin sums and the sum of the exact squares are exact sums (core/exact_sum.py), so a sketch is
+    the same bit for bit however its rows were grouped, and its variance is correctly rounded even
+    for a feature like a timestamp (mean 1.7e9, std 10), which a float sum of squares would cancel
+    away. The normalized Wasserstein distance divides by the reference's population std (ddof=0,
+    as Evidently and np.std do).
 
     values(): count (all rows, NaN included), nan_rate, mean, std, min, max (None when no finite
     value is held).
@@ -141,12 +144,11 @@ class NumericSketch:
         self.edges: tuple[float, ...] = tuple(float(v) for v in e)
         self._edges = e
         self._counts: IntArray = np.zeros(e.size + 1, dtype=np.int64)
-        self._sums: FloatArray = np.zeros(e.size + 1, dtype=np.float64)  # of the finite values per bin
+        self._sums = [0] * (e.size + 1)  # exact sums of the finite values per bin
         self._nan = 0
         self._inf = 0
         self._n_finite = 0
-        self._mean = 0.0
-        self._m2 = 0.0
+        self._square_sum = 0  # exact sum of the exact squares of the finite values
         self._min = math.inf
         self._max = -math.inf
 
@@ -170,7 +172,7 @@ class NumericSketch:
     def bin_sums(self) -> FloatArray:
         """Sum of the finite values in each bin (a copy): with the counts, each bin's mean, which
         lets `statistics` place a bin's mass where it lies (tail bins are wide and lopsided)."""
-        return self._sums.copy()
+        return np.array([to_float(s) for s in self._sums], dtype=np.float64)
 
     @property
     def nan_count(self) -> int:
@@ -186,14 +188,18 @@ class NumericSketch:
 
     @property
     def mean(self) -> float | None:
-        return self._mean if self._n_finite > 0 else None
+        return to_float(sum(self._sums), self._n_finite) if self._n_finite > 0 else None
 
     @property
     def std(self) -> float | None:
         """Population standard deviation (ddof=0) of the finite values."""
-        if self._n_finite <= 0:
+        n = self._n_finite
+        if n <= 0:
             return None
-        return math.sqrt(max(self._m2, 0.0) / self._n_finite)
+        total = sum(self._sums)
+        # n sum(x^2) - sum(x)^2 in units of 2**-2148, exactly: n^2 times the variance.
+        n2_variance = (self._square_sum * n << SCALE_BITS) - total * total
+        return math.sqrt(n2_variance / (n * n << 2 * SCALE_BITS))
 
     @property
     def min(self) -> float | None:
@@ -227,34 +233,22 @@ class NumericSketch:
             f_index = index[finite[~nan]]
         self._counts += np.bincount(index, minlength=self._counts.size).astype(np.int64)
         if f.size:
-            self._sums += np.bincount(f_index, weights=f, minlength=self._sums.size)
-            batch_mean = float(f.mean())
-            deviation = f - batch_mean
-            batch_m2 = float(np.dot(deviation, deviation))
-            self._combine_moments(f.size, batch_mean, batch_m2)
+            square_hi, square_lo, *bin_sums = exact_column_sums(square_parts(f), grouped=(f, f_index, len(self._sums)))
+            self._n_finite += int(f.size)
+            self._square_sum += square_hi + square_lo
+            self._sums = [a + b for a, b in zip(self._sums, bin_sums)]
             self._min = min(self._min, float(f.min()))
             self._max = max(self._max, float(f.max()))
-
-    def _combine_moments(self, n_b: int, mean_b: float, m2_b: float) -> None:
-        """Chan et al.'s parallel update of (n, mean, M2): exact in exact arithmetic, stable in floats."""
-        n_a = self._n_finite
-        n = n_a + n_b
-        if n == 0:
-            return
-        delta = mean_b - self._mean
-        self._mean = self._mean + delta * n_b / n
-        self._m2 = self._m2 + m2_b + delta * delta * n_a * n_b / n
-        self._n_finite = n
 
     def merge(self, other: NumericSketch) -> NumericSketch:
         check_mergeable(self, other, ("edges",))
         merged = NumericSketch(self.edges)
         merged._counts = self._counts + other._counts
-        merged._sums = self._sums + other._sums
+        merged._sums = [a + b for a, b in zip(self._sums, other._sums)]
         merged._nan = self._nan + other._nan
         merged._inf = self._inf + other._inf
-        merged._n_finite, merged._mean, merged._m2 = self._n_finite, self._mean, self._m2
-        merged._combine_moments(other._n_finite, other._mean, other._m2)
+        merged._n_finite = self._n_finite + other._n_finite
+        merged._square_sum = self._square_sum + other._square_sum
         merged._min = min(self._min, other._min)
         merged._max = max(self._max, other._max)
         return merged
@@ -262,22 +256,22 @@ class NumericSketch:
     # --- persistence ---------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         return {
-            "kind": _NUMERIC_KIND, "v": _VERSION, "edges": list(self.edges), "counts": self._counts.tolist(),
-            "sums": self._sums.tolist(), "nan": self._nan, "inf": self._inf, "n_finite": self._n_finite, "mean": self._mean, "m2": self._m2,
+            "kind": _NUMERIC_KIND, "v": _NUMERIC_VERSION, "edges": list(self.edges), "counts": self._counts.tolist(),
+            "sums": [pack(v) for v in self._sums], "nan": self._nan, "inf": self._inf,
+            "n_finite": self._n_finite, "square_sum": pack(self._square_sum),
             "min": self.min, "max": self.max,
         }
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> NumericSketch:
-        check_snapshot(data, _NUMERIC_KIND, _VERSION)
+        check_snapshot(data, _NUMERIC_KIND, _NUMERIC_VERSION)
         state = cls(data["edges"])
         state._counts = _int_array(data["counts"], len(state.edges) + 1, "counts", _NUMERIC_KIND)
-        sums: FloatArray = np.asarray(data["sums"], dtype=np.float64)
-        if sums.shape != state._counts.shape:
-            raise ValueError(f"{_NUMERIC_KIND} snapshot field 'sums' must be a list of {state._counts.size} numbers")
-        state._sums = sums
+        if not isinstance(data["sums"], list) or len(data["sums"]) != state._counts.size:
+            raise ValueError(f"{_NUMERIC_KIND} snapshot field 'sums' must be a list of {state._counts.size} exact sums")
+        state._sums = [unpack(v) for v in data["sums"]]
         state._nan, state._inf = int(data["nan"]), int(data["inf"])
-        state._n_finite, state._mean, state._m2 = int(data["n_finite"]), float(data["mean"]), float(data["m2"])
+        state._n_finite, state._square_sum = int(data["n_finite"]), unpack(data["square_sum"])
         state._min = math.inf if data["min"] is None else float(data["min"])
         state._max = -math.inf if data["max"] is None else float(data["max"])
         return state

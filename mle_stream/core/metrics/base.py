@@ -10,10 +10,12 @@ windows on the same update/revert pair).
 from __future__ import annotations
 
 import math
-from typing import Any, ParamSpec, Protocol, Self, runtime_checkable
+from typing import Any, ParamSpec, Protocol, Self, Sequence, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
+from mle_stream.core.exact_sum import SCALE_BITS, exact_column_sums, pack, square_parts, to_float, unpack
 
 P = ParamSpec("P")
 
@@ -26,7 +28,8 @@ class MetricState(Protocol[P]):
     `ServingMetrics` takes the prediction columns (it counts predictions, which exist before labels).
 
     - `update(...)`: in place, vectorised; rows with weight -1 are removed exactly as they were
-      added (integer counts exactly; float sums up to rounding relative to the sums involved).
+      added: counts are integers and float sums exact (exact_sum.py), so a state is the same
+      bit for bit however its rows were grouped into updates and merges.
     - `merge(other)`: a new state for the union of both inputs' rows; the inputs are untouched.
       States with different hyperparameters raise ValueError, naming the hyperparameter.
     - `snapshot()` / `restore(data)`: plain JSON data (ints, floats, strings, lists, str-keyed
@@ -77,55 +80,59 @@ def ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator > 0 else None
 
 
-# (n, pivot, s1, s2): n values, s1 = sum(y - pivot), s2 = sum((y - pivot)^2). The pivot is a
-# value (or near the mean, see combine_moments); signed rows can leave n = 0 with content (a removal and
-# an addition of different rows), which this form holds without dividing by n.
-Moments = tuple[int, float, float, float]
-EMPTY_MOMENTS: Moments = (0, 0.0, 0.0, 0.0)
+# (n, s, q): n values, s = the exact sum of the values, q = the exact sum of their exact squares,
+# both as integer counts of 2**-1074 (exact_sum.py). Adding, merging and taking rows back out are
+# integer additions, so the moments of a set of rows are the same however the rows were grouped,
+# and the variance, from n q - s^2 computed exactly, is correctly rounded: exactly 0 for constant
+# values, and all its digits for values far from zero (timestamps, labels around 1e6).
+Moments = tuple[int, int, int]
+EMPTY_MOMENTS: Moments = (0, 0, 0)
 
 
-def moments_of(y: npt.NDArray[np.float64]) -> Moments:
-    """Moments of one batch about its first value: constant values give exactly zero deviations."""
-    if len(y) == 0:
-        return EMPTY_MOMENTS
-    deviation = y - y[0]
-    return len(y), float(y[0]), float(deviation.sum()), float(deviation @ deviation)
+def moment_columns(values: npt.NDArray[np.float64], weight: npt.NDArray[np.float64]) -> list[npt.NDArray[np.float64]]:
+    """The three columns whose exact sums `add_moments` takes: the signed values, and the signed
+    high and low parts of their squares (square_parts: they add up to the square exactly)."""
+    hi, lo = square_parts(values)
+    return [weight * values, weight * hi, weight * lo]
 
 
-def combine_moments(a: Moments, b: Moments) -> Moments:
-    """The moments of both sides' values. Keeps a's pivot while a holds rows, so that adding rows
-    and taking them back out returns the pivot, and the sums, to what they were."""
-    na, ka, s1a, s2a = a
-    nb, kb, s1b, s2b = b
-    n = na + nb
-    pivot = ka if na else kb
-    da, db = ka - pivot, kb - pivot
-    s1_terms = (s1a, na * da, s1b, nb * db)
-    s2_terms = (s2a, 2 * da * s1a, na * da * da, s2b, 2 * db * s1b, nb * db * db)
-    # fsum: the sums of the terms are exact, so terms added and later subtracted cancel exactly.
-    s1, s2 = math.fsum(s1_terms), math.fsum(s2_terms)
-    if n == 0:
-        return (0, pivot, s1, s2) if s1 or s2 else EMPTY_MOMENTS
-    if n > 0 and 2 * s1 * s1 > n * s2:
-        # The mean moved more than a standard deviation off the pivot: s2 - s1^2/n would start to
-        # cancel. Move the pivot to the mean (Chan's centring); any pivot is exact, this one is stable.
-        shift = (pivot + s1 / n) - pivot
-        s1, s2 = math.fsum((s1, -n * shift)), math.fsum((s2, -2 * shift * s1, n * shift * shift))
-        pivot += shift
-    return n, pivot, s1, s2
+def add_moments(moments: Moments, n: int, sums: Sequence[int]) -> Moments:
+    """`moments` plus n rows whose `moment_columns` summed to `sums`."""
+    s, q_hi, q_lo = sums
+    return moments[0] + n, moments[1] + s, moments[2] + q_hi + q_lo
 
 
 def signed_moments(moments: Moments, values: npt.NDArray[np.float64], weight: npt.NDArray[np.float64]) -> Moments:
     """`moments` with the weight +1 values added and the weight -1 values taken out."""
-    added, removed = moments_of(values[weight > 0]), moments_of(values[weight < 0])
-    return combine_moments(combine_moments(moments, added), (-removed[0], removed[1], -removed[2], -removed[3]))
+    return add_moments(moments, int(weight.sum()), exact_column_sums(moment_columns(values, weight)))
+
+
+def combine_moments(a: Moments, b: Moments) -> Moments:
+    """The moments of both sides' rows."""
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+
+
+def squared_deviations(moments: Moments) -> float | None:
+    """sum((x - mean)^2) of the rows, correctly rounded from the exact sums; None without rows."""
+    n, s, q = moments
+    if n <= 0:
+        return None
+    return max(0, (q * n << SCALE_BITS) - s * s) / (n << 2 * SCALE_BITS)
 
 
 def moments_mean_std(moments: Moments) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (ddof 1); None where undefined (n < 1, n < 2)."""
-    n, pivot, s1, s2 = moments
+    n, s, _ = moments
     if n <= 0:
         return None, None
-    mean = pivot + s1 / n
-    # combine_moments keeps the pivot within a standard deviation of the mean: no cancellation.
-    return mean, (math.sqrt(max(0.0, s2 - s1 * s1 / n) / (n - 1)) if n >= 2 else None)
+    deviations = squared_deviations(moments)
+    return to_float(s, n), (math.sqrt(deviations / (n - 1)) if n >= 2 and deviations is not None else None)
+
+
+def moments_snapshot(moments: Moments) -> list[Any]:
+    return [moments[0], pack(moments[1]), pack(moments[2])]
+
+
+def restore_moments(data: Any) -> Moments:
+    n, s, q = data
+    return int(n), unpack(s), unpack(q)

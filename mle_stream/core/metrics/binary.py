@@ -1,7 +1,8 @@
 """Binary classification metrics of one window, from integer counts and float sums that merge.
 
-Counts are exact; float sums (log loss, Brier, scores per calibration bin) match scikit-learn to
-rounding. The two ranking metrics, roc_auc and average_precision, come from a score histogram
+Counts are integers and float sums (log loss, Brier, scores per calibration bin) exact sums
+(exact_sum.py): a state is the same bit for bit however its rows were grouped, and its values
+match scikit-learn to rounding. The two ranking metrics, roc_auc and average_precision, come from a score histogram
 (positive and negative counts per score bin), because the exact values need every score kept.
 """
 
@@ -13,13 +14,15 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from mle_stream.core.metrics.base import (EMPTY_MOMENTS, Moments, check_mergeable, check_snapshot, moments_mean_std, ratio,
-                                          combine_moments, signed_moments)
+from mle_stream.core.exact_sum import SCALE_BITS, exact_column_sums, pack, to_float, unpack
+from mle_stream.core.metrics.base import (EMPTY_MOMENTS, Moments, add_moments, check_mergeable, check_snapshot,
+                                          combine_moments, moment_columns, moments_mean_std, moments_snapshot, ratio,
+                                          restore_moments)
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, FloatArray
 
 IntArray = npt.NDArray[np.int64]
 
-_KIND, _VERSION = "binary", 1
+_KIND, _VERSION = "binary", 2  # v2: exact sums
 # sklearn.metrics.log_loss clips probabilities to [eps, 1 - eps], eps of the input's dtype.
 _EPS = float(np.finfo(np.float64).eps)
 # The finest histogram level has 2**40 bins: scores closer than ~1e-12 share a bin, coarser than
@@ -100,12 +103,12 @@ class BinaryMetrics:
         self._fp = 0
         self._tp_at = np.zeros(len(ts), dtype=np.int64)  # per threshold
         self._fp_at = np.zeros(len(ts), dtype=np.int64)
-        self._log_loss_sum = 0.0
-        self._loss_moments: Moments = EMPTY_MOMENTS  # of the per-prediction losses: their spread, for a sequential test
-        self._brier_sum = 0.0
+        # Of the per-prediction losses: their sum is the log loss's, their spread is for a sequential test.
+        self._loss_moments: Moments = EMPTY_MOMENTS
+        self._brier_sum = 0  # exact sums: integer counts of 2**-1074
         self._cal_count = np.zeros(calibration_bins, dtype=np.int64)
         self._cal_positives = np.zeros(calibration_bins, dtype=np.int64)
-        self._cal_score_sum = np.zeros(calibration_bins, dtype=np.float64)
+        self._cal_score_sum = [0] * calibration_bins
         self._level = 0  # histogram bins are finest-level bins >> level
         self._bins = np.zeros(0, dtype=np.int64)  # sorted, non-empty bins only
         self._bin_pos = np.zeros(0, dtype=np.int64)
@@ -135,14 +138,15 @@ class BinaryMetrics:
 
         p_label = np.clip(np.where(y, score, 1.0 - score), _EPS, 1.0 - _EPS)  # as sklearn clips
         losses = -np.log(p_label)
-        self._log_loss_sum += float(w @ losses)
-        self._loss_moments = signed_moments(self._loss_moments, losses, w)
-        self._brier_sum += float(w @ (score - y) ** 2)
         cal = np.searchsorted(self._inner_edges, score)  # calibration_curve's own binning
         k = self.calibration_bins
+        loss_s, loss_q_hi, loss_q_lo, brier, *cal_scores = exact_column_sums(
+            [*moment_columns(losses, w), w * (score - y) ** 2], grouped=(w * score, cal, k))
+        self._loss_moments = add_moments(self._loss_moments, int(w.sum()), (loss_s, loss_q_hi, loss_q_lo))
+        self._brier_sum += brier
         self._cal_count += np.bincount(cal, weights=w, minlength=k).astype(np.int64)
         self._cal_positives += np.bincount(cal, weights=wy, minlength=k).astype(np.int64)
-        self._cal_score_sum += np.bincount(cal, weights=w * score, minlength=k)
+        self._cal_score_sum = [a + b for a, b in zip(self._cal_score_sum, cal_scores)]
 
         bins = _finest_bins(score) >> self._level
         self._set_histogram(self._level, np.concatenate([self._bins, bins]),
@@ -158,12 +162,11 @@ class BinaryMetrics:
         merged._fp = self._fp + other._fp
         merged._tp_at = self._tp_at + other._tp_at
         merged._fp_at = self._fp_at + other._fp_at
-        merged._log_loss_sum = self._log_loss_sum + other._log_loss_sum
         merged._loss_moments = combine_moments(self._loss_moments, other._loss_moments)
         merged._brier_sum = self._brier_sum + other._brier_sum
         merged._cal_count = self._cal_count + other._cal_count
         merged._cal_positives = self._cal_positives + other._cal_positives
-        merged._cal_score_sum = self._cal_score_sum + other._cal_score_sum
+        merged._cal_score_sum = [a + b for a, b in zip(self._cal_score_sum, other._cal_score_sum)]
         level = max(self._level, other._level)
         shift_a, shift_b = level - self._level, level - other._level
         merged._set_histogram(level, np.concatenate([self._bins >> shift_a, other._bins >> shift_b]),
@@ -199,13 +202,15 @@ class BinaryMetrics:
         for t, tp, fp in zip(self.thresholds, self._tp_at.tolist(), self._fp_at.tolist()):
             out |= _confusion_metrics(n, p, tp, fp, f"@{t!r}")
         out |= self._ranking_metrics()
-        out["log_loss"] = self._log_loss_sum / n
-        out["log_loss_std"] = moments_mean_std(self._loss_moments)[1]
-        out["brier_score"] = self._brier_sum / n
-        out["expected_calibration_error"] = float(np.abs(self._cal_positives - self._cal_score_sum).sum()) / n
+        out["log_loss"], out["log_loss_std"] = moments_mean_std(self._loss_moments)
+        out["brier_score"] = to_float(self._brier_sum, n)
+        # sum_b |positives_b - score sum_b|, exactly: the positives in the sums' unit.
+        gaps = sum(abs((positives << SCALE_BITS) - scores)
+                   for positives, scores in zip(self._cal_positives.tolist(), self._cal_score_sum))
+        out["expected_calibration_error"] = to_float(gaps, n)
         out["positive_rate"] = (self._tp + self._fp) / n
         out["label_rate"] = p / n
-        out["mean_score"] = float(self._cal_score_sum.sum()) / n
+        out["mean_score"] = to_float(sum(self._cal_score_sum), n)
         return out
 
     def _ranking_metrics(self) -> dict[str, float | None]:
@@ -238,9 +243,9 @@ class BinaryMetrics:
             "calibration_bins": self.calibration_bins,
             "n": self._n, "positives": self._positives, "tp": self._tp, "fp": self._fp,
             "tp_at": self._tp_at.tolist(), "fp_at": self._fp_at.tolist(),
-            "log_loss_sum": self._log_loss_sum, "loss_moments": list(self._loss_moments), "brier_sum": self._brier_sum,
+            "loss_moments": moments_snapshot(self._loss_moments), "brier_sum": pack(self._brier_sum),
             "cal_count": self._cal_count.tolist(), "cal_positives": self._cal_positives.tolist(),
-            "cal_score_sum": self._cal_score_sum.tolist(),
+            "cal_score_sum": [pack(v) for v in self._cal_score_sum],
             "level": self._level, "bins": self._bins.tolist(),
             "bin_pos": self._bin_pos.tolist(), "bin_neg": self._bin_neg.tolist(),
         }
@@ -253,13 +258,14 @@ class BinaryMetrics:
         state._tp, state._fp = int(data["tp"]), int(data["fp"])
         state._tp_at = _array(data["tp_at"], np.int64, len(state.thresholds), "tp_at")
         state._fp_at = _array(data["fp_at"], np.int64, len(state.thresholds), "fp_at")
-        state._log_loss_sum, state._brier_sum = float(data["log_loss_sum"]), float(data["brier_sum"])
-        n, pivot, s1, s2 = data["loss_moments"]
-        state._loss_moments = (int(n), float(pivot), float(s1), float(s2))
+        state._brier_sum = unpack(data["brier_sum"])
+        state._loss_moments = restore_moments(data["loss_moments"])
         k = state.calibration_bins
         state._cal_count = _array(data["cal_count"], np.int64, k, "cal_count")
         state._cal_positives = _array(data["cal_positives"], np.int64, k, "cal_positives")
-        state._cal_score_sum = _array(data["cal_score_sum"], np.float64, k, "cal_score_sum")
+        if not isinstance(data["cal_score_sum"], list) or len(data["cal_score_sum"]) != k:
+            raise ValueError(f"snapshot field 'cal_score_sum' must be a list of {k} exact sums")
+        state._cal_score_sum = [unpack(v) for v in data["cal_score_sum"]]
         m = len(data["bins"])
         state._level = int(data["level"])
         state._bins = _array(data["bins"], np.int64, m, "bins")

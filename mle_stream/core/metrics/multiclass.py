@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from mle_stream.core.exact_sum import exact_sum, pack, to_float, unpack
 from mle_stream.core.metrics.base import check_mergeable, check_snapshot, ratio
 from mle_stream.core.metrics.outcomes import MulticlassOutcomes
 
 StrArray = npt.NDArray[np.str_]
 IntArray = npt.NDArray[np.int64]
 
-_KIND, _VERSION = "multiclass", 1
+_KIND, _VERSION = "multiclass", 2  # v2: exact log loss sum
 _EPS = float(np.finfo(np.float64).eps)  # sklearn.metrics.log_loss clips to [eps, 1 - eps]
 OTHER = "__other__"
 
@@ -58,7 +59,7 @@ class MulticlassMetrics:
         self._folded_misses = 0  # rows with true != predicted whose classes were both folded
         self._overflowed = False
         self._n = 0
-        self._log_loss_sum = 0.0
+        self._log_loss_sum = 0  # exact (exact_sum.py): an integer count of 2**-1074
 
     @property
     def count(self) -> int:
@@ -72,7 +73,7 @@ class MulticlassMetrics:
         true = np.asarray(batch.y_true).astype(str)
         pred = np.asarray(batch.predicted).astype(str)
         self._n += int(w.sum())
-        self._log_loss_sum += float(w @ -np.log(np.clip(p_true, _EPS, 1.0 - _EPS)))
+        self._log_loss_sum += exact_sum(w * -np.log(np.clip(p_true, _EPS, 1.0 - _EPS)))
         self._add_table(true, pred, w.astype(np.int64), 0)
 
     def merge(self, other: MulticlassMetrics) -> MulticlassMetrics:
@@ -129,7 +130,7 @@ class MulticlassMetrics:
             "error_rate": float(self._n - tp.sum()) / self._n,  # from counts: exact, the policy compares it
             "micro_f1": accuracy,
             "macro_f1": float(f1.mean()) if len(classes) else None,
-            "log_loss": self._log_loss_sum / self._n,
+            "log_loss": to_float(self._log_loss_sum, self._n),
         }
         for c, hit, total in zip(classes.tolist(), tp.tolist(), true_n.tolist()):
             out[f"recall[{c}]"] = ratio(hit, total) or 0.0  # sklearn: 0.0 for a class never true
@@ -155,7 +156,7 @@ class MulticlassMetrics:
     def snapshot(self) -> dict[str, Any]:
         return {
             "kind": _KIND, "v": _VERSION, "max_classes": self.max_classes,
-            "n": self._n, "log_loss_sum": self._log_loss_sum,
+            "n": self._n, "log_loss_sum": pack(self._log_loss_sum),
             "pairs": [[t, p, c] for t, p, c in zip(self._true.tolist(), self._pred.tolist(), self._pairs.tolist())],
             "folded_misses": self._folded_misses, "overflowed": self._overflowed,
         }
@@ -164,7 +165,7 @@ class MulticlassMetrics:
     def restore(cls, data: dict[str, Any]) -> MulticlassMetrics:
         check_snapshot(data, _KIND, _VERSION)
         state = cls(int(data["max_classes"]))
-        state._n, state._log_loss_sum = int(data["n"]), float(data["log_loss_sum"])
+        state._n, state._log_loss_sum = int(data["n"]), unpack(data["log_loss_sum"])
         rows = data["pairs"]
         state._true = np.array([str(r[0]) for r in rows], dtype=str)
         state._pred = np.array([str(r[1]) for r in rows], dtype=str)

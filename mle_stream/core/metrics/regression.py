@@ -1,12 +1,10 @@
-"""Regression metrics of one window, from sums and numerically stable moments that merge.
+"""Regression metrics of one window, from exact sums that merge.
 
-R^2 needs the variance of the labels. Summing y and y^2 and subtracting loses every digit when
-the labels sit far from zero (y ~ 1e6 + N(0, 1): y^2 ~ 1e12 while the variance is 1). Chan, Golub
-and LeVeque (1983) give two cures, both used here: sums of deviations from a shift value taken
-from the data (a label, so y - shift is exact for nearby labels), and their pairwise update to
-combine two such summaries. Keeping Chan's (n, mean, M2) form instead would store the mean rounded
-to ~1e-10 at y ~ 1e6: taking rows back out then leaves ~1e-11 of spurious variance, enough to turn
-R^2 of remaining constant labels from sklearn's 0.0 into -1e10 (the contract tests found it).
+R^2 needs the variance of the labels. Summing y and y^2 in floats and subtracting loses every
+digit when the labels sit far from zero (y ~ 1e6 + N(0, 1): y^2 ~ 1e12 while the variance is 1).
+Here the sums are exact (exact_sum.py: y^2 split into two doubles that add up to it exactly), and
+n sum(y^2) - sum(y)^2 is computed in integers, so the variance is correctly rounded however far
+from zero the labels sit, constant labels give exactly zero, and rows taken back out leave no trace.
 """
 
 from __future__ import annotations
@@ -16,12 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from mle_stream.core.metrics.base import EMPTY_MOMENTS, Moments, check_mergeable, check_snapshot, combine_moments, moments_of
+from mle_stream.core.exact_sum import SCALE_BITS, exact_column_sums, pack, square_parts, to_float, unpack
+from mle_stream.core.metrics.base import (EMPTY_MOMENTS, Moments, add_moments, check_mergeable, check_snapshot,
+                                          combine_moments, moment_columns, moments_snapshot, restore_moments)
 from mle_stream.core.metrics.outcomes import RegressionOutcomes
 
-_KIND, _VERSION = "regression", 1
+_KIND, _VERSION = "regression", 2  # v2: exact sums
 # sklearn.metrics.mean_absolute_percentage_error divides by max(|y|, eps), eps of float64.
 _EPS = float(np.finfo(np.float64).eps)
+# Squares of larger values overflow a double (at ~1.3e154), and the exact sums take finite values.
+MAX_MAGNITUDE = 1e150
+
+
 class RegressionMetrics:
     """mae, rmse, r2, mape, mean_prediction, mean_label and count of y_pred against y_true.
 
@@ -31,18 +35,15 @@ class RegressionMetrics:
     every prediction is exact, else 0.0. Constant labels are detected exactly here, where sklearn's
     two-pass mean can round to a variance of ~1e-33 and return a huge negative R^2 instead.
 
-    Removing rows (weight -1) subtracts their sums: after update(b), update(-b) every sum is back
-    to within rounding of the largest magnitude it went through. Where the rows taken out dwarfed
-    the rest (an outlier removed), what remains of that rounding can show in R^2 of the remaining
-    labels.
+    Every sum is exact: removing rows (weight -1) returns the state to exactly what it was, and
+    the squared error is the exact square of each row's (rounded) error.
     """
 
     def __init__(self) -> None:
         self._moments: Moments = EMPTY_MOMENTS  # of y_true
-        self._abs_error_sum = 0.0
-        self._sq_error_sum = 0.0
-        self._pct_error_sum = 0.0  # sum of |y - y_pred| / max(|y|, eps)
-        self._pred_sum = 0.0
+        # Exact sums (integer counts of 2**-1074) of |y - y_pred|, (y - y_pred)^2,
+        # |y - y_pred| / max(|y|, eps) and y_pred.
+        self._abs_error_sum = self._sq_error_sum = self._pct_error_sum = self._pred_sum = 0
 
     @property
     def count(self) -> int:
@@ -52,16 +53,18 @@ class RegressionMetrics:
         w = batch.weights()
         y = np.asarray(batch.y_true, dtype=np.float64)
         y_pred = np.asarray(batch.y_pred, dtype=np.float64)
-        if not (np.isfinite(y).all() and np.isfinite(y_pred).all()):
-            raise ValueError("y_true and y_pred must be finite numbers")
+        if not (np.all(np.abs(y) < MAX_MAGNITUDE) and np.all(np.abs(y_pred) < MAX_MAGNITUDE)):  # also NaN
+            raise ValueError(f"y_true and y_pred must be finite numbers below {MAX_MAGNITUDE:g} in magnitude")
         error = np.abs(y - y_pred)
-        self._abs_error_sum += float(w @ error)
-        self._sq_error_sum += float(w @ error**2)
-        self._pct_error_sum += float(w @ (error / np.maximum(np.abs(y), _EPS)))
-        self._pred_sum += float(w @ y_pred)
-        added, removed = moments_of(y[w > 0]), moments_of(y[w < 0])
-        removed = (-removed[0], removed[1], -removed[2], -removed[3])
-        self._moments = combine_moments(combine_moments(self._moments, added), removed)
+        sq_hi, sq_lo = square_parts(error)
+        y_s, y_q_hi, y_q_lo, abs_error, sq_hi_sum, sq_lo_sum, pct, pred = exact_column_sums(
+            [*moment_columns(y, w), w * error, w * sq_hi, w * sq_lo,
+             w * (error / np.maximum(np.abs(y), _EPS)), w * y_pred])
+        self._moments = add_moments(self._moments, int(w.sum()), (y_s, y_q_hi, y_q_lo))
+        self._abs_error_sum += abs_error
+        self._sq_error_sum += sq_hi_sum + sq_lo_sum
+        self._pct_error_sum += pct
+        self._pred_sum += pred
 
     def merge(self, other: RegressionMetrics) -> RegressionMetrics:
         check_mergeable(self, other, ())
@@ -74,41 +77,41 @@ class RegressionMetrics:
         return merged
 
     def values(self) -> dict[str, float | None]:
-        n, pivot, s1, s2 = self._moments
+        n, y_sum, y_sq_sum = self._moments
         out: dict[str, float | None] = {"count": n}
         if n <= 0:
             return out | dict.fromkeys(["mae", "rmse", "r2", "mape", "mean_prediction", "mean_label"])
-        # _combine keeps the pivot within a standard deviation of the mean: no cancellation here.
-        ss_total = s2 - s1 * s1 / n
         r2: float | None = None
-        if n >= 2 and ss_total > 0:
-            r2 = 1.0 - self._sq_error_sum / ss_total
-        elif n >= 2:  # constant labels (ss_total is 0, or a rounding below it)
-            r2 = 1.0 if self._sq_error_sum == 0 else 0.0
+        if n >= 2:
+            # n * ss_total in units of 2**-2148, exactly; zero exactly when the labels are constant.
+            n_ss_total = (y_sq_sum * n << SCALE_BITS) - y_sum * y_sum
+            if n_ss_total > 0:
+                r2 = 1.0 - (self._sq_error_sum * n << SCALE_BITS) / n_ss_total
+            else:
+                r2 = 1.0 if self._sq_error_sum == 0 else 0.0
         return out | {
-            "mae": self._abs_error_sum / n,
-            "rmse": math.sqrt(max(self._sq_error_sum, 0.0) / n),
+            "mae": to_float(self._abs_error_sum, n),
+            "rmse": math.sqrt(max(to_float(self._sq_error_sum, n), 0.0)),
             "r2": r2,
-            "mape": self._pct_error_sum / n,
-            "mean_prediction": self._pred_sum / n,
-            "mean_label": pivot + s1 / n,
+            "mape": to_float(self._pct_error_sum, n),
+            "mean_prediction": to_float(self._pred_sum, n),
+            "mean_label": to_float(y_sum, n),
         }
 
     def snapshot(self) -> dict[str, Any]:
-        n, pivot, s1, s2 = self._moments
         return {
-            "kind": _KIND, "v": _VERSION, "n": n, "pivot": pivot, "s1": s1, "s2": s2,
-            "abs_error_sum": self._abs_error_sum, "sq_error_sum": self._sq_error_sum,
-            "pct_error_sum": self._pct_error_sum, "pred_sum": self._pred_sum,
+            "kind": _KIND, "v": _VERSION, "moments": moments_snapshot(self._moments),
+            "abs_error_sum": pack(self._abs_error_sum), "sq_error_sum": pack(self._sq_error_sum),
+            "pct_error_sum": pack(self._pct_error_sum), "pred_sum": pack(self._pred_sum),
         }
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> RegressionMetrics:
         check_snapshot(data, _KIND, _VERSION)
         state = cls()
-        state._moments = (int(data["n"]), float(data["pivot"]), float(data["s1"]), float(data["s2"]))
-        state._abs_error_sum, state._sq_error_sum = float(data["abs_error_sum"]), float(data["sq_error_sum"])
-        state._pct_error_sum, state._pred_sum = float(data["pct_error_sum"]), float(data["pred_sum"])
+        state._moments = restore_moments(data["moments"])
+        state._abs_error_sum, state._sq_error_sum = unpack(data["abs_error_sum"]), unpack(data["sq_error_sum"])
+        state._pct_error_sum, state._pred_sum = unpack(data["pct_error_sum"]), unpack(data["pred_sum"])
         return state
 
     def __repr__(self) -> str:

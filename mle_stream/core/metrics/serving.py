@@ -14,10 +14,10 @@ import numpy as np
 
 from mle_stream.core.latency_sketch import LatencySketch
 from mle_stream.core.metrics.base import (EMPTY_MOMENTS, Moments, check_mergeable, check_snapshot, combine_moments,
-                                          moments_mean_std, ratio, signed_moments)
+                                          moments_mean_std, moments_snapshot, ratio, restore_moments, signed_moments)
 from mle_stream.core.metrics.outcomes import BoolArray, FloatArray
 
-_KIND, _VERSION = "serving", 1
+_KIND, _VERSION = "serving", 2  # v2: exact latency moments
 
 
 class ServingMetrics:
@@ -108,7 +108,7 @@ class ServingMetrics:
         return {
             "kind": _KIND, "v": _VERSION, "relative_accuracy": self.relative_accuracy,
             "predictions": self._predictions, "serving_errors": self._errors, "labeled": self._labeled,
-            "latency": self._latency.snapshot(), "latency_moments": list(self._latency_moments),
+            "latency": self._latency.snapshot(), "latency_moments": moments_snapshot(self._latency_moments),
         }
 
     @classmethod
@@ -118,8 +118,7 @@ class ServingMetrics:
         state._predictions, state._errors = int(data["predictions"]), int(data["serving_errors"])
         state._labeled = int(data["labeled"])
         state._latency = LatencySketch.restore(data["latency"])
-        n, pivot, s1, s2 = data["latency_moments"]
-        state._latency_moments = (int(n), float(pivot), float(s1), float(s2))
+        state._latency_moments = restore_moments(data["latency_moments"])
         if state._latency.relative_accuracy != state.relative_accuracy:
             raise ValueError("serving snapshot: latency sketch accuracy differs from relative_accuracy")
         return state
