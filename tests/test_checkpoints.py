@@ -12,6 +12,7 @@ import zlib
 
 import pytest
 from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
 
 from mle_stream import codec
 from mle_stream.config import Topics
@@ -33,6 +34,7 @@ from mle_stream.stream.checkpoints import (
     manifest_key,
 )
 from mle_stream.stream.processor import Incoming, StreamProcessor
+from mle_stream.telemetry import WorkerMetrics
 
 TOPICS = Topics()
 NOW = 10**12
@@ -261,6 +263,51 @@ def test_after_a_failed_batch_no_checkpoint_is_written() -> None:
                 feed(t, traffic("fraud", 0)[:2])
                 raise RuntimeError("the producer failed while the outputs were sent")
         assert await cps.write(None) == [] and store.saved == {}
+
+    asyncio.run(scenario())
+
+
+def test_write_reports_are_drained_once_each_and_never_pile_up() -> None:
+    """What app.py does after every checkpoint round: drain the reports into the metrics. Over many
+    rounds the metrics count every write exactly once (the store counts them independently), and
+    the reports held between two rounds are that round's alone."""
+    class CountingStore(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes = 0
+            self.bytes = 0
+
+        def write(self, cp: PartitionCheckpoint) -> WriteReport:
+            report = super().write(cp)
+            self.writes += 1
+            self.bytes += report.bytes
+            return report
+
+    async def scenario() -> None:
+        async def flush() -> None:
+            pass
+
+        store = CountingStore()
+        metrics = WorkerMetrics(CollectorRegistry())
+        clock = [0.0]
+        cps = Checkpoints(tracked(), store, interval_s=1, flush_outputs=flush, clock=lambda: clock[0])
+        await cps.assigned({0, 1})
+        messages = traffic("fraud", 0, windows=30) + traffic("spam", 1, windows=30, seed=2)
+        held = []
+        for start in range(0, len(messages), 2):
+            async with cps.batch() as t:
+                feed(t, messages[start:start + 2])
+            clock[0] += 1
+            await cps.maybe_write()
+            held.append(len(cps.reports))
+            metrics.observe_checkpoints(cps.drain_reports(), 0.01)
+            assert cps.reports == []
+        await cps.close()
+        metrics.observe_checkpoints(cps.drain_reports(), 0.01)
+        assert store.writes > 50 and max(held) <= 2  # two partitions: at most two reports per round
+        registry = metrics.registry
+        assert registry.get_sample_value("mle_stream_checkpoints_written_total") == store.writes
+        assert registry.get_sample_value("mle_stream_checkpoint_bytes_total") == store.bytes
 
     asyncio.run(scenario())
 

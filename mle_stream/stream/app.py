@@ -88,7 +88,6 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
     # One thread: batches are processed one at a time and in order, under the checkpoint lock.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mle-stream-process")
     positions: dict[tuple[str, int], int] = {}  # next offset to process per held input partition, for the lag
-    reported = 0  # checkpoints.reports already counted in the metrics
 
     def highwater(topic: str, partition: int) -> int | None:
         try:
@@ -97,11 +96,10 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
             return None  # revoked meanwhile, or the consumer is not up: no lag to tell
 
     async def checkpoint(write: Awaitable[Any]) -> None:
-        nonlocal reported
         started = time.perf_counter()
         await write
-        metrics.observe_checkpoints(checkpoints.reports[reported:], time.perf_counter() - started)
-        reported = len(checkpoints.reports)
+        # Drained, not sliced: the reports of a long-running worker must not pile up.
+        metrics.observe_checkpoints(checkpoints.drain_reports(), time.perf_counter() - started)
 
     @app.agent(source, name="evaluate")
     async def evaluate(stream: Any) -> None:

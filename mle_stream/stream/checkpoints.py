@@ -442,6 +442,8 @@ class Checkpoints:
         self._lock = asyncio.Lock()
         self._last = clock()
         self._consistent = True
+        # Reports of the checkpoints written since the last drain_reports(): the worker drains them
+        # after every write, so this holds a few at most, not one per checkpoint of the process's life.
         self.reports: list[WriteReport] = []
 
     @contextlib.asynccontextmanager
@@ -457,6 +459,12 @@ class Checkpoints:
                               "checkpoints (a restart resumes from the last one)")
                 self._consistent = False
                 raise
+
+    def drain_reports(self) -> list[WriteReport]:
+        """The reports of the checkpoints written since the last call (each one is returned once),
+        for the worker's metrics; the list starts afresh."""
+        reports, self.reports = self.reports, []
+        return reports
 
     async def maybe_write(self) -> None:
         if self._clock() - self._last >= self.interval_s:
