@@ -16,6 +16,11 @@ Both legs know they are done by counting messages and records, never by the high
 embedded broker reports it wrong, ../shared/DESIGN.md). After the measured interval the bench sends
 one later prediction per model, which closes the last event-time windows, and checks that the
 metric snapshots the worker published account for every one of the N predictions.
+
+Memory (`rss_growth`): the worker process takes its RSS when N/10 and N predictions are processed.
+`mle-stream bench memory` (run_memory_bench) does that over long runs (10M: 1M -> 10M), with the
+worker consuming while the bench produces: producing is the slow part, and the worker's events/s
+is the default mode's business.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ from mle_stream.kafka import bootstrap_servers, consumer_config, ensure_topics
 log = logging.getLogger(__name__)
 
 DEFAULT_EVENTS = 200_000  # about 40 s in all on the 2-core development machine
+DEFAULT_MEMORY_EVENTS = 1_000_000  # bench memory: about 1 min; 10M (1M -> 10M) about 10 min
+MAX_RSS_GROWTH = 0.10  # issue 8: RSS within +-10% from 1M to 10M events
 TARGET_EVENTS_PER_S = 100_000
 TARGET_RATIO = 0.5
 
@@ -68,14 +75,24 @@ FEATURES = ("amount", "account_age_days", "txn_count_24h", "avg_amount_30d", "di
             "hour_of_day", "merchant_risk", "device_score", "velocity_1h", "balance_ratio")
 FEATURE_SCALES = (500.0, 3650.0, 40.0, 300.0, 2000.0, 24.0, 1.0, 1.0, 10.0, 5.0)
 
+# Retention and the label join's max_delay are as short as the traffic allows, so that the worker's
+# state reaches its steady state early (`steady_state_events`; the memory bound, rss_growth, is only
+# meaningful past it): every label comes 0.5-4 s after its prediction, within the 5 s grace (so a
+# window closes with all its labels) and well within max_delay and retention. The state then holds
+# the panes of ~3 windows and the join's entries of ~40 s of event time (a joined pair stays
+# correctable for max_delay + size + retention, and expiry runs when a window closes): ~80,000
+# events at 2,000 predictions per second of event time. Until 2026-11-29 this was retention 2m and
+# max_delay 1m: 380,000 events to the steady state, more than the default run's 200,000.
+RETENTION_S = 10
+LABEL_MAX_DELAY_S = 10
 TOPOLOGY_YAML = """\
 model: {model}
 task: binary
 threshold: 0.5
 baseline: {{version: "1"}}
 candidate: {{version: "2"}}
-windows: {{size: {window}s, grace: {grace}s, retention: 2m}}
-labels: {{max_delay: 1m}}
+windows: {{size: {window}s, grace: {grace}s, retention: {retention}s}}
+labels: {{max_delay: {max_delay}s}}
 rollback: {{metric: error_rate, max_increase: 0.05, consecutive_windows: 3, min_samples: 100}}
 """
 
@@ -98,8 +115,26 @@ def model_names(models: int) -> list[str]:
 
 def bench_topologies(models: int) -> dict[str, Topology]:
     """One binary canary topology per bench model: 10 s tumbling windows, baseline v1, candidate v2."""
-    return {name: parse_topology(TOPOLOGY_YAML.format(model=name, window=WINDOW_S, grace=GRACE_S), "<bench>")
+    return {name: parse_topology(TOPOLOGY_YAML.format(model=name, window=WINDOW_S, grace=GRACE_S,
+                                                      retention=RETENTION_S, max_delay=LABEL_MAX_DELAY_S), "<bench>")
             for name in model_names(models)}
+
+
+def span_ms(events: int) -> int:
+    """The event time the run's predictions cover: events / 2000 s, at least 60 s."""
+    return max(MIN_SPAN_S * 1000, events * 1000 // EVENTS_PER_EVENT_S)
+
+
+def steady_state_events(events: int) -> int:
+    """After how many of a run's `events` predictions the worker's state stops growing: the longest
+    event-time horizon anything is held for (a joined pair: max_delay + size + retention; a pane:
+    size + retention), plus one window, since expiry runs when a window closes, at this run's
+    predictions per second of event time. Past it, memory stays flat for a fixed set of versions
+    and windows; before it, rss_growth includes the state's warm-up."""
+    t = next(iter(bench_topologies(1).values()))
+    horizon_ms = max(t.label_max_delay_ms + t.window_size_ms + t.window_retention_ms,
+                     t.window_size_ms + t.window_retention_ms + t.window_grace_ms) + t.window_size_ms
+    return min(events, -(-horizon_ms * events // span_ms(events)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,49 +166,61 @@ def _delivered(client: EvaluationClient, what: str, expected: int) -> int:
     return stats.sent_messages
 
 
-def produce(bootstrap: str, topics: Topics, events: int, models: int, seed: int = 7) -> Produced:
-    """Publish `events` predictions and ~90% of their labels through two EvaluationClients.
-
-    Event time runs from a few minutes ago over max(60 s, events / 2000 s); a label follows its
-    prediction by 0.5-4 s of event time and is published in label-time order, as a labeler would.
-    """
+def traffic(events: int, models: int, start_ms: int, seed: int = 7) -> Iterator[Prediction | Label]:
+    """The bench's records in publishing order: `events` predictions spread evenly over
+    span_ms(events) of event time from `start_ms`, and labels for ~90% of them, each 0.5-4 s of
+    event time after its prediction and emitted in label-time order, as a labeler would."""
     rng = random.Random(seed)
     names = model_names(models)
-    span_ms = max(MIN_SPAN_S * 1000, events * 1000 // EVENTS_PER_EVENT_S)
-    start_ms = (int(time.time() * 1000) - span_ms - 120_000) // 1000 * 1000
+    span = span_ms(events)
     pending: list[tuple[int, int, Label]] = []  # labels not yet due, by label timestamp
-    labels = 0
-    last: dict[str, int] = {}
     rand, beta, lognorm, uniform, getrandbits = (rng.random, rng.betavariate, rng.lognormvariate, rng.uniform,
                                                  rng.getrandbits)
+    for i in range(events):
+        model = names[i % models]
+        ts = start_ms + i * span // events
+        positive = rand() < POSITIVE_RATE
+        score = beta(5.0, 1.6) if positive else beta(1.6, 5.0)
+        pid = f"{getrandbits(128):032x}"
+        yield Prediction(
+            prediction_id=pid, model=model, version="2" if rand() < CANDIDATE_SHARE else "1", timestamp=ts,
+            score=score, latency_ms=lognorm(2.3, 0.4),
+            features=dict(zip(FEATURES, [rand() * s for s in FEATURE_SCALES])),
+        )
+        if rand() < LABELED:
+            label_ts = ts + int(uniform(*LABEL_DELAY_S) * 1000)
+            heapq.heappush(pending, (label_ts, i, Label(pid, model, label_ts, positive)))
+        while pending and pending[0][0] <= ts:
+            yield heapq.heappop(pending)[2]
+    while pending:
+        yield heapq.heappop(pending)[2]
+
+
+def produce(bootstrap: str, topics: Topics, events: int, models: int, seed: int = 7) -> Produced:
+    """Publish `events` predictions and ~90% of their labels (`traffic`) through two EvaluationClients.
+
+    Event time runs from a few minutes ago over max(60 s, events / 2000 s).
+    """
+    start_ms = (int(time.time() * 1000) - span_ms(events) - 120_000) // 1000 * 1000
+    labels = 0
+    last: dict[str, int] = {}
     began = time.monotonic()
     # Two clients, as a serving pod and a labeler would have: each one's stats count its own messages.
     with EvaluationClient(bootstrap, topics=topics) as predictions, \
             EvaluationClient(bootstrap, topics=topics) as labelers:
-        for i in range(events):
-            model = names[i % models]
-            ts = start_ms + i * span_ms // events
-            positive = rand() < POSITIVE_RATE
-            score = beta(5.0, 1.6) if positive else beta(1.6, 5.0)
-            pid = f"{getrandbits(128):032x}"
-            predictions.log_prediction(Prediction(
-                prediction_id=pid, model=model, version="2" if rand() < CANDIDATE_SHARE else "1", timestamp=ts,
-                score=score, latency_ms=lognorm(2.3, 0.4),
-                features=dict(zip(FEATURES, [rand() * s for s in FEATURE_SCALES])),
-            ))
-            last[model] = ts
-            if rand() < LABELED:
-                label_ts = ts + int(uniform(*LABEL_DELAY_S) * 1000)
-                heapq.heappush(pending, (label_ts, i, Label(pid, model, label_ts, positive)))
-            while pending and pending[0][0] <= ts:
-                labelers.log_label(heapq.heappop(pending)[2])
+        log_prediction, log_label = predictions.log_prediction, labelers.log_label
+        sent = 0
+        for record in traffic(events, models, start_ms, seed):
+            if isinstance(record, Prediction):
+                log_prediction(record)
+                last[record.model] = record.timestamp
+                sent += 1
+                if sent % 5000 == 0:
+                    _wait_below(predictions, _QUEUE_HIGH)
+                    _wait_below(labelers, _QUEUE_HIGH)
+            else:
+                log_label(record)
                 labels += 1
-            if i % 5000 == 4999:
-                _wait_below(predictions, _QUEUE_HIGH)
-                _wait_below(labelers, _QUEUE_HIGH)
-        while pending:
-            labelers.log_label(heapq.heappop(pending)[2])
-            labels += 1
         prediction_messages = _delivered(predictions, "predictions", events)
         label_messages = _delivered(labelers, "labels", labels)
     return Produced(events, labels, prediction_messages, label_messages, time.monotonic() - began, last)
@@ -281,17 +328,24 @@ def _peak_rss_mb() -> float:
 
 class _WorkerProbe:
     """Counts what the worker processed, through build_app's observer and a Faust sensor, and tells
-    the bench process when the measured part is done (`measured`) and when the closers are in (`done`)."""
+    the bench process when the measured part is done (`measured`) and when the closers are in (`done`).
 
-    def __init__(self, conn: Connection, messages: int, closers: int, profile: str | None) -> None:
+    It also takes the worker's RSS when a tenth of the run's predictions are processed and again at
+    the end (rss_growth). `messages`, the measured part's messages, may be None when the bench is
+    still producing them (bench memory): the bench sends ("target", messages) once it knows."""
+
+    def __init__(self, conn: Connection, messages: int | None, events: int, closers: int,
+                 profile: str | None) -> None:
         self.conn = conn
         self.target = messages
+        self.tenth = max(1, events // 10)
         self.closers = closers
         self.profile_path = profile
         self.profiler: cProfile.Profile | None = None
         self.processor: Any = None
         self.first: float | None = None
         self.rss_first: float | None = None
+        self.at_tenth: tuple[int, float | None] | None = None  # (predictions processed, RSS MB) then
         self.cpu_first = 0.0
         self.measured = False
         self.done = False
@@ -312,22 +366,32 @@ class _WorkerProbe:
         self.published += published
         if not self.measured:
             self.batches.append(messages)
-        if not self.measured and self.messages >= self.target:
+        if self.at_tenth is None:
+            predictions = self._counters().get("predictions", 0)
+            if predictions >= self.tenth:
+                self.at_tenth = (predictions, _rss_mb())
+        if self.target is None and self.conn.poll():
+            got, self.target = self.conn.recv()
+            assert got == "target", got
+        if not self.measured and self.target is not None and self.messages >= self.target:
             end = time.monotonic()
+            rss_end = _rss_mb()
             if self.profiler is not None and self.profile_path:
                 self.profiler.disable()
                 self.profiler.dump_stats(self.profile_path)
             self.measured = True
             counters = self._counters()
+            tenth_predictions, rss_tenth = self.at_tenth or (None, None)
             self.conn.send(("measured", {
                 "first_message_at": self.first, "end_at": end, "messages": self.messages,
                 "batches": list(self.batches), "published": self.published,
                 "predictions": counters.get("predictions", 0), "labels": counters.get("labels", 0),
                 "dead_letters": counters.get("dead_letter", 0), "commands": counters.get("commands", 0),
-                "peak_rss_mb": _peak_rss_mb(), "rss_first_message_mb": self.rss_first, "rss_end_mb": _rss_mb(),
+                "peak_rss_mb": _peak_rss_mb(), "rss_first_message_mb": self.rss_first, "rss_end_mb": rss_end,
+                "rss_tenth_mb": rss_tenth, "tenth_predictions": tenth_predictions,
                 "cpu_s": time.process_time() - self.cpu_first,
             }))
-        elif self.measured and not self.done and self.messages >= self.target + self.closers:
+        elif self.measured and not self.done and self.messages >= (self.target or 0) + self.closers:
             self.done = True
             self.conn.send(("done", {"messages": self.messages, "counters": self._counters()}))
 
@@ -345,7 +409,7 @@ def _worker_main(spec: dict[str, Any], conn: Connection) -> None:
 
     from mle_stream.stream.app import build_app, tune_runtime
 
-    probe = _WorkerProbe(conn, spec["messages"], spec["closers"], spec["profile"])
+    probe = _WorkerProbe(conn, spec["messages"], spec["events"], spec["closers"], spec["profile"])
 
     class FirstMessage(faust.Sensor):  # type: ignore[misc]
         def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
@@ -452,6 +516,13 @@ def _delete_topics(bootstrap: str, names: list[str]) -> None:
 # The whole run
 
 
+def _fresh(settings: Settings) -> tuple[str, Topics, Settings]:
+    """A run's own topic prefix, topics and worker settings (group, signing key)."""
+    prefix = f"bench-{uuid.uuid4().hex[:8]}."
+    topics = Topics(**{name: prefix + value for name, value in Topics().__dict__.items()})
+    return prefix, topics, replace(settings, topics=topics, signing_key=_SIGNING_KEY, worker_group=prefix + "worker")
+
+
 def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int = 1, bootstrap: str | None = None,
               profile: str | None = None, timeout_s: float | None = None) -> dict[str, Any]:
     """Produce, measure the floor, measure the worker, check the snapshots; the report as a dict."""
@@ -460,9 +531,7 @@ def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int =
     if models < 1 or models > events:
         raise ConfigError(f"--models must be between 1 and --events ({events}), got {models}")
     timeout_s = timeout_s or (120 + events / 5_000)
-    prefix = f"bench-{uuid.uuid4().hex[:8]}."
-    topics = Topics(**{name: prefix + value for name, value in Topics().__dict__.items()})
-    worker_settings = replace(settings, topics=topics, signing_key=_SIGNING_KEY, worker_group=prefix + "worker")
+    prefix, topics, worker_settings = _fresh(settings)
     embedded = not (bootstrap or settings.bootstrap_servers)
     with bootstrap_servers(replace(settings, bootstrap_servers=bootstrap or settings.bootstrap_servers)) as servers:
         ensure_topics(servers, topics.all(), settings.partitions)
@@ -476,7 +545,7 @@ def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int =
                 raise BenchError(f"the raw consumer read {floor.messages} messages, the clients sent {messages}")
             log.info("floor: %.0f predictions/s; starting the worker process", floor.events_per_s)
             spec = {"settings": worker_settings, "bootstrap": servers, "models": models, "messages": messages,
-                    "closers": models, "profile": profile,
+                    "events": events, "closers": models, "profile": profile,
                     "log_level": "DEBUG" if logging.getLogger().isEnabledFor(logging.DEBUG) else "WARNING"}
             spawned = time.monotonic()
             with _worker_process(spec) as (process, conn):
@@ -489,6 +558,81 @@ def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int =
                 _delete_topics(servers, [*topics.all(), topics.state])  # the worker created the state topic
     return build_report(events, models, produced, floor, measured, spawned, snapshots, done,
                   "embedded" if embedded else servers)
+
+
+def run_memory_bench(settings: Settings, *, events: int = DEFAULT_MEMORY_EVENTS, models: int = 1,
+                     bootstrap: str | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+    """The worker's RSS at N/10 and N predictions processed (rss_growth), over a long run.
+
+    A separate mode, because producing is the slow part (~18,000-21,000 predictions/s through the
+    client here, ~10 min for 10M): the worker starts first and consumes while the bench produces, so it
+    processes at the producer's pace, and its seconds say nothing of its throughput (that is the
+    default mode's events_per_s, measured over messages produced beforehand). The traffic, the
+    topologies and the end-to-end check of the snapshots are the default mode's."""
+    if events < 10:
+        raise ConfigError(f"--events must be at least 10 for bench memory, got {events}")
+    if models < 1 or models > events:
+        raise ConfigError(f"--models must be between 1 and --events ({events}), got {models}")
+    timeout_s = timeout_s or (120 + events / 5_000)
+    prefix, topics, worker_settings = _fresh(settings)
+    embedded = not (bootstrap or settings.bootstrap_servers)
+    with bootstrap_servers(replace(settings, bootstrap_servers=bootstrap or settings.bootstrap_servers)) as servers:
+        ensure_topics(servers, topics.all(), settings.partitions)
+        try:
+            spec = {"settings": worker_settings, "bootstrap": servers, "models": models, "messages": None,
+                    "events": events, "closers": models, "profile": None,
+                    "log_level": "DEBUG" if logging.getLogger().isEnabledFor(logging.DEBUG) else "WARNING"}
+            spawned = time.monotonic()
+            with _worker_process(spec) as (process, conn):
+                log.info("producing %d predictions and their labels to %s* while the worker consumes them",
+                         events, prefix)
+                produced = produce(servers, topics, events, models)
+                if not process.is_alive():
+                    raise BenchError(f"the worker process exited with status {process.exitcode} while the bench "
+                                     "produced; its log is on stderr")
+                conn.send(("target", produced.prediction_messages + produced.label_messages))
+                log.info("produced in %.1f s; waiting for the worker", produced.seconds)
+                measured = _receive(process, conn, "measured", timeout_s)
+                send_window_closers(servers, topics, produced.last_timestamp)
+                done = _receive(process, conn, "done", 60)
+                snapshots = read_snapshots(servers, topics.metrics, events, 120)
+        finally:
+            if not embedded:
+                _delete_topics(servers, [*topics.all(), topics.state])
+    memory = memory_report(events, measured)
+    if (measured["predictions"], measured["labels"], snapshots["predictions"]) != (events, produced.labels, events):
+        log.warning("the worker processed %d of %d predictions and %d of %d labels, and its snapshots count %d "
+                    "predictions: some records were dead-lettered or lost", measured["predictions"], events,
+                    measured["labels"], produced.labels, snapshots["predictions"])
+    return {
+        "rss_growth": memory["rss_growth"],
+        **{k: v for k, v in memory.items() if k != "rss_growth"},
+        "peak_rss_mb": round(measured["peak_rss_mb"], 1),
+        "events": events,
+        "labels": produced.labels,
+        "models": models,
+        "features": len(FEATURES),
+        "worker": {
+            # Paced by the producer: not the worker's throughput (see run_memory_bench).
+            "seconds": round(measured["end_at"] - measured["first_message_at"], 2),
+            "startup_s": round(measured["first_message_at"] - spawned, 2),
+            "messages": measured["messages"],
+            "predictions": measured["predictions"],
+            "labels": measured["labels"],
+            "dead_letters": measured["dead_letters"],
+            "rss_first_message_mb": _round(measured["rss_first_message_mb"]),
+            "cpu_s": _round(measured["cpu_s"]),
+        },
+        "produce": {
+            "seconds": round(produced.seconds, 2),
+            "prediction_messages": produced.prediction_messages,
+            "label_messages": produced.label_messages,
+        },
+        "snapshots": {**snapshots, "window_closers": models,
+                      "worker_predictions_with_closers": done["counters"].get("predictions", 0)},
+        "broker": "embedded" if embedded else servers,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
 
 
 def build_report(events: int, models: int, produced: Produced, floor: Leg, measured: Mapping[str, Any], spawned: float,
@@ -504,11 +648,14 @@ def build_report(events: int, models: int, produced: Produced, floor: Leg, measu
         log.warning("the worker processed %d of %d predictions and %d of %d labels, and its snapshots count %d "
                     "predictions: some records were dead-lettered or lost", worker.predictions, events,
                     worker.labels, produced.labels, snapshots["predictions"])
+    memory = memory_report(events, measured)
     return {
         "events_per_s": events_per_s,
         "baseline_events_per_s": baseline_events_per_s,
         "ratio": ratio,
         "peak_rss_mb": round(measured["peak_rss_mb"], 1),
+        "rss_growth": memory["rss_growth"],
+        "memory": memory,
         "startup_s": round(measured["first_message_at"] - spawned, 2),
         "events": events,
         "labels": produced.labels,
@@ -555,6 +702,32 @@ def build_report(events: int, models: int, produced: Produced, floor: Leg, measu
     }
 
 
+MEMORY_MEASURED = ("the worker process's RSS (/proc/self/statm) at the end of the first batch that took its processed "
+                   "predictions to a tenth of the run's or more, and at the end of the batch that completed the run; "
+                   "rss_growth = (rss_at_end_mb - rss_at_tenth_mb) / rss_at_tenth_mb")
+
+
+def memory_report(events: int, measured: Mapping[str, Any]) -> dict[str, Any]:
+    """rss_growth and what it rests on, from the worker's RSS at N/10 and N predictions processed."""
+    # Rounded first (to 10 kB), so that rss_growth holds for the printed values.
+    tenth, end = (None if v is None else round(v, 2) for v in (measured.get("rss_tenth_mb"), measured.get("rss_end_mb")))
+    growth = None if not tenth or end is None else round((end - tenth) / tenth, 4)
+    steady = steady_state_events(events)
+    at_tenth = measured.get("tenth_predictions")
+    return {
+        "rss_growth": growth,
+        "rss_at_tenth_mb": tenth,
+        "rss_at_end_mb": end,
+        "events_at_tenth": at_tenth,
+        "events_at_end": measured["predictions"],
+        # Event time has to pass every holding horizon before the state stops growing: a growth
+        # measured from before this many events includes the warm-up, not only what leaks.
+        "steady_state_events": steady,
+        "warm_up_included": at_tenth is None or at_tenth < steady,
+        "measured": MEMORY_MEASURED,
+    }
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
@@ -585,10 +758,35 @@ def format_report(r: Mapping[str, Any]) -> str:
          f"messages on average (max {w['messages_per_batch_max']}); {produced['predictions_per_message']:.0f} "
          f"predictions and {produced['labels_per_message']:.0f} labels per message"),
         f"worker start-up and group join (not measured): {r['startup_s']:.1f} s",
+        _memory_line(r["memory"]),
         (f"snapshots: {s['count']} closed windows (per version), accounting for {s['predictions']:,} of "
          f"{r['events']:,} predictions and {s['labeled']:,} labels; {s['updates']} open/revised updates"),
         (f"targets: >= {r['targets']['events_per_s']:,} predictions/s "
          f"{met(r['events_per_s'] >= r['targets']['events_per_s'])}, ratio >= {r['targets']['ratio']} "
          f"{met(r['ratio'] >= r['targets']['ratio'])}"),
+        f"measured: {r['measured']}",
+    ])
+
+
+def _memory_line(m: Mapping[str, Any]) -> str:
+    growth = "n/a" if m["rss_growth"] is None else f"{m['rss_growth']:+.1%}"
+    warm = " (includes the state's warm-up)" if m["warm_up_included"] else ""
+    return (f"worker RSS: {m['rss_at_tenth_mb']} MB at {m['events_at_tenth']:,} predictions, {m['rss_at_end_mb']} MB "
+            f"at {m['events_at_end']:,}: rss_growth {growth}{warm}; steady state from ~{m['steady_state_events']:,}")
+
+
+def format_memory_report(r: Mapping[str, Any]) -> str:
+    """bench memory's report, for people."""
+    w, s = r["worker"], r["snapshots"]
+    bound = r["rss_growth"] is not None and abs(r["rss_growth"]) <= MAX_RSS_GROWTH
+    return "\n".join([
+        (f"mle-stream bench memory: {r['events']:,} predictions and {r['labels']:,} labels, {r['models']} model(s), "
+         f"broker {r['broker']}; produced in {r['produce']['seconds']:.0f} s while the worker consumed "
+         f"(its {w['seconds']:.0f} s are the producer's pace, not its throughput)"),
+        _memory_line(r),
+        f"peak RSS {r['peak_rss_mb']:.0f} MB",
+        (f"snapshots: {s['count']} closed windows (per version), accounting for {s['predictions']:,} of "
+         f"{r['events']:,} predictions"),
+        f"target: |rss_growth| <= {MAX_RSS_GROWTH:.0%} {'met' if bound else 'NOT met'}",
         f"measured: {r['measured']}",
     ])

@@ -250,6 +250,13 @@ def _parser() -> argparse.ArgumentParser:
             "worker process. The default size takes about 40 s on a 2-core machine. The bench creates its "
             "own topics, groups and signing key: of the variables below only MLE_BOOTSTRAP_SERVERS and "
             "MLE_TOPIC_PARTITIONS apply.\n\n"
+            "mle-stream bench memory: the worker's memory bound over a long run: it consumes while the bench "
+            "produces N predictions (default 1,000,000) of the same traffic, and reports the worker process's "
+            "RSS when N/10 and N predictions are processed, and with --json at least rss_growth (= (RSS at N - "
+            "RSS at N/10) / RSS at N/10), rss_at_tenth_mb, rss_at_end_mb, events_at_tenth and events_at_end. "
+            "About 1 min at the default size, 10 min at --events 10000000 (the issue's 1M -> 10M); no "
+            "events/s (the producer sets the pace). The default mode reports rss_growth too, over its own "
+            "N/10 -> N.\n\n"
             "mle-stream bench drift: compute the drift table (reference profile, sketches, decide_drift) for "
             "--rows current rows x --features numeric columns against --reference-rows reference rows, and "
             "time it next to Evidently's DataDriftPreset (PSI and normed Wasserstein forced on every column, "
@@ -269,14 +276,16 @@ def _parser() -> argparse.ArgumentParser:
             "mle_stream/bench_decisions.py). About 5 s at the default size; no broker.\n\n"
             "examples:\n"
             "  mle-stream bench --json\n"
+            "  mle-stream bench memory --events 10000000 --json\n"
             "  scripts/bench-drift-env && mle-stream bench drift --json\n"
             "  mle-stream bench decisions --json\n"
             "  mle-stream bench decisions --rollouts 5000 --alpha 0.05 --seed 7")
-    p.add_argument("what", nargs="?", choices=["worker", "drift", "decisions"], default="worker",
-                   help="worker (default): the worker's throughput; drift: the drift table against Evidently; "
+    p.add_argument("what", nargs="?", choices=["worker", "memory", "drift", "decisions"], default="worker",
+                   help="worker (default): the worker's throughput; memory: the worker's RSS growth over a long "
+                        "run; drift: the drift table against Evidently; "
                         "decisions: false rollbacks and detection delay of the sequential test")
-    p.add_argument("--events", type=int, default=200_000, metavar="N",
-                   help="predictions to publish and measure (default 200,000)")
+    p.add_argument("--events", type=int, metavar="N",
+                   help="predictions to publish and measure (default 200,000; bench memory: 1,000,000)")
     p.add_argument("--models", type=int, default=1, metavar="N", help="models the predictions are spread over (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--bootstrap", metavar="HOST:PORT",
@@ -573,7 +582,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.what == "decisions":
         # Neither the worker's nor the drift bench's options mean anything here: refuse, don't ignore.
         given = [name for name, value in drift_options.items() if value is not None]
-        given += [name for name, value in (("--events", args.events != 200_000), ("--models", args.models != 1),
+        given += [name for name, value in (("--events", args.events is not None), ("--models", args.models != 1),
                                            ("--bootstrap", args.bootstrap), ("--profile", args.profile)) if value]
         if given:
             raise MleStreamError(f"bench decisions: {', '.join(given)} do not apply to `mle-stream bench decisions`")
@@ -593,7 +602,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         raise MleStreamError(f"bench {args.what}: {', '.join(given)} apply to `mle-stream bench decisions` only")
     if args.what == "drift":
         # The worker's options mean nothing to the drift bench: refuse them rather than ignore them.
-        given = [name for name, value in (("--events", args.events != 200_000), ("--models", args.models != 1),
+        given = [name for name, value in (("--events", args.events is not None), ("--models", args.models != 1),
                                           ("--bootstrap", args.bootstrap), ("--profile", args.profile)) if value]
         if given:
             raise MleStreamError(f"bench drift: {', '.join(given)} apply to `mle-stream bench worker` only")
@@ -615,10 +624,21 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     if given:
         raise MleStreamError(f"bench: {', '.join(given)} apply to `mle-stream bench drift` only")
 
-    from mle_stream.bench import format_report, run_bench
+    if args.what == "memory":
+        if args.profile:
+            raise MleStreamError("bench memory: --profile applies to `mle-stream bench worker` only")
+        from mle_stream.bench import DEFAULT_MEMORY_EVENTS, format_memory_report, run_memory_bench
 
-    result = run_bench(settings, events=args.events, models=args.models, bootstrap=args.bootstrap,
-                       profile=args.profile)
+        events = DEFAULT_MEMORY_EVENTS if args.events is None else args.events
+        _progress(f"bench memory: producing {events:,} predictions while the worker consumes them (about "
+                  f"{max(1, round(events / 1_000_000))} min) ...")
+        memory = run_memory_bench(settings, events=events, models=args.models, bootstrap=args.bootstrap)
+        print(json.dumps(memory, indent=2) if args.json else format_memory_report(memory))
+        return 0
+    from mle_stream.bench import DEFAULT_EVENTS, format_report, run_bench
+
+    result = run_bench(settings, events=DEFAULT_EVENTS if args.events is None else args.events, models=args.models,
+                       bootstrap=args.bootstrap, profile=args.profile)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
