@@ -227,6 +227,33 @@ def test_a_hold_check_holds_and_repeats_only_after_the_cooldown() -> None:
     assert commands[0].traffic == {} and json.loads(commands[0].evidence)["rule"]["action"] == "hold"
 
 
+def test_a_hold_check_failing_for_days_keeps_a_bounded_state_and_evidence() -> None:
+    # Every failing window used to add its evidence to the state and to every later HOLD: after a
+    # day of 10 s windows a HOLD would pass Kafka's 1 MB message limit.
+    t = topology("  - {name: drift, metric: mean_score, worse: higher, max: 0.6, consecutive: 3, action: hold}\n",
+                 "decision: {cooldown: 0s}\n")
+    bad = ({}, {"mean_score": 0.9})
+    state = PolicyState()
+    sizes = []
+    for i in range(200):
+        class W:
+            predictions = 500
+
+            def values(self, _window_s: float, v: dict = values(**bad[1])) -> dict:
+                return v
+        state, commands = decide(t, state, judge(t, i * 10_000, W(), W(), state), now_ms=7)
+        sizes.append(len(json.dumps(state.snapshot())))
+        if i >= 2:
+            (hold,) = commands
+            evidence = json.loads(hold.evidence)
+            # The last `consecutive` windows, the count of all of them, and the reason says how many.
+            assert [w["window_end"] for w in evidence["windows"]] == [(i - 1) * 10_000, i * 10_000, (i + 1) * 10_000]
+            assert evidence["consecutive_failures"] == i + 1
+            assert f"in {i + 1} consecutive windows" in hold.reason
+    assert sizes[-1] < 1.05 * sizes[10]  # a few more digits in the counts and times, nothing more
+    assert PolicyState.restore(json.loads(json.dumps(state.snapshot()))) == state
+
+
 def test_a_window_without_any_data_is_an_error_that_holds_and_never_rolls_back() -> None:
     t = topology("  - {name: p99, metric: latency_p99_ms, max: 500, consecutive: 2}\n")
     empty = ({"empty": True}, {"empty": True})

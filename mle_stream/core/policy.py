@@ -50,10 +50,13 @@ class WindowJudgement:
 
 @dataclass(frozen=True)
 class CheckState:
-    streak: tuple[dict[str, Any], ...] = ()  # evidence of the FAIL windows in a row, oldest first
+    # Evidence of the last FAIL windows in a row, oldest first: at most the check's `consecutive`
+    # (what firing needs), so that a `hold` check failing for days keeps a bounded state and HOLD.
+    streak: tuple[dict[str, Any], ...] = ()
     failures: int = 0  # FAIL windows since the rollout began
     failing: bool = False  # the last judged window FAILed (hysteresis)
     test: Mapping[str, Any] | None = None  # a sequential check's test state over the rollout so far
+    run: int = 0  # FAIL windows in a row (the streak's length before it was cut to `consecutive`)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class PolicyState:
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON-able data; `restore` gives back an equal state."""
         return {"checks": {n: {"streak": list(c.streak), "failures": c.failures, "failing": c.failing,
-                               "test": None if c.test is None else dict(c.test)}
+                               "test": None if c.test is None else dict(c.test), "run": c.run}
                            for n, c in self.checks.items()},
                 "rolled_back": self.rolled_back, "holding": self.holding, "last_hold_end": self.last_hold_end,
                 "step": self.step, "step_passes": list(self.step_passes), "last_step_end": self.last_step_end,
@@ -82,7 +85,8 @@ class PolicyState:
 
     @classmethod
     def restore(cls, data: Mapping[str, Any]) -> PolicyState:
-        checks = {str(n): CheckState(tuple(c["streak"]), int(c["failures"]), bool(c["failing"]), c.get("test"))
+        checks = {str(n): CheckState(tuple(c["streak"]), int(c["failures"]), bool(c["failing"]), c.get("test"),
+                                     int(c.get("run", len(c["streak"]))))
                   for n, c in (data.get("checks") or {}).items()}
         last, step_end, awaiting = data.get("last_hold_end"), data.get("last_step_end"), data.get("awaiting")
         return cls(checks, bool(data["rolled_back"]), data.get("holding"), None if last is None else int(last),
@@ -141,16 +145,18 @@ def decide(topology: Topology, state: PolicyState, judgement: WindowJudgement,
     if judgement.verdict is Verdict.ERROR:
         reason = f"{topology.model}: hold v{topology.candidate_version}'s rollout: {judgement.reason}"
         # A gap breaks every streak: the FAIL windows of a streak must follow each other.
-        gap = {name: replace(cs, streak=()) for name, cs in state.checks.items()}
+        gap = {name: replace(cs, streak=(), run=0) for name, cs in state.checks.items()}
         return _hold(topology, replace(state, checks=gap, holding=judgement.reason, step_passes=(), awaiting=None),
                      "hold-on-error", start, end,
                      reason, {"window": judgement.evidence()}, now_ms)
     checks = dict(state.checks)
+    keep = {rule.name: rule.consecutive for rule in topology.checks}
     for result in judgement.checks:
         current = state.check(result.check)
         test = current.test if result.test_state is None else result.test_state
         if result.verdict is Verdict.FAIL:
-            checks[result.check] = CheckState(current.streak + (judgement.evidence(),), current.failures + 1, True, test)
+            streak = (current.streak + (judgement.evidence(),))[-keep.get(result.check, 1):]
+            checks[result.check] = CheckState(streak, current.failures + 1, True, test, current.run + 1)
         elif result.verdict is Verdict.PASS:
             checks[result.check] = CheckState((), current.failures, False, test)
         else:  # INCONCLUSIVE breaks the streak: the windows must follow each other
@@ -168,7 +174,8 @@ def decide(topology: Topology, state: PolicyState, judgement: WindowJudgement,
         reason = (f"{topology.model}: hold v{topology.candidate_version}'s rollout: check {rule.name} failed "
                   f"{_count(rule, cs)}; last: {judgement.check(rule.name).reason}")
         state, holds = _hold(topology, state, rule.name, cs.streak[0]["window_start"] if cs.streak else start, end,
-                             reason, {"rule": _rule_evidence(rule), "windows": list(cs.streak)}, now_ms)
+                             reason, {"rule": _rule_evidence(rule), "windows": list(cs.streak),
+                                      "consecutive_failures": cs.run}, now_ms)
         commands += holds
     if fired or topology.rollout is None:
         return state, commands
@@ -278,12 +285,12 @@ def _step(topology: Topology, state: PolicyState, now_ms: int,
 
 
 def _fires(rule: CheckRule, cs: CheckState) -> bool:
-    return len(cs.streak) >= rule.consecutive or (rule.cumulative is not None and cs.failures >= rule.cumulative)
+    return cs.run >= rule.consecutive or (rule.cumulative is not None and cs.failures >= rule.cumulative)
 
 
 def _count(rule: CheckRule, cs: CheckState) -> str:
-    if len(cs.streak) >= rule.consecutive:
-        return f"in {len(cs.streak)} consecutive windows"
+    if cs.run >= rule.consecutive:
+        return f"in {cs.run} consecutive windows"
     return f"in {cs.failures} windows (cumulative limit {rule.cumulative})"
 
 
@@ -297,7 +304,7 @@ def _rollback(topology: Topology, state: PolicyState, fired: list[tuple[CheckRul
               judgement: WindowJudgement, now_ms: int) -> tuple[PolicyState, list[Command]]:
     rule, cs = fired[0]  # the topology's first check that fired names the command
     windows = list(cs.streak) or [judgement.evidence()]
-    start = windows[0]["window_start"] if len(cs.streak) >= rule.consecutive else judgement.window_start
+    start = windows[0]["window_start"] if cs.run >= rule.consecutive else judgement.window_start
     reason = (f"{topology.model} v{topology.candidate_version}: check {rule.name} ({rule.metric}) failed "
               f"{_count(rule, cs)} against baseline v{topology.baseline_version}; last: "
               f"{judgement.check(rule.name).reason}")
