@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -25,7 +26,7 @@ from mle_stream.core.events import Command, CommandKind, Label, MetricSnapshot, 
 from mle_stream.core.topology import parse_topology
 from mle_stream.kafka import producer_config
 from mle_stream.replay import replay
-from test_worker_restart import MODELS, TOPOLOGY, Worker, same, traffic
+from worker_process import MODELS, TOPOLOGY, Worker, committed_offsets, restored_offsets, same, traffic
 
 pytestmark = [pytest.mark.broker, pytest.mark.reliability]
 
@@ -46,7 +47,7 @@ def start_worker(tmp_path: Path, kafka_bootstrap: str, topics: Topics) -> Worker
     for model in MODELS:
         (topologies / f"{model}.yaml").write_text(RELIABILITY_TOPOLOGY.format(model=model))
     env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": "k",
-           "MLE_WORKER_GROUP": f"rel-{uuid.uuid4().hex[:8]}", "MLE_CHECKPOINT_INTERVAL": "3s",
+           "MLE_WORKER_GROUP": f"rel-{uuid.uuid4().hex[:8]}", "MLE_CHECKPOINT_INTERVAL": "4s",
            "MLE_TOPIC_PARTITIONS": "2"}
     worker = Worker(tmp_path, env, topologies)
     worker.start()
@@ -156,6 +157,7 @@ def test_poison_and_duplicate_messages_change_nothing_and_every_bad_one_is_dead_
 
 
 KILLS = 10
+SEEK_KILLS = (2, 6)  # of the kills, those timed right before a checkpoint is due (see the test)
 
 
 def test_ten_sigkills_at_random_points_leave_the_windows_and_decisions_of_an_uninterrupted_run(
@@ -188,13 +190,30 @@ def test_ten_sigkills_at_random_points_leave_the_windows_and_decisions_of_an_uni
     worker = start_worker(tmp_path, kafka_bootstrap, topics)
     publisher = threading.Thread(target=publish, daemon=True)
     publisher.start()
+    ahead: list[tuple[str, int]] = []  # input partitions whose committed offset was past the checkpoint
     try:
         for k in range(KILLS):
-            time.sleep(rng.uniform(0.3, 4.0))  # anywhere: mid-batch, mid-checkpoint, mid-join
+            if k in SEEK_KILLS:
+                # Right before a checkpoint is due: Faust has committed the offsets it processed
+                # since the last one (every 2.8 s), so the group's committed offsets are past the
+                # checkpoint's and only the worker's seek to the checkpoint keeps the restart exact.
+                worker.wait_for("wrote checkpoint", worker.text().count("wrote checkpoint") + 1, 30)
+                time.sleep(rng.uniform(3.0, 3.6))
+            else:
+                time.sleep(rng.uniform(0.3, 4.0))  # anywhere: mid-batch, mid-checkpoint, mid-join
             assert not published.is_set(), f"the stream ended after {k} kills: make it longer"
             worker.kill()
+            committed = committed_offsets(kafka_bootstrap, worker.env["MLE_WORKER_GROUP"], topics)
             worker.start()
             worker.wait_for("reading from ", 1, 60)
+            # The restart reads from the checkpoints' offsets, not from the group's committed ones
+            # (Faust commits what it processed every 2.8 s), or from the start before the first checkpoint.
+            restored = restored_offsets(worker.text())
+            line = next(x for x in worker.text().splitlines() if "reading from " in x)
+            reading = {(t, int(p)): int(o) for t, p, o in re.findall(r"(\S+)\[(\d+)\] from (\d+)", line)}
+            assert len(reading) == 3 * len(MODELS), line  # 3 input topics
+            assert reading == {tp: restored.get(tp, 0) for tp in reading}, (reading, restored)
+            ahead.extend(tp for tp, offset in restored.items() if committed.get(tp, -1) > offset)
         killed.set()
         assert published.wait(120)
         n = sent[0]
@@ -219,6 +238,8 @@ def test_ten_sigkills_at_random_points_leave_the_windows_and_decisions_of_an_uni
         worker.stop()
         publisher.join(timeout=1)
     assert worker.runs == KILLS + 1
+    # At least one restart had committed offsets that would have skipped records: the seek mattered.
+    assert ahead, "the committed offsets were never ahead of a checkpoint: the test did not exercise the seek"
     assert_windows_equal(latest, expected)
     # The decisions are the replay's, each under the replay's id: a decision re-emitted after a
     # crash has the same id (the actuator skips it), never a second one.

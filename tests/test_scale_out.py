@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-import test_worker_restart
 from conftest import read_until, topic_env
 from mle_stream import codec
 from mle_stream.config import Topics
@@ -34,7 +33,7 @@ from mle_stream.core.topology import parse_topology
 from mle_stream.kafka import ensure_topics, producer_config
 from mle_stream.replay import replay
 from test_reliability import RELIABILITY_TOPOLOGY, assert_windows_equal, wait_for_windows
-from test_worker_restart import Worker, traffic
+from worker_process import Worker, traffic
 
 pytestmark = [pytest.mark.broker, pytest.mark.reliability]
 
@@ -68,7 +67,7 @@ def reading(log: str) -> list[set[int]]:
 
 
 def test_a_worker_joining_and_one_leaving_mid_run_end_with_the_single_worker_results(
-        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> None:
     assert {zlib.crc32(m.encode()) % PARTITIONS for m in MODELS} == set(range(PARTITIONS))
     topics = Topics(**{name: topic_prefix + default for name, default in Topics().__dict__.items()})
     ensure_topics(kafka_bootstrap, topics.all(), partitions=PARTITIONS)
@@ -82,11 +81,9 @@ def test_a_worker_joining_and_one_leaving_mid_run_end_with_the_single_worker_res
 
     rng = random.Random(8)
     base = (int(time.time() * 1000) - 3_600_000) // 1000 * 1000
-    with monkeypatch.context() as patch:  # the shared generator makes traffic for test_worker_restart.MODELS
-        patch.setattr(test_worker_restart, "MODELS", MODELS)
-        # With this seed, spam's rollback is decided in window 44 and fraud's in window 53 (~9 and
-        # ~11 s into the stream, around the rebalances), by whichever worker holds them then.
-        preds, labels = traffic(base, 300, rng, bad_candidate="fraud", per_window=24, bad_from=50)
+    # With this seed, spam's rollback is decided in window 44 and fraud's in window 53 (~9 and
+    # ~11 s into the stream, around the rebalances), by whichever worker holds them then.
+    preds, labels = traffic(base, 300, rng, bad_candidate="fraud", per_window=24, bad_from=50, models=MODELS)
     assert [m[0].model for m in preds[:len(MODELS)]] == list(MODELS)
     # A labeler stamps a message's labels when it publishes them, after the window's last prediction.
     # (The replay orders records by timestamp and feeds each run of one kind as a batch: with a
