@@ -146,7 +146,12 @@ def replay(predictions: list[Prediction], labels: list[Label], topologies: Mappi
         ev = evaluators[model]
         rejects = ev.add_predictions(batch, now) if kind == 0 else ev.add_labels(batch, now)
         result.rejected.extend(f"{batch[r.index].prediction_id}: {r.field}: {r.reason}" for r in rejects)
-        collect(ev.advance(now, updates=True))
+        # Where a window closes (judgement, decision, expiry), exactly where the records put it;
+        # in between, advancing would only report snapshots that a later one replaces. On
+        # interleaved traffic, a run of one kind is often a record or two: advancing after each
+        # cost ~0.5 ms a run (~770 us a prediction of bench traffic).
+        if ev.closing_due():
+            collect(ev.advance(now, updates=True))
 
     for _, kind, record in _events(predictions, labels):
         current = pending.get(record.model)
@@ -159,6 +164,7 @@ def replay(predictions: list[Prediction], labels: list[Label], topologies: Mappi
     for model in list(pending):
         flush(model)
     for model in sorted(evaluators):
+        collect(evaluators[model].advance(now, updates=True))  # the windows changed since the last closing
         collect(evaluators[model].close_all(now))
     result.windows = sorted(latest.values(), key=lambda w: (w.model, w.window_start, w.version, w.segment or ""))
     result.drift = sorted(latest_drift.values(), key=lambda d: (d.model, d.window_start, d.version))

@@ -630,6 +630,14 @@ class ModelEvaluator:
             self.panes.observe(self.panes.watermark + t.window_size_ms + t.window_grace_ms)
         return self.advance(now_ms, updates=True)
 
+    def closing_due(self) -> bool:
+        """Whether `advance` would close a window now. Between closings, `advance` only reports
+        snapshots of windows still filling (with `updates`): the replay, which keeps only the last
+        snapshot of each window, advances at closings and at the end only."""
+        if self.panes.next_window is None:
+            self._apply()  # the first window is the one holding the first pane with data
+        return self.panes.closing_due()
+
     def advance(self, now_ms: int, updates: bool = False) -> Advance:
         """Close the windows the watermark has passed (results with status CLOSED, judgement,
         decision). With `updates`, also report every other window whose panes changed since the

@@ -121,6 +121,20 @@ class PaneTable(Generic[S]):
             self._next_window = starts[-1] + spec.hop_ms
         return starts
 
+    def closing_due(self) -> bool:
+        """Whether close_ready() would return a window now; changes nothing."""
+        spec = self.spec
+        if self.watermark < 0 or not self._panes and self._next_window is None:
+            return False
+        last = self.watermark - spec.grace_ms - spec.size_ms
+        if last < 0:
+            return False
+        last -= last % spec.hop_ms
+        first = self._next_window
+        if first is None:
+            first = self.windows_holding(min(k.start for k in self._panes))[0]
+        return first <= last
+
     def windows_holding(self, pane_start: int) -> range:
         """Starts of the windows that hold this pane, oldest first."""
         spec = self.spec
