@@ -516,6 +516,21 @@ def _delete_topics(bootstrap: str, names: list[str]) -> None:
 # The whole run
 
 
+def _check_sizes(events: int, models: int, least: int, mode: str) -> None:
+    if events < least:
+        raise ConfigError(f"--events must be at least {least}{mode}, got {events}")
+    if models < 1 or models > events:
+        raise ConfigError(f"--models must be between 1 and --events ({events}), got {models}")
+
+
+def _worker_spec(settings: Settings, servers: str, models: int, messages: int | None, events: int,
+                 profile: str | None) -> dict[str, Any]:
+    """What the worker process needs (_worker_main): `messages` is None while still unknown (bench memory)."""
+    return {"settings": settings, "bootstrap": servers, "models": models, "messages": messages, "events": events,
+            "closers": models, "profile": profile,
+            "log_level": "DEBUG" if logging.getLogger().isEnabledFor(logging.DEBUG) else "WARNING"}
+
+
 def _fresh(settings: Settings) -> tuple[str, Topics, Settings]:
     """A run's own topic prefix, topics and worker settings (group, signing key)."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
@@ -526,10 +541,7 @@ def _fresh(settings: Settings) -> tuple[str, Topics, Settings]:
 def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int = 1, bootstrap: str | None = None,
               profile: str | None = None, timeout_s: float | None = None) -> dict[str, Any]:
     """Produce, measure the floor, measure the worker, check the snapshots; the report as a dict."""
-    if events < 1:
-        raise ConfigError(f"--events must be at least 1, got {events}")
-    if models < 1 or models > events:
-        raise ConfigError(f"--models must be between 1 and --events ({events}), got {models}")
+    _check_sizes(events, models, 1, "")
     timeout_s = timeout_s or (120 + events / 5_000)
     prefix, topics, worker_settings = _fresh(settings)
     embedded = not (bootstrap or settings.bootstrap_servers)
@@ -544,9 +556,7 @@ def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int =
             if floor.messages != messages:
                 raise BenchError(f"the raw consumer read {floor.messages} messages, the clients sent {messages}")
             log.info("floor: %.0f predictions/s; starting the worker process", floor.events_per_s)
-            spec = {"settings": worker_settings, "bootstrap": servers, "models": models, "messages": messages,
-                    "events": events, "closers": models, "profile": profile,
-                    "log_level": "DEBUG" if logging.getLogger().isEnabledFor(logging.DEBUG) else "WARNING"}
+            spec = _worker_spec(worker_settings, servers, models, messages, events, profile)
             spawned = time.monotonic()
             with _worker_process(spec) as (process, conn):
                 measured = _receive(process, conn, "measured", timeout_s)
@@ -569,19 +579,14 @@ def run_memory_bench(settings: Settings, *, events: int = DEFAULT_MEMORY_EVENTS,
     processes at the producer's pace, and its seconds say nothing of its throughput (that is the
     default mode's events_per_s, measured over messages produced beforehand). The traffic, the
     topologies and the end-to-end check of the snapshots are the default mode's."""
-    if events < 10:
-        raise ConfigError(f"--events must be at least 10 for bench memory, got {events}")
-    if models < 1 or models > events:
-        raise ConfigError(f"--models must be between 1 and --events ({events}), got {models}")
+    _check_sizes(events, models, 10, " for bench memory")
     timeout_s = timeout_s or (120 + events / 5_000)
     prefix, topics, worker_settings = _fresh(settings)
     embedded = not (bootstrap or settings.bootstrap_servers)
     with bootstrap_servers(replace(settings, bootstrap_servers=bootstrap or settings.bootstrap_servers)) as servers:
         ensure_topics(servers, topics.all(), settings.partitions)
         try:
-            spec = {"settings": worker_settings, "bootstrap": servers, "models": models, "messages": None,
-                    "events": events, "closers": models, "profile": None,
-                    "log_level": "DEBUG" if logging.getLogger().isEnabledFor(logging.DEBUG) else "WARNING"}
+            spec = _worker_spec(worker_settings, servers, models, None, events, None)
             spawned = time.monotonic()
             with _worker_process(spec) as (process, conn):
                 log.info("producing %d predictions and their labels to %s* while the worker consumes them",
