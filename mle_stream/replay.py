@@ -164,7 +164,6 @@ def replay(predictions: list[Prediction], labels: list[Label], topologies: Mappi
     for model in list(pending):
         flush(model)
     for model in sorted(evaluators):
-        collect(evaluators[model].advance(now, updates=True))  # the windows changed since the last closing
         collect(evaluators[model].close_all(now))
     result.windows = sorted(latest.values(), key=lambda w: (w.model, w.window_start, w.version, w.segment or ""))
     result.drift = sorted(latest_drift.values(), key=lambda d: (d.model, d.window_start, d.version))
