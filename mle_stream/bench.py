@@ -531,11 +531,30 @@ def _worker_spec(settings: Settings, servers: str, models: int, messages: int | 
             "log_level": "DEBUG" if logging.getLogger().isEnabledFor(logging.DEBUG) else "WARNING"}
 
 
-def _fresh(settings: Settings) -> tuple[str, Topics, Settings]:
-    """A run's own topic prefix, topics and worker settings (group, signing key)."""
+@dataclass(frozen=True)
+class _Run:
+    prefix: str  # of the run's own topics
+    topics: Topics
+    worker_settings: Settings  # the run's topics, worker group and signing key
+    servers: str
+    broker: str  # "embedded", or the bootstrap servers given
+
+
+@contextlib.contextmanager
+def _fresh_run(settings: Settings, bootstrap: str | None) -> Iterator[_Run]:
+    """A run's own topics, worker group and signing key, on the given broker or an embedded one;
+    the topics are deleted afterwards from a broker that outlives the run."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     topics = Topics(**{name: prefix + value for name, value in Topics().__dict__.items()})
-    return prefix, topics, replace(settings, topics=topics, signing_key=_SIGNING_KEY, worker_group=prefix + "worker")
+    worker_settings = replace(settings, topics=topics, signing_key=_SIGNING_KEY, worker_group=prefix + "worker")
+    embedded = not (bootstrap or settings.bootstrap_servers)
+    with bootstrap_servers(replace(settings, bootstrap_servers=bootstrap or settings.bootstrap_servers)) as servers:
+        ensure_topics(servers, topics.all(), settings.partitions)
+        try:
+            yield _Run(prefix, topics, worker_settings, servers, "embedded" if embedded else servers)
+        finally:
+            if not embedded:
+                _delete_topics(servers, [*topics.all(), topics.state])  # the worker created the state topic
 
 
 def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int = 1, bootstrap: str | None = None,
@@ -543,31 +562,24 @@ def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int =
     """Produce, measure the floor, measure the worker, check the snapshots; the report as a dict."""
     _check_sizes(events, models, 1, "")
     timeout_s = timeout_s or (120 + events / 5_000)
-    prefix, topics, worker_settings = _fresh(settings)
-    embedded = not (bootstrap or settings.bootstrap_servers)
-    with bootstrap_servers(replace(settings, bootstrap_servers=bootstrap or settings.bootstrap_servers)) as servers:
-        ensure_topics(servers, topics.all(), settings.partitions)
-        try:
-            log.info("producing %d predictions and their labels to %s*", events, prefix)
-            produced = produce(servers, topics, events, models)
-            log.info("produced in %.1f s; measuring the raw consumer", produced.seconds)
-            floor = run_baseline(servers, topics, produced.predictions, produced.labels, timeout_s)
-            messages = produced.prediction_messages + produced.label_messages
-            if floor.messages != messages:
-                raise BenchError(f"the raw consumer read {floor.messages} messages, the clients sent {messages}")
-            log.info("floor: %.0f predictions/s; starting the worker process", floor.events_per_s)
-            spec = _worker_spec(worker_settings, servers, models, messages, events, profile)
-            spawned = time.monotonic()
-            with _worker_process(spec) as (process, conn):
-                measured = _receive(process, conn, "measured", timeout_s)
-                send_window_closers(servers, topics, produced.last_timestamp)
-                done = _receive(process, conn, "done", 60)
-                snapshots = read_snapshots(servers, topics.metrics, events, 60)
-        finally:
-            if not embedded:
-                _delete_topics(servers, [*topics.all(), topics.state])  # the worker created the state topic
-    return build_report(events, models, produced, floor, measured, spawned, snapshots, done,
-                  "embedded" if embedded else servers)
+    with _fresh_run(settings, bootstrap) as run:
+        servers, topics = run.servers, run.topics
+        log.info("producing %d predictions and their labels to %s*", events, run.prefix)
+        produced = produce(servers, topics, events, models)
+        log.info("produced in %.1f s; measuring the raw consumer", produced.seconds)
+        floor = run_baseline(servers, topics, produced.predictions, produced.labels, timeout_s)
+        messages = produced.prediction_messages + produced.label_messages
+        if floor.messages != messages:
+            raise BenchError(f"the raw consumer read {floor.messages} messages, the clients sent {messages}")
+        log.info("floor: %.0f predictions/s; starting the worker process", floor.events_per_s)
+        spec = _worker_spec(run.worker_settings, servers, models, messages, events, profile)
+        spawned = time.monotonic()
+        with _worker_process(spec) as (process, conn):
+            measured = _receive(process, conn, "measured", timeout_s)
+            send_window_closers(servers, topics, produced.last_timestamp)
+            done = _receive(process, conn, "done", 60)
+            snapshots = read_snapshots(servers, topics.metrics, events, 60)
+    return build_report(events, models, produced, floor, measured, spawned, snapshots, done, run.broker)
 
 
 def run_memory_bench(settings: Settings, *, events: int = DEFAULT_MEMORY_EVENTS, models: int = 1,
@@ -581,29 +593,23 @@ def run_memory_bench(settings: Settings, *, events: int = DEFAULT_MEMORY_EVENTS,
     topologies and the end-to-end check of the snapshots are the default mode's."""
     _check_sizes(events, models, 10, " for bench memory")
     timeout_s = timeout_s or (120 + events / 5_000)
-    prefix, topics, worker_settings = _fresh(settings)
-    embedded = not (bootstrap or settings.bootstrap_servers)
-    with bootstrap_servers(replace(settings, bootstrap_servers=bootstrap or settings.bootstrap_servers)) as servers:
-        ensure_topics(servers, topics.all(), settings.partitions)
-        try:
-            spec = _worker_spec(worker_settings, servers, models, None, events, None)
-            spawned = time.monotonic()
-            with _worker_process(spec) as (process, conn):
-                log.info("producing %d predictions and their labels to %s* while the worker consumes them",
-                         events, prefix)
-                produced = produce(servers, topics, events, models)
-                if not process.is_alive():
-                    raise BenchError(f"the worker process exited with status {process.exitcode} while the bench "
-                                     "produced; its log is on stderr")
-                conn.send(("target", produced.prediction_messages + produced.label_messages))
-                log.info("produced in %.1f s; waiting for the worker", produced.seconds)
-                measured = _receive(process, conn, "measured", timeout_s)
-                send_window_closers(servers, topics, produced.last_timestamp)
-                done = _receive(process, conn, "done", 60)
-                snapshots = read_snapshots(servers, topics.metrics, events, 120)
-        finally:
-            if not embedded:
-                _delete_topics(servers, [*topics.all(), topics.state])
+    with _fresh_run(settings, bootstrap) as run:
+        servers, topics = run.servers, run.topics
+        spec = _worker_spec(run.worker_settings, servers, models, None, events, None)
+        spawned = time.monotonic()
+        with _worker_process(spec) as (process, conn):
+            log.info("producing %d predictions and their labels to %s* while the worker consumes them",
+                     events, run.prefix)
+            produced = produce(servers, topics, events, models)
+            if not process.is_alive():
+                raise BenchError(f"the worker process exited with status {process.exitcode} while the bench "
+                                 "produced; its log is on stderr")
+            conn.send(("target", produced.prediction_messages + produced.label_messages))
+            log.info("produced in %.1f s; waiting for the worker", produced.seconds)
+            measured = _receive(process, conn, "measured", timeout_s)
+            send_window_closers(servers, topics, produced.last_timestamp)
+            done = _receive(process, conn, "done", 60)
+            snapshots = read_snapshots(servers, topics.metrics, events, 120)
     memory = memory_report(events, measured)
     if (measured["predictions"], measured["labels"], snapshots["predictions"]) != (events, produced.labels, events):
         log.warning("the worker processed %d of %d predictions and %d of %d labels, and its snapshots count %d "
@@ -635,7 +641,7 @@ def run_memory_bench(settings: Settings, *, events: int = DEFAULT_MEMORY_EVENTS,
         },
         "snapshots": {**snapshots, "window_closers": models,
                       "worker_predictions_with_closers": done["counters"].get("predictions", 0)},
-        "broker": "embedded" if embedded else servers,
+        "broker": run.broker,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
 
