@@ -1,0 +1,806 @@
+"""The label join on numpy columns: LabelJoin's semantics (core/join.py) without a Python object
+per pending prediction. A prototype (issue 3), not yet used by the evaluator.
+
+Same rules as LabelJoin, batch for batch: either arrival order; expiry by event time from the
+front in insertion order; joined pairs kept `correction_ms` more, so a different second label is
+CORRECTED (the old outcome out with weight -1, the new one in with +1) and the same label or the
+same prediction twice is a DUPLICATE; a newer waiting label replaces an older one; a batch is
+exactly as if its records were added one by one, the same id twice included. The joined rows
+come back in LabelJoin's order too (add_labels: the labels that met a waiting prediction, then
+the corrections in batch order).
+
+How it is kept:
+- An id is its UTF-8 bytes in a numpy `S` array (the decoder can hand one over as it is; a list
+  of str is converted, ~0.06-0.08 us an id). Ids must not contain NUL: an `S` array pads with it.
+  `hash_ids` hashes a whole batch at once: each 8-byte chunk is multiplied by an odd constant of
+  its position and avalanched (murmur3's fmix64), the chunks are summed and mixed again, ~0.06 us
+  an id. Two ids that differ in one chunk never collide; the id itself is kept and compared on
+  every hit, so a collision only costs a lookup one by one.
+- One entry per id in an arena of columns (key, id, ts, state, log position, table slot, label,
+  and the caller's payload columns: pane, version code, output, decision, and an object column
+  only where the task needs one), whether the id waits as a prediction, as a label or is joined.
+  Freed entries are reused; the arena grows by half.
+- An open-addressing table finds the entries of a batch: linear probing over a power of two of
+  8-byte slots (a 32-bit fingerprint of the hash and the entry index), without wrap-around (a
+  tail of 64 slots past the last home slot takes the runs that reach it). A batch's probes read
+  8 slots at once (64 bytes) as one row of a sliding-window view: one numpy call, ~24 ns an id
+  at 50,000 ids where building the indices and gathering slot by slot took ~74 ns. At a load of
+  at most 1/2, 99% of lookups end in their first window; the few that do not go on one window
+  at a time, or one by one when only a handful are left (numpy costs ~1 us a call, whatever its
+  size). Deleted slots are tombstones; when live slots and tombstones pass half of the table it
+  is rebuilt from the arena's keys at a load of 1/8 to 1/4, so a rebuild reinserts 1/3 to 1
+  entry per insert since the last one.
+- Insertion order (what expiry walks) is one log of entry indices per state; an entry knows its
+  position in its log, so a log record is live while the entry still has that state and
+  position. A joined or replaced entry leaves a dead record behind, which expiry skips.
+
+Why a hash table rather than sorted runs (2-core machine, numpy 2.4, 1M keys held): a window
+lookup of 500 / 50,000 random keys took 0.04 / 0.09 us a key, np.searchsorted into one sorted run
+of 1M keys 0.03 / 0.21 us (0.08 with the queries sorted first); sorted runs need a search per run
+and merges as keys come and go, the table one window. A Python dict took 0.09 / 0.33 us a key
+for `get` alone.
+
+Measured with scripts/bench_join.py (1M predictions of bench.py's traffic, medians of 3 runs,
++-25% noise), in us per prediction: LabelJoin (building the tuples + add_predictions +
+add_labels + joined rows back to columns) against this join (ids as a list of str; as an S array):
+- batches of 500: 2.37 against 1.27; 1.18,
+- batches of 50,000: 3.24 against 0.80; 0.72,
+- with max_delay 10 s and correction 60 s, so that entries expire (in production every joined
+  pair does, after the window's retention): 2.73 against 1.16; 0.93 at 500, 3.21 against 0.82;
+  0.63 at 50,000; expiry alone is ~0.48 us a prediction for LabelJoin (a Python loop over what
+  expires) and ~0.05 here.
+Memory per entry held (tracemalloc, nothing expiring): ~320-340 B for LabelJoin, ~145 B here
+(~80 B of arena columns for this payload, 17-34 B of table, ~10-20 B of logs; ~175-205 B at the
+peak, while a column grows or the table is rebuilt). At 500 ids a call, what is left is numpy's
+fixed cost (~1 us a call, ~100 calls per batch): joining once per worker batch rather than once
+per Kafka message is where most of the gain is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
+
+from mle_stream.core.events import LabelValue
+from mle_stream.core.snapshot_columns import decode_column, encode_column
+
+IntArray = npt.NDArray[np.int64]
+HashIds = Callable[[np.ndarray], npt.NDArray[np.uint64]]
+
+_FREE, _PRED, _LABEL, _JOINED = 0, 1, 2, 3  # entry states
+_EMPTY, _TOMB = 0, 1  # table slots that hold no entry; a live slot is fingerprint << 32 | entry
+_WIDTH = 8  # table slots per probe window: 64 bytes
+_TAIL = 64  # slots past the last home slot
+_FEW = 4  # rows left after a vectorized pass that go one by one
+_LOW = np.uint64(0xFFFFFFFF)
+_POSITION_FACTOR = np.arange(1, 129, 2, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) | np.uint64(1)
+
+
+def _fmix64(k: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """murmur3's finalizer, in place: every input bit flips each output bit with probability ~1/2."""
+    k ^= k >> np.uint64(33)
+    k *= np.uint64(0xFF51AFD7ED558CCD)
+    k ^= k >> np.uint64(33)
+    k *= np.uint64(0xC4CEB9FE1A85EC53)
+    k ^= k >> np.uint64(33)
+    return k
+
+
+def hash_ids(ids: np.ndarray) -> npt.NDArray[np.uint64]:
+    """64-bit hashes of an `S` array of ids. Each 8-byte chunk is multiplied by an odd constant of
+    its position and avalanched, the chunks are summed and mixed again. A chunk of padding (zero)
+    adds zero, so the hash of an id does not depend on the width of the array it came in."""
+    n, width = len(ids), ids.dtype.itemsize
+    words = -(-width // 8)
+    if width == words * 8:
+        chunks = np.ascontiguousarray(ids).view(np.uint64).reshape(n, words).copy()
+    else:
+        padded = np.zeros((n, words * 8), dtype=np.uint8)
+        padded[:, :width] = np.ascontiguousarray(ids).view(np.uint8).reshape(n, width)
+        chunks = padded.view(np.uint64)
+    chunks *= _POSITION_FACTOR[:words] if words <= len(_POSITION_FACTOR) else np.resize(_POSITION_FACTOR, words)
+    _fmix64(chunks)
+    return _fmix64(chunks.sum(axis=1, dtype=np.uint64))
+
+
+def id_array(ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Ids as an `S` array: as they are if they already are one, else their UTF-8 bytes."""
+    if isinstance(ids, np.ndarray):
+        if ids.dtype.kind == "S":
+            return ids
+        if ids.dtype.kind != "U":
+            raise TypeError(f"prediction ids must be str or an S/U numpy array, got dtype {ids.dtype}")
+        ids = ids.tolist()
+    text = "".join(ids)
+    if "\x00" in text:
+        bad = next(i for i in ids if "\x00" in i)
+        raise ValueError(f"prediction_id {bad!r} contains a NUL character, which the column join "
+                         "cannot keep apart from padding: reject the record before the join")
+    if text.isascii():
+        return np.array(ids, dtype="S") if ids else np.zeros(0, dtype="S1")
+    return np.array([i.encode() for i in ids], dtype="S")
+
+
+def label_array(labels: Sequence[LabelValue] | np.ndarray) -> np.ndarray:
+    """Labels as a typed column (bool, int64, float64) when they share one of those types, else
+    as objects; either way each value reads back (tolist) as the Python value it was."""
+    if isinstance(labels, np.ndarray):
+        kind = labels.dtype.kind
+        if kind == "b":
+            return labels
+        if kind == "i":
+            return labels.astype(np.int64, copy=False)
+        if kind == "f":
+            return labels.astype(np.float64, copy=False)
+        if kind == "O":
+            return labels
+        labels = labels.tolist()
+    types = set(map(type, labels))
+    if len(types) == 1:
+        kind_type = types.pop()
+        if kind_type is bool:
+            return np.array(labels, dtype=np.bool_)
+        if kind_type is float:
+            return np.array(labels, dtype=np.float64)
+        if kind_type is int:
+            try:
+                return np.array(labels, dtype=np.int64)
+            except OverflowError:
+                pass
+    return np.fromiter(labels, dtype=object, count=len(labels))
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> npt.NDArray[np.bool_]:
+    """LabelJoin's _same per row: same type and equal."""
+    if a.dtype == b.dtype and a.dtype != object:
+        return np.asarray(a == b)
+    if a.dtype != object and b.dtype != object:
+        return np.zeros(len(a), dtype=np.bool_)  # bool, int and float are never the same label
+    return np.fromiter(map(lambda x, y: type(x) is type(y) and x == y, a.tolist(), b.tolist()),
+                       dtype=np.bool_, count=len(a))
+
+
+def _concat(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Label arrays of possibly different dtypes as one, objects where they differ."""
+    parts = [p for p in parts if len(p)] or list(parts[:1])
+    if len({p.dtype for p in parts}) == 1:
+        return np.concatenate(parts)
+    return np.concatenate([p.astype(object) for p in parts])
+
+
+def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty(2 * len(a), dtype=a.dtype if a.dtype == b.dtype else object)
+    out[0::2] = a if out.dtype == a.dtype else a.astype(object)
+    out[1::2] = b if out.dtype == b.dtype else b.astype(object)
+    return out
+
+
+def _object_column(values: Any, n: int) -> np.ndarray:
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        return values
+    return np.fromiter(values, dtype=object, count=n)  # element by element: tuples stay tuples
+
+
+@dataclass(slots=True)
+class ColumnJoined:
+    """What a batch changed, as columns: per joined row, the record of the batch it came from
+    (the prediction for add_predictions, the label for add_labels), the prediction's payload
+    columns, the label and the weight (+1 a new pair; a correction is -1 with the old label, then
+    +1 with the new). `duplicates`: positions in the batch that changed nothing."""
+
+    rows: IntArray
+    predictions: dict[str, np.ndarray]
+    labels: np.ndarray
+    weights: npt.NDArray[np.float64]
+    duplicates: IntArray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def concat(cls, parts: Sequence[ColumnJoined]) -> ColumnJoined:
+        """Several batches' rows as one set of columns (what the evaluator scores at once);
+        `rows` and `duplicates` lose their meaning, since they index different batches."""
+        parts = [p for p in parts if len(p)] or list(parts[:1])
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return cls(np.concatenate([p.rows for p in parts]),
+                   {k: np.concatenate([p.predictions[k] for p in parts]) for k in first.predictions},
+                   _concat([p.labels for p in parts]), np.concatenate([p.weights for p in parts]),
+                   np.zeros(0, dtype=np.int64))
+
+
+class _Log:
+    """Entry indices in insertion order; positions are absolute (they survive compaction)."""
+
+    __slots__ = ("entries", "base", "head", "size")
+
+    def __init__(self) -> None:
+        self.entries = np.zeros(256, dtype=np.int32)
+        self.base = self.head = self.size = 0  # entries[head:size] are at base+head ... base+size
+
+    def append(self, entries: np.ndarray) -> IntArray:
+        k = len(entries)
+        if self.size + k > len(self.entries):
+            live = self.size - self.head
+            if live + k <= len(self.entries) // 2:  # mostly consumed: move what is left to the front
+                self.entries[:live] = self.entries[self.head:self.size]
+            else:
+                grown = np.zeros(max(3 * len(self.entries) // 2, 3 * (live + k) // 2), dtype=np.int32)
+                grown[:live] = self.entries[self.head:self.size]
+                self.entries = grown
+            self.base += self.head
+            self.size, self.head = live, 0
+        self.entries[self.size:self.size + k] = entries
+        positions = np.arange(self.base + self.size, self.base + self.size + k, dtype=np.int64)
+        self.size += k
+        return positions
+
+
+class ColumnJoin:
+    def __init__(self, max_delay_ms: int, correction_ms: int, columns: Mapping[str, npt.DTypeLike],
+                 hash_ids: HashIds = hash_ids) -> None:
+        """`columns`: the payload kept per prediction, by name and numpy dtype (object where the
+        values are irregular: segment tuples, multiclass score maps). `hash_ids` is replaceable
+        so that tests can force collisions."""
+        if max_delay_ms <= 0 or correction_ms < 0:
+            raise ValueError(f"need max_delay_ms > 0 and correction_ms >= 0, got {max_delay_ms}, {correction_ms}")
+        self.max_delay_ms = max_delay_ms
+        self.correction_ms = correction_ms
+        self.columns = {name: np.dtype(dtype) for name, dtype in columns.items()}
+        self._hash = hash_ids
+        self.expired_predictions = 0
+        self.expired_labels = 0
+        self.corrections = 0
+        self.duplicates = 0
+        self._counts = [0, 0, 0, 0]  # entries per state
+        # The table.
+        self._new_table(64)  # sets _table, _windows, _capacity and _used (live slots and tombstones)
+        # The arena: one entry per id held.
+        cap = 64
+        self._key = np.zeros(cap, dtype=np.uint64)
+        self._id = np.zeros(cap, dtype="S1")
+        self._ts = np.zeros(cap, dtype=np.int64)
+        self._state = np.zeros(cap, dtype=np.int8)
+        self._pos = np.zeros(cap, dtype=np.int64)  # position in its state's log
+        self._slot = np.zeros(cap, dtype=np.int32)  # where the table points at it
+        self._label: np.ndarray | None = None  # typed after the first labels, objects if they mix
+        self._payload = {name: np.zeros(cap, dtype=dtype) if dtype != object else np.full(cap, None, dtype=object)
+                         for name, dtype in self.columns.items()}
+        self._top = 0  # entries [0, top) have been used
+        self._free = np.zeros(0, dtype=np.int64)
+        self._logs = {_PRED: _Log(), _LABEL: _Log(), _JOINED: _Log()}
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def add_predictions(self, ids: Sequence[str] | np.ndarray, timestamps: Sequence[int] | np.ndarray,
+                        columns: Mapping[str, Any]) -> ColumnJoined:
+        """A batch of predictions, exactly as if added one by one; what they joined with.
+        `columns`: the payload columns of the batch (numpy arrays, or lists for object columns)."""
+        sids = id_array(ids)
+        n = len(sids)
+        ts = np.asarray(timestamps, dtype=np.int64)
+        payload = self._payload_batch(columns, n)
+        h = np.asarray(self._hash(sids), dtype=np.uint64)
+        first, _ = self._first_occurrences(h, sids)
+        rows = np.arange(n, dtype=np.int64) if first is None else np.flatnonzero(first)
+        entries, free_slot = self._find(h[rows], sids[rows])
+        state = self._state_of(entries)
+        meet = state == _LABEL
+        new = state == _FREE
+        dup_rows = rows[(state == _PRED) | (state == _JOINED)]
+        if first is not None:  # an id's later predictions in the batch are duplicates of its first
+            dup = ~first
+            dup[dup_rows] = True
+            dup_rows = np.flatnonzero(dup)
+        self.duplicates += len(dup_rows)
+        if new.any():
+            new_rows = rows[new] if not new.all() else rows
+            e = self._insert(h[new_rows], sids[new_rows], None if free_slot is None else free_slot[new])
+            self._ts[e] = ts[new_rows]
+            self._write_payload(e, payload, new_rows)
+            self._set_state(e, _PRED)
+        meet_rows = rows[meet]
+        labels: np.ndarray = np.zeros(0, dtype=np.bool_)
+        if len(meet_rows):
+            e = entries[meet]
+            assert self._label is not None
+            labels = self._label[e]
+            self._ts[e] = ts[meet_rows]  # a joined pair ages from its prediction's timestamp
+            self._write_payload(e, payload, meet_rows)
+            self._set_state(e, _JOINED)
+        return ColumnJoined(meet_rows, {k: v[meet_rows] for k, v in payload.items()}, labels,
+                            np.ones(len(meet_rows)), dup_rows)
+
+    def add_labels(self, ids: Sequence[str] | np.ndarray, timestamps: Sequence[int] | np.ndarray,
+                   labels: Sequence[LabelValue] | np.ndarray) -> ColumnJoined:
+        """A batch of labels, exactly as if added one by one; the joins and corrections they make."""
+        sids = id_array(ids)
+        n = len(sids)
+        ts = np.asarray(timestamps, dtype=np.int64)
+        values = label_array(labels)
+        h = np.asarray(self._hash(sids), dtype=np.uint64)
+        first, group = self._first_occurrences(h, sids)
+        rows = np.arange(n, dtype=np.int64) if first is None else np.flatnonzero(first)
+        entries, free_slot = self._find(h[rows], sids[rows])
+        state = self._state_of(entries)
+        hit = state == _PRED
+        hit_rows, hit_entries = rows[hit], entries[hit]
+        if len(hit_rows):
+            self._write_labels(hit_entries, values[hit_rows])
+            self._set_state(hit_entries, _JOINED)
+        out = ColumnJoined(hit_rows, self._take(hit_entries), values[hit_rows], np.ones(len(hit_rows)),
+                           np.zeros(0, dtype=np.int64))
+        if len(hit_rows) == n:
+            return out
+        if first is None and not state[~hit].any():  # the usual misses: labels that came first, all new
+            self._store_waiting(h, sids, ts, values, rows[~hit], None,
+                                None if free_slot is None else free_slot[~hit])
+            return out
+        return self._label_misses(out, h, sids, ts, values, rows, entries, state, first, group)
+
+    def _label_misses(self, out: ColumnJoined, h: npt.NDArray[np.uint64], sids: np.ndarray, ts: IntArray,
+                      values: np.ndarray, rows: IntArray, entries: IntArray, state: npt.NDArray[np.int8],
+                      first: npt.NDArray[np.bool_] | None, group: IntArray | None) -> ColumnJoined:
+        """Every label that did not meet a waiting prediction, as LabelJoin takes them one by one
+        after the batch's joins. What each one meets: for an id's first label in the batch, what
+        the join held; for a later one, the label before it in the batch (a duplicate leaves an
+        equal label behind, anything else its own)."""
+        n = len(sids)
+        if group is None:
+            group = np.arange(n, dtype=np.int64)
+        # Per group (indexed by its first row): what the join held for it.
+        g_state = np.zeros(n, dtype=np.int8)
+        g_state[rows] = state
+        g_entry = np.full(n, -1, dtype=np.int64)
+        g_entry[rows] = entries
+        row_state = g_state[group]
+        is_first = np.zeros(n, dtype=np.bool_)
+        is_first[rows] = True
+        miss = ~(is_first & (row_state == _PRED))
+        joined_kind = (row_state == _PRED) | (row_state == _JOINED)
+        # The previous row of the same id, in batch order.
+        order = np.argsort(group, kind="stable")
+        prev = np.full(n, -1, dtype=np.int64)
+        same_group = group[order][1:] == group[order][:-1]
+        prev[order[1:][same_group]] = order[:-1][same_group]
+        held = is_first & ((row_state == _LABEL) | (row_state == _JOINED))
+        has_prev = (prev >= 0) | held
+        m = np.flatnonzero(miss & has_prev)
+        stored = m[is_first[m]]
+        prev_labels = values[np.maximum(prev[m], 0)]
+        if len(stored):
+            assert self._label is not None
+            store = self._label[g_entry[stored]]
+            if store.dtype != prev_labels.dtype:
+                prev_labels = prev_labels.astype(object)
+                store = store.astype(object)
+            prev_labels[is_first[m]] = store
+        same = np.zeros(n, dtype=np.bool_)
+        same[m] = _same(prev_labels, values[m])
+        previous = np.zeros(n, dtype=np.int64)  # where a row's previous label is in prev_labels
+        previous[m] = np.arange(len(m))
+        dup = miss & same
+        corrected = np.flatnonzero(miss & ~same & joined_kind)
+        waiting = np.flatnonzero(miss & ~same & ~joined_kind)
+        self.duplicates += int(dup.sum())
+        self.corrections += len(corrected)
+        out.duplicates = np.flatnonzero(dup)
+        if len(corrected):
+            ce = g_entry[group[corrected]]
+            fixed = ColumnJoined(np.repeat(corrected, 2), self._take(np.repeat(ce, 2)),
+                                 _interleave(prev_labels[previous[corrected]], values[corrected]),
+                                 np.tile(np.array([-1.0, 1.0]), len(corrected)), out.duplicates)
+            out = ColumnJoined(np.concatenate([out.rows, fixed.rows]),
+                               {k: np.concatenate([out.predictions[k], fixed.predictions[k]]) for k in fixed.predictions},
+                               _concat([out.labels, fixed.labels]), np.concatenate([out.weights, fixed.weights]),
+                               out.duplicates)
+            last = _last_per_group(corrected, group)
+            self._write_labels(g_entry[group[last]], values[last])
+        if len(waiting):
+            self._store_waiting(h, sids, ts, values, _last_per_group(waiting, group), g_entry[group])
+        return out
+
+    def _store_waiting(self, h: npt.NDArray[np.uint64], sids: np.ndarray, ts: IntArray, values: np.ndarray,
+                       rows: IntArray, held: IntArray | None, free_slot: IntArray | None = None) -> None:
+        """Labels that wait for their predictions (rows in batch order, one per id), in new
+        entries or, where `held` names one, replacing a waiting label (moved to the log's end)."""
+        e = np.full(len(rows), -1, dtype=np.int64) if held is None else held[rows]
+        new = e < 0
+        if new.any():
+            e[new] = self._insert(h[rows[new]], sids[rows[new]], None if free_slot is None else free_slot[new])
+        self._ts[e] = ts[rows]
+        self._write_labels(e, values[rows])
+        self._set_state(e, _LABEL)
+
+    @staticmethod
+    def _first_occurrences(h: npt.NDArray[np.uint64], sids: np.ndarray
+                           ) -> tuple[npt.NDArray[np.bool_] | None, IntArray | None]:
+        """(None, None) when the batch's ids are distinct (the usual case, told by a sort of the
+        hashes); else per row whether it is its id's first in the batch, and the row of that first."""
+        n = len(h)
+        if n < 2:
+            return None, None
+        ordered = np.sort(h)
+        if not (ordered[1:] == ordered[:-1]).any():
+            return None, None
+        _, index, inverse = np.unique(sids, return_index=True, return_inverse=True)
+        if len(index) == n:
+            return None, None  # equal hashes of different ids
+        first = np.zeros(n, dtype=np.bool_)
+        first[index] = True
+        return first, index[inverse.ravel()].astype(np.int64)
+
+    # -- expiry --------------------------------------------------------------------------------
+
+    def expire(self, watermark: int) -> None:
+        horizon = watermark - self.max_delay_ms
+        self.expired_predictions += self._expire(_PRED, horizon)
+        self.expired_labels += self._expire(_LABEL, horizon)
+        self._expire(_JOINED, horizon - self.correction_ms)
+
+    def _expire(self, state: int, horizon: int) -> int:
+        """Pop the log's front up to its first live entry that is still young."""
+        log, expired, chunk = self._logs[state], 0, 1024
+        while log.head < log.size:
+            end = min(log.size, log.head + chunk)
+            e = log.entries[log.head:end]
+            live = (self._state[e] == state) & (self._pos[e] == np.arange(log.base + log.head, log.base + end))
+            young = live & (self._ts[e] >= horizon)
+            stop = int(young.argmax()) if young.any() else len(e)
+            old = e[:stop][live[:stop]]
+            if len(old):
+                self._release(old)
+                expired += len(old)
+            log.head += stop
+            if stop < len(e):
+                break
+            chunk *= 2
+        return expired
+
+    # -- questions -----------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> tuple[int, int]:
+        """(predictions waiting for a label, labels waiting for a prediction)."""
+        return self._counts[_PRED], self._counts[_LABEL]
+
+    @property
+    def joined(self) -> int:
+        return self._counts[_JOINED]
+
+    def holds(self, ids: Sequence[str] | np.ndarray) -> npt.NDArray[np.bool_]:
+        """Per id: is a prediction with it held (waiting for its label, or joined and correctable)?"""
+        state = self._lookup_state(ids)[1]
+        return (state == _PRED) | (state == _JOINED)
+
+    def labels_of(self, ids: Sequence[str] | np.ndarray) -> list[LabelValue | None]:
+        """Per id: the label this join holds for it (joined, or waiting for its prediction), else None."""
+        entries, state = self._lookup_state(ids)
+        has = (state == _LABEL) | (state == _JOINED)
+        out: list[LabelValue | None] = [None] * len(entries)
+        if has.any():
+            assert self._label is not None
+            for i, value in zip(np.flatnonzero(has).tolist(), self._label[entries[has]].tolist()):
+                out[i] = value
+        return out
+
+    def _lookup_state(self, ids: Sequence[str] | np.ndarray) -> tuple[IntArray, npt.NDArray[np.int8]]:
+        sids = id_array(ids)
+        entries = self._find(np.asarray(self._hash(sids), dtype=np.uint64), sids)[0]
+        return entries, self._state_of(entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the numpy arrays this join holds (objects in object columns not counted)."""
+        arrays = [self._table, self._key, self._id, self._ts, self._state, self._pos, self._slot, self._free,
+                  *self._payload.values(), *(log.entries for log in self._logs.values())]
+        return sum(a.nbytes for a in arrays) + (0 if self._label is None else self._label.nbytes)
+
+    # -- snapshot ------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain JSON data, column by column and in each state's insertion order (expiry relies
+        on that order), packed by core/snapshot_columns.py."""
+        def part(state: int, payload: bool, label: bool) -> dict[str, Any]:
+            e = self._ordered(state)
+            out: dict[str, Any] = {"id": encode_column([i.decode() for i in self._id[e].tolist()]),
+                                   "ts": encode_column(self._ts[e].tolist())}
+            if payload:
+                out["columns"] = {k: encode_column(v[e].tolist()) for k, v in self._payload.items()}
+            if label:
+                out["label"] = encode_column([] if self._label is None else self._label[e].tolist())
+            return out
+
+        return {
+            "kind": "column_join", "v": 1, "max_delay_ms": self.max_delay_ms, "correction_ms": self.correction_ms,
+            "columns": {k: v.str if v != object else "object" for k, v in self.columns.items()},
+            "predictions": part(_PRED, True, False), "labels": part(_LABEL, False, True),
+            "joined": part(_JOINED, True, True),
+            "counters": {"expired_predictions": self.expired_predictions, "expired_labels": self.expired_labels,
+                         "corrections": self.corrections, "duplicates": self.duplicates},
+        }
+
+    @classmethod
+    def restore(cls, data: dict[str, Any], decoders: Mapping[str, Callable[[list[Any]], Sequence[Any]]] | None = None,
+                hash_ids: HashIds = hash_ids) -> ColumnJoin:
+        """The join a snapshot was taken of. `decoders` turn an object column's JSON values back
+        into what was stored (JSON has no tuples: segments come back as lists without one)."""
+        if not isinstance(data, dict) or data.get("kind") != "column_join" or data.get("v") != 1:
+            got = (data.get("kind"), data.get("v")) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"not a column_join v1 snapshot: {got!r}")
+        columns = {k: np.dtype(object if v == "object" else v) for k, v in data["columns"].items()}
+        join = cls(data["max_delay_ms"], data["correction_ms"], columns, hash_ids)
+        decoders = decoders or {}
+
+        def payload(part: dict[str, Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for k, dtype in columns.items():
+                values = decode_column(part["columns"][k])
+                if dtype == object:
+                    out[k] = decoders.get(k, list)(values)
+                else:
+                    out[k] = np.array(values, dtype=dtype)
+            return out
+
+        for name, state in (("predictions", _PRED), ("labels", _LABEL), ("joined", _JOINED)):
+            part = data[name]
+            sids = id_array(decode_column(part["id"]))
+            if not len(sids):
+                continue
+            e = join._insert(np.asarray(join._hash(sids), dtype=np.uint64), sids)
+            join._ts[e] = decode_column(part["ts"])
+            if "columns" in part:
+                join._write_payload(e, join._payload_batch(payload(part), len(e)), np.arange(len(e)))
+            if "label" in part:
+                join._write_labels(e, label_array(decode_column(part["label"])))
+            join._set_state(e, state)
+        counters = data["counters"]
+        join.expired_predictions, join.expired_labels = counters["expired_predictions"], counters["expired_labels"]
+        join.corrections, join.duplicates = counters["corrections"], counters["duplicates"]
+        return join
+
+    def _ordered(self, state: int) -> IntArray:
+        log = self._logs[state]
+        e = log.entries[log.head:log.size]
+        live = (self._state[e] == state) & (self._pos[e] == np.arange(log.base + log.head, log.base + log.size))
+        return e[live]
+
+    # -- entries -------------------------------------------------------------------------------
+
+    def _payload_batch(self, columns: Mapping[str, Any], n: int) -> dict[str, np.ndarray]:
+        if columns.keys() != self.columns.keys():
+            raise ValueError(f"payload columns {sorted(columns)} are not the join's {sorted(self.columns)}")
+        out = {}
+        for k, dtype in self.columns.items():
+            column = _object_column(columns[k], n) if dtype == object else np.asarray(columns[k], dtype=dtype)
+            if len(column) != n:
+                raise ValueError(f"payload column {k!r} has {len(column)} values for {n} ids")
+            out[k] = column
+        return out
+
+    def _write_payload(self, entries: IntArray, payload: Mapping[str, np.ndarray], rows: IntArray) -> None:
+        for k, column in payload.items():
+            self._payload[k][entries] = column[rows]
+
+    def _take(self, entries: IntArray) -> dict[str, np.ndarray]:
+        return {k: v[entries] for k, v in self._payload.items()}
+
+    def _write_labels(self, entries: IntArray, values: np.ndarray) -> None:
+        if self._label is None:
+            self._label = np.zeros(len(self._ts), dtype=values.dtype)
+        elif self._label.dtype != values.dtype:
+            if self._label.dtype != object:
+                self._label = self._label.astype(object)  # Python bools, ints, floats: types kept
+            values = values.astype(object)
+        self._label[entries] = values
+
+    def _state_of(self, entries: IntArray) -> npt.NDArray[np.int8]:
+        return np.where(entries >= 0, self._state[entries], np.int8(_FREE)).astype(np.int8)
+
+    def _set_state(self, entries: IntArray, state: int) -> None:
+        """Move entries (distinct) to the end of `state`'s log."""
+        before = np.bincount(self._state[entries], minlength=4)
+        for s in (1, 2, 3):
+            self._counts[s] -= int(before[s])
+        self._counts[state] += len(entries)
+        self._state[entries] = state
+        self._pos[entries] = self._logs[state].append(entries)
+
+    def _release(self, entries: IntArray) -> None:
+        for s, count in enumerate(np.bincount(self._state[entries], minlength=4).tolist()):
+            self._counts[s] -= count
+        self._state[entries] = _FREE
+        self._table[self._slot[entries]] = _TOMB
+        for k, dtype in self.columns.items():
+            if dtype == object:
+                self._payload[k][entries] = None
+        if self._label is not None and self._label.dtype == object:
+            self._label[entries] = None
+        self._free = np.concatenate([self._free, entries])
+
+    def _alloc(self, k: int) -> IntArray:
+        reuse = min(k, len(self._free))
+        taken = self._free[len(self._free) - reuse:]
+        self._free = self._free[:len(self._free) - reuse]
+        fresh = k - reuse
+        if self._top + fresh > len(self._ts):
+            self._grow(max(3 * len(self._ts) // 2, self._top + fresh))
+        out = np.concatenate([taken, np.arange(self._top, self._top + fresh, dtype=np.int64)])
+        self._top += fresh
+        return out
+
+    def _grow(self, cap: int) -> None:
+        def grown(a: np.ndarray) -> np.ndarray:
+            b = np.full(cap, None, dtype=object) if a.dtype == object else np.zeros(cap, dtype=a.dtype)
+            b[:len(a)] = a
+            return b
+
+        self._key, self._id, self._ts = grown(self._key), grown(self._id), grown(self._ts)
+        self._state, self._pos, self._slot = grown(self._state), grown(self._pos), grown(self._slot)
+        self._payload = {k: grown(v) for k, v in self._payload.items()}
+        if self._label is not None:
+            self._label = grown(self._label)
+
+    # -- the table -----------------------------------------------------------------------------
+
+    def _insert(self, h: npt.NDArray[np.uint64], sids: np.ndarray, free_slot: IntArray | None = None) -> IntArray:
+        """New entries for ids the join does not hold (distinct), in the table and the arena.
+        `free_slot`: per id, a free slot _find saw in its first window (or -1), if the table has
+        not changed since."""
+        e = self._alloc(len(h))
+        if sids.dtype.itemsize > self._id.dtype.itemsize:
+            self._id = self._id.astype(sids.dtype)
+        self._id[e] = sids
+        self._key[e] = h
+        need = sum(self._counts) + len(h)
+        if self._used + len(h) > self._capacity // 2:
+            self._rebuild(need)
+            free_slot = None
+        rest = np.arange(len(h))
+        if free_slot is not None:  # claim the slots _find saw; whoever loses one probes again
+            direct = np.flatnonzero(free_slot >= 0)
+            slot = free_slot[direct]
+            value = (np.maximum(h[direct] >> np.uint64(32), np.uint64(2)) << np.uint64(32)) | e[direct].astype(np.uint64)
+            was_empty = self._table[slot] == _EMPTY
+            self._table[slot] = value
+            won = self._table[slot] == value
+            self._used += int(was_empty[won].sum())
+            self._slot[e[direct[won]]] = slot[won]
+            if won.all() and len(direct) == len(h):
+                return e
+            placed = np.zeros(len(h), dtype=np.bool_)
+            placed[direct[won]] = True
+            rest = np.flatnonzero(~placed)
+            if len(rest) <= _FEW and all(self._place_one(int(h[i]), int(e[i])) for i in rest.tolist()):
+                return e  # a few left: one by one costs less than numpy's per-call overhead
+        while not self._place(h[rest], e[rest]):
+            self._rebuild(2 * need)
+            rest = np.arange(len(h))
+        return e
+
+    def _new_table(self, capacity: int) -> None:
+        # Probes do not wrap around: a tail past the last home slot takes the runs that reach it.
+        self._capacity = capacity
+        self._table = np.zeros(capacity + _TAIL, dtype=np.uint64)
+        self._windows = sliding_window_view(self._table, _WIDTH)  # window i = slots i .. i+7, one row
+        self._used = 0
+
+    def _rebuild(self, need: int) -> None:
+        """A new table at a load of 1/8 to 1/4, without tombstones."""
+        capacity = 64
+        while capacity < 4 * need:
+            capacity *= 2
+        live = np.flatnonzero(self._state[:self._top] != _FREE)
+        self._new_table(capacity)
+        while not self._place(self._key[live], live):
+            self._new_table(2 * self._capacity)
+
+    def _place(self, h: npt.NDArray[np.uint64], entries: IntArray) -> bool:
+        """Entries into the first free slot (empty or tombstone) of their probe sequences; False
+        if a run reached the end of the tail (then the table needs rebuilding, larger)."""
+        value = (np.maximum(h >> np.uint64(32), np.uint64(2)) << np.uint64(32)) | entries.astype(np.uint64)
+        rows = np.arange(len(h), dtype=np.int64)
+        start = (h & np.uint64(self._capacity - 1)).astype(np.int64)  # per row: where its window starts
+        last = len(self._table) - _WIDTH
+        while len(rows):
+            v = self._windows[start]
+            free = v < 2
+            at = free.argmax(axis=1)
+            has = free[np.arange(len(rows)), at]
+            hi = np.flatnonzero(has)
+            slot = start[hi] + at[hi]
+            mine = rows[hi]
+            was_empty = v[hi, at[hi]] == _EMPTY
+            self._table[slot] = value[mine]  # several may claim one slot: one of them gets it
+            won = self._table[slot] == value[mine]
+            self._used += int(was_empty[won].sum())
+            self._slot[entries[mine[won]]] = slot[won]
+            # Losers try the same window again; a window without a free slot moves on by its width.
+            lost, full = hi[~won], np.flatnonzero(~has)
+            rows = np.concatenate([rows[lost], rows[full]])
+            start = np.concatenate([start[lost], start[full] + _WIDTH])
+            if len(full) and start.max() > last:
+                return False
+        return True
+
+    def _find(self, h: npt.NDArray[np.uint64], sids: np.ndarray) -> tuple[IntArray, IntArray | None]:
+        """The entry of each id, -1 where the join holds none; and where the first window of
+        each id has a free slot, that slot (else -1), for _insert while the table is unchanged."""
+        n = len(h)
+        found = np.full(n, -1, dtype=np.int64)
+        if n == 0 or sum(self._counts) == 0:
+            return found, None
+        free_slot: IntArray | None = None
+        finger = np.maximum(h >> np.uint64(32), np.uint64(2))
+        start = (h & np.uint64(self._capacity - 1)).astype(np.int64)
+        rows = np.arange(n, dtype=np.int64)
+        last = len(self._table) - _WIDTH
+        slow: list[IntArray] = []
+        while True:
+            v = self._windows[start]
+            match = (v >> np.uint64(32)) == finger[:, None]
+            at = match.argmax(axis=1)
+            ar = np.arange(len(rows))
+            if free_slot is None:
+                free = v < 2
+                free_at = free.argmax(axis=1)
+                free_slot = np.where(free[ar, free_at], start + free_at, -1)
+            hit = match[ar, at]
+            c = np.flatnonzero(hit)
+            if len(c):
+                e = (v[c, at[c]] & _LOW).astype(np.int64)
+                ok = self._id[e] == sids[rows[c]]
+                found[rows[c[ok]]] = e[ok]
+                if not ok.all():
+                    slow.append(rows[c[~ok]])  # a fingerprint or hash collision: settled one by one
+            # Without a match, a row goes on while its window is full; an empty slot ends its run.
+            empty = v == _EMPTY
+            go = np.flatnonzero(~hit & ~empty[ar, empty.argmax(axis=1)])
+            if len(go) <= _FEW:
+                slow.append(rows[go])
+                break
+            rows, start, finger = rows[go], start[go] + _WIDTH, finger[go]
+            inside = start <= last
+            if not inside.all():
+                rows, start, finger = rows[inside], start[inside], finger[inside]
+                if not len(rows):
+                    break
+        for i in np.concatenate(slow).tolist() if slow else []:
+            found[i] = self._find_one(int(h[i]), sids[i])
+        return found, free_slot
+
+    def _place_one(self, h: int, entry: int) -> bool:
+        for slot in range(h & (self._capacity - 1), len(self._table)):
+            if int(self._table[slot]) < 2:
+                self._used += int(self._table[slot]) == _EMPTY
+                self._table[slot] = (max(h >> 32, 2) << 32) | entry
+                self._slot[entry] = slot
+                return True
+        return False
+
+    def _find_one(self, h: int, sid: bytes) -> int:
+        for slot in range(h & (self._capacity - 1), len(self._table)):
+            v = int(self._table[slot])
+            if v == _EMPTY:
+                return -1
+            if v != _TOMB:
+                e = v & 0xFFFFFFFF
+                if int(self._key[e]) == h and self._id[e] == sid:
+                    return e
+        return -1
+
+
+def _last_per_group(rows: IntArray, group: IntArray) -> IntArray:
+    """Of rows (in batch order), the last one of each id, in batch order."""
+    g = group[rows][::-1]
+    _, index = np.unique(g, return_index=True)
+    return np.sort(rows[::-1][index])
+
+
+__all__ = ["ColumnJoin", "ColumnJoined", "hash_ids", "id_array", "label_array"]

@@ -1,0 +1,224 @@
+"""ColumnJoin against LabelJoin: the same random batches into both, the same outcomes out."""
+
+import json
+import tracemalloc
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mle_stream.core.column_join import ColumnJoin, ColumnJoined, hash_ids, id_array
+from mle_stream.core.join import Joined, LabelJoin
+from mle_stream.core.snapshot_columns import decode_column
+
+COLUMNS = {"pane": np.int64, "version": np.int8, "output": np.float64, "decision": np.bool_, "segments": object}
+IDS = ["a0", "a1", "a2", "a3", "b", "é5", "c" * 9, "d" * 17, "e" * 8, "f" * 40]  # several widths, one not ASCII
+MIXED_LABELS = [True, False, 0, 1, 1.0, 0.0, -0.0, 2.5, "a", "b"]  # True == 1 == 1.0, yet not the same label
+
+
+def payload_of(pid: str, ts: int) -> tuple[Any, ...]:
+    segments = (None,) if ts % 3 else (None, ("region", pid))
+    return ts // 100, len(pid) % 3, ts / 7, ts % 2 == 0, segments
+
+
+def restore_segments(values: list[Any]) -> list[Any]:
+    return [tuple(None if d is None else tuple(d) for d in s) for s in values]
+
+
+def tiny_hash(ids: np.ndarray) -> np.ndarray:
+    """Three hash values for all ids: every lookup meets collisions."""
+    return np.array([len(i) % 3 for i in ids.tolist()], dtype=np.uint64)
+
+
+def rows_of(joined: Joined[Any]) -> list[tuple[Any, ...]]:
+    return [(p, type(label), label, w) for p, label, w in zip(joined.predictions, joined.labels, joined.weights)]
+
+
+def column_rows_of(joined: ColumnJoined) -> list[tuple[Any, ...]]:
+    columns = [joined.predictions[k].tolist() for k in COLUMNS]
+    predictions = list(zip(*columns)) if columns[0] else []
+    labels = joined.labels.tolist()
+    return [(p, type(label), label, w) for p, label, w in zip(predictions, labels, joined.weights.tolist())]
+
+
+def ordered(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """What a snapshot holds that behaviour depends on: ids, timestamps and labels in order."""
+    out = {}
+    for part in ("predictions", "labels", "joined"):
+        data = snapshot[part]
+        out[part] = [decode_column(data["id"]), decode_column(data["ts"])]
+        if "label" in data:
+            labels = decode_column(data["label"])
+            out[part].append([(type(v), v) for v in labels])
+    return out
+
+
+def same_state(lj: LabelJoin[Any], cj: ColumnJoin) -> None:
+    assert cj.pending == lj.pending and cj.joined == lj.joined
+    assert (cj.expired_predictions, cj.expired_labels, cj.corrections, cj.duplicates) == (
+        lj.expired_predictions, lj.expired_labels, lj.corrections, lj.duplicates)
+    assert cj.holds(IDS).tolist() == lj.holds(IDS)
+    assert [(type(v), v) for v in cj.labels_of(IDS)] == [(type(v), v) for v in lj.labels_of(IDS)]
+    assert ordered(cj.snapshot()) == ordered(lj.snapshot())
+
+
+ids_st = st.sampled_from(IDS)
+ts_st = st.integers(0, 60).map(lambda k: 50 * k)  # coarse: timestamps on an expiry horizon happen
+
+
+def ops(labels: list[Any]) -> st.SearchStrategy[list[tuple[Any, ...]]]:
+    batch_of_predictions = st.tuples(st.just("p"), st.lists(st.tuples(ids_st, ts_st), max_size=8), st.booleans())
+    batch_of_labels = st.tuples(st.just("l"), st.lists(st.tuples(ids_st, ts_st, st.sampled_from(labels)), max_size=8),
+                                st.booleans())
+    expire = st.tuples(st.just("x"), st.integers(0, 80).map(lambda k: 50 * k))
+    snapshot = st.tuples(st.just("s"))
+    return st.lists(st.one_of(batch_of_predictions, batch_of_labels, expire, snapshot), max_size=30)
+
+
+def run(sequence: list[tuple[Any, ...]], hash_fn: Callable[[np.ndarray], np.ndarray] = hash_ids) -> None:
+    lj: LabelJoin[Any] = LabelJoin(max_delay_ms=500, correction_ms=300)
+    cj = ColumnJoin(500, 300, COLUMNS, hash_ids=hash_fn)
+    for op in sequence:
+        if op[0] == "p":
+            records, as_array = op[1], op[2]
+            ids = [r[0] for r in records]
+            ts = [r[1] for r in records]
+            payloads = [payload_of(i, t) for i, t in records]
+            expected = lj.add_predictions(ids, ts, payloads)
+            columns = {k: [p[j] for p in payloads] for j, k in enumerate(COLUMNS)}
+            got = cj.add_predictions(id_array(ids) if as_array else ids, np.array(ts, dtype=np.int64), columns)
+            assert column_rows_of(got) == rows_of(expected)
+            # Each joined row names the prediction it came from.
+            assert [payloads[r] for r in got.rows.tolist()] == [row[0] for row in column_rows_of(got)]
+            assert got.duplicates.tolist() == expected.duplicates
+        elif op[0] == "l":
+            records, as_array = op[1], op[2]
+            ids, ts, labels = [r[0] for r in records], [r[1] for r in records], [r[2] for r in records]
+            expected = lj.add_labels(ids, ts, labels)
+            got = cj.add_labels(id_array(ids) if as_array else ids, ts, labels)
+            assert column_rows_of(got) == rows_of(expected)
+            assert got.duplicates.tolist() == expected.duplicates
+            # Each joined row names the label it came from (a correction's -1 row: the label correcting it).
+            new = [(r, row) for r, row in zip(got.rows.tolist(), column_rows_of(got)) if row[3] == 1.0]
+            assert [(type(labels[r]), labels[r]) for r, _ in new] == [row[1:3] for _, row in new]
+        elif op[0] == "x":
+            lj.expire(op[1])
+            cj.expire(op[1])
+        else:
+            data = json.loads(json.dumps(cj.snapshot()))
+            cj = ColumnJoin.restore(data, {"segments": restore_segments}, hash_ids=hash_fn)
+            assert json.loads(json.dumps(cj.snapshot())) == data
+        same_state(lj, cj)
+
+
+SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(ops(MIXED_LABELS))
+def test_same_outcomes_as_label_join_with_labels_of_mixed_types(sequence: list[tuple[Any, ...]]) -> None:
+    run(sequence)
+
+
+@SETTINGS
+@given(ops([True, False]))
+def test_same_outcomes_as_label_join_with_boolean_labels(sequence: list[tuple[Any, ...]]) -> None:
+    run(sequence)
+
+
+@SETTINGS
+@given(ops(MIXED_LABELS))
+def test_same_outcomes_when_every_id_collides(sequence: list[tuple[Any, ...]]) -> None:
+    run(sequence, tiny_hash)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 2000)), max_size=300), st.integers(0, 3000))
+def test_many_ids_through_table_rebuilds_and_expiry(records: list[tuple[int, int]], watermark: int) -> None:
+    """Enough ids to grow the arena and rebuild the table, with forced collisions on half of them."""
+    for hash_fn in (hash_ids, lambda ids: hash_ids(ids) & np.uint64(0xFF00000000000007)):
+        lj: LabelJoin[Any] = LabelJoin(max_delay_ms=500, correction_ms=300)
+        cj = ColumnJoin(500, 300, COLUMNS, hash_ids=hash_fn)
+        for start in range(0, len(records), 37):
+            chunk = records[start:start + 37]
+            ids = [f"id-{i}" for i, _ in chunk]
+            ts = [t for _, t in chunk]
+            payloads = [payload_of(i, t) for i, t in zip(ids, ts)]
+            if start % 2:
+                expected = lj.add_labels(ids, ts, [t % 2 == 0 for t in ts])
+                got = cj.add_labels(ids, ts, np.array([t % 2 == 0 for t in ts]))
+            else:
+                expected = lj.add_predictions(ids, ts, payloads)
+                got = cj.add_predictions(ids, ts, {k: [p[j] for p in payloads] for j, k in enumerate(COLUMNS)})
+            assert column_rows_of(got) == rows_of(expected)
+            assert got.duplicates.tolist() == expected.duplicates
+            if start % 3 == 0:
+                lj.expire(watermark + start)
+                cj.expire(watermark + start)
+            same_state(lj, cj)
+
+
+def test_hash_does_not_depend_on_the_array_width() -> None:
+    narrow = np.array([b"ab", b"0123456789abcdef"], dtype="S16")
+    wide = np.array([b"ab", b"0123456789abcdef"], dtype="S41")
+    assert hash_ids(narrow).tolist() == hash_ids(wide).tolist()
+    assert len(set(hash_ids(np.array([f"{i:032x}".encode() for i in range(10_000)])).tolist())) == 10_000
+
+
+def test_ids_as_str_and_as_bytes_are_one_id() -> None:
+    cj = ColumnJoin(1000, 0, {"output": np.float64})
+    cj.add_predictions(["é-1", "x"], [1, 2], {"output": [0.5, 0.25]})
+    got = cj.add_labels(np.array(["é-1".encode(), b"x"]), [3, 4], [True, False])
+    assert got.rows.tolist() == [0, 1] and got.predictions["output"].tolist() == [0.5, 0.25]
+
+
+def test_an_id_with_a_nul_character_is_refused_with_the_id() -> None:
+    cj = ColumnJoin(1000, 0, {"output": np.float64})
+    with pytest.raises(ValueError, match="'a\\\\x00' contains a NUL"):
+        cj.add_predictions(["ok", "a\x00"], [1, 2], {"output": [0.5, 0.25]})
+
+
+def test_bad_parameters_and_columns_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_delay_ms > 0"):
+        ColumnJoin(0, 0, {})
+    cj = ColumnJoin(1000, 0, {"output": np.float64})
+    with pytest.raises(ValueError, match="payload columns"):
+        cj.add_predictions(["a"], [1], {"score": [0.5]})
+    with pytest.raises(ValueError, match="not a column_join"):
+        ColumnJoin.restore(LabelJoin(1, 0).snapshot())
+
+
+def pending_bytes(make: Callable[[], Any], add: Callable[[Any, list[str], list[int], int], None], n: int) -> float:
+    """Bytes held per pending prediction, ids included (the decoder's strings die with their batch
+    unless the join keeps them)."""
+    tracemalloc.start()
+    join = make()
+    base = tracemalloc.get_traced_memory()[0]
+    for start in range(0, n, 500):
+        ids = [f"{(start + i) * 2654435761 % 2**128:032x}" for i in range(500)]
+        add(join, ids, list(range(start, start + 500)), start)
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert join.pending == (n, 0)
+    return held / n
+
+
+def test_memory_per_pending_prediction() -> None:
+    n = 20_000
+
+    def add_columns(join: ColumnJoin, ids: list[str], ts: list[int], start: int) -> None:
+        k = len(ids)
+        join.add_predictions(ids, ts, {"pane": np.full(k, start - start % 1000), "version": np.zeros(k, np.int8),
+                                       "output": np.random.default_rng(start).random(k), "decision": np.ones(k, bool)})
+
+    def add_tuples(join: LabelJoin[Any], ids: list[str], ts: list[int], start: int) -> None:
+        outputs = np.random.default_rng(start).random(len(ids)).tolist()
+        pane, version, whole = start - start % 1000, "1", (None,)
+        join.add_predictions(ids, ts, [(pane, version, whole, o, True) for o in outputs])
+
+    columns = pending_bytes(lambda: ColumnJoin(10**9, 0, {"pane": np.int64, "version": np.int8,
+                                                          "output": np.float64, "decision": np.bool_}), add_columns, n)
+    tuples = pending_bytes(lambda: LabelJoin(10**9, 0), add_tuples, n)
+    assert columns < 220 and columns < 0.75 * tuples, (columns, tuples)
