@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""The label join alone: LabelJoin (dicts of tuples, what the evaluator uses) against ColumnJoin
-(numpy columns, core/column_join.py) on the traffic of `mle-stream bench`.
+"""The label join alone: ColumnJoin (numpy columns, core/column_join.py, what the evaluator uses)
+against LabelJoin (dicts of tuples, the reference model in tests/label_join_reference.py, which
+the evaluator used until ColumnJoin) on the traffic of `mle-stream bench`.
 
 Traffic as bench.py makes it: N predictions with 32-hex-digit ids, 2000 per second of event time,
 ~90% labeled 0.5-4 s later (labels sent as their time comes, interleaved with the predictions),
@@ -37,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 import tracemalloc
 from itertools import repeat
 from typing import Any, Iterator
@@ -44,7 +46,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from mle_stream.core.column_join import ColumnJoin, ColumnJoined
-from mle_stream.core.join import Joined, LabelJoin
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from label_join_reference import Joined, LabelJoin  # noqa: E402  (the tests' reference model)
 
 RATE_PER_S = 2_000
 LABELED = 0.9

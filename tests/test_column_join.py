@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mle_stream.core.column_join import ColumnJoin, ColumnJoined, hash_ids, id_array
-from mle_stream.core.join import Joined, LabelJoin
+from mle_stream.core.id_table import IdTable
+from label_join_reference import Joined, LabelJoin
 from mle_stream.core.snapshot_columns import decode_column
 
 COLUMNS = {"pane": np.int64, "version": np.int8, "output": np.float64, "decision": np.bool_, "segments": object}
@@ -158,6 +159,42 @@ def test_many_ids_through_table_rebuilds_and_expiry(records: list[tuple[int, int
                 lj.expire(watermark + start)
                 cj.expire(watermark + start)
             same_state(lj, cj)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 199), max_size=60)), max_size=20), st.booleans())
+def test_id_table_alone_against_a_dict(batches: list[tuple[bool, list[int]]], collide: bool) -> None:
+    """IdTable driven as the join drives it (find, then insert into the free slots find saw,
+    rebuilding when crowded or when a run reaches the tail; delete leaves tombstones), with every
+    hash in 8 home slots when `collide`: it finds exactly what a dict holds."""
+    ids = id_array([f"id-{i}" for i in range(200)])
+    keys = hash_ids(ids) & np.uint64(0xFF00000000000007) if collide else hash_ids(ids)
+    slot_of = np.zeros(200, dtype=np.int32)  # entry i is id i
+    table, held = IdTable(), set[int]()
+    for insert, batch in batches:
+        e = np.array(sorted(set(batch)), dtype=np.int64)
+        if insert:
+            e = e[~np.isin(e, list(held))]
+            found, free_slot = table.find(keys[e], ids[e], keys, ids)
+            assert (found == -1).all()
+            need = len(held) + len(e)
+            if table.crowded(len(e)):
+                table.rebuild(need, keys, np.array(sorted(held), dtype=np.int64), slot_of)
+                free_slot = None
+            placed = table.insert(keys[e], e, slot_of, free_slot)
+            while not placed:
+                table.rebuild(2 * need, keys, np.array(sorted(held), dtype=np.int64), slot_of)
+                placed = table.insert(keys[e], e, slot_of)
+            held |= set(e.tolist())
+            assert table.used <= table.capacity // 2
+        else:
+            e = e[np.isin(e, list(held))]
+            table.delete(slot_of[e])
+            held -= set(e.tolist())
+        found, _ = table.find(keys, ids, keys, ids)
+        assert found.tolist() == [i if i in held else -1 for i in range(200)]
+        live = np.array(sorted(held), dtype=np.int64)
+        assert ((table.slots[slot_of[live]] & np.uint64(0xFFFFFFFF)).astype(np.int64) == live).all()
 
 
 def test_hash_does_not_depend_on_the_array_width() -> None:

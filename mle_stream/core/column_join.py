@@ -1,5 +1,6 @@
-"""The label join on numpy columns: LabelJoin's semantics (core/join.py) without a Python object
-per pending prediction. A prototype (issue 3), not yet used by the evaluator.
+"""The evaluator's label join, on numpy columns: no Python object per pending prediction. Its rules
+are those of LabelJoin, the record-by-record reference model in tests/label_join_reference.py
+(the evaluator's join until this one; tests/test_column_join.py checks the two agree).
 
 Same rules as LabelJoin, batch for batch: either arrival order; expiry by event time from the
 front in insertion order; joined pairs kept `correction_ms` more, so a different second label is
@@ -10,35 +11,19 @@ come back in LabelJoin's order too (add_labels: the labels that met a waiting pr
 the corrections in batch order).
 
 How it is kept:
-- An id is its UTF-8 bytes in a numpy `S` array (the decoder can hand one over as it is; a list
-  of str is converted, ~0.06-0.08 us an id). Ids must not contain NUL: an `S` array pads with it.
-  `hash_ids` hashes a whole batch at once: each 8-byte chunk is multiplied by an odd constant of
-  its position and avalanched (murmur3's fmix64), the chunks are summed and mixed again, ~0.06 us
-  an id. Two ids that differ in one chunk never collide; the id itself is kept and compared on
-  every hit, so a collision only costs a lookup one by one.
+- An id is its UTF-8 bytes in a numpy `S` array, hashed a batch at once to 64 bits (`id_array`,
+  `hash_ids`: core/id_hash.py). Ids must not contain NUL: an `S` array pads with it.
 - One entry per id in an arena of columns (key, id, ts, state, log position, table slot, label,
   and the caller's payload columns: pane, version code, output, decision, and an object column
   only where the task needs one), whether the id waits as a prediction, as a label or is joined.
   Freed entries are reused; the arena grows by half.
-- An open-addressing table finds the entries of a batch: linear probing over a power of two of
-  8-byte slots (a 32-bit fingerprint of the hash and the entry index), without wrap-around (a
-  tail of 64 slots past the last home slot takes the runs that reach it). A batch's probes read
-  8 slots at once (64 bytes) as one row of a sliding-window view: one numpy call, ~24 ns an id
-  at 50,000 ids where building the indices and gathering slot by slot took ~74 ns. At a load of
-  at most 1/2, 99% of lookups end in their first window; the few that do not go on one window
-  at a time, or one by one when only a handful are left (numpy costs ~1 us a call, whatever its
-  size). Deleted slots are tombstones; when live slots and tombstones pass half of the table it
-  is rebuilt from the arena's keys at a load of 1/8 to 1/4, so a rebuild reinserts 1/3 to 1
-  entry per insert since the last one.
+- An open-addressing table (core/id_table.py) finds the entries of a batch, a window of 8 slots
+  per id in one numpy call; the id itself is kept and compared on every hit. Deleted slots are
+  tombstones; when live slots and tombstones pass half of the table, the join rebuilds it from
+  the arena's keys at a load of 1/8 to 1/4.
 - Insertion order (what expiry walks) is one log of entry indices per state; an entry knows its
   position in its log, so a log record is live while the entry still has that state and
   position. A joined or replaced entry leaves a dead record behind, which expiry skips.
-
-Why a hash table rather than sorted runs (2-core machine, numpy 2.4, 1M keys held): a window
-lookup of 500 / 50,000 random keys took 0.04 / 0.09 us a key, np.searchsorted into one sorted run
-of 1M keys 0.03 / 0.21 us (0.08 with the queries sorted first); sorted runs need a search per run
-and merges as keys come and go, the table one window. A Python dict took 0.09 / 0.33 us a key
-for `get` alone.
 
 Measured with scripts/bench_join.py (1M predictions of bench.py's traffic, medians of 3 runs,
 +-25% noise), in us per prediction: LabelJoin (building the tuples + add_predictions +
@@ -63,66 +48,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.stride_tricks import sliding_window_view
 
 from mle_stream.core.events import LabelValue
+from mle_stream.core.id_hash import hash_ids, id_array
+from mle_stream.core.id_table import IdTable
 from mle_stream.core.snapshot_columns import decode_column, encode_column
 
 IntArray = npt.NDArray[np.int64]
 HashIds = Callable[[np.ndarray], npt.NDArray[np.uint64]]
 
 _FREE, _PRED, _LABEL, _JOINED = 0, 1, 2, 3  # entry states
-_EMPTY, _TOMB = 0, 1  # table slots that hold no entry; a live slot is fingerprint << 32 | entry
-_WIDTH = 8  # table slots per probe window: 64 bytes
-_TAIL = 64  # slots past the last home slot
-_FEW = 4  # rows left after a vectorized pass that go one by one
-_LOW = np.uint64(0xFFFFFFFF)
-_POSITION_FACTOR = np.arange(1, 129, 2, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) | np.uint64(1)
-
-
-def _fmix64(k: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """murmur3's finalizer, in place: every input bit flips each output bit with probability ~1/2."""
-    k ^= k >> np.uint64(33)
-    k *= np.uint64(0xFF51AFD7ED558CCD)
-    k ^= k >> np.uint64(33)
-    k *= np.uint64(0xC4CEB9FE1A85EC53)
-    k ^= k >> np.uint64(33)
-    return k
-
-
-def hash_ids(ids: np.ndarray) -> npt.NDArray[np.uint64]:
-    """64-bit hashes of an `S` array of ids. Each 8-byte chunk is multiplied by an odd constant of
-    its position and avalanched, the chunks are summed and mixed again. A chunk of padding (zero)
-    adds zero, so the hash of an id does not depend on the width of the array it came in."""
-    n, width = len(ids), ids.dtype.itemsize
-    words = -(-width // 8)
-    if width == words * 8:
-        chunks = np.ascontiguousarray(ids).view(np.uint64).reshape(n, words).copy()
-    else:
-        padded = np.zeros((n, words * 8), dtype=np.uint8)
-        padded[:, :width] = np.ascontiguousarray(ids).view(np.uint8).reshape(n, width)
-        chunks = padded.view(np.uint64)
-    chunks *= _POSITION_FACTOR[:words] if words <= len(_POSITION_FACTOR) else np.resize(_POSITION_FACTOR, words)
-    _fmix64(chunks)
-    return _fmix64(chunks.sum(axis=1, dtype=np.uint64))
-
-
-def id_array(ids: Sequence[str] | np.ndarray) -> np.ndarray:
-    """Ids as an `S` array: as they are if they already are one, else their UTF-8 bytes."""
-    if isinstance(ids, np.ndarray):
-        if ids.dtype.kind == "S":
-            return ids
-        if ids.dtype.kind != "U":
-            raise TypeError(f"prediction ids must be str or an S/U numpy array, got dtype {ids.dtype}")
-        ids = ids.tolist()
-    text = "".join(ids)
-    if "\x00" in text:
-        bad = next(i for i in ids if "\x00" in i)
-        raise ValueError(f"prediction_id {bad!r} contains a NUL character, which the column join "
-                         "cannot keep apart from padding: reject the record before the join")
-    if text.isascii():
-        return np.array(ids, dtype="S") if ids else np.zeros(0, dtype="S1")
-    return np.array([i.encode() for i in ids], dtype="S")
 
 
 def label_array(labels: Sequence[LabelValue] | np.ndarray) -> np.ndarray:
@@ -260,7 +195,7 @@ class ColumnJoin:
         self.duplicates = 0
         self._counts = [0, 0, 0, 0]  # entries per state
         # The table.
-        self._new_table(64)  # sets _table, _windows, _capacity and _used (live slots and tombstones)
+        self._table = IdTable(64)  # id hash -> entry index
         # The arena: one entry per id held.
         cap = 64
         self._key = np.zeros(cap, dtype=np.uint64)
@@ -498,9 +433,9 @@ class ColumnJoin:
     @property
     def nbytes(self) -> int:
         """Bytes of the numpy arrays this join holds (objects in object columns not counted)."""
-        arrays = [self._table, self._key, self._id, self._ts, self._state, self._pos, self._slot, self._free,
+        arrays = [self._key, self._id, self._ts, self._state, self._pos, self._slot, self._free,
                   *self._payload.values(), *(log.entries for log in self._logs.values())]
-        return sum(a.nbytes for a in arrays) + (0 if self._label is None else self._label.nbytes)
+        return self._table.nbytes + sum(a.nbytes for a in arrays) + (0 if self._label is None else self._label.nbytes)
 
     # -- snapshot ------------------------------------------------------------------------------
 
@@ -616,7 +551,7 @@ class ColumnJoin:
         for s, count in enumerate(np.bincount(self._state[entries], minlength=4).tolist()):
             self._counts[s] -= count
         self._state[entries] = _FREE
-        self._table[self._slot[entries]] = _TOMB
+        self._table.delete(self._slot[entries])
         for k, dtype in self.columns.items():
             if dtype == object:
                 self._payload[k][entries] = None
@@ -658,142 +593,27 @@ class ColumnJoin:
             self._id = self._id.astype(sids.dtype)
         self._id[e] = sids
         self._key[e] = h
+        table = self._table
         need = sum(self._counts) + len(h)
-        if self._used + len(h) > self._capacity // 2:
-            self._rebuild(need)
+        if table.crowded(len(h)):
+            table.rebuild(need, self._key, self._live(), self._slot)
             free_slot = None
-        rest = np.arange(len(h))
-        if free_slot is not None:  # claim the slots _find saw; whoever loses one probes again
-            direct = np.flatnonzero(free_slot >= 0)
-            slot = free_slot[direct]
-            value = (np.maximum(h[direct] >> np.uint64(32), np.uint64(2)) << np.uint64(32)) | e[direct].astype(np.uint64)
-            was_empty = self._table[slot] == _EMPTY
-            self._table[slot] = value
-            won = self._table[slot] == value
-            self._used += int(was_empty[won].sum())
-            self._slot[e[direct[won]]] = slot[won]
-            if won.all() and len(direct) == len(h):
-                return e
-            placed = np.zeros(len(h), dtype=np.bool_)
-            placed[direct[won]] = True
-            rest = np.flatnonzero(~placed)
-            if len(rest) <= _FEW and all(self._place_one(int(h[i]), int(e[i])) for i in rest.tolist()):
-                return e  # a few left: one by one costs less than numpy's per-call overhead
-        while not self._place(h[rest], e[rest]):
-            self._rebuild(2 * need)
-            rest = np.arange(len(h))
+        placed = table.insert(h, e, self._slot, free_slot)
+        while not placed:  # a run reached the end of the tail: a larger table, all of them again
+            table.rebuild(2 * need, self._key, self._live(), self._slot)
+            placed = table.insert(h, e, self._slot)
         return e
 
-    def _new_table(self, capacity: int) -> None:
-        # Probes do not wrap around: a tail past the last home slot takes the runs that reach it.
-        self._capacity = capacity
-        self._table = np.zeros(capacity + _TAIL, dtype=np.uint64)
-        self._windows = sliding_window_view(self._table, _WIDTH)  # window i = slots i .. i+7, one row
-        self._used = 0
-
-    def _rebuild(self, need: int) -> None:
-        """A new table at a load of 1/8 to 1/4, without tombstones."""
-        capacity = 64
-        while capacity < 4 * need:
-            capacity *= 2
-        live = np.flatnonzero(self._state[:self._top] != _FREE)
-        self._new_table(capacity)
-        while not self._place(self._key[live], live):
-            self._new_table(2 * self._capacity)
-
-    def _place(self, h: npt.NDArray[np.uint64], entries: IntArray) -> bool:
-        """Entries into the first free slot (empty or tombstone) of their probe sequences; False
-        if a run reached the end of the tail (then the table needs rebuilding, larger)."""
-        value = (np.maximum(h >> np.uint64(32), np.uint64(2)) << np.uint64(32)) | entries.astype(np.uint64)
-        rows = np.arange(len(h), dtype=np.int64)
-        start = (h & np.uint64(self._capacity - 1)).astype(np.int64)  # per row: where its window starts
-        last = len(self._table) - _WIDTH
-        while len(rows):
-            v = self._windows[start]
-            free = v < 2
-            at = free.argmax(axis=1)
-            has = free[np.arange(len(rows)), at]
-            hi = np.flatnonzero(has)
-            slot = start[hi] + at[hi]
-            mine = rows[hi]
-            was_empty = v[hi, at[hi]] == _EMPTY
-            self._table[slot] = value[mine]  # several may claim one slot: one of them gets it
-            won = self._table[slot] == value[mine]
-            self._used += int(was_empty[won].sum())
-            self._slot[entries[mine[won]]] = slot[won]
-            # Losers try the same window again; a window without a free slot moves on by its width.
-            lost, full = hi[~won], np.flatnonzero(~has)
-            rows = np.concatenate([rows[lost], rows[full]])
-            start = np.concatenate([start[lost], start[full] + _WIDTH])
-            if len(full) and start.max() > last:
-                return False
-        return True
+    def _live(self) -> IntArray:
+        """The entries the table holds; new ones are not among them until their state is set."""
+        return np.flatnonzero(self._state[:self._top] != _FREE)
 
     def _find(self, h: npt.NDArray[np.uint64], sids: np.ndarray) -> tuple[IntArray, IntArray | None]:
         """The entry of each id, -1 where the join holds none; and where the first window of
         each id has a free slot, that slot (else -1), for _insert while the table is unchanged."""
-        n = len(h)
-        found = np.full(n, -1, dtype=np.int64)
-        if n == 0 or sum(self._counts) == 0:
-            return found, None
-        free_slot: IntArray | None = None
-        finger = np.maximum(h >> np.uint64(32), np.uint64(2))
-        start = (h & np.uint64(self._capacity - 1)).astype(np.int64)
-        rows = np.arange(n, dtype=np.int64)
-        last = len(self._table) - _WIDTH
-        slow: list[IntArray] = []
-        while True:
-            v = self._windows[start]
-            match = (v >> np.uint64(32)) == finger[:, None]
-            at = match.argmax(axis=1)
-            ar = np.arange(len(rows))
-            if free_slot is None:
-                free = v < 2
-                free_at = free.argmax(axis=1)
-                free_slot = np.where(free[ar, free_at], start + free_at, -1)
-            hit = match[ar, at]
-            c = np.flatnonzero(hit)
-            if len(c):
-                e = (v[c, at[c]] & _LOW).astype(np.int64)
-                ok = self._id[e] == sids[rows[c]]
-                found[rows[c[ok]]] = e[ok]
-                if not ok.all():
-                    slow.append(rows[c[~ok]])  # a fingerprint or hash collision: settled one by one
-            # Without a match, a row goes on while its window is full; an empty slot ends its run.
-            empty = v == _EMPTY
-            go = np.flatnonzero(~hit & ~empty[ar, empty.argmax(axis=1)])
-            if len(go) <= _FEW:
-                slow.append(rows[go])
-                break
-            rows, start, finger = rows[go], start[go] + _WIDTH, finger[go]
-            inside = start <= last
-            if not inside.all():
-                rows, start, finger = rows[inside], start[inside], finger[inside]
-                if not len(rows):
-                    break
-        for i in np.concatenate(slow).tolist() if slow else []:
-            found[i] = self._find_one(int(h[i]), sids[i])
-        return found, free_slot
-
-    def _place_one(self, h: int, entry: int) -> bool:
-        for slot in range(h & (self._capacity - 1), len(self._table)):
-            if int(self._table[slot]) < 2:
-                self._used += int(self._table[slot]) == _EMPTY
-                self._table[slot] = (max(h >> 32, 2) << 32) | entry
-                self._slot[entry] = slot
-                return True
-        return False
-
-    def _find_one(self, h: int, sid: bytes) -> int:
-        for slot in range(h & (self._capacity - 1), len(self._table)):
-            v = int(self._table[slot])
-            if v == _EMPTY:
-                return -1
-            if v != _TOMB:
-                e = v & 0xFFFFFFFF
-                if int(self._key[e]) == h and self._id[e] == sid:
-                    return e
-        return -1
+        if sum(self._counts) == 0:  # nothing held: no probing (the table may hold tombstones)
+            return np.full(len(h), -1, dtype=np.int64), None
+        return self._table.find(h, sids, self._key, self._id)
 
 
 def _last_per_group(rows: IntArray, group: IntArray) -> IntArray:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from itertools import compress, repeat
+from itertools import repeat
 from operator import itemgetter
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -28,8 +28,8 @@ from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence, pa
 from mle_stream.core.drift.decision import FeatureDrift
 from mle_stream.core.drift.live import SCORE, Columns, DriftSketches, LiveDrift
 from mle_stream.core.drift.profile import ReferenceProfile
-from mle_stream.core.events import Command, DriftTable, Label, LabelValue, MetricSnapshot, Prediction
-from mle_stream.core.join import Joined, LabelJoin, binary_truth
+from mle_stream.core.events import Command, DriftTable, Label, LabelValue, MetricSnapshot, Prediction, binary_truth
+from mle_stream.core.column_join import ColumnJoin, ColumnJoined
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
 from mle_stream.core.metrics.regression import MAX_MAGNITUDE as REGRESSION_MAX_MAGNITUDE
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
@@ -43,10 +43,23 @@ from mle_stream.core.windows import PaneTable, Segment, WindowSpec
 OTHER = "__other__"  # the segment value that stands for every value past the cardinality cap
 WHOLE: tuple[Segment, ...] = (None,)  # the segments of a record without segment values
 
-# What the join keeps of a prediction: enough to score it, not its features. A plain tuple, built
-# by zip() in C: (pane, version, segments, output, decision), where segments always starts with
-# None (the whole version), output is the score (binary), the scores map (multiclass) or the value
-# (regression), and decision is the pod's decision (binary: bool; multiclass: class; else None).
+# What the label join keeps of a prediction: enough to score it, not its features. Columns of the
+# join's arena (core/column_join.py): the pane start, the version's code (ModelEvaluator._codes),
+# the output (the score for binary, the value for regression, the scores map for multiclass), the
+# decision (binary: bool; multiclass: the class; regression has none) and, where the topology has
+# segment dimensions, the segments (a tuple starting with None, the whole version).
+def _payload_columns(topology: Topology) -> dict[str, Any]:
+    task = topology.task
+    columns: dict[str, Any] = {"pane": np.int64, "version": np.int32,
+                               "output": object if task == "multiclass" else np.float64}
+    if task != "regression":
+        columns["decision"] = np.bool_ if task == "binary" else object
+    if topology.segment_dimensions:
+        columns["segments"] = object
+    return columns
+
+
+# Shadow mode pairs predictions as tuples (core/shadow.py): (pane, version, segments, output, decision).
 Pending = tuple[int, str, tuple[Segment, ...], Any, Any]
 
 
@@ -65,35 +78,29 @@ class Advance:
     commands: list[Command] = field(default_factory=list)
 
 
-def _groups(panes: IntArray, versions: Sequence[str],
+def _groups(panes: IntArray, codes: IntArray, names: Sequence[str],
             segments: Sequence[tuple[Segment, ...]] | None) -> Iterator[tuple[tuple[int, str, Segment], IntArray]]:
-    """Row indices per (pane, version, segment): numpy for the whole-version groups, a loop over
-    records only for segment groups."""
+    """Row indices per (pane, version, segment), versions given as codes into `names`: numpy for
+    the whole-version groups, a loop over records only for segment groups."""
     n = len(panes)
     if n == 0:
         return
-    distinct = list(dict.fromkeys(versions))
-    if len(distinct) == 1:
-        codes = np.zeros(n, dtype=np.int64)
-    else:
-        lookup = {v: i for i, v in enumerate(distinct)}
-        codes = np.fromiter(map(lookup.__getitem__, versions), dtype=np.int64, count=n)
-    key = panes * len(distinct) + codes  # pane starts are < 2**62 / len(distinct) for any real clock
+    key = panes * len(names) + codes  # pane starts are < 2**62 / len(names) for any real clock
     first = key[0]
     if (key == first).all():
-        yield (int(panes[0]), distinct[int(codes[0])], None), np.arange(n, dtype=np.int64)
+        yield (int(panes[0]), names[int(codes[0])], None), np.arange(n, dtype=np.int64)
     else:
         order = np.argsort(key, kind="stable")
         bounds = np.flatnonzero(np.diff(key[order])) + 1
         for rows in np.split(order, bounds):
             r = int(rows[0])
-            yield (int(panes[r]), distinct[int(codes[r])], None), rows
+            yield (int(panes[r]), names[int(codes[r])], None), rows
     if segments is not None:
         by_segment: defaultdict[tuple[int, str, Segment], list[int]] = defaultdict(list)
-        pane_list = panes.tolist()
+        pane_list, code_list = panes.tolist(), codes.tolist()
         for i, segs in enumerate(segments):
             for segment in segs[1:]:
-                by_segment[(pane_list[i], versions[i], segment)].append(i)
+                by_segment[(pane_list[i], names[code_list[i]], segment)].append(i)
         for k, rows_list in by_segment.items():
             yield k, np.array(rows_list, dtype=np.int64)
 
@@ -126,11 +133,17 @@ def drift_columns(features: FeatureColumns, score: np.ndarray | None, rows: IntA
     return out
 
 
-def _take(values: Any, rows: IntArray) -> list[Any]:
-    """values[rows] as a list, for a numpy column or a list."""
+def _column(values: Any, rows: IntArray) -> np.ndarray:
+    """values[rows] as a numpy column, for a numpy column or a list (an object column then:
+    element by element, so that tuples and dicts stay what they are)."""
     if isinstance(values, np.ndarray):
-        return values[rows].tolist()  # type: ignore[no-any-return]
-    return [values[i] for i in rows.tolist()]
+        return values[rows]
+    return np.fromiter(map(values.__getitem__, rows.tolist()), dtype=object, count=len(rows))
+
+
+def _segments_from_json(values: list[Any]) -> list[tuple[Segment, ...]]:
+    """Segment tuples back from JSON data (lists), a whole-version record's as WHOLE itself."""
+    return [WHOLE if len(s) == 1 else tuple(None if d is None else (d[0], d[1]) for d in s) for s in values]
 
 
 def _pending_from_json(data: dict[str, Any]) -> list[Pending]:
@@ -158,14 +171,17 @@ class ModelEvaluator:
                       if t.drift.enabled else None)
         spec = WindowSpec(t.window_size_ms, t.window_hop_ms, t.window_grace_ms, t.window_retention_ms)
         self.panes: PaneTable[WindowState] = PaneTable(spec, lambda: WindowState.for_topology(t))
+        # Version names by code, as the join and the groups keep them (see _codes).
+        self._version_names: list[str] = []
+        self._version_codes: dict[str, int] = {}
         # A joined pair stays correctable as long as its pane can still change.
-        self.join: LabelJoin[Pending] = LabelJoin(t.label_max_delay_ms, t.window_size_ms + t.window_retention_ms)
+        self.join = self._new_join()
         # Shadow mode (core/shadow.py): the shadow's predictions share their ids with production's,
         # so they wait for the same labels in a join of their own, and are paired with production's.
-        self.shadow_join: LabelJoin[Pending] | None = None
+        self.shadow_join: ColumnJoin | None = None
         self.pairing: ShadowPairing | None = None
         if t.mode == "shadow":
-            self.shadow_join = LabelJoin(t.label_max_delay_ms, t.window_size_ms + t.window_retention_ms)
+            self.shadow_join = self._new_join()
             self.pairing = ShadowPairing(t.shadow_pair_within_ms)
         self._pairs: list[tuple[Pending, Pending]] = []  # (shadow, production), not yet in the pane states
         self.policy_state = PolicyState()
@@ -185,10 +201,26 @@ class ModelEvaluator:
         self._segment_values: dict[str, set[str]] = {d: set() for d in t.segment_dimensions}
         self._touched: set[int] = set()  # panes updated since updates were last emitted
         # Rows not yet applied to the pane states (see _apply): served predictions as columns
-        # (panes, versions, segments, latency, failed, drift columns) per batch, and joined rows.
-        self._served: list[tuple[IntArray, Sequence[str], list[tuple[Segment, ...]] | None, Any, Any,
+        # (panes, version codes, segments, latency, failed, drift columns) per batch, and joined rows.
+        self._served: list[tuple[IntArray, IntArray, list[tuple[Segment, ...]] | None, Any, Any,
                                  dict[str, np.ndarray] | None]] = []
-        self._scored: Joined[Pending] = Joined()
+        self._scored: list[ColumnJoined] = []
+
+    def _new_join(self) -> ColumnJoin:
+        t = self.topology
+        return ColumnJoin(t.label_max_delay_ms, t.window_size_ms + t.window_retention_ms, _payload_columns(t))
+
+    def _codes(self, versions: Sequence[str]) -> IntArray:
+        """Version names as codes into _version_names; a name seen for the first time gets the next."""
+        lookup = self._version_codes
+        distinct = dict.fromkeys(versions)  # in C: a batch names a version or two, 500 times
+        for name in distinct:
+            if name not in lookup:
+                lookup[name] = len(self._version_names)
+                self._version_names.append(name)
+        if len(distinct) == 1:
+            return np.full(len(versions), lookup[next(iter(distinct))], dtype=np.int32)
+        return np.fromiter(map(lookup.__getitem__, versions), dtype=np.int32, count=len(versions))
 
     def role(self, version: str) -> str:
         if version == self.topology.baseline_version:
@@ -204,7 +236,8 @@ class ModelEvaluator:
         pending predictions are a few tens of MB; see the README (State and restarts)."""
         self._apply()
         return {
-            "kind": "model_evaluator", "v": 1, "shape": self._shape(),
+            "kind": "model_evaluator", "v": 2, "shape": self._shape(),
+            "versions": list(self._version_names),
             "join": self.join.snapshot(),
             **({} if self.shadow_join is None or self.pairing is None else
                {"shadow_join": self.shadow_join.snapshot(), "pairing": self.pairing.snapshot()}),
@@ -228,16 +261,19 @@ class ModelEvaluator:
         """The evaluator a snapshot was taken of, under `topology`. A topology whose windows,
         task or thresholds changed since cannot take the old state (panes would mean other
         spans, pending decisions other thresholds): ValueError names what differs."""
-        if not isinstance(data, dict) or data.get("kind") != "model_evaluator" or data.get("v") != 1:
-            raise ValueError(f"not a model_evaluator v1 snapshot: kind={data.get('kind')!r}, v={data.get('v')!r}")
+        if not isinstance(data, dict) or data.get("kind") != "model_evaluator" or data.get("v") != 2:
+            raise ValueError(f"not a model_evaluator v2 snapshot: kind={data.get('kind')!r}, v={data.get('v')!r}")
         ev = cls(topology, profiles)
         differs = {k: (v, data["shape"].get(k)) for k, v in ev._shape().items() if data["shape"].get(k) != v}
         if differs:
             detail = "; ".join(f"{k}: snapshot {old!r}, topology {new!r}" for k, (new, old) in differs.items())
             raise ValueError(f"the snapshot of model {topology.model!r} was taken under another topology ({detail})")
-        ev.join = LabelJoin.restore(data["join"], _pending_from_json)
+        ev._version_names = [str(v) for v in data["versions"]]
+        ev._version_codes = {v: i for i, v in enumerate(ev._version_names)}
+        decoders = {"segments": _segments_from_json}
+        ev.join = ColumnJoin.restore(data["join"], decoders)
         if topology.mode == "shadow":
-            ev.shadow_join = LabelJoin.restore(data["shadow_join"], _pending_from_json)
+            ev.shadow_join = ColumnJoin.restore(data["shadow_join"], decoders)
             ev.pairing = ShadowPairing.restore(data["pairing"], _pending_from_json)
         ev.panes = PaneTable.restore(ev.panes.spec, lambda: WindowState.for_topology(topology), data["panes"],
                                      lambda d: WindowState.restore(topology.task, d))
@@ -310,44 +346,41 @@ class ModelEvaluator:
         if len(rows) == 0:
             return rejects
         all_rows = len(rows) == n
-        versions = cols.version if all_rows else [cols.version[i] for i in rows.tolist()]
+        codes = self._codes(cols.version)
+        if not all_rows:
+            codes = codes[rows]
         segments = self._segments(cols, rows)
 
         failed_rows = failed if all_rows else failed[rows]
         # Joined: predictions that did not fail wait for (or meet) their labels.
         waiting = np.flatnonzero(~failed_rows)
-        sel = waiting.tolist()
-        ids = [cols.prediction_id[i] for i in rows[waiting].tolist()] if len(sel) < n else cols.prediction_id
-        # Pane starts and version names repeat: share one object each instead of one per pending
-        # record (a decoded string or a tolist() int is a new object every time; ~80 B a record).
-        pane_list = panes[waiting].tolist()
-        version_list = versions if len(sel) == len(rows) else [versions[i] for i in sel]
-        pending: list[Pending] = list(zip(
-            map({p: p for p in set(pane_list)}.__getitem__, pane_list),
-            map({v: v for v in set(version_list)}.__getitem__, version_list),
-            repeat(WHOLE) if segments is None else [segments[i] for i in sel],
-            _take(outputs, rows[waiting]), _take(decisions, rows[waiting])))
-        joined = self._join_predictions(ids, ts_ok[waiting].tolist(), pending)
+        joining = rows[waiting]
+        ids = cols.prediction_id if len(joining) == n else [cols.prediction_id[i] for i in joining.tolist()]
+        payload = {"pane": panes[waiting], "version": codes[waiting], "output": _column(outputs, joining)}
+        if t.task != "regression":
+            payload["decision"] = _column(decisions, joining)
+        if t.segment_dimensions:
+            payload["segments"] = (np.fromiter(repeat(WHOLE, len(waiting)), dtype=object, count=len(waiting))
+                                   if segments is None else _column(segments, waiting))
+        joined = self._join_predictions(ids, ts_ok[waiting], payload)
 
         # Served: every prediction, failed ones included, a duplicate delivery not again.
         latency = cols.latency_ms if all_rows else cols.latency_ms[rows]
         served_rows = rows
-        if joined.duplicates:
+        if len(joined.duplicates):
             served = np.ones(len(rows), dtype=bool)
             served[waiting[joined.duplicates]] = False
             keep = np.flatnonzero(served)
-            kept = keep.tolist()
-            panes, latency, failed_rows = panes[keep], latency[keep], failed_rows[keep]
-            versions = [versions[i] for i in kept]
-            segments = None if segments is None else [segments[i] for i in kept]
+            panes, codes, latency, failed_rows = panes[keep], codes[keep], latency[keep], failed_rows[keep]
+            segments = None if segments is None else [segments[i] for i in keep.tolist()]
             served_rows = rows[keep]
         drift = None
         if self.drift is not None:
             score = cols.score if t.task == "binary" else cols.value if t.task == "regression" else None
             drift = drift_columns(cols.features, score, served_rows, n)
-        self._served.append((panes, versions, segments, latency, failed_rows, drift))
-        if joined.predictions:
-            self._scored.extend(joined)
+        self._served.append((panes, codes, segments, latency, failed_rows, drift))
+        if len(joined):
+            self._scored.append(joined)
         return rejects
 
     def add_label_columns(self, cols: LabelColumns, now_ms: int | None = None) -> list[Reject]:
@@ -359,63 +392,71 @@ class ModelEvaluator:
             self._last_arrival["labels"] = now_ms
         rejects: list[Reject] = []
         truths = self._read_truths(cols.label, rejects)
-        ids, ts = cols.prediction_id, cols.timestamp.tolist()
+        ids, ts = cols.prediction_id, cols.timestamp
         if rejects:
             bad = {r.index for r in rejects}
             keep = [i for i in range(n) if i not in bad]
-            ids, ts, truths = [ids[i] for i in keep], [ts[i] for i in keep], [truths[i] for i in keep]
-        joined = self.join.add_labels(ids, ts, truths)
+            ids, ts, truths = [ids[i] for i in keep], ts[keep], [truths[i] for i in keep]
+        parts = [self.join.add_labels(ids, ts, truths)]
         if self.shadow_join is not None:
             # Only labels of shadow predictions it holds: a label that comes before its shadow
             # prediction is found in the main join when the shadow prediction comes (_join_predictions),
             # so mirrors that sample a few requests do not keep every other label for max_delay.
-            held = self.shadow_join.holds(ids)
-            if any(held):
-                joined.extend(self.shadow_join.add_labels(list(compress(ids, held)), list(compress(ts, held)),
-                                                          list(compress(truths, held))))
-        if joined.predictions:
-            self._scored.extend(self._retained(joined))
+            held = np.flatnonzero(self.shadow_join.holds(ids))
+            if len(held):
+                parts.append(self.shadow_join.add_labels([ids[i] for i in held.tolist()], ts[held],
+                                                         [truths[i] for i in held.tolist()]))
+        self._scored.extend(self._retained(part) for part in parts if len(part))
         return rejects
 
-    def _join_predictions(self, ids: Sequence[str], ts: list[int], pending: list[Pending]) -> Joined[Pending]:
+    def _join_predictions(self, ids: Sequence[str], ts: IntArray, payload: dict[str, np.ndarray]) -> ColumnJoined:
         """Predictions into the label join; in shadow mode the shadow's into its own join, with the
         label production's join already holds for the id, and both sides into the pairing."""
         if self.shadow_join is None or self.pairing is None:
-            return self.join.add_predictions(ids, ts, pending)  # type: ignore[arg-type]
-        cand = self.topology.candidate_version
-        shadow = [p[1] == cand for p in pending]
-        main = [i for i, s in enumerate(shadow) if not s]
-        mirrored = [i for i, s in enumerate(shadow) if s]
-        joined = self.join.add_predictions([ids[i] for i in main], [ts[i] for i in main], [pending[i] for i in main])
-        duplicates = [main[d] for d in joined.duplicates]
-        if mirrored:
-            shadow_joined = self.shadow_join.add_predictions([ids[i] for i in mirrored], [ts[i] for i in mirrored],
-                                                             [pending[i] for i in mirrored])
-            joined.extend(shadow_joined)
-            duplicates += [mirrored[d] for d in shadow_joined.duplicates]
-            new = sorted(set(mirrored) - set(duplicates))
-            labels = self.join.labels_of([ids[i] for i in new])
-            known = [(i, label) for i, label in zip(new, labels) if label is not None]
-            if known:  # the label came first: production's join has it
-                joined.extend(self.shadow_join.add_labels([ids[i] for i, _ in known], [ts[i] for i, _ in known],
-                                                          [label for _, label in known]))
-        joined.duplicates = sorted(duplicates)
-        fresh = sorted(set(range(len(pending))) - set(duplicates))
-        self._pairs.extend(self.pairing.add([ids[i] for i in fresh], [ts[i] for i in fresh],
-                                            [pending[i] for i in fresh], [shadow[i] for i in fresh]))
-        return joined
+            return self.join.add_predictions(ids, ts, payload)
 
-    def _retained(self, joined: Joined[Pending]) -> Joined[Pending]:
+        def rows_of(rows: IntArray) -> tuple[list[str], IntArray, dict[str, np.ndarray]]:
+            return [ids[i] for i in rows.tolist()], ts[rows], {k: v[rows] for k, v in payload.items()}
+
+        shadow = payload["version"] == self._version_codes.get(self.topology.candidate_version, -1)
+        main, mirrored = np.flatnonzero(~shadow), np.flatnonzero(shadow)
+        joined = self.join.add_predictions(*rows_of(main))
+        parts, duplicates = [joined], [main[joined.duplicates]]
+        if len(mirrored):
+            shadow_joined = self.shadow_join.add_predictions(*rows_of(mirrored))
+            parts.append(shadow_joined)
+            duplicates.append(mirrored[shadow_joined.duplicates])
+            new = np.setdiff1d(mirrored, duplicates[-1])
+            labels = self.join.labels_of([ids[i] for i in new.tolist()])
+            known = [(i, label) for i, label in zip(new.tolist(), labels) if label is not None]
+            if known:  # the label came first: production's join has it
+                rows = np.array([i for i, _ in known], dtype=np.int64)
+                parts.append(self.shadow_join.add_labels([ids[i] for i, _ in known], ts[rows],
+                                                         [label for _, label in known]))
+        out = ColumnJoined.concat(parts)
+        out.duplicates = np.sort(np.concatenate(duplicates))
+        fresh = np.setdiff1d(np.arange(len(shadow)), out.duplicates)
+        self._pairs.extend(self.pairing.add([ids[i] for i in fresh.tolist()], ts[fresh].tolist(),
+                                            self._pending(payload, fresh), shadow[fresh].tolist()))
+        return out
+
+    def _pending(self, payload: dict[str, np.ndarray], rows: IntArray) -> list[Pending]:
+        """Rows of a join payload as the tuples shadow pairing keeps."""
+        names = self._version_names
+        return list(zip(payload["pane"][rows].tolist(), [names[c] for c in payload["version"][rows].tolist()],
+                        payload["segments"][rows].tolist() if "segments" in payload else repeat(WHOLE),
+                        payload["output"][rows].tolist(),
+                        payload["decision"][rows].tolist() if "decision" in payload else repeat(None)))
+
+    def _retained(self, joined: ColumnJoined) -> ColumnJoined:
         """The rows whose panes event time still retains now, as a label arrives (it is checked
         here, not when the batch is applied: event time may have moved far on by then)."""
-        panes = np.fromiter(map(itemgetter(0), joined.predictions), dtype=np.int64, count=len(joined.predictions))
-        keep = self.panes.retained(panes, self.panes.watermark)
+        keep = self.panes.retained(joined.predictions["pane"], self.panes.watermark)
         if keep.all():
             return joined
         self.panes.late_dropped += int((~keep).sum())
-        rows = np.flatnonzero(keep).tolist()
-        return Joined([joined.predictions[i] for i in rows], [joined.labels[i] for i in rows],
-                      [joined.weights[i] for i in rows])
+        return ColumnJoined(joined.rows[keep], {k: v[keep] for k, v in joined.predictions.items()},
+                            joined.labels[keep], joined.weights[keep], joined.duplicates)
 
     def _read_outputs(self, cols: PredictionColumns, failed: np.ndarray, ok: np.ndarray,
                       rejects: list[Reject]) -> tuple[Any, Any]:
@@ -528,7 +569,7 @@ class ModelEvaluator:
         if self._served:
             served, self._served = self._served, []
             panes = np.concatenate([s[0] for s in served])
-            versions = [v for s in served for v in s[1]]
+            codes = np.concatenate([s[1] for s in served])
             if all(s[2] is None for s in served):
                 segments = None
             else:
@@ -536,16 +577,16 @@ class ModelEvaluator:
             latency = np.concatenate([s[3] for s in served])
             failed = np.concatenate([s[4] for s in served])
             drift = _concat_columns([(s[5], len(s[0])) for s in served]) if self.drift is not None else None
-            for (pane, version, segment), idx in _groups(panes, versions, segments):
+            for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
                 state = self.panes.state(pane, version, segment, checked=True)
                 if state is not None:
                     self._touched.add(pane)
                     state.serve(latency[idx], failed[idx])
                     if drift is not None and segment is None:
                         self._sketch(pane, version, {k: c[idx] for k, c in drift.items()}, len(idx))
-        if self._scored.predictions:
-            scored, self._scored = self._scored, Joined()
-            self._score(scored.predictions, scored.labels, scored.weights)
+        if self._scored:
+            scored, self._scored = ColumnJoined.concat(self._scored), []
+            self._score(scored)
         if self._pairs:
             pairs, self._pairs = self._pairs, []
             self._compare(pairs)
@@ -558,7 +599,8 @@ class ModelEvaluator:
         segments = [s[2] for s in shadow]
         if segments.count(WHOLE) == len(segments):
             segments = None  # type: ignore[assignment]
-        for (pane, version, segment), idx in _groups(panes, [s[1] for s in shadow], segments):
+        codes = self._codes([s[1] for s in shadow])
+        for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
             state = self.panes.state(pane, version, segment, checked=True)
             if state is not None and state.shadow is not None:
                 self._touched.add(pane)
@@ -581,40 +623,42 @@ class ModelEvaluator:
             state.drift.update(cols, m)
             self._touched.add(p)
 
-    def _score(self, pending: list[Pending], truths: list[LabelValue], weights: list[float]) -> None:
+    def _score(self, joined: ColumnJoined) -> None:
         """Add joined (prediction, label) rows to their panes' states; weight -1 takes one out."""
         task = self.topology.task
-        pane_col, version_col, segment_col, output_col, decision_col = zip(*pending)
-        panes = np.array(pane_col, dtype=np.int64)
-        segments = None if segment_col.count(WHOLE) == len(segment_col) else segment_col  # count: in C
-        w = np.array(weights, dtype=np.float64)
+        p = joined.predictions
+        panes, codes, output = p["pane"], p["version"], p["output"]
+        segments = None
+        if "segments" in p:
+            segment_list = p["segments"].tolist()
+            if segment_list.count(WHOLE) < len(segment_list):  # count: in C
+                segments = segment_list
+        w = joined.weights
         y: np.ndarray[Any, Any]
-        predicted: np.ndarray[Any, Any]
         if task == "binary":
-            y = np.array(truths, dtype=np.bool_)
-            score = np.array(output_col, dtype=np.float64)
-            predicted = np.array(decision_col, dtype=np.bool_)
+            y = joined.labels.astype(np.bool_, copy=False)
+            score = output
         elif task == "multiclass":
-            y = np.array(truths, dtype=object)
-            predicted = np.array(decision_col, dtype=object)
-            score = np.array([o.get(truth, 0.0) / sum(o.values()) for o, truth in zip(output_col, truths)],
+            y = joined.labels.astype(object, copy=False)
+            score = np.array([o.get(truth, 0.0) / sum(o.values()) for o, truth in zip(output.tolist(), y.tolist())],
                              dtype=np.float64)
         else:
-            y = np.array(truths, dtype=np.float64)
-            score = np.array(output_col, dtype=np.float64)
+            y = joined.labels.astype(np.float64, copy=False)
+            score = output
         if self.topology.retrain.new_labels is not None:
-            mine = (np.array(version_col) == self.topology.baseline_version) & (panes >= self._trained_at)
+            baseline = self._version_codes.get(self.topology.baseline_version, -1)
+            mine = (codes == baseline) & (panes >= self._trained_at)
             self.retrain_state = replace(self.retrain_state, labels_since_training=(
                 self.retrain_state.labels_since_training + float(w[mine].sum())))
-        for (pane, version, segment), idx in _groups(panes, version_col, segments):
+        for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
             state = self.panes.state(pane, version, segment, checked=True)
             if state is None:
                 continue
             self._touched.add(pane)
             if task == "binary":
-                state.score(BinaryOutcomes(y[idx], score[idx], predicted[idx], w[idx]))
+                state.score(BinaryOutcomes(y[idx], score[idx], p["decision"][idx], w[idx]))
             elif task == "multiclass":
-                state.score(MulticlassOutcomes(y[idx], predicted[idx], score[idx], w[idx]))
+                state.score(MulticlassOutcomes(y[idx], p["decision"][idx], score[idx], w[idx]))
             else:
                 state.score(RegressionOutcomes(y[idx], score[idx], w[idx]))
                 if segment is None and version in self.monitors and pane > self._fed_until:

@@ -197,3 +197,18 @@ class DriftTable:
     drifted_share: float | None
     concept_drift: tuple[Mapping[str, object], ...] = ()  # alarms: detector, params, position, context
     emitted_at: int = 0
+
+
+_TRUE = {"1", "true", "yes", "positive"}
+_FALSE = {"0", "false", "no", "negative"}
+
+
+def binary_truth(value: LabelValue) -> bool:
+    """Read a binary label: true/false, 1/0 or their usual spellings; anything else is a bad label."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"a binary label must be true/false or 1/0, got {value!r}")

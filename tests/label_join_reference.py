@@ -1,4 +1,9 @@
-"""The label join: pairs each label with its prediction by prediction_id, in either arrival order.
+"""The label join's reference model, record by record (was mle_stream/core/join.py until the
+evaluator moved to ColumnJoin, core/column_join.py): dicts of tuples, simple enough to read as the
+rules themselves. tests/test_column_join.py checks ColumnJoin against it on random batches, and
+scripts/bench_join.py measures the two.
+
+It pairs each label with its prediction by prediction_id, in either arrival order.
 
 - A prediction waits for its label until event time passes its timestamp by `max_delay_ms`, then
   expires as unlabeled (never as an error). A label that comes first waits the same way.
@@ -9,8 +14,7 @@
   so it costs O(expired), not O(pending). Entries that arrived out of event-time order may outlive
   their horizon by as much as they were out of order.
 
-What is kept per prediction is whatever the caller passes (`P`): the evaluator keeps only what
-scoring needs, not the features.
+What is kept per prediction is whatever the caller passes (`P`).
 """
 
 from __future__ import annotations
@@ -267,18 +271,3 @@ def _pop_older(entries: dict[str, tuple], horizon: int) -> int:  # type: ignore[
     for key in expired:
         del entries[key]
     return len(expired)
-
-
-_TRUE = {"1", "true", "yes", "positive"}
-_FALSE = {"0", "false", "no", "negative"}
-
-
-def binary_truth(value: LabelValue) -> bool:
-    """Read a binary label: true/false, 1/0 or their usual spellings; anything else is a bad label."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError(f"a binary label must be true/false or 1/0, got {value!r}")
