@@ -243,7 +243,7 @@ def _parser() -> argparse.ArgumentParser:
             "or rollback decisions against Flagger-style thresholds and the oracle CUSUM",
             "mle-stream bench [worker] (the default): publish N predictions (10 numeric features each) and "
             "labels for ~90% of them through the client into fresh topics, then measure over the same messages (1) the floor: a raw "
-            "confluent-kafka consumer that only decodes them, and (2) the real worker (Faust) in its own "
+            "confluent-kafka consumer that only decodes them, from its first message to the last record decoded, and (2) the real worker (Faust) in its own "
             "process, from its first message to the last record processed; start-up and group join are "
             "excluded and reported as startup_s. Prints a table, or with --json at least events_per_s, "
             "baseline_events_per_s, ratio (= events_per_s / baseline_events_per_s) and peak_rss_mb of the "
