@@ -1,5 +1,5 @@
-"""The evaluator works on whole batches (columns, dict.update, map over dict.pop), with per-record
-paths only for the irregular cases. These tests hold it to the one-by-one semantics: whatever the
+"""The evaluator works on whole batches (columns, the column join), with per-record paths only for
+the irregular cases. These tests hold it to the one-by-one semantics: whatever the
 batch boundaries, duplicates, early labels and corrections, every window equals what a plain
 sequential reading of the same events gives, and a snapshot taken anywhere restores to an
 evaluator that carries on identically."""
@@ -7,12 +7,14 @@ evaluator that carries on identically."""
 from __future__ import annotations
 
 import json
+from typing import Sequence
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score
 
-from mle_stream.core.evaluator import ModelEvaluator
+from mle_stream.core.evaluator import ModelEvaluator, _groups
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.topology import parse_topology
 
@@ -138,3 +140,36 @@ def test_a_worker_batch_longer_than_retention_loses_nothing() -> None:
     assert [w.window_start for w in windows] == list(range(0, 300_000, 10_000))
     assert all((w.predictions, w.labeled, w.metrics["accuracy"]) == (40, 40, 0.5) for w in windows)
     assert ev.panes.late_dropped == 0
+
+
+class _Names(Sequence[str]):
+    """Version names v0, v1, ... without holding them."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def, override]
+        return f"v{i}"
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 199), st.sampled_from([None, "de", "fr"])), min_size=1),
+       st.sampled_from([200, 1000, 2**62]))
+def test_groups_are_the_rows_of_each_pane_version_and_segment(rows: list[tuple[int, int, str | None]],
+                                                              seen: int) -> None:
+    """Against a dict built record by record. `seen`: how many versions the evaluator has
+    numbered; at 2**62, pane * versions wraps around int64 and panes 5000 ms apart would share a
+    key, unless the batch's versions are renumbered first."""
+    names = _Names(seen)
+    panes = np.array([1_800_000_000_000 + 5_000 * p for p, _, _ in rows], dtype=np.int64)
+    codes = np.array([c for _, c, _ in rows], dtype=np.int32)
+    segments = [(None,) if s is None else (None, ("country", s)) for _, _, s in rows]
+    expected: dict[tuple[int, str, object], list[int]] = {}
+    for i, (pane, code, segs) in enumerate(zip(panes.tolist(), codes.tolist(), segments)):
+        for segment in segs:
+            expected.setdefault((pane, names[code], segment), []).append(i)
+    got = {key: sorted(idx.tolist()) for key, idx in _groups(panes, codes, names, segments)}
+    assert got == expected

@@ -6,9 +6,9 @@ Records the contract allows but this model cannot use (a binary label 'cat', a t
 the future) come back as Rejects for the dead-letter topic.
 
 Batches are columns (core/columns.py) and the work is done per column: pane, retention and
-decision are numpy expressions, the join moves whole batches in and out of dicts with C-level
-calls (dict.update over zip, map over dict.pop), and each (pane, version, segment) state is
-updated once per batch from numpy arrays. Python runs per record only where the data is
+decision are numpy expressions, the label join keeps pending predictions as numpy columns
+(core/column_join.py) and hands joined rows back as columns, and each (pane, version, segment)
+state is updated once per batch from numpy arrays. Python runs per record only where the data is
 irregular: segments, multiclass score maps, a pod's own predicted_label, duplicates.
 """
 
@@ -23,13 +23,13 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from mle_stream.core.checks import samples_of
+from mle_stream.core.column_join import ColumnJoin, ColumnJoined
 from mle_stream.core.columns import FeatureColumns, IntArray, LabelColumns, PredictionColumns
 from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence, pane_values_sequence
 from mle_stream.core.drift.decision import FeatureDrift
 from mle_stream.core.drift.live import SCORE, Columns, DriftSketches, LiveDrift
 from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.events import Command, DriftTable, Label, LabelValue, MetricSnapshot, Prediction, binary_truth
-from mle_stream.core.column_join import ColumnJoin, ColumnJoined
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
 from mle_stream.core.metrics.regression import MAX_MAGNITUDE as REGRESSION_MAX_MAGNITUDE
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
@@ -78,13 +78,18 @@ class Advance:
     commands: list[Command] = field(default_factory=list)
 
 
-def _groups(panes: IntArray, codes: IntArray, names: Sequence[str],
+def _groups(panes: IntArray, codes: np.ndarray, names: Sequence[str],
             segments: Sequence[tuple[Segment, ...]] | None) -> Iterator[tuple[tuple[int, str, Segment], IntArray]]:
     """Row indices per (pane, version, segment), versions given as codes into `names`: numpy for
     the whole-version groups, a loop over records only for segment groups."""
     n = len(panes)
     if n == 0:
         return
+    if len(names) > 64:
+        # Codes number every version the evaluator has seen; renumber this batch's densely so that
+        # the key stays far from int64's limit however many versions a source has sent.
+        present, dense = np.unique(codes, return_inverse=True)
+        names, codes = [names[c] for c in present.tolist()], dense.ravel()
     key = panes * len(names) + codes  # pane starts are < 2**62 / len(names) for any real clock
     first = key[0]
     if (key == first).all():
@@ -202,7 +207,7 @@ class ModelEvaluator:
         self._touched: set[int] = set()  # panes updated since updates were last emitted
         # Rows not yet applied to the pane states (see _apply): served predictions as columns
         # (panes, version codes, segments, latency, failed, drift columns) per batch, and joined rows.
-        self._served: list[tuple[IntArray, IntArray, list[tuple[Segment, ...]] | None, Any, Any,
+        self._served: list[tuple[IntArray, np.ndarray, list[tuple[Segment, ...]] | None, Any, Any,
                                  dict[str, np.ndarray] | None]] = []
         self._scored: list[ColumnJoined] = []
 
@@ -210,7 +215,7 @@ class ModelEvaluator:
         t = self.topology
         return ColumnJoin(t.label_max_delay_ms, t.window_size_ms + t.window_retention_ms, _payload_columns(t))
 
-    def _codes(self, versions: Sequence[str]) -> IntArray:
+    def _codes(self, versions: Sequence[str]) -> np.ndarray:
         """Version names as codes into _version_names; a name seen for the first time gets the next."""
         lookup = self._version_codes
         distinct = dict.fromkeys(versions)  # in C: a batch names a version or two, 500 times
