@@ -446,6 +446,13 @@ def _worker_main(spec: dict[str, Any], conn: Connection) -> None:
         shutil.rmtree(datadir, ignore_errors=True)
 
 
+def _warn_if_incomplete(predictions: int, labels: int, in_snapshots: int, events: int, produced_labels: int) -> None:
+    if (predictions, labels, in_snapshots) != (events, produced_labels, events):
+        log.warning("the worker processed %d of %d predictions and %d of %d labels, and its snapshots count %d "
+                    "predictions: some records were dead-lettered or lost", predictions, events, labels,
+                    produced_labels, in_snapshots)
+
+
 def _receive(process: multiprocessing.process.BaseProcess, conn: Connection, kind: str,
              timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
@@ -623,10 +630,7 @@ def run_memory_bench(settings: Settings, *, events: int = DEFAULT_MEMORY_EVENTS,
             done = _receive(process, conn, "done", 60)
             snapshots = read_snapshots(servers, topics.metrics, events, 120)
     memory = memory_report(events, measured)
-    if (measured["predictions"], measured["labels"], snapshots["predictions"]) != (events, produced.labels, events):
-        log.warning("the worker processed %d of %d predictions and %d of %d labels, and its snapshots count %d "
-                    "predictions: some records were dead-lettered or lost", measured["predictions"], events,
-                    measured["labels"], produced.labels, snapshots["predictions"])
+    _warn_if_incomplete(measured["predictions"], measured["labels"], snapshots["predictions"], events, produced.labels)
     return {
         "rss_growth": memory["rss_growth"],
         **{k: v for k, v in memory.items() if k != "rss_growth"},
@@ -667,10 +671,7 @@ def build_report(events: int, models: int, produced: Produced, floor: Leg, measu
     baseline_events_per_s = round(events / floor.seconds, 1)
     ratio = events_per_s / baseline_events_per_s
     batches = measured["batches"]
-    if (worker.predictions, worker.labels, snapshots["predictions"]) != (events, produced.labels, events):
-        log.warning("the worker processed %d of %d predictions and %d of %d labels, and its snapshots count %d "
-                    "predictions: some records were dead-lettered or lost", worker.predictions, events,
-                    worker.labels, produced.labels, snapshots["predictions"])
+    _warn_if_incomplete(worker.predictions, worker.labels, snapshots["predictions"], events, produced.labels)
     memory = memory_report(events, measured)
     return {
         "events_per_s": events_per_s,
