@@ -529,3 +529,18 @@ def test_arbitrary_bytes_after_the_header_never_raise(body: bytes) -> None:
 def test_the_fast_readers_are_active() -> None:
     assert codec._FAST_PREDICTIONS and codec._FAST_LABELS
 
+
+
+@SETTINGS
+@given(st.lists(st.lists(any_predictions(), max_size=4), min_size=1, max_size=4))
+def test_columns_of_several_messages_concatenate_to_the_columns_of_all_their_records(
+        messages: list[list[Prediction]]) -> None:
+    """What the worker does with a batch of messages (one evaluator call per model and kind):
+    any features (numeric layouts that differ between messages, text values, none) and optional
+    fields come out of the concatenation as the records went in."""
+    parts = [PredictionColumns.from_records(m) for m in messages]
+    joined = PredictionColumns.concat(parts)
+    everything = [p for m in messages for p in m]
+    assert len(joined) == len(everything) and same_predictions(joined.records(), everything)
+    labels = [[Label(p.prediction_id, p.model, p.timestamp, i % 2 == 0) for i, p in enumerate(m)] for m in messages]
+    assert LabelColumns.concat([LabelColumns.from_records(m) for m in labels]).records() == [x for m in labels for x in m]

@@ -101,6 +101,29 @@ def test_a_rejected_record_is_named_by_its_index_in_the_message_even_after_a_dec
     assert sorted((d["record_index"], d["field"]) for d in letters) == [(1, "score"), (2, "model")]
 
 
+def test_records_rejected_when_a_batch_is_evaluated_at_once_are_named_by_their_own_message() -> None:
+    """The evaluator takes a model's predictions of all the batch's messages in one call, and its
+    labels in another: each rejected record still points at its own message and index."""
+    p = processor()
+
+    def preds(offset: int, missing_score: int | None = None, future: int | None = None) -> Incoming:
+        records = [Prediction(prediction_id=f"{offset}-{i}", model="fraud", version="1",
+                              timestamp=10**12 + 10**9 if i == future else 1000 + i,
+                              score=None if i == missing_score else 0.5,
+                              value=0.3 if i == missing_score else None) for i in range(4)]  # a regression output
+        return Incoming(TOPICS.predictions, 0, offset, codec.encode_predictions(records))
+
+    labels = [Label(f"21-{i}", "fraud", 2000, "cat" if i == 1 else True) for i in range(4)]
+    out = p.process([preds(20), preds(21, missing_score=2), Incoming(TOPICS.labels, 0, 22, codec.encode_labels(labels)),
+                     preds(23, future=3)])
+    letters = [json.loads(o.value) for o in by_topic(out, TOPICS.dead_letter)]
+    assert sorted((d["offset"], d["record_index"], d["field"]) for d in letters) == [
+        (21, 2, "score"), (22, 1, "label"), (23, 3, "timestamp")]
+    assert (p.counters["predictions"], p.counters["labels"]) == (10, 3)  # 12 and 4, less the rejected
+    letter = next(d for d in letters if d["offset"] == 21)
+    assert letter["record"]["prediction_id"] == "21-2"  # the record itself, not its neighbour in the batch
+
+
 def test_a_silent_source_holds_on_the_timer_tick_once_signed() -> None:
     from mle_stream.core.events import CommandKind
 

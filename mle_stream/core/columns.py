@@ -65,6 +65,29 @@ class FeatureColumns:
         return FeatureColumns(self.names, rows, self.matrix[keep], other)
 
     @classmethod
+    def concat(cls, parts: Sequence[tuple[FeatureColumns, int]]) -> FeatureColumns:
+        """The features of consecutive batches (each with its number of records) as one. A batch
+        whose numeric layout differs from the first one's keeps its features as maps."""
+        with_matrix = [f for f, _ in parts if len(f.rows)]
+        names = with_matrix[0].names if with_matrix else ()
+        rows: list[IntArray] = []
+        matrices: list[FloatArray] = []
+        other: dict[int, Mapping[str, FeatureValue]] = {}
+        offset = 0
+        for f, n in parts:
+            if len(f.rows) and f.names == names:
+                rows.append(f.rows + offset)
+                matrices.append(f.matrix)
+            else:
+                for j, values in zip(f.rows.tolist(), f.matrix.tolist()):
+                    other[j + offset] = dict(zip(f.names, values))
+            other.update((i + offset, m) for i, m in f.other.items())
+            offset += n
+        if not rows:
+            return cls(other=other)
+        return cls(names, np.concatenate(rows), np.concatenate(matrices), other)
+
+    @classmethod
     def from_maps(cls, maps: Sequence[Mapping[str, FeatureValue] | None]) -> FeatureColumns:
         first = next((m for m in maps if m), None)
         if first is None or any(type(v) is str for v in first.values()):
@@ -92,6 +115,16 @@ def _optional(values: list[Any]) -> list[Any] | None:
 
 def _pick(values: list[Any] | None, indices: list[int]) -> list[Any] | None:
     return None if values is None else _optional([values[i] for i in indices])
+
+
+def _joined(columns: Sequence[list[Any] | None], lengths: Sequence[int]) -> list[Any] | None:
+    """Optional columns of consecutive batches as one (None where no batch sets it)."""
+    if all(c is None for c in columns):
+        return None
+    out: list[Any] = []
+    for c, n in zip(columns, lengths):
+        out.extend([None] * n if c is None else c)
+    return out
 
 
 def _nan_if_none(values: Sequence[float | None]) -> FloatArray:
@@ -158,6 +191,22 @@ class PredictionColumns:
         )
 
     @classmethod
+    def concat(cls, parts: Sequence[PredictionColumns]) -> PredictionColumns:
+        """Consecutive batches as one, rows in order."""
+        if len(parts) == 1:
+            return parts[0]
+        lengths = [len(p) for p in parts]
+        return cls(
+            [i for p in parts for i in p.prediction_id], [m for p in parts for m in p.model],
+            [v for p in parts for v in p.version], np.concatenate([p.timestamp for p in parts]),
+            np.concatenate([p.score for p in parts]), np.concatenate([p.value for p in parts]),
+            np.concatenate([p.latency_ms for p in parts]), _joined([p.scores for p in parts], lengths),
+            _joined([p.predicted_label for p in parts], lengths), _joined([p.segment for p in parts], lengths),
+            _joined([p.error for p in parts], lengths),
+            FeatureColumns.concat([(p.features, n) for p, n in zip(parts, lengths)]),
+        )
+
+    @classmethod
     def from_records(cls, records: Sequence[Prediction]) -> PredictionColumns:
         return cls(
             [p.prediction_id for p in records], [p.model for p in records], [p.version for p in records],
@@ -190,6 +239,14 @@ class LabelColumns:
         idx = indices.tolist()
         return LabelColumns([self.prediction_id[i] for i in idx], [self.model[i] for i in idx],
                             self.timestamp[indices], [self.label[i] for i in idx])
+
+    @classmethod
+    def concat(cls, parts: Sequence[LabelColumns]) -> LabelColumns:
+        """Consecutive batches as one, rows in order."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls([i for p in parts for i in p.prediction_id], [m for p in parts for m in p.model],
+                   np.concatenate([p.timestamp for p in parts]), [v for p in parts for v in p.label])
 
     @classmethod
     def from_records(cls, records: Sequence[Label]) -> LabelColumns:
