@@ -124,6 +124,23 @@ def test_records_rejected_when_a_batch_is_evaluated_at_once_are_named_by_their_o
     assert letter["record"]["prediction_id"] == "21-2"  # the record itself, not its neighbour in the batch
 
 
+def test_a_prediction_id_with_a_nul_character_is_dead_lettered_and_the_rest_evaluated() -> None:
+    """The label join keeps ids as NUL-padded bytes: such an id must be refused by name, not
+    crash the batch (it would crash it again after every restart)."""
+    p = processor()
+    preds = [Prediction(prediction_id=pid, model="fraud", version="1", timestamp=1000, score=0.5)
+             for pid in ("ok1", "bad\x00id", "ok2")]
+    labels = [Label("bad\x00id", "fraud", 1100, True), Label("ok1", "fraud", 1100, True)]
+    out = p.process([Incoming(TOPICS.predictions, 0, 1, codec.encode_predictions(preds)),
+                     Incoming(TOPICS.labels, 0, 2, codec.encode_labels(labels))])
+    letters = [json.loads(o.value) for o in by_topic(out, TOPICS.dead_letter)]
+    assert sorted((d["offset"], d["record_index"], d["field"]) for d in letters) == [
+        (1, 1, "prediction_id"), (2, 0, "prediction_id")]
+    assert all("NUL" in d["reason"] for d in letters)
+    assert (p.counters["predictions"], p.counters["labels"]) == (2, 1)
+    assert p.evaluators["fraud"].join.pending == (1, 0) and p.evaluators["fraud"].join.joined == 1
+
+
 def test_a_silent_source_holds_on_the_timer_tick_once_signed() -> None:
     from mle_stream.core.events import CommandKind
 

@@ -146,6 +146,20 @@ def _column(values: Any, rows: IntArray) -> np.ndarray:
     return np.fromiter(map(values.__getitem__, rows.tolist()), dtype=object, count=len(rows))
 
 
+def _ids_with_nul(ids: Sequence[str]) -> list[int]:
+    """Rows whose prediction_id contains NUL (one C-level scan when none does, the usual case)."""
+    if "\x00" not in "".join(ids):
+        return []
+    return [i for i, pid in enumerate(ids) if "\x00" in pid]
+
+
+def _nul_reject(index: int, prediction_id: str) -> Reject:
+    # The label join keeps ids as fixed-width bytes padded with NUL (core/id_hash.py): "a" and
+    # "a\0" would be one id there.
+    return Reject(index, "prediction_id", f"prediction_id {prediction_id!r} contains a NUL character, "
+                                          "which the label join cannot keep apart from padding")
+
+
 def _segments_from_json(values: list[Any]) -> list[tuple[Segment, ...]]:
     """Segment tuples back from JSON data (lists), a whole-version record's as WHOLE itself."""
     return [WHOLE if len(s) == 1 else tuple(None if d is None else (d[0], d[1]) for d in s) for s in values]
@@ -332,6 +346,10 @@ class ModelEvaluator:
             rejects.append(Reject(i, "timestamp", f"{int(ts[i])} is {int(ts[i]) - now_ms} ms ahead of the "
                                   f"worker's clock (allowed: {t.max_clock_skew_ms} ms)"))
             ok[i] = False
+        for i in _ids_with_nul(cols.prediction_id):
+            if ok[i]:
+                rejects.append(_nul_reject(i, cols.prediction_id[i]))
+                ok[i] = False
         failed = np.zeros(n, dtype=bool) if cols.error is None else np.array([e is not None for e in cols.error])
         outputs, decisions = self._read_outputs(cols, failed, ok, rejects)
         if rejects:
@@ -398,6 +416,9 @@ class ModelEvaluator:
         rejects: list[Reject] = []
         truths = self._read_truths(cols.label, rejects)
         ids, ts = cols.prediction_id, cols.timestamp
+        nul = [i for i in _ids_with_nul(ids) if all(r.index != i for r in rejects)]
+        if nul:
+            rejects = sorted(rejects + [_nul_reject(i, ids[i]) for i in nul], key=lambda r: r.index)
         if rejects:
             bad = {r.index for r in rejects}
             keep = [i for i in range(n) if i not in bad]
