@@ -6,6 +6,7 @@ from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.core.commands import verify
 from mle_stream.core.events import Label, Prediction
+from mle_stream.core.id_hash import MAX_ID_BYTES
 from mle_stream.core.topology import parse_topology
 from mle_stream.stream.processor import Incoming, StreamProcessor
 
@@ -124,19 +125,22 @@ def test_records_rejected_when_a_batch_is_evaluated_at_once_are_named_by_their_o
     assert letter["record"]["prediction_id"] == "21-2"  # the record itself, not its neighbour in the batch
 
 
-def test_a_prediction_id_with_a_nul_character_is_dead_lettered_and_the_rest_evaluated() -> None:
-    """The label join keeps ids as NUL-padded bytes: such an id must be refused by name, not
-    crash the batch (it would crash it again after every restart)."""
+def test_an_id_the_label_join_cannot_hold_is_dead_lettered_and_the_rest_evaluated() -> None:
+    """The label join keeps ids as NUL-padded bytes as wide as the longest one: an id with a NUL,
+    or of more than MAX_ID_BYTES, is refused by name, not let in to crash the batch (again after
+    every restart) or to widen every entry."""
     p = processor()
-    preds = [Prediction(prediction_id=pid, model="fraud", version="1", timestamp=1000, score=0.5)
-             for pid in ("ok1", "bad\x00id", "ok2")]
-    labels = [Label("bad\x00id", "fraud", 1100, True), Label("ok1", "fraud", 1100, True)]
-    out = p.process([Incoming(TOPICS.predictions, 0, 1, codec.encode_predictions(preds)),
-                     Incoming(TOPICS.labels, 0, 2, codec.encode_labels(labels))])
+    long_id = "é" * (MAX_ID_BYTES // 2 + 1)  # 130 bytes of UTF-8 in 65 characters
+    preds = json.dumps({"records": [
+        {"prediction_id": pid, "model": "fraud", "version": "1", "timestamp": 1000, "score": 0.5}
+        for pid in ("ok1", "bad\x00id", "ok2", long_id)]}).encode()
+    labels = json.dumps({"records": [{"prediction_id": pid, "model": "fraud", "timestamp": 1100, "label": True}
+                                     for pid in ("bad\x00id", "ok1", long_id)]}).encode()
+    out = p.process([Incoming(TOPICS.predictions, 0, 1, preds), Incoming(TOPICS.labels, 0, 2, labels)])
     letters = [json.loads(o.value) for o in by_topic(out, TOPICS.dead_letter)]
     assert sorted((d["offset"], d["record_index"], d["field"]) for d in letters) == [
-        (1, 1, "prediction_id"), (2, 0, "prediction_id")]
-    assert all("NUL" in d["reason"] for d in letters)
+        (1, 1, "prediction_id"), (1, 3, "prediction_id"), (2, 0, "prediction_id"), (2, 2, "prediction_id")]
+    assert sum("NUL" in d["reason"] for d in letters) == 2 and sum("130" in d["reason"] for d in letters) == 2
     assert (p.counters["predictions"], p.counters["labels"]) == (2, 1)
     assert p.evaluators["fraud"].join.pending == (1, 0) and p.evaluators["fraud"].join.joined == 1
 

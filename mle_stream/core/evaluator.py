@@ -24,6 +24,7 @@ import numpy as np
 
 from mle_stream.core.checks import samples_of
 from mle_stream.core.column_join import ColumnJoin, ColumnJoined
+from mle_stream.core.id_hash import MAX_ID_BYTES
 from mle_stream.core.columns import FeatureColumns, IntArray, LabelColumns, PredictionColumns
 from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence, pane_values_sequence
 from mle_stream.core.drift.decision import FeatureDrift
@@ -146,18 +147,24 @@ def _column(values: Any, rows: IntArray) -> np.ndarray:
     return np.fromiter(map(values.__getitem__, rows.tolist()), dtype=object, count=len(rows))
 
 
-def _ids_with_nul(ids: Sequence[str]) -> list[int]:
-    """Rows whose prediction_id contains NUL (one C-level scan when none does, the usual case)."""
-    if "\x00" not in "".join(ids):
+def _unjoinable_ids(ids: Sequence[str]) -> list[Reject]:
+    """Rejects for the ids the label join cannot hold: it keeps them as NUL-padded bytes as wide
+    as the longest one (core/id_hash.py), so a NUL would make two ids one, and one very long id
+    would widen every entry. C-level scans of the whole column first; rows one by one only when
+    one may be such an id."""
+    text = "".join(ids)
+    longest = max(map(len, ids), default=0)
+    if "\x00" not in text and (longest * 4 <= MAX_ID_BYTES or (longest <= MAX_ID_BYTES and text.isascii())):
         return []
-    return [i for i, pid in enumerate(ids) if "\x00" in pid]
-
-
-def _nul_reject(index: int, prediction_id: str) -> Reject:
-    # The label join keeps ids as fixed-width bytes padded with NUL (core/id_hash.py): "a" and
-    # "a\0" would be one id there.
-    return Reject(index, "prediction_id", f"prediction_id {prediction_id!r} contains a NUL character, "
-                                          "which the label join cannot keep apart from padding")
+    out = []
+    for i, pid in enumerate(ids):
+        if "\x00" in pid:
+            out.append(Reject(i, "prediction_id", f"prediction_id {pid!r} contains a NUL character, which the "
+                                                  "label join cannot keep apart from padding"))
+        elif len(pid) * 4 > MAX_ID_BYTES and len(pid.encode()) > MAX_ID_BYTES:
+            out.append(Reject(i, "prediction_id", f"prediction_id {pid[:40]!r}... is {len(pid.encode())} bytes of "
+                                                  f"UTF-8; the worker holds ids of at most {MAX_ID_BYTES}"))
+    return out
 
 
 def _segments_from_json(values: list[Any]) -> list[tuple[Segment, ...]]:
@@ -346,10 +353,10 @@ class ModelEvaluator:
             rejects.append(Reject(i, "timestamp", f"{int(ts[i])} is {int(ts[i]) - now_ms} ms ahead of the "
                                   f"worker's clock (allowed: {t.max_clock_skew_ms} ms)"))
             ok[i] = False
-        for i in _ids_with_nul(cols.prediction_id):
-            if ok[i]:
-                rejects.append(_nul_reject(i, cols.prediction_id[i]))
-                ok[i] = False
+        for reject in _unjoinable_ids(cols.prediction_id):
+            if ok[reject.index]:
+                rejects.append(reject)
+                ok[reject.index] = False
         failed = np.zeros(n, dtype=bool) if cols.error is None else np.array([e is not None for e in cols.error])
         outputs, decisions = self._read_outputs(cols, failed, ok, rejects)
         if rejects:
@@ -416,9 +423,9 @@ class ModelEvaluator:
         rejects: list[Reject] = []
         truths = self._read_truths(cols.label, rejects)
         ids, ts = cols.prediction_id, cols.timestamp
-        nul = [i for i in _ids_with_nul(ids) if all(r.index != i for r in rejects)]
-        if nul:
-            rejects = sorted(rejects + [_nul_reject(i, ids[i]) for i in nul], key=lambda r: r.index)
+        unjoinable = [r for r in _unjoinable_ids(ids) if all(other.index != r.index for other in rejects)]
+        if unjoinable:
+            rejects = sorted(rejects + unjoinable, key=lambda r: r.index)
         if rejects:
             bad = {r.index for r in rejects}
             keep = [i for i in range(n) if i not in bad]

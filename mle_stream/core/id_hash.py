@@ -16,6 +16,10 @@ from typing import Sequence
 import numpy as np
 import numpy.typing as npt
 
+# The longest id the worker's label join holds, in bytes of UTF-8: ids are kept as wide as the
+# longest one held, so one very long id would widen every entry (the evaluator rejects longer ones).
+MAX_ID_BYTES = 128
+
 _POSITION_FACTOR = np.arange(1, 129, 2, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) | np.uint64(1)
 
 
@@ -64,4 +68,4 @@ def id_array(ids: Sequence[str] | np.ndarray) -> np.ndarray:
     return np.array([i.encode() for i in ids], dtype="S")
 
 
-__all__ = ["hash_ids", "id_array"]
+__all__ = ["MAX_ID_BYTES", "hash_ids", "id_array"]
