@@ -165,7 +165,8 @@ def test_ten_sigkills_at_random_points_leave_the_windows_and_decisions_of_an_uni
     rng = random.Random(23)
     base = (int(time.time() * 1000) - 3_600_000) // 1000 * 1000
     # From window 60 on (~6 s in), fraud's v2 is mostly wrong: its rollback is decided amid the kills.
-    preds, labels = traffic(base, 900, rng, bad_candidate="fraud", per_window=40, bad_from=60)
+    # Long enough for the ten restarts with room to spare: publishing stops 20 messages after them.
+    preds, labels = traffic(base, 1400, rng, bad_candidate="fraud", per_window=40, bad_from=60)
     producer = Producer(producer_config(kafka_bootstrap))
     killed, published = threading.Event(), threading.Event()
     sent = [0]  # prediction messages published
