@@ -106,34 +106,33 @@ class PaneTable(Generic[S]):
         Every window start from the first data on is returned, windows without data included: a gap
         in the data must reach the policy (as INCONCLUSIVE), not vanish.
         """
-        spec = self.spec
-        if self.watermark < 0 or not self._panes and self._next_window is None:
+        due = self._closable()
+        if due is None:
             return []
-        last = self.watermark - spec.grace_ms - spec.size_ms
-        if last < 0:
-            return []
-        last -= last % spec.hop_ms
-        if self._next_window is None:
-            # The first window that holds the first pane with data.
-            self._next_window = self.windows_holding(min(k.start for k in self._panes))[0]
-        starts = list(range(self._next_window, last + 1, spec.hop_ms))
-        if starts:
-            self._next_window = starts[-1] + spec.hop_ms
+        starts = list(due)
+        self._next_window = starts[-1] + self.spec.hop_ms if starts else due.start
         return starts
 
     def closing_due(self) -> bool:
         """Whether close_ready() would return a window now; changes nothing."""
+        due = self._closable()
+        return due is not None and len(due) > 0
+
+    def _closable(self) -> range | None:
+        """The starts close_ready would return now, from the next window to close on; None before
+        event time has passed the end of any window."""
         spec = self.spec
         if self.watermark < 0 or not self._panes and self._next_window is None:
-            return False
+            return None
         last = self.watermark - spec.grace_ms - spec.size_ms
         if last < 0:
-            return False
+            return None
         last -= last % spec.hop_ms
         first = self._next_window
         if first is None:
+            # The first window that holds the first pane with data.
             first = self.windows_holding(min(k.start for k in self._panes))[0]
-        return first <= last
+        return range(first, last + 1, spec.hop_ms)
 
     def windows_holding(self, pane_start: int) -> range:
         """Starts of the windows that hold this pane, oldest first."""
