@@ -24,7 +24,7 @@ import numpy as np
 
 from mle_stream.core.checks import samples_of
 from mle_stream.core.column_join import ColumnJoin, ColumnJoined
-from mle_stream.core.id_hash import MAX_ID_BYTES
+from mle_stream.core.id_hash import unholdable_ids
 from mle_stream.core.columns import FeatureColumns, IntArray, LabelColumns, PredictionColumns
 from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence, pane_values_sequence
 from mle_stream.core.drift.decision import FeatureDrift
@@ -148,23 +148,8 @@ def _column(values: Any, rows: IntArray) -> np.ndarray:
 
 
 def _unjoinable_ids(ids: Sequence[str]) -> list[Reject]:
-    """Rejects for the ids the label join cannot hold: it keeps them as NUL-padded bytes as wide
-    as the longest one (core/id_hash.py), so a NUL would make two ids one, and one very long id
-    would widen every entry. C-level scans of the whole column first; rows one by one only when
-    one may be such an id."""
-    text = "".join(ids)
-    longest = max(map(len, ids), default=0)
-    if "\x00" not in text and (longest * 4 <= MAX_ID_BYTES or (longest <= MAX_ID_BYTES and text.isascii())):
-        return []
-    out = []
-    for i, pid in enumerate(ids):
-        if "\x00" in pid:
-            out.append(Reject(i, "prediction_id", f"prediction_id {pid!r} contains a NUL character, which the "
-                                                  "label join cannot keep apart from padding"))
-        elif len(pid) * 4 > MAX_ID_BYTES and len(pid.encode()) > MAX_ID_BYTES:
-            out.append(Reject(i, "prediction_id", f"prediction_id {pid[:40]!r}... is {len(pid.encode())} bytes of "
-                                                  f"UTF-8; the worker holds ids of at most {MAX_ID_BYTES}"))
-    return out
+    """Rejects for the ids the label join cannot hold (core/id_hash.unholdable_ids)."""
+    return [Reject(i, "prediction_id", why) for i, why in unholdable_ids(ids)]
 
 
 def _segments_from_json(values: list[Any]) -> list[tuple[Segment, ...]]:
@@ -423,7 +408,8 @@ class ModelEvaluator:
         rejects: list[Reject] = []
         truths = self._read_truths(cols.label, rejects)
         ids, ts = cols.prediction_id, cols.timestamp
-        unjoinable = [r for r in _unjoinable_ids(ids) if all(other.index != r.index for other in rejects)]
+        rejected = {r.index for r in rejects}
+        unjoinable = [r for r in _unjoinable_ids(ids) if r.index not in rejected]
         if unjoinable:
             rejects = sorted(rejects + unjoinable, key=lambda r: r.index)
         if rejects:

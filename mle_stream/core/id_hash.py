@@ -50,6 +50,25 @@ def hash_ids(ids: np.ndarray) -> npt.NDArray[np.uint64]:
     return _fmix64(chunks.sum(axis=1, dtype=np.uint64))
 
 
+def unholdable_ids(ids: Sequence[str]) -> list[tuple[int, str]]:
+    """(row, why) for each id the join cannot hold: one with a NUL (padding would make "a" and
+    "a\\0" one id) or of more than MAX_ID_BYTES. C-level scans of the whole column first; rows
+    one by one only when one may be such an id."""
+    text = "".join(ids)
+    longest = max(map(len, ids), default=0)
+    if "\x00" not in text and (longest * 4 <= MAX_ID_BYTES or (longest <= MAX_ID_BYTES and text.isascii())):
+        return []
+    out = []
+    for i, pid in enumerate(ids):
+        if "\x00" in pid:
+            out.append((i, f"prediction_id {pid!r} contains a NUL character, which the label join cannot keep "
+                           "apart from padding"))
+        elif len(pid) * 4 > MAX_ID_BYTES and len(pid.encode()) > MAX_ID_BYTES:
+            out.append((i, f"prediction_id {pid[:40]!r}... is {len(pid.encode())} bytes of UTF-8; the worker "
+                           f"holds ids of at most {MAX_ID_BYTES}"))
+    return out
+
+
 def id_array(ids: Sequence[str] | np.ndarray) -> np.ndarray:
     """Ids as an `S` array: as they are if they already are one, else their UTF-8 bytes."""
     if isinstance(ids, np.ndarray):
@@ -62,10 +81,10 @@ def id_array(ids: Sequence[str] | np.ndarray) -> np.ndarray:
     if "\x00" in text:
         bad = next(i for i in ids if "\x00" in i)
         raise ValueError(f"prediction_id {bad!r} contains a NUL character, which the column join "
-                         "cannot keep apart from padding: reject the record before the join")
+                         "cannot keep apart from padding: reject the record before the join (unholdable_ids)")
     if text.isascii():
         return np.array(ids, dtype="S") if ids else np.zeros(0, dtype="S1")
     return np.array([i.encode() for i in ids], dtype="S")
 
 
-__all__ = ["MAX_ID_BYTES", "hash_ids", "id_array"]
+__all__ = ["MAX_ID_BYTES", "hash_ids", "id_array", "unholdable_ids"]
