@@ -211,6 +211,20 @@ def test_ids_as_str_and_as_bytes_are_one_id() -> None:
     assert got.rows.tolist() == [0, 1] and got.predictions["output"].tolist() == [0.5, 0.25]
 
 
+@given(st.lists(st.text(st.sampled_from("ab\x00\x7fé"), max_size=3), max_size=6), st.booleans())
+def test_id_array_is_the_utf8_bytes_of_each_id(ids: list[str], same_length: bool) -> None:
+    """Ids of one length, all ASCII and without NUL, take a shortcut (one joined text cut into
+    rows); every other list the general conversion. Both must give each id's own bytes."""
+    if same_length and ids:
+        ids = [(i + "a" * 3)[:3] for i in ids]
+    if any("\x00" in i for i in ids):
+        with pytest.raises(ValueError, match="contains a NUL"):
+            id_array(ids)
+        return
+    got = id_array(ids)
+    assert got.dtype.kind == "S" and got.tolist() == [i.encode() for i in ids]
+
+
 def test_an_id_with_a_nul_character_is_refused_with_the_id() -> None:
     cj = ColumnJoin(1000, 0, {"output": np.float64})
     with pytest.raises(ValueError, match="'a\\\\x00' contains a NUL"):
