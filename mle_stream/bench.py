@@ -8,7 +8,8 @@ fresh topics. Then, over the same already-produced messages, it measures two leg
   own decoders (codec.decode_prediction_columns / decode_label_columns), timed from the first
   message in hand to the last record decoded. It takes what librdkafka has fetched without waiting
   for a fuller batch (`_FLOOR_WAIT_S`), so that both legs pay for fetching from the broker after
-  their first message, and neither sits idle on a timeout;
+  their first message, and neither sits idle on a timeout. It runs `FLOOR_RUNS` times and the
+  fastest run counts;
 - the **worker**: the real Faust path (stream.app.build_app run by faust.Worker) in a process of
   its own, timed from the first message Faust hands to the stream to the end of the batch that
   completes all N predictions and their labels. Process start-up, Faust start-up and the consumer
@@ -41,7 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
@@ -112,6 +113,11 @@ _POLL_S = 0.5
 # partial batch waited out the 0.5 s (~1.5 s of a 3.3 s floor). 1 ms lets the clock start at the
 # first fetched messages and never leaves the loop idle while records are there to decode.
 _FLOOR_WAIT_S = 0.001
+# The floor is measured this many times over the same messages and the fastest run counts: one run
+# takes ~0.3 s at the default size, and on the shared 2-core VMs here single runs measured anywhere
+# from ~300k to ~700k predictions/s from one bench to the next (within one bench: ±10%). A floor
+# slowed by a neighbour would make the ratio look better than it is.
+FLOOR_RUNS = 3
 
 
 class BenchError(MleStreamError):
@@ -586,11 +592,15 @@ def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int =
         log.info("producing %d predictions and their labels to %s*", events, run.prefix)
         produced = produce(servers, topics, events, models)
         log.info("produced in %.1f s; measuring the raw consumer", produced.seconds)
-        floor = run_baseline(servers, topics, produced.predictions, produced.labels, timeout_s)
+        floors = [run_baseline(servers, topics, produced.predictions, produced.labels, timeout_s)
+                  for _ in range(FLOOR_RUNS)]
         messages = produced.prediction_messages + produced.label_messages
-        if floor.messages != messages:
-            raise BenchError(f"the raw consumer read {floor.messages} messages, the clients sent {messages}")
-        log.info("floor: %.0f predictions/s; starting the worker process", floor.events_per_s)
+        for leg in floors:
+            if leg.messages != messages:
+                raise BenchError(f"the raw consumer read {leg.messages} messages, the clients sent {messages}")
+        floor = min(floors, key=lambda leg: leg.seconds)
+        log.info("floor: %.0f predictions/s (fastest of %d runs); starting the worker process",
+                 floor.events_per_s, FLOOR_RUNS)
         spec = _worker_spec(run.worker_settings, servers, models, messages, events, profile)
         spawned = time.monotonic()
         with _worker_process(spec) as (process, conn):
@@ -598,7 +608,7 @@ def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int =
             send_window_closers(servers, topics, produced.last_timestamp)
             done = _receive(process, conn, "done", 60)
             snapshots = read_snapshots(servers, topics.metrics, events, 60)
-    return build_report(events, models, produced, floor, measured, spawned, snapshots, done, run.broker)
+    return build_report(events, models, produced, floors, measured, spawned, snapshots, done, run.broker)
 
 
 def run_memory_bench(settings: Settings, *, events: int = DEFAULT_MEMORY_EVENTS, models: int = 1,
@@ -662,8 +672,9 @@ def run_memory_bench(settings: Settings, *, events: int = DEFAULT_MEMORY_EVENTS,
     }
 
 
-def build_report(events: int, models: int, produced: Produced, floor: Leg, measured: Mapping[str, Any], spawned: float,
-           snapshots: Mapping[str, int], done: Mapping[str, Any], broker: str) -> dict[str, Any]:
+def build_report(events: int, models: int, produced: Produced, floors: Sequence[Leg], measured: Mapping[str, Any],
+                 spawned: float, snapshots: Mapping[str, int], done: Mapping[str, Any], broker: str) -> dict[str, Any]:
+    floor = min(floors, key=lambda leg: leg.seconds)
     worker = Leg(measured["end_at"] - measured["first_message_at"], measured["messages"],
                  measured["predictions"], measured["labels"])
     # Rounded first, so that ratio == events_per_s / baseline_events_per_s holds for the printed values.
@@ -709,6 +720,7 @@ def build_report(events: int, models: int, produced: Produced, floor: Leg, measu
             "predictions": floor.predictions,
             "labels": floor.labels,
             "records_per_s": round((floor.predictions + floor.labels) / floor.seconds, 1),
+            "runs_seconds": [round(leg.seconds, 3) for leg in floors],  # the fastest one counts
         },
         "produce": {
             "seconds": round(produced.seconds, 2),
