@@ -1,5 +1,6 @@
 import random
 
+import pytest
 from sklearn.metrics import accuracy_score
 
 from mle_stream.core.evaluator import ModelEvaluator
@@ -82,6 +83,17 @@ def test_unusable_records_come_back_as_rejects_naming_the_field() -> None:
     ev.add_predictions([Prediction(prediction_id="p", model="fraud", version="1", timestamp=5, score=0.9)], NOW)
     rejects = ev.add_labels([Label(prediction_id="p", model="fraud", timestamp=6, label="cat")])  # refused on arrival
     assert len(rejects) == 1 and rejects[0].field == "label" and "binary label" in rejects[0].reason
+
+
+@pytest.mark.parametrize("ids", [["p0", "p1", "p2"], ["p0", "p1", "p-two"]])  # one length (a shortcut), or not
+def test_a_refused_label_leaves_the_rest_of_its_batch_joined(ids: list[str]) -> None:
+    ev = ModelEvaluator(TOPOLOGY)
+    ev.add_predictions([Prediction(prediction_id=i, model="fraud", version="1", timestamp=5, score=0.9) for i in ids], NOW)
+    rejects = ev.add_labels([Label(ids[0], "fraud", 6, True), Label(ids[1], "fraud", 6, "cat"),
+                             Label(ids[2], "fraud", 6, False)])
+    assert [(r.index, r.field) for r in rejects] == [(1, "label")]
+    assert (ev.join.joined, ev.join.pending) == (2, (1, 0))  # pending: (predictions, labels)
+    assert ev.join.labels_of(ids) == [True, None, False]
 
 
 def test_multiclass_uses_argmax_unless_the_pod_says_otherwise() -> None:

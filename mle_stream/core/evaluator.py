@@ -24,7 +24,7 @@ import numpy as np
 
 from mle_stream.core.checks import samples_of
 from mle_stream.core.column_join import ColumnJoin, ColumnJoined
-from mle_stream.core.id_hash import unholdable_ids
+from mle_stream.core.id_hash import holdable_id_array, unholdable_ids
 from mle_stream.core.columns import FeatureColumns, IntArray, LabelColumns, PredictionColumns
 from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence, pane_values_sequence
 from mle_stream.core.drift.decision import FeatureDrift
@@ -338,10 +338,12 @@ class ModelEvaluator:
             rejects.append(Reject(i, "timestamp", f"{int(ts[i])} is {int(ts[i]) - now_ms} ms ahead of the "
                                   f"worker's clock (allowed: {t.max_clock_skew_ms} ms)"))
             ok[i] = False
-        for reject in _unjoinable_ids(cols.prediction_id):
-            if ok[reject.index]:
-                rejects.append(reject)
-                ok[reject.index] = False
+        sids = self._id_array(cols.prediction_id)
+        if sids is None:
+            for reject in _unjoinable_ids(cols.prediction_id):
+                if ok[reject.index]:
+                    rejects.append(reject)
+                    ok[reject.index] = False
         failed = np.zeros(n, dtype=bool) if cols.error is None else np.array([e is not None for e in cols.error])
         outputs, decisions = self._read_outputs(cols, failed, ok, rejects)
         if rejects:
@@ -370,7 +372,11 @@ class ModelEvaluator:
         # Joined: predictions that did not fail wait for (or meet) their labels.
         waiting = np.flatnonzero(~failed_rows)
         joining = rows[waiting]
-        ids = cols.prediction_id if len(joining) == n else [cols.prediction_id[i] for i in joining.tolist()]
+        ids: Sequence[str] | np.ndarray
+        if sids is not None:
+            ids = sids if len(joining) == n else sids[joining]
+        else:
+            ids = cols.prediction_id if len(joining) == n else [cols.prediction_id[i] for i in joining.tolist()]
         payload = {"pane": panes[waiting], "version": codes[waiting], "output": _column(outputs, joining)}
         if t.task != "regression":
             payload["decision"] = _column(decisions, joining)
@@ -408,15 +414,18 @@ class ModelEvaluator:
         rejects: list[Reject] = []
         truths = self._read_truths(cols.label, rejects)
         ids, ts = cols.prediction_id, cols.timestamp
-        rejected = {r.index for r in rejects}
-        unjoinable = [r for r in _unjoinable_ids(ids) if r.index not in rejected]
-        if unjoinable:
-            rejects = sorted(rejects + unjoinable, key=lambda r: r.index)
+        sids = self._id_array(ids)
+        if sids is None:
+            rejected = {r.index for r in rejects}
+            unjoinable = [r for r in _unjoinable_ids(ids) if r.index not in rejected]
+            if unjoinable:
+                rejects = sorted(rejects + unjoinable, key=lambda r: r.index)
         if rejects:
             bad = {r.index for r in rejects}
             keep = [i for i in range(n) if i not in bad]
             ids, ts, truths = [ids[i] for i in keep], ts[keep], [truths[i] for i in keep]
-        parts = [self.join.add_labels(ids, ts, truths)]
+            sids = None if sids is None else sids[keep]
+        parts = [self.join.add_labels(ids if sids is None else sids, ts, truths)]
         if self.shadow_join is not None:
             # Only labels of shadow predictions it holds: a label that comes before its shadow
             # prediction is found in the main join when the shadow prediction comes (_join_predictions),
@@ -428,7 +437,14 @@ class ModelEvaluator:
         self._scored.extend(self._retained(part) for part in parts if len(part))
         return rejects
 
-    def _join_predictions(self, ids: Sequence[str], ts: IntArray, payload: dict[str, np.ndarray]) -> ColumnJoined:
+    def _id_array(self, ids: Sequence[str]) -> np.ndarray | None:
+        """The ids as the join keeps them, if all can be held and a shortcut shows it (ids of one
+        format); None: check them one by one (_unjoinable_ids) and hand the join str. In shadow
+        mode always None: the shadow's pairing keeps ids as str."""
+        return holdable_id_array(ids) if self.shadow_join is None else None
+
+    def _join_predictions(self, ids: Sequence[str] | np.ndarray, ts: IntArray,
+                          payload: dict[str, np.ndarray]) -> ColumnJoined:
         """Predictions into the label join; in shadow mode the shadow's into its own join, with the
         label production's join already holds for the id, and both sides into the pairing."""
         if self.shadow_join is None or self.pairing is None:

@@ -51,6 +51,15 @@ def hash_ids(ids: np.ndarray) -> npt.NDArray[np.uint64]:
     return _fmix64(chunks.sum(axis=1, dtype=np.uint64))
 
 
+def holdable_id_array(ids: Sequence[str]) -> np.ndarray | None:
+    """The ids as an `S` array if a shortcut proves every one holdable: ASCII, of one length of at
+    most MAX_ID_BYTES, without NUL (ids of one format, the usual case); else None, and
+    `unholdable_ids` tells which cannot be held, if any. One pass instead of the two of
+    `unholdable_ids` then `id_array`."""
+    fixed = _fixed_width_ascii(ids)
+    return fixed if fixed is not None and fixed.dtype.itemsize <= MAX_ID_BYTES else None
+
+
 def unholdable_ids(ids: Sequence[str]) -> list[tuple[int, str]]:
     """(row, why) for each id the join cannot hold: one with a NUL (padding would make "a" and
     "a\\0" one id) or of more than MAX_ID_BYTES. C-level scans of the whole column first; rows
@@ -110,4 +119,4 @@ def _fixed_width_ascii(ids: Sequence[str]) -> np.ndarray | None:
     return rows[:, :-1].copy().view(f"S{width - 1}").ravel()
 
 
-__all__ = ["MAX_ID_BYTES", "hash_ids", "id_array", "unholdable_ids"]
+__all__ = ["MAX_ID_BYTES", "hash_ids", "holdable_id_array", "id_array", "unholdable_ids"]
