@@ -273,7 +273,9 @@ def _reader(bootstrap: str, names: list[str], purpose: str) -> Consumer:
     Assigned, not subscribed: a group join takes seconds on the embedded broker and is no part of
     what the bench measures.
     """
-    consumer = Consumer(consumer_config(bootstrap, f"mle-bench-{purpose}-{uuid.uuid4().hex[:8]}"))
+    # CRCs checked as the worker's consumer checks them (aiokafka's default, under Faust's
+    # broker_check_crcs); librdkafka's default is not to.
+    consumer = Consumer(consumer_config(bootstrap, f"mle-bench-{purpose}-{uuid.uuid4().hex[:8]}", **{"check.crcs": True}))
     try:
         metadata = consumer.list_topics(timeout=15)
     except KafkaException as exc:
