@@ -338,7 +338,7 @@ class ModelEvaluator:
             rejects.append(Reject(i, "timestamp", f"{int(ts[i])} is {int(ts[i]) - now_ms} ms ahead of the "
                                   f"worker's clock (allowed: {t.max_clock_skew_ms} ms)"))
             ok[i] = False
-        sids = self._id_array(cols.prediction_id)
+        sids = self._holdable_id_array(cols.prediction_id)
         if sids is None:
             for reject in _unjoinable_ids(cols.prediction_id):
                 if ok[reject.index]:
@@ -414,7 +414,7 @@ class ModelEvaluator:
         rejects: list[Reject] = []
         truths = self._read_truths(cols.label, rejects)
         ids, ts = cols.prediction_id, cols.timestamp
-        sids = self._id_array(ids)
+        sids = self._holdable_id_array(ids)
         if sids is None:
             rejected = {r.index for r in rejects}
             unjoinable = [r for r in _unjoinable_ids(ids) if r.index not in rejected]
@@ -423,8 +423,11 @@ class ModelEvaluator:
         if rejects:
             bad = {r.index for r in rejects}
             keep = [i for i in range(n) if i not in bad]
-            ids, ts, truths = [ids[i] for i in keep], ts[keep], [truths[i] for i in keep]
-            sids = None if sids is None else sids[keep]
+            ts, truths = ts[keep], [truths[i] for i in keep]
+            if sids is None:
+                ids = [ids[i] for i in keep]
+            else:
+                sids = sids[keep]
         parts = [self.join.add_labels(ids if sids is None else sids, ts, truths)]
         if self.shadow_join is not None:
             # Only labels of shadow predictions it holds: a label that comes before its shadow
@@ -437,7 +440,7 @@ class ModelEvaluator:
         self._scored.extend(self._retained(part) for part in parts if len(part))
         return rejects
 
-    def _id_array(self, ids: Sequence[str]) -> np.ndarray | None:
+    def _holdable_id_array(self, ids: Sequence[str]) -> np.ndarray | None:
         """The ids as the join keeps them, if all can be held and a shortcut shows it (ids of one
         format); None: check them one by one (_unjoinable_ids) and hand the join str. In shadow
         mode always None: the shadow's pairing keeps ids as str."""
