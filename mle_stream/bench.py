@@ -792,6 +792,7 @@ def format_report(r: Mapping[str, Any]) -> str:
          f"{r['labels']:,} labels, {r['models']} model(s), broker {r['broker']}"),
         *table,
         f"  ratio worker / floor: {r['ratio']:.2f}",
+        f"floor: the fastest of {len(b['runs_seconds'])} runs ({', '.join(f'{x:.2f}' for x in b['runs_seconds'])} s)",
         (f"worker: peak RSS {r['peak_rss_mb']:.0f} MB; {w['batches']} batches of {w['messages_per_batch_mean']:.0f} "
          f"messages on average (max {w['messages_per_batch_max']}); {produced['predictions_per_message']:.0f} "
          f"predictions and {produced['labels_per_message']:.0f} labels per message"),

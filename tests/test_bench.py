@@ -50,6 +50,7 @@ def test_bench_json_counts_every_prediction_end_to_end(kafka_bootstrap: str,
 
     table = format_report(r)
     assert "worker (Faust)" in table and "floor (raw consumer)" in table and f"{EVENTS:,}" in table
+    assert f"the fastest of {FLOOR_RUNS} runs" in table
     assert "rss_growth" in table
 
 
