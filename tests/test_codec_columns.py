@@ -236,7 +236,8 @@ def test_a_serving_pods_batch_is_read_as_one_shape(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(reader, "_PREDICTION", dataclasses.replace(reader._PREDICTION, read_one=read_one))
     result = codec.decode_prediction_columns(payload)
-    assert len(loose) == 1  # the first record, to find its shape; the other 499 in one regex run
+    # All 500 in one regex run: the shape the batch before was read with fits from the first record.
+    assert loose == []
     assert result.columns.records() == batch and result.errors == []
     assert result.message_index.tolist() == list(range(500))
     features = result.columns.features
@@ -244,6 +245,16 @@ def test_a_serving_pods_batch_is_read_as_one_shape(monkeypatch: pytest.MonkeyPat
     assert features.matrix.shape == (500, 10) and features.matrix.flags.c_contiguous
     assert result.columns.model == ["fraud"] * 500 and np.isnan(result.columns.value).all()
     assert result.columns.scores is None and result.columns.predicted_label is None and result.columns.error is None
+
+    # Another shape (another model name) is learned from its first batch; its next batch is one
+    # run from the first record on, and the first shape is still remembered.
+    other = [dataclasses.replace(p, model="fraud-2") for p in batch]
+    codec.decode_prediction_columns(codec.encode_predictions(other))
+    assert loose
+    loose.clear()
+    assert codec.decode_prediction_columns(codec.encode_predictions(other)).columns.records() == other
+    assert loose == []
+    assert codec.decode_prediction_columns(payload).columns.records() == batch and loose == []  # both remembered
 
 
 @SETTINGS
