@@ -325,6 +325,20 @@ def run_baseline(bootstrap: str, topics: Topics, predictions: int, labels: int, 
     return Leg(end - first, messages, seen_predictions, seen_labels)
 
 
+def floor_runs(bootstrap: str, topics: Topics, produced: Produced, timeout_s: float) -> list[Leg]:
+    """The floor, FLOOR_RUNS times over the same messages; each run must read every message."""
+    messages = produced.prediction_messages + produced.label_messages
+    legs = [run_baseline(bootstrap, topics, produced.predictions, produced.labels, timeout_s) for _ in range(FLOOR_RUNS)]
+    for leg in legs:
+        if leg.messages != messages:
+            raise BenchError(f"the raw consumer read {leg.messages} messages, the clients sent {messages}")
+    return legs
+
+
+def fastest(legs: Sequence[Leg]) -> Leg:
+    return min(legs, key=lambda leg: leg.seconds)
+
+
 # ------------------------------------------------------------------------------------------------
 # The worker: build_app + faust.Worker in a process of its own (its peak RSS is the worker's alone)
 
@@ -594,15 +608,10 @@ def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int =
         log.info("producing %d predictions and their labels to %s*", events, run.prefix)
         produced = produce(servers, topics, events, models)
         log.info("produced in %.1f s; measuring the raw consumer", produced.seconds)
-        floors = [run_baseline(servers, topics, produced.predictions, produced.labels, timeout_s)
-                  for _ in range(FLOOR_RUNS)]
+        floors = floor_runs(servers, topics, produced, timeout_s)
         messages = produced.prediction_messages + produced.label_messages
-        for leg in floors:
-            if leg.messages != messages:
-                raise BenchError(f"the raw consumer read {leg.messages} messages, the clients sent {messages}")
-        floor = min(floors, key=lambda leg: leg.seconds)
         log.info("floor: %.0f predictions/s (fastest of %d runs); starting the worker process",
-                 floor.events_per_s, FLOOR_RUNS)
+                 fastest(floors).events_per_s, FLOOR_RUNS)
         spec = _worker_spec(run.worker_settings, servers, models, messages, events, profile)
         spawned = time.monotonic()
         with _worker_process(spec) as (process, conn):
@@ -676,7 +685,7 @@ def run_memory_bench(settings: Settings, *, events: int = DEFAULT_MEMORY_EVENTS,
 
 def build_report(events: int, models: int, produced: Produced, floors: Sequence[Leg], measured: Mapping[str, Any],
                  spawned: float, snapshots: Mapping[str, int], done: Mapping[str, Any], broker: str) -> dict[str, Any]:
-    floor = min(floors, key=lambda leg: leg.seconds)
+    floor = fastest(floors)
     worker = Leg(measured["end_at"] - measured["first_message_at"], measured["messages"],
                  measured["predictions"], measured["labels"])
     # Rounded first, so that ratio == events_per_s / baseline_events_per_s holds for the printed values.

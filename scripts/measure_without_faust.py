@@ -2,7 +2,7 @@
 confluent-kafka itself (issue 3's ratio; README, Performance).
 
 Over the same messages as `mle-stream bench` (200,000 predictions and their labels, produced once),
-each round measures the floor (the bench's own `run_baseline`, fastest of FLOOR_RUNS) and then a
+each round measures the floor (the bench's own `floor_runs`, the fastest counting) and then a
 confluent-kafka consumer that hands batches of BATCH_MESSAGES messages to the worker's
 CheckpointedProcessor in its own thread, while librdkafka fetches in its threads, outside the GIL.
 Timed like the worker leg: from the first message in hand to the last record processed.
@@ -55,8 +55,7 @@ def main(rounds: int) -> None:
         produced = bench.produce(run.servers, run.topics, EVENTS, 1)
         messages = produced.prediction_messages + produced.label_messages
         for r in range(rounds):
-            floor = min(bench.run_baseline(run.servers, run.topics, produced.predictions, produced.labels, 120).seconds
-                        for _ in range(bench.FLOOR_RUNS))
+            floor = bench.fastest(bench.floor_runs(run.servers, run.topics, produced, 120)).seconds
             seconds = without_faust(run.servers, run.topics, messages, settings.partitions)
             print(f"round {r}: floor {EVENTS / floor:,.0f} predictions/s, processing without Faust "
                   f"{EVENTS / seconds:,.0f}/s, ratio {floor / seconds:.2f}", flush=True)
