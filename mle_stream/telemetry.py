@@ -64,8 +64,11 @@ class WorkerMetrics(_Metrics):
             "tables, commands, dead letters)", "topic")
         self.dead_letters = self._counter(
             "mle_stream_dead_letters", "Records or messages sent to the dead-letter topic, by the topic they were "
-            "read from and reason class (undecodable, rejected, unknown_model, unknown_topic, unsigned)",
-            "topic", "reason")
+            "read from and reason class (undecodable, rejected, unknown_model, unknown_topic, unsigned, "
+            "internal_error)", "topic", "reason")
+        self.output_failures = self._counter(
+            "mle_stream_output_failures", "Messages the worker could not hand to its producer, by topic (each is "
+            "logged at ERROR with what it was; the batch's other outputs are still published)", "topic")
         self.window_metric = self._gauge(
             "mle_stream_window_metric", "Value of a metric in the last closed event-time window of a whole model "
             "version (segments excluded), in the metric's own unit (ratios 0-1, latency in ms); NaN when that "

@@ -29,7 +29,7 @@ from mle_stream.core.topology import Topology
 from mle_stream.errors import BrokerError, ConfigError
 from mle_stream.kafka import ensure_state_topic, partition_counts
 from mle_stream.stream.checkpoints import CheckpointedProcessor, Checkpoints, CheckpointStore
-from mle_stream.stream.processor import Incoming, StreamProcessor
+from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor
 from mle_stream.telemetry import WorkerMetrics, serve
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,17 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         except (AssertionError, KeyError, ConsumerNotStarted):  # aiokafka asserts the partition is assigned
             return None  # revoked meanwhile, or the consumer is not up: no lag to tell
 
+    async def publish(outs: list[Outgoing]) -> None:
+        # One output the producer refuses (too large for the broker, a topic that is gone) must not
+        # cost the batch's others, least of all a command: each is handed over on its own.
+        for out in outs:
+            try:
+                await sinks[out.topic].send(key=out.key, value=out.value)
+            except Exception as exc:
+                metrics.output_failures.labels(out.topic).inc()
+                log.error("could not publish %d bytes to %s (key %r): %s: %s; the batch's other outputs go on",
+                          len(out.value), out.topic, out.key[:200], type(exc).__name__, exc)
+
     async def checkpoint(write: Awaitable[Any]) -> None:
         started = time.perf_counter()
         await write
@@ -117,8 +128,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
                 # the CPU-bound processing would otherwise stall the fetcher for its whole length.
                 outs = await loop.run_in_executor(executor, worker.process, batch, [e.message.key for e in events])
                 seconds = time.perf_counter() - started
-                for out in outs:
-                    await sinks[out.topic].send(key=out.key, value=out.value)
+                await publish(outs)
                 metrics.observe_batch(batch, outs, processor.drain_tally(), seconds)
                 for k in worker.held:
                     positions.update(worker.positions(k))
@@ -132,8 +142,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         # Without input the agent never runs, yet a silent source must still hold the rollout.
         async with checkpoints.batch() as worker:
             outs = worker.tick()
-            for out in outs:
-                await sinks[out.topic].send(key=out.key, value=out.value)
+            await publish(outs)
             metrics.observe_outputs(outs, processor.drain_tally())
 
     @app.timer(settings.checkpoint_interval_s)
