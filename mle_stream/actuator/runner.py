@@ -21,7 +21,8 @@ from mle_stream.actuator.notify import Notifier
 from mle_stream.actuator.ports import RoutingBackend
 from mle_stream.actuator.service import Actuator, Outcome
 from mle_stream.config import Topics
-from mle_stream.dead_letter import dead_letter_entry
+from mle_stream.core.events import Command
+from mle_stream.dead_letter import bounded_text, dead_letter_entry
 from mle_stream.errors import ActuationError, InvalidEvent
 from mle_stream.kafka import consumer_config, producer_config
 from mle_stream.retry import Backoff
@@ -111,15 +112,36 @@ def _handle(actuator: Actuator, producer: Producer, topics: Topics, message: Mes
     try:
         command = codec.decode_command(payload)
     except InvalidEvent as exc:
-        log.error("not a command at %s[%s]@%s: %s", message.topic(), message.partition(), message.offset(), exc)
-        producer.produce(topics.dead_letter, key=(message.topic() or "").encode(), value=dead_letter_entry(
-            reason=str(exc), field=exc.field, source_topic=message.topic() or "", partition=message.partition() or 0,
-            offset=message.offset() or 0, record_index=None, at=int(time.time() * 1000), payload=payload))
-        if producer.flush(10) != 0:
-            raise ActuationError(f"could not dead-letter the message at {message.topic()}[{message.partition()}]@"
-                                 f"{message.offset()} within 10 s")
-        metrics.dead_letters.labels(message.topic() or "", "undecodable").inc()
+        log.error("not a command at %s[%s]@%s: %s", message.topic(), message.partition(), message.offset(),
+                  bounded_text(str(exc), 500))
+        _dead_letter(producer, topics, message, str(exc), exc.field, metrics, "undecodable")
         return None
+    try:
+        return _apply(actuator, producer, topics, command, notifier, metrics, announce)
+    except ActuationError:
+        raise  # the broker did not take the event: the command must be delivered again
+    except Exception as exc:  # a bug met by this command: report it and go on with the next
+        log.exception("failed on the command at %s[%s]@%s", message.topic(), message.partition(), message.offset())
+        _dead_letter(producer, topics, message, f"the actuator failed on this command ({type(exc).__name__}: {exc}); "
+                     "this is a bug in mle-stream, its traceback is in the actuator's log", "", metrics,
+                     "internal_error")
+        return None
+
+
+def _dead_letter(producer: Producer, topics: Topics, message: Message, reason: str, field: str,
+                 metrics: ActuatorMetrics, reason_class: str) -> None:
+    producer.produce(topics.dead_letter, key=(message.topic() or "").encode(), value=dead_letter_entry(
+        reason=reason, field=field, source_topic=message.topic() or "", partition=message.partition() or 0,
+        offset=message.offset() or 0, record_index=None, at=int(time.time() * 1000), payload=message.value() or b""))
+    if producer.flush(10) != 0:
+        raise ActuationError(f"could not dead-letter the message at {message.topic()}[{message.partition()}]@"
+                             f"{message.offset()} within 10 s")
+    metrics.dead_letters.labels(message.topic() or "", reason_class).inc()
+
+
+def _apply(actuator: Actuator, producer: Producer, topics: Topics, command: Command, notifier: Notifier | None,
+           metrics: ActuatorMetrics, announce: bool) -> Outcome:
+    """Apply a decoded command and publish its rollout event (see _handle)."""
     kind = command.kind.value
     metrics.commands.labels(kind).inc()
     started = time.perf_counter()
