@@ -11,8 +11,8 @@ command can:
 - the worker holds input older than `checkpoint_max_age_s` that no checkpoint includes, or a batch
   failed midway, after which the process writes no checkpoint again;
 - an input partition has messages waiting (lag > 0) and the worker's position in it has not moved
-  for `stall_after_s`. A worker catching up a backlog moves; an idle one has nothing waiting: neither
-  is stalled.
+  for `stall_after_s` outside rebalances. A worker catching up a backlog moves; an idle one has
+  nothing waiting; one restoring checkpoints after a rebalance is not ready yet: none is stalled.
 
 Readiness (`/readyz`) answers "count me": alive, started, and (worker) the partitions of the last
 rebalance restored from their checkpoints, (actuator) partitions assigned. It fails during a
@@ -254,7 +254,8 @@ class WorkerHealth:
                 before = previous.get(tp)
                 moved = before is None or before.position != position
                 waiting = lag is not None and lag > 0
-                since = before.since if before is not None and not moved and waiting else now
+                # Restoring checkpoints after a rebalance may take minutes without moving: not a stall.
+                since = before.since if before is not None and not moved and waiting and s.ready else now
                 s.partitions[tp] = _Partition(position, lag, since)
 
     # -- rules --------------------------------------------------------------------------------------

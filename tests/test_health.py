@@ -201,6 +201,23 @@ def test_an_unknown_high_watermark_is_not_a_stall() -> None:
     assert h.liveness().checks["consumer"].ok
 
 
+def test_restoring_after_a_rebalance_is_not_a_stall() -> None:
+    clock = Clock()
+    h = running(clock)
+    h.rebalancing()
+    for _ in range(300):  # ten minutes restoring a large state, input waiting meanwhile
+        clock.now += 2
+        h.heartbeat({P0: 10}, {P0: 15}, {}, True)
+    assert h.liveness().ok
+    h.restored([0])
+    clock.now += 300
+    h.heartbeat({P0: 10}, {P0: 15}, {}, True)
+    assert h.liveness().ok  # 300 s unmoved since it is ready again: at the bound
+    clock.now += 1
+    h.heartbeat({P0: 10}, {P0: 15}, {}, True)
+    assert "consumer" in failing(h.liveness())
+
+
 def test_a_rebalance_restarts_the_stall_clock() -> None:
     clock = Clock()
     h = running(clock)
