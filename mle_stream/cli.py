@@ -434,7 +434,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.stream.app import run_worker
 
     from mle_stream.aliases import resolve_with_mlflow
-
     from mle_stream.health import WorkerHealth
 
     metrics_port = _metrics_port(args, settings, WORKER_METRICS_PORT)

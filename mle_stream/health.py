@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -505,6 +506,8 @@ def start_server(registry: CollectorRegistry, port: int, bind: str, health: Heal
     """Serve the metrics of `registry` and the probes of `health` on bind:port (0: any free port) from a
     daemon thread; OSError when the address cannot be bound."""
     handler = type("Handler", (_Handler,), {"registry": registry, "health": health})
-    server = _Server((bind, port), handler)
+    # An IPv6 address such as '::' needs an IPv6 socket (prometheus_client's own server does the same).
+    family = socket.getaddrinfo(bind or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    server = type("Server", (_Server,), {"address_family": family})((bind, port), handler)
     threading.Thread(target=server.serve_forever, name="mle-stream-metrics-http", daemon=True).start()
     return server
