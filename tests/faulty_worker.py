@@ -5,7 +5,9 @@ A message whose value starts with one of these markers makes the worker's proces
 raise in its processing thread, as a bug or a hostile record would:
 
 - b"RAISE:" raises RuntimeError, an ordinary exception (Faust's supervisor restarts the agent);
-- b"EXIT:" raises SystemExit, which Faust does not treat as an agent error.
+- b"EXIT:" raises SystemExit, which Faust does not treat as an agent error;
+- b"HANG:<path>" does not raise but holds the processing step until the file <path> exists (at
+  most two minutes), as a batch stuck in a call that never returns.
 
 Nothing of the health logic is replaced: only the processor fails.
 """
@@ -13,6 +15,7 @@ Nothing of the health logic is replaced: only the processor fails.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +33,11 @@ def _faulty_process(self: processor.StreamProcessor, messages: Sequence[Any]) ->
             raise RuntimeError(f"injected failure at {m.topic}[{m.partition}]@{m.offset}")
         if m.value.startswith(b"EXIT:"):
             raise SystemExit(f"injected exit at {m.topic}[{m.partition}]@{m.offset}")
+        if m.value.startswith(b"HANG:"):
+            release = Path(m.value[len(b"HANG:"):].decode())
+            deadline = time.monotonic() + 120
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
     return _process(self, messages)
 
 

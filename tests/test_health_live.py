@@ -144,6 +144,27 @@ def test_an_agent_that_faust_does_not_restart_fails_liveness(
     assert metric(port, "mle_stream_agent_running") == 0
 
 
+def test_a_worker_stuck_in_a_batch_while_input_waits_fails_liveness_and_recovers_when_it_moves(
+        start_worker: Callable[..., tuple[Worker, int]], kafka_bootstrap: str, topics: Topics,
+        tmp_path: Path) -> None:
+    worker, port = start_worker(kafka_bootstrap, topics, MLE_HEALTH_STALL_AFTER="5s")
+    release = tmp_path / "release"
+    publish(kafka_bootstrap, topics.predictions, b"HANG:" + str(release).encode())
+    time.sleep(1)  # the batch with it is in the processing thread: what follows waits
+    for i in range(3):  # one record per produce: the embedded broker's high watermark stays right
+        publish(kafka_bootstrap, topics.predictions, b"not json %d" % i)
+    stalled = 'mle_stream_consumer_stalled{partition="0",topic="%s"}' % topics.predictions
+    wait_until(lambda: "consumer" in failing_checks(port), "/livez to fail on the stalled consumer", 30, worker)
+    detail = failing_checks(port)["consumer"]
+    assert re.search(rf"{re.escape(topics.predictions)}\[0\] at offset 0 with [1-9]\d* waiting since \d+ s ago",
+                     detail), detail
+    assert metric(port, stalled) == 1
+    assert get(port, "/livez")[1]["checks"]["event_loop"]["ok"], "the event loop runs on: only the batch is stuck"
+    release.touch()
+    wait_until(lambda: get(port, "/livez")[0] == 200, "/livez to pass once the worker moves again", 30, worker)
+    assert metric(port, stalled) == 0
+
+
 def test_checkpoint_age_grows_while_checkpoints_cannot_be_written_and_fails_liveness_past_the_bound(
         start_worker: Callable[..., tuple[Worker, int]], topic_prefix: str) -> None:
     with EmbeddedBroker() as broker:  # its own broker: this test stops it
