@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
 import math
 import os
 import socket
@@ -48,10 +47,8 @@ from prometheus_client.exposition import MetricsHandler
 from mle_stream.core.topology import parse_duration_ms
 from mle_stream.errors import ConfigError
 
-log = logging.getLogger(__name__)
-
 # Defaults. The checkpoint bound leaves two intervals' slack for a slow write or a busy batch, and a
-# floor for short intervals (a large state takes tens of seconds to snapshot and write).
+# floor for short intervals (a large state takes a while to snapshot and write).
 CHECKPOINT_INTERVALS = 3
 CHECKPOINT_FLOOR_S = 120.0
 # A partition may sit unmoved while one long checkpoint round or batch holds the agent; the actuator
@@ -62,8 +59,8 @@ STALL_AFTER_S = 300.0
 # or Faust has stopped its timers.
 HEARTBEAT_S = 2.0
 HEARTBEAT_MAX_AGE_S = 60.0
-# Faust's supervisor replaces a crashed actor within milliseconds: no running actor for longer than
-# this means nobody will.
+# Faust's supervisor replaces a crashed actor at once: no running actor for longer than this means
+# nobody will.
 AGENT_GRACE_S = 5.0
 
 TP = tuple[str, int]
