@@ -16,7 +16,9 @@ import logging
 import math
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from mle_stream.health import Health, register_metrics, start_server
 
 if TYPE_CHECKING:
     from mle_stream.stream.checkpoints import WriteReport
@@ -170,17 +172,21 @@ class ActuatorMetrics(_Metrics):
             "reason class (undecodable: not a command)", "topic", "reason")
 
 
-def serve(registry: CollectorRegistry, port: int, bind: str = "0.0.0.0") -> int | None:
-    """Serve `registry` at http://BIND:PORT/metrics from a daemon thread; returns the port, None when
-    `port` is 0 (disabled) or taken. A port in use does not stop the component (metrics are not worth
-    losing the evaluation or a rollback over): it logs an error naming the flag to change."""
+def serve(registry: CollectorRegistry, port: int, bind: str = "0.0.0.0", health: Health | None = None) -> int | None:
+    """Serve `registry` at http://BIND:PORT/metrics, and the probes of `health` at /livez, /readyz and
+    /healthz (mle_stream.health), from a daemon thread; returns the port, None when `port` is 0
+    (disabled) or taken. A port in use does not stop the component (metrics are not worth losing the
+    evaluation or a rollback over): it logs an error naming the flag to change."""
     if not port:
         return None
     try:
-        server, _ = start_http_server(port, addr=bind, registry=registry)
+        server = start_server(registry, port, bind, health)
     except OSError as exc:
         log.error("cannot serve Prometheus metrics on %s:%d: %s; running without them (choose another port "
                   "with --metrics-port or MLE_METRICS_PORT, 0 to disable)", bind, port, exc)
         return None
-    log.info("Prometheus metrics on http://%s:%d/metrics", bind, server.server_port)
+    if health is not None:
+        register_metrics(registry, health)
+    log.info("Prometheus metrics on http://%s:%d/metrics%s", bind, server.server_port,
+             ", probes on /livez and /readyz" if health is not None else "")
     return int(server.server_port)
