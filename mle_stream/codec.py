@@ -236,6 +236,32 @@ def _load_schemas() -> dict[str, WireSchema]:
 _SCHEMAS = _load_schemas()
 _BY_FINGERPRINT = {s.fingerprint: s for s in _SCHEMAS.values()}
 
+# Earlier versions of a schema (schemas/history/), still read: a message names its writer schema
+# by fingerprint, and one written before a field was added is resolved against today's schema,
+# the added field taking its default. Only schemas that gained fields with defaults are here.
+_HISTORY_FILES = {"Command": ("history/command-1.avsc",)}
+
+
+def _load_history() -> dict[str, dict[bytes, WireSchema]]:
+    out: dict[str, dict[bytes, WireSchema]] = {}
+    for name, files in _HISTORY_FILES.items():
+        for filename in files:
+            path = schema_dir() / filename
+            try:
+                schema = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise RuntimeError(f"cannot load Avro schema {path}: {exc}") from exc
+            canonical = to_parsing_canonical_form(schema)
+            fp = bytes.fromhex(_fastavro_fingerprint(canonical, "CRC-64-AVRO"))
+            # Its own named types: the old Command redefines io.mlestream.CommandKind.
+            parsed = fastavro.parse_schema(_without_logical_types(schema), named_schemas={})
+            fullname = _fullname(schema["name"], schema.get("namespace", ""))
+            out.setdefault(name, {})[fp] = WireSchema(name, fullname, canonical, fp, parsed)
+    return out
+
+
+_HISTORY = _load_history()
+
 
 def schemas() -> Mapping[str, WireSchema]:
     """Every schema the codec knows, by short name (Prediction, PredictionBatch, Label, ...)."""
@@ -979,6 +1005,7 @@ _COMMAND_SPEC: _Spec = {
     "baseline_version": _req_str, "candidate_version": _req_str, "traffic": _int_map,
     "reason": _req_str, "rule": _req_str, "window_start": _req_long, "window_end": _req_long,
     "evidence": _req_str, "policy_version": _req_str, "issued_at": _req_long, "signature": _req_str,
+    "expires_at": _req_long,
 }
 _ROLLOUT_SPEC: _Spec = {
     "event_id": _req_str, "command_id": _req_str, "model": _req_str, "action": _req_str,
@@ -1014,7 +1041,7 @@ _DRIFT_SPEC: _Spec = {
 }
 # Fields a JSON producer may leave out: nullable ones, and those the dataclass defaults.
 _OPTIONAL_DEFAULTS: dict[type, dict[str, object]] = {
-    Command: {"signature": ""},
+    Command: {"signature": "", "expires_at": 0},
     RolloutEvent: {"champion": None, "challenger": None},
     MetricSnapshot: {"segment": None, "status": "CLOSED", "verdict": None, "emitted_at": 0},
     DriftTable: {"drifted_share": None, "concept_drift": (), "emitted_at": 0},
@@ -1053,12 +1080,14 @@ def _decode_single(payload: bytes, schema: WireSchema, cls: type[E], spec: _Spec
         if len(payload) < _HEADER_LEN:
             raise InvalidEvent(f"truncated Avro single-object message: {len(payload)} bytes")
         fp = payload[2:_HEADER_LEN]
-        if fp != schema.fingerprint:
+        writer = schema if fp == schema.fingerprint else _HISTORY.get(schema.name, {}).get(fp)
+        if writer is None:
             raise InvalidEvent(_wrong_schema(fp, (schema,), cls.__name__))
         stream = io.BytesIO(payload)
         stream.seek(_HEADER_LEN)
         try:
-            datum = _read_body(stream, schema)
+            datum = (_read_body(stream, schema) if writer is schema
+                     else fastavro.schemaless_reader(stream, writer.parsed, schema.parsed))
         except Exception as exc:  # noqa: BLE001 - fastavro's many corrupt-input errors, reported
             raise InvalidEvent(f"unreadable Avro {schema.name}: {type(exc).__name__}: {exc}") from exc
         problem = _trailing(stream, len(payload), schema.name)

@@ -1,14 +1,16 @@
-"""Settings from the environment: broker, topic names, signing key, MLflow.
+"""Settings from the environment: broker, topic names, command keys, MLflow.
 
-Every variable is optional except MLE_SIGNING_KEY for components that sign or verify commands.
+Every variable is optional, except that components that sign or verify commands need keys
+(mle_stream/keys.py turns the key settings into a Signer and a Verifier).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
+from mle_stream.core.signing import DEFAULT_TTL_MS
 from mle_stream.core.topology import parse_duration_ms
 from mle_stream.errors import ConfigError
 
@@ -61,7 +63,6 @@ class Settings:
     """What every component needs to know about its surroundings.
 
     bootstrap_servers: MLE_BOOTSTRAP_SERVERS; empty means "start the embedded broker".
-    signing_key: MLE_SIGNING_KEY, the HMAC key commands are signed and verified with.
     mlflow_tracking_uri: MLFLOW_TRACKING_URI (MLflow's own variable).
     partitions: MLE_TOPIC_PARTITIONS, used when mle-stream creates its topics.
     worker_group / actuator_group: MLE_WORKER_GROUP / MLE_ACTUATOR_GROUP, the consumer groups (and
@@ -72,11 +73,20 @@ class Settings:
     rollbacks and failed or rejected commands to (empty: none).
     metrics_port: MLE_METRICS_PORT, the port of the Prometheus metrics (0: not served); None (unset)
     means each component's default (WORKER_METRICS_PORT, ACTUATOR_METRICS_PORT).
+
+    Command keys (mle_stream/keys.py, docs/command-signing.md):
+    signing_key_file: MLE_SIGNING_KEY_FILE, the Ed25519 private key (PEM) this component signs with.
+    signing_key: MLE_SIGNING_KEY, a shared HMAC secret (at least 32 bytes) that signs and verifies.
+    signing_key_id: MLE_SIGNING_KEY_ID, the key id of either (default: the key file's name without
+    its extension; "hmac" for MLE_SIGNING_KEY).
+    verify_keys_dir: MLE_VERIFY_KEYS_DIR, a directory of `<key_id>.pub` Ed25519 public keys (PEM).
+    verify_keys: MLE_VERIFY_KEYS, more public keys inline: `key_id:base64url` entries separated by
+    commas or whitespace.
+    command_ttl_ms: MLE_COMMAND_TTL ('1h', '30m', or seconds), how long a signed command stays valid.
     """
 
     bootstrap_servers: str = ""
     topics: Topics = field(default_factory=Topics)
-    signing_key: bytes = b""
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     partitions: int = 4
     worker_group: str = "mle-stream-worker"
@@ -84,6 +94,13 @@ class Settings:
     checkpoint_interval_s: float = 30.0
     notify_webhook: str = field(default="", repr=False)  # a secret: the token is in its path
     metrics_port: int | None = None
+    # Command keys: see the docstring.
+    signing_key_file: str = ""
+    signing_key: bytes = field(default=b"", repr=False)
+    signing_key_id: str = ""
+    verify_keys_dir: str = ""
+    verify_keys: str = ""
+    command_ttl_ms: int = DEFAULT_TTL_MS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -110,7 +127,6 @@ class Settings:
         return cls(
             bootstrap_servers=env.get("MLE_BOOTSTRAP_SERVERS", ""),
             topics=Topics.from_env(env),
-            signing_key=env.get("MLE_SIGNING_KEY", "").encode(),
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", cls.mlflow_tracking_uri),
             partitions=partitions,
             worker_group=env.get("MLE_WORKER_GROUP", cls.worker_group),
@@ -118,12 +134,27 @@ class Settings:
             checkpoint_interval_s=interval_s,
             notify_webhook=env.get("MLE_NOTIFY_WEBHOOK", "").strip(),
             metrics_port=metrics_port,
+            **_key_settings(env),
         )
 
-    def require_signing_key(self) -> bytes:
-        if not self.signing_key:
-            raise ConfigError(
-                "MLE_SIGNING_KEY is not set: commands are signed with it (worker) and verified with it "
-                "(actuator). Set the same secret for both, e.g. export MLE_SIGNING_KEY=$(openssl rand -hex 32)"
-            )
-        return self.signing_key
+
+def _key_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The command-key fields of Settings; read here, turned into keys by mle_stream/keys.py."""
+    raw_ttl = env.get("MLE_COMMAND_TTL", "").strip()
+    ttl_ms = DEFAULT_TTL_MS
+    if raw_ttl:
+        try:
+            ttl_ms = parse_duration_ms(raw_ttl + "s" if raw_ttl[-1].isdigit() else raw_ttl)
+        except ValueError:
+            ttl_ms = 0
+        if ttl_ms <= 0:
+            raise ConfigError(f"MLE_COMMAND_TTL must be a duration > 0 such as 1h, 30m or 900 (seconds), "
+                              f"got {raw_ttl!r}")
+    return {
+        "signing_key_file": env.get("MLE_SIGNING_KEY_FILE", "").strip(),
+        "signing_key": env.get("MLE_SIGNING_KEY", "").encode(),
+        "signing_key_id": env.get("MLE_SIGNING_KEY_ID", "").strip(),
+        "verify_keys_dir": env.get("MLE_VERIFY_KEYS_DIR", "").strip(),
+        "verify_keys": env.get("MLE_VERIFY_KEYS", "").strip(),
+        "command_ttl_ms": ttl_ms,
+    }

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import random
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from mle_stream.core.events import Command, Label, MetricSnapshot, Prediction, R
 from mle_stream.core.topology import Topology, load_topology
 from mle_stream.errors import ConfigError
 from mle_stream.kafka import bootstrap_servers, consumer_config, ensure_topics
+from mle_stream.keys import generate_key_pair
 
 
 def default_topology() -> Path:
@@ -52,6 +52,8 @@ DEGRADED_ACCURACY = 0.80  # the candidate's error rate goes from 8% to 20%
 PREDICTIONS_PER_S = 400
 LABEL_DELAY_S = (0.5, 3.0)
 LABEL_LOSS = 0.05  # share of predictions that never get a label
+DEMO_KEY_ID = "demo-worker"
+_KEY_VARIABLES = ("MLE_SIGNING_KEY", "MLE_SIGNING_KEY_FILE", "MLE_SIGNING_KEY_ID", "MLE_VERIFY_KEYS_DIR", "MLE_VERIFY_KEYS")
 AFTER_ROLLBACK_S = 3.0  # keep traffic flowing this long after the rollback, to show it on v1 only
 
 
@@ -258,7 +260,9 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
     workdir.mkdir(parents=True, exist_ok=True)
     workdir = workdir.resolve()  # the components run in it: every path handed to them is absolute
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    signing_key = settings.signing_key or secrets.token_hex(32).encode()
+    # The worker signs with a key pair of its own, as in production; the actuator lists its public key.
+    keys_dir = workdir / "keys"
+    generate_key_pair(DEMO_KEY_ID, keys_dir)
     gitops_dir = workdir / "gitops"
 
     with contextlib.ExitStack() as stack:
@@ -279,8 +283,10 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
         timeline.say(f"MLflow {tracking_uri}: {model} v{base_v} = champion, v{cand_v} = challenger; "
                      f"route {topology.routing.manifest.format(model=model)} committed with v{base_v} 90%, v{cand_v} 10%")
 
-        env = {**os.environ, "MLE_BOOTSTRAP_SERVERS": bootstrap, "MLE_SIGNING_KEY": signing_key.decode(),
-               "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
+        # The caller's own keys would be mixed in otherwise (MLE_SIGNING_KEY next to the key file is an error).
+        env = {name: value for name, value in os.environ.items() if name not in _KEY_VARIABLES}
+        env.update({"MLE_BOOTSTRAP_SERVERS": bootstrap, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1",
+                    "MLE_SIGNING_KEY_FILE": str(keys_dir / f"{DEMO_KEY_ID}.key"), "MLE_VERIFY_KEYS_DIR": str(keys_dir)})
         env.update({f"MLE_TOPIC_{name.upper()}": getattr(settings.topics, name)
                     for name in settings.topics.__dataclass_fields__})
         if status_port is None:

@@ -5,16 +5,18 @@ SET_TRAFFIC), or approves the traffic step a rollout is waiting at (APPROVE, top
 `rollout.approval`; the worker acts on it). `mle-stream command` builds them with
 `manual_command`, `mle-stream actuate` applies a command file read with `read_command_file`.
 
-A manual command is signed with MLE_SIGNING_KEY like the worker's, so the actuator treats both
-alike. Its rule is `manual:<kind>` and its window is the instant it was issued
+A manual command is signed like the worker's, with the operator's own key (`--key-file`, an
+Ed25519 private key whose public half the actuator and the worker list) or the settings' key
+(MLE_SIGNING_KEY_FILE / MLE_SIGNING_KEY), so the actuator treats both alike and its rollout event
+names the key. It expires after MLE_COMMAND_TTL (1 h by default). Its rule is `manual:<kind>` and its window is the instant it was issued
 (window_start = window_end = issued_at), so two separate operator actions get different ids while
 the same command delivered twice is still one id.
 
 The command file is the JSON form of a Command: one JSON object with every field of
 schemas/command.avsc under its wire name; `kind` is the enum's string (e.g. "SET_TRAFFIC"),
-`traffic` an object version -> percent, `window_start`, `window_end` and `issued_at` epoch
-milliseconds, `evidence` a JSON document as a string, `signature` the hex HMAC-SHA256 of
-core/commands.py. Editing any field afterwards breaks the signature: the actuator rejects it.
+`traffic` an object version -> percent, `window_start`, `window_end`, `issued_at` and
+`expires_at` epoch milliseconds, `evidence` a JSON document as a string, `signature` that of
+core/signing.py. Editing any field afterwards breaks the signature: the actuator rejects it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from pathlib import Path
 
 from mle_stream import codec
 from mle_stream.config import Topics
-from mle_stream.core.commands import command_id, sign
+from mle_stream.core.commands import command_id
+from mle_stream.core.signing import Signer
 from mle_stream.core.events import Command, CommandKind
 from mle_stream.errors import BrokerError, InvalidEvent, MleStreamError
 
@@ -84,11 +87,12 @@ def manual_command(
     candidate: str,
     reason: str,
     operator: str,
-    key: bytes,
+    signer: Signer,
     percent: int | None = None,
     issued_at: int | None = None,
 ) -> Command:
-    """A signed command of `kind` issued by `operator` now (or at `issued_at`, epoch ms).
+    """A command of `kind` issued by `operator` now (or at `issued_at`, epoch ms), signed by `signer`
+(which sets its expiry).
 
     `percent` is the candidate's share for SET_TRAFFIC (1..99) and APPROVE (1..100) and must be
     None otherwise. InvalidEvent names the argument that is wrong.
@@ -121,7 +125,7 @@ def manual_command(
         policy_version=POLICY_VERSION,
         issued_at=at,
     )
-    return sign(unsigned, key)
+    return signer.sign(unsigned)
 
 
 def command_json(command: Command) -> str:

@@ -15,6 +15,7 @@ from mle_stream.bench import bench_topologies, _SIGNING_KEY
 from mle_stream.config import Topics
 from mle_stream.stream.app import tune_runtime
 from mle_stream.stream.checkpoints import CheckpointedProcessor
+from mle_stream.core.signing import Signer
 from mle_stream.stream.processor import Incoming, StreamProcessor
 
 
@@ -34,7 +35,7 @@ def main(path: str, repeat: int = 3) -> None:
     topics = Topics(**{name: prefix + value for name, value in Topics().__dict__.items()})
     tune_runtime()
     for _ in range(repeat):
-        proc = StreamProcessor(bench_topologies(1), topics, _SIGNING_KEY)
+        proc = StreamProcessor(bench_topologies(1), topics, Signer("bench", _SIGNING_KEY))
         tracked = CheckpointedProcessor(proc)
         for k in range(4):
             tracked.assign(k, None)

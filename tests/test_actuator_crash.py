@@ -26,14 +26,17 @@ from mle_stream import codec
 from mle_stream.actuator import GitOpsRouting, MlflowRegistry, register_demo_versions
 from mle_stream.config import Topics
 from mle_stream.core.events import CommandKind, RolloutStatus
+from mle_stream.core.signing import Signer
 from mle_stream.kafka import consumer_config, producer_config
+from mle_stream.keys import HMAC_KEY_ID
 
 pytestmark = [pytest.mark.broker,
               pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")]
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "fraud-detector"  # a model of topologies/, routed through the GitOps repository
-KEY = b"actuator-crash-test-key"
+KEY = b"actuator-crash-test-key-01234567"  # an HMAC key needs 32 bytes
+SIGNER = Signer(HMAC_KEY_ID, KEY)
 
 # Runs right after the actuator commits the route: says so, then holds the actuator inside its
 # route step until the test has stopped MLflow, so the registry step is the one that meets the outage.
@@ -93,7 +96,7 @@ def test_killed_between_route_and_registry_resumes_at_the_registry_step(
                 [sys.executable, "-m", "mle_stream", "actuator", "-t", str(REPO / "topologies"),
                  "--gitops-repo", str(gitops)], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
 
-    command = signed(CommandKind.ROLLBACK, MODEL, "1", "2", key=KEY)
+    command = signed(CommandKind.ROLLBACK, MODEL, "1", "2", signer=SIGNER)
     first = start_actuator()
     try:
         producer = Producer(producer_config(kafka_bootstrap))

@@ -11,11 +11,15 @@ import pytest
 import mle_stream.actuator as actuator_pkg
 from mle_stream.actuator import Actuator, InMemoryRegistry, InMemoryRouting, ModelRegistry, RoutingBackend
 from mle_stream.actuator.service import event_id
-from mle_stream.core.commands import command_id, sign
+from mle_stream.core.commands import AppliedMarker, command_id
+from mle_stream.core.signing import Signer, Verifier
+from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.core.events import Command, CommandKind, RolloutStatus
 from mle_stream.errors import ActuationError
 
-KEY = b"test-signing-key"
+KEY = b"test-signing-key-0123456789abcde"  # an HMAC key needs 32 bytes
+SIGNER = Signer(HMAC_KEY_ID, KEY)
+VERIFIER = SIGNER.verifier()
 MODEL = "fraud-detector"
 NOW = 1_700_000_000_000
 
@@ -27,7 +31,8 @@ def make_command(
     baseline: str = "1",
     candidate: str = "2",
     window_end: int = NOW - 60_000,
-    key: bytes | None = KEY,
+    signer: Signer | None = SIGNER,
+    issued_at: int = NOW,
 ) -> Command:
     default_traffic = {
         CommandKind.ROLLBACK: {baseline: 100, candidate: 0},
@@ -47,9 +52,9 @@ def make_command(
         window_end=window_end,
         evidence='{"windows": 3}',
         policy_version="p1",
-        issued_at=NOW,
+        issued_at=issued_at,
     )
-    return sign(command, key) if key else command
+    return signer.sign(command) if signer else command
 
 
 @pytest.fixture
@@ -66,7 +71,7 @@ def registry() -> InMemoryRegistry:
 
 
 def make_actuator(routing: RoutingBackend, registry: ModelRegistry, **kwargs: object) -> Actuator:
-    return Actuator(routing, registry, KEY, clock=lambda: NOW, **kwargs)  # type: ignore[arg-type]
+    return Actuator(routing, registry, VERIFIER, clock=lambda: NOW, **kwargs)  # type: ignore[arg-type]
 
 
 class FailingRouting(InMemoryRouting):
@@ -76,7 +81,8 @@ class FailingRouting(InMemoryRouting):
         super().__init__(routes)
         self.error = error
 
-    def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str) -> str:
+    def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str,
+                    issued_at: int = 0) -> str:
         raise self.error
 
 
@@ -110,14 +116,17 @@ def test_rollback_routes_back_then_moves_aliases_and_tags(routing: InMemoryRouti
 
     assert event.status is RolloutStatus.APPLIED, event.details
     assert routing.get_weights(MODEL) == {"1": 100, "2": 0}
-    assert routing.last_applied_command(MODEL) == command.command_id
+    assert routing.last_applied(MODEL) == AppliedMarker(command.command_id, NOW, f"in-memory route of {MODEL}")
     assert registry.aliases(MODEL) == {"champion": "1"}
     tags = registry.version_tags(MODEL, "2")
     assert tags["mle.verdict"] == "FAIL"
     assert tags["mle.reason"] == command.reason
     assert tags["mle.command_id"] == command.command_id
     assert datetime.fromisoformat(tags["mle.at"]).timestamp() * 1000 == NOW
-    assert registry.version_tags(MODEL, "1") == {"mle.command_id": command.command_id}
+    assert registry.version_tags(MODEL, "1") == {"mle.command_id": command.command_id, "mle.signed_by": HMAC_KEY_ID}
+    assert tags["mle.signed_by"] == HMAC_KEY_ID and f"signed by key {HMAC_KEY_ID}" in event.details
+    assert registry.model_tags(MODEL) == {"mle.last_command_id": command.command_id,
+                                          "mle.last_command_issued_at": str(NOW)}
     # The event is read back from the backends.
     assert dict(event.route_weights) == {"1": 100, "2": 0}
     assert (event.champion, event.challenger) == ("1", None)
@@ -188,12 +197,14 @@ def test_hold_and_retrain_change_nothing(
 @pytest.mark.parametrize(
     ("command", "why"),
     [
-        (make_command(key=None), "unsigned"),
-        (make_command(key=b"someone-else"), "signature does not match"),
-        (dataclasses.replace(make_command(), traffic={"1": 0, "2": 100}), "signature does not match"),
-        (dataclasses.replace(make_command(), model="payments"), "signature does not match"),
+        (make_command(signer=None), "unsigned"),
+        (make_command(signer=Signer(HMAC_KEY_ID, b"someone else's secret, same key id")), "does not match"),
+        (make_command(signer=Signer("revoked", KEY)), "signed by no known key"),
+        (dataclasses.replace(make_command(), traffic={"1": 0, "2": 100}), "does not match"),
+        (dataclasses.replace(make_command(), model="payments"), "does not match"),
+        (dataclasses.replace(make_command(), signature="deadbeef" * 8), "signed by no known key"),
     ],
-    ids=["unsigned", "forged", "tampered-traffic", "tampered-model"],
+    ids=["unsigned", "forged", "unknown-key-id", "tampered-traffic", "tampered-model", "bare-hex"],
 )
 def test_unverifiable_commands_are_rejected_untouched(
     command: Command, why: str, routing: InMemoryRouting, registry: InMemoryRegistry
@@ -343,9 +354,11 @@ def test_event_ids_are_deterministic() -> None:
     assert event_id("abc", RolloutStatus.APPLIED) != event_id("abd", RolloutStatus.APPLIED)
 
 
-def test_an_empty_signing_key_is_refused_at_construction() -> None:
-    with pytest.raises(ValueError, match="MLE_SIGNING_KEY"):
-        Actuator(InMemoryRouting(), InMemoryRegistry(), b"")
+def test_a_verifier_without_keys_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="verifier_from_settings"):
+        Actuator(InMemoryRouting(), InMemoryRegistry(), Verifier({}))
+    with pytest.raises(ValueError, match="verifier_from_settings"):
+        Actuator(InMemoryRouting(), InMemoryRegistry(), KEY)  # type: ignore[arg-type]
 
 
 def test_in_memory_routing_refuses_bad_weights_and_unknown_models(routing: InMemoryRouting) -> None:
@@ -353,4 +366,77 @@ def test_in_memory_routing_refuses_bad_weights_and_unknown_models(routing: InMem
         routing.set_weights(MODEL, {"1": 100, "2": 10}, command_id="c", reason="r")
     with pytest.raises(ActuationError, match="no route for model 'payments'"):
         routing.get_weights("payments")
-    assert routing.last_applied_command("payments") is None
+    assert routing.last_applied("payments") is None
+
+
+# -- stale commands: expired, or older than the newest applied -------------------------------------
+
+def test_a_set_traffic_replayed_after_a_rollback_is_stale_even_after_a_restart(
+    routing: InMemoryRouting, registry: InMemoryRegistry
+) -> None:
+    step = make_command(CommandKind.SET_TRAFFIC, {"1": 50, "2": 50}, issued_at=NOW - 60_000)
+    rollback = make_command(CommandKind.ROLLBACK, issued_at=NOW - 30_000)
+    actuator = make_actuator(routing, registry)
+    assert actuator.handle(step).status is RolloutStatus.APPLIED
+    assert actuator.handle(rollback).status is RolloutStatus.APPLIED
+
+    for handler in (actuator, make_actuator(routing, registry)):  # the same process, and a restarted one
+        replay = handler.handle(step)
+        assert replay.status is RolloutStatus.REJECTED, replay.details
+        assert replay.details.startswith("STALE: issued at") and rollback.command_id in replay.details
+        assert routing.get_weights(MODEL) == {"1": 100, "2": 0}
+        assert registry.aliases(MODEL) == {"champion": "1"}
+    assert len(routing.history) == 2
+
+
+def test_the_registry_remembers_the_newest_command_when_the_route_was_reset(
+    routing: InMemoryRouting, registry: InMemoryRegistry
+) -> None:
+    step = make_command(CommandKind.SET_TRAFFIC, {"1": 50, "2": 50}, issued_at=NOW - 60_000)
+    rollback = make_command(CommandKind.ROLLBACK, issued_at=NOW - 30_000)
+    make_actuator(routing, registry).handle(step)
+    make_actuator(routing, registry).handle(rollback)
+    routing.init_route(MODEL, {"1": 100})  # a human resets the route: it records no command any more
+
+    replay = make_actuator(routing, registry).handle(step)
+    assert replay.status is RolloutStatus.REJECTED and "registered model's tag" in replay.details
+    assert routing.get_weights(MODEL) == {"1": 100}
+
+
+def test_expired_and_future_commands_are_stale_and_change_nothing(
+    routing: InMemoryRouting, registry: InMemoryRegistry
+) -> None:
+    expired = make_command(issued_at=NOW - SIGNER.ttl_ms)
+    ahead = make_command(CommandKind.SET_TRAFFIC, issued_at=NOW + 10 * 60_000)
+    hold = make_command(CommandKind.HOLD, issued_at=NOW - SIGNER.ttl_ms - 1)
+    for command, why in ((expired, "STALE: expired at"), (ahead, "ahead of the actuator's clock"),
+                         (hold, "STALE: expired at")):
+        event = make_actuator(routing, registry).handle(command)
+        assert event.status is RolloutStatus.REJECTED and why in event.details, event.details
+    assert routing.history == [] and registry.aliases(MODEL) == {"champion": "1", "challenger": "2"}
+    assert registry.model_tags(MODEL) == {}
+
+
+def test_a_duplicate_or_a_resumed_command_is_never_stale(routing: InMemoryRouting, registry: InMemoryRegistry) -> None:
+    command = make_command(issued_at=NOW - 60_000)
+    assert make_actuator(routing, registry).handle(command).status is RolloutStatus.APPLIED
+    # Redelivered after it expired: still recognised as the same command, not refused as stale.
+    later = Actuator(routing, registry, VERIFIER, clock=lambda: NOW + 2 * SIGNER.ttl_ms)
+    assert later.handle(command).status is RolloutStatus.SKIPPED_DUPLICATE
+
+    # The route step of an older command done, then a crash; delivered again after it expired: finished.
+    other_routing, other_registry = InMemoryRouting({MODEL: {"1": 90, "2": 10}}), InMemoryRegistry({MODEL: ["1", "2"]})
+    other_routing.set_weights(MODEL, {"1": 100, "2": 0}, command_id=command.command_id, reason="ROLLBACK: crash",
+                              issued_at=command.issued_at)
+    resumed = Actuator(other_routing, other_registry, VERIFIER, clock=lambda: NOW + 2 * SIGNER.ttl_ms).handle(command)
+    assert resumed.status is RolloutStatus.APPLIED and "resumed" in resumed.details
+
+
+def test_commands_signed_in_the_same_instant_all_apply(routing: InMemoryRouting, registry: InMemoryRegistry) -> None:
+    actuator = make_actuator(routing, registry)
+    first = make_command(CommandKind.SET_TRAFFIC, {"1": 50, "2": 50})
+    second = make_command(CommandKind.PROMOTE, window_end=NOW - 1)
+    assert first.issued_at == second.issued_at
+    assert actuator.handle(first).status is RolloutStatus.APPLIED
+    assert actuator.handle(second).status is RolloutStatus.APPLIED
+    assert routing.get_weights(MODEL) == {"1": 0, "2": 100}

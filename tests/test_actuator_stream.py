@@ -23,7 +23,10 @@ from mle_stream.actuator.runner import run_actuator_loop
 from mle_stream.actuator.service import Actuator
 from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
 from mle_stream.config import Topics
-from mle_stream.core.commands import command_id, sign
+from mle_stream.core.commands import command_id
+from mle_stream.core.signing import Signer
+from mle_stream.keys import HMAC_KEY_ID
+from mle_stream.actuator.service import epoch_ms
 from mle_stream.core.events import Command, CommandKind
 from mle_stream.errors import ActuationError
 from mle_stream.kafka import producer_config
@@ -32,7 +35,10 @@ from mle_stream.retry import Backoff
 pytestmark = pytest.mark.broker
 
 REPO = Path(__file__).resolve().parent.parent
-KEY = b"actuator-test-key"
+KEY = b"actuator-test-key-0123456789abcd"  # an HMAC key needs 32 bytes
+SIGNER = Signer(HMAC_KEY_ID, KEY)
+VERIFIER = SIGNER.verifier()
+FORGER = Signer(HMAC_KEY_ID, b"not the key, the same key id: a forgery")
 
 
 def rollback(rule: str = "r") -> Command:
@@ -40,7 +46,7 @@ def rollback(rule: str = "r") -> Command:
         command_id=command_id("fraud-detector", "1", "2", CommandKind.ROLLBACK, rule, 0, 15_000),
         kind=CommandKind.ROLLBACK, model="fraud-detector", baseline_version="1", candidate_version="2",
         traffic={"1": 100, "2": 0}, reason="test", rule=rule, window_start=0, window_end=15_000, evidence="{}",
-        policy_version="p", issued_at=1,
+        policy_version="p", issued_at=epoch_ms(),  # now: the actuator refuses an expired command
     )
 
 
@@ -63,10 +69,10 @@ def test_forged_and_garbage_commands_are_refused_and_a_signed_one_applied(
                                 "--gitops-repo", str(tmp_path / "gitops")], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         producer = Producer(producer_config(kafka_bootstrap))
-        forged = sign(rollback("forged"), b"not the key")
+        forged = FORGER.sign(rollback("forged"))
         producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(forged))
         producer.produce(topics.commands, key=b"fraud-detector", value=b"\x00garbage")
-        good = sign(rollback(), KEY)
+        good = SIGNER.sign(rollback())
         producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(good))
         producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(good))  # redelivery
         producer.flush(10)
@@ -114,7 +120,7 @@ def test_a_command_failing_on_a_registry_outage_is_applied_once_the_registry_is_
     routing = InMemoryRouting({"fraud-detector": {"1": 90, "2": 10}})
     registry = FlakyRegistry({"fraud-detector": ["1", "2"]})
     registry.down.set()
-    actuator = Actuator(routing, registry, KEY)
+    actuator = Actuator(routing, registry, VERIFIER)
     stop, failure = threading.Event(), []
 
     def loop() -> None:
@@ -126,7 +132,7 @@ def test_a_command_failing_on_a_registry_outage_is_applied_once_the_registry_is_
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
-    first, second = sign(rollback("outage"), KEY), sign(rollback("after"), KEY)
+    first, second = SIGNER.sign(rollback("outage")), SIGNER.sign(rollback("after"))
     producer = Producer(producer_config(kafka_bootstrap))
     for cmd in (first, second):
         producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(cmd))

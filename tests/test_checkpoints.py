@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.core.events import Label, MetricSnapshot, Prediction
+from mle_stream.core.signing import Signer
 from mle_stream.core.topology import parse_topology
 from mle_stream.errors import BrokerError
 from mle_stream.kafka import ensure_state_topic, producer_config
@@ -36,6 +37,8 @@ from mle_stream.stream.checkpoints import (
 from mle_stream.stream.processor import Incoming, StreamProcessor
 from mle_stream.telemetry import WorkerMetrics
 
+TEST_SIGNER = Signer("test", b"checkpoint-tests-signing-key-32b")
+
 TOPICS = Topics()
 NOW = 10**12
 TOPOLOGY = """\
@@ -51,7 +54,7 @@ MODELS = {m: parse_topology(TOPOLOGY.format(model=m)) for m in ("fraud", "spam")
 
 
 def tracked() -> CheckpointedProcessor:
-    return CheckpointedProcessor(StreamProcessor(MODELS, TOPICS, b"k", clock=lambda: NOW))
+    return CheckpointedProcessor(StreamProcessor(MODELS, TOPICS, TEST_SIGNER, clock=lambda: NOW))
 
 
 def traffic(model: str, partition: int, windows: int = 6, seed: int = 1) -> list[tuple[Incoming, bytes]]:
@@ -184,7 +187,7 @@ def test_a_model_without_a_topology_now_is_dropped_from_the_restore(caplog: pyte
     t.assign(0, None)
     feed(t, traffic("fraud", 0)[:3])
     cp = t.snapshot(0)
-    only_spam = CheckpointedProcessor(StreamProcessor({"spam": MODELS["spam"]}, TOPICS, b"k", clock=lambda: NOW))
+    only_spam = CheckpointedProcessor(StreamProcessor({"spam": MODELS["spam"]}, TOPICS, TEST_SIGNER, clock=lambda: NOW))
     with caplog.at_level(logging.WARNING):
         only_spam.assign(0, cp)
     assert "model 'fraud', which has no topology now" in caplog.text

@@ -23,7 +23,8 @@ def mle(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
 
 
 @pytest.mark.parametrize("command", ["broker", "worker", "actuator", "validate", "demo", "command", "actuate",
-                                     "replay", "bench", "profile", "profile build", "status"])
+                                     "replay", "bench", "profile", "profile build", "status", "keys",
+                                     "keys generate"])
 def test_every_command_explains_itself(command: str) -> None:
     result = mle(*command.split(), "--help")
     assert result.returncode == 0
@@ -51,7 +52,8 @@ def test_json_logs_carry_the_decision_fields() -> None:
         "c = Command('c0ffee', CommandKind.ROLLBACK, 'fraud-detector', '1', '2', {'1': 100, '2': 0}, 'worse', "
         "'error-rate', 5000, 10000, '{}', 'p', 10001)\n"
         "t = load_topology('topologies/fraud-detector-canary.yaml')\n"
-        "p = processor.StreamProcessor({t.model: t}, Topics(), b'k')\n"
+        "from mle_stream.core.signing import Signer\n"
+        "p = processor.StreamProcessor({t.model: t}, Topics(), Signer('test', b'k' * 32))\n"
         "sys.argv = ['mle-stream', '--log-format', 'json', 'validate', 'topologies/']\n"
         "main(sys.argv[1:])\n"
         "p._publish(b'fraud-detector', [c])  # the worker's decision line\n"
@@ -79,10 +81,17 @@ def test_validate_reports_file_and_line(tmp_path: Path) -> None:
 
 
 def test_worker_without_a_signing_key_says_what_to_set() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "MLE_SIGNING_KEY"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLE_SIGNING_KEY", "MLE_VERIFY_KEYS"))}
     result = mle("worker", "-t", str(REPO / "topologies"), env=env)
     assert result.returncode == 2
-    assert "MLE_SIGNING_KEY is not set" in result.stderr
+    assert "no signing key: set MLE_SIGNING_KEY_FILE" in result.stderr and "openssl rand -hex 32" in result.stderr
+
+
+def test_a_short_hmac_key_is_refused_at_start_saying_how_to_make_one() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLE_SIGNING_KEY", "MLE_VERIFY_KEYS"))}
+    result = mle("worker", "-t", str(REPO / "topologies"), env={**env, "MLE_SIGNING_KEY": "short-secret"})
+    assert result.returncode == 2
+    assert "MLE_SIGNING_KEY has 12 bytes" in result.stderr and "openssl rand -hex 32" in result.stderr
 
 
 def test_standalone_broker_serves_the_topics_and_stops_on_sigterm() -> None:

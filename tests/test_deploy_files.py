@@ -31,6 +31,7 @@ from kubernetes.client import ApiClient
 from prometheus_client import CollectorRegistry
 
 from mle_stream.config import ACTUATOR_METRICS_PORT, WORKER_METRICS_PORT, Settings, Topics
+from mle_stream.keys import signer_from_settings
 from mle_stream.core.topology import load_topologies
 from mle_stream.health import HEALTH_PATHS, ActuatorHealth, start_server
 from mle_stream.kafka import STATE_TOPIC_CONFIG
@@ -271,8 +272,8 @@ def test_worker_and_actuator_share_broker_key_registry_and_partitions() -> None:
         assert key in worker and worker[key] == actuator.get(key), f"{key} differs: {worker.get(key)!r} vs {actuator.get(key)!r}"
     # The key comes from the host and Compose refuses to start without it.
     assert re.fullmatch(r"\$\{MLE_SIGNING_KEY:\?[^}]+\}", worker["MLE_SIGNING_KEY"]), worker["MLE_SIGNING_KEY"]
-    settings = Settings.from_env({**worker, "MLE_SIGNING_KEY": "k"})
-    assert settings.require_signing_key() == b"k"
+    settings = Settings.from_env({**worker, "MLE_SIGNING_KEY": "0123456789abcdef" * 4})
+    assert signer_from_settings(settings).algorithm == "hmac-sha256"
     assert settings.bootstrap_servers, "an empty bootstrap would start an embedded broker in each container"
     assert settings.mlflow_tracking_uri == "http://mlflow:5000"
     assert "mlflow" in (services["actuator"].get("depends_on") or {})
@@ -491,21 +492,39 @@ def test_only_one_actuator_runs_at_a_time() -> None:
     assert spec["strategy"]["type"] == "Recreate"
 
 
-def test_deployments_read_the_same_settings_and_signing_key() -> None:
-    secret = yaml.safe_load(SECRET_EXAMPLE.read_text(encoding="utf-8"))
+def _mounted_file(pod: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
+    """The volume a path in the (only) container lies in, and the path inside that volume."""
+    [container] = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        if path.startswith(mount["mountPath"].rstrip("/") + "/") or path == mount["mountPath"]:
+            assert mount.get("readOnly") is True, f"{path}: keys are mounted read-only"
+            return volumes[mount["name"]], path[len(mount["mountPath"]):].strip("/")
+    raise AssertionError(f"{path} is in no mounted volume")
+
+
+def test_deployments_read_the_same_settings_and_their_keys_from_files() -> None:
+    secret, verify_keys = _documents(SECRET_EXAMPLE)
     generators = {g["name"]: g for g in _kustomization()["configMapGenerator"]}
     for name in ("mle-stream-worker", "mle-stream-actuator"):
-        container = _one("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        pod = _one("Deployment", name)["spec"]["template"]["spec"]
+        container = pod["containers"][0]
         [source] = container["envFrom"]
         settings_name = source["configMapRef"]["name"]
         assert settings_name in generators
         assert generators[settings_name]["namespace"] == "mle-stream"
-        env = {e["name"]: e for e in container["env"]}
-        ref = env["MLE_SIGNING_KEY"]["valueFrom"]["secretKeyRef"]
-        assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
-        assert "value" not in env["MLE_SIGNING_KEY"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert "MLE_SIGNING_KEY" not in env, "each signer has its own key pair: no shared secret"
+        volume, inside = _mounted_file(pod, env["MLE_VERIFY_KEYS_DIR"])
+        assert volume["configMap"]["name"] == verify_keys["metadata"]["name"] and inside == ""
+        if name == "mle-stream-worker":
+            volume, inside = _mounted_file(pod, env["MLE_SIGNING_KEY_FILE"])
+            assert volume["secret"]["secretName"] == secret["metadata"]["name"] and inside in secret["stringData"]
+            assert f"{inside.rsplit('.', 1)[0]}.pub" in verify_keys["data"], "the actuator must know the worker's key"
+        else:
+            assert "MLE_SIGNING_KEY_FILE" not in env, "the actuator signs nothing"
     literals = dict(item.split("=", 1) for item in generators["mle-stream-settings"]["literals"])
-    assert set(literals) == set(SHARED_SETTINGS) - {"MLE_SIGNING_KEY"}, "the key belongs in the Secret"
+    assert set(literals) == set(SHARED_SETTINGS) - {"MLE_SIGNING_KEY"}, "keys belong in the Secret and ConfigMap"
     settings = Settings.from_env(literals)
     assert settings.bootstrap_servers and settings.mlflow_tracking_uri.startswith("http")
     compose_partitions = _environment(_compose()["services"]["kafka-init"])["MLE_TOPIC_PARTITIONS"]

@@ -17,6 +17,7 @@ from mle_stream.core.drift.live import SCORE
 from mle_stream.core.drift.profile import build_profile
 from mle_stream.core.evaluator import ModelEvaluator
 from mle_stream.core.events import CommandKind, DriftTable, Label, Prediction
+from mle_stream.core.signing import Signer
 from mle_stream.core.topology import parse_topology
 from mle_stream.errors import ConfigError, InvalidEvent
 from mle_stream.stream.processor import Incoming, StreamProcessor
@@ -215,7 +216,7 @@ def test_retrain_after_n_new_labels_counts_the_baseline_only_and_starts_again() 
 
 def test_drift_tables_go_to_the_drift_topic_as_avro() -> None:
     preds, _ = traffic(seed=11, windows=2, shift={"x": 0.5})
-    p = StreamProcessor({"m": topology()}, Topics(), b"key", clock=lambda: NOW)
+    p = StreamProcessor({"m": topology()}, Topics(), Signer("drift", b"drift-key".ljust(32, b"-")), clock=lambda: NOW)
     out = p.process([Incoming(Topics().predictions, 0, i, codec.encode_predictions(preds[k:k + 500]))
                      for i, k in enumerate(range(0, len(preds), 500))])
     tables = [codec.decode_drift_table(o.value) for o in out if o.topic == "mle.drift"]

@@ -19,6 +19,11 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
+def last_id(routing: GitOpsRouting, model: str) -> str | None:
+    marker = routing.last_applied(model)
+    return marker.command_id if marker else None
+
+
 def commit_count(repo: Path) -> int:
     return int(git(repo, "rev-list", "--count", "HEAD"))
 
@@ -57,7 +62,8 @@ def test_init_route_creates_the_repository_and_an_httproute(tmp_path: Path) -> N
 
 def test_set_weights_commits_the_manifest_with_the_command(routing: GitOpsRouting) -> None:
     repo = routing.repo_dir
-    sha = routing.set_weights(MODEL, {"1": 100, "2": 0}, command_id="cmd-123", reason="ROLLBACK: error rate 4%")
+    sha = routing.set_weights(MODEL, {"1": 100, "2": 0}, command_id="cmd-123", reason="ROLLBACK: error rate 4%",
+                              issued_at=1_700_000_000_123)
 
     assert git(repo, "rev-parse", "HEAD") == sha
     assert commit_count(repo) == 2
@@ -69,9 +75,16 @@ def test_set_weights_commits_the_manifest_with_the_command(routing: GitOpsRoutin
     annotations = committed["metadata"]["annotations"]
     assert annotations["mle-stream.io/last-command-id"] == "cmd-123"
     assert annotations["mle-stream.io/last-reason"] == "ROLLBACK: error rate 4%"
+    assert annotations["mle-stream.io/last-command-issued-at"] == "1700000000123"
     assert [ref["weight"] for ref in committed["spec"]["rules"][0]["backendRefs"]] == [100, 0]
     assert routing.get_weights(MODEL) == {"1": 100, "2": 0}
-    assert routing.last_applied_command(MODEL) == "cmd-123"
+    marker = routing.last_applied(MODEL)
+    assert marker is not None and (marker.command_id, marker.issued_at) == ("cmd-123", 1_700_000_000_123)
+    # A reset of the route forgets the command: the route no longer reflects it.
+    routing.init_route(MODEL, {"1": 90, "2": 10})
+    assert routing.last_applied(MODEL) is None
+    assert "mle-stream.io/last-command-issued-at" not in yaml.safe_load(
+        git(repo, "show", f"HEAD:routes/{MODEL}.yaml"))["metadata"]["annotations"]
 
 
 def test_repeating_a_change_makes_no_empty_commit(routing: GitOpsRouting) -> None:
@@ -89,10 +102,10 @@ def test_a_manifest_written_but_not_committed_is_committed_next_time(routing: Gi
     # Simulate a crash between writing and committing: HEAD is behind the working tree.
     git(routing.repo_dir, "reset", "-q", "--soft", "HEAD~1")
     git(routing.repo_dir, "reset", "-q")
-    assert routing.last_applied_command(MODEL) is None  # only what is committed counts
+    assert routing.last_applied(MODEL) is None  # only what is committed counts
 
     routing.set_weights(MODEL, {"1": 100, "2": 0}, command_id="cmd-1", reason="r")
-    assert routing.last_applied_command(MODEL) == "cmd-1"
+    assert last_id(routing, MODEL) == "cmd-1"
     assert commit_count(routing.repo_dir) == 2
 
 
@@ -161,7 +174,7 @@ def test_push_goes_to_origin(tmp_path: Path) -> None:
     sha = routing.set_weights(MODEL, {"1": 100, "2": 0}, command_id="cmd-9", reason="rollback")
     assert git(remote, "rev-parse", f"refs/heads/{branch}") == sha
     assert "cmd-9" in git(remote, "log", "-1", "--format=%s", branch)
-    assert routing.last_applied_command(MODEL) == "cmd-9"
+    assert last_id(routing, MODEL) == "cmd-9"
 
 
 def test_a_failed_push_is_an_error_and_not_applied_until_pushed(tmp_path: Path) -> None:
@@ -173,12 +186,12 @@ def test_a_failed_push_is_an_error_and_not_applied_until_pushed(tmp_path: Path) 
     with pytest.raises(ActuationError, match=r"(?s)git push .* failed .*committed locally") as caught:
         routing.set_weights(MODEL, {"1": 100, "2": 0}, command_id="cmd-7", reason="rollback")
     assert "no-such-remote.git" in str(caught.value)  # git's own stderr is in the message
-    assert routing.last_applied_command(MODEL) is None  # committed but not pushed: not applied yet
+    assert routing.last_applied(MODEL) is None  # committed but not pushed: not applied yet
 
     subprocess.run(["git", "init", "-q", "--bare", str(missing)], check=True)
     routing.set_weights(MODEL, {"1": 100, "2": 0}, command_id="cmd-7", reason="rollback")  # only pushes now
     assert commit_count(routing.repo_dir) == 2
-    assert routing.last_applied_command(MODEL) == "cmd-7"
+    assert last_id(routing, MODEL) == "cmd-7"
 
 
 def test_missing_routes_and_bad_names_are_errors_that_say_where(tmp_path: Path, routing: GitOpsRouting) -> None:
@@ -186,12 +199,12 @@ def test_missing_routes_and_bad_names_are_errors_that_say_where(tmp_path: Path, 
         routing.get_weights("payments")
     with pytest.raises(ActuationError, match="init_route"):
         routing.set_weights("payments", {"1": 100}, command_id="c", reason="r")
-    assert routing.last_applied_command("payments") is None
+    assert routing.last_applied("payments") is None
     with pytest.raises(ActuationError, match="cannot name an HTTPRoute"):
         routing.manifest_path("../../etc/passwd")
     with pytest.raises(ActuationError, match="add up to 90"):
         routing.set_weights(MODEL, {"1": 80, "2": 10}, command_id="c", reason="r")
-    assert GitOpsRouting(tmp_path / "empty").last_applied_command(MODEL) is None
+    assert GitOpsRouting(tmp_path / "empty").last_applied(MODEL) is None
 
 
 def test_a_broken_manifest_names_the_file(routing: GitOpsRouting) -> None:
@@ -207,3 +220,51 @@ def test_bad_templates_are_refused_at_construction(tmp_path: Path) -> None:
         GitOpsRouting(tmp_path, manifest_template="routes/all.yaml")
     with pytest.raises(ValueError, match="service_template"):
         GitOpsRouting(tmp_path, service_template="{model}-{color}")
+
+
+def test_a_set_traffic_replayed_after_a_rollback_is_stale_across_a_restart(tmp_path: Path) -> None:
+    from mle_stream.actuator import Actuator, InMemoryRegistry
+    from mle_stream.actuator.service import epoch_ms
+    from mle_stream.core.commands import command_id
+    from mle_stream.core.events import Command, CommandKind, RolloutStatus
+    from mle_stream.core.signing import Signer
+
+    signer = Signer("worker", b"gitops-test-signing-key-32-bytes")
+    now = epoch_ms()
+
+    def command(kind: CommandKind, traffic: dict[str, int], issued_at: int) -> Command:
+        return signer.sign(Command(
+            command_id=command_id(MODEL, "1", "2", kind, "r", 0, issued_at), kind=kind, model=MODEL,
+            baseline_version="1", candidate_version="2", traffic=traffic, reason="test", rule="r", window_start=0,
+            window_end=issued_at, evidence="{}", policy_version="p", issued_at=issued_at))
+
+    def registry() -> InMemoryRegistry:
+        reg = InMemoryRegistry({MODEL: ["1", "2"]})
+        reg.set_alias(MODEL, "champion", "1")
+        return reg
+
+    repo = tmp_path / "gitops"
+    GitOpsRouting(repo).init_route(MODEL, {"1": 90, "2": 10})
+    step = command(CommandKind.SET_TRAFFIC, {"1": 50, "2": 50}, now - 60_000)
+    rollback = command(CommandKind.ROLLBACK, {"1": 100, "2": 0}, now - 30_000)
+    reg = registry()
+    assert Actuator(GitOpsRouting(repo), reg, signer.verifier()).handle(step).status is RolloutStatus.APPLIED
+    assert Actuator(GitOpsRouting(repo), reg, signer.verifier()).handle(rollback).status is RolloutStatus.APPLIED
+    head = git(repo, "rev-parse", "HEAD")
+
+    # Restarted, on the same repository and a registry that lost its tags: the committed route alone knows.
+    replay = Actuator(GitOpsRouting(repo), registry(), signer.verifier()).handle(step)
+    assert replay.status is RolloutStatus.REJECTED and replay.details.startswith("STALE: "), replay.details
+    assert rollback.command_id in replay.details and "signed by key worker" in replay.details
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert GitOpsRouting(repo).get_weights(MODEL) == {"1": 100, "2": 0}
+    # And the registry alone knows too, once the route was reset by hand.
+    GitOpsRouting(repo).init_route(MODEL, {"1": 100})
+    replay = Actuator(GitOpsRouting(repo), reg, signer.verifier()).handle(step)
+    assert replay.status is RolloutStatus.REJECTED and "registered model's tag" in replay.details, replay.details
+    assert GitOpsRouting(repo).get_weights(MODEL) == {"1": 100}
+
+    expired = command(CommandKind.SET_TRAFFIC, {"1": 50, "2": 50}, now - signer.ttl_ms - 1)
+    event = Actuator(GitOpsRouting(repo), registry(), signer.verifier()).handle(expired)
+    assert event.status is RolloutStatus.REJECTED and event.details.startswith("STALE: expired"), event.details
+    assert GitOpsRouting(repo).get_weights(MODEL) == {"1": 100}

@@ -30,15 +30,21 @@ from kubernetes import client
 from mle_stream.actuator import Actuator, InMemoryRegistry
 from mle_stream.actuator.kubernetes_routing import GatewayAPIRouting, IstioRouting, KServeRouting, ObjectRouting
 from mle_stream.actuator.ports import RoutingBackend
-from mle_stream.core.commands import command_id, sign
+from mle_stream.actuator.service import epoch_ms
+from mle_stream.core.commands import command_id
+from mle_stream.core.signing import Signer
+from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.core.events import Command, CommandKind, RolloutStatus
 from mle_stream.errors import ActuationError, ConfigError
 
 NS = "ml"
 MODEL = "fraud"
-KEY = b"k8s-test-key"
+KEY = b"k8s-test-key-0123456789abcdef012"  # an HMAC key needs 32 bytes
+SIGNER = Signer(HMAC_KEY_ID, KEY)
+VERIFIER = SIGNER.verifier()
 LAST = "mle-stream.io/last-command-id"
 REASON = "mle-stream.io/last-reason"
+ISSUED_AT = "mle-stream.io/last-command-issued-at"
 ROLLBACK = {"1": 100, "2": 0}
 FAST = {"attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.02, "timeout_s": 5.0}
 
@@ -227,6 +233,11 @@ def stored(k8s: EmulatorThread, case: Case) -> dict[str, Any]:
     return k8s.emulator.objects[case.res, NS, MODEL].raw
 
 
+def last_id(routing: RoutingBackend, model: str) -> str | None:
+    marker = routing.last_applied(model)
+    return marker.command_id if marker else None
+
+
 def requests(k8s: EmulatorThread, method: str) -> int:
     return sum(1 for r in k8s.emulator if r.method.value == method)
 
@@ -262,13 +273,16 @@ def test_get_set_round_trip_keeps_the_rest_of_the_object(k8s: EmulatorThread, ca
 
 def test_annotations_record_the_command(k8s: EmulatorThread, case: Case) -> None:
     routing = seeded(k8s, case)
-    assert routing.last_applied_command(MODEL) is None
+    assert routing.last_applied(MODEL) is None
 
-    routing.set_weights(MODEL, dict(ROLLBACK), command_id="cmd-7", reason="ROLLBACK (error_rate): 4.1% vs 1.0%")
+    routing.set_weights(MODEL, dict(ROLLBACK), command_id="cmd-7", reason="ROLLBACK (error_rate): 4.1% vs 1.0%",
+                        issued_at=1_700_000_000_123)
 
     annotations = stored(k8s, case)["metadata"]["annotations"]
     assert annotations[LAST] == "cmd-7" and annotations[REASON] == "ROLLBACK (error_rate): 4.1% vs 1.0%"
-    assert routing.last_applied_command(MODEL) == "cmd-7"
+    assert annotations[ISSUED_AT] == "1700000000123"
+    marker = routing.last_applied(MODEL)
+    assert marker is not None and (marker.command_id, marker.issued_at) == ("cmd-7", 1_700_000_000_123)
     patch = next(r for r in k8s.emulator if r.method.value == "PATCH")
     assert patch.headers["Content-Type"] == "application/merge-patch+json"
     sent = json.loads(patch.body)  # as sent: the emulator stamps the new version into patch.data
@@ -283,7 +297,7 @@ def test_setting_the_same_weights_again_is_a_no_op(k8s: EmulatorThread, case: Ca
 
     # The same weights for another command record that command (its id is what makes it durable).
     third = routing.set_weights(MODEL, dict(ROLLBACK), command_id="c2", reason="r2")
-    assert third != first and routing.last_applied_command(MODEL) == "c2"
+    assert third != first and last_id(routing, MODEL) == "c2"
     assert routing.get_weights(MODEL) == case.after_rollback
 
 
@@ -291,7 +305,7 @@ def test_a_missing_object_fails_at_once_naming_it(k8s: EmulatorThread, case: Cas
     routing = seeded(k8s, case)
     for call in (lambda: routing.get_weights("other"),
                  lambda: routing.set_weights("other", dict(ROLLBACK), command_id="c", reason="r"),
-                 lambda: routing.last_applied_command("other")):
+                 lambda: routing.last_applied("other")):
         with pytest.raises(ActuationError, match=rf"{routing.kind} ml/other .*model 'other'.*404") as info:
             call()
         assert info.value.__cause__ is not None
@@ -383,7 +397,7 @@ def test_a_500_after_the_patch_landed_finds_the_command_applied(k8s: EmulatorThr
     revision = routing.set_weights(MODEL, dict(ROLLBACK), command_id="c1", reason="r")
 
     assert requests(k8s, "PATCH") == 1 and revision == stored(k8s, case)["metadata"]["resourceVersion"]
-    assert routing.last_applied_command(MODEL) == "c1"
+    assert last_id(routing, MODEL) == "c1"
 
 
 # -- backend specifics -------------------------------------------------------------------------
@@ -468,14 +482,14 @@ def test_constructor_refuses_bad_templates_and_retry_settings() -> None:
 
 # -- the actuator end to end over a Kubernetes backend --------------------------------------------
 
-def make_command(kind: CommandKind, traffic: dict[str, int]) -> Command:
-    now = 1_700_000_000_000
-    return sign(Command(
+def make_command(kind: CommandKind, traffic: dict[str, int], issued_at: int | None = None) -> Command:
+    now = epoch_ms() if issued_at is None else issued_at  # the actuator refuses an expired command
+    return SIGNER.sign(Command(
         command_id=command_id(MODEL, "1", "2", kind, "error_rate", now - 360_000, now - 60_000),
         kind=kind, model=MODEL, baseline_version="1", candidate_version="2", traffic=traffic,
         reason="error rate of v2 is 4.1% vs 1.0% on v1", rule="error_rate", window_start=now - 360_000,
         window_end=now - 60_000, evidence="{}", policy_version="p1", issued_at=now,
-    ), KEY)
+    ))
 
 
 def registry() -> InMemoryRegistry:
@@ -490,7 +504,7 @@ def test_actuator_rolls_back_through_the_api_server_and_skips_the_redelivery(k8s
     routing, reg = seeded(k8s, case), registry()
     command = make_command(CommandKind.ROLLBACK, dict(ROLLBACK))
 
-    event = Actuator(routing, reg, KEY).handle(command)
+    event = Actuator(routing, reg, VERIFIER).handle(command)
     assert event.status is RolloutStatus.APPLIED, event.details
     assert event.route_weights == {"1": 100, "2": 0} and event.champion == "1" and event.challenger is None
     assert stored(k8s, case)["metadata"]["annotations"][LAST] == command.command_id
@@ -498,7 +512,7 @@ def test_actuator_rolls_back_through_the_api_server_and_skips_the_redelivery(k8s
 
     # Redelivered to a fresh actuator (a restart): the durable records say it is done.
     patches = requests(k8s, "PATCH")
-    again = Actuator(routing, reg, KEY).handle(command)
+    again = Actuator(routing, reg, VERIFIER).handle(command)
     assert again.status is RolloutStatus.SKIPPED_DUPLICATE, again.details
     assert requests(k8s, "PATCH") == patches
 
@@ -514,15 +528,39 @@ def test_actuator_resumes_when_the_registry_step_failed_after_the_route(k8s: Emu
             raise ActuationError("MLflow is down")
 
     down = Outage({MODEL: ["1", "2"]})
-    failed = Actuator(routing, down, KEY).handle(command)
+    failed = Actuator(routing, down, VERIFIER).handle(command)
     assert failed.status is RolloutStatus.FAILED and "registry step failed" in failed.details
-    assert routing.last_applied_command(MODEL) == command.command_id
+    assert last_id(routing, MODEL) == command.command_id
     patches = requests(k8s, "PATCH")
 
-    resumed = Actuator(routing, reg, KEY).handle(command)
+    resumed = Actuator(routing, reg, VERIFIER).handle(command)
     assert resumed.status is RolloutStatus.APPLIED and "resumed" in resumed.details
     assert requests(k8s, "PATCH") == patches  # the route was not patched again
     assert resumed.route_weights == {"1": 100, "2": 0}
+
+
+def test_a_set_traffic_replayed_after_a_rollback_is_stale_across_a_restart(k8s: EmulatorThread, case: Case) -> None:
+    routing, reg = seeded(k8s, case), registry()
+    now = epoch_ms()
+    step = make_command(CommandKind.SET_TRAFFIC, {"1": 50, "2": 50}, issued_at=now - 60_000)
+    rollback = make_command(CommandKind.ROLLBACK, dict(ROLLBACK), issued_at=now - 30_000)
+    assert Actuator(routing, reg, VERIFIER).handle(step).status is RolloutStatus.APPLIED
+    assert routing.get_weights(MODEL) == {"1": 50, "2": 50}
+    assert Actuator(routing, reg, VERIFIER).handle(rollback).status is RolloutStatus.APPLIED
+    assert stored(k8s, case)["metadata"]["annotations"][ISSUED_AT] == str(rollback.issued_at)
+    patches = requests(k8s, "PATCH")
+
+    # A restarted actuator, on a fresh client and a registry that lost its tags: the route alone knows.
+    fresh = case.make(api_for(k8s.url))
+    replay = Actuator(fresh, registry(), VERIFIER).handle(step)
+    assert replay.status is RolloutStatus.REJECTED and replay.details.startswith("STALE: "), replay.details
+    assert rollback.command_id in replay.details and "route" in replay.details
+    assert requests(k8s, "PATCH") == patches
+    assert fresh.get_weights(MODEL) == case.after_rollback
+
+    # The newest command delivered again is a duplicate, not stale.
+    again = Actuator(fresh, reg, VERIFIER).handle(rollback)
+    assert again.status is RolloutStatus.SKIPPED_DUPLICATE, again.details
 
 
 # -- wiring: topologies and flags -> backends ------------------------------------------------------

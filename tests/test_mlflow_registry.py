@@ -11,12 +11,17 @@ import pytest
 import yaml
 
 from mle_stream.actuator import Actuator, GitOpsRouting, ModelRegistry
-from mle_stream.core.commands import command_id, sign
+from mle_stream.core.commands import command_id
+from mle_stream.core.signing import Signer
+from mle_stream.keys import HMAC_KEY_ID
+from mle_stream.actuator.service import epoch_ms
 from mle_stream.core.events import Command, CommandKind, RolloutStatus
 from mle_stream.errors import ActuationError
 
 MODEL = "fraud-detector"
-KEY = b"test-signing-key"
+KEY = b"test-signing-key-0123456789abcde"  # an HMAC key needs 32 bytes
+SIGNER = Signer(HMAC_KEY_ID, KEY)
+VERIFIER = SIGNER.verifier()
 
 # MLflow's own sqlite store trips a SQLAlchemy deprecation; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -113,7 +118,7 @@ def test_register_demo_versions_registers_from_runs(workdir: Path) -> None:
 
 
 def _rollback_command() -> Command:
-    return sign(
+    return SIGNER.sign(
         Command(
             command_id=command_id(MODEL, "1", "2", CommandKind.ROLLBACK, "error_rate", 1_000, 61_000),
             kind=CommandKind.ROLLBACK,
@@ -127,9 +132,8 @@ def _rollback_command() -> Command:
             window_end=61_000,
             evidence="{}",
             policy_version="p1",
-            issued_at=62_000,
+            issued_at=epoch_ms(),  # the actuator refuses an expired command
         ),
-        KEY,
     )
 
 
@@ -141,7 +145,7 @@ def test_rollback_end_to_end_with_git_and_mlflow(tracking_uri: str, workdir: Pat
     registry = MlflowRegistry(tracking_uri)
     command = _rollback_command()
 
-    event = Actuator(routing, registry, KEY).handle(command)
+    event = Actuator(routing, registry, VERIFIER).handle(command)
 
     assert event.status is RolloutStatus.APPLIED, event.details
     assert registry.aliases(MODEL) == {"champion": "1"}
@@ -151,6 +155,9 @@ def test_rollback_end_to_end_with_git_and_mlflow(tracking_uri: str, workdir: Pat
     assert tags["mle.command_id"] == command.command_id
     assert tags["mle.at"].endswith("Z")
     assert registry.version_tags(MODEL, "1")["mle.command_id"] == command.command_id
+    assert tags["mle.signed_by"] == HMAC_KEY_ID
+    assert registry.model_tags(MODEL) == {"mle.last_command_id": command.command_id,
+                                          "mle.last_command_issued_at": str(command.issued_at)}
 
     manifest = yaml.safe_load(routing.manifest_path(MODEL).read_text())
     assert [(r["name"], r["weight"]) for r in manifest["spec"]["rules"][0]["backendRefs"]] == [
@@ -167,7 +174,7 @@ def test_rollback_end_to_end_with_git_and_mlflow(tracking_uri: str, workdir: Pat
     assert (event.champion, event.challenger) == ("1", None)
 
     # A restarted actuator sees the command in Git and MLflow and does not apply it again.
-    again = Actuator(GitOpsRouting(workdir / "gitops"), MlflowRegistry(tracking_uri), KEY).handle(command)
+    again = Actuator(GitOpsRouting(workdir / "gitops"), MlflowRegistry(tracking_uri), VERIFIER).handle(command)
     assert again.status is RolloutStatus.SKIPPED_DUPLICATE
 
 

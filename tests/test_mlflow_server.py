@@ -25,11 +25,16 @@ from mle_stream.actuator import (
     MlflowRegistry,
     register_demo_versions,
 )
-from mle_stream.core.commands import command_id, sign
+from mle_stream.core.commands import command_id
+from mle_stream.core.signing import Signer
+from mle_stream.keys import HMAC_KEY_ID
+from mle_stream.actuator.service import epoch_ms
 from mle_stream.core.events import Command, CommandKind, RolloutStatus
 from mle_stream.errors import ActuationError
 
-KEY = b"mlflow-server-test-key"
+KEY = b"mlflow-server-test-key-012345678"  # an HMAC key needs 32 bytes
+SIGNER = Signer(HMAC_KEY_ID, KEY)
+VERIFIER = SIGNER.verifier()
 
 # MLflow's own sqlite store trips a SQLAlchemy deprecation; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -124,14 +129,14 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 
 
 def signed(kind: CommandKind, model: str, baseline: str, candidate: str, rule: str = "error_rate",
-           key: bytes = KEY) -> Command:
+           signer: Signer = SIGNER) -> Command:
     """A signed command as the worker emits it: rollback to the baseline, or promote the candidate."""
     traffic = {baseline: 100, candidate: 0} if kind is CommandKind.ROLLBACK else {baseline: 0, candidate: 100}
-    return sign(Command(
+    return signer.sign(Command(
         command_id=command_id(model, baseline, candidate, kind, rule, 0, 60_000), kind=kind, model=model,
         baseline_version=baseline, candidate_version=candidate, traffic=traffic,
         reason=f"{kind.value.lower()} by test ({rule})", rule=rule, window_start=0, window_end=60_000,
-        evidence="{}", policy_version="p1", issued_at=61_000), key)
+        evidence="{}", policy_version="p1", issued_at=epoch_ms()))
 
 
 def git_subjects(repo: Path) -> list[str]:
@@ -156,7 +161,7 @@ def test_rollback_keeps_champion_on_the_baseline_and_a_redelivery_is_a_duplicate
     routing, registry = _model_with_route(mlflow_server, tmp_path, model)
     command = signed(CommandKind.ROLLBACK, model, "1", "2")
 
-    event = Actuator(routing, registry, KEY).handle(command)
+    event = Actuator(routing, registry, VERIFIER).handle(command)
 
     assert event.status is RolloutStatus.APPLIED, event.details
     assert registry.aliases(model) == {"champion": "1"}
@@ -169,7 +174,7 @@ def test_rollback_keeps_champion_on_the_baseline_and_a_redelivery_is_a_duplicate
     assert registry.version_tags(model, "1") == {"mle.command_id": command.command_id}
 
     # Redelivered to a restarted actuator (nothing in memory): Git and MLflow say it was applied.
-    again = Actuator(GitOpsRouting(tmp_path / "gitops"), MlflowRegistry(mlflow_server.uri), KEY).handle(command)
+    again = Actuator(GitOpsRouting(tmp_path / "gitops"), MlflowRegistry(mlflow_server.uri), VERIFIER).handle(command)
     assert again.status is RolloutStatus.SKIPPED_DUPLICATE, again.details
     assert sum(command.command_id in s for s in git_subjects(tmp_path / "gitops")) == 1
 
@@ -178,7 +183,7 @@ def test_promote_moves_champion_and_a_later_rollback_moves_it_back(
         mlflow_server: MlflowServer, tmp_path: Path) -> None:
     model = "fraud-promote"
     routing, registry = _model_with_route(mlflow_server, tmp_path, model)
-    actuator = Actuator(routing, registry, KEY)
+    actuator = Actuator(routing, registry, VERIFIER)
 
     promote = signed(CommandKind.PROMOTE, model, "1", "2", rule="gate")
     event = actuator.handle(promote)

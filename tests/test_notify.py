@@ -25,14 +25,20 @@ from mle_stream.actuator.ports import InMemoryRegistry, InMemoryRouting
 from mle_stream.actuator.runner import run_actuator_loop
 from mle_stream.actuator.service import Actuator
 from mle_stream.config import Topics
-from mle_stream.core.commands import command_id, sign
+from mle_stream.core.commands import command_id
+from mle_stream.core.signing import Signer
+from mle_stream.keys import HMAC_KEY_ID
+from mle_stream.actuator.service import epoch_ms
 from mle_stream.core.events import Command, CommandKind, RolloutEvent, RolloutStatus
 from mle_stream.kafka import producer_config
 
 REPO = Path(__file__).resolve().parent.parent
 # One file, not the directory: other topologies there may route through backends this test has no access to.
 TOPOLOGY = REPO / "topologies" / "fraud-detector-canary.yaml"
-KEY = b"notify-test-key"
+KEY = b"notify-test-key-0123456789abcdef"  # an HMAC key needs 32 bytes
+SIGNER = Signer(HMAC_KEY_ID, KEY)
+VERIFIER = SIGNER.verifier()
+FORGER = Signer(HMAC_KEY_ID, b"not the key, the same key id: a forgery")
 MODEL = "fraud-detector"
 
 
@@ -97,10 +103,10 @@ def unreachable_url() -> str:
 def command(kind: CommandKind = CommandKind.ROLLBACK, reason: str = "error rate of v2 is 4.1% vs 1.0% on v1",
             rule: str = "error_rate") -> Command:
     traffic = {"1": 100, "2": 0} if kind is CommandKind.ROLLBACK else {"1": 0, "2": 100}
-    return sign(Command(
+    return SIGNER.sign(Command(
         command_id=command_id(MODEL, "1", "2", kind, rule, 0, 60_000), kind=kind, model=MODEL,
         baseline_version="1", candidate_version="2", traffic=traffic, reason=reason, rule=rule, window_start=0,
-        window_end=60_000, evidence="{}", policy_version="p1", issued_at=61_000), KEY)
+        window_end=60_000, evidence="{}", policy_version="p1", issued_at=epoch_ms()))
 
 
 def event_for(cmd: Command, status: RolloutStatus, details: str = "route 100% -> v1") -> RolloutEvent:
@@ -217,7 +223,7 @@ def test_the_actuator_loop_notifies_and_survives_a_dead_webhook(
     url = hook.url if reachable else unreachable_url()
     routing = InMemoryRouting({MODEL: {"1": 90, "2": 10}})
     registry = InMemoryRegistry({MODEL: ["1", "2"]})
-    actuator = Actuator(routing, registry, KEY)
+    actuator = Actuator(routing, registry, VERIFIER)
     notifier = WebhookNotifier(url, attempts=2, backoff_s=0.01)
     stop = threading.Event()
     failure: list[BaseException] = []
@@ -231,7 +237,7 @@ def test_the_actuator_loop_notifies_and_survives_a_dead_webhook(
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
-    forged, good = sign(command(rule="forged"), b"another key"), command()
+    forged, good = FORGER.sign(command(rule="forged")), command()
     producer = Producer(producer_config(kafka_bootstrap))
     for cmd in (forged, good, good):
         producer.produce(topics.commands, key=MODEL.encode(), value=codec.encode_command(cmd))
@@ -282,7 +288,7 @@ def test_the_actuator_command_posts_to_the_webhook_of_its_environment(
     with open(tmp_path / "actuator.log", "wb") as log_file:
         process = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT)
         try:
-            forged = sign(command(rule="forged"), b"another key")
+            forged = FORGER.sign(command(rule="forged"))
             producer = Producer(producer_config(kafka_bootstrap))
             producer.produce(topics.commands, key=MODEL.encode(), value=codec.encode_command(forged))
             producer.flush(10)

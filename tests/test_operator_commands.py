@@ -17,7 +17,9 @@ from conftest import read_until, topic_env
 from mle_stream import codec
 from mle_stream.actuator.gitops import GitOpsRouting
 from mle_stream.config import Topics
-from mle_stream.core.commands import command_id, verify
+from mle_stream.core.commands import command_id
+from mle_stream.core.signing import Signer
+from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.core.events import CommandKind
 from mle_stream.errors import BrokerError, InvalidEvent
 from mle_stream.operator_commands import (
@@ -31,7 +33,9 @@ from mle_stream.operator_commands import (
 REPO = Path(__file__).resolve().parent.parent
 # One file, not the directory: other topologies there may route through backends this test has no access to.
 TOPOLOGY = REPO / "topologies" / "fraud-detector-canary.yaml"
-KEY = b"operator-test-key"
+KEY = b"operator-test-key-0123456789abcd"  # an HMAC key needs 32 bytes
+SIGNER = Signer(HMAC_KEY_ID, KEY)
+VERIFIER = SIGNER.verifier()
 MODEL = "fraud-detector"
 
 # MLflow's own sqlite store trips a SQLAlchemy deprecation; not ours to fix.
@@ -57,18 +61,18 @@ def base_env(**extra: str) -> dict[str, str]:
 def test_a_command_file_round_trips_and_verifies_only_with_its_key(
         tmp_path: Path, kind: CommandKind, percent: int | None, traffic: dict[str, int]) -> None:
     command = manual_command(kind, model=MODEL, baseline="1", candidate="2", reason="v2 regressed on precision",
-                             operator="alice", key=KEY, percent=percent, issued_at=1_700_000_000_123)
+                             operator="alice", signer=SIGNER, percent=percent, issued_at=1_700_000_000_123)
     path = tmp_path / "cmd.json"
     write_command_file(command, path)
 
     doc = json.loads(path.read_text())
     assert list(doc) == ["command_id", "kind", "model", "baseline_version", "candidate_version", "traffic",
-                         "reason", "rule", "window_start", "window_end", "evidence", "policy_version", "issued_at",
+                         "reason", "rule", "window_start", "window_end", "evidence", "policy_version", "issued_at", "expires_at",
                          "signature"]  # every field of schemas/command.avsc, in its order
     assert doc["kind"] == kind.value and doc["traffic"] == traffic
     assert read_command_file(path) == command
-    assert verify(read_command_file(path), KEY)
-    assert not verify(read_command_file(path), b"another key")
+    assert VERIFIER.verify(read_command_file(path))
+    assert not Signer(HMAC_KEY_ID, b"another key".ljust(32, b"!")).verifier().verify(read_command_file(path))
 
     rule = f"manual:{kind.value.lower()}"
     assert (command.rule, command.policy_version) == (rule, "manual")
@@ -81,7 +85,7 @@ def test_a_command_file_round_trips_and_verifies_only_with_its_key(
 def test_two_operator_actions_get_two_ids() -> None:
     def at(millis: int) -> str:
         return manual_command(CommandKind.ROLLBACK, model=MODEL, baseline="1", candidate="2", reason="r",
-                              operator="alice", key=KEY, issued_at=millis).command_id
+                              operator="alice", signer=SIGNER, issued_at=millis).command_id
 
     assert at(1) != at(2)
     assert at(1) == at(1)
@@ -100,7 +104,7 @@ def test_two_operator_actions_get_two_ids() -> None:
 def test_bad_arguments_say_what_was_expected(kind: CommandKind, overrides: dict[str, object], field: str,
                                             message: str) -> None:
     arguments: dict[str, object] = {"model": MODEL, "baseline": "1", "candidate": "2", "reason": "r",
-                                    "operator": "alice", "key": KEY, **overrides}
+                                    "operator": "alice", "signer": SIGNER, **overrides}
     with pytest.raises(InvalidEvent, match=message) as caught:
         manual_command(kind, **arguments)  # type: ignore[arg-type]
     assert caught.value.field == field
@@ -118,7 +122,7 @@ def test_bad_arguments_say_what_was_expected(kind: CommandKind, overrides: dict[
 def test_a_broken_command_file_names_file_and_field(tmp_path: Path, edit: object, expected: str) -> None:
     path = tmp_path / "cmd.json"
     write_command_file(manual_command(CommandKind.ROLLBACK, model=MODEL, baseline="1", candidate="2",
-                                      reason="r", operator="alice", key=KEY), path)
+                                      reason="r", operator="alice", signer=SIGNER), path)
     path.write_text(edit(path.read_text()))  # type: ignore[operator]
     with pytest.raises(CommandFileError, match=expected):
         read_command_file(path)
@@ -229,7 +233,7 @@ def test_actuate_refuses_a_broken_file_and_a_missing_store(tmp_path: Path) -> No
     assert result.returncode == 2 and f"{broken}: command_id: is missing" in result.stderr
 
     write_command_file(manual_command(CommandKind.ROLLBACK, model=MODEL, baseline="1", candidate="2", reason="r",
-                                      operator="alice", key=KEY), broken)
+                                      operator="alice", signer=SIGNER), broken)
     result = mle("actuate", "--command", str(broken), "-t", str(TOPOLOGY), "--gitops-repo",
                  str(tmp_path / "gitops"), env=env)
     assert result.returncode == 2 and "nowhere.db does not exist (MLFLOW_TRACKING_URI)" in result.stderr
@@ -262,7 +266,7 @@ def test_help_has_an_example(command: str) -> None:
 
 def test_an_unreachable_broker_fails_clearly() -> None:
     command = manual_command(CommandKind.ROLLBACK, model=MODEL, baseline="1", candidate="2", reason="r",
-                             operator="alice", key=KEY)
+                             operator="alice", signer=SIGNER)
     with pytest.raises(BrokerError, match="127.0.0.1:1"):
         publish_command(command, "127.0.0.1:1", Topics(), timeout_s=2)
 
@@ -292,7 +296,7 @@ def test_command_is_published_keyed_by_model_next_to_its_predictions(kafka_boots
     for message in commands:
         command = codec.decode_command(message.value())
         assert message.key() == command.model.encode()
-        assert verify(command, KEY)
+        assert VERIFIER.verify(command)
         assert command.kind is CommandKind.APPROVE and dict(command.traffic) == {"1": 50, "2": 50}
         assert command.rule == "manual:approve" and json.loads(command.evidence)["operator"] == "bob"
         assert message.partition() == predictions[message.key()]

@@ -4,14 +4,18 @@ import json
 
 from mle_stream import codec
 from mle_stream.config import Topics
-from mle_stream.core.commands import verify
+from mle_stream.core.signing import Signer
+from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.id_hash import MAX_ID_BYTES
 from mle_stream.core.topology import parse_topology
 from mle_stream.stream.processor import Incoming, StreamProcessor
 
 TOPICS = Topics()
-KEY = b"test-key"
+KEY = b"test-key-0123456789abcdef0123456"  # an HMAC key needs 32 bytes
+SIGNER = Signer(HMAC_KEY_ID, KEY)
+VERIFIER = SIGNER.verifier()
+FORGER = Signer(HMAC_KEY_ID, b"not the key, the same key id: a forgery")
 TOPOLOGY = parse_topology(
     'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
     "windows: {size: 1s, grace: 0s}\n"
@@ -20,7 +24,7 @@ TOPOLOGY = parse_topology(
 
 
 def processor() -> StreamProcessor:
-    return StreamProcessor({"fraud": TOPOLOGY}, TOPICS, KEY, clock=lambda: 10**12)
+    return StreamProcessor({"fraud": TOPOLOGY}, TOPICS, SIGNER, clock=lambda: 10**12)
 
 
 def window(start: int, candidate_wrong: bool) -> tuple[bytes, bytes]:
@@ -86,7 +90,7 @@ def test_commands_are_signed_and_metrics_published_per_version() -> None:
     preds, labels = window(3000, candidate_wrong=True)
     out = p.process([Incoming(TOPICS.predictions, 0, 9, preds), Incoming(TOPICS.labels, 0, 9, labels)])
     commands = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
-    assert len(commands) == 1 and verify(commands[0], KEY) and not verify(commands[0], b"other")
+    assert len(commands) == 1 and VERIFIER.verify(commands[0]) and not Signer(HMAC_KEY_ID, b"other".ljust(32, b"!")).verifier().verify(commands[0])
     assert by_topic(out, TOPICS.commands)[0].key == b"fraud"
 
 
@@ -152,21 +156,20 @@ def test_a_silent_source_holds_on_the_timer_tick_once_signed() -> None:
     topology = parse_topology(
         'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
         "windows: {size: 1s, grace: 0s}\ndecision: {outage_after: 60s}\n")
-    p = StreamProcessor({"fraud": topology}, TOPICS, KEY, clock=lambda: clock[0])
+    p = StreamProcessor({"fraud": topology}, TOPICS, SIGNER, clock=lambda: clock[0])
     preds, labels = window(0, candidate_wrong=False)
     p.process([Incoming(TOPICS.predictions, 0, 0, preds), Incoming(TOPICS.labels, 0, 1, labels)])
     clock[0] += 60_000
     assert by_topic(p.tick(), TOPICS.commands) == []  # 60 s is not longer than outage_after
     clock[0] += 1_000
     commands = [codec.decode_command(o.value) for o in by_topic(p.tick(), TOPICS.commands)]
-    assert [c.kind for c in commands] == [CommandKind.HOLD] and verify(commands[0], KEY)
+    assert [c.kind for c in commands] == [CommandKind.HOLD] and VERIFIER.verify(commands[0])
     assert "no predictions for 61 s" in commands[0].reason and commands[0].traffic == {}
     clock[0] += 60_000
     assert by_topic(p.tick(), TOPICS.commands) == []  # one HOLD per outage
 
 
 def test_a_signed_approve_on_the_commands_topic_steps_a_waiting_rollout_and_a_forged_one_is_dead_lettered() -> None:
-    from mle_stream.core.commands import sign
     from mle_stream.core.events import Command, CommandKind
 
     topology = parse_topology(
@@ -174,7 +177,7 @@ def test_a_signed_approve_on_the_commands_topic_steps_a_waiting_rollout_and_a_fo
         "windows: {size: 1s, grace: 0s}\n"
         "checks: [{name: errors, metric: error_rate, max_degradation: 0.1, min_samples: 20}]\n"
         "rollout: {steps: [10, 100], windows: 1, samples: 0, approval: true}\n")
-    p = StreamProcessor({"fraud": topology}, TOPICS, KEY, clock=lambda: 10**12)
+    p = StreamProcessor({"fraud": topology}, TOPICS, SIGNER, clock=lambda: 10**12)
     out = []
     for i, start in enumerate((0, 1000)):
         preds, labels = window(start, candidate_wrong=False)
@@ -183,8 +186,8 @@ def test_a_signed_approve_on_the_commands_topic_steps_a_waiting_rollout_and_a_fo
     assert (hold.kind, hold.rule) == (CommandKind.HOLD, "await-approval:step-100")
     approval = Command(command_id="op-1", kind=CommandKind.APPROVE, model="fraud", baseline_version="1",
                        candidate_version="2", traffic={"1": 0, "2": 100}, reason="ok by ana", rule="manual:approve",
-                       window_start=1, window_end=1, evidence="{}", policy_version="manual", issued_at=1)
-    forged = sign(approval, b"not-the-key")
+                       window_start=1, window_end=1, evidence="{}", policy_version="manual", issued_at=10**12 - 1000)
+    forged = FORGER.sign(approval)
     # The worker's own HOLD read back from the topic is not for it, the forged approval is refused.
     out = p.process([Incoming(TOPICS.commands, 0, 0, by_topic(out, TOPICS.commands)[0].value),
                      Incoming(TOPICS.commands, 0, 1, codec.encode_command(forged)),
@@ -193,7 +196,45 @@ def test_a_signed_approve_on_the_commands_topic_steps_a_waiting_rollout_and_a_fo
     letters = [json.loads(o.value) for o in by_topic(out, TOPICS.dead_letter)]
     assert [(d["offset"], d["field"]) for d in letters] == [(1, "signature"), (2, "signature")]
     assert all(d["source_topic"] == TOPICS.commands for d in letters)
-    out = p.process([Incoming(TOPICS.commands, 0, 3, codec.encode_command(sign(approval, KEY)))])
+    out = p.process([Incoming(TOPICS.commands, 0, 3, codec.encode_command(SIGNER.sign(approval)))])
     (promote,) = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
-    assert promote.kind is CommandKind.PROMOTE and promote.traffic == {"1": 0, "2": 100} and verify(promote, KEY)
+    assert promote.kind is CommandKind.PROMOTE and promote.traffic == {"1": 0, "2": 100} and VERIFIER.verify(promote)
     assert json.loads(promote.evidence)["approval"]["reason"] == "ok by ana"
+
+
+def test_approvals_verify_against_the_operators_keys_and_an_expired_one_is_dead_lettered() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mle_stream.core.events import Command, CommandKind
+
+    topology = parse_topology(
+        'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+        "windows: {size: 1s, grace: 0s}\n"
+        "checks: [{name: errors, metric: error_rate, max_degradation: 0.1, min_samples: 20}]\n"
+        "rollout: {steps: [10, 100], windows: 1, samples: 0, approval: true}\n")
+    ana = Signer("ana", Ed25519PrivateKey.generate())
+    now = 10**12
+    # The worker signs with its own key and accepts approvals from ana's public key only.
+    p = StreamProcessor({"fraud": topology}, TOPICS, SIGNER, clock=lambda: now, verifier=ana.verifier())
+    for i, start in enumerate((0, 1000)):
+        preds, labels = window(start, candidate_wrong=False)
+        p.process([Incoming(TOPICS.predictions, 0, i, preds), Incoming(TOPICS.labels, 0, i, labels)])
+
+    def approval(issued_at: int) -> Command:
+        return Command(command_id=f"op-{issued_at}", kind=CommandKind.APPROVE, model="fraud", baseline_version="1",
+                       candidate_version="2", traffic={"1": 0, "2": 100}, reason="ok by ana", rule="manual:approve",
+                       window_start=issued_at, window_end=issued_at, evidence="{}", policy_version="manual",
+                       issued_at=issued_at)
+
+    expired = ana.sign(approval(now - ana.ttl_ms - 1))  # captured long ago, published again now
+    by_worker_key = SIGNER.sign(approval(now - 1000))  # the worker's key does not approve
+    out = p.process([Incoming(TOPICS.commands, 0, 0, codec.encode_command(expired)),
+                     Incoming(TOPICS.commands, 0, 1, codec.encode_command(by_worker_key))])
+    assert by_topic(out, TOPICS.commands) == []
+    letters = [json.loads(o.value) for o in by_topic(out, TOPICS.dead_letter)]
+    assert [(d["offset"], d["field"]) for d in letters] == [(0, "expires_at"), (1, "signature")]
+    assert "STALE: expired" in letters[0]["reason"] and "signed by ana" in letters[0]["reason"]
+
+    out = p.process([Incoming(TOPICS.commands, 0, 2, codec.encode_command(ana.sign(approval(now - 1000))))])
+    (promote,) = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
+    assert promote.kind is CommandKind.PROMOTE and SIGNER.verifier().verify(promote)

@@ -31,7 +31,8 @@ from mle_stream.actuator.runner import run_actuator_loop
 from mle_stream.actuator.service import Actuator
 from mle_stream.broker import free_port
 from mle_stream.config import Settings, Topics
-from mle_stream.core.commands import sign
+from mle_stream.core.signing import Signer
+from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.core.events import CommandKind, Label, Prediction
 from mle_stream.core.topology import parse_topology
 from mle_stream.errors import ConfigError
@@ -43,7 +44,10 @@ from mle_stream.telemetry import ActuatorMetrics, WorkerMetrics
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "grafana" / "mle-stream-dashboard.json"
 TOPICS = Topics()
-KEY = b"telemetry-key"
+KEY = b"telemetry-key-0123456789abcdef01"  # an HMAC key needs 32 bytes
+SIGNER = Signer(HMAC_KEY_ID, KEY)
+VERIFIER = SIGNER.verifier()
+FORGER = Signer(HMAC_KEY_ID, b"not the key, the same key id: a forgery")
 TOPOLOGY = parse_topology(
     'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
     "windows: {size: 1s, grace: 0s}\n"
@@ -88,7 +92,7 @@ class Worker:
     """The StreamProcessor fed batch by batch, its metrics updated as app.py does."""
 
     def __init__(self, clock: Callable[[], int] = lambda: 10**12) -> None:
-        self.processor = StreamProcessor({"fraud": TOPOLOGY}, TOPICS, KEY, clock=clock)
+        self.processor = StreamProcessor({"fraud": TOPOLOGY}, TOPICS, SIGNER, clock=clock)
         self.metrics = WorkerMetrics()
         self.out: list[Outgoing] = []
 
@@ -318,7 +322,7 @@ def test_the_worker_serves_its_metrics_over_http(tmp_path: Path, kafka_bootstrap
 
     (tmp_path / "fraud.yaml").write_text(WORKER_TOPOLOGY)
     port = free_port()
-    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": "k",
+    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": KEY.decode(),
            "MLE_WORKER_GROUP": f"worker-{uuid.uuid4().hex[:8]}"}
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:
@@ -362,9 +366,9 @@ def test_the_actuator_serves_its_metrics_over_http(tmp_path: Path, kafka_bootstr
     from test_actuator_stream import rollback
 
     # HOLD changes neither the route nor the registry: this actuator needs neither to be set up.
-    hold = sign(replace(rollback("silent"), kind=CommandKind.HOLD, traffic={}, command_id="hold-1"), b"k")
+    hold = SIGNER.sign(replace(rollback("silent"), kind=CommandKind.HOLD, traffic={}, command_id="hold-1"))
     port = free_port()
-    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": "k",
+    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": KEY.decode(),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true",
            "MLE_ACTUATOR_GROUP": f"actuator-{uuid.uuid4().hex[:8]}",
            "MLE_METRICS_PORT": str(port)}  # the environment's port, this time
@@ -375,7 +379,7 @@ def test_the_actuator_serves_its_metrics_over_http(tmp_path: Path, kafka_bootstr
                                    env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         producer = Producer(producer_config(kafka_bootstrap))
-        for payload in (codec.encode_command(sign(rollback("forged"), b"not the key")), b"\x00garbage",
+        for payload in (codec.encode_command(FORGER.sign(rollback("forged"))), b"\x00garbage",
                         codec.encode_command(hold), codec.encode_command(hold)):
             producer.produce(topics.commands, key=b"fraud-detector", value=payload)
         producer.flush(10)
@@ -402,11 +406,11 @@ def test_redeliveries_of_a_command_failing_on_transient_errors_are_counted(kafka
     metrics = ActuatorMetrics()
     stop_loop = threading.Event()
     thread = threading.Thread(target=run_actuator_loop, daemon=True, args=(
-        Actuator(routing, registry, b"k"), kafka_bootstrap, topics, stop_loop),
+        Actuator(routing, registry, VERIFIER), kafka_bootstrap, topics, stop_loop),
         kwargs={"group_id": f"g-{uuid.uuid4().hex[:8]}", "redeliver": Backoff(1, 0.2, 0.4), "metrics": metrics})
     thread.start()
     producer = Producer(producer_config(kafka_bootstrap))
-    producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(sign(rollback("outage"), b"k")))
+    producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(SIGNER.sign(rollback("outage"))))
     producer.flush(10)
     try:
         deadline = time.monotonic() + 30

@@ -16,7 +16,8 @@ from confluent_kafka import Producer
 from conftest import read_until, topic_env
 from mle_stream import codec
 from mle_stream.config import Topics
-from mle_stream.core.commands import verify
+from mle_stream.core.signing import Signer
+from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.topology import parse_topology
 from mle_stream.kafka import producer_config
@@ -24,7 +25,10 @@ from mle_stream.replay import replay
 
 pytestmark = pytest.mark.broker
 
-KEY = "worker-test-key"
+KEY = "worker-test-key-0123456789abcdef"  # an HMAC key needs 32 bytes
+SIGNER = Signer(HMAC_KEY_ID, KEY.encode())
+VERIFIER = SIGNER.verifier()
+FORGER = Signer(HMAC_KEY_ID, b"not the key, the same key id: a forgery")
 TOPOLOGY = """\
 model: fraud
 task: binary
@@ -126,7 +130,7 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
     commands = [codec.decode_command(m.value()) for m in out if m.topic() == topics.commands]
     assert len(commands) == 1
     command = commands[0]
-    assert command.kind.value == "ROLLBACK" and verify(command, KEY.encode())
+    assert command.kind.value == "ROLLBACK" and VERIFIER.verify(command)
     assert (command.window_start - base, command.window_end - base) == (2000, 6000)
 
     # The replay of the same records gives the same windows as the stream's last word on each.
@@ -161,7 +165,7 @@ def test_a_silent_source_holds_the_rollout_without_any_input(worker, kafka_boots
     # Then nothing: the worker's timer (every 10 s) must notice that predictions stopped.
     out = read_until(kafka_bootstrap, [topics.commands], lambda ms: len(ms) >= 1, timeout_s=60)
     (command,) = [codec.decode_command(m.value()) for m in out]
-    assert command.kind.value == "HOLD" and verify(command, KEY.encode())
+    assert command.kind.value == "HOLD" and VERIFIER.verify(command)
     assert "no predictions for" in command.reason and command.rule == "source-outage:predictions"
 
 
@@ -197,7 +201,7 @@ def test_a_rollout_waits_for_an_operators_signed_approve_on_the_commands_topic(w
                      rule="manual:approve", window_start=start, window_end=start, evidence="{}",
                      policy_version="manual", issued_at=int(time.time() * 1000))
     # A forged approval first: it must change nothing.
-    producer.produce(topics.commands, key=b"fraud", value=codec.encode_command(sign(forged, b"forged")))
+    producer.produce(topics.commands, key=b"fraud", value=codec.encode_command(FORGER.sign(forged)))
     producer.flush(10)
     # Then the operator's, through the CLI: signed with the shared key, keyed by the model.
     env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": KEY}
@@ -208,7 +212,7 @@ def test_a_rollout_waits_for_an_operators_signed_approve_on_the_commands_topic(w
     out = read_until(kafka_bootstrap, [topics.commands], lambda ms: len(ms) >= 4, timeout_s=60)
     kinds = [codec.decode_command(m.value()) for m in out]
     (promote,) = [c for c in kinds if c.kind is CommandKind.PROMOTE]
-    assert promote.traffic == {"1": 0, "2": 100} and verify(promote, KEY.encode())
+    assert promote.traffic == {"1": 0, "2": 100} and VERIFIER.verify(promote)
     approval = json.loads(promote.evidence)["approval"]
     assert approval["reason"] == "dashboards look fine" and json.loads(approval["evidence"])["operator"] == "ana"
     letters = read_until(kafka_bootstrap, [topics.dead_letter], lambda ms: len(ms) >= 1, timeout_s=30)

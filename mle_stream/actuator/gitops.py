@@ -10,8 +10,9 @@ filters, other rules, extra backendRef fields) are kept, but YAML comments are n
 not round-trip them.
 
 What counts as applied is what is committed, and pushed when there is an `origin`: reads use the
-manifest at HEAD, and `last_applied_command` answers None while HEAD is not on origin, so the
-actuator re-runs `set_weights`, which then only pushes.
+manifest at HEAD, and `last_applied` answers None while HEAD is not on origin, so the actuator
+re-runs `set_weights`, which then only pushes. The manifest's annotations record the last applied
+command: its id, reason and issued_at (httproute.py).
 
 `repo_dir` must be the top level of its own repository (it is `git init`-ed on the first write
 otherwise): a directory inside another checkout is never committed into that outer repository.
@@ -31,19 +32,23 @@ from mle_stream.actuator.httproute import (
     API_VERSION,
     KIND,
     LAST_COMMAND_ANNOTATION,
+    LAST_ISSUED_AT_ANNOTATION,
     LAST_REASON_ANNOTATION,
     VERSIONS_ANNOTATION,
     HTTPRouteWeights,
-    annotations_of,
+    applied_marker,
+    command_annotations,
     is_object_name,
     template_fields,
 )
 from mle_stream.actuator.ports import check_weights, describe_weights
+from mle_stream.core.commands import AppliedMarker
 from mle_stream.errors import ActuationError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GitOpsRouting", "LAST_COMMAND_ANNOTATION", "LAST_REASON_ANNOTATION", "VERSIONS_ANNOTATION"]
+__all__ = ["GitOpsRouting", "LAST_COMMAND_ANNOTATION", "LAST_ISSUED_AT_ANNOTATION", "LAST_REASON_ANNOTATION",
+           "VERSIONS_ANNOTATION"]
 
 _GIT_IDENTITY = ("-c", "user.name=mle-stream", "-c", "user.email=mle-stream@localhost", "-c", "commit.gpgsign=false")
 
@@ -94,7 +99,8 @@ class GitOpsRouting:
             )
         return self._routes.weights(model, manifest, self._where(model))
 
-    def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str) -> str:
+    def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str,
+                    issued_at: int = 0) -> str:
         weights = check_weights(model, weights)
         if not command_id:
             raise ActuationError(f"route of model {model!r}: set_weights needs a command id to record")
@@ -107,20 +113,24 @@ class GitOpsRouting:
             )
         manifest = self._render(model, weights, existing)
         annotations = manifest["metadata"]["annotations"]
-        annotations[LAST_COMMAND_ANNOTATION] = command_id
-        annotations[LAST_REASON_ANNOTATION] = reason
+        for name, value in command_annotations(command_id, reason, issued_at).items():
+            if value is None:
+                annotations.pop(name, None)
+            else:
+                annotations[name] = value
         message = f"route {model}: {describe_weights(weights)} (command {command_id})\n\n{reason}\n"
         return self._write_commit_push(model, manifest, message)
 
-    def last_applied_command(self, model: str) -> str | None:
+    def last_applied(self, model: str) -> AppliedMarker | None:
         manifest = self._committed_manifest(model)
         if manifest is None:
             return None
-        command = annotations_of(manifest).get(LAST_COMMAND_ANNOTATION)
-        if command and self._has_origin() and self._unpushed():
-            log.info("route of %s records command %s but HEAD is not on origin yet: not applied", model, command)
+        marker = applied_marker(manifest, self._where(model))
+        if marker is not None and self._has_origin() and self._unpushed():
+            log.info("route of %s records command %s but HEAD is not on origin yet: not applied", model,
+                     marker.command_id)
             return None
-        return str(command) if command else None
+        return marker
 
     # -- beyond the port -----------------------------------------------------------------------
 
@@ -134,8 +144,8 @@ class GitOpsRouting:
         self._ensure_repo()
         manifest = self._render(model, weights, self._committed_manifest(model))
         annotations = manifest["metadata"]["annotations"]
-        annotations.pop(LAST_COMMAND_ANNOTATION, None)
-        annotations.pop(LAST_REASON_ANNOTATION, None)
+        for name in command_annotations("", "", 0):
+            annotations.pop(name, None)
         message = f"init route {model}: {describe_weights(weights)}\n"
         return self._write_commit_push(model, manifest, message)
 

@@ -22,6 +22,7 @@ import string
 from typing import Any
 
 from mle_stream.actuator.ports import version_order
+from mle_stream.core.commands import AppliedMarker
 from mle_stream.errors import ActuationError
 
 GROUP = "gateway.networking.k8s.io"
@@ -32,6 +33,7 @@ KIND = "HTTPRoute"
 VERSIONS_ANNOTATION = "mle-stream.io/versions"
 LAST_COMMAND_ANNOTATION = "mle-stream.io/last-command-id"
 LAST_REASON_ANNOTATION = "mle-stream.io/last-reason"
+LAST_ISSUED_AT_ANNOTATION = "mle-stream.io/last-command-issued-at"
 BACKEND_PORT = 80
 
 # metadata.name of a Kubernetes object must be a DNS-1123 subdomain; checking it before any request
@@ -79,6 +81,27 @@ def annotations_of(obj: dict[str, Any]) -> dict[str, Any]:
     """metadata.annotations of a manifest or object, {} when there are none."""
     metadata = obj.get("metadata") or {}
     return metadata.get("annotations") or {}
+
+
+def command_annotations(command_id: str, reason: str, issued_at: int) -> dict[str, str | None]:
+    """The annotations that record an applied command with its route; issued_at 0 removes the time
+    (None deletes an annotation in a merge patch, and is dropped from a manifest)."""
+    return {LAST_COMMAND_ANNOTATION: command_id, LAST_REASON_ANNOTATION: reason,
+            LAST_ISSUED_AT_ANNOTATION: str(issued_at) if issued_at else None}
+
+
+def applied_marker(obj: dict[str, Any], where: str) -> AppliedMarker | None:
+    """The command the route's annotations record as applied, None when they record none;
+    ActuationError when its issued_at annotation is not epoch milliseconds."""
+    annotations = annotations_of(obj)
+    command = annotations.get(LAST_COMMAND_ANNOTATION)
+    if not command:
+        return None
+    raw = annotations.get(LAST_ISSUED_AT_ANNOTATION) or "0"
+    if not isinstance(raw, str) or not raw.isdigit():
+        raise ActuationError(f"{where}: annotation {LAST_ISSUED_AT_ANNOTATION} is {raw!r}, not epoch milliseconds; "
+                             f"fix or remove it (it dates command {command})")
+    return AppliedMarker(str(command), int(raw), f"route ({where}, annotation {LAST_COMMAND_ANNOTATION})")
 
 
 def versions_annotation(obj: dict[str, Any], where: str) -> Any:

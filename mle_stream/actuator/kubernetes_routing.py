@@ -16,9 +16,9 @@ CustomObjectsApi:
 The route object must exist (the deployment creates it); mle-stream only patches it, so a typo in
 a model name fails loudly instead of creating a route nobody serves.
 
-Durability: `set_weights` sends the weights and the annotations `mle-stream.io/last-command-id`
-and `mle-stream.io/last-reason` in ONE patch, so the command id is recorded exactly when the
-weights are, and `last_applied_command` reads it back. The patch carries the resourceVersion read
+Durability: `set_weights` sends the weights and the annotations `mle-stream.io/last-command-id`,
+`mle-stream.io/last-reason` and `mle-stream.io/last-command-issued-at` in ONE patch, so the
+command is recorded exactly when the weights are, and `last_applied` reads it back. The patch carries the resourceVersion read
 just before (optimistic concurrency): a 409 Conflict means someone else changed the object in
 between, and the whole read-decide-patch step runs again on the fresh object.
 
@@ -48,14 +48,14 @@ from kubernetes.client.exceptions import ApiException
 from mle_stream.actuator.httproute import (
     GROUP as GATEWAY_GROUP,
     KIND as HTTPROUTE_KIND,
-    LAST_COMMAND_ANNOTATION,
-    LAST_REASON_ANNOTATION,
     PLURAL as HTTPROUTE_PLURAL,
     VERSION as GATEWAY_VERSION,
     VERSIONS_ANNOTATION,
     HTTPRouteWeights,
     annotations_of,
+    applied_marker,
     check_model_template,
+    command_annotations,
     check_version_template,
     first_rule_entries,
     is_object_name,
@@ -64,6 +64,7 @@ from mle_stream.actuator.httproute import (
     versions_annotation,
 )
 from mle_stream.actuator.ports import check_weights, describe_weights, version_order
+from mle_stream.core.commands import AppliedMarker
 from mle_stream.errors import ActuationError
 from mle_stream.retry import Backoff, RetriesExhausted, retrying
 
@@ -118,18 +119,17 @@ class ObjectRouting:
     def get_weights(self, model: str) -> dict[str, int]:
         return self._weights_of(model, self._retrying(model, "read", lambda: self._read(model)))
 
-    def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str) -> str:
+    def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str,
+                    issued_at: int = 0) -> str:
         weights = check_weights(model, weights)
         if not command_id:
             raise ActuationError(f"route of model {model!r}: set_weights needs a command id to record")
         self.object_name(model)  # a bad name is refused before any request too
         return self._retrying(model, f"routing {describe_weights(weights)}",
-                              lambda: self._set_once(model, weights, command_id, reason))
+                              lambda: self._set_once(model, weights, command_id, reason, issued_at))
 
-    def last_applied_command(self, model: str) -> str | None:
-        obj = self._retrying(model, "read", lambda: self._read(model))
-        command = annotations_of(obj).get(LAST_COMMAND_ANNOTATION)
-        return str(command) if command else None
+    def last_applied(self, model: str) -> AppliedMarker | None:
+        return applied_marker(self._retrying(model, "read", lambda: self._read(model)), self.where(model))
 
     # -- beyond the port -----------------------------------------------------------------------
 
@@ -160,20 +160,20 @@ class ObjectRouting:
 
     # -- I/O -----------------------------------------------------------------------------------
 
-    def _set_once(self, model: str, weights: dict[str, int], command_id: str, reason: str) -> str:
+    def _set_once(self, model: str, weights: dict[str, int], command_id: str, reason: str, issued_at: int) -> str:
         obj = self._read(model)
         metadata = obj.get("metadata") or {}
         annotations = annotations_of(obj)
+        recorded = command_annotations(command_id, reason, issued_at)
         if (_traffic(self._weights_of(model, obj)) == _traffic(weights)
-                and annotations.get(LAST_COMMAND_ANNOTATION) == command_id
-                and annotations.get(LAST_REASON_ANNOTATION) == reason):
+                and all(annotations.get(name) == value for name, value in recorded.items())):
             # Already applied (e.g. an earlier attempt's patch landed but its answer was lost).
             log.info("%s already routes %s for command %s: nothing to patch", self.where(model),
                      describe_weights(weights), command_id)
             return str(metadata.get("resourceVersion") or "")
         spec_patch, extra_annotations = self._changes(model, obj, weights)
         patch_metadata: dict[str, Any] = {
-            "annotations": {**extra_annotations, LAST_COMMAND_ANNOTATION: command_id, LAST_REASON_ANNOTATION: reason},
+            "annotations": {**extra_annotations, **recorded},
         }
         if metadata.get("resourceVersion"):
             # A precondition, not a change: the API server answers 409 if the object moved on.

@@ -170,6 +170,17 @@ class MlflowRegistry:
         )
         return dict(found.tags or {})
 
+    def tag_model(self, model: str, tags: dict[str, str]) -> None:
+        def setter(key: str, value: str) -> Callable[[], None]:
+            return lambda: self._client.set_registered_model_tag(model, key, value)
+
+        for key, value in tags.items():
+            self._call(f"set tag {key!r} on model {model!r}", setter(key, value))
+
+    def model_tags(self, model: str) -> dict[str, str]:
+        found = self._call(f"read tags of model {model!r}", lambda: self._client.get_registered_model(model))
+        return dict(found.tags or {})
+
     def _call(self, what: str, action: Callable[[], T]) -> T:
         """Run one registry call, again after transient failures; ActuationError naming `what` otherwise."""
         def transient(exc: Exception) -> str | None:

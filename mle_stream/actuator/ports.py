@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Mapping, Protocol, runtime_checkable
 
+from mle_stream.core.commands import AppliedMarker
 from mle_stream.errors import ActuationError
 
 
@@ -32,19 +33,22 @@ class RoutingBackend(Protocol):
         """Version -> percent of the model's traffic, as the backend holds it now."""
         ...
 
-    def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str) -> str:
-        """Route the model's traffic by `weights`, recording `command_id` and `reason` with the route.
+    def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str,
+                    issued_at: int = 0) -> str:
+        """Route the model's traffic by `weights`, recording `command_id`, `reason` and the command's
+        `issued_at` (epoch ms; 0: not recorded) with the route, in the same write as the weights.
 
         Returns the revision that now holds the route (a commit sha, a resourceVersion), so the
         rollout event can say exactly where the change lives.
         """
         ...
 
-    def last_applied_command(self, model: str) -> str | None:
-        """The command id recorded with the route by the last `set_weights`, None when there is none.
+    def last_applied(self, model: str) -> AppliedMarker | None:
+        """The command id and issued_at recorded with the route by the last `set_weights`, None when
+        there is none (issued_at 0 when that write recorded none).
 
-        The actuator's idempotency check rests on this: it must reflect only changes that are
-        durable (committed, pushed, accepted by the API server).
+        The actuator's idempotency and staleness checks rest on this: it must reflect only changes
+        that are durable (committed, pushed, accepted by the API server).
         """
         ...
 
@@ -71,6 +75,14 @@ class ModelRegistry(Protocol):
 
     def version_tags(self, model: str, version: str) -> dict[str, str]:
         """Every tag of one version."""
+        ...
+
+    def tag_model(self, model: str, tags: dict[str, str]) -> None:
+        """Set the given tags on the registered model itself (others are left as they are)."""
+        ...
+
+    def model_tags(self, model: str) -> dict[str, str]:
+        """Every tag of the registered model."""
         ...
 
 
@@ -121,7 +133,7 @@ class InMemoryRouting:
 
     def __init__(self, routes: Mapping[str, Mapping[str, int]] | None = None) -> None:
         self._weights: dict[str, dict[str, int]] = {}
-        self._last_command: dict[str, str] = {}
+        self._last_command: dict[str, AppliedMarker] = {}
         self._revision: dict[str, int] = {}
         self.history: list[tuple[str, dict[str, int], str, str]] = []
         for model, weights in (routes or {}).items():
@@ -137,18 +149,20 @@ class InMemoryRouting:
     def get_weights(self, model: str) -> dict[str, int]:
         return dict(self._route(model))
 
-    def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str) -> str:
+    def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str,
+                    issued_at: int = 0) -> str:
         current = self._route(model)
         weights = check_weights(model, weights)
-        if current == weights and self._last_command.get(model) == command_id:
+        marker = AppliedMarker(command_id, issued_at, f"in-memory route of {model}")
+        if current == weights and self._last_command.get(model) == marker:
             return f"r{self._revision[model]}"
         self._weights[model] = weights
-        self._last_command[model] = command_id
+        self._last_command[model] = marker
         self._revision[model] += 1
         self.history.append((model, dict(weights), command_id, reason))
         return f"r{self._revision[model]}"
 
-    def last_applied_command(self, model: str) -> str | None:
+    def last_applied(self, model: str) -> AppliedMarker | None:
         return self._last_command.get(model)
 
     def _route(self, model: str) -> dict[str, int]:
@@ -171,6 +185,7 @@ class InMemoryRegistry:
     def __init__(self, versions: Mapping[str, list[str]] | None = None) -> None:
         self._versions: dict[str, dict[str, dict[str, str]]] = {}
         self._aliases: dict[str, dict[str, str]] = {}
+        self._model_tags: dict[str, dict[str, str]] = {}
         for model, numbers in (versions or {}).items():
             for number in numbers:
                 self.add_version(model, number)
@@ -179,6 +194,7 @@ class InMemoryRegistry:
         """Register `version` of `model` (creating the model if needed)."""
         self._versions.setdefault(model, {})[version] = dict(tags or {})
         self._aliases.setdefault(model, {})
+        self._model_tags.setdefault(model, {})
 
     def aliases(self, model: str) -> dict[str, str]:
         self._model(model)
@@ -197,6 +213,14 @@ class InMemoryRegistry:
 
     def version_tags(self, model: str, version: str) -> dict[str, str]:
         return dict(self._version(model, version))
+
+    def tag_model(self, model: str, tags: dict[str, str]) -> None:
+        self._model(model)
+        self._model_tags[model].update(tags)
+
+    def model_tags(self, model: str) -> dict[str, str]:
+        self._model(model)
+        return dict(self._model_tags[model])
 
     def _model(self, model: str) -> dict[str, dict[str, str]]:
         try:

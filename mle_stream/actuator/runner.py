@@ -21,6 +21,7 @@ from mle_stream.actuator.notify import Notifier
 from mle_stream.actuator.ports import RoutingBackend
 from mle_stream.actuator.service import Actuator, Outcome
 from mle_stream.config import Topics
+from mle_stream.core.commands import AppliedMarker
 from mle_stream.core.events import Command
 from mle_stream.dead_letter import bounded_text, dead_letter_entry
 from mle_stream.errors import ActuationError, InvalidEvent
@@ -48,11 +49,12 @@ class RoutingByModel:
     def get_weights(self, model: str) -> dict[str, int]:
         return self._for(model).get_weights(model)
 
-    def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str) -> str:
-        return self._for(model).set_weights(model, weights, command_id=command_id, reason=reason)
+    def set_weights(self, model: str, weights: dict[str, int], *, command_id: str, reason: str,
+                    issued_at: int = 0) -> str:
+        return self._for(model).set_weights(model, weights, command_id=command_id, reason=reason, issued_at=issued_at)
 
-    def last_applied_command(self, model: str) -> str | None:
-        return self._for(model).last_applied_command(model)
+    def last_applied(self, model: str) -> AppliedMarker | None:
+        return self._for(model).last_applied(model)
 
 
 # A command that FAILED on transient errors (a service down) is delivered again after this wait,

@@ -17,6 +17,16 @@ Idempotency (commands are redelivered: consumer restarts, re-emitted decisions):
   failed) between the two steps: only the registry step is run again ("resumed").
 - HOLD, RETRAIN and APPROVE change nothing durable, so only the in-process memory covers them.
 
+Freshness (core/commands.py `stale_reason`): a command that is not a duplicate and not being
+resumed is REJECTED, changing nothing, when it has expired, was issued too far ahead of this
+actuator's clock, or was issued before the newest command already applied to its model. That
+newest command is recorded where the actuator's state already lives, so it survives restarts:
+with the route (`set_weights` records the command's id and issued_at; `last_applied` reads them)
+and on the registered model (tags `mle.last_command_id`, `mle.last_command_issued_at`, written
+before the marker tag); the later of the two counts. Signatures are checked first
+(core/signing.py); the key id that signed is in every event's details and tagged `mle.signed_by`
+on the versions a command changed.
+
 Not thread-safe: one actuator per command stream, called from one consume loop.
 """
 
@@ -28,11 +38,11 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable
 
 from mle_stream.actuator.ports import ModelRegistry, RoutingBackend, check_weights, describe_weights
-from mle_stream.core.commands import verify
+from mle_stream.core.commands import MAX_CLOCK_SKEW_MS, AppliedMarker, iso_utc, newest, stale_reason
+from mle_stream.core.signing import Verified, Verifier
 from mle_stream.core.events import Command, CommandKind, RolloutEvent, RolloutStatus
 from mle_stream.errors import ActuationError, RejectedCommand
 
@@ -46,6 +56,10 @@ TAG_REASON = "mle.reason"
 TAG_RULE = "mle.rule"
 TAG_AT = "mle.at"
 TAG_TRAFFIC = "mle.traffic"
+TAG_SIGNED_BY = "mle.signed_by"
+# On the registered model: the newest command applied to it (see the module docstring).
+TAG_LAST_COMMAND_ID = "mle.last_command_id"
+TAG_LAST_ISSUED_AT = "mle.last_command_issued_at"
 
 # Bounds the in-process memory of applied ids; older ids are still covered by the durable check.
 _REMEMBERED_IDS = 100_000
@@ -66,18 +80,17 @@ def event_id(command_id: str, status: RolloutStatus) -> str:
     return hashlib.sha256(f"{command_id}\x00{status.value}".encode()).hexdigest()[:32]
 
 
-def _iso_utc(millis: int) -> str:
-    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @dataclass(frozen=True)
 class _Plan:
-    """What one command changes; the registry steps run in this order, the marker tag last."""
+    """What one command changes; the registry steps run in this order: aliases, `tags`, the
+    model's newest-command tags, then on each of `done_versions` the signer and the marker tag,
+    the candidate's (`marker_version`) last."""
 
     route: dict[str, int] | None = None
     champion: str | None = None
     drop_challenger_of: str | None = None
     tags: tuple[tuple[str, dict[str, str]], ...] = ()
+    done_versions: tuple[str, ...] = ()
     marker_version: str | None = None
     note: str = ""
     durable: bool = False
@@ -94,28 +107,34 @@ class _Observed:
 class Actuator:
     """Apply signed commands through a RoutingBackend and a ModelRegistry; see the module docstring.
 
-    signing_key: the HMAC key commands are verified with (MLE_SIGNING_KEY). dry_run: report what
-    would change and touch nothing. clock: epoch milliseconds, for the event and the `mle.at` tag.
+    verifier: the keys commands must be signed with (mle_stream.keys.verifier_from_settings).
+    dry_run: report what would change and touch nothing. clock: epoch milliseconds, for expiry,
+    the event and the `mle.at` tag. max_clock_skew_ms: how far ahead of `clock` a command may
+    have been issued (core/commands.py).
     """
 
     def __init__(
         self,
         routing: RoutingBackend,
         registry: ModelRegistry,
-        signing_key: bytes,
+        verifier: Verifier,
         *,
         dry_run: bool = False,
         clock: Callable[[], int] = epoch_ms,
+        max_clock_skew_ms: int = MAX_CLOCK_SKEW_MS,
     ) -> None:
-        if not signing_key:
-            raise ValueError("signing_key is empty: the actuator verifies commands with MLE_SIGNING_KEY; set it")
+        if not isinstance(verifier, Verifier) or not verifier.key_ids:
+            raise ValueError(f"the actuator needs a Verifier with at least one key, got {verifier!r}: build it "
+                             "with mle_stream.keys.verifier_from_settings")
         self._routing = routing
         self._registry = registry
-        self._key = signing_key
+        self._verifier = verifier
         self._dry_run = dry_run
         self._clock = clock
+        self._max_skew_ms = max_clock_skew_ms
         self._applied: OrderedDict[str, None] = OrderedDict()
         self._transient = False  # the last FAILED came from transient errors (see apply)
+        self._signed_by: Verified | None = None  # who signed the command being handled (for its event)
 
     @property
     def dry_run(self) -> bool:
@@ -129,6 +148,7 @@ class Actuator:
 
     def handle(self, command: Command) -> RolloutEvent:
         """Apply `command` and return what happened; never raises."""
+        self._signed_by = None
         try:
             event = self._handle(command)
         except Exception as exc:  # a bug or an adapter breaking its contract: report it, keep consuming
@@ -144,32 +164,43 @@ class Actuator:
     # -- steps ---------------------------------------------------------------------------------
 
     def _handle(self, command: Command) -> RolloutEvent:
-        problem = self._signature_problem(command)
-        if problem:
+        self._signed_by = self._verifier.verify(command)
+        if self._signed_by is None:
             # The model name is unverified: read nothing with it either.
-            return self._event(command, RolloutStatus.REJECTED, f"{problem}; nothing was read or changed",
-                               _Observed({}, None, None, []))
+            return self._event(command, RolloutStatus.REJECTED, f"{self._signature_problem(command)}; nothing was "
+                               "read or changed", _Observed({}, None, None, []))
         try:
-            plan = self._plan(command)
+            plan = self._plan(command, self._signed_by.key_id)
         except RejectedCommand as exc:
             return self._event(command, RolloutStatus.REJECTED, f"malformed command: {exc}; nothing was changed",
                                self._observe(command.model))
 
-        if command.command_id in self._applied:
-            return self._duplicate(command, "already applied by this actuator")
-
-        resume = False
+        route_last = registry_last = None
+        marker: str | None = None
         if plan.durable:
             try:
-                route_last = self._routing.last_applied_command(command.model)
+                route_last = self._routing.last_applied(command.model)
                 marker = self._registry.version_tags(command.model, plan.marker_version or "").get(TAG_COMMAND_ID)
+                registry_last = _registry_marker(command.model, self._registry.model_tags(command.model))
             except ActuationError as exc:
                 return self._failed(command, f"could not check whether it was applied: {exc}", exc)
-            if marker == command.command_id:
-                since = "" if route_last == command.command_id else f"; the route has since recorded command {route_last}"
-                return self._duplicate(command, f"the registry records it as applied (tag {TAG_COMMAND_ID} on "
-                                                f"v{plan.marker_version}){since}")
-            resume = route_last == command.command_id
+        applied = newest([route_last, registry_last])
+        # Applied here before and not superseded since by a newer command: a redelivery, skipped even once
+        # expired. Superseded, it is a replay: stale, as it would be after a restart.
+        superseded = applied is not None and command.issued_at < applied.issued_at
+        if command.command_id in self._applied and not superseded:
+            return self._duplicate(command, "already applied by this actuator")
+        route_id = route_last.command_id if route_last else None
+        if marker == command.command_id:
+            since = "" if route_id == command.command_id else f"; the route has since recorded command {route_id}"
+            return self._duplicate(command, f"the registry records it as applied (tag {TAG_COMMAND_ID} on "
+                                            f"v{plan.marker_version}){since}")
+        # A resumed command is already half applied: finishing it is never stale, whatever its age.
+        resume = route_id == command.command_id
+        stale = None if resume else stale_reason(command, self._clock(), applied, self._max_skew_ms)
+        if stale:
+            return self._event(command, RolloutStatus.REJECTED, f"{stale}; nothing was changed",
+                               self._observe(command.model))
 
         if self._dry_run:
             observed = self._observe(command.model)
@@ -181,7 +212,8 @@ class Actuator:
             try:
                 before = self._routing.get_weights(command.model)
                 revision = self._routing.set_weights(
-                    command.model, plan.route, command_id=command.command_id, reason=self._route_reason(command)
+                    command.model, plan.route, command_id=command.command_id, reason=self._route_reason(command),
+                    issued_at=command.issued_at,
                 )
             except ActuationError as exc:
                 return self._failed(command, f"route step failed, registry untouched: {exc}", exc)
@@ -200,17 +232,19 @@ class Actuator:
         return self._event(command, RolloutStatus.APPLIED, "; ".join(done), self._observe(command.model))
 
     def _signature_problem(self, command: Command) -> str:
-        if not command.signature:
-            return "unsigned command: the actuator applies only commands signed with MLE_SIGNING_KEY"
-        try:
-            valid = verify(command, self._key)
-        except Exception as exc:  # fields the canonical form cannot encode cannot carry a valid signature
-            return f"command cannot be verified ({type(exc).__name__}: {exc})"
-        if not valid:
-            return "signature does not match: the command was forged, changed after signing, or signed with another key"
-        return ""
+        """Why a command did not verify, for its REJECTED event (which reports, never raises)."""
+        known = ", ".join(self._verifier.key_ids)
+        signature = command.signature if isinstance(command.signature, str) else ""
+        if not signature:
+            return f"unsigned command: the actuator applies only commands signed by a known key ({known})"
+        key_id = signature.split(":")[1] if signature.count(":") == 2 else ""
+        if key_id not in self._verifier.key_ids:
+            return (f"signed by no known key (known: {known}): the key is unknown or revoked, or the signature is "
+                    "not '<algorithm>:<key_id>:<signature>'")
+        return (f"signature does not match key {key_id}: the command was forged or changed after signing, or its "
+                "fields cannot be signed")
 
-    def _plan(self, command: Command) -> _Plan:
+    def _plan(self, command: Command, signed_by: str) -> _Plan:
         """What the command changes, or RejectedCommand when it contradicts itself."""
         if not isinstance(command.model, str) or not command.model:
             raise RejectedCommand("model is empty")
@@ -237,32 +271,32 @@ class Actuator:
                 check_weights(command.model, traffic)
             except ActuationError as exc:
                 raise RejectedCommand(f"traffic: {exc}") from None
-        at = _iso_utc(self._clock())
-        done_tag = {TAG_COMMAND_ID: command.command_id}
+        at = iso_utc(self._clock())
         if kind is CommandKind.ROLLBACK:
             route = traffic or {base: 100, cand: 0}
             if route.get(base) != 100:
                 raise RejectedCommand(f"a ROLLBACK must give baseline {base} 100% of traffic, got {traffic}")
             verdict = {TAG_VERDICT: "FAIL", TAG_REASON: command.reason, TAG_RULE: command.rule, TAG_AT: at}
-            return _Plan(route=route, champion=base, drop_challenger_of=cand,
-                         tags=((base, done_tag), (cand, verdict), (cand, done_tag)), marker_version=cand, durable=True)
+            return _Plan(route=route, champion=base, drop_challenger_of=cand, tags=((cand, verdict),),
+                         done_versions=(base, cand), marker_version=cand, durable=True)
         if kind is CommandKind.PROMOTE:
             route = traffic or {base: 0, cand: 100}
             if route.get(cand) != 100:
                 raise RejectedCommand(f"a PROMOTE must give candidate {cand} 100% of traffic, got {traffic}")
             verdict = {TAG_VERDICT: "PASS", TAG_REASON: command.reason, TAG_RULE: command.rule, TAG_AT: at}
-            return _Plan(route=route, champion=cand, drop_challenger_of=cand,
-                         tags=((base, done_tag), (cand, verdict), (cand, done_tag)), marker_version=cand, durable=True)
+            return _Plan(route=route, champion=cand, drop_challenger_of=cand, tags=((cand, verdict),),
+                         done_versions=(base, cand), marker_version=cand, durable=True)
         if kind is CommandKind.SET_TRAFFIC:
             if not traffic:
                 raise RejectedCommand("a SET_TRAFFIC needs traffic (version -> percent)")
             step = {TAG_TRAFFIC: json.dumps(traffic, sort_keys=True), TAG_REASON: command.reason,
                     TAG_RULE: command.rule, TAG_AT: at}
-            return _Plan(route=traffic, tags=((cand, step), (cand, done_tag)), marker_version=cand, durable=True)
+            return _Plan(route=traffic, tags=((cand, step),), done_versions=(cand,), marker_version=cand, durable=True)
         raise RejectedCommand(f"unknown command kind {kind!r}")
 
     def _registry_step(self, command: Command, plan: _Plan) -> list[str]:
-        """Aliases, then tags, the marker tag last; every write is idempotent, so resuming is safe."""
+        """Aliases, tags, the model's newest command, then the marker tags (see _Plan); every write is
+        idempotent, so resuming is safe."""
         model, done = command.model, []
         if plan.champion is not None:
             self._registry.set_alias(model, CHAMPION, plan.champion)
@@ -273,8 +307,15 @@ class Actuator:
                 done.append(f"{CHALLENGER} (v{plan.drop_challenger_of}) removed")
         for version, tags in plan.tags:
             self._registry.tag_version(model, version, tags)
-        if plan.tags:
-            tagged = sorted({v for v, _ in plan.tags})
+        if plan.durable:
+            self._registry.tag_model(model, {TAG_LAST_COMMAND_ID: command.command_id,
+                                             TAG_LAST_ISSUED_AT: str(command.issued_at)})
+        signed_by = self._signed_by.key_id if self._signed_by else ""
+        for version in plan.done_versions:
+            # The marker last: it is the proof that the whole command completed.
+            self._registry.tag_version(model, version, {TAG_SIGNED_BY: signed_by, TAG_COMMAND_ID: command.command_id})
+        tagged = sorted({v for v, _ in plan.tags} | set(plan.done_versions))
+        if tagged:
             done.append("tagged " + ", ".join(f"v{v}" for v in tagged))
         return done
 
@@ -289,10 +330,12 @@ class Actuator:
             would.append(f"point {CHAMPION} at v{plan.champion}")
         if plan.drop_challenger_of is not None:
             would.append(f"remove {CHALLENGER} if it is v{plan.drop_challenger_of}")
-        if plan.tags:
+        if plan.tags or plan.done_versions:
             keys: dict[str, set[str]] = {}
             for version, tags in plan.tags:
                 keys.setdefault(version, set()).update(tags)
+            for version in plan.done_versions:
+                keys.setdefault(version, set()).update((TAG_SIGNED_BY, TAG_COMMAND_ID))
             would.append("tag " + ", ".join(f"v{v} with {', '.join(sorted(k))}" for v, k in keys.items()))
         if plan.note:
             would.append(f"report: {plan.note}")
@@ -341,6 +384,8 @@ class Actuator:
     def _event(self, command: Command, status: RolloutStatus, details: str, observed: _Observed) -> RolloutEvent:
         if observed.problems:
             details = f"{details} ({'; '.join(observed.problems)})"
+        if self._signed_by is not None:
+            details = f"{details}; signed by key {self._signed_by.key_id} ({self._signed_by.algorithm})"
         kind = command.kind
         return RolloutEvent(
             event_id=event_id(command.command_id, status),
@@ -355,3 +400,14 @@ class Actuator:
             details=details,
             at=self._clock(),
         )
+
+
+def _registry_marker(model: str, tags: dict[str, str]) -> AppliedMarker | None:
+    """The newest command the registered model's tags record, None when they record none."""
+    command_id, issued_at = tags.get(TAG_LAST_COMMAND_ID), tags.get(TAG_LAST_ISSUED_AT, "")
+    if not command_id:
+        return None
+    if not issued_at.isdigit():
+        raise ActuationError(f"registered model {model!r}: tag {TAG_LAST_ISSUED_AT} is {issued_at!r}, not epoch "
+                             f"milliseconds; fix or delete the tag (it records command {command_id})")
+    return AppliedMarker(command_id, int(issued_at), f"registered model's tag {TAG_LAST_ISSUED_AT}")

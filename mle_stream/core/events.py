@@ -117,7 +117,8 @@ class CommandKind(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A decision for the actuator (schemas/command.avsc). See core/commands.py for id and signature."""
+    """A decision for the actuator (schemas/command.avsc). See core/commands.py for the id and the
+    freshness rules, core/signing.py for the signature."""
 
     command_id: str
     kind: CommandKind
@@ -132,6 +133,9 @@ class Command:
     evidence: str
     policy_version: str
     issued_at: int
+    # Epoch ms after which the actuator refuses the command (STALE); 0: none, which it refuses too.
+    # Set by the signer (core/signing.py) from issued_at and its TTL, and covered by the signature.
+    expires_at: int = 0
     signature: str = ""
 
 

@@ -29,6 +29,7 @@ from mle_stream.core.topology import Topology
 from mle_stream.errors import BrokerError, ConfigError
 from mle_stream.health import HEARTBEAT_S, WorkerHealth
 from mle_stream.kafka import ensure_state_topic, partition_counts
+from mle_stream.keys import signer_from_settings, verifier_from_settings
 from mle_stream.stream.checkpoints import CheckpointedProcessor, Checkpoints, CheckpointStore
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor
 from mle_stream.telemetry import WorkerMetrics, serve
@@ -59,7 +60,8 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
     each batch is processed and its outputs handed to Faust (mle-stream bench times the worker with it).
     `metrics` (telemetry.py) is updated once per batch; without it the app keeps its own, unexposed.
     `health` (mle_stream.health) is told how the agent, the checkpoints and the consumer are doing."""
-    processor = StreamProcessor(topologies, settings.topics, settings.require_signing_key(), profiles=profiles)
+    processor = StreamProcessor(topologies, settings.topics, signer_from_settings(settings), profiles=profiles,
+                                verifier=verifier_from_settings(settings))
     metrics = metrics if metrics is not None else WorkerMetrics()
     health = health if health is not None else WorkerHealth.from_env(settings.checkpoint_interval_s)
     topics = settings.topics

@@ -19,7 +19,8 @@ from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.dead_letter import bounded_text, dead_letter_entry
 from mle_stream.errors import InvalidEvent
-from mle_stream.core.commands import sign, verify
+from mle_stream.core.commands import stale_reason
+from mle_stream.core.signing import Signer, Verifier
 from mle_stream.core.columns import LabelColumns, PredictionColumns, group_rows
 from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.evaluator import ModelEvaluator
@@ -97,17 +98,19 @@ class StreamProcessor:
         self,
         topologies: Mapping[str, Topology],
         topics: Topics,
-        signing_key: bytes,
+        signer: Signer,
         clock: Callable[[], int] = wall_clock_ms,
         profiles: Mapping[str, Mapping[str, ReferenceProfile]] | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
-        """`profiles`: reference profiles by model and version, for drift (core/drift/live.py)."""
-        if not signing_key:
-            raise ValueError("a signing key is required: every command the worker emits is signed")
+        """`signer` signs every command the worker emits; `verifier` checks operators' APPROVEs (default:
+        the signer's own key, as with a shared HMAC secret). `profiles`: reference profiles by model and
+        version, for drift (core/drift/live.py)."""
         self.topics = topics
         profiles = profiles or {}
         self.evaluators = {model: ModelEvaluator(t, profiles.get(model)) for model, t in topologies.items()}
-        self._key = signing_key
+        self._signer = signer
+        self._verifier = verifier if verifier is not None else signer.verifier()
         self._clock = clock
         self._updated_at: dict[str, int] = {}  # model -> when window updates were last published
         self.counters: Counter[str] = Counter()
@@ -222,10 +225,15 @@ class StreamProcessor:
             return [self._dead_letter(msg, None, exc.field, f"not a command: {exc}", msg.value, UNDECODABLE)]
         if command.kind is not CommandKind.APPROVE:
             return []
-        if not verify(command, self._key):
+        signer = self._verifier.verify(command)
+        if signer is None:
             return [self._dead_letter(msg, None, "signature", f"APPROVE {command.command_id} of {command.model!r} "
-                                      "is unsigned or its signature does not match MLE_SIGNING_KEY: ignored",
-                                      msg.value, UNSIGNED)]
+                                      f"is unsigned or not signed by a known key ({', '.join(self._verifier.key_ids)}): "
+                                      "ignored", msg.value, UNSIGNED)]
+        stale = stale_reason(command, now)
+        if stale:  # a replayed approval must not let a later rollout take a step
+            return [self._dead_letter(msg, None, "expires_at", f"APPROVE {command.command_id} of {command.model!r} "
+                                      f"(signed by {signer.key_id}): {stale}", msg.value, UNSIGNED)]
         evaluator = self.evaluators.get(command.model)
         if evaluator is None:
             known = ", ".join(sorted(self.evaluators)) or "none"
@@ -280,7 +288,7 @@ class StreamProcessor:
     def _publish(self, model: bytes, commands: Sequence[Command]) -> list[Outgoing]:
         out = []
         for command in commands:
-            signed = sign(command, self._key)
+            signed = self._signer.sign(command)
             self.counters["commands"] += 1
             self.tally.commands[(command.model, command.kind.value)] += 1
             log.warning("%s %s (command %s): %s", command.kind.value, command.model, command.command_id, command.reason,
