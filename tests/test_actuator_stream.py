@@ -3,6 +3,7 @@ and never stop it; a valid command is applied and reported."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -27,7 +28,7 @@ from mle_stream.core.commands import command_id
 from mle_stream.core.signing import Signer
 from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.actuator.service import epoch_ms
-from mle_stream.core.events import Command, CommandKind
+from mle_stream.core.events import Command, CommandKind, RolloutEvent
 from mle_stream.errors import ActuationError
 from mle_stream.kafka import producer_config
 from mle_stream.retry import Backoff
@@ -156,3 +157,41 @@ def test_a_command_failing_on_a_registry_outage_is_applied_once_the_registry_is_
     assert "resumed" in events[1].details
     assert registry.aliases("fraud-detector") == {"champion": "1"}
     assert [h[2] for h in routing.history] == [first.command_id, second.command_id]  # each routed once, in order
+
+
+def test_a_set_traffic_replayed_on_the_topic_after_a_rollback_is_stale_across_a_restart(
+        kafka_bootstrap: str, topics: Topics) -> None:
+    routing = InMemoryRouting({"fraud-detector": {"1": 90, "2": 10}})
+    registry = InMemoryRegistry({"fraud-detector": ["1", "2"]})
+    now = epoch_ms()
+    step = SIGNER.sign(dataclasses.replace(rollback("step"), kind=CommandKind.SET_TRAFFIC, traffic={"1": 50, "2": 50},
+                                           issued_at=now - 60_000))
+    back = SIGNER.sign(dataclasses.replace(rollback("back"), issued_at=now - 30_000))
+    producer = Producer(producer_config(kafka_bootstrap))
+
+    def run(commands: list[Command], events: int) -> list[RolloutEvent]:
+        """A fresh actuator in a fresh consumer group (a restart that lost everything in memory)."""
+        for cmd in commands:
+            producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(cmd))
+        producer.flush(10)
+        stop, group = threading.Event(), f"g-{uuid.uuid4().hex[:8]}"
+        thread = threading.Thread(target=run_actuator_loop, daemon=True,
+                                  args=(Actuator(routing, registry, VERIFIER), kafka_bootstrap, topics, stop, group))
+        thread.start()
+        try:
+            out = read_until(kafka_bootstrap, [topics.rollout_events], lambda ms: len(ms) >= events, timeout_s=30)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+        return [codec.decode_rollout_event(m.value()) for m in out]
+
+    first = run([step, back], 2)
+    assert [(e.command_id, e.status.value) for e in first] == [(step.command_id, "APPLIED"), (back.command_id, "APPLIED")]
+    # The captured set-traffic published again: a restarted actuator reads the whole topic from the start
+    # (new group), so it meets all three; the first two are duplicates, the replay is stale.
+    events = run([step], 5)[2:]
+    assert [(e.command_id, e.status.value) for e in events] == [
+        (step.command_id, "REJECTED"), (back.command_id, "SKIPPED_DUPLICATE"), (step.command_id, "REJECTED")]
+    assert all(e.details.startswith("STALE: ") for e in events if e.status.value == "REJECTED")
+    assert routing.get_weights("fraud-detector") == {"1": 100, "2": 0}
+    assert [h[2] for h in routing.history] == [step.command_id, back.command_id]

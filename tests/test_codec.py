@@ -366,6 +366,25 @@ def test_a_map_field_that_is_not_a_map_is_named() -> None:
         assert info.value.field == field
 
 
+def test_a_command_written_before_expires_at_existed_still_decodes() -> None:
+    """A producer on the previous schema (schemas/history/command-1.avsc, no expires_at): its Avro
+    messages name that schema's fingerprint and are resolved against today's, and JSON may leave the
+    field out; either way expires_at is its default, 0, which the actuator refuses as stale."""
+    old = json.loads((codec.schema_dir() / "history" / "command-1.avsc").read_text())
+    assert [f["name"] for f in old["fields"]] == [f.name for f in dataclasses.fields(Command) if f.name != "expires_at"]
+    datum = codec.to_json_dict(command())
+    del datum["expires_at"]
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(old, named_schemas={}), datum)
+    fingerprint = bytes.fromhex(fastavro.schema.fingerprint(fastavro.schema.to_parsing_canonical_form(old),
+                                                            "CRC-64-AVRO"))
+    assert fingerprint != codec.schemas()["Command"].fingerprint
+    assert codec.decode_command(codec.AVRO_MARKER + fingerprint + out.getvalue()) == command()
+    assert codec.decode_command(json.dumps(datum).encode()) == command()
+    new = dataclasses.replace(command(), expires_at=T0 + 3_901_000)
+    assert codec.decode_command(codec.encode_command(new)).expires_at == T0 + 3_901_000
+
+
 def test_encoding_an_ill_typed_command_names_the_field() -> None:
     with pytest.raises(InvalidEvent) as info:
         codec.encode_command(dataclasses.replace(command(), traffic={"v1": 1.5}))  # type: ignore[dict-item]

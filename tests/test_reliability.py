@@ -46,7 +46,7 @@ def start_worker(tmp_path: Path, kafka_bootstrap: str, topics: Topics) -> Worker
     topologies.mkdir()
     for model in MODELS:
         (topologies / f"{model}.yaml").write_text(RELIABILITY_TOPOLOGY.format(model=model))
-    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": "k",
+    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": "k" * 32,
            "MLE_WORKER_GROUP": f"rel-{uuid.uuid4().hex[:8]}", "MLE_CHECKPOINT_INTERVAL": "4s",
            "MLE_TOPIC_PARTITIONS": "2"}
     worker = Worker(tmp_path, env, topologies)
@@ -258,7 +258,7 @@ def test_a_worker_started_before_its_broker_waits_for_it_then_runs(tmp_path: Pat
     port = free_port()
     topology = tmp_path / "fraud.yaml"
     topology.write_text(RELIABILITY_TOPOLOGY.format(model="fraud"))
-    env = {**os.environ, "MLE_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "MLE_SIGNING_KEY": "k",
+    env = {**os.environ, "MLE_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "MLE_SIGNING_KEY": "k" * 32,
            "MLE_STATUS_PORT": "0", "MLE_METRICS_PORT": "0", "MLE_TOPIC_PARTITIONS": "2"}
     worker = Worker(tmp_path, env, topology)
     worker.start()

@@ -75,7 +75,7 @@ def test_a_worker_joining_and_one_leaving_mid_run_end_with_the_single_worker_res
     topologies.mkdir()
     for model in MODELS:
         (topologies / f"{model}.yaml").write_text(RELIABILITY_TOPOLOGY.format(model=model))
-    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": "k",
+    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": "k" * 32,
            "MLE_WORKER_GROUP": f"scale-{uuid.uuid4().hex[:8]}", "MLE_CHECKPOINT_INTERVAL": CHECKPOINT_INTERVAL,
            "MLE_TOPIC_PARTITIONS": str(PARTITIONS), "MLE_STATUS_PORT": "0", "MLE_METRICS_PORT": "0"}
 

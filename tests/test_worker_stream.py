@@ -16,11 +16,11 @@ from confluent_kafka import Producer
 from conftest import read_until, topic_env
 from mle_stream import codec
 from mle_stream.config import Topics
-from mle_stream.core.signing import Signer
-from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.core.events import Label, Prediction
+from mle_stream.core.signing import Signer
 from mle_stream.core.topology import parse_topology
 from mle_stream.kafka import producer_config
+from mle_stream.keys import HMAC_KEY_ID, generate_key_pair, verify_keys_entry
 from mle_stream.replay import replay
 
 pytestmark = pytest.mark.broker
@@ -45,8 +45,10 @@ drift: {warmup: 30, bins: 5}
 def worker(tmp_path: Path, kafka_bootstrap: str, topics: Topics, request: pytest.FixtureRequest):
     topology = tmp_path / "fraud.yaml"
     topology.write_text(getattr(request, "param", TOPOLOGY))
+    # The worker signs with the shared secret and also accepts approvals from the operator ana's own key.
+    _, ana_public = generate_key_pair("ana", tmp_path / "ana")
     env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": KEY,
-           "MLE_WORKER_GROUP": f"worker-{uuid.uuid4().hex[:8]}"}
+           "MLE_VERIFY_KEYS": verify_keys_entry(ana_public), "MLE_WORKER_GROUP": f"worker-{uuid.uuid4().hex[:8]}"}
     log = open(tmp_path / "worker.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "mle_stream", "worker", "--topology", str(topology)],
                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)  # Faust's data dir there
@@ -182,8 +184,7 @@ rollout: {steps: [10, 100], windows: 1, samples: 0, approval: true}
 
 @pytest.mark.parametrize("worker", [APPROVAL_TOPOLOGY], indirect=True)
 def test_a_rollout_waits_for_an_operators_signed_approve_on_the_commands_topic(worker, kafka_bootstrap: str,
-                                                                               topics: Topics) -> None:
-    from mle_stream.core.commands import sign
+                                                                               topics: Topics, tmp_path: Path) -> None:
     from mle_stream.core.events import Command, CommandKind
 
     producer = Producer(producer_config(kafka_bootstrap))
@@ -203,11 +204,14 @@ def test_a_rollout_waits_for_an_operators_signed_approve_on_the_commands_topic(w
     # A forged approval first: it must change nothing.
     producer.produce(topics.commands, key=b"fraud", value=codec.encode_command(FORGER.sign(forged)))
     producer.flush(10)
-    # Then the operator's, through the CLI: signed with the shared key, keyed by the model.
-    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": KEY}
+    # Then the operator's, through the CLI: signed with ana's own key (the worker fixture wrote it), keyed by
+    # the model.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MLE_SIGNING_KEY")}
+    env.update({**topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap})
     approve = subprocess.run([sys.executable, "-m", "mle_stream", "command", "approve", "--model", "fraud",
                               "--baseline", "1", "--candidate", "2", "--percent", "100", "--by", "ana",
-                              "--reason", "dashboards look fine"], env=env, capture_output=True, text=True, timeout=60)
+                              "--reason", "dashboards look fine", "--key-file", str(tmp_path / "ana" / "ana.key")],
+                             env=env, capture_output=True, text=True, timeout=60)
     assert approve.returncode == 0, approve.stderr
     out = read_until(kafka_bootstrap, [topics.commands], lambda ms: len(ms) >= 4, timeout_s=60)
     kinds = [codec.decode_command(m.value()) for m in out]
