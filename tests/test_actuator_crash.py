@@ -143,7 +143,7 @@ def test_killed_between_route_and_registry_resumes_at_the_registry_step(
     assert (tags["mle.verdict"], tags["mle.reason"], tags["mle.command_id"]) == (
         "FAIL", command.reason, command.command_id)
     assert tags["mle.at"].endswith("Z")
-    assert registry.version_tags(MODEL, "1") == {"mle.command_id": command.command_id}
+    assert registry.version_tags(MODEL, "1") == {"mle.command_id": command.command_id, "mle.signed_by": HMAC_KEY_ID}
     assert _committed_offsets(kafka_bootstrap, env["MLE_ACTUATOR_GROUP"], topics.commands) == [1]
 
 

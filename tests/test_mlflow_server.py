@@ -171,7 +171,9 @@ def test_rollback_keeps_champion_on_the_baseline_and_a_redelivery_is_a_duplicate
         "mle.verdict": "FAIL", "mle.reason": command.reason, "mle.rule": "error_rate",
         "mle.command_id": command.command_id}
     assert tags["mle.at"].endswith("Z")
-    assert registry.version_tags(model, "1") == {"mle.command_id": command.command_id}
+    assert registry.version_tags(model, "1") == {"mle.command_id": command.command_id, "mle.signed_by": HMAC_KEY_ID}
+    assert registry.model_tags(model) == {"mle.last_command_id": command.command_id,
+                                          "mle.last_command_issued_at": str(command.issued_at)}
 
     # Redelivered to a restarted actuator (nothing in memory): Git and MLflow say it was applied.
     again = Actuator(GitOpsRouting(tmp_path / "gitops"), MlflowRegistry(mlflow_server.uri), VERIFIER).handle(command)

@@ -170,7 +170,7 @@ class Actuator:
             return self._event(command, RolloutStatus.REJECTED, f"{self._signature_problem(command)}; nothing was "
                                "read or changed", _Observed({}, None, None, []))
         try:
-            plan = self._plan(command, self._signed_by.key_id)
+            plan = self._plan(command)
         except RejectedCommand as exc:
             return self._event(command, RolloutStatus.REJECTED, f"malformed command: {exc}; nothing was changed",
                                self._observe(command.model))
@@ -244,7 +244,7 @@ class Actuator:
         return (f"signature does not match key {key_id}: the command was forged or changed after signing, or its "
                 "fields cannot be signed")
 
-    def _plan(self, command: Command, signed_by: str) -> _Plan:
+    def _plan(self, command: Command) -> _Plan:
         """What the command changes, or RejectedCommand when it contradicts itself."""
         if not isinstance(command.model, str) or not command.model:
             raise RejectedCommand("model is empty")
