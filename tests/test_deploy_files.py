@@ -351,7 +351,7 @@ def test_kafka_init_creates_exactly_the_topics_mle_stream_uses() -> None:
     init = services["kafka-init"]
     env = _environment(init)
     assert env["MLE_TOPICS"].split() == Topics().all()
-    worker_settings = Settings.from_env({**_environment(services["worker"]), "MLE_SIGNING_KEY": "k"})
+    worker_settings = Settings.from_env({**_environment(services["worker"]), "MLE_SIGNING_KEY": "k" * 32})
     assert int(env["MLE_TOPIC_PARTITIONS"]) == worker_settings.partitions == 4
     script = " ".join(_command(init))
     # $$ is Compose's escape: the container's shell sees $MLE_TOPICS.

@@ -25,13 +25,15 @@ from conftest import topic_env
 from mle_stream import codec
 from mle_stream.actuator.ports import InMemoryRegistry, InMemoryRouting
 from mle_stream.actuator.runner import run_actuator_loop
-from mle_stream.actuator.service import Actuator
+from mle_stream.actuator.service import Actuator, epoch_ms
 from mle_stream.broker import EmbeddedBroker, free_port
 from mle_stream.config import Topics
-from mle_stream.core.commands import command_id, sign
+from mle_stream.core.commands import command_id
 from mle_stream.core.events import Command, CommandKind
+from mle_stream.core.signing import Signer
 from mle_stream.health import ActuatorHealth
 from mle_stream.kafka import ensure_topics, producer_config
+from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.telemetry import ActuatorMetrics, serve
 from worker_process import TOPOLOGY, Worker, traffic
 
@@ -39,7 +41,8 @@ pytestmark = pytest.mark.broker
 
 REPO = Path(__file__).resolve().parent.parent
 FAULTY_WORKER = str(Path(__file__).with_name("faulty_worker.py"))
-KEY = b"health-test-key"
+KEY = b"health-test-key-0123456789abcdef"  # an HMAC key needs 32 bytes
+SIGNER = Signer(HMAC_KEY_ID, KEY)
 
 
 def get(port: int, path: str) -> tuple[int, Any]:
@@ -90,7 +93,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., tuple[Worker, int]]]:
         (topologies / "fraud.yaml").write_text(TOPOLOGY.format(model="fraud"))
         port = free_port()
         worker = Worker(tmp_path, {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": bootstrap,
-                                   "MLE_SIGNING_KEY": "k", "MLE_WORKER_GROUP": f"health-{uuid.uuid4().hex[:8]}",
+                                   "MLE_SIGNING_KEY": KEY.decode(), "MLE_WORKER_GROUP": f"health-{uuid.uuid4().hex[:8]}",
                                    "MLE_TOPIC_PARTITIONS": "2", "MLE_STATUS_PORT": "0",
                                    "MLE_METRICS_PORT": str(port), "MLE_METRICS_BIND": "127.0.0.1", **env},
                         topologies, entry=[FAULTY_WORKER])
@@ -215,7 +218,7 @@ def test_checkpoint_age_grows_while_checkpoints_cannot_be_written_and_fails_live
 def test_an_actuator_process_serves_its_probes_where_it_is_told(tmp_path: Path, kafka_bootstrap: str,
                                                                   topics: Topics) -> None:
     port = free_port()
-    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": "k",
+    env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": KEY.decode(),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true",
            "MLE_ACTUATOR_GROUP": f"actuator-{uuid.uuid4().hex[:8]}", "MLE_METRICS_PORT": str(port),
            "MLE_METRICS_BIND": "127.0.0.1"}
@@ -238,11 +241,11 @@ def test_an_actuator_process_serves_its_probes_where_it_is_told(tmp_path: Path, 
 
 
 def rollback(rule: str) -> Command:
-    return sign(Command(
+    return SIGNER.sign(Command(
         command_id=command_id("fraud-detector", "1", "2", CommandKind.ROLLBACK, rule, 0, 15_000),
         kind=CommandKind.ROLLBACK, model="fraud-detector", baseline_version="1", candidate_version="2",
         traffic={"1": 100, "2": 0}, reason="test", rule=rule, window_start=0, window_end=15_000, evidence="{}",
-        policy_version="p", issued_at=1), KEY)
+        policy_version="p", issued_at=epoch_ms()))  # now: the actuator refuses an expired command
 
 
 class DyingRouting(InMemoryRouting):
@@ -265,7 +268,7 @@ class DyingRouting(InMemoryRouting):
 @pytest.fixture
 def actuator_loop(kafka_bootstrap: str, topics: Topics) -> Iterator[tuple[int, DyingRouting, threading.Thread]]:
     routing = DyingRouting()
-    actuator = Actuator(routing, InMemoryRegistry({"fraud-detector": ["1", "2"]}), KEY)
+    actuator = Actuator(routing, InMemoryRegistry({"fraud-detector": ["1", "2"]}), SIGNER.verifier())
     metrics, health = ActuatorMetrics(), ActuatorHealth(stall_after_s=3)
     port = serve(metrics.registry, free_port(), "127.0.0.1", health)
     assert port is not None

@@ -28,34 +28,37 @@ from mle_stream import codec
 from mle_stream.actuator.gitops import GitOpsRouting
 from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
 from mle_stream.config import Topics
-from mle_stream.core.commands import command_id, sign
+from mle_stream.core.commands import command_id
 from mle_stream.core.events import Command, CommandKind, Label, Prediction
+from mle_stream.core.signing import Signer
 from mle_stream.core.topology import parse_topology
 from mle_stream.dead_letter import EXCERPT_BYTES, dead_letter_entry
 from mle_stream.kafka import producer_config
+from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.stream.processor import Incoming, StreamProcessor
 from worker_process import MODELS, TOPOLOGY, Worker, traffic
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = b"hostile-input-test-key-of-32-bytes!"
+SIGNER = Signer(HMAC_KEY_ID, KEY)
 TOPICS = Topics()
 # Apache Kafka's default message.max.bytes (1 MiB + record overhead): what every output must fit.
 BROKER_LIMIT = 1_048_588
 
 
 def operator_rollback(model: str, issued_at: int) -> Command:
-    return sign(Command(
+    return SIGNER.sign(Command(
         command_id=command_id(model, "1", "2", CommandKind.ROLLBACK, "operator", 0, issued_at),
         kind=CommandKind.ROLLBACK, model=model, baseline_version="1", candidate_version="2",
         traffic={"1": 100, "2": 0}, reason="rolled back by an operator", rule="operator", window_start=0,
-        window_end=issued_at, evidence="{}", policy_version="operator", issued_at=issued_at), KEY)
+        window_end=issued_at, evidence="{}", policy_version="operator", issued_at=issued_at))
 
 
 def processor() -> StreamProcessor:
     # A short retention: a far jump of event time closes at most 30 empty windows, not 3600.
     topologies = {m: parse_topology(TOPOLOGY.format(model=m).replace("retention: 1h", "retention: 30s"))
                   for m in MODELS}
-    return StreamProcessor(topologies, TOPICS, KEY, clock=lambda: 10**12)
+    return StreamProcessor(topologies, TOPICS, SIGNER, clock=lambda: 10**12)
 
 
 def check_outputs(out: list, messages: list[Incoming]) -> None:

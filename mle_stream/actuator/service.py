@@ -10,7 +10,7 @@ the action, so it reports the state of the world rather than the command's wishe
 Idempotency (commands are redelivered: consumer restarts, re-emitted decisions):
 
 - an in-process memory of the ids applied by this actuator;
-- durably, the route records the last command it applied (`last_applied_command`) and the
+- durably, the route records the last command it applied (`last_applied`) and the
   registry step ends by tagging the candidate version `mle.command_id` = the id. The registry is
   written last, so that tag proves the whole command completed: it is skipped as a duplicate.
   When the route records the id but the registry does not, the actuator crashed (or the registry
