@@ -68,7 +68,7 @@ def signer_from_settings(settings: Settings, *, key_file: Path | None = None, ke
             pem = path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read the signing key: {exc.strerror or exc}") from None
-        chosen = key_id or _key_id(settings, _stem(path), "MLE_SIGNING_KEY_ID (or the key file's name)")
+        chosen = key_id or _key_id(settings, path.stem, "MLE_SIGNING_KEY_ID (or the key file's name)")
         try:
             return Signer.from_pem(chosen, pem, ttl_ms=settings.command_ttl_ms)
         except ValueError as exc:
@@ -133,7 +133,7 @@ def _public_keys_in(directory: Path) -> list[tuple[str, Ed25519PublicKey, Path]]
     found = []
     for path in paths:
         try:
-            key_id = check_key_id(_stem(path))
+            key_id = check_key_id(path.stem)
             found.append((key_id, public_key_from_pem(path.read_bytes()), path))
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
@@ -141,10 +141,6 @@ def _public_keys_in(directory: Path) -> list[tuple[str, Ed25519PublicKey, Path]]
             raise ConfigError(f"{path}: {exc}; a public key file is <key_id>.pub as {_HOW_TO_GENERATE} writes it; "
                               "remove or fix it") from None
     return found
-
-
-def _stem(path: Path) -> str:
-    return path.name.rsplit(".", 1)[0] if "." in path.name else path.name
 
 
 def generate_key_pair(key_id: str, out_dir: Path) -> tuple[Path, Path]:
@@ -178,4 +174,4 @@ def generate_key_pair(key_id: str, out_dir: Path) -> tuple[Path, Path]:
 
 def verify_keys_entry(public_path: Path) -> str:
     """The MLE_VERIFY_KEYS entry (`key_id:base64url`) of a public key file."""
-    return f"{_stem(public_path)}:{public_key_base64(public_key_from_pem(public_path.read_bytes()))}"
+    return f"{public_path.stem}:{public_key_base64(public_key_from_pem(public_path.read_bytes()))}"

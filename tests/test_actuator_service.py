@@ -12,10 +12,10 @@ import mle_stream.actuator as actuator_pkg
 from mle_stream.actuator import Actuator, InMemoryRegistry, InMemoryRouting, ModelRegistry, RoutingBackend
 from mle_stream.actuator.service import event_id
 from mle_stream.core.commands import AppliedMarker, command_id
-from mle_stream.core.signing import Signer, Verifier
-from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.core.events import Command, CommandKind, RolloutStatus
+from mle_stream.core.signing import Signer, Verifier
 from mle_stream.errors import ActuationError
+from mle_stream.keys import HMAC_KEY_ID
 
 KEY = b"test-signing-key-0123456789abcde"  # an HMAC key needs 32 bytes
 SIGNER = Signer(HMAC_KEY_ID, KEY)

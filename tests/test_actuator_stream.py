@@ -19,18 +19,18 @@ from confluent_kafka import Producer
 from conftest import read_until, topic_env
 from mle_stream import codec
 from mle_stream.actuator.gitops import GitOpsRouting
+from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
 from mle_stream.actuator.ports import InMemoryRegistry, InMemoryRouting
 from mle_stream.actuator.runner import run_actuator_loop
 from mle_stream.actuator.service import Actuator
-from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
+from mle_stream.actuator.service import epoch_ms
 from mle_stream.config import Topics
 from mle_stream.core.commands import command_id
-from mle_stream.core.signing import Signer
-from mle_stream.keys import HMAC_KEY_ID
-from mle_stream.actuator.service import epoch_ms
 from mle_stream.core.events import Command, CommandKind, RolloutEvent
+from mle_stream.core.signing import Signer
 from mle_stream.errors import ActuationError
 from mle_stream.kafka import producer_config
+from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.retry import Backoff
 
 pytestmark = pytest.mark.broker

@@ -31,10 +31,10 @@ from kubernetes.client import ApiClient
 from prometheus_client import CollectorRegistry
 
 from mle_stream.config import ACTUATOR_METRICS_PORT, WORKER_METRICS_PORT, Settings, Topics
-from mle_stream.keys import signer_from_settings
 from mle_stream.core.topology import load_topologies
 from mle_stream.health import HEALTH_PATHS, ActuatorHealth, start_server
 from mle_stream.kafka import STATE_TOPIC_CONFIG
+from mle_stream.keys import signer_from_settings
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"

@@ -32,10 +32,10 @@ from mle_stream.actuator.kubernetes_routing import GatewayAPIRouting, IstioRouti
 from mle_stream.actuator.ports import RoutingBackend
 from mle_stream.actuator.service import epoch_ms
 from mle_stream.core.commands import command_id
-from mle_stream.core.signing import Signer
-from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.core.events import Command, CommandKind, RolloutStatus
+from mle_stream.core.signing import Signer
 from mle_stream.errors import ActuationError, ConfigError
+from mle_stream.keys import HMAC_KEY_ID
 
 NS = "ml"
 MODEL = "fraud"

@@ -11,12 +11,12 @@ import pytest
 import yaml
 
 from mle_stream.actuator import Actuator, GitOpsRouting, ModelRegistry
-from mle_stream.core.commands import command_id
-from mle_stream.core.signing import Signer
-from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.actuator.service import epoch_ms
+from mle_stream.core.commands import command_id
 from mle_stream.core.events import Command, CommandKind, RolloutStatus
+from mle_stream.core.signing import Signer
 from mle_stream.errors import ActuationError
+from mle_stream.keys import HMAC_KEY_ID
 
 MODEL = "fraud-detector"
 KEY = b"test-signing-key-0123456789abcde"  # an HMAC key needs 32 bytes

@@ -25,12 +25,12 @@ from mle_stream.actuator import (
     MlflowRegistry,
     register_demo_versions,
 )
-from mle_stream.core.commands import command_id
-from mle_stream.core.signing import Signer
-from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.actuator.service import epoch_ms
+from mle_stream.core.commands import command_id
 from mle_stream.core.events import Command, CommandKind, RolloutStatus
+from mle_stream.core.signing import Signer
 from mle_stream.errors import ActuationError
+from mle_stream.keys import HMAC_KEY_ID
 
 KEY = b"mlflow-server-test-key-012345678"  # an HMAC key needs 32 bytes
 SIGNER = Signer(HMAC_KEY_ID, KEY)

@@ -24,13 +24,13 @@ from mle_stream.actuator.notify import NoNotifier, WebhookNotifier, notifier_for
 from mle_stream.actuator.ports import InMemoryRegistry, InMemoryRouting
 from mle_stream.actuator.runner import run_actuator_loop
 from mle_stream.actuator.service import Actuator
+from mle_stream.actuator.service import epoch_ms
 from mle_stream.config import Topics
 from mle_stream.core.commands import command_id
-from mle_stream.core.signing import Signer
-from mle_stream.keys import HMAC_KEY_ID
-from mle_stream.actuator.service import epoch_ms
 from mle_stream.core.events import Command, CommandKind, RolloutEvent, RolloutStatus
+from mle_stream.core.signing import Signer
 from mle_stream.kafka import producer_config
+from mle_stream.keys import HMAC_KEY_ID
 
 REPO = Path(__file__).resolve().parent.parent
 # One file, not the directory: other topologies there may route through backends this test has no access to.

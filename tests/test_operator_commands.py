@@ -18,10 +18,10 @@ from mle_stream import codec
 from mle_stream.actuator.gitops import GitOpsRouting
 from mle_stream.config import Topics
 from mle_stream.core.commands import command_id
-from mle_stream.core.signing import Signer
-from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.core.events import CommandKind
+from mle_stream.core.signing import Signer
 from mle_stream.errors import BrokerError, InvalidEvent
+from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.operator_commands import (
     CommandFileError,
     manual_command,

@@ -4,11 +4,11 @@ import json
 
 from mle_stream import codec
 from mle_stream.config import Topics
-from mle_stream.core.signing import Signer
-from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.id_hash import MAX_ID_BYTES
+from mle_stream.core.signing import Signer
 from mle_stream.core.topology import parse_topology
+from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.stream.processor import Incoming, StreamProcessor
 
 TOPICS = Topics()

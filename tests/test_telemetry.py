@@ -31,12 +31,12 @@ from mle_stream.actuator.runner import run_actuator_loop
 from mle_stream.actuator.service import Actuator
 from mle_stream.broker import free_port
 from mle_stream.config import Settings, Topics
-from mle_stream.core.signing import Signer
-from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.core.events import CommandKind, Label, Prediction
+from mle_stream.core.signing import Signer
 from mle_stream.core.topology import parse_topology
 from mle_stream.errors import ConfigError
 from mle_stream.kafka import producer_config
+from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.retry import Backoff
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor
 from mle_stream.telemetry import ActuatorMetrics, WorkerMetrics
