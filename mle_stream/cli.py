@@ -20,6 +20,7 @@ from mle_stream.errors import ConfigError, MleStreamError
 from mle_stream.json_logs import FORMATS as LOG_FORMATS
 from mle_stream.json_logs import JsonFormatter
 from mle_stream.operator_commands import OPERATOR_KINDS
+from mle_stream.redact import redact_servers, redact_uri
 
 STATUS_PORT = 8077  # the worker's status page (mle_stream/status/server.py)
 
@@ -430,7 +431,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     with bootstrap_servers(settings) as bootstrap:
         wait_for_broker(bootstrap)
         ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
-        logging.getLogger("mle_stream").info("worker for %s on %s", ", ".join(sorted(topologies)), bootstrap)
+        logging.getLogger("mle_stream").info("worker for %s on %s", ", ".join(sorted(topologies)),
+                                             redact_servers(bootstrap))
         if status_port:
             from mle_stream.status.server import start_status_page
 
@@ -673,7 +675,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     feed = StatusFeed(settings.bootstrap_servers, settings.topics, board, since_ms=since_ms)
     try:
         print(f"reading {settings.topics.metrics}, {settings.topics.drift}, {settings.topics.commands} and "
-              f"{settings.topics.rollout_events} on {settings.bootstrap_servers} ...", file=sys.stderr, flush=True)
+              f"{settings.topics.rollout_events} on {redact_servers(settings.bootstrap_servers)} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
         read = feed.read_to_end()
         print(f"read {read} messages in {time.monotonic() - started:.1f} s"
@@ -723,7 +725,7 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
         print(f"wrote {args.output}: {profile.summary()}")
     if args.log_to_mlflow:
         uri = log_to_mlflow(profile, settings.mlflow_tracking_uri)
-        print(f"stored in MLflow at {settings.mlflow_tracking_uri}: {uri} "
+        print(f"stored in MLflow at {redact_uri(settings.mlflow_tracking_uri)}: {uri} "
               f"(tag mle_stream.reference_profile on {args.model} version {args.version})")
     return 0
 
