@@ -114,15 +114,16 @@ STATUS_HELP = (
     "Read the output topics (metrics, drift, commands, rollout events) from the beginning, without a consumer "
     "group, and print per model: the versions with their traffic (as the last applied rollout event reported "
     "it) and the rollout phase; the last judged windows with the watched metrics, baseline | candidate (the "
-    "topologies' check metrics with -t, else error_rate, accuracy and latency_p99_ms); drifted windows; the "
+    "topologies' check metrics, else error_rate, accuracy and latency_p99_ms); drifted windows; the "
     "last decisions; the timeline of commands and rollout events. The same data as the worker's status page "
-    "(worker --status-port). Needs MLE_BOOTSTRAP_SERVERS."
+    "(worker --status-port). Only the topologies' models are shown, and only commands signed with "
+    "MLE_SIGNING_KEY; the rest is counted and left off. Needs MLE_BOOTSTRAP_SERVERS and MLE_SIGNING_KEY."
 )
 STATUS_EXAMPLES = """\
 examples:
-  mle-stream status
+  mle-stream status -t topologies/
   mle-stream status --model fraud-detector -t topologies/ --follow
-  mle-stream status --json | jq '.models[0].phase'"""
+  mle-stream status -t topologies/ --json | jq '.models[0].phase'"""
 
 ACTUATE_EXAMPLES = """\
 examples:
@@ -328,8 +329,9 @@ def _parser() -> argparse.ArgumentParser:
     p = add("status", "show each model's versions, traffic, phase, windows, decisions and timeline",
             textwrap.fill(STATUS_HELP, 100, break_on_hyphens=False) + "\n\n" + STATUS_EXAMPLES)
     p.add_argument("--model", metavar="M", help="only this model")
-    p.add_argument("--topology", "-t", action="append", default=[], metavar="PATH",
-                   help="topology file(s) or directories: their checks' metrics are the ones shown")
+    p.add_argument("--topology", "-t", action="append", required=True, metavar="PATH",
+                   help="topology file(s) or directories: their models are the ones shown (whatever the topics "
+                        "hold), their checks' metrics the ones plotted")
     p.add_argument("--since", metavar="DURATION",
                    help="read only what was published in the last DURATION (30m, 6h, 7d; default: everything the "
                         "topics still hold)")
@@ -421,13 +423,16 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.core.topology import load_topologies
     from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
     from mle_stream.stream.app import run_worker
+    from mle_stream.telemetry import WorkerMetrics
+    from mle_stream.verification import verifier_for
 
     from mle_stream.aliases import resolve_with_mlflow
 
     metrics_port = _metrics_port(args, settings, WORKER_METRICS_PORT)
     status_port = _status_port(args.status_port)
     topologies = resolve_with_mlflow(load_topologies(args.topology), settings.mlflow_tracking_uri)
-    settings.require_signing_key()
+    verify = verifier_for(settings)  # also: no signing key, no worker
+    metrics = WorkerMetrics()
     with bootstrap_servers(settings) as bootstrap:
         wait_for_broker(bootstrap)
         ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
@@ -438,9 +443,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
             start_status_page(bootstrap, settings.topics, {name: [c.metric for c in t.checks]
                                                            for name, t in topologies.items()},
-                              status_port, args.status_bind)
+                              status_port, args.status_bind, verify=verify, metrics=metrics)
         run_worker(settings, bootstrap, topologies, loglevel=args.log_level, metrics_port=metrics_port,
-                   metrics_bind=args.metrics_bind)
+                   metrics_bind=args.metrics_bind, metrics=metrics)
     return 0
 
 
@@ -659,6 +664,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.status.feed import StatusFeed
     from mle_stream.status.model import StatusBoard
     from mle_stream.status.terminal import render
+    from mle_stream.verification import verifier_for
 
     if not settings.bootstrap_servers:  # an embedded broker started for this would hold nothing
         raise ConfigError("MLE_BOOTSTRAP_SERVERS is not set: give the Kafka the worker and the actuator use")
@@ -670,20 +676,23 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             since_ms = int(time.time() * 1000) - parse_duration_ms(args.since)
         except ValueError as exc:
             raise ConfigError(f"--since: {exc}") from None
-    topologies = load_topologies(args.topology) if args.topology else {}
-    board = StatusBoard({name: [c.metric for c in t.checks] for name, t in topologies.items()})
+    verify = verifier_for(settings)  # without the key no command could be shown: say so now
+    topologies = load_topologies(args.topology)
+    board = StatusBoard({name: [c.metric for c in t.checks] for name, t in topologies.items()}, verify=verify)
     feed = StatusFeed(settings.bootstrap_servers, settings.topics, board, since_ms=since_ms)
     try:
         print(f"reading {settings.topics.metrics}, {settings.topics.drift}, {settings.topics.commands} and "
               f"{settings.topics.rollout_events} on {redact_servers(settings.bootstrap_servers)} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
         read = feed.read_to_end()
+        left_off = "".join(f", {n} {reason.replace('_', ' ')} left off" for reason, n in board.ignored.items())
         print(f"read {read} messages in {time.monotonic() - started:.1f} s"
-              + (f", {feed.skipped} unreadable skipped" if feed.skipped else ""), file=sys.stderr, flush=True)
+              + (f", {feed.skipped} unreadable skipped" if feed.skipped else "") + left_off, file=sys.stderr,
+              flush=True)
         while True:
             data = board.to_json(args.model)
             if args.model and not data["models"] and not args.follow:
-                print(f"mle-stream status: nothing published for model {args.model!r} (models seen: "
+                print(f"mle-stream status: model {args.model!r} is not in the topologies (they name: "
                       f"{', '.join(board.models()) or 'none'})", file=sys.stderr)
                 return 1
             if args.json:

@@ -257,12 +257,12 @@ def limit_blas_threads(threads: int = 1) -> list[str]:
 
 
 def run_worker(settings: Settings, bootstrap: str, topologies: Mapping[str, Topology], loglevel: str = "info",
-               metrics_port: int = 0, metrics_bind: str = "0.0.0.0") -> None:
-    """Run the worker until it is stopped; serve its Prometheus metrics on metrics_bind:metrics_port
-    (0: not served)."""
+               metrics_port: int = 0, metrics_bind: str = "0.0.0.0", metrics: WorkerMetrics | None = None) -> None:
+    """Run the worker until it is stopped; serve its Prometheus metrics (`metrics`, shared with the
+    status page's feed; new ones by default) on metrics_bind:metrics_port (0: not served)."""
     from mle_stream.profiles import profiles_for
 
-    metrics = WorkerMetrics()
+    metrics = metrics if metrics is not None else WorkerMetrics()
     app, _ = build_app(settings, bootstrap, topologies,
                        profiles=profiles_for(topologies.values(), settings.mlflow_tracking_uri), metrics=metrics)
     serve(metrics.registry, metrics_port, metrics_bind)
