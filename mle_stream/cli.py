@@ -187,7 +187,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="report what would change (status DRY_RUN), change nothing")
     p.add_argument("--notify-webhook", metavar="URL", default=None,
                    help="POST a Slack-compatible message to this incoming webhook for every rollback and every "
-                        "FAILED or REJECTED command (default: MLE_NOTIFY_WEBHOOK; none when both are empty)")
+                        "FAILED or REJECTED command (default: MLE_NOTIFY_WEBHOOK; none when both are empty); "
+                        "only verified commands are described, the others summarized without their content")
+    p.add_argument("--notify-limit", type=int, metavar="N", default=None,
+                   help="at most N posts per model and kind (action and status) per --notify-window; the rest are "
+                        "summarized in one post when the window ends (default: MLE_NOTIFY_LIMIT, else "
+                        "5; 0: summaries only)")
+    p.add_argument("--notify-window", metavar="DURATION", default=None,
+                   help="the rate limit's window: 10m, 1h, 90s or seconds (default: MLE_NOTIFY_WINDOW, else 10m)")
     _add_metrics_arguments(p, "actuator", ACTUATOR_METRICS_PORT)
 
     p = add("command", "publish a signed command by hand: rollback, promote, set-traffic, approve",
@@ -394,6 +401,31 @@ def _status_port(flag: int | None) -> int:
     return port
 
 
+def _notify_rate(args: argparse.Namespace) -> tuple[int, float]:
+    """(posts, window in seconds) of the webhook's rate limit, from the flags, else the environment."""
+    from mle_stream.actuator.notify import DEFAULT_LIMIT, DEFAULT_WINDOW_S
+    from mle_stream.core.topology import parse_duration_ms
+
+    raw_limit = args.notify_limit if args.notify_limit is not None else os.environ.get("MLE_NOTIFY_LIMIT", "").strip()
+    raw_window = args.notify_window or os.environ.get("MLE_NOTIFY_WINDOW", "").strip()
+    try:
+        limit = int(raw_limit) if raw_limit != "" else DEFAULT_LIMIT
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise ConfigError(f"--notify-limit / MLE_NOTIFY_LIMIT must be a whole number >= 0 (posts per model and kind "
+                          f"per window; 0: summaries only), got {raw_limit!r}")
+    try:
+        window_s = (parse_duration_ms(raw_window + "s" if raw_window[-1].isdigit() else raw_window) / 1000
+                    if raw_window else DEFAULT_WINDOW_S)
+    except ValueError:
+        window_s = 0.0
+    if window_s <= 0:
+        raise ConfigError(f"--notify-window / MLE_NOTIFY_WINDOW must be a duration > 0 such as 10m, 1h or 90s, "
+                          f"got {raw_window!r}")
+    return limit, window_s
+
+
 def _wait_for_signal() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -452,18 +484,25 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.actuator.backends import build_routing
     from mle_stream.actuator.mlflow_registry import MlflowRegistry
-    from mle_stream.actuator.notify import notifier_for
+    from mle_stream.actuator.notify import CountingUnverified, notifier_for
     from mle_stream.actuator.runner import run_actuator_loop
     from mle_stream.actuator.service import Actuator
     from mle_stream.core.topology import load_topologies
     from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
     from mle_stream.telemetry import ActuatorMetrics, serve
+    from mle_stream.verification import verifier_for
 
     metrics_port = _metrics_port(args, settings, ACTUATOR_METRICS_PORT)
+    verify = verifier_for(settings)
+    metrics = ActuatorMetrics()
+    limit, window_s = _notify_rate(args)
     try:
-        notifier = notifier_for(args.notify_webhook or settings.notify_webhook)
+        notifier = notifier_for(args.notify_webhook or settings.notify_webhook, verify=verify, limit=limit,
+                                window_s=window_s)
     except ValueError as exc:
         raise ConfigError(f"--notify-webhook / MLE_NOTIFY_WEBHOOK: {exc}") from None
+    notifier = CountingUnverified(notifier, verify,
+                                  metrics.unverified_commands.labels(settings.topics.commands, "actuator").inc)
     topologies = load_topologies(args.topology)
     routing = build_routing(topologies, args)
     actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), settings.require_signing_key(),
@@ -473,7 +512,6 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
         with bootstrap_servers(settings) as bootstrap:
             wait_for_broker(bootstrap)
             ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
-            metrics = ActuatorMetrics()
             serve(metrics.registry, metrics_port, args.metrics_bind)
             run_actuator_loop(actuator, bootstrap, settings.topics, stop, group_id=settings.actuator_group,
                               notifier=notifier, metrics=metrics)
