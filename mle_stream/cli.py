@@ -720,7 +720,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     feed = StatusFeed(settings.bootstrap_servers, settings.topics, board, since_ms=since_ms)
     try:
         print(f"reading {settings.topics.metrics}, {settings.topics.drift}, {settings.topics.commands} and "
-              f"{settings.topics.rollout_events} on {redact_servers(settings.bootstrap_servers)} ...", file=sys.stderr, flush=True)
+              f"{settings.topics.rollout_events} on {redact_servers(settings.bootstrap_servers)} ...", file=sys.stderr,
+              flush=True)
         started = time.monotonic()
         read = feed.read_to_end()
         left_off = "".join(f", {n} {reason.replace('_', ' ')} left off" for reason, n in board.ignored.items())

@@ -193,8 +193,8 @@ class MlflowRegistry:
             return retrying(action, self.backoff, transient, on_retry, self._sleep)
         except RetriesExhausted as exc:
             raise ActuationError(
-                f"MLflow registry {redact_uri(self.registry_uri)}: could not {what}: {exc.attempts} attempts failed over "
-                f"{exc.elapsed_s:.1f} s (MLflow unreachable, timing out or overloaded); last error: {exc.last}",
+                f"MLflow registry {redact_uri(self.registry_uri)}: could not {what}: {exc.attempts} attempts failed "
+                f"over {exc.elapsed_s:.1f} s (MLflow unreachable, timing out or overloaded); last error: {exc.last}",
                 transient=True,
             ) from exc.__cause__
 
