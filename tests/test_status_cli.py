@@ -85,6 +85,7 @@ def test_status_reads_the_topics_into_json_and_tables(kafka_bootstrap: str, topi
 
 FLOOD = 3000
 STRAYS = 50  # rollout events of no command at all (fewer than wait for their command: see the docstring)
+GARBAGE = 1000  # messages that are no command at all
 
 
 def publish_flood(bootstrap: str, topics: Topics) -> dict[str, int]:
@@ -111,6 +112,8 @@ def publish_flood(bootstrap: str, topics: Topics) -> dict[str, int]:
     for forged in (command(CommandKind.APPROVE, 40_000, 50, key=None),
                    command(CommandKind.PROMOTE, 41_000, 100, key=b"another key")):
         producer.produce(topics.commands, key=M.encode(), value=codec.encode_command(forged))
+    for _ in range(GARBAGE):
+        producer.produce(topics.commands, key=M.encode(), value=b"\x00garbage")
     for i in range(STRAYS):  # "M promoted", reported for commands nobody signed
         producer.produce(topics.rollout_events, key=M.encode(), value=codec.encode_rollout_event(dataclasses.replace(
             event(rollback, 50_000 + i), event_id=f"stray-{i}", command_id=f"stray-{i}", action="PROMOTE",
@@ -138,7 +141,8 @@ def test_status_shows_verified_commands_of_the_topologies_models_only(kafka_boot
     data = json.loads(result.stdout)
     assert_only_the_rollback(data)
     assert data["ignored"] == left_off
-    assert f"{FLOOD + 2} unverified left off" in result.stderr
+    assert f"{GARBAGE} unreadable skipped, " in result.stderr and f"{FLOOD + 2} unverified left off" in result.stderr
+    assert len(result.stderr.splitlines()) < 20  # a line per batch, not per unreadable message
 
     result = status(kafka_bootstrap, topics, "-t", "topologies/")  # every topology: every model, none forged
     assert result.returncode == 0, result.stderr
@@ -153,7 +157,8 @@ def test_status_shows_verified_commands_of_the_topologies_models_only(kafka_boot
     assert refused.returncode != 0 and "MLE_SIGNING_KEY is not set" in refused.stderr
 
 
-def test_the_worker_status_page_counts_what_it_leaves_off(kafka_bootstrap: str, topics: Topics) -> None:
+def test_the_worker_status_page_counts_what_it_leaves_off(kafka_bootstrap: str, topics: Topics,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     left_off = publish_flood(kafka_bootstrap, topics)
     metrics = WorkerMetrics()
     page = start_status_page(kafka_bootstrap, topics, {M: ["error_rate"]}, 0, verify=VERIFY, metrics=metrics)
@@ -182,5 +187,8 @@ def test_the_worker_status_page_counts_what_it_leaves_off(kafka_bootstrap: str, 
                   reason="unmatched") == FLOOD // 2
     assert sample("mle_stream_status_ignored_records_total", topic=topics.metrics,
                   reason="unknown_model") == FLOOD // 10
+    assert sample("mle_stream_status_ignored_records_total", topic=topics.commands, reason="undecodable") == GARBAGE
+    unreadable = [r for r in caplog.records if "unreadable" in r.getMessage()]
+    assert sum(int(r.getMessage().split()[2]) for r in unreadable) == GARBAGE and len(unreadable) <= GARBAGE // 100
     labels = {value for family in metrics.registry.collect() for s in family.samples for value in s.labels.values()}
     assert not {v for v in labels if "forged" in v or "stray" in v or v == M}  # no label a forger chose

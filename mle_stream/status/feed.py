@@ -78,6 +78,7 @@ class StatusFeed:
         """Read what is there (waiting up to `timeout_s`) into the board; returns messages read."""
         messages = self._consumer.consume(num_messages=500, timeout=timeout_s)
         decoded: list[tuple[int, str, StatusEvent]] = []
+        unreadable: dict[str, list[str]] = {}  # topic -> where and why, logged once per batch
         for message in messages:
             if message.error() is not None:
                 log.warning("status: consumer error: %s", message.error())
@@ -89,9 +90,12 @@ class StatusFeed:
                 decoded.append((message.timestamp()[1], topic, self._decoders[topic](message.value() or b"")))
             except (InvalidEvent, KeyError) as exc:
                 self.skipped += 1
-                self._on_ignored(topic, UNDECODABLE, 1)
-                log.warning("status: skipped the unreadable message at %s[%s]@%s: %s", topic, message.partition(),
-                            message.offset(), exc)
+                unreadable.setdefault(topic, []).append(f"{topic}[{message.partition()}]@{message.offset()}: {exc}")
+        for topic, problems in unreadable.items():
+            # One line per topic and batch: anyone can write garbage to a topic, and a line per
+            # message would flood the log as well.
+            self._on_ignored(topic, UNDECODABLE, len(problems))
+            log.warning("status: skipped %d unreadable message(s), the first at %s", len(problems), problems[0])
         # In time order: a command before the rollout events reporting it, so fewer have to wait for it.
         decoded.sort(key=lambda item: item[0])
         ignored: list[tuple[str, str, int]] = []
