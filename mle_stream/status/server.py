@@ -23,8 +23,8 @@ from mle_stream.status.feed import StatusFeed
 from mle_stream.status.model import UNVERIFIED, StatusBoard
 
 if TYPE_CHECKING:
-    from mle_stream.core.events import Command
     from mle_stream.telemetry import WorkerMetrics
+    from mle_stream.verification import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +112,6 @@ def serve_status(board: StatusBoard, lock: threading.Lock, port: int, bind: str 
     return _serve(_listen(board, lock, port, bind), board, lock, feed)
 
 
-def watched_metrics(checks_by_model: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Every model and the metrics to plot for it: its checks' metrics (a rollback: shorthand is
-    error_rate); none gives the board's defaults."""
-    return {model: list(dict.fromkeys(metrics)) for model, metrics in checks_by_model.items()}
-
-
 def count_ignored(metrics: WorkerMetrics) -> Callable[[str, str, int], None]:
     """The feed's `on_ignored` counting into the worker's metrics: forged commands in
     mle_stream_unverified_commands (component "status"), anything else left off the page in
@@ -133,13 +127,13 @@ def count_ignored(metrics: WorkerMetrics) -> Callable[[str, str, int], None]:
 
 
 def start_status_page(bootstrap: str, topics: Topics, checks_by_model: Mapping[str, Sequence[str]], port: int,
-                      bind: str = "127.0.0.1", *, verify: Callable[[Command], bool],
+                      bind: str = "127.0.0.1", *, verify: Verifier,
                       metrics: WorkerMetrics | None = None) -> StatusServer | None:
-    """The worker's status page: a board of the topologies' models (`checks_by_model`) fed from the
-    output topics, showing the commands `verify` accepts, served on bind:port; what it leaves off is
-    counted in `metrics`. A port in use is logged and gives None: the page must never keep a worker
+    """The worker's status page: a board of the topologies' models (`checks_by_model`: each model and
+    its checks' metrics, the ones plotted) fed from the output topics, showing the commands `verify`
+    accepts, served on bind:port; what it leaves off is counted in `metrics`. A port in use is logged and gives None: the page must never keep a worker
     from running."""
-    board = StatusBoard(watched_metrics(checks_by_model), verify=verify)
+    board = StatusBoard(checks_by_model, verify=verify)
     lock = threading.Lock()
     try:
         http = _listen(board, lock, port, bind)
