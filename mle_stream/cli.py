@@ -47,7 +47,14 @@ environment:
   MLE_LOG_FORMAT          text (default) or json: one JSON object per log line (same as
                           --log-format).
   MLE_METRICS_PORT        port of the Prometheus metrics (same as --metrics-port; default 9464 for
-                          the worker, 9465 for the actuator; 0: none).
+                          the worker, 9465 for the actuator; 0: none). The probes /livez, /readyz
+                          and /healthz are served there too (docs/health.md).
+  MLE_METRICS_BIND        address of the metrics and probes (same as --metrics-bind; 0.0.0.0).
+  MLE_HEALTH_CHECKPOINT_MAX_AGE
+                          /livez fails when input older than this is in no checkpoint (default:
+                          3 x MLE_CHECKPOINT_INTERVAL, at least 120s).
+  MLE_HEALTH_STALL_AFTER  /livez fails when the worker's position in a partition with input
+                          waiting, or the actuator's loop, has not moved for this long (300s).
 """
 
 
@@ -378,9 +385,10 @@ def _add_metrics_arguments(p: argparse.ArgumentParser, component: str, default_p
                    help=f"serve the {component}'s Prometheus metrics at http://BIND:PORT/metrics (default: "
                         f"MLE_METRICS_PORT, else {default_port}; 0: none). A port in use is logged, and the "
                         f"{component} runs without metrics")
-    p.add_argument("--metrics-bind", metavar="ADDRESS", default="0.0.0.0",
-                   help="address the metrics are served on (default 0.0.0.0: every interface, for Prometheus "
-                        "to scrape; 127.0.0.1 keeps them on this host)")
+    p.add_argument("--metrics-bind", metavar="ADDRESS", default=None,
+                   help="address the metrics and the probes (/livez, /readyz, /healthz) are served on (default: "
+                        "MLE_METRICS_BIND, else 0.0.0.0: every interface, for Prometheus and the kubelet to reach; "
+                        "127.0.0.1 keeps them on this host)")
 
 
 def _metrics_port(args: argparse.Namespace, settings: Settings, default_port: int) -> int:
@@ -388,6 +396,10 @@ def _metrics_port(args: argparse.Namespace, settings: Settings, default_port: in
     if not 0 <= port <= 65535:
         raise ConfigError(f"--metrics-port must be a port number 0-65535 (0: no metrics), got {port}")
     return port
+
+
+def _metrics_bind(args: argparse.Namespace) -> str:
+    return str(args.metrics_bind or os.environ.get("MLE_METRICS_BIND", "").strip() or "0.0.0.0")
 
 
 def _status_port(flag: int | None) -> int:
@@ -459,9 +471,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.verification import verifier_for
 
     from mle_stream.aliases import resolve_with_mlflow
+    from mle_stream.health import WorkerHealth
 
     metrics_port = _metrics_port(args, settings, WORKER_METRICS_PORT)
     status_port = _status_port(args.status_port)
+    health = WorkerHealth.from_env(settings.checkpoint_interval_s)
     topologies = resolve_with_mlflow(load_topologies(args.topology), settings.mlflow_tracking_uri)
     verify = verifier_for(settings)  # also: no signing key, no worker
     metrics = WorkerMetrics()
@@ -475,9 +489,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
             start_status_page(bootstrap, settings.topics, {name: [c.metric for c in t.checks]
                                                            for name, t in topologies.items()},
-                              status_port, args.status_bind, verify=verify, metrics=metrics)
+                              status_port, args.status_bind, health=health, verify=verify, metrics=metrics)
         run_worker(settings, bootstrap, topologies, loglevel=args.log_level, metrics_port=metrics_port,
-                   metrics_bind=args.metrics_bind, metrics=metrics)
+                   metrics_bind=_metrics_bind(args), health=health, metrics=metrics)
     return 0
 
 
@@ -488,11 +502,13 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.actuator.runner import run_actuator_loop
     from mle_stream.actuator.service import Actuator
     from mle_stream.core.topology import load_topologies
+    from mle_stream.health import ActuatorHealth
     from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
     from mle_stream.telemetry import ActuatorMetrics, serve
     from mle_stream.verification import verifier_for
 
     metrics_port = _metrics_port(args, settings, ACTUATOR_METRICS_PORT)
+    health = ActuatorHealth.from_env()
     verify = verifier_for(settings)
     metrics = ActuatorMetrics()
     limit, window_s = _notify_rate(args)
@@ -512,9 +528,9 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
         with bootstrap_servers(settings) as bootstrap:
             wait_for_broker(bootstrap)
             ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
-            serve(metrics.registry, metrics_port, args.metrics_bind)
+            serve(metrics.registry, metrics_port, _metrics_bind(args), health)
             run_actuator_loop(actuator, bootstrap, settings.topics, stop, group_id=settings.actuator_group,
-                              notifier=notifier, metrics=metrics)
+                              notifier=notifier, metrics=metrics, health=health)
     finally:
         notifier.close()
     return 0

@@ -32,6 +32,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -638,11 +639,46 @@ def _load_json(payload: bytes) -> Any:
         raise ValueError("not JSON that can be read: nested too deeply") from None
 
 
+# A \uD800-\uDFFF escape: JSON may spell a lone surrogate, which is no text at all (UTF-8 cannot
+# carry it: every later encode of the string would raise). Only a message with such an escape pays
+# for looking at its strings; a valid pair (an emoji spelled as two escapes) decodes to one character.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate_field(datum: object) -> str | None:
+    """The top-level field of a JSON object that holds a lone surrogate ('' for the object as a
+    whole, e.g. in a key), or None when it holds none."""
+    def holds(value: object) -> bool:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+
+    if not holds(datum):
+        return None
+    if isinstance(datum, Mapping):
+        return next((str(k) for k, v in datum.items() if holds(v)), "")
+    return ""
+
+
+def _refuse_lone_surrogates(datum: object) -> None:
+    field = _lone_surrogate_field(datum)
+    if field is not None:
+        raise InvalidEvent("holds a lone surrogate (a \\uD800-\\uDFFF escape without its pair): not Unicode "
+                           "text, which no Avro string or UTF-8 output can carry", field)
+
+
 def _decode_json(payload: bytes, kind: _Kind[T]) -> DecodeResult[T]:
     try:
         doc = _load_json(payload)
     except ValueError as exc:
         return _message_error(str(exc))
+    make = kind.from_json
+    if _SURROGATE_ESCAPE.search(payload):
+        def make(datum: Any, build: Callable[[Any], T] = kind.from_json) -> T:
+            _refuse_lone_surrogates(datum)
+            return build(datum)
     if isinstance(doc, dict) and kind.id_field not in doc and "records" in doc:
         doc = doc["records"]
         if not isinstance(doc, list):
@@ -654,7 +690,7 @@ def _decode_json(payload: bytes, kind: _Kind[T]) -> DecodeResult[T]:
             f"JSON message must be a {kind.noun} object, an array of them or {{\"records\": [...]}}, "
             f"got {type(doc).__name__}"
         )
-    return _build(doc, kind.from_json)
+    return _build(doc, make)
 
 
 def _as_bytes(payload: bytes | bytearray | memoryview | None) -> bytes:
@@ -1033,6 +1069,8 @@ def _decode_single(payload: bytes, schema: WireSchema, cls: type[E], spec: _Spec
             datum = _load_json(payload)
         except ValueError as exc:
             raise InvalidEvent(str(exc)) from None
+        if _SURROGATE_ESCAPE.search(payload):
+            _refuse_lone_surrogates(datum)
     return _from_spec(cls, spec, datum)
 
 

@@ -16,7 +16,9 @@ import logging
 import math
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from mle_stream.health import Health, register_metrics, start_server
 
 if TYPE_CHECKING:
     from mle_stream.stream.checkpoints import WriteReport
@@ -73,8 +75,11 @@ class WorkerMetrics(_Metrics):
             "tables, commands, dead letters)", "topic")
         self.dead_letters = self._counter(
             "mle_stream_dead_letters", "Records or messages sent to the dead-letter topic, by the topic they were "
-            "read from and reason class (undecodable, rejected, unknown_model, unknown_topic, unsigned)",
-            "topic", "reason")
+            "read from and reason class (undecodable, rejected, unknown_model, unknown_topic, unsigned, "
+            "internal_error)", "topic", "reason")
+        self.output_failures = self._counter(
+            "mle_stream_output_failures", "Messages the worker could not hand to its producer, by topic (each is "
+            "logged at ERROR with what it was; the batch's other outputs are still published)", "topic")
         self.window_metric = self._gauge(
             "mle_stream_window_metric", "Value of a metric in the last closed event-time window of a whole model "
             "version (segments excluded), in the metric's own unit (ratios 0-1, latency in ms); NaN when that "
@@ -185,17 +190,21 @@ class ActuatorMetrics(_Metrics):
         self.unverified_commands = self._unverified_commands()
 
 
-def serve(registry: CollectorRegistry, port: int, bind: str = "0.0.0.0") -> int | None:
-    """Serve `registry` at http://BIND:PORT/metrics from a daemon thread; returns the port, None when
-    `port` is 0 (disabled) or taken. A port in use does not stop the component (metrics are not worth
-    losing the evaluation or a rollback over): it logs an error naming the flag to change."""
+def serve(registry: CollectorRegistry, port: int, bind: str = "0.0.0.0", health: Health | None = None) -> int | None:
+    """Serve `registry` at http://BIND:PORT/metrics, and the probes of `health` at /livez, /readyz and
+    /healthz (mle_stream.health), from a daemon thread; returns the port, None when `port` is 0
+    (disabled) or taken. A port in use does not stop the component (metrics are not worth losing the
+    evaluation or a rollback over): it logs an error naming the flag to change."""
     if not port:
         return None
     try:
-        server, _ = start_http_server(port, addr=bind, registry=registry)
+        server = start_server(registry, port, bind, health)
     except OSError as exc:
         log.error("cannot serve Prometheus metrics on %s:%d: %s; running without them (choose another port "
                   "with --metrics-port or MLE_METRICS_PORT, 0 to disable)", bind, port, exc)
         return None
-    log.info("Prometheus metrics on http://%s:%d/metrics", bind, server.server_port)
+    if health is not None:
+        register_metrics(registry, health)
+    log.info("Prometheus metrics on http://%s:%d/metrics%s", bind, server.server_port,
+             ", probes on /livez and /readyz" if health is not None else "")
     return int(server.server_port)

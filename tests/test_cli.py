@@ -102,3 +102,14 @@ def test_standalone_broker_serves_the_topics_and_stops_on_sigterm() -> None:
     # The broker process is gone too, not orphaned.
     with pytest.raises(ProcessLookupError):
         os.kill(broker_pid, 0)
+
+
+def test_metrics_and_probes_bind_to_the_flag_else_mle_metrics_bind_else_every_interface(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mle_stream.cli import _metrics_bind, _parser
+
+    monkeypatch.delenv("MLE_METRICS_BIND", raising=False)
+    assert _metrics_bind(_parser().parse_args(["worker", "-t", "x"])) == "0.0.0.0"
+    monkeypatch.setenv("MLE_METRICS_BIND", "10.0.0.7")
+    assert _metrics_bind(_parser().parse_args(["worker", "-t", "x"])) == "10.0.0.7"
+    assert _metrics_bind(_parser().parse_args(["worker", "-t", "x", "--metrics-bind", "127.0.0.1"])) == "127.0.0.1"

@@ -15,17 +15,24 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import urllib.error
+import urllib.request
 
 import pytest
 import yaml
 from kubernetes.client import ApiClient
+from prometheus_client import CollectorRegistry
 
-from mle_stream.config import Settings, Topics
+from mle_stream.config import ACTUATOR_METRICS_PORT, WORKER_METRICS_PORT, Settings, Topics
 from mle_stream.core.topology import load_topologies
+from mle_stream.health import HEALTH_PATHS, ActuatorHealth, start_server
 from mle_stream.kafka import STATE_TOPIC_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
@@ -299,6 +306,45 @@ def test_kafka_healthcheck_asks_the_broker() -> None:
     assert test[0] == "CMD" and test[1] in ("/opt/kafka/bin/kafka-topics.sh", "/opt/kafka/bin/kafka-broker-api-versions.sh")
 
 
+def _serving_probes(ok: bool) -> Iterator[int]:
+    """The port of a real metrics-and-probes server whose probes answer 200 (ok) or 503."""
+    health = ActuatorHealth()
+    if ok:
+        health.loop_started()
+        health.assigned([0])
+    else:
+        health.loop_stopped(RuntimeError("down"))
+    server = start_server(CollectorRegistry(), 0, "127.0.0.1", health)
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("name, default_port", [("worker", WORKER_METRICS_PORT), ("actuator", ACTUATOR_METRICS_PORT)])
+def test_compose_healthchecks_ask_the_probes_where_the_component_serves_them(name: str, default_port: int) -> None:
+    service = _compose()["services"][name]
+    command, env = _command(service), _environment(service)
+    port = int(_option(command, "--metrics-port") if "--metrics-port" in command
+               else env.get("MLE_METRICS_PORT", default_port))
+    assert "--metrics-bind" not in command and env.get("MLE_METRICS_BIND", "0.0.0.0") in ("0.0.0.0", "localhost", "127.0.0.1")
+    check = service["healthcheck"]
+    test = check["test"]
+    assert test[:3] == ["CMD", "python", "-c"], "the image has Python but no curl"
+    match = re.search(r"urlopen\('([^']+)'", test[3])
+    assert match, test[3]
+    url = urlsplit(match.group(1))
+    assert (url.hostname, url.port) == ("localhost", port) and url.path in HEALTH_PATHS, match.group(1)
+    assert int(check["start_period"].rstrip("s")) >= 30, "restoring the checkpoints takes a while"
+    # The command itself tells a failing probe from a passing one (urlopen raises on a 503).
+    for ok in (True, False):
+        for served in _serving_probes(ok):
+            script = test[3].replace(f"localhost:{port}", f"127.0.0.1:{served}")
+            result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
+            assert (result.returncode == 0) == ok, result.stderr.decode()
+
+
 def test_kafka_init_creates_exactly_the_topics_mle_stream_uses() -> None:
     services = _compose()["services"]
     init = services["kafka-init"]
@@ -486,6 +532,51 @@ def test_pods_are_bounded_non_root_and_mount_what_they_declare(name: str) -> Non
     config_maps = {v["configMap"]["name"] for v in volumes.values() if "configMap" in v}
     for config_map in config_maps:
         _one("ConfigMap", config_map)
+
+
+@pytest.mark.parametrize("name, default_port", [("mle-stream-worker", WORKER_METRICS_PORT),
+                                                ("mle-stream-actuator", ACTUATOR_METRICS_PORT)])
+def test_probes_ask_the_health_endpoints_on_the_port_and_address_they_are_served(name: str, default_port: int) -> None:
+    [container] = _one("Deployment", name)["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    served = int(_option(args, "--metrics-port")) if "--metrics-port" in args else default_port
+    # The kubelet calls the pod's IP: a loopback bind would fail every probe.
+    bind = _option(args, "--metrics-bind") if "--metrics-bind" in args else "0.0.0.0"
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert bind == "0.0.0.0" and env.get("MLE_METRICS_BIND", "0.0.0.0") == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    expected = {"startupProbe": "/readyz", "livenessProbe": "/livez", "readinessProbe": "/readyz"}
+    for kind, path in expected.items():
+        probe = container[kind]["httpGet"]
+        assert ports.get(probe["port"], probe["port"]) == served, f"{name} {kind} asks port {probe['port']}"
+        assert probe["path"] == path, f"{name} {kind}"
+    # The paths are the probes', not the catch-all metrics: they answer JSON checks with 200 or 503.
+    for ok in (True, False):
+        for port in _serving_probes(ok):
+            for path in set(expected.values()):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                        status, body = response.status, response.read()
+                except urllib.error.HTTPError as exc:
+                    status, body = exc.code, exc.read()
+                assert status == (200 if ok else 503) and "checks" in json.loads(body), path
+
+
+def test_probe_timing_lets_a_worker_restore_and_restarts_only_on_a_confirmed_failure() -> None:
+    def window(probe: dict[str, Any]) -> int:
+        assert probe["timeoutSeconds"] < probe["periodSeconds"], probe
+        return int(probe["periodSeconds"]) * int(probe["failureThreshold"])
+
+    worker = _one("Deployment", "mle-stream-worker")["spec"]["template"]["spec"]["containers"][0]
+    actuator = _one("Deployment", "mle-stream-actuator")["spec"]["template"]["spec"]["containers"][0]
+    # Joining the group and restoring large checkpoints may take minutes before the first /readyz.
+    assert window(worker["startupProbe"]) >= 300
+    assert window(actuator["startupProbe"]) >= 60
+    for container in (worker, actuator):
+        # The rules wait out their own bounds; the kubelet only confirms, and a slow scrape is no failure.
+        assert window(container["livenessProbe"]) >= 45
+        assert container["livenessProbe"]["failureThreshold"] >= 3
+        assert window(container["readinessProbe"]) >= 20
 
 
 def test_actuator_gitops_repo_is_a_writable_volume() -> None:

@@ -47,3 +47,21 @@ def test_page_api_and_errors() -> None:
             serve_status(board, lock, int(server.url.rsplit(":", 1)[1].strip("/")))
     finally:
         server.close()
+
+
+def test_healthz_answers_the_workers_liveness_when_given_it() -> None:
+    from mle_stream.health import WorkerHealth
+
+    board, lock = new_board(), threading.Lock()
+    health = WorkerHealth(checkpoint_max_age_s=90)
+    plain, watched = serve_status(board, lock, 0), serve_status(board, lock, 0, health=health)
+    try:
+        assert get(plain.url + "healthz") == (200, "text/plain", b"ok\n")  # the page alone: it runs
+        code, kind, body = get(watched.url + "healthz")
+        assert code == 200 and kind == "application/json" and json.loads(body)["status"] == "ok"
+        health.heartbeat({}, {}, {0: 0.0}, checkpoints_consistent=False)
+        code, _, body = get(watched.url + "healthz")
+        assert code == 503 and "writes no checkpoint again" in json.loads(body)["checks"]["checkpoints"]["detail"]
+    finally:
+        plain.close()
+        watched.close()

@@ -42,6 +42,46 @@ def test_tumbling_windows_close_by_event_time_plus_grace() -> None:
     assert t.window(12_000, "1").items == ()
 
 
+def test_a_record_stamped_long_before_the_rest_closes_its_window_and_the_gap_once_not_every_window_between() -> None:
+    t = table(1000, 1000, grace=0, retention=3000)
+    add(t, 5)  # an ancient timestamp first, then event time jumps 10**7 ms on
+    add(t, 10_000_000)
+    # The record's window, the gap's first window, then the windows event time can still revise:
+    # those ending less than the retention (3 s) before event time.
+    assert t.close_ready() == [0, 1_000, 9_997_000, 9_998_000, 9_999_000]
+    assert t.window(0, "1").items == (5,)
+
+
+def reference_close(t: PaneTable[Count], first: int, last: int) -> list[int]:
+    """Every window from `first` to `last` (as close_ready returned them before it skipped any),
+    keeping those with data, those a record can still reach, and the first of each empty run."""
+    spec, kept = t.spec, []
+    for s in range(first, last + 1, spec.hop_ms):
+        has_data = any(k.start in t.panes_of(s) for k, _ in t)
+        reachable = s + spec.size_ms + spec.retention_ms > t.watermark
+        previous_has_data = s > first and any(k.start in t.panes_of(s - spec.hop_ms) for k, _ in t)
+        if has_data or reachable or s == first or previous_has_data:
+            kept.append(s)
+    return kept
+
+
+@settings(max_examples=200, deadline=None)
+@given(stamps=st.lists(st.integers(0, 200_000), min_size=1, max_size=12), hop=st.sampled_from([500, 1000]),
+       panes_per_window=st.integers(1, 3), grace=st.sampled_from([0, 500]),
+       retention=st.sampled_from([500, 2000, 7000]))
+def test_windows_past_retention_are_skipped_only_when_empty_and_not_the_first_of_their_gap(
+        stamps, hop, panes_per_window, grace, retention) -> None:
+    t = table(hop * panes_per_window, hop, grace=grace, retention=max(grace, retention))
+    for ts in stamps:
+        first = t.next_window
+        add(t, ts)
+        if first is None and len(t):
+            first = t.windows_holding(min(k.start for k, _ in t))[0]
+        last = t.watermark - t.spec.grace_ms - t.spec.size_ms
+        want = [] if first is None or last < 0 else reference_close(t, first, last - last % hop)
+        assert t.close_ready() == want
+
+
 def test_hopping_windows_are_merges_of_their_panes() -> None:
     t = table(3000, 1000)
     for ts in (1_000, 1_500, 2_200, 3_700, 4_100, 5_999):

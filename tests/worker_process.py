@@ -33,10 +33,12 @@ MODELS = ("fraud", "spam")  # in partitions 0 and 1 (librdkafka: CRC32 of the ke
 
 
 class Worker:
-    """`mle-stream worker` in its own process, its log in a file."""
+    """`mle-stream worker` in its own process, its log in a file. `entry`: what runs mle-stream's
+    command line (tests/faulty_worker.py injects faults)."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str], topologies: Path) -> None:
-        self.tmp_path, self.env, self.topologies = tmp_path, env, topologies
+    def __init__(self, tmp_path: Path, env: dict[str, str], topologies: Path,
+                 entry: Sequence[str] = ("-m", "mle_stream")) -> None:
+        self.tmp_path, self.env, self.topologies, self.entry = tmp_path, env, topologies, list(entry)
         self.runs = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -45,7 +47,7 @@ class Worker:
         self.log = self.tmp_path / f"worker-{self.runs}.log"
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mle_stream", "--log-level", "info", "worker", "--topology", str(self.topologies)],
+                [sys.executable, *self.entry, "--log-level", "info", "worker", "--topology", str(self.topologies)],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp_path)  # Faust's data dir there
 
     def text(self) -> str:

@@ -21,8 +21,10 @@ from mle_stream.actuator.notify import Notifier
 from mle_stream.actuator.ports import RoutingBackend
 from mle_stream.actuator.service import Actuator, Outcome
 from mle_stream.config import Topics
-from mle_stream.dead_letter import dead_letter_entry
+from mle_stream.core.events import Command
+from mle_stream.dead_letter import bounded_text, dead_letter_entry
 from mle_stream.errors import ActuationError, InvalidEvent
+from mle_stream.health import ActuatorHealth
 from mle_stream.kafka import consumer_config, producer_config
 from mle_stream.retry import Backoff
 from mle_stream.telemetry import ActuatorMetrics
@@ -61,21 +63,28 @@ REDELIVER = Backoff(attempts=1, base_delay_s=5.0, max_delay_s=120.0)
 
 def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: threading.Event,
                       group_id: str = "mle-stream-actuator", notifier: Notifier | None = None,
-                      redeliver: Backoff = REDELIVER, metrics: ActuatorMetrics | None = None) -> None:
+                      redeliver: Backoff = REDELIVER, metrics: ActuatorMetrics | None = None,
+                      health: ActuatorHealth | None = None) -> None:
     """Apply commands one at a time, in order. A command that FAILED on transient errors is not
     committed: it is applied again after a wait (`redeliver`) until it goes through, holding the
     commands behind it, so an outage of the registry or the API server delays commands but never
     loses one (a rollback the worker emits once must not be dropped). Its FAILED event and alert go
-    out once per outage, not once per attempt. `metrics` (telemetry.py) counts commands and outcomes."""
+    out once per outage, not once per attempt. `metrics` (telemetry.py) counts commands and outcomes;
+    `health` (mle_stream.health) is told of every round, every command and how the loop ended."""
     metrics = metrics if metrics is not None else ActuatorMetrics()
+    health = health if health is not None else ActuatorHealth()
     consumer = Consumer(consumer_config(bootstrap, group_id))
     producer = Producer(producer_config(bootstrap))
-    consumer.subscribe([topics.commands])
+    consumer.subscribe([topics.commands], on_assign=lambda _, tps: health.assigned([tp.partition for tp in tps]),
+                       on_revoke=lambda *_: health.revoked())
+    health.loop_started()
+    ended: BaseException | None = None
     log.info("actuator reading %s on %s", topics.commands, bootstrap)
     failing: str | None = None  # the command being delivered again ...
     failures = 0  # ... and how often in a row it failed
     try:
         while not stop.is_set():
+            health.loop_beat()
             # One at a time: a command that must be delivered again is sought back to, and nothing
             # fetched after it may have been taken out of the consumer's hands meanwhile.
             for message in consumer.consume(num_messages=1, timeout=0.5):
@@ -98,7 +107,13 @@ def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: 
                     continue
                 failing, failures = None, 0
                 consumer.commit(message=message, asynchronous=False)
+                health.command_processed()
+    except BaseException as exc:
+        ended = exc
+        raise
     finally:
+        # The process may outlive its loop (a non-daemon thread of a library): the probes must say so.
+        health.loop_stopped(ended)
         consumer.close()
         producer.flush(10)
 
@@ -111,15 +126,36 @@ def _handle(actuator: Actuator, producer: Producer, topics: Topics, message: Mes
     try:
         command = codec.decode_command(payload)
     except InvalidEvent as exc:
-        log.error("not a command at %s[%s]@%s: %s", message.topic(), message.partition(), message.offset(), exc)
-        producer.produce(topics.dead_letter, key=(message.topic() or "").encode(), value=dead_letter_entry(
-            reason=str(exc), field=exc.field, source_topic=message.topic() or "", partition=message.partition() or 0,
-            offset=message.offset() or 0, record_index=None, at=int(time.time() * 1000), payload=payload))
-        if producer.flush(10) != 0:
-            raise ActuationError(f"could not dead-letter the message at {message.topic()}[{message.partition()}]@"
-                                 f"{message.offset()} within 10 s")
-        metrics.dead_letters.labels(message.topic() or "", "undecodable").inc()
+        log.error("not a command at %s[%s]@%s: %s", message.topic(), message.partition(), message.offset(),
+                  bounded_text(str(exc), 500))
+        _dead_letter(producer, topics, message, str(exc), exc.field, metrics, "undecodable")
         return None
+    try:
+        return _apply(actuator, producer, topics, command, notifier, metrics, announce)
+    except ActuationError:
+        raise  # the broker did not take the event: the command must be delivered again
+    except Exception as exc:  # a bug met by this command: report it and go on with the next
+        log.exception("failed on the command at %s[%s]@%s", message.topic(), message.partition(), message.offset())
+        _dead_letter(producer, topics, message, f"the actuator failed on this command ({type(exc).__name__}: {exc}); "
+                     "this is a bug in mle-stream, its traceback is in the actuator's log", "", metrics,
+                     "internal_error")
+        return None
+
+
+def _dead_letter(producer: Producer, topics: Topics, message: Message, reason: str, field: str,
+                 metrics: ActuatorMetrics, reason_class: str) -> None:
+    producer.produce(topics.dead_letter, key=(message.topic() or "").encode(), value=dead_letter_entry(
+        reason=reason, field=field, source_topic=message.topic() or "", partition=message.partition() or 0,
+        offset=message.offset() or 0, record_index=None, at=int(time.time() * 1000), payload=message.value() or b""))
+    if producer.flush(10) != 0:
+        raise ActuationError(f"could not dead-letter the message at {message.topic()}[{message.partition()}]@"
+                             f"{message.offset()} within 10 s")
+    metrics.dead_letters.labels(message.topic() or "", reason_class).inc()
+
+
+def _apply(actuator: Actuator, producer: Producer, topics: Topics, command: Command, notifier: Notifier | None,
+           metrics: ActuatorMetrics, announce: bool) -> Outcome:
+    """Apply a decoded command and publish its rollout event (see _handle)."""
     kind = command.kind.value
     metrics.commands.labels(kind).inc()
     started = time.perf_counter()

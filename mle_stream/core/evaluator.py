@@ -33,6 +33,7 @@ from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.events import Command, DriftTable, Label, LabelValue, MetricSnapshot, Prediction, binary_truth
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
 from mle_stream.core.metrics.regression import MAX_MAGNITUDE as REGRESSION_MAX_MAGNITUDE
+from mle_stream.core.metrics.serving import MAX_LATENCY_MS as SERVING_MAX_LATENCY_MS
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
 from mle_stream.core.shadow import ShadowPairing, compare
@@ -338,6 +339,12 @@ class ModelEvaluator:
             rejects.append(Reject(i, "timestamp", f"{int(ts[i])} is {int(ts[i]) - now_ms} ms ahead of the "
                                   f"worker's clock (allowed: {t.max_clock_skew_ms} ms)"))
             ok[i] = False
+        for i in np.flatnonzero(cols.latency_ms >= SERVING_MAX_LATENCY_MS).tolist():
+            # The latency moments hold squares, which must stay finite doubles.
+            if ok[i]:
+                rejects.append(Reject(i, "latency_ms", f"{float(cols.latency_ms[i]):g} ms is not a latency (the "
+                                      f"worker takes latencies below {SERVING_MAX_LATENCY_MS:g} ms)"))
+                ok[i] = False
         sids = self._holdable_id_array(cols.prediction_id)
         if sids is None:
             for reject in _unjoinable_ids(cols.prediction_id):

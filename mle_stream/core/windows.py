@@ -104,23 +104,27 @@ class PaneTable(Generic[S]):
         """Starts of the windows that became closed since the last call, oldest first.
 
         Every window start from the first data on is returned, windows without data included: a gap
-        in the data must reach the policy (as INCONCLUSIVE), not vanish.
+        in the data must reach the policy (as INCONCLUSIVE), not vanish. Only when event time jumps
+        past a window's retention before it closes (a record stamped long before the others, or data
+        back after a silence longer than the retention), the empty windows that no record can reach
+        any more are skipped but for the first of each run, so a gap still shows once and the work
+        stays bounded by the retention, whatever the timestamps.
         """
         due = self._closable()
         if due is None:
             return []
-        starts = list(due)
-        self._next_window = starts[-1] + self.spec.hop_ms if starts else due.start
+        starts, resume = due
+        self._next_window = starts[-1] + self.spec.hop_ms if starts else resume
         return starts
 
     def closing_due(self) -> bool:
         """Whether close_ready() would return a window now; changes nothing."""
         due = self._closable()
-        return due is not None and len(due) > 0
+        return due is not None and len(due[0]) > 0
 
-    def _closable(self) -> range | None:
-        """The starts close_ready would return now, from the next window to close on; None before
-        event time has passed the end of any window."""
+    def _closable(self) -> tuple[list[int], int] | None:
+        """The starts close_ready would return now, from the next window to close on, and where the
+        next call starts when there are none; None before event time has passed the end of any window."""
         spec = self.spec
         if self.watermark < 0 or not self._panes and self._next_window is None:
             return None
@@ -132,7 +136,22 @@ class PaneTable(Generic[S]):
         if first is None:
             # The first window that holds the first pane with data.
             first = self.windows_holding(min(k.start for k in self._panes))[0]
-        return range(first, last + 1, spec.hop_ms)
+        # Windows that end `retention` or more before event time can get no more records.
+        reachable = self.watermark - spec.retention_ms - spec.size_ms + 1
+        if reachable <= first + spec.hop_ms:
+            return list(range(first, last + 1, spec.hop_ms)), first
+        cut = min(first + -(-(reachable - first) // spec.hop_ms) * spec.hop_ms, last + spec.hop_ms)
+        with_data = sorted({w for k in self._panes for w in self.windows_holding(k.start) if first <= w < cut})
+        starts = []
+        expected = first  # the next start after the previous window kept: a gap begins there
+        for w in with_data:
+            if w > expected:
+                starts.append(expected)
+            starts.append(w)
+            expected = w + spec.hop_ms
+        if expected < cut:
+            starts.append(expected)
+        return starts + list(range(cut, last + 1, spec.hop_ms)), first
 
     def windows_holding(self, pane_start: int) -> range:
         """Starts of the windows that hold this pane, oldest first."""

@@ -3,7 +3,8 @@
 `/` is one self-contained HTML file (page.html: inline CSS and JS, plots drawn as SVG by its own
 code, nothing fetched from a CDN: the page must work on machines without internet), `/api/status`
 the StatusBoard as JSON (`?model=M` for one model), polled by the page every 1.5 s; `/healthz`
-answers "ok". The board is fed by a StatusFeed reading the output topics.
+answers the worker's liveness (mle_stream.health) when the page is given it, else "ok" (the page
+runs). The board is fed by a StatusFeed reading the output topics.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from mle_stream.config import Topics
 from mle_stream.errors import ConfigError
+from mle_stream.health import Health
 from mle_stream.status.feed import StatusFeed
 from mle_stream.status.model import UNVERIFIED, StatusBoard
 
@@ -44,6 +46,9 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.lock:
                 data = self.server.board.to_json(model)
             self._send(200, "application/json", json.dumps(data, allow_nan=False, default=str).encode())
+        elif url.path == "/healthz" and self.server.health is not None:
+            probe = self.server.health.liveness()
+            self._send(200 if probe.ok else 503, "application/json", json.dumps(probe.to_json()).encode() + b"\n")
         elif url.path == "/healthz":
             self._send(200, "text/plain", b"ok\n")
         else:
@@ -64,10 +69,12 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], board: StatusBoard, lock: threading.Lock) -> None:
+    def __init__(self, address: tuple[str, int], board: StatusBoard, lock: threading.Lock,
+                 health: Health | None) -> None:
         self.board = board
         self.lock = lock
         self.page = PAGE.read_bytes()
+        self.health = health
         super().__init__(address, _Handler)
 
 
@@ -88,9 +95,9 @@ class StatusServer:
             self._feed.close()
 
 
-def _listen(board: StatusBoard, lock: threading.Lock, port: int, bind: str) -> _Server:
+def _listen(board: StatusBoard, lock: threading.Lock, port: int, bind: str, health: Health | None) -> _Server:
     try:
-        return _Server((bind, port), board, lock)
+        return _Server((bind, port), board, lock, health)
     except OSError as exc:
         raise ConfigError(f"status page: cannot listen on {bind}:{port}: {exc.strerror} (--status-port, "
                           f"MLE_STATUS_PORT; 0 turns the page off)") from None
@@ -107,9 +114,10 @@ def _serve(http: _Server, board: StatusBoard, lock: threading.Lock, feed: Status
 
 
 def serve_status(board: StatusBoard, lock: threading.Lock, port: int, bind: str = "127.0.0.1",
-                 feed: StatusFeed | None = None) -> StatusServer:
-    """Serve `board` on bind:port (0: any free port) in a daemon thread; starts `feed` if given."""
-    return _serve(_listen(board, lock, port, bind), board, lock, feed)
+                 feed: StatusFeed | None = None, health: Health | None = None) -> StatusServer:
+    """Serve `board` on bind:port (0: any free port) in a daemon thread, /healthz answering `health`'s
+    liveness; starts `feed` if given."""
+    return _serve(_listen(board, lock, port, bind, health), board, lock, feed)
 
 
 def count_ignored(metrics: WorkerMetrics) -> Callable[[str, str, int], None]:
@@ -127,16 +135,17 @@ def count_ignored(metrics: WorkerMetrics) -> Callable[[str, str, int], None]:
 
 
 def start_status_page(bootstrap: str, topics: Topics, checks_by_model: Mapping[str, Sequence[str]], port: int,
-                      bind: str = "127.0.0.1", *, verify: Verifier,
+                      bind: str = "127.0.0.1", health: Health | None = None, *, verify: Verifier,
                       metrics: WorkerMetrics | None = None) -> StatusServer | None:
     """The worker's status page: a board of the topologies' models (`checks_by_model`: each model and
     its checks' metrics, the ones plotted) fed from the output topics, showing the commands `verify`
-    accepts, served on bind:port; what it leaves off is counted in `metrics`. A port in use is logged and gives None: the page must never keep a worker
+    accepts, served on bind:port, its /healthz answering `health`'s liveness; what it leaves off is
+    counted in `metrics`. A port in use is logged and gives None: the page must never keep a worker
     from running."""
     board = StatusBoard(checks_by_model, verify=verify)
     lock = threading.Lock()
     try:
-        http = _listen(board, lock, port, bind)
+        http = _listen(board, lock, port, bind, health)
     except ConfigError as exc:  # a second worker on this host: it works on, without a page
         log.warning("%s; the worker runs without a status page", exc)
         return None

@@ -27,9 +27,10 @@ from mle_stream.config import Settings
 from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.topology import Topology
 from mle_stream.errors import BrokerError, ConfigError
+from mle_stream.health import HEARTBEAT_S, WorkerHealth
 from mle_stream.kafka import ensure_state_topic, partition_counts
 from mle_stream.stream.checkpoints import CheckpointedProcessor, Checkpoints, CheckpointStore
-from mle_stream.stream.processor import Incoming, StreamProcessor
+from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor
 from mle_stream.telemetry import WorkerMetrics, serve
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,15 @@ LAG_S = 5.0  # how often the consumer lag gauges are refreshed without input (af
 def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topology],
               observer: Callable[[int, int], None] | None = None,
               profiles: Mapping[str, Mapping[str, ReferenceProfile]] | None = None,
-              datadir: str | None = None, metrics: WorkerMetrics | None = None) -> tuple[faust.App, StreamProcessor]:
+              datadir: str | None = None, metrics: WorkerMetrics | None = None,
+              health: WorkerHealth | None = None) -> tuple[faust.App, StreamProcessor]:
     """The Faust app and its processor; `observer(messages, published)`, if given, is called after
     each batch is processed and its outputs handed to Faust (mle-stream bench times the worker with it).
-    `metrics` (telemetry.py) is updated once per batch; without it the app keeps its own, unexposed."""
+    `metrics` (telemetry.py) is updated once per batch; without it the app keeps its own, unexposed.
+    `health` (mle_stream.health) is told how the agent, the checkpoints and the consumer are doing."""
     processor = StreamProcessor(topologies, settings.topics, settings.require_signing_key(), profiles=profiles)
     metrics = metrics if metrics is not None else WorkerMetrics()
+    health = health if health is not None else WorkerHealth.from_env(settings.checkpoint_interval_s)
     topics = settings.topics
     _require_copartitioned(bootstrap, topics.predictions, topics.labels, topics.commands)
     ensure_state_topic(bootstrap, topics.state, settings.partitions)
@@ -95,6 +99,17 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         except (AssertionError, KeyError, ConsumerNotStarted):  # aiokafka asserts the partition is assigned
             return None  # revoked meanwhile, or the consumer is not up: no lag to tell
 
+    async def publish(outs: list[Outgoing]) -> None:
+        # One output the producer refuses (too large for the broker, a topic that is gone) must not
+        # cost the batch's others, least of all a command: each is handed over on its own.
+        for out in outs:
+            try:
+                await sinks[out.topic].send(key=out.key, value=out.value)
+            except Exception as exc:
+                metrics.output_failures.labels(out.topic).inc()
+                log.error("could not publish %d bytes to %s (key %r): %s: %s; the batch's other outputs go on",
+                          len(out.value), out.topic, out.key[:200], type(exc).__name__, exc)
+
     async def checkpoint(write: Awaitable[Any]) -> None:
         started = time.perf_counter()
         await write
@@ -102,6 +117,9 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         metrics.observe_checkpoints(checkpoints.drain_reports(), time.perf_counter() - started)
 
     @app.agent(source, name="evaluate")
+    # Faust restarts an agent that raised an Exception, but one ended by another BaseException stays
+    # dead while the process lives on: only the probes can tell.
+    @health.watch_agent
     async def evaluate(stream: Any) -> None:
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(BATCH_MESSAGES, within=BATCH_WITHIN_S):
@@ -117,8 +135,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
                 # the CPU-bound processing would otherwise stall the fetcher for its whole length.
                 outs = await loop.run_in_executor(executor, worker.process, batch, [e.message.key for e in events])
                 seconds = time.perf_counter() - started
-                for out in outs:
-                    await sinks[out.topic].send(key=out.key, value=out.value)
+                await publish(outs)
                 metrics.observe_batch(batch, outs, processor.drain_tally(), seconds)
                 for k in worker.held:
                     positions.update(worker.positions(k))
@@ -132,8 +149,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         # Without input the agent never runs, yet a silent source must still hold the rollout.
         async with checkpoints.batch() as worker:
             outs = worker.tick()
-            for out in outs:
-                await sinks[out.topic].send(key=out.key, value=out.value)
+            await publish(outs)
             metrics.observe_outputs(outs, processor.drain_tally())
 
     @app.timer(settings.checkpoint_interval_s)
@@ -146,6 +162,12 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         # A worker stuck in a batch or starved of fetches is when the lag matters: not only after batches.
         metrics.observe_lag(positions, highwater)
 
+    @app.timer(HEARTBEAT_S)
+    async def report_health() -> None:
+        # From the event loop, so that a blocked loop or a Faust that stopped its timers shows as silence.
+        health.heartbeat(positions, {tp: highwater(*tp) for tp in positions}, checkpoints.unsaved_since,
+                         checkpoints.consistent)
+
     # mode's SignalHandlerT type rejects every handler under mypy, even its own documented form.
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def restore(sender: faust.App, **_: Any) -> None:
@@ -156,10 +178,12 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         positions.update(assigned_positions)
         if app.consumer_generation_id == generation:  # else another rebalance is on: it comes back here
             await _read_from(app, assigned_positions)
+            health.restored(assigned)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def hand_over(sender: faust.App, revoked: set[TP], **_: Any) -> None:
         # Faust has waited for the agent to finish its events: the next owner starts from here.
+        health.rebalancing()
         await checkpoint(checkpoints.write({tp.partition for tp in revoked if tp.topic in inputs}))
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
@@ -257,15 +281,19 @@ def limit_blas_threads(threads: int = 1) -> list[str]:
 
 
 def run_worker(settings: Settings, bootstrap: str, topologies: Mapping[str, Topology], loglevel: str = "info",
-               metrics_port: int = 0, metrics_bind: str = "0.0.0.0", metrics: WorkerMetrics | None = None) -> None:
+               metrics_port: int = 0, metrics_bind: str = "0.0.0.0", health: WorkerHealth | None = None,
+               metrics: WorkerMetrics | None = None) -> None:
     """Run the worker until it is stopped; serve its Prometheus metrics (`metrics`, shared with the
-    status page's feed; new ones by default) on metrics_bind:metrics_port (0: not served)."""
+    status page's feed; new ones by default) and its probes (`health`, mle_stream.health) on
+    metrics_bind:metrics_port (0: not served)."""
     from mle_stream.profiles import profiles_for
 
     metrics = metrics if metrics is not None else WorkerMetrics()
+    health = health if health is not None else WorkerHealth.from_env(settings.checkpoint_interval_s)
     app, _ = build_app(settings, bootstrap, topologies,
-                       profiles=profiles_for(topologies.values(), settings.mlflow_tracking_uri), metrics=metrics)
-    serve(metrics.registry, metrics_port, metrics_bind)
+                       profiles=profiles_for(topologies.values(), settings.mlflow_tracking_uri), metrics=metrics,
+                       health=health)
+    serve(metrics.registry, metrics_port, metrics_bind, health)
     tune_runtime()  # after the imports: they load the BLAS libraries
     from mle_stream.json_logs import json_logging_enabled
 

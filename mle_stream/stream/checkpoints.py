@@ -442,6 +442,9 @@ class Checkpoints:
         self._lock = asyncio.Lock()
         self._last = clock()
         self._consistent = True
+        # Held partition -> when it first processed input that no checkpoint includes (the clock's
+        # time): the age of unsaved state, which the worker's liveness bounds (mle_stream.health).
+        self.unsaved_since: dict[int, float] = {}
         # Reports of the checkpoints written since the last drain_reports(): the worker drains them
         # after every write, so this holds a few at most, not one per checkpoint of the process's life.
         self.reports: list[WriteReport] = []
@@ -459,6 +462,15 @@ class Checkpoints:
                               "checkpoints (a restart resumes from the last one)")
                 self._consistent = False
                 raise
+            finally:
+                now = self._clock()
+                for k in self.tracked.dirty:
+                    self.unsaved_since.setdefault(k, now)
+
+    @property
+    def consistent(self) -> bool:
+        """False once a batch failed midway: from then on this process writes no checkpoint."""
+        return self._consistent
 
     def drain_reports(self) -> list[WriteReport]:
         """The reports of the checkpoints written since the last call (each one is returned once),
@@ -490,6 +502,8 @@ class Checkpoints:
                     # replays more input, and the next interval tries again.
                     log.error("cannot checkpoint partition %d: %s", k, exc)
             self.reports.extend(reports)
+            for report in reports:
+                self.unsaved_since.pop(report.partition, None)
             return reports
 
     def _write_one(self, k: int) -> WriteReport:
@@ -513,6 +527,7 @@ class Checkpoints:
         async with self._lock:
             for k in self.tracked.held - set(partitions):
                 self.tracked.release(k)
+                self.unsaved_since.pop(k, None)
             new = set(partitions) - self.tracked.held
             if new:
                 started = time.perf_counter()

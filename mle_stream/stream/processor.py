@@ -17,7 +17,7 @@ import numpy as np
 
 from mle_stream import codec
 from mle_stream.config import Topics
-from mle_stream.dead_letter import dead_letter_entry
+from mle_stream.dead_letter import bounded_text, dead_letter_entry
 from mle_stream.errors import InvalidEvent
 from mle_stream.core.commands import sign, verify
 from mle_stream.core.columns import LabelColumns, PredictionColumns, group_rows
@@ -71,6 +71,12 @@ REJECTED = "rejected"  # a valid record its model cannot use (wrong task, timest
 UNKNOWN_MODEL = "unknown_model"
 UNKNOWN_TOPIC = "unknown_topic"
 UNSIGNED = "unsigned"  # an APPROVE that does not verify
+INTERNAL_ERROR = "internal_error"  # the worker failed on it: a bug, logged with its traceback
+
+
+def _bug(exc: Exception, doing: str) -> str:
+    return (f"the worker failed {doing} ({type(exc).__name__}: {exc}); this is a bug in mle-stream, its "
+            "traceback is in the worker's log: please report it with this dead letter")
 
 
 @dataclass
@@ -116,20 +122,38 @@ class StreamProcessor:
         out: list[Outgoing] = []
         parts: dict[tuple[str, str], list[_Part]] = {}  # (model, kind) -> its records, message by message
         for msg in messages:
-            if msg.topic == self.topics.predictions:
-                out.extend(self._route(msg, codec.decode_prediction_columns(msg.value or b""), parts))
-            elif msg.topic == self.topics.labels:
-                out.extend(self._route(msg, codec.decode_label_columns(msg.value or b""), parts))
-            elif msg.topic == self.topics.commands:
-                out.extend(self._approval(msg, now))
-            else:
-                out.append(self._dead_letter(msg, None, "", f"the worker does not read topic {msg.topic!r}", msg.value,
-                                             UNKNOWN_TOPIC))
+            try:
+                out.extend(self._read(msg, parts, now))
+            except Exception as exc:  # a bug met by some input: that message is lost, not the batch
+                log.exception("failed on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+                out.append(self._dead_letter(msg, None, "", _bug(exc, "reading this message"), msg.value,
+                                             INTERNAL_ERROR))
         for model, kind in sorted(parts, key=lambda k: (k[0], k[1] != "predictions")):
-            out.extend(self._ingest(model, kind, parts[(model, kind)], now))
+            try:
+                out.extend(self._ingest(model, kind, parts[(model, kind)], now))
+            except Exception as exc:
+                log.exception("the evaluator of %s failed on a batch of %s", model, kind)
+                why = _bug(exc, f"the evaluator of model {model!r} taking a batch of {kind}")
+                out.extend(self._dead_letter(p.msg, None, "", why, p.msg.value, INTERNAL_ERROR)
+                           for p in parts[(model, kind)])
         for model in sorted({model for model, _ in parts}):
-            out.extend(self._advance(self.evaluators[model], now))
+            try:
+                out.extend(self._advance(self.evaluators[model], now))
+            except Exception:  # its windows are closed by a later batch that does not meet the bug
+                log.exception("the evaluator of %s failed to advance its windows", model)
         return out
+
+    def _read(self, msg: Incoming, parts: dict[tuple[str, str], list[_Part]], now: int) -> list[Outgoing]:
+        """Decode one message: its usable records into `parts`; what is done with it already (approvals,
+        dead letters) returned."""
+        if msg.topic == self.topics.predictions:
+            return self._route(msg, codec.decode_prediction_columns(msg.value or b""), parts)
+        if msg.topic == self.topics.labels:
+            return self._route(msg, codec.decode_label_columns(msg.value or b""), parts)
+        if msg.topic == self.topics.commands:
+            return self._approval(msg, now)
+        return [self._dead_letter(msg, None, "", f"the worker does not read topic {msg.topic!r}", msg.value,
+                                  UNKNOWN_TOPIC)]
 
     def drain_tally(self) -> Tally:
         """What was done since the last call (and start afresh)."""
@@ -217,7 +241,7 @@ class StreamProcessor:
         self.counters["dead_letter"] += 1
         self.tally.dead_letters[(msg.topic, reason_class)] += 1
         # The codec's reasons already name the record and field; the topic position is ours to add.
-        log.warning("dead-letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
+        log.warning("dead-letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, bounded_text(reason, 500))
         value = dead_letter_entry(
             reason=reason, field=field, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
             record_index=index, at=self._clock(),

@@ -18,6 +18,8 @@ from mle_stream.core.metrics.base import (EMPTY_MOMENTS, Moments, check_mergeabl
 from mle_stream.core.metrics.outcomes import BoolArray, FloatArray
 
 _KIND, _VERSION = "serving", 2  # v2: exact latency moments
+# The latency moments hold squares, which must stay finite doubles; no real latency comes near.
+MAX_LATENCY_MS = 1e150
 
 
 class ServingMetrics:
@@ -62,8 +64,8 @@ class ServingMetrics:
         if w.shape != (n,) or not np.all((w == 1.0) | (w == -1.0)):
             raise ValueError("weight must be +1 or -1 for every row")
         reported = ~np.isnan(latency)
-        if not np.all(latency[reported] >= 0.0) or np.isinf(latency).any():
-            raise ValueError("latency_ms must be a finite number >= 0, or NaN when not reported")
+        if not np.all((latency[reported] >= 0.0) & (latency[reported] < MAX_LATENCY_MS)):
+            raise ValueError(f"latency_ms must be a number >= 0 and below {MAX_LATENCY_MS:g}, or NaN when not reported")
         self._latency.add_many(latency[reported], w[reported])
         self._latency_moments = signed_moments(self._latency_moments, latency[reported], w[reported])
         self._predictions += int(w.sum())
