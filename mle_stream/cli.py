@@ -20,6 +20,7 @@ from mle_stream.errors import ConfigError, MleStreamError
 from mle_stream.json_logs import FORMATS as LOG_FORMATS
 from mle_stream.json_logs import JsonFormatter
 from mle_stream.operator_commands import OPERATOR_KINDS
+from mle_stream.redact import redact_servers, redact_uri
 
 STATUS_PORT = 8077  # the worker's status page (mle_stream/status/server.py)
 
@@ -132,15 +133,17 @@ STATUS_HELP = (
     "Read the output topics (metrics, drift, commands, rollout events) from the beginning, without a consumer "
     "group, and print per model: the versions with their traffic (as the last applied rollout event reported "
     "it) and the rollout phase; the last judged windows with the watched metrics, baseline | candidate (the "
-    "topologies' check metrics with -t, else error_rate, accuracy and latency_p99_ms); drifted windows; the "
+    "topologies' check metrics, else error_rate, accuracy and latency_p99_ms); drifted windows; the "
     "last decisions; the timeline of commands and rollout events. The same data as the worker's status page "
-    "(worker --status-port). Needs MLE_BOOTSTRAP_SERVERS."
+    "(worker --status-port). Only the topologies' models are shown, and only commands signed by a known key "
+    "(MLE_VERIFY_KEYS_DIR, MLE_VERIFY_KEYS, MLE_SIGNING_KEY); the rest is counted and left off. Needs "
+    "MLE_BOOTSTRAP_SERVERS and those keys."
 )
 STATUS_EXAMPLES = """\
 examples:
-  mle-stream status
+  mle-stream status -t topologies/
   mle-stream status --model fraud-detector -t topologies/ --follow
-  mle-stream status --json | jq '.models[0].phase'"""
+  mle-stream status -t topologies/ --json | jq '.models[0].phase'"""
 
 ACTUATE_EXAMPLES = """\
 examples:
@@ -204,7 +207,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="report what would change (status DRY_RUN), change nothing")
     p.add_argument("--notify-webhook", metavar="URL", default=None,
                    help="POST a Slack-compatible message to this incoming webhook for every rollback and every "
-                        "FAILED or REJECTED command (default: MLE_NOTIFY_WEBHOOK; none when both are empty)")
+                        "FAILED or REJECTED command (default: MLE_NOTIFY_WEBHOOK; none when both are empty); "
+                        "only verified commands are described, the others summarized without their content")
+    p.add_argument("--notify-limit", type=int, metavar="N", default=None,
+                   help="at most N posts per model and kind (action and status) per --notify-window; the rest are "
+                        "summarized in one post when the window ends (default: MLE_NOTIFY_LIMIT, else "
+                        "5; 0: summaries only)")
+    p.add_argument("--notify-window", metavar="DURATION", default=None,
+                   help="the rate limit's window: 10m, 1h, 90s or seconds (default: MLE_NOTIFY_WINDOW, else 10m)")
     _add_metrics_arguments(p, "actuator", ACTUATOR_METRICS_PORT)
 
     p = add("command", "publish a signed command by hand: rollback, promote, set-traffic, approve",
@@ -364,8 +374,9 @@ def _parser() -> argparse.ArgumentParser:
     p = add("status", "show each model's versions, traffic, phase, windows, decisions and timeline",
             textwrap.fill(STATUS_HELP, 100, break_on_hyphens=False) + "\n\n" + STATUS_EXAMPLES)
     p.add_argument("--model", metavar="M", help="only this model")
-    p.add_argument("--topology", "-t", action="append", default=[], metavar="PATH",
-                   help="topology file(s) or directories: their checks' metrics are the ones shown")
+    p.add_argument("--topology", "-t", action="append", required=True, metavar="PATH",
+                   help="topology file(s) or directories: their models are the ones shown (whatever the topics "
+                        "hold), their checks' metrics the ones plotted")
     p.add_argument("--since", metavar="DURATION",
                    help="read only what was published in the last DURATION (30m, 6h, 7d; default: everything the "
                         "topics still hold)")
@@ -433,6 +444,31 @@ def _status_port(flag: int | None) -> int:
     return port
 
 
+def _notify_rate(args: argparse.Namespace) -> tuple[int, float]:
+    """(posts, window in seconds) of the webhook's rate limit, from the flags, else the environment."""
+    from mle_stream.actuator.notify import DEFAULT_LIMIT, DEFAULT_WINDOW_S
+    from mle_stream.core.topology import parse_duration_ms
+
+    raw_limit = args.notify_limit if args.notify_limit is not None else os.environ.get("MLE_NOTIFY_LIMIT", "").strip()
+    raw_window = args.notify_window or os.environ.get("MLE_NOTIFY_WINDOW", "").strip()
+    try:
+        limit = int(raw_limit) if raw_limit != "" else DEFAULT_LIMIT
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise ConfigError(f"--notify-limit / MLE_NOTIFY_LIMIT must be a whole number >= 0 (posts per model and kind "
+                          f"per window; 0: summaries only), got {raw_limit!r}")
+    try:
+        window_s = (parse_duration_ms(raw_window + "s" if raw_window[-1].isdigit() else raw_window) / 1000
+                    if raw_window else DEFAULT_WINDOW_S)
+    except ValueError:
+        window_s = 0.0
+    if window_s <= 0:
+        raise ConfigError(f"--notify-window / MLE_NOTIFY_WINDOW must be a duration > 0 such as 10m, 1h or 90s, "
+                          f"got {raw_window!r}")
+    return limit, window_s
+
+
 def _wait_for_signal() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -462,35 +498,40 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.core.topology import load_topologies
     from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
     from mle_stream.stream.app import run_worker
+    from mle_stream.telemetry import WorkerMetrics
+    from mle_stream.verification import verifier_for
 
     from mle_stream.aliases import resolve_with_mlflow
     from mle_stream.health import WorkerHealth
-    from mle_stream.keys import signer_from_settings, verifier_from_settings
+    from mle_stream.keys import signer_from_settings
 
     metrics_port = _metrics_port(args, settings, WORKER_METRICS_PORT)
     status_port = _status_port(args.status_port)
     health = WorkerHealth.from_env(settings.checkpoint_interval_s)
     topologies = resolve_with_mlflow(load_topologies(args.topology), settings.mlflow_tracking_uri)
-    signer_from_settings(settings), verifier_from_settings(settings)  # a key problem fails here, not in Faust
+    signer_from_settings(settings)  # a key problem fails here, not in Faust
+    verify = verifier_for(settings)  # also: no key to verify with, no worker
+    metrics = WorkerMetrics()
     with bootstrap_servers(settings) as bootstrap:
         wait_for_broker(bootstrap)
         ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
-        logging.getLogger("mle_stream").info("worker for %s on %s", ", ".join(sorted(topologies)), bootstrap)
+        logging.getLogger("mle_stream").info("worker for %s on %s", ", ".join(sorted(topologies)),
+                                             redact_servers(bootstrap))
         if status_port:
             from mle_stream.status.server import start_status_page
 
             start_status_page(bootstrap, settings.topics, {name: [c.metric for c in t.checks]
                                                            for name, t in topologies.items()},
-                              status_port, args.status_bind, health=health)
+                              status_port, args.status_bind, health=health, verify=verify, metrics=metrics)
         run_worker(settings, bootstrap, topologies, loglevel=args.log_level, metrics_port=metrics_port,
-                   metrics_bind=_metrics_bind(args), health=health)
+                   metrics_bind=_metrics_bind(args), health=health, metrics=metrics)
     return 0
 
 
 def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.actuator.backends import build_routing
     from mle_stream.actuator.mlflow_registry import MlflowRegistry
-    from mle_stream.actuator.notify import notifier_for
+    from mle_stream.actuator.notify import CountingUnverified, notifier_for
     from mle_stream.actuator.runner import run_actuator_loop
     from mle_stream.actuator.service import Actuator
     from mle_stream.core.topology import load_topologies
@@ -498,14 +539,21 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
     from mle_stream.keys import verifier_from_settings
     from mle_stream.telemetry import ActuatorMetrics, serve
+    from mle_stream.verification import trusting
 
     metrics_port = _metrics_port(args, settings, ACTUATOR_METRICS_PORT)
     health = ActuatorHealth.from_env()
+    verifier = verifier_from_settings(settings)
+    verify = trusting(verifier)
+    metrics = ActuatorMetrics()
+    limit, window_s = _notify_rate(args)
     try:
-        notifier = notifier_for(args.notify_webhook or settings.notify_webhook)
+        notifier = notifier_for(args.notify_webhook or settings.notify_webhook, verify=verify, limit=limit,
+                                window_s=window_s)
     except ValueError as exc:
         raise ConfigError(f"--notify-webhook / MLE_NOTIFY_WEBHOOK: {exc}") from None
-    verifier = verifier_from_settings(settings)
+    notifier = CountingUnverified(notifier, verify,
+                                  metrics.unverified_commands.labels(settings.topics.commands, "actuator").inc)
     topologies = load_topologies(args.topology)
     routing = build_routing(topologies, args)
     actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), verifier, dry_run=args.dry_run)
@@ -515,7 +563,6 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
         with bootstrap_servers(settings) as bootstrap:
             wait_for_broker(bootstrap)
             ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
-            metrics = ActuatorMetrics()
             serve(metrics.registry, metrics_port, _metrics_bind(args), health)
             run_actuator_loop(actuator, bootstrap, settings.topics, stop, group_id=settings.actuator_group,
                               notifier=notifier, metrics=metrics, health=health)
@@ -719,6 +766,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.status.feed import StatusFeed
     from mle_stream.status.model import StatusBoard
     from mle_stream.status.terminal import render
+    from mle_stream.verification import verifier_for
 
     if not settings.bootstrap_servers:  # an embedded broker started for this would hold nothing
         raise ConfigError("MLE_BOOTSTRAP_SERVERS is not set: give the Kafka the worker and the actuator use")
@@ -730,20 +778,24 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             since_ms = int(time.time() * 1000) - parse_duration_ms(args.since)
         except ValueError as exc:
             raise ConfigError(f"--since: {exc}") from None
-    topologies = load_topologies(args.topology) if args.topology else {}
-    board = StatusBoard({name: [c.metric for c in t.checks] for name, t in topologies.items()})
+    verify = verifier_for(settings)  # without the key no command could be shown: say so now
+    topologies = load_topologies(args.topology)
+    board = StatusBoard({name: [c.metric for c in t.checks] for name, t in topologies.items()}, verify=verify)
     feed = StatusFeed(settings.bootstrap_servers, settings.topics, board, since_ms=since_ms)
     try:
         print(f"reading {settings.topics.metrics}, {settings.topics.drift}, {settings.topics.commands} and "
-              f"{settings.topics.rollout_events} on {settings.bootstrap_servers} ...", file=sys.stderr, flush=True)
+              f"{settings.topics.rollout_events} on {redact_servers(settings.bootstrap_servers)} ...", file=sys.stderr,
+              flush=True)
         started = time.monotonic()
         read = feed.read_to_end()
+        left_off = "".join(f", {n} {reason.replace('_', ' ')} left off" for reason, n in board.ignored.items())
         print(f"read {read} messages in {time.monotonic() - started:.1f} s"
-              + (f", {feed.skipped} unreadable skipped" if feed.skipped else ""), file=sys.stderr, flush=True)
+              + (f", {feed.skipped} unreadable skipped" if feed.skipped else "") + left_off, file=sys.stderr,
+              flush=True)
         while True:
             data = board.to_json(args.model)
             if args.model and not data["models"] and not args.follow:
-                print(f"mle-stream status: nothing published for model {args.model!r} (models seen: "
+                print(f"mle-stream status: model {args.model!r} is not in the topologies (they name: "
                       f"{', '.join(board.models()) or 'none'})", file=sys.stderr)
                 return 1
             if args.json:
@@ -785,7 +837,7 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
         print(f"wrote {args.output}: {profile.summary()}")
     if args.log_to_mlflow:
         uri = log_to_mlflow(profile, settings.mlflow_tracking_uri)
-        print(f"stored in MLflow at {settings.mlflow_tracking_uri}: {uri} "
+        print(f"stored in MLflow at {redact_uri(settings.mlflow_tracking_uri)}: {uri} "
               f"(tag mle_stream.reference_profile on {args.model} version {args.version})")
     return 0
 

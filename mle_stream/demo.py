@@ -35,6 +35,7 @@ from mle_stream.core.topology import Topology, load_topology
 from mle_stream.errors import ConfigError
 from mle_stream.kafka import bootstrap_servers, consumer_config, ensure_topics
 from mle_stream.keys import generate_key_pair
+from mle_stream.redact import redact_servers, redact_uri
 
 
 def default_topology() -> Path:
@@ -268,7 +269,7 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
     with contextlib.ExitStack() as stack:
         bootstrap = stack.enter_context(bootstrap_servers(settings))
         ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
-        timeline.say(f"broker ready at {bootstrap}; workdir {workdir}")
+        timeline.say(f"broker ready at {redact_servers(bootstrap)}; workdir {workdir}")
 
         versions = register_demo_versions(tracking_uri, model, 2, workdir / "mlartifacts")
         if versions != [base_v, cand_v]:
@@ -280,7 +281,7 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
                                 service_template=topology.routing.service,
                                 namespace=topology.routing.namespace, gateway=topology.routing.gateway)
         routing.init_route(model, {base_v: 90, cand_v: 10})
-        timeline.say(f"MLflow {tracking_uri}: {model} v{base_v} = champion, v{cand_v} = challenger; "
+        timeline.say(f"MLflow {redact_uri(tracking_uri)}: {model} v{base_v} = champion, v{cand_v} = challenger; "
                      f"route {topology.routing.manifest.format(model=model)} committed with v{base_v} 90%, v{cand_v} 10%")
 
         # The caller's own keys would be mixed in otherwise (MLE_SIGNING_KEY next to the key file is an error).

@@ -29,6 +29,7 @@ from mle_stream.config import missing_sqlite_store
 from mle_stream.core.drift.profile import ReferenceProfile, build_profile
 from mle_stream.core.topology import Topology
 from mle_stream.errors import MleStreamError
+from mle_stream.redact import redact_text, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -230,13 +231,14 @@ def log_to_mlflow(profile: ReferenceProfile, tracking_uri: str, registry_uri: st
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    where = f"MLflow at {registry_uri or tracking_uri}"
+    where = f"MLflow at {redact_uri(registry_uri or tracking_uri)}"
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
     model, version = profile.model, profile.version
     try:
         found = client.get_model_version(model, version)
     except MlflowException as exc:
-        raise ProfileError(f"{where}: model {model!r} version {version!r} not found: {exc.message}") from exc
+        raise ProfileError(f"{where}: model {model!r} version {version!r} not found: "
+                           f"{redact_text(exc.message, tracking_uri, registry_uri or '')}") from exc
     if not found.run_id:
         raise ProfileError(f"{where}: model {model!r} version {version!r} was not registered from a run, so there "
                            "is no run to store the profile in; register versions from a run")
@@ -247,7 +249,7 @@ def log_to_mlflow(profile: ReferenceProfile, tracking_uri: str, registry_uri: st
         client.set_model_version_tag(model, version, PROFILE_TAG, uri)
     except MlflowException as exc:
         raise ProfileError(f"{where}: could not store the profile of model {model!r} version {version!r}: "
-                           f"{exc.message}") from exc
+                           f"{redact_text(exc.message, tracking_uri, registry_uri or '')}") from exc
     return uri
 
 
@@ -264,11 +266,13 @@ def load_from_mlflow(model: str, version: str | int, tracking_uri: str | None = 
 
     version = str(version)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
-    where = f"MLflow at {registry_uri or tracking_uri or mlflow.get_tracking_uri()}"
+    uris = (tracking_uri or mlflow.get_tracking_uri(), registry_uri or "")
+    where = f"MLflow at {redact_uri(registry_uri or uris[0])}"
     try:
         found = client.get_model_version(model, version)
     except MlflowException as exc:
-        raise ProfileError(f"{where}: model {model!r} version {version!r} not found: {exc.message}") from exc
+        raise ProfileError(f"{where}: model {model!r} version {version!r} not found: "
+                           f"{redact_text(exc.message, *uris)}") from exc
     uri = (found.tags or {}).get(PROFILE_TAG)
     if not uri:
         raise ProfileError(f"{where}: model {model!r} version {version!r} has no reference profile (no tag "
@@ -286,7 +290,7 @@ def load_from_mlflow(model: str, version: str | int, tracking_uri: str | None = 
     except (MlflowException, OSError) as exc:
         message = exc.message if isinstance(exc, MlflowException) else str(exc)
         raise ProfileError(f"{where}: could not read {uri} (profile of model {model!r} version {version!r}): "
-                           f"{message}") from exc
+                           f"{redact_text(message, *uris)}") from exc
     try:
         profile = ReferenceProfile.from_json(text)
     except ValueError as exc:

@@ -46,6 +46,15 @@ class _Metrics:
     def _histogram(self, name: str, help_text: str, buckets: Sequence[float], *labels: str) -> Histogram:
         return Histogram(name, help_text, labels, registry=self.registry, buckets=buckets)
 
+    def _unverified_commands(self) -> Counter:
+        # One name in both roles, so one query sums the whole deployment; the model a forged command
+        # names is never a label (the forger would choose the label set).
+        return self._counter(
+            "mle_stream_unverified_commands", "Commands that failed signature verification and were not shown, "
+            "acted on or notified, by the topic they were read from and the component that read them (worker: an "
+            "APPROVE, dead-lettered; status: the status page's feed, skipped; actuator: rejected)", "topic",
+            "component")
+
 
 class WorkerMetrics(_Metrics):
     """The worker's metrics."""
@@ -102,6 +111,12 @@ class WorkerMetrics(_Metrics):
             "mle_stream_checkpoint_seconds", "Time of one checkpoint round that wrote at least one partition, in "
             "seconds (output flush, snapshot, encoding and writing of every partition due; waiting for a batch in "
             "progress included)", (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0))
+        self.unverified_commands = self._unverified_commands()
+        self.status_ignored = self._counter(
+            "mle_stream_status_ignored_records", "Records the status page's feed read and left off the page, by topic "
+            "and reason (unknown_model: a model no topology names; unmatched: a rollout event of no verified command "
+            "seen; version_limit: a version beyond a model's limit; undecodable); forged commands are counted in "
+            "mle_stream_unverified_commands", "topic", "reason")
 
     def observe_batch(self, messages: Sequence[Incoming], outs: Sequence[Outgoing], tally: Tally,
                       seconds: float) -> None:
@@ -119,6 +134,8 @@ class WorkerMetrics(_Metrics):
             (self.predictions if kind == "predictions" else self.labels).labels(model).inc(count)
         for (topic, reason), count in tally.dead_letters.items():
             self.dead_letters.labels(topic, reason).inc(count)
+            if reason == "unsigned":  # processor.UNSIGNED: an APPROVE that does not verify
+                self.unverified_commands.labels(topic, "worker").inc(count)
         for (model, verdict), count in tally.verdicts.items():
             self.verdicts.labels(model, verdict).inc(count)
         for (model, kind), count in tally.commands.items():
@@ -170,6 +187,7 @@ class ActuatorMetrics(_Metrics):
         self.dead_letters = self._counter(
             "mle_stream_dead_letters", "Messages sent to the dead-letter topic, by the topic they were read from and "
             "reason class (undecodable: not a command)", "topic", "reason")
+        self.unverified_commands = self._unverified_commands()
 
 
 def serve(registry: CollectorRegistry, port: int, bind: str = "0.0.0.0", health: Health | None = None) -> int | None:

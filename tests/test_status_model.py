@@ -1,5 +1,6 @@
 """StatusBoard (mle_stream/status/model.py) from hand-made events: phases, traffic, bounded series,
-the timeline's order, idempotence, and the JSON the page and `mle-stream status` render."""
+the timeline's order, idempotence, the JSON the page and `mle-stream status` render, and what it
+leaves off: forged commands, unknown models, rollout events of no verified command."""
 
 from __future__ import annotations
 
@@ -11,10 +12,22 @@ import pytest
 
 from mle_stream.core.events import (Command, CommandKind, DriftTable, MetricSnapshot, RolloutEvent,
                                     RolloutStatus)
+from mle_stream.core.signing import Signer
+from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.status.model import DEFAULT_WATCHED, StatusBoard
 from mle_stream.status.terminal import render
+from mle_stream.verification import hmac_verifier
 
 M = "fraud-detector"
+KEY = b"status-test-key-0123456789abcdef"  # an HMAC key needs 32 bytes
+SIGNER = Signer(HMAC_KEY_ID, KEY)
+VERIFIER = SIGNER.verifier()
+VERIFY = hmac_verifier(KEY)
+
+
+def new_board(watched: dict[str, list[str]] | None = None, **limits: int) -> StatusBoard:
+    """A board of model M (or `watched`'s models) that trusts commands signed with KEY."""
+    return StatusBoard({M: []} if watched is None else watched, verify=VERIFY, **limits)
 
 
 def snapshot(version: str, start: int, error_rate: float | None, *, role: str = "", status: str = "CLOSED",
@@ -26,13 +39,16 @@ def snapshot(version: str, start: int, error_rate: float | None, *, role: str = 
                           verdict=verdict, status=status)
 
 
-def command(kind: CommandKind, at: int, percent: int = 0, rule: str = "r", command_id: str = "") -> Command:
+def command(kind: CommandKind, at: int, percent: int = 0, rule: str = "r", command_id: str = "",
+            key: bytes | None = KEY, model: str = M) -> Command:
+    """A command signed with `key` (None: unsigned)."""
     traffic = {"1": 100 - percent, "2": percent}
-    return Command(command_id=command_id or f"{kind.value}-{at}", kind=kind, model=M, baseline_version="1",
-                   candidate_version="2", traffic=traffic, reason=f"{kind.value} because", rule=rule,
-                   window_start=at - 5000, window_end=at,
-                   evidence=json.dumps({"windows": [{"verdict": "FAIL", "checks": []}]}),
-                   policy_version="p", issued_at=at)
+    unsigned = Command(command_id=command_id or f"{kind.value}-{at}", kind=kind, model=model, baseline_version="1",
+                       candidate_version="2", traffic=traffic, reason=f"{kind.value} because", rule=rule,
+                       window_start=at - 5000, window_end=at,
+                       evidence=json.dumps({"windows": [{"verdict": "FAIL", "checks": []}]}),
+                       policy_version="p", issued_at=at)
+    return unsigned if key is None else Signer(HMAC_KEY_ID, key).sign(unsigned)
 
 
 def event(cmd: Command, at: int, status: RolloutStatus = RolloutStatus.APPLIED,
@@ -52,7 +68,7 @@ def test_the_model_module_is_pure() -> None:
 
 
 def test_series_keep_judged_whole_version_windows_and_revisions_replace() -> None:
-    board = StatusBoard({M: ["error_rate"]})
+    board = new_board({M: ["error_rate"]})
     board.apply(snapshot("1", 0, 0.08))
     board.apply(snapshot("2", 0, 0.10, verdict="PASS"))
     board.apply(snapshot("2", 5000, 0.5, status="OPEN"))  # partial: not plotted
@@ -70,7 +86,7 @@ def test_series_keep_judged_whole_version_windows_and_revisions_replace() -> Non
 
 
 def test_series_are_bounded_to_the_last_windows() -> None:
-    board = StatusBoard(max_windows=5)
+    board = new_board(max_windows=5)
     for i in range(12):
         board.apply(snapshot("2", i * 5000, 0.1))
     windows = board.to_json()["models"][0]["versions"][0]["windows"]
@@ -79,7 +95,7 @@ def test_series_are_bounded_to_the_last_windows() -> None:
 
 
 def test_drift_series_take_max_psi_and_drifted_share() -> None:
-    board = StatusBoard()
+    board = new_board()
     board.apply(DriftTable(model=M, version="2", role="candidate", window_start=0, window_end=5000, status="CLOSED",
                            reference="baseline window", features={"amount": {"psi": 0.3, "drifted": True},
                                                                   "hour": {"psi": 0.02, "drifted": False}},
@@ -91,7 +107,7 @@ def test_drift_series_take_max_psi_and_drifted_share() -> None:
 
 
 def test_phases_follow_commands_and_the_actuator_reports() -> None:
-    board = StatusBoard()
+    board = new_board()
     step = command(CommandKind.SET_TRAFFIC, 10_000, 25)
     step50 = command(CommandKind.SET_TRAFFIC, 22_000, 50)
     rollback = command(CommandKind.ROLLBACK, 40_000, 0)
@@ -119,7 +135,7 @@ def test_phases_follow_commands_and_the_actuator_reports() -> None:
 
 
 def test_promotion_and_traffic_from_the_last_applied_event_only() -> None:
-    board = StatusBoard()
+    board = new_board()
     step = command(CommandKind.SET_TRAFFIC, 10_000, 10)
     board.apply(step)
     board.apply(event(step, 11_000, RolloutStatus.DRY_RUN))
@@ -133,7 +149,7 @@ def test_promotion_and_traffic_from_the_last_applied_event_only() -> None:
 
 
 def test_timeline_is_in_time_order_and_duplicates_count_once() -> None:
-    board = StatusBoard(max_timeline=4)
+    board = new_board(max_timeline=4)
     a = command(CommandKind.SET_TRAFFIC, 10_000, 10)
     b = command(CommandKind.ROLLBACK, 30_000)
     board.apply(b)
@@ -152,14 +168,14 @@ def test_timeline_is_in_time_order_and_duplicates_count_once() -> None:
 
 
 def test_to_json_for_one_model_and_the_terminal_tables() -> None:
-    board = StatusBoard({M: ["error_rate"]})
+    board = new_board({M: ["error_rate"]})
     for i in range(3):
         board.apply(snapshot("1", i * 5000, 0.08))
         board.apply(snapshot("2", i * 5000, 0.2, verdict="FAIL"))
     rollback = command(CommandKind.ROLLBACK, 20_000)
     board.apply(rollback)
     board.apply(event(rollback, 21_000))
-    assert board.to_json("other") == {"models": [], "events_applied": 8}
+    assert board.to_json("other") == {"models": [], "events_applied": 8, "ignored": {}}
     text = render(board.to_json(M))
     assert f"== {M}: rolled back ==" in text
     assert "0.08 | 0.2" in text and "FAIL" in text
@@ -169,6 +185,8 @@ def test_to_json_for_one_model_and_the_terminal_tables() -> None:
 
 def test_bad_parameters_and_events_are_refused() -> None:
     with pytest.raises(ValueError):
-        StatusBoard(max_windows=0)
+        new_board(max_windows=0)
+    with pytest.raises(ValueError):
+        new_board(max_versions=0)
     with pytest.raises(TypeError):
-        StatusBoard().apply("not an event")  # type: ignore[arg-type]
+        new_board().apply("not an event")  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """The worker's live status page in a real browser: headless Chromium (Debian's `chromium` package)
 loads it while `mle-stream demo` runs, after the rollback; the plots, the decision and the
-timeline's rollback entry must be in the DOM the page's own JavaScript built. The screenshot is
-kept as a test artifact: test-artifacts/status-page.png at the top of the repository."""
+timeline's rollback entry must be in the DOM the page's own JavaScript built, and none of the forged
+commands published meanwhile. The screenshot is kept as a test artifact:
+test-artifacts/status-page.png at the top of the repository."""
 
 from __future__ import annotations
 
@@ -21,8 +22,14 @@ from typing import Any
 
 import pytest
 
+from confluent_kafka import Producer
+
 from conftest import topic_env
+from mle_stream import codec
 from mle_stream.config import Topics
+from mle_stream.core.events import Command, CommandKind
+from mle_stream.core.signing import Signer
+from mle_stream.keys import HMAC_KEY_ID
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -92,6 +99,26 @@ def rolled_back_with_plots(status: dict[str, Any]) -> bool:
     return False
 
 
+FORGED = 500
+
+
+def publish_forgeries(bootstrap: str, topics: Topics) -> None:
+    """Commands the page must not show: an unsigned APPROVE and a PROMOTE signed with another key of
+    the demo's model, and PROMOTEs of FORGED made-up models."""
+    def forged(model: str, kind: CommandKind, i: int) -> Command:
+        return Command(command_id=f"forged-{i}", kind=kind, model=model, baseline_version="1", candidate_version="2",
+                       traffic={"1": 0, "2": 100}, reason="forged", rule="forged", window_start=0, window_end=1,
+                       evidence="{}", policy_version="p", issued_at=int(time.time() * 1000))
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    commands = [forged("fraud-detector", CommandKind.APPROVE, -1),
+                FORGER.sign(forged("fraud-detector", CommandKind.PROMOTE, -2))]
+    commands += [forged(f"forged-model-{i}", CommandKind.PROMOTE, i) for i in range(FORGED)]
+    for c in commands:
+        producer.produce(topics.commands, key=c.model.encode(), value=codec.encode_command(c))
+    assert producer.flush(10) == 0
+
+
 def test_status_page_shows_plots_decisions_and_the_rollback(tmp_path: Path, kafka_bootstrap: str,
                                                              topics: Topics) -> None:
     browser = chromium()  # before the demo: a missing browser fails at once, saying how to install it
@@ -114,9 +141,11 @@ def test_status_page_shows_plots_decisions_and_the_rollback(tmp_path: Path, kafk
                          None)
             if url is None and found:
                 url = found
+                publish_forgeries(kafka_bootstrap, topics)
             if url is not None:
                 try:
-                    if rolled_back_with_plots(api_status(url)):
+                    status = api_status(url)
+                    if rolled_back_with_plots(status) and status["ignored"].get("unverified", 0) >= FORGED + 2:
                         break
                 except OSError:
                     pass  # the worker is still starting its page
@@ -140,6 +169,9 @@ def test_status_page_shows_plots_decisions_and_the_rollback(tmp_path: Path, kafk
         assert "ROLLBACK" in page.decisions
         kinds = {(t["data-timeline-kind"], t.get("data-source"), t.get("data-status")) for t in page.timeline}
         assert ("ROLLBACK", "command", "") in kinds and ("ROLLBACK", "rollout-event", "APPLIED") in kinds
+        assert "APPROVE" not in page.decisions and "PROMOTE" not in page.decisions
+        assert not {k for k, _, _ in kinds} & {"APPROVE", "PROMOTE"}
+        assert "forged-" not in dom.stdout and f"left off: {FORGED + 2} unverified" in dom.stdout
 
         shot = tmp_path / "status-page.png"
         result = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",

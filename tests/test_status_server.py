@@ -11,9 +11,8 @@ import pytest
 
 from mle_stream.core.events import CommandKind
 from mle_stream.errors import ConfigError
-from mle_stream.status.model import StatusBoard
 from mle_stream.status.server import serve_status
-from test_status_model import M, command, snapshot
+from test_status_model import M, command, new_board, snapshot
 
 
 def get(url: str) -> tuple[int, str, bytes]:
@@ -25,9 +24,10 @@ def get(url: str) -> tuple[int, str, bytes]:
 
 
 def test_page_api_and_errors() -> None:
-    board, lock = StatusBoard(), threading.Lock()
+    board, lock = new_board(), threading.Lock()
     board.apply(snapshot("1", 0, 0.1))
     board.apply(command(CommandKind.ROLLBACK, 10_000))
+    board.apply(command(CommandKind.PROMOTE, 11_000, 100, key=None))  # forged: left off, counted
     server = serve_status(board, lock, 0)
     try:
         code, kind, body = get(server.url)
@@ -35,7 +35,9 @@ def test_page_api_and_errors() -> None:
         assert b"<script>" in body and b"http://" not in body.replace(b"http://www.w3.org", b"")  # no CDN
         code, kind, body = get(server.url + "api/status")
         assert code == 200 and kind == "application/json"
-        assert json.loads(body)["models"][0]["phase"] == "rolling back"
+        data = json.loads(body)
+        assert data["models"][0]["phase"] == "rolling back" and data["ignored"] == {"unverified": 1}
+        assert [d["kind"] for d in data["models"][0]["decisions"]] == ["ROLLBACK"]
         with lock:
             board.apply(snapshot("2", 0, 0.3))  # the next poll sees it
         assert len(json.loads(get(server.url + f"api/status?model={M}")[2])["models"][0]["versions"]) == 2
@@ -50,7 +52,7 @@ def test_page_api_and_errors() -> None:
 def test_healthz_answers_the_workers_liveness_when_given_it() -> None:
     from mle_stream.health import WorkerHealth
 
-    board, lock = StatusBoard(), threading.Lock()
+    board, lock = new_board(), threading.Lock()
     health = WorkerHealth(checkpoint_max_age_s=90)
     plain, watched = serve_status(board, lock, 0), serve_status(board, lock, 0, health=health)
     try:

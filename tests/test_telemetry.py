@@ -31,7 +31,7 @@ from mle_stream.actuator.runner import run_actuator_loop
 from mle_stream.actuator.service import Actuator
 from mle_stream.broker import free_port
 from mle_stream.config import Settings, Topics
-from mle_stream.core.events import CommandKind, Label, Prediction
+from mle_stream.core.events import Command, CommandKind, Label, Prediction
 from mle_stream.core.signing import Signer
 from mle_stream.core.topology import parse_topology
 from mle_stream.errors import ConfigError
@@ -184,6 +184,20 @@ def test_a_hold_the_timer_emits_is_counted_with_its_message() -> None:
     assert by_label(got, "mle_stream_commands_emitted_total", "kind") == {"HOLD": 1}
     assert value(got, "mle_stream_output_messages_total", topic=TOPICS.commands) == 1
     assert value(got, "mle_stream_batch_seconds_count") == 1  # the tick is no batch
+
+
+def test_forged_approvals_are_counted_as_unverified_commands_without_their_model() -> None:
+    w = Worker()
+    for i in range(50):
+        forged = Command(command_id=f"f{i}", kind=CommandKind.APPROVE, model=f"forged-{i}", baseline_version="1",
+                         candidate_version="2", traffic={"1": 50, "2": 50}, reason="trust me", rule="r",
+                         window_start=0, window_end=1, evidence="{}", policy_version="p", issued_at=1)
+        w.batch([Incoming(TOPICS.commands, 0, i, codec.encode_command(FORGER.sign(forged) if i % 2 else
+                                                                      forged))])
+    got = samples(w.metrics.registry)
+    assert value(got, "mle_stream_unverified_commands_total", topic=TOPICS.commands, component="worker") == 50
+    assert value(got, "mle_stream_dead_letters_total", topic=TOPICS.commands, reason="unsigned") == 50
+    assert not any("forged" in v for _, labels in got for _, v in labels)
 
 
 def test_a_window_without_a_value_exposes_nan_and_other_versions_no_gauge() -> None:
@@ -410,7 +424,7 @@ def test_redeliveries_of_a_command_failing_on_transient_errors_are_counted(kafka
         kwargs={"group_id": f"g-{uuid.uuid4().hex[:8]}", "redeliver": Backoff(1, 0.2, 0.4), "metrics": metrics})
     thread.start()
     producer = Producer(producer_config(kafka_bootstrap))
-    producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(SIGNER.sign(rollback("outage"))))
+    producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(FORGER.sign(rollback("outage"))))
     producer.flush(10)
     try:
         deadline = time.monotonic() + 30

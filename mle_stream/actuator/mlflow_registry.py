@@ -35,6 +35,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 
 from mle_stream.errors import ActuationError
+from mle_stream.redact import redact_text, redact_uri
 from mle_stream.retry import Backoff, RetriesExhausted, retrying
 
 log = logging.getLogger(__name__)
@@ -181,25 +182,30 @@ class MlflowRegistry:
         found = self._call(f"read tags of model {model!r}", lambda: self._client.get_registered_model(model))
         return dict(found.tags or {})
 
+    def _describe(self, exc: BaseException) -> str:
+        # MLflow's messages repeat the URI they were given, credentials and all.
+        return redact_text(_describe(exc), self.tracking_uri, self.registry_uri)
+
     def _call(self, what: str, action: Callable[[], T]) -> T:
         """Run one registry call, again after transient failures; ActuationError naming `what` otherwise."""
         def transient(exc: Exception) -> str | None:
             if not isinstance(exc, (MlflowException, requests.exceptions.RequestException)):
                 return None
             if not is_transient(exc):
-                raise ActuationError(f"MLflow registry {self.registry_uri}: could not {what}: {_describe(exc)}") from exc
-            return _describe(exc)
+                raise ActuationError(f"MLflow registry {redact_uri(self.registry_uri)}: could not {what}: "
+                                     f"{self._describe(exc)}") from exc
+            return self._describe(exc)
 
         def on_retry(attempt: int, why: str, delay: float) -> None:
             log.warning("MLflow registry %s: could not %s (attempt %d of %d: %s); retrying in %.1f s",
-                        self.registry_uri, what, attempt, self.backoff.attempts, why, delay)
+                        redact_uri(self.registry_uri), what, attempt, self.backoff.attempts, why, delay)
 
         try:
             return retrying(action, self.backoff, transient, on_retry, self._sleep)
         except RetriesExhausted as exc:
             raise ActuationError(
-                f"MLflow registry {self.registry_uri}: could not {what}: {exc.attempts} attempts failed over "
-                f"{exc.elapsed_s:.1f} s (MLflow unreachable, timing out or overloaded); last error: {exc.last}",
+                f"MLflow registry {redact_uri(self.registry_uri)}: could not {what}: {exc.attempts} attempts failed "
+                f"over {exc.elapsed_s:.1f} s (MLflow unreachable, timing out or overloaded); last error: {exc.last}",
                 transient=True,
             ) from exc.__cause__
 
@@ -217,7 +223,7 @@ def register_demo_versions(tracking_uri: str, model: str, n_versions: int, artif
     if n_versions < 1:
         raise ValueError(f"n_versions must be >= 1, got {n_versions}")
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    where = f"MLflow at {tracking_uri}"
+    where = f"MLflow at {redact_uri(tracking_uri)}"
     try:
         experiment = client.get_experiment_by_name("mle-stream-demo")
         if experiment is None:
@@ -244,6 +250,7 @@ def register_demo_versions(tracking_uri: str, model: str, n_versions: int, artif
             )
             versions.append(str(created.version))
     except MlflowException as exc:
-        raise ActuationError(f"{where}: could not register demo versions of model {model!r}: {exc.message}") from exc
-    log.info("registered versions %s of %s in %s", versions, model, tracking_uri)
+        raise ActuationError(f"{where}: could not register demo versions of model {model!r}: "
+                             f"{redact_text(exc.message, tracking_uri)}") from exc
+    log.info("registered versions %s of %s in %s", versions, model, redact_uri(tracking_uri))
     return versions

@@ -7,6 +7,12 @@ after that time: the read starts at offsets_for_times' offset, and older message
 well, since the embedded broker answers offsets_for_times with offset 0 whatever the time), so every reader sees the whole history the topics still hold, and any number of status
 pages and `mle-stream status` runs can read side by side without disturbing each other or the
 actuator. The board keeps bounded series, so a long history costs read time, not memory.
+
+What the board leaves off (forged commands, records of models no topology names) and what cannot
+be decoded is counted through `on_ignored(topic, reason, n)` (the worker's Prometheus metrics) and
+skipped, not dead-lettered: the feed is one of any number of readers that commit nothing, so a
+dead letter from each would repeat every message once per reader and per restart; the worker and the
+actuator, which consume the commands topic, dead-letter or reject what they cannot verify.
 """
 
 from __future__ import annotations
@@ -27,13 +33,16 @@ from mle_stream.status.model import StatusBoard, StatusEvent
 
 log = logging.getLogger(__name__)
 
+UNDECODABLE = "undecodable"
+
 
 class StatusFeed:
     """Feeds `board` (under `lock`) from the four output topics; see the module docstring."""
 
     def __init__(self, bootstrap: str, topics: Topics, board: StatusBoard, lock: threading.Lock | None = None,
-                 since_ms: int | None = None) -> None:
+                 since_ms: int | None = None, on_ignored: Callable[[str, str, int], None] | None = None) -> None:
         self.board = board
+        self._on_ignored = on_ignored or (lambda topic, reason, n: None)
         self.lock = lock or threading.Lock()
         self._decoders: dict[str, Callable[[bytes], StatusEvent]] = {
             topics.metrics: codec.decode_metric_snapshot, topics.drift: codec.decode_drift_table,
@@ -68,7 +77,8 @@ class StatusFeed:
     def poll(self, timeout_s: float = 0.5) -> int:
         """Read what is there (waiting up to `timeout_s`) into the board; returns messages read."""
         messages = self._consumer.consume(num_messages=500, timeout=timeout_s)
-        decoded: list[StatusEvent] = []
+        decoded: list[tuple[int, str, StatusEvent]] = []
+        unreadable: dict[str, list[str]] = {}  # topic -> where and why, logged once per batch
         for message in messages:
             if message.error() is not None:
                 log.warning("status: consumer error: %s", message.error())
@@ -77,14 +87,27 @@ class StatusFeed:
             if self._since_ms is not None and message.timestamp()[1] < self._since_ms:
                 continue  # the embedded broker answers offsets_for_times with offset 0: filter here too
             try:
-                decoded.append(self._decoders[topic](message.value() or b""))
+                decoded.append((message.timestamp()[1], topic, self._decoders[topic](message.value() or b"")))
             except (InvalidEvent, KeyError) as exc:
                 self.skipped += 1
-                log.warning("status: skipped the unreadable message at %s[%s]@%s: %s", topic, message.partition(),
-                            message.offset(), exc)
+                unreadable.setdefault(topic, []).append(f"{topic}[{message.partition()}]@{message.offset()}: {exc}")
+        for topic, problems in unreadable.items():
+            # One line per topic and batch: anyone can write garbage to a topic, and a line per
+            # message would flood the log as well.
+            self._on_ignored(topic, UNDECODABLE, len(problems))
+            log.warning("status: skipped %d unreadable message(s), the first at %s", len(problems), problems[0])
+        # In time order: a command before the rollout events reporting it, so fewer have to wait for it.
+        decoded.sort(key=lambda item: item[0])
+        ignored: list[tuple[str, str, int]] = []
         with self.lock:
-            for event in decoded:
+            for _, topic, event in decoded:
+                before = self.board.ignored
                 self.board.apply(event)
+                # By difference, not apply's result: a rollout event may push waiting ones out as well.
+                ignored += [(topic, reason, n - before.get(reason, 0)) for reason, n in self.board.ignored.items()
+                            if n != before.get(reason, 0)]
+        for topic, reason, n in ignored:
+            self._on_ignored(topic, reason, n)
         return len(messages)
 
     def read_to_end(self, idle_s: float = 1.0, timeout_s: float = 60.0) -> int:

@@ -10,6 +10,20 @@ and a timeline of commands and rollout events. No I/O: the status page's feed an
 Everything is idempotent per key, since a worker republishes after a restart (README: Outputs
 after a restart): a window is keyed by its start (a REVISED snapshot replaces the CLOSED one), a
 command by its id, a rollout event by its id.
+
+What reaches the board is chosen by trust, not by what the messages say
+(docs/status-and-notifications-trust.md):
+
+- the models are the topologies' (`watched`), fixed at construction: a record of any other model is
+  counted and left off, so no message can add a model;
+- a command is shown only when the injected `verify` accepts it (a forged APPROVE or PROMOTE must
+  not move the phase or appear as a decision); the rest are counted;
+- a rollout event is not signed, so it is shown only as the report of a verified command the board
+  has seen. One read before its command (another topic) waits for it, in a bounded buffer; a
+  REJECTED one does not wait, since that is what the actuator publishes for every forged command
+  and a flood of them must not push real reports out of the buffer. One that never matches is never
+  shown;
+- each model holds at most `max_versions` versions: metric snapshots are not signed either.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 from mle_stream.core.events import Command, CommandKind, DriftTable, MetricSnapshot, RolloutEvent, RolloutStatus
 
@@ -28,6 +42,14 @@ DEFAULT_WATCHED = ("error_rate", "accuracy", "latency_p99_ms")
 MAX_WINDOWS = 500
 MAX_DECISIONS = 100
 MAX_TIMELINE = 300
+MAX_VERSIONS = 20
+_SEEN_COMMANDS = 10  # verified command ids remembered per model, in multiples of max_decisions
+
+# Why apply() left an event off the board (the feed counts these per topic).
+UNVERIFIED = "unverified"
+UNKNOWN_MODEL = "unknown_model"
+VERSION_LIMIT = "version_limit"
+UNMATCHED = "unmatched"  # a rollout event of no verified command seen (dropped, not waiting)
 _JUDGED = ("CLOSED", "REVISED")  # OPEN snapshots are partial windows: the plots show judged ones only
 
 
@@ -51,14 +73,35 @@ class _Model:
     challenger: str | None = None
     phase: str = "evaluating"
     commands: dict[str, Command] = field(default_factory=dict)  # command_id -> command, in arrival order
+    # Verified command ids, kept longer than `commands`: a late rollout event still finds its command.
+    seen: dict[str, None] = field(default_factory=dict)
     events: dict[str, RolloutEvent] = field(default_factory=dict)
+    unmatched: dict[str, RolloutEvent] = field(default_factory=dict)  # events waiting for their command
     timeline: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Ignored(Exception):
+    """An event the board leaves off, and why (one of the reasons apply() returns)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _bounded_put(series: dict[int, dict[str, Any]], key: int, point: dict[str, Any], limit: int) -> None:
     series[key] = point
     while len(series) > limit:
         del series[min(series)]
+
+
+def _bounded_set(items: dict[Any, Any], key: Any, value: Any, limit: int) -> int:
+    """items[key] = value, dropping the oldest insertions beyond `limit`; returns how many were dropped."""
+    items[key] = value
+    dropped = 0
+    while len(items) > limit:
+        del items[next(iter(items))]
+        dropped += 1
+    return dropped
 
 
 def _finite(value: float | None) -> float | None:
@@ -112,36 +155,49 @@ def event_phase(event: RolloutEvent, command: Command | None) -> str | None:
 class StatusBoard:
     """Per-model status folded from decoded events (see the module docstring).
 
-    `watched` names the metrics to plot per model (a topology's check metrics); others get
-    DEFAULT_WATCHED. `max_windows` bounds each version's metric and drift series."""
+    `watched`: the models shown (the topologies') and the metrics to plot for each (its checks'
+    metrics; DEFAULT_WATCHED when it names none). `verify`: whether a command comes from a trusted
+    signer (mle_stream.verification.verifier_for); it must not raise. `max_windows` bounds each
+    version's metric and drift series, `max_versions` the versions of a model."""
 
-    def __init__(self, watched: Mapping[str, Sequence[str]] | None = None, *, max_windows: int = MAX_WINDOWS,
-                 max_decisions: int = MAX_DECISIONS, max_timeline: int = MAX_TIMELINE) -> None:
-        if max_windows < 1 or max_decisions < 1 or max_timeline < 1:
-            raise ValueError("max_windows, max_decisions and max_timeline must be >= 1")
-        self._watched = {m: tuple(dict.fromkeys(metrics)) for m, metrics in (watched or {}).items()}
+    def __init__(self, watched: Mapping[str, Sequence[str]], *, verify: Callable[[Command], bool],
+                 max_windows: int = MAX_WINDOWS, max_decisions: int = MAX_DECISIONS, max_timeline: int = MAX_TIMELINE,
+                 max_versions: int = MAX_VERSIONS) -> None:
+        if min(max_windows, max_decisions, max_timeline, max_versions) < 1:
+            raise ValueError("max_windows, max_decisions, max_timeline and max_versions must be >= 1")
+        self._verify = verify
         self._max_windows = max_windows
         self._max_decisions = max_decisions
         self._max_timeline = max_timeline
-        self._models: dict[str, _Model] = {}
+        self._max_versions = max_versions
+        self._models = {m: _Model(m, tuple(dict.fromkeys(metrics)) or DEFAULT_WATCHED) for m, metrics in watched.items()}
         self._applied = 0
+        self._ignored: dict[str, int] = {}
 
     @property
     def applied(self) -> int:
         """How many events were folded in (the feed's progress)."""
         return self._applied
 
+    @property
+    def ignored(self) -> dict[str, int]:
+        """Events left off the board, by reason (UNVERIFIED, UNKNOWN_MODEL, VERSION_LIMIT, UNMATCHED: a
+        REJECTED rollout event of no verified command seen, or another one no longer waiting for it)."""
+        return dict(self._ignored)
+
     def models(self) -> list[str]:
         return sorted(self._models)
 
-    def _model(self, name: str) -> _Model:
-        model = self._models.get(name)
-        if model is None:
-            model = self._models[name] = _Model(name, self._watched.get(name) or DEFAULT_WATCHED)
-        return model
+    def _make_room(self, model: _Model, versions: Sequence[str]) -> None:
+        """Raise _Ignored(VERSION_LIMIT) before anything changes when `versions` would not fit."""
+        if len(model.versions) + len(set(versions) - model.versions.keys()) > self._max_versions:
+            raise _Ignored(VERSION_LIMIT)
 
     def _version(self, model: _Model, version: str, role: str = "") -> _Version:
-        state = model.versions.setdefault(version, _Version())
+        state = model.versions.get(version)
+        if state is None:
+            self._make_room(model, [version])
+            state = model.versions[version] = _Version()
         if role and role != state.role:
             state.role = role
             if role == "baseline":
@@ -150,22 +206,36 @@ class StatusBoard:
                 model.candidate = version
         return state
 
-    def apply(self, event: StatusEvent) -> None:
-        """Fold one decoded event in; events of other types raise TypeError."""
-        if isinstance(event, MetricSnapshot):
-            self._snapshot(event)
-        elif isinstance(event, DriftTable):
-            self._drift(event)
-        elif isinstance(event, Command):
-            self._command(event)
-        elif isinstance(event, RolloutEvent):
-            self._rollout_event(event)
-        else:
+    def apply(self, event: StatusEvent) -> str | None:
+        """Fold one decoded event in; returns None, or why it was left off the board (counted in `ignored`,
+        which also counts the waiting rollout events this one pushed out). Other types raise TypeError."""
+        if not isinstance(event, (MetricSnapshot, DriftTable, Command, RolloutEvent)):
             raise TypeError(f"not a status event: {type(event).__name__}")
+        # Verified first: a forged command is counted as forged whatever model it names.
+        if isinstance(event, Command) and not self._verify(event):
+            return self._ignore(UNVERIFIED)
+        model = self._models.get(event.model)
+        if model is None:
+            return self._ignore(UNKNOWN_MODEL)
+        try:
+            if isinstance(event, MetricSnapshot):
+                self._snapshot(model, event)
+            elif isinstance(event, DriftTable):
+                self._drift(model, event)
+            elif isinstance(event, Command):
+                self._command(model, event)
+            else:
+                self._rollout_event(model, event)
+        except _Ignored as exc:
+            return self._ignore(exc.reason)
         self._applied += 1
+        return None
 
-    def _snapshot(self, s: MetricSnapshot) -> None:
-        model = self._model(s.model)
+    def _ignore(self, reason: str) -> str:
+        self._ignored[reason] = self._ignored.get(reason, 0) + 1
+        return reason
+
+    def _snapshot(self, model: _Model, s: MetricSnapshot) -> None:
         version = self._version(model, s.version, s.role)
         if s.segment is not None or s.status not in _JUDGED:
             return
@@ -177,8 +247,7 @@ class StatusBoard:
             "metrics": {k: _finite(v) for k, v in s.metrics.items()},
         }, self._max_windows)
 
-    def _drift(self, d: DriftTable) -> None:
-        model = self._model(d.model)
+    def _drift(self, model: _Model, d: DriftTable) -> None:
         version = self._version(model, d.version, d.role)
         if d.status not in _JUDGED:
             return
@@ -189,33 +258,48 @@ class StatusBoard:
             "drifted": list(d.drifted), "concept_drift": len(d.concept_drift), "status": d.status,
         }, self._max_windows)
 
-    def _command(self, c: Command) -> None:
-        model = self._model(c.model)
+    def _command(self, model: _Model, c: Command) -> None:
         if c.command_id in model.commands:
             return  # re-emitted after a worker restart: same id, nothing new
-        model.commands[c.command_id] = c
-        while len(model.commands) > self._max_decisions:
-            del model.commands[next(iter(model.commands))]
+        self._make_room(model, [c.baseline_version, c.candidate_version])
         self._version(model, c.baseline_version, "baseline")
         self._version(model, c.candidate_version, "candidate")
+        _bounded_set(model.commands, c.command_id, c, self._max_decisions)
+        _bounded_set(model.seen, c.command_id, None, self._max_decisions * _SEEN_COMMANDS)
         self._add_to_timeline(model, {
             "at": c.issued_at, "source": "command", "kind": c.kind.value, "command_id": c.command_id,
             "rule": c.rule, "reason": c.reason, "traffic": dict(c.traffic),
             "window_start": c.window_start, "window_end": c.window_end})
+        for event in [e for e in model.unmatched.values() if e.command_id == c.command_id]:
+            del model.unmatched[event.event_id]
+            try:
+                self._report(model, event)
+            except _Ignored as exc:  # the event's, not this command's: the command is on the board
+                self._ignore(exc.reason)
 
-
-    def _rollout_event(self, e: RolloutEvent) -> None:
-        model = self._model(e.model)
-        if e.event_id in model.events:
+    def _rollout_event(self, model: _Model, e: RolloutEvent) -> None:
+        if e.event_id in model.events or e.event_id in model.unmatched:
             return
-        model.events[e.event_id] = e
-        while len(model.events) > self._max_decisions:
-            del model.events[next(iter(model.events))]
+        if e.command_id in model.seen:
+            self._report(model, e)
+        elif e.status is RolloutStatus.REJECTED:
+            raise _Ignored(UNMATCHED)
+        else:  # read before its command (another topic), or the report of no verified command at all
+            for _ in range(_bounded_set(model.unmatched, e.event_id, e, self._max_decisions)):
+                self._ignore(UNMATCHED)
+
+    def _report(self, model: _Model, e: RolloutEvent) -> None:
+        """The actuator's report `e` of a verified command: traffic, aliases, timeline."""
         if e.status is RolloutStatus.APPLIED and e.route_weights:
-            model.traffic, model.traffic_at = dict(e.route_weights), e.at
+            self._make_room(model, list(e.route_weights))
             for version in e.route_weights:
                 self._version(model, version)
-        if e.status is RolloutStatus.APPLIED:
+        _bounded_set(model.events, e.event_id, e, self._max_decisions)
+        # The last report in time order wins: a report waiting for its command comes in late.
+        if e.status is RolloutStatus.APPLIED and (model.traffic_at is None or e.at >= model.traffic_at):
+            if e.route_weights:
+                model.traffic = dict(e.route_weights)
+            model.traffic_at = e.at
             model.champion, model.challenger = e.champion, e.challenger
         self._add_to_timeline(model, {
             "at": e.at, "source": "rollout-event", "event_id": e.event_id, "kind": e.action, "status": e.status.value,
@@ -275,10 +359,13 @@ class StatusBoard:
         return {"model": name, "phase": m.phase, "baseline": m.baseline, "candidate": m.candidate,
                 "traffic": m.traffic, "traffic_at": m.traffic_at, "champion": m.champion,
                 "challenger": m.challenger, "watched": list(m.watched), "versions": versions,
-                "decisions": sorted(decisions, key=lambda d: d["issued_at"]), "timeline": list(m.timeline)}
+                "decisions": sorted(decisions, key=lambda d: d["issued_at"]), "timeline": list(m.timeline),
+                "unmatched_events": len(m.unmatched)}
 
     def to_json(self, model: str | None = None) -> dict[str, Any]:
         """Plain data for the page's /api/status and `mle-stream status --json`: {"models": [...]},
-        or only `model` (an empty list when it is unknown)."""
+        or only `model` (an empty list when it is unknown). `events_applied` counts the events folded
+        in, `ignored` those left off by reason."""
         names = [n for n in self.models() if model is None or n == model]
-        return {"models": [self.model_json(n) for n in names], "events_applied": self._applied}
+        return {"models": [self.model_json(n) for n in names], "events_applied": self._applied,
+                "ignored": self.ignored}

@@ -15,14 +15,18 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from mle_stream.config import Topics
 from mle_stream.errors import ConfigError
 from mle_stream.health import Health
 from mle_stream.status.feed import StatusFeed
-from mle_stream.status.model import StatusBoard
+from mle_stream.status.model import UNVERIFIED, StatusBoard
+
+if TYPE_CHECKING:
+    from mle_stream.telemetry import WorkerMetrics
+    from mle_stream.verification import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -116,23 +120,36 @@ def serve_status(board: StatusBoard, lock: threading.Lock, port: int, bind: str 
     return _serve(_listen(board, lock, port, bind, health), board, lock, feed)
 
 
-def watched_metrics(checks_by_model: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """The metrics to plot per model: its checks' metrics (a rollback: shorthand is error_rate)."""
-    return {model: list(dict.fromkeys(metrics)) for model, metrics in checks_by_model.items() if metrics}
+def count_ignored(metrics: WorkerMetrics) -> Callable[[str, str, int], None]:
+    """The feed's `on_ignored` counting into the worker's metrics: forged commands in
+    mle_stream_unverified_commands (component "status"), anything else left off the page in
+    mle_stream_status_ignored_records."""
+
+    def count(topic: str, reason: str, n: int) -> None:
+        if reason == UNVERIFIED:
+            metrics.unverified_commands.labels(topic, "status").inc(n)
+        else:
+            metrics.status_ignored.labels(topic, reason).inc(n)
+
+    return count
 
 
 def start_status_page(bootstrap: str, topics: Topics, checks_by_model: Mapping[str, Sequence[str]], port: int,
-                      bind: str = "127.0.0.1", health: Health | None = None) -> StatusServer | None:
-    """The worker's status page: a board fed from the output topics, served on bind:port, its
-    /healthz answering `health`'s liveness. A port in use is logged and gives None: the page must
-    never keep a worker from running."""
-    board = StatusBoard(watched_metrics(checks_by_model))
+                      bind: str = "127.0.0.1", health: Health | None = None, *, verify: Verifier,
+                      metrics: WorkerMetrics | None = None) -> StatusServer | None:
+    """The worker's status page: a board of the topologies' models (`checks_by_model`: each model and
+    its checks' metrics, the ones plotted) fed from the output topics, showing the commands `verify`
+    accepts, served on bind:port, its /healthz answering `health`'s liveness; what it leaves off is
+    counted in `metrics`. A port in use is logged and gives None: the page must never keep a worker
+    from running."""
+    board = StatusBoard(checks_by_model, verify=verify)
     lock = threading.Lock()
     try:
         http = _listen(board, lock, port, bind, health)
     except ConfigError as exc:  # a second worker on this host: it works on, without a page
         log.warning("%s; the worker runs without a status page", exc)
         return None
-    server = _serve(http, board, lock, StatusFeed(bootstrap, topics, board, lock))
+    feed = StatusFeed(bootstrap, topics, board, lock, on_ignored=count_ignored(metrics) if metrics else None)
+    server = _serve(http, board, lock, feed)
     log.info("status page on %s", server.url)
     return server

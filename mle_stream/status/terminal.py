@@ -73,11 +73,22 @@ def render_model(m: Mapping[str, Any], windows: int = LAST_WINDOWS) -> str:
             [_clock(t["at"]), "worker" if t["source"] == "command" else "actuator",
              t["kind"] if t["source"] == "command" else f"{t['status']} {t['kind']}", _traffic(t["traffic"]),
              (t["command_id"] or "")[:12]] for t in timeline]))
+    if m.get("unmatched_events"):
+        out.append(f"\n{m['unmatched_events']} rollout event(s) of no verified command seen: not shown")
     return "\n".join(out)
 
 
+# How `ignored` reasons (StatusBoard.apply) read in a sentence.
+_LEFT_OFF = {"unverified": "unverified command(s)", "unknown_model": "record(s) of models no topology names",
+             "version_limit": "record(s) beyond a model's version limit",
+             "unmatched": "rollout event(s) of no verified command"}
+
+
 def render(status: Mapping[str, Any]) -> str:
-    """Every model of a StatusBoard.to_json() result, one block each."""
-    if not status["models"]:
-        return "no model has published metrics, commands or rollout events yet"
-    return "\n\n".join(render_model(m) for m in status["models"])
+    """Every model of a StatusBoard.to_json() result, one block each, then what was left off."""
+    blocks = [render_model(m) for m in status["models"]] or ["no model to show: the topologies name none"]
+    ignored = status.get("ignored") or {}
+    if ignored:
+        blocks.append("left off (counted, not shown): " + ", ".join(
+            f"{n} {_LEFT_OFF.get(reason, reason)}" for reason, n in sorted(ignored.items())))
+    return "\n\n".join(blocks)

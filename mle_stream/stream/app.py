@@ -283,12 +283,14 @@ def limit_blas_threads(threads: int = 1) -> list[str]:
 
 
 def run_worker(settings: Settings, bootstrap: str, topologies: Mapping[str, Topology], loglevel: str = "info",
-               metrics_port: int = 0, metrics_bind: str = "0.0.0.0", health: WorkerHealth | None = None) -> None:
-    """Run the worker until it is stopped; serve its Prometheus metrics and its probes (`health`,
-    mle_stream.health) on metrics_bind:metrics_port (0: not served)."""
+               metrics_port: int = 0, metrics_bind: str = "0.0.0.0", health: WorkerHealth | None = None,
+               metrics: WorkerMetrics | None = None) -> None:
+    """Run the worker until it is stopped; serve its Prometheus metrics (`metrics`, shared with the
+    status page's feed; new ones by default) and its probes (`health`, mle_stream.health) on
+    metrics_bind:metrics_port (0: not served)."""
     from mle_stream.profiles import profiles_for
 
-    metrics = WorkerMetrics()
+    metrics = metrics if metrics is not None else WorkerMetrics()
     health = health if health is not None else WorkerHealth.from_env(settings.checkpoint_interval_s)
     app, _ = build_app(settings, bootstrap, topologies,
                        profiles=profiles_for(topologies.values(), settings.mlflow_tracking_uri), metrics=metrics,
