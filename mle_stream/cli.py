@@ -114,7 +114,8 @@ ACTUATE_HELP = (
 # the description).
 EXAMPLES = {
     "broker": "examples:\n  mle-stream broker --port 9092\n  export MLE_BOOTSTRAP_SERVERS=127.0.0.1:9092",
-    "worker": "examples:\n  MLE_SIGNING_KEY_FILE=keys/worker.key MLE_VERIFY_KEYS_DIR=keys/ mle-stream worker -t topologies/\n"
+    "worker": "examples:\n  MLE_SIGNING_KEY_FILE=keys/worker.key MLE_VERIFY_KEYS_DIR=keys/ \\\n"
+              "      mle-stream worker -t topologies/\n"
               "  mle-stream --log-format json worker -t topologies/fraud-detector-canary.yaml --status-port 8077",
     "actuator": "examples:\n  mle-stream actuator -t topologies/ --gitops-repo ../gitops\n"
                 "  mle-stream actuator -t topologies/ --kubeconfig ~/.kube/config --dry-run",
@@ -234,7 +235,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--by", metavar="NAME", help="who issues it, recorded in the evidence (default: $USER)")
     p.add_argument("--key-file", type=Path, metavar="FILE",
                    help="your Ed25519 private key (mle-stream keys generate); its key id is the file name without "
-                        "extension unless --key-id says otherwise (default: MLE_SIGNING_KEY_FILE, else MLE_SIGNING_KEY)")
+                        "extension unless --key-id says otherwise (default: MLE_SIGNING_KEY_FILE, else "
+                        "MLE_SIGNING_KEY)")
     p.add_argument("--key-id", metavar="ID", help="the key id to sign under (default: see --key-file)")
     p.add_argument("--out", type=Path, metavar="FILE",
                    help="write the signed command to FILE as JSON instead of publishing it (apply it with "

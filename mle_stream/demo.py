@@ -54,7 +54,9 @@ PREDICTIONS_PER_S = 400
 LABEL_DELAY_S = (0.5, 3.0)
 LABEL_LOSS = 0.05  # share of predictions that never get a label
 DEMO_KEY_ID = "demo-worker"
-_KEY_VARIABLES = ("MLE_SIGNING_KEY", "MLE_SIGNING_KEY_FILE", "MLE_SIGNING_KEY_ID", "MLE_VERIFY_KEYS_DIR", "MLE_VERIFY_KEYS")
+# The demo's components get its own key pair, never the caller's keys (mle_stream/keys.py).
+_KEY_VARIABLES = ("MLE_SIGNING_KEY", "MLE_SIGNING_KEY_FILE", "MLE_SIGNING_KEY_ID", "MLE_VERIFY_KEYS_DIR",
+                  "MLE_VERIFY_KEYS")
 AFTER_ROLLBACK_S = 3.0  # keep traffic flowing this long after the rollback, to show it on v1 only
 
 
@@ -284,10 +286,11 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
         timeline.say(f"MLflow {redact_uri(tracking_uri)}: {model} v{base_v} = champion, v{cand_v} = challenger; "
                      f"route {topology.routing.manifest.format(model=model)} committed with v{base_v} 90%, v{cand_v} 10%")
 
-        # The caller's own keys would be mixed in otherwise (MLE_SIGNING_KEY next to the key file is an error).
+        # Without the caller's keys: MLE_SIGNING_KEY next to the demo's key file would be an error.
         env = {name: value for name, value in os.environ.items() if name not in _KEY_VARIABLES}
         env.update({"MLE_BOOTSTRAP_SERVERS": bootstrap, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1",
-                    "MLE_SIGNING_KEY_FILE": str(keys_dir / f"{DEMO_KEY_ID}.key"), "MLE_VERIFY_KEYS_DIR": str(keys_dir)})
+                    "MLE_SIGNING_KEY_FILE": str(keys_dir / f"{DEMO_KEY_ID}.key"),
+                    "MLE_VERIFY_KEYS_DIR": str(keys_dir)})
         env.update({f"MLE_TOPIC_{name.upper()}": getattr(settings.topics, name)
                     for name in settings.topics.__dataclass_fields__})
         if status_port is None:

@@ -8,9 +8,9 @@ SET_TRAFFIC), or approves the traffic step a rollout is waiting at (APPROVE, top
 A manual command is signed like the worker's, with the operator's own key (`--key-file`, an
 Ed25519 private key whose public half the actuator and the worker list) or the settings' key
 (MLE_SIGNING_KEY_FILE / MLE_SIGNING_KEY), so the actuator treats both alike and its rollout event
-names the key. It expires after MLE_COMMAND_TTL (1 h by default). Its rule is `manual:<kind>` and its window is the instant it was issued
-(window_start = window_end = issued_at), so two separate operator actions get different ids while
-the same command delivered twice is still one id.
+names the key. It expires after MLE_COMMAND_TTL (1 h by default). Its rule is `manual:<kind>` and
+its window is the instant it was issued (window_start = window_end = issued_at), so two separate
+operator actions get different ids while the same command delivered twice is still one id.
 
 The command file is the JSON form of a Command: one JSON object with every field of
 schemas/command.avsc under its wire name; `kind` is the enum's string (e.g. "SET_TRAFFIC"),
@@ -91,8 +91,8 @@ def manual_command(
     percent: int | None = None,
     issued_at: int | None = None,
 ) -> Command:
-    """A command of `kind` issued by `operator` now (or at `issued_at`, epoch ms), signed by `signer`
-(which sets its expiry).
+    """A command of `kind` issued by `operator` now (or at `issued_at`, epoch ms), signed by
+    `signer` (which sets its expiry).
 
     `percent` is the candidate's share for SET_TRAFFIC (1..99) and APPROVE (1..100) and must be
     None otherwise. InvalidEvent names the argument that is wrong.

@@ -29,7 +29,6 @@ from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.core.events import Command, CommandKind
 from mle_stream.core.signing import Signer
-from mle_stream.keys import HMAC_KEY_ID
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -100,6 +99,8 @@ def rolled_back_with_plots(status: dict[str, Any]) -> bool:
 
 
 FORGED = 500
+# Signs under the demo's own key id with another key: a forgery the page must not show.
+FORGER = Signer("demo-worker", b"not the demo's key, the same key id: forged")
 
 
 def publish_forgeries(bootstrap: str, topics: Topics) -> None:

@@ -424,7 +424,7 @@ def test_redeliveries_of_a_command_failing_on_transient_errors_are_counted(kafka
         kwargs={"group_id": f"g-{uuid.uuid4().hex[:8]}", "redeliver": Backoff(1, 0.2, 0.4), "metrics": metrics})
     thread.start()
     producer = Producer(producer_config(kafka_bootstrap))
-    producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(FORGER.sign(rollback("outage"))))
+    producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(SIGNER.sign(rollback("outage"))))
     producer.flush(10)
     try:
         deadline = time.monotonic() + 30

@@ -207,13 +207,6 @@ class Verifier:
     def key_ids(self) -> tuple[str, ...]:
         return tuple(sorted(self._keys))
 
-    def merged(self, other: "Verifier") -> "Verifier":
-        """Both verifiers' keys; ValueError when one key id names two different keys."""
-        for key_id in set(self._keys) & set(other._keys):
-            if not _same_key(self._keys[key_id], other._keys[key_id]):
-                raise ValueError(f"key id {key_id!r} names two different keys")
-        return Verifier({**self._keys, **other._keys})
-
     def verify(self, command: Command) -> Verified | None:
         """The key that signed `command` as it is now, or None: unsigned, unknown key id, a
         signature that does not match, or fields that cannot be signed at all. Never raises."""
@@ -254,9 +247,3 @@ class Verifier:
 
     def __repr__(self) -> str:  # the ids, never a secret
         return f"Verifier(key_ids={list(self.key_ids)!r})"
-
-
-def _same_key(a: SecretOrPublic, b: SecretOrPublic) -> bool:
-    if isinstance(a, Ed25519PublicKey) and isinstance(b, Ed25519PublicKey):
-        return public_key_base64(a) == public_key_base64(b)
-    return isinstance(a, bytes) and isinstance(b, bytes) and hmac.compare_digest(a, b)

@@ -227,9 +227,10 @@ class StreamProcessor:
             return []
         signer = self._verifier.verify(command)
         if signer is None:
+            known = ", ".join(self._verifier.key_ids)
             return [self._dead_letter(msg, None, "signature", f"APPROVE {command.command_id} of {command.model!r} "
-                                      f"is unsigned or not signed by a known key ({', '.join(self._verifier.key_ids)}): "
-                                      "ignored", msg.value, UNSIGNED)]
+                                      f"is unsigned or not signed by a known key ({known}): ignored", msg.value,
+                                      UNSIGNED)]
         stale = stale_reason(command, now)
         if stale:  # a replayed approval must not let a later rollout take a step
             return [self._dead_letter(msg, None, "expires_at", f"APPROVE {command.command_id} of {command.model!r} "
