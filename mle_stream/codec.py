@@ -210,27 +210,29 @@ def _without_logical_types(node: Any) -> Any:
     return node
 
 
+def _read_schema(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RuntimeError(f"cannot load Avro schema {path}: {exc}") from exc
+
+
+def _wire_schema(name: str, schema: Any, expanded: Any, named: dict[str, Any]) -> WireSchema:
+    """`schema` as the codec uses it; `expanded` is it with other files' named types inlined."""
+    canonical = to_parsing_canonical_form(expanded)
+    # fastavro spells the fingerprint as the hex of its little-endian bytes: the header bytes.
+    fp = bytes.fromhex(_fastavro_fingerprint(canonical, "CRC-64-AVRO"))
+    parsed = fastavro.parse_schema(_without_logical_types(schema), named_schemas=named)
+    return WireSchema(name, _fullname(schema["name"], schema.get("namespace", "")), canonical, fp, parsed)
+
+
 def _load_schemas() -> dict[str, WireSchema]:
     folder = schema_dir()
-    raw: dict[str, Any] = {}
-    for name, filename in _SCHEMA_FILES.items():
-        path = folder / filename
-        try:
-            raw[name] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RuntimeError(f"cannot load Avro schema {path}: {exc}") from exc
+    raw = {name: _read_schema(folder / filename) for name, filename in _SCHEMA_FILES.items()}
     by_fullname = {_fullname(s["name"], s.get("namespace", "")): s for s in raw.values()}
     named: dict[str, Any] = {}  # shared, so the batch schemas resolve io.mlestream.Prediction/Label
-    out: dict[str, WireSchema] = {}
-    for name, schema in raw.items():
-        fullname = _fullname(schema["name"], schema.get("namespace", ""))
-        expanded = _inline_named(schema, "", set(), by_fullname)
-        canonical = to_parsing_canonical_form(expanded)
-        # fastavro spells the fingerprint as the hex of its little-endian bytes: the header bytes.
-        fp = bytes.fromhex(_fastavro_fingerprint(canonical, "CRC-64-AVRO"))
-        parsed = fastavro.parse_schema(_without_logical_types(schema), named_schemas=named)
-        out[name] = WireSchema(name, fullname, canonical, fp, parsed)
-    return out
+    return {name: _wire_schema(name, schema, _inline_named(schema, "", set(), by_fullname), named)
+            for name, schema in raw.items()}
 
 
 _SCHEMAS = _load_schemas()
@@ -246,17 +248,10 @@ def _load_history() -> dict[str, dict[bytes, WireSchema]]:
     out: dict[str, dict[bytes, WireSchema]] = {}
     for name, files in _HISTORY_FILES.items():
         for filename in files:
-            path = schema_dir() / filename
-            try:
-                schema = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise RuntimeError(f"cannot load Avro schema {path}: {exc}") from exc
-            canonical = to_parsing_canonical_form(schema)
-            fp = bytes.fromhex(_fastavro_fingerprint(canonical, "CRC-64-AVRO"))
-            # Its own named types: the old Command redefines io.mlestream.CommandKind.
-            parsed = fastavro.parse_schema(_without_logical_types(schema), named_schemas={})
-            fullname = _fullname(schema["name"], schema.get("namespace", ""))
-            out.setdefault(name, {})[fp] = WireSchema(name, fullname, canonical, fp, parsed)
+            schema = _read_schema(schema_dir() / filename)
+            # Its own named types: an old Command redefines io.mlestream.CommandKind.
+            wire = _wire_schema(name, schema, schema, {})
+            out.setdefault(name, {})[wire.fingerprint] = wire
     return out
 
 
