@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from mle_stream.config import Topics
 from mle_stream.errors import ConfigError
 from mle_stream.health import Health
+from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.status.feed import StatusFeed
 from mle_stream.status.model import StatusBoard
 
@@ -122,7 +123,8 @@ def watched_metrics(checks_by_model: Mapping[str, Sequence[str]]) -> dict[str, l
 
 
 def start_status_page(bootstrap: str, topics: Topics, checks_by_model: Mapping[str, Sequence[str]], port: int,
-                      bind: str = "127.0.0.1", health: Health | None = None) -> StatusServer | None:
+                      bind: str = "127.0.0.1", health: Health | None = None,
+                      security: KafkaSecurity = PLAINTEXT) -> StatusServer | None:
     """The worker's status page: a board fed from the output topics, served on bind:port, its
     /healthz answering `health`'s liveness. A port in use is logged and gives None: the page must
     never keep a worker from running."""
@@ -133,6 +135,6 @@ def start_status_page(bootstrap: str, topics: Topics, checks_by_model: Mapping[s
     except ConfigError as exc:  # a second worker on this host: it works on, without a page
         log.warning("%s; the worker runs without a status page", exc)
         return None
-    server = _serve(http, board, lock, StatusFeed(bootstrap, topics, board, lock))
+    server = _serve(http, board, lock, StatusFeed(bootstrap, topics, board, lock, security=security))
     log.info("status page on %s", server.url)
     return server
