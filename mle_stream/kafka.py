@@ -46,14 +46,14 @@ def consumer_config(bootstrap: str, group_id: str, *, security: KafkaSecurity = 
     }
 
 
-# The worker's checkpoints (mle_stream.stream.checkpoints): compaction keeps the latest value of each
-# key, i.e. the latest complete checkpoint of each partition. A restarting worker reads whatever is
-# not compacted yet, and Kafka never compacts the active segment (1 GB or 7 days by default):
-# segments of at most 64 MB or 10 minutes keep that read to a few times the live checkpoints.
 def admin_client(bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, **extra: object) -> AdminClient:
     return AdminClient({"bootstrap.servers": bootstrap, **security.librdkafka_config(), **extra})
 
 
+# The worker's checkpoints (mle_stream.stream.checkpoints): compaction keeps the latest value of each
+# key, i.e. the latest complete checkpoint of each partition. A restarting worker reads whatever is
+# not compacted yet, and Kafka never compacts the active segment (1 GB or 7 days by default):
+# segments of at most 64 MB or 10 minutes keep that read to a few times the live checkpoints.
 STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": str(64 * 1024**2), "segment.ms": str(600_000)}
 
 

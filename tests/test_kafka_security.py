@@ -1,7 +1,7 @@
 """Kafka TLS / SASL settings without a broker: the environment and properties-file mapping, the
 errors for wrong settings, secrets kept out of reprs and errors, and both client libraries'
 own validation of what we hand them (librdkafka at construction, aiokafka through Faust's
-credentials translation). The live TLS round trips are in test_kafka_tls.py."""
+credentials translation). The live TLS and SASL round trips are in test_kafka_secured.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from confluent_kafka import Consumer, KafkaException, Producer
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from kafka_tls import KEY_PASSWORD, Pki, make_pki
+from secured_broker import KEY_PASSWORD, Pki, make_pki
 from mle_stream.config import Settings
 from mle_stream.errors import ConfigError
 from mle_stream.kafka import admin_client, bootstrap_servers, consumer_config, producer_config
@@ -185,3 +185,12 @@ def test_the_tls_context_follows_the_settings(pki: Pki) -> None:
     assert relaxed_context.verify_mode.name == "CERT_REQUIRED"  # the chain is still verified
     auth = credentials_to_aiokafka_auth(mtls.faust_credentials())
     assert auth["security_protocol"] == "SSL" and auth["ssl_context"] is not None
+
+
+def test_every_kafka_client_config_comes_from_mle_stream_kafka() -> None:
+    """A client config written by hand elsewhere would miss the security settings: only kafka.py
+    may spell out bootstrap.servers (kafka_security.py names it in an error hint)."""
+    package = Path(__file__).resolve().parent.parent / "mle_stream"
+    elsewhere = [str(path.relative_to(package)) for path in package.rglob("*.py")
+                 if path.name not in ("kafka.py", "kafka_security.py") and '"bootstrap.servers"' in path.read_text()]
+    assert elsewhere == []

@@ -1,8 +1,8 @@
-"""Every kind of connection mle-stream opens, over a real TLS listener on loopback (the embedded
-broker behind tests/kafka_tls.py's proxy): confluent-kafka's producer, consumer and admin client,
-the EvaluationClient, and aiokafka configured through our Faust credentials; mutual TLS; host name
-verification; and clients without the right settings refused. The whole worker -> actuator path
-over mutual TLS is the last test."""
+"""Every kind of connection mle-stream opens, over real TLS and SASL listeners on loopback (the
+embedded broker behind tests/secured_broker.py's proxy): confluent-kafka's producer, consumer and
+admin client, the EvaluationClient, and aiokafka configured through our Faust credentials; mutual
+TLS; host name verification; PLAIN and SCRAM logins; and clients without the right settings
+refused. The whole worker -> actuator path, over mutual TLS and over SASL_SSL, is the last test."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from conftest import topic_env
 from test_worker_stream import TOPOLOGY as WORKER_TOPOLOGY
 from test_worker_stream import window
-from kafka_tls import KEY_PASSWORD, Pki, TlsProxy, make_pki, tls_broker
+from secured_broker import KEY_PASSWORD, KafkaProxy, Pki, make_pki, secured_broker, server_tls
 from mle_stream import codec
 from mle_stream.actuator.gitops import GitOpsRouting
 from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
@@ -51,21 +51,31 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
+USERS = {"alice": "alice-pass-7Qv"}
+
+
 @pytest.fixture(scope="module")
-def tls(pki: Pki) -> Iterator[tuple[str, TlsProxy]]:
+def tls(pki: Pki) -> Iterator[tuple[str, KafkaProxy]]:
     """A listener that authenticates itself to clients (server-side TLS only)."""
-    with tls_broker(pki.server_cert, pki.server_key) as served:
+    with secured_broker(server_tls(pki.server_cert, pki.server_key)) as served:
         yield served
 
 
 @pytest.fixture(scope="module")
-def mtls(pki: Pki) -> Iterator[tuple[str, TlsProxy]]:
+def mtls(pki: Pki) -> Iterator[tuple[str, KafkaProxy]]:
     """A listener that also requires a client certificate signed by the test CA."""
-    with tls_broker(pki.server_cert, pki.server_key, client_ca=pki.ca) as served:
+    with secured_broker(server_tls(pki.server_cert, pki.server_key, client_ca=pki.ca)) as served:
         yield served
 
 
-def server_tls(pki: Pki, **more: str) -> KafkaSecurity:
+@pytest.fixture(scope="module")
+def sasl_ssl(pki: Pki) -> Iterator[tuple[str, KafkaProxy]]:
+    """TLS, then a SASL login (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512) as one of USERS."""
+    with secured_broker(server_tls(pki.server_cert, pki.server_key), USERS) as served:
+        yield served
+
+
+def client_tls(pki: Pki, **more: str) -> KafkaSecurity:
     return KafkaSecurity.from_env({"MLE_KAFKA_SECURITY_PROTOCOL": "SSL", "MLE_KAFKA_SSL_CA_LOCATION": str(pki.ca), **more})
 
 
@@ -73,6 +83,12 @@ def mutual_tls_env(pki: Pki) -> dict[str, str]:
     return {"MLE_KAFKA_SECURITY_PROTOCOL": "SSL", "MLE_KAFKA_SSL_CA_LOCATION": str(pki.ca),
             "MLE_KAFKA_SSL_CERTIFICATE_LOCATION": str(pki.client_cert),
             "MLE_KAFKA_SSL_KEY_LOCATION": str(pki.client_key), "MLE_KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD}
+
+
+def sasl_env(pki: Pki, mechanism: str, password: str = USERS["alice"], protocol: str = "SASL_SSL") -> dict[str, str]:
+    env = {"MLE_KAFKA_SECURITY_PROTOCOL": protocol, "MLE_KAFKA_SASL_MECHANISM": mechanism,
+           "MLE_KAFKA_SASL_USERNAME": "alice", "MLE_KAFKA_SASL_PASSWORD": password}
+    return {**env, "MLE_KAFKA_SSL_CA_LOCATION": str(pki.ca)} if protocol == "SASL_SSL" else env
 
 
 def fresh_topics(bootstrap: str, security: KafkaSecurity) -> Topics:
@@ -141,9 +157,9 @@ async def aiokafka_connects(bootstrap: str, security: KafkaSecurity) -> None:
 
 
 def test_tls_round_trip_through_admin_client_evaluation_client_and_both_consumers(
-        pki: Pki, tls: tuple[str, TlsProxy]) -> None:
+        pki: Pki, tls: tuple[str, KafkaProxy]) -> None:
     bootstrap, proxy = tls
-    security = server_tls(pki)
+    security = client_tls(pki)
     wait_for_broker(bootstrap, security=security)
     topics = fresh_topics(bootstrap, security)
     assert partition_counts(bootstrap, [topics.predictions, topics.labels], security=security) == {
@@ -157,7 +173,7 @@ def test_tls_round_trip_through_admin_client_evaluation_client_and_both_consumer
     assert proxy.sessions > sessions  # every client above opened TLS sessions of its own
 
 
-def test_clients_without_tls_settings_cannot_use_the_tls_port(pki: Pki, tls: tuple[str, TlsProxy]) -> None:
+def test_clients_without_tls_settings_cannot_use_the_tls_port(pki: Pki, tls: tuple[str, KafkaProxy]) -> None:
     bootstrap, _ = tls
     with pytest.raises(KafkaException):
         admin_client(bootstrap, log_level=0).list_topics(timeout=3)
@@ -167,9 +183,9 @@ def test_clients_without_tls_settings_cannot_use_the_tls_port(pki: Pki, tls: tup
         asyncio.run(aiokafka_connects(bootstrap, PLAINTEXT))
 
 
-def test_an_untrusted_broker_certificate_is_refused_at_once(pki: Pki, tls: tuple[str, TlsProxy]) -> None:
+def test_an_untrusted_broker_certificate_is_refused_at_once(pki: Pki, tls: tuple[str, KafkaProxy]) -> None:
     bootstrap, _ = tls
-    untrusting = server_tls(pki, MLE_KAFKA_SSL_CA_LOCATION=str(pki.other_ca))
+    untrusting = client_tls(pki, MLE_KAFKA_SSL_CA_LOCATION=str(pki.other_ca))
     started = time.monotonic()
     # The default backoff would retry for minutes: a certificate error must end the wait at the first try.
     with pytest.raises(BrokerError, match="refused this client's security settings .*certificate verify failed"):
@@ -180,19 +196,19 @@ def test_an_untrusted_broker_certificate_is_refused_at_once(pki: Pki, tls: tuple
 
 
 def test_host_names_are_verified_unless_the_algorithm_is_none(pki: Pki) -> None:
-    with tls_broker(pki.wrong_name_cert, pki.wrong_name_key) as (bootstrap, _):  # a certificate for kafka.invalid
-        verifying = server_tls(pki)
+    with secured_broker(server_tls(pki.wrong_name_cert, pki.wrong_name_key)) as (bootstrap, _):  # a certificate for kafka.invalid
+        verifying = client_tls(pki)
         with pytest.raises(BrokerError, match="certificate verify failed"):
             wait_for_broker(bootstrap, ONE_TRY, security=verifying)
         with pytest.raises(KafkaConnectionError):
             asyncio.run(aiokafka_connects(bootstrap, verifying))
 
-        trusting_the_name = server_tls(pki, MLE_KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM="none")
+        trusting_the_name = client_tls(pki, MLE_KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM="none")
         wait_for_broker(bootstrap, ONE_TRY, security=trusting_the_name)
         asyncio.run(aiokafka_connects(bootstrap, trusting_the_name))
 
 
-def test_mutual_tls_needs_the_client_certificate(pki: Pki, mtls: tuple[str, TlsProxy]) -> None:
+def test_mutual_tls_needs_the_client_certificate(pki: Pki, mtls: tuple[str, KafkaProxy]) -> None:
     bootstrap, _ = mtls
     security = KafkaSecurity.from_env(mutual_tls_env(pki))  # the key is encrypted: ssl.key.password opens it
     wait_for_broker(bootstrap, security=security)
@@ -201,11 +217,48 @@ def test_mutual_tls_needs_the_client_certificate(pki: Pki, mtls: tuple[str, TlsP
     assert sorted(read_with_librdkafka(bootstrap, topics.predictions, security, 20)) == sorted(sent)
     assert sorted(asyncio.run(read_with_aiokafka(bootstrap, topics.predictions, security, 20))) == sorted(sent)
 
-    without_certificate = server_tls(pki)
+    without_certificate = client_tls(pki)
     with pytest.raises(BrokerError):
         wait_for_broker(bootstrap, ONE_TRY, security=without_certificate)
     with pytest.raises(KafkaConnectionError):
         asyncio.run(aiokafka_connects(bootstrap, without_certificate))
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_sasl_ssl_logins_carry_the_round_trip_and_a_wrong_password_is_refused(
+        pki: Pki, sasl_ssl: tuple[str, KafkaProxy], mechanism: str) -> None:
+    bootstrap, proxy = sasl_ssl
+    security = KafkaSecurity.from_env(sasl_env(pki, mechanism))
+    logins = proxy.authenticated
+    wait_for_broker(bootstrap, security=security)
+    topics = fresh_topics(bootstrap, security)
+    sent = publish(bootstrap, topics, security, 20)
+    assert sorted(read_with_librdkafka(bootstrap, topics.predictions, security, 20)) == sorted(sent)
+    assert sorted(asyncio.run(read_with_aiokafka(bootstrap, topics.predictions, security, 20))) == sorted(sent)
+    assert proxy.authenticated > logins
+
+    wrong = KafkaSecurity.from_env(sasl_env(pki, mechanism, password="not-" + USERS["alice"]))
+    started = time.monotonic()
+    # As for certificates: a refused login ends the start-up wait at the first try.
+    with pytest.raises(BrokerError, match="refused this client's security settings .*SASL authentication error"):
+        wait_for_broker(bootstrap, security=wrong)
+    assert time.monotonic() - started < 20
+    with pytest.raises(KafkaConnectionError):
+        asyncio.run(aiokafka_connects(bootstrap, wrong))
+
+
+def test_sasl_without_tls_and_clients_without_a_login_refused(pki: Pki) -> None:
+    with secured_broker(users=USERS) as (bootstrap, _):
+        security = KafkaSecurity.from_env(sasl_env(pki, "SCRAM-SHA-256", protocol="SASL_PLAINTEXT"))
+        wait_for_broker(bootstrap, security=security)
+        topics = fresh_topics(bootstrap, security)
+        sent = publish(bootstrap, topics, security, 10)
+        assert sorted(asyncio.run(read_with_aiokafka(bootstrap, topics.predictions, security, 10))) == sorted(sent)
+
+        with pytest.raises(BrokerError, match="cannot reach Kafka"):
+            wait_for_broker(bootstrap, ONE_TRY, security=PLAINTEXT)
+        with pytest.raises(KafkaConnectionError):
+            asyncio.run(aiokafka_connects(bootstrap, PLAINTEXT))
 
 
 def read_messages(bootstrap: str, topic: str, security: KafkaSecurity, done: Callable[[list[bytes]], bool],
@@ -244,13 +297,16 @@ def wait_for_status_page(port: int, timeout_s: float = 30) -> Any:
         time.sleep(0.5)
 
 
-def test_worker_actuator_command_and_status_over_mutual_tls(pki: Pki, mtls: tuple[str, TlsProxy], tmp_path: Path) -> None:
-    """The system as deployed, every Kafka connection over mutual TLS: `mle-stream worker` (its Faust
-    consumer and producer, admin calls, checkpoint store and status page) configured by a properties
-    file, `mle-stream actuator`, `command` and `status` by MLE_KAFKA_* variables, and the
-    EvaluationClient. A degrading candidate must be rolled back end to end."""
-    bootstrap, _ = mtls
-    variables = mutual_tls_env(pki)
+@pytest.mark.parametrize("listener", ["mtls", "sasl_ssl"])
+def test_worker_actuator_command_and_status_over_a_secured_listener(
+        pki: Pki, listener: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The system as deployed, every Kafka connection over mutual TLS, or over SASL_SSL with
+    SCRAM-SHA-512: `mle-stream worker` (its Faust consumer and producer, admin calls, checkpoint store
+    and status page) configured by a properties file, `mle-stream actuator`, `command` and `status`
+    by MLE_KAFKA_* variables, and the EvaluationClient. A degrading candidate must be rolled back
+    end to end."""
+    bootstrap, _ = request.getfixturevalue(listener)
+    variables = mutual_tls_env(pki) if listener == "mtls" else sasl_env(pki, "SCRAM-SHA-512")
     security = KafkaSecurity.from_env(variables)
     topics = fresh_topics(bootstrap, security)
     topology = tmp_path / "fraud.yaml"
@@ -310,11 +366,11 @@ def test_worker_actuator_command_and_status_over_mutual_tls(pki: Pki, mtls: tupl
         assert [m["model"] for m in page["models"]] == ["fraud"] and page["events_applied"] > 0, page
 
         published = run_cli(["command", "set-traffic", "--model", "fraud", "--baseline", "1", "--candidate", "2",
-                             "--percent", "5", "--reason", "over mutual TLS", "--by", "test"], cli_env)
+                             "--percent", "5", "--reason", f"over {listener}", "--by", "test"], cli_env)
         assert "published SET_TRAFFIC of fraud" in published, published
         commands = read_messages(bootstrap, topics.commands, security,
-                                 lambda vs: any(codec.decode_command(v).reason == "over mutual TLS" for v in vs), 30)
-        assert any(codec.decode_command(v).reason == "over mutual TLS" for v in commands)
+                                 lambda vs: any(codec.decode_command(v).reason == f"over {listener}" for v in vs), 30)
+        assert any(codec.decode_command(v).reason == f"over {listener}" for v in commands)
     finally:
         for process in processes:
             process.terminate()
