@@ -28,6 +28,9 @@ Usage in a serving pod::
 
 A labeler calls `log_label({"prediction_id": ..., "model": "fraud", "timestamp": ..., "label": 1})`.
 Records still queued when the process exits without close() are lost.
+
+TLS and SASL come from the pod's environment, as for the worker and the actuator (MLE_KAFKA_*,
+docs/kafka-security.md), or from `security=KafkaSecurity.from_properties({...})`.
 """
 
 from __future__ import annotations

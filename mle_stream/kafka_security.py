@@ -40,7 +40,6 @@ PROPERTIES = (
     "sasl.username",
     "sasl.password",
 )
-SECRET_PROPERTIES = frozenset({"ssl.key.password", "sasl.password"})
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 

@@ -111,19 +111,29 @@ def publish(bootstrap: str, topics: Topics, security: KafkaSecurity, n: int) -> 
     return ids
 
 
+def prediction_ids(values: list[bytes]) -> list[str]:
+    return [p.prediction_id for value in values for p in codec.decode_predictions(value).records]
+
+
 def read_with_librdkafka(bootstrap: str, topic: str, security: KafkaSecurity, n: int) -> list[str]:
+    return prediction_ids(read_messages(bootstrap, topic, security, lambda vs: len(prediction_ids(vs)) >= n, 30))
+
+
+def read_messages(bootstrap: str, topic: str, security: KafkaSecurity, done: Callable[[list[bytes]], bool],
+                  timeout_s: float = 90) -> list[bytes]:
+    """The values of `topic` (2 partitions), from the beginning, until `done(values)` holds or the time is up."""
     consumer = Consumer(consumer_config(bootstrap, f"g-{uuid.uuid4().hex[:8]}", security=security))
     consumer.assign([RdTopicPartition(topic, p, OFFSET_BEGINNING) for p in range(2)])
-    ids: list[str] = []
-    deadline = time.monotonic() + 30
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
     try:
-        while len(ids) < n and time.monotonic() < deadline:
+        while not done(values) and time.monotonic() < deadline:
             for message in consumer.consume(100, timeout=0.5):
                 assert message.error() is None, message.error()
-                ids += [p.prediction_id for p in codec.decode_predictions(message.value()).records]
+                values.append(message.value())
     finally:
         consumer.close()
-    return ids
+    return values
 
 
 async def read_with_aiokafka(bootstrap: str, topic: str, security: KafkaSecurity, n: int) -> list[str]:
@@ -139,8 +149,7 @@ async def read_with_aiokafka(bootstrap: str, topic: str, security: KafkaSecurity
         deadline = time.monotonic() + 30
         while len(ids) < n and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    ids += [p.prediction_id for p in codec.decode_predictions(record.value).records]
+                ids += prediction_ids([record.value for record in records])
         return ids
     finally:
         await consumer.stop()
@@ -261,21 +270,6 @@ def test_sasl_without_tls_and_clients_without_a_login_refused(pki: Pki) -> None:
             asyncio.run(aiokafka_connects(bootstrap, PLAINTEXT))
 
 
-def read_messages(bootstrap: str, topic: str, security: KafkaSecurity, done: Callable[[list[bytes]], bool],
-                  timeout_s: float = 90) -> list[bytes]:
-    """The values of `topic`, from the beginning, until `done(values)` holds or the time is up."""
-    consumer = Consumer(consumer_config(bootstrap, f"g-{uuid.uuid4().hex[:8]}", security=security))
-    consumer.assign([RdTopicPartition(topic, p, OFFSET_BEGINNING) for p in range(2)])
-    values: list[bytes] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not done(values) and time.monotonic() < deadline:
-            values += [m.value() for m in consumer.consume(100, timeout=0.5) if m.error() is None]
-    finally:
-        consumer.close()
-    return values
-
-
 def run_cli(args: list[str], env: dict[str, str]) -> str:
     done = subprocess.run([sys.executable, "-m", "mle_stream", *args], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -323,7 +317,7 @@ def test_worker_actuator_command_and_status_over_a_secured_listener(
         f"{name.removeprefix('MLE_KAFKA_').lower().replace('_', '.')}={value}\n" for name, value in variables.items()))
     base = {**{k: v for k, v in os.environ.items() if not k.startswith("MLE_KAFKA_")}, **topic_env(topics),
             "MLE_BOOTSTRAP_SERVERS": bootstrap, "MLE_SIGNING_KEY": SIGNING_KEY, "MLFLOW_TRACKING_URI": tracking,
-            "MLE_METRICS_PORT": "0", "MLE_WORKER_GROUP": f"w-{uuid.uuid4().hex[:8]}",
+            "MLE_METRICS_PORT": "0", "MLE_TOPIC_PARTITIONS": "2", "MLE_WORKER_GROUP": f"w-{uuid.uuid4().hex[:8]}",
             "MLE_ACTUATOR_GROUP": f"a-{uuid.uuid4().hex[:8]}"}
     status_port = free_port()
     worker_env = {**base, "MLE_KAFKA_PROPERTIES_FILE": str(properties), "MLE_STATUS_PORT": str(status_port),
