@@ -11,6 +11,7 @@ from typing import Mapping
 
 from mle_stream.core.topology import parse_duration_ms
 from mle_stream.errors import ConfigError
+from mle_stream.kafka_security import KafkaSecurity
 
 
 # Where the worker and the actuator serve their Prometheus metrics unless told otherwise (MLE_METRICS_PORT,
@@ -72,6 +73,8 @@ class Settings:
     rollbacks and failed or rejected commands to (empty: none).
     metrics_port: MLE_METRICS_PORT, the port of the Prometheus metrics (0: not served); None (unset)
     means each component's default (WORKER_METRICS_PORT, ACTUATOR_METRICS_PORT).
+    kafka_security: TLS and SASL of every Kafka connection, from MLE_KAFKA_PROPERTIES_FILE and the
+    MLE_KAFKA_<PROPERTY> variables (mle_stream.kafka_security; docs/kafka-security.md).
     """
 
     bootstrap_servers: str = ""
@@ -84,6 +87,7 @@ class Settings:
     checkpoint_interval_s: float = 30.0
     notify_webhook: str = field(default="", repr=False)  # a secret: the token is in its path
     metrics_port: int | None = None
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -118,6 +122,7 @@ class Settings:
             checkpoint_interval_s=interval_s,
             notify_webhook=env.get("MLE_NOTIFY_WEBHOOK", "").strip(),
             metrics_port=metrics_port,
+            kafka_security=KafkaSecurity.from_env(env),
         )
 
     def require_signing_key(self) -> bytes:
