@@ -57,6 +57,7 @@ from mle_stream.core.topology import Topology, parse_topology
 from mle_stream.errors import ConfigError, MleStreamError
 from mle_stream.kafka import admin_client, bootstrap_servers, consumer_config, ensure_topics
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
+from mle_stream.redact import redact_servers
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ def _reader(bootstrap: str, names: list[str], purpose: str, security: KafkaSecur
         metadata = consumer.list_topics(timeout=15)
     except KafkaException as exc:
         consumer.close()
-        raise BenchError(f"cannot read the topic metadata from {bootstrap!r}: {exc}") from exc
+        raise BenchError(f"cannot read the topic metadata from {redact_servers(bootstrap)!r}: {exc}") from exc
     consumer.assign([TopicPartition(name, partition, OFFSET_BEGINNING)
                      for name in names for partition in sorted(metadata.topics[name].partitions)])
     return consumer

@@ -19,6 +19,7 @@ from mle_stream.config import Settings
 from mle_stream.errors import BrokerError, ConfigError
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.retry import Backoff, RetriesExhausted, retrying
+from mle_stream.redact import redact_servers
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
-        raise BrokerError(f"cannot reach Kafka at {bootstrap!r} to list topics: {exc}") from exc
+        raise BrokerError(f"cannot reach Kafka at {redact_servers(bootstrap)!r} to list topics: {exc}") from exc
     missing = [n for n in dict.fromkeys(names) if n not in existing]
     if not missing:
         return
@@ -76,7 +77,7 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout
             log.info("created topic %s with %d partitions", name, partitions)
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise BrokerError(f"cannot create topic {name!r} on {bootstrap!r}: {exc}") from exc
+                raise BrokerError(f"cannot create topic {name!r} on {redact_servers(bootstrap)!r}: {exc}") from exc
 
 
 def ensure_state_topic(bootstrap: str, name: str, partitions: int, timeout_s: float = 15.0, *,
@@ -123,7 +124,7 @@ def wait_for_broker(bootstrap: str, backoff: Backoff = BROKER_WAIT, sleep: Calla
         except KafkaException:
             admin.poll(0)  # serves on_error
             if refused:
-                raise BrokerError(f"Kafka at {bootstrap!r} refused this client's security settings "
+                raise BrokerError(f"Kafka at {redact_servers(bootstrap)!r} refused this client's security settings "
                                   f"({security.describe()}): {refused[-1]}; check the MLE_KAFKA_* settings") from None
             raise
 
@@ -131,14 +132,14 @@ def wait_for_broker(bootstrap: str, backoff: Backoff = BROKER_WAIT, sleep: Calla
         return str(exc) if isinstance(exc, KafkaException) else None
 
     def on_retry(attempt: int, why: str, delay: float) -> None:
-        log.warning("Kafka at %s does not answer (attempt %d of %d: %s); trying again in %.0f s", bootstrap, attempt,
-                    backoff.attempts, why, delay)
+        log.warning("Kafka at %s does not answer (attempt %d of %d: %s); trying again in %.0f s",
+                    redact_servers(bootstrap), attempt, backoff.attempts, why, delay)
 
     try:
         retrying(probe, backoff, transient, on_retry, sleep)
     except RetriesExhausted as exc:
-        raise BrokerError(f"cannot reach Kafka at {bootstrap!r}: {exc}; check MLE_BOOTSTRAP_SERVERS and that the "
-                          "brokers are up") from exc.__cause__
+        raise BrokerError(f"cannot reach Kafka at {redact_servers(bootstrap)!r}: {exc}; check MLE_BOOTSTRAP_SERVERS "
+                          "and that the brokers are up") from exc.__cause__
 
 
 def partition_counts(bootstrap: str, names: Iterable[str], timeout_s: float = 15.0, *,
@@ -148,7 +149,7 @@ def partition_counts(bootstrap: str, names: Iterable[str], timeout_s: float = 15
     try:
         topics = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
-        raise BrokerError(f"cannot reach Kafka at {bootstrap!r} to list topics: {exc}") from exc
+        raise BrokerError(f"cannot reach Kafka at {redact_servers(bootstrap)!r} to list topics: {exc}") from exc
     return {n: len(topics[n].partitions) for n in names if n in topics}
 
 

@@ -29,6 +29,7 @@ from mle_stream.kafka import consumer_config, producer_config
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.retry import Backoff
 from mle_stream.telemetry import ActuatorMetrics
+from mle_stream.redact import redact_servers
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: 
                        on_revoke=lambda *_: health.revoked())
     health.loop_started()
     ended: BaseException | None = None
-    log.info("actuator reading %s on %s (%s)", topics.commands, bootstrap, security.describe())
+    log.info("actuator reading %s on %s (%s)", topics.commands, redact_servers(bootstrap), security.describe())
     failing: str | None = None  # the command being delivered again ...
     failures = 0  # ... and how often in a row it failed
     try:

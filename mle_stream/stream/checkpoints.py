@@ -48,6 +48,7 @@ from mle_stream.errors import BrokerError, MleStreamError
 from mle_stream.kafka import consumer_config, producer_config
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor
+from mle_stream.redact import redact_servers
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +142,12 @@ class CheckpointStore:
             try:
                 meta = consumer.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
             except KafkaException as exc:
-                raise BrokerError(f"cannot read the metadata of state topic {self.topic!r} on {self.bootstrap!r}: {exc}") from exc
+                raise BrokerError(f"cannot read the metadata of state topic {self.topic!r} on "
+                                  f"{redact_servers(self.bootstrap)!r}: {exc}") from exc
             finally:
                 consumer.close()
             if meta is None or meta.error is not None or not meta.partitions:
-                raise BrokerError(f"state topic {self.topic!r} does not exist on {self.bootstrap!r} "
+                raise BrokerError(f"state topic {self.topic!r} does not exist on {redact_servers(self.bootstrap)!r} "
                                   f"({meta.error if meta is not None else 'no metadata'})")
             self._state_partitions = len(meta.partitions)
         return partition % self._state_partitions
@@ -240,7 +242,8 @@ class CheckpointStore:
                     if key in prefixes or key.rsplit("/", 2)[0] in prefixes:
                         latest[key] = (msg.value(), offset)
         except KafkaException as exc:
-            raise BrokerError(f"cannot read state topic {self.topic!r} on {self.bootstrap!r}: {exc}") from exc
+            raise BrokerError(f"cannot read state topic {self.topic!r} on {redact_servers(self.bootstrap)!r}: "
+                              f"{exc}") from exc
         finally:
             consumer.close()
         return latest
