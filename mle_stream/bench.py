@@ -48,7 +48,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from mle_stream import codec
 from mle_stream.client import EvaluationClient
@@ -56,7 +55,9 @@ from mle_stream.config import Settings, Topics
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.topology import Topology, parse_topology
 from mle_stream.errors import ConfigError, MleStreamError
-from mle_stream.kafka import bootstrap_servers, consumer_config, ensure_topics
+from mle_stream.kafka import admin_client, bootstrap_servers, consumer_config, ensure_topics
+from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
+from mle_stream.redact import redact_servers
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,8 @@ def traffic(events: int, models: int, start_ms: int, seed: int = 7) -> Iterator[
         yield heapq.heappop(pending)[2]
 
 
-def produce(bootstrap: str, topics: Topics, events: int, models: int, seed: int = 7) -> Produced:
+def produce(bootstrap: str, topics: Topics, events: int, models: int, seed: int = 7, *,
+            security: KafkaSecurity = PLAINTEXT) -> Produced:
     """Publish `events` predictions and ~90% of their labels (`traffic`) through two EvaluationClients.
 
     Event time runs from a few minutes ago over max(60 s, events / 2000 s).
@@ -222,8 +224,8 @@ def produce(bootstrap: str, topics: Topics, events: int, models: int, seed: int 
     last: dict[str, int] = {}
     began = time.monotonic()
     # Two clients, as a serving pod and a labeler would have: each one's stats count its own messages.
-    with EvaluationClient(bootstrap, topics=topics) as predictions, \
-            EvaluationClient(bootstrap, topics=topics) as labelers:
+    with EvaluationClient(bootstrap, topics=topics, security=security) as predictions, \
+            EvaluationClient(bootstrap, topics=topics, security=security) as labelers:
         log_prediction, log_label = predictions.log_prediction, labelers.log_label
         sent = 0
         for record in traffic(events, models, start_ms, seed):
@@ -242,10 +244,11 @@ def produce(bootstrap: str, topics: Topics, events: int, models: int, seed: int 
     return Produced(events, labels, prediction_messages, label_messages, time.monotonic() - began, last)
 
 
-def send_window_closers(bootstrap: str, topics: Topics, last_timestamp: Mapping[str, int]) -> int:
+def send_window_closers(bootstrap: str, topics: Topics, last_timestamp: Mapping[str, int], *,
+                        security: KafkaSecurity = PLAINTEXT) -> int:
     """One prediction per model, a window and its grace after the last: event time passes every
     window of the run, so the worker closes and publishes them all. Returns the messages sent."""
-    with EvaluationClient(bootstrap, topics=topics) as client:
+    with EvaluationClient(bootstrap, topics=topics, security=security) as client:
         for model, ts in last_timestamp.items():
             client.log_prediction(Prediction(prediction_id=f"bench-closer-{model}", model=model, version="1",
                                              timestamp=ts + (WINDOW_S + GRACE_S) * 1000 + 1, score=0.5))
@@ -268,7 +271,7 @@ class Leg:
         return self.predictions / self.seconds if self.seconds > 0 else 0.0
 
 
-def _reader(bootstrap: str, names: list[str], purpose: str) -> Consumer:
+def _reader(bootstrap: str, names: list[str], purpose: str, security: KafkaSecurity = PLAINTEXT) -> Consumer:
     """A consumer with every partition of `names` assigned from the beginning.
 
     Assigned, not subscribed: a group join takes seconds on the embedded broker and is no part of
@@ -276,20 +279,22 @@ def _reader(bootstrap: str, names: list[str], purpose: str) -> Consumer:
     """
     # CRCs checked as the worker's consumer checks them (aiokafka's default, under Faust's
     # broker_check_crcs); librdkafka's default is not to.
-    consumer = Consumer(consumer_config(bootstrap, f"mle-bench-{purpose}-{uuid.uuid4().hex[:8]}", **{"check.crcs": True}))
+    consumer = Consumer(consumer_config(bootstrap, f"mle-bench-{purpose}-{uuid.uuid4().hex[:8]}", security=security,
+                                        **{"check.crcs": True}))
     try:
         metadata = consumer.list_topics(timeout=15)
     except KafkaException as exc:
         consumer.close()
-        raise BenchError(f"cannot read the topic metadata from {bootstrap!r}: {exc}") from exc
+        raise BenchError(f"cannot read the topic metadata from {redact_servers(bootstrap)!r}: {exc}") from exc
     consumer.assign([TopicPartition(name, partition, OFFSET_BEGINNING)
                      for name in names for partition in sorted(metadata.topics[name].partitions)])
     return consumer
 
 
-def run_baseline(bootstrap: str, topics: Topics, predictions: int, labels: int, timeout_s: float) -> Leg:
+def run_baseline(bootstrap: str, topics: Topics, predictions: int, labels: int, timeout_s: float, *,
+                 security: KafkaSecurity = PLAINTEXT) -> Leg:
     """confluent-kafka consume(1000) over both topics, decoding every message; counts records."""
-    consumer = _reader(bootstrap, [topics.predictions, topics.labels], "floor")
+    consumer = _reader(bootstrap, [topics.predictions, topics.labels], "floor", security)
     # The worker's own decoders: the floor reads exactly what the worker reads, into the same columns.
     decode_predictions, decode_labels, prediction_topic = (codec.decode_prediction_columns,
                                                            codec.decode_label_columns, topics.predictions)
@@ -326,10 +331,12 @@ def run_baseline(bootstrap: str, topics: Topics, predictions: int, labels: int, 
     return Leg(end - first, messages, seen_predictions, seen_labels)
 
 
-def floor_runs(bootstrap: str, topics: Topics, produced: Produced, timeout_s: float) -> list[Leg]:
+def floor_runs(bootstrap: str, topics: Topics, produced: Produced, timeout_s: float, *,
+               security: KafkaSecurity = PLAINTEXT) -> list[Leg]:
     """The floor, FLOOR_RUNS times over the same messages; each run must read every message."""
     messages = produced.prediction_messages + produced.label_messages
-    legs = [run_baseline(bootstrap, topics, produced.predictions, produced.labels, timeout_s) for _ in range(FLOOR_RUNS)]
+    legs = [run_baseline(bootstrap, topics, produced.predictions, produced.labels, timeout_s, security=security)
+            for _ in range(FLOOR_RUNS)]
     for leg in legs:
         if leg.messages != messages:
             raise BenchError(f"the raw consumer read {leg.messages} messages, the clients sent {messages}")
@@ -513,13 +520,14 @@ def _worker_process(spec: dict[str, Any]) -> Iterator[tuple[multiprocessing.proc
 # Metric snapshots: the end-to-end check
 
 
-def read_snapshots(bootstrap: str, topic: str, predictions: int, timeout_s: float) -> dict[str, int]:
+def read_snapshots(bootstrap: str, topic: str, predictions: int, timeout_s: float, *,
+                   security: KafkaSecurity = PLAINTEXT) -> dict[str, int]:
     """Read the metrics topic until the closed windows account for `predictions` (or the time is up).
 
     Only the one CLOSED snapshot of each model, version and window counts: per-segment breakdowns
     and OPEN / REVISED updates repeat predictions that a closed window already holds.
     """
-    consumer = _reader(bootstrap, [topic], "metrics")
+    consumer = _reader(bootstrap, [topic], "metrics", security)
     closed: dict[tuple[str, str, int], tuple[int, int]] = {}
     updates = duplicates = 0
     deadline = time.monotonic() + timeout_s
@@ -544,8 +552,8 @@ def read_snapshots(bootstrap: str, topic: str, predictions: int, timeout_s: floa
             "duplicates": duplicates}
 
 
-def _delete_topics(bootstrap: str, names: list[str]) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})  # held until the futures resolve
+def _delete_topics(bootstrap: str, names: list[str], security: KafkaSecurity) -> None:
+    admin = admin_client(bootstrap, security=security)  # held until the futures resolve
     try:
         futures = admin.delete_topics(names, operation_timeout=10)
         for future in futures.values():
@@ -580,6 +588,7 @@ class _Run:
     worker_settings: Settings  # the run's topics, worker group and signing key
     servers: str
     broker: str  # "embedded", or the bootstrap servers given
+    security: KafkaSecurity
 
 
 @contextlib.contextmanager
@@ -592,12 +601,13 @@ def _fresh_run(settings: Settings, bootstrap: str | None) -> Iterator[_Run]:
                               verify_keys_dir="", verify_keys="", worker_group=prefix + "worker")
     embedded = not (bootstrap or settings.bootstrap_servers)
     with bootstrap_servers(replace(settings, bootstrap_servers=bootstrap or settings.bootstrap_servers)) as servers:
-        ensure_topics(servers, topics.all(), settings.partitions)
+        security = settings.kafka_security
+        ensure_topics(servers, topics.all(), settings.partitions, security=security)
         try:
-            yield _Run(prefix, topics, worker_settings, servers, "embedded" if embedded else servers)
+            yield _Run(prefix, topics, worker_settings, servers, "embedded" if embedded else servers, security)
         finally:
             if not embedded:
-                _delete_topics(servers, [*topics.all(), topics.state])  # the worker created the state topic
+                _delete_topics(servers, [*topics.all(), topics.state], security)  # the worker created the state topic
 
 
 def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int = 1, bootstrap: str | None = None,
@@ -608,9 +618,9 @@ def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int =
     with _fresh_run(settings, bootstrap) as run:
         servers, topics = run.servers, run.topics
         log.info("producing %d predictions and their labels to %s*", events, run.prefix)
-        produced = produce(servers, topics, events, models)
+        produced = produce(servers, topics, events, models, security=run.security)
         log.info("produced in %.1f s; measuring the raw consumer", produced.seconds)
-        floors = floor_runs(servers, topics, produced, timeout_s)
+        floors = floor_runs(servers, topics, produced, timeout_s, security=run.security)
         messages = produced.prediction_messages + produced.label_messages
         log.info("floor: %.0f predictions/s (fastest of %d runs); starting the worker process",
                  fastest(floors).events_per_s, FLOOR_RUNS)
@@ -618,9 +628,9 @@ def run_bench(settings: Settings, *, events: int = DEFAULT_EVENTS, models: int =
         spawned = time.monotonic()
         with _worker_process(spec) as (process, conn):
             measured = _receive(process, conn, "measured", timeout_s)
-            send_window_closers(servers, topics, produced.last_timestamp)
+            send_window_closers(servers, topics, produced.last_timestamp, security=run.security)
             done = _receive(process, conn, "done", 60)
-            snapshots = read_snapshots(servers, topics.metrics, events, 60)
+            snapshots = read_snapshots(servers, topics.metrics, events, 60, security=run.security)
     return build_report(events, models, produced, floors, measured, spawned, snapshots, done, run.broker)
 
 
@@ -642,16 +652,16 @@ def run_memory_bench(settings: Settings, *, events: int = DEFAULT_MEMORY_EVENTS,
         with _worker_process(spec) as (process, conn):
             log.info("producing %d predictions and their labels to %s* while the worker consumes them",
                      events, run.prefix)
-            produced = produce(servers, topics, events, models)
+            produced = produce(servers, topics, events, models, security=run.security)
             if not process.is_alive():
                 raise BenchError(f"the worker process exited with status {process.exitcode} while the bench "
                                  "produced; its log is on stderr")
             conn.send(("target", produced.prediction_messages + produced.label_messages))
             log.info("produced in %.1f s; waiting for the worker", produced.seconds)
             measured = _receive(process, conn, "measured", timeout_s)
-            send_window_closers(servers, topics, produced.last_timestamp)
+            send_window_closers(servers, topics, produced.last_timestamp, security=run.security)
             done = _receive(process, conn, "done", 60)
-            snapshots = read_snapshots(servers, topics.metrics, events, 120)
+            snapshots = read_snapshots(servers, topics.metrics, events, 120, security=run.security)
     memory = memory_report(events, measured)
     _warn_if_incomplete(measured["predictions"], measured["labels"], snapshots["predictions"], events, produced.labels)
     return {

@@ -40,10 +40,15 @@ def free_port() -> int:
 
 
 class EmbeddedBroker:
-    """Start with `with EmbeddedBroker() as b: b.bootstrap_servers`; stopped on exit."""
+    """Start with `with EmbeddedBroker() as b: b.bootstrap_servers`; stopped on exit.
 
-    def __init__(self, port: int | None = None, startup_timeout_s: float = 20.0) -> None:
+    `advertised_port`: the loopback port the broker tells clients to connect to, when that is not
+    its own (a TLS-terminating proxy in front of it: Tansu's own TLS options do not work)."""
+
+    def __init__(self, port: int | None = None, startup_timeout_s: float = 20.0,
+                 advertised_port: int | None = None) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self.startup_timeout_s = startup_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -52,9 +57,9 @@ class EmbeddedBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> "EmbeddedBroker":
-        url = f"tcp://127.0.0.1:{self.port}"
         self._process = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+             "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C on the parent stops the broker only through stop()

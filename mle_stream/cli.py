@@ -62,6 +62,11 @@ environment:
                           3 x MLE_CHECKPOINT_INTERVAL, at least 120s).
   MLE_HEALTH_STALL_AFTER  /livez fails when the worker's position in a partition with input
                           waiting, or the actuator's loop, has not moved for this long (300s).
+  MLE_KAFKA_PROPERTIES_FILE, MLE_KAFKA_<PROPERTY>
+                          TLS and SASL of every Kafka connection, in librdkafka's property names:
+                          a client.properties file, and/or one variable per property
+                          (MLE_KAFKA_SECURITY_PROTOCOL, MLE_KAFKA_SSL_CA_LOCATION, ...).
+                          See docs/kafka-security.md.
 """
 
 
@@ -514,17 +519,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     signer_from_settings(settings)  # a key problem fails here, not in Faust
     verify = verifier_for(settings)  # also: no key to verify with, no worker
     metrics = WorkerMetrics()
+    security = settings.kafka_security
     with bootstrap_servers(settings) as bootstrap:
-        wait_for_broker(bootstrap)
-        ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
-        logging.getLogger("mle_stream").info("worker for %s on %s", ", ".join(sorted(topologies)),
-                                             redact_servers(bootstrap))
+        wait_for_broker(bootstrap, security=security)
+        ensure_topics(bootstrap, settings.topics.all(), settings.partitions, security=security)
+        logging.getLogger("mle_stream").info("worker for %s on %s (%s)", ", ".join(sorted(topologies)),
+                                             redact_servers(bootstrap), security.describe())
         if status_port:
             from mle_stream.status.server import start_status_page
 
             start_status_page(bootstrap, settings.topics, {name: [c.metric for c in t.checks]
                                                            for name, t in topologies.items()},
-                              status_port, args.status_bind, health=health, verify=verify, metrics=metrics)
+                              status_port, args.status_bind, health=health, verify=verify, metrics=metrics,
+                              security=security)
         run_worker(settings, bootstrap, topologies, loglevel=args.log_level, metrics_port=metrics_port,
                    metrics_bind=_metrics_bind(args), health=health, metrics=metrics)
     return 0
@@ -562,12 +569,13 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger("mle_stream").info("actuator accepts commands signed by %s", ", ".join(verifier.key_ids))
     stop = _wait_for_signal()
     try:
+        security = settings.kafka_security
         with bootstrap_servers(settings) as bootstrap:
-            wait_for_broker(bootstrap)
-            ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
+            wait_for_broker(bootstrap, security=security)
+            ensure_topics(bootstrap, settings.topics.all(), settings.partitions, security=security)
             serve(metrics.registry, metrics_port, _metrics_bind(args), health)
             run_actuator_loop(actuator, bootstrap, settings.topics, stop, group_id=settings.actuator_group,
-                              notifier=notifier, metrics=metrics, health=health)
+                              notifier=notifier, metrics=metrics, health=health, security=security)
     finally:
         notifier.close()
     return 0
@@ -592,7 +600,8 @@ def cmd_command(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.bootstrap_servers:  # an embedded broker started for one command would vanish with it
         raise ConfigError("MLE_BOOTSTRAP_SERVERS is not set: give the Kafka the worker and the actuator use, "
                           "or write the command to a file with --out FILE")
-    partition, offset = publish_command(command, settings.bootstrap_servers, settings.topics)
+    partition, offset = publish_command(command, settings.bootstrap_servers, settings.topics,
+                                        security=settings.kafka_security)
     print(f"published {command.kind.value} of {command.model} ({traffic}) to {settings.topics.commands}"
           f"[{partition}]@{offset}, command {command.command_id}")
     return 0
@@ -783,7 +792,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     verify = verifier_for(settings)  # without the key no command could be shown: say so now
     topologies = load_topologies(args.topology)
     board = StatusBoard({name: [c.metric for c in t.checks] for name, t in topologies.items()}, verify=verify)
-    feed = StatusFeed(settings.bootstrap_servers, settings.topics, board, since_ms=since_ms)
+    feed = StatusFeed(settings.bootstrap_servers, settings.topics, board, since_ms=since_ms,
+                      security=settings.kafka_security)
     try:
         print(f"reading {settings.topics.metrics}, {settings.topics.drift}, {settings.topics.commands} and "
               f"{settings.topics.rollout_events} on {redact_servers(settings.bootstrap_servers)} ...", file=sys.stderr,

@@ -28,6 +28,9 @@ Usage in a serving pod::
 
 A labeler calls `log_label({"prediction_id": ..., "model": "fraud", "timestamp": ..., "label": 1})`.
 Records still queued when the process exits without close() are lost.
+
+TLS and SASL come from the pod's environment, as for the worker and the actuator (MLE_KAFKA_*,
+docs/kafka-security.md), or from `security=KafkaSecurity.from_properties({...})`.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from mle_stream.config import Topics
 from mle_stream.core.events import Label, Prediction
 from mle_stream.errors import ConfigError
 from mle_stream.kafka import producer_config as base_producer_config
+from mle_stream.kafka_security import KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +91,11 @@ class EvaluationClient:
     linger_ms: ...or when its oldest record has waited this long.
     max_queue: records held in memory at most, counting those sent but not yet acknowledged, so
         memory stays bounded while the brokers are unreachable.
-    producer_config: extra librdkafka settings, merged over mle_stream.kafka.producer_config.
+    security: TLS and SASL (mle_stream.kafka_security); None (the default) reads them from the
+        environment as the other components do: MLE_KAFKA_PROPERTIES_FILE and the MLE_KAFKA_<PROPERTY>
+        variables, PLAINTEXT when none is set (docs/kafka-security.md). ConfigError if they are wrong.
+    producer_config: extra librdkafka settings, merged over mle_stream.kafka.producer_config and the
+        security settings.
     """
 
     def __init__(
@@ -99,6 +107,7 @@ class EvaluationClient:
         linger_ms: int = 200,
         max_queue: int = 100_000,
         producer_config: dict[str, Any] | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -114,7 +123,8 @@ class EvaluationClient:
         # error callback holds the client weakly: a producer -> client -> producer cycle would keep
         # the producer and its broker connections alive until a garbage collection.
         extra = {"error_cb": _weak_error_callback(weakref.ref(self)), "logger": log, **(producer_config or {})}
-        config = base_producer_config(bootstrap_servers, **extra)
+        security = security if security is not None else KafkaSecurity.from_env()
+        config = base_producer_config(bootstrap_servers, security=security, **extra)
         try:
             self._producer = Producer(config)
         except KafkaException as exc:

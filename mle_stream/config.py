@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from mle_stream.core.signing import DEFAULT_TTL_MS
 from mle_stream.core.topology import parse_duration_ms
 from mle_stream.errors import ConfigError
+from mle_stream.kafka_security import KafkaSecurity
 
 
 # Where the worker and the actuator serve their Prometheus metrics unless told otherwise (MLE_METRICS_PORT,
@@ -73,6 +74,8 @@ class Settings:
     rollbacks and failed or rejected commands to (empty: none).
     metrics_port: MLE_METRICS_PORT, the port of the Prometheus metrics (0: not served); None (unset)
     means each component's default (WORKER_METRICS_PORT, ACTUATOR_METRICS_PORT).
+    kafka_security: TLS and SASL of every Kafka connection, from MLE_KAFKA_PROPERTIES_FILE and the
+    MLE_KAFKA_<PROPERTY> variables (mle_stream.kafka_security; docs/kafka-security.md).
 
     Command keys (mle_stream/keys.py, docs/command-signing.md):
     signing_key_file: MLE_SIGNING_KEY_FILE, the Ed25519 private key (PEM) this component signs with.
@@ -94,6 +97,7 @@ class Settings:
     checkpoint_interval_s: float = 30.0
     notify_webhook: str = field(default="", repr=False)  # a secret: the token is in its path
     metrics_port: int | None = None
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     # Command keys: see the docstring.
     signing_key_file: str = ""
     signing_key: bytes = field(default=b"", repr=False)
@@ -134,6 +138,7 @@ class Settings:
             checkpoint_interval_s=interval_s,
             notify_webhook=env.get("MLE_NOTIFY_WEBHOOK", "").strip(),
             metrics_port=metrics_port,
+            kafka_security=KafkaSecurity.from_env(env),
             **_key_settings(env),
         )
 

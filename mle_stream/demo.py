@@ -34,6 +34,7 @@ from mle_stream.core.events import Command, Label, MetricSnapshot, Prediction, R
 from mle_stream.core.topology import Topology, load_topology
 from mle_stream.errors import ConfigError
 from mle_stream.kafka import bootstrap_servers, consumer_config, ensure_topics
+from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.keys import generate_key_pair
 from mle_stream.redact import redact_servers, redact_uri
 
@@ -117,14 +118,15 @@ class Observed:
 class Watcher(threading.Thread):
     """Reads metrics, commands and rollout events, and narrates them."""
 
-    def __init__(self, bootstrap: str, topics: Topics, topology: Topology, timeline: Timeline) -> None:
+    def __init__(self, bootstrap: str, topics: Topics, topology: Topology, timeline: Timeline,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
         super().__init__(name="demo-watcher", daemon=True)
         self.topics = topics
         self.topology = topology
         self.timeline = timeline
         self.seen = Observed()
         self.stop_event = threading.Event()
-        self._consumer = Consumer(consumer_config(bootstrap, f"mle-stream-demo-{uuid.uuid4().hex[:8]}"))
+        self._consumer = Consumer(consumer_config(bootstrap, f"mle-stream-demo-{uuid.uuid4().hex[:8]}", security=security))
         self._consumer.subscribe([topics.metrics, topics.commands, topics.rollout_events])
         self._baseline: dict[int, MetricSnapshot] = {}
 
@@ -270,7 +272,7 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
 
     with contextlib.ExitStack() as stack:
         bootstrap = stack.enter_context(bootstrap_servers(settings))
-        ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
+        ensure_topics(bootstrap, settings.topics.all(), settings.partitions, security=settings.kafka_security)
         timeline.say(f"broker ready at {redact_servers(bootstrap)}; workdir {workdir}")
 
         versions = register_demo_versions(tracking_uri, model, 2, workdir / "mlartifacts")
@@ -311,12 +313,12 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
         if status_url:
             timeline.say(f"status page: {status_url} (the worker serves it; --keep-running keeps it up after the end)")
 
-        watcher = Watcher(bootstrap, settings.topics, topology, timeline)
+        watcher = Watcher(bootstrap, settings.topics, topology, timeline, settings.kafka_security)
         watcher.start()
         stack.callback(watcher.join, 5)
         stack.callback(watcher.stop_event.set)
 
-        client = EvaluationClient(bootstrap, topics=settings.topics, linger_ms=100)
+        client = EvaluationClient(bootstrap, topics=settings.topics, linger_ms=100, security=settings.kafka_security)
         simulator = Simulator(client, topology, lambda: routing.get_weights(model), random.Random(seed))
         timeline.say(f"simulating {rate_per_s} predictions/s; labels arrive {LABEL_DELAY_S[0]}-{LABEL_DELAY_S[1]} s "
                      f"later, {LABEL_LOSS:.0%} never; v{cand_v} degrades after {degrade_after_s:.0f} s")

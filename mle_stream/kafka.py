@@ -1,5 +1,8 @@
 """The one place that knows how mle-stream talks to Kafka with confluent-kafka: client settings,
-topic creation, and the embedded-broker fallback."""
+topic creation, and the embedded-broker fallback.
+
+Every helper takes the connection's `security` (mle_stream.kafka_security; Settings.kafka_security):
+a producer, consumer or admin client built here speaks TLS / SASL exactly when the settings say so."""
 
 from __future__ import annotations
 
@@ -8,13 +11,15 @@ import logging
 import time
 from typing import Callable, Iterable, Iterator, Mapping
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from mle_stream.broker import EmbeddedBroker
 from mle_stream.config import Settings
-from mle_stream.errors import BrokerError
+from mle_stream.errors import BrokerError, ConfigError
+from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.retry import Backoff, RetriesExhausted, retrying
+from mle_stream.redact import redact_servers
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +28,16 @@ log = logging.getLogger(__name__)
 SESSION_TIMEOUT_MS = 6000
 
 
-def producer_config(bootstrap: str, **extra: object) -> dict[str, object]:
-    return {"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "none", **extra}
+def producer_config(bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, **extra: object) -> dict[str, object]:
+    return {"bootstrap.servers": bootstrap, **security.librdkafka_config(), "linger.ms": 5, "compression.type": "none",
+            **extra}
 
 
-def consumer_config(bootstrap: str, group_id: str, **extra: object) -> dict[str, object]:
+def consumer_config(bootstrap: str, group_id: str, *, security: KafkaSecurity = PLAINTEXT,
+                    **extra: object) -> dict[str, object]:
     return {
         "bootstrap.servers": bootstrap,
+        **security.librdkafka_config(),
         "group.id": group_id,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
@@ -37,6 +45,10 @@ def consumer_config(bootstrap: str, group_id: str, **extra: object) -> dict[str,
         "heartbeat.interval.ms": 1000,
         **extra,
     }
+
+
+def admin_client(bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, **extra: object) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, **security.librdkafka_config(), **extra})
 
 
 # The worker's checkpoints (mle_stream.stream.checkpoints): compaction keeps the latest value of each
@@ -47,13 +59,13 @@ STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": str(64 * 102
 
 
 def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout_s: float = 15.0,
-                  config: Mapping[str, str] | None = None) -> None:
+                  config: Mapping[str, str] | None = None, *, security: KafkaSecurity = PLAINTEXT) -> None:
     """Create the topics that do not exist yet, with this topic `config` (existing ones are left as they are)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = admin_client(bootstrap, security=security)
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
-        raise BrokerError(f"cannot reach Kafka at {bootstrap!r} to list topics: {exc}") from exc
+        raise BrokerError(f"cannot reach Kafka at {redact_servers(bootstrap)!r} to list topics: {exc}") from exc
     missing = [n for n in dict.fromkeys(names) if n not in existing]
     if not missing:
         return
@@ -65,14 +77,15 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout
             log.info("created topic %s with %d partitions", name, partitions)
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise BrokerError(f"cannot create topic {name!r} on {bootstrap!r}: {exc}") from exc
+                raise BrokerError(f"cannot create topic {name!r} on {redact_servers(bootstrap)!r}: {exc}") from exc
 
 
-def ensure_state_topic(bootstrap: str, name: str, partitions: int, timeout_s: float = 15.0) -> None:
+def ensure_state_topic(bootstrap: str, name: str, partitions: int, timeout_s: float = 15.0, *,
+                       security: KafkaSecurity = PLAINTEXT) -> None:
     """Create the compacted state topic if it is missing; warn when an existing one is not compacted
     (the delete policy would, after retention.ms, delete the only copy of a checkpoint)."""
-    ensure_topics(bootstrap, [name], partitions, timeout_s, config=STATE_TOPIC_CONFIG)
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    ensure_topics(bootstrap, [name], partitions, timeout_s, config=STATE_TOPIC_CONFIG, security=security)
+    admin = admin_client(bootstrap, security=security)
     try:
         described = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, name)])
         config = next(iter(described.values())).result(timeout=timeout_s)
@@ -91,36 +104,52 @@ def ensure_state_topic(bootstrap: str, name: str, partitions: int, timeout_s: fl
 BROKER_WAIT = Backoff(attempts=12, base_delay_s=1.0, max_delay_s=30.0)
 
 
-def wait_for_broker(bootstrap: str, backoff: Backoff = BROKER_WAIT, sleep: Callable[[float], None] = time.sleep) -> None:
+def wait_for_broker(bootstrap: str, backoff: Backoff = BROKER_WAIT, sleep: Callable[[float], None] = time.sleep, *,
+                    security: KafkaSecurity = PLAINTEXT) -> None:
     """Return once Kafka at `bootstrap` answers a metadata request; retry with `backoff` meanwhile,
-    saying so in the log, then raise BrokerError saying how long it tried."""
+    saying so in the log, then raise BrokerError saying how long it tried. A failed TLS handshake or
+    SASL authentication is raised at once: retrying cannot fix a certificate or a password."""
+    refused: list[str] = []
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() in (KafkaError._SSL, KafkaError._AUTHENTICATION):
+            refused.append(error.str())
+
     # librdkafka would print every refused connection on stderr: the log lines below say it once per attempt.
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    admin = admin_client(bootstrap, security=security, log_level=0, error_cb=on_error)
 
     def probe() -> None:
-        admin.list_topics(timeout=5)
+        try:
+            admin.list_topics(timeout=5)
+        except KafkaException:
+            admin.poll(0)  # serves on_error
+            if refused:
+                raise BrokerError(f"Kafka at {redact_servers(bootstrap)!r} refused this client's security settings "
+                                  f"({security.describe()}): {refused[-1]}; check the MLE_KAFKA_* settings") from None
+            raise
 
     def transient(exc: Exception) -> str | None:
         return str(exc) if isinstance(exc, KafkaException) else None
 
     def on_retry(attempt: int, why: str, delay: float) -> None:
-        log.warning("Kafka at %s does not answer (attempt %d of %d: %s); trying again in %.0f s", bootstrap, attempt,
-                    backoff.attempts, why, delay)
+        log.warning("Kafka at %s does not answer (attempt %d of %d: %s); trying again in %.0f s",
+                    redact_servers(bootstrap), attempt, backoff.attempts, why, delay)
 
     try:
         retrying(probe, backoff, transient, on_retry, sleep)
     except RetriesExhausted as exc:
-        raise BrokerError(f"cannot reach Kafka at {bootstrap!r}: {exc}; check MLE_BOOTSTRAP_SERVERS and that the "
-                          "brokers are up") from exc.__cause__
+        raise BrokerError(f"cannot reach Kafka at {redact_servers(bootstrap)!r}: {exc}; check MLE_BOOTSTRAP_SERVERS "
+                          "and that the brokers are up") from exc.__cause__
 
 
-def partition_counts(bootstrap: str, names: Iterable[str], timeout_s: float = 15.0) -> dict[str, int]:
+def partition_counts(bootstrap: str, names: Iterable[str], timeout_s: float = 15.0, *,
+                     security: KafkaSecurity = PLAINTEXT) -> dict[str, int]:
     """Partitions per topic, for the topics that exist."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = admin_client(bootstrap, security=security)
     try:
         topics = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
-        raise BrokerError(f"cannot reach Kafka at {bootstrap!r} to list topics: {exc}") from exc
+        raise BrokerError(f"cannot reach Kafka at {redact_servers(bootstrap)!r} to list topics: {exc}") from exc
     return {n: len(topics[n].partitions) for n in names if n in topics}
 
 
@@ -130,6 +159,11 @@ def bootstrap_servers(settings: Settings) -> Iterator[str]:
     if settings.bootstrap_servers:
         yield settings.bootstrap_servers
         return
+    if settings.kafka_security != PLAINTEXT:
+        # Falling back to the plaintext embedded broker would quietly drop the TLS / SASL asked for.
+        raise ConfigError(f"Kafka security is configured ({settings.kafka_security.describe()}) but "
+                          "MLE_BOOTSTRAP_SERVERS is empty, and the embedded broker only speaks PLAINTEXT: set "
+                          "MLE_BOOTSTRAP_SERVERS to the brokers, or unset the MLE_KAFKA_* variables")
     with EmbeddedBroker() as broker:
         log.info("MLE_BOOTSTRAP_SERVERS is empty: started the embedded broker on %s", broker.bootstrap_servers)
         yield broker.bootstrap_servers

@@ -33,6 +33,7 @@ from mle_stream.core.commands import command_id
 from mle_stream.core.signing import Signer
 from mle_stream.core.events import Command, CommandKind
 from mle_stream.errors import BrokerError, InvalidEvent, MleStreamError
+from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,8 @@ def read_command_file(path: Path) -> Command:
         raise CommandFileError(path, exc.reason, exc.field) from None
 
 
-def publish_command(command: Command, bootstrap: str, topics: Topics, *, timeout_s: float = 15.0) -> tuple[int, int]:
+def publish_command(command: Command, bootstrap: str, topics: Topics, *, timeout_s: float = 15.0,
+                    security: KafkaSecurity = PLAINTEXT) -> tuple[int, int]:
     """Produce `command` to the commands topic keyed by its model and wait until the broker confirms it.
 
     The key matters: the worker reads a model's commands from the partition number its predictions
@@ -189,7 +191,7 @@ def publish_command(command: Command, bootstrap: str, topics: Topics, *, timeout
 
     from mle_stream.kafka import partition_counts, producer_config
 
-    counts = partition_counts(bootstrap, [topics.predictions, topics.commands], timeout_s=timeout_s)
+    counts = partition_counts(bootstrap, [topics.predictions, topics.commands], timeout_s=timeout_s, security=security)
     if len(set(counts.values())) > 1:
         log.warning("%s has %d partitions and %s %d: the worker may not see this command next to the model's "
                     "predictions (approvals need that; give both topics the same number of partitions)",
@@ -200,7 +202,7 @@ def publish_command(command: Command, bootstrap: str, topics: Topics, *, timeout
         outcome.append((error, message))
 
     where = f"topic {topics.commands} at {bootstrap}"
-    producer = Producer(producer_config(bootstrap, **{"message.timeout.ms": int(timeout_s * 1000)}))
+    producer = Producer(producer_config(bootstrap, security=security, **{"message.timeout.ms": int(timeout_s * 1000)}))
     try:
         producer.produce(topics.commands, key=command.model.encode(), value=codec.encode_command(command),
                          on_delivery=delivered)

@@ -27,8 +27,10 @@ from mle_stream.dead_letter import bounded_text, dead_letter_entry
 from mle_stream.errors import ActuationError, InvalidEvent
 from mle_stream.health import ActuatorHealth
 from mle_stream.kafka import consumer_config, producer_config
+from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.retry import Backoff
 from mle_stream.telemetry import ActuatorMetrics
+from mle_stream.redact import redact_servers
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ REDELIVER = Backoff(attempts=1, base_delay_s=5.0, max_delay_s=120.0)
 def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: threading.Event,
                       group_id: str = "mle-stream-actuator", notifier: Notifier | None = None,
                       redeliver: Backoff = REDELIVER, metrics: ActuatorMetrics | None = None,
-                      health: ActuatorHealth | None = None) -> None:
+                      health: ActuatorHealth | None = None, security: KafkaSecurity = PLAINTEXT) -> None:
     """Apply commands one at a time, in order. A command that FAILED on transient errors is not
     committed: it is applied again after a wait (`redeliver`) until it goes through, holding the
     commands behind it, so an outage of the registry or the API server delays commands but never
@@ -75,13 +77,13 @@ def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: 
     `health` (mle_stream.health) is told of every round, every command and how the loop ended."""
     metrics = metrics if metrics is not None else ActuatorMetrics()
     health = health if health is not None else ActuatorHealth()
-    consumer = Consumer(consumer_config(bootstrap, group_id))
-    producer = Producer(producer_config(bootstrap))
+    consumer = Consumer(consumer_config(bootstrap, group_id, security=security))
+    producer = Producer(producer_config(bootstrap, security=security))
     consumer.subscribe([topics.commands], on_assign=lambda _, tps: health.assigned([tp.partition for tp in tps]),
                        on_revoke=lambda *_: health.revoked())
     health.loop_started()
     ended: BaseException | None = None
-    log.info("actuator reading %s on %s", topics.commands, bootstrap)
+    log.info("actuator reading %s on %s (%s)", topics.commands, redact_servers(bootstrap), security.describe())
     failing: str | None = None  # the command being delivered again ...
     failures = 0  # ... and how often in a row it failed
     try:

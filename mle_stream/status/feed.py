@@ -29,6 +29,7 @@ from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.errors import BrokerError, InvalidEvent
 from mle_stream.kafka import consumer_config
+from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.status.model import StatusBoard, StatusEvent
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ class StatusFeed:
     """Feeds `board` (under `lock`) from the four output topics; see the module docstring."""
 
     def __init__(self, bootstrap: str, topics: Topics, board: StatusBoard, lock: threading.Lock | None = None,
-                 since_ms: int | None = None, on_ignored: Callable[[str, str, int], None] | None = None) -> None:
+                 since_ms: int | None = None, on_ignored: Callable[[str, str, int], None] | None = None,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
         self.board = board
         self._on_ignored = on_ignored or (lambda topic, reason, n: None)
         self.lock = lock or threading.Lock()
@@ -49,7 +51,7 @@ class StatusFeed:
             topics.commands: codec.decode_command, topics.rollout_events: codec.decode_rollout_event}
         # A group id is required by librdkafka even for assigned partitions; nothing is committed.
         self._consumer = Consumer(consumer_config(bootstrap, f"mle-stream-status-{uuid.uuid4().hex[:8]}",
-                                                  **{"enable.partition.eof": False}))
+                                                  security=security, **{"enable.partition.eof": False}))
         self._since_ms = since_ms
         self._assign(since_ms)
         self._stop = threading.Event()

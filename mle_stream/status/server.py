@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from mle_stream.config import Topics
 from mle_stream.errors import ConfigError
 from mle_stream.health import Health
+from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.status.feed import StatusFeed
 from mle_stream.status.model import UNVERIFIED, StatusBoard
 
@@ -136,12 +137,13 @@ def count_ignored(metrics: WorkerMetrics) -> Callable[[str, str, int], None]:
 
 def start_status_page(bootstrap: str, topics: Topics, checks_by_model: Mapping[str, Sequence[str]], port: int,
                       bind: str = "127.0.0.1", health: Health | None = None, *, verify: Verifier,
-                      metrics: WorkerMetrics | None = None) -> StatusServer | None:
+                      metrics: WorkerMetrics | None = None,
+                      security: KafkaSecurity = PLAINTEXT) -> StatusServer | None:
     """The worker's status page: a board of the topologies' models (`checks_by_model`: each model and
-    its checks' metrics, the ones plotted) fed from the output topics, showing the commands `verify`
-    accepts, served on bind:port, its /healthz answering `health`'s liveness; what it leaves off is
-    counted in `metrics`. A port in use is logged and gives None: the page must never keep a worker
-    from running."""
+    its checks' metrics, the ones plotted) fed from the output topics (read with `security`), showing
+    the commands `verify` accepts, served on bind:port, its /healthz answering `health`'s liveness;
+    what it leaves off is counted in `metrics`. A port in use is logged and gives None: the page must
+    never keep a worker from running."""
     board = StatusBoard(checks_by_model, verify=verify)
     lock = threading.Lock()
     try:
@@ -149,7 +151,8 @@ def start_status_page(bootstrap: str, topics: Topics, checks_by_model: Mapping[s
     except ConfigError as exc:  # a second worker on this host: it works on, without a page
         log.warning("%s; the worker runs without a status page", exc)
         return None
-    feed = StatusFeed(bootstrap, topics, board, lock, on_ignored=count_ignored(metrics) if metrics else None)
+    feed = StatusFeed(bootstrap, topics, board, lock, on_ignored=count_ignored(metrics) if metrics else None,
+                      security=security)
     server = _serve(http, board, lock, feed)
     log.info("status page on %s", server.url)
     return server

@@ -29,6 +29,7 @@ from mle_stream.core.topology import Topology
 from mle_stream.errors import BrokerError, ConfigError
 from mle_stream.health import HEARTBEAT_S, WorkerHealth
 from mle_stream.kafka import ensure_state_topic, partition_counts
+from mle_stream.kafka_security import KafkaSecurity
 from mle_stream.keys import signer_from_settings, verifier_from_settings
 from mle_stream.stream.checkpoints import CheckpointedProcessor, Checkpoints, CheckpointStore
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor
@@ -64,12 +65,13 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
                                 verifier=verifier_from_settings(settings))
     metrics = metrics if metrics is not None else WorkerMetrics()
     health = health if health is not None else WorkerHealth.from_env(settings.checkpoint_interval_s)
-    topics = settings.topics
-    _require_copartitioned(bootstrap, topics.predictions, topics.labels, topics.commands)
-    ensure_state_topic(bootstrap, topics.state, settings.partitions)
+    topics, security = settings.topics, settings.kafka_security
+    _require_copartitioned(bootstrap, topics.predictions, topics.labels, topics.commands, security=security)
+    ensure_state_topic(bootstrap, topics.state, settings.partitions, security=security)
     app = faust.App(
         settings.worker_group,
         broker=f"kafka://{bootstrap}",
+        broker_credentials=security.faust_credentials(),  # TLS / SASL of its consumer, producer and admin client
         broker_session_timeout=6,  # the embedded broker's group joins stall with the default
         # At the 1 MB default a fetch holds ~7 batched prediction messages per partition and the
         # agent idles between fetches; 16 MB measured 1.4-1.7x the events/s (mle-stream bench).
@@ -82,7 +84,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         datadir=datadir or "{conf.name}-data",  # Faust's own default: <app id>-data in the cwd
     )
     tracked = CheckpointedProcessor(processor)
-    checkpoints = Checkpoints(tracked, CheckpointStore(bootstrap, topics.state, settings.worker_group),
+    checkpoints = Checkpoints(tracked, CheckpointStore(bootstrap, topics.state, settings.worker_group, security=security),
                               settings.checkpoint_interval_s, flush_outputs=lambda: app.producer.flush())
     inputs = set(tracked.inputs)
     # The commands topic is read for operators' APPROVE commands (rollout.approval).
@@ -218,10 +220,10 @@ async def _read_from(app: faust.App, positions: Mapping[tuple[str, int], int]) -
     log.info("reading from %s", ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(offsets.items())))
 
 
-def _require_copartitioned(bootstrap: str, *names: str) -> None:
+def _require_copartitioned(bootstrap: str, *names: str, security: KafkaSecurity) -> None:
     """A model's predictions, labels and approvals must land in the same partition number: its
     checkpoint records offsets of all of them, and one worker must hold the whole join."""
-    counts = partition_counts(bootstrap, list(names))
+    counts = partition_counts(bootstrap, list(names), security=security)
     if len(set(counts.values())) > 1:
         listed = ", ".join(f"{name} ({counts[name]} partitions)" for name in names)
         raise ConfigError(f"topics {listed} must have the same number of partitions: a model's predictions and "

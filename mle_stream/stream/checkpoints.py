@@ -46,7 +46,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from mle_stream.core.evaluator import ModelEvaluator
 from mle_stream.errors import BrokerError, MleStreamError
 from mle_stream.kafka import consumer_config, producer_config
+from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor
+from mle_stream.redact import redact_servers
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +121,10 @@ class CheckpointStore:
     thread when an event loop must stay responsive. Checkpoint of input partition k is stored in
     partition k mod N of the state topic, so a worker reads only the state partitions of what it owns."""
 
-    def __init__(self, bootstrap: str, topic: str, group: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, bootstrap: str, topic: str, group: str, timeout_s: float = 60.0, *,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
         self.bootstrap = bootstrap
+        self.security = security
         self.topic = topic
         self.group = group
         self.timeout_s = timeout_s
@@ -134,15 +138,16 @@ class CheckpointStore:
 
     def state_partition(self, partition: int) -> int:
         if self._state_partitions is None:
-            consumer = Consumer(consumer_config(self.bootstrap, f"{self.group}.state"))
+            consumer = Consumer(consumer_config(self.bootstrap, f"{self.group}.state", security=self.security))
             try:
                 meta = consumer.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
             except KafkaException as exc:
-                raise BrokerError(f"cannot read the metadata of state topic {self.topic!r} on {self.bootstrap!r}: {exc}") from exc
+                raise BrokerError(f"cannot read the metadata of state topic {self.topic!r} on "
+                                  f"{redact_servers(self.bootstrap)!r}: {exc}") from exc
             finally:
                 consumer.close()
             if meta is None or meta.error is not None or not meta.partitions:
-                raise BrokerError(f"state topic {self.topic!r} does not exist on {self.bootstrap!r} "
+                raise BrokerError(f"state topic {self.topic!r} does not exist on {redact_servers(self.bootstrap)!r} "
                                   f"({meta.error if meta is not None else 'no metadata'})")
             self._state_partitions = len(meta.partitions)
         return partition % self._state_partitions
@@ -177,7 +182,8 @@ class CheckpointStore:
     def _send(self, key: str, value: bytes | None, partition: int) -> None:
         if self._producer is None:
             # linger 0 and a flush per record: each record is a batch of its own (see the module doc).
-            self._producer = Producer(producer_config(self.bootstrap, **{"linger.ms": 0, "message.max.bytes": 2 * CHUNK_BYTES}))
+            self._producer = Producer(producer_config(self.bootstrap, security=self.security,
+                                                      **{"linger.ms": 0, "message.max.bytes": 2 * CHUNK_BYTES}))
         failures: list[str] = []
 
         def delivered(err: Any, _msg: Any) -> None:
@@ -210,7 +216,7 @@ class CheckpointStore:
     def _read_latest(self, state_partitions: set[int], prefixes: set[str]) -> dict[str, tuple[bytes | None, int]]:
         """key -> (latest value, its offset), for the keys of these checkpoints, reading each state
         partition from its start to the high watermark taken before reading."""
-        consumer = Consumer(consumer_config(self.bootstrap, f"{self.group}.state",
+        consumer = Consumer(consumer_config(self.bootstrap, f"{self.group}.state", security=self.security,
                                             **{"enable.partition.eof": False, "fetch.max.bytes": 64 * 1024**2}))
         latest: dict[str, tuple[bytes | None, int]] = {}
         try:
@@ -236,7 +242,8 @@ class CheckpointStore:
                     if key in prefixes or key.rsplit("/", 2)[0] in prefixes:
                         latest[key] = (msg.value(), offset)
         except KafkaException as exc:
-            raise BrokerError(f"cannot read state topic {self.topic!r} on {self.bootstrap!r}: {exc}") from exc
+            raise BrokerError(f"cannot read state topic {self.topic!r} on {redact_servers(self.bootstrap)!r}: "
+                              f"{exc}") from exc
         finally:
             consumer.close()
         return latest
