@@ -18,9 +18,10 @@ a model name fails loudly instead of creating a route nobody serves.
 
 Durability: `set_weights` sends the weights and the annotations `mle-stream.io/last-command-id`,
 `mle-stream.io/last-reason` and `mle-stream.io/last-command-issued-at` in ONE patch, so the
-command is recorded exactly when the weights are, and `last_applied` reads it back. The patch carries the resourceVersion read
-just before (optimistic concurrency): a 409 Conflict means someone else changed the object in
-between, and the whole read-decide-patch step runs again on the fresh object.
+command is recorded exactly when the weights are, and `last_applied` reads it back. The patch
+carries the resourceVersion read just before (optimistic concurrency): a 409 Conflict means
+someone else changed the object in between, and the whole read-decide-patch step runs again on
+the fresh object.
 
 Patches are JSON merge patches (application/merge-patch+json), which replace a list as a whole:
 the adapters send the complete list they mean (all rules, all route entries), built from the
@@ -55,8 +56,8 @@ from mle_stream.actuator.httproute import (
     annotations_of,
     applied_marker,
     check_model_template,
-    command_annotations,
     check_version_template,
+    command_annotations,
     first_rule_entries,
     is_object_name,
     read_whole_percent,
