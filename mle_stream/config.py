@@ -90,7 +90,7 @@ class Settings:
 
     bootstrap_servers: str = ""
     topics: Topics = field(default_factory=Topics)
-    mlflow_tracking_uri: str = "sqlite:///mlflow.db"
+    mlflow_tracking_uri: str = field(default="sqlite:///mlflow.db", repr=False)  # may carry credentials
     partitions: int = 4
     worker_group: str = "mle-stream-worker"
     actuator_group: str = "mle-stream-actuator"
