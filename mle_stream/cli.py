@@ -454,7 +454,7 @@ def _status_port(flag: int | None) -> int:
 def _notify_rate(args: argparse.Namespace) -> tuple[int, float]:
     """(posts, window in seconds) of the webhook's rate limit, from the flags, else the environment."""
     from mle_stream.actuator.notify import DEFAULT_LIMIT, DEFAULT_WINDOW_S
-    from mle_stream.core.topology import parse_duration_ms
+    from mle_stream.config import duration_ms
 
     raw_limit = args.notify_limit if args.notify_limit is not None else os.environ.get("MLE_NOTIFY_LIMIT", "").strip()
     raw_window = args.notify_window or os.environ.get("MLE_NOTIFY_WINDOW", "").strip()
@@ -465,14 +465,8 @@ def _notify_rate(args: argparse.Namespace) -> tuple[int, float]:
     if limit < 0:
         raise ConfigError(f"--notify-limit / MLE_NOTIFY_LIMIT must be a whole number >= 0 (posts per model and kind "
                           f"per window; 0: summaries only), got {raw_limit!r}")
-    try:
-        window_s = (parse_duration_ms(raw_window + "s" if raw_window[-1].isdigit() else raw_window) / 1000
-                    if raw_window else DEFAULT_WINDOW_S)
-    except ValueError:
-        window_s = 0.0
-    if window_s <= 0:
-        raise ConfigError(f"--notify-window / MLE_NOTIFY_WINDOW must be a duration > 0 such as 10m, 1h or 90s, "
-                          f"got {raw_window!r}")
+    window_s = (duration_ms(raw_window, "--notify-window / MLE_NOTIFY_WINDOW", "10m, 1h or 90s") / 1000
+                if raw_window else DEFAULT_WINDOW_S)
     return limit, window_s
 
 

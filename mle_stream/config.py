@@ -50,6 +50,18 @@ class Topics:
         return [getattr(self, name) for name in self.__dataclass_fields__ if name != "state"]
 
 
+def duration_ms(raw: str, name: str, examples: str) -> int:
+    """A duration setting in milliseconds: the topologies' durations ('30s', '5m', '500ms'), or a
+    bare number of seconds. ConfigError naming the setting `name` unless it is > 0."""
+    try:
+        ms = parse_duration_ms(raw + "s" if raw[-1:].isdigit() else raw)
+    except ValueError:
+        ms = 0
+    if ms <= 0:
+        raise ConfigError(f"{name} must be a duration > 0 such as {examples}, got {raw!r}")
+    return ms
+
+
 def missing_sqlite_store(tracking_uri: str) -> str | None:
     """The file of a `sqlite:///` MLflow store that does not exist (None otherwise): a reader
     must not open it, since MLflow would create an empty store wherever the process runs."""
@@ -114,14 +126,7 @@ class Settings:
         except ValueError:
             raise ConfigError(f"MLE_TOPIC_PARTITIONS must be a whole number, got {raw_partitions!r}") from None
         raw_interval = env.get("MLE_CHECKPOINT_INTERVAL", "").strip() or f"{cls.checkpoint_interval_s}s"
-        try:
-            # The topologies' durations ('30s', '5m', '500ms'); a bare number is seconds.
-            interval_s = parse_duration_ms(raw_interval + "s" if raw_interval[-1].isdigit() else raw_interval) / 1000
-        except ValueError:
-            interval_s = 0.0
-        if interval_s <= 0:
-            raise ConfigError(f"MLE_CHECKPOINT_INTERVAL must be a duration > 0 such as 30s, 5m or 500ms, "
-                              f"got {raw_interval!r}")
+        interval_s = duration_ms(raw_interval, "MLE_CHECKPOINT_INTERVAL", "30s, 5m or 500ms") / 1000
         raw_port = env.get("MLE_METRICS_PORT", "").strip()
         metrics_port = None
         if raw_port:
@@ -146,15 +151,7 @@ class Settings:
 def _key_settings(env: Mapping[str, str]) -> dict[str, Any]:
     """The command-key fields of Settings; read here, turned into keys by mle_stream/keys.py."""
     raw_ttl = env.get("MLE_COMMAND_TTL", "").strip()
-    ttl_ms = DEFAULT_TTL_MS
-    if raw_ttl:
-        try:
-            ttl_ms = parse_duration_ms(raw_ttl + "s" if raw_ttl[-1].isdigit() else raw_ttl)
-        except ValueError:
-            ttl_ms = 0
-        if ttl_ms <= 0:
-            raise ConfigError(f"MLE_COMMAND_TTL must be a duration > 0 such as 1h, 30m or 900 (seconds), "
-                              f"got {raw_ttl!r}")
+    ttl_ms = duration_ms(raw_ttl, "MLE_COMMAND_TTL", "1h, 30m or 900 (seconds)") if raw_ttl else DEFAULT_TTL_MS
     return {
         "signing_key_file": env.get("MLE_SIGNING_KEY_FILE", "").strip(),
         "signing_key": env.get("MLE_SIGNING_KEY", "").encode(),

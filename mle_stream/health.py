@@ -44,8 +44,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import MetricsHandler
 
-from mle_stream.core.topology import parse_duration_ms
-from mle_stream.errors import ConfigError
+from mle_stream.config import duration_ms
 
 # Defaults. The checkpoint bound leaves two intervals' slack for a slow write or a busy batch, and a
 # floor for short intervals (a large state takes a while to snapshot and write).
@@ -118,15 +117,7 @@ class HealthSettings:
 
 def _duration_s(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        seconds = parse_duration_ms(raw + "s" if raw[-1].isdigit() else raw) / 1000
-    except ValueError:
-        seconds = 0.0
-    if seconds <= 0:
-        raise ConfigError(f"{name} must be a duration > 0 such as 90s or 5m, got {raw!r}")
-    return seconds
+    return duration_ms(raw, name, "90s or 5m") / 1000 if raw else default
 
 
 def _ago(now: float, then: float) -> str:
