@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
@@ -47,7 +47,8 @@ def consumer_config(bootstrap: str, group_id: str, *, security: KafkaSecurity = 
     }
 
 
-def admin_client(bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, **extra: object) -> AdminClient:
+def admin_client(bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, **extra: Any) -> AdminClient:
+    # Any: librdkafka takes callbacks (error_cb) among its settings, which confluent-kafka's stubs omit.
     return AdminClient({"bootstrap.servers": bootstrap, **security.librdkafka_config(), **extra})
 
 

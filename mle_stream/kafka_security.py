@@ -115,12 +115,12 @@ class KafkaSecurity:
         for name, value in env.items():
             if not name.startswith(ENV_PREFIX) or name == PROPERTIES_FILE_VARIABLE:
                 continue
-            prop = _PROPERTY_OF_VARIABLE.get(name)
-            if prop is None:
+            named = _PROPERTY_OF_VARIABLE.get(name)
+            if named is None:
                 raise ConfigError(f"unknown variable {name}: the Kafka security variables are "
                                   f"{', '.join(sorted(_PROPERTY_OF_VARIABLE))} and {PROPERTIES_FILE_VARIABLE}")
             if value.strip():
-                values[prop], sources[prop] = value.strip(), name
+                values[named], sources[named] = value.strip(), name
         return cls.from_properties(values, sources)
 
     @classmethod
