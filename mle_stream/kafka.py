@@ -23,8 +23,8 @@ from mle_stream.redact import redact_servers
 
 log = logging.getLogger(__name__)
 
-# Consumer groups join slowly on the embedded broker with librdkafka's 45 s default
-# (../shared/DESIGN.md); 6 s is also a sane value on Apache Kafka.
+# Consumer groups join slowly on the embedded broker with librdkafka's 45 s default; 6 s is also a
+# sane value on Apache Kafka.
 SESSION_TIMEOUT_MS = 6000
 
 

@@ -52,7 +52,7 @@ def read_until(bootstrap: str, topics: list[str], done: Callable[[list[Message]]
                timeout_s: float = 60.0) -> list[Message]:
     """Consume `topics` from the beginning until `done(messages)` holds or the time is up.
 
-    Never trusts the high watermark: the embedded broker reports it wrong (../shared/DESIGN.md).
+    Never trusts the high watermark: the embedded broker reports it wrong (the first offset of the last record batch + 1).
     """
     from confluent_kafka import Consumer
 

@@ -1,6 +1,6 @@
 """Predictions and labels as columns: what the hot path decodes into and the evaluator reads.
 
-A Kafka message carries hundreds of records (../shared/DESIGN.md: the stream pays per message),
+A Kafka message carries hundreds of records (the stream pays per message),
 so the worker never builds one object per record: the codec reads a batch straight into numpy
 arrays and lists, checks the contract on whole columns, and the evaluator groups and joins them
 as arrays. The dataclasses in events.py stay the form for the edges (JSON, replay, dead letters):

@@ -116,7 +116,7 @@ class StatusFeed:
         """Read until no message came for `idle_s` (or `timeout_s` passed); returns messages read.
 
         Not up to the high watermark: the embedded broker reports it wrong (the first offset of the
-        last record batch + 1, ../shared/DESIGN.md), so the last batch of a topic could be missed.
+        last record batch + 1), so the last batch of a topic could be missed.
         A pause in the stream is the end here; a topic still being written to gets read on.
         """
         total, deadline = 0, time.monotonic() + timeout_s

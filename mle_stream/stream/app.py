@@ -37,7 +37,7 @@ from mle_stream.telemetry import WorkerMetrics, serve
 
 log = logging.getLogger(__name__)
 
-# Faust pays ~150 µs per Kafka message here (../shared/DESIGN.md): take many at a time. 200
+# Faust pays ~150 µs per Kafka message here: take many at a time. 200
 # messages (100,000 predictions from the client) keep the per-batch costs small; 1000 ran no faster
 # in mle-stream bench and held ~75 MB more at a million events, since the next batch is fetched
 # while one is processed.

@@ -19,7 +19,7 @@ between 0 and 1; then a manifest under `{group}/p{k}` names the slot, the checkp
 count and each chunk's SHA-256. The manifest goes last, so a worker that dies while writing chunks
 leaves the previous checkpoint whole, and compaction keeps the latest value of every key, hence
 the latest complete checkpoint. Every record is produced alone and flushed: one record per batch
-keeps the embedded broker's high watermark right (../shared/DESIGN.md), and the reader reads to it.
+keeps the embedded broker's high watermark right, and the reader reads to it.
 
 `CheckpointedProcessor` wraps the StreamProcessor with the bookkeeping: offsets per input partition,
 the filter that drops what a checkpoint already includes, which model came from which partition.

@@ -1,6 +1,6 @@
 """Columnar batches of joined outcomes: what every metric state updates from.
 
-The hot path works on arrays, not on one record at a time (../shared/DESIGN.md: per-event Python
+The hot path works on arrays, not on one record at a time (per-event Python
 overhead is the throughput limit). Each row may carry a weight of +1 or -1: -1 takes a row back
 out, which is how a corrected label replaces the one it corrects without double counting.
 """
