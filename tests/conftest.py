@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 from confluent_kafka import Message
@@ -14,6 +15,10 @@ from confluent_kafka import Message
 from mle_stream.broker import EmbeddedBroker
 from mle_stream.config import Topics
 from mle_stream.kafka import ensure_topics
+
+if TYPE_CHECKING:
+    from mle_stream.actuator.gitops import GitOpsRouting
+    from mle_stream.actuator.mlflow_registry import MlflowRegistry
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +86,19 @@ def topics(kafka_bootstrap: str, topic_prefix: str) -> Topics:
 def topic_env(topics: Topics) -> dict[str, str]:
     """The environment that points an mle-stream process at these topics."""
     return {f"MLE_TOPIC_{name.upper()}": value for name, value in topics.__dict__.items()}
+
+
+def model_with_route(tracking_uri: str, tmp_path: Path, model: str,
+                     namespace: str = "default") -> tuple[GitOpsRouting, MlflowRegistry]:
+    """`model` at v1 (champion, 90% of traffic) and v2 (challenger, 10%), registered from runs in
+    the registry at `tracking_uri`, its route committed to a GitOps repository at tmp_path/gitops."""
+    from mle_stream.actuator.gitops import GitOpsRouting
+    from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
+
+    assert register_demo_versions(tracking_uri, model, 2, tmp_path / "artifacts") == ["1", "2"]
+    registry = MlflowRegistry(tracking_uri)
+    registry.set_alias(model, "champion", "1")
+    registry.set_alias(model, "challenger", "2")
+    routing = GitOpsRouting(tmp_path / "gitops", namespace=namespace)
+    routing.init_route(model, {"1": 90, "2": 10})
+    return routing, registry

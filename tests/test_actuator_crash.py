@@ -19,11 +19,10 @@ from typing import Callable, Iterator
 
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
-from conftest import read_until, topic_env
+from conftest import model_with_route, read_until, topic_env
 from test_mlflow_server import MlflowServer, git_subjects, signed
 
 from mle_stream import codec
-from mle_stream.actuator import GitOpsRouting, MlflowRegistry, register_demo_versions
 from mle_stream.config import Topics
 from mle_stream.core.events import CommandKind, RolloutStatus
 from mle_stream.core.signing import Signer
@@ -73,12 +72,8 @@ def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
 
 def test_killed_between_route_and_registry_resumes_at_the_registry_step(
         tmp_path: Path, kafka_bootstrap: str, topics: Topics, mlflow_server: MlflowServer) -> None:
-    assert register_demo_versions(mlflow_server.uri, MODEL, 2, tmp_path / "artifacts") == ["1", "2"]
-    registry = MlflowRegistry(mlflow_server.uri)
-    registry.set_alias(MODEL, "champion", "1")
-    registry.set_alias(MODEL, "challenger", "2")
+    _, registry = model_with_route(mlflow_server.uri, tmp_path, MODEL, namespace="ml")
     gitops = tmp_path / "gitops"
-    GitOpsRouting(gitops, namespace="ml").init_route(MODEL, {"1": 90, "2": 10})
     committed, release = tmp_path / "route-committed", tmp_path / "release-route-step"
     hook = gitops / ".git" / "hooks" / "post-commit"
     hook.write_text(POST_COMMIT_HOOK.format(committed=committed, release=release))

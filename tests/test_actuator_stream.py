@@ -16,10 +16,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from conftest import read_until, topic_env
+from conftest import model_with_route, read_until, topic_env
 from mle_stream import codec
-from mle_stream.actuator.gitops import GitOpsRouting
-from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
 from mle_stream.actuator.ports import InMemoryRegistry, InMemoryRouting
 from mle_stream.actuator.runner import run_actuator_loop
 from mle_stream.actuator.service import Actuator
@@ -55,12 +53,7 @@ def test_forged_and_garbage_commands_are_refused_and_a_signed_one_applied(
         tmp_path: Path, kafka_bootstrap: str, topics: Topics) -> None:
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    assert register_demo_versions(tracking, "fraud-detector", 2, tmp_path / "artifacts") == ["1", "2"]
-    registry = MlflowRegistry(tracking)
-    registry.set_alias("fraud-detector", "champion", "1")
-    registry.set_alias("fraud-detector", "challenger", "2")
-    routing = GitOpsRouting(tmp_path / "gitops", namespace="ml")
-    routing.init_route("fraud-detector", {"1": 90, "2": 10})
+    routing, registry = model_with_route(tracking, tmp_path, "fraud-detector", namespace="ml")
 
     env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "MLE_SIGNING_KEY": KEY.decode(), "MLFLOW_TRACKING_URI": tracking,

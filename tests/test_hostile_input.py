@@ -22,14 +22,12 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import read_until, topic_env
+from conftest import model_with_route, read_until, topic_env
 from hostile import TEXT, hostile_messages
 from mle_stream import codec
-from mle_stream.actuator.gitops import GitOpsRouting
-from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
 from mle_stream.config import Topics
 from mle_stream.core.commands import command_id
-from mle_stream.core.events import Command, CommandKind, Label, Prediction
+from mle_stream.core.events import Command, CommandKind, Prediction
 from mle_stream.core.signing import Signer
 from mle_stream.core.topology import parse_topology
 from mle_stream.dead_letter import EXCERPT_BYTES, dead_letter_entry
@@ -159,12 +157,7 @@ def test_generated_hostile_messages_crash_neither_process_and_a_signed_command_i
         tmp_path: Path, kafka_bootstrap: str, topics: Topics) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert register_demo_versions(tracking, "fraud-detector", 2, tmp_path / "artifacts") == ["1", "2"]
-    registry = MlflowRegistry(tracking)
-    registry.set_alias("fraud-detector", "champion", "1")
-    registry.set_alias("fraud-detector", "challenger", "2")
-    routing = GitOpsRouting(tmp_path / "gitops", namespace="ml")
-    routing.init_route("fraud-detector", {"1": 90, "2": 10})
+    routing, registry = model_with_route(tracking, tmp_path, "fraud-detector", namespace="ml")
 
     topologies = tmp_path / "topologies"
     topologies.mkdir()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from conftest import model_with_route
 
 from mle_stream.actuator import (
     Actuator,
@@ -144,21 +145,10 @@ def git_subjects(repo: Path) -> list[str]:
                           check=True).stdout.splitlines()
 
 
-def _model_with_route(server: MlflowServer, tmp_path: Path, model: str) -> tuple[GitOpsRouting, MlflowRegistry]:
-    """`model` at v1 (champion, 90%) and v2 (challenger, 10%), registered from runs on the server."""
-    assert register_demo_versions(server.uri, model, 2, tmp_path / "artifacts") == ["1", "2"]
-    registry = MlflowRegistry(server.uri)
-    registry.set_alias(model, "champion", "1")
-    registry.set_alias(model, "challenger", "2")
-    routing = GitOpsRouting(tmp_path / "gitops")
-    routing.init_route(model, {"1": 90, "2": 10})
-    return routing, registry
-
-
 def test_rollback_keeps_champion_on_the_baseline_and_a_redelivery_is_a_duplicate(
         mlflow_server: MlflowServer, tmp_path: Path) -> None:
     model = "fraud-rollback"
-    routing, registry = _model_with_route(mlflow_server, tmp_path, model)
+    routing, registry = model_with_route(mlflow_server.uri, tmp_path, model)
     command = signed(CommandKind.ROLLBACK, model, "1", "2")
 
     event = Actuator(routing, registry, VERIFIER).handle(command)
@@ -184,7 +174,7 @@ def test_rollback_keeps_champion_on_the_baseline_and_a_redelivery_is_a_duplicate
 def test_promote_moves_champion_and_a_later_rollback_moves_it_back(
         mlflow_server: MlflowServer, tmp_path: Path) -> None:
     model = "fraud-promote"
-    routing, registry = _model_with_route(mlflow_server, tmp_path, model)
+    routing, registry = model_with_route(mlflow_server.uri, tmp_path, model)
     actuator = Actuator(routing, registry, VERIFIER)
 
     promote = signed(CommandKind.PROMOTE, model, "1", "2", rule="gate")
@@ -218,7 +208,7 @@ def test_wrong_requests_fail_at_once_over_http(mlflow_server: MlflowServer) -> N
 
 def test_retries_ride_out_an_mlflow_restart(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     model = "fraud-outage"
-    _model_with_route(mlflow_server, tmp_path, model)
+    model_with_route(mlflow_server.uri, tmp_path, model)
     sleeps: list[float] = []
 
     def sleep(seconds: float) -> None:
