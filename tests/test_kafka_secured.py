@@ -34,7 +34,7 @@ from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_ve
 from mle_stream.broker import free_port
 from mle_stream.client import EvaluationClient
 from mle_stream.config import Topics
-from mle_stream.core.events import Label, Prediction
+from mle_stream.core.events import Prediction
 from mle_stream.errors import BrokerError
 from mle_stream.kafka import admin_client, consumer_config, ensure_topics, partition_counts, wait_for_broker
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
@@ -136,6 +136,14 @@ def read_messages(bootstrap: str, topic: str, security: KafkaSecurity, done: Cal
     return values
 
 
+def assert_round_trip(bootstrap: str, security: KafkaSecurity, n: int) -> None:
+    """n records published to fresh topics come back whole to a librdkafka and an aiokafka reader."""
+    topics = fresh_topics(bootstrap, security)
+    sent = publish(bootstrap, topics, security, n)
+    assert sorted(read_with_librdkafka(bootstrap, topics.predictions, security, n)) == sorted(sent)
+    assert sorted(asyncio.run(read_with_aiokafka(bootstrap, topics.predictions, security, n))) == sorted(sent)
+
+
 async def read_with_aiokafka(bootstrap: str, topic: str, security: KafkaSecurity, n: int) -> list[str]:
     """aiokafka configured exactly as the Faust worker's consumer is: through faust_credentials()."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10_000,
@@ -221,10 +229,7 @@ def test_mutual_tls_needs_the_client_certificate(pki: Pki, mtls: tuple[str, Kafk
     bootstrap, _ = mtls
     security = KafkaSecurity.from_env(mutual_tls_env(pki))  # the key is encrypted: ssl.key.password opens it
     wait_for_broker(bootstrap, security=security)
-    topics = fresh_topics(bootstrap, security)
-    sent = publish(bootstrap, topics, security, 20)
-    assert sorted(read_with_librdkafka(bootstrap, topics.predictions, security, 20)) == sorted(sent)
-    assert sorted(asyncio.run(read_with_aiokafka(bootstrap, topics.predictions, security, 20))) == sorted(sent)
+    assert_round_trip(bootstrap, security, 20)
 
     without_certificate = client_tls(pki)
     with pytest.raises(BrokerError):
@@ -240,10 +245,7 @@ def test_sasl_ssl_logins_carry_the_round_trip_and_a_wrong_password_is_refused(
     security = KafkaSecurity.from_env(sasl_env(pki, mechanism))
     logins = proxy.authenticated
     wait_for_broker(bootstrap, security=security)
-    topics = fresh_topics(bootstrap, security)
-    sent = publish(bootstrap, topics, security, 20)
-    assert sorted(read_with_librdkafka(bootstrap, topics.predictions, security, 20)) == sorted(sent)
-    assert sorted(asyncio.run(read_with_aiokafka(bootstrap, topics.predictions, security, 20))) == sorted(sent)
+    assert_round_trip(bootstrap, security, 20)
     assert proxy.authenticated > logins
 
     wrong = KafkaSecurity.from_env(sasl_env(pki, mechanism, password="not-" + USERS["alice"]))
