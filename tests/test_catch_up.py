@@ -78,50 +78,58 @@ class Traffic:
         return Traffic(self.predictions + other.predictions, self.labels + other.labels)
 
 
-def generate(start: int, end: int, rate: float, rng: random.Random, models: Sequence[str] = MODELS,
-             per_message: int = PER_MESSAGE, bad_from: int | None = None, origin: int | None = None) -> Traffic:
-    """Predictions of every model at `rate` per second of event time in [start, end), `per_message`
-    to a message, in timestamp order; labels for 95% of them (5% are never labeled), 1-20 s after
-    their prediction: a labeler publishes every LABEL_TICK_MS what became known since, stamped with
-    that time, 1-4 labels to a message. Labels that would be stamped at or after `end` are left out
-    (they belong to the traffic that follows). fraud's v2 is wrong 70% of the time from window
-    `bad_from` (counted from `origin`) on."""
-    origin = start if origin is None else origin
-    out = Traffic()
+def generate(start: int, end: int, rate: float, rng: random.Random, bad_from: int,
+             models: Sequence[str] = MODELS) -> tuple[list[Prediction], list[Label]]:
+    """Predictions of every model at `rate` per second of event time in [start, end), each
+    model's in timestamp order; labels for 95% of them (5% are never labeled), 1-20 s after their
+    prediction: a labeler publishes every LABEL_TICK_MS what became known since, stamped with that
+    time (labels in stamp order). fraud's v2 is wrong 70% of the time from window `bad_from` on."""
+    predictions: list[Prediction] = []
     due: dict[int, list[Label]] = {}  # label time -> labels stamped with it
     step = 1000.0 / rate
     for model in models:
-        preds: list[Prediction] = []
         i = 0
         while (ts := start + int(i * step)) < end:
             pid = f"{model}-{ts}-{i}-{rng.getrandbits(32):08x}"
             p = Prediction(prediction_id=pid, model=model, version=rng.choice("12"), timestamp=ts, score=rng.random(),
                            segment={"country": rng.choice(["DE", "FR"])})
-            preds.append(p)
+            predictions.append(p)
             i += 1
             if rng.random() < 0.95:
                 known = ts + rng.randint(1_000, 20_000 - LABEL_TICK_MS)
                 stamp = -(-known // LABEL_TICK_MS) * LABEL_TICK_MS  # the next tick: 1-20 s after the prediction
-                if stamp < end:
-                    right = rng.random() < 0.8
-                    if (bad_from is not None and model == "fraud" and p.version == "2"
-                            and (ts - origin) // SIZE_MS >= bad_from):
-                        right = rng.random() < 0.3
-                    due.setdefault(stamp, []).append(
-                        Label(prediction_id=pid, model=model, timestamp=stamp, label=(p.score >= 0.5) == right))
-            if len(preds) == per_message:
-                out.predictions.append(preds)
-                preds = []
-        if preds:
-            out.predictions.append(preds)
-    for stamp in sorted(due):
-        for model in models:
-            ready = [x for x in due[stamp] if x.model == model]
-            while ready:
-                k = rng.randint(1, 4)
-                out.labels.append(ready[:k])
-                ready = ready[k:]
+                right = rng.random() < 0.8
+                if model == "fraud" and p.version == "2" and (ts - start) // SIZE_MS >= bad_from:
+                    right = rng.random() < 0.3
+                due.setdefault(stamp, []).append(
+                    Label(prediction_id=pid, model=model, timestamp=stamp, label=(p.score >= 0.5) == right))
+    return predictions, [x for stamp in sorted(due) for x in due[stamp]]
+
+
+def messages(predictions: Sequence[Prediction], labels: Sequence[Label], rng: random.Random,
+             per_message: int = PER_MESSAGE) -> Traffic:
+    """The records in messages of one model each, in order: up to `per_message` predictions, and
+    1-4 labels (each message of one label time)."""
+    out = Traffic()
+    for model in MODELS:
+        mine = [p for p in predictions if p.model == model]
+        out.predictions += [mine[i:i + per_message] for i in range(0, len(mine), per_message)]
+    i = 0
+    while i < len(labels):
+        k, n = 1, rng.randint(1, 4)
+        while (k < n and i + k < len(labels) and labels[i + k].model == labels[i].model
+               and labels[i + k].timestamp == labels[i].timestamp):
+            k += 1
+        out.labels.append(list(labels[i:i + k]))
+        i += k
     return out
+
+
+def split(predictions: Sequence[Prediction], labels: Sequence[Label],
+          at: int) -> tuple[tuple[list[Prediction], list[Label]], tuple[list[Prediction], list[Label]]]:
+    """The records before `at` (predictions by their time, labels by theirs), and the others."""
+    return (([p for p in predictions if p.timestamp < at], [x for x in labels if x.timestamp < at]),
+            ([p for p in predictions if p.timestamp >= at], [x for x in labels if x.timestamp >= at]))
 
 
 def closing(end: int) -> Traffic:
@@ -242,7 +250,7 @@ def batches(messages: Sequence[Incoming], size: int = 200) -> Iterator[list[Inco
 def test_two_hours_of_predictions_read_before_their_labels_give_the_replay_windows_and_decisions() -> None:
     rng = random.Random(18)
     base = (int(time.time() * 1000) - 9_000_000) // SIZE_MS * SIZE_MS  # 2.5 h ago
-    backlog = generate(base, base + 2 * 3_600_000, 2.0, rng, bad_from=BAD_FROM)
+    backlog = messages(*generate(base, base + 2 * 3_600_000, 2.0, rng, bad_from=BAD_FROM), rng)
     end = window_end_after(backlog)
     traffic = backlog + closing(end)
     want = truth(traffic, before=end)
@@ -268,3 +276,362 @@ def test_two_hours_of_predictions_read_before_their_labels_give_the_replay_windo
     assert_same_windows(final, want.final, "final")
     emitted = [codec.decode_command(o.value) for o in outs if o.topic == TOPICS.commands]
     assert_same_decisions([c for c in emitted if c.window_start < end], want.decisions)
+
+
+# -- over the embedded broker ----------------------------------------------------------------------
+
+BROKER = (pytest.mark.broker, pytest.mark.reliability)
+RATE = 5.0  # predictions per second of event time and model
+BACKLOG_MS = 2 * 3_600_000
+KILLS_CATCHING_UP = 3
+KEEP_UP_SPEED = 10  # event time runs at 10x the wall clock while the worker keeps up: a window per 6 s
+KEEP_UP_STEP_S = 0.1  # the publisher sends 1 s of event time every 0.1 s
+# While catching up, a checkpoint every second; while keeping up, every 4 s (40 s of event time): a
+# checkpoint may be older than labels.max_delay.
+CATCH_UP_CHECKPOINT_INTERVAL, KEEP_UP_CHECKPOINT_INTERVAL = "1s", "4s"
+WROTE = re.compile(r"wrote checkpoint \w+ of partition (\d+) \(offsets (\{.*?\})\)")
+RESTORED = re.compile(r"restored partition (\d+) from checkpoint \w+ \(\d+ models, offsets (\{.*?\})\)")
+
+
+def pin_to_first_cpu() -> None:
+    os.sched_setaffinity(0, {0})
+
+
+class BusyLoop:
+    """A process spinning on CPU 0, the one the workers are pinned to: they get about half of it,
+    as on a crowded node (the broker and pytest keep CPU 1)."""
+
+    def __enter__(self) -> BusyLoop:
+        assert len(os.sched_getaffinity(0)) >= 2, "the contention test needs two CPUs: one contended, one for the rest"
+        self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pin_to_first_cpu)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+def free_port() -> int:
+    from mle_stream.broker import free_port as free
+
+    return free()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The worker's Prometheus metrics: (name, labels) -> value; empty while it does not answer."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+class Scraper(threading.Thread):
+    """Scrapes a worker's metrics every 0.2 s while the test runs: which input partitions were ever
+    reported paused (mle_stream_input_paused 1)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port, self.stopped = port, threading.Event()
+        self.paused: set[tuple[str, str]] = set()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.2):
+            for (name, labels), value in scrape(self.port).items():
+                if name == "mle_stream_input_paused" and value == 1:
+                    self.paused.add((dict(labels)["topic"], dict(labels)["partition"]))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(5)
+
+
+def processed(port: int, topic: str) -> float:
+    """The messages of `topic` the worker has processed since it started (0 while it does not answer)."""
+    return sum(v for (name, labels), v in scrape(port).items()
+               if name == "mle_stream_input_messages_total" and dict(labels)["topic"] == topic)
+
+
+class Outputs(threading.Thread):
+    """Reads the metrics and commands topics from the beginning for as long as the test runs: the
+    CLOSED snapshots of every window (each time one was published: a restart re-derives some), the
+    last snapshot of every window, and the commands."""
+
+    def __init__(self, bootstrap: str, topics: Topics, partitions: int = 2) -> None:
+        super().__init__(daemon=True)
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from mle_stream.kafka import consumer_config
+
+        self.topics, self.stopped, self.lock = topics, threading.Event(), threading.Lock()
+        self.consumer = Consumer(consumer_config(bootstrap, f"test-outputs-{uuid.uuid4().hex[:8]}"))
+        self.consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING)
+                              for t in (topics.metrics, topics.commands) for p in range(partitions)])
+        self.closed: dict[Key, list[MetricSnapshot]] = {}
+        self.last: dict[Key, MetricSnapshot] = {}
+        self.commands: list[Command] = []
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.is_set():
+                for m in self.consumer.consume(num_messages=1000, timeout=0.2):
+                    if m.error() is not None:
+                        continue
+                    with self.lock:
+                        if m.topic() == self.topics.commands:
+                            self.commands.append(codec.decode_command(m.value()))
+                            continue
+                        s = codec.decode_metric_snapshot(m.value())
+                        self.last[key(s)] = s
+                        if s.status == "CLOSED":
+                            self.closed.setdefault(key(s), []).append(s)
+        finally:
+            self.consumer.close()
+
+    def converged(self, want: Truth, before: int) -> bool:
+        with self.lock:
+            final = {k: s for k, s in self.last.items() if k[3] < before}
+            if final.keys() != want.final.keys() or any(facts(final[k]) != facts(want.final[k]) for k in final):
+                return False
+            return {d.command_id for d in want.decisions} <= {c.command_id for c in self.commands}
+
+    def wait(self, want: Truth, before: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.converged(want, before) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def check(self, want: Truth, before: int) -> None:
+        """The worker's windows and decisions are the replay's."""
+        with self.lock:
+            final = {k: s for k, s in self.last.items() if k[3] < before}
+            closed = {k: v for k, v in self.closed.items() if k[3] < before}
+            commands = [c for c in self.commands if c.window_start < before]
+        assert_same_windows(final, want.final, "final")
+        # Every CLOSED snapshot the worker published (a restart re-derives the windows closed since
+        # its checkpoint) is the replay's: the same records before the closing, no others.
+        assert_same_windows({k: v[0] for k, v in closed.items()}, want.closed, "CLOSED")
+        again = [k for k, v in closed.items() if any(facts(s) != facts(v[0]) for s in v[1:])]
+        assert not again, f"{len(again)} windows closed twice with different results, e.g. {again[:3]}"
+        assert_same_decisions(commands, want.decisions)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(10)
+
+
+def produce(bootstrap: str, topics: Topics, traffic: Traffic) -> dict[tuple[str, int], int]:
+    """Publish the traffic, each model keyed to its partition; the end offset of every input partition."""
+    from confluent_kafka import Producer
+
+    from mle_stream.kafka import producer_config
+
+    producer = Producer(producer_config(bootstrap, **{"queue.buffering.max.messages": 1_000_000}))
+    ends: dict[tuple[str, int], int] = {}
+
+    def delivered(err: Any, msg: Any) -> None:
+        assert err is None, err
+        tp = (msg.topic(), msg.partition())
+        ends[tp] = max(ends.get(tp, 0), msg.offset() + 1)
+
+    for topic, batch in [(topics.predictions, traffic.predictions), (topics.labels, traffic.labels)]:
+        for records in batch:
+            encode = codec.encode_predictions if topic == topics.predictions else codec.encode_labels
+            producer.produce(topic, key=records[0].model.encode(), value=encode(records),  # type: ignore[arg-type]
+                             on_delivery=delivered)
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    return ends
+
+
+def worker_env(kafka_bootstrap: str, topics: Topics, metrics_port: int, group: str) -> dict[str, str]:
+    from conftest import topic_env
+
+    return {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap, "MLE_SIGNING_KEY": "k" * 32,
+            "MLE_WORKER_GROUP": group, "MLE_CHECKPOINT_INTERVAL": CATCH_UP_CHECKPOINT_INTERVAL,
+            "MLE_TOPIC_PARTITIONS": "2", "MLE_STATUS_PORT": "0", "MLE_METRICS_PORT": str(metrics_port)}
+
+
+def write_topologies(tmp_path: Path) -> Path:
+    folder = tmp_path / "topologies"
+    folder.mkdir()
+    for model in MODELS:
+        (folder / f"{model}.yaml").write_text(CATCH_UP_TOPOLOGY.format(model=model))
+    return folder
+
+
+def checkpointed(log: str) -> dict[int, dict[str, int]]:
+    """The offsets of the last checkpoint of each partition written in this log."""
+    return {int(k): ast.literal_eval(offsets) for k, offsets in WROTE.findall(log)}
+
+
+def assert_reads_from_its_checkpoints(worker: Any) -> dict[tuple[str, int], int]:
+    """The restart reads from the checkpoints' offsets (or from the start without one), not from the
+    group's committed offsets. Returns them."""
+    from worker_process import restored_offsets
+
+    log = worker.text()
+    restored = restored_offsets(log)
+    line = next(x for x in log.splitlines() if "reading from " in x)
+    reading = {(t, int(p)): int(o) for t, p, o in re.findall(r"(\S+)\[(\d+)\] from (\d+)", line)}
+    assert len(reading) == 3 * len(MODELS), line  # 3 input topics
+    assert reading == {tp: restored.get(tp, 0) for tp in reading}, (reading, restored)
+    return reading
+
+
+def wait_for_checkpoint(worker: Any, offsets: dict[tuple[str, int], int], timeout_s: float,
+                        live: threading.Event | None = None) -> None:
+    """Until the worker (this run) has checkpointed at least these offsets."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        written = checkpointed(worker.text())
+        if all(written.get(p, {}).get(t, -1) >= n for (t, p), n in offsets.items()):
+            return
+        assert worker.process is not None and worker.process.poll() is None, worker.text()[-3000:]
+        assert time.monotonic() < deadline, f"no checkpoint of {offsets} in {timeout_s} s: {written}"
+        assert live is None or not live.is_set(), "the live traffic ended before the worker caught up"
+        time.sleep(0.05)
+
+
+class Clock:
+    """Prints how long each phase took (shown with a failure, or with pytest -s)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, what: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f} s] {what}", flush=True)
+
+
+def never_delivered(workers: Sequence[Any]) -> list[str]:
+    """The lines in every log of these workers that report input offsets never delivered."""
+    return [line for w in workers for run in range(1, w.runs + 1)
+            for line in (w.tmp_path / f"worker-{run}.log").read_text(errors="replace").splitlines()
+            if "never delivered" in line]
+
+
+@pytest.mark.broker
+@pytest.mark.reliability
+def test_backlog_catch_up_under_kills_and_contention(tmp_path: Path, kafka_bootstrap: str, topics: Topics) -> None:
+    from worker_process import Worker
+
+    rng, clock = random.Random(1806), Clock()
+    base = (int(time.time() * 1000) - 9_000_000) // SIZE_MS * SIZE_MS  # 2.5 h ago
+    backlog_end = base + BACKLOG_MS
+    # Two hours of backlog, then up to 15 min of event time published live while the worker keeps
+    # up (the publisher stops soon after the last kill; the rest is never published).
+    preds, labels = generate(base, backlog_end + 900_000, RATE, rng, bad_from=BAD_FROM)
+    (backlog_preds, backlog_labels), (live_preds, live_labels) = split(preds, labels, backlog_end)
+    backlog = messages(backlog_preds, backlog_labels, rng)
+    ends = produce(kafka_bootstrap, topics, backlog)  # all of it before the worker starts
+    clock(f"{len(backlog.predictions)} messages of predictions, {len(backlog.labels)} of labels published")
+
+    port = free_port()
+    env = worker_env(kafka_bootstrap, topics, port, f"catch-up-{uuid.uuid4().hex[:8]}")
+    worker = Worker(tmp_path, env, write_topologies(tmp_path), preexec_fn=pin_to_first_cpu)
+    outputs, scraper = Outputs(kafka_bootstrap, topics), Scraper(port)
+    stop_publishing, published = threading.Event(), threading.Event()
+    live_until = [backlog_end]  # event time published so far (excluded)
+
+    def publish_live() -> None:  # event time at KEEP_UP_SPEED x the wall clock
+        from confluent_kafka import Producer
+
+        from mle_stream.kafka import producer_config
+
+        producer = Producer(producer_config(kafka_bootstrap))
+        step_ms = int(KEEP_UP_STEP_S * 1000 * KEEP_UP_SPEED)
+        steps = range(backlog_end, backlog_end + 900_000, step_ms)
+        preds_at: dict[int, list[Prediction]] = {}
+        labels_at: dict[int, list[Label]] = {}
+        for p in live_preds:
+            preds_at.setdefault(backlog_end + (p.timestamp - backlog_end) // step_ms * step_ms, []).append(p)
+        for x in live_labels:
+            labels_at.setdefault(backlog_end + (x.timestamp - backlog_end) // step_ms * step_ms, []).append(x)
+        after, started, grouping = None, time.monotonic(), random.Random(7)
+        for j, t in enumerate(steps):
+            step = messages(preds_at.get(t, []), labels_at.get(t, []), grouping)
+            for topic, batch in [(topics.predictions, step.predictions), (topics.labels, step.labels)]:
+                for records in batch:
+                    encode = codec.encode_predictions if topic == topics.predictions else codec.encode_labels
+                    producer.produce(topic, key=records[0].model.encode(), value=encode(records))  # type: ignore[arg-type]
+            assert producer.flush(10) == 0
+            live_until[0] = t + step_ms
+            if stop_publishing.is_set():
+                after = t if after is None else after
+                if t - after >= 30_000:  # 30 s of event time after the restart
+                    break
+            time.sleep(max(0.0, started + (j + 1) * KEEP_UP_STEP_S - time.monotonic()))
+        published.set()
+
+    publisher = threading.Thread(target=publish_live, daemon=True)
+    outputs.start()
+    scraper.start()
+    try:
+        with BusyLoop():
+            worker.start()
+            worker.wait_for("reading from ", 1, 60)
+            reading = assert_reads_from_its_checkpoints(worker)
+            clock("started")
+            # Catching up: killed once it has read a fifth, 45%, 70% of the labels (mid-batch,
+            # mid-checkpoint, wherever it is then), and restarted at once.
+            total = sum(n for (t, _), n in ends.items() if t == topics.labels)
+            for k in range(KILLS_CATCHING_UP):
+                target = total * (20 + 25 * k) // 100
+                deadline = time.monotonic() + 60
+                while (done := processed(port, topics.labels) + sum(
+                        o for (t, _), o in reading.items() if t == topics.labels)) < target:
+                    assert worker.process is not None and worker.process.poll() is None, worker.text()[-3000:]
+                    assert time.monotonic() < deadline, f"{done} of {target} label messages read in 60 s"
+                    time.sleep(0.02)
+                worker.kill()
+                assert done < total, f"the worker had read every label when killed: make the backlog longer"
+                if k == KILLS_CATCHING_UP - 1:
+                    worker.env["MLE_CHECKPOINT_INTERVAL"] = KEEP_UP_CHECKPOINT_INTERVAL
+                clock(f"killed while catching up, {total - done:.0f} label messages behind")
+                worker.start()
+                worker.wait_for("reading from ", 1, 60)
+                reading = assert_reads_from_its_checkpoints(worker)
+                clock("restarted")
+            # Keeping up: new traffic published live; once the worker has checkpointed the whole
+            # backlog, killed 3.5 s (35 s of event time, more than labels.max_delay) after a checkpoint.
+            publisher.start()
+            wait_for_checkpoint(worker, ends, 90, live=published)
+            clock("caught up")
+            worker.wait_for("wrote checkpoint", worker.text().count("wrote checkpoint") + 1, 30)
+            at_checkpoint = live_until[0]
+            time.sleep(3.5)
+            at_kill = live_until[0]
+            worker.kill()
+            assert at_kill - at_checkpoint > MAX_DELAY_MS, (at_checkpoint, at_kill)
+            clock(f"killed while keeping up, {(at_kill - at_checkpoint) / 1000} s of event time after a checkpoint")
+            worker.start()
+            worker.wait_for("reading from ", 1, 60)
+            assert_reads_from_its_checkpoints(worker)
+            clock("restarted")
+            stop_publishing.set()
+            assert published.wait(60), "the live traffic ended too early: make it longer"
+            # All of it, then a record of each input past every window's closing.
+            live = split(live_preds, live_labels, live_until[0])[0]
+            sent = backlog + messages(*live, random.Random(0))  # the same records (grouped otherwise)
+            end = window_end_after(sent)
+            produce(kafka_bootstrap, topics, closing(end))
+            want = truth(sent + closing(end), before=end)
+            clock("replayed")
+            outputs.wait(want, end, timeout_s=60)
+            clock("converged" if outputs.converged(want, end) else "did not converge")
+            assert worker.process is not None and worker.process.poll() is None, worker.text()[-3000:]
+    finally:
+        worker.stop()
+        outputs.stop()
+        scraper.stop()
+        stop_publishing.set()
+        publisher.join(timeout=5) if publisher.is_alive() else None
+    assert worker.runs == KILLS_CATCHING_UP + 2
+    outputs.check(want, end)
+    assert labeled(want.closed) > 0.9 * labeled(want.final)  # the truth joins nearly every label before closing
+    # The worker held the predictions back while it caught up on the labels.
+    assert {(topics.predictions, str(k)) for k in range(len(MODELS))} & scraper.paused, scraper.paused
+    assert not never_delivered([worker])

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -34,11 +34,13 @@ MODELS = ("fraud", "spam")  # in partitions 0 and 1 (librdkafka: CRC32 of the ke
 
 class Worker:
     """`mle-stream worker` in its own process, its log in a file. `entry`: what runs mle-stream's
-    command line (tests/faulty_worker.py injects faults)."""
+    command line (tests/faulty_worker.py injects faults). `preexec_fn` runs in the child before it
+    starts (test_catch_up.py pins it to a CPU)."""
 
     def __init__(self, tmp_path: Path, env: dict[str, str], topologies: Path,
-                 entry: Sequence[str] = ("-m", "mle_stream")) -> None:
+                 entry: Sequence[str] = ("-m", "mle_stream"), preexec_fn: Callable[[], None] | None = None) -> None:
         self.tmp_path, self.env, self.topologies, self.entry = tmp_path, env, topologies, list(entry)
+        self.preexec_fn = preexec_fn
         self.runs = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -48,7 +50,8 @@ class Worker:
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, *self.entry, "--log-level", "info", "worker", "--topology", str(self.topologies)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp_path)  # Faust's data dir there
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp_path,  # Faust's data dir there
+                preexec_fn=self.preexec_fn)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
