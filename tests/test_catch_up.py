@@ -28,6 +28,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -107,16 +108,16 @@ def generate(start: int, end: int, rate: float, rng: random.Random, bad_from: in
 
 
 def messages(predictions: Sequence[Prediction], labels: Sequence[Label], rng: random.Random,
-             per_message: int = PER_MESSAGE) -> Traffic:
+             per_message: int = PER_MESSAGE, labels_per_message: int = 4) -> Traffic:
     """The records in messages of one model each, in order: up to `per_message` predictions, and
-    1-4 labels (each message of one label time)."""
+    1 to `labels_per_message` labels (each message of one label time)."""
     out = Traffic()
     for model in MODELS:
         mine = [p for p in predictions if p.model == model]
         out.predictions += [mine[i:i + per_message] for i in range(0, len(mine), per_message)]
     i = 0
     while i < len(labels):
-        k, n = 1, rng.randint(1, 4)
+        k, n = 1, rng.randint(1, labels_per_message)
         while (k < n and i + k < len(labels) and labels[i + k].model == labels[i].model
                and labels[i + k].timestamp == labels[i].timestamp):
             k += 1
@@ -635,3 +636,104 @@ def test_backlog_catch_up_under_kills_and_contention(tmp_path: Path, kafka_boots
     # The worker held the predictions back while it caught up on the labels.
     assert {(topics.predictions, str(k)) for k in range(len(MODELS))} & scraper.paused, scraper.paused
     assert not never_delivered([worker])
+
+
+def reading_partitions(log: str) -> list[set[int]]:
+    """The input partitions of each assignment the worker positioned itself on, in order."""
+    return [{int(p) for _, p in re.findall(r"(\S+)\[(\d+)\] from \d+", line)}
+            for line in log.splitlines() if "reading from " in line]
+
+
+def restores(log: str) -> list[tuple[int, str, dict[str, int]]]:
+    return [(int(k), cid, ast.literal_eval(offsets)) for k, cid, offsets in
+            re.findall(r"restored partition (\d+) from checkpoint (\w+) \(\d+ models, offsets (\{.*?\})\)", log)]
+
+
+def writes(log: str) -> list[tuple[int, str, dict[str, int]]]:
+    return [(int(k), cid, ast.literal_eval(offsets)) for cid, k, offsets in
+            re.findall(r"wrote checkpoint (\w+) of partition (\d+) \(offsets (\{.*?\})\)", log)]
+
+
+@pytest.mark.broker
+@pytest.mark.reliability
+def test_rebalance_during_catch_up(tmp_path: Path, kafka_bootstrap: str, topics: Topics) -> None:
+    """A joins alone and catches up; B joins mid-backlog (A hands one partition over at the
+    revocation) and leaves mid-backlog (SIGTERM: B hands it back). Both pinned to one contended CPU."""
+    from worker_process import Worker
+
+    rng, clock = random.Random(1807), Clock()
+    base = (int(time.time() * 1000) - 9_000_000) // SIZE_MS * SIZE_MS  # 2.5 h ago
+    # A label to a message: twice the messages, so that the catch-up outlasts two rebalances.
+    backlog = messages(*generate(base, base + BACKLOG_MS, RATE, rng, bad_from=BAD_FROM), rng, labels_per_message=1)
+    end = window_end_after(backlog)
+    traffic = backlog + closing(end)
+    ends = produce(kafka_bootstrap, topics, traffic)  # all of it before the workers start
+    clock(f"{len(traffic.predictions)} messages of predictions, {len(traffic.labels)} of labels published")
+
+    topologies = write_topologies(tmp_path)
+    group = f"catch-up-{uuid.uuid4().hex[:8]}"
+    ports = free_port(), free_port()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Worker(tmp_path / "a", worker_env(kafka_bootstrap, topics, ports[0], group), topologies,
+               preexec_fn=pin_to_first_cpu)
+    b = Worker(tmp_path / "b", worker_env(kafka_bootstrap, topics, ports[1], group), topologies,
+               preexec_fn=pin_to_first_cpu)
+    outputs, scrapers = Outputs(kafka_bootstrap, topics), (Scraper(ports[0]), Scraper(ports[1]))
+    outputs.start()
+    for s in scrapers:
+        s.start()
+    try:
+        with BusyLoop():
+            a.start()
+            replaying = ThreadPoolExecutor(1).submit(truth, traffic, end)  # meanwhile
+            a.wait_for("reading from ", 1, 60)
+            a.wait_for("wrote checkpoint", 1, 30)  # A is catching up
+            clock("A started")
+            b.start()
+            b.wait_for("reading from ", 1, 60)  # B is in the group: a partition moved from A to B
+            a.wait_for("reading from ", 2, 30)
+            clock("B joined")
+            given = reading_partitions(b.text())[0]
+            deadline = time.monotonic() + 30
+            while processed(ports[1], topics.labels) < 2000:  # B has worked on it
+                assert b.process is not None and b.process.poll() is None, b.text()[-3000:]
+                assert time.monotonic() < deadline, "B read no 2000 labels in 30 s"
+                time.sleep(0.02)
+            assert b.process is not None
+            b.process.terminate()  # SIGTERM: B checkpoints what it holds and leaves the group
+            assert b.process.wait(30) == 0, b.text()[-3000:]
+            a.wait_for("reading from ", 3, 30)  # A holds both partitions again
+            clock("B left")
+            want = replaying.result()
+            outputs.wait(want, end, timeout_s=60)
+            clock("converged" if outputs.converged(want, end) else "did not converge")
+            assert a.process is not None and a.process.poll() is None, a.text()[-3000:]
+    finally:
+        a.stop()
+        b.stop()
+        outputs.stop()
+        for s in scrapers:
+            s.stop()
+    a_log, b_log = a.text(), b.text()
+    # The partitions moved: A held both, then kept one and gave B the other, then held both again.
+    everything = set(range(len(MODELS)))
+    assert reading_partitions(a_log) == [everything, everything - given, everything], reading_partitions(a_log)
+    assert reading_partitions(b_log) == [given] and len(given) == 1, reading_partitions(b_log)
+    # Each handover was mid-backlog: B restored what A wrote at the revocation, A what B wrote as it
+    # stopped, and neither had read all the labels of the partition by then.
+    a_parts = a_log.split("reading from ")  # before A's 1st assignment, till the 2nd, till the 3rd, after
+    for taker, giver in ((b_log, a_parts[0] + a_parts[1]), (a_parts[2], b_log)):
+        assert {k for k, _, _ in restores(taker)} >= given, restores(taker)
+        for k, cid, offsets in restores(taker):
+            if k not in given:
+                continue
+            mine = [(c, o) for p, c, o in writes(giver) if p == k]
+            assert mine and mine[-1] == (cid, offsets), (k, cid, offsets, mine)
+            assert 0 < offsets[topics.labels] < ends[(topics.labels, k)], (
+                f"partition {k} handed over at label offset {offsets[topics.labels]} of {ends[(topics.labels, k)]}: "
+                "not mid-backlog, make the backlog longer")
+    outputs.check(want, end)
+    assert {(topics.predictions, str(k)) for k in everything} & (scrapers[0].paused | scrapers[1].paused), (
+        scrapers[0].paused, scrapers[1].paused)
+    assert not never_delivered([a, b])
