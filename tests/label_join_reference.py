@@ -10,6 +10,10 @@ It pairs each label with its prediction by prediction_id, in either arrival orde
 - A joined pair is kept for `correction_ms` more, so that a second label for the same prediction
   is a *correction*: the caller takes the old outcome out and puts the new one in. The same label
   twice, or the same prediction twice, is a duplicate and changes nothing.
+- A record that finds its id's entry already past that horizon (its own timestamp more than
+  `max_delay_ms`, for a joined pair `max_delay_ms + correction_ms`, after the entry's) finds it
+  expired, whether or not `expire` has run since: whether two records pair depends on their
+  timestamps alone. In a batch, an id's first record decides it.
 - Expiry pops from the front of insertion-ordered dicts and stops at the first entry still young,
   so it costs O(expired), not O(pending). Entries that arrived out of event-time order may outlive
   their horizon by as much as they were out of order.
@@ -91,6 +95,25 @@ class LabelJoin(Generic[P]):
         self.corrections = 0
         self.duplicates = 0
 
+    def _drop_stale(self, ids: list[str], timestamps: list[int]) -> None:
+        """Entries the first record of each id in the batch finds past their horizon: expired."""
+        seen: set[str] = set()
+        for prediction_id, ts in zip(ids, timestamps):
+            if prediction_id in seen:
+                continue
+            seen.add(prediction_id)
+            pending = self._predictions.get(prediction_id)
+            if pending is not None and ts - pending[0] > self.max_delay_ms:
+                del self._predictions[prediction_id]
+                self.expired_predictions += 1
+            waiting = self._labels.get(prediction_id)
+            if waiting is not None and ts - waiting[0] > self.max_delay_ms:
+                del self._labels[prediction_id]
+                self.expired_labels += 1
+            joined = self._joined.get(prediction_id)
+            if joined is not None and ts - joined[0] > self.max_delay_ms + self.correction_ms:
+                del self._joined[prediction_id]
+
     def add_prediction(self, prediction_id: str, timestamp: int, prediction: P) -> JoinResult[P]:
         if prediction_id in self._predictions or prediction_id in self._joined:
             self.duplicates += 1
@@ -132,6 +155,7 @@ class LabelJoin(Generic[P]):
         groups handled with C-level dict calls: new ids (stored), ids whose label came first
         (joined), ids seen before (duplicates). Each dict still receives its entries in batch
         order, which expiry relies on. The same id twice in one batch goes one by one."""
+        self._drop_stale(ids, timestamps)
         joined: Joined[P] = Joined()
         batch = set(ids)
         if len(batch) < len(ids):
@@ -168,6 +192,7 @@ class LabelJoin(Generic[P]):
         Labels that came first are stored at once when they are all new; anything else (a
         correction, a duplicate, an id twice) takes the per-record path, after the batch's own
         joins so that a label repeated within the batch sees the first one."""
+        self._drop_stale(ids, timestamps)
         joined: Joined[P] = Joined()
         found: list[Any] = list(map(self._predictions.pop, ids, repeat(None)))
         hit = list(map(is_not, found, repeat(None)))

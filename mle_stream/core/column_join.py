@@ -125,13 +125,16 @@ class ColumnJoined:
     """What a batch changed, as columns: per joined row, the record of the batch it came from
     (the prediction for add_predictions, the label for add_labels), the prediction's payload
     columns, the label and the weight (+1 a new pair; a correction is -1 with the old label, then
-    +1 with the new). `duplicates`: positions in the batch that changed nothing."""
+    +1 with the new). `duplicates`: positions in the batch that changed nothing. `at`: per row,
+    the later of the two records' timestamps as they were given to the join: when the pair came to
+    be in event time."""
 
     rows: IntArray
     predictions: dict[str, np.ndarray]
     labels: np.ndarray
     weights: npt.NDArray[np.float64]
     duplicates: IntArray
+    at: IntArray
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -147,7 +150,12 @@ class ColumnJoined:
         return cls(np.concatenate([p.rows for p in parts]),
                    {k: np.concatenate([p.predictions[k] for p in parts]) for k in first.predictions},
                    _concat([p.labels for p in parts]), np.concatenate([p.weights for p in parts]),
-                   np.zeros(0, dtype=np.int64))
+                   np.zeros(0, dtype=np.int64), np.concatenate([p.at for p in parts]))
+
+    def select(self, keep: npt.NDArray[np.bool_] | IntArray) -> ColumnJoined:
+        """The given rows (a mask or indices); `duplicates` kept as they were."""
+        return ColumnJoined(self.rows[keep], {k: v[keep] for k, v in self.predictions.items()}, self.labels[keep],
+                            self.weights[keep], self.duplicates, self.at[keep])
 
 
 class _Log:
@@ -226,6 +234,9 @@ class ColumnJoin:
         rows = np.arange(n, dtype=np.int64) if first is None else np.flatnonzero(first)
         entries, free_slot = self._find(h[rows], sids[rows])
         state = self._state_of(entries)
+        if self._release_stale(entries, state, ts[rows]):
+            entries, free_slot = self._find(h[rows], sids[rows])
+            state = self._state_of(entries)
         meet = state == _LABEL
         new = state == _FREE
         dup_rows = rows[(state == _PRED) | (state == _JOINED)]
@@ -246,11 +257,14 @@ class ColumnJoin:
             e = entries[meet]
             assert self._label is not None
             labels = self._label[e]
+            at = np.maximum(self._ts[e], ts[meet_rows])
             self._ts[e] = ts[meet_rows]  # a joined pair ages from its prediction's timestamp
             self._write_payload(e, payload, meet_rows)
             self._set_state(e, _JOINED)
+        else:
+            at = np.zeros(0, dtype=np.int64)
         return ColumnJoined(meet_rows, {k: v[meet_rows] for k, v in payload.items()}, labels,
-                            np.ones(len(meet_rows)), dup_rows)
+                            np.ones(len(meet_rows)), dup_rows, at)
 
     def add_labels(self, ids: Sequence[str] | np.ndarray, timestamps: Sequence[int] | np.ndarray,
                    labels: Sequence[LabelValue] | np.ndarray) -> ColumnJoined:
@@ -264,13 +278,16 @@ class ColumnJoin:
         rows = np.arange(n, dtype=np.int64) if first is None else np.flatnonzero(first)
         entries, free_slot = self._find(h[rows], sids[rows])
         state = self._state_of(entries)
+        if self._release_stale(entries, state, ts[rows]):
+            entries, free_slot = self._find(h[rows], sids[rows])
+            state = self._state_of(entries)
         hit = state == _PRED
         hit_rows, hit_entries = rows[hit], entries[hit]
         if len(hit_rows):
             self._write_labels(hit_entries, values[hit_rows])
             self._set_state(hit_entries, _JOINED)
         out = ColumnJoined(hit_rows, self._take(hit_entries), values[hit_rows], np.ones(len(hit_rows)),
-                           np.zeros(0, dtype=np.int64))
+                           np.zeros(0, dtype=np.int64), np.maximum(self._ts[hit_entries], ts[hit_rows]))
         if len(hit_rows) == n:
             return out
         if first is None and not state[~hit].any():  # the usual misses: labels that came first, all new
@@ -330,11 +347,12 @@ class ColumnJoin:
             ce = g_entry[group[corrected]]
             fixed = ColumnJoined(np.repeat(corrected, 2), self._take(np.repeat(ce, 2)),
                                  _interleave(prev_labels[previous[corrected]], values[corrected]),
-                                 np.tile(np.array([-1.0, 1.0]), len(corrected)), out.duplicates)
+                                 np.tile(np.array([-1.0, 1.0]), len(corrected)), out.duplicates,
+                                 np.repeat(np.maximum(self._ts[ce], ts[corrected]), 2))
             out = ColumnJoined(np.concatenate([out.rows, fixed.rows]),
                                {k: np.concatenate([out.predictions[k], fixed.predictions[k]]) for k in fixed.predictions},
                                _concat([out.labels, fixed.labels]), np.concatenate([out.weights, fixed.weights]),
-                               out.duplicates)
+                               out.duplicates, np.concatenate([out.at, fixed.at]))
             last = _last_per_group(corrected, group)
             self._write_labels(g_entry[group[last]], values[last])
         if len(waiting):
@@ -370,6 +388,26 @@ class ColumnJoin:
         first = np.zeros(n, dtype=np.bool_)
         first[index] = True
         return first, index[inverse.ravel()].astype(np.int64)
+
+    def _release_stale(self, entries: IntArray, state: npt.NDArray[np.int8], ts: IntArray) -> bool:
+        """Release the entries that a record at `ts` finds already past their expiry horizon, as
+        `expire` would have had event time reached `ts` first: whether a pair forms then depends
+        on the two records' timestamps alone, not on when the caller last ran expiry. True if any
+        was released (the caller finds its ids again)."""
+        held = entries >= 0
+        if not held.any():
+            return False
+        age = ts - self._ts[np.where(held, entries, 0)]
+        limit = np.where(state == _JOINED, self.max_delay_ms + self.correction_ms, self.max_delay_ms)
+        stale = held & (age > limit)
+        if not stale.any():
+            return False
+        released = entries[stale]
+        kinds = np.bincount(state[stale], minlength=4)
+        self.expired_predictions += int(kinds[_PRED])
+        self.expired_labels += int(kinds[_LABEL])
+        self._release(released)
+        return True
 
     # -- expiry --------------------------------------------------------------------------------
 
