@@ -1,5 +1,6 @@
 """ColumnJoin against LabelJoin: the same random batches into both, the same outcomes out."""
 
+import base64
 import json
 import tracemalloc
 from typing import Any, Callable
@@ -63,6 +64,12 @@ def same_state(lj: LabelJoin[Any], cj: ColumnJoin) -> None:
     assert cj.holds(IDS).tolist() == lj.holds(IDS)
     assert [(type(v), v) for v in cj.labels_of(IDS)] == [(type(v), v) for v in lj.labels_of(IDS)]
     assert ordered(cj.snapshot()) == ordered(lj.snapshot())
+    assert tombstones(cj.snapshot()) == {b: (newest, sorted(held)) for b, (newest, held) in lj._tombstones.items()}
+
+
+def tombstones(snapshot: dict[str, Any]) -> dict[int, tuple[int, list[int]]]:
+    return {t["bucket"]: (t["newest"], np.frombuffer(base64.b64decode(t["keys"]), "<u8").tolist())
+            for t in snapshot.get("tombstones", [])}
 
 
 ids_st = st.sampled_from(IDS)
@@ -79,7 +86,7 @@ def ops(labels: list[Any]) -> st.SearchStrategy[list[tuple[Any, ...]]]:
 
 
 def run(sequence: list[tuple[Any, ...]], hash_fn: Callable[[np.ndarray], np.ndarray] = hash_ids) -> None:
-    lj: LabelJoin[Any] = LabelJoin(max_delay_ms=500, correction_ms=300)
+    lj: LabelJoin[Any] = LabelJoin(max_delay_ms=500, correction_ms=300, hash_ids=hash_fn)
     cj = ColumnJoin(500, 300, COLUMNS, hash_ids=hash_fn)
     for op in sequence:
         if op[0] == "p":
@@ -140,7 +147,7 @@ def test_same_outcomes_when_every_id_collides(sequence: list[tuple[Any, ...]]) -
 def test_many_ids_through_table_rebuilds_and_expiry(records: list[tuple[int, int]], watermark: int) -> None:
     """Enough ids to grow the arena and rebuild the table, with forced collisions on half of them."""
     for hash_fn in (hash_ids, lambda ids: hash_ids(ids) & np.uint64(0xFF00000000000007)):
-        lj: LabelJoin[Any] = LabelJoin(max_delay_ms=500, correction_ms=300)
+        lj: LabelJoin[Any] = LabelJoin(max_delay_ms=500, correction_ms=300, hash_ids=hash_fn)
         cj = ColumnJoin(500, 300, COLUMNS, hash_ids=hash_fn)
         for start in range(0, len(records), 37):
             chunk = records[start:start + 37]
