@@ -24,6 +24,13 @@ How it is kept:
 - Insertion order (what expiry walks) is one log of entry indices per state; an entry knows its
   position in its log, so a log record is live while the entry still has that state and
   position. A joined or replaced entry leaves a dead record behind, which expiry skips.
+- A prediction that expires unlabeled leaves a tombstone, its 64-bit key, so that delivered again
+  it is a duplicate (also with a late label waiting for it), as a joined pair's would be: sorted
+  uint64 chunks, one per bucket of event time (correction_ms / 4), merged in one pass as expiry
+  adds keys, each dropped when expiry passes its newest timestamp by max_delay + correction_ms
+  (a key outlives its own horizon by less than a bucket). 8 B per key, ~11 in a snapshot
+  (base64); add_predictions looks the batch's new ids up (a binary search per chunk) only while
+  tombstones exist. The key is an unkeyed hash: two ids that collide are one to a tombstone.
 
 Measured with scripts/bench_join.py (1M predictions of bench.py's traffic, medians of 3 runs,
 +-25% noise), in us per prediction: LabelJoin (building the tuples + add_predictions +
@@ -439,13 +446,16 @@ class ColumnJoin:
             self._tombs[bucket] = (k, newest)
 
     def _buried(self, keys: npt.NDArray[np.uint64]) -> IntArray:
-        """Positions of the keys that a tombstone holds: a binary search per chunk."""
+        """Positions of the keys that a tombstone holds: a binary search per chunk, of the keys in
+        order (each search starts where the last one ended: 2-4 times faster than in batch order)."""
+        order = np.argsort(keys)
+        ordered = keys[order]
         found = np.zeros(len(keys), dtype=np.bool_)
         for chunk, _ in self._tombs.values():
-            at = np.searchsorted(chunk, keys)
+            at = np.searchsorted(chunk, ordered)
             np.minimum(at, len(chunk) - 1, out=at)
-            found |= chunk[at] == keys
-        return np.flatnonzero(found)
+            found |= chunk[at] == ordered
+        return np.sort(order[found])
 
     @property
     def tombstones(self) -> int:
