@@ -156,3 +156,32 @@ def test_segments_are_capped_with_an_other_bucket() -> None:
     tick(ev, 10_000)
     counts = {w.segment: w.predictions for w in ev.advance(NOW).windows if w.version == "1" and w.window_start == 0}
     assert counts == {None: 6, "country=DE": 2, "country=FR": 2, "country=__other__": 2}
+
+
+def test_a_prediction_delivered_again_within_retention_changes_nothing_after_it_left_the_join() -> None:
+    """Labeled: the pair leaves the join after its pane's retention, so a redelivery is late.
+    Unlabeled: with max_delay shorter than retention it expires while its pane is retained, and
+    only the join's tombstone keeps the redelivery from being served (and joined) again."""
+    short = parse_topology('model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+                           "windows: {size: 10s, grace: 0s, retention: 1m}\nlabels: {max_delay: 5s}\n")
+    ev = ModelEvaluator(short)
+    a, b = (Prediction(prediction_id=i, model="fraud", version="1", timestamp=100, score=0.9) for i in "ab")
+    ev.add_predictions([a, b], NOW)
+    ev.add_labels([Label("b", "fraud", 200, True)])
+    tick(ev, 12_000)  # window 0 closes; a expires unlabeled (its pane is kept 60 s more)
+    first = next(w for w in ev.advance(NOW, updates=True).windows if w.version == "1" and w.window_start == 0)
+    assert (first.predictions, first.labeled, ev.join.expired_predictions) == (2, 1, 1)
+    ev.add_predictions([a, b], NOW)  # both again: a after expiry, b still joined
+    ev.add_labels([Label("a", "fraud", 12_500, False)])  # a's label, too late to join
+    ev.add_predictions([a], NOW)  # and a once more, with its label waiting
+    revised = [w for w in ev.advance(NOW, updates=True).windows if w.version == "1" and w.window_start == 0]
+    assert revised == [] and ev.join.duplicates == 3
+    tick(ev, 100 + 5_000 + 10_000 + 60_000 + 1)  # the pair of b (ts 100) leaves the join, long after its pane
+    ev.advance(NOW)
+    assert ev.join.joined == 0  # (a's tombstone may stay a little longer: its bucket holds the later tick)
+    late = ev.panes.late_dropped
+    ev.add_predictions([a, b], NOW)
+    ev.add_labels([Label("b", "fraud", 80_000, False)])
+    # Waiting: the tick's prediction and label, and b's label, alone.
+    assert ev.panes.late_dropped == late + 2 and ev.join.pending == (1, 2)
+    assert [w for w in ev.advance(NOW, updates=True).windows if w.window_start == 0] == []
