@@ -126,7 +126,8 @@ def replay(predictions: list[Prediction], labels: list[Label], topologies: Mappi
         if m in profiles and not topology.drift.enabled:
             topology = replace(topology, drift=replace(topology.drift, enabled=True))
         evaluators[m] = ModelEvaluator(topology, profiles.get(m))
-    now = max((p.timestamp for p in predictions), default=0)  # the recording's clock, not the wall's
+    # The recording's clock, not the wall's: no record of it is in the future.
+    now = max(max((p.timestamp for p in predictions), default=0), max((lab.timestamp for lab in labels), default=0))
 
     latest: dict[tuple[str, str, Any, int], MetricSnapshot] = {}
     latest_drift: dict[tuple[str, str, int], DriftTable] = {}

@@ -10,9 +10,18 @@ It pairs each label with its prediction by prediction_id, in either arrival orde
 - A joined pair is kept for `correction_ms` more, so that a second label for the same prediction
   is a *correction*: the caller takes the old outcome out and puts the new one in. The same label
   twice, or the same prediction twice, is a duplicate and changes nothing.
+- A record that finds its id's entry already past that horizon (its own timestamp more than
+  `max_delay_ms`, for a joined pair `max_delay_ms + correction_ms`, after the entry's) finds it
+  expired, whether or not `expire` has run since: whether two records pair depends on their
+  timestamps alone. In a batch, an id's first record decides it.
 - Expiry pops from the front of insertion-ordered dicts and stops at the first entry still young,
   so it costs O(expired), not O(pending). Entries that arrived out of event-time order may outlive
   their horizon by as much as they were out of order.
+- A prediction that expires unlabeled leaves a tombstone: its id's 64-bit hash (`hash_ids`, as
+  ColumnJoin keys it), in the set of its timestamp's bucket (ts // (correction_ms / 4)). While the
+  hash is held, the same id delivered again is a duplicate, even if a label waits for it. A bucket
+  goes when event time passes its newest timestamp by max_delay + correction_ms, as a joined pair
+  of that timestamp would.
 
 What is kept per prediction is whatever the caller passes (`P`).
 """
@@ -26,6 +35,7 @@ from operator import is_not, itemgetter, not_
 from typing import Any, Callable, Generic, TypeVar
 
 from mle_stream.core.events import LabelValue
+from mle_stream.core.id_hash import hash_ids as default_hash, id_array
 from mle_stream.core.snapshot_columns import decode_column, encode_column, encode_rows
 
 P = TypeVar("P")
@@ -78,7 +88,7 @@ class Joined(Generic[P]):
 
 
 class LabelJoin(Generic[P]):
-    def __init__(self, max_delay_ms: int, correction_ms: int) -> None:
+    def __init__(self, max_delay_ms: int, correction_ms: int, hash_ids: Callable[[Any], Any] = default_hash) -> None:
         if max_delay_ms <= 0 or correction_ms < 0:
             raise ValueError(f"need max_delay_ms > 0 and correction_ms >= 0, got {max_delay_ms}, {correction_ms}")
         self.max_delay_ms = max_delay_ms
@@ -86,13 +96,36 @@ class LabelJoin(Generic[P]):
         self._predictions: dict[str, tuple[int, P]] = {}
         self._labels: dict[str, tuple[int, LabelValue]] = {}
         self._joined: dict[str, tuple[int, P, LabelValue]] = {}
+        self._hash = hash_ids
+        self._tomb_width = max(1, correction_ms // 4)
+        self._tombstones: dict[int, tuple[int, set[int]]] = {}  # bucket -> (newest ts, hashes)
         self.expired_predictions = 0
         self.expired_labels = 0
         self.corrections = 0
         self.duplicates = 0
 
+    def _drop_stale(self, ids: list[str], timestamps: list[int]) -> None:
+        """Entries the first record of each id in the batch finds past their horizon: expired."""
+        seen: set[str] = set()
+        for prediction_id, ts in zip(ids, timestamps):
+            if prediction_id in seen:
+                continue
+            seen.add(prediction_id)
+            pending = self._predictions.get(prediction_id)
+            if pending is not None and ts - pending[0] > self.max_delay_ms:
+                del self._predictions[prediction_id]
+                self.expired_predictions += 1
+                self._bury([(prediction_id, pending)])
+            waiting = self._labels.get(prediction_id)
+            if waiting is not None and ts - waiting[0] > self.max_delay_ms:
+                del self._labels[prediction_id]
+                self.expired_labels += 1
+            joined = self._joined.get(prediction_id)
+            if joined is not None and ts - joined[0] > self.max_delay_ms + self.correction_ms:
+                del self._joined[prediction_id]
+
     def add_prediction(self, prediction_id: str, timestamp: int, prediction: P) -> JoinResult[P]:
-        if prediction_id in self._predictions or prediction_id in self._joined:
+        if prediction_id in self._predictions or prediction_id in self._joined or self._buried([prediction_id]):
             self.duplicates += 1
             return JoinResult(Arrival.DUPLICATE)
         waiting = self._labels.pop(prediction_id, None)
@@ -132,18 +165,19 @@ class LabelJoin(Generic[P]):
         groups handled with C-level dict calls: new ids (stored), ids whose label came first
         (joined), ids seen before (duplicates). Each dict still receives its entries in batch
         order, which expiry relies on. The same id twice in one batch goes one by one."""
+        self._drop_stale(ids, timestamps)
         joined: Joined[P] = Joined()
         batch = set(ids)
         if len(batch) < len(ids):
             for i, prediction_id in enumerate(ids):
                 joined.add(i, self.add_prediction(prediction_id, timestamps[i], predictions[i]))
             return joined
-        waiting = self._labels.keys() & batch
-        seen = (self._predictions.keys() & batch) | (self._joined.keys() & batch)
+        seen = (self._predictions.keys() & batch) | (self._joined.keys() & batch) | self._buried(ids)
+        waiting = self._labels.keys() & batch - seen
         if not waiting and not seen:
             self._predictions.update(zip(ids, zip(timestamps, predictions)))
             return joined
-        # An id is in at most one of the two sets: a waiting label means no prediction was kept.
+        # An id is in at most one of the two sets: a label waiting for a seen id stays waiting.
         meets = list(map(waiting.__contains__, ids))  # flags, computed in C like the selections below
         if seen:
             dups = list(map(seen.__contains__, ids))
@@ -168,6 +202,7 @@ class LabelJoin(Generic[P]):
         Labels that came first are stored at once when they are all new; anything else (a
         correction, a duplicate, an id twice) takes the per-record path, after the batch's own
         joins so that a label repeated within the batch sees the first one."""
+        self._drop_stale(ids, timestamps)
         joined: Joined[P] = Joined()
         found: list[Any] = list(map(self._predictions.pop, ids, repeat(None)))
         hit = list(map(is_not, found, repeat(None)))
@@ -190,9 +225,30 @@ class LabelJoin(Generic[P]):
         return joined
 
     def expire(self, watermark: int) -> None:
-        self.expired_predictions += _pop_older(self._predictions, watermark - self.max_delay_ms)
-        self.expired_labels += _pop_older(self._labels, watermark - self.max_delay_ms)
-        _pop_older(self._joined, watermark - self.max_delay_ms - self.correction_ms)
+        unlabeled = _pop_older(self._predictions, watermark - self.max_delay_ms)
+        self.expired_predictions += len(unlabeled)
+        self._bury(unlabeled)
+        self.expired_labels += len(_pop_older(self._labels, watermark - self.max_delay_ms))
+        horizon = watermark - self.max_delay_ms - self.correction_ms
+        _pop_older(self._joined, horizon)
+        self._tombstones = {b: t for b, t in self._tombstones.items() if t[0] >= horizon}
+
+    def _bury(self, unlabeled: list[tuple[str, tuple[int, Any]]]) -> None:
+        """Tombstones for predictions that expired unlabeled: (id, (ts, prediction)) pairs."""
+        if not unlabeled:
+            return
+        hashes = self._hash(id_array([pid for pid, _ in unlabeled])).tolist()
+        for h, (_, (ts, _)) in zip(hashes, unlabeled):
+            newest, held = self._tombstones.get(ts // self._tomb_width, (ts, set()))
+            held.add(h)
+            self._tombstones[ts // self._tomb_width] = (max(newest, ts), held)
+
+    def _buried(self, ids: list[str]) -> set[str]:
+        """The ids whose hash a tombstone holds."""
+        if not self._tombstones or not ids:
+            return set()
+        hashes = self._hash(id_array(ids)).tolist()
+        return {pid for pid, h in zip(ids, hashes) if any(h in held for _, held in self._tombstones.values())}
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON data, column by column and in insertion order (expiry relies on that order).
@@ -260,14 +316,14 @@ def _same(a: LabelValue, b: LabelValue) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _pop_older(entries: dict[str, tuple], horizon: int) -> int:  # type: ignore[type-arg]
+def _pop_older(entries: dict[str, tuple], horizon: int) -> list[tuple[str, tuple]]:  # type: ignore[type-arg]
     # One pass to find the expired prefix, then the deletes: `next(iter(d))` after each delete
     # would rescan the deleted slots at the front of the dict, quadratic in what expires at once.
     expired = []
     for key, entry in entries.items():
         if entry[0] >= horizon:
             break
-        expired.append(key)
-    for key in expired:
+        expired.append((key, entry))
+    for key, _ in expired:
         del entries[key]
-    return len(expired)
+    return expired

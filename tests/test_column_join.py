@@ -1,5 +1,6 @@
 """ColumnJoin against LabelJoin: the same random batches into both, the same outcomes out."""
 
+import base64
 import json
 import tracemalloc
 from typing import Any, Callable
@@ -63,6 +64,12 @@ def same_state(lj: LabelJoin[Any], cj: ColumnJoin) -> None:
     assert cj.holds(IDS).tolist() == lj.holds(IDS)
     assert [(type(v), v) for v in cj.labels_of(IDS)] == [(type(v), v) for v in lj.labels_of(IDS)]
     assert ordered(cj.snapshot()) == ordered(lj.snapshot())
+    assert tombstones(cj.snapshot()) == {b: (newest, sorted(held)) for b, (newest, held) in lj._tombstones.items()}
+
+
+def tombstones(snapshot: dict[str, Any]) -> dict[int, tuple[int, list[int]]]:
+    return {t["bucket"]: (t["newest"], np.frombuffer(base64.b64decode(t["keys"]), "<u8").tolist())
+            for t in snapshot.get("tombstones", [])}
 
 
 ids_st = st.sampled_from(IDS)
@@ -79,7 +86,7 @@ def ops(labels: list[Any]) -> st.SearchStrategy[list[tuple[Any, ...]]]:
 
 
 def run(sequence: list[tuple[Any, ...]], hash_fn: Callable[[np.ndarray], np.ndarray] = hash_ids) -> None:
-    lj: LabelJoin[Any] = LabelJoin(max_delay_ms=500, correction_ms=300)
+    lj: LabelJoin[Any] = LabelJoin(max_delay_ms=500, correction_ms=300, hash_ids=hash_fn)
     cj = ColumnJoin(500, 300, COLUMNS, hash_ids=hash_fn)
     for op in sequence:
         if op[0] == "p":
@@ -140,7 +147,7 @@ def test_same_outcomes_when_every_id_collides(sequence: list[tuple[Any, ...]]) -
 def test_many_ids_through_table_rebuilds_and_expiry(records: list[tuple[int, int]], watermark: int) -> None:
     """Enough ids to grow the arena and rebuild the table, with forced collisions on half of them."""
     for hash_fn in (hash_ids, lambda ids: hash_ids(ids) & np.uint64(0xFF00000000000007)):
-        lj: LabelJoin[Any] = LabelJoin(max_delay_ms=500, correction_ms=300)
+        lj: LabelJoin[Any] = LabelJoin(max_delay_ms=500, correction_ms=300, hash_ids=hash_fn)
         cj = ColumnJoin(500, 300, COLUMNS, hash_ids=hash_fn)
         for start in range(0, len(records), 37):
             chunk = records[start:start + 37]
@@ -273,3 +280,59 @@ def test_memory_per_pending_prediction() -> None:
                                                           "output": np.float64, "decision": np.bool_}), add_columns, n)
     tuples = pending_bytes(lambda: LabelJoin(10**9, 0), add_tuples, n)
     assert columns < 220 and columns < 0.75 * tuples, (columns, tuples)
+
+
+def test_a_prediction_that_expired_unlabeled_stays_a_duplicate_until_its_bucket_goes() -> None:
+    """By hand: max_delay 1000, correction 400, so tombstone buckets of 100 ms of event time."""
+    cj = ColumnJoin(1000, 400, {"output": np.float64})
+
+    def deliver(*ids: str, ts: int = 0) -> list[int]:
+        return cj.add_predictions(list(ids), [ts] * len(ids), {"output": [0.5] * len(ids)}).duplicates.tolist()
+
+    assert deliver("a", "b") == [] and cj.add_predictions(["c"], [50], {"output": [0.5]}).duplicates.tolist() == []
+    assert len(cj.add_labels(["b"], [10], [True])) == 1
+    cj.expire(1100)  # horizon 100: a and c expire unlabeled, b is joined
+    assert (cj.expired_predictions, cj.tombstones, cj.pending, cj.joined) == (2, 2, (0, 0), 1)
+    assert deliver("a", "b", "d") == [0, 1]  # a: tombstone, b: joined; d is new
+    assert len(cj.add_labels(["c"], [60], [True])) == 0 and cj.pending == (1, 1)  # c's late label waits...
+    got = cj.add_predictions(["c"], [50], {"output": [0.5]})
+    assert len(got) == 0 and got.duplicates.tolist() == [0]  # ...and the redelivered c does not meet it
+    cj.expire(1450)  # d expires unlabeled into bucket 0; tombstone horizon 50: bucket 0's newest ts is 50, it stays
+    assert cj.tombstones == 3 and deliver("a") == [0] and cj.duplicates == 4
+    data = json.loads(json.dumps(cj.snapshot()))
+    assert ColumnJoin.restore(data).add_predictions(["a"], [0], {"output": [0.5]}).duplicates.tolist() == [0]
+    del data["tombstones"]  # a checkpoint from before tombstones still restores, without them
+    assert ColumnJoin.restore(data).add_predictions(["a"], [0], {"output": [0.5]}).duplicates.tolist() == []
+    cj.expire(1451)  # horizon 51: bucket 0 and the joined pair b (ts 0) go
+    assert (cj.tombstones, cj.joined) == (0, 0) and deliver("a", "b", "d") == []  # beyond retention: new again
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.just("p"), st.lists(st.integers(0, 11), max_size=6)),
+                          st.tuples(st.just("l"), st.lists(st.integers(0, 11), max_size=6)),
+                          st.tuples(st.just("x"), st.integers(0, 40))), max_size=40))
+def test_a_redelivery_within_retention_is_a_duplicate_whatever_came_between(ops: list[tuple[Any, Any]]) -> None:
+    """Against the plainest model, a set of the ids counted: id k has event time 100 k; its
+    prediction is redelivered only while its timestamp is within max_delay + correction_ms of
+    the highest watermark expiry has seen (the join's promise), with labels and expiries of
+    every kind in between. Each first delivery counts, every other one is a duplicate."""
+    max_delay, correction = 300, 500
+    cj = ColumnJoin(max_delay, correction, {"output": np.float64})
+    counted: set[int] = set()
+    watermark, weight = 0, dict.fromkeys(range(12), 0.0)
+    for op, arg in ops:
+        if op == "x":
+            watermark = max(watermark, 100 * arg)
+            cj.expire(100 * arg)
+            continue
+        ids = [k for k in dict.fromkeys(arg) if k not in counted or 100 * k >= watermark - max_delay - correction]
+        names, ts = [f"id-{k}" for k in ids], [100 * k for k in ids]
+        if op == "l":
+            got = cj.add_labels(names, ts, [k % 2 == 0 for k in ids])
+        else:
+            got = cj.add_predictions(names, ts, {"output": [0.5] * len(ids)})
+            assert got.duplicates.tolist() == [i for i, k in enumerate(ids) if k in counted]
+            counted.update(ids)
+        for row, w in zip(got.rows.tolist(), got.weights.tolist()):
+            weight[ids[row]] += w
+    assert cj.duplicates >= 0 and all(w in (0.0, 1.0) for w in weight.values())  # one outcome per id at most

@@ -217,6 +217,7 @@ def test_retrain_after_n_new_labels_counts_the_baseline_only_and_starts_again() 
 def test_drift_tables_go_to_the_drift_topic_as_avro() -> None:
     preds, _ = traffic(seed=11, windows=2, shift={"x": 0.5})
     p = StreamProcessor({"m": topology()}, Topics(), Signer("drift", b"drift-key".ljust(32, b"-")), clock=lambda: NOW)
+    p.evaluators["m"].labels_idle = True  # no labels: the worker closes windows by predictions alone
     out = p.process([Incoming(Topics().predictions, 0, i, codec.encode_predictions(preds[k:k + 500]))
                      for i, k in enumerate(range(0, len(preds), 500))])
     tables = [codec.decode_drift_table(o.value) for o in out if o.topic == "mle.drift"]

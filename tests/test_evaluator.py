@@ -39,7 +39,7 @@ def test_window_metrics_equal_sklearn_whatever_the_arrival_order() -> None:
     assert ev.add_labels(early) == []
     assert ev.add_predictions(preds, NOW) == []
     assert ev.add_labels(kept_late) == []
-    ev.add_predictions([Prediction(prediction_id="tick", model="fraud", version="1", timestamp=12_000, score=0.5)], NOW)
+    tick(ev, 12_000)
     out = ev.advance(NOW)
     assert [j.window_start for j in out.judgements] == [0]
     labeled = {lab.prediction_id: lab for lab in early + kept_late}
@@ -106,13 +106,15 @@ def test_multiclass_uses_argmax_unless_the_pod_says_otherwise() -> None:
                    predicted_label="dog"),
         Prediction(prediction_id="c", model="m", version="1", timestamp=2_000, scores={"cat": 1.0}),
     ], NOW)
-    ev.add_labels([Label("a", "m", 1, "cat"), Label("b", "m", 1, "cat")])
+    ev.add_labels([Label("a", "m", 1, "cat"), Label("b", "m", 1, "cat"), Label("c", "m", 2_000, "cat")])
     snap = next(s for s in ev.advance(NOW).windows if s.version == "1")
     assert snap.labeled == 2 and snap.metrics["accuracy"] == 0.5
 
 
 def tick(ev: ModelEvaluator, ts: int) -> None:
+    """Move both inputs' clocks to `ts` (windows close once predictions and labels have passed)."""
     ev.add_predictions([Prediction(prediction_id=f"tick-{ts}", model="fraud", version="1", timestamp=ts, score=0.5)], NOW)
+    ev.add_labels([Label(prediction_id=f"tick-label-{ts}", model="fraud", timestamp=ts, label=True)], NOW)
 
 
 def test_a_corrected_label_replaces_the_outcome_and_duplicates_change_nothing() -> None:
@@ -151,6 +153,35 @@ def test_segments_are_capped_with_an_other_bucket() -> None:
     countries = ["DE", "FR", "US", "DE", "BR", "FR"]
     ev.add_predictions([Prediction(prediction_id=str(i), model="fraud", version="1", timestamp=i, score=0.9,
                                    segment={"country": c}) for i, c in enumerate(countries)], NOW)
-    ev.add_predictions([Prediction(prediction_id="x", model="fraud", version="1", timestamp=10_000, score=0.9)], NOW)
+    tick(ev, 10_000)
     counts = {w.segment: w.predictions for w in ev.advance(NOW).windows if w.version == "1" and w.window_start == 0}
     assert counts == {None: 6, "country=DE": 2, "country=FR": 2, "country=__other__": 2}
+
+
+def test_a_prediction_delivered_again_within_retention_changes_nothing_after_it_left_the_join() -> None:
+    """Labeled: the pair leaves the join after its pane's retention, so a redelivery is late.
+    Unlabeled: with max_delay shorter than retention it expires while its pane is retained, and
+    only the join's tombstone keeps the redelivery from being served (and joined) again."""
+    short = parse_topology('model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+                           "windows: {size: 10s, grace: 0s, retention: 1m}\nlabels: {max_delay: 5s}\n")
+    ev = ModelEvaluator(short)
+    a, b = (Prediction(prediction_id=i, model="fraud", version="1", timestamp=100, score=0.9) for i in "ab")
+    ev.add_predictions([a, b], NOW)
+    ev.add_labels([Label("b", "fraud", 200, True)])
+    tick(ev, 12_000)  # window 0 closes; a expires unlabeled (its pane is kept 60 s more)
+    first = next(w for w in ev.advance(NOW, updates=True).windows if w.version == "1" and w.window_start == 0)
+    assert (first.predictions, first.labeled, ev.join.expired_predictions) == (2, 1, 1)
+    ev.add_predictions([a, b], NOW)  # both again: a after expiry, b still joined
+    ev.add_labels([Label("a", "fraud", 12_500, False)])  # a's label, too late to join
+    ev.add_predictions([a], NOW)  # and a once more, with its label waiting
+    revised = [w for w in ev.advance(NOW, updates=True).windows if w.version == "1" and w.window_start == 0]
+    assert revised == [] and ev.join.duplicates == 3
+    tick(ev, 100 + 5_000 + 10_000 + 60_000 + 1)  # the pair of b (ts 100) leaves the join, long after its pane
+    ev.advance(NOW)
+    assert ev.join.joined == 0  # (a's tombstone may stay a little longer: its bucket holds the later tick)
+    late = ev.panes.late_dropped
+    ev.add_predictions([a, b], NOW)
+    ev.add_labels([Label("b", "fraud", 80_000, False)])
+    # Waiting: the tick's prediction and label, and b's label, alone.
+    assert ev.panes.late_dropped == late + 2 and ev.join.pending == (1, 2)
+    assert [w for w in ev.advance(NOW, updates=True).windows if w.window_start == 0] == []

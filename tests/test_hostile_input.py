@@ -54,7 +54,9 @@ def operator_rollback(model: str, issued_at: int) -> Command:
 
 def processor() -> StreamProcessor:
     # A short retention: a far jump of event time closes at most 30 empty windows, not 3600.
-    topologies = {m: parse_topology(TOPOLOGY.format(model=m).replace("retention: 1h", "retention: 30s"))
+    # A grace of 1 s: the labels come 0.7 s after their predictions, so they count in the closed windows.
+    topologies = {m: parse_topology(TOPOLOGY.format(model=m).replace("retention: 1h", "retention: 30s")
+                                    .replace("grace: 0s", "grace: 1s"))
                   for m in MODELS}
     return StreamProcessor(topologies, TOPICS, SIGNER, clock=lambda: 10**12)
 

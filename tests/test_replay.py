@@ -121,7 +121,7 @@ def test_replay_equals_the_evaluator_advanced_after_every_record() -> None:
         result = replay(predictions, all_labels, topologies)
 
         evaluators = {m: ModelEvaluator(t) for m, t in topologies.items()}
-        now = max(p.timestamp for p in predictions)
+        now = max(r.timestamp for r in predictions + all_labels)  # the replay's clock: the recording's last record
         windows, decisions = {}, []
         order = sorted([(p.timestamp, 0, i, p) for i, p in enumerate(predictions)]
                        + [(x.timestamp, 1, i, x) for i, x in enumerate(all_labels)], key=lambda e: e[:3])

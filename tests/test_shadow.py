@@ -124,6 +124,7 @@ def test_a_disagreeing_shadow_fails_its_check_and_is_rolled_back() -> None:
     ev.add_predictions(production + shadow, NOW)
     ev.add_labels(labels)
     ev.add_predictions([Prediction(prediction_id="tick", model="fraud", version="1", timestamp=13_000, score=0.5)], NOW)
+    ev.add_labels([Label("tick", "fraud", 13_000, True)])  # both inputs past the window
     out = ev.advance(NOW)
     (rollback,) = out.commands
     assert rollback.kind is CommandKind.ROLLBACK and rollback.traffic == {"1": 100, "2": 0}
@@ -143,6 +144,7 @@ def test_a_shadow_that_passes_its_gate_is_promoted_straight_to_100_percent() -> 
     ev = ModelEvaluator(topology)
     ev.add_predictions(production + shadow, NOW)
     ev.add_predictions([Prediction(prediction_id="tick", model="fraud", version="1", timestamp=13_000, score=0.5)], NOW)
+    ev.labels_idle = True  # a shadow gate without labels: the worker closes by predictions alone
     (promote,) = ev.advance(NOW).commands
     assert promote.kind is CommandKind.PROMOTE and promote.traffic == {"1": 0, "2": 100}
     assert "in shadow (no live traffic)" in promote.reason

@@ -205,7 +205,8 @@ def test_a_window_without_a_value_exposes_nan_and_other_versions_no_gauge() -> N
     preds = [Prediction(prediction_id=f"p{i}", model="fraud", version=v, timestamp=i, score=0.5)
              for i, v in enumerate(["1", "2", "7"] * 5)]
     closer = Prediction(prediction_id="late", model="fraud", version="1", timestamp=1000, score=0.5)
-    w.batch([Incoming(TOPICS.predictions, 0, 0, codec.encode_predictions(preds + [closer]))])
+    w.batch([Incoming(TOPICS.predictions, 0, 0, codec.encode_predictions(preds + [closer])),
+             Incoming(TOPICS.labels, 0, 0, codec.encode_labels([Label("late", "fraud", 1000, True)]))])
     got = samples(w.metrics.registry)
     roles = {dict(k)["role"] for (n, k) in got if n == "mle_stream_window_metric"}
     assert roles == {"baseline", "candidate"}  # version 7 ("other") comes from the input: no gauge for it

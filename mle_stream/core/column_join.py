@@ -24,6 +24,13 @@ How it is kept:
 - Insertion order (what expiry walks) is one log of entry indices per state; an entry knows its
   position in its log, so a log record is live while the entry still has that state and
   position. A joined or replaced entry leaves a dead record behind, which expiry skips.
+- A prediction that expires unlabeled leaves a tombstone, its 64-bit key, so that delivered again
+  it is a duplicate (also with a late label waiting for it), as a joined pair's would be: sorted
+  uint64 chunks, one per bucket of event time (correction_ms / 4), merged in one pass as expiry
+  adds keys, each dropped when expiry passes its newest timestamp by max_delay + correction_ms
+  (a key outlives its own horizon by less than a bucket). 8 B per key, ~11 in a snapshot
+  (base64); add_predictions looks the batch's new ids up (a binary search per chunk) only while
+  tombstones exist. The key is an unkeyed hash: two ids that collide are one to a tombstone.
 
 Measured with scripts/bench_join.py (1M predictions of bench.py's traffic, medians of 3 runs,
 +-25% noise), in us per prediction: LabelJoin (building the tuples + add_predictions +
@@ -43,6 +50,7 @@ per Kafka message is where most of the gain is.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -125,13 +133,16 @@ class ColumnJoined:
     """What a batch changed, as columns: per joined row, the record of the batch it came from
     (the prediction for add_predictions, the label for add_labels), the prediction's payload
     columns, the label and the weight (+1 a new pair; a correction is -1 with the old label, then
-    +1 with the new). `duplicates`: positions in the batch that changed nothing."""
+    +1 with the new). `duplicates`: positions in the batch that changed nothing. `at`: per row,
+    the later of the two records' timestamps as they were given to the join: when the pair came to
+    be in event time."""
 
     rows: IntArray
     predictions: dict[str, np.ndarray]
     labels: np.ndarray
     weights: npt.NDArray[np.float64]
     duplicates: IntArray
+    at: IntArray
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -147,7 +158,12 @@ class ColumnJoined:
         return cls(np.concatenate([p.rows for p in parts]),
                    {k: np.concatenate([p.predictions[k] for p in parts]) for k in first.predictions},
                    _concat([p.labels for p in parts]), np.concatenate([p.weights for p in parts]),
-                   np.zeros(0, dtype=np.int64))
+                   np.zeros(0, dtype=np.int64), np.concatenate([p.at for p in parts]))
+
+    def select(self, keep: npt.NDArray[np.bool_] | IntArray) -> ColumnJoined:
+        """The given rows (a mask or indices); `duplicates` kept as they were."""
+        return ColumnJoined(self.rows[keep], {k: v[keep] for k, v in self.predictions.items()}, self.labels[keep],
+                            self.weights[keep], self.duplicates, self.at[keep])
 
 
 class _Log:
@@ -210,6 +226,10 @@ class ColumnJoin:
         self._top = 0  # entries [0, top) have been used
         self._free = np.zeros(0, dtype=np.int64)
         self._logs = {_PRED: _Log(), _LABEL: _Log(), _JOINED: _Log()}
+        # Tombstones: the keys of predictions that expired unlabeled, so that a redelivery stays a
+        # duplicate. By bucket of event time (ts // width): (sorted distinct keys, newest ts).
+        self._tomb_width = max(1, correction_ms // 4)
+        self._tombs: dict[int, tuple[npt.NDArray[np.uint64], int]] = {}
 
     # -- batches -------------------------------------------------------------------------------
 
@@ -226,6 +246,15 @@ class ColumnJoin:
         rows = np.arange(n, dtype=np.int64) if first is None else np.flatnonzero(first)
         entries, free_slot = self._find(h[rows], sids[rows])
         state = self._state_of(entries)
+        if self._release_stale(entries, state, ts[rows]):
+            entries, free_slot = self._find(h[rows], sids[rows])
+            state = self._state_of(entries)
+        if self._tombs:  # an id that expired unlabeled is seen, whether or not a label waits for it
+            unseen = np.flatnonzero((state == _FREE) | (state == _LABEL))
+            if len(unseen):
+                buried = unseen[self._buried(h[rows[unseen]])]
+                if len(buried):
+                    state[buried] = _PRED
         meet = state == _LABEL
         new = state == _FREE
         dup_rows = rows[(state == _PRED) | (state == _JOINED)]
@@ -246,11 +275,14 @@ class ColumnJoin:
             e = entries[meet]
             assert self._label is not None
             labels = self._label[e]
+            at = np.maximum(self._ts[e], ts[meet_rows])
             self._ts[e] = ts[meet_rows]  # a joined pair ages from its prediction's timestamp
             self._write_payload(e, payload, meet_rows)
             self._set_state(e, _JOINED)
+        else:
+            at = np.zeros(0, dtype=np.int64)
         return ColumnJoined(meet_rows, {k: v[meet_rows] for k, v in payload.items()}, labels,
-                            np.ones(len(meet_rows)), dup_rows)
+                            np.ones(len(meet_rows)), dup_rows, at)
 
     def add_labels(self, ids: Sequence[str] | np.ndarray, timestamps: Sequence[int] | np.ndarray,
                    labels: Sequence[LabelValue] | np.ndarray) -> ColumnJoined:
@@ -264,13 +296,16 @@ class ColumnJoin:
         rows = np.arange(n, dtype=np.int64) if first is None else np.flatnonzero(first)
         entries, free_slot = self._find(h[rows], sids[rows])
         state = self._state_of(entries)
+        if self._release_stale(entries, state, ts[rows]):
+            entries, free_slot = self._find(h[rows], sids[rows])
+            state = self._state_of(entries)
         hit = state == _PRED
         hit_rows, hit_entries = rows[hit], entries[hit]
         if len(hit_rows):
             self._write_labels(hit_entries, values[hit_rows])
             self._set_state(hit_entries, _JOINED)
         out = ColumnJoined(hit_rows, self._take(hit_entries), values[hit_rows], np.ones(len(hit_rows)),
-                           np.zeros(0, dtype=np.int64))
+                           np.zeros(0, dtype=np.int64), np.maximum(self._ts[hit_entries], ts[hit_rows]))
         if len(hit_rows) == n:
             return out
         if first is None and not state[~hit].any():  # the usual misses: labels that came first, all new
@@ -330,11 +365,12 @@ class ColumnJoin:
             ce = g_entry[group[corrected]]
             fixed = ColumnJoined(np.repeat(corrected, 2), self._take(np.repeat(ce, 2)),
                                  _interleave(prev_labels[previous[corrected]], values[corrected]),
-                                 np.tile(np.array([-1.0, 1.0]), len(corrected)), out.duplicates)
+                                 np.tile(np.array([-1.0, 1.0]), len(corrected)), out.duplicates,
+                                 np.repeat(np.maximum(self._ts[ce], ts[corrected]), 2))
             out = ColumnJoined(np.concatenate([out.rows, fixed.rows]),
                                {k: np.concatenate([out.predictions[k], fixed.predictions[k]]) for k in fixed.predictions},
                                _concat([out.labels, fixed.labels]), np.concatenate([out.weights, fixed.weights]),
-                               out.duplicates)
+                               out.duplicates, np.concatenate([out.at, fixed.at]))
             last = _last_per_group(corrected, group)
             self._write_labels(g_entry[group[last]], values[last])
         if len(waiting):
@@ -371,16 +407,46 @@ class ColumnJoin:
         first[index] = True
         return first, index[inverse.ravel()].astype(np.int64)
 
+    def _release_stale(self, entries: IntArray, state: npt.NDArray[np.int8], ts: IntArray) -> bool:
+        """Release the entries that a record at `ts` finds already past their expiry horizon, as
+        `expire` would have had event time reached `ts` first: whether a pair forms then depends
+        on the two records' timestamps alone, not on when the caller last ran expiry. True if any
+        was released (the caller finds its ids again)."""
+        held = entries >= 0
+        if not held.any():
+            return False
+        age = ts - self._ts[np.where(held, entries, 0)]
+        limit = np.where(state == _JOINED, self.max_delay_ms + self.correction_ms, self.max_delay_ms)
+        stale = held & (age > limit)
+        if not stale.any():
+            return False
+        released = entries[stale]
+        kinds = np.bincount(state[stale], minlength=4)
+        self.expired_predictions += int(kinds[_PRED])
+        self.expired_labels += int(kinds[_LABEL])
+        self._release(released)
+        unlabeled = released[state[stale] == _PRED]
+        if len(unlabeled):
+            self._bury(unlabeled)  # expired unlabeled, as by expire
+        return True
+
     # -- expiry --------------------------------------------------------------------------------
 
     def expire(self, watermark: int) -> None:
         horizon = watermark - self.max_delay_ms
-        self.expired_predictions += self._expire(_PRED, horizon)
+        unlabeled: list[IntArray] = []
+        self.expired_predictions += self._expire(_PRED, horizon, unlabeled)
+        if unlabeled:
+            self._bury(np.concatenate(unlabeled))
         self.expired_labels += self._expire(_LABEL, horizon)
         self._expire(_JOINED, horizon - self.correction_ms)
+        if self._tombs:
+            for bucket in [b for b, (_, newest) in self._tombs.items() if newest < horizon - self.correction_ms]:
+                del self._tombs[bucket]
 
-    def _expire(self, state: int, horizon: int) -> int:
-        """Pop the log's front up to its first live entry that is still young."""
+    def _expire(self, state: int, horizon: int, released: list[IntArray] | None = None) -> int:
+        """Pop the log's front up to its first live entry that is still young; the entries that
+        go are appended to `released` (valid until the next insert)."""
         log, expired, chunk = self._logs[state], 0, 1024
         while log.head < log.size:
             end = min(log.size, log.head + chunk)
@@ -392,11 +458,50 @@ class ColumnJoin:
             if len(old):
                 self._release(old)
                 expired += len(old)
+                if released is not None:
+                    released.append(old)
             log.head += stop
             if stop < len(e):
                 break
             chunk *= 2
         return expired
+
+    def _bury(self, entries: IntArray) -> None:
+        """Tombstones for released predictions: their keys, into the chunk of their ts bucket. A
+        chunk goes when expiry passes its newest ts, as a joined pair of that ts would: a key
+        outlives its own horizon by less than one bucket (correction_ms / 4)."""
+        keys, ts = self._key[entries], self._ts[entries]
+        buckets = ts // self._tomb_width
+        if buckets[0] == buckets[-1] and (buckets == buckets[0]).all():
+            groups = [(int(buckets[0]), keys, ts)]
+        else:
+            order = np.argsort(buckets, kind="stable")
+            cuts = np.flatnonzero(np.diff(buckets[order])) + 1
+            groups = [(int(buckets[g[0]]), keys[g], ts[g]) for g in np.split(order, cuts)]
+        for bucket, k, t in groups:
+            k = np.unique(k)  # sorted and distinct (two ids can share a key)
+            newest = int(t.max())
+            held = self._tombs.get(bucket)
+            if held is not None:
+                k, newest = _merge_sorted(held[0], k), max(held[1], newest)
+            self._tombs[bucket] = (k, newest)
+
+    def _buried(self, keys: npt.NDArray[np.uint64]) -> IntArray:
+        """Positions of the keys that a tombstone holds: a binary search per chunk, of the keys in
+        order (each search starts where the last one ended: 2-4 times faster than in batch order)."""
+        order = np.argsort(keys)
+        ordered = keys[order]
+        found = np.zeros(len(keys), dtype=np.bool_)
+        for chunk, _ in self._tombs.values():
+            at = np.searchsorted(chunk, ordered)
+            np.minimum(at, len(chunk) - 1, out=at)
+            found |= chunk[at] == ordered
+        return np.sort(order[found])
+
+    @property
+    def tombstones(self) -> int:
+        """Keys of predictions that expired unlabeled, still held (8 bytes each)."""
+        return sum(len(k) for k, _ in self._tombs.values())
 
     # -- questions -----------------------------------------------------------------------------
 
@@ -434,7 +539,8 @@ class ColumnJoin:
     def nbytes(self) -> int:
         """Bytes of the numpy arrays this join holds (objects in object columns not counted)."""
         arrays = [self._key, self._id, self._ts, self._state, self._pos, self._slot, self._free,
-                  *self._payload.values(), *(log.entries for log in self._logs.values())]
+                  *self._payload.values(), *(log.entries for log in self._logs.values()),
+                  *(k for k, _ in self._tombs.values())]
         return self._table.nbytes + sum(a.nbytes for a in arrays) + (0 if self._label is None else self._label.nbytes)
 
     # -- snapshot ------------------------------------------------------------------------------
@@ -457,6 +563,8 @@ class ColumnJoin:
             "columns": {k: v.str if v != object else "object" for k, v in self.columns.items()},
             "predictions": part(_PRED, True, False), "labels": part(_LABEL, False, True),
             "joined": part(_JOINED, True, True),
+            "tombstones": [{"bucket": b, "newest": newest, "keys": base64.b64encode(k.astype("<u8").tobytes()).decode()}
+                           for b, (k, newest) in sorted(self._tombs.items())],
             "counters": {"expired_predictions": self.expired_predictions, "expired_labels": self.expired_labels,
                          "corrections": self.corrections, "duplicates": self.duplicates},
         }
@@ -495,6 +603,9 @@ class ColumnJoin:
             if "label" in part:
                 join._write_labels(e, label_array(decode_column(part["label"])))
             join._set_state(e, state)
+        for tomb in data.get("tombstones", ()):  # absent from checkpoints written before tombstones
+            keys = np.frombuffer(base64.b64decode(tomb["keys"]), dtype="<u8").astype(np.uint64)
+            join._tombs[int(tomb["bucket"])] = (keys, int(tomb["newest"]))
         counters = data["counters"]
         join.expired_predictions, join.expired_labels = counters["expired_predictions"], counters["expired_labels"]
         join.corrections, join.duplicates = counters["corrections"], counters["duplicates"]
@@ -614,6 +725,15 @@ class ColumnJoin:
         if sum(self._counts) == 0:  # nothing held: no probing (the table may hold tombstones)
             return np.full(len(h), -1, dtype=np.int64), None
         return self._table.find(h, sids, self._key, self._id)
+
+
+def _merge_sorted(a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """Two sorted arrays of distinct keys as one, in one pass (np.union1d sorts again)."""
+    at = np.searchsorted(a, b)
+    if len(a):
+        new = a[np.minimum(at, len(a) - 1)] != b
+        b, at = b[new], at[new]
+    return np.insert(a, at, b)
 
 
 def _last_per_group(rows: IntArray, group: IntArray) -> IntArray:

@@ -21,9 +21,10 @@ from operator import itemgetter
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from mle_stream.core.checks import samples_of
-from mle_stream.core.column_join import ColumnJoin, ColumnJoined
+from mle_stream.core.column_join import ColumnJoin, ColumnJoined, label_array
 from mle_stream.core.id_hash import holdable_id_array, unholdable_ids
 from mle_stream.core.columns import FeatureColumns, IntArray, LabelColumns, PredictionColumns
 from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence, pane_values_sequence
@@ -37,7 +38,7 @@ from mle_stream.core.metrics.serving import MAX_LATENCY_MS as SERVING_MAX_LATENC
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
 from mle_stream.core.shadow import ShadowPairing, compare
-from mle_stream.core.snapshot_columns import decode_row_columns
+from mle_stream.core.snapshot_columns import decode_column, decode_row_columns, encode_column, encode_rows
 from mle_stream.core.topology import Topology
 from mle_stream.core.window_state import WindowState
 from mle_stream.core.windows import PaneTable, Segment, WindowSpec
@@ -70,6 +71,22 @@ class Reject:
     index: int  # the row in the batch that was passed in
     field: str
     reason: str
+
+
+@dataclass(frozen=True)
+class InputClocks:
+    """How far each input of a model has come in event time (ms; -1 before its first record):
+    the largest prediction and label timestamps taken, and the event time windows close and
+    predictions expire by, which waits for both (see ModelEvaluator)."""
+
+    predictions: int
+    labels: int
+    event_time: int
+
+
+# A batch of served predictions not yet in the pane states: pane starts, version codes, segments,
+# latency, failed, drift columns, and each row's key (its input's event time as it arrived).
+Served = tuple[IntArray, np.ndarray, list[tuple[Segment, ...]] | None, Any, Any, dict[str, np.ndarray] | None, IntArray]
 
 
 @dataclass
@@ -196,6 +213,7 @@ class ModelEvaluator:
             self.shadow_join = self._new_join()
             self.pairing = ShadowPairing(t.shadow_pair_within_ms)
         self._pairs: list[tuple[Pending, Pending]] = []  # (shadow, production), not yet in the pane states
+        self._pair_keys: list[int] = []  # per pair, when it came to be in event time
         self.policy_state = PolicyState()
         # When each source last sent something, on the worker's clock (not checkpointed: an outage
         # is what this process has seen; the first batch after a restart sets them).
@@ -212,10 +230,21 @@ class ModelEvaluator:
         self._trained_at = trained_at_ms(None if baseline_profile is None else baseline_profile.created_at)
         self._segment_values: dict[str, set[str]] = {d: set() for d in t.segment_dimensions}
         self._touched: set[int] = set()  # panes updated since updates were last emitted
-        # Rows not yet applied to the pane states (see _apply): served predictions as columns
-        # (panes, version codes, segments, latency, failed, drift columns) per batch, and joined rows.
-        self._served: list[tuple[IntArray, np.ndarray, list[tuple[Segment, ...]] | None, Any, Any,
-                                 dict[str, np.ndarray] | None]] = []
+        # Within an advance, panes updated after one of its windows closed (rows keyed past that
+        # window's cut): the window closed without them, so it is reported again as REVISED.
+        self._late_touched: set[int] | None = None
+        # One clock per input: the largest prediction and label timestamps taken. Windows close
+        # and predictions expire by the lesser of the two (event_time), so that a worker that reads
+        # one topic ahead of the other (catching up on a backlog) decides as one that kept up.
+        self._clock_predictions = -1
+        self._clock_labels = -1
+        # Set by the worker while the labels are idle (caught up and silent): event time then
+        # follows the predictions alone, or a model without labels would never close a window.
+        self.labels_idle = False
+        # Rows not yet applied to the pane states (see _apply): served predictions as columns per
+        # batch, joined rows, shadow pairs with the event time each came to be. A row with a key at
+        # or past the cut of a window that holds its pane and has not closed waits for that closing.
+        self._served: list[Served] = []
         self._scored: list[ColumnJoined] = []
 
     def _new_join(self) -> ColumnJoin:
@@ -241,6 +270,30 @@ class ModelEvaluator:
             return "candidate"
         return "other"
 
+    def clocks(self) -> InputClocks:
+        return InputClocks(self._clock_predictions, self._clock_labels, self._event_time())
+
+    def _event_time(self) -> int:
+        """What windows close and predictions expire by: the lesser of the two input clocks, so
+        that no window closes and no prediction expires before the labels, too, have passed it.
+        The predictions' clock alone while the labels are idle or `labels.align` is off."""
+        if self.labels_idle or not self.topology.label_align:
+            return self._clock_predictions
+        return min(self._clock_predictions, self._clock_labels)
+
+    def _earliest_deferred(self) -> int | None:
+        """Before the first window is known: the earliest pane among the rows held back, which
+        has data as much as any in the table (it only waits for a later closing)."""
+        if self.panes.next_window is not None:
+            return None
+        panes = [int(s[0].min()) for s in self._served] + [int(j.predictions["pane"].min()) for j in self._scored]
+        return min(panes, default=None)
+
+    def deferred_rows(self) -> int:
+        """Rows taken but held back from the pane states until a window closes (see _apply)."""
+        return (sum(len(s[0]) for s in self._served) + sum(len(j) for j in self._scored)
+                + len(self._pairs))
+
     # -- state ------------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -248,7 +301,9 @@ class ModelEvaluator:
         pending predictions are a few tens of MB; see the README (State and restarts)."""
         self._apply()
         return {
-            "kind": "model_evaluator", "v": 2, "shape": self._shape(),
+            "kind": "model_evaluator", "v": 3, "shape": self._shape(),
+            "clocks": {"predictions": self._clock_predictions, "labels": self._clock_labels},
+            "deferred": self._deferred_snapshot(),
             "versions": list(self._version_names),
             "join": self.join.snapshot(),
             **({} if self.shadow_join is None or self.pairing is None else
@@ -273,8 +328,9 @@ class ModelEvaluator:
         """The evaluator a snapshot was taken of, under `topology`. A topology whose windows,
         task or thresholds changed since cannot take the old state (panes would mean other
         spans, pending decisions other thresholds): ValueError names what differs."""
-        if not isinstance(data, dict) or data.get("kind") != "model_evaluator" or data.get("v") != 2:
-            raise ValueError(f"not a model_evaluator v2 snapshot: kind={data.get('kind')!r}, v={data.get('v')!r}")
+        if not isinstance(data, dict) or data.get("kind") != "model_evaluator" or data.get("v") not in (2, 3):
+            raise ValueError(f"not a model_evaluator v2 or v3 snapshot: kind={data.get('kind')!r}, "
+                             f"v={data.get('v')!r}")
         ev = cls(topology, profiles)
         differs = {k: (v, data["shape"].get(k)) for k, v in ev._shape().items() if data["shape"].get(k) != v}
         if differs:
@@ -301,7 +357,70 @@ class ModelEvaluator:
         ev._touched = set(data["touched"])
         if ev.drift is not None and data.get("drift"):
             ev.drift.restore_state(data["drift"])
+        if data["v"] == 2:
+            # Taken before inputs had clocks: event time was the predictions' alone.
+            ev._clock_predictions = ev._clock_labels = ev.panes.watermark
+        else:
+            ev._clock_predictions = int(data["clocks"]["predictions"])
+            ev._clock_labels = int(data["clocks"]["labels"])
+            ev._restore_deferred(data["deferred"])
         return ev
+
+    def _deferred_snapshot(self) -> dict[str, Any]:
+        """The rows _apply holds back, as JSON data (see snapshot)."""
+        def column(values: np.ndarray) -> dict[str, Any]:
+            return encode_column(values.tolist())
+
+        served = [{"panes": column(panes), "codes": column(codes),
+                   "segments": None if segments is None else encode_column(segments),
+                   "latency": column(np.asarray(latency, dtype=np.float64)), "failed": column(np.asarray(failed)),
+                   "drift": None if drift is None else {k: column(v) for k, v in drift.items()},
+                   "keys": column(keys)}
+                  for panes, codes, segments, latency, failed, drift, keys in self._served]
+        scored = [{"predictions": {k: column(v) for k, v in j.predictions.items()}, "labels": column(j.labels),
+                   "weights": column(j.weights), "at": column(j.at)} for j in self._scored]
+        pairs = None if not self._pairs else {
+            "shadow": encode_rows([s for s, _ in self._pairs]), "production": encode_rows([p for _, p in self._pairs]),
+            "keys": encode_column(self._pair_keys)}
+        return {"served": served, "scored": scored, "pairs": pairs}
+
+    def _restore_deferred(self, data: dict[str, Any]) -> None:
+        payload = _payload_columns(self.topology)
+
+        def array(encoded: dict[str, Any], dtype: Any) -> np.ndarray:
+            values = decode_column(encoded)
+            if dtype == object:
+                return np.fromiter(values, dtype=object, count=len(values))
+            return np.array(values, dtype=dtype)
+
+        for part in data["served"]:
+            segments = None if part["segments"] is None else _segments_from_json(decode_column(part["segments"]))
+            drift = None
+            if part["drift"] is not None:
+                drift = {}
+                for k, encoded in part["drift"].items():
+                    values = decode_column(encoded)
+                    numeric = all(isinstance(v, float) for v in values)
+                    drift[k] = np.array(values, dtype=np.float64 if numeric else object)
+            self._served.append((array(part["panes"], np.int64), array(part["codes"], np.int32), segments,
+                                 array(part["latency"], np.float64), array(part["failed"], np.bool_), drift,
+                                 array(part["keys"], np.int64)))
+        for part in data["scored"]:
+            predictions = {}
+            for k, dtype in payload.items():
+                if k == "segments":
+                    values = _segments_from_json(decode_column(part["predictions"][k]))
+                    predictions[k] = np.fromiter(values, dtype=object, count=len(values))
+                else:
+                    predictions[k] = array(part["predictions"][k], dtype)
+            at = array(part["at"], np.int64)
+            self._scored.append(ColumnJoined(np.zeros(len(at), dtype=np.int64), predictions,
+                                             label_array(decode_column(part["labels"])),
+                                             array(part["weights"], np.float64), np.zeros(0, dtype=np.int64), at))
+        if data["pairs"]:
+            self._pairs = list(zip(_pending_from_json(data["pairs"]["shadow"]),
+                                   _pending_from_json(data["pairs"]["production"])))
+            self._pair_keys = [int(k) for k in decode_column(data["pairs"]["keys"])]
 
     def _shape(self) -> dict[str, Any]:
         """What a snapshot's meaning depends on."""
@@ -323,8 +442,8 @@ class ModelEvaluator:
 
     def add_prediction_columns(self, cols: PredictionColumns, now_ms: int) -> list[Reject]:
         """One batch of one model's predictions, in arrival order. The result is as if they were
-        added one by one: event time (the watermark) moves with every accepted record, and a
-        record whose pane event time has already retired is dropped (counted in late_dropped)."""
+        added one by one: the predictions' clock moves with every accepted record, and a record
+        whose pane that clock has already retired is dropped (counted in late_dropped)."""
         t = self.topology
         n = len(cols)
         if n == 0:
@@ -358,15 +477,19 @@ class ModelEvaluator:
         rows = np.flatnonzero(ok)
         if len(rows) == 0:
             return rejects
-        # Event time as it was when each record arrived: the running maximum, this record included.
+        # Each record's key: the predictions' clock as it was when the record arrived (the running
+        # maximum, this record included). Whatever depends on when a record came (retention, the
+        # pair's expiry, which closed windows it misses) depends on its key, not on how far the
+        # labels had come, so the result is the same however the two topics are interleaved.
         ts_ok = ts[rows]
-        running = np.maximum(np.maximum.accumulate(ts_ok), self.panes.watermark)
-        self.panes.observe(int(running[-1]))
+        running = np.maximum(np.maximum.accumulate(ts_ok), self._clock_predictions)
+        self._clock_predictions = int(running[-1])
+        self.panes.observe(self._event_time())
         panes = ts_ok - ts_ok % self.panes.spec.hop_ms
         retained = self.panes.retained(panes, running)
         if not retained.all():
             self.panes.late_dropped += int((~retained).sum())
-            rows, ts_ok, panes = rows[retained], ts_ok[retained], panes[retained]
+            rows, ts_ok, panes, running = rows[retained], ts_ok[retained], panes[retained], running[retained]
         if len(rows) == 0:
             return rejects
         all_rows = len(rows) == n
@@ -390,7 +513,7 @@ class ModelEvaluator:
         if t.segment_dimensions:
             payload["segments"] = (np.fromiter(repeat(WHOLE, len(waiting)), dtype=object, count=len(waiting))
                                    if segments is None else _column(segments, waiting))
-        joined = self._join_predictions(ids, ts_ok[waiting], payload)
+        joined = self._join_predictions(ids, running[waiting], payload)
 
         # Served: every prediction, failed ones included, a duplicate delivery not again.
         latency = cols.latency_ms if all_rows else cols.latency_ms[rows]
@@ -400,13 +523,14 @@ class ModelEvaluator:
             served[waiting[joined.duplicates]] = False
             keep = np.flatnonzero(served)
             panes, codes, latency, failed_rows = panes[keep], codes[keep], latency[keep], failed_rows[keep]
+            running = running[keep]
             segments = None if segments is None else [segments[i] for i in keep.tolist()]
             served_rows = rows[keep]
         drift = None
         if self.drift is not None:
             score = cols.score if t.task == "binary" else cols.value if t.task == "regression" else None
             drift = drift_columns(cols.features, score, served_rows, n)
-        self._served.append((panes, codes, segments, latency, failed_rows, drift))
+        self._served.append((panes, codes, segments, latency, failed_rows, drift, running))
         if len(joined):
             self._scored.append(joined)
         return rejects
@@ -421,6 +545,15 @@ class ModelEvaluator:
         rejects: list[Reject] = []
         truths = self._read_truths(cols.label, rejects)
         ids, ts = cols.prediction_id, cols.timestamp
+        if now_ms is not None:
+            horizon = now_ms + self.topology.max_clock_skew_ms
+            refused = {r.index for r in rejects}
+            for i in np.flatnonzero(ts > horizon).tolist():
+                # One far-future label would move the labels' clock past every later label.
+                if i not in refused:
+                    rejects.append(Reject(i, "timestamp", f"{int(ts[i])} is {int(ts[i]) - now_ms} ms ahead of the "
+                                          f"worker's clock (allowed: {self.topology.max_clock_skew_ms} ms)"))
+            rejects.sort(key=lambda r: r.index)
         sids = self._holdable_id_array(ids)
         if sids is None:
             rejected = {r.index for r in rejects}
@@ -435,14 +568,20 @@ class ModelEvaluator:
                 ids = [ids[i] for i in keep]
             else:
                 sids = sids[keep]
-        parts = [self.join.add_labels(ids if sids is None else sids, ts, truths)]
+        if len(ts) == 0:
+            return rejects
+        # Keys, as for predictions: the labels' clock as each label arrived.
+        keys = np.maximum(np.maximum.accumulate(ts), self._clock_labels)
+        self._clock_labels = int(keys[-1])
+        self.panes.observe(self._event_time())
+        parts = [self.join.add_labels(ids if sids is None else sids, keys, truths)]
         if self.shadow_join is not None:
             # Only labels of shadow predictions it holds: a label that comes before its shadow
             # prediction is found in the main join when the shadow prediction comes (_join_predictions),
             # so mirrors that sample a few requests do not keep every other label for max_delay.
             held = np.flatnonzero(self.shadow_join.holds(ids))
             if len(held):
-                parts.append(self.shadow_join.add_labels([ids[i] for i in held.tolist()], ts[held],
+                parts.append(self.shadow_join.add_labels([ids[i] for i in held.tolist()], keys[held],
                                                          [truths[i] for i in held.tolist()]))
         self._scored.extend(self._retained(part) for part in parts if len(part))
         return rejects
@@ -482,7 +621,7 @@ class ModelEvaluator:
         out.duplicates = np.sort(np.concatenate(duplicates))
         fresh = np.setdiff1d(np.arange(len(shadow)), out.duplicates)
         self._pairs.extend(self.pairing.add([ids[i] for i in fresh.tolist()], ts[fresh].tolist(),
-                                            self._pending(payload, fresh), shadow[fresh].tolist()))
+                                            self._pending(payload, fresh), shadow[fresh].tolist(), self._pair_keys))
         return out
 
     def _pending(self, payload: dict[str, np.ndarray], rows: IntArray) -> list[Pending]:
@@ -494,14 +633,13 @@ class ModelEvaluator:
                         payload["decision"][rows].tolist() if "decision" in payload else repeat(None)))
 
     def _retained(self, joined: ColumnJoined) -> ColumnJoined:
-        """The rows whose panes event time still retains now, as a label arrives (it is checked
-        here, not when the batch is applied: event time may have moved far on by then)."""
-        keep = self.panes.retained(joined.predictions["pane"], self.panes.watermark)
+        """The rows whose panes are still retained at the time each pair came to be (its key,
+        not event time when the batch is applied: that may have moved far on by then)."""
+        keep = self.panes.retained(joined.predictions["pane"], joined.at)
         if keep.all():
             return joined
         self.panes.late_dropped += int((~keep).sum())
-        return ColumnJoined(joined.rows[keep], {k: v[keep] for k, v in joined.predictions.items()},
-                            joined.labels[keep], joined.weights[keep], joined.duplicates)
+        return joined.select(keep)
 
     def _read_outputs(self, cols: PredictionColumns, failed: np.ndarray, ok: np.ndarray,
                       rejects: list[Reject]) -> tuple[Any, Any]:
@@ -607,12 +745,57 @@ class ModelEvaluator:
             out.append(tuple(segs))
         return out
 
-    def _apply(self) -> None:
-        """Update the pane states with the rows gathered since the last call. Deferred to here
-        (advance, snapshot) because a state update costs a few hundred µs whatever its size:
-        once per worker batch, not once per Kafka message."""
-        if self._served:
-            served, self._served = self._served, []
+    def _ready(self, panes: IntArray, keys: IntArray, next_window: int | None) -> npt.NDArray[np.bool_]:
+        """Which rows may go into the pane states now, with the windows before `next_window`
+        closed: a row whose key is at or past the cut (end + grace) of a window that holds its
+        pane and is still open belongs after that window's closing (a REVISED update of it). So a
+        closed window holds exactly the rows keyed before its cut, whichever input came first."""
+        spec = self.panes.spec
+        first_open = panes - (spec.size_ms - spec.hop_ms)
+        if next_window is not None:
+            first_open = np.maximum(first_open, next_window)
+        return (first_open > panes) | (keys < first_open + (spec.size_ms + spec.grace_ms))  # type: ignore[no-any-return]
+
+    def _apply(self, next_window: int | None = None, closing: bool = False) -> None:
+        """Update the pane states with the rows gathered since the last call that may go in now
+        (_ready; the others wait). Deferred to here (advance, snapshot) because a state update
+        costs a few hundred µs whatever its size: once per worker batch, not once per Kafka
+        message. `next_window`: as if the windows before it were closed (advance, before it
+        closes a window); by default, those that are."""
+        if not closing:
+            next_window = self.panes.next_window
+        ready_served: list[Served] = []
+        waiting_served: list[Served] = []
+        for part in self._served:
+            ok = self._ready(part[0], part[6], next_window)
+            if ok.all():
+                ready_served.append(part)
+            elif ok.any():
+                ready_served.append(_served_rows(part, np.flatnonzero(ok)))
+                waiting_served.append(_served_rows(part, np.flatnonzero(~ok)))
+            else:
+                waiting_served.append(part)
+        ready_scored: list[ColumnJoined] = []
+        waiting_scored: list[ColumnJoined] = []
+        for joined in self._scored:
+            ok = self._ready(joined.predictions["pane"], joined.at, next_window)
+            if ok.all():
+                ready_scored.append(joined)
+            elif ok.any():
+                ready_scored.append(joined.select(ok))
+                waiting_scored.append(joined.select(~ok))
+            else:
+                waiting_scored.append(joined)
+        ready_pairs: list[tuple[Pending, Pending]] = []
+        if self._pairs:
+            ok = self._ready(np.fromiter((s[0] for s, _ in self._pairs), dtype=np.int64, count=len(self._pairs)),
+                             np.array(self._pair_keys, dtype=np.int64), next_window)
+            ready_pairs = [pair for pair, go in zip(self._pairs, ok.tolist()) if go]
+            self._pairs = [pair for pair, go in zip(self._pairs, ok.tolist()) if not go]
+            self._pair_keys = [k for k, go in zip(self._pair_keys, ok.tolist()) if not go]
+        self._served, self._scored = waiting_served, waiting_scored
+        if ready_served:
+            served = ready_served
             panes = np.concatenate([s[0] for s in served])
             codes = np.concatenate([s[1] for s in served])
             if all(s[2] is None for s in served):
@@ -625,16 +808,19 @@ class ModelEvaluator:
             for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
                 state = self.panes.state(pane, version, segment, checked=True)
                 if state is not None:
-                    self._touched.add(pane)
+                    self._touch(pane)
                     state.serve(latency[idx], failed[idx])
                     if drift is not None and segment is None:
                         self._sketch(pane, version, {k: c[idx] for k, c in drift.items()}, len(idx))
-        if self._scored:
-            scored, self._scored = ColumnJoined.concat(self._scored), []
-            self._score(scored)
-        if self._pairs:
-            pairs, self._pairs = self._pairs, []
-            self._compare(pairs)
+        if ready_scored:
+            self._score(ColumnJoined.concat(ready_scored))
+        if ready_pairs:
+            self._compare(ready_pairs)
+
+    def _touch(self, pane: int) -> None:
+        self._touched.add(pane)
+        if self._late_touched is not None:
+            self._late_touched.add(pane)
 
     def _compare(self, pairs: list[tuple[Pending, Pending]]) -> None:
         """Shadow mode: (shadow, production) pairs into the shadow's pane states (core/shadow.py)."""
@@ -648,7 +834,7 @@ class ModelEvaluator:
         for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
             state = self.panes.state(pane, version, segment, checked=True)
             if state is not None and state.shadow is not None:
-                self._touched.add(pane)
+                self._touch(pane)
                 state.shadow.update(agree[idx], decided[idx], diff[idx], abs_diff[idx])
 
     def _sketch(self, pane: int, version: str, columns: Columns, n: int) -> None:
@@ -666,7 +852,7 @@ class ModelEvaluator:
             if state.drift is None:
                 state.drift = DriftSketches.like(bins)
             state.drift.update(cols, m)
-            self._touched.add(p)
+            self._touch(p)
 
     def _score(self, joined: ColumnJoined) -> None:
         """Add joined (prediction, label) rows to their panes' states; weight -1 takes one out."""
@@ -690,16 +876,11 @@ class ModelEvaluator:
         else:
             y = joined.labels.astype(np.float64, copy=False)
             score = output
-        if self.topology.retrain.new_labels is not None:
-            baseline = self._version_codes.get(self.topology.baseline_version, -1)
-            mine = (codes == baseline) & (panes >= self._trained_at)
-            self.retrain_state = replace(self.retrain_state, labels_since_training=(
-                self.retrain_state.labels_since_training + float(w[mine].sum())))
         for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
             state = self.panes.state(pane, version, segment, checked=True)
             if state is None:
                 continue
-            self._touched.add(pane)
+            self._touch(pane)
             if task == "binary":
                 state.score(BinaryOutcomes(y[idx], score[idx], p["decision"][idx], w[idx]))
             elif task == "multiclass":
@@ -715,17 +896,21 @@ class ModelEvaluator:
         """Close every window that holds data, as if event time had moved far past them (the end
         of a replay)."""
         t = self.topology
+        self.labels_idle = True  # the input has ended: nothing more to wait for
+        self.panes.observe(self._event_time())
         if self.panes.watermark >= 0:
             self.panes.observe(self.panes.watermark + t.window_size_ms + t.window_grace_ms)
+        self._clock_predictions = max(self._clock_predictions, self.panes.watermark)
         return self.advance(now_ms, updates=True)
 
     def closing_due(self) -> bool:
         """Whether `advance` would close a window now. Between closings, `advance` only reports
         snapshots of windows still filling (with `updates`): the replay, which keeps only the last
         snapshot of each window, advances at closings and at the end only."""
+        self.panes.observe(self._event_time())
         if self.panes.next_window is None:
             self._apply()  # the first window is the one holding the first pane with data
-        return self.panes.closing_due()
+        return self.panes.closing_due(self._earliest_deferred())
 
     def advance(self, now_ms: int, updates: bool = False) -> Advance:
         """Close the windows the watermark has passed (results with status CLOSED, judgement,
@@ -733,12 +918,14 @@ class ModelEvaluator:
         last updates: OPEN ones still filling, REVISED ones that late labels changed after they
         closed (their verdict stands: a decision is taken once). Then forget what retention no
         longer needs."""
+        self.panes.observe(self._event_time())  # labels may have gone idle since the last input
         self._apply()
         out = Advance()
         t = self.topology
         already_closed = self.panes.next_window
-        closing = self.panes.close_ready()
+        closing = self.panes.close_ready(self._earliest_deferred())
         for start in closing:
+            self._apply(start, closing=True)  # the rows keyed before its cut
             baseline = self.panes.window(start, t.baseline_version)
             candidate = self.panes.window(start, t.candidate_version)
             judgement = judge(t, start, baseline, candidate, self.policy_state)
@@ -749,6 +936,16 @@ class ModelEvaluator:
                 (t.baseline_version, None): baseline, (t.candidate_version, None): candidate}
             self._detect(start)
             self._results(out, start, "CLOSED", judgement.verdict.value, known, now_ms)
+            if self._late_touched is None:
+                self._late_touched = set()
+            if t.retrain.new_labels is not None:
+                # The baseline's labels of the pane this window is the first to close: counted
+                # once, as the closed window holds them (labels that come later are not counted).
+                pane = start + t.window_size_ms - t.window_hop_ms
+                state = self.panes.peek(pane, t.baseline_version)
+                if pane >= self._trained_at and state is not None:
+                    self.retrain_state = replace(self.retrain_state, labels_since_training=(
+                        self.retrain_state.labels_since_training + state.labeled))
             if t.retrain.enabled:
                 baseline_drift = next((d for d in reversed(out.drift)
                                        if d.window_start == start and d.version == t.baseline_version), None)
@@ -757,11 +954,15 @@ class ModelEvaluator:
                     baseline_drift=baseline_drift, alarms=self._alarms.get((t.baseline_version, start), []),
                     trained_at=self._trained_at, now_ms=now_ms)
                 out.commands.extend(retrain)
+        if closing:
+            self._apply()
+        late, self._late_touched = self._late_touched or set(), None
         out.commands.extend(self.check_outage(now_ms))
         if updates:
             changed = {s for pane in self._touched for s in self.panes.windows_holding(pane)} - set(closing)
+            changed |= {s for pane in late for s in self.panes.windows_holding(pane)} & set(closing)
             for start in sorted(changed):
-                if already_closed is not None and start < already_closed:
+                if already_closed is not None and start < already_closed or start in closing:
                     status = "REVISED"
                 elif self.panes.next_window is None or start >= self.panes.next_window:
                     status = "OPEN"
@@ -863,6 +1064,14 @@ class ModelEvaluator:
                 drifted=() if table is None else tuple(table.drifted),
                 drifted_share=None if table is None else table.drifted_share,
                 concept_drift=tuple(self._alarms.get((version, start), ())), emitted_at=now_ms))
+
+
+def _served_rows(part: Served, rows: IntArray) -> Served:
+    """Some rows of a batch of served predictions."""
+    panes, codes, segments, latency, failed, drift, keys = part
+    return (panes[rows], codes[rows], None if segments is None else [segments[i] for i in rows.tolist()],
+            latency[rows], failed[rows], None if drift is None else {k: v[rows] for k, v in drift.items()},
+            keys[rows])
 
 
 def _net_values(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

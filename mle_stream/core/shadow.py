@@ -42,10 +42,11 @@ class ShadowPairing:
         self.unpaired = {"shadow": 0, "production": 0}
 
     def add(self, ids: Sequence[str], timestamps: Sequence[int], predictions: Sequence[Pending],
-            shadow: Sequence[bool]) -> list[tuple[Pending, Pending]]:
+            shadow: Sequence[bool], at: list[int] | None = None) -> list[tuple[Pending, Pending]]:
         """Predictions the label join did not find to be duplicates; returns the (shadow,
-        production) pairs they complete. A second prediction of the same side and id keeps the
-        first (the join lets a prediction through again only after it expired)."""
+        production) pairs they complete, and appends to `at` the timestamp of the prediction that
+        completed each (when the pair came to be in event time). A second prediction of the same
+        side and id keeps the first (the join lets a prediction through again only after it expired)."""
         pairs: list[tuple[Pending, Pending]] = []
         waiting = self._waiting
         for key, ts, prediction, is_shadow in zip(ids, timestamps, predictions, shadow):
@@ -55,6 +56,8 @@ class ShadowPairing:
             elif other[1] != is_shadow:
                 del waiting[key]
                 pairs.append((prediction, other[2]) if is_shadow else (other[2], prediction))
+                if at is not None:
+                    at.append(ts)
         return pairs
 
     def expire(self, watermark: int) -> None:

@@ -154,6 +154,10 @@ class Topology:
     window_retention_ms: int = 3_600_000
     label_max_delay_ms: int = 7 * 86_400_000
     max_clock_skew_ms: int = 300_000
+    # Close windows and expire predictions only once the labels, too, have passed in event time
+    # (so a worker reading a backlog loses no label); off for labelers that stamp labels with the
+    # prediction's time long after the fact, which would hold every window back.
+    label_align: bool = True
     shadow_pair_within_ms: int = 60_000  # shadow mode: how long a side waits for its counterpart
     thresholds: tuple[float, ...] = ()  # extra decision thresholds to report precision/recall/f1 at
     segment_dimensions: tuple[str, ...] = ()
@@ -379,9 +383,10 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     if grace is not None and retention is not None and retention < grace:
         r.error(top["windows"], "windows.retention", f"must be at least windows.grace ({grace} ms)")
 
-    labels, _ = section("labels", {"max_delay", "max_clock_skew"})
+    labels, _ = section("labels", {"max_delay", "max_clock_skew", "align"})
     max_delay = r.value(labels, "max_delay", "labels", _duration, default=7 * 86_400_000)
     skew = r.value(labels, "max_clock_skew", "labels", _duration, default=300_000)
+    label_align = r.value(labels, "align", "labels", _bool, default=True)
 
     metrics, _ = section("metrics", {"thresholds"})
     thresholds = r.sequence(metrics, "thresholds", "metrics", _fraction)
@@ -563,7 +568,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         baseline_version=baseline, candidate_version=candidate,  # type: ignore[arg-type]
         baseline_alias=baseline_alias, candidate_alias=candidate_alias,
         window_size_ms=size, window_hop_ms=hop, window_grace_ms=grace, window_updates_ms=updates_every, window_retention_ms=retention,
-        label_max_delay_ms=max_delay, max_clock_skew_ms=skew, thresholds=tuple(thresholds),
+        label_max_delay_ms=max_delay, max_clock_skew_ms=skew, label_align=label_align, thresholds=tuple(thresholds),
         segment_dimensions=tuple(dimensions), segment_max_values=max_values, checks=tuple(checks), decision=decision, rollout=rollout, routing=routing,
         shadow_pair_within_ms=pair_within,
         drift=drift, retrain=retrain,

@@ -100,7 +100,7 @@ class PaneTable(Generic[S]):
         """The pane's state if it has one; never creates it."""
         return self._panes.get(PaneKey(pane_start, version, segment))
 
-    def close_ready(self) -> list[int]:
+    def close_ready(self, earliest: int | None = None) -> list[int]:
         """Starts of the windows that became closed since the last call, oldest first.
 
         Every window start from the first data on is returned, windows without data included: a gap
@@ -109,24 +109,27 @@ class PaneTable(Generic[S]):
         back after a silence longer than the retention), the empty windows that no record can reach
         any more are skipped but for the first of each run, so a gap still shows once and the work
         stays bounded by the retention, whatever the timestamps.
+
+        `earliest`: the earliest pane of data taken but not in the table yet (held back by the
+        caller), which counts for where the first window is.
         """
-        due = self._closable()
+        due = self._closable(earliest)
         if due is None:
             return []
         starts, resume = due
         self._next_window = starts[-1] + self.spec.hop_ms if starts else resume
         return starts
 
-    def closing_due(self) -> bool:
+    def closing_due(self, earliest: int | None = None) -> bool:
         """Whether close_ready() would return a window now; changes nothing."""
-        due = self._closable()
+        due = self._closable(earliest)
         return due is not None and len(due[0]) > 0
 
-    def _closable(self) -> tuple[list[int], int] | None:
+    def _closable(self, earliest: int | None = None) -> tuple[list[int], int] | None:
         """The starts close_ready would return now, from the next window to close on, and where the
         next call starts when there are none; None before event time has passed the end of any window."""
         spec = self.spec
-        if self.watermark < 0 or not self._panes and self._next_window is None:
+        if self.watermark < 0 or not self._panes and self._next_window is None and earliest is None:
             return None
         last = self.watermark - spec.grace_ms - spec.size_ms
         if last < 0:
@@ -135,7 +138,7 @@ class PaneTable(Generic[S]):
         first = self._next_window
         if first is None:
             # The first window that holds the first pane with data.
-            first = self.windows_holding(min(k.start for k in self._panes))[0]
+            first = self.windows_holding(min([k.start for k in self._panes] + ([] if earliest is None else [earliest])))[0]
         # Windows that end `retention` or more before event time can get no more records.
         reachable = self.watermark - spec.retention_ms - spec.size_ms + 1
         if reachable <= first + spec.hop_ms:
