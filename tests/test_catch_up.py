@@ -17,11 +17,9 @@ and its decisions (under the replay's ids) must be the replay's.
 from __future__ import annotations
 
 import ast
-import math
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -78,6 +76,11 @@ class Traffic:
     def __add__(self, other: Traffic) -> Traffic:
         return Traffic(self.predictions + other.predictions, self.labels + other.labels)
 
+    def kafka(self, topics: Topics) -> list[tuple[str, bytes, bytes]]:
+        """(topic, key, value) of every message, each keyed by its model."""
+        return ([(topics.predictions, m[0].model.encode(), codec.encode_predictions(m)) for m in self.predictions]
+                + [(topics.labels, m[0].model.encode(), codec.encode_labels(m)) for m in self.labels])
+
 
 def generate(start: int, end: int, rate: float, rng: random.Random, bad_from: int,
              models: Sequence[str] = MODELS) -> tuple[list[Prediction], list[Label]]:
@@ -92,7 +95,8 @@ def generate(start: int, end: int, rate: float, rng: random.Random, bad_from: in
         i = 0
         while (ts := start + int(i * step)) < end:
             pid = f"{model}-{ts}-{i}-{rng.getrandbits(32):08x}"
-            p = Prediction(prediction_id=pid, model=model, version=rng.choice("12"), timestamp=ts, score=rng.random(),
+            version, score = rng.choice("12"), rng.random()
+            p = Prediction(prediction_id=pid, model=model, version=version, timestamp=ts, score=score,
                            segment={"country": rng.choice(["DE", "FR"])})
             predictions.append(p)
             i += 1
@@ -103,7 +107,7 @@ def generate(start: int, end: int, rate: float, rng: random.Random, bad_from: in
                 if model == "fraud" and p.version == "2" and (ts - start) // SIZE_MS >= bad_from:
                     right = rng.random() < 0.3
                 due.setdefault(stamp, []).append(
-                    Label(prediction_id=pid, model=model, timestamp=stamp, label=(p.score >= 0.5) == right))
+                    Label(prediction_id=pid, model=model, timestamp=stamp, label=(score >= 0.5) == right))
     return predictions, [x for stamp in sorted(due) for x in due[stamp]]
 
 
@@ -384,9 +388,9 @@ class Outputs(threading.Thread):
                         continue
                     with self.lock:
                         if m.topic() == self.topics.commands:
-                            self.commands.append(codec.decode_command(m.value()))
+                            self.commands.append(codec.decode_command(m.value() or b""))
                             continue
-                        s = codec.decode_metric_snapshot(m.value())
+                        s = codec.decode_metric_snapshot(m.value() or b"")
                         self.last[key(s)] = s
                         if s.status == "CLOSED":
                             self.closed.setdefault(key(s), []).append(s)
@@ -430,7 +434,7 @@ def produce(bootstrap: str, topics: Topics, traffic: Traffic) -> dict[tuple[str,
 
     from mle_stream.kafka import producer_config
 
-    producer = Producer(producer_config(bootstrap, **{"queue.buffering.max.messages": 1_000_000}))
+    producer = Producer({**producer_config(bootstrap), "queue.buffering.max.messages": 1_000_000})
     ends: dict[tuple[str, int], int] = {}
 
     def delivered(err: Any, msg: Any) -> None:
@@ -438,12 +442,9 @@ def produce(bootstrap: str, topics: Topics, traffic: Traffic) -> dict[tuple[str,
         tp = (msg.topic(), msg.partition())
         ends[tp] = max(ends.get(tp, 0), msg.offset() + 1)
 
-    for topic, batch in [(topics.predictions, traffic.predictions), (topics.labels, traffic.labels)]:
-        for records in batch:
-            encode = codec.encode_predictions if topic == topics.predictions else codec.encode_labels
-            producer.produce(topic, key=records[0].model.encode(), value=encode(records),  # type: ignore[arg-type]
-                             on_delivery=delivered)
-            producer.poll(0)
+    for topic, model, value in traffic.kafka(topics):
+        producer.produce(topic, key=model, value=value, on_delivery=delivered)
+        producer.poll(0)
     assert producer.flush(60) == 0
     return ends
 
@@ -554,10 +555,8 @@ def test_backlog_catch_up_under_kills_and_contention(tmp_path: Path, kafka_boots
         after, started, grouping = None, time.monotonic(), random.Random(7)
         for j, t in enumerate(steps):
             step = messages(preds_at.get(t, []), labels_at.get(t, []), grouping)
-            for topic, batch in [(topics.predictions, step.predictions), (topics.labels, step.labels)]:
-                for records in batch:
-                    encode = codec.encode_predictions if topic == topics.predictions else codec.encode_labels
-                    producer.produce(topic, key=records[0].model.encode(), value=encode(records))  # type: ignore[arg-type]
+            for topic, model, value in step.kafka(topics):
+                producer.produce(topic, key=model, value=value)
             assert producer.flush(10) == 0
             live_until[0] = t + step_ms
             if stop_publishing.is_set():
@@ -588,7 +587,7 @@ def test_backlog_catch_up_under_kills_and_contention(tmp_path: Path, kafka_boots
                     assert time.monotonic() < deadline, f"{done} of {target} label messages read in 60 s"
                     time.sleep(0.02)
                 worker.kill()
-                assert done < total, f"the worker had read every label when killed: make the backlog longer"
+                assert done < total, "the worker had read every label when killed: make the backlog longer"
                 if k == KILLS_CATCHING_UP - 1:
                     worker.env["MLE_CHECKPOINT_INTERVAL"] = KEEP_UP_CHECKPOINT_INTERVAL
                 clock(f"killed while catching up, {total - done:.0f} label messages behind")
