@@ -185,7 +185,8 @@ class WorkerMetrics(_Metrics):
                 self.consumer_lag.labels(topic, str(partition)).set(max(end - position, 0))
 
     def observe_inputs(self, clocks: Mapping[str, Clocks], labels: Mapping[str, LabelsState],
-                       deferred: Mapping[str, int], homes: Mapping[str, int], inputs: Collection[tuple[str, int]],
+                       deferred: Mapping[str, int], homes: Mapping[str, int | None],
+                       inputs: Collection[tuple[str, int]],
                        paused: Collection[tuple[str, int]], now_ms: int) -> None:
         """The alignment of exactly these models (their evaluators' `clocks`, the state of their `labels`
         input, their `deferred` rows, their `homes` partitions) and input partitions (`inputs`, of which

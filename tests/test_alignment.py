@@ -287,3 +287,18 @@ def test_settings_from_the_environment() -> None:
         Settings.from_env({"MLE_INPUT_IDLE": "soon"})
     with pytest.raises(ConfigError, match="must not be below MLE_INPUT_IDLE"):
         Settings.from_env({"MLE_INPUT_IDLE": "1m", "MLE_INPUT_WAIT_MAX": "30s"})
+
+
+def test_a_model_without_a_partition_waits_for_every_labels_partition_held() -> None:
+    """Messages without a key give a model no partition: its labels may be in any labels partition."""
+    clock = Clock()
+    a = alignment(clock)
+    a.assigned([0, 1])
+    clock.now += IDLE
+    behind, caught_up = Offsets(0, 0, 5), Offsets(5, 5, 5)
+    plan = a.update({(L, 0): caught_up, (L, 1): behind, (P, 0): behind}, {"m": None},
+                    {"m": Clocks(2 * SKEW, -1, -1)})
+    assert not plan.labels["m"].idle and not plan.labels["m"].caught_up
+    assert plan.paused == frozenset()  # no partition of its own to pause
+    plan = a.update({(L, 0): caught_up, (L, 1): caught_up}, {"m": None}, {})
+    assert plan.labels["m"].idle and plan.labels["m"].caught_up

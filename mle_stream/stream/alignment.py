@@ -142,10 +142,11 @@ class Alignment:
         for model in models:
             self._last_label[model] = now
 
-    def update(self, offsets: Mapping[TP, Offsets], homes: Mapping[str, int],
+    def update(self, offsets: Mapping[TP, Offsets], homes: Mapping[str, int | None],
                clocks: Mapping[str, Clocks]) -> Plan:
         """One round: `offsets` of the held input partitions, `homes` each model's partition (the
-        one its records come from), `clocks` each model's evaluator's."""
+        one its records come from; None when its messages carry no key, so that any labels
+        partition held may hold its labels), `clocks` each model's evaluator's."""
         now = self._clock()
         for tp, o in offsets.items():
             d = self._delivery.get(tp)
@@ -155,38 +156,43 @@ class Alignment:
                 self._delivery[tp] = _Delivery(o.processed, now)
         labels: dict[str, LabelsState] = {}
         newly_enforced: list[str] = []
-        for model, k in sorted(homes.items()):
-            lab = offsets.get((self.labels_topic, k))
-            if lab is None:
+        held_labels = sorted(k for topic, k in offsets if topic == self.labels_topic)
+        for model, home in sorted(homes.items(), key=lambda item: item[0]):
+            partitions = held_labels if home is None else [home] if home in held_labels else []
+            if not partitions:
                 continue  # not held (any more): another worker decides
-            state = self._labels_state(model, k, lab, now)
+            state = self._labels_state(model, partitions, offsets, now)
             labels[model] = state
             if state.enforced and model not in self._enforced:
                 newly_enforced.append(model)
-                log.warning("labels of model %r count as idle although %s[%d] is behind (offset %d processed, high "
-                            "watermark %s): it delivered nothing for %.0f s (MLE_INPUT_WAIT_MAX); its windows now "
-                            "close by the predictions alone, and labels that come later revise them",
-                            model, self.labels_topic, k, lab.processed, lab.highwater, self.wait_max_ms / 1000)
+                behind = ", ".join(f"{self.labels_topic}[{k}] (offset {offsets[(self.labels_topic, k)].processed} "
+                                   f"processed, high watermark {offsets[(self.labels_topic, k)].highwater})"
+                                   for k in partitions if not offsets[(self.labels_topic, k)].caught_up)
+                log.warning("labels of model %r count as idle although %s is behind: it delivered nothing for %.0f s "
+                            "(MLE_INPUT_WAIT_MAX); its windows now close by the predictions alone, and labels that "
+                            "come later revise them", model, behind, self.wait_max_ms / 1000)
         self._enforced = {m for m, s in labels.items() if s.enforced}
         self._paused = self._pauses(offsets, homes, clocks, labels)
         return Plan(labels, newly_enforced, frozenset(self._paused))
 
-    def _labels_state(self, model: str, k: int, lab: Offsets, now: int) -> LabelsState:
-        heard = max(self._last_label.get(model, -1), self._assigned_at.get(k, now))
+    def _labels_state(self, model: str, partitions: list[int], offsets: Mapping[TP, Offsets],
+                      now: int) -> LabelsState:
+        """Idle when silent and every one of `partitions` (where the model's labels may be) is caught
+        up or stuck past the hard bound; enforced when one of them is stuck."""
+        heard = max(self._last_label.get(model, -1), *(self._assigned_at.get(k, now) for k in partitions))
         silent = now - heard >= self.idle_ms
-        caught_up = lab.caught_up
-        if caught_up:
-            return LabelsState(idle=silent, enforced=False, caught_up=True)
-        stuck = now - self._delivery[(self.labels_topic, k)].since >= self.wait_max_ms
-        return LabelsState(idle=silent and stuck, enforced=silent and stuck, caught_up=False)
+        behind = [k for k in partitions if not offsets[(self.labels_topic, k)].caught_up]
+        stuck = all(now - self._delivery[(self.labels_topic, k)].since >= self.wait_max_ms for k in behind)
+        idle = silent and stuck
+        return LabelsState(idle=idle, enforced=idle and bool(behind), caught_up=not behind)
 
-    def _pauses(self, offsets: Mapping[TP, Offsets], homes: Mapping[str, int], clocks: Mapping[str, Clocks],
+    def _pauses(self, offsets: Mapping[TP, Offsets], homes: Mapping[str, int | None], clocks: Mapping[str, Clocks],
                 labels: Mapping[str, LabelsState]) -> set[TP]:
         skew: dict[int, int] = {}  # partition -> how far its models' predictions run ahead, at most
         for model, k in homes.items():
             c, state = clocks.get(model), labels.get(model)
-            if c is None or state is None or state.idle or c.predictions < 0:
-                continue  # idle labels close by the predictions alone: nothing runs ahead
+            if k is None or c is None or state is None or state.idle or c.predictions < 0:
+                continue  # no partition to pause; or idle labels: they close by the predictions alone
             skew[k] = max(skew.get(k, 0), c.predictions - c.event_time)
         paused = set()
         for tp in offsets:

@@ -181,8 +181,12 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         offsets = {tp: Offsets(processed, *fetched.get(tp, (None, None))) for tp, processed in held.items()}
         before = alignment.paused
         async with checkpoints.batch() as worker:
-            homes = worker.homes
-            plan = alignment.update(offsets, homes, {m: processor.evaluators[m].clocks() for m in homes})
+            clocks = {m: e.clocks() for m, e in processor.evaluators.items()}
+            # Models with state here; one whose messages carry no key has no partition, yet its windows
+            # too must close once its labels are idle (those of other workers' partitions are empty).
+            homes: dict[str, int | None] = {m: None for m, c in clocks.items() if max(c.predictions, c.labels) >= 0}
+            homes.update(worker.homes)
+            plan = alignment.update(offsets, homes, clocks)
             idled = [m for m, state in plan.labels.items() if processor.set_labels_idle(m, state.idle) and state.idle]
             if idled:  # windows that waited for these labels may close now, without any input
                 outs = worker.tick()
