@@ -21,6 +21,16 @@ from mle_stream.kafka_security import KafkaSecurity
 WORKER_METRICS_PORT = 9464
 ACTUATOR_METRICS_PORT = 9465
 
+# Event-time alignment of the worker's two inputs (docs/catch-up.md). Labels count as idle after this
+# much silence once caught up: two of the consumer's 1.5-s fetch waits, so one empty fetch is not enough.
+INPUT_IDLE_MS = 3_000
+# A labels partition that is behind yet delivers nothing this long counts as idle all the same
+# ("enforced"): a stuck broker or partition must not hold every window of its models forever.
+INPUT_WAIT_MAX_MS = 600_000
+# How far (event time) a model's predictions may run ahead of its closing clock before the worker
+# pauses their partition: ~87 MB of pending predictions at 1,000 predictions/s.
+ALIGN_MAX_SKEW_MS = 600_000
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -98,6 +108,14 @@ class Settings:
     verify_keys: MLE_VERIFY_KEYS, more public keys inline: `key_id:base64url` entries separated by
     commas or whitespace.
     command_ttl_ms: MLE_COMMAND_TTL ('1h', '30m', or seconds), how long a signed command stays valid.
+
+    Alignment of predictions and labels in event time (docs/catch-up.md):
+    input_idle_ms: MLE_INPUT_IDLE, how long a caught-up labels input must be silent for a model
+    before its windows close by the predictions alone.
+    input_wait_max_ms: MLE_INPUT_WAIT_MAX, how long a labels partition that is behind may deliver
+    nothing before it counts as idle anyway (enforced).
+    align_max_skew_ms: MLE_ALIGN_MAX_SKEW, how far (event time) predictions may run ahead of what
+    can be closed before their partition is paused until the labels catch up.
     """
 
     bootstrap_servers: str = ""
@@ -117,6 +135,10 @@ class Settings:
     verify_keys_dir: str = ""
     verify_keys: str = ""
     command_ttl_ms: int = DEFAULT_TTL_MS
+    # Alignment: see the docstring.
+    input_idle_ms: int = INPUT_IDLE_MS
+    input_wait_max_ms: int = INPUT_WAIT_MAX_MS
+    align_max_skew_ms: int = ALIGN_MAX_SKEW_MS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -145,7 +167,25 @@ class Settings:
             metrics_port=metrics_port,
             kafka_security=KafkaSecurity.from_env(env),
             **_key_settings(env),
+            **_alignment_settings(env),
         )
+
+
+def _alignment_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The alignment fields of Settings (durations such as 3s, 10m; a bare number is seconds)."""
+
+    def read(name: str, default_ms: int, examples: str) -> int:
+        raw = env.get(name, "").strip()
+        return duration_ms(raw, name, examples) if raw else default_ms
+
+    idle = read("MLE_INPUT_IDLE", INPUT_IDLE_MS, "3s or 500ms")
+    wait_max = read("MLE_INPUT_WAIT_MAX", INPUT_WAIT_MAX_MS, "10m or 600 (seconds)")
+    if wait_max < idle:
+        raise ConfigError(f"MLE_INPUT_WAIT_MAX ({wait_max} ms) must not be below MLE_INPUT_IDLE ({idle} ms): it "
+                          f"bounds how long a labels input that is behind may hold windows, idling bounds one that "
+                          f"is caught up")
+    skew = read("MLE_ALIGN_MAX_SKEW", ALIGN_MAX_SKEW_MS, "10m or 1h")
+    return {"input_idle_ms": idle, "input_wait_max_ms": wait_max, "align_max_skew_ms": skew}
 
 
 def _key_settings(env: Mapping[str, str]) -> dict[str, Any]:

@@ -12,7 +12,9 @@ command can:
   failed midway, after which the process writes no checkpoint again;
 - an input partition has messages waiting (lag > 0) and the worker's position in it has not moved
   for `stall_after_s` outside rebalances. A worker catching up a backlog moves; an idle one has
-  nothing waiting; one restoring checkpoints after a rebalance is not ready yet: none is stalled.
+  nothing waiting; one restoring checkpoints after a rebalance is not ready yet; a predictions
+  partition the worker paused on purpose, until the labels catch up, waits by design: none is
+  stalled.
 
 Readiness (`/readyz`) answers "count me": alive, started, and (worker) the partitions of the last
 rebalance restored from their checkpoints, (actuator) partitions assigned. It fails during a
@@ -224,11 +226,12 @@ class WorkerHealth:
             self._s.held = frozenset(partitions)
 
     def heartbeat(self, positions: Mapping[TP, int], ends: Mapping[TP, int | None],
-                  unsaved_since: Mapping[int, float], checkpoints_consistent: bool) -> None:
+                  unsaved_since: Mapping[int, float], checkpoints_consistent: bool,
+                  paused: Collection[TP] = ()) -> None:
         """From the event loop, every HEARTBEAT_S: the next offset to process and the high watermark
         (None: unknown) of each held input partition, when each held partition's oldest input not
-        in a checkpoint was processed (on this object's clock), and whether checkpoints are still
-        written at all."""
+        in a checkpoint was processed (on this object's clock), whether checkpoints are still
+        written at all, and the input partitions the worker has paused (stream/alignment.py)."""
         with self._lock:
             now = self._clock()
             s = self._s
@@ -242,7 +245,8 @@ class WorkerHealth:
                 lag = None if end is None else max(end - position, 0)
                 before = previous.get(tp)
                 moved = before is None or before.position != position
-                waiting = lag is not None and lag > 0
+                # A paused partition does not move by design: its stall clock starts when it resumes.
+                waiting = lag is not None and lag > 0 and tp not in paused
                 # Restoring checkpoints after a rebalance may take minutes without moving: not a stall.
                 since = before.since if before is not None and not moved and waiting and s.ready else now
                 s.partitions[tp] = _Partition(position, lag, since)

@@ -14,13 +14,15 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mle_stream.health import Health, register_metrics, start_server
 
 if TYPE_CHECKING:
+    from mle_stream.stream.alignment import Clocks, LabelsState
     from mle_stream.stream.checkpoints import WriteReport
     from mle_stream.stream.processor import Incoming, Outgoing, Tally
 
@@ -111,6 +113,30 @@ class WorkerMetrics(_Metrics):
             "mle_stream_checkpoint_seconds", "Time of one checkpoint round that wrote at least one partition, in "
             "seconds (output flush, snapshot, encoding and writing of every partition due; waiting for a batch in "
             "progress included)", (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0))
+        self.input_watermark = self._gauge(
+            "mle_stream_input_watermark_seconds", "A model's input clocks in event time, in seconds since the epoch: "
+            "input=predictions and labels are the largest timestamps read of each, input=event_time the closing "
+            "clock (the smaller of the two, or the predictions' while labels are idle); absent before any",
+            "model", "input")
+        self.input_event_lag = self._gauge(
+            "mle_stream_input_event_lag_seconds", "Wall-clock time minus each input clock of "
+            "mle_stream_input_watermark_seconds, in seconds: how far behind in event time each input is (right on "
+            "every broker, unlike mle_stream_consumer_lag)", "model", "input")
+        self.input_paused = self._gauge(
+            "mle_stream_input_paused", "1 while the worker holds a predictions partition paused because its models' "
+            "predictions run more than MLE_ALIGN_MAX_SKEW ahead of their labels, else 0", "topic", "partition")
+        self.input_idle = self._gauge(
+            "mle_stream_input_idle", "1 while a model's input counts as idle (caught up and silent for "
+            "MLE_INPUT_IDLE, or behind and silent for MLE_INPUT_WAIT_MAX) and its windows close without it, else 0; "
+            "only labels are ever idle", "model", "input")
+        self.enforced_idle = self._counter(
+            "mle_stream_enforced_idle", "Times a model's labels were declared idle although their partition was "
+            "behind, after it delivered nothing for MLE_INPUT_WAIT_MAX (each is logged at WARNING)", "model")
+        self.deferred_rows = self._gauge(
+            "mle_stream_deferred_rows", "Rows a model's evaluator holds back until both inputs pass them in event "
+            "time", "model")
+        self._inputs_lock = threading.Lock()
+        self._inputs: dict[str, dict[str, Any]] = {}  # model -> its `inputs` block of the status page
         self.unverified_commands = self._unverified_commands()
         self.status_ignored = self._counter(
             "mle_stream_status_ignored_records", "Records the status page's feed read and left off the page, by topic "
@@ -157,6 +183,54 @@ class WorkerMetrics(_Metrics):
             end = highwater(topic, partition)
             if end is not None:
                 self.consumer_lag.labels(topic, str(partition)).set(max(end - position, 0))
+
+    def observe_inputs(self, clocks: Mapping[str, Clocks], labels: Mapping[str, LabelsState],
+                       deferred: Mapping[str, int], homes: Mapping[str, int | None],
+                       inputs: Collection[tuple[str, int]],
+                       paused: Collection[tuple[str, int]], now_ms: int) -> None:
+        """The alignment of exactly these models (their evaluators' `clocks`, the state of their `labels`
+        input, their `deferred` rows, their `homes` partitions) and input partitions (`inputs`, of which
+        `paused` are paused), at wall-clock time `now_ms`."""
+        for gauge in (self.input_watermark, self.input_event_lag, self.input_idle, self.deferred_rows,
+                      self.input_paused):
+            gauge.clear()  # models and partitions revoked since the last call disappear
+        for topic, partition in inputs:
+            self.input_paused.labels(topic, str(partition)).set(1.0 if (topic, partition) in paused else 0.0)
+        blocks: dict[str, dict[str, Any]] = {}
+        for model, c in clocks.items():
+            marks = {"predictions": c.predictions, "labels": c.labels, "event_time": c.event_time}
+            seconds = {name: None if ms < 0 else ms / 1000 for name, ms in marks.items()}
+            lag = {name: None if ms < 0 else (now_ms - ms) / 1000 for name, ms in marks.items()}
+            for name, ms in marks.items():
+                if ms >= 0:
+                    self.input_watermark.labels(model, name).set(ms / 1000)
+                    self.input_event_lag.labels(model, name).set((now_ms - ms) / 1000)
+            state = labels.get(model)
+            idle = state is not None and state.idle
+            if state is not None:
+                self.input_idle.labels(model, "labels").set(1.0 if idle else 0.0)
+            self.deferred_rows.labels(model).set(deferred.get(model, 0))
+            home = homes.get(model)
+            held_back = home is not None and any(tp[1] == home for tp in paused)
+            blocks[model] = {
+                "watermarks": seconds, "event_lag_seconds": lag, "partition": home,
+                "predictions_paused": held_back, "labels_idle": idle,
+                "labels_idle_enforced": state is not None and state.enforced,
+                "labels_caught_up": state is not None and state.caught_up,
+                "deferred_rows": deferred.get(model, 0),
+                "state": ("holding predictions back" if held_back else "labels idle" if idle
+                          else "catching up" if state is not None and not state.caught_up else "aligned"),
+            }
+        with self._inputs_lock:
+            self._inputs = blocks
+
+    def inputs_json(self, model: str) -> dict[str, Any] | None:
+        """The status page's `inputs` block of `model` (None when this worker holds no state of it):
+        its input clocks and their lag, whether its predictions are paused or its labels idle, and
+        in a word: "catching up", "holding predictions back", "labels idle" or "aligned"."""
+        with self._inputs_lock:
+            block = self._inputs.get(model)
+            return None if block is None else dict(block)
 
     def observe_checkpoints(self, reports: Sequence[WriteReport], seconds: float) -> None:
         if not reports:

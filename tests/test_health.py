@@ -192,6 +192,21 @@ def test_an_idle_partition_is_not_a_stall() -> None:
     assert h.liveness().ok
 
 
+def test_a_partition_paused_on_purpose_is_not_a_stall_until_it_resumes() -> None:
+    clock = Clock()
+    h = running(clock)
+    for _ in range(200):  # paused for 400 s while its labels catch up, a backlog waiting
+        clock.now += 2
+        h.heartbeat({P0: 10}, {P0: 1_000}, {}, True, paused={P0})
+    assert h.liveness().ok
+    h.heartbeat({P0: 10}, {P0: 1_000}, {}, True)  # resumed: its stall clock starts now
+    clock.now += 300
+    h.heartbeat({P0: 10}, {P0: 1_000}, {}, True)
+    assert h.liveness().ok
+    clock.now += 1
+    assert "consumer" in failing(h.liveness())
+
+
 def test_an_unknown_high_watermark_is_not_a_stall() -> None:
     clock = Clock()
     h = running(clock)

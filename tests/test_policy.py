@@ -115,11 +115,14 @@ def check_results(verdict: Verdict, b: float | None, c: float | None, nb: int, n
 
 
 judgements = st.builds(
-    lambda start, verdict, b, c, nb, nc: WindowJudgement(start, start + 10_000, verdict,
-                                                         check_results(verdict, b, c, nb, nc), f"why {verdict.value}"),
+    lambda start, verdict, b, c, nb, nc, served, labeled: WindowJudgement(
+        start, start + 10_000, verdict, check_results(verdict, b, c, nb, nc), f"why {verdict.value}",
+        served, min(labeled, served)),
     st.integers(0, 10**12), st.sampled_from(list(Verdict)),
     st.one_of(st.none(), st.floats(0, 1)), st.one_of(st.none(), st.floats(0, 1)),
     st.integers(0, 10**6), st.integers(0, 10**6),
+    # the candidate's coverage: often below the floor, so the label-silence state takes part too
+    st.integers(0, 1000), st.sampled_from([0, 1, 30, 1000]),
 )
 
 
@@ -183,6 +186,7 @@ def run_checks(t, windows: list[tuple[dict, dict]]) -> tuple[list[WindowJudgemen
     class W:
         def __init__(self, v: dict) -> None:
             self.v, self.predictions = values(**v), 0 if v.get("empty") else 500
+            self.labeled = self.predictions  # every prediction labeled: no label silence here
 
         def values(self, _window_s: float) -> dict:
             return self.v
@@ -237,7 +241,7 @@ def test_a_hold_check_failing_for_days_keeps_a_bounded_state_and_evidence() -> N
     sizes = []
     for i in range(200):
         class W:
-            predictions = 500
+            predictions = labeled = 500
 
             def values(self, _window_s: float, v: dict = values(**bad[1])) -> dict:
                 return v
@@ -428,6 +432,7 @@ def drive(t, state, windows: list[tuple[dict, dict]], first: int = 0):
     class W:
         def __init__(self, v: dict) -> None:
             self.v, self.predictions = values(**v), 500
+            self.labeled = self.predictions  # every prediction labeled: no label silence here
 
         def values(self, _window_s: float) -> dict:
             return self.v
@@ -495,3 +500,104 @@ def test_rollout_approval_of_a_step_that_is_not_one_is_an_error_with_its_line() 
     with pytest.raises(ConfigError, match=re.escape(":8: rollout.approval: [10, 75] are not steps the candidate "
                                                     "moves to; expected some of [50, 100]")):
         topology("  - {name: a, metric: f1, min: 0.1}\n", "rollout: {steps: [10, 50, 100], approval: [10, 75]}\n")
+
+
+# --- label silence: labels stop coming while predictions flow ------------------------------------
+
+def served(predictions: int, labeled: int) -> WindowState:
+    """`predictions` served, the first `labeled` of them labeled (and right)."""
+    m = WindowState.for_topology(TOPOLOGY)
+    m.serve(np.full(predictions, np.nan), np.zeros(predictions, dtype=bool))
+    m.score(BinaryOutcomes(np.ones(labeled, dtype=bool), np.full(labeled, 0.9), np.ones(labeled, dtype=bool)))
+    return m
+
+
+def silence_run(t, coverage: list[tuple[int, int]], state: PolicyState | None = None, first: int = 0,
+                now_ms: int = 999) -> tuple[PolicyState, list[list]]:
+    """Judge and decide windows whose baseline is fully labeled and whose candidate served
+    (predictions, labeled); returns the state and each window's commands."""
+    state, out = state or PolicyState(), []
+    for i, (n, k) in enumerate(coverage, start=first):
+        j = judge(t, i * 10_000, served(1000, 1000), served(n, k), state)
+        state, commands = decide(t, state, j, now_ms)
+        out.append(commands)
+    return state, out
+
+
+def test_labels_that_stop_coming_hold_once_with_the_coverage_of_each_window() -> None:
+    full, trickle, none = (1000, 1000), (1000, 20), (1000, 0)
+    state, out = silence_run(TOPOLOGY, [full, trickle, none, none, none, none, none])
+    assert [len(c) for c in out] == [0, 0, 0, 1, 0, 0, 0]  # the third silent window in a row, then never again
+    (hold,) = out[3]
+    assert hold.kind is CommandKind.HOLD and hold.rule == "labels-silent" and hold.traffic == {}
+    assert (hold.window_start, hold.window_end) == (10_000, 40_000)  # the silent windows
+    assert "labels silent" in hold.reason and "below 0.05 in 3 closed windows" in hold.reason
+    assert "error-rate-vs-baseline" in hold.reason
+    evidence = json.loads(hold.evidence)
+    assert evidence["label_coverage"] == {"floor": 0.05, "windows": 3}
+    assert [(w["window_start"], w["predictions"], w["labeled"], w["coverage"]) for w in evidence["coverage"]] == [
+        (10_000, 1000, 20, 0.02), (20_000, 1000, 0, 0.0), (30_000, 1000, 0, 0.0)]
+    assert state.silence_held and len(state.silent_windows) == 3  # bounded however long it lasts
+
+
+def test_coverage_back_at_the_floor_ends_the_silence_and_the_next_one_holds_again() -> None:
+    none, back = (1000, 0), (1000, 50)  # 50 / 1000 is the floor itself: back
+    state, out = silence_run(TOPOLOGY, [none] * 4 + [back] + [none] * 3)
+    assert [len(c) for c in out] == [0, 0, 1, 0, 0, 0, 0, 1]
+    assert out[2][0].command_id != out[7][0].command_id and out[7][0].window_start == 50_000
+    # A window without candidate predictions breaks the run but ends no silence: no second HOLD.
+    state, out = silence_run(TOPOLOGY, [none] * 3 + [(0, 0)] + [none] * 3)
+    assert [len(c) for c in out] == [0, 0, 1, 0, 0, 0, 0]
+    state, out = silence_run(TOPOLOGY, [none, none, (0, 0), none, none, none])
+    assert [len(c) for c in out] == [0, 0, 0, 0, 0, 1] and out[5][0].window_start == 30_000
+
+
+def test_label_silence_hold_id_is_derived_again_after_a_restart_and_not_repeated_after_it() -> None:
+    none = (1000, 0)
+    _, straight = silence_run(TOPOLOGY, [none] * 3, now_ms=1)
+    # A checkpoint taken before the HOLD: the restarted worker derives the same command (same id).
+    before, _ = silence_run(TOPOLOGY, [none] * 2, now_ms=1)
+    restored = PolicyState.restore(json.loads(json.dumps(before.snapshot())))
+    assert restored == before
+    after, again = silence_run(TOPOLOGY, [none], state=restored, first=2, now_ms=2)
+    assert again[0][0].command_id == straight[2][0].command_id and again[0][0].issued_at == 2
+    # A checkpoint taken after it: the silence stays announced.
+    restored = PolicyState.restore(json.loads(json.dumps(after.snapshot())))
+    assert silence_run(TOPOLOGY, [none] * 5, state=restored, first=3)[1] == [[]] * 5
+
+
+def test_a_policy_snapshot_from_before_label_silence_restores() -> None:
+    old = PolicyState().snapshot()
+    del old["silent_windows"], old["silence_held"]
+    assert PolicyState.restore(old) == PolicyState()
+
+
+def test_label_silence_needs_a_check_on_labels_and_a_floor() -> None:
+    none = [(1000, 0)] * 5
+    latency_only = topology("  - {name: p99, metric: latency_p99_ms, max: 500}\n")
+    assert silence_run(latency_only, none)[1] == [[]] * 5  # no check waits for labels: nothing to say
+    off = topology("  - {name: err, metric: error_rate, max_degradation: 0.05}\n",
+                   "decision: {label_coverage: {floor: 0}}\n")
+    assert off.decision.label_coverage_floor == 0 and silence_run(off, none)[1] == [[]] * 5
+    two = topology("  - {name: err, metric: error_rate, max_degradation: 0.05}\n",
+                   "decision: {label_coverage: {floor: 0.5, windows: 2}}\n")
+    assert [len(c) for c in silence_run(two, [(1000, 400)] * 3)[1]] == [0, 1, 0]
+
+
+def test_a_silence_hold_takes_the_place_of_the_step_of_its_window() -> None:
+    # Enough labels for the checks to PASS, yet below the floor: the window holds and does not step.
+    t = topology("  - {name: err, metric: error_rate, max_degradation: 0.05}\n",
+                 "rollout: {steps: [10, 100], windows: 3, samples: 10}\n"
+                 "decision: {cooldown: 0s, label_coverage: {floor: 0.5, windows: 3}}\n")
+    _, out = silence_run(t, [(1000, 300)] * 4)
+    assert [[c.kind for c in cs] for cs in out] == [[], [], [CommandKind.HOLD], [CommandKind.PROMOTE]]
+
+
+@pytest.mark.parametrize("decision, message", [
+    ("decision: {label_coverage: {floor: 1.5}}\n", "decision.label_coverage.floor: expected a number between 0 and 1"),
+    ("decision: {label_coverage: {windows: 0}}\n", "decision.label_coverage.windows: expected a whole number >= 1"),
+    ("decision: {label_coverage: {flor: 0.1}}\n", "decision.label_coverage.flor: unknown key"),
+])
+def test_label_coverage_settings_are_validated(decision: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        topology("  - {name: err, metric: error_rate, max_degradation: 0.05}\n", decision)

@@ -238,3 +238,23 @@ def test_approvals_verify_against_the_operators_keys_and_an_expired_one_is_dead_
     out = p.process([Incoming(TOPICS.commands, 0, 2, codec.encode_command(ana.sign(approval(now - 1000))))])
     (promote,) = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
     assert promote.kind is CommandKind.PROMOTE and SIGNER.verifier().verify(promote)
+
+
+def test_idle_labels_close_on_the_tick_without_input_and_labels_that_arrive_are_waited_for_again() -> None:
+    p = processor()
+    evaluator = p.evaluators["fraud"]
+    first_preds, first_labels = window(0, candidate_wrong=False)
+    later_preds, _ = window(3000, candidate_wrong=False)
+    # Window 0 labeled (labels at 900 ms), predictions up to ~3 s: the labels' clock holds the closing.
+    p.process([Incoming(TOPICS.predictions, 0, 0, first_preds), Incoming(TOPICS.labels, 0, 0, first_labels),
+               Incoming(TOPICS.predictions, 0, 1, later_preds)])
+    assert evaluator.clocks().event_time == 900 and evaluator.clocks().predictions == 3059
+    assert not [o for o in p.tick() if o.topic == TOPICS.metrics and b"CLOSED" in o.value]
+    assert p.set_labels_idle("fraud", True) and not p.set_labels_idle("fraud", True)
+    closed = [codec.decode_metric_snapshot(o.value) for o in p.tick() if o.topic == TOPICS.metrics]
+    starts = {s.window_start for s in closed if s.status == "CLOSED"}
+    assert 0 in starts and 3000 not in starts  # closed by the predictions alone, up to their clock
+    assert evaluator.clocks().event_time == 3059
+    # A label arriving ends the idle period before it is taken in.
+    p.process([Incoming(TOPICS.labels, 0, 1, codec.encode_label(Label("3000-0", "fraud", 3900, True)))])
+    assert evaluator.labels_idle is False

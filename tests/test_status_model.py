@@ -5,6 +5,7 @@ leaves off: forged commands, unknown models, rollout events of no verified comma
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -190,3 +191,38 @@ def test_bad_parameters_and_events_are_refused() -> None:
         new_board(max_versions=0)
     with pytest.raises(TypeError):
         new_board().apply("not an event")  # type: ignore[arg-type]
+
+
+def test_a_labels_silent_hold_is_said_until_the_candidate_has_labels_again() -> None:
+    board = new_board({M: ["error_rate"]})
+    step = command(CommandKind.SET_TRAFFIC, 4_000, 25)
+    board.apply(step)
+    board.apply(event(step, 4_500))
+    silent = Signer(HMAC_KEY_ID, KEY).sign(dataclasses.replace(
+        command(CommandKind.HOLD, 20_000, rule="labels-silent", key=None), traffic={}, window_start=5_000,
+        evidence=json.dumps({"label_coverage": {"floor": 0.05, "windows": 3},
+                             "coverage": [{"window_start": s, "window_end": s + 5000, "predictions": 100,
+                                           "labeled": 0, "coverage": 0.0} for s in (5_000, 10_000, 15_000)]})))
+    board.apply(silent)
+    m = board.to_json()["models"][0]
+    assert m["phase"] == "held: labels silent"
+    assert m["labels_silent"] == {"command_id": silent.command_id, "candidate": "2", "since": 5_000, "until": 20_000,
+                                  "floor": 0.05, "coverage": 0.0}
+    text = render(board.to_json(M))
+    assert f"== {M}: held: labels silent ==" in text and "labels silent since" in text and "(floor 5.00%)" in text
+    # A window of the silence itself, revised or not, does not end it; nor does one still below the floor.
+    board.apply(coverage_snapshot("2", 15_000, labeled=0, status="REVISED"))
+    board.apply(coverage_snapshot("2", 20_000, labeled=4))
+    assert board.to_json()["models"][0]["phase"] == "held: labels silent"
+    # A later judged window with coverage back at the floor: the phase before the HOLD stands again.
+    board.apply(coverage_snapshot("2", 25_000, labeled=5))
+    m = board.to_json()["models"][0]
+    assert m["phase"] == "rolling out: step 25%" and m["labels_silent"] is None
+    assert "labels silent" not in render(board.to_json(M))
+    decision = next(d for d in m["decisions"] if d["rule"] == "labels-silent")
+    assert [w["coverage"] for w in decision["evidence"]["coverage"]] == [0.0, 0.0, 0.0]
+
+
+def coverage_snapshot(version: str, start: int, *, labeled: int, status: str = "CLOSED") -> MetricSnapshot:
+    """A whole-version window of 100 predictions, `labeled` of them labeled."""
+    return dataclasses.replace(snapshot(version, start, 0.1, status=status), predictions=100, labeled=labeled)

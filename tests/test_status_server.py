@@ -65,3 +65,24 @@ def test_healthz_answers_the_workers_liveness_when_given_it() -> None:
     finally:
         plain.close()
         watched.close()
+
+
+def test_each_model_carries_the_workers_inputs_block_when_the_page_runs_in_a_worker() -> None:
+    from mle_stream.stream.alignment import LabelsState
+    from mle_stream.telemetry import WorkerMetrics
+
+    class Marks:
+        predictions, labels, event_time = 5_000, -1, -1
+
+    board, lock, metrics = new_board(), threading.Lock(), WorkerMetrics()
+    board.apply(snapshot("1", 0, 0.1))
+    metrics.observe_inputs({M: Marks()}, {M: LabelsState(idle=False, enforced=False, caught_up=False)}, {}, {M: 0},
+                           [("p", 0), ("l", 0)], set(), 10_000)
+    with_inputs, without = serve_status(board, lock, 0, metrics=metrics), serve_status(board, lock, 0)
+    try:
+        (model,) = json.loads(get(with_inputs.url + "api/status")[2])["models"]
+        assert model["inputs"]["state"] == "catching up" and model["inputs"]["watermarks"]["predictions"] == 5
+        assert "inputs" not in json.loads(get(without.url + "api/status")[2])["models"][0]
+    finally:
+        with_inputs.close()
+        without.close()

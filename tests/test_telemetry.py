@@ -15,7 +15,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -225,6 +225,42 @@ def test_consumer_lag_is_highwater_minus_position_of_the_partitions_held() -> No
             if n == "mle_stream_consumer_lag"} == {("p", "0"): 30, ("p", "1"): 0}
     metrics.observe_lag({("p", 1): 5}, lambda t, p: highwaters[(t, p)])  # p[0] revoked
     assert by_label(samples(metrics.registry), "mle_stream_consumer_lag", "partition") == {"1": 2}
+
+
+def test_input_alignment_gauges_and_the_status_block_of_the_models_held() -> None:
+    from mle_stream.stream.alignment import LabelsState, Offsets  # noqa: F401 - the types app.py passes
+
+    @dataclass(frozen=True)
+    class Clocks:
+        predictions: int
+        labels: int
+        event_time: int
+
+    metrics = WorkerMetrics()
+    now = 2_000_000
+    metrics.observe_inputs(
+        {"fraud": Clocks(1_990_000, 1_900_000, 1_900_000), "spam": Clocks(1_000_000, -1, 1_000_000)},
+        {"fraud": LabelsState(idle=False, enforced=False, caught_up=False),
+         "spam": LabelsState(idle=True, enforced=True, caught_up=False)},
+        {"fraud": 12}, {"fraud": 0, "spam": 1}, [("p", 0), ("l", 0), ("p", 1), ("l", 1)], {("p", 0)}, now)
+    metrics.enforced_idle.labels("spam").inc()
+    got = samples(metrics.registry)
+    assert value(got, "mle_stream_input_watermark_seconds", model="fraud", input="labels") == 1_900
+    assert value(got, "mle_stream_input_event_lag_seconds", model="fraud", input="predictions") == 10
+    assert ("mle_stream_input_watermark_seconds", frozenset({("model", "spam"), ("input", "labels")})) not in got
+    assert {(dict(k)["topic"], dict(k)["partition"]): v for (n, k), v in got.items() if n == "mle_stream_input_paused"} \
+        == {("p", "0"): 1, ("l", "0"): 0, ("p", "1"): 0, ("l", "1"): 0}
+    assert by_label(got, "mle_stream_input_idle", "model") == {"fraud": 0, "spam": 1}
+    assert by_label(got, "mle_stream_deferred_rows", "model") == {"fraud": 12, "spam": 0}
+    assert value(got, "mle_stream_enforced_idle_total", model="spam") == 1
+    fraud, spam = metrics.inputs_json("fraud"), metrics.inputs_json("spam")
+    assert fraud is not None and spam is not None and metrics.inputs_json("other") is None
+    assert (fraud["state"], fraud["predictions_paused"], fraud["watermarks"]["event_time"]) \
+        == ("holding predictions back", True, 1_900)
+    assert (spam["state"], spam["labels_idle_enforced"], spam["event_lag_seconds"]["labels"]) == ("labels idle", True, None)
+    json.dumps(fraud, allow_nan=False)  # as /api/status sends it
+    metrics.observe_inputs({}, {}, {}, {}, [], set(), now)  # everything revoked
+    assert not [n for (n, _) in samples(metrics.registry) if n.startswith("mle_stream_input_")]
 
 
 def test_metrics_port_comes_from_the_flag_the_environment_or_the_default() -> None:

@@ -37,6 +37,7 @@ from mle_stream.core.metrics.regression import MAX_MAGNITUDE as REGRESSION_MAX_M
 from mle_stream.core.metrics.serving import MAX_LATENCY_MS as SERVING_MAX_LATENCY_MS
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
+from mle_stream.core.revisions import Revisions
 from mle_stream.core.shadow import ShadowPairing, compare
 from mle_stream.core.snapshot_columns import decode_column, decode_row_columns, encode_column, encode_rows
 from mle_stream.core.topology import Topology
@@ -245,6 +246,7 @@ class ModelEvaluator:
         # batch, joined rows, shadow pairs with the event time each came to be. A row with a key at
         # or past the cut of a window that holds its pane and has not closed waits for that closing.
         self._served: list[Served] = []
+        self.revisions = Revisions()  # what was published of closed windows: REVISED only when it changed
         self._scored: list[ColumnJoined] = []
 
     def _new_join(self) -> ColumnJoin:
@@ -320,6 +322,7 @@ class ModelEvaluator:
             "segment_values": {d: sorted(v) for d, v in self._segment_values.items()},
             "touched": sorted(self._touched),
             "drift": None if self.drift is None else self.drift.snapshot(),
+            "revisions": self.revisions.snapshot(),
         }
 
     @classmethod
@@ -355,6 +358,7 @@ class ModelEvaluator:
         ev._fed_until = int(data["fed_until"])
         ev._segment_values = {d: set(v) for d, v in data["segment_values"].items()}
         ev._touched = set(data["touched"])
+        ev.revisions = Revisions.restore(data.get("revisions"))  # absent from older snapshots
         if ev.drift is not None and data.get("drift"):
             ev.drift.restore_state(data["drift"])
         if data["v"] == 2:
@@ -973,6 +977,9 @@ class ModelEvaluator:
         if closing:
             # Both scan only what has expired; run them once per closing, not per batch.
             self.panes.retire()
+            # A window's results can change while its last pane is retained (PaneTable.is_retained).
+            self.revisions.forget_before(self.panes.watermark - t.window_retention_ms - 2 * t.window_size_ms
+                                         + t.window_hop_ms + 1)
             self.join.expire(self.panes.watermark)
             if self.shadow_join is not None and self.pairing is not None:
                 self.shadow_join.expire(self.panes.watermark)
@@ -1038,7 +1045,7 @@ class ModelEvaluator:
             role = self.role(version)
             if segment is None:
                 whole[version] = state
-            out.windows.append(MetricSnapshot(
+            snapshot = MetricSnapshot(
                 model=t.model, version=version, role=role,
                 segment=None if segment is None else f"{segment[0]}={segment[1]}",
                 window_start=start, window_end=start + t.window_size_ms,
@@ -1046,7 +1053,9 @@ class ModelEvaluator:
                 metrics=state.values(t.window_size_ms / 1000),
                 verdict=verdict if role == "candidate" and segment is None else None, status=status,
                 emitted_at=now_ms,
-            ))
+            )
+            if self.revisions.publish(snapshot):  # a REVISED one only when its numbers changed
+                out.windows.append(snapshot)
         if self.drift is None:
             return
         baseline = whole.get(t.baseline_version)
@@ -1056,14 +1065,16 @@ class ModelEvaluator:
                 version, current.drift, None if baseline is None else baseline.drift)
             if table is None and (current is None or version not in self.monitors):
                 continue  # nothing to compare with, and no detector to report
-            out.drift.append(DriftTable(
+            drift = DriftTable(
                 model=t.model, version=version, role=self.role(version), window_start=start,
                 window_end=start + t.window_size_ms, status=status,
                 reference="none" if table is None else table.reference,
                 features={} if table is None else {name: _stats(f) for name, f in table.features.items()},
                 drifted=() if table is None else tuple(table.drifted),
                 drifted_share=None if table is None else table.drifted_share,
-                concept_drift=tuple(self._alarms.get((version, start), ())), emitted_at=now_ms))
+                concept_drift=tuple(self._alarms.get((version, start), ())), emitted_at=now_ms)
+            if self.revisions.publish(drift):
+                out.drift.append(drift)
 
 
 def _served_rows(part: Served, rows: IntArray) -> Served:

@@ -11,7 +11,9 @@ judgement, now) -> (state, commands); the stream and `mle-stream replay` call th
   consecutive: an INCONCLUSIVE or PASS window in between resets the streak, so a data gap can
   never turn into a rollback;
 - ERROR (no data, or a source outage longer than `decision.outage_after`, see `decide_outage`)
-  holds: a HOLD command, not repeated within `decision.cooldown`, and never a rollback.
+  holds: a HOLD command, not repeated within `decision.cooldown`, and never a rollback;
+- labels that stop coming while predictions flow (`decision.label_coverage`, see `_silence`) hold
+  once: one HOLD per silence, however long it lasts, until the coverage is back.
 
 Every command carries its evidence: the rule with its limits, the windows with every check's
 numbers, and the topology it came from.
@@ -23,7 +25,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from mle_stream.core.checks import CheckResult, CheckRule, Verdict, judge_check
+from mle_stream.core.checks import CheckResult, CheckRule, Verdict, judge_check, samples_of
 from mle_stream.core.commands import command_id
 from mle_stream.core.events import Command, CommandKind
 from mle_stream.core.topology import Topology
@@ -39,6 +41,10 @@ class WindowJudgement:
     verdict: Verdict
     checks: tuple[CheckResult, ...]
     reason: str
+    # The candidate's counts in the window: its label coverage (labeled / predictions) is what
+    # `decision.label_coverage` watches, whatever the checks read.
+    candidate_predictions: int = 0
+    candidate_labeled: int = 0
 
     def check(self, name: str) -> CheckResult:
         return next(c for c in self.checks if c.check == name)
@@ -70,6 +76,11 @@ class PolicyState:
     last_step_end: int | None = None  # event time the last SET_TRAFFIC rests on (cooldown)
     promoted: bool = False
     awaiting: int | None = None  # the step (percent) whose gate passed and that waits for approval
+    # Label silence (see `_silence`): the coverage of the last closed windows in a row below the
+    # floor, oldest first (at most `label_coverage.windows`), and whether this silence was
+    # announced already (its HOLD emitted): set until a window's coverage is back above the floor.
+    silent_windows: tuple[dict[str, Any], ...] = ()
+    silence_held: bool = False
 
     def check(self, name: str) -> CheckState:
         return self.checks.get(name, CheckState())
@@ -81,7 +92,8 @@ class PolicyState:
                            for n, c in self.checks.items()},
                 "rolled_back": self.rolled_back, "holding": self.holding, "last_hold_end": self.last_hold_end,
                 "step": self.step, "step_passes": list(self.step_passes), "last_step_end": self.last_step_end,
-                "promoted": self.promoted, "awaiting": self.awaiting}
+                "promoted": self.promoted, "awaiting": self.awaiting,
+                "silent_windows": list(self.silent_windows), "silence_held": self.silence_held}
 
     @classmethod
     def restore(cls, data: Mapping[str, Any]) -> PolicyState:
@@ -89,10 +101,12 @@ class PolicyState:
                                      int(c.get("run", len(c["streak"]))))
                   for n, c in (data.get("checks") or {}).items()}
         last, step_end, awaiting = data.get("last_hold_end"), data.get("last_step_end"), data.get("awaiting")
+        # Keys added later are optional: a snapshot taken before them restores with their defaults.
         return cls(checks, bool(data["rolled_back"]), data.get("holding"), None if last is None else int(last),
                    int(data.get("step", 0)), tuple(data.get("step_passes", ())),
                    None if step_end is None else int(step_end), bool(data.get("promoted", False)),
-                   None if awaiting is None else int(awaiting))
+                   None if awaiting is None else int(awaiting), tuple(data.get("silent_windows", ())),
+                   bool(data.get("silence_held", False)))
 
 
 def judge(topology: Topology, start: int, baseline: WindowState, candidate: WindowState,
@@ -101,7 +115,7 @@ def judge(topology: Topology, start: int, baseline: WindowState, candidate: Wind
     if baseline.predictions == 0 and candidate.predictions == 0:
         reason = "no data: neither version served a prediction in the window"
         results = tuple(CheckResult(r.name, r.metric, Verdict.ERROR, None, None, 0, 0, reason) for r in topology.checks)
-        return WindowJudgement(start, end, Verdict.ERROR, results, reason)
+        return WindowJudgement(start, end, Verdict.ERROR, results, reason, 0, 0)
     window_s = topology.window_size_ms / 1000
     b_values, c_values = baseline.values(window_s), candidate.values(window_s)
     state = state or PolicyState()
@@ -112,7 +126,7 @@ def judge(topology: Topology, start: int, baseline: WindowState, candidate: Wind
                Verdict.INCONCLUSIVE if Verdict.INCONCLUSIVE in verdicts else Verdict.PASS)
     shown = [r for r in results if r.verdict is verdict] or list(results)
     reason = "; ".join(f"{r.check}: {r.reason}" for r in shown)
-    return WindowJudgement(start, end, verdict, results, reason)
+    return WindowJudgement(start, end, verdict, results, reason, candidate.predictions, candidate.labeled)
 
 
 def _command(topology: Topology, kind: CommandKind, rule: str, start: int, end: int, reason: str,
@@ -144,9 +158,11 @@ def decide(topology: Topology, state: PolicyState, judgement: WindowJudgement,
     start, end = judgement.window_start, judgement.window_end
     if judgement.verdict is Verdict.ERROR:
         reason = f"{topology.model}: hold v{topology.candidate_version}'s rollout: {judgement.reason}"
-        # A gap breaks every streak: the FAIL windows of a streak must follow each other.
+        # A gap breaks every streak: the FAIL windows of a streak must follow each other (and the
+        # silent windows too: a window without predictions says nothing about the labels).
         gap = {name: replace(cs, streak=(), run=0) for name, cs in state.checks.items()}
-        return _hold(topology, replace(state, checks=gap, holding=judgement.reason, step_passes=(), awaiting=None),
+        return _hold(topology, replace(state, checks=gap, holding=judgement.reason, step_passes=(), awaiting=None,
+                                       silent_windows=()),
                      "hold-on-error", start, end,
                      reason, {"window": judgement.evidence()}, now_ms)
     checks = dict(state.checks)
@@ -162,14 +178,15 @@ def decide(topology: Topology, state: PolicyState, judgement: WindowJudgement,
         else:  # INCONCLUSIVE breaks the streak: the windows must follow each other
             checks[result.check] = CheckState((), current.failures, current.failing, test)
     state = replace(state, checks=checks, holding=None)
+    state, silence = _silence(topology, state, judgement, now_ms)
     # Only a FAIL window fires an action: a cumulative count, once reached, stays reached.
     failed = {r.check for r in judgement.checks if r.verdict is Verdict.FAIL}
     fired = [(rule, checks[rule.name]) for rule in topology.checks
              if rule.name in failed and _fires(rule, checks[rule.name])]
     rollback = [(rule, cs) for rule, cs in fired if rule.action == "rollback"]
-    if rollback:
+    if rollback:  # ends the rollout: holding it for silent labels would say nothing more
         return _rollback(topology, state, rollback, judgement, now_ms)
-    commands: list[Command] = []
+    commands: list[Command] = list(silence)
     for rule, cs in fired:  # action: hold
         reason = (f"{topology.model}: hold v{topology.candidate_version}'s rollout: check {rule.name} failed "
                   f"{_count(rule, cs)}; last: {judgement.check(rule.name).reason}")
@@ -177,10 +194,49 @@ def decide(topology: Topology, state: PolicyState, judgement: WindowJudgement,
                              reason, {"rule": _rule_evidence(rule), "windows": list(cs.streak),
                                       "consecutive_failures": cs.run}, now_ms)
         commands += holds
-    if fired or topology.rollout is None:
+    if fired or silence or topology.rollout is None:  # a window that holds does not also step
         return state, commands
     state, steps = _progress(topology, state, judgement, now_ms)
     return state, commands + steps
+
+
+LABELS_SILENT = "labels-silent"  # the rule of the HOLD `_silence` emits
+
+
+def _silence(topology: Topology, state: PolicyState, judgement: WindowJudgement,
+             now_ms: int) -> tuple[PolicyState, list[Command]]:
+    """Labels that stop coming: a check that reads labeled samples would sit INCONCLUSIVE for as
+    long as they stay away, with nothing said. So when `label_coverage.windows` closed windows in a
+    row have candidate predictions but labeled / predictions below `label_coverage.floor`, one HOLD
+    says so, with each window's coverage as evidence; `silence_held` (checkpointed) keeps it from
+    repeating until a window's coverage is back at the floor, after which the next silence holds
+    again. A window without candidate predictions breaks the run (it says nothing about labels)
+    but does not end an announced silence. The id rests on the run's windows, so a worker that
+    restarts from a checkpoint taken before the HOLD derives the same command again."""
+    d = topology.decision
+    if d.label_coverage_floor <= 0 or all(samples_of(r.metric) != "labeled" for r in topology.checks):
+        return state, []
+    predictions, labeled = judgement.candidate_predictions, judgement.candidate_labeled
+    if predictions <= 0:
+        return replace(state, silent_windows=()), []
+    coverage = labeled / predictions
+    if coverage >= d.label_coverage_floor:
+        return replace(state, silent_windows=(), silence_held=False), []
+    window = {"window_start": judgement.window_start, "window_end": judgement.window_end,
+              "predictions": predictions, "labeled": labeled, "coverage": coverage}
+    silent = (state.silent_windows + (window,))[-d.label_coverage_windows:]
+    state = replace(state, silent_windows=silent)
+    if state.silence_held or len(silent) < d.label_coverage_windows:
+        return state, []
+    readers = [r.name for r in topology.checks if samples_of(r.metric) == "labeled"]
+    reason = (f"{topology.model}: hold v{topology.candidate_version}'s rollout: labels silent: label coverage "
+              f"below {d.label_coverage_floor:g} in {len(silent)} closed windows in a row (last: {labeled} of "
+              f"{predictions} predictions labeled); check(s) {', '.join(readers)} cannot judge without labels")
+    evidence = {"label_coverage": {"floor": d.label_coverage_floor, "windows": d.label_coverage_windows},
+                "coverage": list(silent), "checks": readers}
+    command = _command(topology, CommandKind.HOLD, LABELS_SILENT, silent[0]["window_start"],
+                       judgement.window_end, reason, evidence, {}, now_ms)
+    return replace(state, silence_held=True), [command]
 
 
 def _progress(topology: Topology, state: PolicyState, judgement: WindowJudgement,

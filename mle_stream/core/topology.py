@@ -72,6 +72,11 @@ class DecisionSettings:
 
     cooldown_ms: int = 300_000  # event time after a HOLD before the next HOLD
     outage_after_ms: int = 300_000  # no predictions (or, with label checks, no labels) for this long: ERROR
+    # Labels gone quiet while predictions flow: `label_coverage_windows` closed windows in a row whose
+    # candidate labeled/predictions is below `label_coverage_floor` get one HOLD saying so (a check
+    # reading labeled samples would otherwise sit INCONCLUSIVE with nothing said). Floor 0: off.
+    label_coverage_floor: float = 0.05
+    label_coverage_windows: int = 3
 
 
 @dataclass(frozen=True)
@@ -488,10 +493,15 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     pair_within = r.value(sh, "pair_within", "shadow", _duration, default=Topology.shadow_pair_within_ms)
     if pair_within is not None and pair_within <= 0:
         r.error(sh["pair_within"], "shadow.pair_within", "must be longer than 0")
-    de, _ = section("decision", {"cooldown", "outage_after"})
+    de, _ = section("decision", {"cooldown", "outage_after", "label_coverage"})
+    lc = r.mapping(de["label_coverage"], "decision.label_coverage", {"floor", "windows"}) if "label_coverage" in de else {}
     decision = DecisionSettings(
         cooldown_ms=r.value(de, "cooldown", "decision", _duration, default=DecisionSettings.cooldown_ms),
         outage_after_ms=r.value(de, "outage_after", "decision", _duration, default=DecisionSettings.outage_after_ms),
+        label_coverage_floor=r.value(lc, "floor", "decision.label_coverage", _fraction,
+                                     default=DecisionSettings.label_coverage_floor),
+        label_coverage_windows=r.value(lc, "windows", "decision.label_coverage", _positive_int,
+                                       default=DecisionSettings.label_coverage_windows),
     )
 
     dr, dr_node = section("drift", {"features", "bins", "top_k", "warmup", "thresholds", "concept"})

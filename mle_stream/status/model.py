@@ -4,7 +4,9 @@
 Command, RolloutEvent) in the order they were read and keeps, per model: the versions and their
 roles, the traffic the route last reported, the rollout phase, time series of the closed windows'
 metrics and drift per version (the last `max_windows` windows), the decisions with their evidence,
-and a timeline of commands and rollout events. No I/O: the status page's feed and
+and a timeline of commands and rollout events. A labels-silent HOLD (the candidate's labels stopped
+coming) shows as the phase "held: labels silent" and in `labels_silent`, until a judged window of
+the candidate has its label coverage back at the HOLD's floor. No I/O: the status page's feed and
 `mle-stream status` both read the topics and hand the events here.
 
 Everything is idempotent per key, since a worker republishes after a restart (README: Outputs
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
 
 from mle_stream.core.events import Command, CommandKind, DriftTable, MetricSnapshot, RolloutEvent, RolloutStatus
+from mle_stream.core.policy import LABELS_SILENT
 
 StatusEvent = Union[MetricSnapshot, DriftTable, Command, RolloutEvent]
 
@@ -120,6 +123,10 @@ def _candidate_percent(command: Command) -> int | None:
     return command.traffic.get(command.candidate_version)
 
 
+def _labels_silent(command: Command) -> bool:
+    return command.kind is CommandKind.HOLD and command.rule == LABELS_SILENT
+
+
 def command_phase(command: Command) -> str | None:
     """The phase a command starts, before the actuator reports; None when it changes no phase."""
     percent = _candidate_percent(command)
@@ -127,10 +134,29 @@ def command_phase(command: Command) -> str | None:
         if command.rule.startswith("await-approval"):
             step = command.rule.rsplit("step-", 1)[-1] if "step-" in command.rule else "?"
             return f"waiting for approval: step {step}%"
-        return "held"
+        return "held: labels silent" if _labels_silent(command) else "held"
     return {CommandKind.ROLLBACK: "rolling back", CommandKind.PROMOTE: "promoting",
             CommandKind.SET_TRAFFIC: f"rolling out: step {percent}% (pending)",
             CommandKind.APPROVE: f"approved: step {percent}%"}.get(command.kind)
+
+
+def _silence_floor(command: Command) -> float | None:
+    """The label coverage floor a labels-silent HOLD was issued under (its evidence names it)."""
+    evidence = _evidence(command.evidence)
+    settings = evidence.get("label_coverage") if isinstance(evidence, dict) else None
+    floor = settings.get("floor") if isinstance(settings, dict) else None
+    return float(floor) if isinstance(floor, (int, float)) and not isinstance(floor, bool) else None
+
+
+def _silence_over(model: _Model, command: Command) -> bool:
+    """Whether the labels came back after a labels-silent HOLD: a judged window of its candidate
+    after the silent ones with coverage at the floor, as the policy sees the silence end (the
+    policy says nothing when it ends, so the board reads it from the windows)."""
+    floor, version = _silence_floor(command), model.versions.get(command.candidate_version)
+    if floor is None or version is None:
+        return False
+    return any(w["window_end"] > command.window_end and w["predictions"] > 0
+               and w["labeled"] >= floor * w["predictions"] for w in version.windows.values())
 
 
 def event_phase(event: RolloutEvent, command: Command | None) -> str | None:
@@ -246,6 +272,8 @@ class StatusBoard:
             "labeled": s.labeled, "verdict": verdict, "status": s.status,
             "metrics": {k: _finite(v) for k, v in s.metrics.items()},
         }, self._max_windows)
+        if any(_labels_silent(c) for c in model.commands.values()):
+            model.phase = self._phase(model)  # this window may be the one whose labels are back
 
     def _drift(self, model: _Model, d: DriftTable) -> None:
         version = self._version(model, d.version, d.role)
@@ -330,7 +358,8 @@ class StatusBoard:
                 if command is None or (phase in ("rolled back", "promoted")
                                        and command.kind in (CommandKind.HOLD, CommandKind.RETRAIN)):
                     continue
-                new = command_phase(command)
+                # A silence whose labels came back no longer holds: the phase before it stands.
+                new = None if _labels_silent(command) and _silence_over(model, command) else command_phase(command)
             else:
                 event = model.events.get(entry["event_id"])
                 new = None if event is None else event_phase(event, model.commands.get(entry["command_id"]))
@@ -356,11 +385,30 @@ class StatusBoard:
                       "outcome": next((e.status.value for e in reversed(m.events.values())
                                        if e.command_id == c.command_id), None)}
                      for c in m.commands.values()]
-        return {"model": name, "phase": m.phase, "baseline": m.baseline, "candidate": m.candidate,
+        return {"model": name, "phase": m.phase, "labels_silent": self._silence(m),
+                "baseline": m.baseline, "candidate": m.candidate,
                 "traffic": m.traffic, "traffic_at": m.traffic_at, "champion": m.champion,
                 "challenger": m.challenger, "watched": list(m.watched), "versions": versions,
                 "decisions": sorted(decisions, key=lambda d: d["issued_at"]), "timeline": list(m.timeline),
                 "unmatched_events": len(m.unmatched)}
+
+    @staticmethod
+    def _silence(model: _Model) -> dict[str, Any] | None:
+        """The newest labels-silent HOLD whose labels have not come back: since when (the first
+        silent window), the floor and the last silent window's coverage; None when there is none."""
+        held = [c for c in model.commands.values() if _labels_silent(c)]
+        if not held or model.phase in ("rolled back", "promoted"):
+            return None
+        last = max(held, key=lambda c: (c.window_end, c.issued_at))
+        if _silence_over(model, last):
+            return None
+        evidence = _evidence(last.evidence)
+        windows = evidence.get("coverage") if isinstance(evidence, dict) else None
+        coverage = windows[-1].get("coverage") if isinstance(windows, list) and windows and isinstance(
+            windows[-1], dict) else None
+        return {"command_id": last.command_id, "candidate": last.candidate_version, "since": last.window_start,
+                "until": last.window_end, "floor": _silence_floor(last),
+                "coverage": _finite(coverage) if isinstance(coverage, (int, float)) else None}
 
     def to_json(self, model: str | None = None) -> dict[str, Any]:
         """Plain data for the page's /api/status and `mle-stream status --json`: {"models": [...]},

@@ -2,7 +2,9 @@
 
 `/` is one self-contained HTML file (page.html: inline CSS and JS, plots drawn as SVG by its own
 code, nothing fetched from a CDN: the page must work on machines without internet), `/api/status`
-the StatusBoard as JSON (`?model=M` for one model), polled by the page every 1.5 s; `/healthz`
+the StatusBoard as JSON (`?model=M` for one model), polled by the page every 1.5 s, each model with
+the `inputs` block of the worker's metrics when the page runs in a worker (its input clocks, paused
+predictions, idle labels: WorkerMetrics.inputs_json); `/healthz`
 answers the worker's liveness (mle_stream.health) when the page is given it, else "ok" (the page
 runs). The board is fed by a StatusFeed reading the output topics.
 """
@@ -46,6 +48,9 @@ class _Handler(BaseHTTPRequestHandler):
             model = parse_qs(url.query).get("model", [None])[0]
             with self.server.lock:
                 data = self.server.board.to_json(model)
+            if self.server.metrics is not None:
+                for entry in data["models"]:
+                    entry["inputs"] = self.server.metrics.inputs_json(entry["model"])
             self._send(200, "application/json", json.dumps(data, allow_nan=False, default=str).encode())
         elif url.path == "/healthz" and self.server.health is not None:
             probe = self.server.health.liveness()
@@ -71,11 +76,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], board: StatusBoard, lock: threading.Lock,
-                 health: Health | None) -> None:
+                 health: Health | None, metrics: WorkerMetrics | None) -> None:
         self.board = board
         self.lock = lock
         self.page = PAGE.read_bytes()
         self.health = health
+        self.metrics = metrics
         super().__init__(address, _Handler)
 
 
@@ -96,9 +102,10 @@ class StatusServer:
             self._feed.close()
 
 
-def _listen(board: StatusBoard, lock: threading.Lock, port: int, bind: str, health: Health | None) -> _Server:
+def _listen(board: StatusBoard, lock: threading.Lock, port: int, bind: str, health: Health | None,
+            metrics: WorkerMetrics | None) -> _Server:
     try:
-        return _Server((bind, port), board, lock, health)
+        return _Server((bind, port), board, lock, health, metrics)
     except OSError as exc:
         raise ConfigError(f"status page: cannot listen on {bind}:{port}: {exc.strerror} (--status-port, "
                           f"MLE_STATUS_PORT; 0 turns the page off)") from None
@@ -115,10 +122,11 @@ def _serve(http: _Server, board: StatusBoard, lock: threading.Lock, feed: Status
 
 
 def serve_status(board: StatusBoard, lock: threading.Lock, port: int, bind: str = "127.0.0.1",
-                 feed: StatusFeed | None = None, health: Health | None = None) -> StatusServer:
+                 feed: StatusFeed | None = None, health: Health | None = None,
+                 metrics: WorkerMetrics | None = None) -> StatusServer:
     """Serve `board` on bind:port (0: any free port) in a daemon thread, /healthz answering `health`'s
-    liveness; starts `feed` if given."""
-    return _serve(_listen(board, lock, port, bind, health), board, lock, feed)
+    liveness, each model's `inputs` from the worker's `metrics` if given; starts `feed` if given."""
+    return _serve(_listen(board, lock, port, bind, health, metrics), board, lock, feed)
 
 
 def count_ignored(metrics: WorkerMetrics) -> Callable[[str, str, int], None]:
@@ -147,7 +155,7 @@ def start_status_page(bootstrap: str, topics: Topics, checks_by_model: Mapping[s
     board = StatusBoard(checks_by_model, verify=verify)
     lock = threading.Lock()
     try:
-        http = _listen(board, lock, port, bind, health)
+        http = _listen(board, lock, port, bind, health, metrics)
     except ConfigError as exc:  # a second worker on this host: it works on, without a page
         log.warning("%s; the worker runs without a status page", exc)
         return None

@@ -40,6 +40,12 @@ def _traffic(traffic: Mapping[str, int] | None) -> str:
 
 def render_model(m: Mapping[str, Any], windows: int = LAST_WINDOWS) -> str:
     out = [f"== {m['model']}: {m['phase']} =="]
+    silent = m.get("labels_silent")
+    if silent:
+        coverage = "-" if silent["coverage"] is None else f"{silent['coverage']:.2%}"
+        floor = "-" if silent["floor"] is None else f"{silent['floor']:.2%}"
+        out.append(f"labels silent since {_clock(silent['since'])}: v{silent['candidate']} has labels for {coverage} "
+                   f"of its predictions (floor {floor}); the rollout was held (command {silent['command_id'][:12]})")
     out.append(table(["version", "role", "alias", "traffic", "judged windows"], [
         [f"v{v['version']}", v["role"], v["alias"] or "", "unknown" if v["traffic"] is None else f"{v['traffic']}%",
          len(v["windows"])] for v in m["versions"]]))

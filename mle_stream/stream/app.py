@@ -7,6 +7,10 @@ The state is checkpointed per input partition (mle_stream.stream.checkpoints): e
 `checkpoint_interval_s` between batches, when Faust revokes partitions, and on a clean shutdown.
 When partitions are assigned, the worker restores their checkpoints and reads both topics from the
 offsets the checkpoints include, whatever offsets Faust committed: see `_read_from`.
+
+After every batch and every ALIGN_S without input, the worker aligns its inputs in event time
+(stream/alignment.py, docs/catch-up.md): it declares a model's labels idle once caught up and
+silent, and pauses a predictions partition that runs too far ahead of its labels (`_pause`).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Mapping, cast
+from typing import Any, Awaitable, Callable, Collection, Mapping, cast
 
 import faust
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import Consumer
 from faust.types import TP
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
 
 from mle_stream.config import Settings
 from mle_stream.core.drift.profile import ReferenceProfile
@@ -31,8 +37,9 @@ from mle_stream.health import HEARTBEAT_S, WorkerHealth
 from mle_stream.kafka import ensure_state_topic, partition_counts
 from mle_stream.kafka_security import KafkaSecurity
 from mle_stream.keys import signer_from_settings, verifier_from_settings
+from mle_stream.stream.alignment import Alignment, Offsets
 from mle_stream.stream.checkpoints import CheckpointedProcessor, Checkpoints, CheckpointStore
-from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor
+from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor, wall_clock_ms
 from mle_stream.telemetry import WorkerMetrics, serve
 
 log = logging.getLogger(__name__)
@@ -48,8 +55,20 @@ BATCH_MESSAGES = 200
 # 0.2 s cost the bench ~1 µs per prediction in that wait alone. Shorter makes more, smaller
 # batches when input trickles in.
 BATCH_WITHIN_S = 0.05
+# Messages Faust fetches ahead into the agent's channel (its default: 4096). A paused partition
+# stops fetching, but what is already there is still processed: this bounds how far a pause lets
+# predictions run on. At 500 predictions a message, 1024 are ~0.5M predictions. mle-stream bench,
+# 1M events read as a backlog, one run each on 2 shared cores: peak RSS 500 MB at 1024 and 602 MB at
+# 4096, at the same 119k-120k events/s.
+STREAM_BUFFER_MAXSIZE = 1024
 TICK_S = 10.0  # how often the worker asks whether a source has gone silent (decision.outage_after)
 LAG_S = 5.0  # how often the consumer lag gauges are refreshed without input (after every batch too)
+# How often, without input, the worker re-decides idle labels and paused predictions (after every
+# batch too): a third of MLE_INPUT_IDLE's default, so windows close soon after labels go idle.
+ALIGN_S = 1.0
+# How long to wait for the consumer's position of a partition it has none of yet (right after an
+# assignment or a seek): such a partition simply is not caught up this round.
+POSITION_WAIT_S = 0.05
 
 
 def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topology],
@@ -77,6 +96,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         # agent idles between fetches; 16 MB measured 1.4-1.7x the events/s (mle-stream bench).
         consumer_max_fetch_size=16 * 1024**2,
         consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=STREAM_BUFFER_MAXSIZE,
         topic_partitions=settings.partitions,
         topic_disable_leader=True,
         store="memory://",
@@ -96,6 +116,9 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
     # One thread: batches are processed one at a time and in order, under the checkpoint lock.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mle-stream-process")
     positions: dict[tuple[str, int], int] = {}  # next offset to process per held input partition, for the lag
+    alignment = Alignment(topics.predictions, topics.labels, settings.input_idle_ms, settings.input_wait_max_ms,
+                          settings.align_max_skew_ms)
+    align_lock = asyncio.Lock()
 
     def highwater(topic: str, partition: int) -> int | None:
         try:
@@ -140,13 +163,58 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
                 outs = await loop.run_in_executor(executor, worker.process, batch, [e.message.key for e in events])
                 seconds = time.perf_counter() - started
                 await publish(outs)
-                metrics.observe_batch(batch, outs, processor.drain_tally(), seconds)
+                tally = processor.drain_tally()
+                metrics.observe_batch(batch, outs, tally, seconds)
+                alignment.labels_received(model for (kind, model), n in tally.records.items() if kind == "labels" and n)
                 for k in worker.held:
                     positions.update(worker.positions(k))
             metrics.observe_lag(positions, highwater)
+            await align()
             if observer is not None:
                 observer(len(batch), len(outs))
             await checkpoint(checkpoints.maybe_write())
+
+    async def align() -> None:
+        """Decide which models' labels are idle and which predictions partitions to pause (alignment.py),
+        close what idle labels let close, and apply the pauses. One round at a time: the rounds after
+        batches and those of the timer would otherwise apply their pauses in another order than they
+        decided them, leaving a partition paused that the last round resumed."""
+        async with align_lock:
+            await align_round()
+
+    async def align_round() -> None:
+        held = {tp: offset for tp, offset in positions.items() if tp[0] != topics.commands}
+        fetched = await _consumer_offsets(app, held)
+        offsets = {tp: Offsets(processed, *fetched.get(tp, (None, None))) for tp, processed in held.items()}
+        before = alignment.paused
+        async with checkpoints.batch() as worker:
+            clocks = {m: e.clocks() for m, e in processor.evaluators.items()}
+            # Models with state here; one whose messages carry no key has no partition, yet its windows
+            # too must close once its labels are idle (those of other workers' partitions are empty).
+            homes: dict[str, int | None] = {m: None for m, c in clocks.items() if max(c.predictions, c.labels) >= 0}
+            homes.update(worker.homes)
+            plan = alignment.update(offsets, homes, clocks)
+            idled = [m for m, state in plan.labels.items() if processor.set_labels_idle(m, state.idle) and state.idle]
+            if idled:  # windows that waited for these labels may close now, without any input
+                outs = worker.tick()
+                await publish(outs)
+                metrics.observe_outputs(outs, processor.drain_tally())
+            clocks = {m: processor.evaluators[m].clocks() for m in homes}
+            deferred = {m: processor.evaluators[m].deferred_rows() for m in homes}
+        for model in plan.newly_enforced:
+            metrics.enforced_idle.labels(model).inc()
+        resumed = [tp for tp in offsets if tp[0] == topics.predictions and tp not in plan.paused]
+        await _pause(app, plan.paused, resumed)
+        for tp in sorted(plan.paused ^ before):
+            log.info("%s %s[%d]: its models' predictions are %s", "paused" if tp in plan.paused else "resumed", *tp,
+                     f"more than {settings.align_max_skew_ms / 1000:.0f} s of event time ahead of their labels, "
+                     f"which are behind" if tp in plan.paused else "no longer far ahead of their labels")
+        metrics.observe_inputs(clocks, plan.labels, deferred, homes, list(offsets), plan.paused, wall_clock_ms())
+
+    @app.timer(ALIGN_S)
+    async def align_without_input() -> None:
+        # Labels go idle, and a stuck partition's wait runs out, while no input arrives.
+        await align()
 
     @app.timer(TICK_S)
     async def hold_on_silence() -> None:
@@ -170,7 +238,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
     async def report_health() -> None:
         # From the event loop, so that a blocked loop or a Faust that stopped its timers shows as silence.
         health.heartbeat(positions, {tp: highwater(*tp) for tp in positions}, checkpoints.unsaved_since,
-                         checkpoints.consistent)
+                         checkpoints.consistent, alignment.paused)
 
     # mode's SignalHandlerT type rejects every handler under mypy, even its own documented form.
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
@@ -182,6 +250,9 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         positions.update(assigned_positions)
         if app.consumer_generation_id == generation:  # else another rebalance is on: it comes back here
             await _read_from(app, assigned_positions)
+            alignment.assigned(assigned)
+            # aiokafka forgets its pauses with the old assignment: decide and pause again before the flow resumes.
+            await align()
             health.restored(assigned)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
@@ -218,6 +289,65 @@ async def _read_from(app: faust.App, positions: Mapping[tuple[str, int], int]) -
     for tp, offset in offsets.items():
         await app.consumer.seek(tp, offset)
     log.info("reading from %s", ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(offsets.items())))
+
+
+# aiokafka's consumer lives in Faust's consumer thread, with its own event loop: its state is read
+# and changed there, through that thread's method queue (`call_thread`). Both are private to Faust
+# (faust-streaming 0.15.3's AIOKafkaConsumerThread, like _commit above); tests/test_alignment_broker.py
+# fails if they change.
+
+
+async def _consumer_offsets(app: faust.App, tps: Collection[tuple[str, int]]
+                            ) -> dict[tuple[str, int], tuple[int | None, int | None]]:
+    """The consumer's position (next offset to fetch) and last known high watermark of each of these
+    partitions it has assigned; None for either it does not know yet."""
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+
+    async def read() -> dict[tuple[str, int], tuple[int | None, int | None]]:
+        consumer = thread._ensure_consumer()
+        assigned = consumer.assignment()
+        out: dict[tuple[str, int], tuple[int | None, int | None]] = {}
+        for topic, partition in tps:
+            tp = TopicPartition(topic, partition)
+            if tp not in assigned:
+                continue  # revoked meanwhile
+            try:
+                # It waits while the partition has no position (right after an assignment or a seek).
+                position = await asyncio.wait_for(consumer.position(tp), POSITION_WAIT_S)
+            except (asyncio.TimeoutError, KafkaError):
+                position = None
+            out[(topic, partition)] = (position, consumer.highwater(tp))
+        return out
+
+    try:
+        return cast(dict[tuple[str, int], tuple[int | None, int | None]], await thread.call_thread(read))
+    except ConsumerNotStarted:
+        return {}
+
+
+async def _pause(app: faust.App, pause: Collection[tuple[str, int]], resume: Collection[tuple[str, int]]) -> None:
+    """Stop fetching from the `pause` partitions, fetch from the `resume` ones again (either may
+    already be so: both are idempotent, which also re-applies pauses after a rebalance).
+
+    aiokafka's own pause, not Faust's pause_partitions: Faust's only edits the set of partitions it
+    takes records of, and a record aiokafka already handed over (its position moved) is dropped if
+    its partition is paused meanwhile, never to be delivered again. aiokafka's stops the fetches and
+    discards a fetched result without moving the position, so it is fetched again after the resume.
+    It must run in the consumer's thread: pausing creates a future in the running loop."""
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+
+    def apply() -> None:
+        consumer = thread._ensure_consumer()
+        assigned = consumer.assignment()
+        consumer.pause(*[tp for tp in (TopicPartition(*p) for p in pause) if tp in assigned])
+        consumer.resume(*[tp for tp in (TopicPartition(*p) for p in resume) if tp in assigned])
+
+    if not pause and not resume:
+        return
+    try:
+        await thread.call_thread(apply)
+    except ConsumerNotStarted:
+        pass  # stopping or not started: no fetch to hold back
 
 
 def _require_copartitioned(bootstrap: str, *names: str, security: KafkaSecurity) -> None:

@@ -325,6 +325,11 @@ class CheckpointedProcessor:
     def dirty(self) -> set[int]:
         return set(self._dirty)
 
+    @property
+    def homes(self) -> dict[str, int]:
+        """Each model with state here -> the held partition its records come from."""
+        return {model: k for k, models in self._models.items() for model in models}
+
     def positions(self, partition: int) -> dict[tuple[str, int], int]:
         """(topic, partition) -> next offset to read, for every input of a held partition."""
         return {(t, partition): self._next[(t, partition)] for t in self.inputs}

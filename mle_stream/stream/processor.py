@@ -164,12 +164,26 @@ class StreamProcessor:
         return tally
 
     def tick(self) -> list[Outgoing]:
-        """What time alone decides, without input: HOLD commands for silent sources."""
+        """What time alone decides, without input: HOLD commands for silent sources, and the windows
+        a model's closing clock now passes because its labels were declared idle (set_labels_idle)
+        after its last input. An evaluator with nothing due closes nothing."""
         now = self._clock()
         out: list[Outgoing] = []
         for model in sorted(self.evaluators):
-            out.extend(self._publish(model.encode(), self.evaluators[model].check_outage(now)))
+            try:
+                out.extend(self._advance(self.evaluators[model], now))  # its outage check included
+            except Exception:  # as in process: the next batch or tick tries again
+                log.exception("the evaluator of %s failed to advance its windows", model)
         return out
+
+    def set_labels_idle(self, model: str, idle: bool) -> bool:
+        """Whether `model`'s windows close by its predictions alone (its labels are idle: caught
+        up and silent, decided by the worker, stream/alignment.py) or wait for both inputs; True
+        when this changed the flag. Windows it lets close are closed by the next tick or batch."""
+        evaluator = self.evaluators[model]
+        changed = evaluator.labels_idle != idle
+        evaluator.labels_idle = idle
+        return changed
 
     def _route(self, msg: Incoming, decoded: codec.ColumnsResult[Any],
                parts: dict[tuple[str, str], list[_Part]]) -> list[Outgoing]:
@@ -200,6 +214,9 @@ class StreamProcessor:
             predictions = PredictionColumns.concat([cast(PredictionColumns, p.columns) for p in parts])
             n, rejects = len(predictions), evaluator.add_prediction_columns(predictions, now)
         else:
+            # Labels that arrive are not idle, whatever the worker decided a moment ago: they go in
+            # with the closing clock waiting for them again, not behind windows closed without them.
+            evaluator.labels_idle = False
             labels = LabelColumns.concat([cast(LabelColumns, p.columns) for p in parts])
             n, rejects = len(labels), evaluator.add_label_columns(labels, now)
         self.counters[kind] += n - len(rejects)

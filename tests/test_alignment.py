@@ -1,0 +1,304 @@
+"""Idle labels and paused predictions (mle_stream/stream/alignment.py) against a fake consumer:
+partitions that hand over whole record batches and report a high watermark the way Kafka or the
+embedded broker (Tansu) does, and a hand-driven clock."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from mle_stream.config import Settings
+from mle_stream.errors import ConfigError
+from mle_stream.stream.alignment import Alignment, Offsets
+
+P, L = "preds", "labels"
+IDLE, WAIT_MAX, SKEW = 3_000, 600_000, 600_000
+
+
+@dataclass
+class FakePartition:
+    """One input partition as the worker sees it: records sit in the broker in batches; a fetch
+    hands over one whole batch (the consumer's position moves past it), processing catches up
+    with what was handed over. `tansu`: the high watermark is the first offset of the last batch
+    + 1, as the embedded broker reports it; else the end of the log, as Kafka does."""
+
+    tansu: bool = False
+    batches: list[list[int]] = field(default_factory=list)  # record timestamps, batch by batch
+    fetched: int = 0  # batches handed over
+    position: int = 0
+    processed: int = 0
+    paused: bool = False
+    highwater: int | None = None  # as of the last fetch: None before the first
+
+    def produce(self, timestamps: list[int]) -> None:
+        self.batches.append(timestamps)
+
+    def end(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+    def _broker_highwater(self) -> int:
+        if not self.batches:
+            return 0
+        return self.end() - len(self.batches[-1]) + 1 if self.tansu else self.end()
+
+    def fetch(self) -> list[int]:
+        """One fetch: the next batch, if not paused; the high watermark comes with the response."""
+        if self.paused:
+            return []
+        self.highwater = self._broker_highwater()
+        if self.fetched == len(self.batches):
+            return []
+        batch = self.batches[self.fetched]
+        self.fetched += 1
+        self.position += len(batch)
+        return batch
+
+    def offsets(self) -> Offsets:
+        return Offsets(self.processed, self.position, self.highwater)
+
+
+@dataclass(frozen=True)
+class Clocks:
+    predictions: int
+    labels: int
+    event_time: int
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def alignment(clock: Clock, idle: int = IDLE, wait_max: int = WAIT_MAX, skew: int = SKEW) -> Alignment:
+    a = Alignment(P, L, idle, wait_max, skew, clock=clock)
+    a.assigned([0])
+    return a
+
+
+def test_tansu_high_watermark_reads_caught_up_only_once_the_last_batch_is_handed_over_and_processed() -> None:
+    part = FakePartition(tansu=True)
+    for size in (1, 10, 10):  # 21 records; Tansu's high watermark: 11 + 1
+        part.produce([0] * size)
+    assert not part.offsets().caught_up  # nothing fetched: no high watermark known yet
+    part.fetch()
+    assert part.highwater == 12 and not part.offsets().caught_up
+    part.fetch()
+    part.processed = part.position  # 11 < 12: the last batch is still in the broker
+    assert not part.offsets().caught_up
+    part.fetch()
+    assert part.position == 21 and not part.offsets().caught_up  # handed over, still in Faust's buffer
+    part.processed = part.position
+    assert part.offsets().caught_up
+    part.produce([0] * 5)  # more arrives: known at the next fetch, which also hands it over
+    part.fetch()
+    assert not part.offsets().caught_up
+    part.processed = part.position
+    assert part.offsets().caught_up
+
+
+def test_an_empty_partition_is_caught_up_after_its_first_fetch() -> None:
+    part = FakePartition()
+    assert not part.offsets().caught_up
+    part.fetch()
+    assert part.offsets() == Offsets(0, 0, 0) and part.offsets().caught_up
+    assert not Offsets(5, None, 5).caught_up  # no position (after a seek): unknown is not caught up
+
+
+def test_labels_idle_once_caught_up_and_silent_and_not_idle_when_labels_come_again() -> None:
+    clock = Clock()
+    a = alignment(clock)
+    labels, preds = FakePartition(), FakePartition()
+    labels.fetch(), preds.fetch()
+
+    def idle() -> bool:
+        plan = a.update({(P, 0): preds.offsets(), (L, 0): labels.offsets()}, {"m": 0}, {})
+        return plan.labels["m"].idle
+
+    assert not idle()  # caught up, but silent only since the assignment
+    clock.now += IDLE - 1
+    assert not idle()
+    clock.now += 1
+    assert idle()
+    a.labels_received(["m"])
+    assert not idle()
+    clock.now += IDLE
+    assert idle()
+    a.labels_received(["other"])  # another model's labels change nothing for m
+    assert idle()
+
+
+def test_labels_present_in_the_topic_are_never_idle_until_the_hard_bound(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    a = alignment(clock)
+    labels = FakePartition()
+    labels.produce([0] * 10)
+    labels.fetch()  # handed over, not processed: the worker is busy with predictions
+    offsets = {(L, 0): labels.offsets()}
+    clock.now += WAIT_MAX - 1
+    assert a.update(offsets, {"m": 0}, {}).labels["m"].idle is False
+    clock.now += 1
+    with caplog.at_level(logging.WARNING, "mle_stream.stream.alignment"):
+        plan = a.update(offsets, {"m": 0}, {})
+        assert plan.labels["m"].idle and plan.labels["m"].enforced and plan.newly_enforced == ["m"]
+        assert a.update(offsets, {"m": 0}, {}).newly_enforced == []  # counted and logged once
+    assert len(caplog.records) == 1 and "MLE_INPUT_WAIT_MAX" in caplog.records[0].getMessage()
+    labels.processed = 3  # the partition delivers again: its models wait for their labels again
+    plan = a.update({(L, 0): labels.offsets()}, {"m": 0}, {})
+    assert not plan.labels["m"].idle and not plan.labels["m"].enforced
+
+
+def test_a_partition_delivering_other_models_labels_is_not_stuck() -> None:
+    clock = Clock()
+    a = alignment(clock)
+    for step in range(1, 30):
+        clock.now += WAIT_MAX // 20
+        # `m` hears nothing, but its partition moves: its labels may be further on
+        plan = a.update({(L, 0): Offsets(step, step + 5, step + 10)}, {"m": 0, "n": 0}, {})
+        a.labels_received(["n"])
+        assert not plan.labels["m"].idle
+
+
+def test_a_newly_assigned_partition_is_not_idle_until_shown_so_again() -> None:
+    clock = Clock()
+    a = alignment(clock)
+    caught_up = Offsets(0, 0, 0)
+    clock.now += IDLE
+    assert a.update({(L, 0): caught_up}, {"m": 0}, {}).labels["m"].idle
+    a.assigned([0, 1])  # a rebalance: 0 kept, 1 new
+    plan = a.update({(L, 0): caught_up, (L, 1): caught_up}, {"m": 0, "n": 1}, {})
+    assert plan.labels["m"].idle and not plan.labels["n"].idle
+    clock.now += IDLE
+    assert a.update({(L, 0): caught_up, (L, 1): caught_up}, {"m": 0, "n": 1}, {}).labels["n"].idle
+
+
+def test_pause_while_predictions_run_ahead_of_labels_that_are_behind_and_resume_below_half() -> None:
+    clock = Clock()
+    a = alignment(clock)
+    behind = Offsets(0, 10, 100)
+
+    def paused(predictions: int, event_time: int, labels: Offsets = behind, labels_ts: int = 0) -> bool:
+        plan = a.update({(P, 0): Offsets(0, 0, 100), (L, 0): labels}, {"m": 0},
+                        {"m": Clocks(predictions, labels_ts, event_time)})
+        assert plan.paused <= {(P, 0)}
+        return (P, 0) in plan.paused
+
+    assert not paused(SKEW, 0)
+    assert paused(SKEW + 1, 0)
+    assert paused(SKEW // 2 + 1, 0)  # hysteresis: holds until below half
+    assert not paused(SKEW // 2, 0)
+    assert not paused(SKEW // 2 + 1, 0)  # and does not pause again before the bound
+    assert paused(2 * SKEW, -1, labels_ts=-1)  # no label read yet, and labels waiting: hold the predictions
+    assert not paused(2 * SKEW, -1, labels=Offsets(100, 100, 100))  # caught up: nothing to wait for
+    assert not paused(-1, -1)  # no predictions yet
+
+
+def test_idle_labels_resume_their_predictions() -> None:
+    clock = Clock()
+    a = alignment(clock, wait_max=2 * IDLE)
+    behind = Offsets(0, 0, 100)
+    plan = a.update({(P, 0): Offsets(0, 0, 100), (L, 0): behind}, {"m": 0}, {"m": Clocks(2 * SKEW, 0, 0)})
+    assert plan.paused == {(P, 0)}
+    clock.now += 2 * IDLE  # the labels partition delivers nothing: enforced idle
+    plan = a.update({(P, 0): Offsets(0, 0, 100), (L, 0): behind}, {"m": 0}, {"m": Clocks(2 * SKEW, 0, 0)})
+    assert plan.labels["m"].enforced and plan.paused == frozenset()
+
+
+def test_the_worst_model_of_a_partition_decides_and_other_partitions_are_left_alone() -> None:
+    clock = Clock()
+    a = alignment(clock)
+    a.assigned([0, 1])
+    offsets = {(P, 0): Offsets(0, 0, 9), (L, 0): Offsets(0, 0, 9), (P, 1): Offsets(0, 0, 9), (L, 1): Offsets(0, 0, 9),
+               ("commands", 0): Offsets(0, 0, 9)}
+    clocks = {"a": Clocks(100, 100, 100), "b": Clocks(2 * SKEW, 0, 0), "c": Clocks(10, 10, 10)}
+    plan = a.update(offsets, {"a": 0, "b": 0, "c": 1}, clocks)
+    assert plan.paused == {(P, 0)}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_simulated_catch_up_never_pauses_labels_or_commands_and_always_finishes(seed: int) -> None:
+    """Two partitions of a backlog: predictions in big fast batches, labels in small ones, their
+    timestamps 1-20 s after the predictions'; the fetcher serves each partition that is not paused in
+    a random order, the worker processes what was handed over at random moments. The models' clocks
+    follow what was processed, the closing clock as the evaluator keeps it (the smaller, or the
+    predictions' while labels are idle). The catch-up must finish, with pauses on the way."""
+    rng = random.Random(seed)
+    clock = Clock()
+    a = Alignment(P, L, IDLE, WAIT_MAX, 60_000, clock=clock)
+    a.assigned([0, 1])
+    parts = {(topic, k): FakePartition(tansu=bool(rng.getrandbits(1))) for topic in (P, L) for k in (0, 1)}
+    for k in (0, 1):
+        t = 0
+        for _ in range(40):
+            ts = [t + i * 100 for i in range(rng.randint(200, 500))]
+            parts[(P, k)].produce(ts)
+            for i in range(0, len(ts), 40):
+                parts[(L, k)].produce([x + rng.randint(1_000, 20_000) for x in ts[i:i + 40]])
+            t = ts[-1] + 100
+    homes = {"m0": 0, "m1": 1}
+    handed: dict[tuple[str, int], list[list[int]]] = {tp: [] for tp in parts}
+    seen = {tp: -1 for tp in parts}
+    idle = {"m0": False, "m1": False}
+    ever_paused = 0
+    for step in range(100_000):
+        clock.now += rng.randint(1, 200)
+        for tp in rng.sample(list(parts), len(parts)):
+            batch = parts[tp].fetch()
+            if batch:
+                handed[tp].append(batch)
+        if rng.random() < 0.5:  # the worker processes everything handed over
+            for tp, batches in handed.items():
+                for batch in batches:
+                    parts[tp].processed += len(batch)
+                    seen[tp] = max(seen[tp], *batch)
+                    if tp[0] == L:
+                        a.labels_received([f"m{tp[1]}"])
+                        idle[f"m{tp[1]}"] = False  # as StreamProcessor does when labels arrive
+                batches.clear()
+        clocks = {}
+        for m, k in homes.items():
+            wp, wl = seen[(P, k)], seen[(L, k)]
+            clocks[m] = Clocks(wp, wl, wp if idle[m] else min(wp, wl))
+        plan = a.update({tp: p.offsets() for tp, p in parts.items()}, homes, clocks)
+        idle = {m: s.idle for m, s in plan.labels.items()}
+        assert all(topic == P for topic, _ in plan.paused), plan.paused  # labels always fetch
+        for tp, part in parts.items():
+            part.paused = tp in plan.paused
+        ever_paused += len(plan.paused)
+        if all(p.processed == p.end() for p in parts.values()):
+            break
+    else:
+        pytest.fail("the catch-up did not finish: a pause that never ends?")
+    assert ever_paused > 0  # the predictions did run ahead and were held back
+    assert not plan.labels["m0"].enforced and not plan.labels["m1"].enforced
+
+
+def test_settings_from_the_environment() -> None:
+    s = Settings.from_env({})
+    assert (s.input_idle_ms, s.input_wait_max_ms, s.align_max_skew_ms) == (3_000, 600_000, 600_000)
+    s = Settings.from_env({"MLE_INPUT_IDLE": "500ms", "MLE_INPUT_WAIT_MAX": "90", "MLE_ALIGN_MAX_SKEW": "1h"})
+    assert (s.input_idle_ms, s.input_wait_max_ms, s.align_max_skew_ms) == (500, 90_000, 3_600_000)
+    with pytest.raises(ConfigError, match="MLE_INPUT_IDLE must be a duration"):
+        Settings.from_env({"MLE_INPUT_IDLE": "soon"})
+    with pytest.raises(ConfigError, match="must not be below MLE_INPUT_IDLE"):
+        Settings.from_env({"MLE_INPUT_IDLE": "1m", "MLE_INPUT_WAIT_MAX": "30s"})
+
+
+def test_a_model_without_a_partition_waits_for_every_labels_partition_held() -> None:
+    """Messages without a key give a model no partition: its labels may be in any labels partition."""
+    clock = Clock()
+    a = alignment(clock)
+    a.assigned([0, 1])
+    clock.now += IDLE
+    behind, caught_up = Offsets(0, 0, 5), Offsets(5, 5, 5)
+    plan = a.update({(L, 0): caught_up, (L, 1): behind, (P, 0): behind}, {"m": None},
+                    {"m": Clocks(2 * SKEW, -1, -1)})
+    assert not plan.labels["m"].idle and not plan.labels["m"].caught_up
+    assert plan.paused == frozenset()  # no partition of its own to pause
+    plan = a.update({(L, 0): caught_up, (L, 1): caught_up}, {"m": None}, {})
+    assert plan.labels["m"].idle and plan.labels["m"].caught_up
