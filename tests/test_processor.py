@@ -169,6 +169,27 @@ def test_a_silent_source_holds_on_the_timer_tick_once_signed() -> None:
     assert by_topic(p.tick(), TOPICS.commands) == []  # one HOLD per outage
 
 
+def test_predictions_the_worker_holds_back_are_not_an_outage() -> None:
+    clock = [10**12]
+    topology = parse_topology(
+        'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+        "windows: {size: 1s, grace: 0s}\ndecision: {outage_after: 60s}\n")
+    p = StreamProcessor({"fraud": topology}, TOPICS, SIGNER, clock=lambda: clock[0])
+    preds, labels = window(0, candidate_wrong=False)
+    p.process([Incoming(TOPICS.predictions, 0, 0, preds), Incoming(TOPICS.labels, 0, 1, labels)])
+    def rules() -> list[str]:
+        return [codec.decode_command(o.value).rule for o in by_topic(p.tick(), TOPICS.commands)]
+
+    for minute in range(3):  # paused for 3 minutes while the labels catch up
+        clock[0] += 60_000
+        p.process([Incoming(TOPICS.labels, 0, 2 + minute, codec.encode_labels(
+            [Label(f"other-{minute}", "fraud", 1_000 + minute, True)]))])
+        p.hold_back_predictions(["fraud"])
+        assert rules() == []
+    clock[0] += 61_000  # resumed, and then silent for longer than outage_after: that is an outage
+    assert rules() == ["source-outage:predictions"]
+
+
 def test_a_signed_approve_on_the_commands_topic_steps_a_waiting_rollout_and_a_forged_one_is_dead_lettered() -> None:
     from mle_stream.core.events import Command, CommandKind
 

@@ -1014,6 +1014,12 @@ class ModelEvaluator:
             if alarms:
                 self._alarms[(version, start)] = [a.to_json() for a in alarms]
 
+    def held_back(self, source: str, now_ms: int) -> None:
+        """The worker holds `source` back (a paused partition) at `now_ms`: it is not silent, so
+        its outage clock starts afresh (an outage HOLD is about a source that stopped sending)."""
+        if source in self._last_arrival:
+            self._last_arrival[source] = now_ms
+
     def check_outage(self, now_ms: int) -> list[Command]:
         """HOLD when a source has been silent longer than decision.outage_after (labels only matter
         when a check reads labeled predictions). The worker also calls this on a timer: without

@@ -195,6 +195,8 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
             homes.update(worker.homes)
             plan = alignment.update(offsets, homes, clocks)
             idled = [m for m, state in plan.labels.items() if processor.set_labels_idle(m, state.idle) and state.idle]
+            processor.hold_back_predictions(m for m, p in homes.items()
+                                            if p is not None and (topics.predictions, p) in plan.paused)
             if idled:  # windows that waited for these labels may close now, without any input
                 outs = worker.tick()
                 await publish(outs)

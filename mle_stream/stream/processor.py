@@ -11,7 +11,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, cast
+from typing import Any, Callable, Iterable, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -175,6 +175,13 @@ class StreamProcessor:
             except Exception:  # as in process: the next batch or tick tries again
                 log.exception("the evaluator of %s failed to advance its windows", model)
         return out
+
+    def hold_back_predictions(self, models: Iterable[str]) -> None:
+        """The worker has paused these models' predictions partition (stream/alignment.py): their
+        predictions are not silent, they wait, and no outage HOLD may come of it."""
+        now = self._clock()
+        for model in models:
+            self.evaluators[model].held_back("predictions", now)
 
     def set_labels_idle(self, model: str, idle: bool) -> bool:
         """Whether `model`'s windows close by its predictions alone (its labels are idle: caught
