@@ -1,4 +1,4 @@
-"""Issue 18, exact catch-up: a worker that starts (or restarts) behind a backlog must produce the
+"""Exact catch-up: a worker that starts (or restarts) behind a backlog must produce the
 windows and decisions of an uninterrupted run, although it reads the predictions far ahead of the
 labels (predictions come 500 to a message, labels one to a few: a batch of messages covers much
 more prediction time than label time).
