@@ -10,10 +10,16 @@ It pairs each label with its prediction by prediction_id, in either arrival orde
 - A joined pair is kept for `correction_ms` more, so that a second label for the same prediction
   is a *correction*: the caller takes the old outcome out and puts the new one in. The same label
   twice, or the same prediction twice, is a duplicate and changes nothing.
-- A record that finds its id's entry already past that horizon (its own timestamp more than
-  `max_delay_ms`, for a joined pair `max_delay_ms + correction_ms`, after the entry's) finds it
-  expired, whether or not `expire` has run since: whether two records pair depends on their
-  timestamps alone. In a batch, an id's first record decides it.
+- Two records of an id further apart in time than that horizon (`max_delay_ms`, for a joined pair
+  `max_delay_ms + correction_ms`) never meet, whether or not `expire` has run in between: the
+  older one has expired. When that is the entry a record finds, the entry goes (a prediction
+  leaving a tombstone); when it is the record (the entry came from the other input, which has
+  passed on), the record expires on arrival: a prediction is then served, unlabeled and buried, a
+  label is dropped. A batch: the entries its records find expired go first (a prediction's
+  tombstone seen by the whole batch), then its records one by one, then the predictions that
+  expired on arrival are buried; a batch holding an id twice, further apart in time than
+  `max_delay_ms` (with the entry held for it), goes in parts, each later record of that id
+  starting one.
 - Expiry pops from the front of insertion-ordered dicts and stops at the first entry still young,
   so it costs O(expired), not O(pending). Entries that arrived out of event-time order may outlive
   their horizon by as much as they were out of order.
@@ -104,25 +110,66 @@ class LabelJoin(Generic[P]):
         self.corrections = 0
         self.duplicates = 0
 
-    def _drop_stale(self, ids: list[str], timestamps: list[int]) -> None:
-        """Entries the first record of each id in the batch finds past their horizon: expired."""
+    def _horizons(self) -> tuple[tuple[dict[str, Any], int], ...]:
+        return ((self._predictions, self.max_delay_ms), (self._labels, self.max_delay_ms),
+                (self._joined, self.max_delay_ms + self.correction_ms))
+
+    def _meet(self, ids: list[str], timestamps: list[int], of_predictions: bool) -> set[int]:
+        """The entries each id's first record in the batch finds past their horizon go; returns
+        the positions of the records that are past the horizon of a newer entry. A prediction
+        meets only a waiting label: another prediction of its id makes it a duplicate."""
         seen: set[str] = set()
-        for prediction_id, ts in zip(ids, timestamps):
+        dead: set[int] = set()
+        for i, (prediction_id, ts) in enumerate(zip(ids, timestamps)):
             if prediction_id in seen:
                 continue
             seen.add(prediction_id)
-            pending = self._predictions.get(prediction_id)
-            if pending is not None and ts - pending[0] > self.max_delay_ms:
-                del self._predictions[prediction_id]
-                self.expired_predictions += 1
-                self._bury([(prediction_id, pending)])
-            waiting = self._labels.get(prediction_id)
-            if waiting is not None and ts - waiting[0] > self.max_delay_ms:
-                del self._labels[prediction_id]
-                self.expired_labels += 1
-            joined = self._joined.get(prediction_id)
-            if joined is not None and ts - joined[0] > self.max_delay_ms + self.correction_ms:
-                del self._joined[prediction_id]
+            if of_predictions and self._buried([prediction_id]):
+                continue  # a duplicate of a prediction that expired unlabeled, whatever waits
+            for entries, horizon in self._horizons():
+                held = entries.get(prediction_id)
+                if held is None or of_predictions and entries is not self._labels:
+                    continue
+                if ts - held[0] > horizon:
+                    del entries[prediction_id]
+                    if entries is self._predictions:
+                        self.expired_predictions += 1
+                        self._bury([(prediction_id, held)])
+                    elif entries is self._labels:
+                        self.expired_labels += 1
+                elif held[0] - ts > horizon:
+                    dead.add(i)
+        return dead
+
+    def _cuts(self, ids: list[str], timestamps: list[int]) -> list[int]:
+        """Where a batch goes in parts: each later record of an id that the batch holds more than
+        once, further apart than max_delay_ms (with the entry held for it)."""
+        rows: dict[str, list[int]] = {}
+        for i, prediction_id in enumerate(ids):
+            rows.setdefault(prediction_id, []).append(i)
+        cuts: list[int] = []
+        for prediction_id, positions in rows.items():
+            if len(positions) < 2:
+                continue
+            times = [timestamps[i] for i in positions]
+            for entries, _ in self._horizons():
+                if prediction_id in entries:
+                    times.append(entries[prediction_id][0])
+                    break
+            if max(times) - min(times) > self.max_delay_ms:
+                cuts += positions[1:]
+        return sorted(cuts)
+
+    def _in_parts(self, add: Callable[..., Joined[P]], cuts: list[int], *columns: list[Any]) -> Joined[P]:
+        out: Joined[P] = Joined()
+        bounds = [0, *cuts, len(columns[0])]
+        for lo, hi in zip(bounds, bounds[1:]):
+            part = add(*(c[lo:hi] for c in columns))
+            out.predictions += part.predictions
+            out.labels += part.labels
+            out.weights += part.weights
+            out.duplicates += [lo + d for d in part.duplicates]
+        return out
 
     def add_prediction(self, prediction_id: str, timestamp: int, prediction: P) -> JoinResult[P]:
         if prediction_id in self._predictions or prediction_id in self._joined or self._buried([prediction_id]):
@@ -165,8 +212,22 @@ class LabelJoin(Generic[P]):
         groups handled with C-level dict calls: new ids (stored), ids whose label came first
         (joined), ids seen before (duplicates). Each dict still receives its entries in batch
         order, which expiry relies on. The same id twice in one batch goes one by one."""
-        self._drop_stale(ids, timestamps)
+        dead = self._meet(ids, timestamps, of_predictions=True)
         joined: Joined[P] = Joined()
+        if dead:
+            # Served, never to be labeled; their ids' later records in the batch are duplicates.
+            gone = {ids[i] for i in dead}
+            for i, prediction_id in enumerate(ids):
+                if i in dead:
+                    continue
+                if prediction_id in gone:
+                    self.duplicates += 1
+                    joined.duplicates.append(i)
+                else:
+                    joined.add(i, self.add_prediction(prediction_id, timestamps[i], predictions[i]))
+            self.expired_predictions += len(dead)
+            self._bury([(ids[i], (timestamps[i], predictions[i])) for i in sorted(dead)])
+            return joined
         batch = set(ids)
         if len(batch) < len(ids):
             for i, prediction_id in enumerate(ids):
@@ -202,7 +263,16 @@ class LabelJoin(Generic[P]):
         Labels that came first are stored at once when they are all new; anything else (a
         correction, a duplicate, an id twice) takes the per-record path, after the batch's own
         joins so that a label repeated within the batch sees the first one."""
-        self._drop_stale(ids, timestamps)
+        cuts = self._cuts(ids, timestamps)
+        if cuts:
+            return self._in_parts(self.add_labels, cuts, ids, timestamps, labels)
+        dead = self._meet(ids, timestamps, of_predictions=False)
+        if dead:  # dropped; the batch's later labels of those ids are judged on their own
+            self.expired_labels += len(dead)
+            kept = [i for i in range(len(ids)) if i not in dead]
+            part = self.add_labels([ids[i] for i in kept], [timestamps[i] for i in kept], [labels[i] for i in kept])
+            part.duplicates = [kept[d] for d in part.duplicates]
+            return part
         joined: Joined[P] = Joined()
         found: list[Any] = list(map(self._predictions.pop, ids, repeat(None)))
         hit = list(map(is_not, found, repeat(None)))

@@ -246,15 +246,27 @@ class ColumnJoin:
         rows = np.arange(n, dtype=np.int64) if first is None else np.flatnonzero(first)
         entries, free_slot = self._find(h[rows], sids[rows])
         state = self._state_of(entries)
-        if self._release_stale(entries, state, ts[rows]):
-            entries, free_slot = self._find(h[rows], sids[rows])
-            state = self._state_of(entries)
-        if self._tombs:  # an id that expired unlabeled is seen, whether or not a label waits for it
+        # An id that expired unlabeled is seen, whether or not a label waits for it: a duplicate.
+        buried = np.zeros(len(rows), dtype=np.bool_)
+        if self._tombs:
             unseen = np.flatnonzero((state == _FREE) | (state == _LABEL))
             if len(unseen):
-                buried = unseen[self._buried(h[rows[unseen]])]
-                if len(buried):
-                    state[buried] = _PRED
+                buried[unseen[self._buried(h[rows[unseen]])]] = True
+                state[buried] = _PRED
+        # Only a label waiting for it: another prediction of the id makes this one a duplicate.
+        released, dead = self._meet_expired(entries, state, ts[rows], (_LABEL,))
+        if released:
+            entries, free_slot = self._find(h[rows], sids[rows])
+            state = self._state_of(entries)
+            state[buried] = _PRED
+        gone = rows[dead]
+        if len(gone):
+            # Past the horizon of the label waiting for their id: unlabeled at once, and buried
+            # (after the batch: as if one by one) so that a redelivery stays a duplicate. Served all
+            # the same: they are not duplicates.
+            self.expired_predictions += len(gone)
+            rows, entries, state = rows[~dead], entries[~dead], state[~dead]
+            free_slot = None if free_slot is None else free_slot[~dead]
         meet = state == _LABEL
         new = state == _FREE
         dup_rows = rows[(state == _PRED) | (state == _JOINED)]
@@ -281,6 +293,8 @@ class ColumnJoin:
             self._set_state(e, _JOINED)
         else:
             at = np.zeros(0, dtype=np.int64)
+        if len(gone):
+            self._bury(h[gone], ts[gone])
         return ColumnJoined(meet_rows, {k: v[meet_rows] for k, v in payload.items()}, labels,
                             np.ones(len(meet_rows)), dup_rows, at)
 
@@ -293,12 +307,24 @@ class ColumnJoin:
         values = label_array(labels)
         h = np.asarray(self._hash(sids), dtype=np.uint64)
         first, group = self._first_occurrences(h, sids)
+        cuts = self._cuts(h, sids, ts, group)
+        if cuts:
+            return self._in_parts(self.add_labels, cuts, sids, ts, values)
         rows = np.arange(n, dtype=np.int64) if first is None else np.flatnonzero(first)
         entries, free_slot = self._find(h[rows], sids[rows])
         state = self._state_of(entries)
-        if self._release_stale(entries, state, ts[rows]):
+        released, dead = self._meet_expired(entries, state, ts[rows], (_PRED, _LABEL, _JOINED))
+        if released:
             entries, free_slot = self._find(h[rows], sids[rows])
             state = self._state_of(entries)
+        if dead.any():
+            # Older than the horizon of the prediction held for their id: expired on arrival, as if
+            # they never came (the batch's later labels of those ids are judged on their own).
+            self.expired_labels += int(dead.sum())
+            kept = np.setdiff1d(np.arange(n, dtype=np.int64), rows[dead])
+            out = self.add_labels(sids[kept], ts[kept], values[kept])
+            out.rows, out.duplicates = kept[out.rows], kept[out.duplicates]
+            return out
         hit = state == _PRED
         hit_rows, hit_entries = rows[hit], entries[hit]
         if len(hit_rows):
@@ -407,28 +433,70 @@ class ColumnJoin:
         first[index] = True
         return first, index[inverse.ravel()].astype(np.int64)
 
-    def _release_stale(self, entries: IntArray, state: npt.NDArray[np.int8], ts: IntArray) -> bool:
-        """Release the entries that a record at `ts` finds already past their expiry horizon, as
-        `expire` would have had event time reached `ts` first: whether a pair forms then depends
-        on the two records' timestamps alone, not on when the caller last ran expiry. True if any
-        was released (the caller finds its ids again)."""
-        held = entries >= 0
+    def _cuts(self, h: npt.NDArray[np.uint64], sids: np.ndarray, ts: IntArray, group: IntArray | None) -> list[int]:
+        """Where to cut a batch of labels so that it is exactly as if they came one by one, when an
+        id it holds more than once spans more than max_delay (with the entry held for it): records
+        that far apart never meet, which the batch path judges only for an id's first label in the
+        batch. Each later label of such an id then starts a part of its own (rare: the same id
+        twice in a batch, and far apart). [] when the batch needs no cut."""
+        if group is None:
+            return []
+        repeated = np.flatnonzero(group != np.arange(len(group)))
+        firsts = np.unique(group[repeated])
+        entries = self._find(h[firsts], sids[firsts])[0]
+        held = np.where(entries >= 0, self._ts[np.maximum(entries, 0)], ts[firsts])
+        cuts: list[int] = []
+        for g, entry_ts in zip(firsts.tolist(), held.tolist()):
+            rows = np.flatnonzero(group == g)
+            span = ts[rows]
+            if max(int(span.max()), entry_ts) - min(int(span.min()), entry_ts) > self.max_delay_ms:
+                cuts.extend(rows[1:].tolist())
+        return sorted(set(cuts))
+
+    @staticmethod
+    def _in_parts(add: Callable[[np.ndarray, IntArray, Any], ColumnJoined], cuts: list[int], sids: np.ndarray,
+                  ts: IntArray, third: Any) -> ColumnJoined:
+        """add() of the batch's parts between the cuts, one after the other, as one result."""
+        bounds = [0, *cuts, len(ts)]
+        parts = []
+        for lo, hi in zip(bounds, bounds[1:]):
+            rows = slice(lo, hi)
+            out = add(sids[rows], ts[rows], {k: v[rows] for k, v in third.items()} if isinstance(third, dict)
+                      else third[rows])
+            parts.append((lo, out))
+        first = parts[0][1]
+        return ColumnJoined(np.concatenate([p.rows + lo for lo, p in parts]),
+                            {k: np.concatenate([p.predictions[k] for _, p in parts]) for k in first.predictions},
+                            _concat([p.labels for _, p in parts]), np.concatenate([p.weights for _, p in parts]),
+                            np.concatenate([p.duplicates + lo for lo, p in parts]),
+                            np.concatenate([p.at for _, p in parts]))
+
+    def _meet_expired(self, entries: IntArray, state: npt.NDArray[np.int8], ts: IntArray, against: tuple[int, ...]
+                      ) -> tuple[bool, npt.NDArray[np.bool_]]:
+        """Whether two records of an id pair depends on their timestamps alone (the keys the caller
+        passes), not on when the caller last ran `expire`: records further apart than the horizon
+        (`max_delay_ms`; `+ correction_ms` for a joined pair) never meet. Of such a record and the
+        entry it finds, the older one has expired, as expiry by event time would have had it:
+        - the entry, when the record is newer: released here (True: the caller finds its ids again);
+        - the record itself, when the entry is newer (it comes from the other input, which has
+          passed on): returned as a mask of the rows that expired on arrival."""
+        held = np.isin(state, against)
         if not held.any():
-            return False
+            return False, np.zeros(len(entries), dtype=np.bool_)
         age = ts - self._ts[np.where(held, entries, 0)]
         limit = np.where(state == _JOINED, self.max_delay_ms + self.correction_ms, self.max_delay_ms)
         stale = held & (age > limit)
-        if not stale.any():
-            return False
-        released = entries[stale]
-        kinds = np.bincount(state[stale], minlength=4)
-        self.expired_predictions += int(kinds[_PRED])
-        self.expired_labels += int(kinds[_LABEL])
-        self._release(released)
-        unlabeled = released[state[stale] == _PRED]
-        if len(unlabeled):
-            self._bury(unlabeled)  # expired unlabeled, as by expire
-        return True
+        dead = held & (-age > limit)
+        if stale.any():
+            released = entries[stale]
+            kinds = np.bincount(state[stale], minlength=4)
+            self.expired_predictions += int(kinds[_PRED])
+            self.expired_labels += int(kinds[_LABEL])
+            unlabeled = released[state[stale] == _PRED]
+            self._release(released)
+            if len(unlabeled):
+                self._bury(self._key[unlabeled], self._ts[unlabeled])  # expired unlabeled, as by expire
+        return bool(stale.any()), dead
 
     # -- expiry --------------------------------------------------------------------------------
 
@@ -437,7 +505,8 @@ class ColumnJoin:
         unlabeled: list[IntArray] = []
         self.expired_predictions += self._expire(_PRED, horizon, unlabeled)
         if unlabeled:
-            self._bury(np.concatenate(unlabeled))
+            gone = np.concatenate(unlabeled)
+            self._bury(self._key[gone], self._ts[gone])
         self.expired_labels += self._expire(_LABEL, horizon)
         self._expire(_JOINED, horizon - self.correction_ms)
         if self._tombs:
@@ -466,11 +535,10 @@ class ColumnJoin:
             chunk *= 2
         return expired
 
-    def _bury(self, entries: IntArray) -> None:
-        """Tombstones for released predictions: their keys, into the chunk of their ts bucket. A
-        chunk goes when expiry passes its newest ts, as a joined pair of that ts would: a key
+    def _bury(self, keys: npt.NDArray[np.uint64], ts: IntArray) -> None:
+        """Tombstones for predictions gone unlabeled: their keys, into the chunk of their ts bucket.
+        A chunk goes when expiry passes its newest ts, as a joined pair of that ts would: a key
         outlives its own horizon by less than one bucket (correction_ms / 4)."""
-        keys, ts = self._key[entries], self._ts[entries]
         buckets = ts // self._tomb_width
         if buckets[0] == buckets[-1] and (buckets == buckets[0]).all():
             groups = [(int(buckets[0]), keys, ts)]

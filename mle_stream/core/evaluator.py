@@ -230,8 +230,10 @@ class ModelEvaluator:
         baseline_profile = self.profiles.get(t.baseline_version)
         self._trained_at = trained_at_ms(None if baseline_profile is None else baseline_profile.created_at)
         self._segment_values: dict[str, set[str]] = {d: set() for d in t.segment_dimensions}
-        self._touched: set[int] = set()  # panes updated since updates were last emitted
-        # Within an advance, panes updated after one of its windows closed (rows keyed past that
+        # Windows updated since updates were last emitted: those holding a row's pane that are
+        # still retained at the row's key (a row past a window's retention is no longer news of it).
+        self._touched: set[int] = set()
+        # Within an advance, windows updated after one of its windows closed (rows keyed past that
         # window's cut): the window closed without them, so it is reported again as REVISED.
         self._late_touched: set[int] | None = None
         # One clock per input: the largest prediction and label timestamps taken. Windows close
@@ -283,13 +285,21 @@ class ModelEvaluator:
             return self._clock_predictions
         return min(self._clock_predictions, self._clock_labels)
 
-    def _earliest_deferred(self) -> int | None:
-        """Before the first window is known: the earliest pane among the rows held back, which
-        has data as much as any in the table (it only waits for a later closing)."""
-        if self.panes.next_window is not None:
-            return None
-        panes = [int(s[0].min()) for s in self._served] + [int(j.predictions["pane"].min()) for j in self._scored]
-        return min(panes, default=None)
+    def _held_panes(self) -> dict[int, int]:
+        """The panes of the rows held back, each with its smallest key: data as much as what the
+        pane states hold, for which window is the first and which windows of a long gap have data
+        (PaneTable.close_ready)."""
+        panes = [s[0] for s in self._served] + [j.predictions["pane"] for j in self._scored]
+        keys = [s[6] for s in self._served] + [j.at for j in self._scored]
+        if self._pairs:
+            panes.append(np.fromiter((s[0] for s, _ in self._pairs), dtype=np.int64, count=len(self._pairs)))
+            keys.append(np.array(self._pair_keys, dtype=np.int64))
+        if not panes:
+            return {}
+        pane_of, key_of = np.concatenate(panes), np.concatenate(keys)
+        order = np.lexsort((key_of, pane_of))  # by pane, then key: each pane's first is its smallest
+        first = np.flatnonzero(np.r_[True, np.diff(pane_of[order]) != 0])
+        return dict(zip(pane_of[order][first].tolist(), key_of[order][first].tolist()))
 
     def deferred_rows(self) -> int:
         """Rows taken but held back from the pane states until a window closes (see _apply)."""
@@ -320,7 +330,7 @@ class ModelEvaluator:
                            for (pane, v), parts in self._abs_errors.items()],
             "fed_until": self._fed_until,
             "segment_values": {d: sorted(v) for d, v in self._segment_values.items()},
-            "touched": sorted(self._touched),
+            "touched_windows": sorted(self._touched),
             "drift": None if self.drift is None else self.drift.snapshot(),
             "revisions": self.revisions.snapshot(),
         }
@@ -357,7 +367,10 @@ class ModelEvaluator:
                                                         np.array(weights, dtype=np.float64)))
         ev._fed_until = int(data["fed_until"])
         ev._segment_values = {d: set(v) for d, v in data["segment_values"].items()}
-        ev._touched = set(data["touched"])
+        if "touched_windows" in data:
+            ev._touched = set(data["touched_windows"])
+        else:  # older snapshots kept the panes
+            ev._touched = {w for pane in data["touched"] for w in ev.panes.windows_holding(pane)}
         ev.revisions = Revisions.restore(data.get("revisions"))  # absent from older snapshots
         if ev.drift is not None and data.get("drift"):
             ev.drift.restore_state(data["drift"])
@@ -791,10 +804,12 @@ class ModelEvaluator:
             else:
                 waiting_scored.append(joined)
         ready_pairs: list[tuple[Pending, Pending]] = []
+        ready_keys: list[int] = []
         if self._pairs:
             ok = self._ready(np.fromiter((s[0] for s, _ in self._pairs), dtype=np.int64, count=len(self._pairs)),
                              np.array(self._pair_keys, dtype=np.int64), next_window)
             ready_pairs = [pair for pair, go in zip(self._pairs, ok.tolist()) if go]
+            ready_keys = [k for k, go in zip(self._pair_keys, ok.tolist()) if go]
             self._pairs = [pair for pair, go in zip(self._pairs, ok.tolist()) if not go]
             self._pair_keys = [k for k, go in zip(self._pair_keys, ok.tolist()) if not go]
         self._served, self._scored = waiting_served, waiting_scored
@@ -809,24 +824,30 @@ class ModelEvaluator:
             latency = np.concatenate([s[3] for s in served])
             failed = np.concatenate([s[4] for s in served])
             drift = _concat_columns([(s[5], len(s[0])) for s in served]) if self.drift is not None else None
+            keys = np.concatenate([s[6] for s in served])
             for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
                 state = self.panes.state(pane, version, segment, checked=True)
                 if state is not None:
-                    self._touch(pane)
+                    key = int(keys[idx].min())
+                    self._touch(pane, key)
                     state.serve(latency[idx], failed[idx])
                     if drift is not None and segment is None:
-                        self._sketch(pane, version, {k: c[idx] for k, c in drift.items()}, len(idx))
+                        self._sketch(pane, version, {k: c[idx] for k, c in drift.items()}, len(idx), key)
         if ready_scored:
             self._score(ColumnJoined.concat(ready_scored))
         if ready_pairs:
-            self._compare(ready_pairs)
+            self._compare(ready_pairs, ready_keys)
 
-    def _touch(self, pane: int) -> None:
-        self._touched.add(pane)
+    def _touch(self, pane: int, key: int) -> None:
+        """Rows keyed from `key` on updated the pane: the windows holding it that are still
+        retained at that key have news (decided by the rows, not by how far event time has come)."""
+        spec = self.panes.spec
+        windows = [w for w in self.panes.windows_holding(pane) if w + spec.size_ms + spec.retention_ms > key]
+        self._touched.update(windows)
         if self._late_touched is not None:
-            self._late_touched.add(pane)
+            self._late_touched.update(windows)
 
-    def _compare(self, pairs: list[tuple[Pending, Pending]]) -> None:
+    def _compare(self, pairs: list[tuple[Pending, Pending]], keys: list[int]) -> None:
         """Shadow mode: (shadow, production) pairs into the shadow's pane states (core/shadow.py)."""
         agree, decided, diff, abs_diff = compare(self.topology.task, pairs)
         shadow = [s for s, _ in pairs]
@@ -838,10 +859,10 @@ class ModelEvaluator:
         for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
             state = self.panes.state(pane, version, segment, checked=True)
             if state is not None and state.shadow is not None:
-                self._touch(pane)
+                self._touch(pane, min(keys[i] for i in idx.tolist()))
                 state.shadow.update(agree[idx], decided[idx], diff[idx], abs_diff[idx])
 
-    def _sketch(self, pane: int, version: str, columns: Columns, n: int) -> None:
+    def _sketch(self, pane: int, version: str, columns: Columns, n: int, key: int) -> None:
         """Rows of one (pane, version) into its drift sketches, or into the warm-up buffer."""
         assert self.drift is not None
         if not self.drift.tracked(version):
@@ -856,7 +877,7 @@ class ModelEvaluator:
             if state.drift is None:
                 state.drift = DriftSketches.like(bins)
             state.drift.update(cols, m)
-            self._touch(p)
+            self._touch(p, key)
 
     def _score(self, joined: ColumnJoined) -> None:
         """Add joined (prediction, label) rows to their panes' states; weight -1 takes one out."""
@@ -884,7 +905,7 @@ class ModelEvaluator:
             state = self.panes.state(pane, version, segment, checked=True)
             if state is None:
                 continue
-            self._touch(pane)
+            self._touch(pane, int(joined.at[idx].min()))
             if task == "binary":
                 state.score(BinaryOutcomes(y[idx], score[idx], p["decision"][idx], w[idx]))
             elif task == "multiclass":
@@ -914,7 +935,7 @@ class ModelEvaluator:
         self.panes.observe(self._event_time())
         if self.panes.next_window is None:
             self._apply()  # the first window is the one holding the first pane with data
-        return self.panes.closing_due(self._earliest_deferred())
+        return self.panes.closing_due(self._held_panes())
 
     def advance(self, now_ms: int, updates: bool = False) -> Advance:
         """Close the windows the watermark has passed (results with status CLOSED, judgement,
@@ -927,7 +948,7 @@ class ModelEvaluator:
         out = Advance()
         t = self.topology
         already_closed = self.panes.next_window
-        closing = self.panes.close_ready(self._earliest_deferred())
+        closing = self.panes.close_ready(self._held_panes())
         for start in closing:
             self._apply(start, closing=True)  # the rows keyed before its cut
             baseline = self.panes.window(start, t.baseline_version)
@@ -962,18 +983,27 @@ class ModelEvaluator:
             self._apply()
         late, self._late_touched = self._late_touched or set(), None
         out.commands.extend(self.check_outage(now_ms))
-        if updates:
-            changed = {s for pane in self._touched for s in self.panes.windows_holding(pane)} - set(closing)
-            changed |= {s for pane in late for s in self.panes.windows_holding(pane)} & set(closing)
+        # Windows leaving retention now are reported whatever `updates` says, while all their panes
+        # are still there: a late row's news of them must not depend on when updates were asked for.
+        leaving = set() if updates else {w for w in self._touched if not self.panes.is_retained(w)}
+        if updates or leaving:
+            changed = (self._touched if updates else leaving) - set(closing)
+            changed |= late & set(closing)
+            first = self.panes.first_window
             for start in sorted(changed):
-                if already_closed is not None and start < already_closed or start in closing:
-                    status = "REVISED"
+                if start in closing or first is not None and first <= start < (self.panes.next_window or first):
+                    status = "REVISED"  # closed, or skipped in a long gap: either way no more OPEN
                 elif self.panes.next_window is None or start >= self.panes.next_window:
                     status = "OPEN"
                 else:
                     continue  # starts before the first window with data: never judged, never reported
                 self._results(out, start, status, None, {}, now_ms)
+        if updates:
             self._touched.clear()
+        else:
+            self._touched -= set(closing) - late  # their CLOSED results hold them
+            if leaving:
+                self._touched -= changed
         if closing:
             # Both scan only what has expired; run them once per closing, not per batch.
             self.panes.retire()

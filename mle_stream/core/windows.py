@@ -14,7 +14,7 @@ passed its end by `grace_ms`, and a pane is forgotten once every window holding 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +60,8 @@ class PaneTable(Generic[S]):
         self.watermark = -1
         self._panes: dict[PaneKey, S] = {}
         self._next_window: int | None = None  # start of the next window to close
+        self._last_data: int | None = None  # start of the last window closed with data
+        self.first_window: int | None = None  # start of the first window closed (or skipped)
         self.late_dropped = 0  # records whose panes were already forgotten
 
     @property
@@ -77,10 +79,12 @@ class PaneTable(Generic[S]):
         """False once the last window holding this pane is past retention."""
         return self.watermark < 0 or pane_start + self.spec.size_ms + self.spec.retention_ms > self.watermark
 
-    def retained(self, pane_starts: npt.NDArray[np.int64], watermark: npt.NDArray[np.int64] | int) -> npt.NDArray[np.bool_]:
-        """is_retained for many panes at once, against the given watermark (an array: each
-        record's own, as event time stood when it arrived)."""
-        return pane_starts + (self.spec.size_ms + self.spec.retention_ms) > watermark  # type: ignore[no-any-return]
+    def retained(self, pane_starts: npt.NDArray[np.int64], keys: npt.NDArray[np.int64] | int) -> npt.NDArray[np.bool_]:
+        """Whether records of these panes, keyed so (event time as each arrived), still count: while
+        every window holding the pane is within retention, the oldest of them included. (A record
+        some of its windows no longer take would be in their results or not depending on when
+        they were last published.) For tumbling windows, is_retained at the key."""
+        return pane_starts + (self.spec.hop_ms + self.spec.retention_ms) > keys  # type: ignore[no-any-return]
 
     def state(self, pane_start: int, version: str, segment: Segment = None, checked: bool = False) -> S | None:
         """The pane's state (created on first use), or None once it is forgotten. With `checked`,
@@ -100,36 +104,42 @@ class PaneTable(Generic[S]):
         """The pane's state if it has one; never creates it."""
         return self._panes.get(PaneKey(pane_start, version, segment))
 
-    def close_ready(self, earliest: int | None = None) -> list[int]:
+    def close_ready(self, held: Mapping[int, int] | None = None) -> list[int]:
         """Starts of the windows that became closed since the last call, oldest first.
 
         Every window start from the first data on is returned, windows without data included: a gap
-        in the data must reach the policy (as INCONCLUSIVE), not vanish. Only when event time jumps
-        past a window's retention before it closes (a record stamped long before the others, or data
-        back after a silence longer than the retention), the empty windows that no record can reach
-        any more are skipped but for the first of each run, so a gap still shows once and the work
-        stays bounded by the retention, whatever the timestamps.
+        in the data must reach the policy (as INCONCLUSIVE), not vanish. Only in a gap longer than a
+        window and its retention (a record stamped long before the others, or data back after a long
+        silence), the empty windows more than that after the last window with data are skipped, so a
+        gap still shows and the work stays bounded by the retention, whatever the timestamps. Which
+        windows are skipped depends on the data alone, not on how far event time moved per call.
 
-        `earliest`: the earliest pane of data taken but not in the table yet (held back by the
-        caller), which counts for where the first window is.
+        `held`: data taken but not in the table yet (the caller holds it back until a window
+        closes), as its panes and the smallest key of each (the caller's event time when it came):
+        it counts for where the first window is, and as data of a window it is keyed before the cut
+        (end + grace) of.
         """
-        due = self._closable(earliest)
+        due = self._closable(held)
         if due is None:
             return []
-        starts, resume = due
-        self._next_window = starts[-1] + self.spec.hop_ms if starts else resume
+        previous = self._next_window
+        starts, self._next_window, self._last_data = due
+        if self.first_window is None:
+            self.first_window = previous if previous is not None else starts[0] if starts else None
         return starts
 
-    def closing_due(self, earliest: int | None = None) -> bool:
+    def closing_due(self, held: Mapping[int, int] | None = None) -> bool:
         """Whether close_ready() would return a window now; changes nothing."""
-        due = self._closable(earliest)
+        due = self._closable(held)
         return due is not None and len(due[0]) > 0
 
-    def _closable(self, earliest: int | None = None) -> tuple[list[int], int] | None:
-        """The starts close_ready would return now, from the next window to close on, and where the
-        next call starts when there are none; None before event time has passed the end of any window."""
+    def _closable(self, held: Mapping[int, int] | None = None) -> tuple[list[int], int | None, int | None] | None:
+        """The starts close_ready would return now, from the next window to close on, where the
+        next call starts and the last window with data then; None before event time has passed
+        the end of any window."""
         spec = self.spec
-        if self.watermark < 0 or not self._panes and self._next_window is None and earliest is None:
+        held = held or {}
+        if self.watermark < 0 or not self._panes and self._next_window is None and not held:
             return None
         last = self.watermark - spec.grace_ms - spec.size_ms
         if last < 0:
@@ -138,23 +148,27 @@ class PaneTable(Generic[S]):
         first = self._next_window
         if first is None:
             # The first window that holds the first pane with data.
-            first = self.windows_holding(min([k.start for k in self._panes] + ([] if earliest is None else [earliest])))[0]
-        # Windows that end `retention` or more before event time can get no more records.
-        reachable = self.watermark - spec.retention_ms - spec.size_ms + 1
-        if reachable <= first + spec.hop_ms:
-            return list(range(first, last + 1, spec.hop_ms)), first
-        cut = min(first + -(-(reachable - first) // spec.hop_ms) * spec.hop_ms, last + spec.hop_ms)
-        with_data = sorted({w for k in self._panes for w in self.windows_holding(k.start) if first <= w < cut})
-        starts = []
-        expected = first  # the next start after the previous window kept: a gap begins there
-        for w in with_data:
-            if w > expected:
-                starts.append(expected)
-            starts.append(w)
+            first = self.windows_holding(min([k.start for k in self._panes] + list(held)))[0]
+        if last < first:
+            # Nothing to close yet; the first window stays undecided until one closes (data of an
+            # earlier pane may still come).
+            return [], first if self._next_window is not None else None, self._last_data
+        cut = spec.size_ms + spec.grace_ms
+        with_data = sorted({w for k in self._panes for w in self.windows_holding(k.start) if first <= w <= last}
+                           | {w for p, key in held.items() for w in self.windows_holding(p)
+                              if first <= w <= last and key < w + cut})
+        reach = spec.size_ms + spec.retention_ms  # how far past data an empty window is still reported
+        starts: list[int] = []
+        previous = self._last_data
+        expected = first
+        for w in with_data + [last + spec.hop_ms]:
+            end = w if previous is None else min(w, previous + reach + 1)
+            starts.extend(range(expected, max(end, expected), spec.hop_ms))
+            if w <= last:
+                starts.append(w)
+                previous = w
             expected = w + spec.hop_ms
-        if expected < cut:
-            starts.append(expected)
-        return starts + list(range(cut, last + 1, spec.hop_ms)), first
+        return starts, last + spec.hop_ms, previous
 
     def windows_holding(self, pane_start: int) -> range:
         """Starts of the windows that hold this pane, oldest first."""
@@ -200,6 +214,8 @@ class PaneTable(Generic[S]):
             "hop_ms": self.spec.hop_ms,
             "watermark": self.watermark,
             "next_window": self._next_window,
+            "last_data": self._last_data,
+            "first_window": self.first_window,
             "late_dropped": self.late_dropped,
             "panes": [[k.start, k.version, None if k.segment is None else list(k.segment), state_snapshot(s)]
                       for k, s in self._panes.items()],
@@ -217,6 +233,9 @@ class PaneTable(Generic[S]):
         table = cls(spec, new_state)
         table.watermark = int(data["watermark"])
         table._next_window = None if data["next_window"] is None else int(data["next_window"])
+        table._last_data = None if data.get("last_data") is None else int(data["last_data"])  # absent before
+        first = data.get("first_window", table._next_window)  # absent before: the next window, as good as any
+        table.first_window = None if first is None else int(first)
         table.late_dropped = int(data["late_dropped"])
         for start, version, segment, state in data["panes"]:
             key = PaneKey(int(start), str(version), None if segment is None else (str(segment[0]), str(segment[1])))
