@@ -211,7 +211,8 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
             log.info("%s %s[%d]: its models' predictions are %s", "paused" if tp in plan.paused else "resumed", *tp,
                      f"more than {settings.align_max_skew_ms / 1000:.0f} s of event time ahead of their labels, "
                      f"which are behind" if tp in plan.paused else "no longer far ahead of their labels")
-        metrics.observe_inputs(clocks, plan.labels, deferred, homes, list(offsets), plan.paused, wall_clock_ms())
+        metrics.observe_inputs(clocks, plan.labels, deferred, homes, list(offsets), plan.paused, wall_clock_ms(),
+                               labels_topic=topics.labels)
 
     @app.timer(ALIGN_S)
     async def align_without_input() -> None:
