@@ -220,6 +220,90 @@ def test_the_worst_model_of_a_partition_decides_and_other_partitions_are_left_al
     assert plan.paused == {(P, 0)}
 
 
+def test_pause_labels_while_they_run_ahead_of_predictions_that_are_behind_and_resume_below_half() -> None:
+    clock = Clock()
+    a = alignment(clock)
+    behind = Offsets(0, 10, 100)
+
+    def paused(labels_ts: int, predictions: int, preds: Offsets = behind, labels: Offsets = behind) -> bool:
+        plan = a.update({(P, 0): preds, (L, 0): labels, ("commands", 0): behind}, {"m": 0},
+                        {"m": Clocks(predictions, labels_ts, min(predictions, labels_ts))})
+        assert plan.paused <= {(L, 0)} or (labels_ts < 0 and plan.paused == {(P, 0)})
+        return (L, 0) in plan.paused
+
+    assert not paused(SKEW, 0)
+    assert paused(SKEW + 1, 0)
+    assert paused(SKEW // 2 + 1, 0)  # hysteresis: holds until below half
+    assert not paused(SKEW // 2, 0)
+    assert not paused(SKEW // 2 + 1, 0)  # and does not pause again before the bound
+    assert paused(SKEW + 1, 0)
+    assert not paused(2 * SKEW, 0, preds=Offsets(100, 100, 100))  # predictions caught up: nothing to wait for
+    assert paused(2 * SKEW, -1)  # no prediction read yet, and predictions waiting: hold the labels
+    # no label yet: the labels are ahead of nothing (those predictions are, and are paused themselves)
+    assert not paused(-1, 2 * SKEW) and not paused(-1, -1)
+
+
+def test_idle_labels_are_never_the_input_ahead() -> None:
+    clock = Clock()
+    a = alignment(clock)
+    caught_up, behind = Offsets(50, 50, 50), Offsets(0, 10, 100)
+    clock.now += IDLE  # caught up and silent: idle
+    plan = a.update({(P, 0): behind, (L, 0): caught_up}, {"m": 0}, {"m": Clocks(0, 2 * SKEW, 0)})
+    assert plan.labels["m"].idle and plan.paused == frozenset()
+
+
+def test_paused_labels_are_never_idle_nor_stuck_and_their_wait_starts_afresh_on_resume() -> None:
+    """A paused labels partition delivers nothing by design, and its high watermark is no longer
+    fetched: neither makes its labels idle (they are ahead, not missing)."""
+    clock = Clock()
+    a = alignment(clock, wait_max=10 * IDLE)
+    preds = Offsets(0, 10, 100)
+    labels = Offsets(0, 10, 100)  # behind, then paused for longer than the hard bound
+    ahead = {"m": Clocks(0, 2 * SKEW, 0)}
+    assert a.update({(P, 0): preds, (L, 0): labels}, {"m": 0}, ahead).paused == {(L, 0)}
+    for _ in range(30):
+        clock.now += IDLE
+        plan = a.update({(P, 0): preds, (L, 0): labels}, {"m": 0}, ahead)
+        assert plan.paused == {(L, 0)} and not plan.labels["m"].idle and not plan.labels["m"].enforced
+    plan = a.update({(P, 0): Offsets(100, 100, 100), (L, 0): labels}, {"m": 0}, ahead)  # predictions caught up
+    assert plan.paused == frozenset()
+    clock.now += 10 * IDLE - 1  # behind and silent since the resume: not stuck yet
+    assert not a.update({(P, 0): preds, (L, 0): labels}, {"m": 0}, {"m": Clocks(0, 0, 0)}).labels["m"].idle
+    clock.now += 1
+    assert a.update({(P, 0): preds, (L, 0): labels}, {"m": 0}, {"m": Clocks(0, 0, 0)}).labels["m"].enforced
+
+
+def test_models_of_one_partition_pulling_in_opposite_directions_pause_neither_input(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    a = alignment(clock)
+    a.assigned([0, 1])
+    behind = Offsets(0, 10, 100)
+    offsets = {(P, 0): behind, (L, 0): behind, (P, 1): behind, (L, 1): behind}
+    # "wait" waits for labels (its predictions far ahead), "lead" for predictions (its labels far ahead)
+    wait, lead, level = Clocks(3 * SKEW, SKEW, SKEW), Clocks(SKEW, 3 * SKEW, SKEW), Clocks(SKEW, SKEW, SKEW)
+    homes = {"wait": 0, "lead": 1, "other": 1}
+    plan = a.update(offsets, homes, {"wait": wait, "lead": lead, "other": level})
+    assert plan.paused == {(P, 0), (L, 1)}  # one direction each
+    homes = {"wait": 0, "lead": 0, "other": 1}  # now both on partition 0
+    with caplog.at_level(logging.INFO, "mle_stream.stream.alignment"):
+        for _ in range(3):
+            plan = a.update(offsets, homes, {"wait": wait, "lead": lead, "other": level})
+            assert plan.paused == frozenset()  # the pause of predictions[0] ends, nothing else starts
+    assert len(caplog.records) == 1 and "not pausing preds[0] nor labels[0]" in caplog.records[0].getMessage()
+    # "lead" falls back below half the bound: "wait" alone decides again
+    plan = a.update(offsets, homes, {"wait": wait, "lead": Clocks(SKEW, SKEW + SKEW // 2, SKEW), "other": level})
+    assert plan.paused == {(P, 0)}
+
+
+def test_one_input_not_held_pauses_nothing() -> None:
+    clock = Clock()
+    a = alignment(clock)
+    behind = Offsets(0, 10, 100)
+    assert a.update({(L, 0): behind}, {"m": 0}, {"m": Clocks(0, 2 * SKEW, 0)}).paused == frozenset()
+    assert a.update({(P, 0): behind}, {"m": 0}, {"m": Clocks(2 * SKEW, 0, 0)}).paused == frozenset()
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_a_simulated_catch_up_never_pauses_labels_or_commands_and_always_finishes(seed: int) -> None:
     """Two partitions of a backlog: predictions in big fast batches, labels in small ones, their
