@@ -197,7 +197,9 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
             plan = alignment.update(offsets, homes, clocks)
             idled = [m for m, state in plan.labels.items() if processor.set_labels_idle(m, state.idle) and state.idle]
             for source, topic in (("predictions", topics.predictions), ("labels", topics.labels)):
-                processor.hold_back(source, [m for m, p in homes.items() if p is not None and (topic, p) in plan.paused])
+                # a paused input waits, it is not silent: no outage HOLD comes of it
+                processor.hold_back(source, [m for m, k in homes.items()
+                                             if k is not None and (topic, k) in plan.paused])
             if idled:  # windows that waited for these labels may close now, without any input
                 outs = worker.tick()
                 await publish(outs)
