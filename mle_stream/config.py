@@ -28,7 +28,8 @@ INPUT_IDLE_MS = 3_000
 # ("enforced"): a stuck broker or partition must not hold every window of its models forever.
 INPUT_WAIT_MAX_MS = 600_000
 # How far (event time) a model's predictions may run ahead of its closing clock before the worker
-# pauses their partition: ~87 MB of pending predictions at 1,000 predictions/s.
+# pauses their partition: ~87 MB of pending predictions at 1,000 predictions/s. Its labels ahead of its
+# predictions by as much pause the labels partition the same way.
 ALIGN_MAX_SKEW_MS = 600_000
 
 
@@ -115,7 +116,8 @@ class Settings:
     input_wait_max_ms: MLE_INPUT_WAIT_MAX, how long a labels partition that is behind may deliver
     nothing before it counts as idle anyway (enforced).
     align_max_skew_ms: MLE_ALIGN_MAX_SKEW, how far (event time) predictions may run ahead of what
-    can be closed before their partition is paused until the labels catch up.
+    can be closed before their partition is paused until the labels catch up, and labels ahead of
+    the predictions before theirs is paused until the predictions catch up.
     """
 
     bootstrap_servers: str = ""

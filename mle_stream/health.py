@@ -12,9 +12,9 @@ command can:
   failed midway, after which the process writes no checkpoint again;
 - an input partition has messages waiting (lag > 0) and the worker's position in it has not moved
   for `stall_after_s` outside rebalances. A worker catching up a backlog moves; an idle one has
-  nothing waiting; one restoring checkpoints after a rebalance is not ready yet; a predictions
-  partition the worker paused on purpose, until the labels catch up, waits by design: none is
-  stalled.
+  nothing waiting; one restoring checkpoints after a rebalance is not ready yet; an input partition
+  the worker paused on purpose (predictions until their labels catch up, or labels until their
+  predictions do) waits by design: none is stalled.
 
 Readiness (`/readyz`) answers "count me": alive, started, and (worker) the partitions of the last
 rebalance restored from their checkpoints, (actuator) partitions assigned. It fails during a

@@ -123,8 +123,9 @@ class WorkerMetrics(_Metrics):
             "mle_stream_input_watermark_seconds, in seconds: how far behind in event time each input is (right on "
             "every broker, unlike mle_stream_consumer_lag)", "model", "input")
         self.input_paused = self._gauge(
-            "mle_stream_input_paused", "1 while the worker holds a predictions partition paused because its models' "
-            "predictions run more than MLE_ALIGN_MAX_SKEW ahead of their labels, else 0", "topic", "partition")
+            "mle_stream_input_paused", "1 while the worker holds an input partition paused because its models' "
+            "records of that topic run more than MLE_ALIGN_MAX_SKEW ahead of the other input (predictions of their "
+            "labels, or labels of their predictions), else 0", "topic", "partition")
         self.input_idle = self._gauge(
             "mle_stream_input_idle", "1 while a model's input counts as idle (caught up and silent for "
             "MLE_INPUT_IDLE, or behind and silent for MLE_INPUT_WAIT_MAX) and its windows close without it, else 0; "
@@ -187,10 +188,11 @@ class WorkerMetrics(_Metrics):
     def observe_inputs(self, clocks: Mapping[str, Clocks], labels: Mapping[str, LabelsState],
                        deferred: Mapping[str, int], homes: Mapping[str, int | None],
                        inputs: Collection[tuple[str, int]],
-                       paused: Collection[tuple[str, int]], now_ms: int) -> None:
+                       paused: Collection[tuple[str, int]], now_ms: int, *, labels_topic: str) -> None:
         """The alignment of exactly these models (their evaluators' `clocks`, the state of their `labels`
         input, their `deferred` rows, their `homes` partitions) and input partitions (`inputs`, of which
-        `paused` are paused), at wall-clock time `now_ms`."""
+        `paused` are paused: those of `labels_topic` hold labels back, the others predictions), at
+        wall-clock time `now_ms`."""
         for gauge in (self.input_watermark, self.input_event_lag, self.input_idle, self.deferred_rows,
                       self.input_paused):
             gauge.clear()  # models and partitions revoked since the last call disappear
@@ -211,14 +213,16 @@ class WorkerMetrics(_Metrics):
                 self.input_idle.labels(model, "labels").set(1.0 if idle else 0.0)
             self.deferred_rows.labels(model).set(deferred.get(model, 0))
             home = homes.get(model)
-            held_back = home is not None and any(tp[1] == home for tp in paused)
+            labels_held = home is not None and (labels_topic, home) in paused
+            predictions_held = home is not None and any(t != labels_topic and k == home for t, k in paused)
             blocks[model] = {
                 "watermarks": seconds, "event_lag_seconds": lag, "partition": home,
-                "predictions_paused": held_back, "labels_idle": idle,
+                "predictions_paused": predictions_held, "labels_paused": labels_held, "labels_idle": idle,
                 "labels_idle_enforced": state is not None and state.enforced,
                 "labels_caught_up": state is not None and state.caught_up,
                 "deferred_rows": deferred.get(model, 0),
-                "state": ("holding predictions back" if held_back else "labels idle" if idle
+                "state": ("holding predictions back" if predictions_held else "holding labels back" if labels_held
+                          else "labels idle" if idle
                           else "catching up" if state is not None and not state.caught_up else "aligned"),
             }
         with self._inputs_lock:
@@ -226,8 +230,9 @@ class WorkerMetrics(_Metrics):
 
     def inputs_json(self, model: str) -> dict[str, Any] | None:
         """The status page's `inputs` block of `model` (None when this worker holds no state of it):
-        its input clocks and their lag, whether its predictions are paused or its labels idle, and
-        in a word: "catching up", "holding predictions back", "labels idle" or "aligned"."""
+        its input clocks and their lag, whether its predictions or its labels are paused or its labels
+        idle, and in a word: "catching up", "holding predictions back", "holding labels back", "labels
+        idle" or "aligned"."""
         with self._inputs_lock:
             block = self._inputs.get(model)
             return None if block is None else dict(block)

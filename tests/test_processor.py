@@ -184,7 +184,7 @@ def test_predictions_the_worker_holds_back_are_not_an_outage() -> None:
         clock[0] += 60_000
         p.process([Incoming(TOPICS.labels, 0, 2 + minute, codec.encode_labels(
             [Label(f"other-{minute}", "fraud", 1_000 + minute, True)]))])
-        p.hold_back_predictions(["fraud"])
+        p.hold_back("predictions", ["fraud"])
         assert rules() == []
     clock[0] += 61_000  # resumed, and then silent for longer than outage_after: that is an outage
     assert rules() == ["source-outage:predictions"]

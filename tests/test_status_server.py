@@ -77,7 +77,7 @@ def test_each_model_carries_the_workers_inputs_block_when_the_page_runs_in_a_wor
     board, lock, metrics = new_board(), threading.Lock(), WorkerMetrics()
     board.apply(snapshot("1", 0, 0.1))
     metrics.observe_inputs({M: Marks()}, {M: LabelsState(idle=False, enforced=False, caught_up=False)}, {}, {M: 0},
-                           [("p", 0), ("l", 0)], set(), 10_000)
+                           [("p", 0), ("l", 0)], set(), 10_000, labels_topic="l")
     with_inputs, without = serve_status(board, lock, 0, metrics=metrics), serve_status(board, lock, 0)
     try:
         (model,) = json.loads(get(with_inputs.url + "api/status")[2])["models"]

@@ -242,7 +242,8 @@ def test_input_alignment_gauges_and_the_status_block_of_the_models_held() -> Non
         {"fraud": Clocks(1_990_000, 1_900_000, 1_900_000), "spam": Clocks(1_000_000, -1, 1_000_000)},
         {"fraud": LabelsState(idle=False, enforced=False, caught_up=False),
          "spam": LabelsState(idle=True, enforced=True, caught_up=False)},
-        {"fraud": 12}, {"fraud": 0, "spam": 1}, [("p", 0), ("l", 0), ("p", 1), ("l", 1)], {("p", 0)}, now)
+        {"fraud": 12}, {"fraud": 0, "spam": 1}, [("p", 0), ("l", 0), ("p", 1), ("l", 1)], {("p", 0)}, now,
+        labels_topic="l")
     metrics.enforced_idle.labels("spam").inc()
     got = samples(metrics.registry)
     assert value(got, "mle_stream_input_watermark_seconds", model="fraud", input="labels") == 1_900
@@ -255,11 +256,19 @@ def test_input_alignment_gauges_and_the_status_block_of_the_models_held() -> Non
     assert value(got, "mle_stream_enforced_idle_total", model="spam") == 1
     fraud, spam = metrics.inputs_json("fraud"), metrics.inputs_json("spam")
     assert fraud is not None and spam is not None and metrics.inputs_json("other") is None
-    assert (fraud["state"], fraud["predictions_paused"], fraud["watermarks"]["event_time"]) \
-        == ("holding predictions back", True, 1_900)
+    assert (fraud["state"], fraud["predictions_paused"], fraud["labels_paused"], fraud["watermarks"]["event_time"]) \
+        == ("holding predictions back", True, False, 1_900)
     assert (spam["state"], spam["labels_idle_enforced"], spam["event_lag_seconds"]["labels"]) == ("labels idle", True, None)
     json.dumps(fraud, allow_nan=False)  # as /api/status sends it
-    metrics.observe_inputs({}, {}, {}, {}, [], set(), now)  # everything revoked
+    metrics.observe_inputs({"fraud": Clocks(1_990_000, 2_900_000, 1_990_000)},
+                           {"fraud": LabelsState(idle=False, enforced=False, caught_up=True)}, {}, {"fraud": 0},
+                           [("p", 0), ("l", 0)], {("l", 0)}, now, labels_topic="l")  # the labels run ahead
+    assert {(dict(k)["topic"], dict(k)["partition"]): v for (n, k), v in samples(metrics.registry).items()
+            if n == "mle_stream_input_paused"} == {("p", "0"): 0, ("l", "0"): 1}
+    fraud = metrics.inputs_json("fraud")
+    assert fraud is not None and (fraud["state"], fraud["labels_paused"], fraud["predictions_paused"]) \
+        == ("holding labels back", True, False)
+    metrics.observe_inputs({}, {}, {}, {}, [], set(), now, labels_topic="l")  # everything revoked
     assert not [n for (n, _) in samples(metrics.registry) if n.startswith("mle_stream_input_")]
 
 

@@ -4,7 +4,7 @@
 code, nothing fetched from a CDN: the page must work on machines without internet), `/api/status`
 the StatusBoard as JSON (`?model=M` for one model), polled by the page every 1.5 s, each model with
 the `inputs` block of the worker's metrics when the page runs in a worker (its input clocks, paused
-predictions, idle labels: WorkerMetrics.inputs_json); `/healthz`
+predictions or labels, idle labels: WorkerMetrics.inputs_json); `/healthz`
 answers the worker's liveness (mle_stream.health) when the page is given it, else "ok" (the page
 runs). The board is fed by a StatusFeed reading the output topics.
 """

@@ -1,4 +1,4 @@
-"""When a model's labels count as idle, and which predictions partitions the worker pauses.
+"""When a model's labels count as idle, and which input partitions the worker pauses.
 
 Each evaluator closes a window only when both of its inputs have passed it in event time (the
 closing clock F = min(W_predictions, W_labels), core/evaluator.py). Two things at the worker's edge
@@ -10,12 +10,18 @@ keep that from waiting forever or holding unbounded memory, and both are decided
   alone, as the worker did before alignment. Labels that exist in the topic but are not fetched
   yet never make an input idle: only `wait_max_ms` without any delivery from a partition that is
   behind does ("enforced", logged and counted), so that a stuck partition cannot hold its models'
-  windows forever.
-- Pauses. While a model's predictions run more than `max_skew_ms` (event time) ahead of its
-  closing clock and its labels partition is behind, the predictions partition is paused, so that
-  the join does not fill with predictions waiting for labels; it resumes below half the bound, or
-  once the labels are caught up or idle. Only predictions partitions are ever paused: the labels
-  and commands always fetch, so the worker always makes progress.
+  windows forever. A labels partition the worker paused itself is neither: its labels are ahead,
+  not missing.
+- Pauses, in both directions, so that the join does not fill with records waiting for the other
+  input. While a model's predictions run more than `max_skew_ms` (event time) ahead of its closing
+  clock and its labels partition is behind, the predictions partition is paused; it resumes below
+  half the bound, or once the labels are caught up or idle. Symmetrically, while a model's labels
+  run more than `max_skew_ms` ahead of its predictions and its predictions partition is behind, the
+  labels partition is paused; it resumes below half the bound, or once the predictions are caught
+  up. Idle labels are never the input ahead. The two inputs of one partition number are never
+  paused at once (when its models pull in opposite directions neither is), and the commands are
+  never paused: every partition always has an input that fetches, so the worker always makes
+  progress.
 
 Pure: the worker (app.py) reads the offsets from its consumer and the clocks from the evaluators,
 and applies the result (StreamProcessor.set_labels_idle, aiokafka's pause and resume). Time is
@@ -92,7 +98,7 @@ class Plan:
 
     labels: dict[str, LabelsState]  # model -> its labels input, for the models of held partitions
     newly_enforced: list[str]  # models whose labels became idle by the hard bound this round
-    paused: frozenset[TP]  # the predictions partitions to hold paused; every other one fetches
+    paused: frozenset[TP]  # the input partitions to hold paused (never both of one number); every other one fetches
 
 
 @dataclass
@@ -102,7 +108,7 @@ class _Delivery:
 
 
 class Alignment:
-    """Decides idle labels per model and pauses per predictions partition (module docstring).
+    """Decides idle labels per model and pauses per input partition (module docstring).
 
     Call `assigned` after every rebalance, `labels_received` with the models a batch brought
     labels for, and `update` after every batch and on a timer without input.
@@ -124,6 +130,7 @@ class Alignment:
         self._delivery: dict[TP, _Delivery] = {}
         self._enforced: set[str] = set()
         self._paused: set[TP] = set()
+        self._opposed: set[int] = set()  # partitions whose models pull in opposite directions (logged once)
 
     @property
     def paused(self) -> frozenset[TP]:
@@ -136,6 +143,7 @@ class Alignment:
         self._assigned_at = {k: self._assigned_at.get(k, now) for k in partitions}
         self._delivery = {tp: d for tp, d in self._delivery.items() if tp[1] in self._assigned_at}
         self._paused = {tp for tp in self._paused if tp[1] in self._assigned_at}
+        self._opposed &= set(self._assigned_at)
 
     def labels_received(self, models: Iterable[str]) -> None:
         now = self._clock()
@@ -152,7 +160,9 @@ class Alignment:
             d = self._delivery.get(tp)
             if d is None:  # first seen: silent since its assignment at most
                 self._delivery[tp] = _Delivery(o.processed, self._assigned_at.get(tp[1], now))
-            elif d.processed != o.processed:
+            elif d.processed != o.processed or tp in self._paused:
+                # A partition paused on purpose delivers nothing by design: not stuck. Its wait for a
+                # delivery starts afresh when it resumes.
                 self._delivery[tp] = _Delivery(o.processed, now)
         labels: dict[str, LabelsState] = {}
         newly_enforced: list[str] = []
@@ -178,7 +188,12 @@ class Alignment:
     def _labels_state(self, model: str, partitions: list[int], offsets: Mapping[TP, Offsets],
                       now: int) -> LabelsState:
         """Idle when silent and every one of `partitions` (where the model's labels may be) is caught
-        up or stuck past the hard bound; enforced when one of them is stuck."""
+        up or stuck past the hard bound; enforced when one of them is stuck. Never while one of them
+        is paused: its labels are ahead of the predictions, not missing (and a paused partition
+        looks caught up on a high watermark no longer fetched)."""
+        if any((self.labels_topic, k) in self._paused for k in partitions):
+            return LabelsState(idle=False, enforced=False,
+                               caught_up=all(offsets[(self.labels_topic, k)].caught_up for k in partitions))
         heard = max(self._last_label.get(model, -1), *(self._assigned_at.get(k, now) for k in partitions))
         silent = now - heard >= self.idle_ms
         behind = [k for k in partitions if not offsets[(self.labels_topic, k)].caught_up]
@@ -188,21 +203,48 @@ class Alignment:
 
     def _pauses(self, offsets: Mapping[TP, Offsets], homes: Mapping[str, int | None], clocks: Mapping[str, Clocks],
                 labels: Mapping[str, LabelsState]) -> set[TP]:
-        skew: dict[int, int] = {}  # partition -> how far its models' predictions run ahead, at most
+        # partition -> how far, at most, one of its models' predictions run ahead of its closing clock
+        # (waiting for labels), and one of its models' labels ahead of its predictions
+        predictions_ahead: dict[int, int] = {}
+        labels_ahead: dict[int, int] = {}
         for model, k in homes.items():
             c, state = clocks.get(model), labels.get(model)
-            if k is None or c is None or state is None or state.idle or c.predictions < 0:
+            if k is None or c is None or state is None or state.idle:
                 continue  # no partition to pause; or idle labels: they close by the predictions alone
-            skew[k] = max(skew.get(k, 0), c.predictions - c.event_time)
-        paused = set()
-        for tp in offsets:
-            topic, k = tp
-            if topic != self.predictions_topic:
-                continue  # labels and commands always fetch: the worker can always make progress
-            lab = offsets.get((self.labels_topic, k))
-            if lab is None or lab.caught_up:
-                continue  # labels have nothing more to give: waiting for them would only stall
-            ahead = skew.get(k, 0)
-            if ahead > self.max_skew_ms or (tp in self._paused and ahead > self.max_skew_ms // 2):
-                paused.add(tp)
+            if c.predictions >= 0:
+                predictions_ahead[k] = max(predictions_ahead.get(k, 0), c.predictions - c.event_time)
+            if c.labels >= 0:  # before any prediction (-1) the labels are ahead by all they have
+                labels_ahead[k] = max(labels_ahead.get(k, 0), c.labels - c.predictions)
+        paused: set[TP] = set()
+        opposed: set[int] = set()
+        for k in sorted({k for _, k in offsets}):
+            pred_tp, lab_tp = (self.predictions_topic, k), (self.labels_topic, k)
+            pred, lab = offsets.get(pred_tp), offsets.get(lab_tp)
+            if pred is None or lab is None:
+                continue  # one input not held: nothing to wait for
+            # Pause an input only while the other is behind: once it is caught up (or, for labels,
+            # idle) it has nothing more to give, and waiting for it would only stall.
+            hold_predictions = not lab.caught_up and self._over(pred_tp, predictions_ahead.get(k, 0))
+            hold_labels = not pred.caught_up and self._over(lab_tp, labels_ahead.get(k, 0))
+            if hold_predictions and hold_labels:
+                # Its models pull in opposite directions: one waits for labels, another for
+                # predictions. Pausing both would stop the partition, and pausing either would let
+                # the other input run on for the model waiting for it: both fetch, as without
+                # alignment, until one side falls back (the other's models catch up, or an input is
+                # caught up).
+                opposed.add(k)
+                if k not in self._opposed:
+                    log.info("not pausing %s[%d] nor %s[%d]: some of its models' predictions run more than %.0f s "
+                             "of event time ahead of their labels, and others' labels ahead of their predictions",
+                             self.predictions_topic, k, self.labels_topic, k, self.max_skew_ms / 1000)
+            elif hold_predictions:
+                paused.add(pred_tp)
+            elif hold_labels:
+                paused.add(lab_tp)
+        self._opposed = opposed
         return paused
+
+    def _over(self, tp: TP, ahead: int) -> bool:
+        """Whether an input `ahead` of the other by this much (event time ms) is to be paused: past the
+        bound, or, while it is paused already, past half of it (hysteresis)."""
+        return ahead > self.max_skew_ms or (tp in self._paused and ahead > self.max_skew_ms // 2)

@@ -10,7 +10,8 @@ offsets the checkpoints include, whatever offsets Faust committed: see `_read_fr
 
 After every batch and every ALIGN_S without input, the worker aligns its inputs in event time
 (stream/alignment.py, docs/catch-up.md): it declares a model's labels idle once caught up and
-silent, and pauses a predictions partition that runs too far ahead of its labels (`_pause`).
+silent, and pauses an input partition that runs too far ahead of the other input, predictions of
+labels or labels of predictions (`_pause`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ BATCH_WITHIN_S = 0.05
 STREAM_BUFFER_MAXSIZE = 1024
 TICK_S = 10.0  # how often the worker asks whether a source has gone silent (decision.outage_after)
 LAG_S = 5.0  # how often the consumer lag gauges are refreshed without input (after every batch too)
-# How often, without input, the worker re-decides idle labels and paused predictions (after every
+# How often, without input, the worker re-decides idle labels and paused inputs (after every
 # batch too): a third of MLE_INPUT_IDLE's default, so windows close soon after labels go idle.
 ALIGN_S = 1.0
 # How long to wait for the consumer's position of a partition it has none of yet (right after an
@@ -175,7 +176,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
             await checkpoint(checkpoints.maybe_write())
 
     async def align() -> None:
-        """Decide which models' labels are idle and which predictions partitions to pause (alignment.py),
+        """Decide which models' labels are idle and which input partitions to pause (alignment.py),
         close what idle labels let close, and apply the pauses. One round at a time: the rounds after
         batches and those of the timer would otherwise apply their pauses in another order than they
         decided them, leaving a partition paused that the last round resumed."""
@@ -195,8 +196,10 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
             homes.update(worker.homes)
             plan = alignment.update(offsets, homes, clocks)
             idled = [m for m, state in plan.labels.items() if processor.set_labels_idle(m, state.idle) and state.idle]
-            processor.hold_back_predictions(m for m, p in homes.items()
-                                            if p is not None and (topics.predictions, p) in plan.paused)
+            for source, topic in (("predictions", topics.predictions), ("labels", topics.labels)):
+                # a paused input waits, it is not silent: no outage HOLD comes of it
+                processor.hold_back(source, [m for m, k in homes.items()
+                                             if k is not None and (topic, k) in plan.paused])
             if idled:  # windows that waited for these labels may close now, without any input
                 outs = worker.tick()
                 await publish(outs)
@@ -205,13 +208,16 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
             deferred = {m: processor.evaluators[m].deferred_rows() for m in homes}
         for model in plan.newly_enforced:
             metrics.enforced_idle.labels(model).inc()
-        resumed = [tp for tp in offsets if tp[0] == topics.predictions and tp not in plan.paused]
+        # Every held input partition not to be paused fetches (resuming one that is not paused is a no-op).
+        resumed = [tp for tp in offsets if tp not in plan.paused]
         await _pause(app, plan.paused, resumed)
         for tp in sorted(plan.paused ^ before):
-            log.info("%s %s[%d]: its models' predictions are %s", "paused" if tp in plan.paused else "resumed", *tp,
-                     f"more than {settings.align_max_skew_ms / 1000:.0f} s of event time ahead of their labels, "
-                     f"which are behind" if tp in plan.paused else "no longer far ahead of their labels")
-        metrics.observe_inputs(clocks, plan.labels, deferred, homes, list(offsets), plan.paused, wall_clock_ms())
+            ahead, other = ("predictions", "labels") if tp[0] == topics.predictions else ("labels", "predictions")
+            log.info("%s %s[%d]: its models' %s are %s", "paused" if tp in plan.paused else "resumed", *tp, ahead,
+                     f"more than {settings.align_max_skew_ms / 1000:.0f} s of event time ahead of their {other}, "
+                     f"which are behind" if tp in plan.paused else f"no longer far ahead of their {other}")
+        metrics.observe_inputs(clocks, plan.labels, deferred, homes, list(offsets), plan.paused, wall_clock_ms(),
+                               labels_topic=topics.labels)
 
     @app.timer(ALIGN_S)
     async def align_without_input() -> None:

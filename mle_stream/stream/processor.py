@@ -176,12 +176,12 @@ class StreamProcessor:
                 log.exception("the evaluator of %s failed to advance its windows", model)
         return out
 
-    def hold_back_predictions(self, models: Iterable[str]) -> None:
-        """The worker has paused these models' predictions partition (stream/alignment.py): their
-        predictions are not silent, they wait, and no outage HOLD may come of it."""
+    def hold_back(self, source: str, models: Iterable[str]) -> None:
+        """The worker has paused these models' `source` partition, "predictions" or "labels"
+        (stream/alignment.py): that input is not silent, it waits, and no outage HOLD may come of it."""
         now = self._clock()
         for model in models:
-            self.evaluators[model].held_back("predictions", now)
+            self.evaluators[model].held_back(source, now)
 
     def set_labels_idle(self, model: str, idle: bool) -> bool:
         """Whether `model`'s windows close by its predictions alone (its labels are idle: caught
