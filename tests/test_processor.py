@@ -149,16 +149,22 @@ def test_an_id_the_label_join_cannot_hold_is_dead_lettered_and_the_rest_evaluate
     assert p.evaluators["fraud"].join.pending == (1, 0) and p.evaluators["fraud"].join.joined == 1
 
 
-def test_a_silent_source_holds_on_the_timer_tick_once_signed() -> None:
-    from mle_stream.core.events import CommandKind
-
-    clock = [10**12]
+def after_one_window(clock: list[int]) -> StreamProcessor:
+    """A worker's step with an outage_after of 60 s, on `clock`, after a window of both inputs."""
     topology = parse_topology(
         'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
         "windows: {size: 1s, grace: 0s}\ndecision: {outage_after: 60s}\n")
     p = StreamProcessor({"fraud": topology}, TOPICS, SIGNER, clock=lambda: clock[0])
     preds, labels = window(0, candidate_wrong=False)
     p.process([Incoming(TOPICS.predictions, 0, 0, preds), Incoming(TOPICS.labels, 0, 1, labels)])
+    return p
+
+
+def test_a_silent_source_holds_on_the_timer_tick_once_signed() -> None:
+    from mle_stream.core.events import CommandKind
+
+    clock = [10**12]
+    p = after_one_window(clock)
     clock[0] += 60_000
     assert by_topic(p.tick(), TOPICS.commands) == []  # 60 s is not longer than outage_after
     clock[0] += 1_000
@@ -171,12 +177,8 @@ def test_a_silent_source_holds_on_the_timer_tick_once_signed() -> None:
 
 def test_predictions_the_worker_holds_back_are_not_an_outage() -> None:
     clock = [10**12]
-    topology = parse_topology(
-        'model: fraud\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
-        "windows: {size: 1s, grace: 0s}\ndecision: {outage_after: 60s}\n")
-    p = StreamProcessor({"fraud": topology}, TOPICS, SIGNER, clock=lambda: clock[0])
-    preds, labels = window(0, candidate_wrong=False)
-    p.process([Incoming(TOPICS.predictions, 0, 0, preds), Incoming(TOPICS.labels, 0, 1, labels)])
+    p = after_one_window(clock)
+
     def rules() -> list[str]:
         return [codec.decode_command(o.value).rule for o in by_topic(p.tick(), TOPICS.commands)]
 
