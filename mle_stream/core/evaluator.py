@@ -773,14 +773,13 @@ class ModelEvaluator:
             first_open = np.maximum(first_open, next_window)
         return (first_open > panes) | (keys < first_open + (spec.size_ms + spec.grace_ms))  # type: ignore[no-any-return]
 
-    def _apply(self, next_window: int | None = None, closing: bool = False) -> None:
+    def _apply(self, closing: int | None = None) -> None:
         """Update the pane states with the rows gathered since the last call that may go in now
         (_ready; the others wait). Deferred to here (advance, snapshot) because a state update
         costs a few hundred µs whatever its size: once per worker batch, not once per Kafka
-        message. `next_window`: as if the windows before it were closed (advance, before it
-        closes a window); by default, those that are."""
-        if not closing:
-            next_window = self.panes.next_window
+        message. `closing`: the window about to close (advance), the windows before it closed;
+        by default, the windows that are closed."""
+        next_window = self.panes.next_window if closing is None else closing
         ready_served: list[Served] = []
         waiting_served: list[Served] = []
         for part in self._served:
@@ -950,7 +949,7 @@ class ModelEvaluator:
         already_closed = self.panes.next_window
         closing = self.panes.close_ready(self._held_panes())
         for start in closing:
-            self._apply(start, closing=True)  # the rows keyed before its cut
+            self._apply(closing=start)  # the rows keyed before its cut
             baseline = self.panes.window(start, t.baseline_version)
             candidate = self.panes.window(start, t.candidate_version)
             judgement = judge(t, start, baseline, candidate, self.policy_state)
