@@ -134,8 +134,8 @@ class WorkerMetrics(_Metrics):
             "mle_stream_enforced_idle", "Times a model's labels were declared idle although their partition was "
             "behind, after it delivered nothing for MLE_INPUT_WAIT_MAX (each is logged at WARNING)", "model")
         self.deferred_rows = self._gauge(
-            "mle_stream_deferred_rows", "Rows a model's evaluator holds back until both inputs pass them in event "
-            "time", "model")
+            "mle_stream_deferred_rows", "Rows a model's evaluator has read but holds back from its windows: keyed "
+            "past the cut of a window that holds their pane and has not closed yet (its closing waits for both inputs)", "model")
         self._inputs_lock = threading.Lock()
         self._inputs: dict[str, dict[str, Any]] = {}  # model -> its `inputs` block of the status page
         self.unverified_commands = self._unverified_commands()
