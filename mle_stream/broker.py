@@ -87,6 +87,12 @@ class EmbeddedBroker:
             self._process.kill()
             self._process.wait(timeout=5)
 
+    def kill(self) -> None:
+        """End the broker at once (SIGKILL), as a crash or an outage would: no graceful shutdown."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=5)
+
     def wait(self) -> int:
         assert self._process is not None, "start() the broker first"
         return self._process.wait()
