@@ -26,14 +26,17 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.core.commands import command_id
-from mle_stream.core.signing import Signer
 from mle_stream.core.events import Command, CommandKind
 from mle_stream.errors import BrokerError, InvalidEvent, MleStreamError
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
+
+if TYPE_CHECKING:  # signing needs cryptography, which the base install (the client) does not have
+    from mle_stream.core.signing import Signer
 
 log = logging.getLogger(__name__)
 
