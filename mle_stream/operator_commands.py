@@ -22,8 +22,10 @@ core/signing.py. Editing any field afterwards breaks the signature: the actuator
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +41,16 @@ if TYPE_CHECKING:  # signing needs cryptography, which the base install (the cli
     from mle_stream.core.signing import Signer
 
 log = logging.getLogger(__name__)
+
+
+def operator_name() -> str:
+    """Who runs this process: the login name (LOGNAME, USER, ...), else the password database's
+    entry of the uid (containers often set no USER), else `uid-<uid>` for a uid without an entry
+    (an arbitrary `runAsUser`)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no entry for the uid: KeyError up to Python 3.12, OSError since 3.13
+        return f"uid-{os.getuid()}"
 
 # The kinds an operator issues, by their command-line name.
 OPERATOR_KINDS: dict[str, CommandKind] = {
