@@ -873,6 +873,13 @@ COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "actuator": cmd_actuator
             "profile": cmd_profile, "status": cmd_status}
 
 
+# The extra each command needs on top of the base install, which is the client only
+# (pip install 'mle-stream[EXTRA]'; pyproject.toml lists what each one holds).
+COMMAND_EXTRAS = {"broker": "embedded", "worker": "worker", "actuator": "actuator", "command": "actuator",
+                  "actuate": "actuator", "keys": "actuator", "validate": "worker", "replay": "worker",
+                  "profile": "worker", "status": "worker", "bench": "all", "demo": "all"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log_format = args.log_format or os.environ.get("MLE_LOG_FORMAT", "").strip().lower() or "text"
@@ -889,6 +896,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args, Settings.from_env())
     except MleStreamError as exc:
         print(f"mle-stream {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] == "mle_stream":
+            raise  # a bug of ours, not a package left out of this install
+        extra = COMMAND_EXTRAS[args.command]
+        print(f"mle-stream {args.command}: needs the Python package {exc.name.split('.')[0]!r}, which is not "
+              f"installed: pip install 'mle-stream[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
