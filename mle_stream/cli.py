@@ -433,6 +433,16 @@ def _add_embedded_broker_argument(p: argparse.ArgumentParser) -> None:
                         "Its topics vanish with the process: for trying things out on one machine only")
 
 
+def _check_broker(args: argparse.Namespace, settings: Settings) -> None:
+    """The worker's and the actuator's first check: a broker to use, given one way only."""
+    from mle_stream.kafka import configured_servers
+
+    servers = configured_servers(settings, embedded=args.embedded_broker)
+    if args.embedded_broker and servers is not None:
+        raise ConfigError(f"--embedded-broker asks for a broker of this process's own, but MLE_BOOTSTRAP_SERVERS "
+                          f"names {redact_servers(servers)}: drop one of the two")
+
+
 def _add_metrics_arguments(p: argparse.ArgumentParser, component: str, default_port: int) -> None:
     p.add_argument("--metrics-port", type=int, metavar="PORT", default=None,
                    help=f"serve the {component}'s Prometheus metrics at http://BIND:PORT/metrics (default: "
@@ -512,7 +522,7 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.core.topology import load_topologies
-    from mle_stream.kafka import bootstrap_servers, configured_servers, ensure_topics, wait_for_broker
+    from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
     from mle_stream.stream.app import run_worker
     from mle_stream.telemetry import WorkerMetrics
     from mle_stream.verification import verifier_for
@@ -521,7 +531,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.health import WorkerHealth
     from mle_stream.keys import signer_from_settings
 
-    configured_servers(settings, embedded=args.embedded_broker)  # no broker, no start: before anything else
+    _check_broker(args, settings)
     metrics_port = _metrics_port(args, settings, WORKER_METRICS_PORT)
     status_port = _status_port(args.status_port)
     health = WorkerHealth.from_env(settings.checkpoint_interval_s)
@@ -555,12 +565,12 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.actuator.service import Actuator
     from mle_stream.core.topology import load_topologies
     from mle_stream.health import ActuatorHealth
-    from mle_stream.kafka import bootstrap_servers, configured_servers, ensure_topics, wait_for_broker
+    from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
     from mle_stream.keys import verifier_from_settings
     from mle_stream.telemetry import ActuatorMetrics, serve
     from mle_stream.verification import trusting
 
-    configured_servers(settings, embedded=args.embedded_broker)  # no broker, no start: before anything else
+    _check_broker(args, settings)
     metrics_port = _metrics_port(args, settings, ACTUATOR_METRICS_PORT)
     health = ActuatorHealth.from_env()
     verifier = verifier_from_settings(settings)

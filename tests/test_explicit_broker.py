@@ -33,6 +33,14 @@ def test_worker_and_actuator_without_a_broker_exit_2_naming_the_variable_and_bot
     assert capsys.readouterr().err.strip() == NO_BROKER.format(command=args[0])
 
 
+def test_a_broker_given_twice_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MLE_BOOTSTRAP_SERVERS", "kafka:9092")
+    assert main(["worker", "--embedded-broker", "-t", str(REPO / "topologies")]) == 2
+    assert capsys.readouterr().err.strip() == ("mle-stream worker: --embedded-broker asks for a broker of this "
+                                               "process's own, but MLE_BOOTSTRAP_SERVERS names kafka:9092: drop one "
+                                               "of the two")
+
+
 def test_the_embedded_broker_is_chosen_only_when_asked_for() -> None:
     assert configured_servers(Settings(bootstrap_servers=" kafka-0:9092,kafka-1:9092 ")) == "kafka-0:9092,kafka-1:9092"
     assert configured_servers(Settings(bootstrap_servers="embedded")) is None
