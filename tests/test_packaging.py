@@ -20,7 +20,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from mle_stream.cli import COMMAND_EXTRAS
+from mle_stream.cli import COMMAND_EXTRAS, COMMANDS
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
@@ -48,9 +48,9 @@ def run_python(*codes: str, timeout: float = 60) -> list[subprocess.CompletedPro
 def imported_by(modules: list[str]) -> set[str]:
     """The top-level names a fresh interpreter adds to sys.modules while importing `modules`."""
     [result] = run_python("import importlib, json, sys\n"
-                        "before = set(sys.modules)\n"
-                        f"for name in {modules!r}: importlib.import_module(name)\n"
-                        "print(json.dumps(sorted({n.split('.')[0] for n in set(sys.modules) - before})))")
+                          "before = set(sys.modules)\n"
+                          f"for name in {modules!r}: importlib.import_module(name)\n"
+                          "print(json.dumps(sorted({n.split('.')[0] for n in set(sys.modules) - before})))")
     assert result.returncode == 0, result.stderr
     return set(json.loads(result.stdout))
 
@@ -137,6 +137,11 @@ def test_each_extra_covers_what_its_commands_import() -> None:
     for extra, covered in zip(ENTRY_MODULES, results):
         assert covered.returncode == 0, f"[{extra}] is not enough for its commands:\n{covered.stderr[-2000:]}"
     assert "ModuleNotFoundError: import of faust halted; None in sys.modules" in result.stderr, result.stderr[-2000:]
+
+
+def test_every_command_names_an_extra_that_exists() -> None:
+    assert set(COMMAND_EXTRAS) == set(COMMANDS)
+    assert set(COMMAND_EXTRAS.values()) <= set(EXTRAS)
 
 
 def test_a_command_whose_extra_is_missing_names_the_extra(tmp_path: Path) -> None:
