@@ -28,7 +28,9 @@ COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY topologies ./topologies
 COPY mle_stream ./mle_stream
-RUN pip install . && rm -rf /src
+# The worker's and the actuator's extras only: no embedded broker, and mlflow-skinny (a client of
+# an MLflow tracking server) instead of the full MLflow server with its web and database stacks.
+RUN pip install '.[worker,actuator]' && rm -rf /src
 
 # /var/lib/mle-stream: the working directory (Faust creates its data directory in the working
 # directory). /var/lib/mle-stream/gitops: the actuator's GitOps checkout. Both exist in the image

@@ -55,7 +55,7 @@ from mle_stream.config import Settings, Topics
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.topology import Topology, parse_topology
 from mle_stream.errors import ConfigError, MleStreamError
-from mle_stream.kafka import admin_client, bootstrap_servers, consumer_config, ensure_topics
+from mle_stream.kafka import admin_client, bootstrap_servers, configured_servers, consumer_config, ensure_topics
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.redact import redact_servers
 
@@ -599,8 +599,9 @@ def _fresh_run(settings: Settings, bootstrap: str | None) -> Iterator[_Run]:
     topics = Topics(**{name: prefix + value for name, value in Topics().__dict__.items()})
     worker_settings = replace(settings, topics=topics, signing_key=_SIGNING_KEY, signing_key_file="", signing_key_id="",
                               verify_keys_dir="", verify_keys="", worker_group=prefix + "worker")
-    embedded = not (bootstrap or settings.bootstrap_servers)
-    with bootstrap_servers(replace(settings, bootstrap_servers=bootstrap or settings.bootstrap_servers)) as servers:
+    given = replace(settings, bootstrap_servers=bootstrap or settings.bootstrap_servers)
+    embedded = configured_servers(given, embedded=True) is None  # the bench brings its own broker by design
+    with bootstrap_servers(given, embedded=True) as servers:
         security = settings.kafka_security
         ensure_topics(servers, topics.all(), settings.partitions, security=security)
         try:

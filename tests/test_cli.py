@@ -82,14 +82,15 @@ def test_validate_reports_file_and_line(tmp_path: Path) -> None:
 
 def test_worker_without_a_signing_key_says_what_to_set() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLE_SIGNING_KEY", "MLE_VERIFY_KEYS"))}
-    result = mle("worker", "-t", str(REPO / "topologies"), env=env)
+    result = mle("worker", "-t", str(REPO / "topologies"), env={**env, "MLE_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     assert result.returncode == 2
     assert "no signing key: set MLE_SIGNING_KEY_FILE" in result.stderr and "openssl rand -hex 32" in result.stderr
 
 
 def test_a_short_hmac_key_is_refused_at_start_saying_how_to_make_one() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLE_SIGNING_KEY", "MLE_VERIFY_KEYS"))}
-    result = mle("worker", "-t", str(REPO / "topologies"), env={**env, "MLE_SIGNING_KEY": "short-secret"})
+    result = mle("worker", "-t", str(REPO / "topologies"),
+                 env={**env, "MLE_SIGNING_KEY": "short-secret", "MLE_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     assert result.returncode == 2
     assert "MLE_SIGNING_KEY has 12 bytes" in result.stderr and "openssl rand -hex 32" in result.stderr
 

@@ -128,8 +128,8 @@ def test_passwords_appear_in_no_repr_summary_or_error(pki: Pki) -> None:
 
 def test_the_embedded_broker_is_refused_when_security_is_configured(pki: Pki) -> None:
     settings = Settings.from_env({"MLE_KAFKA_SECURITY_PROTOCOL": "SSL", "MLE_KAFKA_SSL_CA_LOCATION": str(pki.ca)})
-    with pytest.raises(ConfigError, match="MLE_BOOTSTRAP_SERVERS is empty, and the embedded broker only speaks PLAINTEXT"):
-        with bootstrap_servers(settings):
+    with pytest.raises(ConfigError, match="Kafka security is configured .* but the embedded broker only speaks PLAINTEXT"):
+        with bootstrap_servers(settings, embedded=True):
             pass
 
 

@@ -7,20 +7,21 @@ IstioRouting and KServeRouting (objects patched on the Kubernetes API server, ku
 backends.py builds the right one per model from its topology), MlflowRegistry (MLflow aliases and
 version tags), and in-memory ones for tests and demos.
 
-MlflowRegistry and register_demo_versions are loaded on first use, so importing this package does
-not pay for importing mlflow (~2 s).
+Everything but the ports is loaded on first use, so importing this package does not pay for
+importing mlflow (~2 s), nor need the actuator's extra.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from mle_stream.actuator.gitops import GitOpsRouting
 from mle_stream.actuator.ports import InMemoryRegistry, InMemoryRouting, ModelRegistry, RoutingBackend
-from mle_stream.actuator.service import Actuator
 
 if TYPE_CHECKING:
+    from mle_stream.actuator.gitops import GitOpsRouting
     from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
+    from mle_stream.actuator.service import Actuator
 
 __all__ = [
     "Actuator",
@@ -33,12 +34,13 @@ __all__ = [
     "register_demo_versions",
 ]
 
-_LAZY = {"MlflowRegistry", "register_demo_versions"}
+# Loaded on first use: the CLI imports mle_stream.actuator.backends for its flags, and that must
+# not need the actuator's extra (YAML, cryptography, mlflow) to print --help or name the extra.
+_LAZY = {"Actuator": "service", "GitOpsRouting": "gitops", "MlflowRegistry": "mlflow_registry",
+         "register_demo_versions": "mlflow_registry"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from mle_stream.actuator import mlflow_registry
-
-        return getattr(mlflow_registry, name)
+        return getattr(importlib.import_module(f"mle_stream.actuator.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

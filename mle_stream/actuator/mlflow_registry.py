@@ -24,6 +24,7 @@ MLflow raises for each (3.x, with its own HTTP retries off, see `_MLFLOW_HTTP_DE
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -34,7 +35,7 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 
-from mle_stream.errors import ActuationError
+from mle_stream.errors import ActuationError, ConfigError
 from mle_stream.redact import redact_text, redact_uri
 from mle_stream.retry import Backoff, RetriesExhausted, retrying
 
@@ -97,6 +98,21 @@ def _describe(exc: BaseException) -> str:
     return exc.message if isinstance(exc, MlflowException) else f"{type(exc).__name__}: {exc}"
 
 
+# MLflow's database stores (mlflow.store.db). mlflow-skinny, which mle-stream[worker] and [actuator]
+# install, talks to a tracking server only: these need the full mlflow package (SQLAlchemy, Alembic).
+_DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql"})
+
+
+def _check_store_support(uri: str) -> None:
+    """ConfigError when `uri` is a database store and this install cannot open one: MLflow would
+    only say "unsupported URI" at the first registry call."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme in _DATABASE_SCHEMES and importlib.util.find_spec("sqlalchemy") is None:
+        raise ConfigError(f"the MLflow store {redact_uri(uri)} is a database, which only the full mlflow package "
+                          "can open (this install has mlflow-skinny, a tracking-server client): set "
+                          "MLFLOW_TRACKING_URI to an MLflow server (http://...), or pip install 'mle-stream[embedded]'")
+
+
 class MlflowRegistry:
     """ModelRegistry on an MLflow tracking/registry server or a local `sqlite:///` store.
 
@@ -130,6 +146,8 @@ class MlflowRegistry:
         if any(uri.startswith(("http://", "https://")) for uri in (self.tracking_uri, self.registry_uri)):
             for name, value in _MLFLOW_HTTP_DEFAULTS.items():
                 os.environ.setdefault(name, value)
+        for uri in {self.tracking_uri, self.registry_uri}:
+            _check_store_support(uri)
         self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
 
     def aliases(self, model: str) -> dict[str, str]:

@@ -27,6 +27,9 @@ from datetime import datetime, timezone
 
 from mle_stream.core.events import Command, CommandKind
 
+# A command the signer does not give its own expiry is valid this long after it was issued.
+DEFAULT_TTL_MS = 3_600_000
+
 # How far ahead of the actuator's clock a signer's clock may run (see the module docstring).
 MAX_CLOCK_SKEW_MS = 60_000
 STALE = "STALE"

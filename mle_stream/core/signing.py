@@ -37,6 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from mle_stream.core.commands import DEFAULT_TTL_MS
 from mle_stream.core.events import Command
 
 ED25519 = "ed25519"
@@ -44,8 +45,6 @@ HMAC_SHA256 = "hmac-sha256"
 ALGORITHMS = (ED25519, HMAC_SHA256)
 # An HMAC secret shorter than SHA-256's output weakens the MAC below its design strength.
 MIN_HMAC_KEY_BYTES = 32
-# A command the signer does not give its own expiry is valid this long after it was issued.
-DEFAULT_TTL_MS = 3_600_000
 
 # Key ids end up in file names (<key_id>.pub), MLflow tags and the signature itself, where ':'
 # separates the parts: letters, digits, '.', '_' and '-' only.

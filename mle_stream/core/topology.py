@@ -7,7 +7,6 @@ file:line and what was expected, so a reviewer fixes a file in one pass.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -25,6 +24,7 @@ from mle_stream.core.checks import (
 from mle_stream.core.drift.concept import KINDS, DetectorSpec
 from mle_stream.core.drift.decision import DriftThresholds
 from mle_stream.core.drift.live import DriftSettings
+from mle_stream.core.durations import parse_duration_ms
 from mle_stream.errors import ConfigError
 
 TASKS = ("binary", "multiclass", "regression")
@@ -38,18 +38,6 @@ SHADOW_STEPS = (0, 100)  # the shadow's rollout: 0% of live traffic, then promot
 ROLLBACK_METRICS = ("error_rate", "serving_error_rate")  # the `rollback:` shorthand's choices
 CHECK_KEYS = {"name", "metric", "worse", "max", "min", "max_degradation", "max_degradation_relative", "min_samples",
               "consecutive", "cumulative", "hysteresis", "action", "sequential"}
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def parse_duration_ms(text: str) -> int:
-    """'500ms', '30s', '5m', '2h', '7d' -> milliseconds."""
-    match = _DURATION.match(str(text))
-    if not match:
-        raise ValueError(f"expected a duration like 30s, 5m, 2h or 7d, got {text!r}")
-    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
-
 
 @dataclass(frozen=True)
 class RolloutSteps:
