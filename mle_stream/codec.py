@@ -6,9 +6,9 @@ Producers may write either of two encodings; consumers accept both, told apart b
   ``C3 01``, the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's Parsing
   Canonical Form, then the Avro binary body. Any Avro implementation (Java's
   ``BinaryMessageDecoder``, ``avro`` for Python, fastavro) reads it with the ``schemas/*.avsc``
-  files. This is what mle-stream itself writes. A batch schema has a second accepted
-  fingerprint, the one fastavro computes when the record type it uses stays a bare name
-  (_wire_schema); docs/producing.md is the producers' side of this contract.
+  files. This is what mle-stream itself writes. Readers also accept the fingerprints that
+  fastavro and goavro compute where they depart from the spec (_wire_schema); docs/producing.md
+  is the producers' side of this contract.
 - **JSON** (UTF-8), for producers that do not want an Avro dependency: one object per message,
   an array of objects, or ``{"records": [...]}``. Field names are the Avro field names. Unknown
   fields are ignored so that an older consumer keeps reading what a newer producer writes.
@@ -135,7 +135,7 @@ class WireSchema:
     `canonical_form` is the Parsing Canonical Form of the fully expanded schema (named types
     defined in other files inlined at first use), as the Avro spec defines it and Java's
     ``SchemaNormalization`` computes it: its fingerprint is what the codec writes. `fingerprints`
-    holds every fingerprint a reader accepts for this schema (see _wire_schema). `parsed` is the
+    holds every fingerprint a reader accepts for this schema (_wire_schema). `parsed` is the
     fastavro schema with logical types removed, so timestamps stay ints; the binary encoding is
     the same with or without them. `file` is where it is, relative to the schemas folder.
     """
@@ -182,8 +182,8 @@ def _inline_named(node: Any, namespace: str, defined: set[str], known: Mapping[s
     """A copy of `node` where each reference to a schema of another file is replaced by that schema
     at its first use, as the Parsing Canonical Form requires.
 
-    fastavro's to_parsing_canonical_form leaves such a reference as a bare name, which gives a
-    fingerprint no other Avro implementation computes.
+    fastavro's to_parsing_canonical_form leaves such a reference as a bare name, which gives
+    another fingerprint than Java's (accepted too, see _wire_schema).
     """
     if isinstance(node, str):
         if node in _PRIMITIVES:
@@ -234,21 +234,59 @@ def _fingerprint(canonical_form: str) -> bytes:
     return bytes.fromhex(_fastavro_fingerprint(canonical_form, "CRC-64-AVRO"))
 
 
+def _canonical_form(node: Any, namespace: str = "", *, logical_as_object: bool = False) -> str:
+    """The Parsing Canonical Form of `node`, a schema that defines every named type it uses (an
+    expanded one).
+
+    With `logical_as_object`, a primitive with a logical type is written ``{"type":"long"}``
+    instead of the spec's ``"long"``: the form goavro and the ``avro`` package for Python produce,
+    and so the fingerprint they write.
+    """
+    def form(n: Any, ns: str) -> str:
+        if isinstance(n, str):
+            return json.dumps(n if n in _PRIMITIVES else _fullname(n, ns))
+        if isinstance(n, list):
+            return "[" + ",".join(form(branch, ns) for branch in n) + "]"
+        kind = n["type"]
+        if kind in _PRIMITIVES:
+            return f'{{"type":"{kind}"}}' if logical_as_object and "logicalType" in n else f'"{kind}"'
+        if kind == "array":
+            return '{"type":"array","items":' + form(n["items"], ns) + "}"
+        if kind == "map":
+            return '{"type":"map","values":' + form(n["values"], ns) + "}"
+        if kind not in _NAMED:  # {"type": {...}}, {"type": [...]} or {"type": "io.mlestream.Name"}
+            return form(kind, ns)
+        name = _fullname(n["name"], n.get("namespace", ns))
+        ns = name.rpartition(".")[0]
+        head = f'{{"name":{json.dumps(name)},"type":"{kind}"'
+        if kind == "enum":
+            return head + ',"symbols":' + json.dumps(n["symbols"], separators=(",", ":")) + "}"
+        if kind == "fixed":
+            return head + f',"size":{int(n["size"])}}}'
+        fields = ",".join(f'{{"name":{json.dumps(f["name"])},"type":{form(f["type"], ns)}}}' for f in n["fields"])
+        return head + ',"fields":[' + fields + "]}"
+
+    return form(node, namespace)
+
+
 def _wire_schema(name: str, file: str, schema: Any, expanded: Any, named: dict[str, Any]) -> WireSchema:
     """`schema` as the codec uses it; `expanded` is it with other files' named types inlined.
 
-    Two fingerprints are accepted for a schema that uses a named type of another file (the
-    batches): the spec's, of the expanded schema (Java, and fastavro's load_schema_ordered), and
-    the one fastavro computes for the schema parsed with ``parse_schema(..., named_schemas=...)``,
-    whose canonical form keeps the reference as a bare name (``"items":"io.mlestream.Prediction"``).
-    Both describe the same binary body: the name can only mean our own type.
+    Besides the spec's fingerprint (Java's, written by the codec), a reader accepts those that
+    common implementations compute for the same schema, each of them different only where an
+    implementation departs from the spec; the binary body is the same:
+    - fastavro's, for a schema parsed with ``parse_schema(..., named_schemas=...)``: a named type
+      of another file stays a bare name (``"items":"io.mlestream.Prediction"``), so it differs
+      for the batches;
+    - goavro's and the ``avro`` Python package's: a timestamp is ``{"type":"long"}``.
     """
-    canonical = to_parsing_canonical_form(expanded)
+    canonical = _canonical_form(expanded)
     fp = _fingerprint(canonical)
     parsed = fastavro.parse_schema(_without_logical_types(schema), named_schemas=named)
-    by_reference = _fingerprint(to_parsing_canonical_form(parsed))
+    fastavro_fp = _fingerprint(to_parsing_canonical_form(parsed))
+    goavro_fp = _fingerprint(_canonical_form(expanded, logical_as_object=True))
     fullname = _fullname(schema["name"], schema.get("namespace", ""))
-    return WireSchema(name, fullname, canonical, fp, parsed, file, frozenset({fp, by_reference}))
+    return WireSchema(name, fullname, canonical, fp, parsed, file, frozenset({fp, fastavro_fp, goavro_fp}))
 
 
 def _load_schemas() -> dict[str, WireSchema]:
@@ -581,10 +619,11 @@ class _Kind(Generic[T]):
 def _wrong_schema(fp: bytes, expected: Sequence[WireSchema], noun: str) -> str:
     """Why a message's fingerprint is refused: which schema it is, if the codec knows it, and which
     fingerprints a `noun` message may carry."""
-    accepted = ", ".join(
-        f"{s.name} {' or '.join(map(_hex, [s.fingerprint, *sorted(s.fingerprints - {s.fingerprint})]))} "
-        f"(schemas/{s.file})" for s in expected
-    )
+    def accepted(s: WireSchema) -> str:
+        others = sorted(map(_hex, s.fingerprints - {s.fingerprint}))
+        also = f"; also {', '.join(others)}" if others else ""
+        return f"{s.name} {_hex(s.fingerprint)} (schemas/{s.file}{also})"
+
     found = _BY_FINGERPRINT.get(fp)
     if found is None:
         what = ("is none of mle-stream's schemas: the producer's schema differs from schemas/*.avsc "
@@ -596,7 +635,8 @@ def _wrong_schema(fp: bytes, expected: Sequence[WireSchema], noun: str) -> str:
     else:
         what = f"is the {found.name} schema (schemas/{found.file}), not a {noun} schema (a message on the wrong topic?)"
     # The header bytes too: fastavro's fingerprint() returns them in this spelling.
-    return f"Avro schema fingerprint {_hex(fp)} (header bytes {fp.hex()}) {what}. A {noun} message carries {accepted}"
+    return (f"Avro schema fingerprint {_hex(fp)} (header bytes {fp.hex()}) {what}. A {noun} message carries "
+            f"{', '.join(map(accepted, expected))} (docs/producing.md)")
 
 
 def _trailing(stream: io.BytesIO, size: int, what: str) -> str | None:

@@ -1,6 +1,6 @@
 """What other Avro implementations write is what the worker reads: fastavro, both ways it fingerprints
-a schema, Java's Avro (BinaryMessageEncoder, from docs/producing.md), and the Python producer of
-docs/producing.md over a real broker."""
+a schema, goavro, Java's Avro (BinaryMessageEncoder, from docs/producing.md), and the Python producer
+of docs/producing.md over a real broker."""
 
 from __future__ import annotations
 
@@ -93,6 +93,27 @@ def test_a_single_record_fastavro_writes_is_read() -> None:
     assert codec.decode_prediction_columns(fastavro_message(prediction, dataclasses.asdict(PREDICTIONS[1]))
                                            ).columns.records() == [PREDICTIONS[1]]
     assert codec.decode_labels(fastavro_message(label, dataclasses.asdict(LABELS[2]))).records == [LABELS[2]]
+
+
+# What goavro wrote (tests/goavro/main.go): a Prediction and a PredictionBatch of two. goavro and the
+# avro package for Python (1.11.1: CRC-64-AVRO of Schema.canonical_form) keep a timestamp as
+# {"type":"long"} in the canonical form, the spec says "long": fingerprints 0x6a1c1c522fa228ba and
+# 0x8338350ee7243371, which both compute.
+GOAVRO_MESSAGES = [
+    "c301ba28a22f521c1c6a0467310a6672617564023280a0abfef96202000000000000e03f000000000002020e636f756e7472790444450000",
+    "c301713324e70e353883040467320a6672617564023282a0abfef96202000000000000d03f000000000002020e636f756e7472790444"
+    "4500000467330a6672617564023284a0abfef96202000000000000e83f000000000002020e636f756e747279044445000000",
+]
+
+
+def test_what_goavro_writes_is_read() -> None:
+    records = [codec.decode_prediction_columns(bytes.fromhex(message)).columns.records()
+               for message in GOAVRO_MESSAGES]
+    assert records == [
+        [Prediction("g1", "fraud", "2", T0, score=0.5, segment={"country": "DE"})],
+        [Prediction("g2", "fraud", "2", T0 + 1, score=0.25, segment={"country": "DE"}),
+         Prediction("g3", "fraud", "2", T0 + 2, score=0.75, segment={"country": "DE"})],
+    ]
 
 
 JAVA_DRIVER = """
