@@ -234,7 +234,7 @@ def _fingerprint(canonical_form: str) -> bytes:
     return bytes.fromhex(_fastavro_fingerprint(canonical_form, "CRC-64-AVRO"))
 
 
-def _canonical_form(node: Any, namespace: str = "", *, logical_as_object: bool = False) -> str:
+def _canonical_form(node: Any, *, logical_as_object: bool = False) -> str:
     """The Parsing Canonical Form of `node`, a schema that defines every named type it uses (an
     expanded one).
 
@@ -266,7 +266,7 @@ def _canonical_form(node: Any, namespace: str = "", *, logical_as_object: bool =
         fields = ",".join(f'{{"name":{json.dumps(f["name"])},"type":{form(f["type"], ns)}}}' for f in n["fields"])
         return head + ',"fields":[' + fields + "]}"
 
-    return form(node, namespace)
+    return form(node, "")
 
 
 def _wire_schema(name: str, file: str, schema: Any, expanded: Any, named: dict[str, Any]) -> WireSchema:
@@ -627,7 +627,8 @@ def _wrong_schema(fp: bytes, expected: Sequence[WireSchema], noun: str) -> str:
     found = _BY_FINGERPRINT.get(fp)
     if found is None:
         what = ("is none of mle-stream's schemas: the producer's schema differs from schemas/*.avsc "
-                "(any change to a name, namespace, field, type or field order changes the fingerprint)")
+                "(a changed name, namespace, field, type or field order changes the fingerprint) or its "
+                "Avro library computes fingerprints another way")
     elif found.file.startswith("history/"):
         what = f"is an older version of the {found.name} schema (schemas/{found.file})"
         if found.name not in {s.name for s in expected}:
