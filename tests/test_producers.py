@@ -19,10 +19,10 @@ import fastavro
 import pytest
 from fastavro.schema import fingerprint, load_schema_ordered, to_parsing_canonical_form
 
+from conftest import read_until
 from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.core.events import Label, Prediction
-from tests.conftest import read_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
@@ -43,8 +43,8 @@ def doc_example(name: str) -> str:
 
 def fastavro_message(schema: Any, datum: dict[str, Any]) -> bytes:
     """Single-object encoding, fingerprinted by fastavro itself."""
-    out = io.BytesIO(b"\xc3\x01" + bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")))
-    out.seek(0, io.SEEK_END)
+    out = io.BytesIO()
+    out.write(b"\xc3\x01" + bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")))
     fastavro.schemaless_writer(out, schema, datum)
     return out.getvalue()
 
