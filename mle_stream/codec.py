@@ -6,7 +6,9 @@ Producers may write either of two encodings; consumers accept both, told apart b
   ``C3 01``, the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's Parsing
   Canonical Form, then the Avro binary body. Any Avro implementation (Java's
   ``BinaryMessageDecoder``, ``avro`` for Python, fastavro) reads it with the ``schemas/*.avsc``
-  files. This is what mle-stream itself writes.
+  files. This is what mle-stream itself writes. Readers also accept the fingerprints that
+  fastavro and goavro compute where they depart from the spec (_wire_schema); docs/producing.md
+  is the producers' side of this contract.
 - **JSON** (UTF-8), for producers that do not want an Avro dependency: one object per message,
   an array of objects, or ``{"records": [...]}``. Field names are the Avro field names. Unknown
   fields are ignored so that an older consumer keeps reading what a newer producer writes.
@@ -131,9 +133,11 @@ class WireSchema:
     """One Avro schema as the codec uses it.
 
     `canonical_form` is the Parsing Canonical Form of the fully expanded schema (named types
-    defined in other files inlined at first use), which is what any other Avro implementation
-    fingerprints. `parsed` is the fastavro schema with logical types removed, so timestamps stay
-    ints; the binary encoding is the same with or without them.
+    defined in other files inlined at first use), as the Avro spec defines it and Java's
+    ``SchemaNormalization`` computes it: its fingerprint is what the codec writes. `fingerprints`
+    holds every fingerprint a reader accepts for this schema (_wire_schema). `parsed` is the
+    fastavro schema with logical types removed, so timestamps stay ints; the binary encoding is
+    the same with or without them. `file` is where it is, relative to the schemas folder.
     """
 
     name: str
@@ -141,10 +145,18 @@ class WireSchema:
     canonical_form: str
     fingerprint: bytes  # 8 bytes, little-endian, exactly as in the single-object header
     parsed: Any
+    file: str
+    fingerprints: frozenset[bytes]  # `fingerprint` and the others readers accept
 
     @property
     def fingerprint_hex(self) -> str:
-        return f"0x{int.from_bytes(self.fingerprint, 'little'):016x}"
+        return _hex(self.fingerprint)
+
+
+def _hex(fp: bytes) -> str:
+    """A fingerprint as Java's parsingFingerprint64 prints it: the 64-bit value the header's 8
+    little-endian bytes spell."""
+    return f"0x{int.from_bytes(fp, 'little'):016x}"
 
 
 # Records first: the batch schemas refer to io.mlestream.Prediction / io.mlestream.Label by name.
@@ -170,8 +182,8 @@ def _inline_named(node: Any, namespace: str, defined: set[str], known: Mapping[s
     """A copy of `node` where each reference to a schema of another file is replaced by that schema
     at its first use, as the Parsing Canonical Form requires.
 
-    fastavro's to_parsing_canonical_form leaves such a reference as a bare name, which gives a
-    fingerprint no other Avro implementation computes.
+    fastavro's to_parsing_canonical_form leaves such a reference as a bare name, which gives
+    another fingerprint than Java's (accepted too, see _wire_schema).
     """
     if isinstance(node, str):
         if node in _PRIMITIVES:
@@ -217,13 +229,64 @@ def _read_schema(path: Path) -> Any:
         raise RuntimeError(f"cannot load Avro schema {path}: {exc}") from exc
 
 
-def _wire_schema(name: str, schema: Any, expanded: Any, named: dict[str, Any]) -> WireSchema:
-    """`schema` as the codec uses it; `expanded` is it with other files' named types inlined."""
-    canonical = to_parsing_canonical_form(expanded)
+def _fingerprint(canonical_form: str) -> bytes:
     # fastavro spells the fingerprint as the hex of its little-endian bytes: the header bytes.
-    fp = bytes.fromhex(_fastavro_fingerprint(canonical, "CRC-64-AVRO"))
+    return bytes.fromhex(_fastavro_fingerprint(canonical_form, "CRC-64-AVRO"))
+
+
+def _canonical_form(node: Any, *, logical_as_object: bool = False) -> str:
+    """The Parsing Canonical Form of `node`, a schema that defines every named type it uses (an
+    expanded one).
+
+    With `logical_as_object`, a primitive with a logical type is written ``{"type":"long"}``
+    instead of the spec's ``"long"``: the form goavro and the ``avro`` package for Python produce,
+    and so the fingerprint they write.
+    """
+    def form(n: Any, ns: str) -> str:
+        if isinstance(n, str):
+            return json.dumps(n if n in _PRIMITIVES else _fullname(n, ns))
+        if isinstance(n, list):
+            return "[" + ",".join(form(branch, ns) for branch in n) + "]"
+        kind = n["type"]
+        if kind in _PRIMITIVES:
+            return f'{{"type":"{kind}"}}' if logical_as_object and "logicalType" in n else f'"{kind}"'
+        if kind == "array":
+            return '{"type":"array","items":' + form(n["items"], ns) + "}"
+        if kind == "map":
+            return '{"type":"map","values":' + form(n["values"], ns) + "}"
+        if kind not in _NAMED:  # {"type": {...}}, {"type": [...]} or {"type": "io.mlestream.Name"}
+            return form(kind, ns)
+        name = _fullname(n["name"], n.get("namespace", ns))
+        ns = name.rpartition(".")[0]
+        head = f'{{"name":{json.dumps(name)},"type":"{kind}"'
+        if kind == "enum":
+            return head + ',"symbols":' + json.dumps(n["symbols"], separators=(",", ":")) + "}"
+        if kind == "fixed":
+            return head + f',"size":{int(n["size"])}}}'
+        fields = ",".join(f'{{"name":{json.dumps(f["name"])},"type":{form(f["type"], ns)}}}' for f in n["fields"])
+        return head + ',"fields":[' + fields + "]}"
+
+    return form(node, "")
+
+
+def _wire_schema(name: str, file: str, schema: Any, expanded: Any, named: dict[str, Any]) -> WireSchema:
+    """`schema` as the codec uses it; `expanded` is it with other files' named types inlined.
+
+    Besides the spec's fingerprint (Java's, written by the codec), a reader accepts those that
+    common implementations compute for the same schema, each of them different only where an
+    implementation departs from the spec; the binary body is the same:
+    - fastavro's, for a schema parsed with ``parse_schema(..., named_schemas=...)``: a named type
+      of another file stays a bare name (``"items":"io.mlestream.Prediction"``), so it differs
+      for the batches;
+    - goavro's and the ``avro`` Python package's: a timestamp is ``{"type":"long"}``.
+    """
+    canonical = _canonical_form(expanded)
+    fp = _fingerprint(canonical)
     parsed = fastavro.parse_schema(_without_logical_types(schema), named_schemas=named)
-    return WireSchema(name, _fullname(schema["name"], schema.get("namespace", "")), canonical, fp, parsed)
+    fastavro_fp = _fingerprint(to_parsing_canonical_form(parsed))
+    goavro_fp = _fingerprint(_canonical_form(expanded, logical_as_object=True))
+    fullname = _fullname(schema["name"], schema.get("namespace", ""))
+    return WireSchema(name, fullname, canonical, fp, parsed, file, frozenset({fp, fastavro_fp, goavro_fp}))
 
 
 def _load_schemas() -> dict[str, WireSchema]:
@@ -231,12 +294,12 @@ def _load_schemas() -> dict[str, WireSchema]:
     raw = {name: _read_schema(folder / filename) for name, filename in _SCHEMA_FILES.items()}
     by_fullname = {_fullname(s["name"], s.get("namespace", "")): s for s in raw.values()}
     named: dict[str, Any] = {}  # shared, so the batch schemas resolve io.mlestream.Prediction/Label
-    return {name: _wire_schema(name, schema, _inline_named(schema, "", set(), by_fullname), named)
+    return {name: _wire_schema(name, _SCHEMA_FILES[name], schema,
+                               _inline_named(schema, "", set(), by_fullname), named)
             for name, schema in raw.items()}
 
 
 _SCHEMAS = _load_schemas()
-_BY_FINGERPRINT = {s.fingerprint: s for s in _SCHEMAS.values()}
 
 # Earlier versions of a schema (schemas/history/), still read: a message names its writer schema
 # by fingerprint, and one written before a field was added is resolved against today's schema,
@@ -244,18 +307,20 @@ _BY_FINGERPRINT = {s.fingerprint: s for s in _SCHEMAS.values()}
 _HISTORY_FILES = {"Command": ("history/command-1.avsc",)}
 
 
-def _load_history() -> dict[str, dict[bytes, WireSchema]]:
-    out: dict[str, dict[bytes, WireSchema]] = {}
+def _load_history() -> dict[str, list[WireSchema]]:
+    out: dict[str, list[WireSchema]] = {}
     for name, files in _HISTORY_FILES.items():
         for filename in files:
             schema = _read_schema(schema_dir() / filename)
             # Its own named types: an old Command redefines io.mlestream.CommandKind.
-            wire = _wire_schema(name, schema, schema, {})
-            out.setdefault(name, {})[wire.fingerprint] = wire
+            out.setdefault(name, []).append(_wire_schema(name, filename, schema, schema, {}))
     return out
 
 
 _HISTORY = _load_history()
+# Every fingerprint the codec knows, for naming the schema of a message on the wrong topic.
+_BY_FINGERPRINT = {fp: s for s in [*_SCHEMAS.values(), *(w for h in _HISTORY.values() for w in h)]
+                   for fp in s.fingerprints}
 
 
 def schemas() -> Mapping[str, WireSchema]:
@@ -552,15 +617,27 @@ class _Kind(Generic[T]):
 
 
 def _wrong_schema(fp: bytes, expected: Sequence[WireSchema], noun: str) -> str:
-    hex_fp = f"0x{int.from_bytes(fp, 'little'):016x}"
-    known = ", ".join(s.name for s in expected)
+    """Why a message's fingerprint is refused: which schema it is, if the codec knows it, and which
+    fingerprints a `noun` message may carry."""
+    def accepted(s: WireSchema) -> str:
+        others = sorted(map(_hex, s.fingerprints - {s.fingerprint}))
+        also = f"; also {', '.join(others)}" if others else ""
+        return f"{s.name} {_hex(s.fingerprint)} (schemas/{s.file}{also})"
+
     found = _BY_FINGERPRINT.get(fp)
-    if found is not None:
-        return f"Avro schema fingerprint {hex_fp} is the {found.name} schema, not a {noun} schema (known: {known})"
-    return (
-        f"Avro schema fingerprint {hex_fp} is not a {noun} schema (known: {known}); "
-        "was it written with another version of schemas/*.avsc?"
-    )
+    if found is None:
+        what = ("is none of mle-stream's schemas: the producer's schema differs from schemas/*.avsc "
+                "(a changed name, namespace, field, type or field order changes the fingerprint) or its "
+                "Avro library computes fingerprints another way")
+    elif found.file.startswith("history/"):
+        what = f"is an older version of the {found.name} schema (schemas/{found.file})"
+        if found.name not in {s.name for s in expected}:
+            what += f", not a {noun} schema"
+    else:
+        what = f"is the {found.name} schema (schemas/{found.file}), not a {noun} schema (a message on the wrong topic?)"
+    # The header bytes too: fastavro's fingerprint() returns them in this spelling.
+    return (f"Avro schema fingerprint {_hex(fp)} (header bytes {fp.hex()}) {what}. A {noun} message carries "
+            f"{', '.join(map(accepted, expected))} (docs/producing.md)")
 
 
 def _trailing(stream: io.BytesIO, size: int, what: str) -> str | None:
@@ -576,7 +653,7 @@ def _decode_avro(payload: bytes, kind: _Kind[T]) -> DecodeResult[T]:
     fp = payload[2:_HEADER_LEN]
     stream = io.BytesIO(payload)
     stream.seek(_HEADER_LEN)
-    if fp == kind.batch.fingerprint:
+    if fp in kind.batch.fingerprints:
         try:
             raw = _read_body(stream, kind.batch)["records"]
         # fastavro reports corrupt input with EOFError, ValueError, IndexError, UnicodeDecodeError...
@@ -585,7 +662,7 @@ def _decode_avro(payload: bytes, kind: _Kind[T]) -> DecodeResult[T]:
         problem = _trailing(stream, len(payload), kind.batch.name)
         if problem:
             return _message_error(problem)
-    elif fp == kind.single.fingerprint:
+    elif fp in kind.single.fingerprints:
         try:
             raw = [_read_body(stream, kind.single)]
         except Exception as exc:  # noqa: BLE001 - see above
@@ -763,7 +840,7 @@ _FAST_LABELS = (
 def _fast_read(payload: bytes, kind: _Kind[Any], enabled: bool, reader: Callable[[bytes, int], R]) -> R | None:
     """What the fast reader reads of a batch message of this kind; None for any other message, or
     when the reader refuses it (the record path then reads it with fastavro, or reports it)."""
-    if not enabled or payload[:2] != AVRO_MARKER or payload[2:_HEADER_LEN] != kind.batch.fingerprint:
+    if not enabled or payload[:2] != AVRO_MARKER or payload[2:_HEADER_LEN] not in kind.batch.fingerprints:
         return None
     try:
         return reader(payload, _HEADER_LEN)
@@ -1075,9 +1152,10 @@ def _decode_single(payload: bytes, schema: WireSchema, cls: type[E], spec: _Spec
         if len(payload) < _HEADER_LEN:
             raise InvalidEvent(f"truncated Avro single-object message: {len(payload)} bytes")
         fp = payload[2:_HEADER_LEN]
-        writer = schema if fp == schema.fingerprint else _HISTORY.get(schema.name, {}).get(fp)
+        readable = [schema, *_HISTORY.get(schema.name, ())]
+        writer = next((w for w in readable if fp in w.fingerprints), None)
         if writer is None:
-            raise InvalidEvent(_wrong_schema(fp, (schema,), cls.__name__))
+            raise InvalidEvent(_wrong_schema(fp, readable, cls.__name__))
         stream = io.BytesIO(payload)
         stream.seek(_HEADER_LEN)
         try:
