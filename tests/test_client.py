@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import json
+import math
 import threading
 import time
 import uuid
@@ -11,13 +13,16 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from mle_stream import codec
 from mle_stream.client import ClientStats, EvaluationClient
 from mle_stream.config import Topics
+from mle_stream.core.evaluator import ModelEvaluator
 from mle_stream.core.events import Label, Prediction
-from mle_stream.errors import InvalidEvent
+from mle_stream.core.topology import parse_topology
 from mle_stream.kafka import consumer_config, ensure_topics
 
 T0 = 1_700_000_000_000
@@ -164,29 +169,28 @@ def offline_client() -> Any:
     client.close(timeout_s=0)
 
 
-@pytest.mark.parametrize("record, field", [
-    ({**prediction(0), "timestamp": 1.5}, "timestamp"),
-    ({**prediction(0), "score": 2.0}, "score"),
-    ({k: v for k, v in prediction(0).items() if k != "version"}, "version"),
-    ({**prediction(0), "scroe": 0.5}, "scroe"),  # a typo is an error here, unlike on the wire
-    ({**prediction(0), "timestamp": 2**63}, "timestamp"),
-])
-def test_invalid_predictions_raise_in_the_caller(offline_client: EvaluationClient, record: dict[str, Any],
-                                                 field: str) -> None:
-    with pytest.raises(InvalidEvent) as info:
-        offline_client.log_prediction(record)
-    assert info.value.field == field
+def test_invalid_records_are_refused_counted_and_logged_once(offline_client: EvaluationClient,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    invalid: list[Any] = [
+        {**prediction(0), "timestamp": 1.5},
+        {k: v for k, v in prediction(0).items() if k != "version"},
+        {**prediction(0), "prediction_id": "x" * 200},  # the worker holds ids of at most 128 bytes
+        {**prediction(0), "latency_ms": 1e200},
+        {**prediction(0), "features": {"amount": 10**400}},  # no double holds it
+        {**prediction(0), "segment": {"country": "\ud800"}},  # a lone surrogate: no UTF-8, no Avro
+        None,
+    ]
+    with caplog.at_level("WARNING", logger="mle_stream.client"):
+        assert [offline_client.log_prediction(r) for r in invalid] == [False] * len(invalid)
+        assert offline_client.log_label({"prediction_id": "p", "model": "m", "timestamp": T0}) is False
+        assert offline_client.log_label(Label("p", "m", T0, 2**70)) is False  # valid dataclass, no Avro long
+        assert offline_client.log_label(Prediction(**prediction(0))) is False  # type: ignore[arg-type]
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and "field 'timestamp'" in refusals[0]  # the first, then throttled
+    assert offline_client.stats.dropped_invalid == len(invalid) + 3
     assert offline_client.stats.queued == 0
-
-
-def test_invalid_labels_raise_in_the_caller(offline_client: EvaluationClient) -> None:
-    with pytest.raises(InvalidEvent) as info:
-        offline_client.log_label({"prediction_id": "p", "model": "m", "timestamp": T0})
-    assert info.value.field == "label"
-    with pytest.raises(InvalidEvent):
-        offline_client.log_label(Label("p", "m", T0, 2**70))  # valid dataclass, but no Avro long
-    with pytest.raises(InvalidEvent):
-        offline_client.log_label(Prediction(**prediction(0)))  # type: ignore[arg-type]
+    # What the worker ignores, the client ignores: an unknown field is no reason to refuse.
+    assert offline_client.log_prediction({**prediction(1), "scroe": 0.5}) is True
     assert offline_client.log_label({"prediction_id": "p", "model": "m", "timestamp": T0, "label": "cat"})
 
 
@@ -208,3 +212,83 @@ def test_a_closed_client_is_freed_without_garbage_collection() -> None:
         assert ref() is None
     finally:
         gc.enable()
+
+
+# -- the client refuses exactly what the worker would dead-letter ----------------------------------
+
+_TOPOLOGIES = {task: parse_topology(f'model: m\ntask: {task}\nbaseline: {{version: "1"}}\ncandidate: {{version: "2"}}\n')
+               for task in ("binary", "regression", "multiclass")}
+_odd_text = st.text(st.characters(codec="utf-8") | st.sampled_from(["\ud800", "\udfff", "\x00", "é", "😀"]),
+                    max_size=8)
+_ids = _odd_text | st.text("ab", min_size=120, max_size=140) | st.text("é", min_size=60, max_size=70)
+_numbers = (st.floats(min_value=-1e200, max_value=1e200) | st.sampled_from([math.nan, math.inf, -0.0, 0.5])
+            | st.integers(-(2**1100), 2**1100) | st.booleans())
+_anything = st.none() | _numbers | _odd_text | st.lists(st.integers(), max_size=2)
+_maps = st.none() | st.dictionaries(_odd_text, _numbers | _odd_text | st.none(), max_size=3) | _anything
+
+
+def _mutated(valid: dict[str, Any], changes: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A valid record with a few fields replaced, removed (_MISSING) or added (unknown names)."""
+    record = dict(valid)
+    for name, value in changes:
+        if value is _MISSING:
+            record.pop(name, None)
+        else:
+            record[name] = value
+    return record
+
+
+_MISSING = object()
+_prediction_fields = ["prediction_id", "model", "version", "timestamp", "score", "value", "latency_ms",
+                      "features", "segment", "error", "scroe", "extra"]
+_label_fields = ["prediction_id", "model", "timestamp", "label", "scroe"]
+_hostile = _ids | _numbers | _anything | _maps | st.just(_MISSING)
+_predictions = st.builds(
+    _mutated,
+    st.fixed_dictionaries({"prediction_id": st.text("abc-0123", min_size=1, max_size=12), "model": st.just("m"),
+                           "version": st.just("2"), "timestamp": st.integers(0, 2**62),
+                           "score": st.floats(0, 1), "latency_ms": st.floats(0, 1e4),
+                           "features": st.dictionaries(st.text(max_size=3), st.floats(-1e6, 1e6) | st.text(max_size=3),
+                                                       max_size=2)}),
+    st.lists(st.tuples(st.sampled_from(_prediction_fields), _hostile), max_size=2),
+)
+_labels = st.builds(
+    _mutated,
+    st.fixed_dictionaries({"prediction_id": st.text("abc-0123", min_size=1, max_size=12), "model": st.just("m"),
+                           "timestamp": st.integers(0, 2**62), "label": st.booleans() | st.text(max_size=3)}),
+    st.lists(st.tuples(st.sampled_from(_label_fields), _hostile), max_size=2),
+)
+
+
+def _worker_accepts(record: dict[str, Any], is_label: bool) -> bool:
+    """What the worker does with the record sent as JSON: its decoder, then its evaluator for the
+    task the record's output implies, on a clock that agrees with the record's timestamp (clock
+    skew and the model's task are what only the worker can judge)."""
+    payload = json.dumps({"records": [record]}).encode()  # lone surrogates travel as \\ud800 escapes
+    decoded = (codec.decode_label_columns if is_label else codec.decode_prediction_columns)(payload)
+    if decoded.errors:
+        return False
+    # A multiclass model takes any label (as text): only its task would refuse a label value.
+    task = "multiclass" if is_label else "regression" if record.get("value") is not None else "binary"
+    evaluator = ModelEvaluator(_TOPOLOGIES[task])
+    now = int(decoded.columns.timestamp[0])
+    if is_label:
+        return not evaluator.add_label_columns(decoded.columns, now)
+    return not evaluator.add_prediction_columns(decoded.columns, now)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(_predictions.map(lambda r: (False, r)) | _labels.map(lambda r: (True, r)),
+                        min_size=1, max_size=10))
+def test_the_client_accepts_exactly_what_the_worker_accepts(offline_client: EvaluationClient,
+                                                            records: list[tuple[bool, dict[str, Any]]]) -> None:
+    for is_label, record in records:
+        accepted = (offline_client.log_label if is_label else offline_client.log_prediction)(record)
+        assert accepted == _worker_accepts(record, is_label), record
+        if accepted:  # and the Avro batch the client sends of it reads back the same in the worker
+            if is_label:
+                sent = codec.label_from_dict(record)
+                assert codec.decode_labels(codec.encode_labels([sent])).records == [sent]
+            else:
+                sent_p = codec.prediction_from_dict(record)
+                assert codec.decode_predictions(codec.encode_predictions([sent_p])).records == [sent_p]
