@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import json
 import math
+import multiprocessing
+import os
 import threading
 import time
 import uuid
@@ -292,3 +294,52 @@ def test_the_client_accepts_exactly_what_the_worker_accepts(offline_client: Eval
             else:
                 sent_p = codec.prediction_from_dict(record)
                 assert codec.decode_predictions(codec.encode_predictions([sent_p])).records == [sent_p]
+
+
+# -- forking, and a broker that is not there --------------------------------------------------------
+
+def _log_in_child(client: EvaluationClient, first: int) -> None:
+    for i in range(first, first + 20):
+        assert client.log_prediction(prediction(i))
+    client.close(timeout_s=20)
+    assert client.stats.sent_records == 20, client.stats  # the exit code says whether this held
+    os._exit(0)
+
+
+@pytest.mark.broker
+def test_a_forked_child_sends_its_own_records_and_the_parent_its(kafka_bootstrap: str, topic_prefix: str) -> None:
+    """gunicorn and uWSGI fork after the app (and its client) is made; without care the child's
+    client queues records that no thread of the child ever sends."""
+    topics = make_topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, [topics.predictions, topics.labels], PARTITIONS)
+    client = EvaluationClient(kafka_bootstrap, topics=topics, linger_ms=20)
+    for i in range(10):
+        client.log_prediction(prediction(i))
+    assert client.flush(timeout_s=20) == 0
+    client.log_prediction(prediction(10))  # queued in the parent when it forks: the parent sends it
+    child = multiprocessing.get_context("fork").Process(target=_log_in_child, args=(client, 100))
+    child.start()
+    for i in range(11, 20):
+        client.log_prediction(prediction(i))
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    client.close(timeout_s=20)
+    assert client.stats.sent_records == 20
+    ids = sorted(r.prediction_id for m in consume(kafka_bootstrap, topics, 40) for r in decode(m, topics))
+    assert ids == sorted(f"fraud-{i}" for i in [*range(20), *range(100, 120)])  # each once
+
+
+def test_a_broker_outage_logs_one_line_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """librdkafka reports every failed reconnect (~15 in 3 s to a closed port, at ERROR): a serving
+    pod's log would be flooded. The first is kept; the rest are counted and reported."""
+    with caplog.at_level("WARNING", logger="mle_stream.client"):
+        client = EvaluationClient(UNREACHABLE, topics=make_topics("outage."))
+        client.log_prediction(prediction(0))
+        time.sleep(3)
+        during = [r.getMessage() for r in caplog.records]
+        client.close(timeout_s=0)
+    refused = [m for m in during if "Connect to ipv4#127.0.0.1:1 failed" in m]
+    assert len(refused) == 2, during  # librdkafka's line and its error callback, once each
+    report = [r.getMessage() for r in caplog.records][len(during):]
+    held = [int(m.split()[2]) for m in report if "were not logged" in m]
+    assert len(held) == 2 and min(held) >= 3, report  # what was held back is counted at close
