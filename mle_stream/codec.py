@@ -54,7 +54,7 @@ from mle_stream.avro_batch_reader import (
     read_prediction_batch,
 )
 from mle_stream.core.columns import IntArray, LabelColumns, PredictionColumns
-from mle_stream.core.record_checks import unjoinable_ids, unusable_predictions
+from mle_stream.core.record_checks import output_reject, unjoinable_ids, unusable_predictions
 from mle_stream.core.events import (
     Command,
     CommandKind,
@@ -472,7 +472,8 @@ def _check_text(value: object, name: str) -> None:
 
 def check_record(event: Prediction | Label) -> None:
     """Raise InvalidEvent for a record the worker would dead-letter whatever the model's topology:
-    what Avro cannot carry (check_encodable) and what no topology takes (core/record_checks.py).
+    what Avro cannot carry (check_encodable), what no topology takes and what the one task that can
+    take the prediction's output refuses (core/record_checks.py).
 
     The serving client calls it in the caller's thread, so what it accepts is what the worker reads.
     """
@@ -480,6 +481,9 @@ def check_record(event: Prediction | Label) -> None:
     if isinstance(event, Prediction):
         latency = np.array([np.nan if event.latency_ms is None else event.latency_ms], dtype=np.float64)
         rejects = unusable_predictions([event.prediction_id], latency)
+        output = output_reject(event)
+        if output is not None:
+            rejects.append(output)
     else:
         rejects = unjoinable_ids([event.prediction_id])
     if rejects:

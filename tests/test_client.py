@@ -241,17 +241,21 @@ def _mutated(valid: dict[str, Any], changes: list[tuple[str, Any]]) -> dict[str,
 
 
 _MISSING = object()
-_prediction_fields = ["prediction_id", "model", "version", "timestamp", "score", "value", "latency_ms",
-                      "features", "segment", "error", "scroe", "extra"]
+_prediction_fields = ["prediction_id", "model", "version", "timestamp", "score", "scores", "value",
+                      "predicted_label", "latency_ms", "features", "segment", "error", "scroe", "extra"]
 _label_fields = ["prediction_id", "model", "timestamp", "label", "scroe"]
 _hostile = _ids | _numbers | _anything | _maps | st.just(_MISSING)
+_outputs = (st.fixed_dictionaries({"score": st.floats(0, 1)})
+            | st.fixed_dictionaries({"scores": st.dictionaries(st.sampled_from("abc"), st.floats(-0.5, 1), min_size=1)})
+            | st.fixed_dictionaries({"value": st.floats(-1e200, 1e200)})
+            | st.fixed_dictionaries({"error": st.text(max_size=3)}))
 _predictions = st.builds(
     _mutated,
-    st.fixed_dictionaries({"prediction_id": st.text("abc-0123", min_size=1, max_size=12), "model": st.just("m"),
-                           "version": st.just("2"), "timestamp": st.integers(0, 2**62),
-                           "score": st.floats(0, 1), "latency_ms": st.floats(0, 1e4),
-                           "features": st.dictionaries(st.text(max_size=3), st.floats(-1e6, 1e6) | st.text(max_size=3),
-                                                       max_size=2)}),
+    st.builds(lambda fields, output: {**fields, **output}, st.fixed_dictionaries({
+        "prediction_id": st.text("abc-0123", min_size=1, max_size=12), "model": st.just("m"), "version": st.just("2"),
+        "timestamp": st.integers(0, 2**62), "latency_ms": st.floats(0, 1e4),
+        "features": st.dictionaries(st.text(max_size=3), st.floats(-1e6, 1e6) | st.text(max_size=3), max_size=2),
+    }), _outputs),
     st.lists(st.tuples(st.sampled_from(_prediction_fields), _hostile), max_size=2),
 )
 _labels = st.builds(
@@ -271,7 +275,8 @@ def _worker_accepts(record: dict[str, Any], is_label: bool) -> bool:
     if decoded.errors:
         return False
     # A multiclass model takes any label (as text): only its task would refuse a label value.
-    task = "multiclass" if is_label else "regression" if record.get("value") is not None else "binary"
+    task = ("multiclass" if is_label or record.get("scores") is not None
+            else "regression" if record.get("value") is not None else "binary")
     evaluator = ModelEvaluator(_TOPOLOGIES[task])
     now = int(decoded.columns.timestamp[0])
     if is_label:

@@ -34,7 +34,8 @@ from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.events import Command, DriftTable, Label, LabelValue, MetricSnapshot, Prediction, binary_truth
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
 from mle_stream.core.metrics.regression import MAX_MAGNITUDE as REGRESSION_MAX_MAGNITUDE
-from mle_stream.core.record_checks import Reject, unjoinable_ids, unusable_predictions
+from mle_stream.core.record_checks import (Reject, class_probabilities_problem, regression_value_problem,
+                                          unjoinable_ids, unusable_predictions)
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
 from mle_stream.core.revisions import Revisions
@@ -673,8 +674,9 @@ class ModelEvaluator:
                     rejects.append(Reject(i, "scores", f"model {model!r} is a multiclass model: its predictions carry 'scores'"))
                     ok[i] = False
                     continue
-                if sum(scores.values()) <= 0 or min(scores.values()) < 0:
-                    rejects.append(Reject(i, "scores", "class probabilities must be >= 0 and not all 0"))
+                why = class_probabilities_problem(scores)
+                if why is not None:
+                    rejects.append(Reject(i, "scores", why))
                     ok[i] = False
                     continue
                 given = None if cols.predicted_label is None else cols.predicted_label[i]
@@ -686,9 +688,9 @@ class ModelEvaluator:
                     rejects.append(Reject(i, "value", f"model {model!r} is a regression model: its predictions carry 'value'"))
                     ok[i] = False
                     continue
-                if abs(value) >= REGRESSION_MAX_MAGNITUDE:
-                    rejects.append(Reject(i, "value", f"a regression value must be below {REGRESSION_MAX_MAGNITUDE:g} "
-                                                      f"in magnitude (its square must be a double), got {value!r}"))
+                why = regression_value_problem(value)
+                if why is not None:
+                    rejects.append(Reject(i, "value", why))
                     ok[i] = False
                     continue
                 outputs[i] = value
