@@ -32,7 +32,9 @@ Records still queued when the process exits without close() are lost.
 `log_*` never raise for a bad record: they refuse exactly the records the worker would dead-letter
 whatever the model's topology (codec.check_record, the worker's own checks), return False, count
 them (`stats.dropped_invalid`) and log the first at once, then one line per 10 s with a count.
-Unknown fields are ignored, as the worker ignores them.
+Unknown fields are ignored, as the worker ignores them. To tell a caller why a record is refused
+(an HTTP endpoint), run `codec.prediction_from_dict` / `codec.label_from_dict` and
+`codec.check_record` first: they raise InvalidEvent naming the field.
 
 Forking (gunicorn, uWSGI, multiprocessing) is safe: a client made before the fork starts over empty
 in the child, with its own producer and sender thread, at its first use there. What the parent had

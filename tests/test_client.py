@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 import weakref
+import zlib
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -348,3 +349,50 @@ def test_a_broker_outage_logs_one_line_per_interval(caplog: pytest.LogCaptureFix
     report = [r.getMessage() for r in caplog.records][len(during):]
     held = [int(m.split()[2]) for m in report if "were not logged" in m]
     assert len(held) == 2 and min(held) >= 3, report  # what was held back is counted at close
+
+
+def _java_murmur2(key: bytes) -> int:
+    """Kafka's Java Utils.murmur2 (unsigned here); Kafka's own UtilsTest vectors check it below."""
+    m, n = 0x5BD1E995, len(key)
+    h = (0x9747B28C ^ n) & 0xFFFFFFFF
+    for i in range(0, n - n % 4, 4):
+        k = (int.from_bytes(key[i:i + 4], "little") * m) & 0xFFFFFFFF
+        k = ((k ^ (k >> 24)) * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    tail = n - n % 4
+    if n % 4 == 3:
+        h ^= key[tail + 2] << 16
+    if n % 4 >= 2:
+        h ^= key[tail + 1] << 8
+    if n % 4:
+        h = ((h ^ key[tail]) * m) & 0xFFFFFFFF
+    h = ((h ^ (h >> 13)) * m) & 0xFFFFFFFF
+    return h ^ (h >> 15)
+
+
+def test_the_java_murmur2_reference_is_kafkas() -> None:
+    vectors = {b"21": -973932308, b"foobar": -790332482, b"a-little-bit-long-string": -985981536,
+               b"abc": 479470107, b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971}
+    assert {k: _java_murmur2(k) - (1 << 32) * (_java_murmur2(k) >> 31) for k in vectors} == vectors
+
+
+@pytest.mark.broker
+def test_partitioners_as_docs_production_says(kafka_bootstrap: str, topic_prefix: str) -> None:
+    """By default the client puts a model in partition CRC32(model) % n, which is not where a Java
+    producer puts it; with partitioner=murmur2_random it is (docs/production.md)."""
+    topics = make_topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, [topics.predictions, topics.labels], PARTITIONS)
+    models = [f"model-{i}" for i in range(12)]
+    with EvaluationClient(kafka_bootstrap, topics=topics, linger_ms=10) as default:
+        for model in models:
+            default.log_prediction(prediction(0, model))
+    with EvaluationClient(kafka_bootstrap, topics=topics, linger_ms=10,
+                          producer_config={"partitioner": "murmur2_random"}) as java_like:
+        for model in models:
+            java_like.log_label(label(0, model))
+    where = {(m.topic(), m.key().decode()): m.partition() for m in consume(kafka_bootstrap, topics, 2 * len(models))}
+    crc32 = {m: zlib.crc32(m.encode()) % PARTITIONS for m in models}
+    java = {m: (_java_murmur2(m.encode()) & 0x7FFFFFFF) % PARTITIONS for m in models}
+    assert {m: where[(topics.predictions, m)] for m in models} == crc32
+    assert {m: where[(topics.labels, m)] for m in models} == java
+    assert crc32 != java  # the two defaults disagree: one partitioner for all producers
