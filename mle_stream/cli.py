@@ -893,8 +893,8 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "actuator": cmd_actuator, "command": cmd_command,
             "actuate": cmd_actuate, "keys": cmd_keys,
-            "validate": cmd_validate, "init-topology": cmd_init_topology, "replay": cmd_replay, "bench": cmd_bench, "demo": cmd_demo,
-            "profile": cmd_profile, "status": cmd_status}
+            "validate": cmd_validate, "replay": cmd_replay, "bench": cmd_bench, "demo": cmd_demo,
+            "profile": cmd_profile, "status": cmd_status, "init-topology": cmd_init_topology}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -132,9 +132,6 @@ class EvaluationClient:
         self.batch_size = batch_size
         self.linger_ms = linger_ms
         self.max_queue = max_queue
-        # librdkafka's own log lines go to this module's logger (served by poll), not to stderr. The
-        # error callback holds the client weakly: a producer -> client -> producer cycle would keep
-        # the producer and its broker connections alive until a garbage collection.
         security = security if security is not None else KafkaSecurity.from_env()
         self._config = base_producer_config(bootstrap_servers, security=security, **(producer_config or {}))
         self._producer = self._new_producer()
@@ -199,7 +196,7 @@ class EvaluationClient:
             if not isinstance(p, Prediction):
                 p = codec.prediction_from_dict(p)
             codec.check_record(p)
-        except InvalidEvent as exc:
+        except Exception as exc:  # noqa: BLE001 - never raise in the request path (see _refuse)
             return self._refuse("prediction", p, exc)
         return self._enqueue(p)
 
@@ -209,20 +206,25 @@ class EvaluationClient:
             if not isinstance(label, Label):
                 label = codec.label_from_dict(label)
             codec.check_record(label)
-        except InvalidEvent as exc:
+        except Exception as exc:  # noqa: BLE001 - never raise in the request path (see _refuse)
             return self._refuse("label", label, exc)
         return self._enqueue(label)
 
-    def _refuse(self, noun: str, record: object, exc: InvalidEvent) -> bool:
+    def _refuse(self, noun: str, record: object, exc: Exception) -> bool:
+        """Count and log a refused record. InvalidEvent is the contract's refusal; anything else
+        comes from input no contract check foresaw (an int too long to print, a mapping that
+        raises), which must not raise in the request path either."""
         with self._lock:
             self._dropped_invalid += 1
         held = self._invalid_log.admit()
         if held is not None:
+            if isinstance(exc, InvalidEvent):
+                why = f"field {exc.field!r}: {exc.reason}" if exc.field else exc.reason
+            else:
+                why = f"unreadable: {type(exc).__name__}: {_short(exc)}"
             pid = record.get("prediction_id") if isinstance(record, Mapping) else getattr(record, "prediction_id", None)
-            where = f"field {exc.field!r}: " if exc.field else ""
-            log.warning("evaluation client: refused a %s (prediction_id %s) that the worker would dead-letter: "
-                        "%s%s%s", noun, _short(pid), where, exc.reason,
-                        f" ({held} more refused since the last report)" if held else "")
+            log.warning("evaluation client: refused a %s (prediction_id %s) that the worker would dead-letter: %s%s",
+                        noun, _short(pid), why, f" ({held} more refused since the last report)" if held else "")
         return False
 
     def _enqueue(self, record: Record) -> bool:
@@ -501,7 +503,10 @@ class _ThrottledLog:
 
 
 def _short(value: object) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception as exc:  # noqa: BLE001 - e.g. an int beyond Python's 4300-digit str limit
+        return f"<{type(value).__name__} that cannot be shown: {type(exc).__name__}>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

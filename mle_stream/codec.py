@@ -398,7 +398,7 @@ _LABEL_FIELDS = frozenset(f.name for f in dataclasses.fields(Label))
 def prediction_from_dict(data: Mapping[str, Any], *, strict: bool = False) -> Prediction:
     """A Prediction from a JSON object or a caller's mapping; raises InvalidEvent naming the field.
 
-    Unknown keys are ignored unless `strict` (the client sets it: there a stray key is a typo).
+    Unknown keys are ignored, as on the wire, unless `strict`.
     """
     if not isinstance(data, Mapping):
         raise InvalidEvent(f"a prediction must be an object (mapping), got {type(data).__name__}")

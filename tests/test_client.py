@@ -181,6 +181,7 @@ def test_invalid_records_are_refused_counted_and_logged_once(offline_client: Eva
         {**prediction(0), "latency_ms": 1e200},
         {**prediction(0), "features": {"amount": 10**400}},  # no double holds it
         {**prediction(0), "segment": {"country": "\ud800"}},  # a lone surrogate: no UTF-8, no Avro
+        {**prediction(0), "prediction_id": 10**5000},  # too long even to print in an error message
         None,
     ]
     with caplog.at_level("WARNING", logger="mle_stream.client"):
