@@ -281,6 +281,25 @@ def _parser() -> argparse.ArgumentParser:
             "Parse and validate topology files; exit 0 when all are valid, 2 otherwise.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="topology YAML files or directories")
 
+    from mle_stream.core.topology_template import ROUTING_BACKENDS, TASKS, TEMPLATE_MODES
+
+    p = add("init-topology", "write a first topology file for a new model",
+            "Write a commented topology for MODEL: windows, labels, a rollback rule on the error rate vs "
+            "the baseline, rollout steps and the route of BACKEND, with defaults to review. Existing files "
+            "are never overwritten. The whole onboarding (registry, route, deployment): docs/onboarding.md.\n\n"
+            "examples:\n  mle-stream init-topology --model churn            # topologies/churn.yaml\n"
+            "  mle-stream init-topology --model churn --task regression --mode ab --backend istio \\\n"
+            "      --baseline 7 --candidate 8 -o topologies/churn-ab.yaml")
+    p.add_argument("--model", required=True, help="the model name, as in the predictions' `model` field")
+    p.add_argument("--task", choices=TASKS, default="binary")
+    p.add_argument("--mode", choices=TEMPLATE_MODES, default="canary",
+                   help="canary (default) or ab; for a shadow start from topologies/credit-risk-shadow.yaml")
+    p.add_argument("--backend", choices=ROUTING_BACKENDS, default="gitops",
+                   help="where the model's traffic split lives (default gitops)")
+    p.add_argument("--baseline", default="champion", help="MLflow alias or version number (default champion)")
+    p.add_argument("--candidate", default="challenger", help="MLflow alias or version number (default challenger)")
+    p.add_argument("--out", "-o", type=Path, metavar="FILE", help="file to write (default: topologies/MODEL.yaml)")
+
     p = add("replay", "run the core over recorded predictions and labels, without a broker",
             "Backtest: merge recorded predictions and labels (JSON lines, the topics' field names) in "
             "event-time order, run the worker's join, windows, metrics and policy over them, and print "
@@ -692,6 +711,30 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     return 2 if failed or not files else 0
 
 
+def cmd_init_topology(args: argparse.Namespace, settings: Settings) -> int:
+    from mle_stream.core.topology_template import topology_yaml
+
+    try:
+        text = topology_yaml(args.model, task=args.task, mode=args.mode, backend=args.backend,
+                             baseline=args.baseline, candidate=args.candidate)
+    except ValueError as exc:
+        print(f"mle-stream init-topology: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or Path("topologies") / f"{args.model}.yaml"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("x", encoding="utf-8") as f:  # "x": never overwrite a reviewed topology
+            f.write(text)
+    except FileExistsError:
+        print(f"mle-stream init-topology: {out} exists; choose another --out or remove it", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"mle-stream init-topology: cannot write {out}: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: review it, then `mle-stream validate {out}`; next steps in docs/onboarding.md")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.core.topology import load_topologies
     from mle_stream.profiles import read_profile
@@ -880,7 +923,7 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS = {"broker": cmd_broker, "worker": cmd_worker, "actuator": cmd_actuator, "command": cmd_command,
             "actuate": cmd_actuate, "keys": cmd_keys,
             "validate": cmd_validate, "replay": cmd_replay, "bench": cmd_bench, "demo": cmd_demo,
-            "profile": cmd_profile, "status": cmd_status}
+            "profile": cmd_profile, "status": cmd_status, "init-topology": cmd_init_topology}
 
 
 # The extra each command needs on top of the base install, which is the client only

@@ -29,6 +29,17 @@ Usage in a serving pod::
 A labeler calls `log_label({"prediction_id": ..., "model": "fraud", "timestamp": ..., "label": 1})`.
 Records still queued when the process exits without close() are lost.
 
+`log_*` never raise for a bad record: they refuse exactly the records the worker would dead-letter
+whatever the model's topology (codec.check_record, the worker's own checks), return False, count
+them (`stats.dropped_invalid`) and log the first at once, then one line per 10 s with a count.
+Unknown fields are ignored, as the worker ignores them. To tell a caller why a record is refused
+(an HTTP endpoint), run `codec.prediction_from_dict` / `codec.label_from_dict` and
+`codec.check_record` first: they raise InvalidEvent naming the field.
+
+Forking (gunicorn, uWSGI, multiprocessing) is safe: a client made before the fork starts over empty
+in the child, with its own producer and sender thread, at its first use there. What the parent had
+queued is the parent's to send.
+
 TLS and SASL come from the pod's environment, as for the worker and the actuator (MLE_KAFKA_*,
 docs/kafka-security.md), or from `security=KafkaSecurity.from_properties({...})`.
 """
@@ -38,6 +49,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -50,7 +62,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.core.events import Label, Prediction
-from mle_stream.errors import ConfigError
+from mle_stream.errors import ConfigError, InvalidEvent
 from mle_stream.kafka import producer_config as base_producer_config
 from mle_stream.kafka_security import KafkaSecurity
 
@@ -80,6 +92,7 @@ class ClientStats:
     sent_messages: int
     dropped_queue_full: int
     dropped_delivery_failed: int
+    dropped_invalid: int = 0  # refused by log_*: the worker would dead-letter them (codec.check_record)
 
 
 class EvaluationClient:
@@ -119,17 +132,28 @@ class EvaluationClient:
         self.batch_size = batch_size
         self.linger_ms = linger_ms
         self.max_queue = max_queue
-        # librdkafka's own log lines go to this module's logger (served by poll), not to stderr. The
-        # error callback holds the client weakly: a producer -> client -> producer cycle would keep
-        # the producer and its broker connections alive until a garbage collection.
-        extra = {"error_cb": _weak_error_callback(weakref.ref(self)), "logger": log, **(producer_config or {})}
         security = security if security is not None else KafkaSecurity.from_env()
-        config = base_producer_config(bootstrap_servers, security=security, **extra)
-        try:
-            self._producer = Producer(config)
-        except KafkaException as exc:
-            raise ConfigError(f"invalid Kafka producer settings for {bootstrap_servers!r}: {exc}") from exc
+        self._config = base_producer_config(bootstrap_servers, security=security, **(producer_config or {}))
+        self._producer = self._new_producer()
+        self._init_state()
+        self._closed = False
+        self._start_sender()
+        _CLIENTS.add(self)
 
+    def _new_producer(self) -> Producer:
+        # librdkafka's own log lines go to this module's logger, throttled (served by poll), not to
+        # stderr. The error callback holds the client weakly: a producer -> client -> producer cycle
+        # would keep the producer and its broker connections alive until a garbage collection.
+        self._librdkafka_log = _ThrottledLog()
+        config = {"error_cb": _weak_error_callback(weakref.ref(self)), "logger": self._librdkafka_log, **self._config}
+        try:
+            return Producer(config)
+        except KafkaException as exc:
+            raise ConfigError(f"invalid Kafka producer settings for {self._config['bootstrap.servers']!r}: "
+                              f"{exc}") from exc
+
+    def _init_state(self) -> None:
+        """Locks, queue and counters as they are before the first record."""
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)  # notified when nothing is pending
         self._queue: collections.deque[Record] = collections.deque()
@@ -138,42 +162,79 @@ class EvaluationClient:
         self._sent_messages = 0
         self._dropped_queue_full = 0
         self._dropped_delivery_failed = 0
+        self._dropped_invalid = 0
         self._flush_waiters = 0
-        self._closed = False
         self._last_failure = ""
-
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._reported_drops = (0, 0)
         self._next_drop_log = 0.0
-        self._next_error_log = 0.0
+        self._invalid_log = _Throttle()
+        self._error_log = _Throttle()
+        self._thread: threading.Thread | None = None
+
+    def _start_sender(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mle-stream-evaluation-client", daemon=True)
         self._thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        """Only the forking thread survives a fork: the parent's sender thread and librdkafka's
+        threads do not exist in the child, and a lock they held stays held. Start over empty, with
+        the sender started at the first record (_enqueue): a child that never logs, such as a
+        subprocess being set up, starts no threads."""
+        # Destroying the parent's producer here would wait for its threads, which are not there.
+        _ABANDONED_AFTER_FORK.append(self._producer)
+        self._init_state()
 
     # -- the caller's side: cheap, never blocks on Kafka -----------------------------------------
 
     def log_prediction(self, p: Prediction | Mapping[str, Any]) -> bool:
-        """Queue one prediction; False if it was dropped because the queue is full.
-
-        Raises InvalidEvent for a record that breaks the contract: that is a bug in the caller.
-        """
-        if not isinstance(p, Prediction):
-            p = codec.prediction_from_dict(p, strict=True)
-        codec.check_encodable(p)
+        """Queue one prediction; False if it was dropped: the worker would dead-letter it
+        (stats.dropped_invalid, logged) or the queue is full (stats.dropped_queue_full). Unknown
+        fields of a mapping are ignored, as the worker ignores them. Never raises."""
+        try:
+            if not isinstance(p, Prediction):
+                p = codec.prediction_from_dict(p)
+            codec.check_record(p)
+        except Exception as exc:  # noqa: BLE001 - never raise in the request path (see _refuse)
+            return self._refuse("prediction", p, exc)
         return self._enqueue(p)
 
     def log_label(self, label: Label | Mapping[str, Any]) -> bool:
-        """Queue one label; False if it was dropped. Raises InvalidEvent like log_prediction."""
-        if not isinstance(label, Label):
-            label = codec.label_from_dict(label, strict=True)
-        codec.check_encodable(label)
+        """Queue one label; False if it was dropped, as log_prediction."""
+        try:
+            if not isinstance(label, Label):
+                label = codec.label_from_dict(label)
+            codec.check_record(label)
+        except Exception as exc:  # noqa: BLE001 - never raise in the request path (see _refuse)
+            return self._refuse("label", label, exc)
         return self._enqueue(label)
+
+    def _refuse(self, noun: str, record: object, exc: Exception) -> bool:
+        """Count and log a refused record. InvalidEvent is the contract's refusal; anything else
+        comes from input no contract check foresaw (an int too long to print, a mapping that
+        raises), which must not raise in the request path either."""
+        with self._lock:
+            self._dropped_invalid += 1
+        held = self._invalid_log.admit()
+        if held is not None:
+            if isinstance(exc, InvalidEvent):
+                why = f"field {exc.field!r}: {exc.reason}" if exc.field else exc.reason
+            else:
+                why = f"unreadable: {type(exc).__name__}: {_short(exc)}"
+            pid = record.get("prediction_id") if isinstance(record, Mapping) else getattr(record, "prediction_id", None)
+            log.warning("evaluation client: refused a %s (prediction_id %s) that the worker would dead-letter: %s%s",
+                        noun, _short(pid), why, f" ({held} more refused since the last report)" if held else "")
+        return False
 
     def _enqueue(self, record: Record) -> bool:
         with self._lock:
             if self._closed or self._pending >= self.max_queue:
                 self._dropped_queue_full += 1
                 return False
+            if self._thread is None:  # the first record in a forked child
+                self._producer = self._new_producer()
+                self._start_sender()
             self._pending += 1
             self._queue.append(record)
             if len(self._queue) == self.batch_size:  # only on the crossing: Event.set is not free
@@ -189,6 +250,7 @@ class EvaluationClient:
                 sent_messages=self._sent_messages,
                 dropped_queue_full=self._dropped_queue_full,
                 dropped_delivery_failed=self._dropped_delivery_failed,
+                dropped_invalid=self._dropped_invalid,
             )
 
     def flush(self, timeout_s: float = 10) -> int:
@@ -200,7 +262,7 @@ class EvaluationClient:
         self._wake.set()
         try:
             with self._lock:
-                while self._pending and self._thread.is_alive():
+                while self._pending and self._thread is not None and self._thread.is_alive():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -221,6 +283,8 @@ class EvaluationClient:
                 return
             self._closed = True
         undelivered = self.flush(timeout_s)
+        if self._thread is None:  # a forked child that never sent: nothing to stop
+            return
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=5)
@@ -231,6 +295,9 @@ class EvaluationClient:
             with self._lock:
                 self._give_up(self._pending, "close() timed out before Kafka acknowledged them")
         self._log_drops(force=True)
+        self._invalid_log.report_held("refused records")
+        self._librdkafka_log.report_held()
+        self._error_log.report_held("Kafka errors")
 
     def __enter__(self) -> "EvaluationClient":
         return self
@@ -379,10 +446,81 @@ class EvaluationClient:
         )
 
     def _on_kafka_error(self, error: KafkaError) -> None:
+        held = self._error_log.admit()
+        if held is not None:
+            log.warning("evaluation client: Kafka error (librdkafka keeps retrying): %s%s", error,
+                        f" ({held} more since the last report)" if held else "")
+
+
+class _Throttle:
+    """One log line per interval: the first event at once, later ones held back and counted until
+    the interval has passed. A broker outage makes librdkafka report every reconnect attempt."""
+
+    def __init__(self, interval_s: float = _LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._held = 0
+
+    def admit(self) -> int | None:
+        """None: hold this event back; else log it, with the number held back since the last one."""
         now = time.monotonic()
-        if now >= self._next_error_log:
-            self._next_error_log = now + _LOG_INTERVAL_S
-            log.warning("evaluation client: Kafka error (librdkafka keeps retrying): %s", error)
+        with self._lock:
+            if now < self._next:
+                self._held += 1
+                return None
+            held, self._held, self._next = self._held, 0, now + self.interval_s
+            return held
+
+    def report_held(self, what: str) -> None:
+        with self._lock:
+            held, self._held = self._held, 0
+        if held:
+            log.warning("evaluation client: %d more %s in the last %.0f s were not logged", held, what,
+                        self.interval_s)
+
+
+class _ThrottledLog:
+    """librdkafka's log lines into this module's logger (confluent-kafka calls `log(level, msg,
+    *args)`): below WARNING as they are, the rest throttled per librdkafka facility (FAIL, ...)."""
+
+    def __init__(self) -> None:
+        self._throttles: dict[str, _Throttle] = {}
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        if level < logging.WARNING:
+            log.log(level, msg, *args)
+            return
+        facility = str(args[0]) if args else ""
+        throttle = self._throttles.setdefault(facility, _Throttle())
+        held = throttle.admit()
+        if held is not None:
+            log.log(level, msg + (f" ({held} more like it since the last report)" if held else ""), *args)
+
+    def report_held(self) -> None:
+        for facility, throttle in list(self._throttles.items()):
+            throttle.report_held(f"librdkafka {facility} lines")
+
+
+def _short(value: object) -> str:
+    try:
+        text = repr(value)
+    except Exception as exc:  # noqa: BLE001 - e.g. an int beyond Python's 4300-digit str limit
+        return f"<{type(value).__name__} that cannot be shown: {type(exc).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_CLIENTS: "weakref.WeakSet[EvaluationClient]" = weakref.WeakSet()
+# The producers of clients made before a fork, held forever in the child (see _after_fork_in_child).
+_ABANDONED_AFTER_FORK: list[Producer] = []
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_CLIENTS):
+        client._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _weak_error_callback(client: "weakref.ref[EvaluationClient]") -> Callable[[KafkaError], None]:

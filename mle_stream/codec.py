@@ -56,6 +56,7 @@ from mle_stream.avro_batch_reader import (
     read_prediction_batch,
 )
 from mle_stream.core.columns import IntArray, LabelColumns, PredictionColumns
+from mle_stream.core.record_checks import output_reject, unjoinable_ids, unusable_predictions
 from mle_stream.core.events import (
     Command,
     CommandKind,
@@ -75,6 +76,7 @@ __all__ = [
     "RecordError",
     "WireSchema",
     "check_encodable",
+    "check_record",
     "decode_command",
     "decode_drift_table",
     "decode_label_columns",
@@ -393,9 +395,17 @@ def _check_long(value: object, name: str) -> None:
         raise InvalidEvent(f"does not fit in a 64-bit signed integer (Avro long), got {value!r}", name)
 
 
-def _as_double(value: object) -> object:
+def _int_as_double(value: int, name: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidEvent(f"is an integer of {value.bit_length()} bits, too large for a double (Avro double)",
+                           name) from None
+
+
+def _as_double(value: object, name: str) -> object:
     """JSON and Python ints in a double field become floats, so JSON and Avro decode alike."""
-    return float(value) if type(value) is int else value
+    return _int_as_double(value, name) if type(value) is int else value
 
 
 def _double_map(value: object, name: str) -> dict[str, object] | None:
@@ -407,7 +417,7 @@ def _double_map(value: object, name: str) -> dict[str, object] | None:
     for key, v in value.items():
         if not isinstance(key, str):
             raise InvalidEvent(f"keys must be strings, got {key!r}", name)
-        out[key] = float(v) if type(v) is int else v
+        out[key] = _int_as_double(v, f"{name}.{key}") if type(v) is int else v
     return out
 
 
@@ -453,7 +463,7 @@ _LABEL_FIELDS = frozenset(f.name for f in dataclasses.fields(Label))
 def prediction_from_dict(data: Mapping[str, Any], *, strict: bool = False) -> Prediction:
     """A Prediction from a JSON object or a caller's mapping; raises InvalidEvent naming the field.
 
-    Unknown keys are ignored unless `strict` (the client sets it: there a stray key is a typo).
+    Unknown keys are ignored, as on the wire, unless `strict`.
     """
     if not isinstance(data, Mapping):
         raise InvalidEvent(f"a prediction must be an object (mapping), got {type(data).__name__}")
@@ -466,11 +476,11 @@ def prediction_from_dict(data: Mapping[str, Any], *, strict: bool = False) -> Pr
         model=data["model"],
         version=data["version"],
         timestamp=timestamp,
-        score=_as_double(get("score")),  # type: ignore[arg-type]  # Prediction validates the type
+        score=_as_double(get("score"), "score"),  # type: ignore[arg-type]  # Prediction validates the type
         scores=_double_map(get("scores"), "scores"),  # type: ignore[arg-type]
-        value=_as_double(get("value")),  # type: ignore[arg-type]
+        value=_as_double(get("value"), "value"),  # type: ignore[arg-type]
         predicted_label=_label_value(get("predicted_label"), "predicted_label"),  # type: ignore[arg-type]
-        latency_ms=_as_double(get("latency_ms")),  # type: ignore[arg-type]
+        latency_ms=_as_double(get("latency_ms"), "latency_ms"),  # type: ignore[arg-type]
         features=_double_map(get("features"), "features"),  # type: ignore[arg-type]
         segment=_string_map(get("segment"), "segment"),
         error=_optional_str(get("error"), "error"),
@@ -490,16 +500,59 @@ def label_from_dict(data: Mapping[str, Any], *, strict: bool = False) -> Label:
 
 
 def check_encodable(event: Prediction | Label) -> None:
-    """Raise InvalidEvent for what the dataclass accepts but Avro cannot carry (ints beyond 64 bits).
-
-    The client calls it in the caller's thread, so such a record fails there instead of silently
-    costing its whole batch in the background thread.
-    """
+    """Raise InvalidEvent for what the dataclass accepts but Avro cannot carry: ints beyond 64 bits
+    in long fields or beyond a double's range in double fields, strings with a lone surrogate."""
     _check_long(event.timestamp, "timestamp")
     if isinstance(event, Label):
         _check_long(event.label, "label")
+        _check_text(event.label, "label")
     else:
         _check_long(event.predicted_label, "predicted_label")
+        for name in ("score", "value", "latency_ms"):
+            _as_double(getattr(event, name), name)
+        for name in ("scores", "features"):
+            _double_map(getattr(event, name), name)
+        _check_text(event.version, "version")
+        _check_text(event.error, "error")
+        _check_text(event.predicted_label, "predicted_label")
+        for name in ("scores", "features", "segment"):
+            values = getattr(event, name)
+            if values is not None:
+                for key, v in values.items():
+                    _check_text(key, name)
+                    _check_text(v, f"{name}.{key}")
+    _check_text(event.prediction_id, "prediction_id")
+    _check_text(event.model, "model")
+
+
+def _check_text(value: object, name: str) -> None:
+    # isascii is a C scan; only other text pays for the encode, which fails on a lone surrogate.
+    if type(value) is str and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEvent("holds a lone surrogate (\\uD800-\\uDFFF without its pair): not Unicode text, "
+                               "which no Avro string can carry", name) from None
+
+
+def check_record(event: Prediction | Label) -> None:
+    """Raise InvalidEvent for a record the worker would dead-letter whatever the model's topology:
+    what Avro cannot carry (check_encodable), what no topology takes and what the one task that can
+    take the prediction's output refuses (core/record_checks.py).
+
+    The serving client calls it in the caller's thread, so what it accepts is what the worker reads.
+    """
+    check_encodable(event)
+    if isinstance(event, Prediction):
+        latency = np.array([np.nan if event.latency_ms is None else event.latency_ms], dtype=np.float64)
+        rejects = unusable_predictions([event.prediction_id], latency)
+        output = output_reject(event)
+        if output is not None:
+            rejects.append(output)
+    else:
+        rejects = unjoinable_ids([event.prediction_id])
+    if rejects:
+        raise InvalidEvent(rejects[0].reason, rejects[0].field)
 
 
 # ------------------------------------------------------------------------------------------------

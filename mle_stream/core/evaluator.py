@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from mle_stream.core.checks import samples_of
 from mle_stream.core.column_join import ColumnJoin, ColumnJoined, label_array
-from mle_stream.core.id_hash import holdable_id_array, unholdable_ids
+from mle_stream.core.id_hash import holdable_id_array
 from mle_stream.core.columns import FeatureColumns, IntArray, LabelColumns, PredictionColumns
 from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence, pane_values_sequence
 from mle_stream.core.drift.decision import FeatureDrift
@@ -34,7 +34,8 @@ from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.events import Command, DriftTable, Label, LabelValue, MetricSnapshot, Prediction, binary_truth
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
 from mle_stream.core.metrics.regression import MAX_MAGNITUDE as REGRESSION_MAX_MAGNITUDE
-from mle_stream.core.metrics.serving import MAX_LATENCY_MS as SERVING_MAX_LATENCY_MS
+from mle_stream.core.record_checks import (Reject, class_probabilities_problem, regression_value_problem,
+                                          unjoinable_ids, unusable_predictions)
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
 from mle_stream.core.revisions import Revisions
@@ -65,13 +66,6 @@ def _payload_columns(topology: Topology) -> dict[str, Any]:
 
 # Shadow mode pairs predictions as tuples (core/shadow.py): (pane, version, segments, output, decision).
 Pending = tuple[int, str, tuple[Segment, ...], Any, Any]
-
-
-@dataclass(frozen=True)
-class Reject:
-    index: int  # the row in the batch that was passed in
-    field: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -164,11 +158,6 @@ def _column(values: Any, rows: IntArray) -> np.ndarray:
     if isinstance(values, np.ndarray):
         return values[rows]
     return np.fromiter(map(values.__getitem__, rows.tolist()), dtype=object, count=len(rows))
-
-
-def _unjoinable_ids(ids: Sequence[str]) -> list[Reject]:
-    """Rejects for the ids the label join cannot hold (core/id_hash.unholdable_ids)."""
-    return [Reject(i, "prediction_id", why) for i, why in unholdable_ids(ids)]
 
 
 def _segments_from_json(values: list[Any]) -> list[tuple[Segment, ...]]:
@@ -475,18 +464,11 @@ class ModelEvaluator:
             rejects.append(Reject(i, "timestamp", f"{int(ts[i])} is {int(ts[i]) - now_ms} ms ahead of the "
                                   f"worker's clock (allowed: {t.max_clock_skew_ms} ms)"))
             ok[i] = False
-        for i in np.flatnonzero(cols.latency_ms >= SERVING_MAX_LATENCY_MS).tolist():
-            # The latency moments hold squares, which must stay finite doubles.
-            if ok[i]:
-                rejects.append(Reject(i, "latency_ms", f"{float(cols.latency_ms[i]):g} ms is not a latency (the "
-                                      f"worker takes latencies below {SERVING_MAX_LATENCY_MS:g} ms)"))
-                ok[i] = False
         sids = self._holdable_id_array(cols.prediction_id)
-        if sids is None:
-            for reject in _unjoinable_ids(cols.prediction_id):
-                if ok[reject.index]:
-                    rejects.append(reject)
-                    ok[reject.index] = False
+        for reject in unusable_predictions(cols.prediction_id, cols.latency_ms, ids_held=sids is not None):
+            if ok[reject.index]:
+                rejects.append(reject)
+                ok[reject.index] = False
         failed = np.zeros(n, dtype=bool) if cols.error is None else np.array([e is not None for e in cols.error])
         outputs, decisions = self._read_outputs(cols, failed, ok, rejects)
         if rejects:
@@ -574,7 +556,7 @@ class ModelEvaluator:
         sids = self._holdable_id_array(ids)
         if sids is None:
             rejected = {r.index for r in rejects}
-            unjoinable = [r for r in _unjoinable_ids(ids) if r.index not in rejected]
+            unjoinable = [r for r in unjoinable_ids(ids) if r.index not in rejected]
             if unjoinable:
                 rejects = sorted(rejects + unjoinable, key=lambda r: r.index)
         if rejects:
@@ -605,7 +587,7 @@ class ModelEvaluator:
 
     def _holdable_id_array(self, ids: Sequence[str]) -> np.ndarray | None:
         """The ids as the join keeps them, if all can be held and a shortcut shows it (ids of one
-        format); None: check them one by one (_unjoinable_ids) and hand the join str. In shadow
+        format); None: check them one by one (record_checks.unjoinable_ids) and hand the join str. In shadow
         mode always None: the shadow's pairing keeps ids as str."""
         return holdable_id_array(ids) if self.shadow_join is None else None
 
@@ -692,8 +674,9 @@ class ModelEvaluator:
                     rejects.append(Reject(i, "scores", f"model {model!r} is a multiclass model: its predictions carry 'scores'"))
                     ok[i] = False
                     continue
-                if sum(scores.values()) <= 0 or min(scores.values()) < 0:
-                    rejects.append(Reject(i, "scores", "class probabilities must be >= 0 and not all 0"))
+                why = class_probabilities_problem(scores)
+                if why is not None:
+                    rejects.append(Reject(i, "scores", why))
                     ok[i] = False
                     continue
                 given = None if cols.predicted_label is None else cols.predicted_label[i]
@@ -705,9 +688,9 @@ class ModelEvaluator:
                     rejects.append(Reject(i, "value", f"model {model!r} is a regression model: its predictions carry 'value'"))
                     ok[i] = False
                     continue
-                if abs(value) >= REGRESSION_MAX_MAGNITUDE:
-                    rejects.append(Reject(i, "value", f"a regression value must be below {REGRESSION_MAX_MAGNITUDE:g} "
-                                                      f"in magnitude (its square must be a double), got {value!r}"))
+                why = regression_value_problem(value)
+                if why is not None:
+                    rejects.append(Reject(i, "value", why))
                     ok[i] = False
                     continue
                 outputs[i] = value
