@@ -114,11 +114,11 @@ def _json(text: str | bytes, where: str, reason: str) -> Any:
 def _time_ms(text: str, name: str) -> int:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        millis = int(moment.timestamp() * 1000)
+    except (ValueError, OverflowError):
         raise Rejected("headers", f"{name}: expected an RFC 3339 time, got {text[:80]!r}") from None
     if moment.tzinfo is None:
         raise Rejected("headers", f"{name}: the time {text[:80]!r} has no time zone")
-    millis = int(moment.timestamp() * 1000)
     if millis < 0:
         raise Rejected("headers", f"{name}: {text[:80]!r} is before 1970")
     return millis
