@@ -422,7 +422,10 @@ def _parser() -> argparse.ArgumentParser:
             "Each call's request and response events are paired by ce-id and mapped by the model's topology "
             "(its ingest: section) to one prediction per instance, with id <ce-id>:<index>; labelers may POST "
             "labels as JSON to /labels. /healthz and /metrics (Prometheus) are served on the same port. "
-            "See docs/ingest.md.", 100, break_on_hyphens=False))
+            "See docs/ingest.md.", 100, break_on_hyphens=False)
+            + "\n\nexamples:\n  mle-stream ingest -t topologies/ --port 8080\n"
+              "  curl -X POST localhost:8080/labels -d '{\"prediction_id\": \"order-7:0\", \"model\": "
+              "\"fraud-detector\", \"timestamp\": 1796612400500, \"label\": 1}'")
     p.add_argument("--topology", "-t", action="append", required=True, metavar="PATH",
                    help="topology file(s) or directories: each model's ingest: section says which InferenceService "
                         "feeds it and how its payloads map to predictions")
@@ -434,8 +437,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pending", type=int, default=10_000, metavar="N",
                    help="halves (request or response) waiting for their counterpart at most; the oldest is dropped "
                         "to make room (default 10000)")
-    p.add_argument("--max-pending-bytes", type=int, default=256 << 20, metavar="N",
-                   help="bytes of the bodies waiting at most (default 268435456)")
+    p.add_argument("--max-pending-bytes", type=int, default=64 << 20, metavar="N",
+                   help="bytes of the bodies waiting at most; parsed, they take a few times that in memory "
+                        "(default 67108864)")
     p.add_argument("--pair-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="an unpaired half is dropped and counted after this long (default 30)")
     return parser
@@ -861,9 +865,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         wait_for_broker(bootstrap, security=security)
         ensure_topics(bootstrap, settings.topics.all(), settings.partitions, security=security)
         with EvaluationClient(bootstrap, topics=settings.topics, security=security) as client:
+            ingest = IngestServer(topologies, client, limits)
             try:
-                server = RunningServer(IngestServer(topologies, client, limits), args.bind, args.port)
-            except (OSError, ValueError) as exc:
+                server = RunningServer(ingest, args.bind, args.port)
+            except OSError as exc:
                 raise ConfigError(f"cannot serve on {args.bind}:{args.port}: {exc}") from exc
             logging.getLogger("mle_stream").info(
                 "ingest for %s on http://%s:%d/ (labels: /labels) -> %s", ", ".join(sorted(topologies)),

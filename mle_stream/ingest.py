@@ -31,7 +31,7 @@ from mle_stream.core.events import Label, Prediction
 from mle_stream.core.kserve_logger import REASONS, LoggedEvent, Rejected, parse_event, to_predictions
 from mle_stream.core.pending_pairs import PendingPairs
 from mle_stream.core.topology import Topology
-from mle_stream.errors import InvalidEvent
+from mle_stream.errors import ConfigError, InvalidEvent
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Publisher(Protocol):
 class Limits:
     max_body_bytes: int = 1 << 20  # a larger post is refused (413)
     max_pending: int = 10_000  # halves waiting for their counterpart
-    max_pending_bytes: int = 256 << 20  # bodies of those halves, in bytes
+    max_pending_bytes: int = 64 << 20  # bodies of those halves, in bytes (parsed, they take a few times that)
     pair_timeout_s: float = 30.0  # an unpaired half is dropped after this long
 
 
@@ -91,7 +91,7 @@ class IngestServer:
         for t in topologies.values():
             service = t.ingest.inference_service or t.model
             if service in self._by_service:
-                raise ValueError(f"{t.source}: InferenceService {service!r} already feeds model "
+                raise ConfigError(f"{t.source}: InferenceService {service!r} already feeds model "
                                  f"{self._by_service[service].model!r} ({self._by_service[service].source})")
             self._by_service[service] = t
         self.pending: PendingPairs[LoggedEvent] = PendingPairs(
@@ -159,7 +159,7 @@ class IngestServer:
                                 f"ce-inferenceservicename: no topology takes events of {event.inference_service[:120]!r} "
                                 f"in namespace {event.namespace[:120]!r} (ingest.inference_service, ingest.namespace; "
                                 f"known: {known})", 422)
-        key = (event.inference_service, event.id)
+        key = (event.inference_service, event.attributes.get("component", ""), event.id)
         if self.pending.waiting(key) == event.kind:
             return self._refuse("duplicate", f"ce-id: a {event.kind} with id {event.id[:120]!r} is already waiting for "
                                              f"its counterpart", 409)

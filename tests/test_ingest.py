@@ -10,6 +10,7 @@ request's Content-Type on both halves.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mle_stream import codec
@@ -96,7 +97,7 @@ def served(tmp_path: Path, kafka_bootstrap: str, topics: Topics) -> Iterator[tup
     (tmp_path / "fraud.yaml").write_text(FRAUD)
     (tmp_path / "iris.yaml").write_text(IRIS)
     with EvaluationClient(kafka_bootstrap, topics=topics, linger_ms=20) as client:
-        server = IngestServer(load_topologies([tmp_path]), client, Limits(max_body_bytes=64 << 10))
+        server = IngestServer(load_topologies([tmp_path]), client, Limits(max_body_bytes=64 << 10, pair_timeout_s=1.0))
         running = RunningServer(server, "127.0.0.1", 0)
         try:
             yield f"http://127.0.0.1:{running.port}", server
@@ -166,29 +167,45 @@ def decoded(message: Any, topics: Topics) -> list[Any]:
     return result.records
 
 
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12)
+HOSTILE_BODIES = st.one_of(
+    st.one_of(
+        JSON_VALUES,
+        st.builds(lambda v: {"instances": v}, JSON_VALUES), st.builds(lambda v: {"predictions": v}, JSON_VALUES),
+        st.builds(lambda name, shape, data: {"inputs": [{"name": name, "shape": shape, "datatype": "FP32",
+                                                         "data": data}]}, JSON_VALUES, JSON_VALUES, JSON_VALUES),
+        st.builds(lambda shape, data: {"outputs": [{"name": "p", "shape": shape, "datatype": "FP32", "data": data}]},
+                  st.lists(st.integers(-2, 3), max_size=3), JSON_VALUES),
+    ).map(lambda d: json.dumps(d).encode()),
+    st.binary(max_size=40))
+GOOD = kserve_headers("request", "x", "fraud", "2026-12-07T03:00:00Z")
+HEADER_VALUES = st.one_of(st.text(max_size=30), st.sampled_from(
+    ["", "1.0", "0.3", REQUEST_TYPE, RESPONSE_TYPE, "not a time", "9999-12-31T23:59:59-23:59", "iris", "{", "[]"]))
+
+
 def kserve_event() -> st.SearchStrategy[tuple[dict[str, str], bytes]]:
-    """Events KServe's logger could send, then broken in one place."""
-    good = kserve_headers("request", "x", "fraud", "2026-12-07T03:00:00Z")
-    header_values = st.one_of(st.text(max_size=30), st.sampled_from(
-        ["", "1.0", "0.3", REQUEST_TYPE, RESPONSE_TYPE, "not a time", "9999-12-31T23:59:59-23:59", "iris", "{", "[]"]))
-    headers = st.builds(lambda name, value: {**good, name: value},
-                        st.sampled_from(sorted(good)), header_values.filter(lambda v: v.isascii() and v.isprintable()))
-    json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-                                         st.text(max_size=8)),
-                               lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                           max_size=4), max_leaves=12)
-    documents = st.one_of(
-        json_values,
-        st.builds(lambda v: {"instances": v}, json_values), st.builds(lambda v: {"predictions": v}, json_values),
-        st.builds(lambda name, shape, data: {"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "data": data}]},
-                  json_values, json_values, json_values))
-    bodies = st.one_of(documents.map(lambda d: json.dumps(d).encode()), st.binary(max_size=40),
-                       st.just(b"[" * 100_000), st.just(b'{"instances": [NaN]}'), st.just(b"9" * 5000))
-    return st.tuples(headers, bodies)
+    """An event KServe's logger could send, broken in one header, or well-formed headers with a hostile body."""
+    broken_header = st.builds(lambda name, value: {**GOOD, name: value}, st.sampled_from(sorted(GOOD)),
+                              HEADER_VALUES.filter(lambda v: v.isascii() and v.isprintable()))
+    good_headers = st.builds(lambda kind, service: kserve_headers(kind, str(uuid.uuid4()), service,
+                                                                  "2026-12-07T03:00:00Z"),
+                             st.sampled_from(["request", "response"]), st.sampled_from(["fraud", "iris"]))
+    return st.one_of(st.tuples(broken_header, st.just(b'{"instances": [[1, 2]]}')),
+                     st.tuples(good_headers, HOSTILE_BODIES))
+
+
+DEEP = kserve_headers("request", "deep", "fraud", "2026-12-07T03:00:00Z")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(event=kserve_event())
+@example(event=(DEEP, b"[" * 60_000))  # deeper than Python's recursion limit
+@example(event=(DEEP, b'{"instances": [NaN]}'))
+@example(event=(DEEP, b"9" * 5000))  # longer than Python's integer-string limit
+@example(event=(DEEP, b'{"inputs": [{"name": "a", "shape": [1], "data": ' + b"[" * 30_000 + b"]" * 30_000 + b"}]}"))
 def test_hostile_events_and_labels_get_a_4xx_naming_the_field(served: tuple[str, IngestServer],
                                                              event: tuple[dict[str, str], bytes]) -> None:
     url, server = served
@@ -225,6 +242,12 @@ def test_mapping_refusals_name_the_field_and_what_to_do(served: tuple[str, Inges
     assert post(url + "/", b'{"instances": [1]}', kserve_headers("request", "dup", "fraud", t))[0] == 200
     status, answer = post(url + "/", b'{"instances": [1]}', kserve_headers("request", "dup", "fraud", t))
     assert status == 409 and answer["reason"] == "duplicate"
+    # A request whose response never comes is dropped after the pair timeout (1 s here), and counted.
+    assert post(url + "/", b'{"instances": [1]}', kserve_headers("request", "lonely", "iris", t))[0] == 200
+    time.sleep(1.6)
+    metrics = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    assert 'mle_stream_ingest_unpaired_total{type="request",why="expired"}' in metrics
+    assert "mle_stream_ingest_pending 0.0" in metrics
     status, answer = post(url + "/", b"x" * (65 << 10), kserve_headers("request", "big", "fraud", t))
     assert status == 413 and answer["reason"] == "too_large"
     status, answer = post(url + "/labels", json.dumps([{"prediction_id": "p", "model": "iris", "timestamp": 1,
