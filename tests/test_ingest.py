@@ -218,7 +218,7 @@ def test_hostile_events_and_labels_get_a_4xx_naming_the_field(served: tuple[str,
 
 
 def test_mapping_refusals_name_the_field_and_what_to_do(served: tuple[str, IngestServer]) -> None:
-    url, _ = served
+    url, server = served
     t = "2026-12-07T03:00:00Z"
     pairs = [  # (service, request, response, what the answer must say)
         ("fraud", {"instances": [[1, 2]]}, {"predictions": [[0.1, 0.2, 0.7]]}, "predictions[0]: a list of 3 values; set ingest.index"),
@@ -250,6 +250,9 @@ def test_mapping_refusals_name_the_field_and_what_to_do(served: tuple[str, Inges
     assert "mle_stream_ingest_pending 0.0" in metrics
     status, answer = post(url + "/", b"x" * (65 << 10), kserve_headers("request", "big", "fraud", t))
     assert status == 413 and answer["reason"] == "too_large"
+    both = {name: parse_topology(FRAUD.replace("fraud-detector", name), f"{name}.yaml") for name in ("a", "b")}
+    with pytest.raises(ConfigError, match="b.yaml: InferenceService 'fraud' already feeds model 'a'"):
+        IngestServer(both, server.publisher)
     status, answer = post(url + "/labels", json.dumps([{"prediction_id": "p", "model": "iris", "timestamp": 1,
                                                         "label": 1}, {"prediction_id": "p", "model": "iris"}]).encode())
     assert status == 400 and answer["error"].startswith("[1]: ") and "timestamp" in answer["error"]
