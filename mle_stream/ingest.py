@@ -15,8 +15,6 @@ says what was wrong and where (docs/ingest.md).
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -28,12 +26,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from mle_stream import codec
 from mle_stream.core.events import Label, Prediction
-from mle_stream.core.kserve_logger import REASONS, LoggedEvent, Rejected, parse_event, to_predictions
-from mle_stream.core.pending_pairs import PendingPairs
+from mle_stream.core.kserve_logger import REASONS, LoggedEvent, Rejected, parse_event, parse_json, to_predictions
+from mle_stream.core.pending_pairs import Dropped, PendingPairs
 from mle_stream.core.topology import Topology
 from mle_stream.errors import ConfigError, InvalidEvent
-
-log = logging.getLogger(__name__)
 
 MAX_LABELS = 10_000  # per POST /labels
 
@@ -116,7 +112,7 @@ class IngestServer:
         yield
         task.cancel()
 
-    def _count_dropped(self, dropped: list[Any]) -> None:
+    def _count_dropped(self, dropped: list[Dropped]) -> None:
         for d in dropped:
             self.metrics.unpaired.labels(d.kind, d.why).inc()
         self.metrics.pending.set(len(self.pending))
@@ -171,7 +167,7 @@ class IngestServer:
                                                                       else "request")})
         self.metrics.paired.inc()
         try:
-            predictions = to_predictions(*pair, topology.model, topology.task, topology.ingest, now)
+            predictions = to_predictions(*pair, topology.model, topology.task, topology.ingest, int(time.time() * 1000))
             for p in predictions:
                 codec.check_encodable(p)
         except Rejected as exc:
@@ -200,11 +196,9 @@ class IngestServer:
         if isinstance(body, web.Response):
             return body
         try:
-            data = json.loads(body, parse_constant=lambda name: _invalid(f"{name} is not a JSON number"))
-        except RecursionError:
-            return self._refuse("labels", "body: JSON nested too deeply")
-        except (ValueError, UnicodeDecodeError) as exc:
-            return self._refuse("labels", f"body: not valid JSON ({str(exc)[:200]})")
+            data = parse_json(body, "body", "labels")
+        except Rejected as exc:
+            return self._refuse(exc.reason, str(exc))
         items = data if isinstance(data, list) else [data]
         if not items or len(items) > MAX_LABELS:
             return self._refuse("labels", f"body: expected one label or a list of 1 to {MAX_LABELS}, got {len(items)}")
@@ -229,10 +223,6 @@ class IngestServer:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _invalid(message: str) -> float:
-    raise ValueError(message)
-
-
 def _now_ms() -> int:
     # Pairing runs on the monotonic clock: a wall-clock step must not expire or keep halves.
     return int(time.monotonic() * 1000)
@@ -246,8 +236,12 @@ class RunningServer:
         self._loop = asyncio.new_event_loop()
         self._runner = web.AppRunner(server.app(), access_log=None)
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, host, port)
-        self._loop.run_until_complete(site.start())
+        try:
+            self._loop.run_until_complete(web.TCPSite(self._runner, host, port).start())
+        except OSError:  # e.g. the port is taken: release what setup() made
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+            raise
         sockets = self._runner.addresses
         self.port: int = sockets[0][1] if sockets else port
         self._thread = threading.Thread(target=self._loop.run_forever, name="mle-stream-ingest", daemon=True)

@@ -131,6 +131,13 @@ def test_kserve_events_become_predictions_and_labels_on_the_topics(
     status, answer = post(url + "/", json.dumps(v2_request).encode(),
                           kserve_headers("request", v2_id, "iris", t0, "iris-predictor-abc", annotations))
     assert (status, answer) == (200, {"published": 1})
+    # Without ce-time (not KServe, but allowed by CloudEvents) the prediction is stamped on arrival.
+    before = int(time.time() * 1000)
+    for kind, body in (("request", {"instances": [{"amount": 5}]}), ("response", {"predictions": [True]})):
+        headers = kserve_headers(kind, "untimed", "fraud", "")
+        del headers["Ce-Time"]
+        assert post(url + "/", json.dumps(body).encode(), headers)[0] == 200
+    after = int(time.time() * 1000)
     # Labels over HTTP: one, and a list.
     status, _ = post(url + "/labels", json.dumps(
         {"prediction_id": f"{v1_id}:1", "model": "fraud-detector", "timestamp": 1_796_612_400_500, "label": 1}).encode())
@@ -140,7 +147,7 @@ def test_kserve_events_become_predictions_and_labels_on_the_topics(
     assert (status, answer) == (200, {"published": 1})
 
     messages = read_until(kafka_bootstrap, [topics.predictions, topics.labels],
-                          lambda ms: sum(len(decoded(m, topics)) for m in ms) >= 5, timeout_s=20)
+                          lambda ms: sum(len(decoded(m, topics)) for m in ms) >= 6, timeout_s=20)
     predictions = {p.prediction_id: p for m in messages if m.topic() == topics.predictions for p in decoded(m, topics)}
     labels = {x.prediction_id: x for m in messages if m.topic() == topics.labels for x in decoded(m, topics)}
     at = 1_796_612_400_000  # 2026-12-07T03:00:00Z in epoch ms
@@ -153,10 +160,13 @@ def test_kserve_events_become_predictions_and_labels_on_the_topics(
     assert (iris.model, iris.version, iris.predicted_label) == ("iris", "7", "setosa")
     assert iris.scores == pytest.approx({"setosa": 0.7, "versicolor": 0.2, "virginica": 0.1})
     assert iris.features == pytest.approx({"petal.0": 1.4, "petal.1": 0.2, "sepal_length": 5.1})
+    untimed = predictions["untimed:0"]
+    assert before <= untimed.timestamp <= after and untimed.latency_ms is None
+    assert (untimed.score, untimed.features) == (1.0, {"amount": 5.0})
     assert labels[f"{v1_id}:1"].label == 1 and labels[f"{v2_id}:0"].label == "setosa"
     metrics = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
-    assert 'mle_stream_ingest_records_total{kind="prediction",outcome="published"} 3.0' in metrics
-    assert "mle_stream_ingest_paired_total 2.0" in metrics
+    assert 'mle_stream_ingest_records_total{kind="prediction",outcome="published"} 4.0' in metrics
+    assert "mle_stream_ingest_paired_total 3.0" in metrics
     assert json.loads(urllib.request.urlopen(url + "/healthz", timeout=5).read()) == {"status": "ok", "pending": 0}
 
 

@@ -102,7 +102,8 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _json(text: str | bytes, where: str, reason: str) -> Any:
+def parse_json(text: str | bytes, where: str, reason: str) -> Any:
+    """JSON from an untrusted body: Rejected(reason) for anything json.loads would not turn into plain data."""
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
@@ -142,7 +143,7 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> LoggedEvent:
         if len(value) > MAX_ID_CHARS:
             raise Rejected("headers", f"ce-{name}: longer than {MAX_ID_CHARS} characters")
     time_ms = _time_ms(attributes["time"], "ce-time") if attributes.get("time") else None
-    document = _json(body, f"{kind} body", "body")
+    document = parse_json(body, f"{kind} body", "body")
     if not isinstance(document, dict):
         raise Rejected("body", f"{kind} body: expected a JSON object, got {type(document).__name__}")
     protocol, rows = (_request_rows if kind == "request" else _response_rows)(document)
