@@ -52,8 +52,7 @@ task: multiclass
 baseline: {version: "1"}
 candidate: {version: "2"}
 ingest:
-  output: probabilities            # v2 output tensor with the class probabilities
-  label_output: label
+  label_output: label              # the score: the first other output (the probabilities)
   classes: [setosa, versicolor, virginica]
   version: ["{annotation:mle-stream.io/version}", "{revision}", "0"]
 """
@@ -235,7 +234,12 @@ def test_mapping_refusals_name_the_field_and_what_to_do(served: tuple[str, Inges
         ("fraud", {"instances": [[1, 2], [3, 4]]}, {"predictions": [0.5]}, "2 instances but the response 1 predictions"),
         ("fraud", {"instances": [[1, 2, 3]]}, {"predictions": [0.5]}, "instances[0]: 3 values for 2 ingest.features"),
         ("fraud", {"instances": [[1, 2]]}, {"predictions": [1.5]}, "predictions[0]: score: is a probability"),
-        ("iris", {"instances": [[1]]}, {"predictions": [{"probabilities": [0.5, 0.5, 0.0]}]}, "predictions[0]: expected an object with key 'label'"),
+        ("iris", {"instances": [[1]]}, {"predictions": [{"probabilities": [0.5, 0.5, 0.0]}]},
+         "predictions[0]: the prediction is an object ('probabilities'): set ingest.output"),
+        ("iris", {"instances": [[0.5] * 1001]}, {"outputs": [
+            {"name": "label", "shape": [1], "datatype": "BYTES", "data": ["setosa"]},
+            {"name": "probabilities", "shape": [1, 3], "datatype": "FP32", "data": [1, 0, 0]}]},
+         "instances[0]: 1001 values, more than 1000 features; set ingest.features: none"),
     ]
     for service, request, response, expected in pairs:
         ce_id = str(uuid.uuid4())

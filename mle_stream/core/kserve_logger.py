@@ -42,6 +42,7 @@ _REVISION = re.compile(r"-(\d{5})-deployment-")
 _PLACEHOLDER = re.compile(r"\{([a-z]+)(?::([^{}]*))?\}")
 PLACEHOLDERS = ("annotation", "header", "ce", "revision")
 MAX_ID_CHARS = 512
+MAX_FEATURES = 1000  # per prediction: an image or an embedding is not a set of features to watch
 
 
 class Rejected(ValueError):
@@ -60,7 +61,8 @@ class IngestMapping:
     inference_service: the ce-inferenceservicename that feeds this model (None: the model's name).
     namespace: only events from this ce-namespace (None: any).
     output: the response field the score (scores, value) is read from: a v2 output tensor's name or
-        a key of a v1 prediction object (None: the first v2 output; a v1 prediction itself).
+        a key of a v1 prediction object (None: the first v2 output other than label_output; a v1
+        prediction itself).
     index: the position in that output when it holds a list per instance (binary: the positive
         class's probability; None: 1 of a pair, 0 of a single value).
     classes: multiclass: the class names of the output's positions (empty: "0", "1", ...).
@@ -251,7 +253,8 @@ def to_predictions(request: LoggedEvent, response: LoggedEvent, model: str, task
     out = []
     for i, (instance, answer) in enumerate(zip(request.rows, response.rows)):
         where = f"{'predictions' if response.protocol == 'v1' else 'outputs'}[{i}]"
-        outputs = _outputs(task, _select(answer, mapping.output, where, response.protocol), mapping, where)
+        outputs = _outputs(task, _select(answer, mapping.output, where, response.protocol, mapping.label_output),
+                           mapping, where)
         label = None if mapping.label_output is None else _label(
             _select(answer, mapping.label_output, where, response.protocol), where)
         features = _features(instance, mapping, f"{'instances' if request.protocol == 'v1' else 'inputs'}[{i}]")
@@ -265,10 +268,10 @@ def to_predictions(request: LoggedEvent, response: LoggedEvent, model: str, task
     return out
 
 
-def _select(answer: Any, name: str | None, where: str, protocol: str) -> Any:
+def _select(answer: Any, name: str | None, where: str, protocol: str, skip: str | None = None) -> Any:
     if protocol == "v2":
-        if name is None:
-            return next(iter(answer.values()))
+        if name is None:  # the first output that is not the label's
+            return next((v for k, v in answer.items() if k != skip), next(iter(answer.values())))
         if name not in answer:
             raise Rejected("mapping", f"outputs: no output named {name!r} (ingest.output / label_output); the "
                                       f"response has {', '.join(map(repr, answer))}")
@@ -305,7 +308,7 @@ def _outputs(task: str, value: Any, mapping: IngestMapping, where: str) -> dict[
         return {"scores": {n: _number(v, f"{where}[{j}]") for j, (n, v) in enumerate(zip(names, value))}}
     if isinstance(value, list):
         index = mapping.index if mapping.index is not None else (1 if len(value) == 2 else 0)
-        if not -len(value) <= index < len(value) or (mapping.index is None and len(value) > 2):
+        if not 0 <= index < len(value) or (mapping.index is None and len(value) > 2):
             raise Rejected("mapping", f"{where}: a list of {len(value)} values; set ingest.index to the position "
                                       f"to read (got index {mapping.index})")
         value, where = value[index], f"{where}[{index}]"
@@ -353,6 +356,9 @@ def _features(instance: Any, mapping: IngestMapping, where: str) -> dict[str, fl
         items = [(names[j] if names else str(j), v) for j, v in enumerate(instance)]
     else:
         items = [(names[0] if names else "0", instance)]
+    if len(items) > MAX_FEATURES:
+        raise Rejected("mapping", f"{where}: {len(items)} values, more than {MAX_FEATURES} features; set "
+                                  f"ingest.features: none, or name the input tensors to keep in ingest.inputs")
     out = {}
     for name, value in items:
         converted = _feature_value(value)
