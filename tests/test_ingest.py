@@ -234,6 +234,7 @@ def test_mapping_refusals_name_the_field_and_what_to_do(served: tuple[str, Inges
         ("fraud", {"instances": [[1, 2], [3, 4]]}, {"predictions": [0.5]}, "2 instances but the response 1 predictions"),
         ("fraud", {"instances": [[1, 2, 3]]}, {"predictions": [0.5]}, "instances[0]: 3 values for 2 ingest.features"),
         ("fraud", {"instances": [[1, 2]]}, {"predictions": [1.5]}, "predictions[0]: score: is a probability"),
+        ("fraud", {"instances": [[10**400, 2]]}, {"predictions": [10**400]}, "predictions[0]: expected a number"),
         ("iris", {"instances": [[1]]}, {"predictions": [{"probabilities": [0.5, 0.5, 0.0]}]},
          "predictions[0]: the prediction is an object ('probabilities'): set ingest.output"),
         ("iris", {"instances": [[0.5] * 1001]}, {"outputs": [

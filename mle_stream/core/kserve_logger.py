@@ -252,12 +252,12 @@ def to_predictions(request: LoggedEvent, response: LoggedEvent, model: str, task
                if request.time_ms is not None and response.time_ms is not None else None)
     out = []
     for i, (instance, answer) in enumerate(zip(request.rows, response.rows)):
-        where = f"{'predictions' if response.protocol == 'v1' else 'outputs'}[{i}]"
+        where = f"predictions[{i}]" if response.protocol == "v1" else f"outputs (instance {i})"
         outputs = _outputs(task, _select(answer, mapping.output, where, response.protocol, mapping.label_output),
                            mapping, where)
         label = None if mapping.label_output is None else _label(
             _select(answer, mapping.label_output, where, response.protocol), where)
-        features = _features(instance, mapping, f"{'instances' if request.protocol == 'v1' else 'inputs'}[{i}]")
+        features = _features(instance, mapping, f"instances[{i}]" if request.protocol == "v1" else f"inputs (instance {i})")
         try:
             out.append(Prediction(prediction_id=prediction_id(request.id, i), model=model, version=version,
                                   timestamp=timestamp, predicted_label=label, features=features or None,
@@ -287,10 +287,15 @@ def _select(answer: Any, name: str | None, where: str, protocol: str, skip: str 
     return answer[name]
 
 
+def _finite(value: Any) -> bool:
+    # JSON integers may be far beyond a float's range, where math.isfinite itself raises.
+    return isinstance(value, float) and math.isfinite(value) or isinstance(value, int) and abs(value) < 2**63
+
+
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool):
         return float(value)
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not _finite(value):
         raise Rejected("mapping", f"{where}: expected a number, got {_short(value)}")
     return float(value)
 
@@ -330,7 +335,7 @@ def _feature_value(value: Any) -> float | str | None:
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) and abs(value) < 2**63 else None
+        return float(value) if _finite(value) else None
     return value if isinstance(value, str) else None
 
 
