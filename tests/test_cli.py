@@ -24,7 +24,7 @@ def mle(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
 
 @pytest.mark.parametrize("command", ["broker", "worker", "actuator", "validate", "demo", "command", "actuate",
                                      "replay", "bench", "profile", "profile build", "status", "keys",
-                                     "keys generate", "init-topology"])
+                                     "keys generate", "init-topology", "ingest"])
 def test_every_command_explains_itself(command: str) -> None:
     result = mle(*command.split(), "--help")
     assert result.returncode == 0

@@ -25,6 +25,7 @@ from mle_stream.core.drift.concept import KINDS, DetectorSpec
 from mle_stream.core.drift.decision import DriftThresholds
 from mle_stream.core.drift.live import DriftSettings
 from mle_stream.core.durations import parse_duration_ms
+from mle_stream.core.kserve_logger import IngestMapping, check_version_template
 from mle_stream.errors import ConfigError
 
 TASKS = ("binary", "multiclass", "regression")
@@ -165,6 +166,7 @@ class Topology:
     retrain: RetrainRule = field(default_factory=RetrainRule)
     routing: RoutingTarget = field(default_factory=RoutingTarget)
     policy_version: str = ""
+    ingest: IngestMapping = field(default_factory=IngestMapping)  # mle-stream ingest: KServe logger events
 
 
 class _Reader:
@@ -319,6 +321,30 @@ def _approval(r: _Reader, rollout: dict[str, yaml.Node], steps: tuple[int, ...])
     return tuple(p for p in steps[1:] if p in listed)
 
 
+def _ingest(r: _Reader, ig: dict[str, yaml.Node]) -> IngestMapping:
+    """The `ingest` section: how `mle-stream ingest` maps KServe logger events (docs/ingest.md)."""
+    def optional_text(key: str) -> str | None:
+        return r.value(ig, key, "ingest", _text, default=None)
+
+    features: str | tuple[str, ...] = "auto"
+    if isinstance(ig.get("features"), yaml.SequenceNode):
+        features = tuple(r.sequence(ig, "features", "ingest", _text)) or "none"
+    elif "features" in ig:
+        features = r.value(ig, "features", "ingest", _choice(("auto", "none")), default="auto")
+    version = IngestMapping.version
+    if isinstance(ig.get("version"), yaml.SequenceNode):
+        version = tuple(r.sequence(ig, "version", "ingest", lambda v: check_version_template(_text(v))))
+    elif "version" in ig:
+        version = (r.value(ig, "version", "ingest", lambda v: check_version_template(_text(v)), default=""),)
+    index = r.value(ig, "index", "ingest", _non_negative_int, default=None)
+    return IngestMapping(
+        inference_service=optional_text("inference_service"), namespace=optional_text("namespace"),
+        output=optional_text("output"), index=index, label_output=optional_text("label_output"),
+        classes=tuple(r.sequence(ig, "classes", "ingest", _text)), features=features,
+        inputs=tuple(r.sequence(ig, "inputs", "ingest", _text)),
+        version=tuple(v for v in version if v) or IngestMapping.version)
+
+
 def parse_topology(text: str, source: str = "<topology>") -> Topology:
     try:
         root = yaml.compose(text)
@@ -331,7 +357,8 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     r = _Reader(source, root)
     top = r.mapping(root, "", {"model", "task", "mode", "threshold", "baseline", "candidate",
                                "windows", "labels", "metrics", "segments", "rollback", "routing",
-                               "drift", "retrain", "checks", "decision", "rollout", "shadow"})
+                               "drift", "retrain", "checks", "decision", "rollout", "shadow",
+                               "ingest"})
     model = r.value(top, "model", "", _text, required=True)
     task = r.value(top, "task", "", _choice(TASKS), required=True)
     mode = r.value(top, "mode", "", _choice(MODES), default="canary")
@@ -559,6 +586,9 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         host=r.value(rt, "host", "routing", _template(allowed=("model",)), default=RoutingTarget.host),
     )
 
+    ingest = _ingest(r, section("ingest", {"inference_service", "namespace", "output", "index", "classes",
+                                           "label_output", "features", "inputs", "version"})[0])
+
     if r.errors:
         raise ConfigError(f"{len(r.errors)} problem(s) in {source}:\n  " + "\n  ".join(r.errors))
     return Topology(
@@ -569,7 +599,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         label_max_delay_ms=max_delay, max_clock_skew_ms=skew, label_align=label_align, thresholds=tuple(thresholds),
         segment_dimensions=tuple(dimensions), segment_max_values=max_values, checks=tuple(checks), decision=decision, rollout=rollout, routing=routing,
         shadow_pair_within_ms=pair_within,
-        drift=drift, retrain=retrain,
+        drift=drift, retrain=retrain, ingest=ingest,
         policy_version=hashlib.sha256(text.encode()).hexdigest()[:12],
     )
 
