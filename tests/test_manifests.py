@@ -39,7 +39,9 @@ from mle_stream.actuator.gitops import GitOpsRouting
 from mle_stream.actuator.kubernetes_routing import GatewayAPIRouting, IstioRouting, KServeRouting
 from mle_stream.config import ACTUATOR_METRICS_PORT, WORKER_METRICS_PORT, Settings
 from mle_stream.core.topology import parse_topology
+from mle_stream.errors import ConfigError
 from mle_stream.health import ActuatorHealth, start_server
+from mle_stream.kafka_security import KafkaSecurity
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "k8s"
@@ -191,8 +193,13 @@ def _variables_mle_stream_reads() -> frozenset[str]:
 
 
 def _is_read(name: str) -> bool:
-    # MLE_KAFKA_<PROPERTY>: any librdkafka property (docs/kafka-security.md), checked when read.
-    return name in _variables_mle_stream_reads() or name.startswith("MLE_KAFKA_")
+    if name.startswith("MLE_KAFKA_"):  # one per librdkafka property (docs/kafka-security.md): known ones only
+        try:
+            KafkaSecurity.from_env({name: "x"})
+        except ConfigError as exc:
+            return "unknown variable" not in str(exc)
+        return True
+    return name in _variables_mle_stream_reads()
 
 
 @kustomizations
