@@ -10,10 +10,12 @@ names is rendered or documented as one the user creates, the probes and Services
 paths the processes serve, the actuator's Role grants what its routing adapters call, and the GitOps
 overlay's init container produces a checkout the actuator commits and pushes routes from.
 
-Not checked: custom resources (HTTPRoute, VirtualService, InferenceService). None is rendered (the
-model's deployment creates its route; the actuator only patches it), and kubernetes-validate ships
-no schemas for them: a rendered custom resource fails the schema test, so adding one means vendoring
-its CRD schema.
+Custom resources: none is rendered (the model's deployment creates its route; the actuator only
+patches it), and kubernetes-validate ships no schemas for them, so a rendered one fails the schema
+test. The HTTPRoutes that matter, the documented example a model's deployment creates and the
+manifest the GitOps actuator pushes, are validated against Gateway API's v1 HTTPRoute schema
+(tests/data/httproute-v1.schema.json); of the CRD's CEL rules, only the backendRef port rule is
+checked. Istio's VirtualService and KServe's InferenceService are not checked.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import re
 import shutil
 import subprocess
+import textwrap
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -48,6 +51,7 @@ K8S = REPO / "k8s"
 KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
 COMPOSE_FILE = REPO / "docker-compose.yml"
 COMPOSE_SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
+HTTPROUTE_SCHEMA = Path(__file__).parent / "data" / "httproute-v1.schema.json"
 DEPLOY_DOC = REPO / "docs" / "deploy-kubernetes.md"
 COMPOSE_DOC = REPO / "docs" / "docker-compose.md"
 # The oldest Kubernetes the manifests are meant for (the kubectl here is 1.32 too).
@@ -160,6 +164,51 @@ def test_compose_file_is_valid_for_the_compose_specification() -> None:
     unknown_condition["services"]["worker"]["depends_on"]["mlflow"]["condition"] = "service_ready"
     for bad in (misspelled, unknown_condition):
         assert list(validator.iter_errors(bad))
+
+
+@functools.cache
+def _httproute_validator() -> jsonschema.Draft7Validator:
+    """Gateway API's HTTPRoute schema, strict as `kubectl apply --validate=strict`: unknown fields fail."""
+    def strict(node: Any) -> Any:
+        if isinstance(node, dict):
+            node = {k: strict(v) for k, v in node.items()}
+            if "properties" in node and "additionalProperties" not in node:
+                node["additionalProperties"] = False
+        elif isinstance(node, list):
+            node = [strict(v) for v in node]
+        return node
+    return jsonschema.Draft7Validator(strict(json.loads(HTTPROUTE_SCHEMA.read_text(encoding="utf-8"))))
+
+
+def _httproute_errors(route: dict[str, Any]) -> list[str]:
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in _httproute_validator().iter_errors(route)]
+    # The one CEL rule of the CRD these routes could break (the schema file has none of them).
+    for i, rule in enumerate(route.get("spec", {}).get("rules", [])):
+        for j, ref in enumerate(rule.get("backendRefs", [])):
+            if ref.get("group", "") == "" and ref.get("kind", "Service") == "Service" and "port" not in ref:
+                errors.append(f"spec.rules.{i}.backendRefs.{j}: Must have port for Service reference")
+    return errors
+
+
+def test_the_documented_route_is_a_valid_httproute_the_default_actuator_patches() -> None:
+    [route] = [d for block in re.findall(r"```yaml\n(.*?)```", DEPLOY_DOC.read_text(encoding="utf-8"), re.DOTALL)
+               for d in yaml.safe_load_all(textwrap.dedent(block)) if isinstance(d, dict) and d.get("kind") == "HTTPRoute"]
+    assert not _httproute_errors(route), _httproute_errors(route)
+    [topology] = _topologies(DEFAULT).values()
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["metadata"] == {"name": topology.routing.name.format(model=topology.model),
+                                 "namespace": topology.routing.namespace}
+    services = [ref["name"] for ref in route["spec"]["rules"][0]["backendRefs"]]
+    assert services == [topology.routing.service.format(model=topology.model, version=v)
+                        for v in (topology.baseline_version, topology.candidate_version)]
+    # The schema check can fail: a misspelled field, a weight that is not a number.
+    misspelled = json.loads(json.dumps(route))
+    misspelled["spec"]["rules"][0]["backendRef"] = misspelled["spec"]["rules"][0].pop("backendRefs")
+    wrong_type = json.loads(json.dumps(route))
+    wrong_type["spec"]["rules"][0]["backendRefs"][0]["weight"] = "ninety"
+    no_port = json.loads(json.dumps(route))
+    del no_port["spec"]["rules"][0]["backendRefs"][0]["port"]
+    assert _httproute_errors(misspelled) and _httproute_errors(wrong_type) and _httproute_errors(no_port)
 
 
 # -- what the pods are given -------------------------------------------------------------------
@@ -419,6 +468,7 @@ def test_the_gitops_init_container_clones_a_checkout_the_actuator_pushes_routes_
     pushed = yaml.safe_load(_git(remote, "show", f"main:{target.manifest.format(model=topology.model)}"))
     weights = {ref["name"]: ref["weight"] for ref in pushed["spec"]["rules"][0]["backendRefs"]}
     assert weights == {"fraud-detector-v1": 100, "fraud-detector-v2": 0}
+    assert not _httproute_errors(pushed), "Argo CD or Flux would refuse it: " + "; ".join(_httproute_errors(pushed))
 
 
 # -- probes, ports, Services, pod security ------------------------------------------------------
