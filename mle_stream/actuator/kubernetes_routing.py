@@ -215,7 +215,7 @@ class ObjectRouting:
                     raise ActuationError(
                         f"{where}: the API server refused access (HTTP {status}) while {action}: the actuator's "
                         f"service account needs get and patch on {self.plural}.{self.group} in namespace "
-                        f"{self.namespace} (see k8s/actuator-role.yaml); {_cause(exc)}"
+                        f"{self.namespace} (see k8s/base/actuator-role.yaml and docs/deploy-kubernetes.md); {_cause(exc)}"
                     ) from exc
                 if status not in _RETRY_STATUSES and status < 500:
                     raise ActuationError(f"{where}: the API server rejected {action} (HTTP {status}): "
