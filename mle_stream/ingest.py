@@ -169,7 +169,7 @@ class IngestServer:
         try:
             predictions = to_predictions(*pair, topology.model, topology.task, topology.ingest, int(time.time() * 1000))
             for p in predictions:
-                codec.check_encodable(p)
+                codec.check_record(p)  # what the client would refuse: a 422 naming the field, not a 503
         except Rejected as exc:
             return self._refuse(exc.reason, str(exc), 422)
         except InvalidEvent as exc:
@@ -206,8 +206,8 @@ class IngestServer:
         for i, item in enumerate(items):
             where = f"[{i}]" if isinstance(data, list) else "label"
             try:
-                label = codec.label_from_dict(item, strict=True)
-                codec.check_encodable(label)
+                label = codec.label_from_dict(item)  # unknown fields ignored, as the worker ignores them
+                codec.check_record(label)
             except InvalidEvent as exc:
                 return self._refuse("labels", f"{where}: {exc}")
             if label.model not in self.models:

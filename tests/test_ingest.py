@@ -271,6 +271,10 @@ def test_mapping_refusals_name_the_field_and_what_to_do(served: tuple[str, Inges
     status, answer = post(url + "/labels", json.dumps([{"prediction_id": "p", "model": "iris", "timestamp": 1,
                                                         "label": 1}, {"prediction_id": "p", "model": "iris"}]).encode())
     assert status == 400 and answer["error"].startswith("[1]: ") and "timestamp" in answer["error"]
+    # What the worker would dead-letter is refused here, naming the field: not taken for a full queue (503).
+    status, answer = post(url + "/labels", json.dumps({"prediction_id": "x" * 200, "model": "iris", "timestamp": 1,
+                                                       "label": 1, "comment": "unknown fields are ignored"}).encode())
+    assert status == 400 and "prediction_id" in answer["error"], answer
 
 
 def test_pending_pairs_expire_and_evict_the_oldest_half() -> None:
