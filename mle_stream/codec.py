@@ -11,6 +11,11 @@ Producers may write either of two encodings; consumers accept both, told apart b
   an array of objects, or ``{"records": [...]}``. Field names are the Avro field names. Unknown
   fields are ignored so that an older consumer keeps reading what a newer producer writes.
 
+- **Confluent Schema Registry framing** (confluent.py), on the prediction and label topics only:
+  the byte 0x00, the 4-byte schema id, then the Avro binary body, read with the writer schema the
+  registry has under that id (a `WriterSchemas` lookup the caller passes in) resolved against ours.
+  See docs/schema-registry.md.
+
 Prediction and label topics carry either one record or a batch (PredictionBatch / LabelBatch) per
 message; the decoders return every valid record of a batch and one `RecordError` per invalid one,
 so a single bad record never costs the good ones. The worker reads them as columns
@@ -44,6 +49,7 @@ import numpy.typing as npt
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
+from mle_stream import confluent
 from mle_stream.avro_batch_reader import (
     LABEL_BATCH_CANONICAL_FORM,
     LABEL_FIELDS,
@@ -65,6 +71,7 @@ from mle_stream.core.events import (
     RolloutStatus,
 )
 from mle_stream.errors import InvalidEvent
+from mle_stream.schema_registry import RegistryUnavailable, SchemaRegistryError, WriterSchemas
 
 __all__ = [
     "AVRO_MARKER",
@@ -721,11 +728,93 @@ def _as_bytes(payload: bytes | bytearray | memoryview | None) -> bytes:
     return payload if isinstance(payload, bytes) else bytes(payload)
 
 
-def _decode(payload: bytes, kind: _Kind[T]) -> DecodeResult[T]:
+def _decode(payload: bytes, kind: _Kind[T], registry: WriterSchemas | None = None) -> DecodeResult[T]:
     payload = _as_bytes(payload)
     if payload[:2] == AVRO_MARKER:
         return _decode_avro(payload, kind)
+    if payload[:1] == confluent.MAGIC:  # never the start of JSON text
+        resolution = _confluent_resolution(payload, kind, registry)
+        if isinstance(resolution, str):
+            return _message_error(resolution)
+        return _decode_confluent(payload, kind, resolution)
     return _decode_json(payload, kind)
+
+
+# ------------------------------------------------------------------------------------------------
+# Confluent Schema Registry framing (confluent.py)
+
+# (writer schema text, prediction|label) -> how to read it, or why it cannot be read. Schema ids are
+# immutable and few: each writer schema is resolved once per process.
+_RESOLUTIONS: dict[tuple[str, str], confluent.Resolution | str] = {}
+
+
+def _reader(schema: WireSchema) -> confluent.ReaderSchema:
+    return confluent.ReaderSchema(schema.name, schema.canonical_form, schema.parsed)
+
+
+def _confluent_resolution(payload: bytes, kind: _Kind[Any],
+                          registry: WriterSchemas | None) -> confluent.Resolution | str:
+    """How to read this framed message's body, or the reason it cannot be read (a dead letter).
+    RegistryUnavailable passes through: a registry that does not answer is not the message's fault."""
+    if len(payload) < confluent.HEADER_LEN:
+        return (f"truncated Confluent Schema Registry message: {len(payload)} bytes, the header alone "
+                f"(0x00 and a 4-byte schema id) is {confluent.HEADER_LEN}")
+    schema_id = confluent.schema_id(payload)
+    if registry is None:
+        return (f"Confluent Schema Registry framing (magic byte 0x00, schema id {schema_id}) but no schema "
+                "registry is configured: set MLE_SCHEMA_REGISTRY_URL to the registry the producer uses")
+    try:
+        text = registry.writer_schema(schema_id)
+    except RegistryUnavailable:
+        raise
+    except SchemaRegistryError as exc:
+        return f"Confluent schema id {schema_id}: {exc}"
+    key = (text, kind.noun)
+    resolution = _RESOLUTIONS.get(key)
+    if resolution is None:
+        try:
+            resolution = confluent.resolve(text, _reader(kind.single), _reader(kind.batch))
+        except ValueError as exc:
+            resolution = str(exc)
+        _RESOLUTIONS[key] = resolution
+    if isinstance(resolution, str):
+        subjects = ", ".join(registry.subjects(schema_id)) or "none the registry could name"
+        return f"the writer schema of Confluent schema id {schema_id} (subjects: {subjects}) {resolution}"
+    return resolution
+
+
+def _decode_confluent(payload: bytes, kind: _Kind[T], resolution: confluent.Resolution) -> DecodeResult[T]:
+    reader = resolution.reader
+    stream = io.BytesIO(payload)
+    stream.seek(confluent.HEADER_LEN)
+    what = f"Avro {reader.name} (Confluent schema id {confluent.schema_id(payload)})"
+    try:
+        if resolution.writer is None:
+            datum: Any = fastavro.schemaless_reader(stream, reader.parsed, None)
+        else:
+            datum = fastavro.schemaless_reader(stream, resolution.writer, reader.parsed)
+    except Exception as exc:  # noqa: BLE001 - fastavro's many corrupt-input errors, reported
+        return _message_error(f"unreadable {what}: {type(exc).__name__}: {exc}")
+    problem = _trailing(stream, len(payload), what)
+    if problem:
+        return _message_error(problem)
+    return _build(datum["records"] if reader.name == kind.batch.name else [datum], kind.from_avro)
+
+
+def _confluent_columns(payload: bytes, kind: _Kind[Any], registry: WriterSchemas | None, fast: bool,
+                       reader: Callable[[bytes, int], R], check: Callable[[R], ColumnsResult[C]],
+                       to_columns: Callable[[list[Any]], C]) -> ColumnsResult[C]:
+    """A framed message as columns: a body written with our own batch schema goes to the fast reader,
+    exactly as a single-object one; any other through the record path."""
+    resolution = _confluent_resolution(payload, kind, registry)
+    if isinstance(resolution, str):
+        return _as_columns(_message_error(resolution), to_columns)
+    if fast and resolution.writer is None and resolution.reader.name == kind.batch.name:
+        try:
+            return check(reader(payload, confluent.HEADER_LEN))
+        except Exception:  # noqa: BLE001 - corrupt or unusual input: fastavro reads and reports it
+            pass
+    return _as_columns(_decode_confluent(payload, kind, resolution), to_columns)
 
 
 def _prediction_from_avro(datum: dict[str, Any]) -> Prediction:
@@ -854,23 +943,26 @@ def _as_columns(result: DecodeResult[T], to_columns: Callable[[list[T]], C]) -> 
     return ColumnsResult(to_columns(result.records), result.errors, np.array(index, dtype=np.int64))
 
 
-def decode_predictions(payload: bytes) -> DecodeResult[Prediction]:
+def decode_predictions(payload: bytes, registry: WriterSchemas | None = None) -> DecodeResult[Prediction]:
     """The predictions in one message of the predictions topic.
 
-    Accepts Avro single-object (Prediction or PredictionBatch, told apart by fingerprint) and JSON
-    (an object, an array of objects, or {"records": [...]}). JSON fields that the schema does not
+    Accepts Avro single-object (Prediction or PredictionBatch, told apart by fingerprint), JSON
+    (an object, an array of objects, or {"records": [...]}), and Confluent Schema Registry framing,
+    whose writer schemas `registry` looks up (without one, such a message is an error saying so). JSON fields that the schema does not
     know are ignored, for forward compatibility; missing required fields and wrong types are errors.
     Never raises for bad input: a record that breaks the contract becomes a RecordError with its
-    index, and an unreadable message a single RecordError with index None.
+    index, and an unreadable message a single RecordError with index None. Raises RegistryUnavailable
+    when the registry cannot be asked for a writer schema (not the message's fault).
     """
     payload = _as_bytes(payload)
     fast = _prediction_columns(payload)
     if fast is not None:
         return DecodeResult(fast.columns.records(), fast.errors)
-    return _decode(payload, _PREDICTIONS)
+    return _decode(payload, _PREDICTIONS, registry)
 
 
-def decode_prediction_columns(payload: bytes) -> ColumnsResult[PredictionColumns]:
+def decode_prediction_columns(payload: bytes, registry: WriterSchemas | None = None
+                              ) -> ColumnsResult[PredictionColumns]:
     """The predictions in one message as columns: what the worker's hot path reads.
 
     The same forms, records and errors as decode_predictions. A PredictionBatch is read straight
@@ -882,24 +974,30 @@ def decode_prediction_columns(payload: bytes) -> ColumnsResult[PredictionColumns
     fast = _prediction_columns(payload)
     if fast is not None:
         return fast
+    if payload[:1] == confluent.MAGIC:
+        return _confluent_columns(payload, _PREDICTIONS, registry, _FAST_PREDICTIONS, read_prediction_batch,
+                                  _check_predictions, PredictionColumns.from_records)
     return _as_columns(_decode(payload, _PREDICTIONS), PredictionColumns.from_records)
 
 
-def decode_labels(payload: bytes) -> DecodeResult[Label]:
+def decode_labels(payload: bytes, registry: WriterSchemas | None = None) -> DecodeResult[Label]:
     """The labels in one message of the labels topic; same forms and rules as decode_predictions."""
     payload = _as_bytes(payload)
     fast = _label_columns(payload)
     if fast is not None:
         return DecodeResult(fast.columns.records(), fast.errors)
-    return _decode(payload, _LABELS)
+    return _decode(payload, _LABELS, registry)
 
 
-def decode_label_columns(payload: bytes) -> ColumnsResult[LabelColumns]:
+def decode_label_columns(payload: bytes, registry: WriterSchemas | None = None) -> ColumnsResult[LabelColumns]:
     """The labels in one message as columns; as decode_prediction_columns."""
     payload = _as_bytes(payload)
     fast = _label_columns(payload)
     if fast is not None:
         return fast
+    if payload[:1] == confluent.MAGIC:
+        return _confluent_columns(payload, _LABELS, registry, _FAST_LABELS, read_label_batch, _check_labels,
+                                  LabelColumns.from_records)
     return _as_columns(_decode(payload, _LABELS), LabelColumns.from_records)
 
 
