@@ -67,6 +67,11 @@ environment:
                           a client.properties file, and/or one variable per property
                           (MLE_KAFKA_SECURITY_PROTOCOL, MLE_KAFKA_SSL_CA_LOCATION, ...).
                           See docs/kafka-security.md.
+  MLE_SCHEMA_REGISTRY_URL Confluent Schema Registry (http(s)://host:8081) whose framed Avro
+                          (0x00 + schema id) the worker reads on predictions and labels; its
+                          credentials: MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO (user:password),
+                          MLE_SCHEMA_REGISTRY_SSL_CA_LOCATION, ..._SSL_CERTIFICATE_LOCATION,
+                          ..._SSL_KEY_LOCATION. See docs/schema-registry.md.
 """
 
 

@@ -31,6 +31,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from mle_stream.errors import ConfigError
 from mle_stream.redact import redact_text, redact_uri
 from mle_stream.retry import Backoff
 
@@ -106,18 +107,25 @@ class SchemaRegistryClient:
         until the registry answers or `close()`); `on_retry(reason)` is told of each failed attempt."""
         if not settings.url:
             raise ValueError("a schema registry client needs a URL (MLE_SCHEMA_REGISTRY_URL)")
-        self._base = settings.url.rstrip("/")
+        # Credentials in the URL (https://user:password@host) are basic auth too, as Confluent's
+        # basic.auth.credentials.source=URL; urllib would take them for part of the host name.
+        parts = urllib.parse.urlsplit(settings.url)
+        user_info = settings.basic_auth_user_info
+        if parts.username is not None:
+            netloc = parts.netloc.rpartition("@")[2]
+            user_info = user_info or urllib.parse.unquote(parts.netloc.rpartition("@")[0])
+            parts = parts._replace(netloc=netloc)
+        self._base = urllib.parse.urlunsplit(parts).rstrip("/")
         self._shown = redact_uri(self._base)
-        self._secrets = (settings.url, f"x://{settings.basic_auth_user_info}@x") if settings.basic_auth_user_info \
-            else (settings.url,)
+        self._secrets = (settings.url, f"x://{user_info}@x")
         self._headers = {"Accept": "application/vnd.schemaregistry.v1+json, application/json"}
-        if settings.basic_auth_user_info:
-            token = base64.b64encode(settings.basic_auth_user_info.encode()).decode()
+        if user_info:
+            token = base64.b64encode(user_info.encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
         try:
             self._ssl = _ssl_context(settings)
         except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"MLE_SCHEMA_REGISTRY_SSL_*: cannot load the CA or client certificate: {exc}") from None
+            raise ConfigError(f"MLE_SCHEMA_REGISTRY_SSL_*: cannot load the CA or client certificate: {exc}") from None
         self._timeout_s = timeout_s
         self._backoff = backoff
         self._on_retry = on_retry

@@ -38,6 +38,7 @@ from mle_stream.health import HEARTBEAT_S, WorkerHealth
 from mle_stream.kafka import ensure_state_topic, partition_counts
 from mle_stream.kafka_security import KafkaSecurity
 from mle_stream.keys import signer_from_settings, verifier_from_settings
+from mle_stream.schema_registry import SchemaRegistryClient
 from mle_stream.stream.alignment import Alignment, Offsets
 from mle_stream.stream.checkpoints import CheckpointedProcessor, Checkpoints, CheckpointStore
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor, wall_clock_ms
@@ -81,9 +82,13 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
     each batch is processed and its outputs handed to Faust (mle-stream bench times the worker with it).
     `metrics` (telemetry.py) is updated once per batch; without it the app keeps its own, unexposed.
     `health` (mle_stream.health) is told how the agent, the checkpoints and the consumer are doing."""
-    processor = StreamProcessor(topologies, settings.topics, signer_from_settings(settings), profiles=profiles,
-                                verifier=verifier_from_settings(settings))
     metrics = metrics if metrics is not None else WorkerMetrics()
+    registry = None
+    if settings.schema_registry.url:
+        registry = SchemaRegistryClient(settings.schema_registry,
+                                        on_retry=lambda _: metrics.schema_registry_failures.inc())
+    processor = StreamProcessor(topologies, settings.topics, signer_from_settings(settings), profiles=profiles,
+                                verifier=verifier_from_settings(settings), registry=registry)
     health = health if health is not None else WorkerHealth.from_env(settings.checkpoint_interval_s)
     topics, security = settings.topics, settings.kafka_security
     _require_copartitioned(bootstrap, topics.predictions, topics.labels, topics.commands, security=security)
@@ -271,6 +276,8 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def last_checkpoint(sender: faust.App, **_: Any) -> None:
+        if registry is not None:  # a batch waiting for the registry gives up: it is read again after a restart
+            registry.close()
         await checkpoint(checkpoints.close())
 
     return app, processor

@@ -1,0 +1,290 @@
+"""Confluent Schema Registry framing on the input topics: bytes written by confluent-kafka's own
+AvroSerializer (what Java's KafkaAvroSerializer writes), writer schemas served by a small registry
+(tests/schema_registry_server.py) with basic auth, read by the real decoder, the worker's step and
+a real `mle-stream worker` process over the embedded broker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient as ConfluentRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import read_until, topic_env
+from mle_stream import codec
+from mle_stream.config import Settings, Topics
+from mle_stream.core.events import Label, Prediction
+from mle_stream.core.signing import Signer
+from mle_stream.core.topology import parse_topology
+from mle_stream.errors import ConfigError
+from mle_stream.kafka import producer_config
+from mle_stream.keys import HMAC_KEY_ID
+from mle_stream.retry import Backoff
+from mle_stream.schema_registry import RegistryUnavailable, SchemaRegistryClient, SchemaRegistrySettings
+from mle_stream.stream.processor import Incoming, StreamProcessor
+from schema_registry_server import SchemaRegistry
+from worker_process import TOPOLOGY, Worker, traffic
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+USER_INFO = "alice:s3cret-pw"
+TOPIC = "serving.predictions"
+
+
+def _avsc(name: str) -> dict[str, Any]:
+    return json.loads((SCHEMAS / name).read_text())
+
+
+# What a Java producer registers: our schemas, the batch ones with their record inlined (as Java's
+# Schema.toString() writes a schema that refers to another file's type).
+PREDICTION, LABEL = _avsc("prediction.avsc"), _avsc("label.avsc")
+PREDICTION_BATCH = {**_avsc("prediction_batch.avsc"), "fields": [{"name": "records", "type": {"type": "array", "items": PREDICTION}}]}
+LABEL_BATCH = {**_avsc("label_batch.avsc"), "fields": [{"name": "records", "type": {"type": "array", "items": LABEL}}]}
+# A newer producer's Prediction: one more optional field, which the worker does not know.
+EVOLVED = {**PREDICTION, "fields": [*PREDICTION["fields"], {"name": "region", "type": ["null", "string"], "default": None}]}
+# A producer that writes the score as text: no Avro resolution reads it as a double.
+INCOMPATIBLE = {**PREDICTION, "fields": [f if f["name"] != "score" else {"name": "score", "type": "string"}
+                                         for f in PREDICTION["fields"]]}
+
+
+def serializer(registry: SchemaRegistry, schema: dict[str, Any]) -> AvroSerializer:
+    client = ConfluentRegistryClient({"url": registry.url, "basic.auth.user.info": USER_INFO})
+    return AvroSerializer(client, json.dumps(schema))
+
+
+def serialize(registry: SchemaRegistry, schema: dict[str, Any], datum: Any, topic: str = TOPIC) -> bytes:
+    return serializer(registry, schema)(datum, SerializationContext(topic, MessageField.VALUE))
+
+
+def ours(registry: SchemaRegistry, **kwargs: Any) -> SchemaRegistryClient:
+    return SchemaRegistryClient(SchemaRegistrySettings(registry.url, USER_INFO), **kwargs)
+
+
+PREDICTIONS = [
+    Prediction("p1", "fraud", "1", 1_000, score=0.25, segment={"country": "DE"}, latency_ms=3.5),
+    Prediction("p2", "fraud", "2", 1_040, scores={"a": 0.5, "b": 0.5}, features={"x": 1.0, "c": "red"}),
+    Prediction("p3", "fraud", "2", 1_080, value=-2.0, predicted_label=7),
+]
+LABELS = [Label("p1", "fraud", 2_000, True), Label("p2", "fraud", 2_010, "b"), Label("p3", "fraud", 2_020, 1.5)]
+
+
+def test_what_confluents_serializer_writes_is_read_as_batches_and_single_records() -> None:
+    with SchemaRegistry() as registry:
+        batch = serialize(registry, PREDICTION_BATCH, {"records": [codec.to_json_dict(p) for p in PREDICTIONS]})
+        single = serialize(registry, PREDICTION, codec.to_json_dict(PREDICTIONS[1]))
+        labels = serialize(registry, LABEL_BATCH, {"records": [codec.to_json_dict(x) for x in LABELS]}, "labels")
+        lookup = ours(registry)
+        assert batch[:1] == b"\x00" and int.from_bytes(batch[1:5], "big") == 1
+
+        columns = codec.decode_prediction_columns(batch, lookup)
+        assert columns.ok and columns.columns.records() == PREDICTIONS
+        assert codec.decode_predictions(batch, lookup).records == PREDICTIONS
+        assert codec.decode_predictions(single, lookup).records == [PREDICTIONS[1]]
+        assert codec.decode_label_columns(labels, lookup).columns.records() == LABELS
+        assert codec.decode_labels(labels, lookup).records == LABELS
+        # Each writer schema is fetched once: ids are immutable.
+        assert sorted(r for r in registry.requests if r.startswith("GET /schemas")) == [
+            "GET /schemas/ids/1", "GET /schemas/ids/2", "GET /schemas/ids/3"]
+
+
+def test_an_evolved_writer_schema_with_an_extra_optional_field_is_read() -> None:
+    with SchemaRegistry() as registry:
+        datum = {**codec.to_json_dict(PREDICTIONS[0]), "region": "eu-west"}
+        raw = serialize(registry, EVOLVED, datum)
+        batch = serialize(registry, {**PREDICTION_BATCH, "fields": [{"name": "records", "type": {"type": "array", "items": EVOLVED}}]},
+                          {"records": [datum, {**codec.to_json_dict(PREDICTIONS[2]), "region": None}]})
+        lookup = ours(registry)
+        assert codec.decode_prediction_columns(raw, lookup).columns.records() == [PREDICTIONS[0]]
+        assert codec.decode_prediction_columns(batch, lookup).columns.records() == [PREDICTIONS[0], PREDICTIONS[2]]
+
+
+def test_an_incompatible_writer_schema_or_an_unknown_id_is_an_error_naming_subject_id_and_field() -> None:
+    with SchemaRegistry() as registry:
+        raw = serialize(registry, INCOMPATIBLE, {**codec.to_json_dict(PREDICTIONS[0]), "score": "high"})
+        lookup = ours(registry)
+        [error] = codec.decode_prediction_columns(raw, lookup).errors
+        assert error.index is None
+        assert f"schema id 1 (subjects: {TOPIC}-value (version 1))" in error.reason
+        assert "field 'score': the writer's string is none of the reader's [null, double]" in error.reason
+        # A label schema on the predictions topic: the record names differ.
+        label = serialize(registry, LABEL, codec.to_json_dict(LABELS[0]), "labels")
+        [error] = codec.decode_predictions(label, lookup).errors
+        assert "subjects: labels-value (version 1)" in error.reason
+        assert "the writer's record io.mlestream.Label is not the reader's io.mlestream.Prediction" in error.reason
+
+        unknown = b"\x00" + (4242).to_bytes(4, "big") + raw[5:]
+        [error] = codec.decode_label_columns(unknown, lookup).errors
+        assert "knows no schema id 4242" in error.reason and "404" in error.reason
+        [error] = codec.decode_predictions(raw).errors  # no registry configured
+        assert "schema id 1" in error.reason and "set MLE_SCHEMA_REGISTRY_URL" in error.reason
+        [error] = codec.decode_predictions(b"\x00\x00\x01", lookup).errors
+        assert "truncated Confluent Schema Registry message: 3 bytes" in error.reason
+
+
+def test_garbage_after_a_zero_byte_never_raises() -> None:
+    with SchemaRegistry() as registry:
+        known = registry.register("g-value", json.dumps(PREDICTION_BATCH)).to_bytes(4, "big")
+        lookup = ours(registry)
+
+        @settings(max_examples=300, deadline=None, database=None)
+        @given(garbage=st.binary(max_size=300), with_known_id=st.booleans())
+        def decode_all(garbage: bytes, with_known_id: bool) -> None:
+            payload = b"\x00" + (known + garbage if with_known_id else garbage)
+            for decode in (codec.decode_prediction_columns, codec.decode_label_columns, codec.decode_predictions,
+                           codec.decode_labels):
+                result = decode(payload, lookup)
+                assert all(e.reason for e in result.errors)
+
+        decode_all()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_registry_that_does_not_answer_is_waited_for_and_never_costs_a_dead_letter(
+        caplog: pytest.LogCaptureFixture) -> None:
+    port = _free_port()
+    with SchemaRegistry() as source:  # the bytes, from a registry that then goes away
+        raw = serialize(source, PREDICTION_BATCH, {"records": [codec.to_json_dict(p) for p in PREDICTIONS]})
+    failures: list[str] = []
+    lookup = SchemaRegistryClient(SchemaRegistrySettings(f"http://127.0.0.1:{port}", USER_INFO),
+                                  backoff=Backoff(1, 0.05, 0.2), on_retry=failures.append)
+    started: list[SchemaRegistry] = []
+
+    def come_back() -> None:  # a listening socket would hold the connections: none until now
+        late = SchemaRegistry(port=port)
+        late.register(f"{TOPIC}-value", json.dumps(PREDICTION_BATCH))
+        started.append(late.__enter__())
+
+    timer = threading.Timer(0.6, come_back)
+    timer.start()
+    try:
+        with caplog.at_level(logging.WARNING, "mle_stream.schema_registry"):
+            result = codec.decode_prediction_columns(raw, lookup)
+    finally:
+        timer.join()
+        for late in started:
+            late.__exit__()
+    assert result.ok and result.columns.records() == PREDICTIONS
+    assert failures and all("no answer" in f for f in failures)
+    assert any("retrying in" in r.getMessage() and "the messages that need it wait" in r.getMessage()
+               for r in caplog.records)
+    assert "s3cret-pw" not in caplog.text
+
+    # A worker that stops while it waits fails the batch (to be read again), not the message.
+    down = SchemaRegistryClient(SchemaRegistrySettings(f"http://127.0.0.1:{_free_port()}", USER_INFO),
+                                backoff=Backoff(1, 0.05, 0.1))
+    threading.Timer(0.3, down.close).start()
+    signer = Signer(HMAC_KEY_ID, b"k" * 32)
+    step = StreamProcessor({"fraud": parse_topology(TOPOLOGY.format(model="fraud"))}, Topics(), signer, registry=down)
+    with pytest.raises(RegistryUnavailable, match="no answer"):
+        step.process([Incoming(Topics().predictions, 0, 0, raw)])
+    assert step.counters["dead_letter"] == 0 and step.counters["predictions"] == 0
+
+
+def test_wrong_credentials_are_the_registrys_problem_and_the_password_stays_out_of_errors() -> None:
+    with SchemaRegistry() as registry:
+        registry.register("x-value", json.dumps(PREDICTION))
+        # Credentials in the URL count as basic auth, as with Confluent's clients.
+        wrong = SchemaRegistryClient(SchemaRegistrySettings(registry.url.replace("http://", "http://bob:hunter2@")),
+                                     backoff=Backoff(1, 0.01, 0.01))
+        threading.Timer(0.2, wrong.close).start()
+        with pytest.raises(RegistryUnavailable) as caught:
+            wrong.writer_schema(1)
+        assert "401" in str(caught.value) and "MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO" in str(caught.value)
+        assert "hunter2" not in str(caught.value)
+        in_url = SchemaRegistryClient(SchemaRegistrySettings(registry.url.replace("http://", "http://alice:s3cret-pw@")))
+        assert json.loads(in_url.writer_schema(1)) == PREDICTION
+
+
+def test_settings_read_the_registry_from_the_environment_and_refuse_what_cannot_work(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-")
+    settings = Settings.from_env({"MLE_SCHEMA_REGISTRY_URL": "https://sr:8081",
+                                  "MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": USER_INFO,
+                                  "MLE_SCHEMA_REGISTRY_SSL_CA_LOCATION": str(ca)})
+    assert settings.schema_registry == SchemaRegistrySettings("https://sr:8081", USER_INFO, str(ca))
+    assert "s3cret" not in repr(settings)
+    for env, needle in [({"MLE_SCHEMA_REGISTRY_URL": "sr:8081"}, "http:// or https://"),
+                        ({"MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "alice"}, "user:password"),
+                        ({"MLE_SCHEMA_REGISTRY_SSL_KEY_LOCATION": str(tmp_path / "no.key")}, "no such file")]:
+        with pytest.raises(ConfigError, match=needle):
+            Settings.from_env(env)
+
+
+def test_a_worker_process_reads_confluent_framed_traffic_over_the_broker(
+        tmp_path: Path, kafka_bootstrap: str, topics: Topics) -> None:
+    topologies = tmp_path / "topologies"
+    topologies.mkdir()
+    (topologies / "fraud.yaml").write_text(TOPOLOGY.format(model="fraud"))
+    with SchemaRegistry() as registry:
+        env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap,
+               "MLE_SIGNING_KEY": "k" * 32, "MLE_TOPIC_PARTITIONS": "2", "MLE_STATUS_PORT": "0",
+               "MLE_METRICS_PORT": "0", "MLE_WORKER_GROUP": f"sr-{uuid.uuid4().hex[:8]}",
+               "MLE_SCHEMA_REGISTRY_URL": registry.url, "MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": USER_INFO}
+        worker = Worker(tmp_path, env, topologies)
+        worker.start()
+        try:
+            now = int(time.time() * 1000)
+            base = (now - 60_000) // 1000 * 1000  # windows start at whole seconds
+            preds, labels = traffic(base, 4, random.Random(7), models=("fraud",))
+            producer = Producer(producer_config(kafka_bootstrap))
+            batch = serializer(registry, PREDICTION_BATCH)
+            label_batch = serializer(registry, LABEL_BATCH)
+
+            def send(topic: str, value: bytes) -> None:
+                producer.produce(topic, key=b"fraud", value=value)
+
+            # First, so that its window is still open: a newer producer's prediction.
+            evolved = Prediction("evolved-1", "fraud", "1", base + 500, score=0.9)
+            send(topics.predictions, serialize(registry, EVOLVED, {**codec.to_json_dict(evolved), "region": "eu"},
+                                               topics.predictions))
+            for pm, lm in zip(preds, labels):
+                send(topics.predictions, batch({"records": [codec.to_json_dict(p) for p in pm]},
+                                               SerializationContext(topics.predictions, MessageField.VALUE)))
+                send(topics.labels, label_batch({"records": [codec.to_json_dict(x) for x in lm]},
+                                                SerializationContext(topics.labels, MessageField.VALUE)))
+            send(topics.predictions, serialize(registry, INCOMPATIBLE, {**codec.to_json_dict(evolved), "score": "x"},
+                                               topics.predictions))
+            send(topics.predictions, b"\x00\x00\x00\x10\x00" + b"\x02")  # schema id 4096: unknown
+            assert producer.flush(30) == 0
+            worker.wait_for("reading from ", 1, 60)
+
+            def closed(messages: list[Any]) -> dict[int, int]:
+                out: dict[int, int] = {}
+                for m in messages:
+                    s = codec.decode_metric_snapshot(m.value())
+                    if s.status == "CLOSED" and s.segment is None:
+                        out[s.window_start] = out.get(s.window_start, 0) + s.predictions
+                return out
+
+            want = {base + w * 1000: len(preds[w]) for w in range(3)}
+            want[base] += 1  # the evolved writer's prediction
+            snapshots = read_until(kafka_bootstrap, [topics.metrics],
+                                   lambda ms: all(w in closed(ms) for w in want), timeout_s=60)
+            assert {w: n for w, n in closed(snapshots).items() if w in want} == want, worker.text()[-3000:]
+            letters = [json.loads(m.value()) for m in read_until(kafka_bootstrap, [topics.dead_letter],
+                                                                  lambda ms: len(ms) >= 2, timeout_s=20)]
+        finally:
+            worker.stop()
+    reasons = sorted(d["reason"] for d in letters)
+    assert len(reasons) == 2, reasons
+    assert f"subjects: {topics.predictions}-value (version 3)" in reasons[1] and "field 'score'" in reasons[1]
+    assert "knows no schema id 4096" in reasons[0]
+    assert USER_INFO not in worker.text()
