@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import read_until, topic_env
-from mle_stream import codec
+from mle_stream import codec, confluent
 from mle_stream.config import Settings, Topics
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.signing import Signer
@@ -98,6 +98,31 @@ def test_what_confluents_serializer_writes_is_read_as_batches_and_single_records
         # Each writer schema is fetched once: ids are immutable.
         assert sorted(r for r in registry.requests if r.startswith("GET /schemas")) == [
             "GET /schemas/ids/1", "GET /schemas/ids/2", "GET /schemas/ids/3"]
+
+
+def _java_strings(node: Any) -> Any:
+    """`node` with every string type as Java's SpecificRecord schemas write it."""
+    if node == "string":
+        return {"type": "string", "avro.java.string": "String"}
+    if isinstance(node, list):
+        return [_java_strings(n) for n in node]
+    if isinstance(node, dict) and node.get("type") == "record":
+        return {**node, "fields": [{**f, "type": _java_strings(f["type"])} for f in node["fields"]]}
+    if isinstance(node, dict):
+        return {k: _java_strings(v) if k in ("items", "values") else v for k, v in node.items()}
+    return node
+
+
+def test_a_schema_as_java_registers_it_is_ours_by_canonical_form_and_takes_the_fast_reader() -> None:
+    java = _java_strings(PREDICTION_BATCH)
+    assert "avro.java.string" in json.dumps(java)
+    schemas = codec.schemas()
+    resolution = confluent.resolve(json.dumps(java), codec._reader(schemas["Prediction"]),
+                                   codec._reader(schemas["PredictionBatch"]))
+    assert resolution.reader.name == "PredictionBatch" and resolution.writer is None  # no resolution needed
+    with SchemaRegistry() as registry:
+        raw = serialize(registry, java, {"records": [codec.to_json_dict(p) for p in PREDICTIONS]})
+        assert codec.decode_prediction_columns(raw, ours(registry)).columns.records() == PREDICTIONS
 
 
 def test_an_evolved_writer_schema_with_an_extra_optional_field_is_read() -> None:
