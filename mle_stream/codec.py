@@ -11,10 +11,10 @@ Producers may write either of two encodings; consumers accept both, told apart b
   an array of objects, or ``{"records": [...]}``. Field names are the Avro field names. Unknown
   fields are ignored so that an older consumer keeps reading what a newer producer writes.
 
-- **Confluent Schema Registry framing** (confluent.py), on the prediction and label topics only:
-  the byte 0x00, the 4-byte schema id, then the Avro binary body, read with the writer schema the
-  registry has under that id (a `WriterSchemas` lookup the caller passes in) resolved against ours.
-  See docs/schema-registry.md.
+- **Confluent Schema Registry framing** (confluent.py): the byte 0x00, the 4-byte schema id, then
+  the Avro binary body, read with the writer schema the registry has under that id (a
+  `WriterSchemas` lookup the caller passes in) resolved against ours. mle-stream writes it only
+  when asked to (output_framing.py). See docs/schema-registry.md.
 
 Prediction and label topics carry either one record or a batch (PredictionBatch / LabelBatch) per
 message; the decoders return every valid record of a batch and one `RecordError` per invalid one,
@@ -752,10 +752,11 @@ def _reader(schema: WireSchema) -> confluent.ReaderSchema:
     return confluent.ReaderSchema(schema.name, schema.canonical_form, schema.parsed)
 
 
-def _confluent_resolution(payload: bytes, kind: _Kind[Any],
+def _confluent_resolution(payload: bytes, kind: _Kind[Any] | WireSchema,
                           registry: WriterSchemas | None) -> confluent.Resolution | str:
-    """How to read this framed message's body, or the reason it cannot be read (a dead letter).
-    RegistryUnavailable passes through: a registry that does not answer is not the message's fault."""
+    """How to read this framed message's body as `kind` (a record or batch of predictions or labels,
+    or one single-event schema), or the reason it cannot be read (a dead letter). RegistryUnavailable
+    passes through: a registry that does not answer is not the message's fault."""
     if len(payload) < confluent.HEADER_LEN:
         return (f"truncated Confluent Schema Registry message: {len(payload)} bytes, the header alone "
                 f"(0x00 and a 4-byte schema id) is {confluent.HEADER_LEN}")
@@ -769,11 +770,12 @@ def _confluent_resolution(payload: bytes, kind: _Kind[Any],
         raise
     except SchemaRegistryError as exc:
         return f"Confluent schema id {schema_id}: {exc}"
-    key = (text, kind.noun)
+    key = (text, kind.name if isinstance(kind, WireSchema) else kind.noun)
     resolution = _RESOLUTIONS.get(key)
     if resolution is None:
         try:
-            resolution = confluent.resolve(text, _reader(kind.single), _reader(kind.batch))
+            resolution = (confluent.resolve(text, _reader(kind)) if isinstance(kind, WireSchema)
+                          else confluent.resolve(text, _reader(kind.single), _reader(kind.batch)))
         except ValueError as exc:
             resolution = str(exc)
         _RESOLUTIONS[key] = resolution
@@ -948,8 +950,9 @@ def decode_predictions(payload: bytes, registry: WriterSchemas | None = None) ->
 
     Accepts Avro single-object (Prediction or PredictionBatch, told apart by fingerprint), JSON
     (an object, an array of objects, or {"records": [...]}), and Confluent Schema Registry framing,
-    whose writer schemas `registry` looks up (without one, such a message is an error saying so). JSON fields that the schema does not
-    know are ignored, for forward compatibility; missing required fields and wrong types are errors.
+    whose writer schemas `registry` looks up (without one, such a message is an error saying so).
+    JSON fields that the schema does not know are ignored, for forward compatibility; missing
+    required fields and wrong types are errors.
     Never raises for bad input: a record that breaks the contract becomes a RecordError with its
     index, and an unreadable message a single RecordError with index None. Raises RegistryUnavailable
     when the registry cannot be asked for a writer schema (not the message's fault).
@@ -1167,9 +1170,12 @@ def _encode_single(schema: WireSchema, cls: type[E], spec: _Spec, event: E) -> b
     return _write(schema, datum)
 
 
-def _decode_single(payload: bytes, schema: WireSchema, cls: type[E], spec: _Spec) -> E:
+def _decode_single(payload: bytes, schema: WireSchema, cls: type[E], spec: _Spec,
+                   registry: WriterSchemas | None = None) -> E:
     payload = _as_bytes(payload)
-    if payload[:2] == AVRO_MARKER:
+    if payload[:1] == confluent.MAGIC:
+        datum = _read_confluent_single(payload, schema, registry)
+    elif payload[:2] == AVRO_MARKER:
         if len(payload) < _HEADER_LEN:
             raise InvalidEvent(f"truncated Avro single-object message: {len(payload)} bytes")
         fp = payload[2:_HEADER_LEN]
@@ -1196,14 +1202,34 @@ def _decode_single(payload: bytes, schema: WireSchema, cls: type[E], spec: _Spec
     return _from_spec(cls, spec, datum)
 
 
+def _read_confluent_single(payload: bytes, schema: WireSchema, registry: WriterSchemas | None) -> Any:
+    resolution = _confluent_resolution(payload, schema, registry)
+    if isinstance(resolution, str):
+        raise InvalidEvent(resolution)
+    stream = io.BytesIO(payload)
+    stream.seek(confluent.HEADER_LEN)
+    what = f"Avro {schema.name} (Confluent schema id {confluent.schema_id(payload)})"
+    try:
+        datum = fastavro.schemaless_reader(stream, resolution.writer or schema.parsed,
+                                           schema.parsed if resolution.writer is not None else None)
+    except Exception as exc:  # noqa: BLE001 - fastavro's many corrupt-input errors, reported
+        raise InvalidEvent(f"unreadable {what}: {type(exc).__name__}: {exc}") from exc
+    problem = _trailing(stream, len(payload), what)
+    if problem:
+        raise InvalidEvent(problem)
+    return datum
+
+
 def encode_command(cmd: Command) -> bytes:
     """A Command as an Avro single-object message; InvalidEvent names a field of the wrong type."""
     return _encode_single(_SCHEMAS["Command"], Command, _COMMAND_SPEC, cmd)
 
 
-def decode_command(payload: bytes) -> Command:
-    """A Command from Avro single-object or JSON; raises InvalidEvent naming what is malformed."""
-    return _decode_single(payload, _SCHEMAS["Command"], Command, _COMMAND_SPEC)
+def decode_command(payload: bytes, registry: WriterSchemas | None = None) -> Command:
+    """A Command from Avro single-object, JSON or Confluent framing (its writer schemas from
+    `registry`); raises InvalidEvent naming what is malformed, RegistryUnavailable when the
+    registry cannot be asked. So do the other single-event decoders."""
+    return _decode_single(payload, _SCHEMAS["Command"], Command, _COMMAND_SPEC, registry)
 
 
 def encode_rollout_event(event: RolloutEvent) -> bytes:
@@ -1211,9 +1237,9 @@ def encode_rollout_event(event: RolloutEvent) -> bytes:
     return _encode_single(_SCHEMAS["RolloutEvent"], RolloutEvent, _ROLLOUT_SPEC, event)
 
 
-def decode_rollout_event(payload: bytes) -> RolloutEvent:
-    """A RolloutEvent from Avro single-object or JSON; raises InvalidEvent."""
-    return _decode_single(payload, _SCHEMAS["RolloutEvent"], RolloutEvent, _ROLLOUT_SPEC)
+def decode_rollout_event(payload: bytes, registry: WriterSchemas | None = None) -> RolloutEvent:
+    """A RolloutEvent from Avro single-object, JSON or Confluent framing; raises InvalidEvent."""
+    return _decode_single(payload, _SCHEMAS["RolloutEvent"], RolloutEvent, _ROLLOUT_SPEC, registry)
 
 
 def encode_metric_snapshot(snapshot: MetricSnapshot) -> bytes:
@@ -1221,9 +1247,9 @@ def encode_metric_snapshot(snapshot: MetricSnapshot) -> bytes:
     return _encode_single(_SCHEMAS["MetricSnapshot"], MetricSnapshot, _SNAPSHOT_SPEC, snapshot)
 
 
-def decode_metric_snapshot(payload: bytes) -> MetricSnapshot:
-    """A MetricSnapshot from Avro single-object or JSON; raises InvalidEvent."""
-    return _decode_single(payload, _SCHEMAS["MetricSnapshot"], MetricSnapshot, _SNAPSHOT_SPEC)
+def decode_metric_snapshot(payload: bytes, registry: WriterSchemas | None = None) -> MetricSnapshot:
+    """A MetricSnapshot from Avro single-object, JSON or Confluent framing; raises InvalidEvent."""
+    return _decode_single(payload, _SCHEMAS["MetricSnapshot"], MetricSnapshot, _SNAPSHOT_SPEC, registry)
 
 
 def encode_drift_table(table: DriftTable) -> bytes:
@@ -1231,9 +1257,9 @@ def encode_drift_table(table: DriftTable) -> bytes:
     return _encode_single(_SCHEMAS["DriftTable"], DriftTable, _DRIFT_SPEC, table)
 
 
-def decode_drift_table(payload: bytes) -> DriftTable:
-    """A DriftTable from Avro single-object or JSON; raises InvalidEvent."""
-    return _decode_single(payload, _SCHEMAS["DriftTable"], DriftTable, _DRIFT_SPEC)
+def decode_drift_table(payload: bytes, registry: WriterSchemas | None = None) -> DriftTable:
+    """A DriftTable from Avro single-object, JSON or Confluent framing; raises InvalidEvent."""
+    return _decode_single(payload, _SCHEMAS["DriftTable"], DriftTable, _DRIFT_SPEC, registry)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -105,6 +105,8 @@ class Settings:
     (docs/schema-registry.md): MLE_SCHEMA_REGISTRY_URL, MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO
     (`user:password`), MLE_SCHEMA_REGISTRY_SSL_CA_LOCATION, MLE_SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION
     and MLE_SCHEMA_REGISTRY_SSL_KEY_LOCATION. No URL: no registry.
+    output_format: MLE_OUTPUT_FORMAT, `avro` (default: Avro single-object encoding) or `confluent`
+    (Confluent framing, each output schema registered as `<topic>-value`; needs the registry).
 
     Command keys (mle_stream/keys.py, docs/command-signing.md):
     signing_key_file: MLE_SIGNING_KEY_FILE, the Ed25519 private key (PEM) this component signs with.
@@ -137,6 +139,7 @@ class Settings:
     metrics_port: int | None = None
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     schema_registry: SchemaRegistrySettings = field(default_factory=SchemaRegistrySettings)
+    output_format: str = "avro"
     # Command keys: see the docstring.
     signing_key_file: str = ""
     signing_key: bytes = field(default=b"", repr=False)
@@ -176,6 +179,7 @@ class Settings:
             metrics_port=metrics_port,
             kafka_security=KafkaSecurity.from_env(env),
             schema_registry=_schema_registry_settings(env),
+            output_format=_output_format(env),
             **_key_settings(env),
             **_alignment_settings(env),
         )
@@ -196,6 +200,17 @@ def _alignment_settings(env: Mapping[str, str]) -> dict[str, Any]:
                           f"is caught up")
     skew = read("MLE_ALIGN_MAX_SKEW", ALIGN_MAX_SKEW_MS, "10m or 1h")
     return {"input_idle_ms": idle, "input_wait_max_ms": wait_max, "align_max_skew_ms": skew}
+
+
+def _output_format(env: Mapping[str, str]) -> str:
+    raw = env.get("MLE_OUTPUT_FORMAT", "").strip().lower() or "avro"
+    if raw not in ("avro", "confluent"):
+        raise ConfigError(f"MLE_OUTPUT_FORMAT must be avro (Avro single-object encoding, the default) or confluent "
+                          f"(Confluent Schema Registry framing), got {raw!r}")
+    if raw == "confluent" and not env.get("MLE_SCHEMA_REGISTRY_URL", "").strip():
+        raise ConfigError("MLE_OUTPUT_FORMAT=confluent registers the output schemas in a Schema Registry: set "
+                          "MLE_SCHEMA_REGISTRY_URL too")
+    return raw
 
 
 def _schema_registry_settings(env: Mapping[str, str]) -> SchemaRegistrySettings:

@@ -61,9 +61,10 @@ def _without_logical_types(node: Any) -> Any:
     return node
 
 
-def resolve(writer_text: str, single: ReaderSchema, batch: ReaderSchema) -> Resolution:
-    """How to read a body written with `writer_text` as one record (`single`) or a batch (`batch`);
-    ValueError saying what does not resolve, as the end of a sentence about the writer schema."""
+def resolve(writer_text: str, single: ReaderSchema, batch: ReaderSchema | None = None) -> Resolution:
+    """How to read a body written with `writer_text` as one record (`single`) or, when there is one,
+    a batch (`batch`); ValueError saying what does not resolve, as the end of a sentence about the
+    writer schema."""
     try:
         writer = _without_logical_types(json.loads(writer_text))
     except ValueError as exc:
@@ -75,12 +76,12 @@ def resolve(writer_text: str, single: ReaderSchema, batch: ReaderSchema) -> Reso
         raise ValueError(f"is not an Avro schema mle-stream can read ({type(exc).__name__}: {exc}); schema "
                          "references to other subjects are not supported") from None
     for ours in (batch, single):
-        if canonical == ours.canonical_form:
+        if ours is not None and canonical == ours.canonical_form:
             return Resolution(ours, None)
     # A record with an array field `records` is meant as a batch; anything else as one record.
     fields = parsed.get("fields", []) if isinstance(parsed, dict) else []
     is_batch = any(f["name"] == "records" and _type(_named(f["type"], _names(parsed))) == "array" for f in fields)
-    reader = batch if is_batch else single
+    reader = batch if is_batch and batch is not None else single
     problem = _mismatch(parsed, reader.parsed, "", _names(parsed), _names(reader.parsed), set())
     if problem:
         raise ValueError(f"does not resolve against mle-stream's {reader.name} schema: {problem}")

@@ -31,17 +31,17 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from mle_stream.errors import ConfigError
+from mle_stream.errors import ConfigError, MleStreamError
 from mle_stream.redact import redact_text, redact_uri
 from mle_stream.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RegistryUnavailable", "SchemaNotFound", "SchemaRegistryClient", "SchemaRegistryError",
-           "SchemaRegistrySettings", "WriterSchemas"]
+           "SchemaRegistrySettings", "WriterSchemas", "client_for"]
 
 
-class SchemaRegistryError(Exception):
+class SchemaRegistryError(MleStreamError):
     """Anything that went wrong talking to the Schema Registry."""
 
 
@@ -86,6 +86,12 @@ class SchemaRegistrySettings:
     ssl_ca_location: str = ""
     ssl_certificate_location: str = ""
     ssl_key_location: str = ""
+
+
+def client_for(settings: SchemaRegistrySettings, **kwargs: Any) -> "SchemaRegistryClient | None":
+    """The client of the configured registry (keyword arguments as SchemaRegistryClient's); None
+    without MLE_SCHEMA_REGISTRY_URL."""
+    return SchemaRegistryClient(settings, **kwargs) if settings.url else None
 
 
 def _ssl_context(settings: SchemaRegistrySettings) -> ssl.SSLContext | None:
@@ -148,7 +154,8 @@ class SchemaRegistryClient:
         failures = 0
         while True:
             try:
-                doc = self._request("GET", f"/schemas/ids/{schema_id}", not_found=lambda d: SchemaNotFound(schema_id, d))
+                doc = self._request("GET", f"/schemas/ids/{schema_id}",
+                                    not_found=lambda d: SchemaNotFound(schema_id, d))
                 break
             except RegistryUnavailable as exc:
                 failures += 1

@@ -19,23 +19,29 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient as ConfluentRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import read_until, topic_env
 from mle_stream import codec, confluent
+from mle_stream.actuator.ports import InMemoryRegistry, InMemoryRouting
+from mle_stream.actuator.runner import run_actuator_loop
+from mle_stream.actuator.service import Actuator
 from mle_stream.config import Settings, Topics
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.signing import Signer
 from mle_stream.core.topology import parse_topology
-from mle_stream.errors import ConfigError
+from mle_stream.errors import ConfigError, InvalidEvent
+from mle_stream.output_framing import ConfluentOutputs
 from mle_stream.kafka import producer_config
 from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.retry import Backoff
 from mle_stream.schema_registry import RegistryUnavailable, SchemaRegistryClient, SchemaRegistrySettings
 from mle_stream.stream.processor import Incoming, StreamProcessor
+from mle_stream.status.feed import StatusFeed
+from mle_stream.status.model import StatusBoard
 from schema_registry_server import SchemaRegistry
 from worker_process import TOPOLOGY, Worker, traffic
 
@@ -51,10 +57,16 @@ def _avsc(name: str) -> dict[str, Any]:
 # What a Java producer registers: our schemas, the batch ones with their record inlined (as Java's
 # Schema.toString() writes a schema that refers to another file's type).
 PREDICTION, LABEL = _avsc("prediction.avsc"), _avsc("label.avsc")
-PREDICTION_BATCH = {**_avsc("prediction_batch.avsc"), "fields": [{"name": "records", "type": {"type": "array", "items": PREDICTION}}]}
-LABEL_BATCH = {**_avsc("label_batch.avsc"), "fields": [{"name": "records", "type": {"type": "array", "items": LABEL}}]}
+
+
+def _batch_of(name: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {**_avsc(name), "fields": [{"name": "records", "type": {"type": "array", "items": record}}]}
+
+
+PREDICTION_BATCH, LABEL_BATCH = _batch_of("prediction_batch.avsc", PREDICTION), _batch_of("label_batch.avsc", LABEL)
 # A newer producer's Prediction: one more optional field, which the worker does not know.
-EVOLVED = {**PREDICTION, "fields": [*PREDICTION["fields"], {"name": "region", "type": ["null", "string"], "default": None}]}
+EVOLVED = {**PREDICTION, "fields": [*PREDICTION["fields"],
+                                    {"name": "region", "type": ["null", "string"], "default": None}]}
 # A producer that writes the score as text: no Avro resolution reads it as a double.
 INCOMPATIBLE = {**PREDICTION, "fields": [f if f["name"] != "score" else {"name": "score", "type": "string"}
                                          for f in PREDICTION["fields"]]}
@@ -129,7 +141,7 @@ def test_an_evolved_writer_schema_with_an_extra_optional_field_is_read() -> None
     with SchemaRegistry() as registry:
         datum = {**codec.to_json_dict(PREDICTIONS[0]), "region": "eu-west"}
         raw = serialize(registry, EVOLVED, datum)
-        batch = serialize(registry, {**PREDICTION_BATCH, "fields": [{"name": "records", "type": {"type": "array", "items": EVOLVED}}]},
+        batch = serialize(registry, _batch_of("prediction_batch.avsc", EVOLVED),
                           {"records": [datum, {**codec.to_json_dict(PREDICTIONS[2]), "region": None}]})
         lookup = ours(registry)
         assert codec.decode_prediction_columns(raw, lookup).columns.records() == [PREDICTIONS[0]]
@@ -253,6 +265,71 @@ def test_settings_read_the_registry_from_the_environment_and_refuse_what_cannot_
             Settings.from_env(env)
 
 
+def test_outputs_in_confluent_framing_are_what_confluents_deserializer_reads_and_so_do_our_decoders() -> None:
+    from test_codec import command, rollout_event, snapshot
+
+    events = {"metrics": (snapshot(), codec.encode_metric_snapshot, codec.decode_metric_snapshot),
+              "commands": (command(), codec.encode_command, codec.decode_command),
+              "rollouts": (rollout_event(), codec.encode_rollout_event, codec.decode_rollout_event)}
+    with SchemaRegistry() as registry:
+        outputs = ConfluentOutputs(ours(registry), {"metrics": "MetricSnapshot", "commands": "Command",
+                                                    "rollouts": "RolloutEvent"})
+        assert sorted(registry.subjects) == ["commands-value", "metrics-value", "rollouts-value"]
+        deserializer = AvroDeserializer(ConfluentRegistryClient({"url": registry.url, "basic.auth.user.info": USER_INFO}))
+        lookup = ours(registry)
+        for topic, (event, encode, decode) in events.items():
+            framed = outputs.frame(topic, encode(event))
+            schema_id = registry.subjects[f"{topic}-value"][0]
+            assert framed[:5] == b"\x00" + schema_id.to_bytes(4, "big")
+            datum = deserializer(framed, SerializationContext(topic, MessageField.VALUE))
+            assert datum == codec.to_json_dict(event)
+            assert decode(framed, lookup) == event
+            with pytest.raises(InvalidEvent, match="set MLE_SCHEMA_REGISTRY_URL"):
+                decode(framed)
+        # What the worker has not registered, or a dead letter's JSON, stays as it is.
+        assert outputs.frame("other", codec.encode_command(command()))[:2] == codec.AVRO_MARKER
+        assert outputs.frame("metrics", b'{"reason": "x"}') == b'{"reason": "x"}'
+
+        # The worker reads framed commands (operators' APPROVEs) with its registry, and says what is missing without.
+        framed = outputs.frame("commands", codec.encode_command(command()))
+        signer = Signer(HMAC_KEY_ID, b"k" * 32)
+        topologies = {"fraud": parse_topology(TOPOLOGY.format(model="fraud"))}
+        assert StreamProcessor(topologies, Topics(), signer, registry=lookup).process(
+            [Incoming(Topics().commands, 0, 0, framed)]) == []  # a ROLLBACK: the actuator's, not the worker's
+        [letter] = StreamProcessor(topologies, Topics(), signer).process([Incoming(Topics().commands, 0, 0, framed)])
+        assert "set MLE_SCHEMA_REGISTRY_URL" in json.loads(letter.value)["reason"]
+
+
+def test_the_actuator_applies_a_framed_command_and_writes_its_rollout_event_framed(
+        kafka_bootstrap: str, topics: Topics) -> None:
+    from test_actuator_stream import SIGNER, rollback
+
+    routing = InMemoryRouting({"fraud-detector": {"1": 90, "2": 10}})
+    actuator = Actuator(routing, InMemoryRegistry({"fraud-detector": ["1", "2"]}), SIGNER.verifier())
+    with SchemaRegistry() as registry:
+        lookup = ours(registry)
+        command = SIGNER.sign(rollback("framed"))
+        framed = ConfluentOutputs(lookup, {topics.commands: "Command"}).frame(topics.commands,
+                                                                               codec.encode_command(command))
+        producer = Producer(producer_config(kafka_bootstrap))
+        producer.produce(topics.commands, key=b"fraud-detector", value=framed)
+        assert producer.flush(10) == 0
+        stop = threading.Event()
+        loop = threading.Thread(target=run_actuator_loop, daemon=True, args=(actuator, kafka_bootstrap, topics, stop),
+                                kwargs={"group_id": f"g-{uuid.uuid4().hex[:8]}", "registry": lookup,
+                                        "framing": ConfluentOutputs(lookup, {topics.rollout_events: "RolloutEvent"})})
+        loop.start()
+        try:
+            [message] = read_until(kafka_bootstrap, [topics.rollout_events], lambda ms: len(ms) >= 1, timeout_s=30)
+        finally:
+            stop.set()
+            loop.join(timeout=30)
+        assert message.value()[:1] == b"\x00"
+        event = codec.decode_rollout_event(message.value(), lookup)
+    assert (event.command_id, event.status.value) == (command.command_id, "APPLIED")
+    assert routing.get_weights("fraud-detector") == {"1": 100, "2": 0}
+
+
 def test_a_worker_process_reads_confluent_framed_traffic_over_the_broker(
         tmp_path: Path, kafka_bootstrap: str, topics: Topics) -> None:
     topologies = tmp_path / "topologies"
@@ -262,7 +339,8 @@ def test_a_worker_process_reads_confluent_framed_traffic_over_the_broker(
         env = {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": kafka_bootstrap,
                "MLE_SIGNING_KEY": "k" * 32, "MLE_TOPIC_PARTITIONS": "2", "MLE_STATUS_PORT": "0",
                "MLE_METRICS_PORT": "0", "MLE_WORKER_GROUP": f"sr-{uuid.uuid4().hex[:8]}",
-               "MLE_SCHEMA_REGISTRY_URL": registry.url, "MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": USER_INFO}
+               "MLE_SCHEMA_REGISTRY_URL": registry.url, "MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": USER_INFO,
+               "MLE_OUTPUT_FORMAT": "confluent"}
         worker = Worker(tmp_path, env, topologies)
         worker.start()
         try:
@@ -291,10 +369,12 @@ def test_a_worker_process_reads_confluent_framed_traffic_over_the_broker(
             assert producer.flush(30) == 0
             worker.wait_for("reading from ", 1, 60)
 
+            lookup = ours(registry)
+
             def closed(messages: list[Any]) -> dict[int, int]:
                 out: dict[int, int] = {}
                 for m in messages:
-                    s = codec.decode_metric_snapshot(m.value())
+                    s = codec.decode_metric_snapshot(m.value(), lookup)
                     if s.status == "CLOSED" and s.segment is None:
                         out[s.window_start] = out.get(s.window_start, 0) + s.predictions
                 return out
@@ -306,6 +386,17 @@ def test_a_worker_process_reads_confluent_framed_traffic_over_the_broker(
             assert {w: n for w, n in closed(snapshots).items() if w in want} == want, worker.text()[-3000:]
             letters = [json.loads(m.value()) for m in read_until(kafka_bootstrap, [topics.dead_letter],
                                                                   lambda ms: len(ms) >= 2, timeout_s=20)]
+            # The outputs are in Confluent framing, under the schema registered as <topic>-value;
+            # the status page's feed reads them with the registry.
+            assert {m.value()[:5] for m in snapshots} == {
+                b"\x00" + registry.subjects[f"{topics.metrics}-value"][0].to_bytes(4, "big")}
+            board = StatusBoard({"fraud": ["error_rate"]}, verify=lambda command: True)
+            feed = StatusFeed(kafka_bootstrap, topics, board, registry=lookup)
+            try:
+                assert feed.read_to_end(idle_s=3, timeout_s=20) >= len(snapshots)
+            finally:
+                feed.close()
+            assert feed.skipped == 0 and board.applied >= len(snapshots) and board.ignored == {}
         finally:
             worker.stop()
     reasons = sorted(d["reason"] for d in letters)

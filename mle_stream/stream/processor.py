@@ -250,7 +250,7 @@ class StreamProcessor:
         every other kind is for the actuator (the worker's own commands among them) and skipped. An
         approval is acted on only when its signature verifies: a forged one is dead-lettered."""
         try:
-            command = codec.decode_command(msg.value or b"")
+            command = codec.decode_command(msg.value or b"", self._registry)
         except InvalidEvent as exc:
             return [self._dead_letter(msg, None, exc.field, f"not a command: {exc}", msg.value, UNDECODABLE)]
         if command.kind is not CommandKind.APPROVE:
