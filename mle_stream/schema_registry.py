@@ -136,6 +136,7 @@ class SchemaRegistryClient:
         self._backoff = backoff
         self._on_retry = on_retry
         self._schemas: dict[int, str] = {}
+        self._subjects: dict[int, list[str]] = {}  # for dead letters: asked once per id, not per message
         self._closed = threading.Event()
 
     @property
@@ -178,6 +179,8 @@ class SchemaRegistryClient:
         return schema
 
     def subjects(self, schema_id: int) -> list[str]:
+        if schema_id in self._subjects:
+            return self._subjects[schema_id]
         try:
             doc = self._request("GET", f"/schemas/ids/{schema_id}/versions",
                                 not_found=lambda d: SchemaNotFound(schema_id, d))
@@ -185,7 +188,9 @@ class SchemaRegistryClient:
             return []
         if not isinstance(doc, list):
             return []
-        return [f"{d.get('subject')} (version {d.get('version')})" for d in doc if isinstance(d, dict)]
+        subjects = [f"{d.get('subject')} (version {d.get('version')})" for d in doc if isinstance(d, dict)]
+        self._subjects[schema_id] = subjects
+        return subjects
 
     def register(self, subject: str, schema: str) -> int:
         """Register `schema` (Avro JSON text) under `subject`; its id (the existing one if it is
