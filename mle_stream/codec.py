@@ -785,22 +785,28 @@ def _confluent_resolution(payload: bytes, kind: _Kind[Any] | WireSchema,
     return resolution
 
 
-def _decode_confluent(payload: bytes, kind: _Kind[T], resolution: confluent.Resolution) -> DecodeResult[T]:
-    reader = resolution.reader
+def _confluent_datum(payload: bytes, resolution: confluent.Resolution) -> Any:
+    """The body of a framed message read as `resolution` says; InvalidEvent when it does not read."""
+    reader, writer = resolution.reader, resolution.writer
     stream = io.BytesIO(payload)
     stream.seek(confluent.HEADER_LEN)
     what = f"Avro {reader.name} (Confluent schema id {confluent.schema_id(payload)})"
     try:
-        if resolution.writer is None:
-            datum: Any = fastavro.schemaless_reader(stream, reader.parsed, None)
-        else:
-            datum = fastavro.schemaless_reader(stream, resolution.writer, reader.parsed)
+        datum = fastavro.schemaless_reader(stream, writer or reader.parsed, None if writer is None else reader.parsed)
     except Exception as exc:  # noqa: BLE001 - fastavro's many corrupt-input errors, reported
-        return _message_error(f"unreadable {what}: {type(exc).__name__}: {exc}")
+        raise InvalidEvent(f"unreadable {what}: {type(exc).__name__}: {exc}") from None
     problem = _trailing(stream, len(payload), what)
     if problem:
-        return _message_error(problem)
-    return _build(datum["records"] if reader.name == kind.batch.name else [datum], kind.from_avro)
+        raise InvalidEvent(problem)
+    return datum
+
+
+def _decode_confluent(payload: bytes, kind: _Kind[T], resolution: confluent.Resolution) -> DecodeResult[T]:
+    try:
+        datum = _confluent_datum(payload, resolution)
+    except InvalidEvent as exc:
+        return _message_error(exc.reason)
+    return _build(datum["records"] if resolution.reader.name == kind.batch.name else [datum], kind.from_avro)
 
 
 def _confluent_columns(payload: bytes, kind: _Kind[Any], registry: WriterSchemas | None, fast: bool,
@@ -1174,7 +1180,10 @@ def _decode_single(payload: bytes, schema: WireSchema, cls: type[E], spec: _Spec
                    registry: WriterSchemas | None = None) -> E:
     payload = _as_bytes(payload)
     if payload[:1] == confluent.MAGIC:
-        datum = _read_confluent_single(payload, schema, registry)
+        resolution = _confluent_resolution(payload, schema, registry)
+        if isinstance(resolution, str):
+            raise InvalidEvent(resolution)
+        datum = _confluent_datum(payload, resolution)
     elif payload[:2] == AVRO_MARKER:
         if len(payload) < _HEADER_LEN:
             raise InvalidEvent(f"truncated Avro single-object message: {len(payload)} bytes")
@@ -1200,24 +1209,6 @@ def _decode_single(payload: bytes, schema: WireSchema, cls: type[E], spec: _Spec
         if _SURROGATE_ESCAPE.search(payload):
             _refuse_lone_surrogates(datum)
     return _from_spec(cls, spec, datum)
-
-
-def _read_confluent_single(payload: bytes, schema: WireSchema, registry: WriterSchemas | None) -> Any:
-    resolution = _confluent_resolution(payload, schema, registry)
-    if isinstance(resolution, str):
-        raise InvalidEvent(resolution)
-    stream = io.BytesIO(payload)
-    stream.seek(confluent.HEADER_LEN)
-    what = f"Avro {schema.name} (Confluent schema id {confluent.schema_id(payload)})"
-    try:
-        datum = fastavro.schemaless_reader(stream, resolution.writer or schema.parsed,
-                                           schema.parsed if resolution.writer is not None else None)
-    except Exception as exc:  # noqa: BLE001 - fastavro's many corrupt-input errors, reported
-        raise InvalidEvent(f"unreadable {what}: {type(exc).__name__}: {exc}") from exc
-    problem = _trailing(stream, len(payload), what)
-    if problem:
-        raise InvalidEvent(problem)
-    return datum
 
 
 def encode_command(cmd: Command) -> bytes:

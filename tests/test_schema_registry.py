@@ -177,17 +177,23 @@ def test_an_incompatible_writer_schema_or_an_unknown_id_is_an_error_naming_subje
 
 def test_garbage_after_a_zero_byte_never_raises() -> None:
     with SchemaRegistry() as registry:
-        known = registry.register("g-value", json.dumps(PREDICTION_BATCH)).to_bytes(4, "big")
+        ids = [registry.register(f"{name}-value", json.dumps(schema)).to_bytes(4, "big")
+               for name, schema in (("p", PREDICTION_BATCH), ("l", LABEL), ("c", _avsc("command.avsc")))]
         lookup = ours(registry)
 
         @settings(max_examples=300, deadline=None, database=None)
-        @given(garbage=st.binary(max_size=300), with_known_id=st.booleans())
-        def decode_all(garbage: bytes, with_known_id: bool) -> None:
-            payload = b"\x00" + (known + garbage if with_known_id else garbage)
+        @given(garbage=st.binary(max_size=300), known=st.sampled_from([None, *ids]))
+        def decode_all(garbage: bytes, known: bytes | None) -> None:
+            payload = b"\x00" + (garbage if known is None else known + garbage)
             for decode in (codec.decode_prediction_columns, codec.decode_label_columns, codec.decode_predictions,
                            codec.decode_labels):
                 result = decode(payload, lookup)
                 assert all(e.reason for e in result.errors)
+            for decode_one in (codec.decode_command, codec.decode_rollout_event, codec.decode_metric_snapshot):
+                try:
+                    decode_one(payload, lookup)
+                except InvalidEvent as exc:  # the single-event decoders' one way to refuse
+                    assert exc.reason
 
         decode_all()
 

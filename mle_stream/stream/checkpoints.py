@@ -360,8 +360,9 @@ class CheckpointedProcessor:
         try:
             return self.processor.process(kept) if kept else []
         except RegistryUnavailable:
-            # It fails a batch before any record reaches an evaluator (the worker is stopping while it
-            # waits for the schema registry): no checkpoint may say the batch is included.
+            # The worker is stopping while it waits for the schema registry: the batch's predictions
+            # and labels reached no evaluator (they go in once all its messages are decoded), and no
+            # checkpoint may say the batch is included.
             self._next, self._dirty = before
             raise
 
