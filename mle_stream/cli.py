@@ -73,7 +73,7 @@ environment:
                           (0x00 + schema id) the worker reads on predictions and labels; its
                           credentials: MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO (user:password),
                           MLE_SCHEMA_REGISTRY_SSL_CA_LOCATION, ..._SSL_CERTIFICATE_LOCATION,
-                          ..._SSL_KEY_LOCATION. See docs/schema-registry.md.
+                          ..._SSL_KEY_LOCATION, ..._SSL_KEY_PASSWORD. See docs/schema-registry.md.
   MLE_OUTPUT_FORMAT       avro (default: Avro single-object encoding) or confluent: the worker's
                           and the actuator's outputs in Confluent framing, their schemas
                           registered as <topic>-value (needs MLE_SCHEMA_REGISTRY_URL).

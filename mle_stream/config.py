@@ -103,8 +103,8 @@ class Settings:
     MLE_KAFKA_<PROPERTY> variables (mle_stream.kafka_security; docs/kafka-security.md).
     schema_registry: the Confluent Schema Registry whose framed messages the worker reads
     (docs/schema-registry.md): MLE_SCHEMA_REGISTRY_URL, MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO
-    (`user:password`), MLE_SCHEMA_REGISTRY_SSL_CA_LOCATION, MLE_SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION
-    and MLE_SCHEMA_REGISTRY_SSL_KEY_LOCATION. No URL: no registry.
+    (`user:password`), MLE_SCHEMA_REGISTRY_SSL_CA_LOCATION, MLE_SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION,
+    MLE_SCHEMA_REGISTRY_SSL_KEY_LOCATION and MLE_SCHEMA_REGISTRY_SSL_KEY_PASSWORD. No URL: no registry.
     output_format: MLE_OUTPUT_FORMAT, `avro` (default: Avro single-object encoding) or `confluent`
     (Confluent framing, each output schema registered as `<topic>-value`; needs the registry).
 
@@ -232,7 +232,7 @@ def _schema_registry_settings(env: Mapping[str, str]) -> SchemaRegistrySettings:
         raise ConfigError("MLE_SCHEMA_REGISTRY_SSL_KEY_LOCATION is set without "
                           "MLE_SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION, the client certificate it belongs to")
     return SchemaRegistrySettings(url, user_info, files["SSL_CA_LOCATION"], files["SSL_CERTIFICATE_LOCATION"],
-                                  files["SSL_KEY_LOCATION"])
+                                  files["SSL_KEY_LOCATION"], env.get("MLE_SCHEMA_REGISTRY_SSL_KEY_PASSWORD", ""))
 
 
 def _key_settings(env: Mapping[str, str]) -> dict[str, Any]:

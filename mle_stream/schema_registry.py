@@ -78,7 +78,8 @@ class SchemaRegistrySettings:
     url: empty means no registry: Confluent-framed messages are then dead letters that say so.
     basic_auth_user_info: `user:password` (Confluent's basic.auth.user.info); empty: no auth.
     ssl_ca_location / ssl_certificate_location / ssl_key_location: PEM files for HTTPS (a CA to trust
-    instead of the system's, and a client certificate and its key for mutual TLS).
+    instead of the system's, and a client certificate and its key for mutual TLS);
+    ssl_key_password: the key's password when it is encrypted.
     """
 
     url: str = ""
@@ -86,6 +87,7 @@ class SchemaRegistrySettings:
     ssl_ca_location: str = ""
     ssl_certificate_location: str = ""
     ssl_key_location: str = ""
+    ssl_key_password: str = field(default="", repr=False)
 
 
 def client_for(settings: SchemaRegistrySettings, **kwargs: Any) -> "SchemaRegistryClient | None":
@@ -99,7 +101,9 @@ def _ssl_context(settings: SchemaRegistrySettings) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(cafile=settings.ssl_ca_location or None)
     if settings.ssl_certificate_location:
-        context.load_cert_chain(settings.ssl_certificate_location, settings.ssl_key_location or None)
+        # A password even when empty: without one OpenSSL would prompt on the terminal for an encrypted key.
+        context.load_cert_chain(settings.ssl_certificate_location, settings.ssl_key_location or None,
+                                password=settings.ssl_key_password)
     return context
 
 
@@ -123,7 +127,7 @@ class SchemaRegistryClient:
             parts = parts._replace(netloc=netloc)
         self._base = urllib.parse.urlunsplit(parts).rstrip("/")
         self._shown = redact_uri(self._base)
-        self._secrets = (settings.url, f"x://{user_info}@x")
+        self._secrets = (settings.url, f"x://{user_info}@x", f"x://x?password={settings.ssl_key_password}")
         self._headers = {"Accept": "application/vnd.schemaregistry.v1+json, application/json"}
         if user_info:
             token = base64.b64encode(user_info.encode()).decode()

@@ -7,8 +7,9 @@ mle-stream call, with Confluent's answers and error codes:
 - `GET /schemas/ids/{id}` -> `{"schema": "..."}`, or 404 with error_code 40403
 - `GET /schemas/ids/{id}/versions` -> `[{"subject": ..., "version": ...}]`
 
-and basic auth (401 with error_code 401 for a missing or wrong `Authorization`). No compatibility
-checks: the tests register incompatible schemas on purpose, as a registry set to NONE allows.
+and basic auth (401 with error_code 401 for a missing or wrong `Authorization`), over HTTPS when
+given a server-side TLS context. No compatibility checks: the tests register incompatible
+schemas on purpose, as a registry set to NONE allows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,7 +25,8 @@ from urllib.parse import unquote, urlsplit
 
 
 class SchemaRegistry:
-    def __init__(self, user_info: str | None = "alice:s3cret-pw", port: int = 0) -> None:
+    def __init__(self, user_info: str | None = "alice:s3cret-pw", port: int = 0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.user_info = user_info
         self.schemas: list[str] = []  # id - 1 -> schema text
         self.subjects: dict[str, list[int]] = {}  # subject -> ids by version
@@ -43,11 +46,14 @@ class SchemaRegistry:
                 registry._serve(self, "POST", body)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self._scheme = "http" if tls is None else "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"{self._scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> "SchemaRegistry":
         self._thread.start()

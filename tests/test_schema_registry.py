@@ -10,9 +10,11 @@ import logging
 import os
 import random
 import socket
+import ssl
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from mle_stream.stream.processor import Incoming, StreamProcessor
 from mle_stream.status.feed import StatusFeed
 from mle_stream.status.model import StatusBoard
 from schema_registry_server import SchemaRegistry
+from secured_broker import KEY_PASSWORD, make_pki
 from worker_process import TOPOLOGY, Worker, traffic
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
@@ -262,6 +265,26 @@ def test_wrong_credentials_are_the_registrys_problem_and_the_password_stays_out_
         assert "hunter2" not in str(caught.value)
         in_url = SchemaRegistryClient(SchemaRegistrySettings(registry.url.replace("http://", "http://alice:s3cret-pw@")))
         assert json.loads(in_url.writer_schema(1)) == PREDICTION
+
+
+def test_a_registry_over_mutual_tls_answers_and_an_untrusted_one_is_unavailable(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+    server.load_cert_chain(pki.server_cert, pki.server_key)
+    server.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: a client without the CA's certificate is refused
+    with SchemaRegistry(tls=server) as registry:
+        registry.register("x-value", json.dumps(PREDICTION))
+        trusted = SchemaRegistrySettings(registry.url, USER_INFO, str(pki.ca), str(pki.client_cert),
+                                         str(pki.client_key), KEY_PASSWORD)
+        assert json.loads(SchemaRegistryClient(trusted).writer_schema(1)) == PREDICTION
+        for wrong in (replace(trusted, ssl_ca_location=str(pki.other_ca)),  # the server is not trusted
+                      replace(trusted, ssl_certificate_location="", ssl_key_location="")):  # no client certificate
+            client = SchemaRegistryClient(wrong, backoff=Backoff(1, 0.05, 0.05))
+            threading.Timer(0.3, client.close).start()
+            with pytest.raises(RegistryUnavailable, match="no answer"):
+                client.writer_schema(1)
+    with pytest.raises(ConfigError, match="MLE_SCHEMA_REGISTRY_SSL_"):
+        SchemaRegistryClient(replace(trusted, ssl_key_password="wrong"))
 
 
 def test_settings_read_the_registry_from_the_environment_and_refuse_what_cannot_work(tmp_path: Path) -> None:
