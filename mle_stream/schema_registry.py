@@ -161,6 +161,10 @@ class SchemaRegistryClient:
             try:
                 doc = self._request("GET", f"/schemas/ids/{schema_id}",
                                     not_found=lambda d: SchemaNotFound(schema_id, d))
+                schema = doc.get("schema") if isinstance(doc, dict) else None
+                if not isinstance(schema, str):
+                    raise RegistryUnavailable(f"the schema registry at {self._shown} answered schema id "
+                                              f"{schema_id} without a 'schema' string")
                 break
             except RegistryUnavailable as exc:
                 failures += 1
@@ -172,10 +176,6 @@ class SchemaRegistryClient:
                 if self._closed.wait(delay):
                     raise RegistryUnavailable(f"{exc}; gave up after {failures} attempts: the client was closed") \
                         from exc
-        schema = doc.get("schema") if isinstance(doc, dict) else None
-        if not isinstance(schema, str):
-            raise RegistryUnavailable(f"the schema registry at {self._shown} answered schema id {schema_id} "
-                                      f"without a 'schema' string")
         kind = doc.get("schemaType", "AVRO")
         if kind != "AVRO":
             raise SchemaRegistryError(f"schema id {schema_id} is a {kind} schema, not Avro")
