@@ -1,7 +1,8 @@
-"""Confluent Schema Registry framing on the input topics: bytes written by confluent-kafka's own
+"""Confluent Schema Registry framing: on the input topics, bytes written by confluent-kafka's own
 AvroSerializer (what Java's KafkaAvroSerializer writes), writer schemas served by a small registry
-(tests/schema_registry_server.py) with basic auth, read by the real decoder, the worker's step and
-a real `mle-stream worker` process over the embedded broker."""
+(tests/schema_registry_server.py) with basic auth and TLS, read by the real decoder, the worker's
+step and a real `mle-stream worker` process over the embedded broker; on the outputs
+(MLE_OUTPUT_FORMAT=confluent), what confluent-kafka's AvroDeserializer and mle-stream's readers read."""
 
 from __future__ import annotations
 
@@ -36,9 +37,9 @@ from mle_stream.core.events import Label, Prediction
 from mle_stream.core.signing import Signer
 from mle_stream.core.topology import parse_topology
 from mle_stream.errors import ConfigError, InvalidEvent
-from mle_stream.output_framing import ConfluentOutputs
 from mle_stream.kafka import producer_config
 from mle_stream.keys import HMAC_KEY_ID
+from mle_stream.output_framing import ConfluentOutputs
 from mle_stream.retry import Backoff
 from mle_stream.schema_registry import RegistryUnavailable, SchemaRegistryClient, SchemaRegistrySettings
 from mle_stream.stream.checkpoints import CheckpointedProcessor
@@ -85,8 +86,8 @@ def serialize(registry: SchemaRegistry, schema: dict[str, Any], datum: Any, topi
     return serializer(registry, schema)(datum, SerializationContext(topic, MessageField.VALUE))
 
 
-def ours(registry: SchemaRegistry, **kwargs: Any) -> SchemaRegistryClient:
-    return SchemaRegistryClient(SchemaRegistrySettings(registry.url, USER_INFO), **kwargs)
+def ours(registry: SchemaRegistry) -> SchemaRegistryClient:
+    return SchemaRegistryClient(SchemaRegistrySettings(registry.url, USER_INFO))
 
 
 PREDICTIONS = [
