@@ -19,9 +19,7 @@ from mle_stream.schema_registry import RegistryUnavailable, SchemaRegistryClient
 
 log = logging.getLogger(__name__)
 
-AVRO = "avro"
-CONFLUENT = "confluent"
-OUTPUT_FORMATS = (AVRO, CONFLUENT)
+CONFLUENT = "confluent"  # Settings.output_format (MLE_OUTPUT_FORMAT) that asks for it; "avro" is the default
 _SINGLE_OBJECT_HEADER = 10  # C3 01 + 8-byte fingerprint
 
 
