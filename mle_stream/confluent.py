@@ -66,6 +66,13 @@ def resolve(writer_text: str, single: ReaderSchema, batch: ReaderSchema | None =
     a batch (`batch`); ValueError saying what does not resolve, as the end of a sentence about the
     writer schema."""
     try:
+        return _resolve(writer_text, single, batch)
+    except RecursionError:  # the registry is not ours to trust: a schema may nest arrays 100,000 deep
+        raise ValueError("is nested too deeply to be read") from None
+
+
+def _resolve(writer_text: str, single: ReaderSchema, batch: ReaderSchema | None) -> Resolution:
+    try:
         writer = _without_logical_types(json.loads(writer_text))
     except ValueError as exc:
         raise ValueError(f"is not JSON ({exc})") from None

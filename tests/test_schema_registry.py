@@ -170,6 +170,10 @@ def test_an_incompatible_writer_schema_or_an_unknown_id_is_an_error_naming_subje
         assert "subjects: labels-value (version 1)" in error.reason
         assert "the writer's record io.mlestream.Label is not the reader's io.mlestream.Prediction" in error.reason
 
+        deep = registry.register("deep-value", '{"type": "array", "items": ' * 5000 + '"long"' + "}" * 5000)
+        [error] = codec.decode_predictions(b"\x00" + deep.to_bytes(4, "big") + b"\x00", lookup).errors
+        assert "subjects: deep-value (version 1)) is nested too deeply to be read" in error.reason
+
         unknown = b"\x00" + (4242).to_bytes(4, "big") + raw[5:]
         [error] = codec.decode_label_columns(unknown, lookup).errors
         assert "knows no schema id 4242" in error.reason and "404" in error.reason
