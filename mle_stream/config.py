@@ -13,8 +13,8 @@ from typing import Any, Mapping
 from mle_stream.core.signing import DEFAULT_TTL_MS
 from mle_stream.core.topology import parse_duration_ms
 from mle_stream.errors import ConfigError
-from mle_stream.redact import redact_uri
 from mle_stream.kafka_security import KafkaSecurity
+from mle_stream.redact import redact_uri
 from mle_stream.schema_registry import SchemaRegistrySettings
 
 
