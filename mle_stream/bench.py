@@ -598,7 +598,8 @@ def _fresh_run(settings: Settings, bootstrap: str | None) -> Iterator[_Run]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     topics = Topics(**{name: prefix + value for name, value in Topics().__dict__.items()})
     worker_settings = replace(settings, topics=topics, signing_key=_SIGNING_KEY, signing_key_file="", signing_key_id="",
-                              verify_keys_dir="", verify_keys="", worker_group=prefix + "worker")
+                              verify_keys_dir="", verify_keys="", worker_group=prefix + "worker",
+                              output_format="avro")  # the bench reads the outputs without a registry
     given = replace(settings, bootstrap_servers=bootstrap or settings.bootstrap_servers)
     embedded = configured_servers(given, embedded=True) is None  # the bench brings its own broker by design
     with bootstrap_servers(given, embedded=True) as servers:

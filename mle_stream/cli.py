@@ -20,7 +20,9 @@ from mle_stream.errors import ConfigError, MleStreamError
 from mle_stream.json_logs import FORMATS as LOG_FORMATS
 from mle_stream.json_logs import JsonFormatter
 from mle_stream.operator_commands import OPERATOR_KINDS
+from mle_stream.output_framing import CONFLUENT, ConfluentOutputs
 from mle_stream.redact import redact_servers, redact_uri
+from mle_stream.schema_registry import SchemaRegistryClient, client_for
 
 STATUS_PORT = 8077  # the worker's status page (mle_stream/status/server.py)
 
@@ -68,6 +70,14 @@ environment:
                           a client.properties file, and/or one variable per property
                           (MLE_KAFKA_SECURITY_PROTOCOL, MLE_KAFKA_SSL_CA_LOCATION, ...).
                           See docs/kafka-security.md.
+  MLE_SCHEMA_REGISTRY_URL Confluent Schema Registry (http(s)://host:8081) whose framed Avro
+                          (0x00 + schema id) the worker reads on predictions and labels; its
+                          credentials: MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO (user:password),
+                          MLE_SCHEMA_REGISTRY_SSL_CA_LOCATION, ..._SSL_CERTIFICATE_LOCATION,
+                          ..._SSL_KEY_LOCATION, ..._SSL_KEY_PASSWORD. See docs/schema-registry.md.
+  MLE_OUTPUT_FORMAT       avro (default: Avro single-object encoding) or confluent: the worker's
+                          and the actuator's outputs in Confluent framing, their schemas
+                          registered as <topic>-value (needs MLE_SCHEMA_REGISTRY_URL).
 """
 
 
@@ -597,7 +607,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             start_status_page(bootstrap, settings.topics, {name: [c.metric for c in t.checks]
                                                            for name, t in topologies.items()},
                               status_port, args.status_bind, health=health, verify=verify, metrics=metrics,
-                              security=security)
+                              security=security, registry=client_for(settings.schema_registry))
         run_worker(settings, bootstrap, topologies, loglevel=args.log_level, metrics_port=metrics_port,
                    metrics_bind=_metrics_bind(args), health=health, metrics=metrics)
     return 0
@@ -635,6 +645,17 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), verifier, dry_run=args.dry_run)
     logging.getLogger("mle_stream").info("actuator accepts commands signed by %s", ", ".join(verifier.key_ids))
     stop = _wait_for_signal()
+    registry = client_for(settings.schema_registry)
+    if registry is not None:  # a command waiting for the registry gives up on a signal: it is read again
+        def close_on_stop(client: SchemaRegistryClient = registry) -> None:
+            stop.wait()
+            client.close()
+
+        threading.Thread(target=close_on_stop, daemon=True).start()
+    framing = None
+    if settings.output_format == CONFLUENT:
+        assert registry is not None  # Settings requires the registry with this format
+        framing = ConfluentOutputs(registry, {settings.topics.rollout_events: "RolloutEvent"})
     try:
         security = settings.kafka_security
         with bootstrap_servers(settings, embedded=args.embedded_broker) as bootstrap:
@@ -642,7 +663,8 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
             ensure_topics(bootstrap, settings.topics.all(), settings.partitions, security=security)
             serve(metrics.registry, metrics_port, _metrics_bind(args), health)
             run_actuator_loop(actuator, bootstrap, settings.topics, stop, group_id=settings.actuator_group,
-                              notifier=notifier, metrics=metrics, health=health, security=security)
+                              notifier=notifier, metrics=metrics, health=health, security=security,
+                              registry=registry, framing=framing)
     finally:
         notifier.close()
     return 0
@@ -886,7 +908,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     topologies = load_topologies(args.topology)
     board = StatusBoard({name: [c.metric for c in t.checks] for name, t in topologies.items()}, verify=verify)
     feed = StatusFeed(settings.bootstrap_servers, settings.topics, board, since_ms=since_ms,
-                      security=settings.kafka_security)
+                      security=settings.kafka_security, registry=client_for(settings.schema_registry))
     try:
         print(f"reading {settings.topics.metrics}, {settings.topics.drift}, {settings.topics.commands} and "
               f"{settings.topics.rollout_events} on {redact_servers(settings.bootstrap_servers)} ...", file=sys.stderr,

@@ -13,6 +13,11 @@ Producers may write either of two encodings; consumers accept both, told apart b
   an array of objects, or ``{"records": [...]}``. Field names are the Avro field names. Unknown
   fields are ignored so that an older consumer keeps reading what a newer producer writes.
 
+- **Confluent Schema Registry framing** (confluent.py): the byte 0x00, the 4-byte schema id, then
+  the Avro binary body, read with the writer schema the registry has under that id (a
+  `WriterSchemas` lookup the caller passes in) resolved against ours. mle-stream writes it only
+  when asked to (output_framing.py). See docs/schema-registry.md.
+
 Prediction and label topics carry either one record or a batch (PredictionBatch / LabelBatch) per
 message; the decoders return every valid record of a batch and one `RecordError` per invalid one,
 so a single bad record never costs the good ones. The worker reads them as columns
@@ -46,6 +51,7 @@ import numpy.typing as npt
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
+from mle_stream import confluent
 from mle_stream.avro_batch_reader import (
     LABEL_BATCH_CANONICAL_FORM,
     LABEL_FIELDS,
@@ -68,6 +74,7 @@ from mle_stream.core.events import (
     RolloutStatus,
 )
 from mle_stream.errors import InvalidEvent
+from mle_stream.schema_registry import RegistryUnavailable, SchemaRegistryError, WriterSchemas
 
 __all__ = [
     "AVRO_MARKER",
@@ -851,11 +858,101 @@ def _as_bytes(payload: bytes | bytearray | memoryview | None) -> bytes:
     return payload if isinstance(payload, bytes) else bytes(payload)
 
 
-def _decode(payload: bytes, kind: _Kind[T]) -> DecodeResult[T]:
+def _decode(payload: bytes, kind: _Kind[T], registry: WriterSchemas | None = None) -> DecodeResult[T]:
     payload = _as_bytes(payload)
     if payload[:2] == AVRO_MARKER:
         return _decode_avro(payload, kind)
+    if payload[:1] == confluent.MAGIC:  # never the start of JSON text
+        resolution = _confluent_resolution(payload, kind, registry)
+        if isinstance(resolution, str):
+            return _message_error(resolution)
+        return _decode_confluent(payload, kind, resolution)
     return _decode_json(payload, kind)
+
+
+# ------------------------------------------------------------------------------------------------
+# Confluent Schema Registry framing (confluent.py)
+
+# (writer schema text, prediction|label) -> how to read it, or why it cannot be read. Schema ids are
+# immutable and few: each writer schema is resolved once per process.
+_RESOLUTIONS: dict[tuple[str, str], confluent.Resolution | str] = {}
+
+
+def _reader(schema: WireSchema) -> confluent.ReaderSchema:
+    return confluent.ReaderSchema(schema.name, schema.canonical_form, schema.parsed)
+
+
+def _confluent_resolution(payload: bytes, kind: _Kind[Any] | WireSchema,
+                          registry: WriterSchemas | None) -> confluent.Resolution | str:
+    """How to read this framed message's body as `kind` (a record or batch of predictions or labels,
+    or one single-event schema), or the reason it cannot be read (a dead letter). RegistryUnavailable
+    passes through: a registry that does not answer is not the message's fault."""
+    if len(payload) < confluent.HEADER_LEN:
+        return (f"truncated Confluent Schema Registry message: {len(payload)} bytes, the header alone "
+                f"(0x00 and a 4-byte schema id) is {confluent.HEADER_LEN}")
+    schema_id = confluent.schema_id(payload)
+    if registry is None:
+        return (f"Confluent Schema Registry framing (magic byte 0x00, schema id {schema_id}) but no schema "
+                "registry is configured: set MLE_SCHEMA_REGISTRY_URL to the registry the producer uses")
+    try:
+        text = registry.writer_schema(schema_id)
+    except RegistryUnavailable:
+        raise
+    except SchemaRegistryError as exc:
+        return f"Confluent schema id {schema_id}: {exc}"
+    key = (text, kind.name if isinstance(kind, WireSchema) else kind.noun)
+    resolution = _RESOLUTIONS.get(key)
+    if resolution is None:
+        try:
+            resolution = (confluent.resolve(text, _reader(kind)) if isinstance(kind, WireSchema)
+                          else confluent.resolve(text, _reader(kind.single), _reader(kind.batch)))
+        except ValueError as exc:
+            resolution = str(exc)
+        _RESOLUTIONS[key] = resolution
+    if isinstance(resolution, str):
+        subjects = ", ".join(registry.subjects(schema_id)) or "none the registry could name"
+        return f"the writer schema of Confluent schema id {schema_id} (subjects: {subjects}) {resolution}"
+    return resolution
+
+
+def _confluent_datum(payload: bytes, resolution: confluent.Resolution) -> Any:
+    """The body of a framed message read as `resolution` says; InvalidEvent when it does not read."""
+    reader, writer = resolution.reader, resolution.writer
+    stream = io.BytesIO(payload)
+    stream.seek(confluent.HEADER_LEN)
+    what = f"Avro {reader.name} (Confluent schema id {confluent.schema_id(payload)})"
+    try:
+        datum = fastavro.schemaless_reader(stream, writer or reader.parsed, None if writer is None else reader.parsed)
+    except Exception as exc:  # noqa: BLE001 - fastavro's many corrupt-input errors, reported
+        raise InvalidEvent(f"unreadable {what}: {type(exc).__name__}: {exc}") from None
+    problem = _trailing(stream, len(payload), what)
+    if problem:
+        raise InvalidEvent(problem)
+    return datum
+
+
+def _decode_confluent(payload: bytes, kind: _Kind[T], resolution: confluent.Resolution) -> DecodeResult[T]:
+    try:
+        datum = _confluent_datum(payload, resolution)
+    except InvalidEvent as exc:
+        return _message_error(exc.reason)
+    return _build(datum["records"] if resolution.reader.name == kind.batch.name else [datum], kind.from_avro)
+
+
+def _confluent_columns(payload: bytes, kind: _Kind[Any], registry: WriterSchemas | None, fast: bool,
+                       reader: Callable[[bytes, int], R], check: Callable[[R], ColumnsResult[C]],
+                       to_columns: Callable[[list[Any]], C]) -> ColumnsResult[C]:
+    """A framed message as columns: a body written with our own batch schema goes to the fast reader,
+    exactly as a single-object one; any other through the record path."""
+    resolution = _confluent_resolution(payload, kind, registry)
+    if isinstance(resolution, str):
+        return _as_columns(_message_error(resolution), to_columns)
+    if fast and resolution.writer is None and resolution.reader.name == kind.batch.name:
+        try:
+            return check(reader(payload, confluent.HEADER_LEN))
+        except Exception:  # noqa: BLE001 - corrupt or unusual input: fastavro reads and reports it
+            pass
+    return _as_columns(_decode_confluent(payload, kind, resolution), to_columns)
 
 
 def _prediction_from_avro(datum: dict[str, Any]) -> Prediction:
@@ -984,23 +1081,27 @@ def _as_columns(result: DecodeResult[T], to_columns: Callable[[list[T]], C]) -> 
     return ColumnsResult(to_columns(result.records), result.errors, np.array(index, dtype=np.int64))
 
 
-def decode_predictions(payload: bytes) -> DecodeResult[Prediction]:
+def decode_predictions(payload: bytes, registry: WriterSchemas | None = None) -> DecodeResult[Prediction]:
     """The predictions in one message of the predictions topic.
 
-    Accepts Avro single-object (Prediction or PredictionBatch, told apart by fingerprint) and JSON
-    (an object, an array of objects, or {"records": [...]}). JSON fields that the schema does not
-    know are ignored, for forward compatibility; missing required fields and wrong types are errors.
+    Accepts Avro single-object (Prediction or PredictionBatch, told apart by fingerprint), JSON
+    (an object, an array of objects, or {"records": [...]}), and Confluent Schema Registry framing,
+    whose writer schemas `registry` looks up (without one, such a message is an error saying so).
+    JSON fields that the schema does not know are ignored, for forward compatibility; missing
+    required fields and wrong types are errors.
     Never raises for bad input: a record that breaks the contract becomes a RecordError with its
-    index, and an unreadable message a single RecordError with index None.
+    index, and an unreadable message a single RecordError with index None. Raises RegistryUnavailable
+    when the registry cannot be asked for a writer schema (not the message's fault).
     """
     payload = _as_bytes(payload)
     fast = _prediction_columns(payload)
     if fast is not None:
         return DecodeResult(fast.columns.records(), fast.errors)
-    return _decode(payload, _PREDICTIONS)
+    return _decode(payload, _PREDICTIONS, registry)
 
 
-def decode_prediction_columns(payload: bytes) -> ColumnsResult[PredictionColumns]:
+def decode_prediction_columns(payload: bytes, registry: WriterSchemas | None = None
+                              ) -> ColumnsResult[PredictionColumns]:
     """The predictions in one message as columns: what the worker's hot path reads.
 
     The same forms, records and errors as decode_predictions. A PredictionBatch is read straight
@@ -1012,24 +1113,30 @@ def decode_prediction_columns(payload: bytes) -> ColumnsResult[PredictionColumns
     fast = _prediction_columns(payload)
     if fast is not None:
         return fast
+    if payload[:1] == confluent.MAGIC:
+        return _confluent_columns(payload, _PREDICTIONS, registry, _FAST_PREDICTIONS, read_prediction_batch,
+                                  _check_predictions, PredictionColumns.from_records)
     return _as_columns(_decode(payload, _PREDICTIONS), PredictionColumns.from_records)
 
 
-def decode_labels(payload: bytes) -> DecodeResult[Label]:
+def decode_labels(payload: bytes, registry: WriterSchemas | None = None) -> DecodeResult[Label]:
     """The labels in one message of the labels topic; same forms and rules as decode_predictions."""
     payload = _as_bytes(payload)
     fast = _label_columns(payload)
     if fast is not None:
         return DecodeResult(fast.columns.records(), fast.errors)
-    return _decode(payload, _LABELS)
+    return _decode(payload, _LABELS, registry)
 
 
-def decode_label_columns(payload: bytes) -> ColumnsResult[LabelColumns]:
+def decode_label_columns(payload: bytes, registry: WriterSchemas | None = None) -> ColumnsResult[LabelColumns]:
     """The labels in one message as columns; as decode_prediction_columns."""
     payload = _as_bytes(payload)
     fast = _label_columns(payload)
     if fast is not None:
         return fast
+    if payload[:1] == confluent.MAGIC:
+        return _confluent_columns(payload, _LABELS, registry, _FAST_LABELS, read_label_batch, _check_labels,
+                                  LabelColumns.from_records)
     return _as_columns(_decode(payload, _LABELS), LabelColumns.from_records)
 
 
@@ -1199,9 +1306,15 @@ def _encode_single(schema: WireSchema, cls: type[E], spec: _Spec, event: E) -> b
     return _write(schema, datum)
 
 
-def _decode_single(payload: bytes, schema: WireSchema, cls: type[E], spec: _Spec) -> E:
+def _decode_single(payload: bytes, schema: WireSchema, cls: type[E], spec: _Spec,
+                   registry: WriterSchemas | None = None) -> E:
     payload = _as_bytes(payload)
-    if payload[:2] == AVRO_MARKER:
+    if payload[:1] == confluent.MAGIC:
+        resolution = _confluent_resolution(payload, schema, registry)
+        if isinstance(resolution, str):
+            raise InvalidEvent(resolution)
+        datum = _confluent_datum(payload, resolution)
+    elif payload[:2] == AVRO_MARKER:
         if len(payload) < _HEADER_LEN:
             raise InvalidEvent(f"truncated Avro single-object message: {len(payload)} bytes")
         fp = payload[2:_HEADER_LEN]
@@ -1234,9 +1347,11 @@ def encode_command(cmd: Command) -> bytes:
     return _encode_single(_SCHEMAS["Command"], Command, _COMMAND_SPEC, cmd)
 
 
-def decode_command(payload: bytes) -> Command:
-    """A Command from Avro single-object or JSON; raises InvalidEvent naming what is malformed."""
-    return _decode_single(payload, _SCHEMAS["Command"], Command, _COMMAND_SPEC)
+def decode_command(payload: bytes, registry: WriterSchemas | None = None) -> Command:
+    """A Command from Avro single-object, JSON or Confluent framing (its writer schemas from
+    `registry`); raises InvalidEvent naming what is malformed, RegistryUnavailable when the
+    registry cannot be asked. So do the other single-event decoders."""
+    return _decode_single(payload, _SCHEMAS["Command"], Command, _COMMAND_SPEC, registry)
 
 
 def encode_rollout_event(event: RolloutEvent) -> bytes:
@@ -1244,9 +1359,9 @@ def encode_rollout_event(event: RolloutEvent) -> bytes:
     return _encode_single(_SCHEMAS["RolloutEvent"], RolloutEvent, _ROLLOUT_SPEC, event)
 
 
-def decode_rollout_event(payload: bytes) -> RolloutEvent:
-    """A RolloutEvent from Avro single-object or JSON; raises InvalidEvent."""
-    return _decode_single(payload, _SCHEMAS["RolloutEvent"], RolloutEvent, _ROLLOUT_SPEC)
+def decode_rollout_event(payload: bytes, registry: WriterSchemas | None = None) -> RolloutEvent:
+    """A RolloutEvent from Avro single-object, JSON or Confluent framing; raises InvalidEvent."""
+    return _decode_single(payload, _SCHEMAS["RolloutEvent"], RolloutEvent, _ROLLOUT_SPEC, registry)
 
 
 def encode_metric_snapshot(snapshot: MetricSnapshot) -> bytes:
@@ -1254,9 +1369,9 @@ def encode_metric_snapshot(snapshot: MetricSnapshot) -> bytes:
     return _encode_single(_SCHEMAS["MetricSnapshot"], MetricSnapshot, _SNAPSHOT_SPEC, snapshot)
 
 
-def decode_metric_snapshot(payload: bytes) -> MetricSnapshot:
-    """A MetricSnapshot from Avro single-object or JSON; raises InvalidEvent."""
-    return _decode_single(payload, _SCHEMAS["MetricSnapshot"], MetricSnapshot, _SNAPSHOT_SPEC)
+def decode_metric_snapshot(payload: bytes, registry: WriterSchemas | None = None) -> MetricSnapshot:
+    """A MetricSnapshot from Avro single-object, JSON or Confluent framing; raises InvalidEvent."""
+    return _decode_single(payload, _SCHEMAS["MetricSnapshot"], MetricSnapshot, _SNAPSHOT_SPEC, registry)
 
 
 def encode_drift_table(table: DriftTable) -> bytes:
@@ -1264,9 +1379,9 @@ def encode_drift_table(table: DriftTable) -> bytes:
     return _encode_single(_SCHEMAS["DriftTable"], DriftTable, _DRIFT_SPEC, table)
 
 
-def decode_drift_table(payload: bytes) -> DriftTable:
-    """A DriftTable from Avro single-object or JSON; raises InvalidEvent."""
-    return _decode_single(payload, _SCHEMAS["DriftTable"], DriftTable, _DRIFT_SPEC)
+def decode_drift_table(payload: bytes, registry: WriterSchemas | None = None) -> DriftTable:
+    """A DriftTable from Avro single-object, JSON or Confluent framing; raises InvalidEvent."""
+    return _decode_single(payload, _SCHEMAS["DriftTable"], DriftTable, _DRIFT_SPEC, registry)
 
 
 # ------------------------------------------------------------------------------------------------

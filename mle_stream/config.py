@@ -14,6 +14,8 @@ from mle_stream.core.commands import DEFAULT_TTL_MS
 from mle_stream.core.durations import parse_duration_ms
 from mle_stream.errors import ConfigError
 from mle_stream.kafka_security import KafkaSecurity
+from mle_stream.redact import redact_uri
+from mle_stream.schema_registry import SchemaRegistrySettings
 
 
 # Where the worker and the actuator serve their Prometheus metrics unless told otherwise (MLE_METRICS_PORT,
@@ -99,6 +101,12 @@ class Settings:
     means each component's default (WORKER_METRICS_PORT, ACTUATOR_METRICS_PORT).
     kafka_security: TLS and SASL of every Kafka connection, from MLE_KAFKA_PROPERTIES_FILE and the
     MLE_KAFKA_<PROPERTY> variables (mle_stream.kafka_security; docs/kafka-security.md).
+    schema_registry: the Confluent Schema Registry whose framed messages the worker reads
+    (docs/schema-registry.md): MLE_SCHEMA_REGISTRY_URL, MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO
+    (`user:password`), MLE_SCHEMA_REGISTRY_SSL_CA_LOCATION, MLE_SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION,
+    MLE_SCHEMA_REGISTRY_SSL_KEY_LOCATION and MLE_SCHEMA_REGISTRY_SSL_KEY_PASSWORD. No URL: no registry.
+    output_format: MLE_OUTPUT_FORMAT, `avro` (default: Avro single-object encoding) or `confluent`
+    (Confluent framing, each output schema registered as `<topic>-value`; needs the registry).
 
     Command keys (mle_stream/keys.py, docs/command-signing.md):
     signing_key_file: MLE_SIGNING_KEY_FILE, the Ed25519 private key (PEM) this component signs with.
@@ -130,6 +138,8 @@ class Settings:
     notify_webhook: str = field(default="", repr=False)  # a secret: the token is in its path
     metrics_port: int | None = None
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    schema_registry: SchemaRegistrySettings = field(default_factory=SchemaRegistrySettings)
+    output_format: str = "avro"
     # Command keys: see the docstring.
     signing_key_file: str = ""
     signing_key: bytes = field(default=b"", repr=False)
@@ -168,6 +178,8 @@ class Settings:
             notify_webhook=env.get("MLE_NOTIFY_WEBHOOK", "").strip(),
             metrics_port=metrics_port,
             kafka_security=KafkaSecurity.from_env(env),
+            schema_registry=_schema_registry_settings(env),
+            output_format=_output_format(env),
             **_key_settings(env),
             **_alignment_settings(env),
         )
@@ -188,6 +200,39 @@ def _alignment_settings(env: Mapping[str, str]) -> dict[str, Any]:
                           f"is caught up")
     skew = read("MLE_ALIGN_MAX_SKEW", ALIGN_MAX_SKEW_MS, "10m or 1h")
     return {"input_idle_ms": idle, "input_wait_max_ms": wait_max, "align_max_skew_ms": skew}
+
+
+def _output_format(env: Mapping[str, str]) -> str:
+    raw = env.get("MLE_OUTPUT_FORMAT", "").strip().lower() or "avro"
+    if raw not in ("avro", "confluent"):
+        raise ConfigError(f"MLE_OUTPUT_FORMAT must be avro (Avro single-object encoding, the default) or confluent "
+                          f"(Confluent Schema Registry framing), got {raw!r}")
+    if raw == "confluent" and not env.get("MLE_SCHEMA_REGISTRY_URL", "").strip():
+        raise ConfigError("MLE_OUTPUT_FORMAT=confluent registers the output schemas in a Schema Registry: set "
+                          "MLE_SCHEMA_REGISTRY_URL too")
+    return raw
+
+
+def _schema_registry_settings(env: Mapping[str, str]) -> SchemaRegistrySettings:
+    def get(suffix: str) -> str:
+        return env.get(f"MLE_SCHEMA_REGISTRY_{suffix}", "").strip()
+
+    url, user_info = get("URL"), get("BASIC_AUTH_USER_INFO")
+    if url and not url.lower().startswith(("http://", "https://")):
+        raise ConfigError(f"MLE_SCHEMA_REGISTRY_URL must be an http:// or https:// URL such as "
+                          f"http://schema-registry:8081, got {redact_uri(url)!r}")
+    if user_info and ":" not in user_info:
+        raise ConfigError("MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO must be user:password (as Confluent's "
+                          "basic.auth.user.info); it has no ':'")
+    files = {name: get(name) for name in ("SSL_CA_LOCATION", "SSL_CERTIFICATE_LOCATION", "SSL_KEY_LOCATION")}
+    for name, path in files.items():
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"MLE_SCHEMA_REGISTRY_{name}: no such file {path!r}")
+    if files["SSL_KEY_LOCATION"] and not files["SSL_CERTIFICATE_LOCATION"]:
+        raise ConfigError("MLE_SCHEMA_REGISTRY_SSL_KEY_LOCATION is set without "
+                          "MLE_SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION, the client certificate it belongs to")
+    return SchemaRegistrySettings(url, user_info, files["SSL_CA_LOCATION"], files["SSL_CERTIFICATE_LOCATION"],
+                                  files["SSL_KEY_LOCATION"], env.get("MLE_SCHEMA_REGISTRY_SSL_KEY_PASSWORD", ""))
 
 
 def _key_settings(env: Mapping[str, str]) -> dict[str, Any]:

@@ -302,7 +302,8 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
                      f"route {topology.routing.manifest.format(model=model)} committed with v{base_v} 90%, v{cand_v} 10%")
 
         # Without the caller's keys: MLE_SIGNING_KEY next to the demo's key file would be an error.
-        env = {name: value for name, value in os.environ.items() if name not in _KEY_VARIABLES}
+        # Nor MLE_OUTPUT_FORMAT: the demo's watcher reads the outputs as mle-stream writes them by default.
+        env = {name: value for name, value in os.environ.items() if name not in (*_KEY_VARIABLES, "MLE_OUTPUT_FORMAT")}
         env.update({"MLE_BOOTSTRAP_SERVERS": bootstrap, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1",
                     "MLE_SIGNING_KEY_FILE": str(keys_dir / f"{DEMO_KEY_ID}.key"),
                     "MLE_VERIFY_KEYS_DIR": str(keys_dir)})

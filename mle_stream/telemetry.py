@@ -79,6 +79,10 @@ class WorkerMetrics(_Metrics):
             "mle_stream_dead_letters", "Records or messages sent to the dead-letter topic, by the topic they were "
             "read from and reason class (undecodable, rejected, unknown_model, unknown_topic, unsigned, "
             "internal_error)", "topic", "reason")
+        self.schema_registry_failures = self._counter(
+            "mle_stream_schema_registry_failures", "Requests to the Schema Registry (MLE_SCHEMA_REGISTRY_URL) that got "
+            "no usable answer; the worker retries them with backoff while the messages that need the schema wait "
+            "(each failure is logged at WARNING)")
         self.output_failures = self._counter(
             "mle_stream_output_failures", "Messages the worker could not hand to its producer, by topic (each is "
             "logged at ERROR with what it was; the batch's other outputs are still published)", "topic")

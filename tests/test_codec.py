@@ -231,8 +231,10 @@ def only_error(result: codec.DecodeResult[Any]) -> codec.RecordError:
 
 
 def test_garbage_is_one_message_error() -> None:
-    err = only_error(codec.decode_predictions(b"\x00\x01garbage"))
+    err = only_error(codec.decode_predictions(b"\x01garbage"))
     assert err.index is None and err.reason.startswith("not JSON: ")
+    # A leading 0x00 is the Confluent Schema Registry framing (tests/test_schema_registry.py).
+    assert "set MLE_SCHEMA_REGISTRY_URL" in only_error(codec.decode_predictions(b"\x00\x01garbage")).reason
     err = only_error(codec.decode_predictions(b"hello"))
     assert err.reason == "not JSON: Expecting value: line 1 column 1 (char 0)"
     assert "empty message" in only_error(codec.decode_labels(b"")).reason

@@ -26,6 +26,8 @@ from mle_stream.core.events import Command
 from mle_stream.dead_letter import bounded_text, dead_letter_entry
 from mle_stream.errors import ActuationError, InvalidEvent
 from mle_stream.health import ActuatorHealth
+from mle_stream.output_framing import ConfluentOutputs
+from mle_stream.schema_registry import WriterSchemas
 from mle_stream.kafka import consumer_config, producer_config
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.retry import Backoff
@@ -68,13 +70,16 @@ REDELIVER = Backoff(attempts=1, base_delay_s=5.0, max_delay_s=120.0)
 def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: threading.Event,
                       group_id: str = "mle-stream-actuator", notifier: Notifier | None = None,
                       redeliver: Backoff = REDELIVER, metrics: ActuatorMetrics | None = None,
-                      health: ActuatorHealth | None = None, security: KafkaSecurity = PLAINTEXT) -> None:
+                      health: ActuatorHealth | None = None, security: KafkaSecurity = PLAINTEXT,
+                      registry: WriterSchemas | None = None, framing: ConfluentOutputs | None = None) -> None:
     """Apply commands one at a time, in order. A command that FAILED on transient errors is not
     committed: it is applied again after a wait (`redeliver`) until it goes through, holding the
     commands behind it, so an outage of the registry or the API server delays commands but never
     loses one (a rollback the worker emits once must not be dropped). Its FAILED event and alert go
     out once per outage, not once per attempt. `metrics` (telemetry.py) counts commands and outcomes;
-    `health` (mle_stream.health) is told of every round, every command and how the loop ended."""
+    `health` (mle_stream.health) is told of every round, every command and how the loop ended.
+    `registry` gives the writer schemas of Confluent-framed commands; `framing` writes the rollout
+    events so (MLE_OUTPUT_FORMAT=confluent)."""
     metrics = metrics if metrics is not None else ActuatorMetrics()
     health = health if health is not None else ActuatorHealth()
     consumer = Consumer(consumer_config(bootstrap, group_id, security=security))
@@ -95,7 +100,8 @@ def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: 
                 if message.error():
                     log.warning("consumer error on %s: %s", topics.commands, message.error())
                     continue
-                outcome = _handle(actuator, producer, topics, message, notifier, metrics, announce=failing is None)
+                outcome = _handle(actuator, producer, topics, message, notifier, metrics, announce=failing is None,
+                                  registry=registry, framing=framing)
                 if outcome is not None and outcome.retry:
                     metrics.redeliveries.labels(outcome.event.action).inc()
                     command_id = outcome.event.command_id
@@ -123,19 +129,20 @@ def run_actuator_loop(actuator: Actuator, bootstrap: str, topics: Topics, stop: 
 
 
 def _handle(actuator: Actuator, producer: Producer, topics: Topics, message: Message,
-            notifier: Notifier | None, metrics: ActuatorMetrics, announce: bool = True) -> Outcome | None:
+            notifier: Notifier | None, metrics: ActuatorMetrics, announce: bool = True,
+            registry: WriterSchemas | None = None, framing: ConfluentOutputs | None = None) -> Outcome | None:
     """Apply one message; None when it is not a command (dead-lettered). `announce`: publish and
     notify a FAILED event that will be retried (False while the same command keeps failing)."""
     payload = message.value() or b""
     try:
-        command = codec.decode_command(payload)
+        command = codec.decode_command(payload, registry)
     except InvalidEvent as exc:
         log.error("not a command at %s[%s]@%s: %s", message.topic(), message.partition(), message.offset(),
                   bounded_text(str(exc), 500))
         _dead_letter(producer, topics, message, str(exc), exc.field, metrics, "undecodable")
         return None
     try:
-        return _apply(actuator, producer, topics, command, notifier, metrics, announce)
+        return _apply(actuator, producer, topics, command, notifier, metrics, announce, framing)
     except ActuationError:
         raise  # the broker did not take the event: the command must be delivered again
     except Exception as exc:  # a bug met by this command: report it and go on with the next
@@ -158,7 +165,7 @@ def _dead_letter(producer: Producer, topics: Topics, message: Message, reason: s
 
 
 def _apply(actuator: Actuator, producer: Producer, topics: Topics, command: Command, notifier: Notifier | None,
-           metrics: ActuatorMetrics, announce: bool) -> Outcome:
+           metrics: ActuatorMetrics, announce: bool, framing: ConfluentOutputs | None = None) -> Outcome:
     """Apply a decoded command and publish its rollout event (see _handle)."""
     kind = command.kind.value
     metrics.commands.labels(kind).inc()
@@ -175,7 +182,10 @@ def _apply(actuator: Actuator, producer: Producer, topics: Topics, command: Comm
                    "status": event.status.value})
     if outcome.retry and not announce:
         return outcome
-    producer.produce(topics.rollout_events, key=command.model.encode(), value=codec.encode_rollout_event(event))
+    value = codec.encode_rollout_event(event)
+    if framing is not None:
+        value = framing.frame(topics.rollout_events, value)
+    producer.produce(topics.rollout_events, key=command.model.encode(), value=value)
     if producer.flush(10) != 0:
         # The event must be out before the offset is committed, or downstream never hears of it.
         raise ActuationError(f"could not publish the rollout event for command {command.command_id} within 10 s")

@@ -17,6 +17,7 @@ actuator, which consume the commands topic, dead-letter or reject what they cann
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ from mle_stream.config import Topics
 from mle_stream.errors import BrokerError, InvalidEvent
 from mle_stream.kafka import consumer_config
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
+from mle_stream.schema_registry import WriterSchemas
 from mle_stream.status.model import StatusBoard, StatusEvent
 
 log = logging.getLogger(__name__)
@@ -37,18 +39,26 @@ log = logging.getLogger(__name__)
 UNDECODABLE = "undecodable"
 
 
+def _decode_with(decode: Callable[[bytes, WriterSchemas | None], StatusEvent], registry: WriterSchemas | None,
+                payload: bytes) -> StatusEvent:
+    return decode(payload, registry)
+
+
 class StatusFeed:
     """Feeds `board` (under `lock`) from the four output topics; see the module docstring."""
 
     def __init__(self, bootstrap: str, topics: Topics, board: StatusBoard, lock: threading.Lock | None = None,
                  since_ms: int | None = None, on_ignored: Callable[[str, str, int], None] | None = None,
-                 security: KafkaSecurity = PLAINTEXT) -> None:
+                 security: KafkaSecurity = PLAINTEXT, registry: WriterSchemas | None = None) -> None:
+        """`registry`: the writer schemas of outputs in Confluent framing (MLE_OUTPUT_FORMAT=confluent)."""
         self.board = board
         self._on_ignored = on_ignored or (lambda topic, reason, n: None)
         self.lock = lock or threading.Lock()
-        self._decoders: dict[str, Callable[[bytes], StatusEvent]] = {
+        decoders: dict[str, Callable[[bytes, WriterSchemas | None], StatusEvent]] = {
             topics.metrics: codec.decode_metric_snapshot, topics.drift: codec.decode_drift_table,
             topics.commands: codec.decode_command, topics.rollout_events: codec.decode_rollout_event}
+        self._decoders: dict[str, Callable[[bytes], StatusEvent]] = {
+            topic: functools.partial(_decode_with, decode, registry) for topic, decode in decoders.items()}
         # A group id is required by librdkafka even for assigned partitions; nothing is committed.
         self._consumer = Consumer(consumer_config(bootstrap, f"mle-stream-status-{uuid.uuid4().hex[:8]}",
                                                   security=security, **{"enable.partition.eof": False}))

@@ -24,6 +24,7 @@ from mle_stream.config import Topics
 from mle_stream.errors import ConfigError
 from mle_stream.health import Health
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
+from mle_stream.schema_registry import WriterSchemas
 from mle_stream.status.feed import StatusFeed
 from mle_stream.status.model import UNVERIFIED, StatusBoard
 
@@ -146,7 +147,8 @@ def count_ignored(metrics: WorkerMetrics) -> Callable[[str, str, int], None]:
 def start_status_page(bootstrap: str, topics: Topics, checks_by_model: Mapping[str, Sequence[str]], port: int,
                       bind: str = "127.0.0.1", health: Health | None = None, *, verify: Verifier,
                       metrics: WorkerMetrics | None = None,
-                      security: KafkaSecurity = PLAINTEXT) -> StatusServer | None:
+                      security: KafkaSecurity = PLAINTEXT,
+                      registry: WriterSchemas | None = None) -> StatusServer | None:
     """The worker's status page: a board of the topologies' models (`checks_by_model`: each model and
     its checks' metrics, the ones plotted) fed from the output topics (read with `security`), showing
     the commands `verify` accepts, served on bind:port, its /healthz answering `health`'s liveness;
@@ -160,7 +162,7 @@ def start_status_page(bootstrap: str, topics: Topics, checks_by_model: Mapping[s
         log.warning("%s; the worker runs without a status page", exc)
         return None
     feed = StatusFeed(bootstrap, topics, board, lock, on_ignored=count_ignored(metrics) if metrics else None,
-                      security=security)
+                      security=security, registry=registry)
     server = _serve(http, board, lock, feed)
     log.info("status page on %s", server.url)
     return server

@@ -38,6 +38,8 @@ from mle_stream.health import HEARTBEAT_S, WorkerHealth
 from mle_stream.kafka import ensure_state_topic, partition_counts
 from mle_stream.kafka_security import KafkaSecurity
 from mle_stream.keys import signer_from_settings, verifier_from_settings
+from mle_stream.output_framing import CONFLUENT, ConfluentOutputs
+from mle_stream.schema_registry import client_for
 from mle_stream.stream.alignment import Alignment, Offsets
 from mle_stream.stream.checkpoints import CheckpointedProcessor, Checkpoints, CheckpointStore
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor, wall_clock_ms
@@ -81,11 +83,17 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
     each batch is processed and its outputs handed to Faust (mle-stream bench times the worker with it).
     `metrics` (telemetry.py) is updated once per batch; without it the app keeps its own, unexposed.
     `health` (mle_stream.health) is told how the agent, the checkpoints and the consumer are doing."""
-    processor = StreamProcessor(topologies, settings.topics, signer_from_settings(settings), profiles=profiles,
-                                verifier=verifier_from_settings(settings))
     metrics = metrics if metrics is not None else WorkerMetrics()
-    health = health if health is not None else WorkerHealth.from_env(settings.checkpoint_interval_s)
     topics, security = settings.topics, settings.kafka_security
+    registry = client_for(settings.schema_registry, on_retry=lambda _: metrics.schema_registry_failures.inc())
+    framing = None
+    if settings.output_format == CONFLUENT:
+        assert registry is not None  # Settings requires the registry with this format
+        framing = ConfluentOutputs(registry, {topics.metrics: "MetricSnapshot", topics.drift: "DriftTable",
+                                              topics.commands: "Command"})
+    processor = StreamProcessor(topologies, settings.topics, signer_from_settings(settings), profiles=profiles,
+                                verifier=verifier_from_settings(settings), registry=registry)
+    health = health if health is not None else WorkerHealth.from_env(settings.checkpoint_interval_s)
     _require_copartitioned(bootstrap, topics.predictions, topics.labels, topics.commands, security=security)
     ensure_state_topic(bootstrap, topics.state, settings.partitions, security=security)
     app = faust.App(
@@ -132,7 +140,8 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         # cost the batch's others, least of all a command: each is handed over on its own.
         for out in outs:
             try:
-                await sinks[out.topic].send(key=out.key, value=out.value)
+                value = out.value if framing is None else framing.frame(out.topic, out.value)
+                await sinks[out.topic].send(key=out.key, value=value)
             except Exception as exc:
                 metrics.output_failures.labels(out.topic).inc()
                 log.error("could not publish %d bytes to %s (key %r): %s: %s; the batch's other outputs go on",
@@ -271,6 +280,8 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def last_checkpoint(sender: faust.App, **_: Any) -> None:
+        if registry is not None:  # a batch waiting for the registry gives up: it is read again after a restart
+            registry.close()
         await checkpoint(checkpoints.close())
 
     return app, processor

@@ -47,6 +47,7 @@ from mle_stream.core.evaluator import ModelEvaluator
 from mle_stream.errors import BrokerError, MleStreamError
 from mle_stream.kafka import consumer_config, producer_config
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
+from mle_stream.schema_registry import RegistryUnavailable
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor
 from mle_stream.redact import redact_servers
 
@@ -336,6 +337,7 @@ class CheckpointedProcessor:
 
     def process(self, messages: Sequence[Incoming], keys: Sequence[bytes | None]) -> list[Outgoing]:
         kept: list[Incoming] = []
+        before = dict(self._next), set(self._dirty)
         for msg, key in zip(messages, keys, strict=True):
             tp = (msg.topic, msg.partition)
             expected = self._next.get(tp)
@@ -355,7 +357,14 @@ class CheckpointedProcessor:
             # by other producers (Faust's partitioner among them) and may sit in another partition.
             if key is not None and msg.topic != self.processor.topics.commands:
                 self._attribute(key.decode("utf-8", "replace"), msg)
-        return self.processor.process(kept) if kept else []
+        try:
+            return self.processor.process(kept) if kept else []
+        except RegistryUnavailable:
+            # The worker is stopping while it waits for the schema registry: the batch's predictions
+            # and labels reached no evaluator (they go in once all its messages are decoded), and no
+            # checkpoint may say the batch is included.
+            self._next, self._dirty = before
+            raise
 
     def tick(self) -> list[Outgoing]:
         """What time alone decides (StreamProcessor.tick); a model it changed makes its partition's

@@ -19,6 +19,7 @@ from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.dead_letter import bounded_text, dead_letter_entry
 from mle_stream.errors import InvalidEvent
+from mle_stream.schema_registry import RegistryUnavailable, WriterSchemas
 from mle_stream.core.commands import stale_reason
 from mle_stream.core.signing import Signer, Verifier
 from mle_stream.core.columns import LabelColumns, PredictionColumns, group_rows
@@ -102,10 +103,13 @@ class StreamProcessor:
         clock: Callable[[], int] = wall_clock_ms,
         profiles: Mapping[str, Mapping[str, ReferenceProfile]] | None = None,
         verifier: Verifier | None = None,
+        registry: WriterSchemas | None = None,
     ) -> None:
         """`signer` signs every command the worker emits; `verifier` checks operators' APPROVEs (default:
         the signer's own key, as with a shared HMAC secret). `profiles`: reference profiles by model and
-        version, for drift (core/drift/live.py)."""
+        version, for drift (core/drift/live.py). `registry`: the writer schemas of Confluent-framed
+        predictions and labels (None: such messages are dead letters saying to configure one)."""
+        self._registry = registry
         self.topics = topics
         profiles = profiles or {}
         self.evaluators = {model: ModelEvaluator(t, profiles.get(model)) for model, t in topologies.items()}
@@ -127,6 +131,8 @@ class StreamProcessor:
         for msg in messages:
             try:
                 out.extend(self._read(msg, parts, now))
+            except RegistryUnavailable:  # not this message's fault: the batch fails, to be read again
+                raise
             except Exception as exc:  # a bug met by some input: that message is lost, not the batch
                 log.exception("failed on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
                 out.append(self._dead_letter(msg, None, "", _bug(exc, "reading this message"), msg.value,
@@ -150,9 +156,9 @@ class StreamProcessor:
         """Decode one message: its usable records into `parts`; what is done with it already (approvals,
         dead letters) returned."""
         if msg.topic == self.topics.predictions:
-            return self._route(msg, codec.decode_prediction_columns(msg.value or b""), parts)
+            return self._route(msg, codec.decode_prediction_columns(msg.value or b"", self._registry), parts)
         if msg.topic == self.topics.labels:
-            return self._route(msg, codec.decode_label_columns(msg.value or b""), parts)
+            return self._route(msg, codec.decode_label_columns(msg.value or b"", self._registry), parts)
         if msg.topic == self.topics.commands:
             return self._approval(msg, now)
         return [self._dead_letter(msg, None, "", f"the worker does not read topic {msg.topic!r}", msg.value,
@@ -244,7 +250,7 @@ class StreamProcessor:
         every other kind is for the actuator (the worker's own commands among them) and skipped. An
         approval is acted on only when its signature verifies: a forged one is dead-lettered."""
         try:
-            command = codec.decode_command(msg.value or b"")
+            command = codec.decode_command(msg.value or b"", self._registry)
         except InvalidEvent as exc:
             return [self._dead_letter(msg, None, exc.field, f"not a command: {exc}", msg.value, UNDECODABLE)]
         if command.kind is not CommandKind.APPROVE:
