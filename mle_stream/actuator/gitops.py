@@ -275,7 +275,8 @@ class GitOpsRouting:
                 self._git("update-ref", tracking, sha)
                 return sha
             log.warning("push of route %s to %s (branch %s) refused: the branch moved meanwhile; fetching and "
-                        "rendering again (attempt %d of %d)", model, self._origin(), branch, attempt, self.push_attempts)
+                        "rendering again (attempt %d of %d)", model, self._origin(), branch, attempt,
+                        self.push_attempts)
         raise ActuationError(
             f"could not push the route of model {model!r} to {self._origin()} (branch {branch}): the branch moved "
             f"between fetch and push {self.push_attempts} times in a row; check what else pushes to it so often. "
@@ -303,14 +304,15 @@ class GitOpsRouting:
         """Run a git command that talks to origin: True when it succeeded, False when (`moved_ok`) the
         push was refused because origin's branch moved; any other failure raises (see the module
         docstring for which ones are transient)."""
-        where = f"{what} of branch {branch} at {self._origin()} (checkout {self.repo_dir})"
+        url = self._git("remote", "get-url", "origin").stdout.strip()
+        where = f"{what} of branch {branch} at {redact_uri(url)} (checkout {self.repo_dir})"
         try:
             proc = self._git(*args, check=False)
         except ActuationError as exc:  # timed out
             raise ActuationError(f"{where}: {exc}", transient=exc.transient) from exc
         if proc.returncode == 0:
             return True
-        said = redact_text(proc.stderr.strip() or proc.stdout.strip(), self._origin(redacted=False))
+        said = redact_text(proc.stderr.strip() or proc.stdout.strip(), url)
         lowered = said.lower()
         if moved_ok and _ORIGIN_MOVED.search(lowered):
             return False
@@ -338,9 +340,8 @@ class GitOpsRouting:
     def _has_origin(self) -> bool:
         return self._git("remote", "get-url", "origin", check=False).returncode == 0
 
-    def _origin(self, redacted: bool = True) -> str:
-        url = self._git("remote", "get-url", "origin", check=False).stdout.strip()
-        return redact_uri(url) if redacted else url
+    def _origin(self) -> str:
+        return redact_uri(self._git("remote", "get-url", "origin", check=False).stdout.strip())
 
     def _branch(self) -> str:
         head = self._git("symbolic-ref", "-q", "--short", "HEAD", check=False)
