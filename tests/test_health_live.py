@@ -145,6 +145,7 @@ def test_an_agent_that_faust_does_not_restart_fails_liveness(
     assert worker.process is not None and worker.process.poll() is None, "the process stays up: only the probe tells"
     assert metric(port, "mle_stream_agent_crashes_total") == 1
     assert metric(port, "mle_stream_agent_running") == 0
+    worker.kill()  # a worker whose agent ended by SystemExit does not stop on SIGTERM either
 
 
 def test_a_worker_stuck_in_a_batch_while_input_waits_fails_liveness_and_recovers_when_it_moves(
@@ -226,7 +227,7 @@ def test_checkpoint_age_grows_while_checkpoints_cannot_be_written_and_fails_live
         time.sleep(2 * HEARTBEAT_S + 0.5)
         if (metric(port, AGE) or 0) > 0:
             break
-        worker.stop()
+        worker.kill()  # without its broker a graceful stop would only wait out its timeout
     else:
         raise AssertionError("three times the last checkpoint before the broker died included all input")
     wait_until(lambda: "checkpoints" in failing_checks(port), "/livez to fail on checkpoints", 30, worker)
@@ -237,6 +238,7 @@ def test_checkpoint_age_grows_while_checkpoints_cannot_be_written_and_fails_live
     assert first is not None and first > 6
     time.sleep(1.5)
     assert (metric(port, AGE) or 0) >= first + 1, "the age grows while no checkpoint is written"
+    worker.kill()  # without its broker a graceful stop would only wait out its timeout
 
 
 # -- the actuator -------------------------------------------------------------------------------------
