@@ -4,7 +4,11 @@ and registering a schema under a subject.
 Only the documented endpoints mle-stream needs: `GET /schemas/ids/{id}`, `GET
 /schemas/ids/{id}/versions` and `POST /subjects/{subject}/versions`, over HTTP or HTTPS (a CA,
 a client certificate and key) with optional basic auth (`user:password`, as Confluent's
-`basic.auth.user.info`). A schema id names one schema forever, so every answer is cached.
+`basic.auth.user.info`). A schema id names one schema forever, so every answer is cached. An id the
+registry does not know is remembered as unknown for UNKNOWN_ID_TTL_S (at most UNKNOWN_IDS_KEPT ids):
+anyone who can write to a topic could otherwise cost the worker, and the registry, one request per
+message by sending random ids; a schema registered after its id was asked for is read once that
+time has passed (producers register before they write, so this is rare).
 
 Errors, so that a caller can tell the producer's fault from the registry's:
 
@@ -21,10 +25,12 @@ password never appears in a log line or an error (mle_stream/redact.py).
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import logging
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,6 +42,9 @@ from mle_stream.redact import redact_text, redact_uri
 from mle_stream.retry import Backoff
 
 log = logging.getLogger(__name__)
+
+UNKNOWN_ID_TTL_S = 60.0
+UNKNOWN_IDS_KEPT = 10_000
 
 __all__ = ["RegistryUnavailable", "SchemaNotFound", "SchemaRegistryClient", "SchemaRegistryError",
            "SchemaRegistrySettings", "WriterSchemas", "client_for"]
@@ -112,7 +121,7 @@ class SchemaRegistryClient:
 
     def __init__(self, settings: SchemaRegistrySettings, *, timeout_s: float = 10.0,
                  backoff: Backoff = Backoff(attempts=1, base_delay_s=0.5, max_delay_s=30.0),
-                 on_retry: Callable[[str], None] | None = None) -> None:
+                 on_retry: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         """`backoff` paces the retries of `writer_schema` (its `attempts` is not used: it retries
         until the registry answers or `close()`); `on_retry(reason)` is told of each failed attempt."""
         if not settings.url:
@@ -141,6 +150,10 @@ class SchemaRegistryClient:
         self._on_retry = on_retry
         self._schemas: dict[int, str] = {}
         self._subjects: dict[int, list[str]] = {}  # for dead letters: asked once per id, not per message
+        # Ids the registry answered 404 for -> (when, its answer), oldest first (see the module docstring).
+        self._unknown: collections.OrderedDict[int, tuple[float, str]] = collections.OrderedDict()
+        self._unknown_lock = threading.Lock()
+        self._clock = clock
         self._closed = threading.Event()
 
     @property
@@ -156,11 +169,11 @@ class SchemaRegistryClient:
         cached = self._schemas.get(schema_id)
         if cached is not None:
             return cached
+        self._known_unknown(schema_id)
         failures = 0
         while True:
             try:
-                doc = self._request("GET", f"/schemas/ids/{schema_id}",
-                                    not_found=lambda d: SchemaNotFound(schema_id, d))
+                doc = self._request("GET", f"/schemas/ids/{schema_id}", not_found=lambda d: self._not_found(schema_id, d))
                 schema = doc.get("schema") if isinstance(doc, dict) else None
                 if not isinstance(schema, str):
                     raise RegistryUnavailable(f"the schema registry at {self._shown} answered schema id "
@@ -182,9 +195,32 @@ class SchemaRegistryClient:
         self._schemas[schema_id] = schema
         return schema
 
+    def _known_unknown(self, schema_id: int) -> None:
+        """Raise SchemaNotFound if the registry answered 404 for this id less than UNKNOWN_ID_TTL_S ago."""
+        with self._unknown_lock:
+            seen = self._unknown.get(schema_id)
+            if seen is None:
+                return
+            when, detail = seen
+            ago = self._clock() - when
+            if ago >= UNKNOWN_ID_TTL_S:
+                del self._unknown[schema_id]
+                return
+        raise SchemaNotFound(schema_id, f"{detail}, {ago:.0f} s ago; asked again after {UNKNOWN_ID_TTL_S:.0f} s")
+
+    def _not_found(self, schema_id: int, detail: str) -> SchemaNotFound:
+        with self._unknown_lock:
+            self._unknown.pop(schema_id, None)
+            self._unknown[schema_id] = (self._clock(), detail)
+            while len(self._unknown) > UNKNOWN_IDS_KEPT:
+                self._unknown.popitem(last=False)
+        return SchemaNotFound(schema_id, detail)
+
     def subjects(self, schema_id: int) -> list[str]:
         if schema_id in self._subjects:
             return self._subjects[schema_id]
+        if schema_id in self._unknown:
+            return []
         try:
             doc = self._request("GET", f"/schemas/ids/{schema_id}/versions",
                                 not_found=lambda d: SchemaNotFound(schema_id, d))

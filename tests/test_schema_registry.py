@@ -41,7 +41,13 @@ from mle_stream.kafka import producer_config
 from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.output_framing import ConfluentOutputs
 from mle_stream.retry import Backoff
-from mle_stream.schema_registry import RegistryUnavailable, SchemaRegistryClient, SchemaRegistrySettings
+from mle_stream.schema_registry import (
+    UNKNOWN_ID_TTL_S,
+    RegistryUnavailable,
+    SchemaNotFound,
+    SchemaRegistryClient,
+    SchemaRegistrySettings,
+)
 from mle_stream.stream.checkpoints import CheckpointedProcessor
 from mle_stream.stream.processor import Incoming, StreamProcessor
 from mle_stream.status.feed import StatusFeed
@@ -177,6 +183,11 @@ def test_an_incompatible_writer_schema_or_an_unknown_id_is_an_error_naming_subje
         unknown = b"\x00" + (4242).to_bytes(4, "big") + raw[5:]
         [error] = codec.decode_label_columns(unknown, lookup).errors
         assert "knows no schema id 4242" in error.reason and "404" in error.reason
+        # Random ids from whoever writes to the topic cost one request per id and minute, not per message.
+        for _ in range(5):
+            [error] = codec.decode_label_columns(unknown, lookup).errors
+            assert "knows no schema id 4242" in error.reason and "asked again after 60 s" in error.reason
+        assert registry.requests.count("GET /schemas/ids/4242") == 1
         [error] = codec.decode_predictions(raw).errors  # no registry configured
         assert "schema id 1" in error.reason and "set MLE_SCHEMA_REGISTRY_URL" in error.reason
         [error] = codec.decode_predictions(b"\x00\x00\x01", lookup).errors
@@ -446,3 +457,19 @@ def test_a_worker_process_reads_confluent_framed_traffic_over_the_broker(
     assert f"subjects: {topics.predictions}-value (version 3)" in reasons[1] and "field 'score'" in reasons[1]
     assert "knows no schema id 4096" in reasons[0]
     assert USER_INFO not in worker.text()
+
+
+def test_an_id_unknown_when_asked_is_read_once_the_unknown_ids_memory_has_passed() -> None:
+    with SchemaRegistry() as registry:
+        now = [0.0]
+        client = SchemaRegistryClient(SchemaRegistrySettings(registry.url, USER_INFO), clock=lambda: now[0])
+        next_id = registry.register("first-value", json.dumps(LABEL)) + 1
+        with pytest.raises(SchemaNotFound, match=f"knows no schema id {next_id}"):
+            client.writer_schema(next_id)
+        assert registry.register("late-value", json.dumps(PREDICTION_BATCH)) == next_id
+        now[0] = UNKNOWN_ID_TTL_S - 1
+        with pytest.raises(SchemaNotFound, match="asked again after 60 s"):
+            client.writer_schema(next_id)
+        now[0] = UNKNOWN_ID_TTL_S
+        assert json.loads(client.writer_schema(next_id))["name"] == PREDICTION_BATCH["name"]
+        assert registry.requests.count(f"GET /schemas/ids/{next_id}") == 2
