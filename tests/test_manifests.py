@@ -40,24 +40,30 @@ from prometheus_client import CollectorRegistry
 
 from mle_stream.actuator.gitops import GitOpsRouting
 from mle_stream.actuator.kubernetes_routing import GatewayAPIRouting, IstioRouting, KServeRouting
+from mle_stream.cli import _parser
 from mle_stream.config import ACTUATOR_METRICS_PORT, WORKER_METRICS_PORT, Settings
 from mle_stream.core.topology import parse_topology
 from mle_stream.errors import ConfigError
 from mle_stream.health import ActuatorHealth, start_server
+from mle_stream.ingest import IngestServer, RunningServer
 from mle_stream.kafka_security import KafkaSecurity
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "k8s"
-KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+# Components (k8s/components/) are rendered within the kustomizations that use them.
+KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml")
+                        if yaml.safe_load(p.read_text(encoding="utf-8"))["kind"] == "Kustomization")
 COMPOSE_FILE = REPO / "docker-compose.yml"
 COMPOSE_SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
 HTTPROUTE_SCHEMA = Path(__file__).parent / "data" / "httproute-v1.schema.json"
+DESTINATION_RULE_SCHEMA = Path(__file__).parent / "data" / "destinationrule-v1-trimmed.schema.json"
+DESTINATION_RULE = K8S / "components" / "ingest" / "istio-destinationrule.yaml"
 DEPLOY_DOC = REPO / "docs" / "deploy-kubernetes.md"
 COMPOSE_DOC = REPO / "docs" / "docker-compose.md"
 # The oldest Kubernetes the manifests are meant for (the kubectl here is 1.32 too).
 KUBERNETES_VERSION = "1.32"
 NAMESPACE = "mle-stream"
-DEFAULT, GITOPS = K8S, K8S / "overlays" / "gitops"
+DEFAULT, GITOPS, INGEST = K8S, K8S / "overlays" / "gitops", K8S / "overlays" / "ingest"
 ROUTING_ADAPTERS = {"gateway-api": GatewayAPIRouting, "istio": IstioRouting, "kserve": KServeRouting}
 STATUS_PORT_DEFAULT = 8077  # mle_stream/cli.py STATUS_PORT
 
@@ -84,6 +90,10 @@ def _objects(directory: Path, kind: str) -> list[dict[str, Any]]:
 def _deployment(directory: Path, component: str) -> dict[str, Any]:
     [found] = [d for d in _objects(directory, "Deployment") if d["metadata"]["name"] == f"mle-stream-{component}"]
     return found
+
+
+def _has(directory: Path, component: str) -> bool:
+    return any(d["metadata"]["name"] == f"mle-stream-{component}" for d in _objects(directory, "Deployment"))
 
 
 def _container(directory: Path, component: str) -> dict[str, Any]:
@@ -271,6 +281,8 @@ def test_every_variable_the_pods_set_is_one_its_reader_reads(directory: Path) ->
     # which make sense to the reader and name a real broker.
     [worker_source] = _container(directory, "worker")["envFrom"]
     assert _container(directory, "actuator")["envFrom"] == [worker_source]
+    if _has(directory, "ingest"):  # the same broker, topics and Kafka security as the worker
+        assert _container(directory, "ingest")["envFrom"] == [worker_source]
     settings = Settings.from_env(config_maps[worker_source["configMapRef"]["name"]]["data"])
     assert settings.bootstrap_servers and settings.mlflow_tracking_uri.startswith("http")
     assert settings.partitions == int(_compose()["services"]["kafka-init"]["environment"]["MLE_TOPIC_PARTITIONS"])
@@ -520,8 +532,94 @@ def test_probes_ports_and_services_match_what_the_processes_serve(directory: Pat
         [container] = matching[0]["spec"]["template"]["spec"]["containers"]
         named = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert {p["targetPort"] for p in service["spec"]["ports"]} == set(named), service["metadata"]["name"]
-    assert {s["metadata"]["name"] for s in _objects(directory, "Service")} == {"mle-stream-worker", "mle-stream-actuator"}
+    ingest = {"mle-stream-ingest"} if _has(directory, "ingest") else set()
+    assert {s["metadata"]["name"] for s in _objects(directory, "Service")} == {"mle-stream-worker",
+                                                                               "mle-stream-actuator", *ingest}
     assert served_paths == {"/livez", "/readyz"}
+
+
+class _Recorder:
+    """A publisher that keeps what it is given (the ingest server's one boundary to Kafka)."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def log_prediction(self, p: Any) -> bool:
+        self.records.append(p)
+        return True
+
+    def log_label(self, label: Any) -> bool:
+        self.records.append(label)
+        return True
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.read().decode()
+
+
+def test_the_ingest_component_probes_and_exposes_what_mle_stream_ingest_serves() -> None:
+    deployment, container = _deployment(INGEST, "ingest"), _container(INGEST, "ingest")
+    args = _parser().parse_args(container["args"])
+    assert args.command == "ingest" and args.bind == "0.0.0.0", "the kubelet and the logger call the pod's IP"
+    [port] = container["ports"]
+    assert (port["name"], port["containerPort"]) == ("http", args.port)
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[kind]["httpGet"] == {"path": "/healthz", "port": "http"}, kind
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == args.port and annotations["prometheus.io/path"] == "/metrics"
+    assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    # Several replicas, and a drain or a rollout never takes the last one away.
+    replicas = deployment["spec"]["replicas"]
+    assert replicas >= 2 and deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    [budget] = _objects(INGEST, "PodDisruptionBudget")
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert budget["spec"]["maxUnavailable"] < replicas
+    # Both halves of a call come from one predictor pod's IP: ClientIP affinity keeps them on one replica.
+    [service] = [s for s in _objects(INGEST, "Service") if s["metadata"]["name"] == "mle-stream-ingest"]
+    assert service["spec"]["sessionAffinity"] == "ClientIP"
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", args.port, "http")]
+
+    # The server the process runs, with the topologies the pod mounts, answers the probe and the scrape.
+    ingest = IngestServer(_topologies(INGEST), _Recorder())
+    running = RunningServer(ingest, "127.0.0.1", 0)
+    try:
+        status, body = _get(f"http://127.0.0.1:{running.port}/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        status, body = _get(f"http://127.0.0.1:{running.port}/metrics")
+        assert status == 200 and "mle_stream_ingest_unpaired_total" in body
+        with pytest.raises(urllib.error.HTTPError):  # not a catch-all: the probe path is a real route
+            _get(f"http://127.0.0.1:{running.port}/livez")
+    finally:
+        running.stop()
+
+
+def test_the_istio_rule_hashes_the_header_kserve_sends_for_the_ingest_service() -> None:
+    rule = yaml.safe_load(DESTINATION_RULE.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft7Validator(json.loads(DESTINATION_RULE_SCHEMA.read_text(encoding="utf-8")))
+    assert not list(validator.iter_errors(rule)), [e.message for e in validator.iter_errors(rule)]
+    misspelled = json.loads(json.dumps(rule))
+    hashing = misspelled["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"]
+    hashing["httpHeader"] = hashing.pop("httpHeaderName")
+    two_keys = json.loads(json.dumps(rule))
+    two_keys["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"]["useSourceIp"] = True
+    assert list(validator.iter_errors(misspelled)) and list(validator.iter_errors(two_keys))
+    [service] = [s for s in _objects(INGEST, "Service") if s["metadata"]["name"] == "mle-stream-ingest"]
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert rule["spec"]["host"] == f"{name}.{namespace}.svc.cluster.local" and rule["metadata"]["namespace"] == namespace
+    # KServe's logger sends `Ce-Id` (pkg/logger/worker.go); header names are case-insensitive.
+    assert rule["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"]["httpHeaderName"].lower() == "ce-id"
+    # Istio hashes headers only on HTTP ports, and takes the protocol from the port's name.
+    assert all(p["name"] == "http" or p["name"].startswith("http-") for p in service["spec"]["ports"])
+
+
+def test_the_documented_logger_urls_reach_the_ingest_service() -> None:
+    [service] = [s for s in _objects(INGEST, "Service") if s["metadata"]["name"] == "mle-stream-ingest"]
+    expected = (f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:"
+                f"{service['spec']['ports'][0]['port']}/")
+    for doc in (DEPLOY_DOC, REPO / "docs" / "ingest.md"):
+        urls = re.findall(r"^\s*url: (\S+)", doc.read_text(encoding="utf-8"), re.MULTILINE)
+        assert urls and set(urls) == {expected}, f"{doc.name}: logger.url {urls}, the Service is {expected}"
 
 
 def test_the_probe_paths_answer_with_the_checks_not_the_metrics() -> None:
