@@ -15,7 +15,9 @@ patches it), and kubernetes-validate ships no schemas for them, so a rendered on
 test. The HTTPRoutes that matter, the documented example a model's deployment creates and the
 manifest the GitOps actuator pushes, are validated against Gateway API's v1 HTTPRoute schema
 (tests/data/httproute-v1.schema.json); of the CRD's CEL rules, only the backendRef port rule is
-checked. Istio's VirtualService and KServe's InferenceService are not checked.
+checked. The Istio DestinationRule of the ingest component is validated against Istio's
+DestinationRule schema trimmed to the fields it uses (tests/data/destinationrule-v1-trimmed.schema.json).
+Istio's VirtualService and KServe's InferenceService are not checked.
 """
 
 from __future__ import annotations
@@ -538,19 +540,19 @@ def test_probes_ports_and_services_match_what_the_processes_serve(directory: Pat
     assert served_paths == {"/livez", "/readyz"}
 
 
-class _Recorder:
-    """A publisher that keeps what it is given (the ingest server's one boundary to Kafka)."""
-
-    def __init__(self) -> None:
-        self.records: list[Any] = []
+class _AcceptingPublisher:
+    """Stands in for the Kafka client, the ingest server's one boundary: accepts every record."""
 
     def log_prediction(self, p: Any) -> bool:
-        self.records.append(p)
         return True
 
     def log_label(self, label: Any) -> bool:
-        self.records.append(label)
         return True
+
+
+def _ingest_service() -> dict[str, Any]:
+    [service] = [s for s in _objects(INGEST, "Service") if s["metadata"]["name"] == "mle-stream-ingest"]
+    return service
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -576,19 +578,19 @@ def test_the_ingest_component_probes_and_exposes_what_mle_stream_ingest_serves()
     assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert budget["spec"]["maxUnavailable"] < replicas
     # Both halves of a call come from one predictor pod's IP: ClientIP affinity keeps them on one replica.
-    [service] = [s for s in _objects(INGEST, "Service") if s["metadata"]["name"] == "mle-stream-ingest"]
+    service = _ingest_service()
     assert service["spec"]["sessionAffinity"] == "ClientIP"
     assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", args.port, "http")]
 
     # The server the process runs, with the topologies the pod mounts, answers the probe and the scrape.
-    ingest = IngestServer(_topologies(INGEST), _Recorder())
+    ingest = IngestServer(_topologies(INGEST), _AcceptingPublisher())
     running = RunningServer(ingest, "127.0.0.1", 0)
     try:
         status, body = _get(f"http://127.0.0.1:{running.port}/healthz")
         assert status == 200 and json.loads(body)["status"] == "ok"
         status, body = _get(f"http://127.0.0.1:{running.port}/metrics")
         assert status == 200 and "mle_stream_ingest_unpaired_total" in body
-        with pytest.raises(urllib.error.HTTPError):  # not a catch-all: the probe path is a real route
+        with pytest.raises(urllib.error.HTTPError):  # no catch-all route: /healthz answers because it exists
             _get(f"http://127.0.0.1:{running.port}/livez")
     finally:
         running.stop()
@@ -604,7 +606,7 @@ def test_the_istio_rule_hashes_the_header_kserve_sends_for_the_ingest_service() 
     two_keys = json.loads(json.dumps(rule))
     two_keys["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"]["useSourceIp"] = True
     assert list(validator.iter_errors(misspelled)) and list(validator.iter_errors(two_keys))
-    [service] = [s for s in _objects(INGEST, "Service") if s["metadata"]["name"] == "mle-stream-ingest"]
+    service = _ingest_service()
     name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
     assert rule["spec"]["host"] == f"{name}.{namespace}.svc.cluster.local" and rule["metadata"]["namespace"] == namespace
     # KServe's logger sends `Ce-Id` (pkg/logger/worker.go); header names are case-insensitive.
@@ -614,7 +616,7 @@ def test_the_istio_rule_hashes_the_header_kserve_sends_for_the_ingest_service() 
 
 
 def test_the_documented_logger_urls_reach_the_ingest_service() -> None:
-    [service] = [s for s in _objects(INGEST, "Service") if s["metadata"]["name"] == "mle-stream-ingest"]
+    service = _ingest_service()
     expected = (f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:"
                 f"{service['spec']['ports'][0]['port']}/")
     for doc in (DEPLOY_DOC, REPO / "docs" / "ingest.md"):
