@@ -8,7 +8,7 @@ batch into columns.
 Why hand-written: fastavro needs ~14 us for a Prediction with ten numeric features on the 2-core
 machines here (~0.5 us of dispatch per map entry), and a dataclass per record that re-checks what
 Avro already typed costs as much again; the worker's target is 100k predictions/s with their
-labels (README, "Performance").
+labels (docs/performance.md).
 
 How: the records of one batch nearly always share a *shape*: ids of one length, one model, the
 same union branches, the same feature names, only the values differ. From a record the reader

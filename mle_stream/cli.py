@@ -314,7 +314,7 @@ def _parser() -> argparse.ArgumentParser:
             "Backtest: merge recorded predictions and labels (JSON lines, the topics' field names) in "
             "event-time order, run the worker's join, windows, metrics and policy over them, and print "
             "every window and the decisions that would have been taken. Models without a topology get "
-            "a default inferred from their data (see the README).")
+            "a default inferred from their data (see docs/concepts.md, Replay).")
     p.add_argument("--predictions", required=True, type=Path, metavar="FILE", help="predictions, one JSON object per line")
     p.add_argument("--labels", type=Path, metavar="FILE", help="labels, one JSON object per line")
     p.add_argument("--topology", "-t", action="append", default=[], metavar="PATH",

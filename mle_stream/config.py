@@ -94,7 +94,7 @@ class Settings:
     worker_group / actuator_group: MLE_WORKER_GROUP / MLE_ACTUATOR_GROUP, the consumer groups (and
     the Faust app id); give each deployment on a shared cluster its own.
     checkpoint_interval_s: MLE_CHECKPOINT_INTERVAL ('30s', '5m', '500ms' or seconds), how often the
-    worker checkpoints its state (see README, State and restarts).
+    worker checkpoints its state (see docs/operations.md, State and restarts).
     notify_webhook: MLE_NOTIFY_WEBHOOK, a Slack-compatible incoming webhook the actuator reports
     rollbacks and failed or rejected commands to (empty: none).
     metrics_port: MLE_METRICS_PORT, the port of the Prometheus metrics (0: not served); None (unset)

@@ -2,7 +2,7 @@
 
 Each process role has its own `CollectorRegistry` (never the global default one), so a test can
 build several side by side. Every name starts with `mle_stream_`; labels stay bounded: per model,
-version, metric name, topic and partition, never per prediction, command or window. README.md
+version, metric name, topic and partition, never per prediction, command or window. docs/operations.md
 ("Prometheus metrics") lists them all, and grafana/mle-stream-dashboard.json is built on them.
 
 The worker updates its metrics once per batch from what the StreamProcessor tallied while it worked

@@ -57,7 +57,7 @@ def add_route_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "route from flags (instead of --topology)",
         "The command's model's routing section, as flags: the same keys and defaults as a topology's "
-        "`routing:` (README: Routing). Templates take {model} and {version}.")
+        "`routing:` (docs/topologies.md). Templates take {model} and {version}.")
     group.add_argument("--backend", choices=("gitops", "gateway-api", "istio", "kserve"),
                        help="where the model's traffic split lives")
     group.add_argument("--namespace", help="namespace of the route object (default: default)")

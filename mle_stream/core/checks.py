@@ -31,7 +31,7 @@ from typing import Any, Mapping
 from mle_stream.core.sequential import ErrorRateTest, MeanTest
 from mle_stream.core.verdict import Verdict
 
-# Metric names per task, as WindowState.values() names them (README: Metrics). Suffixes @t (a
+# Metric names per task, as WindowState.values() names them (docs/metrics.md). Suffixes @t (a
 # configured threshold) and [class] (per class) name variants of the same metric.
 TASK_METRICS: dict[str, frozenset[str]] = {
     "binary": frozenset({"accuracy", "error_rate", "precision", "recall", "f1", "roc_auc", "average_precision",

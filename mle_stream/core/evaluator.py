@@ -299,7 +299,7 @@ class ModelEvaluator:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything this evaluator holds, as plain JSON data, for a checkpoint. A million
-        pending predictions are a few tens of MB; see the README (State and restarts)."""
+        pending predictions are a few tens of MB; see docs/operations.md (State and restarts)."""
         self._apply()
         return {
             "kind": "model_evaluator", "v": 3, "shape": self._shape(),

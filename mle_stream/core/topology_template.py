@@ -79,7 +79,7 @@ def topology_yaml(model: str, *, task: str = "binary", mode: str = "canary", bac
     return f"""\
 # {mode} of {model}: the candidate against the baseline, rolled back when its {metric} is worse
 # by more than 5 points in 3 windows in a row. Written by `mle-stream init-topology`: review every
-# value (README, Topologies), then `mle-stream validate` this file.
+# value (docs/topologies.md), then `mle-stream validate` this file.
 model: {model}
 task: {task}
 {threshold}mode: {mode}

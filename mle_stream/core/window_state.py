@@ -66,7 +66,7 @@ class WindowState:
         return self.serving.values().get("error_rate")
 
     def values(self, window_s: float) -> dict[str, float | None]:
-        """Every metric of the window by name (the README lists them)."""
+        """Every metric of the window by name (docs/metrics.md lists them)."""
         out: dict[str, float | None] = dict(self.task.values())
         serving = self.serving.values(window_s)
         serving["serving_error_rate"] = serving.pop("error_rate")

@@ -9,7 +9,7 @@ coming) shows as the phase "held: labels silent" and in `labels_silent`, until a
 the candidate has its label coverage back at the HOLD's floor. No I/O: the status page's feed and
 `mle-stream status` both read the topics and hand the events here.
 
-Everything is idempotent per key, since a worker republishes after a restart (README: Outputs
+Everything is idempotent per key, since a worker republishes after a restart (docs/operations.md: Outputs
 after a restart): a window is keyed by its start (a REVISED snapshot replaces the CLOSED one), a
 command by its id, a rollout event by its id.
 
