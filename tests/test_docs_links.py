@@ -1,5 +1,6 @@
 """Every relative link in the README, the top-level guides and docs/*.md points at a file that exists,
-and every #anchor at a heading of its target, named as GitHub names headings."""
+and every #anchor at a heading of its target, named as GitHub names headings; the README's example
+topology loads."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+
+from mle_stream.core.topology import parse_topology
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = sorted([REPO / "README.md", REPO / "CONTRIBUTING.md", REPO / "CHANGELOG.md", *(REPO / "docs").glob("*.md")])
@@ -80,3 +83,12 @@ def test_the_checker_sees_a_broken_link(tmp_path: Path) -> None:
 def test_relative_links_resolve(page: Path) -> None:
     assert page.exists(), f"{page.relative_to(REPO)} is missing"
     assert broken_links(page) == []
+
+
+def test_the_readme_topology_loads() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"```yaml\n(model: .*?)```", readme, re.S)
+    assert example, "README.md has no example topology"
+    topology = parse_topology(example.group(1), "README.md")
+    assert (topology.model, topology.routing.backend) == ("fraud-detector", "gateway-api")
+    assert [c.sequential is not None for c in topology.checks] == [True]
