@@ -17,7 +17,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric uid/gid, so Kubernetes can check runAsNonRoot and set fsGroup without a passwd
-# lookup (k8s/*-deployment.yaml use 10001 too).
+# lookup (k8s/base/*-deployment.yaml and k8s/components/ingest/ use 10001 too).
 RUN groupadd --system --gid 10001 mle \
     && useradd --system --uid 10001 --gid mle --home-dir /home/mle --create-home --shell /usr/sbin/nologin mle
 
