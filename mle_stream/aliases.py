@@ -20,7 +20,7 @@ def resolve_with_mlflow(topologies: Mapping[str, Topology], tracking_uri: str) -
     if local is not None:
         raise ConfigError(f"topologies name MLflow aliases, but the MLflow store {local} does not exist "
                           "(MLFLOW_TRACKING_URI)")
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry
+    from mle_stream.mlflow_registry import MlflowRegistry
 
     registry = MlflowRegistry(tracking_uri)
 

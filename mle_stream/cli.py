@@ -580,7 +580,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.core.topology import load_topologies
     from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
     from mle_stream.stream.app import run_worker
-    from mle_stream.telemetry import WorkerMetrics
+    from mle_stream.stream.metrics import WorkerMetrics
     from mle_stream.verification import verifier_for
 
     from mle_stream.aliases import resolve_with_mlflow
@@ -615,7 +615,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.actuator.backends import build_routing
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry
+    from mle_stream.mlflow_registry import MlflowRegistry
     from mle_stream.actuator.notify import CountingUnverified, notifier_for
     from mle_stream.actuator.runner import run_actuator_loop
     from mle_stream.actuator.service import Actuator
@@ -702,7 +702,7 @@ def cmd_actuate(args: argparse.Namespace, settings: Settings) -> int:
 
     from mle_stream import codec
     from mle_stream.actuator.backends import ROUTE_FLAGS, build_routing, topology_from_flags
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry
+    from mle_stream.mlflow_registry import MlflowRegistry
     from mle_stream.actuator.service import Actuator
     from mle_stream.config import missing_sqlite_store
     from mle_stream.core.events import RolloutStatus

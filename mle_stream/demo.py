@@ -260,7 +260,7 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
     `after_rollback_s`: how long everything keeps running after the rollback (to look at the
     status page); `status_port`: the worker's status page (None: a free port, 0: none)."""
     from mle_stream.actuator.gitops import GitOpsRouting
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
+    from mle_stream.mlflow_registry import MlflowRegistry, register_demo_versions
 
     out = sys.stderr if json_output else sys.stdout
     # This machine may have no way out; MLflow's usage telemetry would only wait on the network.

@@ -1,5 +1,6 @@
 """TLS and SASL for every Kafka connection: read once, from the environment or a properties file,
-in librdkafka's property names, and translated for the Faust worker's aiokafka clients.
+in librdkafka's property names (mle_stream.stream.credentials translates them for the Faust
+worker's aiokafka clients, so this module, which the client imports, needs no Faust).
 
 Sources, the later overriding the earlier key by key:
 
@@ -19,12 +20,9 @@ import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 from mle_stream.errors import ConfigError
-
-if TYPE_CHECKING:
-    from faust.types.auth import CredentialsT
 
 ENV_PREFIX = "MLE_KAFKA_"
 PROPERTIES_FILE_VARIABLE = "MLE_KAFKA_PROPERTIES_FILE"
@@ -217,21 +215,6 @@ class KafkaSecurity:
                     f"{', ' + _where(self.sources, 'ssl.key.password') if self.key_password else ''}): {exc}; "
                     "check that the key matches the certificate and that its password is right") from exc
         return context
-
-    def faust_credentials(self) -> CredentialsT | None:
-        """faust.App(broker_credentials=...): SSLCredentials for SSL, SASLCredentials for SASL_*
-        (with the TLS context for SASL_SSL), None for PLAINTEXT."""
-        if self.protocol == "PLAINTEXT":
-            return None
-        import faust
-
-        context = self.ssl_context()
-        if not self.uses_sasl:
-            assert context is not None
-            return faust.SSLCredentials(context)
-        return faust.SASLCredentials(username=self.sasl_username, password=self.sasl_password,
-                                     ssl_context=context, mechanism=self.sasl_mechanism)
-
 
 
 def read_properties_file(path: str) -> dict[str, tuple[str, str]]:

@@ -18,7 +18,7 @@ from mle_stream.kafka import ensure_topics
 
 if TYPE_CHECKING:
     from mle_stream.actuator.gitops import GitOpsRouting
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry
+    from mle_stream.mlflow_registry import MlflowRegistry
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def model_with_route(tracking_uri: str, tmp_path: Path, model: str,
     """`model` at v1 (champion, 90% of traffic) and v2 (challenger, 10%), registered from runs in
     the registry at `tracking_uri`, its route committed to a GitOps repository at tmp_path/gitops."""
     from mle_stream.actuator.gitops import GitOpsRouting
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
+    from mle_stream.mlflow_registry import MlflowRegistry, register_demo_versions
 
     assert register_demo_versions(tracking_uri, model, 2, tmp_path / "artifacts") == ["1", "2"]
     registry = MlflowRegistry(tracking_uri)

@@ -35,7 +35,7 @@ from mle_stream.stream.checkpoints import (
     manifest_key,
 )
 from mle_stream.stream.processor import Incoming, StreamProcessor
-from mle_stream.telemetry import WorkerMetrics
+from mle_stream.stream.metrics import WorkerMetrics
 
 TEST_SIGNER = Signer("test", b"checkpoint-tests-signing-key-32b")
 

@@ -30,7 +30,7 @@ from test_worker_stream import window
 from secured_broker import KEY_PASSWORD, KafkaProxy, Pki, make_pki, secured_broker, server_tls
 from mle_stream import codec
 from mle_stream.actuator.gitops import GitOpsRouting
-from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
+from mle_stream.mlflow_registry import MlflowRegistry, register_demo_versions
 from mle_stream.broker import free_port
 from mle_stream.client import EvaluationClient
 from mle_stream.config import Topics
@@ -39,6 +39,7 @@ from mle_stream.errors import BrokerError
 from mle_stream.kafka import admin_client, consumer_config, ensure_topics, partition_counts, wait_for_broker
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.retry import Backoff
+from mle_stream.stream.credentials import faust_credentials
 
 pytestmark = pytest.mark.broker
 
@@ -147,7 +148,7 @@ def assert_round_trip(bootstrap: str, security: KafkaSecurity, n: int) -> None:
 async def read_with_aiokafka(bootstrap: str, topic: str, security: KafkaSecurity, n: int) -> list[str]:
     """aiokafka configured exactly as the Faust worker's consumer is: through faust_credentials()."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10_000,
-                                **credentials_to_aiokafka_auth(security.faust_credentials()))
+                                **credentials_to_aiokafka_auth(faust_credentials(security)))
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(2)]
@@ -165,7 +166,7 @@ async def read_with_aiokafka(bootstrap: str, topic: str, security: KafkaSecurity
 
 async def aiokafka_connects(bootstrap: str, security: KafkaSecurity) -> None:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=5_000,
-                                **credentials_to_aiokafka_auth(security.faust_credentials()))
+                                **credentials_to_aiokafka_auth(faust_credentials(security)))
     await consumer.start()  # a start that fails cleans up after itself
     # A request over the connection, which also lets aiokafka's own background task begin: stopping
     # a consumer before it has run makes aiokafka 0.14's stop() raise CancelledError.

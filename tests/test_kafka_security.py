@@ -18,6 +18,7 @@ from mle_stream.config import Settings
 from mle_stream.errors import ConfigError
 from mle_stream.kafka import admin_client, bootstrap_servers, consumer_config, producer_config
 from mle_stream.kafka_security import PLAINTEXT, PROPERTIES, KafkaSecurity, env_variable
+from mle_stream.stream.credentials import faust_credentials
 
 SASL_PASSWORD = "sasl-pass-Zq81"
 
@@ -50,7 +51,7 @@ def test_each_variable_is_its_librdkafka_property(pki: Pki) -> None:
 
 def test_nothing_set_is_plaintext_and_changes_no_client_config() -> None:
     security = Settings.from_env({}).kafka_security
-    assert security == PLAINTEXT and security.librdkafka_config() == {} and security.faust_credentials() is None
+    assert security == PLAINTEXT and security.librdkafka_config() == {} and faust_credentials(security) is None
     assert producer_config("b:9092", security=security) == producer_config("b:9092")
     assert "security.protocol" not in consumer_config("b:9092", "g")
 
@@ -116,7 +117,7 @@ def test_passwords_appear_in_no_repr_summary_or_error(pki: Pki) -> None:
     settings = Settings.from_env({**mtls_env(pki), "MLE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
                                   "MLE_KAFKA_SASL_MECHANISM": "PLAIN", "MLE_KAFKA_SASL_USERNAME": "alice",
                                   "MLE_KAFKA_SASL_PASSWORD": SASL_PASSWORD})
-    shown = [repr(settings), str(settings), settings.kafka_security.describe(), repr(settings.kafka_security.faust_credentials())]
+    shown = [repr(settings), str(settings), settings.kafka_security.describe(), repr(faust_credentials(settings.kafka_security))]
     assert all(SASL_PASSWORD not in text and KEY_PASSWORD not in text for text in shown), shown
     assert "alice" in settings.kafka_security.describe()
 
@@ -162,7 +163,7 @@ def test_librdkafka_loads_the_client_key_with_its_password(pki: Pki) -> None:
 @pytest.mark.parametrize("protocol, mechanism", SASL_CASES)
 def test_aiokafka_accepts_each_sasl_configuration_through_faust(protocol: str, mechanism: str) -> None:
     security = KafkaSecurity.from_env(sasl_env(mechanism, protocol))
-    auth = credentials_to_aiokafka_auth(security.faust_credentials())
+    auth = credentials_to_aiokafka_auth(faust_credentials(security))
     assert (auth["security_protocol"], auth["sasl_mechanism"], auth["sasl_plain_username"],
             auth["sasl_plain_password"]) == (protocol, mechanism, "alice", SASL_PASSWORD)
     assert (auth["ssl_context"] is not None) == (protocol == "SASL_SSL")
@@ -183,7 +184,7 @@ def test_the_tls_context_follows_the_settings(pki: Pki) -> None:
     relaxed_context = relaxed.ssl_context()
     assert relaxed_context is not None and not relaxed_context.check_hostname
     assert relaxed_context.verify_mode.name == "CERT_REQUIRED"  # the chain is still verified
-    auth = credentials_to_aiokafka_auth(mtls.faust_credentials())
+    auth = credentials_to_aiokafka_auth(faust_credentials(mtls))
     assert auth["security_protocol"] == "SSL" and auth["ssl_context"] is not None
 
 

@@ -270,7 +270,7 @@ def _mlflow_error(uri: str) -> Exception:
 )
 def test_transient_is_what_may_succeed_when_tried_again(
         scripted: _ScriptedMlflow, status: int, body: str, transient: bool) -> None:
-    from mle_stream.actuator.mlflow_registry import is_transient
+    from mle_stream.mlflow_registry import is_transient
 
     scripted.script = [(status, body)]
     assert is_transient(_mlflow_error(scripted.uri)) is transient
@@ -283,7 +283,7 @@ def test_unreachable_server_and_timeouts_are_transient_local_failures_are_not(
     import requests
     from mlflow.exceptions import MlflowException
 
-    from mle_stream.actuator.mlflow_registry import is_transient
+    from mle_stream.mlflow_registry import is_transient
 
     with socket.socket() as closed:  # a port nobody listens on: connection refused
         closed.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from mle_stream.actuator.mlflow_registry import MlflowRegistry
+from mle_stream.mlflow_registry import MlflowRegistry
 from mle_stream.errors import ActuationError
 from mle_stream.profiles import ProfileError, load_from_mlflow
 from mle_stream.redact import MASK, redact_servers, redact_text, redact_uri

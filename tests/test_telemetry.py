@@ -39,7 +39,8 @@ from mle_stream.kafka import producer_config
 from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.retry import Backoff
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor
-from mle_stream.telemetry import ActuatorMetrics, WorkerMetrics
+from mle_stream.stream.metrics import WorkerMetrics
+from mle_stream.telemetry import ActuatorMetrics
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "grafana" / "mle-stream-dashboard.json"

@@ -42,8 +42,10 @@ from mle_stream.output_framing import CONFLUENT, ConfluentOutputs
 from mle_stream.schema_registry import client_for
 from mle_stream.stream.alignment import Alignment, Offsets
 from mle_stream.stream.checkpoints import CheckpointedProcessor, Checkpoints, CheckpointStore
+from mle_stream.stream.credentials import faust_credentials
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor, wall_clock_ms
-from mle_stream.telemetry import WorkerMetrics, serve
+from mle_stream.stream.metrics import WorkerMetrics
+from mle_stream.telemetry import serve
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
               health: WorkerHealth | None = None) -> tuple[faust.App, StreamProcessor]:
     """The Faust app and its processor; `observer(messages, published)`, if given, is called after
     each batch is processed and its outputs handed to Faust (mle-stream bench times the worker with it).
-    `metrics` (telemetry.py) is updated once per batch; without it the app keeps its own, unexposed.
+    `metrics` (metrics.py) is updated once per batch; without it the app keeps its own, unexposed.
     `health` (mle_stream.health) is told how the agent, the checkpoints and the consumer are doing."""
     metrics = metrics if metrics is not None else WorkerMetrics()
     topics, security = settings.topics, settings.kafka_security
@@ -99,7 +101,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
     app = faust.App(
         settings.worker_group,
         broker=f"kafka://{bootstrap}",
-        broker_credentials=security.faust_credentials(),  # TLS / SASL of its consumer, producer and admin client
+        broker_credentials=faust_credentials(security),  # TLS / SASL of its consumer, producer and admin client
         broker_session_timeout=6,  # the embedded broker's group joins stall with the default
         # At the 1 MB default a fetch holds ~7 batched prediction messages per partition and the
         # agent idles between fetches; 16 MB measured 1.4-1.7x the events/s (mle-stream bench).
