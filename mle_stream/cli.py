@@ -350,7 +350,7 @@ def _parser() -> argparse.ArgumentParser:
             "--rows current rows x --features numeric columns against --reference-rows reference rows, and "
             "time it next to Evidently's DataDriftPreset (PSI and normed Wasserstein forced on every column, "
             "and the default preset) on the same seeded frames, Evidently running in a bench-only venv "
-            "(create it with scripts/bench-drift-env). Prints a table, or with --json at least seconds, "
+            "(create it with benchmarks/bench-drift-env). Prints a table, or with --json at least seconds, "
             "evidently_seconds, speedup and max_relative_difference (ours vs Evidently's PSI and Wasserstein "
             "on the same statistic; see mle_stream/bench_drift.py). About 1.5 min at the default size.\n\n"
             "mle-stream bench decisions: simulate --rollouts A/A rollouts (canary as good as the baseline) and "
@@ -366,7 +366,7 @@ def _parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  mle-stream bench --json\n"
             "  mle-stream bench memory --events 10000000 --json\n"
-            "  scripts/bench-drift-env && mle-stream bench drift --json\n"
+            "  benchmarks/bench-drift-env && mle-stream bench drift --json\n"
             "  mle-stream bench decisions --json\n"
             "  mle-stream bench decisions --rollouts 5000 --alpha 0.05 --seed 7")
     p.add_argument("what", nargs="?", choices=["worker", "memory", "drift", "decisions"], default="worker",
@@ -385,7 +385,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-rows", type=int, metavar="N", help="drift: reference rows (default 100,000)")
     p.add_argument("--features", type=int, metavar="N", help="drift: numeric features (default 10)")
     p.add_argument("--evidently-python", type=Path, metavar="PATH",
-                   help="drift: the python of the Evidently venv (default: the one scripts/bench-drift-env "
+                   help="drift: the python of the Evidently venv (default: the one benchmarks/bench-drift-env "
                         "creates, ~/.cache/mle-stream/bench-drift-evidently/bin/python)")
     p.add_argument("--rollouts", type=int, metavar="N",
                    help="decisions: A/A rollouts, and as many A/B rollouts (default 1000)")

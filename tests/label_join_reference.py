@@ -1,7 +1,7 @@
 """The label join's reference model, record by record (was mle_stream/core/join.py until the
 evaluator moved to ColumnJoin, core/column_join.py): dicts of tuples, simple enough to read as the
 rules themselves. tests/test_column_join.py checks ColumnJoin against it on random batches, and
-scripts/bench_join.py measures the two.
+benchmarks/bench_join.py measures the two.
 
 It pairs each label with its prediction by prediction_id, in either arrival order.
 

@@ -1,6 +1,6 @@
 """`mle-stream bench drift`, the parts that can be checked without Evidently.
 
-CI has no Evidently (it lives only in the bench-only venv of scripts/bench-drift-env), so the real
+CI has no Evidently (it lives only in the bench-only venv of benchmarks/bench-drift-env), so the real
 comparison is left to the bench itself. Here: our side's values against numpy/scipy on the raw
 arrays with the same bins, the report's fields (with a stand-in for the Evidently side that
 speaks the same protocol), and the errors users see.
@@ -165,7 +165,7 @@ def test_missing_evidently_python_says_how_to_create_it(tmp_path: Path, capsys: 
     assert main(["bench", "drift", "--json", "--evidently-python", str(missing)]) == 2
     err = capsys.readouterr().err
     assert f"no Evidently python at {missing}" in err
-    assert "scripts/bench-drift-env" in err and "--evidently-python" in err
+    assert "benchmarks/bench-drift-env" in err and "--evidently-python" in err
 
 
 def test_bench_defaults_to_the_worker_and_refuses_options_of_the_other_bench(

@@ -32,7 +32,7 @@ How it is kept:
   (base64); add_predictions looks the batch's new ids up (a binary search per chunk) only while
   tombstones exist. The key is an unkeyed hash: two ids that collide are one to a tombstone.
 
-Measured with scripts/bench_join.py (1M predictions of bench.py's traffic, medians of 3 runs,
+Measured with benchmarks/bench_join.py (1M predictions of bench.py's traffic, medians of 3 runs,
 +-25% noise), in us per prediction: LabelJoin (building the tuples + add_predictions +
 add_labels + joined rows back to columns) against this join (ids as a list of str; as an S array):
 - batches of 500: 2.37 against 1.27; 1.18,

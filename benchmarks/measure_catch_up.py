@@ -3,19 +3,20 @@
 a 2-hour backlog of tests/test_catch_up.py's traffic (2 models, RATE predictions per second of
 event time each, 500 to a message; labels 1-20 s later, 1-4 to a message) on a new embedded broker.
 
-    PYTHONPATH=$PWD:$PWD/tests python scripts/measure_catch_up.py [RATE, default 20]
+    PYTHONPATH=$PWD:$PWD/tests python benchmarks/measure_catch_up.py [RATE, default 20]
 
 Prints one JSON object: events (predictions + labels) and messages, catch_up_s (from the worker's
 "reading from" to the last input message processed, by its mle_stream_input_messages_total),
 events_per_s, the worker's peak RSS and samples of it (VmRSS), seconds from process start to the
 first judged window and to the first command, and the peaks of mle_stream_input_paused and
 mle_stream_deferred_rows. CHECKPOINT=30s (the default) sets MLE_CHECKPOINT_INTERVAL."""
+
+import sys
 import json
 import os
 import random
 import re
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -27,6 +28,9 @@ from mle_stream.broker import EmbeddedBroker
 from mle_stream.config import Topics
 from mle_stream.kafka import ensure_topics
 
+if {"-h", "--help"} & set(sys.argv[1:]):
+    print(__doc__)
+    sys.exit(0)
 rate = float(sys.argv[1]) if len(sys.argv) > 1 else 20.0
 with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)

@@ -1,5 +1,5 @@
 """What the worker's processing reaches without Faust: the upper bound of a worker that reads with
-confluent-kafka itself (issue 3's ratio; README, Performance).
+confluent-kafka itself, to compare with the worker's ratio to its floor (README, Performance).
 
 Over the same messages as `mle-stream bench` (200,000 predictions and their labels, produced once),
 each round measures the floor (the bench's own `floor_runs`, the fastest counting) and then a
@@ -11,8 +11,9 @@ An upper bound, not a worker: no consumer group (partitions assigned), no output
 checkpoints written (both are small at this size: a few metric snapshots, no checkpoint interval
 reached), no rebalance handling.
 
-    python scripts/measure_without_faust.py [ROUNDS]
+    python benchmarks/measure_without_faust.py [ROUNDS]
 """
+
 import sys
 import time
 
@@ -63,4 +64,7 @@ def main(rounds: int) -> None:
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)

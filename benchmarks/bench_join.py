@@ -25,8 +25,8 @@ at the end (pending + joined: with the defaults nothing expires within a run; --
 and --correction-ms shorter than the run measure expiry, tombstones and reused entries), and the same from tracemalloc
 (current at the end, and peak) in a separate run with tracemalloc on.
 
-    /tmp/venv/bin/python scripts/bench_join.py                     # 1M, B=500 and 50,000, 3 runs each
-    /tmp/venv/bin/python scripts/bench_join.py --events 200000 --runs 1 --json
+    python benchmarks/bench_join.py                     # 1M, B=500 and 50,000, 3 runs each
+    python benchmarks/bench_join.py --events 200000 --runs 1 --json
 """
 
 from __future__ import annotations
