@@ -7,11 +7,10 @@ schemas come from a dict, as from the client's cache once each id has been fetch
 usage: PYTHONPATH=. python benchmarks/bench_confluent_decode.py [SECONDS_PER_CASE]
 """
 
-import sys
-
 import io
 import json
 import random
+import sys
 import time
 
 import fastavro

@@ -11,12 +11,12 @@ events_per_s, the worker's peak RSS and samples of it (VmRSS), seconds from proc
 first judged window and to the first command, and the peaks of mle_stream_input_paused and
 mle_stream_deferred_rows. CHECKPOINT=30s (the default) sets MLE_CHECKPOINT_INTERVAL."""
 
-import sys
 import json
 import os
 import random
 import re
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -52,7 +52,8 @@ with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
     log = tmp / "worker.log"
     t0 = time.monotonic()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mle_stream", "--log-level", "info", "worker", "--topology", str(folder)],
+        proc = subprocess.Popen([sys.executable, "-m", "mle_stream", "--log-level", "info", "worker", "--topology",
+                                 str(folder)],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
     peaks: dict = {}
     rss, reading_at, done_at, first_judged, first_command = [], None, None, None, None
@@ -73,7 +74,7 @@ with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
                 first_command = now
             if reading_at is not None:
                 m = t.scrape(port)
-                for (name, lab), v in m.items():
+                for (name, _labels), v in m.items():
                     if name in ("mle_stream_input_paused", "mle_stream_deferred_rows") and v > peaks.get(name, 0):
                         peaks[name] = v
                 got = sum(v for (name, lab), v in m.items() if name == "mle_stream_input_messages_total"

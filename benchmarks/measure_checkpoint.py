@@ -51,9 +51,9 @@ def peak_rss_mb() -> float:
 
 def parts(bootstrap: str, topic: str, group: str) -> tuple[Any, Any]:
     from mle_stream.config import Topics
+    from mle_stream.core.signing import Signer
     from mle_stream.core.topology import parse_topology
     from mle_stream.stream.checkpoints import CheckpointedProcessor, CheckpointStore
-    from mle_stream.core.signing import Signer
     from mle_stream.stream.processor import StreamProcessor
 
     processor = StreamProcessor({"fraud": parse_topology(TOPOLOGY)}, Topics(), Signer("measure", b"m" * 32))

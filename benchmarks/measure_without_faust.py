@@ -19,9 +19,9 @@ import time
 
 from mle_stream import bench
 from mle_stream.config import Settings, Topics
+from mle_stream.core.signing import Signer
 from mle_stream.stream.app import BATCH_MESSAGES, tune_runtime
 from mle_stream.stream.checkpoints import CheckpointedProcessor
-from mle_stream.core.signing import Signer
 from mle_stream.stream.processor import Incoming, StreamProcessor
 
 EVENTS = 200_000
@@ -29,7 +29,8 @@ EVENTS = 200_000
 
 def without_faust(servers: str, topics: Topics, messages: int, partitions: int) -> float:
     consumer = bench._reader(servers, [topics.predictions, topics.labels], "without-faust")
-    tracked = CheckpointedProcessor(StreamProcessor(bench.bench_topologies(1), topics, Signer("bench", bench._SIGNING_KEY)))
+    tracked = CheckpointedProcessor(StreamProcessor(bench.bench_topologies(1), topics,
+                                                    Signer("bench", bench._SIGNING_KEY)))
     for k in range(partitions):
         tracked.assign(k, None)
     first: float | None = None

@@ -4,7 +4,7 @@ follows a moved alias when it restarts; the rollout it runs is the one it starte
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from mle_stream.config import missing_sqlite_store
 from mle_stream.core.topology import Topology, resolve_aliases

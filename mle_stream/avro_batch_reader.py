@@ -39,8 +39,9 @@ from __future__ import annotations
 import dataclasses
 import re
 import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterable, Mapping, NoReturn, Sequence, TypeVar, cast
+from typing import Any, Generic, NoReturn, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -88,7 +89,8 @@ _LABEL_CANONICAL_FORM = (
 
 
 def _batch_form(name: str, item: str) -> str:
-    return f'{{"name":"io.mlestream.{name}","type":"record","fields":[{{"name":"records","type":{{"type":"array","items":{item}}}}}]}}'
+    return (f'{{"name":"io.mlestream.{name}","type":"record",'
+            f'"fields":[{{"name":"records","type":{{"type":"array","items":{item}}}}}]}}')
 
 
 # The schemas these readers were written for: codec.py uses them only while schemas/*.avsc match.
@@ -426,7 +428,8 @@ def _loose_predictions(rows: list[tuple[Any, ...]], buf: bytes) -> PredictionRea
     if not rows:
         empty = np.empty(0, dtype=np.float64)
         no = np.empty(0, dtype=np.bool_)
-        return PredictionRead(PredictionColumns([], [], [], np.empty(0, dtype=np.int64), empty, empty, empty), no, no, no)
+        return PredictionRead(PredictionColumns([], [], [], np.empty(0, dtype=np.int64), empty, empty, empty), no, no,
+                              no)
     ids, models, versions, timestamps, score, scores, value, label, latency, features, segment, error = zip(*rows)
     columns = PredictionColumns(
         list(ids), list(models), list(versions), np.array(timestamps, dtype=np.int64),
@@ -697,7 +700,8 @@ class _PredictionShape(_Shape[PredictionRead]):
         return PredictionRead(columns, np.full(n, self._score is not None), np.full(n, self._value is not None),
                               np.full(n, self._latency is not None))
 
-    def _feature_columns(self, n: int, doubles: FloatArray, value: Callable[[tuple[int, Any]], list[Any]]) -> FeatureColumns:
+    def _feature_columns(self, n: int, doubles: FloatArray,
+                         value: Callable[[tuple[int, Any]], list[Any]]) -> FeatureColumns:
         holes = self._features
         if holes is None:
             return FeatureColumns()

@@ -428,7 +428,8 @@ class _WorkerProbe:
                 "dead_letters": counters.get("dead_letter", 0), "commands": counters.get("commands", 0),
                 # The kernel keeps RSS in per-thread or per-CPU counters and folds them into ru_maxrss
                 # lazily: a sample of /proc exceeded it by 0.24 MB once. The peak is at least every sample.
-                "peak_rss_mb": max([_peak_rss_mb(), *(r for r in (self.rss_first, rss_tenth, rss_end) if r is not None)]),
+                "peak_rss_mb": max([_peak_rss_mb(),
+                                    *(r for r in (self.rss_first, rss_tenth, rss_end) if r is not None)]),
                 "rss_first_message_mb": self.rss_first, "rss_end_mb": rss_end,
                 "rss_tenth_mb": rss_tenth, "tenth_predictions": tenth_predictions,
                 "cpu_s": time.process_time() - self.cpu_first,
@@ -771,7 +772,8 @@ MEMORY_MEASURED = ("the worker process's RSS (/proc/self/statm) at the end of th
 def memory_report(events: int, measured: Mapping[str, Any]) -> dict[str, Any]:
     """rss_growth and what it rests on, from the worker's RSS at N/10 and N predictions processed."""
     # Rounded first (to 10 kB), so that rss_growth holds for the printed values.
-    tenth, end = (None if v is None else round(v, 2) for v in (measured.get("rss_tenth_mb"), measured.get("rss_end_mb")))
+    tenth, end = (None if v is None else round(v,
+                                               2) for v in (measured.get("rss_tenth_mb"), measured.get("rss_end_mb")))
     growth = None if not tenth or end is None else round((end - tenth) / tenth, 4)
     steady = steady_state_events(events)
     at_tenth = measured.get("tenth_predictions")

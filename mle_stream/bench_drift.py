@@ -359,8 +359,8 @@ def format_drift_report(r: Mapping[str, Any]) -> str:
         f"drift bench: {r['features']} numeric features, reference {r['reference_rows']:,} rows, "
         f"current {r['rows']:,} rows (seed {r['seed']})",
         f"  ours       {r['seconds']:8.3f} s   profile + sketches + decide_drift (100 quantile bins)",
-        f"  Evidently  {r['evidently_seconds']:8.3f} s   DataDriftPreset psi + wasserstein (evidently {v['evidently']}, "
-        f"pandas {v['pandas']}, numpy {v['numpy']}), peak RSS {r['evidently_peak_rss_mb']:.0f} MB",
+        f"  Evidently  {r['evidently_seconds']:8.3f} s   DataDriftPreset psi + wasserstein (evidently "
+        f"{v['evidently']}, pandas {v['pandas']}, numpy {v['numpy']}), peak RSS {r['evidently_peak_rss_mb']:.0f} MB",
         f"  Evidently  {r['evidently_default_seconds']:8.3f} s   default DataDriftPreset()",
         f"  speedup    {r['speedup']:8.1f} x   (target >= {r['targets']['speedup']:g}; vs the default preset "
         f"{r['speedup_vs_default']:.1f} x)",

@@ -30,8 +30,9 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import requests
 from mlflow import MlflowClient

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from confluent_kafka import Message
@@ -57,7 +58,8 @@ def read_until(bootstrap: str, topics: list[str], done: Callable[[list[Message]]
                timeout_s: float = 60.0) -> list[Message]:
     """Consume `topics` from the beginning until `done(messages)` holds or the time is up.
 
-    Never trusts the high watermark: the embedded broker reports it wrong (the first offset of the last record batch + 1).
+    Never trusts the high watermark: the embedded broker reports it wrong (the first offset of the
+    last record batch + 1).
     """
     from confluent_kafka import Consumer
 

@@ -388,7 +388,8 @@ def test_pane_sequence_is_deterministic_spread_and_keyed() -> None:
 def test_pane_sequence_does_not_depend_on_the_process() -> None:
     """Python's str hash is salted per process; the seed must not come from it."""
     code = ("from mle_stream.core.drift.concept import pane_sequence, pane_values_sequence;"
-            "print(pane_sequence(50, 7, 'k').nonzero()[0].tolist(), pane_values_sequence([3., 1., 2., 5.], 'k').tolist())")
+            "print(pane_sequence(50, 7, 'k').nonzero()[0].tolist(), pane_values_sequence([3., 1., 2., 5.], "
+            "'k').tolist())")
     seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"  # not this process's
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout

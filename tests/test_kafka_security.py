@@ -13,12 +13,12 @@ from aiokafka import AIOKafkaProducer
 from confluent_kafka import Consumer, KafkaException, Producer
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from secured_broker import KEY_PASSWORD, Pki, make_pki
 from mle_stream.config import Settings
 from mle_stream.errors import ConfigError
 from mle_stream.kafka import admin_client, bootstrap_servers, consumer_config, producer_config
 from mle_stream.kafka_security import PLAINTEXT, PROPERTIES, KafkaSecurity, env_variable
 from mle_stream.stream.credentials import faust_credentials
+from secured_broker import KEY_PASSWORD, Pki, make_pki
 
 SASL_PASSWORD = "sasl-pass-Zq81"
 
@@ -43,7 +43,8 @@ def test_each_variable_is_its_librdkafka_property(pki: Pki) -> None:
     env = {**mtls_env(pki), **sasl_env("scram-sha-512"), "MLE_KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM": "none"}
     assert set(env) == {env_variable(p) for p in PROPERTIES}
     assert KafkaSecurity.from_env(env).librdkafka_config() == {
-        "security.protocol": "SASL_SSL", "ssl.ca.location": str(pki.ca), "ssl.certificate.location": str(pki.client_cert),
+        "security.protocol": "SASL_SSL", "ssl.ca.location": str(pki.ca),
+            "ssl.certificate.location": str(pki.client_cert),
         "ssl.key.location": str(pki.client_key), "ssl.key.password": KEY_PASSWORD,
         "ssl.endpoint.identification.algorithm": "none", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "alice",
         "sasl.password": SASL_PASSWORD}
@@ -79,7 +80,8 @@ def test_properties_file_then_variables_override_it(pki: Pki, tmp_path: Path) ->
     ({"MLE_KAFKA_SECURITY_PROTOCOL": "TLS"}, "MLE_KAFKA_SECURITY_PROTOCOL must be one of PLAINTEXT, SSL"),
     ({"MLE_KAFKA_SECURITY_PROTOCOL": "SSL", "MLE_KAFKA_SSL_CA_LOCATION": "/no/such/ca.pem"},
      "MLE_KAFKA_SSL_CA_LOCATION: /no/such/ca.pem does not exist"),
-    ({"MLE_KAFKA_SSL_CA_LOCATION": "/etc/hostname"}, "MLE_KAFKA_SSL_CA_LOCATION set, but security.protocol is PLAINTEXT"),
+    ({"MLE_KAFKA_SSL_CA_LOCATION": "/etc/hostname"},
+     "MLE_KAFKA_SSL_CA_LOCATION set, but security.protocol is PLAINTEXT"),
     ({"MLE_KAFKA_SECURITY_PROTOCOL": "SSL", "MLE_KAFKA_SASL_USERNAME": "alice"},
      "MLE_KAFKA_SASL_USERNAME set, but security.protocol is SSL"),
     ({**sasl_env("PLAIN", "SASL_PLAINTEXT"), "MLE_KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM": "none"},
@@ -92,7 +94,8 @@ def test_properties_file_then_variables_override_it(pki: Pki, tmp_path: Path) ->
     (sasl_env("GSSAPI"), "MLE_KAFKA_SASL_MECHANISM=GSSAPI is not supported"),
     (sasl_env("SCRAM-SHA-1"), "MLE_KAFKA_SASL_MECHANISM must be one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
     ({"MLE_KAFKA_SSL_CA_LOCACTION": "/etc/ssl/ca.pem"}, "unknown variable MLE_KAFKA_SSL_CA_LOCACTION"),
-    ({"MLE_KAFKA_PROPERTIES_FILE": "/no/such/client.properties"}, "MLE_KAFKA_PROPERTIES_FILE=/no/such/client.properties"),
+    ({"MLE_KAFKA_PROPERTIES_FILE": "/no/such/client.properties"},
+     "MLE_KAFKA_PROPERTIES_FILE=/no/such/client.properties"),
 ])
 def test_wrong_settings_fail_at_start_naming_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -117,7 +120,8 @@ def test_passwords_appear_in_no_repr_summary_or_error(pki: Pki) -> None:
     settings = Settings.from_env({**mtls_env(pki), "MLE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
                                   "MLE_KAFKA_SASL_MECHANISM": "PLAIN", "MLE_KAFKA_SASL_USERNAME": "alice",
                                   "MLE_KAFKA_SASL_PASSWORD": SASL_PASSWORD})
-    shown = [repr(settings), str(settings), settings.kafka_security.describe(), repr(faust_credentials(settings.kafka_security))]
+    shown = [repr(settings), str(settings), settings.kafka_security.describe(),
+             repr(faust_credentials(settings.kafka_security))]
     assert all(SASL_PASSWORD not in text and KEY_PASSWORD not in text for text in shown), shown
     assert "alice" in settings.kafka_security.describe()
 
@@ -129,7 +133,8 @@ def test_passwords_appear_in_no_repr_summary_or_error(pki: Pki) -> None:
 
 def test_the_embedded_broker_is_refused_when_security_is_configured(pki: Pki) -> None:
     settings = Settings.from_env({"MLE_KAFKA_SECURITY_PROTOCOL": "SSL", "MLE_KAFKA_SSL_CA_LOCATION": str(pki.ca)})
-    with pytest.raises(ConfigError, match="Kafka security is configured .* but the embedded broker only speaks PLAINTEXT"):
+    with pytest.raises(ConfigError,
+                       match="Kafka security is configured .* but the embedded broker only speaks PLAINTEXT"):
         with bootstrap_servers(settings, embedded=True):
             pass
 

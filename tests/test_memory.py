@@ -137,7 +137,8 @@ def test_retention_frees_windows_and_join_entries_and_memory_stays_flat() -> Non
         """How many of the first `among` (sorted) timestamps are > than."""
         return among - bisect.bisect_right(timestamps, than, 0, among)
 
-    processor = StreamProcessor({MODEL: TOPOLOGY}, TOPICS, Signer("memory", b"memory-key".ljust(32, b"-")), clock=lambda: NOW)
+    processor = StreamProcessor({MODEL: TOPOLOGY}, TOPICS, Signer("memory", b"memory-key".ljust(32, b"-")),
+                                clock=lambda: NOW)
     evaluator = processor.evaluators[MODEL]
     batches = range(0, len(stream), 4)  # 4 messages a batch: event time moves ~0.5 s per batch
     # Per batch: predictions published, traced heap, predictions held; allocated before tracing starts.

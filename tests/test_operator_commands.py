@@ -68,7 +68,8 @@ def test_a_command_file_round_trips_and_verifies_only_with_its_key(
 
     doc = json.loads(path.read_text())
     assert list(doc) == ["command_id", "kind", "model", "baseline_version", "candidate_version", "traffic",
-                         "reason", "rule", "window_start", "window_end", "evidence", "policy_version", "issued_at", "expires_at",
+                         "reason", "rule", "window_start", "window_end", "evidence", "policy_version", "issued_at",
+                         "expires_at",
                          "signature"]  # every field of schemas/command.avsc, in its order
     assert doc["kind"] == kind.value and doc["traffic"] == traffic
     assert read_command_file(path) == command

@@ -51,8 +51,9 @@ per Kafka message is where most of the gain is.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -394,7 +395,8 @@ class ColumnJoin:
                                  np.tile(np.array([-1.0, 1.0]), len(corrected)), out.duplicates,
                                  np.repeat(np.maximum(self._ts[ce], ts[corrected]), 2))
             out = ColumnJoined(np.concatenate([out.rows, fixed.rows]),
-                               {k: np.concatenate([out.predictions[k], fixed.predictions[k]]) for k in fixed.predictions},
+                               {k: np.concatenate([out.predictions[k],
+                                                   fixed.predictions[k]]) for k in fixed.predictions},
                                _concat([out.labels, fixed.labels]), np.concatenate([out.weights, fixed.weights]),
                                out.duplicates, np.concatenate([out.at, fixed.at]))
             last = _last_per_group(corrected, group)

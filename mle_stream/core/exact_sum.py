@@ -29,7 +29,7 @@ zero bits for values near 1, which JSON would spell out as ~330 digits.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -62,7 +62,8 @@ def exact_sums(values: npt.ArrayLike, groups: IntArray | None, n_groups: int) ->
         return totals
     if len(x) > _MAX_VALUES:
         for start in range(0, len(x), _MAX_VALUES):
-            piece = exact_sums(x[start:start + _MAX_VALUES], None if groups is None else groups[start:start + _MAX_VALUES],
+            piece = exact_sums(x[start:start + _MAX_VALUES],
+                               None if groups is None else groups[start:start + _MAX_VALUES],
                                n_groups)
             totals = [a + b for a, b in zip(totals, piece)]
         return totals

@@ -20,15 +20,16 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Collection, Mapping, cast
+from typing import Any, cast
 
 import faust
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import Consumer
 from faust.types import TP
-from aiokafka.errors import KafkaError
-from aiokafka.structs import TopicPartition
 
 from mle_stream.config import Settings
 from mle_stream.core.drift.profile import ReferenceProfile
@@ -43,8 +44,8 @@ from mle_stream.schema_registry import client_for
 from mle_stream.stream.alignment import Alignment, Offsets
 from mle_stream.stream.checkpoints import CheckpointedProcessor, Checkpoints, CheckpointStore
 from mle_stream.stream.credentials import faust_credentials
-from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor, wall_clock_ms
 from mle_stream.stream.metrics import WorkerMetrics
+from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor, wall_clock_ms
 from mle_stream.telemetry import serve
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         datadir=datadir or "{conf.name}-data",  # Faust's own default: <app id>-data in the cwd
     )
     tracked = CheckpointedProcessor(processor)
-    checkpoints = Checkpoints(tracked, CheckpointStore(bootstrap, topics.state, settings.worker_group, security=security),
+    checkpoints = Checkpoints(tracked,
+                              CheckpointStore(bootstrap, topics.state, settings.worker_group, security=security),
                               settings.checkpoint_interval_s, flush_outputs=lambda: app.producer.flush())
     inputs = set(tracked.inputs)
     # The commands topic is read for operators' APPROVE commands (rollout.approval).
@@ -309,7 +311,8 @@ async def _read_from(app: faust.App, positions: Mapping[tuple[str, int], int]) -
                           f"worker would read from other offsets and lose or double-count records; stopping")
     for tp, offset in offsets.items():
         await app.consumer.seek(tp, offset)
-    log.info("reading from %s", ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(offsets.items())))
+    log.info("reading from %s",
+             ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(offsets.items())))
 
 
 # aiokafka's consumer lives in Faust's consumer thread, with its own event loop: its state is read
@@ -335,7 +338,7 @@ async def _consumer_offsets(app: faust.App, tps: Collection[tuple[str, int]]
             try:
                 # It waits while the partition has no position (right after an assignment or a seek).
                 position = await asyncio.wait_for(consumer.position(tp), POSITION_WAIT_S)
-            except (asyncio.TimeoutError, KafkaError):
+            except (TimeoutError, KafkaError):
                 position = None
             out[(topic, partition)] = (position, consumer.highwater(tp))
         return out
@@ -415,7 +418,8 @@ def limit_blas_threads(threads: int = 1) -> list[str]:
 
     try:
         with open("/proc/self/maps") as maps:
-            paths = sorted({m.group(1) for line in maps if (m := re.search(r"(/\S*openblas\S*\.so[.\d]*)$", line.strip()))})
+            paths = sorted({m.group(1) for line in maps
+                            if (m := re.search(r"(/\S*openblas\S*\.so[.\d]*)$", line.strip()))})
     except OSError:
         return []
     changed = []

@@ -9,7 +9,8 @@ from __future__ import annotations
 import collections
 import math
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -106,7 +107,8 @@ class WorkerMetrics(RoleMetrics):
             "behind, after it delivered nothing for MLE_INPUT_WAIT_MAX (each is logged at WARNING)", "model")
         self.deferred_rows = self._gauge(
             "mle_stream_deferred_rows", "Rows a model's evaluator has read but holds back from its windows: keyed "
-            "past the cut of a window that holds their pane and has not closed yet (its closing waits for both inputs)", "model")
+            "past the cut of a window that holds their pane and has not closed yet (its closing waits for both inputs)",
+                "model")
         self._inputs_lock = threading.Lock()
         self._inputs: dict[str, dict[str, Any]] = {}  # model -> its `inputs` block of the status page
         self.unverified_commands = self._unverified_commands()
