@@ -23,9 +23,8 @@ values of every length) stays on the loose path without compiling regexes for no
 with only a few records in a batch of several shapes is read loosely too (numpy's fixed cost per
 call would outweigh it).
 
-Measured on the 2-core machine, one message of 500 predictions with ten numeric features: ~0.8 us
-per prediction (~0.35 us the regex run, ~0.3 us numpy), ~0.3 us per label; the loose path ~3.5 us
-per prediction.
+The compiled path is several times faster per record than the loose one; the figures are in
+docs/performance-history.md.
 
 Contract with codec.py: the readers return every record of the batch as read, in message order,
 without checking the event contract. They have no error reporting of their own: anything

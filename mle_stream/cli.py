@@ -347,7 +347,7 @@ def _parser() -> argparse.ArgumentParser:
             "produces N predictions (default 1,000,000) of the same traffic, and reports the worker process's "
             "RSS when N/10 and N predictions are processed, and with --json at least rss_growth (= (RSS at N - "
             "RSS at N/10) / RSS at N/10), rss_at_tenth_mb, rss_at_end_mb, events_at_tenth and events_at_end. "
-            "About 1 min at the default size, 10 min at --events 10000000 (the issue's 1M -> 10M); no "
+            "About 1 min at the default size, 10 min at --events 10000000 (1M -> 10M); no "
             "events/s (the producer sets the pace). The default mode reports rss_growth too, over its own "
             "N/10 -> N.\n\n"
             "mle-stream bench drift: compute the drift table (reference profile, sketches, decide_drift) for "

@@ -205,7 +205,7 @@ def test_update_from_the_union_equals_merging_the_updates(case: Case, data: st.D
     a, b = data.draw(case.batches), data.draw(case.batches)
     union = state_of(case, concat(a, b))
     # Bit for bit, whatever the grouping: what makes a restarted worker's windows equal an
-    # uninterrupted run's (issue 8).
+    # uninterrupted run's.
     assert union.snapshot() == state_of(case, a).merge(state_of(case, b)).snapshot() == state_of(case, a, b).snapshot()
     assert union.values() == state_of(case, a).merge(state_of(case, b)).values() == state_of(case, a, b).values()
 

@@ -1,4 +1,4 @@
-"""Issue 8: exact results through poison input, duplicates and repeated crashes, over the embedded
+"""Exact results through poison input, duplicates and repeated crashes, over the embedded
 broker with the worker as users run it (`mle-stream worker`, a Faust process).
 
 The truth is always the replay of the valid input, deduplicated (`mle_stream.replay`, the same core

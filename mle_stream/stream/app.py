@@ -50,22 +50,20 @@ from mle_stream.telemetry import serve
 
 log = logging.getLogger(__name__)
 
-# Faust pays ~150 µs per Kafka message here: take many at a time. 200
-# messages (100,000 predictions from the client) keep the per-batch costs small; 1000 ran no faster
-# in mle-stream bench and held ~75 MB more at a million events, since the next batch is fetched
-# while one is processed.
+# Faust's cost is per Kafka message: take many at a time. 200 messages (100,000 predictions from
+# the client) keep the per-batch costs small; more ran no faster in mle-stream bench and held more
+# memory, since the next batch is fetched while one is processed (docs/performance-history.md).
 BATCH_MESSAGES = 200
 # Faust's take() waits this long for a batch to fill, counted from the end of the previous batch,
 # even when the messages it has are all there is (the last, partial batch of a burst always waits
-# it out). While the worker is behind, batches fill from the buffered messages long before it;
-# 0.2 s cost the bench ~1 µs per prediction in that wait alone. Shorter makes more, smaller
-# batches when input trickles in.
+# it out). While the worker is behind, batches fill from the buffered messages long before it, so
+# a long wait is pure loss (docs/performance-history.md). Shorter makes more, smaller batches when
+# input trickles in.
 BATCH_WITHIN_S = 0.05
 # Messages Faust fetches ahead into the agent's channel (its default: 4096). A paused partition
 # stops fetching, but what is already there is still processed: this bounds how far a pause lets
-# predictions run on. At 500 predictions a message, 1024 are ~0.5M predictions. mle-stream bench,
-# 1M events read as a backlog, one run each on 2 shared cores: peak RSS 500 MB at 1024 and 602 MB at
-# 4096, at the same 119k-120k events/s.
+# predictions run on. At 500 predictions a message, 1024 are ~0.5M predictions. A smaller buffer
+# also lowers the peak memory of a backlog at the same events/s (docs/performance-history.md).
 STREAM_BUFFER_MAXSIZE = 1024
 TICK_S = 10.0  # how often the worker asks whether a source has gone silent (decision.outage_after)
 LAG_S = 5.0  # how often the consumer lag gauges are refreshed without input (after every batch too)
@@ -105,7 +103,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         broker_credentials=faust_credentials(security),  # TLS / SASL of its consumer, producer and admin client
         broker_session_timeout=6,  # the embedded broker's group joins stall with the default
         # At the 1 MB default a fetch holds ~7 batched prediction messages per partition and the
-        # agent idles between fetches; 16 MB measured 1.4-1.7x the events/s (mle-stream bench).
+        # agent idles between fetches (16 MB: docs/performance-history.md).
         consumer_max_fetch_size=16 * 1024**2,
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=STREAM_BUFFER_MAXSIZE,
@@ -409,9 +407,9 @@ def limit_blas_threads(threads: int = 1) -> list[str]:
 
     The metric updates take dot products of whole worker batches (tens of thousands of rows), which
     OpenBLAS splits over one thread per core; its helper thread then spins for a while waiting for
-    more work. In the worker that spinning took 0.25-0.45 s of CPU per 200,000 predictions from the core
-    the fetcher and the broker run on, and the batch thread waited for its helper whenever that core
-    was busy. The worker's parallelism is the event loop next to the batch thread, not BLAS.
+    more work. In the worker that spinning took CPU from the core the fetcher and the broker run on
+    (docs/performance-history.md), and the batch thread waited for its helper whenever that core was
+    busy. The worker's parallelism is the event loop next to the batch thread, not BLAS.
     (OPENBLAS_NUM_THREADS only works before numpy is imported.) Linux only; elsewhere a no-op."""
     import ctypes
     import re

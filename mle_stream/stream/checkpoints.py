@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 CHUNK_BYTES = 512 * 1024  # well under Kafka's 1 MB default message.max.bytes, key and headers included
-# JSON of pending predictions compresses ~4x at level 1; higher levels cost more time than they save bytes
+# JSON of pending predictions compresses well at level 1; higher levels cost more time than they save bytes
 _ZLIB_LEVEL = 1
 
 
