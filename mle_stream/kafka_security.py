@@ -268,8 +268,8 @@ def _check(security: KafkaSecurity) -> None:
         if s.sasl_mechanism not in MECHANISMS:
             raise ConfigError(f"{where('sasl.mechanism')} must be one of {', '.join(MECHANISMS)}, "
                               f"got {s.sasl_mechanism!r}")
-        missing = [where(p) for p,
-                   v in (("sasl.username", s.sasl_username), ("sasl.password", s.sasl_password)) if not v]
+        missing = [where(p) for p, v in (("sasl.username", s.sasl_username), ("sasl.password", s.sasl_password))
+                   if not v]
         if missing:
             raise ConfigError(f"sasl.mechanism={s.sasl_mechanism} needs a user name and a password: set "
                               f"{' and '.join(missing)}")

@@ -214,8 +214,8 @@ def test_bootstrap_is_the_listener_kafka_advertises_to_containers() -> None:
         assert _environment(services[name])["MLE_BOOTSTRAP_SERVERS"] in container_side
     assert _environment(services["worker"])["MLE_BOOTSTRAP_SERVERS"].split(":")[0] in services
     # The host-side listener is published on the port it advertises.
-    assert any(host == "localhost" and port in _published_ports(services["kafka"]) for host,
-               port in advertised.values())
+    assert any(host == "localhost" and port in _published_ports(services["kafka"])
+               for host, port in advertised.values())
 
 
 def test_kafka_healthcheck_asks_the_broker() -> None:

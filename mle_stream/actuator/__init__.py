@@ -5,7 +5,8 @@ much traffic) and a ModelRegistry (aliases and audit tags) — and returns a Rol
 what it did. Adapters: GitOpsRouting (HTTPRoute manifests committed to Git), GatewayAPIRouting,
 IstioRouting and KServeRouting (objects patched on the Kubernetes API server, kubernetes_routing.py;
 backends.py builds the right one per model from its topology), MlflowRegistry (MLflow aliases and
-version tags; in mle_stream.mlflow_registry, which the worker uses too), and in-memory ones for tests and demos.
+version tags; in mle_stream.mlflow_registry, which the worker uses too), and in-memory ones for
+tests and demos.
 
 Everything but the ports is loaded on first use, so importing this package does not pay for
 importing mlflow (~2 s), nor need the actuator's extra.

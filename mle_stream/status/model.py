@@ -197,8 +197,8 @@ class StatusBoard:
         self._max_decisions = max_decisions
         self._max_timeline = max_timeline
         self._max_versions = max_versions
-        self._models = {m: _Model(m, tuple(dict.fromkeys(metrics)) or DEFAULT_WATCHED) for m,
-                        metrics in watched.items()}
+        self._models = {m: _Model(m, tuple(dict.fromkeys(metrics)) or DEFAULT_WATCHED)
+                        for m, metrics in watched.items()}
         self._applied = 0
         self._ignored: dict[str, int] = {}
 

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 class WorkerMetrics(Protocol):
     """What the page reads and counts in the worker's metrics (mle_stream.stream.metrics.WorkerMetrics);
     a protocol, so the status page does not import the stream wiring."""
