@@ -4,7 +4,7 @@ follows a moved alias when it restarts; the rollout it runs is the one it starte
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from mle_stream.config import missing_sqlite_store
 from mle_stream.core.topology import Topology, resolve_aliases
@@ -20,7 +20,7 @@ def resolve_with_mlflow(topologies: Mapping[str, Topology], tracking_uri: str) -
     if local is not None:
         raise ConfigError(f"topologies name MLflow aliases, but the MLflow store {local} does not exist "
                           "(MLFLOW_TRACKING_URI)")
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry
+    from mle_stream.mlflow_registry import MlflowRegistry
 
     registry = MlflowRegistry(tracking_uri)
 

@@ -23,9 +23,8 @@ values of every length) stays on the loose path without compiling regexes for no
 with only a few records in a batch of several shapes is read loosely too (numpy's fixed cost per
 call would outweigh it).
 
-Measured on the 2-core machine, one message of 500 predictions with ten numeric features: ~0.8 us
-per prediction (~0.35 us the regex run, ~0.3 us numpy), ~0.3 us per label; the loose path ~3.5 us
-per prediction.
+The compiled path is several times faster per record than the loose one; the figures are in
+docs/performance-history.md.
 
 Contract with codec.py: the readers return every record of the batch as read, in message order,
 without checking the event contract. They have no error reporting of their own: anything
@@ -39,8 +38,9 @@ from __future__ import annotations
 import dataclasses
 import re
 import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterable, Mapping, NoReturn, Sequence, TypeVar, cast
+from typing import Any, Generic, NoReturn, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -88,7 +88,8 @@ _LABEL_CANONICAL_FORM = (
 
 
 def _batch_form(name: str, item: str) -> str:
-    return f'{{"name":"io.mlestream.{name}","type":"record","fields":[{{"name":"records","type":{{"type":"array","items":{item}}}}}]}}'
+    return (f'{{"name":"io.mlestream.{name}","type":"record",'
+            f'"fields":[{{"name":"records","type":{{"type":"array","items":{item}}}}}]}}')
 
 
 # The schemas these readers were written for: codec.py uses them only while schemas/*.avsc match.
@@ -426,7 +427,8 @@ def _loose_predictions(rows: list[tuple[Any, ...]], buf: bytes) -> PredictionRea
     if not rows:
         empty = np.empty(0, dtype=np.float64)
         no = np.empty(0, dtype=np.bool_)
-        return PredictionRead(PredictionColumns([], [], [], np.empty(0, dtype=np.int64), empty, empty, empty), no, no, no)
+        return PredictionRead(PredictionColumns([], [], [], np.empty(0, dtype=np.int64), empty, empty, empty), no, no,
+                              no)
     ids, models, versions, timestamps, score, scores, value, label, latency, features, segment, error = zip(*rows)
     columns = PredictionColumns(
         list(ids), list(models), list(versions), np.array(timestamps, dtype=np.int64),
@@ -697,7 +699,8 @@ class _PredictionShape(_Shape[PredictionRead]):
         return PredictionRead(columns, np.full(n, self._score is not None), np.full(n, self._value is not None),
                               np.full(n, self._latency is not None))
 
-    def _feature_columns(self, n: int, doubles: FloatArray, value: Callable[[tuple[int, Any]], list[Any]]) -> FeatureColumns:
+    def _feature_columns(self, n: int, doubles: FloatArray,
+                         value: Callable[[tuple[int, Any]], list[Any]]) -> FeatureColumns:
         holes = self._features
         if holes is None:
             return FeatureColumns()

@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EVENTS = 200_000  # about 40 s in all on the 2-core development machine
 DEFAULT_MEMORY_EVENTS = 1_000_000  # bench memory: about 1 min; 10M (1M -> 10M) about 10 min
-MAX_RSS_GROWTH = 0.10  # issue 8: RSS within +-10% from 1M to 10M events
+MAX_RSS_GROWTH = 0.10  # bounded memory: RSS within +-10% from 1M to 10M events
 TARGET_EVENTS_PER_S = 100_000
 TARGET_RATIO = 0.5
 
@@ -85,8 +85,8 @@ FEATURE_SCALES = (500.0, 3650.0, 40.0, 300.0, 2000.0, 24.0, 1.0, 1.0, 10.0, 5.0)
 # window closes with all its labels) and well within max_delay and retention. The state then holds
 # the panes of ~3 windows and the join's entries of ~40 s of event time (a joined pair stays
 # correctable for max_delay + size + retention, and expiry runs when a window closes): ~80,000
-# events at 2,000 predictions per second of event time. Until 2026-11-29 this was retention 2m and
-# max_delay 1m: 380,000 events to the steady state, more than the default run's 200,000.
+# events at 2,000 predictions per second of event time. Longer horizons would not reach the steady
+# state within the default run's 200,000 events.
 RETENTION_S = 10
 LABEL_MAX_DELAY_S = 10
 TOPOLOGY_YAML = """\
@@ -116,9 +116,9 @@ _POLL_S = 0.5
 # first fetched messages and never leaves the loop idle while records are there to decode.
 _FLOOR_WAIT_S = 0.001
 # The floor is measured this many times over the same messages and the fastest run counts: one run
-# takes ~0.3 s at the default size, and on the shared 2-core VMs here single runs measured anywhere
-# from ~300k to ~700k predictions/s from one bench to the next (within one bench: ±10%). A floor
-# slowed by a neighbour would make the ratio look better than it is.
+# is short, and on shared machines single runs vary by a factor of two from one bench to the next
+# (docs/performance-history.md). A floor slowed by a neighbour would make the ratio look better than
+# it is.
 FLOOR_RUNS = 3
 
 
@@ -428,7 +428,8 @@ class _WorkerProbe:
                 "dead_letters": counters.get("dead_letter", 0), "commands": counters.get("commands", 0),
                 # The kernel keeps RSS in per-thread or per-CPU counters and folds them into ru_maxrss
                 # lazily: a sample of /proc exceeded it by 0.24 MB once. The peak is at least every sample.
-                "peak_rss_mb": max([_peak_rss_mb(), *(r for r in (self.rss_first, rss_tenth, rss_end) if r is not None)]),
+                "peak_rss_mb": max([_peak_rss_mb(),
+                                    *(r for r in (self.rss_first, rss_tenth, rss_end) if r is not None)]),
                 "rss_first_message_mb": self.rss_first, "rss_end_mb": rss_end,
                 "rss_tenth_mb": rss_tenth, "tenth_predictions": tenth_predictions,
                 "cpu_s": time.process_time() - self.cpu_first,
@@ -771,7 +772,8 @@ MEMORY_MEASURED = ("the worker process's RSS (/proc/self/statm) at the end of th
 def memory_report(events: int, measured: Mapping[str, Any]) -> dict[str, Any]:
     """rss_growth and what it rests on, from the worker's RSS at N/10 and N predictions processed."""
     # Rounded first (to 10 kB), so that rss_growth holds for the printed values.
-    tenth, end = (None if v is None else round(v, 2) for v in (measured.get("rss_tenth_mb"), measured.get("rss_end_mb")))
+    tenth, end = (None if v is None else round(v,
+                                               2) for v in (measured.get("rss_tenth_mb"), measured.get("rss_end_mb")))
     growth = None if not tenth or end is None else round((end - tenth) / tenth, 4)
     steady = steady_state_events(events)
     at_tenth = measured.get("tenth_predictions")

@@ -1,7 +1,7 @@
 """`mle-stream bench decisions`: false rollbacks, power and detection delay of the sequential error-rate
 test, next to a Flagger-style fixed threshold and the oracle CUSUM, on the same simulated windows.
 
-The model (issue 5, part 4). A rollout is a sequence of `windows` analysis windows (Flagger's
+The model. A rollout is a sequence of `windows` analysis windows (Flagger's
 interval, e.g. one minute) of `window_size` labeled predictions each; each prediction goes to the
 canary with probability `canary_share` (so a window's split is binomial, ~100 / ~900 by default),
 and its label arrives within the window. The baseline's error rate is `baseline_error_rate` (2%).

@@ -69,7 +69,7 @@ BINS = 100  # the profile's default: what the worker compares windows on
 COMPARISON_BINS = 1000  # reference-quantile bins for the Wasserstein comparison (module doc)
 TARGET_SPEEDUP, TARGET_RELATIVE_DIFFERENCE = 50.0, 0.01
 EVIDENTLY_SCRIPT = Path(__file__).with_name("bench_drift_evidently.py")
-ENV_SCRIPT = "scripts/bench-drift-env"
+ENV_SCRIPT = "benchmarks/bench-drift-env"
 
 TIMED = ("ours: build_profile of the reference (100 quantile bins per feature) + one sketch per feature filled "
          "with the current rows + decide_drift (PSI, Jensen-Shannon, normed Wasserstein, KS, Benjamini-Hochberg, "
@@ -108,7 +108,7 @@ FEATURE_SPECS: list[tuple[str, Generator, Generator]] = [
 
 
 def default_evidently_python() -> Path:
-    """Where scripts/bench-drift-env puts the venv by default (outside the checkout, so that no
+    """Where benchmarks/bench-drift-env puts the venv by default (outside the checkout, so that no
     .gitignore entry is needed and `git clean` does not remove it)."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "mle-stream" / "bench-drift-evidently" / "bin" / "python"
@@ -359,8 +359,8 @@ def format_drift_report(r: Mapping[str, Any]) -> str:
         f"drift bench: {r['features']} numeric features, reference {r['reference_rows']:,} rows, "
         f"current {r['rows']:,} rows (seed {r['seed']})",
         f"  ours       {r['seconds']:8.3f} s   profile + sketches + decide_drift (100 quantile bins)",
-        f"  Evidently  {r['evidently_seconds']:8.3f} s   DataDriftPreset psi + wasserstein (evidently {v['evidently']}, "
-        f"pandas {v['pandas']}, numpy {v['numpy']}), peak RSS {r['evidently_peak_rss_mb']:.0f} MB",
+        f"  Evidently  {r['evidently_seconds']:8.3f} s   DataDriftPreset psi + wasserstein (evidently "
+        f"{v['evidently']}, pandas {v['pandas']}, numpy {v['numpy']}), peak RSS {r['evidently_peak_rss_mb']:.0f} MB",
         f"  Evidently  {r['evidently_default_seconds']:8.3f} s   default DataDriftPreset()",
         f"  speedup    {r['speedup']:8.1f} x   (target >= {r['targets']['speedup']:g}; vs the default preset "
         f"{r['speedup_vs_default']:.1f} x)",

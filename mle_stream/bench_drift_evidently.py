@@ -48,11 +48,10 @@ def main(argv: list[str]) -> int:
         return 2
     # Evidently reports usage unless DO_NOT_TRACK is set; a bench must not phone home.
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    import evidently
     import numpy as np
     import pandas as pd
     import scipy
-
-    import evidently
     from evidently import Report
     from evidently.presets import DataDriftPreset
 

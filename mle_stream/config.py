@@ -7,8 +7,9 @@ Every variable is optional, except that components that sign or verify commands 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from mle_stream.core.commands import DEFAULT_TTL_MS
 from mle_stream.core.durations import parse_duration_ms
@@ -16,7 +17,6 @@ from mle_stream.errors import ConfigError
 from mle_stream.kafka_security import KafkaSecurity
 from mle_stream.redact import redact_uri
 from mle_stream.schema_registry import SchemaRegistrySettings
-
 
 # Where the worker and the actuator serve their Prometheus metrics unless told otherwise (MLE_METRICS_PORT,
 # --metrics-port): next to the OpenTelemetry exporter's 9464, one port per component on a shared host.
@@ -50,7 +50,7 @@ class Topics:
     state: str = "mle.state"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Topics":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Topics:
         defaults = cls()
         return cls(**{
             name: env.get(f"MLE_TOPIC_{name.upper()}", getattr(defaults, name))
@@ -153,7 +153,7 @@ class Settings:
     align_max_skew_ms: int = ALIGN_MAX_SKEW_MS
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         raw_partitions = env.get("MLE_TOPIC_PARTITIONS", "4")
         try:
             partitions = int(raw_partitions)

@@ -22,9 +22,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from confluent_kafka import Consumer
 
@@ -127,7 +128,8 @@ class Watcher(threading.Thread):
         self.timeline = timeline
         self.seen = Observed()
         self.stop_event = threading.Event()
-        self._consumer = Consumer(consumer_config(bootstrap, f"mle-stream-demo-{uuid.uuid4().hex[:8]}", security=security))
+        self._consumer = Consumer(consumer_config(bootstrap, f"mle-stream-demo-{uuid.uuid4().hex[:8]}",
+                                                  security=security))
         self._consumer.subscribe([topics.metrics, topics.commands, topics.rollout_events])
         self._baseline: dict[int, MetricSnapshot] = {}
 
@@ -260,7 +262,7 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
     `after_rollback_s`: how long everything keeps running after the rollback (to look at the
     status page); `status_port`: the worker's status page (None: a free port, 0: none)."""
     from mle_stream.actuator.gitops import GitOpsRouting
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
+    from mle_stream.mlflow_registry import MlflowRegistry, register_demo_versions
 
     out = sys.stderr if json_output else sys.stdout
     # This machine may have no way out; MLflow's usage telemetry would only wait on the network.
@@ -299,7 +301,8 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
                                 namespace=topology.routing.namespace, gateway=topology.routing.gateway)
         routing.init_route(model, {base_v: 90, cand_v: 10})
         timeline.say(f"MLflow {redact_uri(tracking_uri)}: {model} v{base_v} = champion, v{cand_v} = challenger; "
-                     f"route {topology.routing.manifest.format(model=model)} committed with v{base_v} 90%, v{cand_v} 10%")
+                     f"route {topology.routing.manifest.format(model=model)} committed with v{base_v} 90%, v{cand_v} "
+                     f"10%")
 
         # Without the caller's keys: MLE_SIGNING_KEY next to the demo's key file would be an error.
         # Nor MLE_OUTPUT_FORMAT: the demo's watcher reads the outputs as mle-stream writes them by default.
@@ -345,7 +348,8 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
             elapsed = time.monotonic() - start
             if simulator.degraded_at is None and elapsed >= degrade_after_s:
                 simulator.degrade()
-                timeline.say(f"simulator: v{cand_v} degrades — accuracy {HEALTHY_ACCURACY:.0%} → {DEGRADED_ACCURACY:.0%}")
+                timeline.say(f"simulator: v{cand_v} degrades — accuracy {HEALTHY_ACCURACY:.0%} → "
+                             f"{DEGRADED_ACCURACY:.0%}")
             simulator.emit(int(rate_per_s * tick) + (1 if random.random() < (rate_per_s * tick) % 1 else 0))
             simulator.release_labels()
             if rolled_back_at is None and any(e.action == "ROLLBACK" and e.status is RolloutStatus.APPLIED
@@ -372,7 +376,8 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
         degraded_at = simulator.degraded_at
         summary: dict[str, Any] = {
             "rollback_issued": rollback is not None,
-            "detected_after_s": round((rollback.issued_at - degraded_at) / 1000, 3) if rollback and degraded_at else None,
+            "detected_after_s": round((rollback.issued_at - degraded_at) / 1000,
+                                      3) if rollback and degraded_at else None,
             "canary_events_before_rollback": (sum(1 for t in simulator.canary_timestamps if t < rollback.issued_at)
                                               if rollback else len(simulator.canary_timestamps)),
             "degraded_canary_events_before_rollback": (

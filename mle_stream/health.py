@@ -37,9 +37,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
-from typing import Any, Awaitable, Callable, Collection, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
@@ -111,7 +112,7 @@ class HealthSettings:
     stall_after_s: float = STALL_AFTER_S
 
     @classmethod
-    def from_env(cls, checkpoint_interval_s: float, env: Mapping[str, str] = os.environ) -> "HealthSettings":
+    def from_env(cls, checkpoint_interval_s: float, env: Mapping[str, str] = os.environ) -> HealthSettings:
         default_age = max(CHECKPOINT_INTERVALS * checkpoint_interval_s, CHECKPOINT_FLOOR_S)
         return cls(_duration_s(env, "MLE_HEALTH_CHECKPOINT_MAX_AGE", default_age),
                    _duration_s(env, "MLE_HEALTH_STALL_AFTER", STALL_AFTER_S))
@@ -171,7 +172,7 @@ class WorkerHealth:
         self._s = _WorkerState()
 
     @classmethod
-    def from_env(cls, checkpoint_interval_s: float, env: Mapping[str, str] = os.environ) -> "WorkerHealth":
+    def from_env(cls, checkpoint_interval_s: float, env: Mapping[str, str] = os.environ) -> WorkerHealth:
         settings = HealthSettings.from_env(checkpoint_interval_s, env)
         return cls(settings.checkpoint_max_age_s, settings.stall_after_s)
 
@@ -378,7 +379,7 @@ class ActuatorHealth:
         self._command_at: float | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "ActuatorHealth":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ActuatorHealth:
         return cls(_duration_s(env, "MLE_HEALTH_STALL_AFTER", STALL_AFTER_S))
 
     def loop_started(self) -> None:

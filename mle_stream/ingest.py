@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -152,9 +153,9 @@ class IngestServer:
         if topology is None or (topology.ingest.namespace and topology.ingest.namespace != event.namespace):
             known = ", ".join(sorted(self._by_service)) or "none"
             return self._refuse("unknown_inference_service",
-                                f"ce-inferenceservicename: no topology takes events of {event.inference_service[:120]!r} "
-                                f"in namespace {event.namespace[:120]!r} (ingest.inference_service, ingest.namespace; "
-                                f"known: {known})", 422)
+                                f"ce-inferenceservicename: no topology takes events of "
+                                f"{event.inference_service[:120]!r} in namespace {event.namespace[:120]!r} "
+                                f"(ingest.inference_service, ingest.namespace; known: {known})", 422)
         key = (event.inference_service, event.attributes.get("component", ""), event.id)
         if self.pending.waiting(key) == event.kind:
             return self._refuse("duplicate", f"ce-id: a {event.kind} with id {event.id[:120]!r} is already waiting for "

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
@@ -18,8 +19,8 @@ from mle_stream.broker import EmbeddedBroker
 from mle_stream.config import Settings
 from mle_stream.errors import BrokerError, ConfigError
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
-from mle_stream.retry import Backoff, RetriesExhausted, retrying
 from mle_stream.redact import redact_servers
+from mle_stream.retry import Backoff, RetriesExhausted, retrying
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout
     missing = [n for n in dict.fromkeys(names) if n not in existing]
     if not missing:
         return
-    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1, config=dict(config or {}))
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1,
+                                            config=dict(config or {}))
                                    for n in missing])
     for name, future in futures.items():
         try:

@@ -1,5 +1,6 @@
 """TLS and SASL for every Kafka connection: read once, from the environment or a properties file,
-in librdkafka's property names, and translated for the Faust worker's aiokafka clients.
+in librdkafka's property names (mle_stream.stream.credentials translates them for the Faust
+worker's aiokafka clients, so this module, which the client imports, needs no Faust).
 
 Sources, the later overriding the earlier key by key:
 
@@ -17,14 +18,11 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
 
 from mle_stream.errors import ConfigError
-
-if TYPE_CHECKING:
-    from faust.types.auth import CredentialsT
 
 ENV_PREFIX = "MLE_KAFKA_"
 PROPERTIES_FILE_VARIABLE = "MLE_KAFKA_PROPERTIES_FILE"
@@ -103,7 +101,7 @@ class KafkaSecurity:
     # Reading
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "KafkaSecurity":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> KafkaSecurity:
         """The properties file named by MLE_KAFKA_PROPERTIES_FILE (if any), overridden by the
         MLE_KAFKA_<PROPERTY> variables; PLAINTEXT when none is set."""
         values: dict[str, str] = {}
@@ -124,7 +122,7 @@ class KafkaSecurity:
         return cls.from_properties(values, sources)
 
     @classmethod
-    def from_properties(cls, properties: Mapping[str, str], sources: Mapping[str, str] | None = None) -> "KafkaSecurity":
+    def from_properties(cls, properties: Mapping[str, str], sources: Mapping[str, str] | None = None) -> KafkaSecurity:
         """From librdkafka properties (PROPERTIES only); `sources` names where each was read."""
         sources = dict(sources or {})
         for prop in properties:
@@ -218,21 +216,6 @@ class KafkaSecurity:
                     "check that the key matches the certificate and that its password is right") from exc
         return context
 
-    def faust_credentials(self) -> CredentialsT | None:
-        """faust.App(broker_credentials=...): SSLCredentials for SSL, SASLCredentials for SASL_*
-        (with the TLS context for SASL_SSL), None for PLAINTEXT."""
-        if self.protocol == "PLAINTEXT":
-            return None
-        import faust
-
-        context = self.ssl_context()
-        if not self.uses_sasl:
-            assert context is not None
-            return faust.SSLCredentials(context)
-        return faust.SASLCredentials(username=self.sasl_username, password=self.sasl_password,
-                                     ssl_context=context, mechanism=self.sasl_mechanism)
-
-
 
 def read_properties_file(path: str) -> dict[str, tuple[str, str]]:
     """The `key=value` lines of a Java-style properties file, each with its file:line. Blank lines
@@ -285,7 +268,8 @@ def _check(security: KafkaSecurity) -> None:
         if s.sasl_mechanism not in MECHANISMS:
             raise ConfigError(f"{where('sasl.mechanism')} must be one of {', '.join(MECHANISMS)}, "
                               f"got {s.sasl_mechanism!r}")
-        missing = [where(p) for p, v in (("sasl.username", s.sasl_username), ("sasl.password", s.sasl_password)) if not v]
+        missing = [where(p) for p, v in (("sasl.username", s.sasl_username), ("sasl.password", s.sasl_password))
+                   if not v]
         if missing:
             raise ConfigError(f"sasl.mechanism={s.sasl_mechanism} needs a user name and a password: set "
                               f"{' and '.join(missing)}")
@@ -293,7 +277,8 @@ def _check(security: KafkaSecurity) -> None:
         stray = [where(p) for p, v in (("sasl.mechanism", s.sasl_mechanism), ("sasl.username", s.sasl_username),
                                        ("sasl.password", s.sasl_password)) if v]
         if stray:
-            raise ConfigError(f"{', '.join(stray)} set, but security.protocol is {s.protocol} ({where('security.protocol')}): "
+            raise ConfigError(f"{', '.join(stray)} set, but security.protocol is {s.protocol} "
+                              f"({where('security.protocol')}): "
                               "SASL would not be used. Set it to SASL_SSL (or SASL_PLAINTEXT), or remove them")
     files = (("ssl.ca.location", s.ca_location), ("ssl.certificate.location", s.certificate_location),
              ("ssl.key.location", s.key_location))
@@ -302,7 +287,8 @@ def _check(security: KafkaSecurity) -> None:
         if not s.verify_hostname:
             stray.append(where("ssl.endpoint.identification.algorithm"))
         if stray:
-            raise ConfigError(f"{', '.join(stray)} set, but security.protocol is {s.protocol} ({where('security.protocol')}): "
+            raise ConfigError(f"{', '.join(stray)} set, but security.protocol is {s.protocol} "
+                              f"({where('security.protocol')}): "
                               "TLS would not be used. Set it to SSL (or SASL_SSL), or remove them")
         return
     for prop, path in files:

@@ -11,7 +11,7 @@ registry that refuses the schema stops the start with the reason instead of cost
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 from mle_stream import codec, confluent
 from mle_stream.retry import Backoff, RetriesExhausted, retrying
@@ -43,8 +43,9 @@ class ConfluentOutputs:
                 return str(exc) if isinstance(exc, RegistryUnavailable) else None
 
             try:
+                # the lambda runs within this iteration (retrying is synchronous): `subject` is this one's
                 schema_id = retrying(register, backoff, transient, on_retry=lambda n, why, delay: log.warning(
-                    "registering %s: %s; again in %.1f s", subject, why, delay))
+                    "registering %s: %s; again in %.1f s", subject, why, delay))  # noqa: B023
             except RetriesExhausted as exc:
                 raise RegistryUnavailable(f"cannot register the {name} schema as {subject} at {registry.url}: "
                                           f"{exc}") from None

@@ -21,13 +21,14 @@ import heapq
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, TextIO
+from typing import Any, TextIO
 
 from mle_stream import codec
-from mle_stream.core.evaluator import Advance, ModelEvaluator
 from mle_stream.core.drift.profile import ReferenceProfile
+from mle_stream.core.evaluator import Advance, ModelEvaluator
 from mle_stream.core.events import Command, DriftTable, Label, MetricSnapshot, Prediction
 from mle_stream.core.topology import Topology
 from mle_stream.errors import ConfigError, InvalidEvent
@@ -88,7 +89,8 @@ def default_topology(model: str, predictions: list[Prediction]) -> Topology:
     from mle_stream.core.topology import parse_topology
 
     first = next((p for p in predictions if p.error is None), None)
-    task = "binary" if first is None or first.score is not None else "multiclass" if first.scores is not None else "regression"
+    task = ("binary" if first is None or first.score is not None
+            else "multiclass" if first.scores is not None else "regression")
     versions = [v for v, _ in Counter(p.version for p in predictions).most_common()]
     baseline = versions[0] if versions else "1"
     candidate = versions[1] if len(versions) > 1 else f"{baseline}-candidate"

@@ -11,8 +11,9 @@ last exception chained. The caller turns that into its own error, naming what it
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -27,7 +28,8 @@ class Backoff:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
             raise ValueError(f"attempts must be a whole number >= 1, got {self.attempts!r}")
         if not 0 <= self.base_delay_s <= self.max_delay_s:
-            raise ValueError(f"need 0 <= base_delay_s <= max_delay_s, got {self.base_delay_s!r} and {self.max_delay_s!r}")
+            raise ValueError(f"need 0 <= base_delay_s <= max_delay_s, got {self.base_delay_s!r} and "
+                             f"{self.max_delay_s!r}")
 
     def delay(self, failures: int) -> float:
         """The wait after the `failures`-th failure in a row (1 for the first)."""

@@ -34,8 +34,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from mle_stream.errors import ConfigError, MleStreamError
 from mle_stream.redact import redact_text, redact_uri
@@ -99,7 +100,7 @@ class SchemaRegistrySettings:
     ssl_key_password: str = field(default="", repr=False)
 
 
-def client_for(settings: SchemaRegistrySettings, **kwargs: Any) -> "SchemaRegistryClient | None":
+def client_for(settings: SchemaRegistrySettings, **kwargs: Any) -> SchemaRegistryClient | None:
     """The client of the configured registry (keyword arguments as SchemaRegistryClient's); None
     without MLE_SCHEMA_REGISTRY_URL."""
     return SchemaRegistryClient(settings, **kwargs) if settings.url else None
@@ -173,7 +174,8 @@ class SchemaRegistryClient:
         failures = 0
         while True:
             try:
-                doc = self._request("GET", f"/schemas/ids/{schema_id}", not_found=lambda d: self._not_found(schema_id, d))
+                doc = self._request("GET", f"/schemas/ids/{schema_id}",
+                                    not_found=lambda d: self._not_found(schema_id, d))
                 schema = doc.get("schema") if isinstance(doc, dict) else None
                 if not isinstance(schema, str):
                     raise RegistryUnavailable(f"the schema registry at {self._shown} answered schema id "

@@ -9,7 +9,7 @@ so a change of signing scheme changes this module and nothing that shows command
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from mle_stream.config import Settings
 from mle_stream.core import signing

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from confluent_kafka import Message
@@ -18,7 +19,7 @@ from mle_stream.kafka import ensure_topics
 
 if TYPE_CHECKING:
     from mle_stream.actuator.gitops import GitOpsRouting
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry
+    from mle_stream.mlflow_registry import MlflowRegistry
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def read_until(bootstrap: str, topics: list[str], done: Callable[[list[Message]]
                timeout_s: float = 60.0) -> list[Message]:
     """Consume `topics` from the beginning until `done(messages)` holds or the time is up.
 
-    Never trusts the high watermark: the embedded broker reports it wrong (the first offset of the last record batch + 1).
+    Never trusts the high watermark: the embedded broker reports it wrong (the first offset of the
+    last record batch + 1).
     """
     from confluent_kafka import Consumer
 
@@ -93,7 +95,7 @@ def model_with_route(tracking_uri: str, tmp_path: Path, model: str,
     """`model` at v1 (champion, 90% of traffic) and v2 (challenger, 10%), registered from runs in
     the registry at `tracking_uri`, its route committed to a GitOps repository at tmp_path/gitops."""
     from mle_stream.actuator.gitops import GitOpsRouting
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
+    from mle_stream.mlflow_registry import MlflowRegistry, register_demo_versions
 
     assert register_demo_versions(tracking_uri, model, 2, tmp_path / "artifacts") == ["1", "2"]
     registry = MlflowRegistry(tracking_uri)

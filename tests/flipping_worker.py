@@ -41,7 +41,8 @@ async def _checked_pause(faust_app: Any, pause: Any, resume: Any) -> None:
     thread = faust_app.consumer._thread
     paused = await thread.call_thread(lambda: {(tp.topic, tp.partition) for tp in thread._ensure_consumer().paused()})
     if not set(pause) <= paused or paused & set(resume):  # no rebalance in that test: all are assigned
-        app.log.error("pause check failed: aiokafka has %s paused, the worker asked for %s", sorted(paused), sorted(pause))
+        app.log.error("pause check failed: aiokafka has %s paused, the worker asked for %s", sorted(paused),
+                      sorted(pause))
 
 
 alignment.Alignment.update = _flipping_update  # type: ignore[method-assign]

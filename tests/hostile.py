@@ -99,7 +99,8 @@ def hostile_messages(predictions: str, labels: str, commands: str, models: list[
     """(topic, value) pairs: arbitrary bytes, odd JSON, records with odd types and strings, valid Avro
     with nonsense values, and commands with every field tampered (from `signed`)."""
     anything = st.one_of(st.binary(max_size=2000), JSON_VALUE.map(_json),
-                         st.tuples(st.sampled_from(sorted(fp for s in codec.schemas().values() for fp in s.fingerprints)),
+                         st.tuples(st.sampled_from(sorted(fp for s in codec.schemas().values()
+                                                          for fp in s.fingerprints)),
                                    st.binary(max_size=60)).map(lambda fb: codec.AVRO_MARKER + fb[0] + fb[1]))
     return st.one_of(
         st.tuples(st.sampled_from([predictions, labels, commands]), anything),

@@ -1,7 +1,7 @@
 """The label join's reference model, record by record (was mle_stream/core/join.py until the
 evaluator moved to ColumnJoin, core/column_join.py): dicts of tuples, simple enough to read as the
 rules themselves. tests/test_column_join.py checks ColumnJoin against it on random batches, and
-scripts/bench_join.py measures the two.
+benchmarks/bench_join.py measures the two.
 
 It pairs each label with its prediction by prediction_id, in either arrival order.
 
@@ -34,14 +34,16 @@ What is kept per prediction is whatever the caller passes (`P`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import compress, repeat
 from operator import is_not, itemgetter, not_
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from mle_stream.core.events import LabelValue
-from mle_stream.core.id_hash import hash_ids as default_hash, id_array
+from mle_stream.core.id_hash import hash_ids as default_hash
+from mle_stream.core.id_hash import id_array
 from mle_stream.core.snapshot_columns import decode_column, encode_column, encode_rows
 
 P = TypeVar("P")

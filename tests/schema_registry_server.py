@@ -55,7 +55,7 @@ class SchemaRegistry:
     def url(self) -> str:
         return f"{self._scheme}://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> "SchemaRegistry":
+    def __enter__(self) -> SchemaRegistry:
         self._thread.start()
         return self
 

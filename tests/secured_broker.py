@@ -24,9 +24,9 @@ import os
 import ssl
 import struct
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -54,7 +54,7 @@ class Pki:
 
 
 def make_pki(directory: Path) -> Pki:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def name(cn: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -67,21 +67,25 @@ def make_pki(directory: Path) -> Pki:
                 .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
                 .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                              content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                             key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+                                             key_agreement=False, encipher_only=False, decipher_only=False),
+                               critical=True)
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
                 .sign(key, hashes.SHA256()))
         return key, cert
 
     ca_key, ca_cert = ca("mle-stream test CA")
 
-    def leaf(cn: str, sans: list[x509.GeneralName], usage: x509.ObjectIdentifier) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    def leaf(cn: str, sans: list[x509.GeneralName],
+             usage: x509.ObjectIdentifier) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca_cert.subject)
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                    .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False))
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                                  critical=False))
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return key, builder.sign(ca_key, hashes.SHA256())
@@ -135,7 +139,7 @@ class KafkaProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="kafka-proxy", daemon=True)
         self._server: asyncio.Server | None = None
 
-    def start(self) -> "KafkaProxy":
+    def start(self) -> KafkaProxy:
         # Refused handshakes are what some tests expect: keep asyncio from logging each one.
         self._loop.set_exception_handler(lambda loop, context: None)
         self._thread.start()
@@ -152,7 +156,7 @@ class KafkaProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
-    def __enter__(self) -> "KafkaProxy":
+    def __enter__(self) -> KafkaProxy:
         return self.start()
 
     def __exit__(self, *_: object) -> None:
@@ -328,7 +332,8 @@ def _bytes(body: bytes, flexible: bool) -> bytes:
 def _authenticate_response(correlation_id: int, version: int, error: int, message: str | None, token: bytes) -> bytes:
     if version >= 2:  # flexible: compact strings and bytes, tagged fields after the header and the body
         text = b"\x00" if message is None else _pack_uvarint(len(message.encode()) + 1) + message.encode()
-        body = (struct.pack(">h", error) + text + _pack_uvarint(len(token) + 1) + token + struct.pack(">q", 0) + b"\x00")
+        body = (struct.pack(">h",
+                            error) + text + _pack_uvarint(len(token) + 1) + token + struct.pack(">q", 0) + b"\x00")
         return _frame(struct.pack(">i", correlation_id) + b"\x00" + body)
     text = struct.pack(">h", -1) if message is None else _pack_string(message)
     body = struct.pack(">h", error) + text + struct.pack(">i", len(token)) + token

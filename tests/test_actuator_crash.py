@@ -14,20 +14,20 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
-from conftest import model_with_route, read_until, topic_env
-from test_mlflow_server import MlflowServer, git_subjects, signed
 
+from conftest import model_with_route, read_until, topic_env
 from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.core.events import CommandKind, RolloutStatus
 from mle_stream.core.signing import Signer
 from mle_stream.kafka import consumer_config, producer_config
 from mle_stream.keys import HMAC_KEY_ID
+from test_mlflow_server import MlflowServer, git_subjects, signed
 
 pytestmark = [pytest.mark.broker,
               pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")]

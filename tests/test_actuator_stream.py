@@ -20,8 +20,7 @@ from conftest import model_with_route, read_until, topic_env
 from mle_stream import codec
 from mle_stream.actuator.ports import InMemoryRegistry, InMemoryRouting
 from mle_stream.actuator.runner import run_actuator_loop
-from mle_stream.actuator.service import Actuator
-from mle_stream.actuator.service import epoch_ms
+from mle_stream.actuator.service import Actuator, epoch_ms
 from mle_stream.config import Topics
 from mle_stream.core.commands import command_id
 from mle_stream.core.events import Command, CommandKind, RolloutEvent
@@ -60,7 +59,8 @@ def test_forged_and_garbage_commands_are_refused_and_a_signed_one_applied(
            "MLE_ACTUATOR_GROUP": f"actuator-{uuid.uuid4().hex[:8]}"}
     log = open(tmp_path / "actuator.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "mle_stream", "actuator", "-t", str(REPO / "topologies"),
-                                "--gitops-repo", str(tmp_path / "gitops")], env=env, stdout=log, stderr=subprocess.STDOUT)
+                                "--gitops-repo", str(tmp_path / "gitops")], env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
     try:
         producer = Producer(producer_config(kafka_bootstrap))
         forged = FORGER.sign(rollback("forged"))
@@ -179,7 +179,8 @@ def test_a_set_traffic_replayed_on_the_topic_after_a_rollback_is_stale_across_a_
         return [codec.decode_rollout_event(m.value()) for m in out]
 
     first = run([step, back], 2)
-    assert [(e.command_id, e.status.value) for e in first] == [(step.command_id, "APPLIED"), (back.command_id, "APPLIED")]
+    assert [(e.command_id,
+             e.status.value) for e in first] == [(step.command_id, "APPLIED"), (back.command_id, "APPLIED")]
     # The captured set-traffic published again: a restarted actuator reads the whole topic from the start
     # (new group), so it meets all three; the first two are duplicates, the replay is stale.
     events = run([step], 5)[2:]

@@ -376,7 +376,7 @@ def test_a_simulated_catch_up_never_pauses_both_inputs_of_a_partition_and_always
     seen = {(m, topic): -1 for m in homes for topic in (P, L)}
     idle = {m: False for m in homes}
     paused_ever: set[tuple[str, int]] = set()
-    for step in range(100_000):
+    for _step in range(100_000):
         clock.now += rng.randint(1, 200)
         for tp in rng.sample(list(parts), len(parts)):
             batch = parts[tp].fetch()

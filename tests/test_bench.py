@@ -44,7 +44,8 @@ def test_bench_json_counts_every_prediction_end_to_end(kafka_bootstrap: str,
 
     # rss_growth: the worker's RSS at a tenth of the predictions and at all of them.
     m = r["memory"]
-    assert r["rss_growth"] == m["rss_growth"] == round((m["rss_at_end_mb"] - m["rss_at_tenth_mb"]) / m["rss_at_tenth_mb"], 4)
+    growth = round((m["rss_at_end_mb"] - m["rss_at_tenth_mb"]) / m["rss_at_tenth_mb"], 4)
+    assert r["rss_growth"] == m["rss_growth"] == growth
     assert EVENTS // 10 <= m["events_at_tenth"] <= EVENTS == m["events_at_end"]
     assert 0 < m["rss_at_tenth_mb"] <= r["peak_rss_mb"] and 0 < m["rss_at_end_mb"] <= r["peak_rss_mb"]
 

@@ -1,6 +1,6 @@
 """`mle-stream bench drift`, the parts that can be checked without Evidently.
 
-CI has no Evidently (it lives only in the bench-only venv of scripts/bench-drift-env), so the real
+CI has no Evidently (it lives only in the bench-only venv of benchmarks/bench-drift-env), so the real
 comparison is left to the bench itself. Here: our side's values against numpy/scipy on the raw
 arrays with the same bins, the report's fields (with a stand-in for the Evidently side that
 speaks the same protocol), and the errors users see.
@@ -150,7 +150,8 @@ def test_report_fields_with_a_stand_in_for_the_evidently_side(tmp_path: Path) ->
     assert r["statistics"]["psi"]["max_relative_difference"] < 1e-9
     assert r["statistics"]["wasserstein"]["max_absolute_difference"] < 2e-3
     # f4's 0.1 std shift sits on the 0.1 threshold: drifted or not depends on the sample.
-    assert len(r["per_feature"]) == 10 and {"f5", "f6", "f7", "f8", "f9"} <= set(r["drifted"]) <= {"f4", "f5", "f6", "f7", "f8", "f9"}
+    assert len(r["per_feature"]) == 10 and {"f5", "f6", "f7", "f8",
+                                            "f9"} <= set(r["drifted"]) <= {"f4", "f5", "f6", "f7", "f8", "f9"}
 
 
 def test_a_failing_evidently_side_is_reported_with_its_stderr(tmp_path: Path) -> None:
@@ -165,7 +166,7 @@ def test_missing_evidently_python_says_how_to_create_it(tmp_path: Path, capsys: 
     assert main(["bench", "drift", "--json", "--evidently-python", str(missing)]) == 2
     err = capsys.readouterr().err
     assert f"no Evidently python at {missing}" in err
-    assert "scripts/bench-drift-env" in err and "--evidently-python" in err
+    assert "benchmarks/bench-drift-env" in err and "--evidently-python" in err
 
 
 def test_bench_defaults_to_the_worker_and_refuses_options_of_the_other_bench(

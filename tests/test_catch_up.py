@@ -26,15 +26,17 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 from unittest import mock
 
 import pytest
 
-from mle_stream import codec, replay as replay_module
+from mle_stream import codec
+from mle_stream import replay as replay_module
 from mle_stream.config import Topics
 from mle_stream.core.events import Command, CommandKind, Label, MetricSnapshot, Prediction
 from mle_stream.core.signing import Signer

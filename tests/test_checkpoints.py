@@ -34,8 +34,8 @@ from mle_stream.stream.checkpoints import (
     encode_checkpoint,
     manifest_key,
 )
+from mle_stream.stream.metrics import WorkerMetrics
 from mle_stream.stream.processor import Incoming, StreamProcessor
-from mle_stream.telemetry import WorkerMetrics
 
 TEST_SIGNER = Signer("test", b"checkpoint-tests-signing-key-32b")
 
@@ -89,7 +89,8 @@ def feed(t: CheckpointedProcessor, messages: list[tuple[Incoming, bytes]]) -> li
 def final_windows(t: CheckpointedProcessor) -> dict[str, list[tuple]]:
     """Every window of every model as the end of a replay reports it (closes them: call once)."""
     def key(w: MetricSnapshot) -> tuple:
-        return (w.version, w.segment or "", w.window_start, w.predictions, w.labeled, json.dumps(w.metrics, sort_keys=True))
+        return (w.version, w.segment or "", w.window_start, w.predictions, w.labeled,
+                json.dumps(w.metrics, sort_keys=True))
 
     return {m: sorted(key(w) for w in ev.close_all(NOW).windows) for m, ev in t.processor.evaluators.items()}
 
@@ -102,7 +103,8 @@ def roundtrip(cp: PartitionCheckpoint) -> PartitionCheckpoint:
 
 
 def test_a_checkpoint_survives_its_encoding() -> None:
-    cp = PartitionCheckpoint(3, {TOPICS.predictions: 17, TOPICS.labels: 4, TOPICS.commands: 2}, {"fraud": {"x": [1, 2.5, None, "ü"]}})
+    cp = PartitionCheckpoint(3, {TOPICS.predictions: 17, TOPICS.labels: 4, TOPICS.commands: 2},
+                             {"fraud": {"x": [1, 2.5, None, "ü"]}})
     again = roundtrip(cp)
     assert again == cp
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
@@ -367,7 +369,8 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(store: CheckpointS
 
 
 @pytest.mark.broker
-def test_a_damaged_checkpoint_is_refused_with_a_warning(store: CheckpointStore, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_damaged_checkpoint_is_refused_with_a_warning(store: CheckpointStore,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     store.write(big_checkpoint(0, CHUNK_BYTES, "first"))  # 2 chunks in slot 0
     producer = Producer(producer_config(store.bootstrap, **{"linger.ms": 0}))
     producer.produce(store.topic, key=chunk_key(store.group, 0, 0, 1).encode(), value=b"overwritten",

@@ -105,7 +105,8 @@ def test_standalone_broker_serves_the_topics_and_stops_on_sigterm() -> None:
         assert match, first + (process.stderr.read() if process.poll() is not None else "")
         topics = AdminClient({"bootstrap.servers": match.group(1)}).list_topics(timeout=10).topics
         assert set(Topics().all()) <= set(topics)
-        broker_pid = int(subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()[0])
+        broker_pid = int(subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
+                                        text=True).stdout.split()[0])
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0

@@ -16,9 +16,9 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from mle_stream import codec
 from mle_stream.client import ClientStats, EvaluationClient
@@ -220,7 +220,8 @@ def test_a_closed_client_is_freed_without_garbage_collection() -> None:
 
 # -- the client refuses exactly what the worker would dead-letter ----------------------------------
 
-_TOPOLOGIES = {task: parse_topology(f'model: m\ntask: {task}\nbaseline: {{version: "1"}}\ncandidate: {{version: "2"}}\n')
+_TOPOLOGIES = {task: parse_topology(f'model: m\ntask: {task}\nbaseline: {{version: "1"}}\ncandidate: '
+                                    f'{{version: "2"}}\n')
                for task in ("binary", "regression", "multiclass")}
 _odd_text = st.text(st.characters(codec="utf-8") | st.sampled_from(["\ud800", "\udfff", "\x00", "é", "😀"]),
                     max_size=8)

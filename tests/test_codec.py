@@ -426,7 +426,8 @@ def test_encoding_an_ill_typed_command_names_the_field() -> None:
 
 def fastavro_batch(payload: bytes) -> list[Prediction]:
     body = io.BytesIO(payload[10:])
-    return [Prediction(**d) for d in fastavro.schemaless_reader(body, codec.schemas()["PredictionBatch"].parsed, None)["records"]]
+    batch = fastavro.schemaless_reader(body, codec.schemas()["PredictionBatch"].parsed, None)
+    return [Prediction(**d) for d in batch["records"]]
 
 
 def test_fast_reader_is_active_and_agrees_with_fastavro_on_mixed_feature_layouts() -> None:

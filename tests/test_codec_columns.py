@@ -17,13 +17,19 @@ import json
 import math
 import random
 import re
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import fastavro
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from mle_stream import avro_batch_reader as reader
+from mle_stream import codec
+from mle_stream.core.columns import LabelColumns, PredictionColumns
+from mle_stream.core.events import Label, Prediction
 from test_codec import (
     T0,
     avro_raw,
@@ -33,11 +39,6 @@ from test_codec import (
     predictions,
     raw_prediction,
 )
-
-from mle_stream import avro_batch_reader as reader
-from mle_stream import codec
-from mle_stream.core.columns import LabelColumns, PredictionColumns
-from mle_stream.core.events import Label, Prediction
 
 HEADER = 10
 FEATURES = ("amount", "account_age_days", "txn_count_24h", "avg_amount_30d", "distance_km",
@@ -50,7 +51,8 @@ SETTINGS = settings(deadline=None, max_examples=40, suppress_health_check=[Healt
 
 
 def fastavro_predictions(payload: bytes) -> list[Prediction]:
-    datum: Any = fastavro.schemaless_reader(io.BytesIO(payload[HEADER:]), codec.schemas()["PredictionBatch"].parsed, None)
+    datum: Any = fastavro.schemaless_reader(io.BytesIO(payload[HEADER:]), codec.schemas()["PredictionBatch"].parsed,
+                                            None)
     return [Prediction(**d) for d in datum["records"]]
 
 
@@ -554,4 +556,5 @@ def test_columns_of_several_messages_concatenate_to_the_columns_of_all_their_rec
     everything = [p for m in messages for p in m]
     assert len(joined) == len(everything) and same_predictions(joined.records(), everything)
     labels = [[Label(p.prediction_id, p.model, p.timestamp, i % 2 == 0) for i, p in enumerate(m)] for m in messages]
-    assert LabelColumns.concat([LabelColumns.from_records(m) for m in labels]).records() == [x for m in labels for x in m]
+    concatenated = LabelColumns.concat([LabelColumns.from_records(m) for m in labels])
+    assert concatenated.records() == [x for m in labels for x in m]

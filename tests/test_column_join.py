@@ -3,16 +3,17 @@
 import base64
 import json
 import tracemalloc
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from label_join_reference import Joined, LabelJoin
 from mle_stream.core.column_join import ColumnJoin, ColumnJoined, hash_ids, id_array
 from mle_stream.core.id_table import IdTable
-from label_join_reference import Joined, LabelJoin
 from mle_stream.core.snapshot_columns import decode_column
 
 COLUMNS = {"pane": np.int64, "version": np.int8, "output": np.float64, "decision": np.bool_, "segments": object}

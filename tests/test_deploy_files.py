@@ -11,8 +11,9 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -169,7 +170,8 @@ def test_depends_on_conditions_can_be_met() -> None:
         for dependency, spec in (service.get("depends_on") or {}).items():
             condition = spec["condition"]
             if condition == "service_healthy":
-                assert "healthcheck" in services[dependency], f"{name} waits for {dependency} to be healthy; it has no healthcheck"
+                assert "healthcheck" in services[dependency], \
+                    f"{name} waits for {dependency} to be healthy; it has no healthcheck"
             elif condition == "service_completed_successfully":
                 # a service Compose restarts never counts as completed
                 assert services[dependency].get("restart", "no") == "no", dependency
@@ -181,7 +183,8 @@ def test_worker_and_actuator_share_broker_key_registry_and_partitions() -> None:
     services = _compose()["services"]
     worker, actuator = _environment(services["worker"]), _environment(services["actuator"])
     for key in SHARED_SETTINGS:
-        assert key in worker and worker[key] == actuator.get(key), f"{key} differs: {worker.get(key)!r} vs {actuator.get(key)!r}"
+        assert key in worker and worker[key] == actuator.get(key), \
+            f"{key} differs: {worker.get(key)!r} vs {actuator.get(key)!r}"
     # The key comes from the host and Compose refuses to start without it.
     assert re.fullmatch(r"\$\{MLE_SIGNING_KEY:\?[^}]+\}", worker["MLE_SIGNING_KEY"]), worker["MLE_SIGNING_KEY"]
     settings = Settings.from_env({**worker, "MLE_SIGNING_KEY": "0123456789abcdef" * 4})
@@ -211,12 +214,14 @@ def test_bootstrap_is_the_listener_kafka_advertises_to_containers() -> None:
         assert _environment(services[name])["MLE_BOOTSTRAP_SERVERS"] in container_side
     assert _environment(services["worker"])["MLE_BOOTSTRAP_SERVERS"].split(":")[0] in services
     # The host-side listener is published on the port it advertises.
-    assert any(host == "localhost" and port in _published_ports(services["kafka"]) for host, port in advertised.values())
+    assert any(host == "localhost" and port in _published_ports(services["kafka"])
+               for host, port in advertised.values())
 
 
 def test_kafka_healthcheck_asks_the_broker() -> None:
     test = _compose()["services"]["kafka"]["healthcheck"]["test"]
-    assert test[0] == "CMD" and test[1] in ("/opt/kafka/bin/kafka-topics.sh", "/opt/kafka/bin/kafka-broker-api-versions.sh")
+    assert test[0] == "CMD" and test[1] in ("/opt/kafka/bin/kafka-topics.sh",
+                                            "/opt/kafka/bin/kafka-broker-api-versions.sh")
 
 
 def _serving_probes(ok: bool) -> Iterator[int]:
@@ -241,7 +246,8 @@ def test_compose_healthchecks_ask_the_probes_where_the_component_serves_them(nam
     command, env = _command(service), _environment(service)
     port = int(_option(command, "--metrics-port") if "--metrics-port" in command
                else env.get("MLE_METRICS_PORT", default_port))
-    assert "--metrics-bind" not in command and env.get("MLE_METRICS_BIND", "0.0.0.0") in ("0.0.0.0", "localhost", "127.0.0.1")
+    assert "--metrics-bind" not in command and env.get("MLE_METRICS_BIND",
+                                                       "0.0.0.0") in ("0.0.0.0", "localhost", "127.0.0.1")
     check = service["healthcheck"]
     test = check["test"]
     assert test[:3] == ["CMD", "python", "-c"], "the image has Python but no curl"

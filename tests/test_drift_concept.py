@@ -1,4 +1,4 @@
-"""Concept-drift detectors on the error stream (issue 4 part 4).
+"""Concept-drift detectors on the error stream.
 
 Independent truths: river's detector classes used directly (with river's own after-alarm
 behaviour, and, for ADWIN's forced restarts, a fresh river ADWIN made by hand), the CUSUM recursion
@@ -39,7 +39,7 @@ def binary_stream(rates: list[float], length: int, seed: int) -> np.ndarray:
 
 @functools.cache
 def change_stream() -> np.ndarray:
-    """The issue's stream: error rate 0.05, then 0.25 from position 5000 on."""
+    """A step in the error rate: 0.05, then 0.25 from position 5000 on."""
     return binary_stream([0.05, 0.25], 5000, seed=20240501)
 
 
@@ -81,7 +81,7 @@ def test_kswin_alarm_positions_equal_river_used_directly() -> None:
     # KSWIN's seed is ours (42) by default; river's default None would not be reproducible.
     spec = DetectorSpec.parse("kswin", {})
     assert spec.params["seed"] == 42
-    # The issue's 0/1 stream (n = 30 subsamples of 0/1 values rarely reach alpha = 0.005: few or no
+    # The 0/1 error stream (n = 30 subsamples of 0/1 values rarely reach alpha = 0.005: few or no
     # alarms), shortened around the change to keep the test fast (KSWIN costs ~300 us an outcome).
     values = change_stream()[3500:6500]
     assert monitor_positions(spec, values) == river_positions(drift.KSWIN(seed=42), values)
@@ -388,7 +388,8 @@ def test_pane_sequence_is_deterministic_spread_and_keyed() -> None:
 def test_pane_sequence_does_not_depend_on_the_process() -> None:
     """Python's str hash is salted per process; the seed must not come from it."""
     code = ("from mle_stream.core.drift.concept import pane_sequence, pane_values_sequence;"
-            "print(pane_sequence(50, 7, 'k').nonzero()[0].tolist(), pane_values_sequence([3., 1., 2., 5.], 'k').tolist())")
+            "print(pane_sequence(50, 7, 'k').nonzero()[0].tolist(), pane_values_sequence([3., 1., 2., 5.], "
+            "'k').tolist())")
     seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"  # not this process's
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout

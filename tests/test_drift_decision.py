@@ -1,4 +1,4 @@
-"""Drift decisions: Benjamini-Hochberg, and the two targets of issue 4 part 3.
+"""Drift decisions: Benjamini-Hochberg, and the two targets drift detection has to meet.
 
 - 1M unshifted rows x 10 features against a 100k reference: no feature flagged (at most alpha).
 - A 0.2 std mean shift in one feature of 10k rows against a 100k reference: caught, through the

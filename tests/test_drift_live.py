@@ -38,7 +38,8 @@ def topology(extra: str = "drift: {warmup: 500}\n"):
 
 
 def traffic(seed: int, windows: int = 2, per_window: int = 4000, shift: dict[str, float] | None = None,
-            base_shift: dict[str, float] | None = None) -> tuple[list[Prediction], dict[tuple[int, str], dict[str, list]]]:
+            base_shift: dict[str,
+                             float] | None = None) -> tuple[list[Prediction], dict[tuple[int, str], dict[str, list]]]:
     """Predictions of v1 and v2 alternating, features x, y (normal) and c (text); `shift` moves
     v2's feature means, `base_shift` v1's. Also returns the raw values per (window, version)."""
     rng = np.random.default_rng(seed)
@@ -134,7 +135,8 @@ def same_features(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) ->
     assert a.keys() == b.keys()
     for name in a:
         for k, v in a[name].items():
-            assert v == pytest.approx(b[name][k], rel=1e-12, abs=1e-15) if isinstance(v, float) else v == b[name][k], (name, k)
+            assert v == pytest.approx(b[name][k], rel=1e-12,
+                                      abs=1e-15) if isinstance(v, float) else v == b[name][k], (name, k)
     return True
 
 
@@ -157,7 +159,8 @@ def test_a_restored_evaluator_gives_the_uninterrupted_tables(cut: int) -> None:
 
 def test_retrain_fires_on_drifted_share_with_evidence_once_per_cooldown() -> None:
     rng = np.random.default_rng(9)
-    training = {"x": rng.normal(0, 1, 20_000), "y": rng.normal(0, 2, 20_000), "c": np.where(rng.random(20_000) < .5, "a", "b")}
+    training = {"x": rng.normal(0, 1, 20_000), "y": rng.normal(0, 2, 20_000),
+                "c": np.where(rng.random(20_000) < .5, "a", "b")}
     profile = build_profile(training, model="m", version="1", created_at="2027-01-15T08:00:00Z")
     t = topology("drift: {}\nretrain: {drifted_share: 0.5, train_window: 7d, cooldown: 90s}\n")
     preds, _ = traffic(seed=5, windows=4, base_shift={"x": 1.0, "y": 2.0})
@@ -275,7 +278,8 @@ def test_drift_and_retrain_sections_are_validated_with_lines(section: str, messa
     assert "t.yaml:" in str(exc.value)
 
 
-def labeled_traffic(seed: int, windows: int, per_window: int, candidate_error: list[float], baseline_error: float = 0.05):
+def labeled_traffic(seed: int, windows: int, per_window: int, candidate_error: list[float],
+                    baseline_error: float = 0.05):
     """Predictions (score 0.9: decision True) and labels; a version's label is False (an error)
     with its window's error rate. Returns predictions, labels and the errors per (version, pane)."""
     rng = np.random.default_rng(seed)
@@ -295,8 +299,9 @@ def labeled_traffic(seed: int, windows: int, per_window: int, candidate_error: l
     return preds, labels, counts
 
 
-CONCEPT = "drift:\n  warmup: 200\n  concept:\n    - {detector: page_hinkley, mode: up, threshold: 15, min_instances: 30}\n" \
-          "    - {detector: cusum}\n"
+CONCEPT = ("drift:\n  warmup: 200\n  concept:\n"
+           "    - {detector: page_hinkley, mode: up, threshold: 15, min_instances: 30}\n"
+           "    - {detector: cusum}\n")
 
 
 def evaluate_windows(ev: ModelEvaluator, preds, labels, per_window: int, windows: range) -> tuple[list, list]:

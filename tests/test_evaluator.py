@@ -88,7 +88,8 @@ def test_unusable_records_come_back_as_rejects_naming_the_field() -> None:
 @pytest.mark.parametrize("ids", [["p0", "p1", "p2"], ["p0", "p1", "p-two"]])  # one length (a shortcut), or not
 def test_a_refused_label_leaves_the_rest_of_its_batch_joined(ids: list[str]) -> None:
     ev = ModelEvaluator(TOPOLOGY)
-    ev.add_predictions([Prediction(prediction_id=i, model="fraud", version="1", timestamp=5, score=0.9) for i in ids], NOW)
+    ev.add_predictions([Prediction(prediction_id=i, model="fraud", version="1", timestamp=5, score=0.9) for i in ids],
+                       NOW)
     rejects = ev.add_labels([Label(ids[0], "fraud", 6, True), Label(ids[1], "fraud", 6, "cat"),
                              Label(ids[2], "fraud", 6, False)])
     assert [(r.index, r.field) for r in rejects] == [(1, "label")]
@@ -98,7 +99,8 @@ def test_a_refused_label_leaves_the_rest_of_its_batch_joined(ids: list[str]) -> 
 
 def test_multiclass_uses_argmax_unless_the_pod_says_otherwise() -> None:
     t = parse_topology(
-        'model: m\ntask: multiclass\nbaseline: {version: "1"}\ncandidate: {version: "2"}\nwindows: {size: 1s, grace: 0s}\n')
+        'model: m\ntask: multiclass\nbaseline: {version: "1"}\ncandidate: {version: "2"}\nwindows: {size: 1s, grace: '
+        '0s}\n')
     ev = ModelEvaluator(t)
     ev.add_predictions([
         Prediction(prediction_id="a", model="m", version="1", timestamp=0, scores={"cat": 0.7, "dog": 0.3}),
@@ -113,7 +115,8 @@ def test_multiclass_uses_argmax_unless_the_pod_says_otherwise() -> None:
 
 def tick(ev: ModelEvaluator, ts: int) -> None:
     """Move both inputs' clocks to `ts` (windows close once predictions and labels have passed)."""
-    ev.add_predictions([Prediction(prediction_id=f"tick-{ts}", model="fraud", version="1", timestamp=ts, score=0.5)], NOW)
+    ev.add_predictions([Prediction(prediction_id=f"tick-{ts}", model="fraud", version="1", timestamp=ts, score=0.5)],
+                       NOW)
     ev.add_labels([Label(prediction_id=f"tick-label-{ts}", model="fraud", timestamp=ts, label=True)], NOW)
 
 
@@ -138,7 +141,8 @@ def test_late_labels_revise_a_closed_window_and_open_windows_report_updates() ->
     ev.add_predictions([Prediction(prediction_id="a", model="fraud", version="1", timestamp=100, score=0.9)], NOW)
     tick(ev, 12_000)
     closed = ev.advance(NOW, updates=True).windows
-    assert [(w.window_start, w.status, w.labeled) for w in closed if w.version == "1"] == [(0, "CLOSED", 0), (10_000, "OPEN", 0)]
+    assert [(w.window_start, w.status,
+             w.labeled) for w in closed if w.version == "1"] == [(0, "CLOSED", 0), (10_000, "OPEN", 0)]
     ev.add_labels([Label("a", "fraud", 12_500, True)])
     assert ev.advance(NOW).windows == []  # without updates, only closing windows are reported
     revised = [w for w in ev.advance(NOW, updates=True).windows if w.version == "1"]

@@ -7,7 +7,7 @@ evaluator that carries on identically."""
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from hypothesis import given, settings

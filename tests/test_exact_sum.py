@@ -8,11 +8,20 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mle_stream.core.exact_sum import (SCALE_BITS, exact_column_sums, exact_sum, exact_sums, pack, square_parts, to_float,
-                                       unpack)
+from mle_stream.core.exact_sum import (
+    SCALE_BITS,
+    exact_column_sums,
+    exact_sum,
+    exact_sums,
+    pack,
+    square_parts,
+    to_float,
+    unpack,
+)
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 # Values of one scale with their negations and tiny ones: sums that cancel to almost nothing.
@@ -79,11 +88,12 @@ def test_adding_and_taking_back_out_leaves_exactly_nothing() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(arrays(np.float64, st.integers(0, 30), elements=st.floats(-1e150, 1e150).filter(lambda v: v == 0 or abs(v) > 1e-140)))
+@given(arrays(np.float64, st.integers(0, 30),
+              elements=st.floats(-1e150, 1e150).filter(lambda v: v == 0 or abs(v) > 1e-140)))
 def test_square_parts_add_up_to_the_exact_squares(x: np.ndarray) -> None:
     hi, lo = square_parts(x)
-    for value, h, l in zip(x.tolist(), hi.tolist(), lo.tolist()):
-        assert Fraction(h) + Fraction(l) == Fraction(value) ** 2
+    for value, h, low in zip(x.tolist(), hi.tolist(), lo.tolist()):
+        assert Fraction(h) + Fraction(low) == Fraction(value) ** 2
 
 
 def test_bad_input_is_refused_with_a_reason() -> None:

@@ -344,7 +344,8 @@ def test_refused_credentials_a_refusing_server_and_a_missing_branch_are_not_tran
         for url in (f"http://127.0.0.1:{server.server_address[1]}/routes.git",  # no credentials at all
                     f"http://x-access-token:s3cret@127.0.0.1:{server.server_address[1]}/routes.git"):
             git(shared.checkout, "remote", "set-url", "origin", url)
-            with pytest.raises(ActuationError, match=r"fetch of branch main at http://.*refused .*credentials") as caught:
+            with pytest.raises(ActuationError,
+                               match=r"fetch of branch main at http://.*refused .*credentials") as caught:
                 routing.set_weights(MODEL, {"1": 100, "2": 0}, command_id="cmd-1", reason="r")
             assert not caught.value.transient
             assert "s3cret" not in str(caught.value)

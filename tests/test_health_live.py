@@ -15,8 +15,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from confluent_kafka import Producer
@@ -93,7 +94,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., tuple[Worker, int]]]:
         (topologies / "fraud.yaml").write_text(TOPOLOGY.format(model="fraud"))
         port = free_port()
         worker = Worker(tmp_path, {**os.environ, **topic_env(topics), "MLE_BOOTSTRAP_SERVERS": bootstrap,
-                                   "MLE_SIGNING_KEY": KEY.decode(), "MLE_WORKER_GROUP": f"health-{uuid.uuid4().hex[:8]}",
+                                   "MLE_SIGNING_KEY": KEY.decode(),
+                                   "MLE_WORKER_GROUP": f"health-{uuid.uuid4().hex[:8]}",
                                    "MLE_TOPIC_PARTITIONS": "2", "MLE_STATUS_PORT": "0",
                                    "MLE_METRICS_PORT": str(port), "MLE_METRICS_BIND": "127.0.0.1", **env},
                         topologies, entry=[FAULTY_WORKER])
@@ -157,7 +159,7 @@ def test_a_worker_stuck_in_a_batch_while_input_waits_fails_liveness_and_recovers
     time.sleep(1)  # the batch with it is in the processing thread: what follows waits
     for i in range(3):  # one record per produce: the embedded broker's high watermark stays right
         publish(kafka_bootstrap, topics.predictions, b"not json %d" % i)
-    stalled = 'mle_stream_consumer_stalled{partition="0",topic="%s"}' % topics.predictions
+    stalled = f'mle_stream_consumer_stalled{{partition="0",topic="{topics.predictions}"}}'
     wait_until(lambda: "consumer" in failing_checks(port), "/livez to fail on the stalled consumer", 30, worker)
     detail = failing_checks(port)["consumer"]
     assert re.search(rf"{re.escape(topics.predictions)}\[0\] at offset 0 with [1-9]\d* waiting since \d+ s ago",

@@ -14,8 +14,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -139,7 +140,8 @@ def test_kserve_events_become_predictions_and_labels_on_the_topics(
     after = int(time.time() * 1000)
     # Labels over HTTP: one, and a list.
     status, _ = post(url + "/labels", json.dumps(
-        {"prediction_id": f"{v1_id}:1", "model": "fraud-detector", "timestamp": 1_796_612_400_500, "label": 1}).encode())
+        {"prediction_id": f"{v1_id}:1", "model": "fraud-detector", "timestamp": 1_796_612_400_500,
+         "label": 1}).encode())
     assert status == 200
     status, answer = post(url + "/labels", json.dumps(
         [{"prediction_id": f"{v2_id}:0", "model": "iris", "timestamp": 1_796_612_400_600, "label": "setosa"}]).encode())
@@ -230,8 +232,10 @@ def test_mapping_refusals_name_the_field_and_what_to_do(served: tuple[str, Inges
     url, server = served
     t = "2026-12-07T03:00:00Z"
     pairs = [  # (service, request, response, what the answer must say)
-        ("fraud", {"instances": [[1, 2]]}, {"predictions": [[0.1, 0.2, 0.7]]}, "predictions[0]: a list of 3 values; set ingest.index"),
-        ("fraud", {"instances": [[1, 2], [3, 4]]}, {"predictions": [0.5]}, "2 instances but the response 1 predictions"),
+        ("fraud", {"instances": [[1, 2]]}, {"predictions": [[0.1, 0.2, 0.7]]},
+         "predictions[0]: a list of 3 values; set ingest.index"),
+        ("fraud", {"instances": [[1, 2], [3, 4]]}, {"predictions": [0.5]},
+         "2 instances but the response 1 predictions"),
         ("fraud", {"instances": [[1, 2, 3]]}, {"predictions": [0.5]}, "instances[0]: 3 values for 2 ingest.features"),
         ("fraud", {"instances": [[1, 2]]}, {"predictions": [1.5]}, "predictions[0]: score: is a probability"),
         ("fraud", {"instances": [[10**400, 2]]}, {"predictions": [10**400]}, "predictions[0]: expected a number"),
@@ -250,7 +254,8 @@ def test_mapping_refusals_name_the_field_and_what_to_do(served: tuple[str, Inges
     # No version: a pod without a revision in its name, no annotation, no fixed fallback.
     ce_id = "no-version"
     for kind, body in (("request", {"instances": [[1, 2]]}), ("response", {"predictions": [0.4]})):
-        status, answer = post(url + "/", json.dumps(body).encode(), kserve_headers(kind, ce_id, "fraud", t, "fraud-abc"))
+        status, answer = post(url + "/", json.dumps(body).encode(),
+                              kserve_headers(kind, ce_id, "fraud", t, "fraud-abc"))
     assert status == 422 and answer["reason"] == "version" and "logger.metadataAnnotations" in answer["error"]
     status, answer = post(url + "/", b'{"instances": [1]}', kserve_headers("request", "r", "nobody", t))
     assert status == 422 and "known: fraud, iris" in answer["error"]

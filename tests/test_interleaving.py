@@ -38,7 +38,8 @@ TOPOLOGY = parse_topology(
 @st.composite
 def inputs(draw: st.DrawFn) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     n = draw(st.integers(1, 40))
-    preds = [(i, draw(st.sampled_from(["1", "2"])), draw(st.integers(0, 90_000)), draw(st.sampled_from([0.1, 0.4, 0.6, 0.9])),
+    preds = [(i, draw(st.sampled_from(["1", "2"])), draw(st.integers(0, 90_000)),
+              draw(st.sampled_from([0.1, 0.4, 0.6, 0.9])),
               draw(st.sampled_from(["DE", "FR", None]))) for i in range(n)]
     preds.sort(key=lambda p: p[2] + draw(st.integers(0, 3_000)))
     originals = list(preds)

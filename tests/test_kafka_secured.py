@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.request import urlopen
 
 import pytest
@@ -25,12 +26,8 @@ from confluent_kafka import TopicPartition as RdTopicPartition
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from conftest import topic_env
-from test_worker_stream import TOPOLOGY as WORKER_TOPOLOGY
-from test_worker_stream import window
-from secured_broker import KEY_PASSWORD, KafkaProxy, Pki, make_pki, secured_broker, server_tls
 from mle_stream import codec
 from mle_stream.actuator.gitops import GitOpsRouting
-from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
 from mle_stream.broker import free_port
 from mle_stream.client import EvaluationClient
 from mle_stream.config import Topics
@@ -38,7 +35,12 @@ from mle_stream.core.events import Prediction
 from mle_stream.errors import BrokerError
 from mle_stream.kafka import admin_client, consumer_config, ensure_topics, partition_counts, wait_for_broker
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
+from mle_stream.mlflow_registry import MlflowRegistry, register_demo_versions
 from mle_stream.retry import Backoff
+from mle_stream.stream.credentials import faust_credentials
+from secured_broker import KEY_PASSWORD, KafkaProxy, Pki, make_pki, secured_broker, server_tls
+from test_worker_stream import TOPOLOGY as WORKER_TOPOLOGY
+from test_worker_stream import window
 
 pytestmark = pytest.mark.broker
 
@@ -76,7 +78,8 @@ def sasl_ssl(pki: Pki) -> Iterator[tuple[str, KafkaProxy]]:
 
 
 def client_tls(pki: Pki, **more: str) -> KafkaSecurity:
-    return KafkaSecurity.from_env({"MLE_KAFKA_SECURITY_PROTOCOL": "SSL", "MLE_KAFKA_SSL_CA_LOCATION": str(pki.ca), **more})
+    return KafkaSecurity.from_env({"MLE_KAFKA_SECURITY_PROTOCOL": "SSL", "MLE_KAFKA_SSL_CA_LOCATION": str(pki.ca),
+                                   **more})
 
 
 def mutual_tls_env(pki: Pki) -> dict[str, str]:
@@ -147,7 +150,7 @@ def assert_round_trip(bootstrap: str, security: KafkaSecurity, n: int) -> None:
 async def read_with_aiokafka(bootstrap: str, topic: str, security: KafkaSecurity, n: int) -> list[str]:
     """aiokafka configured exactly as the Faust worker's consumer is: through faust_credentials()."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10_000,
-                                **credentials_to_aiokafka_auth(security.faust_credentials()))
+                                **credentials_to_aiokafka_auth(faust_credentials(security)))
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(2)]
@@ -165,7 +168,7 @@ async def read_with_aiokafka(bootstrap: str, topic: str, security: KafkaSecurity
 
 async def aiokafka_connects(bootstrap: str, security: KafkaSecurity) -> None:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=5_000,
-                                **credentials_to_aiokafka_auth(security.faust_credentials()))
+                                **credentials_to_aiokafka_auth(faust_credentials(security)))
     await consumer.start()  # a start that fails cleans up after itself
     # A request over the connection, which also lets aiokafka's own background task begin: stopping
     # a consumer before it has run makes aiokafka 0.14's stop() raise CancelledError.
@@ -213,7 +216,8 @@ def test_an_untrusted_broker_certificate_is_refused_at_once(pki: Pki, tls: tuple
 
 
 def test_host_names_are_verified_unless_the_algorithm_is_none(pki: Pki) -> None:
-    with secured_broker(server_tls(pki.wrong_name_cert, pki.wrong_name_key)) as (bootstrap, _):  # a certificate for kafka.invalid
+    with secured_broker(server_tls(pki.wrong_name_cert,
+                                   pki.wrong_name_key)) as (bootstrap, _):  # a certificate for kafka.invalid
         verifying = client_tls(pki)
         with pytest.raises(BrokerError, match="certificate verify failed"):
             wait_for_broker(bootstrap, ONE_TRY, security=verifying)
@@ -273,7 +277,8 @@ def test_sasl_without_tls_and_clients_without_a_login_refused(pki: Pki) -> None:
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-m", "mle_stream", *args], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "mle_stream", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -328,7 +333,8 @@ def test_worker_actuator_command_and_status_over_a_secured_listener(
     processes = []
     try:
         for name, args, env in (("worker", ["worker", "--topology", str(topology)], worker_env),
-                                ("actuator", ["actuator", "-t", str(topology), "--gitops-repo", str(tmp_path / "gitops")],
+                                ("actuator",
+                                 ["actuator", "-t", str(topology), "--gitops-repo", str(tmp_path / "gitops")],
                                  cli_env)):
             with open(tmp_path / f"{name}.log", "wb") as log:
                 processes.append(subprocess.Popen([sys.executable, "-m", "mle_stream", *args], env=env, stdout=log,

@@ -13,11 +13,12 @@ from aiokafka import AIOKafkaProducer
 from confluent_kafka import Consumer, KafkaException, Producer
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from secured_broker import KEY_PASSWORD, Pki, make_pki
 from mle_stream.config import Settings
 from mle_stream.errors import ConfigError
 from mle_stream.kafka import admin_client, bootstrap_servers, consumer_config, producer_config
 from mle_stream.kafka_security import PLAINTEXT, PROPERTIES, KafkaSecurity, env_variable
+from mle_stream.stream.credentials import faust_credentials
+from secured_broker import KEY_PASSWORD, Pki, make_pki
 
 SASL_PASSWORD = "sasl-pass-Zq81"
 
@@ -42,7 +43,8 @@ def test_each_variable_is_its_librdkafka_property(pki: Pki) -> None:
     env = {**mtls_env(pki), **sasl_env("scram-sha-512"), "MLE_KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM": "none"}
     assert set(env) == {env_variable(p) for p in PROPERTIES}
     assert KafkaSecurity.from_env(env).librdkafka_config() == {
-        "security.protocol": "SASL_SSL", "ssl.ca.location": str(pki.ca), "ssl.certificate.location": str(pki.client_cert),
+        "security.protocol": "SASL_SSL", "ssl.ca.location": str(pki.ca),
+            "ssl.certificate.location": str(pki.client_cert),
         "ssl.key.location": str(pki.client_key), "ssl.key.password": KEY_PASSWORD,
         "ssl.endpoint.identification.algorithm": "none", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "alice",
         "sasl.password": SASL_PASSWORD}
@@ -50,7 +52,7 @@ def test_each_variable_is_its_librdkafka_property(pki: Pki) -> None:
 
 def test_nothing_set_is_plaintext_and_changes_no_client_config() -> None:
     security = Settings.from_env({}).kafka_security
-    assert security == PLAINTEXT and security.librdkafka_config() == {} and security.faust_credentials() is None
+    assert security == PLAINTEXT and security.librdkafka_config() == {} and faust_credentials(security) is None
     assert producer_config("b:9092", security=security) == producer_config("b:9092")
     assert "security.protocol" not in consumer_config("b:9092", "g")
 
@@ -78,7 +80,8 @@ def test_properties_file_then_variables_override_it(pki: Pki, tmp_path: Path) ->
     ({"MLE_KAFKA_SECURITY_PROTOCOL": "TLS"}, "MLE_KAFKA_SECURITY_PROTOCOL must be one of PLAINTEXT, SSL"),
     ({"MLE_KAFKA_SECURITY_PROTOCOL": "SSL", "MLE_KAFKA_SSL_CA_LOCATION": "/no/such/ca.pem"},
      "MLE_KAFKA_SSL_CA_LOCATION: /no/such/ca.pem does not exist"),
-    ({"MLE_KAFKA_SSL_CA_LOCATION": "/etc/hostname"}, "MLE_KAFKA_SSL_CA_LOCATION set, but security.protocol is PLAINTEXT"),
+    ({"MLE_KAFKA_SSL_CA_LOCATION": "/etc/hostname"},
+     "MLE_KAFKA_SSL_CA_LOCATION set, but security.protocol is PLAINTEXT"),
     ({"MLE_KAFKA_SECURITY_PROTOCOL": "SSL", "MLE_KAFKA_SASL_USERNAME": "alice"},
      "MLE_KAFKA_SASL_USERNAME set, but security.protocol is SSL"),
     ({**sasl_env("PLAIN", "SASL_PLAINTEXT"), "MLE_KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM": "none"},
@@ -91,7 +94,8 @@ def test_properties_file_then_variables_override_it(pki: Pki, tmp_path: Path) ->
     (sasl_env("GSSAPI"), "MLE_KAFKA_SASL_MECHANISM=GSSAPI is not supported"),
     (sasl_env("SCRAM-SHA-1"), "MLE_KAFKA_SASL_MECHANISM must be one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
     ({"MLE_KAFKA_SSL_CA_LOCACTION": "/etc/ssl/ca.pem"}, "unknown variable MLE_KAFKA_SSL_CA_LOCACTION"),
-    ({"MLE_KAFKA_PROPERTIES_FILE": "/no/such/client.properties"}, "MLE_KAFKA_PROPERTIES_FILE=/no/such/client.properties"),
+    ({"MLE_KAFKA_PROPERTIES_FILE": "/no/such/client.properties"},
+     "MLE_KAFKA_PROPERTIES_FILE=/no/such/client.properties"),
 ])
 def test_wrong_settings_fail_at_start_naming_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -116,7 +120,8 @@ def test_passwords_appear_in_no_repr_summary_or_error(pki: Pki) -> None:
     settings = Settings.from_env({**mtls_env(pki), "MLE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
                                   "MLE_KAFKA_SASL_MECHANISM": "PLAIN", "MLE_KAFKA_SASL_USERNAME": "alice",
                                   "MLE_KAFKA_SASL_PASSWORD": SASL_PASSWORD})
-    shown = [repr(settings), str(settings), settings.kafka_security.describe(), repr(settings.kafka_security.faust_credentials())]
+    shown = [repr(settings), str(settings), settings.kafka_security.describe(),
+             repr(faust_credentials(settings.kafka_security))]
     assert all(SASL_PASSWORD not in text and KEY_PASSWORD not in text for text in shown), shown
     assert "alice" in settings.kafka_security.describe()
 
@@ -128,7 +133,8 @@ def test_passwords_appear_in_no_repr_summary_or_error(pki: Pki) -> None:
 
 def test_the_embedded_broker_is_refused_when_security_is_configured(pki: Pki) -> None:
     settings = Settings.from_env({"MLE_KAFKA_SECURITY_PROTOCOL": "SSL", "MLE_KAFKA_SSL_CA_LOCATION": str(pki.ca)})
-    with pytest.raises(ConfigError, match="Kafka security is configured .* but the embedded broker only speaks PLAINTEXT"):
+    with pytest.raises(ConfigError,
+                       match="Kafka security is configured .* but the embedded broker only speaks PLAINTEXT"):
         with bootstrap_servers(settings, embedded=True):
             pass
 
@@ -162,7 +168,7 @@ def test_librdkafka_loads_the_client_key_with_its_password(pki: Pki) -> None:
 @pytest.mark.parametrize("protocol, mechanism", SASL_CASES)
 def test_aiokafka_accepts_each_sasl_configuration_through_faust(protocol: str, mechanism: str) -> None:
     security = KafkaSecurity.from_env(sasl_env(mechanism, protocol))
-    auth = credentials_to_aiokafka_auth(security.faust_credentials())
+    auth = credentials_to_aiokafka_auth(faust_credentials(security))
     assert (auth["security_protocol"], auth["sasl_mechanism"], auth["sasl_plain_username"],
             auth["sasl_plain_password"]) == (protocol, mechanism, "alice", SASL_PASSWORD)
     assert (auth["ssl_context"] is not None) == (protocol == "SASL_SSL")
@@ -183,7 +189,7 @@ def test_the_tls_context_follows_the_settings(pki: Pki) -> None:
     relaxed_context = relaxed.ssl_context()
     assert relaxed_context is not None and not relaxed_context.check_hostname
     assert relaxed_context.verify_mode.name == "CERT_REQUIRED"  # the chain is still verified
-    auth = credentials_to_aiokafka_auth(mtls.faust_credentials())
+    auth = credentials_to_aiokafka_auth(faust_credentials(mtls))
     assert auth["security_protocol"] == "SSL" and auth["ssl_context"] is not None
 
 

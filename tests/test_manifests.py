@@ -31,8 +31,9 @@ import subprocess
 import textwrap
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import kubernetes_validate
@@ -204,7 +205,8 @@ def _httproute_errors(route: dict[str, Any]) -> list[str]:
 
 def test_the_documented_route_is_a_valid_httproute_the_default_actuator_patches() -> None:
     [route] = [d for block in re.findall(r"```yaml\n(.*?)```", DEPLOY_DOC.read_text(encoding="utf-8"), re.DOTALL)
-               for d in yaml.safe_load_all(textwrap.dedent(block)) if isinstance(d, dict) and d.get("kind") == "HTTPRoute"]
+               for d in yaml.safe_load_all(textwrap.dedent(block))
+               if isinstance(d, dict) and d.get("kind") == "HTTPRoute"]
     assert not _httproute_errors(route), _httproute_errors(route)
     [topology] = _topologies(DEFAULT).values()
     assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
@@ -394,7 +396,8 @@ def test_the_actuator_may_get_and_patch_exactly_the_routes_its_topologies_name(d
     assert not _objects(directory, "ClusterRole") and not _objects(directory, "ClusterRoleBinding")
     for binding in _objects(directory, "RoleBinding"):
         namespace = binding["metadata"]["namespace"]
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mle-stream-actuator", "namespace": NAMESPACE}]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mle-stream-actuator",
+                                        "namespace": NAMESPACE}]
         role = roles[(namespace, binding["roleRef"]["name"])]
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
@@ -608,7 +611,8 @@ def test_the_istio_rule_hashes_the_header_kserve_sends_for_the_ingest_service() 
     assert list(validator.iter_errors(misspelled)) and list(validator.iter_errors(two_keys))
     service = _ingest_service()
     name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
-    assert rule["spec"]["host"] == f"{name}.{namespace}.svc.cluster.local" and rule["metadata"]["namespace"] == namespace
+    assert rule["spec"]["host"] == f"{name}.{namespace}.svc.cluster.local"
+    assert rule["metadata"]["namespace"] == namespace
     # KServe's logger sends `Ce-Id` (pkg/logger/worker.go); header names are case-insensitive.
     assert rule["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"]["httpHeaderName"].lower() == "ce-id"
     # Istio hashes headers only on HTTP ports, and takes the protocol from the port's name.

@@ -1,4 +1,4 @@
-"""Issue 8, part 5: bounded memory. Window retention and the join's expiry really free what they
+"""Bounded memory. Window retention and the join's expiry really free what they
 hold, so the worker's state stops growing once event time has passed its horizons.
 
 The worker's step (StreamProcessor, fed encoded Kafka messages and drained as app.py drains it)
@@ -137,7 +137,8 @@ def test_retention_frees_windows_and_join_entries_and_memory_stays_flat() -> Non
         """How many of the first `among` (sorted) timestamps are > than."""
         return among - bisect.bisect_right(timestamps, than, 0, among)
 
-    processor = StreamProcessor({MODEL: TOPOLOGY}, TOPICS, Signer("memory", b"memory-key".ljust(32, b"-")), clock=lambda: NOW)
+    processor = StreamProcessor({MODEL: TOPOLOGY}, TOPICS, Signer("memory", b"memory-key".ljust(32, b"-")),
+                                clock=lambda: NOW)
     evaluator = processor.evaluators[MODEL]
     batches = range(0, len(stream), 4)  # 4 messages a batch: event time moves ~0.5 s per batch
     # Per batch: predictions published, traced heap, predictions held; allocated before tracing starts.
@@ -196,7 +197,7 @@ def test_retention_frees_windows_and_join_entries_and_memory_stays_flat() -> Non
     leak_floor = extra * sys.getsizeof(predictions[0].prediction_id)
     print(f"traced heap, peak over a tenth of the traffic: {tenth / 2**20:.2f} MB at the second, "
           f"{end / 2**20:.2f} MB at the last; not freeing would add > {leak_floor / 2**20:.1f} MB")
-    assert abs(end - tenth) <= 0.1 * tenth  # the issue's bound, on the Python heap
+    assert abs(end - tenth) <= 0.1 * tenth  # the bench's bound (MAX_RSS_GROWTH), on the Python heap
     assert end - tenth < 0.05 * leak_floor
     assert max(h for _, h in second + last) < 0.1 * extra  # the state holds a small part of the traffic
     # Retention freed only what was old: no record arrived for a pane already forgotten, and the

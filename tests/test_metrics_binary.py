@@ -7,14 +7,23 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, f1_score, log_loss,
-                             precision_score, recall_score, roc_auc_score)
-from test_metrics_contract import binary_batches, concat
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from mle_stream.core.metrics.binary import BinaryMetrics
 from mle_stream.core.metrics.outcomes import BinaryOutcomes
+from test_metrics_contract import binary_batches, concat
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from mle_stream.core.metrics.base import MetricState
@@ -203,7 +205,7 @@ def test_update_from_the_union_equals_merging_the_updates(case: Case, data: st.D
     a, b = data.draw(case.batches), data.draw(case.batches)
     union = state_of(case, concat(a, b))
     # Bit for bit, whatever the grouping: what makes a restarted worker's windows equal an
-    # uninterrupted run's (issue 8).
+    # uninterrupted run's.
     assert union.snapshot() == state_of(case, a).merge(state_of(case, b)).snapshot() == state_of(case, a, b).snapshot()
     assert union.values() == state_of(case, a).merge(state_of(case, b)).values() == state_of(case, a, b).values()
 
@@ -263,7 +265,8 @@ def test_merging_another_kind_of_state_raises(case: Case) -> None:
         state.merge(other)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.bad_constructors], ids=[c.name for c in CASES if c.bad_constructors])
+@pytest.mark.parametrize("case", [c for c in CASES if c.bad_constructors],
+                         ids=[c.name for c in CASES if c.bad_constructors])
 def test_bad_hyperparameters_raise_at_construction(case: Case) -> None:
     for make in case.bad_constructors:
         with pytest.raises(ValueError):

@@ -7,12 +7,13 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, f1_score, log_loss, recall_score
-from test_metrics_contract import concat, multiclass_batches
 
 from mle_stream.core.metrics.multiclass import MulticlassMetrics
 from mle_stream.core.metrics.outcomes import MulticlassOutcomes
+from test_metrics_contract import concat, multiclass_batches
 
 
 def merged_state(batches: list[MulticlassOutcomes], max_classes: int = 1000) -> MulticlassMetrics:

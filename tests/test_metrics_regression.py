@@ -7,13 +7,13 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-from sklearn.metrics import (mean_absolute_error, mean_absolute_percentage_error, r2_score,
-                             root_mean_squared_error)
-from test_metrics_contract import concat, regression_batches
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import mean_absolute_error, mean_absolute_percentage_error, r2_score, root_mean_squared_error
 
 from mle_stream.core.metrics.outcomes import RegressionOutcomes
 from mle_stream.core.metrics.regression import RegressionMetrics
+from test_metrics_contract import concat, regression_batches
 
 
 def merged_state(batches: list[RegressionOutcomes]) -> RegressionMetrics:
@@ -50,7 +50,8 @@ def assert_matches(got: dict[str, float | None], want: dict[str, float | None], 
         if value is None:
             assert got[name] is None, name
         else:
-            assert got[name] is not None and abs(got[name] - value) <= tol * max(1.0, abs(value)), (name, got[name], value)
+            assert got[name] is not None and abs(got[name] - value) <= tol * max(1.0, abs(value)), \
+                (name, got[name], value)
 
 
 @settings(max_examples=60, deadline=None)

@@ -4,8 +4,8 @@ through the Actuator with GitOpsRouting + MlflowRegistry."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -78,7 +78,8 @@ def test_implements_the_registry_port(tracking_uri: str) -> None:
 
     registry.tag_version(MODEL, "1", {"mle.verdict": "FAIL", "mle.reason": "error rate"})
     registry.tag_version(MODEL, "1", {"mle.command_id": "abc"})
-    assert registry.version_tags(MODEL, "1") == {"mle.verdict": "FAIL", "mle.reason": "error rate", "mle.command_id": "abc"}
+    assert registry.version_tags(MODEL,
+                                 "1") == {"mle.verdict": "FAIL", "mle.reason": "error rate", "mle.command_id": "abc"}
     assert registry.version_tags(MODEL, "2") == {}
 
 
@@ -270,7 +271,7 @@ def _mlflow_error(uri: str) -> Exception:
 )
 def test_transient_is_what_may_succeed_when_tried_again(
         scripted: _ScriptedMlflow, status: int, body: str, transient: bool) -> None:
-    from mle_stream.actuator.mlflow_registry import is_transient
+    from mle_stream.mlflow_registry import is_transient
 
     scripted.script = [(status, body)]
     assert is_transient(_mlflow_error(scripted.uri)) is transient
@@ -283,7 +284,7 @@ def test_unreachable_server_and_timeouts_are_transient_local_failures_are_not(
     import requests
     from mlflow.exceptions import MlflowException
 
-    from mle_stream.actuator.mlflow_registry import is_transient
+    from mle_stream.mlflow_registry import is_transient
 
     with socket.socket() as closed:  # a port nobody listens on: connection refused
         closed.bind(("127.0.0.1", 0))
@@ -302,7 +303,8 @@ def test_unreachable_server_and_timeouts_are_transient_local_failures_are_not(
         try:
             raise requests.exceptions.SSLError("certificate verify failed")
         except requests.exceptions.SSLError:
-            raise MlflowException("API request to https://mlflow failed with exception ...")  # as MLflow: no `from`
+            # as MLflow raises it: without `from`
+            raise MlflowException("API request to https://mlflow failed with exception ...")  # noqa: B904
     except MlflowException as exc:
         ssl_failure = exc
     assert ssl_failure.__context__ is not None

@@ -14,12 +14,12 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from conftest import model_with_route
 
+from conftest import model_with_route
 from mle_stream.actuator import (
     Actuator,
     GitOpsRouting,

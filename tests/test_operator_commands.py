@@ -68,7 +68,8 @@ def test_a_command_file_round_trips_and_verifies_only_with_its_key(
 
     doc = json.loads(path.read_text())
     assert list(doc) == ["command_id", "kind", "model", "baseline_version", "candidate_version", "traffic",
-                         "reason", "rule", "window_start", "window_end", "evidence", "policy_version", "issued_at", "expires_at",
+                         "reason", "rule", "window_start", "window_end", "evidence", "policy_version", "issued_at",
+                         "expires_at",
                          "signature"]  # every field of schemas/command.avsc, in its order
     assert doc["kind"] == kind.value and doc["traffic"] == traffic
     assert read_command_file(path) == command
@@ -134,7 +135,7 @@ def test_a_broken_command_file_names_file_and_field(tmp_path: Path, edit: object
 @pytest.fixture
 def world(tmp_path: Path) -> dict[str, str]:
     """A real sqlite MLflow store (v1 champion, v2 challenger) and a real GitOps checkout (90/10)."""
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry, register_demo_versions
+    from mle_stream.mlflow_registry import MlflowRegistry, register_demo_versions
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -148,7 +149,7 @@ def world(tmp_path: Path) -> dict[str, str]:
 
 def observed(tmp_path: Path, tracking: str) -> tuple[object, ...]:
     """Everything an actuation may change: the route, the git history, the aliases and the tags."""
-    from mle_stream.actuator.mlflow_registry import MlflowRegistry
+    from mle_stream.mlflow_registry import MlflowRegistry
 
     registry = MlflowRegistry(tracking)
     manifest = yaml.safe_load((tmp_path / "gitops" / "routes" / f"{MODEL}.yaml").read_text())

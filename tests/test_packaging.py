@@ -170,7 +170,7 @@ def test_mlflow_skinny_refuses_a_database_store_at_start_and_says_what_to_do(tmp
     """The actuator's extra has mlflow-skinny, without SQLAlchemy: a sqlite:/// store is refused
     before the first registry call, a tracking server is not."""
     [result] = run_python(import_with_only([*PROJECT["dependencies"], *EXTRAS["actuator"]], []) +
-                          "from mle_stream.actuator.mlflow_registry import MlflowRegistry\n"
+                          "from mle_stream.mlflow_registry import MlflowRegistry\n"
                           "MlflowRegistry('http://127.0.0.1:1')\n"
                           f"MlflowRegistry('sqlite:///{tmp_path}/mlflow.db')")
     assert result.returncode == 1

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mle_stream.core.checks import CheckResult, judge_check
 from mle_stream.core.events import CommandKind
 from mle_stream.core.metrics.outcomes import BinaryOutcomes
-from mle_stream.core.checks import CheckResult, judge_check
 from mle_stream.core.policy import PolicyState, Verdict, WindowJudgement, decide, decide_outage, judge
 from mle_stream.core.topology import parse_topology
 from mle_stream.core.window_state import WindowState
@@ -85,7 +85,8 @@ def test_command_id_is_deterministic_and_ignores_issue_time() -> None:
     _, first = run([bad] * 3)
     state = PolicyState()
     for i in range(3):
-        state, again = decide(TOPOLOGY, state, judge(TOPOLOGY, i * 10_000, metrics(200, 16), metrics(200, 60)), now_ms=12345)
+        state, again = decide(TOPOLOGY, state, judge(TOPOLOGY, i * 10_000, metrics(200, 16), metrics(200, 60)),
+                              now_ms=12345)
     assert again[0].command_id == first[0].command_id and again[0].issued_at != first[0].issued_at
     other_rule = dataclasses.replace(TOPOLOGY, checks=(dataclasses.replace(TOPOLOGY.checks[0], name="other"),))
     state = PolicyState()
@@ -243,7 +244,8 @@ def test_a_hold_check_failing_for_days_keeps_a_bounded_state_and_evidence() -> N
         class W:
             predictions = labeled = 500
 
-            def values(self, _window_s: float, v: dict = values(**bad[1])) -> dict:
+            def values(self, _window_s: float,
+                       v: dict = values(**bad[1])) -> dict:  # noqa: B008 (built once, on purpose)
                 return v
         state, commands = decide(t, state, judge(t, i * 10_000, W(), W(), state), now_ms=7)
         sizes.append(len(json.dumps(state.snapshot())))
@@ -365,7 +367,8 @@ def test_a_sequential_check_decides_as_the_test_fed_the_same_windows(candidate_r
 
 
 def test_sequential_settings_are_validated() -> None:
-    with pytest.raises(ConfigError, match=re.escape("checks[0].sequential: is for error_rate, serving_error_rate, log_loss")):
+    with pytest.raises(ConfigError,
+                       match=re.escape("checks[0].sequential: is for error_rate, serving_error_rate, log_loss")):
         topology("  - {name: s, metric: f1, sequential: {alpha: 0.01}}\n")
     with pytest.raises(ConfigError, match=re.escape("checks[0].sequential: decides alone")):
         topology("  - {name: s, metric: error_rate, max: 0.1, sequential: {}}\n")

@@ -50,7 +50,8 @@ def test_bad_messages_go_to_dead_letter_with_where_and_why_and_good_data_still_c
     messages = [
         Incoming(TOPICS.predictions, 0, 10, b"{not json"),
         Incoming(TOPICS.predictions, 1, 11, other_preds[:-3]),  # truncated Avro: 59 of 60 readable
-        Incoming(TOPICS.predictions, 2, 12, json.dumps({"prediction_id": "x", "model": "fraud", "version": "1"}).encode()),
+        Incoming(TOPICS.predictions, 2, 12,
+                 json.dumps({"prediction_id": "x", "model": "fraud", "version": "1"}).encode()),
         Incoming(TOPICS.predictions, 3, 13, unknown),
         Incoming(TOPICS.predictions, 0, 14, good_preds),
         Incoming(TOPICS.labels, 0, 15, codec.encode_label(Label("p0", "fraud", 1, "cat"))),
@@ -90,7 +91,8 @@ def test_commands_are_signed_and_metrics_published_per_version() -> None:
     preds, labels = window(3000, candidate_wrong=True)
     out = p.process([Incoming(TOPICS.predictions, 0, 9, preds), Incoming(TOPICS.labels, 0, 9, labels)])
     commands = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
-    assert len(commands) == 1 and VERIFIER.verify(commands[0]) and not Signer(HMAC_KEY_ID, b"other".ljust(32, b"!")).verifier().verify(commands[0])
+    assert len(commands) == 1 and VERIFIER.verify(commands[0])
+    assert not Signer(HMAC_KEY_ID, b"other".ljust(32, b"!")).verifier().verify(commands[0])
     assert by_topic(out, TOPICS.commands)[0].key == b"fraud"
 
 

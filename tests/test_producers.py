@@ -130,7 +130,8 @@ public final class WriteFromDoc {
     File schemas = new File(args[0]);
     Schema.Parser parser = new Schema.Parser();
     for (String file : new String[] {"prediction.avsc", "label.avsc", "prediction_batch.avsc", "label_batch.avsc",
-                                     "command.avsc", "rollout_event.avsc", "metric_snapshot.avsc", "drift_table.avsc"}) {
+                                     "command.avsc", "rollout_event.avsc", "metric_snapshot.avsc",
+                                     "drift_table.avsc"}) {
       print(file, parser.parse(new File(schemas, file)));
     }
     print("history/command-1.avsc", new Schema.Parser().parse(new File(schemas, "history/command-1.avsc")));

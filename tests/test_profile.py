@@ -85,10 +85,12 @@ def test_categorical_features_equal_counter_top_k() -> None:
 
 
 def test_json_round_trip_and_fresh_sketches() -> None:
-    profile = build_profile(_data(), model="fraud", version=3, exclude=["label", "txn_id"], created_at="2026-01-02T03:04:05Z")
+    profile = build_profile(_data(), model="fraud", version=3, exclude=["label", "txn_id"],
+                            created_at="2026-01-02T03:04:05Z")
     text = profile.to_json()
     data = json.loads(text)
-    assert (data["kind"], data["v"], data["version"], data["created_at"]) == ("reference_profile", 1, "3", "2026-01-02T03:04:05Z")
+    assert (data["kind"], data["v"], data["version"],
+            data["created_at"]) == ("reference_profile", 1, "3", "2026-01-02T03:04:05Z")
     again = ReferenceProfile.from_json(text)
     assert again == profile and again.to_json() == text
     for name, reference in profile.features.items():

@@ -7,8 +7,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -50,7 +50,8 @@ def test_build_writes_the_profile_in_a_subprocess(tmp_path: Path) -> None:
          "-o", str(out), "--exclude", "txn_id", "--exclude", "label", "--bins", "20", "--top-k", "3"],
         capture_output=True, text=True, timeout=60, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     assert result.returncode == 0, result.stderr
-    assert f"wrote {out}: model {MODEL} v3, 2000 rows, 1 numeric + 1 categorical features, score 'score'" in result.stdout
+    wrote = f"wrote {out}: model {MODEL} v3, 2000 rows, 1 numeric + 1 categorical features, score 'score'"
+    assert wrote in result.stdout
     profile = ReferenceProfile.from_json(out.read_text())
     assert (profile.model, profile.version, profile.rows, profile.bins, profile.top_k) == (MODEL, "3", 2000, 20, 3)
     assert profile.skipped == {"txn_id": "excluded", "label": "excluded"}
@@ -181,7 +182,8 @@ def test_the_worker_resolves_aliases_in_the_mlflow_registry(tracking_uri: str, t
     client = MlflowClient(tracking_uri=tracking_uri)
     client.set_registered_model_alias(MODEL, "champion", "1")
     client.set_registered_model_alias(MODEL, "challenger", "2")
-    t = parse_topology(f"model: {MODEL}\ntask: binary\nbaseline: {{alias: champion}}\ncandidate: {{alias: challenger}}\n")
+    t = parse_topology(f"model: {MODEL}\ntask: binary\nbaseline: {{alias: champion}}\ncandidate: "
+                       f"{{alias: challenger}}\n")
     (resolved,) = resolve_with_mlflow({MODEL: t}, tracking_uri).values()
     assert (resolved.baseline_version, resolved.candidate_version) == ("1", "2")
     client.delete_registered_model_alias(MODEL, "challenger")

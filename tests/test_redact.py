@@ -14,8 +14,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from mle_stream.actuator.mlflow_registry import MlflowRegistry
 from mle_stream.errors import ActuationError
+from mle_stream.mlflow_registry import MlflowRegistry
 from mle_stream.profiles import ProfileError, load_from_mlflow
 from mle_stream.redact import MASK, redact_servers, redact_text, redact_uri
 
@@ -50,7 +50,8 @@ def test_user_information_never_survives(scheme: str, user: str, password: str, 
     assert redact_uri(redacted) == redacted
 
 
-@given(scheme=schemes, host=hosts, path=paths, name=names, secret=secrets_, other=st.from_regex(r"[a-z]{1,5}=[a-z0-9]{0,5}", fullmatch=True))
+@given(scheme=schemes, host=hosts, path=paths, name=names, secret=secrets_,
+       other=st.from_regex(r"[a-z]{1,5}=[a-z0-9]{0,5}", fullmatch=True))
 def test_secret_query_parameters_never_survive(scheme: str, host: str, path: str, name: str, secret: str,
                                                other: str) -> None:
     assume("&" not in secret and ";" not in secret and secret not in f"{scheme}{host}{path}{name}{other}")

@@ -1,4 +1,4 @@
-"""Issue 8: exact results through poison input, duplicates and repeated crashes, over the embedded
+"""Exact results through poison input, duplicates and repeated crashes, over the embedded
 broker with the worker as users run it (`mle-stream worker`, a Faust process).
 
 The truth is always the replay of the valid input, deduplicated (`mle_stream.replay`, the same core
@@ -109,7 +109,8 @@ def test_poison_and_duplicate_messages_change_nothing_and_every_bad_one_is_dead_
     for i, m in enumerate(preds):
         valid.append((topics.predictions, m[0].model, codec.encode_predictions(m)))
         if i >= len(MODELS):
-            valid.append((topics.labels, labels[i - len(MODELS)][0].model, codec.encode_labels(labels[i - len(MODELS)])))
+            valid.append((topics.labels, labels[i - len(MODELS)][0].model,
+                          codec.encode_labels(labels[i - len(MODELS)])))
     valid += [(topics.labels, m[0].model, codec.encode_labels(m)) for m in labels[-len(MODELS):]]
     stream = []
     for topic, model, value in valid:
@@ -234,7 +235,8 @@ def test_sigkills_at_random_points_leave_the_windows_and_decisions_of_an_uninter
         expected = {k: w for k, w in expected.items() if k[3] < end}
         latest = wait_for_windows(kafka_bootstrap, topics, expected, timeout_s=90, before=end)
         commands = read_until(kafka_bootstrap, [topics.commands],
-                              lambda ms: len({codec.decode_command(m.value()).command_id for m in ms}) >= len(decisions),
+                              lambda ms: len({codec.decode_command(m.value()).command_id for m in ms})
+                              >= len(decisions),
                               timeout_s=30)
         assert worker.process is not None and worker.process.poll() is None, worker.text()[-3000:]
     finally:

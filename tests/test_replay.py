@@ -55,12 +55,12 @@ def test_replay_windows_equal_sklearn_on_the_raw_records() -> None:
     assert len(whole) == 2 * 8
     for w in result.windows:
         def in_window(p: Prediction) -> bool:
-            if not (w.window_start <= p.timestamp < w.window_end and p.version == w.version):
+            if not (w.window_start <= p.timestamp < w.window_end and p.version == w.version):  # noqa: B023 (called within the iteration)
                 return False
-            if w.segment is None:
+            if w.segment is None:  # noqa: B023 (called within the iteration)
                 return True
             value = p.segment["country"] if p.segment["country"] in countries_seen else "__other__"
-            return f"country={value}" == w.segment
+            return f"country={value}" == w.segment  # noqa: B023 (called within the iteration)
         mine = [p for p in preds if in_window(p)]
         joined = [p for p in mine if p.prediction_id in truth]
         assert (w.predictions, w.labeled) == (len(mine), len(joined)), w
@@ -93,7 +93,8 @@ def test_replay_command_line_prints_one_json_object(tmp_path: Path) -> None:
     # No topology: the default is binary (the events carry score), 1-hour windows, the most
     # frequent version as baseline.
     window = out["windows"][0]
-    assert set(window) >= {"model", "version", "segment", "window_start", "window_end", "predictions", "labeled", "metrics"}
+    assert set(window) >= {"model", "version", "segment", "window_start", "window_end", "predictions", "labeled",
+                           "metrics"}
     assert window["window_end"] - window["window_start"] == 3_600_000
     assert sum(w["predictions"] for w in out["windows"] if w["segment"] is None) == 500
     baseline = [w for w in out["windows"] if w["role"] == "baseline"]

@@ -1,4 +1,4 @@
-"""Issue 8, part 4: scale-out. Two workers in one consumer group over 4 partitions, one joining and
+"""Scale-out. Two workers in one consumer group over 4 partitions, one joining and
 the other leaving mid-run, end with the windows and decisions of the replay of the same input
 (`mle_stream.replay`, no broker), and the partitions really move between them: the joining worker
 restores the handover checkpoints the other wrote when its partitions were revoked, and the

@@ -48,10 +48,10 @@ from mle_stream.schema_registry import (
     SchemaRegistryClient,
     SchemaRegistrySettings,
 )
-from mle_stream.stream.checkpoints import CheckpointedProcessor
-from mle_stream.stream.processor import Incoming, StreamProcessor
 from mle_stream.status.feed import StatusFeed
 from mle_stream.status.model import StatusBoard
+from mle_stream.stream.checkpoints import CheckpointedProcessor
+from mle_stream.stream.processor import Incoming, StreamProcessor
 from schema_registry_server import SchemaRegistry
 from secured_broker import KEY_PASSWORD, make_pki
 from worker_process import TOPOLOGY, Worker, traffic
@@ -328,7 +328,8 @@ def test_outputs_in_confluent_framing_are_what_confluents_deserializer_reads_and
         outputs = ConfluentOutputs(ours(registry), {"metrics": "MetricSnapshot", "commands": "Command",
                                                     "rollouts": "RolloutEvent"})
         assert sorted(registry.subjects) == ["commands-value", "metrics-value", "rollouts-value"]
-        deserializer = AvroDeserializer(ConfluentRegistryClient({"url": registry.url, "basic.auth.user.info": USER_INFO}))
+        deserializer = AvroDeserializer(ConfluentRegistryClient({"url": registry.url,
+                                                                 "basic.auth.user.info": USER_INFO}))
         lookup = ours(registry)
         for topic, (event, encode, decode) in events.items():
             framed = outputs.frame(topic, encode(event))

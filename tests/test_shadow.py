@@ -58,7 +58,8 @@ def expected(production, shadow, labels, version: str) -> dict[str, float]:
         pairs = [(s, prod[s.prediction_id]) for s in shadow if s.prediction_id in prod]
         diffs = np.array([s.score - p.score for s, p in pairs])
         out |= {"paired": len(pairs), "agreement": np.mean([(s.score >= 0.5) == (p.score >= 0.5) for s, p in pairs]),
-                "score_diff": diffs.mean(), "score_abs_diff": np.abs(diffs).mean(), "paired_rate": len(pairs) / len(shadow)}
+                "score_diff": diffs.mean(), "score_abs_diff": np.abs(diffs).mean(),
+                "paired_rate": len(pairs) / len(shadow)}
     return out
 
 

@@ -20,8 +20,8 @@ from mle_stream import codec
 from mle_stream.config import Topics
 from mle_stream.core.events import CommandKind, DriftTable, RolloutStatus
 from mle_stream.status.server import start_status_page
-from mle_stream.telemetry import WorkerMetrics
-from test_status_model import KEY, M, VERIFY, command, event, snapshot
+from mle_stream.stream.metrics import WorkerMetrics
+from test_status_model import KEY, VERIFY, M, command, event, snapshot
 
 pytestmark = [pytest.mark.broker]
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mle_stream.core.events import (Command, CommandKind, DriftTable, MetricSnapshot, RolloutEvent,
-                                    RolloutStatus)
+from mle_stream.core.events import Command, CommandKind, DriftTable, MetricSnapshot, RolloutEvent, RolloutStatus
 from mle_stream.core.signing import Signer
 from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.status.model import DEFAULT_WATCHED, StatusBoard

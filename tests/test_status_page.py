@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from confluent_kafka import Producer
 
 from conftest import topic_env

@@ -69,7 +69,7 @@ def test_healthz_answers_the_workers_liveness_when_given_it() -> None:
 
 def test_each_model_carries_the_workers_inputs_block_when_the_page_runs_in_a_worker() -> None:
     from mle_stream.stream.alignment import LabelsState
-    from mle_stream.telemetry import WorkerMetrics
+    from mle_stream.stream.metrics import WorkerMetrics
 
     class Marks:
         predictions, labels, event_time = 5_000, -1, -1

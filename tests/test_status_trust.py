@@ -14,7 +14,7 @@ from mle_stream.core.events import Command, CommandKind, RolloutEvent, RolloutSt
 from mle_stream.status.model import UNKNOWN_MODEL, UNMATCHED, UNVERIFIED, VERSION_LIMIT
 from mle_stream.status.terminal import render
 from mle_stream.verification import hmac_verifier, never_raising
-from test_status_model import KEY, M, SIGNER, VERIFY, command, event, new_board, snapshot
+from test_status_model import KEY, SIGNER, VERIFY, M, command, event, new_board, snapshot
 
 # Anything a forger can put in a string field, with the characters that broke verify() often.
 any_text = st.text(st.one_of(st.characters(codec=None, categories=None), st.sampled_from("\ud800\udfffé\x00€")),
@@ -26,7 +26,8 @@ def test_forged_commands_change_no_phase_and_are_no_decisions() -> None:
     hold = command(CommandKind.HOLD, 10_000, 25, rule="await-approval:step-50")
     board.apply(hold)
     forged = [command(CommandKind.APPROVE, 11_000, 50, key=None),  # unsigned
-              command(CommandKind.PROMOTE, 12_000, 100, key=b"another key, not the trusted one: forged"),  # signed, not by us
+              command(CommandKind.PROMOTE, 12_000, 100,
+                      key=b"another key, not the trusted one: forged"),  # signed, not by us
               dataclasses.replace(command(CommandKind.PROMOTE, 13_000, 100), reason="changed after signing")]
     assert [board.apply(c) for c in forged] == [UNVERIFIED] * 3
     m = board.to_json()["models"][0]

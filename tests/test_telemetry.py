@@ -15,9 +15,9 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from confluent_kafka import Producer
@@ -38,8 +38,9 @@ from mle_stream.errors import ConfigError
 from mle_stream.kafka import producer_config
 from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.retry import Backoff
+from mle_stream.stream.metrics import WorkerMetrics
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor
-from mle_stream.telemetry import ActuatorMetrics, WorkerMetrics
+from mle_stream.telemetry import ActuatorMetrics
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "grafana" / "mle-stream-dashboard.json"
@@ -130,7 +131,8 @@ def test_records_messages_and_dead_letters_are_counted_by_model_topic_and_reason
         TOPICS.predictions: 4, TOPICS.labels: 2, "elsewhere": 1}
     assert by_label(got, "mle_stream_predictions_total", "model") == {"fraud": 60 + 59}  # never "spam"
     assert by_label(got, "mle_stream_labels_total", "model") == {"fraud": 60}
-    letters = {(dict(k)["topic"], dict(k)["reason"]): v for (n, k), v in got.items() if n == "mle_stream_dead_letters_total"}
+    letters = {(dict(k)["topic"], dict(k)["reason"]): v for (n, k),
+               v in got.items() if n == "mle_stream_dead_letters_total"}
     assert letters == {(TOPICS.predictions, "undecodable"): 2, (TOPICS.predictions, "unknown_model"): 1,
                        (TOPICS.labels, "rejected"): 1, ("elsewhere", "unknown_topic"): 1}
     # Outputs by topic equal the messages the processor returned; dead letters match the processor's own count.
@@ -212,7 +214,8 @@ def test_a_window_without_a_value_exposes_nan_and_other_versions_no_gauge() -> N
     assert roles == {"baseline", "candidate"}  # version 7 ("other") comes from the input: no gauge for it
     accuracy = value(got, "mle_stream_window_metric", model="fraud", version="2", role="candidate", metric="accuracy")
     assert math.isnan(accuracy)  # no labels in the window
-    assert value(got, "mle_stream_window_metric", model="fraud", version="2", role="candidate", metric="predictions") == 5
+    assert value(got, "mle_stream_window_metric", model="fraud", version="2", role="candidate",
+                 metric="predictions") == 5
 
 
 def test_consumer_lag_is_highwater_minus_position_of_the_partitions_held() -> None:
@@ -249,7 +252,8 @@ def test_input_alignment_gauges_and_the_status_block_of_the_models_held() -> Non
     assert value(got, "mle_stream_input_watermark_seconds", model="fraud", input="labels") == 1_900
     assert value(got, "mle_stream_input_event_lag_seconds", model="fraud", input="predictions") == 10
     assert ("mle_stream_input_watermark_seconds", frozenset({("model", "spam"), ("input", "labels")})) not in got
-    assert {(dict(k)["topic"], dict(k)["partition"]): v for (n, k), v in got.items() if n == "mle_stream_input_paused"} \
+    assert {(dict(k)["topic"], dict(k)["partition"]): v for (n, k),
+            v in got.items() if n == "mle_stream_input_paused"} \
         == {("p", "0"): 1, ("l", "0"): 0, ("p", "1"): 0, ("l", "1"): 0}
     assert by_label(got, "mle_stream_input_idle", "model") == {"fraud": 0, "spam": 1}
     assert by_label(got, "mle_stream_deferred_rows", "model") == {"fraud": 12, "spam": 0}
@@ -258,7 +262,8 @@ def test_input_alignment_gauges_and_the_status_block_of_the_models_held() -> Non
     assert fraud is not None and spam is not None and metrics.inputs_json("other") is None
     assert (fraud["state"], fraud["predictions_paused"], fraud["labels_paused"], fraud["watermarks"]["event_time"]) \
         == ("holding predictions back", True, False, 1_900)
-    assert (spam["state"], spam["labels_idle_enforced"], spam["event_lag_seconds"]["labels"]) == ("labels idle", True, None)
+    assert (spam["state"], spam["labels_idle_enforced"],
+            spam["event_lag_seconds"]["labels"]) == ("labels idle", True, None)
     json.dumps(fraud, allow_nan=False)  # as /api/status sends it
     metrics.observe_inputs({"fraud": Clocks(1_990_000, 2_900_000, 1_990_000)},
                            {"fraud": LabelsState(idle=False, enforced=False, caught_up=True)}, {}, {"fraud": 0},
@@ -277,7 +282,8 @@ def test_metrics_port_comes_from_the_flag_the_environment_or_the_default() -> No
 
     parse_args = _parser().parse_args
     assert _metrics_port(parse_args(["worker", "-t", "x"]), Settings(), 9464) == 9464
-    assert _metrics_port(parse_args(["worker", "-t", "x"]), Settings.from_env({"MLE_METRICS_PORT": "9999"}), 9464) == 9999
+    assert _metrics_port(parse_args(["worker", "-t", "x"]), Settings.from_env({"MLE_METRICS_PORT": "9999"}),
+                         9464) == 9999
     args = parse_args(["actuator", "-t", "x", "--metrics-port", "0", "--metrics-bind", "127.0.0.1"])
     assert _metrics_port(args, Settings.from_env({"MLE_METRICS_PORT": "9999"}), 9465) == 0
     assert args.metrics_bind == "127.0.0.1"
@@ -378,7 +384,8 @@ def stop(process: subprocess.Popen, log_path: Path) -> None:
 
 @pytest.mark.broker
 def test_the_worker_serves_its_metrics_over_http(tmp_path: Path, kafka_bootstrap: str, topics: Topics) -> None:
-    from test_worker_stream import TOPOLOGY as WORKER_TOPOLOGY, window as worker_window
+    from test_worker_stream import TOPOLOGY as WORKER_TOPOLOGY
+    from test_worker_stream import window as worker_window
 
     (tmp_path / "fraud.yaml").write_text(WORKER_TOPOLOGY)
     port = free_port()
@@ -415,7 +422,8 @@ def test_the_worker_serves_its_metrics_over_http(tmp_path: Path, kafka_bootstrap
         assert value(got, "mle_stream_output_messages_total", topic=topics.commands) == 1
         assert value(got, "mle_stream_batch_seconds_count") >= 1
         # The lag of the partition the records went to: what is left to read, as the consumer sees it.
-        lags = {(dict(k)["topic"], dict(k)["partition"]): v for (n, k), v in got.items() if n == "mle_stream_consumer_lag"}
+        lags = {(dict(k)["topic"], dict(k)["partition"]): v for (n, k),
+                v in got.items() if n == "mle_stream_consumer_lag"}
         assert any(t == topics.predictions for t, _ in lags) and all(v >= 0 for v in lags.values()), lags
     finally:
         stop(process, log_path)
@@ -457,7 +465,8 @@ def test_the_actuator_serves_its_metrics_over_http(tmp_path: Path, kafka_bootstr
 
 
 @pytest.mark.broker
-def test_redeliveries_of_a_command_failing_on_transient_errors_are_counted(kafka_bootstrap: str, topics: Topics) -> None:
+def test_redeliveries_of_a_command_failing_on_transient_errors_are_counted(kafka_bootstrap: str,
+                                                                           topics: Topics) -> None:
     from test_actuator_stream import FlakyRegistry, rollback
 
     routing = InMemoryRouting({"fraud-detector": {"1": 90, "2": 10}})
@@ -470,7 +479,8 @@ def test_redeliveries_of_a_command_failing_on_transient_errors_are_counted(kafka
         kwargs={"group_id": f"g-{uuid.uuid4().hex[:8]}", "redeliver": Backoff(1, 0.2, 0.4), "metrics": metrics})
     thread.start()
     producer = Producer(producer_config(kafka_bootstrap))
-    producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(SIGNER.sign(rollback("outage"))))
+    producer.produce(topics.commands, key=b"fraud-detector",
+                     value=codec.encode_command(SIGNER.sign(rollback("outage"))))
     producer.flush(10)
     try:
         deadline = time.monotonic() + 30

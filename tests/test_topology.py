@@ -27,7 +27,8 @@ def test_defaults_and_policy_version_follow_the_text() -> None:
     assert parse_topology(MINIMAL + "threshold: 0.7\n").policy_version != t.policy_version
 
 
-@pytest.mark.parametrize("text,duration", [("500ms", 500), ("30s", 30_000), ("5m", 300_000), ("1.5h", 5_400_000), ("7d", 604_800_000)])
+@pytest.mark.parametrize("text,duration",
+                         [("500ms", 500), ("30s", 30_000), ("5m", 300_000), ("1.5h", 5_400_000), ("7d", 604_800_000)])
 def test_durations(text: str, duration: int) -> None:
     assert parse_duration_ms(text) == duration
 
@@ -148,8 +149,10 @@ def test_routing_backends_and_their_fields() -> None:
     ("routing:\n  backend: istio\n  subset: stable\n", 7, "routing.subset: template 'stable' must use {version}"),
     ("routing:\n  backend: gateway-api\n  name: \"{model}-{version}\"\n", 7,
      "routing.name: template '{model}-{version}' may use only {model}, not {version}"),
-    ("routing:\n  backend: gateway-api\n  service: \"{model}\"\n", 7, "routing.service: template '{model}' must use {version}"),
-    ("routing:\n  backend: istio\n  host: \"{cluster}\"\n", 7, "routing.host: template '{cluster}' may use only {model}"),
+    ("routing:\n  backend: gateway-api\n  service: \"{model}\"\n", 7,
+     "routing.service: template '{model}' must use {version}"),
+    ("routing:\n  backend: istio\n  host: \"{cluster}\"\n", 7,
+     "routing.host: template '{cluster}' may use only {model}"),
     ("routing:\n  manifest: \"routes/{model\"\n", 6, "routing.manifest: 'routes/{model' is not a valid template"),
     ("routing:\n  backend: gateway-api\n  namespace: \"\"\n", 7, "routing.namespace: expected a non-empty string"),
 ])

@@ -69,7 +69,8 @@ def window(start: int, error_rate: dict[str, float]) -> tuple[list[Prediction], 
         for i in range(40):
             pid = f"{start}-{version}-{i}"
             preds.append(Prediction(prediction_id=pid, model="fraud", version=version, timestamp=start + i * 10,
-                                    score=0.6 + i / 100, latency_ms=5.0 + i, segment={"country": "DE" if i % 3 else "FR"},
+                                    score=0.6 + i / 100, latency_ms=5.0 + i,
+                                    segment={"country": "DE" if i % 3 else "FR"},
                                     features={"x": i % 7 + (3.0 if version == "2" else 0.0), "y": float(i % 5)}))
             labels.append(Label(prediction_id=pid, model="fraud", timestamp=start + 1500,
                                 label=i >= error_rate[version] * 40))
@@ -119,7 +120,8 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
     assert len(letters) == len(bad)
     for payload, reason in bad.items():
         topic, partition, offset = delivered[payload]
-        entry = next(d for d in letters if (d["source_topic"], d["partition"], d["offset"]) == (topic, partition, offset))
+        entry = next(d for d in letters if (d["source_topic"], d["partition"],
+                                            d["offset"]) == (topic, partition, offset))
         assert reason in entry["reason"] or reason == entry["field"], entry
 
     snaps = [codec.decode_metric_snapshot(m.value()) for m in out if m.topic() == topics.metrics]

@@ -11,8 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -115,7 +115,8 @@ def committed_offsets(bootstrap: str, group: str, topics: Topics, partitions: in
 def restored_offsets(log: str) -> dict[tuple[str, int], int]:
     """The offsets each restored checkpoint includes, from the worker's log."""
     out = {}
-    for partition, offsets in re.findall(r"restored partition (\d+) from checkpoint \w+ \(\d+ models, offsets (\{.*?\})\)", log):
+    for partition, offsets in re.findall(r"restored partition (\d+) from checkpoint \w+ \(\d+ models, offsets "
+                                         r"(\{.*?\})\)", log):
         out.update({(topic, int(partition)): offset for topic, offset in ast.literal_eval(offsets).items()})
     return out
 

@@ -13,8 +13,9 @@ actuator neither pays for it nor needs a cluster configuration.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from mle_stream.errors import ConfigError
 

@@ -199,7 +199,8 @@ class GitOpsRouting:
             )
         path = (self.repo_dir / self.manifest_template.format(model=model)).resolve()
         if not path.is_relative_to(self.repo_dir):
-            raise ActuationError(f"manifest path {path} for model {model!r} lies outside the repository {self.repo_dir}")
+            raise ActuationError(f"manifest path {path} for model {model!r} lies outside the repository "
+                                 f"{self.repo_dir}")
         return path
 
     def service_name(self, model: str, version: str) -> str:
@@ -358,7 +359,8 @@ class GitOpsRouting:
                 cmd, cwd=self.repo_dir, capture_output=True, text=True, timeout=self.timeout_s, env=env, check=False
             )
         except FileNotFoundError as exc:
-            raise ActuationError(f"git is not installed or not on PATH (needed for the GitOps repository {self.repo_dir})") from exc
+            raise ActuationError(f"git is not installed or not on PATH (needed for the GitOps repository "
+                                 f"{self.repo_dir})") from exc
         except subprocess.TimeoutExpired as exc:
             # A remote that stops answering: a later delivery may find it back.
             raise ActuationError(f"`git {' '.join(args)}` in {self.repo_dir} took longer than {self.timeout_s} s; "

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, ClassVar, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import urllib3
 from kubernetes.client import CustomObjectsApi
@@ -48,9 +49,17 @@ from kubernetes.client.exceptions import ApiException
 
 from mle_stream.actuator.httproute import (
     GROUP as GATEWAY_GROUP,
+)
+from mle_stream.actuator.httproute import (
     KIND as HTTPROUTE_KIND,
+)
+from mle_stream.actuator.httproute import (
     PLURAL as HTTPROUTE_PLURAL,
+)
+from mle_stream.actuator.httproute import (
     VERSION as GATEWAY_VERSION,
+)
+from mle_stream.actuator.httproute import (
     VERSIONS_ANNOTATION,
     HTTPRouteWeights,
     annotations_of,
@@ -155,7 +164,8 @@ class ObjectRouting:
         """Version -> percent as the object holds it."""
         raise NotImplementedError
 
-    def _changes(self, model: str, obj: dict[str, Any], weights: dict[str, int]) -> tuple[dict[str, Any], dict[str, str]]:
+    def _changes(self, model: str, obj: dict[str, Any],
+                 weights: dict[str, int]) -> tuple[dict[str, Any], dict[str, str]]:
         """(merge patch of the object's spec, extra annotations) that make `obj` route by `weights`."""
         raise NotImplementedError
 
@@ -215,7 +225,8 @@ class ObjectRouting:
                     raise ActuationError(
                         f"{where}: the API server refused access (HTTP {status}) while {action}: the actuator's "
                         f"service account needs get and patch on {self.plural}.{self.group} in namespace "
-                        f"{self.namespace} (see k8s/base/actuator-role.yaml and docs/deploy-kubernetes.md); {_cause(exc)}"
+                        f"{self.namespace} (see k8s/base/actuator-role.yaml and docs/deploy-kubernetes.md); "
+                        f"{_cause(exc)}"
                     ) from exc
                 if status not in _RETRY_STATUSES and status < 500:
                     raise ActuationError(f"{where}: the API server rejected {action} (HTTP {status}): "
@@ -259,10 +270,12 @@ class GatewayAPIRouting(ObjectRouting):
     def _weights_of(self, model: str, obj: dict[str, Any]) -> dict[str, int]:
         return self._routes.weights(model, obj, self.where(model))
 
-    def _changes(self, model: str, obj: dict[str, Any], weights: dict[str, int]) -> tuple[dict[str, Any], dict[str, str]]:
+    def _changes(self, model: str, obj: dict[str, Any],
+                 weights: dict[str, int]) -> tuple[dict[str, Any], dict[str, str]]:
         new = self._routes.with_weights(model, obj, weights, self.where(model))
         # All rules, not only the first: a merge patch replaces the list whole.
-        return {"spec": {"rules": new["spec"]["rules"]}}, {VERSIONS_ANNOTATION: annotations_of(new)[VERSIONS_ANNOTATION]}
+        return ({"spec": {"rules": new["spec"]["rules"]}},
+                {VERSIONS_ANNOTATION: annotations_of(new)[VERSIONS_ANNOTATION]})
 
 
 class IstioRouting(ObjectRouting):
@@ -292,11 +305,13 @@ class IstioRouting(ObjectRouting):
         for i, (version, entry) in enumerate(entries):
             # Istio sends everything to a lone destination without a weight, nothing to an unweighted one among several
             default = 100 if len(entries) == 1 else 0
-            weight = read_whole_percent(self.where(model), f"spec.http[0].route[{i}].weight", entry.get("weight", default))
+            weight = read_whole_percent(self.where(model), f"spec.http[0].route[{i}].weight",
+                                        entry.get("weight", default))
             weights[version] = weights.get(version, 0) + weight
         return weights
 
-    def _changes(self, model: str, obj: dict[str, Any], weights: dict[str, int]) -> tuple[dict[str, Any], dict[str, str]]:
+    def _changes(self, model: str, obj: dict[str, Any],
+                 weights: dict[str, int]) -> tuple[dict[str, Any], dict[str, str]]:
         entries = self._versioned_entries(model, obj)
         old = dict(entries)
         hosts = {entry["destination"].get("host") for _, entry in entries}
@@ -372,15 +387,16 @@ class KServeRouting(ObjectRouting):
             )
         return {latest: percent, previous: 100 - percent}
 
-    def _changes(self, model: str, obj: dict[str, Any], weights: dict[str, int]) -> tuple[dict[str, Any], dict[str, str]]:
+    def _changes(self, model: str, obj: dict[str, Any],
+                 weights: dict[str, int]) -> tuple[dict[str, Any], dict[str, str]]:
         versions = self._versions(model, obj)
         latest, previous = versions["latest"], versions.get("previous")
         unknown = sorted(set(weights) - set(versions.values()), key=version_order)
         if unknown:
             raise ActuationError(
-                f"{self.where(model)}: cannot route {describe_weights(weights)}: KServe splits traffic only between the "
-                f"latest revision (v{latest}) and the previous one ({f'v{previous}' if previous else 'unknown'}), so "
-                f"version(s) {', '.join(unknown)} have no revision; update annotation {VERSIONS_ANNOTATION} when "
+                f"{self.where(model)}: cannot route {describe_weights(weights)}: KServe splits traffic only between "
+                f"the latest revision (v{latest}) and the previous one ({f'v{previous}' if previous else 'unknown'}), "
+                f"so version(s) {', '.join(unknown)} have no revision; update annotation {VERSIONS_ANNOTATION} when "
                 "deploying a new revision"
             )
         percent = weights.get(latest, 0)
@@ -401,7 +417,8 @@ class KServeRouting(ObjectRouting):
             return None
         percent = read_whole_percent(self.where(model), "spec.predictor.canaryTrafficPercent", value)
         if not 0 <= percent <= 100:
-            raise ActuationError(f"{self.where(model)}: spec.predictor.canaryTrafficPercent is {percent}, not in [0, 100]")
+            raise ActuationError(f"{self.where(model)}: spec.predictor.canaryTrafficPercent is {percent}, not in [0, "
+                                 f"100]")
         return percent
 
     def _versions(self, model: str, obj: dict[str, Any]) -> dict[str, str]:
@@ -420,7 +437,8 @@ class KServeRouting(ObjectRouting):
         if "latest" not in versions:
             raise ActuationError(
                 f"{where}: no version known for the latest revision ({source} has none): annotate the "
-                f"InferenceService with {VERSIONS_ANNOTATION}='{{\"latest\": \"2\", \"previous\": \"1\"}}' when deploying"
+                f"InferenceService with {VERSIONS_ANNOTATION}='{{\"latest\": \"2\", \"previous\": \"1\"}}' when "
+                f"deploying"
             )
         return versions
 

@@ -32,8 +32,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from mle_stream.core.events import Command, RolloutEvent, RolloutStatus
@@ -264,7 +265,7 @@ class WebhookNotifier:
             self._changed.notify_all()
         self._thread.join(timeout=1.0)
 
-    def __enter__(self) -> "WebhookNotifier":
+    def __enter__(self) -> WebhookNotifier:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

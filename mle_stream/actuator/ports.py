@@ -19,7 +19,8 @@ Contract shared by every implementation:
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
 
 from mle_stream.core.commands import AppliedMarker
 from mle_stream.errors import ActuationError

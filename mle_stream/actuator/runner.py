@@ -26,13 +26,13 @@ from mle_stream.core.events import Command
 from mle_stream.dead_letter import bounded_text, dead_letter_entry
 from mle_stream.errors import ActuationError, InvalidEvent
 from mle_stream.health import ActuatorHealth
-from mle_stream.output_framing import ConfluentOutputs
-from mle_stream.schema_registry import WriterSchemas
 from mle_stream.kafka import consumer_config, producer_config
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
-from mle_stream.retry import Backoff
-from mle_stream.telemetry import ActuatorMetrics
+from mle_stream.output_framing import ConfluentOutputs
 from mle_stream.redact import redact_servers
+from mle_stream.retry import Backoff
+from mle_stream.schema_registry import WriterSchemas
+from mle_stream.telemetry import ActuatorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class RoutingByModel:
             return self._backends[model]
         except KeyError:
             known = ", ".join(sorted(self._backends)) or "none"
-            raise ActuationError(f"no routing configured for model {model!r} (topologies loaded for: {known})") from None
+            raise ActuationError(f"no routing configured for model {model!r} (topologies loaded for: "
+                                 f"{known})") from None
 
     def get_weights(self, model: str) -> dict[str, int]:
         return self._for(model).get_weights(model)

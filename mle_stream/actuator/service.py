@@ -4,8 +4,9 @@ The only place in mle-stream that touches the world. The policy decides (command
 through the two ports (ports.py), in Flagger's order: traffic back first, then the registry, then
 the outcome is returned for the publisher. `handle` never raises: whatever happens becomes a
 RolloutEvent (`apply` adds whether a FAILED one is worth delivering again: it failed on transient
-errors, a service down or overloaded, that the adapters' own retries did not outlast), and the event's route weights and aliases are read back from the backends after
-the action, so it reports the state of the world rather than the command's wishes.
+errors, a service down or overloaded, that the adapters' own retries did not outlast), and the
+event's route weights and aliases are read back from the backends after the action, so it reports
+the state of the world rather than the command's wishes.
 
 Idempotency (commands are redelivered: consumer restarts, re-emitted decisions):
 
@@ -37,13 +38,13 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from mle_stream.actuator.ports import ModelRegistry, RoutingBackend, check_weights, describe_weights
 from mle_stream.core.commands import MAX_CLOCK_SKEW_MS, AppliedMarker, iso_utc, newest, stale_reason
-from mle_stream.core.signing import Verified, Verifier
 from mle_stream.core.events import Command, CommandKind, RolloutEvent, RolloutStatus
+from mle_stream.core.signing import Verified, Verifier
 from mle_stream.errors import ActuationError, RejectedCommand
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,9 @@ metric sitting on a limit does not flap.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from mle_stream.core.sequential import ErrorRateTest, MeanTest
 from mle_stream.core.verdict import Verdict
@@ -35,7 +36,8 @@ from mle_stream.core.verdict import Verdict
 # configured threshold) and [class] (per class) name variants of the same metric.
 TASK_METRICS: dict[str, frozenset[str]] = {
     "binary": frozenset({"accuracy", "error_rate", "precision", "recall", "f1", "roc_auc", "average_precision",
-                         "log_loss", "log_loss_std", "brier_score", "expected_calibration_error", "positive_rate", "label_rate",
+                         "log_loss", "log_loss_std", "brier_score", "expected_calibration_error", "positive_rate",
+                         "label_rate",
                          "mean_score"}),
     "multiclass": frozenset({"accuracy", "error_rate", "micro_f1", "macro_f1", "log_loss", "recall"}),
     "regression": frozenset({"mae", "rmse", "r2", "mape", "mean_prediction", "mean_label"}),
@@ -44,10 +46,12 @@ SERVING_METRICS = frozenset({"serving_error_rate", "latency_p50_ms", "latency_p9
                              "latency_mean_ms", "latency_std_ms", "label_coverage", "throughput_per_s"})
 # Shadow mode only: the shadow's agreement with production on the same requests (core/shadow.py).
 SHADOW_METRICS = frozenset({"agreement", "score_abs_diff", "score_diff", "paired_rate"})
-HIGHER_IS_WORSE = frozenset({"score_abs_diff", "error_rate", "log_loss", "brier_score", "expected_calibration_error", "mae", "rmse",
+HIGHER_IS_WORSE = frozenset({"score_abs_diff", "error_rate", "log_loss", "brier_score", "expected_calibration_error",
+                             "mae", "rmse",
                              "mape", "serving_error_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
                              "latency_mean_ms"})
-LOWER_IS_WORSE = frozenset({"agreement", "paired_rate", "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "micro_f1",
+LOWER_IS_WORSE = frozenset({"agreement", "paired_rate", "accuracy", "precision", "recall", "f1", "roc_auc",
+                            "average_precision", "micro_f1",
                             "macro_f1", "r2", "label_coverage", "throughput_per_s"})
 _VARIANT = re.compile(r"^(?P<base>[a-z_0-9]+?)(?:@(?P<at>[0-9.]+)|\[(?P<cls>[^\]]+)\])?$")
 
@@ -194,7 +198,8 @@ def judge_check(rule: CheckRule, baseline: Mapping[str, Any], candidate: Mapping
     if rule.sequential is not None:
         std = MEAN_METRICS.get(rule.metric)
         return _judge_sequential(rule, rule.sequential, b, c, b_n, c_n, test_state,
-                                 None if std is None else baseline.get(std), None if std is None else candidate.get(std))
+                                 None if std is None else baseline.get(std),
+                                 None if std is None else candidate.get(std))
 
     if c_n < rule.min_samples or (rule.relative and b_n < rule.min_samples):
         sides = f"baseline {b_n}, candidate {c_n}" if rule.relative else f"candidate {c_n}"
@@ -214,7 +219,8 @@ def judge_check(rule: CheckRule, baseline: Mapping[str, Any], candidate: Mapping
         degradation = (c - b) if higher else (b - c)
         if rule.max_degradation is not None and degradation > rule.max_degradation - slack:
             broken.append(f"{degradation:+.6g} worse than the baseline's {b:.6g} (allowed {rule.max_degradation:g})")
-        if rule.max_degradation_relative is not None and b != 0 and degradation / abs(b) > rule.max_degradation_relative - slack:
+        if (rule.max_degradation_relative is not None and b != 0
+                and degradation / abs(b) > rule.max_degradation_relative - slack):
             broken.append(f"{degradation / abs(b):+.2%} worse than the baseline's {b:.6g} "
                           f"(allowed {rule.max_degradation_relative:.2%})")
     counts = f"(n={c_n}" + (f", baseline n={b_n})" if rule.relative else ")")

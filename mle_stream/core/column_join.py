@@ -32,27 +32,19 @@ How it is kept:
   (base64); add_predictions looks the batch's new ids up (a binary search per chunk) only while
   tombstones exist. The key is an unkeyed hash: two ids that collide are one to a tombstone.
 
-Measured with scripts/bench_join.py (1M predictions of bench.py's traffic, medians of 3 runs,
-+-25% noise), in us per prediction: LabelJoin (building the tuples + add_predictions +
-add_labels + joined rows back to columns) against this join (ids as a list of str; as an S array):
-- batches of 500: 2.37 against 1.27; 1.18,
-- batches of 50,000: 3.24 against 0.80; 0.72,
-- with max_delay 10 s and correction 60 s, so that entries expire (in production every joined
-  pair does, after the window's retention): 2.73 against 1.16; 0.93 at 500, 3.21 against 0.82;
-  0.63 at 50,000; expiry alone is ~0.48 us a prediction for LabelJoin (a Python loop over what
-  expires) and ~0.05 here.
-Memory per entry held (tracemalloc, nothing expiring): ~320-340 B for LabelJoin, ~145 B here
-(~80 B of arena columns for this payload, 17-34 B of table, ~10-20 B of logs; ~175-205 B at the
-peak, while a column grows or the table is rebuilt). At 500 ids a call, what is left is numpy's
-fixed cost (~1 us a call, ~100 calls per batch): joining once per worker batch rather than once
-per Kafka message is where most of the gain is.
+benchmarks/bench_join.py measures it against LabelJoin, the dict-of-tuples join it replaced (the
+reference model in tests/label_join_reference.py): faster per prediction and less than half the
+memory per entry held (the figures: docs/performance-history.md). What is left at small batches is
+numpy's fixed cost per call: joining once per worker batch rather than once per Kafka message is
+where most of the gain is.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -394,7 +386,8 @@ class ColumnJoin:
                                  np.tile(np.array([-1.0, 1.0]), len(corrected)), out.duplicates,
                                  np.repeat(np.maximum(self._ts[ce], ts[corrected]), 2))
             out = ColumnJoined(np.concatenate([out.rows, fixed.rows]),
-                               {k: np.concatenate([out.predictions[k], fixed.predictions[k]]) for k in fixed.predictions},
+                               {k: np.concatenate([out.predictions[k],
+                                                   fixed.predictions[k]]) for k in fixed.predictions},
                                _concat([out.labels, fixed.labels]), np.concatenate([out.weights, fixed.weights]),
                                out.duplicates, np.concatenate([out.at, fixed.at]))
             last = _last_per_group(corrected, group)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from mle_stream.core.events import Command, CommandKind
 
@@ -54,7 +54,7 @@ def command_id(
 def iso_utc(millis: int) -> str:
     """Epoch milliseconds as '2026-01-02T03:04:05.678Z' (for messages and tags)."""
     try:
-        moment = datetime.fromtimestamp(millis / 1000, tz=timezone.utc)
+        moment = datetime.fromtimestamp(millis / 1000, tz=UTC)
     except (OverflowError, OSError, ValueError):
         return f"{millis} ms since the epoch"
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

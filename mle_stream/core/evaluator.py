@@ -15,28 +15,34 @@ irregular: segments, multiclass score maps, a pod's own predicted_label, duplica
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import repeat
 from operator import itemgetter
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from mle_stream.core.checks import samples_of
 from mle_stream.core.column_join import ColumnJoin, ColumnJoined, label_array
-from mle_stream.core.id_hash import holdable_id_array
 from mle_stream.core.columns import FeatureColumns, IntArray, LabelColumns, PredictionColumns
 from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence, pane_values_sequence
 from mle_stream.core.drift.decision import FeatureDrift
 from mle_stream.core.drift.live import SCORE, Columns, DriftSketches, LiveDrift
 from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.events import Command, DriftTable, Label, LabelValue, MetricSnapshot, Prediction, binary_truth
+from mle_stream.core.id_hash import holdable_id_array
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
 from mle_stream.core.metrics.regression import MAX_MAGNITUDE as REGRESSION_MAX_MAGNITUDE
-from mle_stream.core.record_checks import (Reject, class_probabilities_problem, regression_value_problem,
-                                          unjoinable_ids, unusable_predictions)
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
+from mle_stream.core.record_checks import (
+    Reject,
+    class_probabilities_problem,
+    regression_value_problem,
+    unjoinable_ids,
+    unusable_predictions,
+)
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
 from mle_stream.core.revisions import Revisions
 from mle_stream.core.shadow import ShadowPairing, compare
@@ -671,7 +677,8 @@ class ModelEvaluator:
             if task == "multiclass":
                 scores = None if cols.scores is None else cols.scores[i]
                 if scores is None:
-                    rejects.append(Reject(i, "scores", f"model {model!r} is a multiclass model: its predictions carry 'scores'"))
+                    rejects.append(Reject(i, "scores",
+                                          f"model {model!r} is a multiclass model: its predictions carry 'scores'"))
                     ok[i] = False
                     continue
                 why = class_probabilities_problem(scores)
@@ -685,7 +692,8 @@ class ModelEvaluator:
             else:
                 value = float(cols.value[i])
                 if value != value:
-                    rejects.append(Reject(i, "value", f"model {model!r} is a regression model: its predictions carry 'value'"))
+                    rejects.append(Reject(i, "value",
+                                          f"model {model!r} is a regression model: its predictions carry 'value'"))
                     ok[i] = False
                     continue
                 why = regression_value_problem(value)
@@ -929,7 +937,6 @@ class ModelEvaluator:
         self._apply()
         out = Advance()
         t = self.topology
-        already_closed = self.panes.next_window
         closing = self.panes.close_ready(self._held_panes())
         for start in closing:
             self._apply(closing=start)  # the rows keyed before its cut

@@ -6,14 +6,14 @@ Field names are the wire names (schemas/*.avsc); the codec maps bytes to these a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Mapping, Union
 
 from mle_stream.errors import InvalidEvent
 
-LabelValue = Union[bool, int, float, str]
-FeatureValue = Union[float, str]
+LabelValue = bool | int | float | str
+FeatureValue = float | str
 
 
 def _require_text(value: object, name: str) -> None:

@@ -3,8 +3,8 @@
 A metric state adds a batch's values to its sums, and a window is the merge of many batches. With
 float sums the result depends on the grouping: a worker restarted mid-stream, a rebalance or the
 replay groups the same rows into other batches, and the last bits of log_loss or mean_score
-differ. Issue 8 asks for windows equal to an uninterrupted run's *exactly*, so the sums are kept
-as integers instead.
+differ. Windows must equal an uninterrupted run's *exactly*, so the sums are kept as integers
+instead.
 
 Every finite double is an integer multiple of 2**-1074 (the smallest subnormal). A sum is held as
 that integer, a Python int: adding and subtracting (a correction takes a row back out) is exact and
@@ -18,9 +18,9 @@ largest value's top bit, by adding and taking back 1.5 * 2**(g + 52); what is le
 value minus that part) goes to the next pass, 26 bits further down, until nothing is left. Every
 part of a pass is a multiple of 2**g below 2**(g + 27), so a sum of fewer than 2**26 of them (a plain
 numpy sum, or bincount per group) is exact in float64, and becomes an int. Values within a factor
-of 2**20 of each other take 3 passes. Measured on the development machine (busy): ~17 ns a value
-for 40,000 values at once; a binary metric update (4 sums and 10 calibration bins) +11 ns a row at
-40,000 rows, +96 ns at 2,000 and +320 ns at 200, where numpy's fixed cost per call dominates.
+of 2**20 of each other take 3 passes. The cost is a few numpy passes per batch: small per row for
+whole worker batches, larger for small ones, where numpy's fixed cost per call dominates (the
+figures: docs/performance-history.md).
 
 Snapshots store a sum as [m, e] (value m * 2**e, m odd or 0): the integer itself has ~1074 trailing
 zero bits for values near 1, which JSON would spell out as ~330 digits.
@@ -29,7 +29,7 @@ zero bits for values near 1, which JSON would spell out as ~330 digits.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -62,7 +62,8 @@ def exact_sums(values: npt.ArrayLike, groups: IntArray | None, n_groups: int) ->
         return totals
     if len(x) > _MAX_VALUES:
         for start in range(0, len(x), _MAX_VALUES):
-            piece = exact_sums(x[start:start + _MAX_VALUES], None if groups is None else groups[start:start + _MAX_VALUES],
+            piece = exact_sums(x[start:start + _MAX_VALUES],
+                               None if groups is None else groups[start:start + _MAX_VALUES],
                                n_groups)
             totals = [a + b for a, b in zip(totals, piece)]
         return totals

@@ -12,7 +12,8 @@ UTF-8 bytes, and one 64-bit hash per id for the id table (core/id_table.py).
 
 from __future__ import annotations
 
-from typing import Sequence, cast
+from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt

@@ -91,7 +91,8 @@ class IdTable:
         if free_slot is not None:  # claim the slots find saw; whoever loses one probes again
             direct = np.flatnonzero(free_slot >= 0)
             slot = free_slot[direct]
-            value = (np.maximum(h[direct] >> np.uint64(32), np.uint64(2)) << np.uint64(32)) | entries[direct].astype(np.uint64)
+            value = (np.maximum(h[direct] >> np.uint64(32),
+                                np.uint64(2)) << np.uint64(32)) | entries[direct].astype(np.uint64)
             was_empty = self.slots[slot] == _EMPTY
             self.slots[slot] = value
             won = self.slots[slot] == value

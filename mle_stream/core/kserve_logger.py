@@ -22,9 +22,10 @@ import json
 import math
 import re
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 from mle_stream.core.events import LabelValue, Prediction
 from mle_stream.errors import InvalidEvent
@@ -204,13 +205,15 @@ def _tensor_rows(tensors: Any, where: str) -> list[dict[str, Any]]:
     for j, tensor in enumerate(tensors):
         at = f"{where}[{j}]"
         if not isinstance(tensor, dict):
-            raise Rejected("body", f"{at}: expected a tensor object {{name, shape, datatype, data}}, got {_short(tensor)}")
+            raise Rejected("body",
+                           f"{at}: expected a tensor object {{name, shape, datatype, data}}, got {_short(tensor)}")
         name, shape, data = tensor.get("name"), tensor.get("shape"), tensor.get("data")
         if not isinstance(name, str) or not name:
             raise Rejected("body", f"{at}.name: expected a non-empty string, got {_short(name)}")
         if (not isinstance(shape, list) or
                 not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)):
-            raise Rejected("body", f"{at}.shape: expected a list of dimensions (whole numbers >= 0), got {_short(shape)}")
+            raise Rejected("body",
+                           f"{at}.shape: expected a list of dimensions (whole numbers >= 0), got {_short(shape)}")
         if not isinstance(data, list):
             raise Rejected("body", f"{at}.data: expected a list, got {_short(data)}")
         flat: list[Any] = []
@@ -257,7 +260,8 @@ def to_predictions(request: LoggedEvent, response: LoggedEvent, model: str, task
                            mapping, where)
         label = None if mapping.label_output is None else _label(
             _select(answer, mapping.label_output, where, response.protocol), where)
-        features = _features(instance, mapping, f"instances[{i}]" if request.protocol == "v1" else f"inputs (instance {i})")
+        features = _features(instance, mapping,
+                             f"instances[{i}]" if request.protocol == "v1" else f"inputs (instance {i})")
         try:
             out.append(Prediction(prediction_id=prediction_id(request.id, i), model=model, version=version,
                                   timestamp=timestamp, predicted_label=label, features=features or None,
@@ -278,8 +282,9 @@ def _select(answer: Any, name: str | None, where: str, protocol: str, skip: str 
         return answer[name]
     if name is None:
         if isinstance(answer, dict):
-            raise Rejected("mapping", f"{where}: the prediction is an object ({', '.join(map(repr, list(answer)[:8]))}): "
-                                      f"set ingest.output to the key that holds the score")
+            raise Rejected("mapping", f"{where}: the prediction is an object "
+                                      f"({', '.join(map(repr, list(answer)[:8]))}): set ingest.output to the key that "
+                                      f"holds the score")
         return answer
     if not isinstance(answer, dict) or name not in answer:
         raise Rejected("mapping", f"{where}: expected an object with key {name!r} (ingest.output / label_output), "
@@ -327,7 +332,8 @@ def _label(value: Any, where: str) -> LabelValue:
     if isinstance(value, float) and not math.isfinite(value):
         raise Rejected("mapping", f"{where}: the predicted label must be finite")
     if not isinstance(value, (bool, int, float, str)):
-        raise Rejected("mapping", f"{where}: the predicted label must be a boolean, number or string, got {_short(value)}")
+        raise Rejected("mapping",
+                       f"{where}: the predicted label must be a boolean, number or string, got {_short(value)}")
     return value
 
 
@@ -417,9 +423,10 @@ def resolve_version(templates: tuple[str, ...], event: LoggedEvent) -> str:
         if not missing and text.strip():
             return text[:MAX_ID_CHARS]
     raise Rejected("version", f"no version: none of ingest.version {list(templates)} resolves for ce-source "
-                              f"{event.source[:120]!r} (annotations {event.attributes.get('annotations', '(none)')[:120]}); "
-                              f"add the annotation to the InferenceService and list it in logger.metadataAnnotations, "
-                              f"or end ingest.version with a fixed version")
+                              f"{event.source[:120]!r} (annotations "
+                              f"{event.attributes.get('annotations', '(none)')[:120]}); add the annotation to the "
+                              f"InferenceService and list it in logger.metadataAnnotations, or end ingest.version with "
+                              f"a fixed version")
 
 
 def check_version_template(template: str) -> str:

@@ -83,7 +83,7 @@ class LatencySketch:
         # through happens only for a sketch holding removals it never saw added.)
         return 2.0 * self._gamma**index / (self._gamma + 1.0)
 
-    def merge(self, other: "LatencySketch") -> "LatencySketch":
+    def merge(self, other: LatencySketch) -> LatencySketch:
         if other.relative_accuracy != self.relative_accuracy:
             raise ValueError("cannot merge sketches of different relative accuracy")
         merged = LatencySketch(self.relative_accuracy)
@@ -106,7 +106,7 @@ class LatencySketch:
         }
 
     @classmethod
-    def restore(cls, data: dict[str, Any]) -> "LatencySketch":
+    def restore(cls, data: dict[str, Any]) -> LatencySketch:
         sketch = cls(float(data["a"]))
         sketch._zeros = int(data["zeros"])
         sketch._buckets = {int(i): int(n) for i, n in data["buckets"]}

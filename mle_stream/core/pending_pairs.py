@@ -9,8 +9,9 @@ returned to the caller to count. The clock is the caller's (milliseconds), so th
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Generic, Hashable, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -46,7 +47,8 @@ class PendingPairs(Generic[T]):
         entry = self._waiting.get(key)
         return entry[0] if entry else None
 
-    def offer(self, key: Hashable, kind: str, half: T, size: int, now_ms: int) -> tuple[tuple[T, T] | None, list[Dropped]]:
+    def offer(self, key: Hashable, kind: str, half: T, size: int,
+              now_ms: int) -> tuple[tuple[T, T] | None, list[Dropped]]:
         """Pair `half` with its waiting counterpart, or keep it. The caller checks duplicates first
         (waiting(key) == kind): a second half of the same kind replaces the first here."""
         dropped = self.expire(now_ms)

@@ -22,8 +22,9 @@ numbers, and the topology it came from.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from mle_stream.core.checks import CheckResult, CheckRule, Verdict, judge_check, samples_of
 from mle_stream.core.commands import command_id
@@ -256,7 +257,8 @@ def _progress(topology: Topology, state: PolicyState, judgement: WindowJudgement
         return state, []
     passes = (state.step_passes + (judgement.evidence(),))[-rollout.windows:]  # the last `windows` PASS in a row
     samples = _gate_samples(passes)
-    cooling = state.last_step_end is not None and judgement.window_end - state.last_step_end < topology.decision.cooldown_ms
+    cooling = (state.last_step_end is not None
+               and judgement.window_end - state.last_step_end < topology.decision.cooldown_ms)
     if len(passes) < rollout.windows or samples < rollout.samples or cooling:
         return replace(state, step_passes=passes), []
     following = _next_step(topology, state)
@@ -326,7 +328,8 @@ def _step(topology: Topology, state: PolicyState, now_ms: int,
     base, cand = topology.baseline_version, topology.candidate_version
     kind = CommandKind.PROMOTE if following == 100 else CommandKind.SET_TRAFFIC
     reason = (f"{topology.model} v{cand}: every check passed in {len(passes)} windows in a row {_at(current)} "
-              f"({_gate_samples(passes)} candidate samples): " + ("promote to 100%, champion" if kind is CommandKind.PROMOTE
+              f"({_gate_samples(passes)} candidate samples): "
+              f"" + ("promote to 100%, champion" if kind is CommandKind.PROMOTE
                                                                 else f"next step {following}%")
               + ("" if approval is None else f"; approved (command {approval['command_id']}): {approval['reason']}"))
     evidence: dict[str, Any] = {"from_percent": current, "to_percent": following, "windows": list(passes),
@@ -379,7 +382,8 @@ def decide_outage(topology: Topology, state: PolicyState, source: str, silent_si
     if state.rolled_back or state.holding is not None:
         return state, []
     silent_s = (now_ms - silent_since_ms) / 1000
-    why = f"source outage: no {source} for {silent_s:.0f} s (outage_after {topology.decision.outage_after_ms / 1000:g} s)"
+    why = (f"source outage: no {source} for {silent_s:.0f} s "
+           f"(outage_after {topology.decision.outage_after_ms / 1000:g} s)")
     reason = f"{topology.model}: hold v{topology.candidate_version}'s rollout: {why}"
     state = replace(state, holding=why)
     command = _command(topology, CommandKind.HOLD, f"source-outage:{source}", silent_since_ms, silent_since_ms,

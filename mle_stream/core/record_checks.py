@@ -10,8 +10,8 @@ is that one, the clock skew allowed, which labels its task can score) only the w
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt

@@ -16,9 +16,10 @@ passes before the next one, and the label count starts again from zero.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from mle_stream.core.commands import command_id
 from mle_stream.core.events import Command, CommandKind, DriftTable

@@ -7,8 +7,8 @@ the same outcome back). `Revisions` keeps a short digest of the last published C
 result per (window, version, segment), from its closing until the window leaves retention, and
 lets a REVISED one through only when its digest differs. A digest is 8 bytes of BLAKE2b over the
 result's numbers as canonical JSON (what a consumer sees, not status, verdict or emission time):
-at 1-minute hops over a 7-day retention with a dozen versions and segments, about 120,000 of them,
-about 2 MB (measured; a digest costs about 40 µs for a snapshot of 40 metrics).
+at 1-minute hops over a 7-day retention with a dozen versions and segments, about 120,000 of them
+(their memory and cost: docs/performance-history.md).
 The digests are in the evaluator's checkpoint, so a restarted worker does not publish again what it
 had published; a checkpoint without them only means one more REVISED per window, as before.
 """
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mle_stream.core.events import DriftTable, MetricSnapshot
 

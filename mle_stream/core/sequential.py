@@ -1,6 +1,6 @@
 """Sequential tests "candidate worse than baseline" that stay valid under continuous monitoring.
 
-Issue 5, part 4. A fixed-sample test re-checked after every window (what Flagger and Argo Rollouts
+A fixed-sample test re-checked after every window (what Flagger and Argo Rollouts
 do with their thresholds) rejects a true null far more often than its nominal level, and the more
 often it looks the worse it gets. Each test here is a nonnegative supermartingale under the null
 hypothesis (a likelihood ratio mixed over the alternatives), so by Ville's inequality

@@ -17,8 +17,9 @@ of event time stays unpaired and is counted (`unpaired`), never an error: mirror
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,8 @@ class ShadowPairing:
         return pairing
 
 
-def compare(task: str, pairs: Sequence[tuple[Pending, Pending]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def compare(task: str,
+            pairs: Sequence[tuple[Pending, Pending]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per (shadow, production) pair: (agree, decided, diff, abs_diff).
 
     decided: both decisions are known (binary and multiclass; a regression has none), agree:
@@ -105,7 +107,8 @@ def compare(task: str, pairs: Sequence[tuple[Pending, Pending]]) -> tuple[np.nda
     production_out = [p[3] for _, p in pairs]
     if task == "multiclass":
         agree = np.fromiter((s[4] == p[4] for s, p in pairs), dtype=np.bool_, count=n)
-        tv = np.fromiter((_total_variation(a, b) for a, b in zip(shadow_out, production_out)), dtype=np.float64, count=n)
+        tv = np.fromiter((_total_variation(a, b) for a, b in zip(shadow_out, production_out)), dtype=np.float64,
+                         count=n)
         return agree, np.ones(n, dtype=np.bool_), np.full(n, np.nan), tv
     diff = np.array(shadow_out, dtype=np.float64) - np.array(production_out, dtype=np.float64)
     if task == "binary":

@@ -30,8 +30,8 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Union
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -52,8 +52,8 @@ _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _B64URL_SIG = re.compile(r"[A-Za-z0-9_-]{86}")
 
-SecretOrPrivate = Union[Ed25519PrivateKey, bytes]
-SecretOrPublic = Union[Ed25519PublicKey, bytes]
+SecretOrPrivate = Ed25519PrivateKey | bytes
+SecretOrPublic = Ed25519PublicKey | bytes
 
 
 class UnsignableCommand(ValueError):
@@ -124,7 +124,7 @@ class Signer:
         self._key = key
 
     @classmethod
-    def from_pem(cls, key_id: str, pem: bytes, *, ttl_ms: int = DEFAULT_TTL_MS) -> "Signer":
+    def from_pem(cls, key_id: str, pem: bytes, *, ttl_ms: int = DEFAULT_TTL_MS) -> Signer:
         """A signer from a PEM (PKCS#8) Ed25519 private key, as `mle-stream keys generate` writes it."""
         try:
             key = serialization.load_pem_private_key(pem, password=None)
@@ -146,7 +146,7 @@ class Signer:
             raw = _hmac_hex(self._key, message)
         return dataclasses.replace(command, signature=f"{self.algorithm}:{self.key_id}:{raw}")
 
-    def verifier(self) -> "Verifier":
+    def verifier(self) -> Verifier:
         """A verifier that knows only this signer's key (its public half, for Ed25519)."""
         key = self._key.public_key() if isinstance(self._key, Ed25519PrivateKey) else self._key
         return Verifier({self.key_id: key})

@@ -12,9 +12,10 @@ a join compares labels by type as well as value.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from itertools import islice
 from operator import itemgetter
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

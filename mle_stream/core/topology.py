@@ -7,9 +7,10 @@ file:line and what was expected, so a reviewer fixes a file in one pass.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
@@ -127,7 +128,8 @@ def _template(*required: str, allowed: tuple[str, ...] = ("model", "version")) -
             raise ValueError(f"template {text!r} must use {', '.join('{' + n + '}' for n in missing)}")
         unknown = sorted(names - set(allowed))
         if unknown:
-            raise ValueError(f"template {text!r} may use only {fields}, not {', '.join('{' + n + '}' for n in unknown)}")
+            raise ValueError(f"template {text!r} may use only {fields}, not "
+                             f"{', '.join('{' + n + '}' for n in unknown)}")
         return text
     return convert
 
@@ -452,7 +454,8 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
                 r.error(item, f"{path}.worse", f"say in which direction {metric} gets worse: higher or lower")
             sequential = None
             if "sequential" in c:
-                sq = r.mapping(c["sequential"], f"{path}.sequential", {"alpha", "min_relative_increase", "mixing_scale"})
+                sq = r.mapping(c["sequential"], f"{path}.sequential",
+                               {"alpha", "min_relative_increase", "mixing_scale"})
                 sequential = SequentialSpec(
                     alpha=r.value(sq, "alpha", f"{path}.sequential", _open_fraction, default=SequentialSpec.alpha),
                     min_relative_increase=r.value(sq, "min_relative_increase", f"{path}.sequential", _non_negative,
@@ -509,7 +512,8 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     if pair_within is not None and pair_within <= 0:
         r.error(sh["pair_within"], "shadow.pair_within", "must be longer than 0")
     de, _ = section("decision", {"cooldown", "outage_after", "label_coverage"})
-    lc = r.mapping(de["label_coverage"], "decision.label_coverage", {"floor", "windows"}) if "label_coverage" in de else {}
+    lc = r.mapping(de["label_coverage"], "decision.label_coverage",
+                   {"floor", "windows"}) if "label_coverage" in de else {}
     decision = DecisionSettings(
         cooldown_ms=r.value(de, "cooldown", "decision", _duration, default=DecisionSettings.cooldown_ms),
         outage_after_ms=r.value(de, "outage_after", "decision", _duration, default=DecisionSettings.outage_after_ms),
@@ -566,7 +570,8 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     if retrain.concept_drift and not drift.concept:
         r.error(re_node or root, "retrain.concept_drift", "needs detectors in drift.concept to raise alarms")
     if retrain.drifted_share is not None and not drift.enabled:
-        r.error(re_node or root, "retrain.drifted_share", "needs a drift section (drift tables to count drifted features in)")
+        r.error(re_node or root, "retrain.drifted_share",
+                "needs a drift section (drift tables to count drifted features in)")
 
     rt, _ = section("routing", set().union(*_ROUTING_FIELDS.values(), {"backend"}))
     routing_backend = r.value(rt, "backend", "routing", _choice(ROUTING_BACKENDS), default="gitops")
@@ -595,9 +600,11 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         source=source, model=model, task=task, mode=mode, threshold=threshold,
         baseline_version=baseline, candidate_version=candidate,  # type: ignore[arg-type]
         baseline_alias=baseline_alias, candidate_alias=candidate_alias,
-        window_size_ms=size, window_hop_ms=hop, window_grace_ms=grace, window_updates_ms=updates_every, window_retention_ms=retention,
+        window_size_ms=size, window_hop_ms=hop, window_grace_ms=grace, window_updates_ms=updates_every,
+            window_retention_ms=retention,
         label_max_delay_ms=max_delay, max_clock_skew_ms=skew, label_align=label_align, thresholds=tuple(thresholds),
-        segment_dimensions=tuple(dimensions), segment_max_values=max_values, checks=tuple(checks), decision=decision, rollout=rollout, routing=routing,
+        segment_dimensions=tuple(dimensions), segment_max_values=max_values, checks=tuple(checks), decision=decision,
+            rollout=rollout, routing=routing,
         shadow_pair_within_ms=pair_within,
         drift=drift, retrain=retrain, ingest=ingest,
         policy_version=hashlib.sha256(text.encode()).hexdigest()[:12],

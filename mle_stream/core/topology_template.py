@@ -75,7 +75,8 @@ def topology_yaml(model: str, *, task: str = "binary", mode: str = "canary", bac
         if not value or not all(c.isalnum() or c in "-_." for c in value):
             raise ValueError(f"{name} must be letters, digits, '-', '_' or '.', got {value!r}")
     metric = "serving_error_rate" if task == "regression" else "error_rate"
-    threshold = "threshold: 0.5            # score >= threshold predicts the positive class\n" if task == "binary" else ""
+    threshold = ("threshold: 0.5            # score >= threshold predicts the positive class\n"
+                 if task == "binary" else "")
     return f"""\
 # {mode} of {model}: the candidate against the baseline, rolled back when its {metric} is worse
 # by more than 5 points in 3 windows in a row. Written by `mle-stream init-topology`: review every

@@ -4,19 +4,25 @@ production, merged and snapshotted together."""
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from mle_stream.core.drift.live import DriftSketches, merge_optional
 from mle_stream.core.metrics.binary import BinaryMetrics
 from mle_stream.core.metrics.multiclass import MulticlassMetrics
-from mle_stream.core.metrics.outcomes import BinaryOutcomes, BoolArray, FloatArray, MulticlassOutcomes, RegressionOutcomes
+from mle_stream.core.metrics.outcomes import (
+    BinaryOutcomes,
+    BoolArray,
+    FloatArray,
+    MulticlassOutcomes,
+    RegressionOutcomes,
+)
 from mle_stream.core.metrics.regression import RegressionMetrics
 from mle_stream.core.metrics.serving import ServingMetrics
 from mle_stream.core.shadow import AgreementMetrics
 from mle_stream.core.topology import Topology
 
-TaskMetrics = Union[BinaryMetrics, MulticlassMetrics, RegressionMetrics]
-Outcomes = Union[BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes]
+TaskMetrics = BinaryMetrics | MulticlassMetrics | RegressionMetrics
+Outcomes = BinaryOutcomes | MulticlassOutcomes | RegressionOutcomes
 
 _TASKS: dict[str, type[TaskMetrics]] = {
     "binary": BinaryMetrics, "multiclass": MulticlassMetrics, "regression": RegressionMetrics,
@@ -32,7 +38,7 @@ class WindowState:
         self.shadow = shadow  # shadow mode: pairs with production (only the shadow version's fill)
 
     @classmethod
-    def for_topology(cls, topology: Topology) -> "WindowState":
+    def for_topology(cls, topology: Topology) -> WindowState:
         if topology.task == "binary":
             task: TaskMetrics = BinaryMetrics(thresholds=topology.thresholds)
         else:
@@ -76,7 +82,7 @@ class WindowState:
             out["paired_rate"] = self.shadow.pairs / self.predictions if self.shadow.pairs else None
         return out
 
-    def merge(self, other: "WindowState") -> "WindowState":
+    def merge(self, other: WindowState) -> WindowState:
         return WindowState(self.task.merge(other.task), self.serving.merge(other.serving),  # type: ignore[arg-type]
                            merge_optional(self.drift, other.drift), merge_optional(self.shadow, other.shadow))
 
@@ -89,7 +95,7 @@ class WindowState:
         return data
 
     @classmethod
-    def restore(cls, task: str, data: dict[str, Any]) -> "WindowState":
+    def restore(cls, task: str, data: dict[str, Any]) -> WindowState:
         drift = DriftSketches.restore(data["drift"]) if "drift" in data else None
         shadow = AgreementMetrics.restore(data["shadow"]) if "shadow" in data else None
         return cls(_TASKS[task].restore(data["task"]), ServingMetrics.restore(data["serving"]), drift, shadow)

@@ -13,12 +13,12 @@ passed its end by `grace_ms`, and a pane is forgotten once every window holding 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterator, Mapping, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-
 
 S = TypeVar("S", bound="Mergeable")
 
@@ -223,7 +223,7 @@ class PaneTable(Generic[S]):
 
     @classmethod
     def restore(cls, spec: WindowSpec, new_state: Callable[[], S], data: dict[str, Any],
-                state_restore: Callable[[dict[str, Any]], S]) -> "PaneTable[S]":
+                state_restore: Callable[[dict[str, Any]], S]) -> PaneTable[S]:
         """The table `snapshot` described, under `spec`. Size, grace and retention may differ from the
         spec the snapshot was taken under (they only decide which panes make a window and when); the
         hop may not, since it is the length of every stored pane."""

@@ -4,9 +4,10 @@ The feed is a plain confluent-kafka consumer that joins no consumer group and co
 assigns itself every partition of mle.metrics, mle.drift, mle.commands and mle.rollout-events and
 reads them **from the beginning** (or, with `since_ms`, only messages whose timestamp is at or
 after that time: the read starts at offsets_for_times' offset, and older messages are skipped as
-well, since the embedded broker answers offsets_for_times with offset 0 whatever the time), so every reader sees the whole history the topics still hold, and any number of status
-pages and `mle-stream status` runs can read side by side without disturbing each other or the
-actuator. The board keeps bounded series, so a long history costs read time, not memory.
+well, since the embedded broker answers offsets_for_times with offset 0 whatever the time), so
+every reader sees the whole history the topics still hold, and any number of status pages and
+`mle-stream status` runs can read side by side without disturbing each other or the actuator. The
+board keeps bounded series, so a long history costs read time, not memory.
 
 What the board leaves off (forged commands, records of models no topology names) and what cannot
 be decoded is counted through `on_ignored(topic, reason, n)` (the worker's Prometheus metrics) and
@@ -22,7 +23,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
@@ -141,7 +142,7 @@ class StatusFeed:
                 break
         return total
 
-    def start(self) -> "StatusFeed":
+    def start(self) -> StatusFeed:
         """Read on in a daemon thread until `close()`."""
         self._thread = threading.Thread(target=self._run, name="mle-stream-status-feed", daemon=True)
         self._thread.start()

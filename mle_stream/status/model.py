@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any
 
 from mle_stream.core.events import Command, CommandKind, DriftTable, MetricSnapshot, RolloutEvent, RolloutStatus
 from mle_stream.core.policy import LABELS_SILENT
 
-StatusEvent = Union[MetricSnapshot, DriftTable, Command, RolloutEvent]
+StatusEvent = MetricSnapshot | DriftTable | Command | RolloutEvent
 
 # Plotted when a model's topology is unknown (mle-stream status without -t) or names no checks.
 DEFAULT_WATCHED = ("error_rate", "accuracy", "latency_p99_ms")
@@ -196,7 +197,8 @@ class StatusBoard:
         self._max_decisions = max_decisions
         self._max_timeline = max_timeline
         self._max_versions = max_versions
-        self._models = {m: _Model(m, tuple(dict.fromkeys(metrics)) or DEFAULT_WATCHED) for m, metrics in watched.items()}
+        self._models = {m: _Model(m, tuple(dict.fromkeys(metrics)) or DEFAULT_WATCHED)
+                        for m, metrics in watched.items()}
         self._applied = 0
         self._ignored: dict[str, int] = {}
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from mle_stream.config import Topics
@@ -29,17 +30,29 @@ from mle_stream.status.feed import StatusFeed
 from mle_stream.status.model import UNVERIFIED, StatusBoard
 
 if TYPE_CHECKING:
-    from mle_stream.telemetry import WorkerMetrics
+    from prometheus_client import Counter
+
     from mle_stream.verification import Verifier
 
 log = logging.getLogger(__name__)
+
+
+class WorkerMetrics(Protocol):
+    """What the page reads and counts in the worker's metrics (mle_stream.stream.metrics.WorkerMetrics);
+    a protocol, so the status page does not import the stream wiring."""
+
+    unverified_commands: Counter
+    status_ignored: Counter
+
+    def inputs_json(self, model: str) -> dict[str, Any] | None: ...
+
 
 PAGE = Path(__file__).with_name("page.html")
 DEFAULT_PORT = 8077
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         url = urlsplit(self.path)

@@ -6,7 +6,8 @@ Renders StatusBoard.to_json() output (the same data the page gets), so the two n
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 LAST_WINDOWS = 8
 LAST_DECISIONS = 5
@@ -58,7 +59,8 @@ def render_model(m: Mapping[str, Any], windows: int = LAST_WINDOWS) -> str:
             base = by_start.get(w["window_start"], {"metrics": {}})
             rows.append([f"{_clock(w['window_start'])}-{_clock(w['window_end'])}", w["verdict"] or "", w["labeled"]]
                         + [f"{_value(base['metrics'].get(k))} | {_value(w['metrics'].get(k))}" for k in m["watched"]])
-        out.append(f"\nlast windows, v{baseline['version'] if baseline else '?'} | v{cand['version']} ({cand['role']}):")
+        out.append(f"\nlast windows, v{baseline['version'] if baseline else '?'} | v{cand['version']} "
+                   f"({cand['role']}):")
         out.append(table(["window", "verdict", "labeled"] + list(m["watched"]), rows))
     drifted = [(v, d) for v in m["versions"] for d in v["drift"][-windows:] if d["drifted"]]
     if drifted:

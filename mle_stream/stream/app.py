@@ -20,15 +20,16 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Collection, Mapping, cast
+from typing import Any, cast
 
 import faust
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import Consumer
 from faust.types import TP
-from aiokafka.errors import KafkaError
-from aiokafka.structs import TopicPartition
 
 from mle_stream.config import Settings
 from mle_stream.core.drift.profile import ReferenceProfile
@@ -42,27 +43,27 @@ from mle_stream.output_framing import CONFLUENT, ConfluentOutputs
 from mle_stream.schema_registry import client_for
 from mle_stream.stream.alignment import Alignment, Offsets
 from mle_stream.stream.checkpoints import CheckpointedProcessor, Checkpoints, CheckpointStore
+from mle_stream.stream.credentials import faust_credentials
+from mle_stream.stream.metrics import WorkerMetrics
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor, wall_clock_ms
-from mle_stream.telemetry import WorkerMetrics, serve
+from mle_stream.telemetry import serve
 
 log = logging.getLogger(__name__)
 
-# Faust pays ~150 µs per Kafka message here: take many at a time. 200
-# messages (100,000 predictions from the client) keep the per-batch costs small; 1000 ran no faster
-# in mle-stream bench and held ~75 MB more at a million events, since the next batch is fetched
-# while one is processed.
+# Faust's cost is per Kafka message: take many at a time. 200 messages (100,000 predictions from
+# the client) keep the per-batch costs small; more ran no faster in mle-stream bench and held more
+# memory, since the next batch is fetched while one is processed (docs/performance-history.md).
 BATCH_MESSAGES = 200
 # Faust's take() waits this long for a batch to fill, counted from the end of the previous batch,
 # even when the messages it has are all there is (the last, partial batch of a burst always waits
-# it out). While the worker is behind, batches fill from the buffered messages long before it;
-# 0.2 s cost the bench ~1 µs per prediction in that wait alone. Shorter makes more, smaller
-# batches when input trickles in.
+# it out). While the worker is behind, batches fill from the buffered messages long before it, so
+# a long wait is pure loss (docs/performance-history.md). Shorter makes more, smaller batches when
+# input trickles in.
 BATCH_WITHIN_S = 0.05
 # Messages Faust fetches ahead into the agent's channel (its default: 4096). A paused partition
 # stops fetching, but what is already there is still processed: this bounds how far a pause lets
-# predictions run on. At 500 predictions a message, 1024 are ~0.5M predictions. mle-stream bench,
-# 1M events read as a backlog, one run each on 2 shared cores: peak RSS 500 MB at 1024 and 602 MB at
-# 4096, at the same 119k-120k events/s.
+# predictions run on. At 500 predictions a message, 1024 are ~0.5M predictions. A smaller buffer
+# also lowers the peak memory of a backlog at the same events/s (docs/performance-history.md).
 STREAM_BUFFER_MAXSIZE = 1024
 TICK_S = 10.0  # how often the worker asks whether a source has gone silent (decision.outage_after)
 LAG_S = 5.0  # how often the consumer lag gauges are refreshed without input (after every batch too)
@@ -81,7 +82,7 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
               health: WorkerHealth | None = None) -> tuple[faust.App, StreamProcessor]:
     """The Faust app and its processor; `observer(messages, published)`, if given, is called after
     each batch is processed and its outputs handed to Faust (mle-stream bench times the worker with it).
-    `metrics` (telemetry.py) is updated once per batch; without it the app keeps its own, unexposed.
+    `metrics` (metrics.py) is updated once per batch; without it the app keeps its own, unexposed.
     `health` (mle_stream.health) is told how the agent, the checkpoints and the consumer are doing."""
     metrics = metrics if metrics is not None else WorkerMetrics()
     topics, security = settings.topics, settings.kafka_security
@@ -99,10 +100,10 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
     app = faust.App(
         settings.worker_group,
         broker=f"kafka://{bootstrap}",
-        broker_credentials=security.faust_credentials(),  # TLS / SASL of its consumer, producer and admin client
+        broker_credentials=faust_credentials(security),  # TLS / SASL of its consumer, producer and admin client
         broker_session_timeout=6,  # the embedded broker's group joins stall with the default
         # At the 1 MB default a fetch holds ~7 batched prediction messages per partition and the
-        # agent idles between fetches; 16 MB measured 1.4-1.7x the events/s (mle-stream bench).
+        # agent idles between fetches (16 MB: docs/performance-history.md).
         consumer_max_fetch_size=16 * 1024**2,
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=STREAM_BUFFER_MAXSIZE,
@@ -113,7 +114,8 @@ def build_app(settings: Settings, bootstrap: str, topologies: Mapping[str, Topol
         datadir=datadir or "{conf.name}-data",  # Faust's own default: <app id>-data in the cwd
     )
     tracked = CheckpointedProcessor(processor)
-    checkpoints = Checkpoints(tracked, CheckpointStore(bootstrap, topics.state, settings.worker_group, security=security),
+    checkpoints = Checkpoints(tracked,
+                              CheckpointStore(bootstrap, topics.state, settings.worker_group, security=security),
                               settings.checkpoint_interval_s, flush_outputs=lambda: app.producer.flush())
     inputs = set(tracked.inputs)
     # The commands topic is read for operators' APPROVE commands (rollout.approval).
@@ -307,7 +309,8 @@ async def _read_from(app: faust.App, positions: Mapping[tuple[str, int], int]) -
                           f"worker would read from other offsets and lose or double-count records; stopping")
     for tp, offset in offsets.items():
         await app.consumer.seek(tp, offset)
-    log.info("reading from %s", ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(offsets.items())))
+    log.info("reading from %s",
+             ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(offsets.items())))
 
 
 # aiokafka's consumer lives in Faust's consumer thread, with its own event loop: its state is read
@@ -333,7 +336,7 @@ async def _consumer_offsets(app: faust.App, tps: Collection[tuple[str, int]]
             try:
                 # It waits while the partition has no position (right after an assignment or a seek).
                 position = await asyncio.wait_for(consumer.position(tp), POSITION_WAIT_S)
-            except (asyncio.TimeoutError, KafkaError):
+            except (TimeoutError, KafkaError):
                 position = None
             out[(topic, partition)] = (position, consumer.highwater(tp))
         return out
@@ -404,16 +407,17 @@ def limit_blas_threads(threads: int = 1) -> list[str]:
 
     The metric updates take dot products of whole worker batches (tens of thousands of rows), which
     OpenBLAS splits over one thread per core; its helper thread then spins for a while waiting for
-    more work. In the worker that spinning took 0.25-0.45 s of CPU per 200,000 predictions from the core
-    the fetcher and the broker run on, and the batch thread waited for its helper whenever that core
-    was busy. The worker's parallelism is the event loop next to the batch thread, not BLAS.
+    more work. In the worker that spinning took CPU from the core the fetcher and the broker run on
+    (docs/performance-history.md), and the batch thread waited for its helper whenever that core was
+    busy. The worker's parallelism is the event loop next to the batch thread, not BLAS.
     (OPENBLAS_NUM_THREADS only works before numpy is imported.) Linux only; elsewhere a no-op."""
     import ctypes
     import re
 
     try:
         with open("/proc/self/maps") as maps:
-            paths = sorted({m.group(1) for line in maps if (m := re.search(r"(/\S*openblas\S*\.so[.\d]*)$", line.strip()))})
+            paths = sorted({m.group(1) for line in maps
+                            if (m := re.search(r"(/\S*openblas\S*\.so[.\d]*)$", line.strip()))})
     except OSError:
         return []
     changed = []

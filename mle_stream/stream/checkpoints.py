@@ -38,8 +38,9 @@ import time
 import uuid
 import zlib
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
@@ -47,15 +48,16 @@ from mle_stream.core.evaluator import ModelEvaluator
 from mle_stream.errors import BrokerError, MleStreamError
 from mle_stream.kafka import consumer_config, producer_config
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
+from mle_stream.redact import redact_servers
 from mle_stream.schema_registry import RegistryUnavailable
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor
-from mle_stream.redact import redact_servers
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 CHUNK_BYTES = 512 * 1024  # well under Kafka's 1 MB default message.max.bytes, key and headers included
-_ZLIB_LEVEL = 1  # JSON of pending predictions compresses ~4x at level 1; higher levels cost more time than they save bytes
+# JSON of pending predictions compresses well at level 1; higher levels cost more time than they save bytes
+_ZLIB_LEVEL = 1
 
 
 class CheckpointError(MleStreamError):
@@ -192,7 +194,8 @@ class CheckpointStore:
                 failures.append(str(err))
 
         try:
-            self._producer.produce(self.topic, key=key.encode(), value=value, partition=partition, on_delivery=delivered)
+            self._producer.produce(self.topic, key=key.encode(), value=value, partition=partition,
+                                   on_delivery=delivered)
             undelivered = self._producer.flush(self.timeout_s)
         except (KafkaException, BufferError) as exc:
             undelivered, failures = 1, [str(exc)]
@@ -262,7 +265,8 @@ class CheckpointStore:
             return None
         try:
             manifest = json.loads(raw)
-            if manifest.get("format") != FORMAT or manifest.get("partition") != k or manifest.get("group") != self.group:
+            if (manifest.get("format") != FORMAT or manifest.get("partition") != k
+                    or manifest.get("group") != self.group):
                 raise CheckpointError(f"the manifest is for format {manifest.get('format')!r}, group "
                                       f"{manifest.get('group')!r}, partition {manifest.get('partition')!r}")
             slot, count, hashes = int(manifest["slot"]), int(manifest["chunks"]), list(manifest["sha256"])
@@ -349,7 +353,8 @@ class CheckpointedProcessor:
                 continue
             if msg.offset > expected:
                 # Normal only where offsets were deleted (retention) or are transaction markers.
-                log.warning("offsets %d..%d of %s[%d] were never delivered to the worker", expected, msg.offset - 1, *tp)
+                log.warning("offsets %d..%d of %s[%d] were never delivered to the worker", expected, msg.offset - 1,
+                            *tp)
             self._next[tp] = msg.offset + 1
             self._dirty.add(msg.partition)
             kept.append(msg)
@@ -407,8 +412,8 @@ class CheckpointedProcessor:
         restored: dict[str, ModelEvaluator] = {}
         if checkpoint is not None:
             if set(checkpoint.offsets) != set(self.inputs):
-                raise CheckpointError(f"the checkpoint of partition {partition} has offsets of {sorted(checkpoint.offsets)}; "
-                                      f"the worker reads {list(self.inputs)}")
+                raise CheckpointError(f"the checkpoint of partition {partition} has offsets of "
+                                      f"{sorted(checkpoint.offsets)}; the worker reads {list(self.inputs)}")
             for model, data in checkpoint.models.items():
                 current = self.processor.evaluators.get(model)
                 if current is None:

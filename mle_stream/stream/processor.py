@@ -10,24 +10,25 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence, cast
+from typing import Any, cast
 
 import numpy as np
 
 from mle_stream import codec
 from mle_stream.config import Topics
-from mle_stream.dead_letter import bounded_text, dead_letter_entry
-from mle_stream.errors import InvalidEvent
-from mle_stream.schema_registry import RegistryUnavailable, WriterSchemas
-from mle_stream.core.commands import stale_reason
-from mle_stream.core.signing import Signer, Verifier
 from mle_stream.core.columns import LabelColumns, PredictionColumns, group_rows
+from mle_stream.core.commands import stale_reason
 from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.evaluator import ModelEvaluator
 from mle_stream.core.events import Command, CommandKind, Label, MetricSnapshot, Prediction
 from mle_stream.core.policy import Verdict
+from mle_stream.core.signing import Signer, Verifier
 from mle_stream.core.topology import Topology
+from mle_stream.dead_letter import bounded_text, dead_letter_entry
+from mle_stream.errors import InvalidEvent
+from mle_stream.schema_registry import RegistryUnavailable, WriterSchemas
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Online concept-drift detectors on a model version's stream of labeled outcomes (its errors).
 
-Issue 4 part 4: river's ADWIN, PageHinkley and KSWIN (chosen and tuned per topology) and our own
+River's ADWIN, PageHinkley and KSWIN (chosen and tuned per topology) and our own
 CUSUM run on each version's stream of errors (classification: 0/1 misclassification; regression:
 absolute errors). An alarm becomes a `ConceptAlarm`: the detector, its full effective parameters
 and the position (0-based index, from the monitor's start, of the outcome that raised it).
@@ -100,9 +100,9 @@ def _choice(*allowed: str) -> Callable[[str, str, Any], Any]:
     return check
 
 
-# Per kind: parameter -> (default, check). Names and defaults are river 0.26's (DESIGN.md's river
-# defaults), except ADWIN's `max_history` (ours, see the module docstring), KSWIN's seed (river's
-# default None would make runs irreproducible) and the CUSUM's (ours, see CUSUM).
+# Per kind: parameter -> (default, check). Names and defaults are river 0.26's, except ADWIN's
+# `max_history` (ours, see the module docstring), KSWIN's seed (river's default None would make
+# runs irreproducible) and the CUSUM's (ours, see CUSUM).
 _PARAMS: dict[str, dict[str, tuple[Any, Callable[[str, str, Any], Any]]]] = {
     "adwin": {
         "delta": (0.002, _float(0.0, 1.0, lo_open=True, hi_open=True)),

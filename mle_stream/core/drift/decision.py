@@ -100,7 +100,8 @@ def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
 Sketches = tuple[NumericSketch, NumericSketch] | tuple[CategoricalSketch, CategoricalSketch]
 
 
-def decide_drift(features: Mapping[str, Sketches], thresholds: DriftThresholds = DriftThresholds()) -> dict[str, FeatureDrift]:
+def decide_drift(features: Mapping[str, Sketches],
+                 thresholds: DriftThresholds = DriftThresholds()) -> dict[str, FeatureDrift]:
     """Decide drift for every feature of one window: `features` maps a feature name (the
     prediction score is one more name) to its (reference sketch, current sketch). Features with
     no rows on either side are not tested (and not counted in the BH family)."""

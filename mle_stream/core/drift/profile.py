@@ -29,15 +29,15 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Union
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from mle_stream.core.drift.sketch import CategoricalSketch, NumericSketch, quantile_edges, top_categories
 
-Sketch = Union[NumericSketch, CategoricalSketch]
+Sketch = NumericSketch | CategoricalSketch
 
 KIND, VERSION = "reference_profile", 1
 DEFAULT_BINS, DEFAULT_TOP_K, DEFAULT_SCORE_COLUMN = 100, 20, "score"
@@ -228,7 +228,7 @@ def build_profile(
             cat.update(typed)
             features[name] = cat
 
-    stamp = created_at or datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    stamp = created_at or datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     return ReferenceProfile(model=str(model), version=str(version), created_at=stamp, rows=int(rows),
                             features=features, score=score, score_column=score_column, bins=bins, top_k=top_k,
                             skipped=skipped)

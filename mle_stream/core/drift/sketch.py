@@ -277,7 +277,8 @@ class NumericSketch:
         return state
 
     def __repr__(self) -> str:
-        return f"NumericSketch(edges=<{len(self.edges)} edges in [{self.edges[0]!r}, {self.edges[-1]!r}]>, count={self.count})"
+        return (f"NumericSketch(edges=<{len(self.edges)} edges in [{self.edges[0]!r}, {self.edges[-1]!r}]>, "
+                f"count={self.count})")
 
 
 class CategoricalSketch:

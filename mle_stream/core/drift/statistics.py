@@ -307,6 +307,6 @@ def _check_comparable(reference: Sketch, current: Sketch) -> None:
     name = "edges" if isinstance(reference, NumericSketch) else "categories"
     mine, theirs = getattr(reference, name), getattr(current, name)
     if mine != theirs:
+        first = next((i for i, (u, v) in enumerate(zip(mine, theirs)) if u != v), min(len(mine), len(theirs)))
         raise ValueError(f"cannot compare {type(reference).__name__}s with different {name} "
-                         f"({len(mine)} vs {len(theirs)}; first difference at index "
-                         f"{next((i for i, (u, v) in enumerate(zip(mine, theirs)) if u != v), min(len(mine), len(theirs)))})")
+                         f"({len(mine)} vs {len(theirs)}; first difference at index {first})")

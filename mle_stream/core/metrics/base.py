@@ -10,7 +10,8 @@ windows on the same update/revert pair).
 from __future__ import annotations
 
 import math
-from typing import Any, ParamSpec, Protocol, Self, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, ParamSpec, Protocol, Self, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt

@@ -9,15 +9,26 @@ match scikit-learn to rounding. The two ranking metrics, roc_auc and average_pre
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from mle_stream.core.exact_sum import SCALE_BITS, exact_column_sums, pack, to_float, unpack
-from mle_stream.core.metrics.base import (EMPTY_MOMENTS, Moments, add_moments, check_mergeable, check_snapshot,
-                                          combine_moments, moment_columns, moments_mean_std, moments_snapshot, ratio,
-                                          restore_moments)
+from mle_stream.core.metrics.base import (
+    EMPTY_MOMENTS,
+    Moments,
+    add_moments,
+    check_mergeable,
+    check_snapshot,
+    combine_moments,
+    moment_columns,
+    moments_mean_std,
+    moments_snapshot,
+    ratio,
+    restore_moments,
+)
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, FloatArray
 
 IntArray = npt.NDArray[np.int64]
@@ -81,7 +92,8 @@ class BinaryMetrics:
     narrower than ~1/score_bins of the coordinate while outliers keep the other bins busy.
     """
 
-    def __init__(self, thresholds: Sequence[float] = (0.5,), score_bins: int = 10_000, calibration_bins: int = 10) -> None:
+    def __init__(self, thresholds: Sequence[float] = (0.5,), score_bins: int = 10_000,
+                 calibration_bins: int = 10) -> None:
         ts = [float(t) for t in thresholds]
         if any(not 0.0 <= t <= 1.0 for t in ts):  # also refuses NaN
             raise ValueError(f"thresholds must lie in [0, 1], got {list(thresholds)!r}")
@@ -192,7 +204,8 @@ class BinaryMetrics:
         if n <= 0:
             names = ["accuracy", "precision", "recall", "f1"]
             names += [f"{m}@{t!r}" for t in self.thresholds for m in names]
-            names += ["error_rate", "roc_auc", "roc_auc_error_bound", "average_precision", "average_precision_error_bound",
+            names += ["error_rate", "roc_auc", "roc_auc_error_bound", "average_precision",
+                      "average_precision_error_bound",
                       "log_loss", "log_loss_std", "brier_score", "expected_calibration_error", "positive_rate",
                       "label_rate", "mean_score"]
             return out | dict.fromkeys(names)

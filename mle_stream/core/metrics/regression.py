@@ -15,8 +15,17 @@ from typing import Any
 import numpy as np
 
 from mle_stream.core.exact_sum import SCALE_BITS, exact_column_sums, pack, square_parts, to_float, unpack
-from mle_stream.core.metrics.base import (EMPTY_MOMENTS, Moments, add_moments, check_mergeable, check_snapshot,
-                                          combine_moments, moment_columns, moments_snapshot, restore_moments)
+from mle_stream.core.metrics.base import (
+    EMPTY_MOMENTS,
+    Moments,
+    add_moments,
+    check_mergeable,
+    check_snapshot,
+    combine_moments,
+    moment_columns,
+    moments_snapshot,
+    restore_moments,
+)
 from mle_stream.core.metrics.outcomes import RegressionOutcomes
 
 _KIND, _VERSION = "regression", 2  # v2: exact sums

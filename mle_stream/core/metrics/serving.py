@@ -13,8 +13,18 @@ from typing import Any
 import numpy as np
 
 from mle_stream.core.latency_sketch import LatencySketch
-from mle_stream.core.metrics.base import (EMPTY_MOMENTS, Moments, check_mergeable, check_snapshot, combine_moments,
-                                          moments_mean_std, moments_snapshot, ratio, restore_moments, signed_moments)
+from mle_stream.core.metrics.base import (
+    EMPTY_MOMENTS,
+    Moments,
+    check_mergeable,
+    check_snapshot,
+    combine_moments,
+    moments_mean_std,
+    moments_snapshot,
+    ratio,
+    restore_moments,
+    signed_moments,
+)
 from mle_stream.core.metrics.outcomes import BoolArray, FloatArray
 
 _KIND, _VERSION = "serving", 2  # v2: exact latency moments

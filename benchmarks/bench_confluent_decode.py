@@ -4,7 +4,7 @@ framing the worker reads: single-object (C3 01), Confluent framing with mle-stre
 field: fastavro with schema resolution, then the record path). No broker, no registry: the writer
 schemas come from a dict, as from the client's cache once each id has been fetched.
 
-usage: PYTHONPATH=. python scripts/bench_confluent_decode.py [SECONDS_PER_CASE]
+usage: PYTHONPATH=. python benchmarks/bench_confluent_decode.py [SECONDS_PER_CASE]
 """
 
 import io

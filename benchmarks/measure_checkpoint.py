@@ -2,7 +2,7 @@
 """What a checkpoint of N pending predictions costs: size, time to write, time to read and restore,
 and the memory of the process that holds them (README, "State and restarts").
 
-    python scripts/measure_checkpoint.py [--predictions 1000000] [--json]
+    python benchmarks/measure_checkpoint.py [--predictions 1000000] [--json]
 
 Uses MLE_BOOTSTRAP_SERVERS, or starts the embedded broker. Two fresh processes, so that each RSS
 figure is one process's own: the *writer* decodes N binary predictions without labels (Avro, 500
@@ -51,9 +51,9 @@ def peak_rss_mb() -> float:
 
 def parts(bootstrap: str, topic: str, group: str) -> tuple[Any, Any]:
     from mle_stream.config import Topics
+    from mle_stream.core.signing import Signer
     from mle_stream.core.topology import parse_topology
     from mle_stream.stream.checkpoints import CheckpointedProcessor, CheckpointStore
-    from mle_stream.core.signing import Signer
     from mle_stream.stream.processor import StreamProcessor
 
     processor = StreamProcessor({"fraud": parse_topology(TOPOLOGY)}, Topics(), Signer("measure", b"m" * 32))

@@ -1,7 +1,9 @@
 """A ModelRegistry backed by the MLflow Model Registry, using aliases (not the deprecated stages).
 
-This is the only module that imports mlflow (a ~2 s import): the rest of the actuator and the
-pure core stay fast to import and free of it.
+The one module that reaches the MLflow registry: the actuator moves aliases and tags through it,
+the worker side resolves a topology's aliases through it at start (mle_stream.aliases). It sits
+outside the actuator package so neither side imports the other; importing mlflow is slow, so the
+rest of the actuator and the pure core stay free of it.
 
 MLflow returns version numbers as integers in some places (3.x: `ModelVersion.version`,
 `RegisteredModel.aliases` values); the port speaks strings, so everything is converted here.
@@ -28,8 +30,9 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import requests
 from mlflow import MlflowClient

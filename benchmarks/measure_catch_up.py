@@ -3,13 +3,14 @@
 a 2-hour backlog of tests/test_catch_up.py's traffic (2 models, RATE predictions per second of
 event time each, 500 to a message; labels 1-20 s later, 1-4 to a message) on a new embedded broker.
 
-    PYTHONPATH=$PWD:$PWD/tests python scripts/measure_catch_up.py [RATE, default 20]
+    PYTHONPATH=$PWD:$PWD/tests python benchmarks/measure_catch_up.py [RATE, default 20]
 
 Prints one JSON object: events (predictions + labels) and messages, catch_up_s (from the worker's
 "reading from" to the last input message processed, by its mle_stream_input_messages_total),
 events_per_s, the worker's peak RSS and samples of it (VmRSS), seconds from process start to the
 first judged window and to the first command, and the peaks of mle_stream_input_paused and
 mle_stream_deferred_rows. CHECKPOINT=30s (the default) sets MLE_CHECKPOINT_INTERVAL."""
+
 import json
 import os
 import random
@@ -27,6 +28,9 @@ from mle_stream.broker import EmbeddedBroker
 from mle_stream.config import Topics
 from mle_stream.kafka import ensure_topics
 
+if {"-h", "--help"} & set(sys.argv[1:]):
+    print(__doc__)
+    sys.exit(0)
 rate = float(sys.argv[1]) if len(sys.argv) > 1 else 20.0
 with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
@@ -48,7 +52,8 @@ with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
     log = tmp / "worker.log"
     t0 = time.monotonic()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mle_stream", "--log-level", "info", "worker", "--topology", str(folder)],
+        proc = subprocess.Popen([sys.executable, "-m", "mle_stream", "--log-level", "info", "worker", "--topology",
+                                 str(folder)],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
     peaks: dict = {}
     rss, reading_at, done_at, first_judged, first_command = [], None, None, None, None
@@ -69,7 +74,7 @@ with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
                 first_command = now
             if reading_at is not None:
                 m = t.scrape(port)
-                for (name, lab), v in m.items():
+                for (name, _labels), v in m.items():
                     if name in ("mle_stream_input_paused", "mle_stream_deferred_rows") and v > peaks.get(name, 0):
                         peaks[name] = v
                 got = sum(v for (name, lab), v in m.items() if name == "mle_stream_input_messages_total"

@@ -1,5 +1,5 @@
 """What the worker's processing reaches without Faust: the upper bound of a worker that reads with
-confluent-kafka itself (issue 3's ratio; README, Performance).
+confluent-kafka itself, to compare with the worker's ratio to its floor (README, Performance).
 
 Over the same messages as `mle-stream bench` (200,000 predictions and their labels, produced once),
 each round measures the floor (the bench's own `floor_runs`, the fastest counting) and then a
@@ -11,16 +11,17 @@ An upper bound, not a worker: no consumer group (partitions assigned), no output
 checkpoints written (both are small at this size: a few metric snapshots, no checkpoint interval
 reached), no rebalance handling.
 
-    python scripts/measure_without_faust.py [ROUNDS]
+    python benchmarks/measure_without_faust.py [ROUNDS]
 """
+
 import sys
 import time
 
 from mle_stream import bench
 from mle_stream.config import Settings, Topics
+from mle_stream.core.signing import Signer
 from mle_stream.stream.app import BATCH_MESSAGES, tune_runtime
 from mle_stream.stream.checkpoints import CheckpointedProcessor
-from mle_stream.core.signing import Signer
 from mle_stream.stream.processor import Incoming, StreamProcessor
 
 EVENTS = 200_000
@@ -28,7 +29,8 @@ EVENTS = 200_000
 
 def without_faust(servers: str, topics: Topics, messages: int, partitions: int) -> float:
     consumer = bench._reader(servers, [topics.predictions, topics.labels], "without-faust")
-    tracked = CheckpointedProcessor(StreamProcessor(bench.bench_topologies(1), topics, Signer("bench", bench._SIGNING_KEY)))
+    tracked = CheckpointedProcessor(StreamProcessor(bench.bench_topologies(1), topics,
+                                                    Signer("bench", bench._SIGNING_KEY)))
     for k in range(partitions):
         tracked.assign(k, None)
     first: float | None = None
@@ -63,4 +65,7 @@ def main(rounds: int) -> None:
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)

@@ -25,8 +25,8 @@ at the end (pending + joined: with the defaults nothing expires within a run; --
 and --correction-ms shorter than the run measure expiry, tombstones and reused entries), and the same from tracemalloc
 (current at the end, and peak) in a separate run with tracemalloc on.
 
-    /tmp/venv/bin/python scripts/bench_join.py                     # 1M, B=500 and 50,000, 3 runs each
-    /tmp/venv/bin/python scripts/bench_join.py --events 200000 --runs 1 --json
+    python benchmarks/bench_join.py                     # 1M, B=500 and 50,000, 3 runs each
+    python benchmarks/bench_join.py --events 200000 --runs 1 --json
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 import tracemalloc
+from collections.abc import Iterator
 from itertools import repeat
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -151,7 +152,8 @@ def run(join_kind: str, batch: int, n: int, ids_as: str, memory: bool, max_delay
                            np.array(decision_col, dtype=np.bool_), np.array(scored.labels, dtype=np.bool_),
                            np.array(scored.weights, dtype=np.float64)]
                 lookup = {v: i for i, v in enumerate(dict.fromkeys(version_col))}
-                columns.append(np.fromiter(map(lookup.__getitem__, version_col), dtype=np.int64, count=len(version_col)))
+                columns.append(np.fromiter(map(lookup.__getitem__, version_col), dtype=np.int64,
+                                           count=len(version_col)))
                 segment_col.count(WHOLE)
                 joined_rows += len(columns[0])
         else:
@@ -223,21 +225,25 @@ def main() -> None:
                     "max_delay_ms": args.max_delay_ms, "correction_ms": args.correction_ms}
             runs = [child({**spec, "memory": False}) for _ in range(args.runs)]
             traced = child({**spec, "memory": True})
-            timing = {k: statistics.median(r["us_per_prediction"][k] for r in runs) for k in runs[0]["us_per_prediction"]}
+            timing = {k: statistics.median(r["us_per_prediction"][k] for r in runs)
+                      for k in runs[0]["us_per_prediction"]}
             results.append({**spec, "runs": args.runs, "median_us_per_prediction": timing,
                             "all_totals": [round(r["us_per_prediction"]["total"], 3) for r in runs],
-                            "median_peak_rss_bytes_per_held": statistics.median(r["peak_rss_bytes_per_held"] for r in runs),
+                            "median_peak_rss_bytes_per_held":
+                                statistics.median(r["peak_rss_bytes_per_held"] for r in runs),
                             "traced_bytes_per_held": traced["traced_bytes_per_held"],
                             "traced_peak_bytes_per_held": traced["traced_peak_bytes_per_held"],
-                            "held": runs[0]["held"], "pending": runs[0]["pending"], "joined_rows": runs[0]["joined_rows"]})
+                            "held": runs[0]["held"], "pending": runs[0]["pending"],
+                            "joined_rows": runs[0]["joined_rows"]})
             if not args.json:
                 r = results[-1]
                 t = r["median_us_per_prediction"]
                 print(f"B={batch:>6} {join_kind:<12} ids={ids_as:<5} pending {t['pending']:.3f}  add_predictions "
-                      f"{t['add_predictions']:.3f}  add_labels {t['add_labels']:.3f}  as_columns {t['as_columns']:.3f}  "
-                      f"expire {t['expire']:.3f}  total {t['total']:.3f} us/prediction (runs {r['all_totals']}); "
-                      f"peak RSS {r['median_peak_rss_bytes_per_held']:.0f} B/held, traced {r['traced_bytes_per_held']:.0f} "
-                      f"(peak {r['traced_peak_bytes_per_held']:.0f}) B/held, held {r['held']}", flush=True)
+                      f"{t['add_predictions']:.3f}  add_labels {t['add_labels']:.3f}  as_columns {t['as_columns']:.3f} "
+                      f" expire {t['expire']:.3f}  total {t['total']:.3f} us/prediction (runs {r['all_totals']}); "
+                      f"peak RSS {r['median_peak_rss_bytes_per_held']:.0f} B/held, traced "
+                      f"{r['traced_bytes_per_held']:.0f} (peak {r['traced_peak_bytes_per_held']:.0f}) B/held, held "
+                      f"{r['held']}", flush=True)
     if args.json:
         print(json.dumps(results, indent=1))
 
