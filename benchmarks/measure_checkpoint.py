@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """What a checkpoint of N pending predictions costs: size, time to write, time to read and restore,
-and the memory of the process that holds them (README, "State and restarts").
+and the memory of the process that holds them (docs/operations.md, "State and restarts").
 
     python benchmarks/measure_checkpoint.py [--predictions 1000000] [--json]
 

@@ -1,5 +1,5 @@
 """What the worker's processing reaches without Faust: the upper bound of a worker that reads with
-confluent-kafka itself, to compare with the worker's ratio to its floor (README, Performance).
+confluent-kafka itself, to compare with the worker's ratio to its floor (docs/performance.md).
 
 Over the same messages as `mle-stream bench` (200,000 predictions and their labels, produced once),
 each round measures the floor (the bench's own `floor_runs`, the fastest counting) and then a
