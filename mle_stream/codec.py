@@ -224,13 +224,6 @@ def _inline_named(node: Any, namespace: str, defined: set[str], known: Mapping[s
     return out
 
 
-def _without_logical_types(node: Any) -> Any:
-    if isinstance(node, list):
-        return [_without_logical_types(n) for n in node]
-    if isinstance(node, dict):
-        return {k: _without_logical_types(v) for k, v in node.items() if k != "logicalType"}
-    return node
-
 
 def _read_schema(path: Path) -> Any:
     try:
@@ -292,7 +285,7 @@ def _wire_schema(name: str, file: str, schema: Any, expanded: Any, named: dict[s
     """
     canonical = _canonical_form(expanded)
     fp = _fingerprint(canonical)
-    parsed = fastavro.parse_schema(_without_logical_types(schema), named_schemas=named)
+    parsed = fastavro.parse_schema(confluent.without_logical_types(schema), named_schemas=named)
     fastavro_fp = _fingerprint(to_parsing_canonical_form(parsed))
     goavro_fp = _fingerprint(_canonical_form(expanded, logical_as_object=True))
     fullname = _fullname(schema["name"], schema.get("namespace", ""))

@@ -52,12 +52,13 @@ class Resolution:
     writer: Any | None
 
 
-def _without_logical_types(node: Any) -> Any:
-    # Timestamps stay plain ints, as everywhere in the codec; the binary encoding is the same.
+def without_logical_types(node: Any) -> Any:
+    """The schema with its logicalType annotations dropped: timestamps stay plain ints, as everywhere
+    in the codec; the binary encoding is the same."""
     if isinstance(node, list):
-        return [_without_logical_types(n) for n in node]
+        return [without_logical_types(n) for n in node]
     if isinstance(node, dict):
-        return {k: _without_logical_types(v) for k, v in node.items() if k != "logicalType"}
+        return {k: without_logical_types(v) for k, v in node.items() if k != "logicalType"}
     return node
 
 
@@ -73,7 +74,7 @@ def resolve(writer_text: str, single: ReaderSchema, batch: ReaderSchema | None =
 
 def _resolve(writer_text: str, single: ReaderSchema, batch: ReaderSchema | None) -> Resolution:
     try:
-        writer = _without_logical_types(json.loads(writer_text))
+        writer = without_logical_types(json.loads(writer_text))
     except ValueError as exc:
         raise ValueError(f"is not JSON ({exc})") from None
     try:

@@ -11,19 +11,18 @@ import re
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
 from mle_stream.config import ACTUATOR_METRICS_PORT, WORKER_METRICS_PORT, Settings, Topics
-from mle_stream.health import HEALTH_PATHS, ActuatorHealth, start_server
+from mle_stream.health import HEALTH_PATHS
 from mle_stream.kafka import STATE_TOPIC_CONFIG
 from mle_stream.keys import signer_from_settings
+from probe_server import serving_probes
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -224,21 +223,6 @@ def test_kafka_healthcheck_asks_the_broker() -> None:
                                             "/opt/kafka/bin/kafka-broker-api-versions.sh")
 
 
-def _serving_probes(ok: bool) -> Iterator[int]:
-    """The port of a real metrics-and-probes server whose probes answer 200 (ok) or 503."""
-    health = ActuatorHealth()
-    if ok:
-        health.loop_started()
-        health.assigned([0])
-    else:
-        health.loop_stopped(RuntimeError("down"))
-    server = start_server(CollectorRegistry(), 0, "127.0.0.1", health)
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
 
 @pytest.mark.parametrize("name, default_port", [("worker", WORKER_METRICS_PORT), ("actuator", ACTUATOR_METRICS_PORT)])
 def test_compose_healthchecks_ask_the_probes_where_the_component_serves_them(name: str, default_port: int) -> None:
@@ -258,7 +242,7 @@ def test_compose_healthchecks_ask_the_probes_where_the_component_serves_them(nam
     assert int(check["start_period"].rstrip("s")) >= 30, "restoring the checkpoints takes a while"
     # The command itself tells a failing probe from a passing one (urlopen raises on a 503).
     for ok in (True, False):
-        for served in _serving_probes(ok):
+        for served in serving_probes(ok):
             script = test[3].replace(f"localhost:{port}", f"127.0.0.1:{served}")
             result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
             assert (result.returncode == 0) == ok, result.stderr.decode()

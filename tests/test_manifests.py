@@ -39,7 +39,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
 from mle_stream.actuator.gitops import GitOpsRouting
 from mle_stream.actuator.kubernetes_routing import GatewayAPIRouting, IstioRouting, KServeRouting
@@ -47,9 +46,9 @@ from mle_stream.cli import _parser
 from mle_stream.config import ACTUATOR_METRICS_PORT, WORKER_METRICS_PORT, Settings
 from mle_stream.core.topology import parse_topology
 from mle_stream.errors import ConfigError
-from mle_stream.health import ActuatorHealth, start_server
 from mle_stream.ingest import IngestServer, RunningServer
 from mle_stream.kafka_security import KafkaSecurity
+from probe_server import serving_probes
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "k8s"
@@ -491,21 +490,6 @@ def test_the_gitops_init_container_clones_a_checkout_the_actuator_pushes_routes_
 # -- probes, ports, Services, pod security ------------------------------------------------------
 
 
-def _answers(ok: bool) -> Iterator[int]:
-    """The port of a real metrics-and-probes server whose checks pass (ok) or fail."""
-    health = ActuatorHealth()
-    if ok:
-        health.loop_started()
-        health.assigned([0])
-    else:
-        health.loop_stopped(RuntimeError("down"))
-    server = start_server(CollectorRegistry(), 0, "127.0.0.1", health)
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
 
 @kustomizations
 def test_probes_ports_and_services_match_what_the_processes_serve(directory: Path) -> None:
@@ -631,7 +615,7 @@ def test_the_documented_logger_urls_reach_the_ingest_service() -> None:
 def test_the_probe_paths_answer_with_the_checks_not_the_metrics() -> None:
     # The catch-all metrics would answer 200 to any path: the probes answer JSON checks, 200 or 503.
     for ok in (True, False):
-        for port in _answers(ok):
+        for port in serving_probes(ok):
             for path in ("/livez", "/readyz"):
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
