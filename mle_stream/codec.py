@@ -79,6 +79,7 @@ from mle_stream.schema_registry import RegistryUnavailable, SchemaRegistryError,
 
 __all__ = [
     "AVRO_MARKER",
+    "SINGLE_OBJECT_HEADER_LEN",
     "ColumnsResult",
     "DecodeResult",
     "RecordError",
@@ -109,7 +110,7 @@ __all__ = [
 ]
 
 AVRO_MARKER = b"\xc3\x01"
-_HEADER_LEN = 10  # marker (2) + fingerprint (8)
+SINGLE_OBJECT_HEADER_LEN = 10  # marker (2) + fingerprint (8)
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 
@@ -702,13 +703,14 @@ def _trailing(stream: io.BytesIO, size: int, what: str) -> str | None:
 
 
 def _decode_avro(payload: bytes, kind: _Kind[T]) -> DecodeResult[T]:
-    if len(payload) < _HEADER_LEN:
+    if len(payload) < SINGLE_OBJECT_HEADER_LEN:
         return _message_error(
-            f"truncated Avro single-object message: {len(payload)} bytes, the header alone is {_HEADER_LEN}"
+            f"truncated Avro single-object message: {len(payload)} bytes, the header alone is "
+            f"{SINGLE_OBJECT_HEADER_LEN}"
         )
-    fp = payload[2:_HEADER_LEN]
+    fp = payload[2:SINGLE_OBJECT_HEADER_LEN]
     stream = io.BytesIO(payload)
-    stream.seek(_HEADER_LEN)
+    stream.seek(SINGLE_OBJECT_HEADER_LEN)
     if fp in kind.batch.fingerprints:
         try:
             raw = _read_body(stream, kind.batch)["records"]
@@ -737,7 +739,7 @@ def _salvage_batch(payload: bytes, kind: _Kind[T]) -> DecodeResult[T]:
     Avro has no per-record framing, so nothing after the first unreadable record can be trusted.
     """
     stream = io.BytesIO(payload)
-    stream.seek(_HEADER_LEN)
+    stream.seek(SINGLE_OBJECT_HEADER_LEN)
     raw: list[dict[str, Any]] = []
     failure: str | None = None
     try:
@@ -986,10 +988,10 @@ _FAST_LABELS = (
 def _fast_read(payload: bytes, kind: _Kind[Any], enabled: bool, reader: Callable[[bytes, int], R]) -> R | None:
     """What the fast reader reads of a batch message of this kind; None for any other message, or
     when the reader refuses it (the record path then reads it with fastavro, or reports it)."""
-    if not enabled or payload[:2] != AVRO_MARKER or payload[2:_HEADER_LEN] not in kind.batch.fingerprints:
+    if not enabled or payload[:2] != AVRO_MARKER or payload[2:SINGLE_OBJECT_HEADER_LEN] not in kind.batch.fingerprints:
         return None
     try:
-        return reader(payload, _HEADER_LEN)
+        return reader(payload, SINGLE_OBJECT_HEADER_LEN)
     except Exception:  # noqa: BLE001 - corrupt or unusual input: fastavro reads and reports it
         return None
 
@@ -997,7 +999,7 @@ def _fast_read(payload: bytes, kind: _Kind[Any], enabled: bool, reader: Callable
 def _read_prediction_batch(payload: bytes) -> list[tuple[Any, ...]]:
     """Every record of a PredictionBatch message as Prediction constructor arguments, unchecked (the
     tests cross-check the fast reader against fastavro with it)."""
-    read = read_prediction_batch(payload, _HEADER_LEN)
+    read = read_prediction_batch(payload, SINGLE_OBJECT_HEADER_LEN)
     return [read.args(i) for i in range(len(read))]
 
 
@@ -1311,15 +1313,15 @@ def _decode_single(payload: bytes, schema: WireSchema, cls: type[E], spec: _Spec
             raise InvalidEvent(resolution)
         datum = _confluent_datum(payload, resolution)
     elif payload[:2] == AVRO_MARKER:
-        if len(payload) < _HEADER_LEN:
+        if len(payload) < SINGLE_OBJECT_HEADER_LEN:
             raise InvalidEvent(f"truncated Avro single-object message: {len(payload)} bytes")
-        fp = payload[2:_HEADER_LEN]
+        fp = payload[2:SINGLE_OBJECT_HEADER_LEN]
         readable = [schema, *_HISTORY.get(schema.name, ())]
         writer = next((w for w in readable if fp in w.fingerprints), None)
         if writer is None:
             raise InvalidEvent(_wrong_schema(fp, readable, cls.__name__))
         stream = io.BytesIO(payload)
-        stream.seek(_HEADER_LEN)
+        stream.seek(SINGLE_OBJECT_HEADER_LEN)
         try:
             datum = (_read_body(stream, schema) if writer is schema
                      else fastavro.schemaless_reader(stream, writer.parsed, schema.parsed))

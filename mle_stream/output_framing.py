@@ -20,7 +20,6 @@ from mle_stream.schema_registry import RegistryUnavailable, SchemaRegistryClient
 log = logging.getLogger(__name__)
 
 CONFLUENT = "confluent"  # Settings.output_format (MLE_OUTPUT_FORMAT) that asks for it; "avro" is the default
-_SINGLE_OBJECT_HEADER = 10  # C3 01 + 8-byte fingerprint
 
 
 class ConfluentOutputs:
@@ -59,5 +58,6 @@ class ConfluentOutputs:
     def frame(self, topic: str, value: bytes) -> bytes:
         """`value` (a single-object message of `topic`) in Confluent framing; anything else (a
         topic or schema this was not started for, a dead letter's JSON) unchanged."""
-        header = self._headers.get((topic, value[2:_SINGLE_OBJECT_HEADER]))
-        return value if header is None or value[:2] != codec.AVRO_MARKER else header + value[_SINGLE_OBJECT_HEADER:]
+        marker, end = codec.AVRO_MARKER, codec.SINGLE_OBJECT_HEADER_LEN
+        header = self._headers.get((topic, value[len(marker):end]))
+        return value if header is None or not value.startswith(marker) else header + value[end:]
