@@ -15,7 +15,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mle_stream.core.evaluator import ModelEvaluator
@@ -120,6 +120,11 @@ def truth(preds: list[tuple[Any, ...]], labs: list[tuple[Any, ...]]) -> Reading:
 
 
 @settings(max_examples=300, deadline=None)
+# Read in one batch, the prediction at 0 (read after 17 s) once made window 0 the first, closed
+# empty; read one by one, window 5000 had closed first, on the prediction at 10000 (also read
+# after its cut).
+@example(data=([(1, "1", 17_001, 0.1, "DE"), (2, "1", 10_000, 0.1, "DE"), (3, "1", 0, 0.1, "DE")],
+               [(99, 17_000, True)]), steps=[])
 @given(inputs(), st.lists(st.tuples(st.booleans(), st.integers(1, 25), st.sampled_from(
     ["none", "advance", "updates", "restart"])), max_size=40))
 def test_any_reading_of_the_two_inputs_gives_the_same_windows_and_decisions(

@@ -978,14 +978,12 @@ class ModelEvaluator:
         if updates or leaving:
             changed = (self._touched if updates else leaving) - set(closing)
             changed |= late & set(closing)
-            first = self.panes.first_window
+            next_window = self.panes.next_window
             for start in sorted(changed):
-                if start in closing or first is not None and first <= start < (self.panes.next_window or first):
-                    status = "REVISED"  # closed, or skipped in a long gap: either way no more OPEN
-                elif self.panes.next_window is None or start >= self.panes.next_window:
-                    status = "OPEN"
-                else:
-                    continue  # starts before the first window with data: never judged, never reported
+                # Before the next window to close: closed, skipped in a long gap, or before the
+                # first window (only rows read past its cut reach those): no more OPEN, and news of
+                # late rows whichever it is.
+                status = "REVISED" if next_window is not None and start < next_window else "OPEN"
                 self._results(out, start, status, None, {}, now_ms)
         if updates:
             self._touched.clear()

@@ -61,7 +61,6 @@ class PaneTable(Generic[S]):
         self._panes: dict[PaneKey, S] = {}
         self._next_window: int | None = None  # start of the next window to close
         self._last_data: int | None = None  # start of the last window closed with data
-        self.first_window: int | None = None  # start of the first window closed (or skipped)
         self.late_dropped = 0  # records whose panes were already forgotten
 
     @property
@@ -122,10 +121,7 @@ class PaneTable(Generic[S]):
         due = self._closable(held)
         if due is None:
             return []
-        previous = self._next_window
         starts, self._next_window, self._last_data = due
-        if self.first_window is None:
-            self.first_window = previous if previous is not None else starts[0] if starts else None
         return starts
 
     def closing_due(self, held: Mapping[int, int] | None = None) -> bool:
@@ -147,8 +143,7 @@ class PaneTable(Generic[S]):
         last -= last % spec.hop_ms
         first = self._next_window
         if first is None:
-            # The first window that holds the first pane with data.
-            first = self.windows_holding(min([k.start for k in self._panes] + list(held)))[0]
+            first = self._first_window(held)
         if last < first:
             # Nothing to close yet; the first window stays undecided until one closes (data of an
             # earlier pane may still come).
@@ -169,6 +164,27 @@ class PaneTable(Generic[S]):
                 previous = w
             expected = w + spec.hop_ms
         return starts, last + spec.hop_ms, previous
+
+    def _first_window(self, held: Mapping[int, int]) -> int:
+        """The oldest window with data in time for it: a pane state (rows go in before the first
+        closing only in time for the oldest window holding their pane) or a held row keyed before
+        the window's cut. A held row keyed past the cuts of every window holding it (read long
+        after newer data) is no window's first data: as it must not be when it comes after the
+        first closing, so that which window is first does not depend on how the input was
+        batched. Without any row in time (not met: an input's first row is in time for its own
+        window), the oldest window holding data."""
+        spec = self.spec
+        cut = spec.size_ms + spec.grace_ms
+        candidates = [self.windows_holding(k.start)[0] for k in self._panes]
+        for pane, key in held.items():
+            earliest = key - cut + 1  # the oldest window start the row is keyed before the cut of
+            earliest += -earliest % spec.hop_ms
+            window = max(earliest, self.windows_holding(pane)[0])
+            if window <= pane:
+                candidates.append(window)
+        if candidates:
+            return min(candidates)
+        return self.windows_holding(min(held))[0]
 
     def windows_holding(self, pane_start: int) -> range:
         """Starts of the windows that hold this pane, oldest first."""
@@ -215,7 +231,6 @@ class PaneTable(Generic[S]):
             "watermark": self.watermark,
             "next_window": self._next_window,
             "last_data": self._last_data,
-            "first_window": self.first_window,
             "late_dropped": self.late_dropped,
             "panes": [[k.start, k.version, None if k.segment is None else list(k.segment), state_snapshot(s)]
                       for k, s in self._panes.items()],
@@ -234,8 +249,6 @@ class PaneTable(Generic[S]):
         table.watermark = int(data["watermark"])
         table._next_window = None if data["next_window"] is None else int(data["next_window"])
         table._last_data = None if data.get("last_data") is None else int(data["last_data"])  # absent before
-        first = data.get("first_window", table._next_window)  # absent before: the next window, as good as any
-        table.first_window = None if first is None else int(first)
         table.late_dropped = int(data["late_dropped"])
         for start, version, segment, state in data["panes"]:
             key = PaneKey(int(start), str(version), None if segment is None else (str(segment[0]), str(segment[1])))
