@@ -61,7 +61,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from mle_stream import codec
-from mle_stream.config import Topics
+from mle_stream.config import Topics, kafka_security_from_env
 from mle_stream.core.events import Label, Prediction
 from mle_stream.errors import ConfigError, InvalidEvent
 from mle_stream.kafka import producer_config as base_producer_config
@@ -133,7 +133,7 @@ class EvaluationClient:
         self.batch_size = batch_size
         self.linger_ms = linger_ms
         self.max_queue = max_queue
-        security = security if security is not None else KafkaSecurity.from_env()
+        security = security if security is not None else kafka_security_from_env()
         self._config = base_producer_config(bootstrap_servers, security=security, **(producer_config or {}))
         self._producer = self._new_producer()
         self._init_state()

@@ -33,7 +33,6 @@ import asyncio
 import functools
 import json
 import math
-import os
 import socket
 import threading
 import time
@@ -47,7 +46,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import MetricsHandler
 
-from mle_stream.config import duration_ms
+from mle_stream.config import duration_ms, read
 
 # Defaults. The checkpoint bound leaves two intervals' slack for a slow write or a busy batch, and a
 # floor for short intervals (a large state takes a while to snapshot and write).
@@ -112,14 +111,14 @@ class HealthSettings:
     stall_after_s: float = STALL_AFTER_S
 
     @classmethod
-    def from_env(cls, checkpoint_interval_s: float, env: Mapping[str, str] = os.environ) -> HealthSettings:
+    def from_env(cls, checkpoint_interval_s: float, env: Mapping[str, str] | None = None) -> HealthSettings:
         default_age = max(CHECKPOINT_INTERVALS * checkpoint_interval_s, CHECKPOINT_FLOOR_S)
         return cls(_duration_s(env, "MLE_HEALTH_CHECKPOINT_MAX_AGE", default_age),
                    _duration_s(env, "MLE_HEALTH_STALL_AFTER", STALL_AFTER_S))
 
 
-def _duration_s(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
+def _duration_s(env: Mapping[str, str] | None, name: str, default: float) -> float:
+    raw = read(name, env).strip()
     return duration_ms(raw, name, "90s or 5m") / 1000 if raw else default
 
 
@@ -172,7 +171,7 @@ class WorkerHealth:
         self._s = _WorkerState()
 
     @classmethod
-    def from_env(cls, checkpoint_interval_s: float, env: Mapping[str, str] = os.environ) -> WorkerHealth:
+    def from_env(cls, checkpoint_interval_s: float, env: Mapping[str, str] | None = None) -> WorkerHealth:
         settings = HealthSettings.from_env(checkpoint_interval_s, env)
         return cls(settings.checkpoint_max_age_s, settings.stall_after_s)
 
@@ -379,7 +378,7 @@ class ActuatorHealth:
         self._command_at: float | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> ActuatorHealth:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ActuatorHealth:
         return cls(_duration_s(env, "MLE_HEALTH_STALL_AFTER", STALL_AFTER_S))
 
     def loop_started(self) -> None:

@@ -101,9 +101,10 @@ class KafkaSecurity:
     # Reading
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> KafkaSecurity:
+    def from_env(cls, env: Mapping[str, str]) -> KafkaSecurity:
         """The properties file named by MLE_KAFKA_PROPERTIES_FILE (if any), overridden by the
-        MLE_KAFKA_<PROPERTY> variables; PLAINTEXT when none is set."""
+        MLE_KAFKA_<PROPERTY> variables; PLAINTEXT when none is set. `env` is the environment as
+        mle_stream.config reads it (Settings.from_env, kafka_security_from_env)."""
         values: dict[str, str] = {}
         sources: dict[str, str] = {}
         path = env.get(PROPERTIES_FILE_VARIABLE, "").strip()

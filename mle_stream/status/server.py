@@ -48,7 +48,6 @@ class WorkerMetrics(Protocol):
 
 
 PAGE = Path(__file__).with_name("page.html")
-DEFAULT_PORT = 8077
 
 
 class _Handler(BaseHTTPRequestHandler):
