@@ -3,8 +3,8 @@
 against LabelJoin (dicts of tuples, the reference model in tests/label_join_reference.py, which
 the evaluator used until ColumnJoin) on the traffic of `mle-stream bench`.
 
-Traffic as bench.py makes it: N predictions with 32-hex-digit ids, 2000 per second of event time,
-~90% labeled 0.5-4 s later (labels sent as their time comes, interleaved with the predictions),
+Traffic as mle_stream/bench/throughput.py makes it: N predictions with 32-hex-digit ids, 2000 per second of
+event time, ~90% labeled 0.5-4 s later (labels sent as their time comes, interleaved with the predictions),
 the worker's topology defaults (label_max_delay 7 days, correction window = window 60 s +
 retention 1 h, so every joined pair of the run stays held) and the worker's GC thresholds. Event
 time is swept in batches of B predictions, each followed by the labels due by then in batches of

@@ -17,7 +17,7 @@ reached), no rebalance handling.
 import sys
 import time
 
-from mle_stream import bench
+from mle_stream.bench import throughput as bench
 from mle_stream.config import Settings, Topics
 from mle_stream.core.signing import Signer
 from mle_stream.stream.app import BATCH_MESSAGES, tune_runtime

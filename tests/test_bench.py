@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from mle_stream.bench import FLOOR_RUNS, format_memory_report, format_report, memory_report, steady_state_events
+from mle_stream.bench.throughput import (
+    FLOOR_RUNS,
+    format_memory_report,
+    format_report,
+    memory_report,
+    steady_state_events,
+)
 from mle_stream.cli import main
 
 pytestmark = pytest.mark.broker

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from mle_stream.bench_decisions import (
+from mle_stream.bench.decisions import (
     cusum_paths,
     cusum_threshold,
     flagger,
@@ -94,7 +94,10 @@ def test_cli_bench_decisions_json(capsys) -> None:
     assert main(["bench", "decisions", "--json", "--rollouts", "100", "--windows", "20", "--alpha", "0.05"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert KEYS <= out.keys() and out["alpha"] == 0.05 and out["settings"]["windows"] == 20
-    assert main(["bench", "decisions", "--rows", "5"]) == 2
-    assert main(["bench", "drift", "--rollouts", "5"]) == 2
+    for other_modes_flag in (["bench", "decisions", "--rows", "5"], ["bench", "drift", "--rollouts", "5"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(other_modes_flag)
+        assert exit_.value.code == 2
+    capsys.readouterr()
     assert main(["bench", "decisions", "--alpha", "1.5"]) == 2
     assert "alpha" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mle_stream.bench_drift import (
+from mle_stream.bench.drift import (
     BINS,
     comparison_values,
     make_frames,
@@ -25,7 +25,7 @@ from mle_stream.bench_drift import (
     run_drift_bench,
     run_evidently,
 )
-from mle_stream.cli import _parser, main
+from mle_stream.cli import main, parse_args
 from mle_stream.core.drift import quantile_edges
 from mle_stream.errors import MleStreamError
 
@@ -99,7 +99,7 @@ def test_table_psi_equals_numpy_histogram_on_the_reference_quantile_bins(frames)
 
 
 STAND_IN = textwrap.dedent('''
-    # NOT Evidently: a stand-in speaking bench_drift_evidently.py's protocol, with Evidently's PSI
+    # NOT Evidently: a stand-in speaking drift_evidently.py's protocol, with Evidently's PSI
     # (Sturges edges, its zero rule) and normed Wasserstein written out with numpy and scipy.
     import json, sys, time
     from pathlib import Path
@@ -171,12 +171,16 @@ def test_missing_evidently_python_says_how_to_create_it(tmp_path: Path, capsys: 
 
 def test_bench_defaults_to_the_worker_and_refuses_options_of_the_other_bench(
         capsys: pytest.CaptureFixture[str]) -> None:
-    assert _parser().parse_args(["bench", "--events", "5"]).what == "worker"
-    assert _parser().parse_args(["bench", "drift", "--rows", "5"]).what == "drift"
-    assert main(["bench", "--rows", "10"]) == 2
-    assert "--rows apply to `mle-stream bench drift` only" in capsys.readouterr().err
-    assert main(["bench", "drift", "--events", "10"]) == 2
-    assert "--events apply to `mle-stream bench worker` only" in capsys.readouterr().err
+    assert parse_args(["bench", "--events", "5"]).mode == "worker"
+    assert parse_args(["--log-level", "debug", "bench"]).mode == "worker"
+    assert parse_args(["bench", "drift", "--rows", "5"]).mode == "drift"
+    # Each mode's parser knows only its own flags: argparse refuses the others' (exit status 2).
+    for argv, flag in ((["bench", "--rows", "10"], "--rows"), (["bench", "drift", "--events", "10"], "--events"),
+                       (["bench", "memory", "--profile", "p"], "--profile")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
 
 
 def test_frames_are_deterministic_and_checked() -> None:

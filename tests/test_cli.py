@@ -23,7 +23,8 @@ def mle(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
 
 
 @pytest.mark.parametrize("command", ["broker", "worker", "actuator", "validate", "demo", "command", "actuate",
-                                     "replay", "bench", "profile", "profile build", "status", "keys",
+                                     "replay", "bench", "bench worker", "bench memory", "bench drift",
+                                     "bench decisions", "profile", "profile build", "status", "keys",
                                      "keys generate", "init-topology", "ingest"])
 def test_every_command_explains_itself(command: str) -> None:
     result = mle(*command.split(), "--help")
@@ -38,6 +39,27 @@ def test_every_command_has_a_help_test() -> None:
 
     tested = {c.split()[0] for c in test_every_command_explains_itself.pytestmark[0].args[1]}  # type: ignore[attr-defined]
     assert set(COMMANDS) <= tested
+
+
+def test_the_benchmarks_are_loaded_only_by_the_bench_subcommands() -> None:
+    """Importing the CLI and `mle-stream worker --help` load no module of mle_stream.bench; running a
+    bench does (the check can fail)."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from mle_stream.cli import main\n"
+        "def bench_modules(): return sorted(m for m in sys.modules if m.startswith('mle_stream.bench'))\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['worker', '--help'])\n"
+        "print(bench_modules())\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['bench', 'decisions', '--json', '--rollouts', '4', '--windows', '2'])\n"
+        "print(bench_modules())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    before, after = result.stdout.splitlines()
+    assert before == "[]"
+    assert "'mle_stream.bench.decisions'" in after
 
 
 def test_json_logs_carry_the_decision_fields() -> None:
@@ -117,10 +139,11 @@ def test_standalone_broker_serves_the_topics_and_stops_on_sigterm() -> None:
 
 def test_metrics_and_probes_bind_to_the_flag_else_mle_metrics_bind_else_every_interface(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from mle_stream.cli import _metrics_bind, _parser
+    from mle_stream.cli import parse_args
+    from mle_stream.cli.common import choose_metrics_bind
 
     monkeypatch.delenv("MLE_METRICS_BIND", raising=False)
-    assert _metrics_bind(_parser().parse_args(["worker", "-t", "x"])) == "0.0.0.0"
+    assert choose_metrics_bind(parse_args(["worker", "-t", "x"])) == "0.0.0.0"
     monkeypatch.setenv("MLE_METRICS_BIND", "10.0.0.7")
-    assert _metrics_bind(_parser().parse_args(["worker", "-t", "x"])) == "10.0.0.7"
-    assert _metrics_bind(_parser().parse_args(["worker", "-t", "x", "--metrics-bind", "127.0.0.1"])) == "127.0.0.1"
+    assert choose_metrics_bind(parse_args(["worker", "-t", "x"])) == "10.0.0.7"
+    assert choose_metrics_bind(parse_args(["worker", "-t", "x", "--metrics-bind", "127.0.0.1"])) == "127.0.0.1"

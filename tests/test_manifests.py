@@ -42,7 +42,7 @@ import yaml
 
 from mle_stream.actuator.gitops import GitOpsRouting
 from mle_stream.actuator.kubernetes_routing import GatewayAPIRouting, IstioRouting, KServeRouting
-from mle_stream.cli import _parser
+from mle_stream.cli import parse_args
 from mle_stream.config import ACTUATOR_METRICS_PORT, WORKER_METRICS_PORT, Settings
 from mle_stream.core.topology import parse_topology
 from mle_stream.errors import ConfigError
@@ -67,7 +67,7 @@ KUBERNETES_VERSION = "1.32"
 NAMESPACE = "mle-stream"
 DEFAULT, GITOPS, INGEST = K8S, K8S / "overlays" / "gitops", K8S / "overlays" / "ingest"
 ROUTING_ADAPTERS = {"gateway-api": GatewayAPIRouting, "istio": IstioRouting, "kserve": KServeRouting}
-STATUS_PORT_DEFAULT = 8077  # mle_stream/cli.py STATUS_PORT
+STATUS_PORT_DEFAULT = 8077  # mle_stream/config.py STATUS_PORT
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -549,7 +549,7 @@ def _get(url: str) -> tuple[int, str]:
 
 def test_the_ingest_component_probes_and_exposes_what_mle_stream_ingest_serves() -> None:
     deployment, container = _deployment(INGEST, "ingest"), _container(INGEST, "ingest")
-    args = _parser().parse_args(container["args"])
+    args = parse_args(container["args"])
     assert args.command == "ingest" and args.bind == "0.0.0.0", "the kubelet and the logger call the pod's IP"
     [port] = container["ports"]
     assert (port["name"], port["containerPort"]) == ("http", args.port)

@@ -94,11 +94,12 @@ def distributions(requirements: list[str]) -> set[str]:
 
 
 def command_modules(extra: str) -> list[str]:
-    """The mle_stream modules the CLI's commands that need `extra` import (cli.py's cmd_* functions)."""
-    tree = ast.parse((REPO / "mle_stream" / "cli.py").read_text())
-    commands = {f"cmd_{command}" for command, needs in COMMAND_EXTRAS.items() if needs == extra}
-    return sorted({node.module for function in tree.body if isinstance(function, ast.FunctionDef)
-                   and function.name in commands for node in ast.walk(function)
+    """The mle_stream modules the CLI's commands that need `extra` import when they run (the imports in
+    the functions of their modules, mle_stream/cli/<command>.py)."""
+    files = {REPO / "mle_stream" / "cli" / f"{command.replace('-', '_')}.py"
+             for command, needs in COMMAND_EXTRAS.items() if needs == extra}
+    return sorted({node.module for path in files for function in ast.parse(path.read_text()).body
+                   if isinstance(function, ast.FunctionDef) for node in ast.walk(function)
                    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mle_stream")})
 
 

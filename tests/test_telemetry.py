@@ -278,14 +278,14 @@ def test_input_alignment_gauges_and_the_status_block_of_the_models_held() -> Non
 
 
 def test_metrics_port_comes_from_the_flag_the_environment_or_the_default() -> None:
-    from mle_stream.cli import _metrics_port, _parser
+    from mle_stream.cli import parse_args
+    from mle_stream.cli.common import choose_metrics_port
 
-    parse_args = _parser().parse_args
-    assert _metrics_port(parse_args(["worker", "-t", "x"]), Settings(), 9464) == 9464
-    assert _metrics_port(parse_args(["worker", "-t", "x"]), Settings.from_env({"MLE_METRICS_PORT": "9999"}),
-                         9464) == 9999
+    assert choose_metrics_port(parse_args(["worker", "-t", "x"]), Settings(), 9464) == 9464
+    assert choose_metrics_port(parse_args(["worker", "-t", "x"]), Settings.from_env({"MLE_METRICS_PORT": "9999"}),
+                                9464) == 9999
     args = parse_args(["actuator", "-t", "x", "--metrics-port", "0", "--metrics-bind", "127.0.0.1"])
-    assert _metrics_port(args, Settings.from_env({"MLE_METRICS_PORT": "9999"}), 9465) == 0
+    assert choose_metrics_port(args, Settings.from_env({"MLE_METRICS_PORT": "9999"}), 9465) == 0
     assert args.metrics_bind == "127.0.0.1"
     with pytest.raises(ConfigError, match="MLE_METRICS_PORT"):
         Settings.from_env({"MLE_METRICS_PORT": "http"})

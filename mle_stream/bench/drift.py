@@ -14,7 +14,7 @@ What is timed (file reading and frame building excluded on both sides):
   bounds and p-value, Benjamini-Hochberg, the decision), from numpy columns in memory;
 - Evidently: `Report([DataDriftPreset(method="psi"), DataDriftPreset(method="wasserstein")]).run()`
   on pandas DataFrames in memory, in a subprocess running the bench-only venv's python
-  (`bench_drift_evidently.py`); so every column gets both statistics. Its default preset
+  (`drift_evidently.py`); so every column gets both statistics. Its default preset
   (`DataDriftPreset()`: normed Wasserstein only, above 1000 rows) is timed too and reported apart.
 
 How the values are compared (after the clock, untimed), so that both sides compute the same
@@ -68,7 +68,7 @@ DEFAULT_ROWS, DEFAULT_REFERENCE_ROWS, DEFAULT_FEATURES = 1_000_000, 100_000, 10
 BINS = 100  # the profile's default: what the worker compares windows on
 COMPARISON_BINS = 1000  # reference-quantile bins for the Wasserstein comparison (module doc)
 TARGET_SPEEDUP, TARGET_RELATIVE_DIFFERENCE = 50.0, 0.01
-EVIDENTLY_SCRIPT = Path(__file__).with_name("bench_drift_evidently.py")
+EVIDENTLY_SCRIPT = Path(__file__).with_name("drift_evidently.py")
 ENV_SCRIPT = "benchmarks/bench-drift-env"
 
 TIMED = ("ours: build_profile of the reference (100 quantile bins per feature) + one sketch per feature filled "

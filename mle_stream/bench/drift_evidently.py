@@ -1,6 +1,6 @@
 """The Evidently side of `mle-stream bench drift`, run by the bench-only venv's python as a script.
 
-    <evidently-venv>/bin/python bench_drift_evidently.py DATA_DIR
+    <evidently-venv>/bin/python drift_evidently.py DATA_DIR
 
 DATA_DIR holds what the bench wrote: reference.npy and current.npy (float64, rows x features) and
 columns.json (the feature names). Prints one JSON object on stdout:
@@ -44,7 +44,7 @@ def _value_drifts(snapshot: Any) -> list[tuple[str, str, float]]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: bench_drift_evidently.py DATA_DIR", file=sys.stderr)
+        print("usage: drift_evidently.py DATA_DIR", file=sys.stderr)
         return 2
     # Evidently reports usage unless DO_NOT_TRACK is set; a bench must not phone home.
     os.environ.setdefault("DO_NOT_TRACK", "1")
