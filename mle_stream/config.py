@@ -79,121 +79,6 @@ def kafka_security_from_env(env: Mapping[str, str] = os.environ) -> KafkaSecurit
     return KafkaSecurity.from_env(env)
 
 
-@dataclass(frozen=True)
-class Variable:
-    """An environment variable mle-stream reads.
-
-    name: the variable, or a family such as MLE_TOPIC_<NAME>, which stands for every name that starts
-    with the part before '<'. default: what applies when it is unset, as the help says it ('' when
-    nothing does). help: what it sets, wrapped when printed.
-    """
-
-    name: str
-    default: str
-    help: str
-
-    def covers(self, name: str) -> bool:
-        prefix, family, _ = self.name.partition("<")
-        return name.startswith(prefix) if family else name == self.name
-
-
-ENVIRONMENT: tuple[Variable, ...] = (
-    Variable("MLE_BOOTSTRAP_SERVERS", "", "Kafka bootstrap servers (host:port,...); required by worker and actuator. "
-             '"embedded" (or their --embedded-broker): start the embedded in-memory broker (Tansu, '
-             "mle-stream[embedded]) on a free loopback port."),
-    Variable("MLE_SIGNING_KEY_FILE", "", "Ed25519 private key (PEM) the worker and `command` sign with (mle-stream "
-             "keys generate)."),
-    Variable("MLE_SIGNING_KEY_ID", "the key file's name without extension; hmac for MLE_SIGNING_KEY",
-             "the key id the signing key signs under."),
-    Variable("MLE_VERIFY_KEYS_DIR", "", "directory of <key_id>.pub public keys the actuator accepts commands from "
-             "and the worker accepts approvals from."),
-    Variable("MLE_VERIFY_KEYS", "", "more public keys: key_id:base64url entries (mle-stream keys generate prints "
-             "one), separated by commas or whitespace."),
-    Variable("MLE_SIGNING_KEY", "", "instead of Ed25519 keys: one shared HMAC-SHA256 secret of at least 32 bytes "
-             "that signs and verifies (openssl rand -hex 32)."),
-    Variable("MLE_COMMAND_TTL", "1h", "how long a signed command stays valid (30m, 900 seconds)."),
-    Variable("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db", "MLflow tracking/registry URI."),
-    Variable("MLE_TOPIC_PARTITIONS", "4", "partitions for topics mle-stream creates."),
-    Variable("MLE_WORKER_GROUP", "mle-stream-worker", "consumer group / Faust app id of the worker."),
-    Variable("MLE_ACTUATOR_GROUP", "mle-stream-actuator", "consumer group of the actuator."),
-    Variable("MLE_TOPIC_<NAME>", "", "topic names: " + ", ".join(
-        f"{f.name.upper()} ({f.default})" for f in fields(Topics)) + "; STATE holds the worker's checkpoints "
-        "(compacted)."),
-    Variable("MLE_CHECKPOINT_INTERVAL", "30s", "how often the worker checkpoints its state (500ms, 5m or seconds): "
-             "after a restart it resumes from the last checkpoint."),
-    Variable("MLE_NOTIFY_WEBHOOK", "", "Slack-compatible incoming webhook the actuator reports rollbacks and failed "
-             "or rejected commands to (same as actuator --notify-webhook)."),
-    Variable("MLE_NOTIFY_LIMIT", "5", "webhook posts per model and kind per MLE_NOTIFY_WINDOW; the rest are summed "
-             "up in one post when the window ends (same as actuator --notify-limit; 0: summaries only)."),
-    Variable("MLE_NOTIFY_WINDOW", "10m", "the window of MLE_NOTIFY_LIMIT (same as actuator --notify-window)."),
-    Variable("MLE_STATUS_PORT", str(STATUS_PORT), "port of the worker's live status page (same as worker "
-             "--status-port; 0: none)."),
-    Variable("MLE_LOG_FORMAT", "text", "text or json: one JSON object per log line (same as --log-format)."),
-    Variable("MLE_METRICS_PORT", f"{WORKER_METRICS_PORT} for the worker, {ACTUATOR_METRICS_PORT} for the actuator",
-             "port of the Prometheus metrics (same as --metrics-port; 0: none). The probes /livez, /readyz and "
-             "/healthz are served there too (docs/health.md)."),
-    Variable("MLE_METRICS_BIND", "0.0.0.0", "address of the metrics and probes (same as --metrics-bind)."),
-    Variable("MLE_HEALTH_CHECKPOINT_MAX_AGE", "3 x MLE_CHECKPOINT_INTERVAL, at least 120s",
-             "/livez fails when input older than this is in no checkpoint."),
-    Variable("MLE_HEALTH_STALL_AFTER", "300s", "/livez fails when the worker's position in a partition with input "
-             "waiting, or the actuator's loop, has not moved for this long."),
-    Variable("MLE_INPUT_IDLE", f"{INPUT_IDLE_MS // 1000}s", "how long a model's labels must be silent, once the "
-             "worker has read all there is of them, before its windows close by the predictions alone "
-             "(docs/catch-up.md)."),
-    Variable("MLE_INPUT_WAIT_MAX", f"{INPUT_WAIT_MAX_MS // 60_000}m", "how long a labels partition that is behind "
-             "may deliver nothing before its models' labels count as idle anyway."),
-    Variable("MLE_ALIGN_MAX_SKEW", f"{ALIGN_MAX_SKEW_MS // 60_000}m", "how far in event time a model's predictions "
-             "may run ahead of its labels (or its labels ahead of its predictions) before the worker pauses the "
-             "input that is ahead."),
-    Variable("MLE_KAFKA_PROPERTIES_FILE", "", "TLS and SASL of every Kafka connection: a client.properties file in "
-             "librdkafka's property names. See docs/kafka-security.md."),
-    Variable("MLE_KAFKA_<PROPERTY>", "", "one variable per librdkafka property, over the file's: "
-             + ", ".join(env_variable(p) for p in PROPERTIES) + "."),
-    Variable("MLE_SCHEMA_REGISTRY_URL", "", "Confluent Schema Registry (http(s)://host:8081) whose framed Avro (0x00 "
-             "+ schema id) the worker reads on predictions and labels. See docs/schema-registry.md."),
-    Variable("MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "", "the registry's credentials: user:password."),
-    Variable("MLE_SCHEMA_REGISTRY_SSL_CA_LOCATION", "", "the CA certificate (PEM) the registry's certificate is "
-             "checked against."),
-    Variable("MLE_SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION", "", "client certificate (PEM) for the registry."),
-    Variable("MLE_SCHEMA_REGISTRY_SSL_KEY_LOCATION", "", "the client certificate's private key (PEM)."),
-    Variable("MLE_SCHEMA_REGISTRY_SSL_KEY_PASSWORD", "", "the password of that private key."),
-    Variable("MLE_OUTPUT_FORMAT", "avro", "avro (Avro single-object encoding) or confluent: the worker's and the "
-             "actuator's outputs in Confluent framing, their schemas registered as <topic>-value (needs "
-             "MLE_SCHEMA_REGISTRY_URL)."),
-)
-
-
-def declared(name: str) -> Variable:
-    """The declaration covering variable `name`; KeyError (a bug of ours) when none does."""
-    for variable in ENVIRONMENT:
-        if variable.covers(name):
-            return variable
-    raise KeyError(f"{name} is not declared in mle_stream.config.ENVIRONMENT")
-
-
-def read(name: str, env: Mapping[str, str] | None = None, unset: str = "") -> str:
-    """The value of the declared variable `name` in `env` (default: the process's environment), `unset`
-    when it is not set: every setting of the environment is read through here."""
-    declared(name)
-    return (os.environ if env is None else env).get(name, unset)
-
-
-def environment_help(width: int = 100) -> str:
-    """The `environment:` section of every --help, from ENVIRONMENT."""
-    lines = ["environment:"]
-    indent = " " * 26
-    for variable in ENVIRONMENT:
-        text = variable.help + (f" Default: {variable.default}." if variable.default else "")
-        wrapped = textwrap.wrap(text, width - len(indent), break_on_hyphens=False)
-        if len(variable.name) <= 23:
-            lines.append(f"  {variable.name:<23} {wrapped[0]}")
-            wrapped = wrapped[1:]
-        else:
-            lines.append(f"  {variable.name}")
-        lines += [indent + line for line in wrapped]
-    return "\n".join(lines) + "\n"
-
-
 def duration_ms(raw: str, name: str, examples: str) -> int:
     """A duration setting in milliseconds: the topologies' durations ('30s', '5m', '500ms'), or a
     bare number of seconds. ConfigError naming the setting `name` unless it is > 0."""
@@ -285,7 +170,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
-        raw_partitions = read("MLE_TOPIC_PARTITIONS", env, "4")
+        raw_partitions = read("MLE_TOPIC_PARTITIONS", env, str(cls.partitions))
         try:
             partitions = int(raw_partitions)
         except ValueError:
@@ -378,3 +263,119 @@ def _key_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "verify_keys": read("MLE_VERIFY_KEYS", env).strip(),
         "command_ttl_ms": ttl_ms,
     }
+
+
+@dataclass(frozen=True)
+class Variable:
+    """An environment variable mle-stream reads.
+
+    name: the variable, or a family such as MLE_TOPIC_<NAME>, which stands for every name that starts
+    with the part before '<'. default: what applies when it is unset, as the help says it ('' when
+    nothing does). help: what it sets, wrapped when printed.
+    """
+
+    name: str
+    default: str
+    help: str
+
+    def covers(self, name: str) -> bool:
+        prefix, family, _ = self.name.partition("<")
+        return name.startswith(prefix) if family else name == self.name
+
+
+ENVIRONMENT: tuple[Variable, ...] = (
+    Variable("MLE_BOOTSTRAP_SERVERS", "", "Kafka bootstrap servers (host:port,...); required by worker and actuator. "
+             '"embedded" (or their --embedded-broker): start the embedded in-memory broker (Tansu, '
+             "mle-stream[embedded]) on a free loopback port."),
+    Variable("MLE_SIGNING_KEY_FILE", "", "Ed25519 private key (PEM) the worker and `command` sign with (mle-stream "
+             "keys generate)."),
+    Variable("MLE_SIGNING_KEY_ID", "the key file's name without extension; hmac for MLE_SIGNING_KEY",
+             "the key id the signing key signs under."),
+    Variable("MLE_VERIFY_KEYS_DIR", "", "directory of <key_id>.pub public keys the actuator accepts commands from "
+             "and the worker accepts approvals from."),
+    Variable("MLE_VERIFY_KEYS", "", "more public keys: key_id:base64url entries (mle-stream keys generate prints "
+             "one), separated by commas or whitespace."),
+    Variable("MLE_SIGNING_KEY", "", "instead of Ed25519 keys: one shared HMAC-SHA256 secret of at least 32 bytes "
+             "that signs and verifies (openssl rand -hex 32)."),
+    Variable("MLE_COMMAND_TTL", f"{DEFAULT_TTL_MS // 3_600_000}h",
+             "how long a signed command stays valid (30m, 900 seconds)."),
+    Variable("MLFLOW_TRACKING_URI", Settings.mlflow_tracking_uri, "MLflow tracking/registry URI."),
+    Variable("MLE_TOPIC_PARTITIONS", str(Settings.partitions), "partitions for topics mle-stream creates."),
+    Variable("MLE_WORKER_GROUP", Settings.worker_group, "consumer group / Faust app id of the worker."),
+    Variable("MLE_ACTUATOR_GROUP", Settings.actuator_group, "consumer group of the actuator."),
+    Variable("MLE_TOPIC_<NAME>", "", "topic names: " + ", ".join(
+        f"{f.name.upper()} ({f.default})" for f in fields(Topics)) + "; STATE holds the worker's checkpoints "
+        "(compacted)."),
+    Variable("MLE_CHECKPOINT_INTERVAL", f"{Settings.checkpoint_interval_s:g}s", "how often the worker checkpoints "
+             "its state (500ms, 5m or seconds): after a restart it resumes from the last checkpoint."),
+    Variable("MLE_NOTIFY_WEBHOOK", "", "Slack-compatible incoming webhook the actuator reports rollbacks and failed "
+             "or rejected commands to (same as actuator --notify-webhook)."),
+    Variable("MLE_NOTIFY_LIMIT", "5", "webhook posts per model and kind per MLE_NOTIFY_WINDOW; the rest are summed "
+             "up in one post when the window ends (same as actuator --notify-limit; 0: summaries only)."),
+    Variable("MLE_NOTIFY_WINDOW", "10m", "the window of MLE_NOTIFY_LIMIT (same as actuator --notify-window)."),
+    Variable("MLE_STATUS_PORT", str(STATUS_PORT), "port of the worker's live status page (same as worker "
+             "--status-port; 0: none)."),
+    Variable("MLE_LOG_FORMAT", "text", "text or json: one JSON object per log line (same as --log-format)."),
+    Variable("MLE_METRICS_PORT", f"{WORKER_METRICS_PORT} for the worker, {ACTUATOR_METRICS_PORT} for the actuator",
+             "port of the Prometheus metrics (same as --metrics-port; 0: none). The probes /livez, /readyz and "
+             "/healthz are served there too (docs/health.md)."),
+    Variable("MLE_METRICS_BIND", "0.0.0.0", "address of the metrics and probes (same as --metrics-bind)."),
+    Variable("MLE_HEALTH_CHECKPOINT_MAX_AGE", "3 x MLE_CHECKPOINT_INTERVAL, at least 120s",
+             "/livez fails when input older than this is in no checkpoint."),
+    Variable("MLE_HEALTH_STALL_AFTER", "300s", "/livez fails when the worker's position in a partition with input "
+             "waiting, or the actuator's loop, has not moved for this long."),
+    Variable("MLE_INPUT_IDLE", f"{INPUT_IDLE_MS // 1000}s", "how long a model's labels must be silent, once the "
+             "worker has read all there is of them, before its windows close by the predictions alone "
+             "(docs/catch-up.md)."),
+    Variable("MLE_INPUT_WAIT_MAX", f"{INPUT_WAIT_MAX_MS // 60_000}m", "how long a labels partition that is behind "
+             "may deliver nothing before its models' labels count as idle anyway."),
+    Variable("MLE_ALIGN_MAX_SKEW", f"{ALIGN_MAX_SKEW_MS // 60_000}m", "how far in event time a model's predictions "
+             "may run ahead of its labels (or its labels ahead of its predictions) before the worker pauses the "
+             "input that is ahead."),
+    Variable("MLE_KAFKA_PROPERTIES_FILE", "", "TLS and SASL of every Kafka connection: a client.properties file in "
+             "librdkafka's property names. See docs/kafka-security.md."),
+    Variable("MLE_KAFKA_<PROPERTY>", "", "one variable per librdkafka property, over the file's: "
+             + ", ".join(env_variable(p) for p in PROPERTIES) + "."),
+    Variable("MLE_SCHEMA_REGISTRY_URL", "", "Confluent Schema Registry (http(s)://host:8081) whose framed Avro (0x00 "
+             "+ schema id) the worker reads on predictions and labels. See docs/schema-registry.md."),
+    Variable("MLE_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "", "the registry's credentials: user:password."),
+    Variable("MLE_SCHEMA_REGISTRY_SSL_CA_LOCATION", "", "the CA certificate (PEM) the registry's certificate is "
+             "checked against."),
+    Variable("MLE_SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION", "", "client certificate (PEM) for the registry."),
+    Variable("MLE_SCHEMA_REGISTRY_SSL_KEY_LOCATION", "", "the client certificate's private key (PEM)."),
+    Variable("MLE_SCHEMA_REGISTRY_SSL_KEY_PASSWORD", "", "the password of that private key."),
+    Variable("MLE_OUTPUT_FORMAT", Settings.output_format, "avro (Avro single-object encoding) or confluent: the "
+             "worker's and the actuator's outputs in Confluent framing, their schemas registered as <topic>-value "
+             "(needs MLE_SCHEMA_REGISTRY_URL)."),
+)
+
+
+def declared(name: str) -> Variable:
+    """The declaration covering variable `name`; KeyError (a bug of ours) when none does."""
+    for variable in ENVIRONMENT:
+        if variable.covers(name):
+            return variable
+    raise KeyError(f"{name} is not declared in mle_stream.config.ENVIRONMENT")
+
+
+def read(name: str, env: Mapping[str, str] | None = None, unset: str = "") -> str:
+    """The value of the declared variable `name` in `env` (default: the process's environment), `unset`
+    when it is not set: every setting of the environment is read through here."""
+    declared(name)
+    return (os.environ if env is None else env).get(name, unset)
+
+
+def environment_help(width: int = 100) -> str:
+    """The `environment:` section of every --help, from ENVIRONMENT."""
+    lines = ["environment:"]
+    indent = " " * 26
+    for variable in ENVIRONMENT:
+        text = variable.help + (f" Default: {variable.default}." if variable.default else "")
+        wrapped = textwrap.wrap(text, width - len(indent), break_on_hyphens=False)
+        if len(variable.name) <= 23:
+            lines.append(f"  {variable.name:<23} {wrapped[0]}")
+            wrapped = wrapped[1:]
+        else:
+            lines.append(f"  {variable.name}")
+        lines += [indent + line for line in wrapped]
+    return "\n".join(lines) + "\n"

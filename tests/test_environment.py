@@ -104,3 +104,14 @@ def test_docs_operations_lists_every_variable() -> None:
         return any(variable.covers(name) or name == family for name in listed)
 
     assert [variable.name for variable in ENVIRONMENT if not is_listed(variable)] == []
+
+
+def test_the_declared_defaults_are_the_components_own() -> None:
+    """The defaults that live in a component (config cannot import it) against what the help says."""
+    from mle_stream.actuator.notify import DEFAULT_LIMIT, DEFAULT_WINDOW_S
+    from mle_stream.config import duration_ms
+    from mle_stream.health import STALL_AFTER_S
+
+    assert declared("MLE_NOTIFY_LIMIT").default == str(DEFAULT_LIMIT)
+    assert duration_ms(declared("MLE_NOTIFY_WINDOW").default, "", "") == DEFAULT_WINDOW_S * 1000
+    assert duration_ms(declared("MLE_HEALTH_STALL_AFTER").default, "", "") == STALL_AFTER_S * 1000
