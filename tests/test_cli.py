@@ -42,11 +42,13 @@ def test_every_command_has_a_help_test() -> None:
 
 
 def test_the_benchmarks_are_loaded_only_by_the_bench_subcommands() -> None:
-    """Importing the CLI and `mle-stream worker --help` load no module of mle_stream.bench; running a
-    bench does (the check can fail)."""
+    """Importing the CLI, the worker's, the actuator's and the status page's modules and
+    `mle-stream worker --help` load no module of mle_stream.bench; running a bench does (the check can
+    fail)."""
     code = (
         "import contextlib, io, sys\n"
         "from mle_stream.cli import main\n"
+        "import mle_stream.stream.app, mle_stream.actuator.runner, mle_stream.status.server\n"
         "def bench_modules(): return sorted(m for m in sys.modules if m.startswith('mle_stream.bench'))\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "    main(['worker', '--help'])\n"
