@@ -23,8 +23,7 @@ def mle(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
 
 
 @pytest.mark.parametrize("command", ["broker", "worker", "actuator", "validate", "demo", "command", "actuate",
-                                     "replay", "bench", "bench worker", "bench memory", "bench drift",
-                                     "bench decisions", "profile", "profile build", "status", "keys",
+                                     "replay", "bench", "profile", "profile build", "status", "keys",
                                      "keys generate", "init-topology", "ingest"])
 def test_every_command_explains_itself(command: str) -> None:
     result = mle(*command.split(), "--help")
@@ -39,6 +38,18 @@ def test_every_command_has_a_help_test() -> None:
 
     tested = {c.split()[0] for c in test_every_command_explains_itself.pytestmark[0].args[1]}  # type: ignore[attr-defined]
     assert set(COMMANDS) <= tested
+
+
+@pytest.mark.parametrize("mode", ["worker", "memory", "drift", "decisions"])
+def test_every_bench_mode_explains_itself(mode: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from mle_stream.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", mode, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert f"usage: mle-stream bench {mode}" in out and "examples:\n  mle-stream bench " in out
+    assert "MLE_BOOTSTRAP_SERVERS" in out
 
 
 def test_the_benchmarks_are_loaded_only_by_the_bench_subcommands() -> None:
