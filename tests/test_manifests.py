@@ -245,12 +245,14 @@ class _RecordingEnvironment(dict[str, str]):
 
 @functools.cache
 def _variables_mle_stream_reads() -> frozenset[str]:
-    """Every variable Settings asks for, plus those the CLI and the health rules read by name."""
+    """Every variable Settings asks for, plus those the CLI and the health rules read by name
+    (mle_stream.config.read)."""
     env = _RecordingEnvironment()
     Settings.from_env(env)
     by_name = set()
+    read_by_name = re.compile(r'(?:(?:environ|env)(?:\.get\(|\[)|\bread\()\s*"([A-Z][A-Z0-9_]+)"')
     for source in (REPO / "mle_stream").rglob("*.py"):
-        by_name |= set(re.findall(r'(?:environ|env)(?:\.get\(|\[)\s*"([A-Z][A-Z0-9_]+)"', source.read_text("utf-8")))
+        by_name |= set(read_by_name.findall(source.read_text("utf-8")))
     return frozenset(env.asked | by_name)
 
 
