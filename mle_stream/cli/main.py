@@ -42,7 +42,7 @@ COMMANDS = {name: module.run for name, module in COMMAND_MODULES.items()}
 # (pip install 'mle-stream[EXTRA]'; pyproject.toml lists what each one holds).
 COMMAND_EXTRAS = {name: module.EXTRA for name, module in COMMAND_MODULES.items()}
 
-_GLOBAL_OPTIONS_WITH_VALUE = ("--log-level", "--log-format")
+_GLOBAL_OPTIONS_WITH_VALUE = ("--log-level", "--log-format")  # build_parser's options that take a value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"mle-stream {__version__}")
-    parser.add_argument(_GLOBAL_OPTIONS_WITH_VALUE[0], default="info", choices=["debug", "info", "warning", "error"],
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="log verbosity on stderr (default: info)")
-    parser.add_argument(_GLOBAL_OPTIONS_WITH_VALUE[1], choices=list(LOG_FORMATS), default=None,
+    parser.add_argument("--log-format", choices=list(LOG_FORMATS), default=None,
                         help="text (default) or json: one JSON object per line with time, level, logger, message "
                              "and, on decision lines, model, version, window_start, window_end and command_id "
                              "(default: MLE_LOG_FORMAT, else text)")
