@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mle_stream import __version__
-from mle_stream.actuator.backends import add_route_arguments, add_routing_arguments
+from mle_stream.actuator.backends import RoutingOptions
 from mle_stream.config import ACTUATOR_METRICS_PORT, WORKER_METRICS_PORT, Settings
 from mle_stream.errors import ConfigError, MleStreamError
 from mle_stream.json_logs import FORMATS as LOG_FORMATS
@@ -488,6 +488,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_routing_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --gitops-repo, --kubeconfig and --kube-context to `parser` (read by _routing_options)."""
+    group = parser.add_argument_group(
+        "routing backends",
+        "Each topology's routing.backend says where its model's traffic split lives: gitops (HTTPRoute "
+        "manifests committed to --gitops-repo) or gateway-api / istio / kserve (an HTTPRoute, "
+        "VirtualService or InferenceService patched on the API server). The Kubernetes API server is "
+        "reached through --kubeconfig / --kube-context when given, else through the in-cluster service "
+        "account (running in a pod), else through the default kubeconfig ($KUBECONFIG or ~/.kube/config).",
+    )
+    group.add_argument("--gitops-repo", type=Path, metavar="DIR", default=None,
+                       help="git checkout holding the route manifests (created if missing); pushed to 'origin' if "
+                            "set. Required when a topology uses routing.backend: gitops (the default)")
+    group.add_argument("--kubeconfig", type=Path, metavar="FILE", default=None,
+                       help="kubeconfig file for the gateway-api, istio and kserve backends "
+                            "(default: in-cluster config, else $KUBECONFIG or ~/.kube/config)")
+    group.add_argument("--kube-context", metavar="NAME", default=None,
+                       help="kubeconfig context to use (default: the file's current-context)")
+
+
+def _routing_options(args: argparse.Namespace) -> RoutingOptions:
+    return RoutingOptions(gitops_repo=args.gitops_repo, kubeconfig=args.kubeconfig, kube_context=args.kube_context)
+
+
+# Flags that say where one model's route lives, for commands that may run without a topology
+# (mle-stream actuate): the topology's `routing` keys.
+ROUTE_FLAGS = ("backend", "namespace", "name", "service", "subset", "host", "manifest", "gateway")
+
+
+def add_route_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend and the other `routing:` keys as flags, instead of a topology file."""
+    group = parser.add_argument_group(
+        "route from flags (instead of --topology)",
+        "The command's model's routing section, as flags: the same keys and defaults as a topology's "
+        "`routing:` (docs/topologies.md). Templates take {model} and {version}.")
+    group.add_argument("--backend", choices=("gitops", "gateway-api", "istio", "kserve"),
+                       help="where the model's traffic split lives")
+    group.add_argument("--namespace", help="namespace of the route object (default: default)")
+    group.add_argument("--name", help="gateway-api, istio, kserve: the object's name template (default: {model})")
+    group.add_argument("--service", help="gitops, gateway-api: Service of one version (default: {model}-v{version})")
+    group.add_argument("--subset", help="istio: DestinationRule subset of one version (default: v{version})")
+    group.add_argument("--host", help="istio: destination host of a new route entry (default: {model})")
+    group.add_argument("--manifest", help="gitops: manifest path in the repository (default: routes/{model}.yaml)")
+    group.add_argument("--gateway", help="gitops: parentRef of a new manifest (default: ml-gateway)")
+
+
 def _add_embedded_broker_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedded-broker", action="store_true",
                    help="start the embedded in-memory broker for this process instead of connecting to "
@@ -646,7 +692,7 @@ def cmd_actuator(args: argparse.Namespace, settings: Settings) -> int:
     notifier = CountingUnverified(notifier, verify,
                                   metrics.unverified_commands.labels(settings.topics.commands, "actuator").inc)
     topologies = load_topologies(args.topology)
-    routing = build_routing(topologies, args)
+    routing = build_routing(topologies, _routing_options(args))
     actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), verifier, dry_run=args.dry_run)
     logging.getLogger("mle_stream").info("actuator accepts commands signed by %s", ", ".join(verifier.key_ids))
     stop = _wait_for_signal()
@@ -706,7 +752,7 @@ def cmd_actuate(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
     from mle_stream import codec
-    from mle_stream.actuator.backends import ROUTE_FLAGS, build_routing, topology_from_flags
+    from mle_stream.actuator.backends import build_routing, topology_for_route
     from mle_stream.actuator.service import Actuator
     from mle_stream.config import missing_sqlite_store
     from mle_stream.core.events import RolloutStatus
@@ -719,18 +765,18 @@ def cmd_actuate(args: argparse.Namespace, settings: Settings) -> int:
     local = missing_sqlite_store(settings.mlflow_tracking_uri)
     if local is not None:  # MLflow would create an empty store here, and every lookup in it would fail
         raise ConfigError(f"the MLflow store {local} does not exist (MLFLOW_TRACKING_URI)")
-    flags = [f"--{key}" for key in ROUTE_FLAGS if getattr(args, key, None) is not None]
-    if args.topology and flags:
-        raise ConfigError(f"give the route by --topology or by flags ({', '.join(flags)}), not both")
+    route = {key: getattr(args, key) for key in ROUTE_FLAGS if getattr(args, key) is not None}
+    if args.topology and route:
+        raise ConfigError(f"give the route by --topology or by flags ({', '.join(f'--{k}' for k in route)}), not both")
     if args.topology:
         topologies = load_topologies(args.topology)
-    elif "--backend" in flags:
-        topologies = {command.model: topology_from_flags(args, command.model, command.baseline_version,
-                                                         command.candidate_version)}
+    elif "backend" in route:
+        topologies = {command.model: topology_for_route(route, command.model, command.baseline_version,
+                                                        command.candidate_version, source="the route flags")}
     else:
         raise ConfigError("say where the model's route lives: --topology FILE, or --backend and its flags")
     verifier = verifier_from_settings(settings)
-    routing = build_routing(topologies, args)
+    routing = build_routing(topologies, _routing_options(args))
     actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), verifier, dry_run=args.dry_run)
     event = actuator.handle(command)
     print(json.dumps(codec.to_json_dict(event), indent=2, ensure_ascii=False))

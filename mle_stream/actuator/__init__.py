@@ -35,7 +35,7 @@ __all__ = [
     "register_demo_versions",
 ]
 
-# Loaded on first use: the CLI imports mle_stream.actuator.backends for its flags, and that must
+# Loaded on first use: the CLI imports mle_stream.actuator.backends for RoutingOptions, and that must
 # not need the actuator's extra (YAML, cryptography, mlflow) to print --help or name the extra.
 _LAZY = {"Actuator": "mle_stream.actuator.service", "GitOpsRouting": "mle_stream.actuator.gitops",
          "MlflowRegistry": "mle_stream.mlflow_registry", "register_demo_versions": "mle_stream.mlflow_registry"}
