@@ -9,7 +9,7 @@ version tags; in mle_stream.mlflow_registry, which the worker uses too), and in-
 tests and demos.
 
 Everything but the ports is loaded on first use, so importing this package does not pay for
-importing mlflow (~2 s), nor need the actuator's extra.
+importing mlflow (it takes seconds), nor need the actuator's extra.
 """
 
 from __future__ import annotations
