@@ -68,9 +68,9 @@ class BinaryMetrics:
     scores keep absolute resolution) and binned at 2**40 bins over it. Whenever more than
     `score_bins` bins are non-empty, neighbouring bins are merged pairwise, level after level,
     until at most `score_bins` remain: a snapshot never holds more than `score_bins` bins, and a
-    window of up to `score_bins` rows is exact. The level, the
-    finest at which the bins fit, depends only on the rows held, so merging states equals updating
-    from the union. Taking rows back out (weight -1) does not refine a coarsened histogram again.
+    window of up to `score_bins` rows is exact. The level, the finest at which the bins fit,
+    depends only on the rows held, so merging states equals updating from the union. Taking rows
+    back out (weight -1) does not refine a coarsened histogram again.
 
     Its error bound. A bin reads as a tie (sklearn's rule for equal scores), so only
     positive-negative pairs sharing a bin can be misordered. With P_b, N_b the positive and
