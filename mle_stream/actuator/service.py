@@ -69,6 +69,8 @@ _REMEMBERED_IDS = 100_000
 
 @dataclass(frozen=True)
 class Outcome:
+    """What applying one command did, and whether delivering it again may change that."""
+
     event: RolloutEvent
     retry: bool = False  # FAILED on transient errors only: the same command delivered again later may apply
 
