@@ -327,6 +327,25 @@ def test_an_unexpected_exception_becomes_a_failed_event(registry: InMemoryRegist
     assert "RuntimeError: adapter bug" in event.details
 
 
+def test_only_a_failure_on_transient_errors_is_worth_delivering_again(registry: InMemoryRegistry) -> None:
+    routing = FailingRouting({MODEL: {"1": 90, "2": 10}}, ActuationError("API server: 503", transient=True))
+    actuator = make_actuator(routing, registry)
+    command = make_command()
+
+    down = actuator.apply(command)
+    assert down.event.status is RolloutStatus.FAILED and down.retry, down.event.details
+    # The same actuator, next command: the advice comes from that command's own error, not the last one's.
+    routing.error = ActuationError("API server: 404 no HTTPRoute ml/fraud-detector")
+    missing = actuator.apply(command)
+    assert missing.event.status is RolloutStatus.FAILED and not missing.retry, missing.event.details
+    routing.error = RuntimeError("adapter bug")
+    assert not actuator.apply(command).retry
+    routing.set_weights = InMemoryRouting.set_weights.__get__(routing)  # type: ignore[method-assign]
+    applied = actuator.apply(command)
+    assert applied.event.status is RolloutStatus.APPLIED and not applied.retry
+    assert applied.event.details.endswith(f"signed by key {HMAC_KEY_ID} (hmac-sha256)"), applied.event.details
+
+
 def test_an_unknown_version_fails_without_touching_anything(routing: InMemoryRouting) -> None:
     registry = InMemoryRegistry({MODEL: ["1"]})
     event = make_actuator(routing, registry).handle(make_command())

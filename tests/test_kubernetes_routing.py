@@ -567,9 +567,7 @@ def test_a_set_traffic_replayed_after_a_rollback_is_stale_across_a_restart(k8s: 
 # -- wiring: topologies and flags -> backends ------------------------------------------------------
 
 def test_build_routing_picks_each_models_backend_from_its_topology(k8s: EmulatorThread, tmp_path: Path) -> None:
-    import argparse
-
-    from mle_stream.actuator.backends import add_routing_arguments, build_routing
+    from mle_stream.actuator.backends import RoutingOptions, build_routing
     from mle_stream.core.topology import parse_topology
 
     kubeconfig = tmp_path / "kubeconfig"
@@ -586,22 +584,20 @@ def test_build_routing_picks_each_models_backend_from_its_topology(k8s: Emulator
         "fraud": parse_topology(f"model: fraud\n{base}routing: {{backend: istio, namespace: ml}}\n", "fraud.yaml"),
         "churn": parse_topology(f"model: churn\n{base}routing: {{backend: kserve, namespace: ml}}\n", "churn.yaml"),
     }
-    parser = argparse.ArgumentParser()
-    add_routing_arguments(parser)
     k8s.emulator.objects[VIRTUALSERVICE, NS, "fraud"] = virtual_service()
     isvc = inference_service()
     isvc["metadata"].update(name="churn", annotations={})  # versions from the topology instead
     k8s.emulator.objects[INFERENCESERVICE, NS, "churn"] = isvc
 
-    routing = build_routing(topologies, parser.parse_args(["--kubeconfig", str(kubeconfig), "--kube-context", "test"]))
+    routing = build_routing(topologies, RoutingOptions(kubeconfig=kubeconfig, kube_context="test"))
     assert routing.get_weights("fraud") == {"1": 90, "2": 10}
     assert routing.get_weights("churn") == {"2": 10, "1": 90}
 
     with pytest.raises(ConfigError, match=r"--gitops-repo DIR is required: routing.backend is gitops \(the default\) "
                                           r"in g.yaml \(g\)"):
-        build_routing({"g": parse_topology(f"model: g\n{base}", "g.yaml")}, parser.parse_args([]))
+        build_routing({"g": parse_topology(f"model: g\n{base}", "g.yaml")}, RoutingOptions())
     with pytest.raises(ConfigError, match="cannot load Kubernetes config from .*context 'missing'"):
-        build_routing(topologies, parser.parse_args(["--kubeconfig", str(kubeconfig), "--kube-context", "missing"]))
+        build_routing(topologies, RoutingOptions(kubeconfig=kubeconfig, kube_context="missing"))
 
 
 def test_without_any_kubernetes_configuration_the_error_says_what_to_pass(monkeypatch: pytest.MonkeyPatch,

@@ -9,7 +9,7 @@ version tags; in mle_stream.mlflow_registry, which the worker uses too), and in-
 tests and demos.
 
 Everything but the ports is loaded on first use, so importing this package does not pay for
-importing mlflow (~2 s), nor need the actuator's extra.
+importing mlflow (it takes seconds), nor need the actuator's extra.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ __all__ = [
     "register_demo_versions",
 ]
 
-# Loaded on first use: the CLI imports mle_stream.actuator.backends for its flags, and that must
+# Loaded on first use: the CLI imports mle_stream.actuator.backends for RoutingOptions, and that must
 # not need the actuator's extra (YAML, cryptography, mlflow) to print --help or name the extra.
 _LAZY = {"Actuator": "mle_stream.actuator.service", "GitOpsRouting": "mle_stream.actuator.gitops",
          "MlflowRegistry": "mle_stream.mlflow_registry", "register_demo_versions": "mle_stream.mlflow_registry"}

@@ -1,10 +1,9 @@
-"""Build the actuator's RoutingBackend from topology files and command-line flags.
+"""Build the actuator's RoutingBackend from topology files and RoutingOptions.
 
 Each topology's `routing:` section names where its model's traffic split lives (backend
 `gitops`, `gateway-api`, `istio` or `kserve`, see mle_stream/core/topology.py); this module turns
-those sections into one adapter per model behind `RoutingByModel`. The flags the adapters need
-(`--gitops-repo`, `--kubeconfig`, `--kube-context`) live here too, so every command that routes
-traffic offers the same ones.
+those sections into one adapter per model behind `RoutingByModel`. RoutingOptions says how the
+adapters reach the Git checkout and the API server; the CLI builds it from its flags.
 
 The Kubernetes client is imported only when a topology uses a Kubernetes backend: a GitOps-only
 actuator neither pays for it nor needs a cluster configuration.
@@ -12,8 +11,8 @@ actuator neither pays for it nor needs a cluster configuration.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,72 +27,45 @@ if TYPE_CHECKING:
 KUBERNETES_BACKENDS = ("gateway-api", "istio", "kserve")
 
 
-def add_routing_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --gitops-repo, --kubeconfig and --kube-context to `parser` (see build_routing)."""
-    group = parser.add_argument_group(
-        "routing backends",
-        "Each topology's routing.backend says where its model's traffic split lives: gitops (HTTPRoute "
-        "manifests committed to --gitops-repo) or gateway-api / istio / kserve (an HTTPRoute, "
-        "VirtualService or InferenceService patched on the API server). The Kubernetes API server is "
-        "reached through --kubeconfig / --kube-context when given, else through the in-cluster service "
-        "account (running in a pod), else through the default kubeconfig ($KUBECONFIG or ~/.kube/config).",
-    )
-    group.add_argument("--gitops-repo", type=Path, metavar="DIR", default=None,
-                       help="git checkout holding the route manifests (created if missing); pushed to 'origin' if "
-                            "set. Required when a topology uses routing.backend: gitops (the default)")
-    group.add_argument("--kubeconfig", type=Path, metavar="FILE", default=None,
-                       help="kubeconfig file for the gateway-api, istio and kserve backends "
-                            "(default: in-cluster config, else $KUBECONFIG or ~/.kube/config)")
-    group.add_argument("--kube-context", metavar="NAME", default=None,
-                       help="kubeconfig context to use (default: the file's current-context)")
+@dataclass(frozen=True)
+class RoutingOptions:
+    """How the adapters reach what they change; the CLI fills it from the flags of the same names.
+
+    gitops_repo: the Git checkout holding the route manifests (`--gitops-repo`), needed only when a
+    topology routes through gitops. kubeconfig, kube_context: the Kubernetes client configuration
+    (`--kubeconfig`, `--kube-context`); without either, in-cluster, else the default kubeconfig.
+    """
+
+    gitops_repo: Path | None = None
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
 
 
-# Flags that say where one model's route lives, for commands that may run without a topology
-# (mle-stream actuate): the topology's `routing` keys.
-ROUTE_FLAGS = ("backend", "namespace", "name", "service", "subset", "host", "manifest", "gateway")
-
-
-def add_route_arguments(parser: argparse.ArgumentParser) -> None:
-    """--backend and the other `routing:` keys as flags, instead of a topology file."""
-    group = parser.add_argument_group(
-        "route from flags (instead of --topology)",
-        "The command's model's routing section, as flags: the same keys and defaults as a topology's "
-        "`routing:` (docs/topologies.md). Templates take {model} and {version}.")
-    group.add_argument("--backend", choices=("gitops", "gateway-api", "istio", "kserve"),
-                       help="where the model's traffic split lives")
-    group.add_argument("--namespace", help="namespace of the route object (default: default)")
-    group.add_argument("--name", help="gateway-api, istio, kserve: the object's name template (default: {model})")
-    group.add_argument("--service", help="gitops, gateway-api: Service of one version (default: {model}-v{version})")
-    group.add_argument("--subset", help="istio: DestinationRule subset of one version (default: v{version})")
-    group.add_argument("--host", help="istio: destination host of a new route entry (default: {model})")
-    group.add_argument("--manifest", help="gitops: manifest path in the repository (default: routes/{model}.yaml)")
-    group.add_argument("--gateway", help="gitops: parentRef of a new manifest (default: ml-gateway)")
-
-
-def topology_from_flags(args: argparse.Namespace, model: str, baseline: str, candidate: str) -> Topology:
-    """A topology holding only the route the flags describe, for one model and its two versions;
-    it goes through the topology parser, so the flags are checked exactly as a `routing:` section."""
+def topology_for_route(routing: Mapping[str, str], model: str, baseline: str, candidate: str, *,
+                       source: str) -> Topology:
+    """A topology holding only `routing` (a topology's `routing:` keys), for one model and its two
+    versions; it goes through the topology parser, so the keys are checked exactly as a `routing:`
+    section. `source` names where the keys came from in its errors."""
     import yaml
 
     from mle_stream.core.topology import parse_topology
 
-    routing = {key: getattr(args, key) for key in ROUTE_FLAGS if getattr(args, key, None) is not None}
     text = yaml.safe_dump({"model": model, "task": "binary", "baseline": {"version": baseline},
-                           "candidate": {"version": candidate}, "routing": routing}, sort_keys=False)
-    return parse_topology(text, source="the route flags")
+                           "candidate": {"version": candidate}, "routing": dict(routing)}, sort_keys=False)
+    return parse_topology(text, source=source)
 
 
-def build_routing(topologies: Mapping[str, Topology], args: argparse.Namespace) -> RoutingBackend:
-    """One RoutingBackend per model, from its topology's routing section; ConfigError when flags are missing.
+def build_routing(topologies: Mapping[str, Topology], options: RoutingOptions) -> RoutingBackend:
+    """One RoutingBackend per model, from its topology's routing section; ConfigError when an option is missing.
 
     Models on a Kubernetes backend share one API client, so one connection pool serves them all.
     """
-    # Imported here, not at the top: the CLI imports this module to build its parser, and parsing
-    # flags should not pay for the Kafka client the runner pulls in.
+    # Imported here, not at the top: importing this module for RoutingOptions should not pull in the
+    # Kafka client the runner needs.
     from mle_stream.actuator.gitops import GitOpsRouting
     from mle_stream.actuator.runner import RoutingByModel
 
-    gitops_repo: Path | None = getattr(args, "gitops_repo", None)
+    gitops_repo = options.gitops_repo
     needs_git = sorted(model for model, t in topologies.items() if t.routing.backend == "gitops")
     if needs_git and gitops_repo is None:
         sources = ", ".join(f"{topologies[m].source} ({m})" for m in needs_git)
@@ -115,7 +87,7 @@ def build_routing(topologies: Mapping[str, Topology], args: argparse.Namespace) 
             raise ConfigError(f"{topology.source}: routing.backend {target.backend!r} is not one of "
                               f"gitops, {', '.join(KUBERNETES_BACKENDS)}")
         if api_client is None:
-            api_client = kubernetes_api_client(getattr(args, "kubeconfig", None), getattr(args, "kube_context", None))
+            api_client = kubernetes_api_client(options.kubeconfig, options.kube_context)
         backends[model] = _kubernetes_backend(topology, api_client)
     return RoutingByModel(backends)
 

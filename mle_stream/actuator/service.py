@@ -2,11 +2,11 @@
 
 The only place in mle-stream that touches the world. The policy decides (commands); this applies,
 through the two ports (ports.py), in Flagger's order: traffic back first, then the registry, then
-the outcome is returned for the publisher. `handle` never raises: whatever happens becomes a
-RolloutEvent (`apply` adds whether a FAILED one is worth delivering again: it failed on transient
-errors, a service down or overloaded, that the adapters' own retries did not outlast), and the
-event's route weights and aliases are read back from the backends after the action, so it reports
-the state of the world rather than the command's wishes.
+the outcome is returned for the publisher. `apply` never raises: whatever happens becomes a
+RolloutEvent, with whether a FAILED one is worth delivering again (it failed on transient errors, a
+service down or overloaded, that the adapters' own retries did not outlast), and the event's route
+weights and aliases are read back from the backends after the action, so it reports the state of
+the world rather than the command's wishes.
 
 Idempotency (commands are redelivered: consumer restarts, re-emitted decisions):
 
@@ -28,7 +28,8 @@ before the marker tag); the later of the two counts. Signatures are checked firs
 (core/signing.py); the key id that signed is in every event's details and tagged `mle.signed_by`
 on the versions a command changed.
 
-Not thread-safe: one actuator per command stream, called from one consume loop.
+Nothing about one command outlives it but the memory of applied ids. Not thread-safe: one actuator
+per command stream, called from one consume loop.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mle_stream.actuator.ports import ModelRegistry, RoutingBackend, check_weights, describe_weights
 from mle_stream.core.commands import MAX_CLOCK_SKEW_MS, AppliedMarker, iso_utc, newest, stale_reason
@@ -68,8 +69,10 @@ _REMEMBERED_IDS = 100_000
 
 @dataclass(frozen=True)
 class Outcome:
+    """What applying one command did, and whether delivering it again may change that."""
+
     event: RolloutEvent
-    retry: bool  # FAILED on transient errors only: the same command delivered again later may apply
+    retry: bool = False  # FAILED on transient errors only: the same command delivered again later may apply
 
 
 def epoch_ms() -> int:
@@ -134,47 +137,47 @@ class Actuator:
         self._clock = clock
         self._max_skew_ms = max_clock_skew_ms
         self._applied: OrderedDict[str, None] = OrderedDict()
-        self._transient = False  # the last FAILED came from transient errors (see apply)
-        self._signed_by: Verified | None = None  # who signed the command being handled (for its event)
 
     @property
     def dry_run(self) -> bool:
         return self._dry_run
 
     def apply(self, command: Command) -> Outcome:
-        """`handle`, and whether a FAILED command is worth delivering again (see Outcome)."""
-        self._transient = False
-        event = self.handle(command)
-        return Outcome(event, event.status is RolloutStatus.FAILED and self._transient)
-
-    def handle(self, command: Command) -> RolloutEvent:
-        """Apply `command` and return what happened; never raises."""
-        self._signed_by = None
+        """Apply `command`: what happened, and whether a FAILED one is worth delivering again (see
+        Outcome); never raises."""
+        signed_by: Verified | None = None
         try:
-            event = self._handle(command)
+            signed_by = self._verifier.verify(command)
+            outcome = self._apply(command, signed_by)
         except Exception as exc:  # a bug or an adapter breaking its contract: report it, keep consuming
             log.exception("actuator failed on command %s of model %s", command.command_id, command.model)
-            event = self._event(
-                command, RolloutStatus.FAILED, f"unexpected {type(exc).__name__}: {exc}", self._observe(command.model)
-            )
+            outcome = Outcome(self._event(command, RolloutStatus.FAILED, f"unexpected {type(exc).__name__}: {exc}",
+                                          self._observe(command.model)))
+        event = outcome.event
+        if signed_by is not None:  # said here, once, so that every path's event names the signer, a bug's too
+            event = replace(event, details=f"{event.details}; signed by key {signed_by.key_id} ({signed_by.algorithm})")
+            outcome = Outcome(event, outcome.retry)
         level = logging.WARNING if event.status in (RolloutStatus.FAILED, RolloutStatus.REJECTED) else logging.INFO
         log.log(level, "%s %s of %s (command %s): %s", event.status.value, event.action, event.model,
                 event.command_id, event.details)
-        return event
+        return outcome
+
+    def handle(self, command: Command) -> RolloutEvent:
+        """Apply `command` and return what happened (`apply` without the retry advice); never raises."""
+        return self.apply(command).event
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _handle(self, command: Command) -> RolloutEvent:
-        self._signed_by = self._verifier.verify(command)
-        if self._signed_by is None:
+    def _apply(self, command: Command, signed_by: Verified | None) -> Outcome:
+        if signed_by is None:
             # The model name is unverified: read nothing with it either.
-            return self._event(command, RolloutStatus.REJECTED, f"{self._signature_problem(command)}; nothing was "
-                               "read or changed", _Observed({}, None, None, []))
+            return Outcome(self._event(command, RolloutStatus.REJECTED, f"{self._signature_problem(command)}; "
+                                       "nothing was read or changed", _Observed({}, None, None, [])))
         try:
             plan = self._plan(command)
         except RejectedCommand as exc:
-            return self._event(command, RolloutStatus.REJECTED, f"malformed command: {exc}; nothing was changed",
-                               self._observe(command.model))
+            return Outcome(self._event(command, RolloutStatus.REJECTED, f"malformed command: {exc}; nothing was "
+                                       "changed", self._observe(command.model)))
 
         route_last = registry_last = None
         marker: str | None = None
@@ -200,13 +203,13 @@ class Actuator:
         resume = route_id == command.command_id
         stale = None if resume else stale_reason(command, self._clock(), applied, self._max_skew_ms)
         if stale:
-            return self._event(command, RolloutStatus.REJECTED, f"{stale}; nothing was changed",
-                               self._observe(command.model))
+            return Outcome(self._event(command, RolloutStatus.REJECTED, f"{stale}; nothing was changed",
+                                       self._observe(command.model)))
 
         if self._dry_run:
             observed = self._observe(command.model)
-            return self._event(command, RolloutStatus.DRY_RUN, self._describe_dry_run(plan, resume, observed.weights),
-                               observed)
+            return Outcome(self._event(command, RolloutStatus.DRY_RUN,
+                                       self._describe_dry_run(plan, resume, observed.weights), observed))
 
         done: list[str] = []
         if plan.route is not None and not resume:
@@ -223,14 +226,14 @@ class Actuator:
             done.append("resumed: the route already records this command (an earlier attempt stopped before the "
                         "registry step)")
         try:
-            done.extend(self._registry_step(command, plan))
+            done.extend(self._registry_step(command, plan, signed_by.key_id))
         except ActuationError as exc:
             done.append(f"registry step failed: {exc}; delivering the command again resumes from the registry step")
             return self._failed(command, "; ".join(done), exc)
         if plan.note:
             done.append(plan.note)
         self._remember(command.command_id)
-        return self._event(command, RolloutStatus.APPLIED, "; ".join(done), self._observe(command.model))
+        return Outcome(self._event(command, RolloutStatus.APPLIED, "; ".join(done), self._observe(command.model)))
 
     def _signature_problem(self, command: Command) -> str:
         """Why a command did not verify, for its REJECTED event (which reports, never raises)."""
@@ -295,9 +298,9 @@ class Actuator:
             return _Plan(route=traffic, tags=((cand, step),), done_versions=(cand,), marker_version=cand, durable=True)
         raise RejectedCommand(f"unknown command kind {kind!r}")
 
-    def _registry_step(self, command: Command, plan: _Plan) -> list[str]:
+    def _registry_step(self, command: Command, plan: _Plan, signed_by: str) -> list[str]:
         """Aliases, tags, the model's newest command, then the marker tags (see _Plan); every write is
-        idempotent, so resuming is safe."""
+        idempotent, so resuming is safe. `signed_by`: the key id the command was signed with."""
         model, done = command.model, []
         if plan.champion is not None:
             self._registry.set_alias(model, CHAMPION, plan.champion)
@@ -311,7 +314,6 @@ class Actuator:
         if plan.durable:
             self._registry.tag_model(model, {TAG_LAST_COMMAND_ID: command.command_id,
                                              TAG_LAST_ISSUED_AT: str(command.issued_at)})
-        signed_by = self._signed_by.key_id if self._signed_by else ""
         for version in plan.done_versions:
             # The marker last: it is the proof that the whole command completed.
             self._registry.tag_version(model, version, {TAG_SIGNED_BY: signed_by, TAG_COMMAND_ID: command.command_id})
@@ -349,11 +351,11 @@ class Actuator:
         rule = f" ({command.rule})" if command.rule else ""
         return f"{command.kind.value}{rule}: {command.reason}"
 
-    def _duplicate(self, command: Command, why: str) -> RolloutEvent:
+    def _duplicate(self, command: Command, why: str) -> Outcome:
         self._remember(command.command_id)
         status = RolloutStatus.DRY_RUN if self._dry_run else RolloutStatus.SKIPPED_DUPLICATE
         prefix = "dry run: would skip, " if self._dry_run else "duplicate, nothing changed: "
-        return self._event(command, status, prefix + why, self._observe(command.model))
+        return Outcome(self._event(command, status, prefix + why, self._observe(command.model)))
 
     def _remember(self, command_id: str) -> None:
         if self._dry_run:
@@ -378,15 +380,14 @@ class Actuator:
             problems.append(f"aliases could not be read back: {exc}")
         return _Observed(weights, aliases.get(CHAMPION), aliases.get(CHALLENGER), problems)
 
-    def _failed(self, command: Command, details: str, exc: ActuationError) -> RolloutEvent:
-        self._transient = exc.transient
-        return self._event(command, RolloutStatus.FAILED, details, self._observe(command.model))
+    def _failed(self, command: Command, details: str, exc: ActuationError) -> Outcome:
+        """FAILED, to be delivered again when what failed may recover on its own (exc.transient)."""
+        return Outcome(self._event(command, RolloutStatus.FAILED, details, self._observe(command.model)),
+                       retry=exc.transient)
 
     def _event(self, command: Command, status: RolloutStatus, details: str, observed: _Observed) -> RolloutEvent:
         if observed.problems:
             details = f"{details} ({'; '.join(observed.problems)})"
-        if self._signed_by is not None:
-            details = f"{details}; signed by key {self._signed_by.key_id} ({self._signed_by.algorithm})"
         kind = command.kind
         return RolloutEvent(
             event_id=event_id(command.command_id, status),

@@ -6,8 +6,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from mle_stream.actuator.backends import add_route_arguments, add_routing_arguments
-from mle_stream.cli.common import Subcommands, add_command
+from mle_stream.cli.common import Subcommands, add_command, add_routing_arguments, routing_options
 from mle_stream.config import Settings
 from mle_stream.errors import ConfigError
 
@@ -32,6 +31,28 @@ examples:
   mle-stream actuate --command rollback.json -t topologies/ --gitops-repo ../gitops"""
 
 
+# Flags that say where one model's route lives, for commands that may run without a topology
+# (mle-stream actuate): the topology's `routing` keys.
+ROUTE_FLAGS = ("backend", "namespace", "name", "service", "subset", "host", "manifest", "gateway")
+
+
+def add_route_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend and the other `routing:` keys as flags, instead of a topology file."""
+    group = parser.add_argument_group(
+        "route from flags (instead of --topology)",
+        "The command's model's routing section, as flags: the same keys and defaults as a topology's "
+        "`routing:` (docs/topologies.md). Templates take {model} and {version}.")
+    group.add_argument("--backend", choices=("gitops", "gateway-api", "istio", "kserve"),
+                       help="where the model's traffic split lives")
+    group.add_argument("--namespace", help="namespace of the route object (default: default)")
+    group.add_argument("--name", help="gateway-api, istio, kserve: the object's name template (default: {model})")
+    group.add_argument("--service", help="gitops, gateway-api: Service of one version (default: {model}-v{version})")
+    group.add_argument("--subset", help="istio: DestinationRule subset of one version (default: v{version})")
+    group.add_argument("--host", help="istio: destination host of a new route entry (default: {model})")
+    group.add_argument("--manifest", help="gitops: manifest path in the repository (default: routes/{model}.yaml)")
+    group.add_argument("--gateway", help="gitops: parentRef of a new manifest (default: ml-gateway)")
+
+
 def add_parser(sub: Subcommands) -> None:
     p = add_command(sub, "actuate", "apply one command file now, without Kafka, and print its rollout event",
                     textwrap.fill(ACTUATE_HELP, 100, break_on_hyphens=False) + "\n\n" + ACTUATE_EXAMPLES)
@@ -49,7 +70,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
     from mle_stream import codec
-    from mle_stream.actuator.backends import ROUTE_FLAGS, build_routing, topology_from_flags
+    from mle_stream.actuator.backends import build_routing, topology_for_route
     from mle_stream.actuator.service import Actuator
     from mle_stream.config import missing_sqlite_store
     from mle_stream.core.events import RolloutStatus
@@ -62,18 +83,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     local = missing_sqlite_store(settings.mlflow_tracking_uri)
     if local is not None:  # MLflow would create an empty store here, and every lookup in it would fail
         raise ConfigError(f"the MLflow store {local} does not exist (MLFLOW_TRACKING_URI)")
-    flags = [f"--{key}" for key in ROUTE_FLAGS if getattr(args, key, None) is not None]
-    if args.topology and flags:
-        raise ConfigError(f"give the route by --topology or by flags ({', '.join(flags)}), not both")
+    route = {key: getattr(args, key) for key in ROUTE_FLAGS if getattr(args, key) is not None}
+    if args.topology and route:
+        raise ConfigError(f"give the route by --topology or by flags ({', '.join(f'--{k}' for k in route)}), not both")
     if args.topology:
         topologies = load_topologies(args.topology)
-    elif "--backend" in flags:
-        topologies = {command.model: topology_from_flags(args, command.model, command.baseline_version,
-                                                         command.candidate_version)}
+    elif "backend" in route:
+        topologies = {command.model: topology_for_route(route, command.model, command.baseline_version,
+                                                        command.candidate_version, source="the route flags")}
     else:
         raise ConfigError("say where the model's route lives: --topology FILE, or --backend and its flags")
     verifier = verifier_from_settings(settings)
-    routing = build_routing(topologies, args)
+    routing = build_routing(topologies, routing_options(args))
     actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), verifier, dry_run=args.dry_run)
     event = actuator.handle(command)
     print(json.dumps(codec.to_json_dict(event), indent=2, ensure_ascii=False))

@@ -6,15 +6,16 @@ import argparse
 import logging
 import threading
 
-from mle_stream.actuator.backends import add_routing_arguments
 from mle_stream.cli.common import (
     Subcommands,
     add_command,
     add_embedded_broker_argument,
     add_metrics_arguments,
+    add_routing_arguments,
     check_broker,
     choose_metrics_bind,
     choose_metrics_port,
+    routing_options,
     wait_for_signal,
 )
 from mle_stream.config import ACTUATOR_METRICS_PORT, Settings, read
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     notifier = CountingUnverified(notifier, verify,
                                   metrics.unverified_commands.labels(settings.topics.commands, "actuator").inc)
     topologies = load_topologies(args.topology)
-    routing = build_routing(topologies, args)
+    routing = build_routing(topologies, routing_options(args))
     actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), verifier, dry_run=args.dry_run)
     logging.getLogger("mle_stream").info("actuator accepts commands signed by %s", ", ".join(verifier.key_ids))
     stop = wait_for_signal()

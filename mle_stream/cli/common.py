@@ -7,7 +7,9 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 
+from mle_stream.actuator.backends import RoutingOptions
 from mle_stream.config import Settings, environment_help, read
 from mle_stream.errors import ConfigError
 from mle_stream.redact import redact_servers
@@ -27,6 +29,30 @@ def add_command(sub: Subcommands, name: str, help_text: str, description: str,
                                                      epilog=epilog(examples),
                                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     return parser
+
+
+def add_routing_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --gitops-repo, --kubeconfig and --kube-context to `parser` (read by routing_options)."""
+    group = parser.add_argument_group(
+        "routing backends",
+        "Each topology's routing.backend says where its model's traffic split lives: gitops (HTTPRoute "
+        "manifests committed to --gitops-repo) or gateway-api / istio / kserve (an HTTPRoute, "
+        "VirtualService or InferenceService patched on the API server). The Kubernetes API server is "
+        "reached through --kubeconfig / --kube-context when given, else through the in-cluster service "
+        "account (running in a pod), else through the default kubeconfig ($KUBECONFIG or ~/.kube/config).",
+    )
+    group.add_argument("--gitops-repo", type=Path, metavar="DIR", default=None,
+                       help="git checkout holding the route manifests (created if missing); pushed to 'origin' if "
+                            "set. Required when a topology uses routing.backend: gitops (the default)")
+    group.add_argument("--kubeconfig", type=Path, metavar="FILE", default=None,
+                       help="kubeconfig file for the gateway-api, istio and kserve backends "
+                            "(default: in-cluster config, else $KUBECONFIG or ~/.kube/config)")
+    group.add_argument("--kube-context", metavar="NAME", default=None,
+                       help="kubeconfig context to use (default: the file's current-context)")
+
+
+def routing_options(args: argparse.Namespace) -> RoutingOptions:
+    return RoutingOptions(gitops_repo=args.gitops_repo, kubeconfig=args.kubeconfig, kube_context=args.kube_context)
 
 
 def add_embedded_broker_argument(p: argparse.ArgumentParser) -> None:

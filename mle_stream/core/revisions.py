@@ -60,8 +60,8 @@ class Revisions:
 
     def __init__(self) -> None:
         # Every window has much the same keys, so a key has one slot for all windows, and a window
-        # holds its digests in one bytearray, 8 bytes a slot (zeros: none known): about 2 MB for
-        # 10,080 windows of 12 keys, where a dict per window took 12 MB.
+        # holds its digests in one bytearray, 8 bytes a slot (zeros: none known): a fraction of the
+        # memory of a dict per window (docs/performance-history.md).
         self._slots: dict[Key, int] = {}
         # window start -> digests by slot. Windows close in order, so starts come in rising order
         # and `forget_before` pops from the front; `_sorted` is False after one came out of order

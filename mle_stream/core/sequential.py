@@ -1,86 +1,53 @@
 """Sequential tests "candidate worse than baseline" that stay valid under continuous monitoring.
 
-A fixed-sample test re-checked after every window (what Flagger and Argo Rollouts
-do with their thresholds) rejects a true null far more often than its nominal level, and the more
-often it looks the worse it gets. Each test here is a nonnegative supermartingale under the null
-hypothesis (a likelihood ratio mixed over the alternatives), so by Ville's inequality
+Each test's statistic Lambda_n is a nonnegative supermartingale under the null hypothesis (a
+likelihood ratio mixed over the alternatives), so by Ville's inequality
 
     P_H0( there is a look n with Lambda_n >= 1/alpha ) <= alpha,
 
-whenever and however often the caller looks, and whenever it stops. `decide` compares
-log(Lambda_n) with log(1/alpha); 1/Lambda_n (capped at 1) is the p-value at this look, and the
-running minimum of these over the looks is the always-valid p-value of Johari et al.
+however often the caller looks and whenever it stops. `decide` compares log(Lambda_n) with
+log(1/alpha); min(1, 1/Lambda_n) is the p-value at this look, and its running minimum over the
+looks is the always-valid p-value of Johari et al. The derivations at length, the limits of the
+guarantees and the comparison with the Gaussian mSPRT that made us choose these tests are in
+docs/decisions.md (Sequential tests).
 
-**Error rate: `ErrorRateTest`** - a conditional mixture SPRT on the rate ratio rho = p_c / p_b.
-Within one window with n_c candidate and n_b baseline labeled predictions, condition on the
-window's total number of errors k = x_c + x_b. If both versions had the same error rate, the k
-errors would be spread at random over the n_c + n_b predictions: x_c is hypergeometric. The test's
-likelihood ratio is the binomial (Poisson-limit) one: x_c ~ Binomial(k, q(rho)) with
+**Error rate: `ErrorRateTest`** - a conditional mixture SPRT on the rate ratio rho = p_c / p_b,
+against rho0 = 1 + min_relative_increase. Conditioned on window t's k_t errors in all, the
+candidate's x_t of them are Binomial(k_t, q(rho)), so the baseline's own rate drops out:
 
-    q(rho) = rho pi / (rho pi + 1 - pi),   pi = n_c / (n_c + n_b)     (the window's traffic share),
-    LR_t(rho) = (q(rho)/q(rho0))^x_c ((1-q(rho))/(1-q(rho0)))^(k-x_c)
-              = (rho/rho0)^x_c [ (rho0 pi + 1 - pi) / (rho pi + 1 - pi) ]^k,
+    q(rho) = rho pi_t / (rho pi_t + 1 - pi_t),   pi_t = n_c / (n_c + n_b)   (the window's traffic share),
+    LR_t(rho) = (rho/rho0)^x_t [ (rho0 pi_t + 1 - pi_t) / (rho pi_t + 1 - pi_t) ]^k_t.
 
-against rho0 = 1 + min_relative_increase (the margin below which a difference is irrelevant).
-For rho0 = 1 this is exact, not asymptotic: rho^x is convex in x, and sampling without
-replacement is dominated in convex order by sampling with replacement (Hoeffding 1963, Thm 4), so
-E_hyper[LR_t(rho)] <= E_binomial[LR_t(rho)] = 1; if the candidate is better than the baseline x_c
-is stochastically smaller still. The windows are independent, so the product over windows is a
-supermartingale for every rho >= rho0 and for every baseline error rate (the nuisance parameter is
-conditioned away). For rho0 > 1 the null is "rate ratio rho0", where the conditional law is
-Fisher's noncentral hypergeometric with odds ratio rho0 (1-p_b)/(1-rho0 p_b): the binomial is then
-an approximation whose error is of the order of the error rate itself (0.2% of the odds at
-p_b = 2%, rho0 = 1.1).
-
-The mixture is over u = log(rho/rho0) > 0 with a half-normal prior of scale `mixing_scale`,
-discretised on a midpoint grid (a discrete prior is a prior: the validity above holds exactly for
-the grid, which only approximates the continuous mixture):
+At rho0 = 1 this is exact: the true conditional law, hypergeometric, is dominated in convex order
+by the binomial (Hoeffding 1963, Thm 4), so E[LR_t] <= 1, and less for a better candidate; at
+rho0 > 1 the binomial approximates Fisher's noncentral hypergeometric, with an error of the order
+of the error rate. The product over windows is mixed over u = log(rho/rho0) > 0 with a
+half-normal(`mixing_scale`) prior on a midpoint grid (a discrete prior is a prior: the guarantee
+holds for the grid itself):
 
     log Lambda_n = logsumexp_j( log w_j + X_c u_j - D_j ),   D_j = sum_t k_t log((rho_j pi_t + 1 - pi_t)
                                                                               / (rho0 pi_t + 1 - pi_t)),
 
-X_c = the candidate's errors over all windows. (X_c, D) are the sufficient statistics: both add up
-over windows, which makes the state updatable once per closed window and mergeable across disjoint
-sets of windows. D depends on each window's traffic share, so the same data cut into windows with
-different shares gives a different D, by design; with one constant share, windows and their
-concatenation give the same state.
+X_c = the candidate's errors over all windows. (X_c, D) add up over windows, so the state updates
+once per closed window and merges across disjoint sets of windows.
 
-Why this and not the Gaussian mSPRT on p_c - p_b (Johari et al.'s practical form, the one
-Optimizely ships), measured with the bench's model (2% -> 4%, 10% of 1000 predictions a window,
-60 windows, alpha = 0.01, no margin): with the unpooled plug-in variance it gets ~0.0052 nats of
-evidence per candidate sample against ~0.0068 here (the oracle that knows both rates: 0.0079),
-and its median delay is 1160-1290 canary samples against 818; with the pooled (null) variance it
-is faster (660-760) but only asymptotically valid, and its false-rollback rate reached 0.014 at a
-2% canary share and 0.017 at a 0.1% error rate (3000 A/A rollouts each, alpha = 0.01), where this
-test stays at 0.002-0.003. A confidence sequence on the difference (Howard et al. 2021) with a
-sub-Bernoulli boundary pays the unpooled variance price too. So: the fastest of those that keep
-alpha at any traffic and any error rate.
-
-**Continuous metric: `MeanTest`** - the mixture SPRT of Johari, Koomen, Pekelis, Walsh ("Always
-valid inference: continuous monitoring of A/B tests", Operations Research 70(3), 2022; arXiv
-1512.04922, 2015) for a difference of means, one-sided. For per-prediction log loss or latency,
-theta = mu_c - rho0 mu_b (rho0 = 1 + min_relative_increase: "worse by more than the margin").
-With theta_hat = mean_c - rho0 mean_b and V = s_c^2/n_c + rho0^2 s_b^2/n_b (plug-in variances),
-theta_hat / V is, in information time 1/V, a Brownian motion with drift theta, for which
-exp(theta S - theta^2 I / 2) is a martingale for each theta. Mixed over theta > 0 with a
-half-normal prior of scale tau (density 2 phi(theta/tau)/tau):
+**Continuous metric: `MeanTest`** - the one-sided normal-mixture mSPRT on theta = mu_c - rho0 mu_b.
+With theta_hat = mean_c - rho0 mean_b, V = s_c^2/n_c + rho0^2 s_b^2/n_b (plug-in variances) and a
+half-normal(tau) prior on theta > 0, tau = `mixing_scale` x the pooled standard deviation:
 
     Lambda = 2 sqrt(V / (V + tau^2)) exp( tau^2 theta_hat^2 / (2 V (V + tau^2)) )
-             * Phi( theta_hat tau / sqrt(V (V + tau^2)) )
+             * Phi( theta_hat tau / sqrt(V (V + tau^2)) ).
 
-(the two-sided normal-mixture mSPRT times 2 Phi(.)). tau = `mixing_scale` x the pooled standard
-deviation, so the prior is on the standardized effect. The validity of this one is asymptotic
-(central limit theorem and plug-in variance): `min_samples` per side (default 100) keeps it
-INCONCLUSIVE until the normal approximation is reasonable; heavy-tailed metrics (latency) need
-more.
+Valid asymptotically (central limit theorem): `min_samples` per side keeps it INCONCLUSIVE until
+the normal approximation is reasonable.
 
-References: H. Robbins, "Statistical methods related to the law of the iterated logarithm" (1970)
-for the normal mixture; Johari et al. (above); S. Howard, A. Ramdas, J. McAuliffe, J. Sekhon,
-"Time-uniform, nonparametric, nonasymptotic confidence sequences", Ann. Statist. 49(2), 2021;
-W. Hoeffding, "Probability inequalities for sums of bounded random variables", JASA 58, 1963;
-M. Kulldorff et al., "A maximized sequential probability ratio test for drug and vaccine safety
-surveillance", Sequential Analysis 30, 2011 (the conditional, binomial form of a two-group
-sequential test).
+References: J. Ville, "Etude critique de la notion de collectif" (1939); H. Robbins, "Statistical
+methods related to the law of the iterated logarithm", Ann. Math. Statist. 41(5), 1970 (the normal
+mixture); R. Johari, P. Koomen, L. Pekelis, D. Walsh, "Always valid inference: continuous
+monitoring of A/B tests", Operations Research 70(3), 2022 (arXiv 1512.04922); W. Hoeffding,
+"Probability inequalities for sums of bounded random variables", JASA 58, 1963; M. Kulldorff et
+al., "A maximized sequential probability ratio test for drug and vaccine safety surveillance",
+Sequential Analysis 30, 2011 (the conditional, binomial form of a two-group sequential test).
 """
 
 from __future__ import annotations

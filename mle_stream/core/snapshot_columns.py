@@ -1,8 +1,8 @@
 """Columns of a snapshot as compact JSON data: what a checkpoint of a million pending predictions
 is mostly made of.
 
-A plain JSON list costs a Python object per value to write and again to read back (a million
-pending predictions took ~2.3 s to encode and left the restoring process at ~600 MB). A column
+A plain JSON list costs a Python object per value to write and again to read back, in time and
+in the restoring process's memory (docs/performance-history.md). A column
 whose values share one type is stored instead as the base64 bytes of a numpy array (integers,
 floats, booleans) or, for strings that repeat (versions, classes), as the distinct values and
 their codes. Anything else stays a JSON list. Values come back with their exact Python types:

@@ -391,8 +391,8 @@ def tune_runtime() -> None:
 def tune_gc() -> None:
     """Collect the youngest generation every 100,000 allocations instead of 700. The worker keeps
     millions of small long-lived tuples (the join's pending predictions) and allocates a few per
-    record; at the default threshold the collector keeps re-examining them: ~10% of the worker's
-    time in mle-stream bench."""
+    record; at the default threshold the collector keeps re-examining them, at a cost measured
+    in docs/performance-history.md."""
     gc.set_threshold(100_000, 50, 100)
 
 

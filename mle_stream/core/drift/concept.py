@@ -46,8 +46,8 @@ SNAPSHOT_VERSION = 1
 
 
 def _river_drift() -> Any:
-    """river.drift, imported on first use: importing it takes ~1.5 s (it pulls in scikit-learn through
-    river.datasets), which every importer of mle_stream.core.drift would otherwise pay."""
+    """river.drift, imported on first use: importing it pulls in scikit-learn through river.datasets,
+    a cost every importer of mle_stream.core.drift would otherwise pay."""
     from river import drift
 
     return drift
@@ -194,7 +194,9 @@ class CUSUM:
     - `k`: the allowance. k = delta / 2 is the optimal choice (for normal data) to detect a shift of
       the mean by delta sigma; the default 0.25 targets delta = 0.5 sigma, e.g. an error rate going
       from 2% to 9%. Shifts smaller than k sigma make the statistic drift down: not detected.
-    - `h`: the decision threshold. Default 50.
+    - `h`: the decision threshold. Default 50, ten times the textbook value, because 0/1 errors
+      at a low rate are far from normal (one error is a 7 sigma jump at 2%): docs/drift.md
+      derives the false-alarm rate and the detection delay behind it.
     - `mu0`, `sigma`: the in-control mean and standard deviation. Those not given (null) are
       estimated from the first `warmup` outcomes (default 1000; no alarm during the warm-up):
       the mean and the population standard deviation (for 0/1 errors sqrt(p (1 - p))). If the
@@ -204,20 +206,6 @@ class CUSUM:
     - After an alarm S restarts at 0, and estimated mu0 / sigma are estimated again from the next
       `warmup` outcomes, like river's detectors, which restart from scratch: the new level
       becomes normal and the next alarm means a further increase. Given values stay.
-
-    What the default h = 50 means (the in-control average run length ARL0: outcomes between false
-    alarms when mu0 and sigma are right). For normal data the textbook design k = 0.5, h = 5 has
-    ARL0 ~ 930 only, a false alarm every second at 1000 outcomes/s; with k = 0.25, h = 50,
-    Siegmund's approximation gives ARL0 ~ e^25, i.e. never, and a 0.5 sigma shift is detected
-    after ~h / (0.5 - k) = 200 outcomes. 0/1 errors at a low rate are far from normal (one error
-    is a 7 sigma jump at 2%), so normal theory does not apply; measured with k = 0.25 (simulation,
-    10M outcomes each): at a 2% error rate ARL0 ~ 5e3 for h = 20, ~7e4 for h = 30; at 5% ~1.2e4 and
-    ~3e5; at 20% ~5e4 and ~2e6. For h = 50 at 2% a rigorous bound holds: with theta > 0 solving
-    E[exp(theta X)] = 1 for the increment X (in sigma units) = 0.259, each excursion (it starts
-    with an error, a jump a = 6.75) crosses h with probability <= exp(-theta (h - a)) = 1.4e-5,
-    so ARL0 >= 1 / (0.02 * 1.4e-5) ~ 3.6e6 outcomes; a jump from 2% to 8% is detected after
-    ~h / (0.06 / 0.14 - k) ~ 280 outcomes. mu0 and sigma estimated from the warm-up are off by
-    their sampling error (at 2%, 1000 outcomes: +-22% for mu0), which shortens or lengthens ARL0.
     """
 
     __slots__ = ("k", "h", "mu0", "sigma", "warmup", "s", "n", "_ref", "_limit", "_wn", "_wmean", "_wm2",
@@ -511,11 +499,10 @@ _RUNNERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
 class ConceptDriftMonitor:
     """All configured detectors on one model version's stream of errors.
 
-    Costs per outcome through `update` (2-core dev machine, batches of 1000, within noise of river
-    used directly): ADWIN ~0.3 us, PageHinkley ~0.9 us, CUSUM ~0.1 us, KSWIN ~300-500 us (a scipy
-    KS test per outcome once its window is full: ~2,000 outcomes/s, choose it only for slow streams).
-    Memory: ADWIN's replay history, up to `max_history` outcomes per ADWIN (1 byte each in memory
-    and 1 bit in the snapshot for 0/1 errors; 8 bytes each, and 8 in the snapshot, for floats)."""
+    Each detector costs per outcome what it costs used directly (docs/drift.md lists them: KSWIN
+    runs a KS test per outcome, for slow streams only). Memory: ADWIN's replay history, up to
+    `max_history` outcomes per ADWIN (1 byte each in memory and 1 bit in the snapshot for 0/1
+    errors; 8 bytes each, and 8 in the snapshot, for floats)."""
 
     def __init__(self, specs: Sequence[DetectorSpec]) -> None:
         for spec in specs:
@@ -557,7 +544,7 @@ class ConceptDriftMonitor:
         """A monitor that raises exactly the future alarms the snapshotted one would have.
 
         Refuses (ValueError) a snapshot written under other specs: its state would not mean the
-        same thing. ADWIN is rebuilt by replaying its stored epoch (~0.3 us per outcome)."""
+        same thing. ADWIN is rebuilt by replaying its stored epoch."""
         if data.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"concept drift snapshot: version {data.get('version')!r}, "
                              f"this code reads {SNAPSHOT_VERSION}")

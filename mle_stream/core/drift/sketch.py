@@ -45,8 +45,8 @@ _LOOKUP_MIN_VALUES = 2048  # below this, one np.searchsorted call costs less tha
 
 def bin_index(edges: FloatArray, key: tuple[float, ...], values: FloatArray) -> IntArray:
     """np.searchsorted(edges, values, side="right") (values without NaN), the same integers,
-    through a lookup table for large batches: ~5x faster (1M values into 100 edges: 7 ms against
-    39 ms), which is half of what a drift table of a million rows costs."""
+    through a lookup table for large batches, several times faster: binning was half of what a
+    drift table of a million rows cost (docs/performance.md, Drift bench)."""
     lookup = _lookup(key) if values.size >= _LOOKUP_MIN_VALUES and len(key) >= 8 else None
     if lookup is None:
         return np.searchsorted(edges, values, side="right")  # type: ignore[no-any-return]

@@ -25,8 +25,9 @@ binning costs is stated per statistic, against the same statistic of the raw row
   with p_b the bin's share and d1_b, d2_b the distances of its mean to its clipped ends (see
   `_cdf_knots`; at most half the bin's width times its share, less in lopsided tail bins).
   The bound is worst case (~0.08 std for 100 quantile bins of a normal, 0.17 for a t(3)); the
-  measured error is ~1e-4 std for a normal and ~1e-3 for heavy tails (the tests check 0.005), because the
-  errors of the two samples mostly cancel. The decision uses the estimate; the bound is reported.
+  actual error is far smaller, because the errors of the two samples mostly cancel (the tests
+  check 0.005 std; docs/drift.md gives measured errors). The decision uses the estimate; the
+  bound is reported.
 - `kolmogorov_smirnov`: the sketch knows each CDF exactly at every edge (the count of values
   strictly below it), so the largest CDF gap at the edges, D_lo, is a lower bound of the raw
   two-sample statistic D (scipy.stats.ks_2samp), and inside bin b, with the CDFs going from
@@ -192,9 +193,10 @@ def kolmogorov_smirnov(reference: NumericSketch, current: NumericSketch) -> KSRe
     return KSResult(d_lo, d_hi, ks_p_value(d_lo_int, n, m))
 
 
-# Below these sizes the exact null distribution is computed (cost ~ (n + m) min(n, m): ~0.15 s at
-# 1 000 + 9 000 rows, ~0.03 s at 1 000 + 1 000); above them the asymptotic p-value is within a few
-# percent of the exact one and on the conservative side (n = m = 1 001 at p = 0.05: 0.0500 vs 0.0486).
+# Below these sizes the exact null distribution is computed (cost ~ (n + m) min(n, m), a fraction
+# of a second at these limits: docs/performance-history.md); above them the asymptotic p-value is
+# within a few percent of the exact one and on the conservative side (n = m = 1 001 at p = 0.05:
+# 0.0500 vs 0.0486).
 EXACT_KS_MAX_TOTAL, EXACT_KS_MAX_SMALLER = 10_000, 1_000
 
 
