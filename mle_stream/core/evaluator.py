@@ -18,7 +18,6 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import repeat
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -31,22 +30,15 @@ from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence, pa
 from mle_stream.core.drift.decision import FeatureDrift
 from mle_stream.core.drift.live import SCORE, Columns, DriftSketches, LiveDrift
 from mle_stream.core.drift.profile import ReferenceProfile
-from mle_stream.core.events import Command, DriftTable, Label, LabelValue, MetricSnapshot, Prediction, binary_truth
+from mle_stream.core.events import Command, DriftTable, Label, MetricSnapshot, Prediction
 from mle_stream.core.id_hash import holdable_id_array
-from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
-from mle_stream.core.metrics.regression import MAX_MAGNITUDE as REGRESSION_MAX_MAGNITUDE
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
-from mle_stream.core.record_checks import (
-    Reject,
-    class_probabilities_problem,
-    regression_value_problem,
-    unjoinable_ids,
-    unusable_predictions,
-)
+from mle_stream.core.record_checks import Reject, unjoinable_ids, unusable_predictions
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
 from mle_stream.core.revisions import Revisions
-from mle_stream.core.shadow import ShadowPairing, compare
-from mle_stream.core.snapshot_columns import decode_column, decode_row_columns, encode_column, encode_rows
+from mle_stream.core.shadow import Pending, ShadowPairing, compare, encode_pending
+from mle_stream.core.snapshot_columns import decode_column, decode_row_columns, encode_column
+from mle_stream.core.tasks import task_for
 from mle_stream.core.topology import Topology
 from mle_stream.core.window_state import WindowState
 from mle_stream.core.windows import PaneTable, Segment, WindowSpec
@@ -60,18 +52,13 @@ WHOLE: tuple[Segment, ...] = (None,)  # the segments of a record without segment
 # decision (binary: bool; multiclass: the class; regression has none) and, where the topology has
 # segment dimensions, the segments (a tuple starting with None, the whole version).
 def _payload_columns(topology: Topology) -> dict[str, Any]:
-    task = topology.task
-    columns: dict[str, Any] = {"pane": np.int64, "version": np.int32,
-                               "output": object if task == "multiclass" else np.float64}
-    if task != "regression":
-        columns["decision"] = np.bool_ if task == "binary" else object
+    task = task_for(topology.task)
+    columns: dict[str, Any] = {"pane": np.int64, "version": np.int32, "output": task.output_dtype}
+    if task.decision_dtype is not None:
+        columns["decision"] = task.decision_dtype
     if topology.segment_dimensions:
         columns["segments"] = object
     return columns
-
-
-# Shadow mode pairs predictions as tuples (core/shadow.py): (pane, version, segments, output, decision).
-Pending = tuple[int, str, tuple[Segment, ...], Any, Any]
 
 
 @dataclass(frozen=True)
@@ -85,9 +72,27 @@ class InputClocks:
     event_time: int
 
 
-# A batch of served predictions not yet in the pane states: pane starts, version codes, segments,
-# latency, failed, drift columns, and each row's key (its input's event time as it arrived).
-Served = tuple[IntArray, np.ndarray, list[tuple[Segment, ...]] | None, Any, Any, dict[str, np.ndarray] | None, IntArray]
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A batch of served predictions not yet in the pane states, as columns."""
+
+    panes: IntArray  # pane starts
+    codes: np.ndarray  # version codes (ModelEvaluator._codes)
+    segments: list[tuple[Segment, ...]] | None  # None: no row has segments to count
+    latency: Any
+    failed: Any
+    drift: dict[str, np.ndarray] | None  # drift columns (drift_columns), when drift is tracked
+    keys: IntArray  # each row's key: its input's event time as it arrived
+
+    def __len__(self) -> int:
+        return len(self.panes)
+
+    def rows(self, rows: IntArray) -> Served:
+        """Some of the rows."""
+        return Served(self.panes[rows], self.codes[rows],
+                      None if self.segments is None else [self.segments[i] for i in rows.tolist()],
+                      self.latency[rows], self.failed[rows],
+                      None if self.drift is None else {k: v[rows] for k, v in self.drift.items()}, self.keys[rows])
 
 
 @dataclass
@@ -172,7 +177,7 @@ def _segments_from_json(values: list[Any]) -> list[tuple[Segment, ...]]:
 
 
 def _pending_from_json(data: dict[str, Any]) -> list[Pending]:
-    """Stored Pending tuples back from JSON data, column by column. Pane starts and version names
+    """Stored Pending rows back from JSON data, column by column. Pane starts and version names
     come back as one shared object each, as add_prediction_columns keeps them (JSON data has a
     new one per entry), and a whole-version record's segments as WHOLE itself."""
     columns = decode_row_columns(data)
@@ -183,7 +188,7 @@ def _pending_from_json(data: dict[str, Any]) -> list[Pending]:
         segs: Any = repeat(WHOLE)
     else:
         segs = [WHOLE if len(s) == 1 else tuple(None if d is None else (d[0], d[1]) for d in s) for s in segments]
-    return list(zip(map({p: p for p in set(panes)}.__getitem__, panes),
+    return list(map(Pending, map({p: p for p in set(panes)}.__getitem__, panes),
                     map({v: v for v in set(versions)}.__getitem__, versions), segs, outputs, decisions))
 
 
@@ -191,6 +196,7 @@ class ModelEvaluator:
     def __init__(self, topology: Topology, profiles: Mapping[str, ReferenceProfile] | None = None) -> None:
         """`profiles`: reference profiles by version (see core/drift/live.py for how they are used)."""
         t = self.topology = topology
+        self.task = task_for(t.task)
         self.profiles = dict(profiles or {})
         self.drift = (LiveDrift(t.drift, t.model, t.baseline_version, t.candidate_version, self.profiles)
                       if t.drift.enabled else None)
@@ -284,10 +290,10 @@ class ModelEvaluator:
         """The panes of the rows held back, each with its smallest key: data as much as what the
         pane states hold, for which window is the first and which windows of a long gap have data
         (PaneTable.close_ready)."""
-        panes = [s[0] for s in self._served] + [j.predictions["pane"] for j in self._scored]
-        keys = [s[6] for s in self._served] + [j.at for j in self._scored]
+        panes = [s.panes for s in self._served] + [j.predictions["pane"] for j in self._scored]
+        keys = [s.keys for s in self._served] + [j.at for j in self._scored]
         if self._pairs:
-            panes.append(np.fromiter((s[0] for s, _ in self._pairs), dtype=np.int64, count=len(self._pairs)))
+            panes.append(np.fromiter((s.pane for s, _ in self._pairs), dtype=np.int64, count=len(self._pairs)))
             keys.append(np.array(self._pair_keys, dtype=np.int64))
         if not panes:
             return {}
@@ -298,7 +304,7 @@ class ModelEvaluator:
 
     def deferred_rows(self) -> int:
         """Rows taken but held back from the pane states until a window closes (see _apply)."""
-        return (sum(len(s[0]) for s in self._served) + sum(len(j) for j in self._scored)
+        return (sum(map(len, self._served)) + sum(len(j) for j in self._scored)
                 + len(self._pairs))
 
     # -- state ------------------------------------------------------------------------------------
@@ -383,16 +389,17 @@ class ModelEvaluator:
         def column(values: np.ndarray) -> dict[str, Any]:
             return encode_column(values.tolist())
 
-        served = [{"panes": column(panes), "codes": column(codes),
-                   "segments": None if segments is None else encode_column(segments),
-                   "latency": column(np.asarray(latency, dtype=np.float64)), "failed": column(np.asarray(failed)),
-                   "drift": None if drift is None else {k: column(v) for k, v in drift.items()},
-                   "keys": column(keys)}
-                  for panes, codes, segments, latency, failed, drift, keys in self._served]
+        served = [{"panes": column(s.panes), "codes": column(s.codes),
+                   "segments": None if s.segments is None else encode_column(s.segments),
+                   "latency": column(np.asarray(s.latency, dtype=np.float64)), "failed": column(np.asarray(s.failed)),
+                   "drift": None if s.drift is None else {k: column(v) for k, v in s.drift.items()},
+                   "keys": column(s.keys)}
+                  for s in self._served]
         scored = [{"predictions": {k: column(v) for k, v in j.predictions.items()}, "labels": column(j.labels),
                    "weights": column(j.weights), "at": column(j.at)} for j in self._scored]
         pairs = None if not self._pairs else {
-            "shadow": encode_rows([s for s, _ in self._pairs]), "production": encode_rows([p for _, p in self._pairs]),
+            "shadow": encode_pending([s for s, _ in self._pairs]),
+            "production": encode_pending([p for _, p in self._pairs]),
             "keys": encode_column(self._pair_keys)}
         return {"served": served, "scored": scored, "pairs": pairs}
 
@@ -414,9 +421,9 @@ class ModelEvaluator:
                     values = decode_column(encoded)
                     numeric = all(isinstance(v, float) for v in values)
                     drift[k] = np.array(values, dtype=np.float64 if numeric else object)
-            self._served.append((array(part["panes"], np.int64), array(part["codes"], np.int32), segments,
-                                 array(part["latency"], np.float64), array(part["failed"], np.bool_), drift,
-                                 array(part["keys"], np.int64)))
+            self._served.append(Served(array(part["panes"], np.int64), array(part["codes"], np.int32), segments,
+                                       array(part["latency"], np.float64), array(part["failed"], np.bool_), drift,
+                                       array(part["keys"], np.int64)))
         for part in data["scored"]:
             predictions = {}
             for k, dtype in payload.items():
@@ -476,7 +483,7 @@ class ModelEvaluator:
                 rejects.append(reject)
                 ok[reject.index] = False
         failed = np.zeros(n, dtype=bool) if cols.error is None else np.array([e is not None for e in cols.error])
-        outputs, decisions = self._read_outputs(cols, failed, ok, rejects)
+        outputs, decisions = self.task.read_outputs(cols, t.threshold, failed, ok, rejects)
         if rejects:
             rejects.sort(key=lambda r: r.index)
         rows = np.flatnonzero(ok)
@@ -513,7 +520,7 @@ class ModelEvaluator:
         else:
             ids = cols.prediction_id if len(joining) == n else [cols.prediction_id[i] for i in joining.tolist()]
         payload = {"pane": panes[waiting], "version": codes[waiting], "output": _column(outputs, joining)}
-        if t.task != "regression":
+        if self.task.has_decisions:
             payload["decision"] = _column(decisions, joining)
         if t.segment_dimensions:
             payload["segments"] = (np.fromiter(repeat(WHOLE, len(waiting)), dtype=object, count=len(waiting))
@@ -533,9 +540,8 @@ class ModelEvaluator:
             served_rows = rows[keep]
         drift = None
         if self.drift is not None:
-            score = cols.score if t.task == "binary" else cols.value if t.task == "regression" else None
-            drift = drift_columns(cols.features, score, served_rows, n)
-        self._served.append((panes, codes, segments, latency, failed_rows, drift, running))
+            drift = drift_columns(cols.features, self.task.drift_score(cols), served_rows, n)
+        self._served.append(Served(panes, codes, segments, latency, failed_rows, drift, running))
         if len(joined):
             self._scored.append(joined)
         return rejects
@@ -548,7 +554,7 @@ class ModelEvaluator:
         if now_ms is not None:
             self._last_arrival["labels"] = now_ms
         rejects: list[Reject] = []
-        truths = self._read_truths(cols.label, rejects)
+        truths = self.task.read_truths(cols.label, rejects)
         ids, ts = cols.prediction_id, cols.timestamp
         if now_ms is not None:
             horizon = now_ms + self.topology.max_clock_skew_ms
@@ -630,9 +636,9 @@ class ModelEvaluator:
         return out
 
     def _pending(self, payload: dict[str, np.ndarray], rows: IntArray) -> list[Pending]:
-        """Rows of a join payload as the tuples shadow pairing keeps."""
+        """Rows of a join payload as shadow pairing keeps them."""
         names = self._version_names
-        return list(zip(payload["pane"][rows].tolist(), [names[c] for c in payload["version"][rows].tolist()],
+        return list(map(Pending, payload["pane"][rows].tolist(), [names[c] for c in payload["version"][rows].tolist()],
                         payload["segments"][rows].tolist() if "segments" in payload else repeat(WHOLE),
                         payload["output"][rows].tolist(),
                         payload["decision"][rows].tolist() if "decision" in payload else repeat(None)))
@@ -645,87 +651,6 @@ class ModelEvaluator:
             return joined
         self.panes.late_dropped += int((~keep).sum())
         return joined.select(keep)
-
-    def _read_outputs(self, cols: PredictionColumns, failed: np.ndarray, ok: np.ndarray,
-                      rejects: list[Reject]) -> tuple[Any, Any]:
-        """The model output and the decision per row (arrays where the task allows, else lists);
-        rows this model cannot use are rejected and cleared in `ok`."""
-        t = self.topology
-        task = t.task
-        model = cols.model[0]
-        if task == "binary":
-            missing = np.isnan(cols.score) & ~failed & ok
-            for i in np.flatnonzero(missing).tolist():
-                rejects.append(Reject(i, "score", f"model {model!r} is a binary model: its predictions carry 'score'"))
-                ok[i] = False
-            decisions = cols.score >= t.threshold
-            if cols.predicted_label is not None:
-                decisions = decisions.tolist()
-                for i, given in enumerate(cols.predicted_label):
-                    if given is not None and ok[i] and not failed[i]:
-                        try:
-                            decisions[i] = binary_truth(given)
-                        except ValueError as exc:
-                            rejects.append(Reject(i, "predicted_label", str(exc)))
-                            ok[i] = False
-            return cols.score, decisions
-        outputs: list[Any] = [None] * len(cols)
-        decisions_list: list[Any] = [None] * len(cols)
-        for i in range(len(cols)):
-            if not ok[i] or failed[i]:
-                continue
-            if task == "multiclass":
-                scores = None if cols.scores is None else cols.scores[i]
-                if scores is None:
-                    rejects.append(Reject(i, "scores",
-                                          f"model {model!r} is a multiclass model: its predictions carry 'scores'"))
-                    ok[i] = False
-                    continue
-                why = class_probabilities_problem(scores)
-                if why is not None:
-                    rejects.append(Reject(i, "scores", why))
-                    ok[i] = False
-                    continue
-                given = None if cols.predicted_label is None else cols.predicted_label[i]
-                outputs[i] = scores
-                decisions_list[i] = str(given if given is not None else max(scores, key=scores.__getitem__))
-            else:
-                value = float(cols.value[i])
-                if value != value:
-                    rejects.append(Reject(i, "value",
-                                          f"model {model!r} is a regression model: its predictions carry 'value'"))
-                    ok[i] = False
-                    continue
-                why = regression_value_problem(value)
-                if why is not None:
-                    rejects.append(Reject(i, "value", why))
-                    ok[i] = False
-                    continue
-                outputs[i] = value
-        return outputs, decisions_list
-
-    def _read_truths(self, values: list[LabelValue], rejects: list[Reject]) -> list[LabelValue]:
-        task = self.topology.task
-        if task == "binary" and set(map(type, values)) == {bool}:
-            return values  # the usual case: Avro booleans
-        out: list[LabelValue] = []
-        for i, value in enumerate(values):
-            try:
-                if task == "binary":
-                    out.append(binary_truth(value))
-                elif task == "multiclass":
-                    out.append(str(value))
-                elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"a regression label must be a number, got {value!r}")
-                elif not abs(value) < REGRESSION_MAX_MAGNITUDE:
-                    raise ValueError(f"a regression label must be below {REGRESSION_MAX_MAGNITUDE:g} in magnitude "
-                                     f"(its square must be a double), got {value!r}")
-                else:
-                    out.append(float(value))
-            except ValueError as exc:
-                rejects.append(Reject(i, "label", f"cannot score a {task} model with it: {exc}"))
-                out.append(value)  # dropped by the caller
-        return out
 
     def _segments(self, cols: PredictionColumns, rows: IntArray) -> list[tuple[Segment, ...]] | None:
         """Per row, the whole version followed by (dimension, value) for each configured
@@ -774,12 +699,12 @@ class ModelEvaluator:
         ready_served: list[Served] = []
         waiting_served: list[Served] = []
         for part in self._served:
-            ok = self._ready(part[0], part[6], next_window)
+            ok = self._ready(part.panes, part.keys, next_window)
             if ok.all():
                 ready_served.append(part)
             elif ok.any():
-                ready_served.append(_served_rows(part, np.flatnonzero(ok)))
-                waiting_served.append(_served_rows(part, np.flatnonzero(~ok)))
+                ready_served.append(part.rows(np.flatnonzero(ok)))
+                waiting_served.append(part.rows(np.flatnonzero(~ok)))
             else:
                 waiting_served.append(part)
         ready_scored: list[ColumnJoined] = []
@@ -796,7 +721,7 @@ class ModelEvaluator:
         ready_pairs: list[tuple[Pending, Pending]] = []
         ready_keys: list[int] = []
         if self._pairs:
-            ok = self._ready(np.fromiter((s[0] for s, _ in self._pairs), dtype=np.int64, count=len(self._pairs)),
+            ok = self._ready(np.fromiter((s.pane for s, _ in self._pairs), dtype=np.int64, count=len(self._pairs)),
                              np.array(self._pair_keys, dtype=np.int64), next_window)
             ready_pairs = [pair for pair, go in zip(self._pairs, ok.tolist()) if go]
             ready_keys = [k for k, go in zip(self._pair_keys, ok.tolist()) if go]
@@ -805,16 +730,16 @@ class ModelEvaluator:
         self._served, self._scored = waiting_served, waiting_scored
         if ready_served:
             served = ready_served
-            panes = np.concatenate([s[0] for s in served])
-            codes = np.concatenate([s[1] for s in served])
-            if all(s[2] is None for s in served):
+            panes = np.concatenate([s.panes for s in served])
+            codes = np.concatenate([s.codes for s in served])
+            if all(s.segments is None for s in served):
                 segments = None
             else:
-                segments = [seg for s in served for seg in (s[2] or repeat(WHOLE, len(s[0])))]
-            latency = np.concatenate([s[3] for s in served])
-            failed = np.concatenate([s[4] for s in served])
-            drift = _concat_columns([(s[5], len(s[0])) for s in served]) if self.drift is not None else None
-            keys = np.concatenate([s[6] for s in served])
+                segments = [seg for s in served for seg in (s.segments or repeat(WHOLE, len(s)))]
+            latency = np.concatenate([s.latency for s in served])
+            failed = np.concatenate([s.failed for s in served])
+            drift = _concat_columns([(s.drift, len(s)) for s in served]) if self.drift is not None else None
+            keys = np.concatenate([s.keys for s in served])
             for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
                 state = self.panes.state(pane, version, segment, checked=True)
                 if state is not None:
@@ -839,13 +764,13 @@ class ModelEvaluator:
 
     def _compare(self, pairs: list[tuple[Pending, Pending]], keys: list[int]) -> None:
         """Shadow mode: (shadow, production) pairs into the shadow's pane states (core/shadow.py)."""
-        agree, decided, diff, abs_diff = compare(self.topology.task, pairs)
+        agree, decided, diff, abs_diff = compare(self.task, pairs)
         shadow = [s for s, _ in pairs]
-        panes = np.fromiter(map(itemgetter(0), shadow), dtype=np.int64, count=len(shadow))
-        segments = [s[2] for s in shadow]
+        panes = np.fromiter((s.pane for s in shadow), dtype=np.int64, count=len(shadow))
+        segments = [s.segments for s in shadow]
         if segments.count(WHOLE) == len(segments):
             segments = None  # type: ignore[assignment]
-        codes = self._codes([s[1] for s in shadow])
+        codes = self._codes([s.version for s in shadow])
         for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
             state = self.panes.state(pane, version, segment, checked=True)
             if state is not None and state.shadow is not None:
@@ -871,7 +796,7 @@ class ModelEvaluator:
 
     def _score(self, joined: ColumnJoined) -> None:
         """Add joined (prediction, label) rows to their panes' states; weight -1 takes one out."""
-        task = self.topology.task
+        task = self.task
         p = joined.predictions
         panes, codes, output = p["pane"], p["version"], p["output"]
         segments = None
@@ -880,30 +805,17 @@ class ModelEvaluator:
             if segment_list.count(WHOLE) < len(segment_list):  # count: in C
                 segments = segment_list
         w = joined.weights
-        y: np.ndarray[Any, Any]
-        if task == "binary":
-            y = joined.labels.astype(np.bool_, copy=False)
-            score = output
-        elif task == "multiclass":
-            y = joined.labels.astype(object, copy=False)
-            score = np.array([o.get(truth, 0.0) / sum(o.values()) for o, truth in zip(output.tolist(), y.tolist())],
-                             dtype=np.float64)
-        else:
-            y = joined.labels.astype(np.float64, copy=False)
-            score = output
+        y, score = task.truths_and_scores(joined.labels, output)
+        decisions = p.get("decision")
         for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
             state = self.panes.state(pane, version, segment, checked=True)
             if state is None:
                 continue
             self._touch(pane, int(joined.at[idx].min()))
-            if task == "binary":
-                state.score(BinaryOutcomes(y[idx], score[idx], p["decision"][idx], w[idx]))
-            elif task == "multiclass":
-                state.score(MulticlassOutcomes(y[idx], p["decision"][idx], score[idx], w[idx]))
-            else:
-                state.score(RegressionOutcomes(y[idx], score[idx], w[idx]))
-                if segment is None and version in self.monitors and pane > self._fed_until:
-                    self._abs_errors[(pane, version)].append((np.abs(score[idx] - y[idx]), w[idx]))
+            state.score(task.outcomes(y[idx], score[idx], None if decisions is None else decisions[idx], w[idx]))
+            if (not task.has_decisions and segment is None and version in self.monitors
+                    and pane > self._fed_until):
+                self._abs_errors[(pane, version)].append((np.abs(score[idx] - y[idx]), w[idx]))
 
     # -- output -----------------------------------------------------------------------------------
 
@@ -1018,7 +930,7 @@ class ModelEvaluator:
         self._fed_until = max(self._fed_until, pane)
         for version, monitor in self.monitors.items():
             key = f"{t.model}/{version}/{pane}"
-            if t.task == "regression":
+            if not self.task.has_decisions:  # no misclassifications: its absolute errors
                 sequence = pane_values_sequence(_net_values(self._abs_errors.pop((pane, version), [])), key)
             else:
                 state = self.panes.peek(pane, version)
@@ -1098,14 +1010,6 @@ class ModelEvaluator:
                 concept_drift=tuple(self._alarms.get((version, start), ())), emitted_at=now_ms)
             if self.revisions.publish(drift):
                 out.drift.append(drift)
-
-
-def _served_rows(part: Served, rows: IntArray) -> Served:
-    """Some rows of a batch of served predictions."""
-    panes, codes, segments, latency, failed, drift, keys = part
-    return (panes[rows], codes[rows], None if segments is None else [segments[i] for i in rows.tolist()],
-            latency[rows], failed[rows], None if drift is None else {k: v[rows] for k, v in drift.items()},
-            keys[rows])
 
 
 def _net_values(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

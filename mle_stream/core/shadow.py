@@ -16,19 +16,34 @@ of event time stays unpaired and is counted (`unpaired`), never an error: mirror
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from mle_stream.core.exact_sum import exact_column_sums, pack, to_float, unpack
 from mle_stream.core.snapshot_columns import decode_column, encode_column, encode_rows
+from mle_stream.core.tasks.base import Agreement, Task
+from mle_stream.core.windows import Segment
 
-# A stored prediction as the evaluator keeps it (evaluator.Pending): (pane, version, segments,
-# output, decision).
-Pending = tuple[Any, ...]
+
+class Pending(NamedTuple):
+    """A prediction as shadow pairing keeps it (one per waiting prediction: a NamedTuple is as
+    cheap as the tuple it is)."""
+
+    pane: int
+    version: str
+    segments: tuple[Segment, ...]  # the whole version (None) first, then (dimension, value) pairs
+    output: Any  # the score, the scores map or the value, by task
+    decision: Any  # the decided class (binary: bool), None for a regression
+
+
+class Waiting(NamedTuple):
+    """A prediction waiting for its counterpart."""
+
+    timestamp: int
+    shadow: bool
+    prediction: Pending
 
 
 class ShadowPairing:
@@ -38,8 +53,8 @@ class ShadowPairing:
         if within_ms <= 0:
             raise ValueError(f"need within_ms > 0, got {within_ms}")
         self.within_ms = within_ms
-        # id -> (timestamp, is_shadow, prediction), in insertion order (expiry pops from the front).
-        self._waiting: dict[str, tuple[int, bool, Pending]] = {}
+        # By id, in insertion order (expiry pops from the front).
+        self._waiting: dict[str, Waiting] = {}
         self.unpaired = {"shadow": 0, "production": 0}
 
     def add(self, ids: Sequence[str], timestamps: Sequence[int], predictions: Sequence[Pending],
@@ -53,10 +68,10 @@ class ShadowPairing:
         for key, ts, prediction, is_shadow in zip(ids, timestamps, predictions, shadow):
             other = waiting.get(key)
             if other is None:
-                waiting[key] = (ts, is_shadow, prediction)
-            elif other[1] != is_shadow:
+                waiting[key] = Waiting(ts, is_shadow, prediction)
+            elif other.shadow != is_shadow:
                 del waiting[key]
-                pairs.append((prediction, other[2]) if is_shadow else (other[2], prediction))
+                pairs.append((prediction, other.prediction) if is_shadow else (other.prediction, prediction))
                 if at is not None:
                     at.append(ts)
         return pairs
@@ -79,47 +94,35 @@ class ShadowPairing:
     def snapshot(self) -> dict[str, Any]:
         entries = list(self._waiting.values())
         return {"kind": "shadow_pairing", "v": 1, "within_ms": self.within_ms,
-                "id": encode_column(list(self._waiting)), "ts": encode_column([e[0] for e in entries]),
-                "shadow": encode_column([e[1] for e in entries]),
-                "prediction": encode_rows(list(map(itemgetter(2), entries))), "unpaired": dict(self.unpaired)}
+                "id": encode_column(list(self._waiting)), "ts": encode_column([e.timestamp for e in entries]),
+                "shadow": encode_column([e.shadow for e in entries]),
+                "prediction": encode_pending([e.prediction for e in entries]), "unpaired": dict(self.unpaired)}
 
     @classmethod
     def restore(cls, data: dict[str, Any], predictions: Callable[[dict[str, Any]], list[Pending]]) -> ShadowPairing:
         if not isinstance(data, dict) or data.get("kind") != "shadow_pairing" or data.get("v") != 1:
             raise ValueError(f"not a shadow_pairing v1 snapshot: kind={data.get('kind')!r}, v={data.get('v')!r}")
         pairing = cls(int(data["within_ms"]))
-        pairing._waiting = dict(zip(decode_column(data["id"]), zip(
+        pairing._waiting = dict(zip(decode_column(data["id"]), map(Waiting,
             decode_column(data["ts"]), map(bool, decode_column(data["shadow"])), predictions(data["prediction"]))))
         pairing.unpaired = {k: int(v) for k, v in data["unpaired"].items()}
         return pairing
 
 
-def compare(task: str,
-            pairs: Sequence[tuple[Pending, Pending]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def encode_pending(rows: Sequence[Pending]) -> dict[str, Any]:
+    """Pending rows as snapshots store them: plain tuples, column by column (encode_rows)."""
+    return encode_rows(list(map(tuple, rows)))
+
+
+def compare(task: Task, pairs: Sequence[tuple[Pending, Pending]]) -> Agreement:
     """Per (shadow, production) pair: (agree, decided, diff, abs_diff).
 
     decided: both decisions are known (binary and multiclass; a regression has none), agree:
     they are equal. diff: shadow score - production score (binary: the score, regression: the
     value; NaN for multiclass), abs_diff: |diff|, or for multiclass the total variation distance
     between the two normalised class distributions (half the L1 distance, in [0, 1])."""
-    n = len(pairs)
-    shadow_out = [s[3] for s, _ in pairs]
-    production_out = [p[3] for _, p in pairs]
-    if task == "multiclass":
-        agree = np.fromiter((s[4] == p[4] for s, p in pairs), dtype=np.bool_, count=n)
-        tv = np.fromiter((_total_variation(a, b) for a, b in zip(shadow_out, production_out)), dtype=np.float64,
-                         count=n)
-        return agree, np.ones(n, dtype=np.bool_), np.full(n, np.nan), tv
-    diff = np.array(shadow_out, dtype=np.float64) - np.array(production_out, dtype=np.float64)
-    if task == "binary":
-        agree = np.array([s[4] for s, _ in pairs], dtype=np.bool_) == np.array([p[4] for _, p in pairs], dtype=np.bool_)
-        return agree, np.ones(n, dtype=np.bool_), diff, np.abs(diff)
-    return np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_), diff, np.abs(diff)
-
-
-def _total_variation(a: dict[str, float], b: dict[str, float]) -> float:
-    sa, sb = math.fsum(a.values()), math.fsum(b.values())
-    return 0.5 * math.fsum(abs(a.get(k, 0.0) / sa - b.get(k, 0.0) / sb) for k in a.keys() | b.keys())
+    return task.compare([s.output for s, _ in pairs], [p.output for _, p in pairs],
+                        [s.decision for s, _ in pairs], [p.decision for _, p in pairs])
 
 
 _SUMS = ("abs_sum", "diff_sum")  # exact sums, packed in snapshots
