@@ -36,6 +36,7 @@ from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide
 from mle_stream.core.record_checks import Reject, unjoinable_ids, unusable_predictions
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
 from mle_stream.core.revisions import Revisions
+from mle_stream.core.segments import WHOLE, SegmentCap, segments_from_json
 from mle_stream.core.shadow import Pending, ShadowPairing, compare, encode_pending
 from mle_stream.core.snapshot_columns import decode_column, decode_row_columns, encode_column
 from mle_stream.core.tasks import task_for
@@ -43,8 +44,6 @@ from mle_stream.core.topology import Topology
 from mle_stream.core.window_state import WindowState
 from mle_stream.core.windows import PaneTable, Segment, WindowSpec
 
-OTHER = "__other__"  # the segment value that stands for every value past the cardinality cap
-WHOLE: tuple[Segment, ...] = (None,)  # the segments of a record without segment values
 
 # What the label join keeps of a prediction: enough to score it, not its features. Columns of the
 # join's arena (core/column_join.py): the pane start, the version's code (ModelEvaluator._codes),
@@ -171,11 +170,6 @@ def _column(values: Any, rows: IntArray) -> np.ndarray:
     return np.fromiter(map(values.__getitem__, rows.tolist()), dtype=object, count=len(rows))
 
 
-def _segments_from_json(values: list[Any]) -> list[tuple[Segment, ...]]:
-    """Segment tuples back from JSON data (lists), a whole-version record's as WHOLE itself."""
-    return [WHOLE if len(s) == 1 else tuple(None if d is None else (d[0], d[1]) for d in s) for s in values]
-
-
 def _pending_from_json(data: dict[str, Any]) -> list[Pending]:
     """Stored Pending rows back from JSON data, column by column. Pane starts and version names
     come back as one shared object each, as add_prediction_columns keeps them (JSON data has a
@@ -187,7 +181,7 @@ def _pending_from_json(data: dict[str, Any]) -> list[Pending]:
     if all(len(s) == 1 for s in segments):
         segs: Any = repeat(WHOLE)
     else:
-        segs = [WHOLE if len(s) == 1 else tuple(None if d is None else (d[0], d[1]) for d in s) for s in segments]
+        segs = segments_from_json(segments)
     return list(map(Pending, map({p: p for p in set(panes)}.__getitem__, panes),
                     map({v: v for v in set(versions)}.__getitem__, versions), segs, outputs, decisions))
 
@@ -230,7 +224,7 @@ class ModelEvaluator:
         self._fed_until = -1  # the last pane start fed to the detectors
         baseline_profile = self.profiles.get(t.baseline_version)
         self._trained_at = trained_at_ms(None if baseline_profile is None else baseline_profile.created_at)
-        self._segment_values: dict[str, set[str]] = {d: set() for d in t.segment_dimensions}
+        self.segments = SegmentCap(t.segment_dimensions, t.segment_max_values)
         # Windows updated since updates were last emitted: those holding a row's pane that are
         # still retained at the row's key (a row past a window's retention is no longer news of it).
         self._touched: set[int] = set()
@@ -330,7 +324,7 @@ class ModelEvaluator:
                             np.concatenate([w for _, w in parts]).tolist()]
                            for (pane, v), parts in self._abs_errors.items()],
             "fed_until": self._fed_until,
-            "segment_values": {d: sorted(v) for d, v in self._segment_values.items()},
+            "segment_values": self.segments.snapshot(),
             "touched_windows": sorted(self._touched),
             "drift": None if self.drift is None else self.drift.snapshot(),
             "revisions": self.revisions.snapshot(),
@@ -352,7 +346,7 @@ class ModelEvaluator:
             raise ValueError(f"the snapshot of model {topology.model!r} was taken under another topology ({detail})")
         ev._version_names = [str(v) for v in data["versions"]]
         ev._version_codes = {v: i for i, v in enumerate(ev._version_names)}
-        decoders = {"segments": _segments_from_json}
+        decoders = {"segments": segments_from_json}
         ev.join = ColumnJoin.restore(data["join"], decoders)
         if topology.mode == "shadow":
             ev.shadow_join = ColumnJoin.restore(data["shadow_join"], decoders)
@@ -367,7 +361,7 @@ class ModelEvaluator:
             ev._abs_errors[(int(pane), str(v))].append((np.array(errors, dtype=np.float64),
                                                         np.array(weights, dtype=np.float64)))
         ev._fed_until = int(data["fed_until"])
-        ev._segment_values = {d: set(v) for d, v in data["segment_values"].items()}
+        ev.segments.restore(data["segment_values"])
         if "touched_windows" in data:
             ev._touched = set(data["touched_windows"])
         else:  # older snapshots kept the panes
@@ -413,7 +407,7 @@ class ModelEvaluator:
             return np.array(values, dtype=dtype)
 
         for part in data["served"]:
-            segments = None if part["segments"] is None else _segments_from_json(decode_column(part["segments"]))
+            segments = None if part["segments"] is None else segments_from_json(decode_column(part["segments"]))
             drift = None
             if part["drift"] is not None:
                 drift = {}
@@ -428,7 +422,7 @@ class ModelEvaluator:
             predictions = {}
             for k, dtype in payload.items():
                 if k == "segments":
-                    values = _segments_from_json(decode_column(part["predictions"][k]))
+                    values = segments_from_json(decode_column(part["predictions"][k]))
                     predictions[k] = np.fromiter(values, dtype=object, count=len(values))
                 else:
                     predictions[k] = array(part["predictions"][k], dtype)
@@ -508,7 +502,8 @@ class ModelEvaluator:
         codes = self._codes(cols.version)
         if not all_rows:
             codes = codes[rows]
-        segments = self._segments(cols, rows)
+        segments = (self.segments.of(cols.segment, rows.tolist())
+                    if self.segments.enabled and cols.segment is not None else None)
 
         failed_rows = failed if all_rows else failed[rows]
         # Joined: predictions that did not fail wait for (or meet) their labels.
@@ -651,32 +646,6 @@ class ModelEvaluator:
             return joined
         self.panes.late_dropped += int((~keep).sum())
         return joined.select(keep)
-
-    def _segments(self, cols: PredictionColumns, rows: IntArray) -> list[tuple[Segment, ...]] | None:
-        """Per row, the whole version followed by (dimension, value) for each configured
-        dimension the record names; None when no row has segments to count."""
-        if not self._segment_values or cols.segment is None:
-            return None
-        out: list[tuple[Segment, ...]] = []
-        cap = self.topology.segment_max_values
-        for i in rows.tolist():
-            given = cols.segment[i]
-            if not given:
-                out.append(WHOLE)
-                continue
-            segs: list[Segment] = [None]
-            for dimension, seen in self._segment_values.items():
-                value = given.get(dimension)
-                if value is None:
-                    continue
-                if value not in seen:
-                    if len(seen) >= cap:
-                        value = OTHER
-                    else:
-                        seen.add(value)
-                segs.append((dimension, value))
-            out.append(tuple(segs))
-        return out
 
     def _ready(self, panes: IntArray, keys: IntArray, next_window: int | None) -> npt.NDArray[np.bool_]:
         """Which rows may go into the pane states now, with the windows before `next_window`
