@@ -26,7 +26,7 @@ import numpy.typing as npt
 from mle_stream.core.checks import samples_of
 from mle_stream.core.column_join import ColumnJoin, ColumnJoined, label_array
 from mle_stream.core.columns import FeatureColumns, IntArray, LabelColumns, PredictionColumns
-from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence, pane_values_sequence
+from mle_stream.core.concept_feed import ConceptDriftFeed
 from mle_stream.core.drift.decision import FeatureDrift
 from mle_stream.core.drift.live import SCORE, Columns, DriftSketches, LiveDrift
 from mle_stream.core.drift.profile import ReferenceProfile
@@ -215,13 +215,8 @@ class ModelEvaluator:
         # is what this process has seen; the first batch after a restart sets them).
         self._last_arrival: dict[str, int] = {}
         self.retrain_state = RetrainState()
-        # Concept drift: each tracked version's errors, pane by pane (see _detect).
-        self.monitors = {v: ConceptDriftMonitor(t.drift.concept) for v in (t.baseline_version, t.candidate_version)
-                         if t.drift.concept}
-        self._alarms: dict[tuple[str, int], list[dict[str, Any]]] = {}  # (version, window start) -> alarms
-        # Regression: absolute errors (and weights: -1 takes a corrected one out) of panes not yet fed.
-        self._abs_errors: defaultdict[tuple[int, str], list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
-        self._fed_until = -1  # the last pane start fed to the detectors
+        self.concept = ConceptDriftFeed(t.model, (t.baseline_version, t.candidate_version), t.drift.concept,
+                                        error_values=not self.task.has_decisions)
         baseline_profile = self.profiles.get(t.baseline_version)
         self._trained_at = trained_at_ms(None if baseline_profile is None else baseline_profile.created_at)
         self.segments = SegmentCap(t.segment_dimensions, t.segment_max_values)
@@ -318,12 +313,7 @@ class ModelEvaluator:
             "panes": self.panes.snapshot(WindowState.snapshot),
             "policy": self.policy_state.snapshot(),
             "retrain": self.retrain_state.snapshot(),
-            "monitors": {v: m.snapshot() for v, m in self.monitors.items()},
-            "alarms": [[v, start, alarms] for (v, start), alarms in self._alarms.items()],
-            "abs_errors": [[pane, v, np.concatenate([e for e, _ in parts]).tolist(),
-                            np.concatenate([w for _, w in parts]).tolist()]
-                           for (pane, v), parts in self._abs_errors.items()],
-            "fed_until": self._fed_until,
+            **self.concept.snapshot(),  # monitors, alarms, abs_errors, fed_until
             "segment_values": self.segments.snapshot(),
             "touched_windows": sorted(self._touched),
             "drift": None if self.drift is None else self.drift.snapshot(),
@@ -355,12 +345,7 @@ class ModelEvaluator:
                                      lambda d: WindowState.restore(topology.task, d))
         ev.policy_state = PolicyState.restore(data["policy"])
         ev.retrain_state = RetrainState.restore(data.get("retrain") or {})
-        ev.monitors = {v: ConceptDriftMonitor.restore(topology.drift.concept, m) for v, m in data["monitors"].items()}
-        ev._alarms = {(str(v), int(start)): alarms for v, start, alarms in data["alarms"]}
-        for pane, v, errors, weights in data["abs_errors"]:
-            ev._abs_errors[(int(pane), str(v))].append((np.array(errors, dtype=np.float64),
-                                                        np.array(weights, dtype=np.float64)))
-        ev._fed_until = int(data["fed_until"])
+        ev.concept.restore(data)
         ev.segments.restore(data["segment_values"])
         if "touched_windows" in data:
             ev._touched = set(data["touched_windows"])
@@ -781,10 +766,10 @@ class ModelEvaluator:
             if state is None:
                 continue
             self._touch(pane, int(joined.at[idx].min()))
-            state.score(task.outcomes(y[idx], score[idx], None if decisions is None else decisions[idx], w[idx]))
-            if (not task.has_decisions and segment is None and version in self.monitors
-                    and pane > self._fed_until):
-                self._abs_errors[(pane, version)].append((np.abs(score[idx] - y[idx]), w[idx]))
+            yi, si, wi = y[idx], score[idx], w[idx]
+            state.score(task.outcomes(yi, si, None if decisions is None else decisions[idx], wi))
+            if segment is None:
+                self.concept.add_outcomes(pane, version, yi, si, wi)
 
     # -- output -----------------------------------------------------------------------------------
 
@@ -846,7 +831,7 @@ class ModelEvaluator:
                                        if d.window_start == start and d.version == t.baseline_version), None)
                 self.retrain_state, retrain = consider_retrain(
                     t, self.retrain_state, window_start=start, window_end=start + t.window_size_ms,
-                    baseline_drift=baseline_drift, alarms=self._alarms.get((t.baseline_version, start), []),
+                    baseline_drift=baseline_drift, alarms=self.concept.alarms(t.baseline_version, start),
                     trained_at=self._trained_at, now_ms=now_ms)
                 out.commands.extend(retrain)
         if closing:
@@ -882,35 +867,21 @@ class ModelEvaluator:
             if self.shadow_join is not None and self.pairing is not None:
                 self.shadow_join.expire(self.panes.watermark)
                 self.pairing.expire(self.panes.watermark)
-            if self._alarms:
-                self._alarms = {k: a for k, a in self._alarms.items() if self.panes.is_retained(k[1])}
-            for key in [k for k in self._abs_errors if not self.panes.is_retained(k[0])]:
-                del self._abs_errors[key]  # a pane no closing window fed
+            self.concept.forget(self.panes.is_retained)
         return out
 
     def _detect(self, start: int) -> None:
-        """Feed the concept-drift detectors the errors of the pane that the closing window is the
-        first to hold (its last pane), version by version. Within a pane, arrival order would not
-        be the same after a restart, so its labeled outcomes go in a canonical order: its error
-        count spread by a shuffle seeded with model, version and pane (core/drift/concept.py).
-        Labels that arrive after the window closed update its metrics but not the detectors."""
+        """Feed the concept-drift detectors the pane that the closing window is the first to hold
+        (its last pane; core/concept_feed.py)."""
         t = self.topology
         pane = start + t.window_size_ms - t.window_hop_ms
-        self._fed_until = max(self._fed_until, pane)
-        for version, monitor in self.monitors.items():
-            key = f"{t.model}/{version}/{pane}"
-            if not self.task.has_decisions:  # no misclassifications: its absolute errors
-                sequence = pane_values_sequence(_net_values(self._abs_errors.pop((pane, version), [])), key)
-            else:
-                state = self.panes.peek(pane, version)
-                n = 0 if state is None else state.labeled
-                errors = 0 if state is None else round((state.error_rate or 0.0) * n)
-                sequence = pane_sequence(n, errors, key)
-            if len(sequence) == 0:
-                continue
-            alarms = monitor.update(sequence, {"pane_start": pane})
-            if alarms:
-                self._alarms[(version, start)] = [a.to_json() for a in alarms]
+
+        def labeled_errors(version: str) -> tuple[int, int]:
+            state = self.panes.peek(pane, version)
+            n = 0 if state is None else state.labeled
+            return n, 0 if state is None else round((state.error_rate or 0.0) * n)
+
+        self.concept.feed(start, pane, labeled_errors)
 
     def held_back(self, source: str, now_ms: int) -> None:
         """The worker holds `source` back (a paused partition) at `now_ms`: it is not silent, so
@@ -967,7 +938,7 @@ class ModelEvaluator:
             current = whole.get(version)
             table = None if current is None else self.drift.table(
                 version, current.drift, None if baseline is None else baseline.drift)
-            if table is None and (current is None or version not in self.monitors):
+            if table is None and (current is None or not self.concept.tracks(version)):
                 continue  # nothing to compare with, and no detector to report
             drift = DriftTable(
                 model=t.model, version=version, role=self.role(version), window_start=start,
@@ -976,18 +947,9 @@ class ModelEvaluator:
                 features={} if table is None else {name: _stats(f) for name, f in table.features.items()},
                 drifted=() if table is None else tuple(table.drifted),
                 drifted_share=None if table is None else table.drifted_share,
-                concept_drift=tuple(self._alarms.get((version, start), ())), emitted_at=now_ms)
+                concept_drift=tuple(self.concept.alarms(version, start)), emitted_at=now_ms)
             if self.revisions.publish(drift):
                 out.drift.append(drift)
-
-
-def _net_values(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """The multiset of values left when each weight -1 entry takes one equal +1 entry out."""
-    if not parts:
-        return np.empty(0)
-    values, inverse = np.unique(np.concatenate([v for v, _ in parts]), return_inverse=True)
-    net = np.bincount(inverse, weights=np.concatenate([w for _, w in parts]), minlength=len(values))
-    return np.repeat(values, np.maximum(np.rint(net), 0).astype(np.int64))
 
 
 def _stats(f: FeatureDrift) -> dict[str, object]:
