@@ -37,8 +37,9 @@ from mle_stream.core.record_checks import Reject, unjoinable_ids, unusable_predi
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
 from mle_stream.core.revisions import Revisions
 from mle_stream.core.segments import WHOLE, SegmentCap, segments_from_json
-from mle_stream.core.shadow import Pending, ShadowPairing, compare, encode_pending
-from mle_stream.core.snapshot_columns import decode_column, decode_row_columns, encode_column
+from mle_stream.core.shadow import Pending, ShadowPairing, compare
+from mle_stream.core.shadow_mode import Pair, ShadowMode
+from mle_stream.core.snapshot_columns import decode_column, encode_column
 from mle_stream.core.tasks import task_for
 from mle_stream.core.topology import Topology
 from mle_stream.core.window_state import WindowState
@@ -170,22 +171,6 @@ def _column(values: Any, rows: IntArray) -> np.ndarray:
     return np.fromiter(map(values.__getitem__, rows.tolist()), dtype=object, count=len(rows))
 
 
-def _pending_from_json(data: dict[str, Any]) -> list[Pending]:
-    """Stored Pending rows back from JSON data, column by column. Pane starts and version names
-    come back as one shared object each, as add_prediction_columns keeps them (JSON data has a
-    new one per entry), and a whole-version record's segments as WHOLE itself."""
-    columns = decode_row_columns(data)
-    if not columns:
-        return []
-    panes, versions, segments, outputs, decisions = columns
-    if all(len(s) == 1 for s in segments):
-        segs: Any = repeat(WHOLE)
-    else:
-        segs = segments_from_json(segments)
-    return list(map(Pending, map({p: p for p in set(panes)}.__getitem__, panes),
-                    map({v: v for v in set(versions)}.__getitem__, versions), segs, outputs, decisions))
-
-
 class ModelEvaluator:
     def __init__(self, topology: Topology, profiles: Mapping[str, ReferenceProfile] | None = None) -> None:
         """`profiles`: reference profiles by version (see core/drift/live.py for how they are used)."""
@@ -201,15 +186,9 @@ class ModelEvaluator:
         self._version_codes: dict[str, int] = {}
         # A joined pair stays correctable as long as its pane can still change.
         self.join = self._new_join()
-        # Shadow mode (core/shadow.py): the shadow's predictions share their ids with production's,
-        # so they wait for the same labels in a join of their own, and are paired with production's.
-        self.shadow_join: ColumnJoin | None = None
-        self.pairing: ShadowPairing | None = None
-        if t.mode == "shadow":
-            self.shadow_join = self._new_join()
-            self.pairing = ShadowPairing(t.shadow_pair_within_ms)
-        self._pairs: list[tuple[Pending, Pending]] = []  # (shadow, production), not yet in the pane states
-        self._pair_keys: list[int] = []  # per pair, when it came to be in event time
+        # Shadow mode: the shadow's own join and its pairing with production (core/shadow_mode.py).
+        self.shadow = (ShadowMode(self._new_join(), ShadowPairing(t.shadow_pair_within_ms))
+                       if t.mode == "shadow" else None)
         self.policy_state = PolicyState()
         # When each source last sent something, on the worker's clock (not checkpointed: an outage
         # is what this process has seen; the first batch after a restart sets them).
@@ -281,9 +260,10 @@ class ModelEvaluator:
         (PaneTable.close_ready)."""
         panes = [s.panes for s in self._served] + [j.predictions["pane"] for j in self._scored]
         keys = [s.keys for s in self._served] + [j.at for j in self._scored]
-        if self._pairs:
-            panes.append(np.fromiter((s.pane for s, _ in self._pairs), dtype=np.int64, count=len(self._pairs)))
-            keys.append(np.array(self._pair_keys, dtype=np.int64))
+        held = None if self.shadow is None else self.shadow.held()
+        if held is not None:
+            panes.append(held[0])
+            keys.append(held[1])
         if not panes:
             return {}
         pane_of, key_of = np.concatenate(panes), np.concatenate(keys)
@@ -294,7 +274,7 @@ class ModelEvaluator:
     def deferred_rows(self) -> int:
         """Rows taken but held back from the pane states until a window closes (see _apply)."""
         return (sum(map(len, self._served)) + sum(len(j) for j in self._scored)
-                + len(self._pairs))
+                + (0 if self.shadow is None else len(self.shadow)))
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -308,8 +288,7 @@ class ModelEvaluator:
             "deferred": self._deferred_snapshot(),
             "versions": list(self._version_names),
             "join": self.join.snapshot(),
-            **({} if self.shadow_join is None or self.pairing is None else
-               {"shadow_join": self.shadow_join.snapshot(), "pairing": self.pairing.snapshot()}),
+            **({} if self.shadow is None else self.shadow.snapshot()),  # shadow_join, pairing
             "panes": self.panes.snapshot(WindowState.snapshot),
             "policy": self.policy_state.snapshot(),
             "retrain": self.retrain_state.snapshot(),
@@ -339,8 +318,7 @@ class ModelEvaluator:
         decoders = {"segments": segments_from_json}
         ev.join = ColumnJoin.restore(data["join"], decoders)
         if topology.mode == "shadow":
-            ev.shadow_join = ColumnJoin.restore(data["shadow_join"], decoders)
-            ev.pairing = ShadowPairing.restore(data["pairing"], _pending_from_json)
+            ev.shadow = ShadowMode.restore(data, decoders)
         ev.panes = PaneTable.restore(ev.panes.spec, lambda: WindowState.for_topology(topology), data["panes"],
                                      lambda d: WindowState.restore(topology.task, d))
         ev.policy_state = PolicyState.restore(data["policy"])
@@ -376,10 +354,7 @@ class ModelEvaluator:
                   for s in self._served]
         scored = [{"predictions": {k: column(v) for k, v in j.predictions.items()}, "labels": column(j.labels),
                    "weights": column(j.weights), "at": column(j.at)} for j in self._scored]
-        pairs = None if not self._pairs else {
-            "shadow": encode_pending([s for s, _ in self._pairs]),
-            "production": encode_pending([p for _, p in self._pairs]),
-            "keys": encode_column(self._pair_keys)}
+        pairs = None if self.shadow is None else self.shadow.deferred_snapshot()
         return {"served": served, "scored": scored, "pairs": pairs}
 
     def _restore_deferred(self, data: dict[str, Any]) -> None:
@@ -415,10 +390,8 @@ class ModelEvaluator:
             self._scored.append(ColumnJoined(np.zeros(len(at), dtype=np.int64), predictions,
                                              label_array(decode_column(part["labels"])),
                                              array(part["weights"], np.float64), np.zeros(0, dtype=np.int64), at))
-        if data["pairs"]:
-            self._pairs = list(zip(_pending_from_json(data["pairs"]["shadow"]),
-                                   _pending_from_json(data["pairs"]["production"])))
-            self._pair_keys = [int(k) for k in decode_column(data["pairs"]["keys"])]
+        if self.shadow is not None:
+            self.shadow.restore_deferred(data["pairs"])
 
     def _shape(self) -> dict[str, Any]:
         """What a snapshot's meaning depends on."""
@@ -566,14 +539,10 @@ class ModelEvaluator:
         self._clock_labels = int(keys[-1])
         self.panes.observe(self._event_time())
         parts = [self.join.add_labels(ids if sids is None else sids, keys, truths)]
-        if self.shadow_join is not None:
-            # Only labels of shadow predictions it holds: a label that comes before its shadow
-            # prediction is found in the main join when the shadow prediction comes (_join_predictions),
-            # so mirrors that sample a few requests do not keep every other label for max_delay.
-            held = np.flatnonzero(self.shadow_join.holds(ids))
-            if len(held):
-                parts.append(self.shadow_join.add_labels([ids[i] for i in held.tolist()], keys[held],
-                                                         [truths[i] for i in held.tolist()]))
+        if self.shadow is not None:
+            shadow_part = self.shadow.add_labels(ids, keys, truths)
+            if shadow_part is not None:
+                parts.append(shadow_part)
         self._scored.extend(self._retained(part) for part in parts if len(part))
         return rejects
 
@@ -581,47 +550,16 @@ class ModelEvaluator:
         """The ids as the join keeps them, if all can be held and a shortcut shows it (ids of one
         format); None: check them one by one (record_checks.unjoinable_ids) and hand the join str. In shadow
         mode always None: the shadow's pairing keeps ids as str."""
-        return holdable_id_array(ids) if self.shadow_join is None else None
+        return holdable_id_array(ids) if self.shadow is None else None
 
     def _join_predictions(self, ids: Sequence[str] | np.ndarray, ts: IntArray,
                           payload: dict[str, np.ndarray]) -> ColumnJoined:
         """Predictions into the label join; in shadow mode the shadow's into its own join, with the
         label production's join already holds for the id, and both sides into the pairing."""
-        if self.shadow_join is None or self.pairing is None:
+        if self.shadow is None:
             return self.join.add_predictions(ids, ts, payload)
-
-        def rows_of(rows: IntArray) -> tuple[list[str], IntArray, dict[str, np.ndarray]]:
-            return [ids[i] for i in rows.tolist()], ts[rows], {k: v[rows] for k, v in payload.items()}
-
         shadow = payload["version"] == self._version_codes.get(self.topology.candidate_version, -1)
-        main, mirrored = np.flatnonzero(~shadow), np.flatnonzero(shadow)
-        joined = self.join.add_predictions(*rows_of(main))
-        parts, duplicates = [joined], [main[joined.duplicates]]
-        if len(mirrored):
-            shadow_joined = self.shadow_join.add_predictions(*rows_of(mirrored))
-            parts.append(shadow_joined)
-            duplicates.append(mirrored[shadow_joined.duplicates])
-            new = np.setdiff1d(mirrored, duplicates[-1])
-            labels = self.join.labels_of([ids[i] for i in new.tolist()])
-            known = [(i, label) for i, label in zip(new.tolist(), labels) if label is not None]
-            if known:  # the label came first: production's join has it
-                rows = np.array([i for i, _ in known], dtype=np.int64)
-                parts.append(self.shadow_join.add_labels([ids[i] for i, _ in known], ts[rows],
-                                                         [label for _, label in known]))
-        out = ColumnJoined.concat(parts)
-        out.duplicates = np.sort(np.concatenate(duplicates))
-        fresh = np.setdiff1d(np.arange(len(shadow)), out.duplicates)
-        self._pairs.extend(self.pairing.add([ids[i] for i in fresh.tolist()], ts[fresh].tolist(),
-                                            self._pending(payload, fresh), shadow[fresh].tolist(), self._pair_keys))
-        return out
-
-    def _pending(self, payload: dict[str, np.ndarray], rows: IntArray) -> list[Pending]:
-        """Rows of a join payload as shadow pairing keeps them."""
-        names = self._version_names
-        return list(map(Pending, payload["pane"][rows].tolist(), [names[c] for c in payload["version"][rows].tolist()],
-                        payload["segments"][rows].tolist() if "segments" in payload else repeat(WHOLE),
-                        payload["output"][rows].tolist(),
-                        payload["decision"][rows].tolist() if "decision" in payload else repeat(None)))
+        return self.shadow.add_predictions(self.join, ids, ts, payload, shadow, self._version_names)
 
     def _retained(self, joined: ColumnJoined) -> ColumnJoined:
         """The rows whose panes are still retained at the time each pair came to be (its key,
@@ -672,15 +610,10 @@ class ModelEvaluator:
                 waiting_scored.append(joined.select(~ok))
             else:
                 waiting_scored.append(joined)
-        ready_pairs: list[tuple[Pending, Pending]] = []
+        ready_pairs: list[Pair] = []
         ready_keys: list[int] = []
-        if self._pairs:
-            ok = self._ready(np.fromiter((s.pane for s, _ in self._pairs), dtype=np.int64, count=len(self._pairs)),
-                             np.array(self._pair_keys, dtype=np.int64), next_window)
-            ready_pairs = [pair for pair, go in zip(self._pairs, ok.tolist()) if go]
-            ready_keys = [k for k, go in zip(self._pair_keys, ok.tolist()) if go]
-            self._pairs = [pair for pair, go in zip(self._pairs, ok.tolist()) if not go]
-            self._pair_keys = [k for k, go in zip(self._pair_keys, ok.tolist()) if not go]
+        if self.shadow is not None:
+            ready_pairs, ready_keys = self.shadow.take_ready(lambda panes, keys: self._ready(panes, keys, next_window))
         self._served, self._scored = waiting_served, waiting_scored
         if ready_served:
             served = ready_served
@@ -716,7 +649,7 @@ class ModelEvaluator:
         if self._late_touched is not None:
             self._late_touched.update(windows)
 
-    def _compare(self, pairs: list[tuple[Pending, Pending]], keys: list[int]) -> None:
+    def _compare(self, pairs: list[Pair], keys: list[int]) -> None:
         """Shadow mode: (shadow, production) pairs into the shadow's pane states (core/shadow.py)."""
         agree, decided, diff, abs_diff = compare(self.task, pairs)
         shadow = [s for s, _ in pairs]
@@ -864,9 +797,8 @@ class ModelEvaluator:
             self.revisions.forget_before(self.panes.watermark - t.window_retention_ms - 2 * t.window_size_ms
                                          + t.window_hop_ms + 1)
             self.join.expire(self.panes.watermark)
-            if self.shadow_join is not None and self.pairing is not None:
-                self.shadow_join.expire(self.panes.watermark)
-                self.pairing.expire(self.panes.watermark)
+            if self.shadow is not None:
+                self.shadow.expire(self.panes.watermark)
             self.concept.forget(self.panes.is_retained)
         return out
 
