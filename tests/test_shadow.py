@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score
 
 from mle_stream.core.evaluator import ModelEvaluator
 from mle_stream.core.events import CommandKind, Label, Prediction
-from mle_stream.core.shadow import AgreementMetrics, Pending, ShadowPairing, compare
+from mle_stream.core.shadow import AgreementMetrics, ShadowPairing, compare
 from mle_stream.core.tasks import task_for
 from mle_stream.core.topology import load_topology, parse_topology
 from mle_stream.errors import ConfigError
@@ -153,16 +153,17 @@ def test_a_shadow_that_passes_its_gate_is_promoted_straight_to_100_percent() -> 
 
 
 def test_pairs_compare_decisions_and_scores_per_task_by_hand() -> None:
-    binary = [(Pending(0, "2", (None,), 0.9, True), Pending(0, "1", (None,), 0.6, True)),
-              (Pending(0, "2", (None,), 0.2, False), Pending(0, "1", (None,), 0.7, True))]
+    # Pending tuples: (pane, version, segments, output, decision).
+    binary = [((0, "2", (None,), 0.9, True), (0, "1", (None,), 0.6, True)),
+              ((0, "2", (None,), 0.2, False), (0, "1", (None,), 0.7, True))]
     agree, decided, diff, abs_diff = compare(task_for("binary"), binary)
     assert agree.tolist() == [True, False] and decided.all()
     assert diff == pytest.approx([0.3, -0.5]) and abs_diff == pytest.approx([0.3, 0.5])
-    multi = [(Pending(0, "2", (None,), {"a": 2.0, "b": 2.0}, "a"), Pending(0, "1", (None,), {"a": 0.9, "c": 0.1}, "a"))]
+    multi = [((0, "2", (None,), {"a": 2.0, "b": 2.0}, "a"), (0, "1", (None,), {"a": 0.9, "c": 0.1}, "a"))]
     agree, _, diff, abs_diff = compare(task_for("multiclass"), multi)
     # Normalised: shadow a .5 b .5, production a .9 c .1: TV = (0.4 + 0.5 + 0.1) / 2.
     assert agree.tolist() == [True] and math.isnan(diff[0]) and abs_diff[0] == pytest.approx(0.5)
-    regression = [(Pending(0, "2", (None,), 3.0, None), Pending(0, "1", (None,), 5.0, None))]
+    regression = [((0, "2", (None,), 3.0, None), (0, "1", (None,), 5.0, None))]
     agree, decided, diff, _ = compare(task_for("regression"), regression)
     assert not decided.any() and diff.tolist() == [-2.0]
     m = AgreementMetrics()
@@ -188,7 +189,7 @@ def test_agreement_state_merges_and_round_trips() -> None:
 
 def test_an_unpaired_side_expires_after_pair_within_and_is_counted() -> None:
     pairing = ShadowPairing(within_ms=1000)
-    p = Pending(0, "1", (None,), 0.5, True)
+    p = (0, "1", (None,), 0.5, True)
     assert pairing.add(["a", "b"], [0, 500], [p, p], [False, True]) == []
     pairing.expire(1200)  # a (t=0) is past 1000 ms, b (t=500) is not
     assert pairing.unpaired == {"shadow": 0, "production": 1} and pairing.waiting == 1

@@ -68,8 +68,8 @@ class ConceptDriftFeed:
     def forget(self, retained: Callable[[int], bool]) -> None:
         """Drop alarms of windows and errors of panes that retention has let go."""
         if self._alarms:
-            self._alarms = {k: a for k, a in self._alarms.items() if retained(k[1])}
-        for key in [k for k in self._abs_errors if not retained(k[0])]:
+            self._alarms = {(v, start): a for (v, start), a in self._alarms.items() if retained(start)}
+        for key in [(pane, v) for pane, v in self._abs_errors if not retained(pane)]:
             del self._abs_errors[key]  # a pane no closing window fed
 
     def snapshot(self) -> dict[str, Any]:

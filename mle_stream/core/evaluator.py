@@ -262,8 +262,9 @@ class ModelEvaluator:
         keys = [s.keys for s in self._served] + [j.at for j in self._scored]
         held = None if self.shadow is None else self.shadow.held()
         if held is not None:
-            panes.append(held[0])
-            keys.append(held[1])
+            pair_panes, pair_keys = held
+            panes.append(pair_panes)
+            keys.append(pair_keys)
         if not panes:
             return {}
         pane_of, key_of = np.concatenate(panes), np.concatenate(keys)
@@ -653,11 +654,11 @@ class ModelEvaluator:
         """Shadow mode: (shadow, production) pairs into the shadow's pane states (core/shadow.py)."""
         agree, decided, diff, abs_diff = compare(self.task, pairs)
         shadow = [s for s, _ in pairs]
-        panes = np.fromiter((s.pane for s in shadow), dtype=np.int64, count=len(shadow))
-        segments = [s.segments for s in shadow]
+        panes = np.fromiter((pane for pane, *_ in shadow), dtype=np.int64, count=len(shadow))
+        segments = [segs for _, _, segs, *_ in shadow]
         if segments.count(WHOLE) == len(segments):
             segments = None  # type: ignore[assignment]
-        codes = self._codes([s.version for s in shadow])
+        codes = self._codes([version for _, version, *_ in shadow])
         for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
             state = self.panes.state(pane, version, segment, checked=True)
             if state is not None and state.shadow is not None:

@@ -16,8 +16,8 @@ from mle_stream.core.column_join import ColumnJoin, ColumnJoined
 from mle_stream.core.columns import IntArray
 from mle_stream.core.events import LabelValue
 from mle_stream.core.segments import WHOLE, segments_from_json
-from mle_stream.core.shadow import Pending, ShadowPairing, encode_pending
-from mle_stream.core.snapshot_columns import decode_column, decode_row_columns, encode_column
+from mle_stream.core.shadow import Pending, ShadowPairing
+from mle_stream.core.snapshot_columns import decode_column, decode_row_columns, encode_column, encode_rows
 
 Pair = tuple[Pending, Pending]  # (shadow, production)
 
@@ -81,7 +81,7 @@ class ShadowMode:
         """The held-back pairs' panes (the shadow side's) and keys, if any."""
         if not self._pairs:
             return None
-        return (np.fromiter((s.pane for s, _ in self._pairs), dtype=np.int64, count=len(self._pairs)),
+        return (np.fromiter((pane for (pane, *_), _ in self._pairs), dtype=np.int64, count=len(self._pairs)),
                 np.array(self._keys, dtype=np.int64))
 
     def take_ready(self, ready: Callable[[IntArray, IntArray], npt.NDArray[np.bool_]]) -> tuple[list[Pair], list[int]]:
@@ -108,8 +108,8 @@ class ShadowMode:
         """The held-back pairs, as the evaluator's snapshot keeps them under deferred.pairs."""
         if not self._pairs:
             return None
-        return {"shadow": encode_pending([s for s, _ in self._pairs]),
-                "production": encode_pending([p for _, p in self._pairs]), "keys": encode_column(self._keys)}
+        return {"shadow": encode_rows([s for s, _ in self._pairs]),
+                "production": encode_rows([p for _, p in self._pairs]), "keys": encode_column(self._keys)}
 
     @classmethod
     def restore(cls, data: Mapping[str, Any],
@@ -127,7 +127,7 @@ class ShadowMode:
 
 def _pending(payload: dict[str, np.ndarray], rows: IntArray, versions: Sequence[str]) -> list[Pending]:
     """Rows of a join payload as shadow pairing keeps them."""
-    return list(map(Pending, payload["pane"][rows].tolist(), [versions[c] for c in payload["version"][rows].tolist()],
+    return list(zip(payload["pane"][rows].tolist(), [versions[c] for c in payload["version"][rows].tolist()],
                     payload["segments"][rows].tolist() if "segments" in payload else repeat(WHOLE),
                     payload["output"][rows].tolist(),
                     payload["decision"][rows].tolist() if "decision" in payload else repeat(None)))
@@ -145,7 +145,7 @@ def pending_from_json(data: dict[str, Any]) -> list[Pending]:
         segs: Any = repeat(WHOLE)
     else:
         segs = segments_from_json(segments)
-    return list(map(Pending, map({p: p for p in set(panes)}.__getitem__, panes),
+    return list(zip(map({p: p for p in set(panes)}.__getitem__, panes),
                     map({v: v for v in set(versions)}.__getitem__, versions), segs, outputs, decisions))
 
 
