@@ -461,8 +461,7 @@ class ModelEvaluator:
         codes = self._codes(cols.version)
         if not all_rows:
             codes = codes[rows]
-        segments = (self.segments.of(cols.segment, rows.tolist())
-                    if self.segments.enabled and cols.segment is not None else None)
+        segments = self.segments.of(cols.segment, rows)
 
         failed_rows = failed if all_rows else failed[rows]
         # Joined: predictions that did not fail wait for (or meet) their labels.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from mle_stream.core.columns import IntArray
 from mle_stream.core.windows import Segment
 
 OTHER = "__other__"  # the segment value that stands for every value past the cardinality cap
@@ -22,17 +23,16 @@ class SegmentCap:
         self.max_values = max_values
         self._seen: dict[str, set[str]] = {d: set() for d in dimensions}
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._seen)
-
-    def of(self, given: Sequence[Mapping[str, str] | None], rows: Iterable[int]) -> list[tuple[Segment, ...]]:
+    def of(self, given: Sequence[Mapping[str, str] | None] | None,
+           rows: IntArray) -> list[tuple[Segment, ...]] | None:
         """Per row of `given` (the records' segment maps), the whole version followed by
-        (dimension, value) for each configured dimension the record names; a value past its
-        dimension's cap is counted as OTHER."""
+        (dimension, value) for each configured dimension the record names, a value past its
+        dimension's cap counted as OTHER; None when no row has segments to count."""
+        if not self._seen or given is None:
+            return None
         out: list[tuple[Segment, ...]] = []
         cap = self.max_values
-        for i in rows:
+        for i in rows.tolist():
             values = given[i]
             if not values:
                 out.append(WHOLE)
