@@ -30,6 +30,7 @@ from mle_stream import codec
 from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.evaluator import Advance, ModelEvaluator
 from mle_stream.core.events import Command, DriftTable, Label, MetricSnapshot, Prediction
+from mle_stream.core.tasks import TASKS
 from mle_stream.core.topology import Topology
 from mle_stream.errors import ConfigError, InvalidEvent
 
@@ -89,14 +90,15 @@ def default_topology(model: str, predictions: list[Prediction]) -> Topology:
     from mle_stream.core.topology import parse_topology
 
     first = next((p for p in predictions if p.error is None), None)
-    task = ("binary" if first is None or first.score is not None
-            else "multiclass" if first.scores is not None else "regression")
+    # A prediction that did not fail carries exactly one output field: its task's.
+    task = "binary" if first is None else next(
+        name for name, t in TASKS.items() if getattr(first, t.output_field) is not None)
     versions = [v for v, _ in Counter(p.version for p in predictions).most_common()]
     baseline = versions[0] if versions else "1"
     candidate = versions[1] if len(versions) > 1 else f"{baseline}-candidate"
     span = max((p.timestamp for p in predictions), default=0) - min((p.timestamp for p in predictions), default=0)
     retention_h = max(1, span // 3_600_000 + 2)
-    rule = "serving_error_rate" if task == "regression" else "error_rate"
+    rule = "error_rate" if "error_rate" in TASKS[task].metric_names else "serving_error_rate"
     text = (f"model: {json.dumps(model)}\ntask: {task}\nbaseline: {{version: {json.dumps(baseline)}}}\n"
             f"candidate: {{version: {json.dumps(candidate)}}}\n"
             f"windows: {{size: 1h, grace: 0s, retention: {retention_h}h}}\n"

@@ -16,6 +16,7 @@ from sklearn.metrics import accuracy_score
 from mle_stream.core.evaluator import ModelEvaluator
 from mle_stream.core.events import CommandKind, Label, Prediction
 from mle_stream.core.shadow import AgreementMetrics, ShadowPairing, compare
+from mle_stream.core.tasks import task_for
 from mle_stream.core.topology import load_topology, parse_topology
 from mle_stream.errors import ConfigError
 
@@ -155,18 +156,18 @@ def test_pairs_compare_decisions_and_scores_per_task_by_hand() -> None:
     # Pending tuples: (pane, version, segments, output, decision).
     binary = [((0, "2", (None,), 0.9, True), (0, "1", (None,), 0.6, True)),
               ((0, "2", (None,), 0.2, False), (0, "1", (None,), 0.7, True))]
-    agree, decided, diff, abs_diff = compare("binary", binary)
+    agree, decided, diff, abs_diff = compare(task_for("binary"), binary)
     assert agree.tolist() == [True, False] and decided.all()
     assert diff == pytest.approx([0.3, -0.5]) and abs_diff == pytest.approx([0.3, 0.5])
     multi = [((0, "2", (None,), {"a": 2.0, "b": 2.0}, "a"), (0, "1", (None,), {"a": 0.9, "c": 0.1}, "a"))]
-    agree, _, diff, abs_diff = compare("multiclass", multi)
+    agree, _, diff, abs_diff = compare(task_for("multiclass"), multi)
     # Normalised: shadow a .5 b .5, production a .9 c .1: TV = (0.4 + 0.5 + 0.1) / 2.
     assert agree.tolist() == [True] and math.isnan(diff[0]) and abs_diff[0] == pytest.approx(0.5)
     regression = [((0, "2", (None,), 3.0, None), (0, "1", (None,), 5.0, None))]
-    agree, decided, diff, _ = compare("regression", regression)
+    agree, decided, diff, _ = compare(task_for("regression"), regression)
     assert not decided.any() and diff.tolist() == [-2.0]
     m = AgreementMetrics()
-    m.update(*compare("regression", regression))
+    m.update(*compare(task_for("regression"), regression))
     assert m.values() == {"paired": 1.0, "agreement": None, "score_abs_diff": 2.0, "score_diff": -2.0}
 
 

@@ -30,18 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mle_stream.core.sequential import ErrorRateTest, MeanTest
+from mle_stream.core.tasks import TASKS, Task
 from mle_stream.core.verdict import Verdict
 
-# Metric names per task, as WindowState.values() names them (docs/metrics.md). Suffixes @t (a
-# configured threshold) and [class] (per class) name variants of the same metric.
-TASK_METRICS: dict[str, frozenset[str]] = {
-    "binary": frozenset({"accuracy", "error_rate", "precision", "recall", "f1", "roc_auc", "average_precision",
-                         "log_loss", "log_loss_std", "brier_score", "expected_calibration_error", "positive_rate",
-                         "label_rate",
-                         "mean_score"}),
-    "multiclass": frozenset({"accuracy", "error_rate", "micro_f1", "macro_f1", "log_loss", "recall"}),
-    "regression": frozenset({"mae", "rmse", "r2", "mape", "mean_prediction", "mean_label"}),
-}
 SERVING_METRICS = frozenset({"serving_error_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
                              "latency_mean_ms", "latency_std_ms", "label_coverage", "throughput_per_s"})
 # Shadow mode only: the shadow's agreement with production on the same requests (core/shadow.py).
@@ -65,28 +56,41 @@ def metric_problem(task: str, metric: str, thresholds: tuple[float, ...] = (), m
     """Why `metric` cannot be checked for a model of `task` in rollout `mode`, or None when it can."""
     match = _VARIANT.match(metric)
     base = match.group("base") if match else metric
+    spec = TASKS.get(task)
     if metric in SHADOW_METRICS:
         if mode != "shadow":
             return f"{metric!r} compares a shadow with production: only a topology with mode: shadow has it"
-        if metric == "agreement" and task == "regression":
-            return "'agreement' compares decisions, which a regression model has none of; check score_abs_diff"
+        if metric == "agreement" and spec is not None and not spec.has_decisions:
+            return f"'agreement' compares decisions, which a {task} model has none of; check score_abs_diff"
         return None
     if base in SERVING_METRICS:
         return None if match and not match.group("at") and not match.group("cls") else f"{metric!r} takes no suffix"
-    known = TASK_METRICS.get(task, frozenset())
+    known = frozenset() if spec is None else spec.metric_names
     if base not in known:
         names = sorted(known | SERVING_METRICS)
         return f"{metric!r} is not a metric of a {task} model; expected one of {', '.join(names)}"
     if match and match.group("at"):
-        if task != "binary" or base not in {"accuracy", "precision", "recall", "f1"}:
-            return f"{metric!r}: only accuracy, precision, recall and f1 of a binary model take @threshold"
+        if spec is None or base not in spec.threshold_metrics:
+            return f"{metric!r}: only {_listing(TASKS, 'threshold_metrics')} take @threshold"
         if float(match.group("at")) not in thresholds:
             return f"{metric!r}: add {match.group('at')} to metrics.thresholds to have it computed"
-    if match and match.group("cls") and not (task == "multiclass" and base == "recall"):
-        return f"{metric!r}: only recall of a multiclass model is per class (recall[<class>])"
-    if task == "multiclass" and base == "recall" and not (match and match.group("cls")):
-        return "a multiclass model's recall is per class: recall[<class>]"
+    per_class = () if spec is None else spec.per_class_metrics
+    if match and match.group("cls") and base not in per_class:
+        return f"{metric!r}: only {_listing(TASKS, 'per_class_metrics')} is per class (recall[<class>])"
+    if base in per_class and not (match and match.group("cls")):
+        return f"a {task} model's {base} is per class: {base}[<class>]"
     return None
+
+
+def _listing(tasks: Mapping[str, Task], kind: str) -> str:
+    """Which metrics of which tasks have a `kind` variant, e.g. "recall of a multiclass model"."""
+    parts = []
+    for name, task in tasks.items():
+        metrics = getattr(task, kind)
+        if metrics:
+            listed = metrics[0] if len(metrics) == 1 else f"{', '.join(metrics[:-1])} and {metrics[-1]}"
+            parts.append(f"{listed} of a {name} model")
+    return " or ".join(parts)
 
 
 def default_worse(metric: str) -> str | None:

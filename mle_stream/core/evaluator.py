@@ -18,7 +18,6 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import repeat
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -27,32 +26,25 @@ import numpy.typing as npt
 from mle_stream.core.checks import samples_of
 from mle_stream.core.column_join import ColumnJoin, ColumnJoined, label_array
 from mle_stream.core.columns import FeatureColumns, IntArray, LabelColumns, PredictionColumns
-from mle_stream.core.drift.concept import ConceptDriftMonitor, pane_sequence, pane_values_sequence
+from mle_stream.core.concept_feed import ConceptDriftFeed
 from mle_stream.core.drift.decision import FeatureDrift
 from mle_stream.core.drift.live import SCORE, Columns, DriftSketches, LiveDrift
 from mle_stream.core.drift.profile import ReferenceProfile
-from mle_stream.core.events import Command, DriftTable, Label, LabelValue, MetricSnapshot, Prediction, binary_truth
+from mle_stream.core.events import Command, DriftTable, Label, MetricSnapshot, Prediction
 from mle_stream.core.id_hash import holdable_id_array
-from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
-from mle_stream.core.metrics.regression import MAX_MAGNITUDE as REGRESSION_MAX_MAGNITUDE
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
-from mle_stream.core.record_checks import (
-    Reject,
-    class_probabilities_problem,
-    regression_value_problem,
-    unjoinable_ids,
-    unusable_predictions,
-)
+from mle_stream.core.record_checks import Reject, unjoinable_ids, unusable_predictions
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
 from mle_stream.core.revisions import Revisions
-from mle_stream.core.shadow import ShadowPairing, compare
-from mle_stream.core.snapshot_columns import decode_column, decode_row_columns, encode_column, encode_rows
+from mle_stream.core.segments import WHOLE, SegmentCap, segments_from_json
+from mle_stream.core.shadow import Pending, ShadowPairing, compare
+from mle_stream.core.shadow_mode import Pair, ShadowMode
+from mle_stream.core.snapshot_columns import decode_column, encode_column
+from mle_stream.core.tasks import task_for
 from mle_stream.core.topology import Topology
 from mle_stream.core.window_state import WindowState
 from mle_stream.core.windows import PaneTable, Segment, WindowSpec
 
-OTHER = "__other__"  # the segment value that stands for every value past the cardinality cap
-WHOLE: tuple[Segment, ...] = (None,)  # the segments of a record without segment values
 
 # What the label join keeps of a prediction: enough to score it, not its features. Columns of the
 # join's arena (core/column_join.py): the pane start, the version's code (ModelEvaluator._codes),
@@ -60,18 +52,13 @@ WHOLE: tuple[Segment, ...] = (None,)  # the segments of a record without segment
 # decision (binary: bool; multiclass: the class; regression has none) and, where the topology has
 # segment dimensions, the segments (a tuple starting with None, the whole version).
 def _payload_columns(topology: Topology) -> dict[str, Any]:
-    task = topology.task
-    columns: dict[str, Any] = {"pane": np.int64, "version": np.int32,
-                               "output": object if task == "multiclass" else np.float64}
-    if task != "regression":
-        columns["decision"] = np.bool_ if task == "binary" else object
+    task = task_for(topology.task)
+    columns: dict[str, Any] = {"pane": np.int64, "version": np.int32, "output": task.output_dtype}
+    if task.decision_dtype is not None:
+        columns["decision"] = task.decision_dtype
     if topology.segment_dimensions:
         columns["segments"] = object
     return columns
-
-
-# Shadow mode pairs predictions as tuples (core/shadow.py): (pane, version, segments, output, decision).
-Pending = tuple[int, str, tuple[Segment, ...], Any, Any]
 
 
 @dataclass(frozen=True)
@@ -85,9 +72,27 @@ class InputClocks:
     event_time: int
 
 
-# A batch of served predictions not yet in the pane states: pane starts, version codes, segments,
-# latency, failed, drift columns, and each row's key (its input's event time as it arrived).
-Served = tuple[IntArray, np.ndarray, list[tuple[Segment, ...]] | None, Any, Any, dict[str, np.ndarray] | None, IntArray]
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A batch of served predictions not yet in the pane states, as columns."""
+
+    panes: IntArray  # pane starts
+    codes: np.ndarray  # version codes (ModelEvaluator._codes)
+    segments: list[tuple[Segment, ...]] | None  # None: no row has segments to count
+    latency: Any
+    failed: Any
+    drift: dict[str, np.ndarray] | None  # drift columns (drift_columns), when drift is tracked
+    keys: IntArray  # each row's key: its input's event time as it arrived
+
+    def __len__(self) -> int:
+        return len(self.panes)
+
+    def rows(self, rows: IntArray) -> Served:
+        """Some of the rows."""
+        return Served(self.panes[rows], self.codes[rows],
+                      None if self.segments is None else [self.segments[i] for i in rows.tolist()],
+                      self.latency[rows], self.failed[rows],
+                      None if self.drift is None else {k: v[rows] for k, v in self.drift.items()}, self.keys[rows])
 
 
 @dataclass
@@ -166,31 +171,11 @@ def _column(values: Any, rows: IntArray) -> np.ndarray:
     return np.fromiter(map(values.__getitem__, rows.tolist()), dtype=object, count=len(rows))
 
 
-def _segments_from_json(values: list[Any]) -> list[tuple[Segment, ...]]:
-    """Segment tuples back from JSON data (lists), a whole-version record's as WHOLE itself."""
-    return [WHOLE if len(s) == 1 else tuple(None if d is None else (d[0], d[1]) for d in s) for s in values]
-
-
-def _pending_from_json(data: dict[str, Any]) -> list[Pending]:
-    """Stored Pending tuples back from JSON data, column by column. Pane starts and version names
-    come back as one shared object each, as add_prediction_columns keeps them (JSON data has a
-    new one per entry), and a whole-version record's segments as WHOLE itself."""
-    columns = decode_row_columns(data)
-    if not columns:
-        return []
-    panes, versions, segments, outputs, decisions = columns
-    if all(len(s) == 1 for s in segments):
-        segs: Any = repeat(WHOLE)
-    else:
-        segs = [WHOLE if len(s) == 1 else tuple(None if d is None else (d[0], d[1]) for d in s) for s in segments]
-    return list(zip(map({p: p for p in set(panes)}.__getitem__, panes),
-                    map({v: v for v in set(versions)}.__getitem__, versions), segs, outputs, decisions))
-
-
 class ModelEvaluator:
     def __init__(self, topology: Topology, profiles: Mapping[str, ReferenceProfile] | None = None) -> None:
         """`profiles`: reference profiles by version (see core/drift/live.py for how they are used)."""
         t = self.topology = topology
+        self.task = task_for(t.task)
         self.profiles = dict(profiles or {})
         self.drift = (LiveDrift(t.drift, t.model, t.baseline_version, t.candidate_version, self.profiles)
                       if t.drift.enabled else None)
@@ -201,30 +186,19 @@ class ModelEvaluator:
         self._version_codes: dict[str, int] = {}
         # A joined pair stays correctable as long as its pane can still change.
         self.join = self._new_join()
-        # Shadow mode (core/shadow.py): the shadow's predictions share their ids with production's,
-        # so they wait for the same labels in a join of their own, and are paired with production's.
-        self.shadow_join: ColumnJoin | None = None
-        self.pairing: ShadowPairing | None = None
-        if t.mode == "shadow":
-            self.shadow_join = self._new_join()
-            self.pairing = ShadowPairing(t.shadow_pair_within_ms)
-        self._pairs: list[tuple[Pending, Pending]] = []  # (shadow, production), not yet in the pane states
-        self._pair_keys: list[int] = []  # per pair, when it came to be in event time
+        # Shadow mode: the shadow's own join and its pairing with production (core/shadow_mode.py).
+        self.shadow = (ShadowMode(self._new_join(), ShadowPairing(t.shadow_pair_within_ms))
+                       if t.mode == "shadow" else None)
         self.policy_state = PolicyState()
         # When each source last sent something, on the worker's clock (not checkpointed: an outage
         # is what this process has seen; the first batch after a restart sets them).
         self._last_arrival: dict[str, int] = {}
         self.retrain_state = RetrainState()
-        # Concept drift: each tracked version's errors, pane by pane (see _detect).
-        self.monitors = {v: ConceptDriftMonitor(t.drift.concept) for v in (t.baseline_version, t.candidate_version)
-                         if t.drift.concept}
-        self._alarms: dict[tuple[str, int], list[dict[str, Any]]] = {}  # (version, window start) -> alarms
-        # Regression: absolute errors (and weights: -1 takes a corrected one out) of panes not yet fed.
-        self._abs_errors: defaultdict[tuple[int, str], list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
-        self._fed_until = -1  # the last pane start fed to the detectors
+        self.concept = ConceptDriftFeed(t.model, (t.baseline_version, t.candidate_version), t.drift.concept,
+                                        error_values=not self.task.has_decisions)
         baseline_profile = self.profiles.get(t.baseline_version)
         self._trained_at = trained_at_ms(None if baseline_profile is None else baseline_profile.created_at)
-        self._segment_values: dict[str, set[str]] = {d: set() for d in t.segment_dimensions}
+        self.segments = SegmentCap(t.segment_dimensions, t.segment_max_values)
         # Windows updated since updates were last emitted: those holding a row's pane that are
         # still retained at the row's key (a row past a window's retention is no longer news of it).
         self._touched: set[int] = set()
@@ -284,11 +258,13 @@ class ModelEvaluator:
         """The panes of the rows held back, each with its smallest key: data as much as what the
         pane states hold, for which window is the first and which windows of a long gap have data
         (PaneTable.close_ready)."""
-        panes = [s[0] for s in self._served] + [j.predictions["pane"] for j in self._scored]
-        keys = [s[6] for s in self._served] + [j.at for j in self._scored]
-        if self._pairs:
-            panes.append(np.fromiter((s[0] for s, _ in self._pairs), dtype=np.int64, count=len(self._pairs)))
-            keys.append(np.array(self._pair_keys, dtype=np.int64))
+        panes = [s.panes for s in self._served] + [j.predictions["pane"] for j in self._scored]
+        keys = [s.keys for s in self._served] + [j.at for j in self._scored]
+        held = None if self.shadow is None else self.shadow.held()
+        if held is not None:
+            pair_panes, pair_keys = held
+            panes.append(pair_panes)
+            keys.append(pair_keys)
         if not panes:
             return {}
         pane_of, key_of = np.concatenate(panes), np.concatenate(keys)
@@ -298,8 +274,8 @@ class ModelEvaluator:
 
     def deferred_rows(self) -> int:
         """Rows taken but held back from the pane states until a window closes (see _apply)."""
-        return (sum(len(s[0]) for s in self._served) + sum(len(j) for j in self._scored)
-                + len(self._pairs))
+        return (sum(map(len, self._served)) + sum(len(j) for j in self._scored)
+                + (0 if self.shadow is None else len(self.shadow)))
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -313,18 +289,12 @@ class ModelEvaluator:
             "deferred": self._deferred_snapshot(),
             "versions": list(self._version_names),
             "join": self.join.snapshot(),
-            **({} if self.shadow_join is None or self.pairing is None else
-               {"shadow_join": self.shadow_join.snapshot(), "pairing": self.pairing.snapshot()}),
+            **({} if self.shadow is None else self.shadow.snapshot()),  # shadow_join, pairing
             "panes": self.panes.snapshot(WindowState.snapshot),
             "policy": self.policy_state.snapshot(),
             "retrain": self.retrain_state.snapshot(),
-            "monitors": {v: m.snapshot() for v, m in self.monitors.items()},
-            "alarms": [[v, start, alarms] for (v, start), alarms in self._alarms.items()],
-            "abs_errors": [[pane, v, np.concatenate([e for e, _ in parts]).tolist(),
-                            np.concatenate([w for _, w in parts]).tolist()]
-                           for (pane, v), parts in self._abs_errors.items()],
-            "fed_until": self._fed_until,
-            "segment_values": {d: sorted(v) for d, v in self._segment_values.items()},
+            **self.concept.snapshot(),  # monitors, alarms, abs_errors, fed_until
+            "segment_values": self.segments.snapshot(),
             "touched_windows": sorted(self._touched),
             "drift": None if self.drift is None else self.drift.snapshot(),
             "revisions": self.revisions.snapshot(),
@@ -346,22 +316,16 @@ class ModelEvaluator:
             raise ValueError(f"the snapshot of model {topology.model!r} was taken under another topology ({detail})")
         ev._version_names = [str(v) for v in data["versions"]]
         ev._version_codes = {v: i for i, v in enumerate(ev._version_names)}
-        decoders = {"segments": _segments_from_json}
+        decoders = {"segments": segments_from_json}
         ev.join = ColumnJoin.restore(data["join"], decoders)
         if topology.mode == "shadow":
-            ev.shadow_join = ColumnJoin.restore(data["shadow_join"], decoders)
-            ev.pairing = ShadowPairing.restore(data["pairing"], _pending_from_json)
+            ev.shadow = ShadowMode.restore(data, decoders)
         ev.panes = PaneTable.restore(ev.panes.spec, lambda: WindowState.for_topology(topology), data["panes"],
                                      lambda d: WindowState.restore(topology.task, d))
         ev.policy_state = PolicyState.restore(data["policy"])
         ev.retrain_state = RetrainState.restore(data.get("retrain") or {})
-        ev.monitors = {v: ConceptDriftMonitor.restore(topology.drift.concept, m) for v, m in data["monitors"].items()}
-        ev._alarms = {(str(v), int(start)): alarms for v, start, alarms in data["alarms"]}
-        for pane, v, errors, weights in data["abs_errors"]:
-            ev._abs_errors[(int(pane), str(v))].append((np.array(errors, dtype=np.float64),
-                                                        np.array(weights, dtype=np.float64)))
-        ev._fed_until = int(data["fed_until"])
-        ev._segment_values = {d: set(v) for d, v in data["segment_values"].items()}
+        ev.concept.restore(data)
+        ev.segments.restore(data["segment_values"])
         if "touched_windows" in data:
             ev._touched = set(data["touched_windows"])
         else:  # older snapshots kept the panes
@@ -383,17 +347,15 @@ class ModelEvaluator:
         def column(values: np.ndarray) -> dict[str, Any]:
             return encode_column(values.tolist())
 
-        served = [{"panes": column(panes), "codes": column(codes),
-                   "segments": None if segments is None else encode_column(segments),
-                   "latency": column(np.asarray(latency, dtype=np.float64)), "failed": column(np.asarray(failed)),
-                   "drift": None if drift is None else {k: column(v) for k, v in drift.items()},
-                   "keys": column(keys)}
-                  for panes, codes, segments, latency, failed, drift, keys in self._served]
+        served = [{"panes": column(s.panes), "codes": column(s.codes),
+                   "segments": None if s.segments is None else encode_column(s.segments),
+                   "latency": column(np.asarray(s.latency, dtype=np.float64)), "failed": column(np.asarray(s.failed)),
+                   "drift": None if s.drift is None else {k: column(v) for k, v in s.drift.items()},
+                   "keys": column(s.keys)}
+                  for s in self._served]
         scored = [{"predictions": {k: column(v) for k, v in j.predictions.items()}, "labels": column(j.labels),
                    "weights": column(j.weights), "at": column(j.at)} for j in self._scored]
-        pairs = None if not self._pairs else {
-            "shadow": encode_rows([s for s, _ in self._pairs]), "production": encode_rows([p for _, p in self._pairs]),
-            "keys": encode_column(self._pair_keys)}
+        pairs = None if self.shadow is None else self.shadow.deferred_snapshot()
         return {"served": served, "scored": scored, "pairs": pairs}
 
     def _restore_deferred(self, data: dict[str, Any]) -> None:
@@ -406,7 +368,7 @@ class ModelEvaluator:
             return np.array(values, dtype=dtype)
 
         for part in data["served"]:
-            segments = None if part["segments"] is None else _segments_from_json(decode_column(part["segments"]))
+            segments = None if part["segments"] is None else segments_from_json(decode_column(part["segments"]))
             drift = None
             if part["drift"] is not None:
                 drift = {}
@@ -414,14 +376,14 @@ class ModelEvaluator:
                     values = decode_column(encoded)
                     numeric = all(isinstance(v, float) for v in values)
                     drift[k] = np.array(values, dtype=np.float64 if numeric else object)
-            self._served.append((array(part["panes"], np.int64), array(part["codes"], np.int32), segments,
-                                 array(part["latency"], np.float64), array(part["failed"], np.bool_), drift,
-                                 array(part["keys"], np.int64)))
+            self._served.append(Served(array(part["panes"], np.int64), array(part["codes"], np.int32), segments,
+                                       array(part["latency"], np.float64), array(part["failed"], np.bool_), drift,
+                                       array(part["keys"], np.int64)))
         for part in data["scored"]:
             predictions = {}
             for k, dtype in payload.items():
                 if k == "segments":
-                    values = _segments_from_json(decode_column(part["predictions"][k]))
+                    values = segments_from_json(decode_column(part["predictions"][k]))
                     predictions[k] = np.fromiter(values, dtype=object, count=len(values))
                 else:
                     predictions[k] = array(part["predictions"][k], dtype)
@@ -429,10 +391,8 @@ class ModelEvaluator:
             self._scored.append(ColumnJoined(np.zeros(len(at), dtype=np.int64), predictions,
                                              label_array(decode_column(part["labels"])),
                                              array(part["weights"], np.float64), np.zeros(0, dtype=np.int64), at))
-        if data["pairs"]:
-            self._pairs = list(zip(_pending_from_json(data["pairs"]["shadow"]),
-                                   _pending_from_json(data["pairs"]["production"])))
-            self._pair_keys = [int(k) for k in decode_column(data["pairs"]["keys"])]
+        if self.shadow is not None:
+            self.shadow.restore_deferred(data["pairs"])
 
     def _shape(self) -> dict[str, Any]:
         """What a snapshot's meaning depends on."""
@@ -476,7 +436,7 @@ class ModelEvaluator:
                 rejects.append(reject)
                 ok[reject.index] = False
         failed = np.zeros(n, dtype=bool) if cols.error is None else np.array([e is not None for e in cols.error])
-        outputs, decisions = self._read_outputs(cols, failed, ok, rejects)
+        outputs, decisions = self.task.read_outputs(cols, t.threshold, failed, ok, rejects)
         if rejects:
             rejects.sort(key=lambda r: r.index)
         rows = np.flatnonzero(ok)
@@ -501,7 +461,7 @@ class ModelEvaluator:
         codes = self._codes(cols.version)
         if not all_rows:
             codes = codes[rows]
-        segments = self._segments(cols, rows)
+        segments = self.segments.of(cols.segment, rows)
 
         failed_rows = failed if all_rows else failed[rows]
         # Joined: predictions that did not fail wait for (or meet) their labels.
@@ -513,7 +473,7 @@ class ModelEvaluator:
         else:
             ids = cols.prediction_id if len(joining) == n else [cols.prediction_id[i] for i in joining.tolist()]
         payload = {"pane": panes[waiting], "version": codes[waiting], "output": _column(outputs, joining)}
-        if t.task != "regression":
+        if self.task.has_decisions:
             payload["decision"] = _column(decisions, joining)
         if t.segment_dimensions:
             payload["segments"] = (np.fromiter(repeat(WHOLE, len(waiting)), dtype=object, count=len(waiting))
@@ -533,9 +493,8 @@ class ModelEvaluator:
             served_rows = rows[keep]
         drift = None
         if self.drift is not None:
-            score = cols.score if t.task == "binary" else cols.value if t.task == "regression" else None
-            drift = drift_columns(cols.features, score, served_rows, n)
-        self._served.append((panes, codes, segments, latency, failed_rows, drift, running))
+            drift = drift_columns(cols.features, self.task.drift_score(cols), served_rows, n)
+        self._served.append(Served(panes, codes, segments, latency, failed_rows, drift, running))
         if len(joined):
             self._scored.append(joined)
         return rejects
@@ -548,7 +507,7 @@ class ModelEvaluator:
         if now_ms is not None:
             self._last_arrival["labels"] = now_ms
         rejects: list[Reject] = []
-        truths = self._read_truths(cols.label, rejects)
+        truths = self.task.read_truths(cols.label, rejects)
         ids, ts = cols.prediction_id, cols.timestamp
         if now_ms is not None:
             horizon = now_ms + self.topology.max_clock_skew_ms
@@ -580,14 +539,10 @@ class ModelEvaluator:
         self._clock_labels = int(keys[-1])
         self.panes.observe(self._event_time())
         parts = [self.join.add_labels(ids if sids is None else sids, keys, truths)]
-        if self.shadow_join is not None:
-            # Only labels of shadow predictions it holds: a label that comes before its shadow
-            # prediction is found in the main join when the shadow prediction comes (_join_predictions),
-            # so mirrors that sample a few requests do not keep every other label for max_delay.
-            held = np.flatnonzero(self.shadow_join.holds(ids))
-            if len(held):
-                parts.append(self.shadow_join.add_labels([ids[i] for i in held.tolist()], keys[held],
-                                                         [truths[i] for i in held.tolist()]))
+        if self.shadow is not None:
+            shadow_part = self.shadow.add_labels(ids, keys, truths)
+            if shadow_part is not None:
+                parts.append(shadow_part)
         self._scored.extend(self._retained(part) for part in parts if len(part))
         return rejects
 
@@ -595,47 +550,16 @@ class ModelEvaluator:
         """The ids as the join keeps them, if all can be held and a shortcut shows it (ids of one
         format); None: check them one by one (record_checks.unjoinable_ids) and hand the join str. In shadow
         mode always None: the shadow's pairing keeps ids as str."""
-        return holdable_id_array(ids) if self.shadow_join is None else None
+        return holdable_id_array(ids) if self.shadow is None else None
 
     def _join_predictions(self, ids: Sequence[str] | np.ndarray, ts: IntArray,
                           payload: dict[str, np.ndarray]) -> ColumnJoined:
         """Predictions into the label join; in shadow mode the shadow's into its own join, with the
         label production's join already holds for the id, and both sides into the pairing."""
-        if self.shadow_join is None or self.pairing is None:
+        if self.shadow is None:
             return self.join.add_predictions(ids, ts, payload)
-
-        def rows_of(rows: IntArray) -> tuple[list[str], IntArray, dict[str, np.ndarray]]:
-            return [ids[i] for i in rows.tolist()], ts[rows], {k: v[rows] for k, v in payload.items()}
-
         shadow = payload["version"] == self._version_codes.get(self.topology.candidate_version, -1)
-        main, mirrored = np.flatnonzero(~shadow), np.flatnonzero(shadow)
-        joined = self.join.add_predictions(*rows_of(main))
-        parts, duplicates = [joined], [main[joined.duplicates]]
-        if len(mirrored):
-            shadow_joined = self.shadow_join.add_predictions(*rows_of(mirrored))
-            parts.append(shadow_joined)
-            duplicates.append(mirrored[shadow_joined.duplicates])
-            new = np.setdiff1d(mirrored, duplicates[-1])
-            labels = self.join.labels_of([ids[i] for i in new.tolist()])
-            known = [(i, label) for i, label in zip(new.tolist(), labels) if label is not None]
-            if known:  # the label came first: production's join has it
-                rows = np.array([i for i, _ in known], dtype=np.int64)
-                parts.append(self.shadow_join.add_labels([ids[i] for i, _ in known], ts[rows],
-                                                         [label for _, label in known]))
-        out = ColumnJoined.concat(parts)
-        out.duplicates = np.sort(np.concatenate(duplicates))
-        fresh = np.setdiff1d(np.arange(len(shadow)), out.duplicates)
-        self._pairs.extend(self.pairing.add([ids[i] for i in fresh.tolist()], ts[fresh].tolist(),
-                                            self._pending(payload, fresh), shadow[fresh].tolist(), self._pair_keys))
-        return out
-
-    def _pending(self, payload: dict[str, np.ndarray], rows: IntArray) -> list[Pending]:
-        """Rows of a join payload as the tuples shadow pairing keeps."""
-        names = self._version_names
-        return list(zip(payload["pane"][rows].tolist(), [names[c] for c in payload["version"][rows].tolist()],
-                        payload["segments"][rows].tolist() if "segments" in payload else repeat(WHOLE),
-                        payload["output"][rows].tolist(),
-                        payload["decision"][rows].tolist() if "decision" in payload else repeat(None)))
+        return self.shadow.add_predictions(self.join, ids, ts, payload, shadow, self._version_names)
 
     def _retained(self, joined: ColumnJoined) -> ColumnJoined:
         """The rows whose panes are still retained at the time each pair came to be (its key,
@@ -645,113 +569,6 @@ class ModelEvaluator:
             return joined
         self.panes.late_dropped += int((~keep).sum())
         return joined.select(keep)
-
-    def _read_outputs(self, cols: PredictionColumns, failed: np.ndarray, ok: np.ndarray,
-                      rejects: list[Reject]) -> tuple[Any, Any]:
-        """The model output and the decision per row (arrays where the task allows, else lists);
-        rows this model cannot use are rejected and cleared in `ok`."""
-        t = self.topology
-        task = t.task
-        model = cols.model[0]
-        if task == "binary":
-            missing = np.isnan(cols.score) & ~failed & ok
-            for i in np.flatnonzero(missing).tolist():
-                rejects.append(Reject(i, "score", f"model {model!r} is a binary model: its predictions carry 'score'"))
-                ok[i] = False
-            decisions = cols.score >= t.threshold
-            if cols.predicted_label is not None:
-                decisions = decisions.tolist()
-                for i, given in enumerate(cols.predicted_label):
-                    if given is not None and ok[i] and not failed[i]:
-                        try:
-                            decisions[i] = binary_truth(given)
-                        except ValueError as exc:
-                            rejects.append(Reject(i, "predicted_label", str(exc)))
-                            ok[i] = False
-            return cols.score, decisions
-        outputs: list[Any] = [None] * len(cols)
-        decisions_list: list[Any] = [None] * len(cols)
-        for i in range(len(cols)):
-            if not ok[i] or failed[i]:
-                continue
-            if task == "multiclass":
-                scores = None if cols.scores is None else cols.scores[i]
-                if scores is None:
-                    rejects.append(Reject(i, "scores",
-                                          f"model {model!r} is a multiclass model: its predictions carry 'scores'"))
-                    ok[i] = False
-                    continue
-                why = class_probabilities_problem(scores)
-                if why is not None:
-                    rejects.append(Reject(i, "scores", why))
-                    ok[i] = False
-                    continue
-                given = None if cols.predicted_label is None else cols.predicted_label[i]
-                outputs[i] = scores
-                decisions_list[i] = str(given if given is not None else max(scores, key=scores.__getitem__))
-            else:
-                value = float(cols.value[i])
-                if value != value:
-                    rejects.append(Reject(i, "value",
-                                          f"model {model!r} is a regression model: its predictions carry 'value'"))
-                    ok[i] = False
-                    continue
-                why = regression_value_problem(value)
-                if why is not None:
-                    rejects.append(Reject(i, "value", why))
-                    ok[i] = False
-                    continue
-                outputs[i] = value
-        return outputs, decisions_list
-
-    def _read_truths(self, values: list[LabelValue], rejects: list[Reject]) -> list[LabelValue]:
-        task = self.topology.task
-        if task == "binary" and set(map(type, values)) == {bool}:
-            return values  # the usual case: Avro booleans
-        out: list[LabelValue] = []
-        for i, value in enumerate(values):
-            try:
-                if task == "binary":
-                    out.append(binary_truth(value))
-                elif task == "multiclass":
-                    out.append(str(value))
-                elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"a regression label must be a number, got {value!r}")
-                elif not abs(value) < REGRESSION_MAX_MAGNITUDE:
-                    raise ValueError(f"a regression label must be below {REGRESSION_MAX_MAGNITUDE:g} in magnitude "
-                                     f"(its square must be a double), got {value!r}")
-                else:
-                    out.append(float(value))
-            except ValueError as exc:
-                rejects.append(Reject(i, "label", f"cannot score a {task} model with it: {exc}"))
-                out.append(value)  # dropped by the caller
-        return out
-
-    def _segments(self, cols: PredictionColumns, rows: IntArray) -> list[tuple[Segment, ...]] | None:
-        """Per row, the whole version followed by (dimension, value) for each configured
-        dimension the record names; None when no row has segments to count."""
-        if not self._segment_values or cols.segment is None:
-            return None
-        out: list[tuple[Segment, ...]] = []
-        cap = self.topology.segment_max_values
-        for i in rows.tolist():
-            given = cols.segment[i]
-            if not given:
-                out.append(WHOLE)
-                continue
-            segs: list[Segment] = [None]
-            for dimension, seen in self._segment_values.items():
-                value = given.get(dimension)
-                if value is None:
-                    continue
-                if value not in seen:
-                    if len(seen) >= cap:
-                        value = OTHER
-                    else:
-                        seen.add(value)
-                segs.append((dimension, value))
-            out.append(tuple(segs))
-        return out
 
     def _ready(self, panes: IntArray, keys: IntArray, next_window: int | None) -> npt.NDArray[np.bool_]:
         """Which rows may go into the pane states now, with the windows before `next_window`
@@ -774,12 +591,12 @@ class ModelEvaluator:
         ready_served: list[Served] = []
         waiting_served: list[Served] = []
         for part in self._served:
-            ok = self._ready(part[0], part[6], next_window)
+            ok = self._ready(part.panes, part.keys, next_window)
             if ok.all():
                 ready_served.append(part)
             elif ok.any():
-                ready_served.append(_served_rows(part, np.flatnonzero(ok)))
-                waiting_served.append(_served_rows(part, np.flatnonzero(~ok)))
+                ready_served.append(part.rows(np.flatnonzero(ok)))
+                waiting_served.append(part.rows(np.flatnonzero(~ok)))
             else:
                 waiting_served.append(part)
         ready_scored: list[ColumnJoined] = []
@@ -793,28 +610,23 @@ class ModelEvaluator:
                 waiting_scored.append(joined.select(~ok))
             else:
                 waiting_scored.append(joined)
-        ready_pairs: list[tuple[Pending, Pending]] = []
+        ready_pairs: list[Pair] = []
         ready_keys: list[int] = []
-        if self._pairs:
-            ok = self._ready(np.fromiter((s[0] for s, _ in self._pairs), dtype=np.int64, count=len(self._pairs)),
-                             np.array(self._pair_keys, dtype=np.int64), next_window)
-            ready_pairs = [pair for pair, go in zip(self._pairs, ok.tolist()) if go]
-            ready_keys = [k for k, go in zip(self._pair_keys, ok.tolist()) if go]
-            self._pairs = [pair for pair, go in zip(self._pairs, ok.tolist()) if not go]
-            self._pair_keys = [k for k, go in zip(self._pair_keys, ok.tolist()) if not go]
+        if self.shadow is not None:
+            ready_pairs, ready_keys = self.shadow.take_ready(lambda panes, keys: self._ready(panes, keys, next_window))
         self._served, self._scored = waiting_served, waiting_scored
         if ready_served:
             served = ready_served
-            panes = np.concatenate([s[0] for s in served])
-            codes = np.concatenate([s[1] for s in served])
-            if all(s[2] is None for s in served):
+            panes = np.concatenate([s.panes for s in served])
+            codes = np.concatenate([s.codes for s in served])
+            if all(s.segments is None for s in served):
                 segments = None
             else:
-                segments = [seg for s in served for seg in (s[2] or repeat(WHOLE, len(s[0])))]
-            latency = np.concatenate([s[3] for s in served])
-            failed = np.concatenate([s[4] for s in served])
-            drift = _concat_columns([(s[5], len(s[0])) for s in served]) if self.drift is not None else None
-            keys = np.concatenate([s[6] for s in served])
+                segments = [seg for s in served for seg in (s.segments or repeat(WHOLE, len(s)))]
+            latency = np.concatenate([s.latency for s in served])
+            failed = np.concatenate([s.failed for s in served])
+            drift = _concat_columns([(s.drift, len(s)) for s in served]) if self.drift is not None else None
+            keys = np.concatenate([s.keys for s in served])
             for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
                 state = self.panes.state(pane, version, segment, checked=True)
                 if state is not None:
@@ -837,15 +649,15 @@ class ModelEvaluator:
         if self._late_touched is not None:
             self._late_touched.update(windows)
 
-    def _compare(self, pairs: list[tuple[Pending, Pending]], keys: list[int]) -> None:
+    def _compare(self, pairs: list[Pair], keys: list[int]) -> None:
         """Shadow mode: (shadow, production) pairs into the shadow's pane states (core/shadow.py)."""
-        agree, decided, diff, abs_diff = compare(self.topology.task, pairs)
+        agree, decided, diff, abs_diff = compare(self.task, pairs)
         shadow = [s for s, _ in pairs]
-        panes = np.fromiter(map(itemgetter(0), shadow), dtype=np.int64, count=len(shadow))
-        segments = [s[2] for s in shadow]
+        panes = np.fromiter((pane for pane, *_ in shadow), dtype=np.int64, count=len(shadow))
+        segments = [segs for _, _, segs, *_ in shadow]
         if segments.count(WHOLE) == len(segments):
             segments = None  # type: ignore[assignment]
-        codes = self._codes([s[1] for s in shadow])
+        codes = self._codes([version for _, version, *_ in shadow])
         for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
             state = self.panes.state(pane, version, segment, checked=True)
             if state is not None and state.shadow is not None:
@@ -871,7 +683,7 @@ class ModelEvaluator:
 
     def _score(self, joined: ColumnJoined) -> None:
         """Add joined (prediction, label) rows to their panes' states; weight -1 takes one out."""
-        task = self.topology.task
+        task = self.task
         p = joined.predictions
         panes, codes, output = p["pane"], p["version"], p["output"]
         segments = None
@@ -880,30 +692,17 @@ class ModelEvaluator:
             if segment_list.count(WHOLE) < len(segment_list):  # count: in C
                 segments = segment_list
         w = joined.weights
-        y: np.ndarray[Any, Any]
-        if task == "binary":
-            y = joined.labels.astype(np.bool_, copy=False)
-            score = output
-        elif task == "multiclass":
-            y = joined.labels.astype(object, copy=False)
-            score = np.array([o.get(truth, 0.0) / sum(o.values()) for o, truth in zip(output.tolist(), y.tolist())],
-                             dtype=np.float64)
-        else:
-            y = joined.labels.astype(np.float64, copy=False)
-            score = output
+        y, score = task.truths_and_scores(joined.labels, output)
+        decisions = p.get("decision")
         for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
             state = self.panes.state(pane, version, segment, checked=True)
             if state is None:
                 continue
             self._touch(pane, int(joined.at[idx].min()))
-            if task == "binary":
-                state.score(BinaryOutcomes(y[idx], score[idx], p["decision"][idx], w[idx]))
-            elif task == "multiclass":
-                state.score(MulticlassOutcomes(y[idx], p["decision"][idx], score[idx], w[idx]))
-            else:
-                state.score(RegressionOutcomes(y[idx], score[idx], w[idx]))
-                if segment is None and version in self.monitors and pane > self._fed_until:
-                    self._abs_errors[(pane, version)].append((np.abs(score[idx] - y[idx]), w[idx]))
+            yi, si, wi = y[idx], score[idx], w[idx]
+            state.score(task.outcomes(yi, si, None if decisions is None else decisions[idx], wi))
+            if segment is None:
+                self.concept.add_outcomes(pane, version, yi, si, wi)
 
     # -- output -----------------------------------------------------------------------------------
 
@@ -965,7 +764,7 @@ class ModelEvaluator:
                                        if d.window_start == start and d.version == t.baseline_version), None)
                 self.retrain_state, retrain = consider_retrain(
                     t, self.retrain_state, window_start=start, window_end=start + t.window_size_ms,
-                    baseline_drift=baseline_drift, alarms=self._alarms.get((t.baseline_version, start), []),
+                    baseline_drift=baseline_drift, alarms=self.concept.alarms(t.baseline_version, start),
                     trained_at=self._trained_at, now_ms=now_ms)
                 out.commands.extend(retrain)
         if closing:
@@ -998,38 +797,23 @@ class ModelEvaluator:
             self.revisions.forget_before(self.panes.watermark - t.window_retention_ms - 2 * t.window_size_ms
                                          + t.window_hop_ms + 1)
             self.join.expire(self.panes.watermark)
-            if self.shadow_join is not None and self.pairing is not None:
-                self.shadow_join.expire(self.panes.watermark)
-                self.pairing.expire(self.panes.watermark)
-            if self._alarms:
-                self._alarms = {k: a for k, a in self._alarms.items() if self.panes.is_retained(k[1])}
-            for key in [k for k in self._abs_errors if not self.panes.is_retained(k[0])]:
-                del self._abs_errors[key]  # a pane no closing window fed
+            if self.shadow is not None:
+                self.shadow.expire(self.panes.watermark)
+            self.concept.forget(self.panes.is_retained)
         return out
 
     def _detect(self, start: int) -> None:
-        """Feed the concept-drift detectors the errors of the pane that the closing window is the
-        first to hold (its last pane), version by version. Within a pane, arrival order would not
-        be the same after a restart, so its labeled outcomes go in a canonical order: its error
-        count spread by a shuffle seeded with model, version and pane (core/drift/concept.py).
-        Labels that arrive after the window closed update its metrics but not the detectors."""
+        """Feed the concept-drift detectors the pane that the closing window is the first to hold
+        (its last pane; core/concept_feed.py)."""
         t = self.topology
         pane = start + t.window_size_ms - t.window_hop_ms
-        self._fed_until = max(self._fed_until, pane)
-        for version, monitor in self.monitors.items():
-            key = f"{t.model}/{version}/{pane}"
-            if t.task == "regression":
-                sequence = pane_values_sequence(_net_values(self._abs_errors.pop((pane, version), [])), key)
-            else:
-                state = self.panes.peek(pane, version)
-                n = 0 if state is None else state.labeled
-                errors = 0 if state is None else round((state.error_rate or 0.0) * n)
-                sequence = pane_sequence(n, errors, key)
-            if len(sequence) == 0:
-                continue
-            alarms = monitor.update(sequence, {"pane_start": pane})
-            if alarms:
-                self._alarms[(version, start)] = [a.to_json() for a in alarms]
+
+        def labeled_errors(version: str) -> tuple[int, int]:
+            state = self.panes.peek(pane, version)
+            n = 0 if state is None else state.labeled
+            return n, 0 if state is None else round((state.error_rate or 0.0) * n)
+
+        self.concept.feed(start, pane, labeled_errors)
 
     def held_back(self, source: str, now_ms: int) -> None:
         """The worker holds `source` back (a paused partition) at `now_ms`: it is not silent, so
@@ -1086,7 +870,7 @@ class ModelEvaluator:
             current = whole.get(version)
             table = None if current is None else self.drift.table(
                 version, current.drift, None if baseline is None else baseline.drift)
-            if table is None and (current is None or version not in self.monitors):
+            if table is None and (current is None or not self.concept.tracks(version)):
                 continue  # nothing to compare with, and no detector to report
             drift = DriftTable(
                 model=t.model, version=version, role=self.role(version), window_start=start,
@@ -1095,26 +879,9 @@ class ModelEvaluator:
                 features={} if table is None else {name: _stats(f) for name, f in table.features.items()},
                 drifted=() if table is None else tuple(table.drifted),
                 drifted_share=None if table is None else table.drifted_share,
-                concept_drift=tuple(self._alarms.get((version, start), ())), emitted_at=now_ms)
+                concept_drift=tuple(self.concept.alarms(version, start)), emitted_at=now_ms)
             if self.revisions.publish(drift):
                 out.drift.append(drift)
-
-
-def _served_rows(part: Served, rows: IntArray) -> Served:
-    """Some rows of a batch of served predictions."""
-    panes, codes, segments, latency, failed, drift, keys = part
-    return (panes[rows], codes[rows], None if segments is None else [segments[i] for i in rows.tolist()],
-            latency[rows], failed[rows], None if drift is None else {k: v[rows] for k, v in drift.items()},
-            keys[rows])
-
-
-def _net_values(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """The multiset of values left when each weight -1 entry takes one equal +1 entry out."""
-    if not parts:
-        return np.empty(0)
-    values, inverse = np.unique(np.concatenate([v for v, _ in parts]), return_inverse=True)
-    net = np.bincount(inverse, weights=np.concatenate([w for _, w in parts]), minlength=len(values))
-    return np.repeat(values, np.maximum(np.rint(net), 0).astype(np.int64))
 
 
 def _stats(f: FeatureDrift) -> dict[str, object]:

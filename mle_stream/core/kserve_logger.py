@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from mle_stream.core.events import LabelValue, Prediction
+from mle_stream.core.tasks import task_for
 from mle_stream.errors import InvalidEvent
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
@@ -306,7 +307,9 @@ def _number(value: Any, where: str) -> float:
 
 
 def _outputs(task: str, value: Any, mapping: IngestMapping, where: str) -> dict[str, Any]:
-    if task == "multiclass":
+    """The prediction's output field (the task's: score, scores or value) from the logged output."""
+    field = task_for(task).output_field
+    if field == "scores":  # a map of class scores; every other task's output is one number
         if isinstance(value, dict):
             return {"scores": {str(k): _number(v, f"{where}.{k}") for k, v in value.items()}}
         if not isinstance(value, list) or not value:
@@ -323,7 +326,7 @@ def _outputs(task: str, value: Any, mapping: IngestMapping, where: str) -> dict[
                                       f"to read (got index {mapping.index})")
         value, where = value[index], f"{where}[{index}]"
     number = _number(value, where)
-    return {"value": number} if task == "regression" else {"score": number}
+    return {field: number}
 
 
 def _label(value: Any, where: str) -> LabelValue:

@@ -7,26 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from mle_stream.core.drift.live import DriftSketches, merge_optional
-from mle_stream.core.metrics.binary import BinaryMetrics
-from mle_stream.core.metrics.multiclass import MulticlassMetrics
-from mle_stream.core.metrics.outcomes import (
-    BinaryOutcomes,
-    BoolArray,
-    FloatArray,
-    MulticlassOutcomes,
-    RegressionOutcomes,
-)
-from mle_stream.core.metrics.regression import RegressionMetrics
+from mle_stream.core.metrics.outcomes import BoolArray, FloatArray
 from mle_stream.core.metrics.serving import ServingMetrics
 from mle_stream.core.shadow import AgreementMetrics
+from mle_stream.core.tasks import task_for
+from mle_stream.core.tasks.base import Outcomes, TaskMetrics
 from mle_stream.core.topology import Topology
-
-TaskMetrics = BinaryMetrics | MulticlassMetrics | RegressionMetrics
-Outcomes = BinaryOutcomes | MulticlassOutcomes | RegressionOutcomes
-
-_TASKS: dict[str, type[TaskMetrics]] = {
-    "binary": BinaryMetrics, "multiclass": MulticlassMetrics, "regression": RegressionMetrics,
-}
 
 
 class WindowState:
@@ -39,10 +25,7 @@ class WindowState:
 
     @classmethod
     def for_topology(cls, topology: Topology) -> WindowState:
-        if topology.task == "binary":
-            task: TaskMetrics = BinaryMetrics(thresholds=topology.thresholds)
-        else:
-            task = _TASKS[topology.task]()
+        task = task_for(topology.task).new_metrics(topology.thresholds)
         return cls(task, ServingMetrics(), shadow=AgreementMetrics() if topology.mode == "shadow" else None)
 
     def serve(self, latency_ms: FloatArray, serving_error: BoolArray) -> None:
@@ -98,4 +81,4 @@ class WindowState:
     def restore(cls, task: str, data: dict[str, Any]) -> WindowState:
         drift = DriftSketches.restore(data["drift"]) if "drift" in data else None
         shadow = AgreementMetrics.restore(data["shadow"]) if "shadow" in data else None
-        return cls(_TASKS[task].restore(data["task"]), ServingMetrics.restore(data["serving"]), drift, shadow)
+        return cls(task_for(task).restore_metrics(data["task"]), ServingMetrics.restore(data["serving"]), drift, shadow)
