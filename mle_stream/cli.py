@@ -20,9 +20,8 @@ from mle_stream.errors import ConfigError, MleStreamError
 from mle_stream.json_logs import FORMATS as LOG_FORMATS
 from mle_stream.json_logs import JsonFormatter
 from mle_stream.operator_commands import OPERATOR_KINDS
-from mle_stream.output_framing import CONFLUENT, ConfluentOutputs
 from mle_stream.redact import redact_servers, redact_uri
-from mle_stream.schema_registry import SchemaRegistryClient, client_for
+from mle_stream.wire import CONFLUENT, ConfluentOutputs, SchemaRegistryClient, client_for
 
 STATUS_PORT = 8077  # the worker's status page (mle_stream/status/server.py)
 
@@ -705,7 +704,7 @@ def cmd_command(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_actuate(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from mle_stream import codec
+    from mle_stream import wire
     from mle_stream.actuator.backends import ROUTE_FLAGS, build_routing, topology_from_flags
     from mle_stream.actuator.service import Actuator
     from mle_stream.config import missing_sqlite_store
@@ -733,7 +732,7 @@ def cmd_actuate(args: argparse.Namespace, settings: Settings) -> int:
     routing = build_routing(topologies, args)
     actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), verifier, dry_run=args.dry_run)
     event = actuator.handle(command)
-    print(json.dumps(codec.to_json_dict(event), indent=2, ensure_ascii=False))
+    print(json.dumps(wire.to_json_dict(event), indent=2, ensure_ascii=False))
     return {RolloutStatus.REJECTED: 3, RolloutStatus.FAILED: 1}.get(event.status, 0)
 
 

@@ -16,7 +16,7 @@ from mle_stream.core.durations import parse_duration_ms
 from mle_stream.errors import ConfigError
 from mle_stream.kafka_security import KafkaSecurity
 from mle_stream.redact import redact_uri
-from mle_stream.schema_registry import SchemaRegistrySettings
+from mle_stream.wire import SchemaRegistrySettings
 
 # Where the worker and the actuator serve their Prometheus metrics unless told otherwise (MLE_METRICS_PORT,
 # --metrics-port): next to the OpenTelemetry exporter's 9464, one port per component on a shared host.
