@@ -4,7 +4,7 @@ A serving pod must never wait for Kafka in its request path, and the stream is c
 records travel in one Kafka message. So `log_prediction` / `log_label` only check the record and
 append it to a bounded in-memory queue; a background thread groups records per model (the model
 name is the message key, so a model's predictions and labels land in one partition of each topic),
-encodes each group as one PredictionBatch / LabelBatch (mle_stream.codec) and produces it with
+encodes each group as one PredictionBatch / LabelBatch (mle_stream.wire) and produces it with
 confluent-kafka. When the queue is full the record is dropped, counted and `False` is returned:
 losing a few evaluation records is better than slowing down or failing the request.
 
