@@ -80,12 +80,12 @@ from mle_stream.wire.single_events import (
 __all__ = [
     "AVRO_MARKER",
     "CONFLUENT",
-    "SINGLE_OBJECT_HEADER_LEN",
     "ColumnsResult",
     "ConfluentOutputs",
     "DecodeResult",
     "RecordError",
     "RegistryUnavailable",
+    "SINGLE_OBJECT_HEADER_LEN",
     "SchemaRegistryClient",
     "SchemaRegistryError",
     "SchemaRegistrySettings",
