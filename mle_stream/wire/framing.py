@@ -1,5 +1,6 @@
 """Avro single-object encoding, the framing mle-stream writes: the marker bytes ``C3 01``, the
-8-byte little-endian CRC-64-AVRO fingerprint of the writer schema, then the Avro binary body.
+8-byte little-endian CRC-64-AVRO fingerprint of the writer schema, then the Avro binary body;
+and what every decoder does first with a message value, whatever its framing (`as_bytes`).
 """
 
 from __future__ import annotations
