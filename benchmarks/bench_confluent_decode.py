@@ -15,7 +15,7 @@ import time
 
 import fastavro
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.core.events import Prediction
 
 
@@ -31,7 +31,7 @@ class Cached:
 
 
 def main(seconds: float) -> None:
-    prediction = json.loads((codec.schema_dir() / "prediction.avsc").read_text())
+    prediction = json.loads((wire.schema_dir() / "prediction.avsc").read_text())
     evolved = {**prediction, "fields": [*prediction["fields"],
                                         {"name": "region", "type": ["null", "string"], "default": None}]}
 
@@ -42,10 +42,10 @@ def main(seconds: float) -> None:
     rng = random.Random(1)
     records = [Prediction(f"p{i}", "fraud", rng.choice("12"), 1_700_000_000_000 + i, score=rng.random(),
                           features={f"f{j}": rng.random() for j in range(10)}) for i in range(500)]
-    single_object = codec.encode_predictions(records)
+    single_object = wire.encode_predictions(records)
     out = io.BytesIO()
     fastavro.schemaless_writer(out, fastavro.parse_schema(batch_of(evolved)),
-                               {"records": [{**codec.to_json_dict(p), "region": "eu"} for p in records]})
+                               {"records": [{**wire.to_json_dict(p), "region": "eu"} for p in records]})
     lookup = Cached({1: json.dumps(batch_of(prediction)), 2: json.dumps(batch_of(evolved))})
     cases = {"single-object (C3 01)": single_object,
              "Confluent, mle-stream's schema": b"\x00\x00\x00\x00\x01" + single_object[10:],
@@ -53,10 +53,10 @@ def main(seconds: float) -> None:
     best = dict.fromkeys(cases, 0.0)
     for _ in range(2):  # interleaved rounds, best of each: the machine may be shared
         for name, payload in cases.items():
-            assert codec.decode_prediction_columns(payload, lookup).columns.records() == records
+            assert wire.decode_prediction_columns(payload, lookup).columns.records() == records
             n, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds:
-                codec.decode_prediction_columns(payload, lookup)
+                wire.decode_prediction_columns(payload, lookup)
                 n += 1
             best[name] = max(best[name], n * len(records) / (time.perf_counter() - start))
     for name, rate in best.items():

@@ -61,7 +61,7 @@ def parts(bootstrap: str, topic: str, group: str) -> tuple[Any, Any]:
 
 
 def writer(bootstrap: str, topic: str, group: str, n: int, out: Any) -> None:
-    from mle_stream import codec
+    from mle_stream import wire
     from mle_stream.core.events import Prediction
     from mle_stream.stream.processor import Incoming
 
@@ -76,7 +76,7 @@ def writer(bootstrap: str, topic: str, group: str, n: int, out: Any) -> None:
                             version="2" if rng.random() < 0.1 else "1", timestamp=now - 3_600_000 + i * 3_600_000 // n,
                             score=rng.random(), latency_ms=rng.uniform(1, 50))
                  for i in range(first, min(n, first + PER_MESSAGE))]
-        message = Incoming(tracked.inputs[0], 0, offset, codec.encode_predictions(batch))
+        message = Incoming(tracked.inputs[0], 0, offset, wire.encode_predictions(batch))
         started = time.perf_counter()
         tracked.process([message], [b"fraud"])
         ingest_s += time.perf_counter() - started

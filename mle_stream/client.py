@@ -4,7 +4,7 @@ A serving pod must never wait for Kafka in its request path, and the stream is c
 records travel in one Kafka message. So `log_prediction` / `log_label` only check the record and
 append it to a bounded in-memory queue; a background thread groups records per model (the model
 name is the message key, so a model's predictions and labels land in one partition of each topic),
-encodes each group as one PredictionBatch / LabelBatch (mle_stream.codec) and produces it with
+encodes each group as one PredictionBatch / LabelBatch (mle_stream.wire) and produces it with
 confluent-kafka. When the queue is full the record is dropped, counted and `False` is returned:
 losing a few evaluation records is better than slowing down or failing the request.
 
@@ -30,11 +30,11 @@ A labeler calls `log_label({"prediction_id": ..., "model": "fraud", "timestamp":
 Records still queued when the process exits without close() are lost.
 
 `log_*` never raise for a bad record: they refuse exactly the records the worker would dead-letter
-whatever the model's topology (codec.check_record, the worker's own checks), return False, count
+whatever the model's topology (wire.check_record, the worker's own checks), return False, count
 them (`stats.dropped_invalid`) and log the first at once, then one line per 10 s with a count.
 Unknown fields are ignored, as the worker ignores them. To tell a caller why a record is refused
-(an HTTP endpoint), run `codec.prediction_from_dict` / `codec.label_from_dict` and
-`codec.check_record` first: they raise InvalidEvent naming the field.
+(an HTTP endpoint), run `wire.prediction_from_dict` / `wire.label_from_dict` and
+`wire.check_record` first: they raise InvalidEvent naming the field.
 
 Forking (gunicorn, uWSGI, multiprocessing) is safe: a client made before the fork starts over empty
 in the child, with its own producer and sender thread, at its first use there. What the parent had
@@ -60,7 +60,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics, kafka_security_from_env
 from mle_stream.core.events import Label, Prediction
 from mle_stream.errors import ConfigError, InvalidEvent
@@ -93,7 +93,7 @@ class ClientStats:
     sent_messages: int
     dropped_queue_full: int
     dropped_delivery_failed: int
-    dropped_invalid: int = 0  # refused by log_*: the worker would dead-letter them (codec.check_record)
+    dropped_invalid: int = 0  # refused by log_*: the worker would dead-letter them (wire.check_record)
 
 
 class EvaluationClient:
@@ -195,8 +195,8 @@ class EvaluationClient:
         fields of a mapping are ignored, as the worker ignores them. Never raises."""
         try:
             if not isinstance(p, Prediction):
-                p = codec.prediction_from_dict(p)
-            codec.check_record(p)
+                p = wire.prediction_from_dict(p)
+            wire.check_record(p)
         except Exception as exc:  # noqa: BLE001 - never raise in the request path (see _refuse)
             return self._refuse("prediction", p, exc)
         return self._enqueue(p)
@@ -205,8 +205,8 @@ class EvaluationClient:
         """Queue one label; False if it was dropped, as log_prediction."""
         try:
             if not isinstance(label, Label):
-                label = codec.label_from_dict(label)
-            codec.check_record(label)
+                label = wire.label_from_dict(label)
+            wire.check_record(label)
         except Exception as exc:  # noqa: BLE001 - never raise in the request path (see _refuse)
             return self._refuse("label", label, exc)
         return self._enqueue(label)
@@ -357,7 +357,7 @@ class EvaluationClient:
     def _send(self, key: tuple[bool, str], records: Sequence[Record]) -> None:
         is_label, model = key
         topic = self.topics.labels if is_label else self.topics.predictions
-        encode: Callable[[Sequence[Any]], bytes] = codec.encode_labels if is_label else codec.encode_predictions
+        encode: Callable[[Sequence[Any]], bytes] = wire.encode_labels if is_label else wire.encode_predictions
         try:
             try:
                 payload = encode(records)

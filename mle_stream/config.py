@@ -21,7 +21,7 @@ from mle_stream.core.durations import parse_duration_ms
 from mle_stream.errors import ConfigError
 from mle_stream.kafka_security import PROPERTIES, KafkaSecurity, env_variable
 from mle_stream.redact import redact_uri
-from mle_stream.schema_registry import SchemaRegistrySettings
+from mle_stream.wire import SchemaRegistrySettings
 
 # The worker's live status page (mle_stream/status/server.py) unless told otherwise (MLE_STATUS_PORT,
 # --status-port).

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.client import EvaluationClient
 from mle_stream.config import Settings, Topics
 from mle_stream.core.events import Command, Label, MetricSnapshot, Prediction, RolloutEvent, RolloutStatus
@@ -144,7 +144,7 @@ class Watcher(threading.Thread):
 
     def _observe(self, topic: str | None, value: bytes) -> None:
         if topic == self.topics.metrics:
-            snap = codec.decode_metric_snapshot(value)
+            snap = wire.decode_metric_snapshot(value)
             self.seen.snapshots.append(snap)
             if snap.segment is not None or snap.status != "CLOSED":
                 return  # the timeline tells judged windows; updates are for dashboards
@@ -153,12 +153,12 @@ class Watcher(threading.Thread):
             elif snap.role == "candidate":
                 self._narrate_window(snap, self._baseline.get(snap.window_start))
         elif topic == self.topics.commands:
-            command = codec.decode_command(value)
+            command = wire.decode_command(value)
             self.seen.commands.append(command)
             self.timeline.say(f"worker  → {command.kind.value} {command.model} v{command.candidate_version} "
                               f"(command {command.command_id[:12]}): {command.reason}")
         elif topic == self.topics.rollout_events:
-            event = codec.decode_rollout_event(value)
+            event = wire.decode_rollout_event(value)
             self.seen.events.append(event)
             weights = ", ".join(f"v{v}: {p}%" for v, p in sorted(event.route_weights.items()))
             self.timeline.say(f"actuator → {event.status.value} {event.action}: route {{{weights}}}, "
@@ -392,8 +392,8 @@ def run_demo(settings: Settings, *, json_output: bool = False, workdir: Path | N
                        "dropped": stats.dropped_queue_full + stats.dropped_delivery_failed},
             "windows_judged": sum(1 for s in seen.snapshots
                                   if s.role == "candidate" and s.segment is None and s.status == "CLOSED"),
-            "commands": [codec.to_json_dict(c) for c in seen.commands],
-            "rollout_events": [codec.to_json_dict(e) for e in seen.events],
+            "commands": [wire.to_json_dict(c) for c in seen.commands],
+            "rollout_events": [wire.to_json_dict(e) for e in seen.events],
             "workdir": str(workdir),
             "status_page": status_url,
         }

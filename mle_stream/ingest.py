@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.kserve_logger import REASONS, LoggedEvent, Rejected, parse_event, parse_json, to_predictions
 from mle_stream.core.pending_pairs import Dropped, PendingPairs
@@ -170,7 +170,7 @@ class IngestServer:
         try:
             predictions = to_predictions(*pair, topology.model, topology.task, topology.ingest, int(time.time() * 1000))
             for p in predictions:
-                codec.check_record(p)  # what the client would refuse: a 422 naming the field, not a 503
+                wire.check_record(p)  # what the client would refuse: a 422 naming the field, not a 503
         except Rejected as exc:
             return self._refuse(exc.reason, str(exc), 422)
         except InvalidEvent as exc:
@@ -207,8 +207,8 @@ class IngestServer:
         for i, item in enumerate(items):
             where = f"[{i}]" if isinstance(data, list) else "label"
             try:
-                label = codec.label_from_dict(item)  # unknown fields ignored, as the worker ignores them
-                codec.check_record(label)
+                label = wire.label_from_dict(item)  # unknown fields ignored, as the worker ignores them
+                wire.check_record(label)
             except InvalidEvent as exc:
                 return self._refuse("labels", f"{where}: {exc}")
             if label.model not in self.models:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.commands import command_id
 from mle_stream.core.events import Command, CommandKind
@@ -146,7 +146,7 @@ def manual_command(
 
 def command_json(command: Command) -> str:
     """The JSON form of `command` (see the module docstring), one field per line."""
-    return json.dumps(codec.to_json_dict(command), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(wire.to_json_dict(command), indent=2, ensure_ascii=False) + "\n"
 
 
 def write_command_file(command: Command, path: Path) -> None:
@@ -189,7 +189,7 @@ def read_command_file(path: Path) -> Command:
         raise CommandFileError(path, "is missing: a command file has every field of schemas/command.avsc "
                                      "(`mle-stream command ... --out FILE` writes one)", missing[0])
     try:
-        return codec.decode_command(json.dumps(doc).encode())
+        return wire.decode_command(json.dumps(doc).encode())
     except InvalidEvent as exc:
         raise CommandFileError(path, exc.reason, exc.field) from None
 
@@ -219,7 +219,7 @@ def publish_command(command: Command, bootstrap: str, topics: Topics, *, timeout
     where = f"topic {topics.commands} at {bootstrap}"
     producer = Producer(producer_config(bootstrap, security=security, **{"message.timeout.ms": int(timeout_s * 1000)}))
     try:
-        producer.produce(topics.commands, key=command.model.encode(), value=codec.encode_command(command),
+        producer.produce(topics.commands, key=command.model.encode(), value=wire.encode_command(command),
                          on_delivery=delivered)
     except (KafkaException, BufferError) as exc:
         raise BrokerError(f"cannot send command {command.command_id} to {where}: {exc}") from exc

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.evaluator import Advance, ModelEvaluator
 from mle_stream.core.events import Command, DriftTable, Label, MetricSnapshot, Prediction
@@ -50,7 +50,7 @@ class ReplayResult:
         return {
             "windows": [window_json(w, tables.get((w.model, w.version, w.window_start)) if w.segment is None else None)
                         for w in self.windows],
-            "decisions": [codec.to_json_dict(c) for c in self.decisions],
+            "decisions": [wire.to_json_dict(c) for c in self.decisions],
             "rejected": len(self.rejected),
         }
 
@@ -58,7 +58,7 @@ class ReplayResult:
 def window_json(w: MetricSnapshot, drift: DriftTable | None = None) -> dict[str, Any]:
     """A window as JSON; with its drift table, "drift" maps each feature (and "__score__") to its
     statistics and "drifted", "drift_reference" says what it was compared with."""
-    doc = codec.to_json_dict(w)
+    doc = wire.to_json_dict(w)
     del doc["emitted_at"]  # the replay's clock, not information about the window
     if drift is not None:
         doc["drift"] = {name: {k: list(v) if isinstance(v, tuple) else v for k, v in stats.items()}
@@ -69,7 +69,7 @@ def window_json(w: MetricSnapshot, drift: DriftTable | None = None) -> dict[str,
 
 
 def _read_jsonl(path: Path, kind: str, errors: list[str]) -> list[Prediction] | list[Label]:
-    make = codec.prediction_from_dict if kind == "prediction" else codec.label_from_dict
+    make = wire.prediction_from_dict if kind == "prediction" else wire.label_from_dict
     records: list[Any] = []
     try:
         handle = path.open(encoding="utf-8")

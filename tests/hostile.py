@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.core.events import Command, CommandKind, Label, Prediction
 
 # Any code point, lone surrogates included (JSON spells them as \\uDCFF escapes).
@@ -56,8 +56,8 @@ def _valid_avro_nonsense(models: list[str]) -> st.SearchStrategy[bytes]:
         features=st.one_of(st.none(), st.dictionaries(clean, st.floats(-1e300, 1e300), max_size=4)))
     label = st.builds(Label, prediction_id=clean, model=st.one_of(st.sampled_from(models), clean),
                       timestamp=st.integers(0, 2**62), label=st.one_of(st.booleans(), st.integers(-5, 5), clean))
-    return st.one_of(st.lists(prediction, min_size=1, max_size=5).map(codec.encode_predictions),
-                     st.lists(label, min_size=1, max_size=5).map(codec.encode_labels))
+    return st.one_of(st.lists(prediction, min_size=1, max_size=5).map(wire.encode_predictions),
+                     st.lists(label, min_size=1, max_size=5).map(wire.encode_labels))
 
 
 @st.composite
@@ -77,10 +77,10 @@ def _tampered(draw: st.DrawFn, command: Command) -> bytes:
     changed = dataclasses.replace(command, **{name: value})
     if draw(st.booleans()):
         try:
-            return codec.encode_command(changed)
+            return wire.encode_command(changed)
         except Exception:  # a value Avro cannot carry: sent as JSON instead, as a forger would
             pass
-    return _json(codec.to_json_dict(changed))
+    return _json(wire.to_json_dict(changed))
 
 
 def _command_json(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
@@ -99,9 +99,9 @@ def hostile_messages(predictions: str, labels: str, commands: str, models: list[
     """(topic, value) pairs: arbitrary bytes, odd JSON, records with odd types and strings, valid Avro
     with nonsense values, and commands with every field tampered (from `signed`)."""
     anything = st.one_of(st.binary(max_size=2000), JSON_VALUE.map(_json),
-                         st.tuples(st.sampled_from(sorted(fp for s in codec.schemas().values()
+                         st.tuples(st.sampled_from(sorted(fp for s in wire.schemas().values()
                                                           for fp in s.fingerprints)),
-                                   st.binary(max_size=60)).map(lambda fb: codec.AVRO_MARKER + fb[0] + fb[1]))
+                                   st.binary(max_size=60)).map(lambda fb: wire.AVRO_MARKER + fb[0] + fb[1]))
     return st.one_of(
         st.tuples(st.sampled_from([predictions, labels, commands]), anything),
         st.tuples(st.just(predictions), st.one_of(_prediction_json(models).map(_json),

@@ -21,7 +21,7 @@ import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from conftest import model_with_route, read_until, topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.events import CommandKind, RolloutStatus
 from mle_stream.core.signing import Signer
@@ -95,7 +95,7 @@ def test_killed_between_route_and_registry_resumes_at_the_registry_step(
     first = start_actuator()
     try:
         producer = Producer(producer_config(kafka_bootstrap))
-        producer.produce(topics.commands, key=MODEL.encode(), value=codec.encode_command(command))
+        producer.produce(topics.commands, key=MODEL.encode(), value=wire.encode_command(command))
         assert producer.flush(10) == 0
 
         wait_for(committed.exists, "the actuator to commit the route", 90, logs + [mlflow_server.root / "server.log"])
@@ -122,7 +122,7 @@ def test_killed_between_route_and_registry_resumes_at_the_registry_step(
         second.terminate()
         second.wait(timeout=20)
 
-    events = [codec.decode_rollout_event(m.value() or b"") for m in out]
+    events = [wire.decode_rollout_event(m.value() or b"") for m in out]
     assert [(e.command_id, e.status) for e in events] == [(command.command_id, RolloutStatus.APPLIED)], \
         [(e.status.value, e.details) for e in events]
     assert "resumed" in events[0].details, events[0].details

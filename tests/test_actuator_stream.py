@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import Producer
 
 from conftest import model_with_route, read_until, topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.actuator.ports import InMemoryRegistry, InMemoryRouting
 from mle_stream.actuator.runner import run_actuator_loop
 from mle_stream.actuator.service import Actuator, epoch_ms
@@ -64,11 +64,11 @@ def test_forged_and_garbage_commands_are_refused_and_a_signed_one_applied(
     try:
         producer = Producer(producer_config(kafka_bootstrap))
         forged = FORGER.sign(rollback("forged"))
-        producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(forged))
+        producer.produce(topics.commands, key=b"fraud-detector", value=wire.encode_command(forged))
         producer.produce(topics.commands, key=b"fraud-detector", value=b"\x00garbage")
         good = SIGNER.sign(rollback())
-        producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(good))
-        producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(good))  # redelivery
+        producer.produce(topics.commands, key=b"fraud-detector", value=wire.encode_command(good))
+        producer.produce(topics.commands, key=b"fraud-detector", value=wire.encode_command(good))  # redelivery
         producer.flush(10)
 
         out = read_until(kafka_bootstrap, [topics.rollout_events, topics.dead_letter],
@@ -80,7 +80,7 @@ def test_forged_and_garbage_commands_are_refused_and_a_signed_one_applied(
         process.wait(timeout=15)
         log.close()
 
-    events = [codec.decode_rollout_event(m.value()) for m in out if m.topic() == topics.rollout_events]
+    events = [wire.decode_rollout_event(m.value()) for m in out if m.topic() == topics.rollout_events]
     assert [(e.command_id, e.status.value) for e in events] == [
         (forged.command_id, "REJECTED"), (good.command_id, "APPLIED"), (good.command_id, "SKIPPED_DUPLICATE")]
     letters = [json.loads(m.value()) for m in out if m.topic() == topics.dead_letter]
@@ -129,7 +129,7 @@ def test_a_command_failing_on_a_registry_outage_is_applied_once_the_registry_is_
     first, second = SIGNER.sign(rollback("outage")), SIGNER.sign(rollback("after"))
     producer = Producer(producer_config(kafka_bootstrap))
     for cmd in (first, second):
-        producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(cmd))
+        producer.produce(topics.commands, key=b"fraud-detector", value=wire.encode_command(cmd))
     producer.flush(10)
     try:
         deadline = time.monotonic() + 30
@@ -142,7 +142,7 @@ def test_a_command_failing_on_a_registry_outage_is_applied_once_the_registry_is_
     finally:
         stop.set()
         thread.join(timeout=30)
-    events = [codec.decode_rollout_event(m.value()) for m in out]
+    events = [wire.decode_rollout_event(m.value()) for m in out]
     # One FAILED for the whole outage, then the same command APPLIED (resumed at the registry step),
     # and only then the command behind it, which the first one held up.
     assert [(e.command_id, e.status.value) for e in events] == [
@@ -165,7 +165,7 @@ def test_a_set_traffic_replayed_on_the_topic_after_a_rollback_is_stale_across_a_
     def run(commands: list[Command], events: int) -> list[RolloutEvent]:
         """A fresh actuator in a fresh consumer group (a restart that lost everything in memory)."""
         for cmd in commands:
-            producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(cmd))
+            producer.produce(topics.commands, key=b"fraud-detector", value=wire.encode_command(cmd))
         producer.flush(10)
         stop, group = threading.Event(), f"g-{uuid.uuid4().hex[:8]}"
         thread = threading.Thread(target=run_actuator_loop, daemon=True,
@@ -176,7 +176,7 @@ def test_a_set_traffic_replayed_on_the_topic_after_a_rollback_is_stale_across_a_
         finally:
             stop.set()
             thread.join(timeout=30)
-        return [codec.decode_rollout_event(m.value()) for m in out]
+        return [wire.decode_rollout_event(m.value()) for m in out]
 
     first = run([step, back], 2)
     assert [(e.command_id,

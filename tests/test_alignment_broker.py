@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Producer
 
 from conftest import read_until, topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.events import Prediction
 from mle_stream.core.topology import load_topologies
@@ -43,13 +43,13 @@ def test_pausing_and_resuming_at_every_round_loses_and_repeats_no_record(tmp_pat
     for window_preds, window_labels in zip(preds, labels):
         key = window_preds[0].model.encode()
         for i in range(0, len(window_preds), 4):
-            producer.produce(topics.predictions, key=key, value=codec.encode_predictions(window_preds[i:i + 4]))
+            producer.produce(topics.predictions, key=key, value=wire.encode_predictions(window_preds[i:i + 4]))
         for i in range(0, len(window_labels), 5):
-            producer.produce(topics.labels, key=key, value=codec.encode_labels(window_labels[i:i + 5]))
+            producer.produce(topics.labels, key=key, value=wire.encode_labels(window_labels[i:i + 5]))
     closing = [Prediction(prediction_id=f"{m}-closing", model=m, version="1", timestamp=base + (WINDOWS + 2) * 1000,
                           score=0.5) for m in MODELS]
     for p in closing:  # moves each model's predictions clock past its last window
-        producer.produce(topics.predictions, key=p.model.encode(), value=codec.encode_prediction(p))
+        producer.produce(topics.predictions, key=p.model.encode(), value=wire.encode_prediction(p))
     producer.flush(10)
 
     all_preds = [p for w in preds for p in w] + closing
@@ -65,7 +65,7 @@ def test_pausing_and_resuming_at_every_round_loses_and_repeats_no_record(tmp_pat
     worker.start()
     try:
         def closed(ms: list) -> set[tuple]:
-            snaps = (codec.decode_metric_snapshot(m.value()) for m in ms)
+            snaps = (wire.decode_metric_snapshot(m.value()) for m in ms)
             return {(s.model, s.version, s.segment, s.window_start) for s in snaps if s.status == "CLOSED"}
 
         out = read_until(kafka_bootstrap, [topics.metrics], lambda ms: set(want) <= closed(ms), timeout_s=90)
@@ -75,7 +75,7 @@ def test_pausing_and_resuming_at_every_round_loses_and_repeats_no_record(tmp_pat
         worker.stop()
     last = {}
     for m in out:
-        s = codec.decode_metric_snapshot(m.value())
+        s = wire.decode_metric_snapshot(m.value())
         last[(s.model, s.version, s.segment, s.window_start)] = s
     wrong = [key for key, w in want.items() if not same(last[key], w)]
     assert not wrong, f"{len(wrong)} windows differ from the replay, the first: {last[wrong[0]]} vs {want[wrong[0]]}"

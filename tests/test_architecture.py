@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import mle_stream
+from mle_stream import wire
 
 REPO = Path(__file__).resolve().parent.parent
 CORE = Path(mle_stream.__file__).parent / "core"
@@ -41,3 +42,24 @@ def test_public_api_is_explicit() -> None:
     assert sorted(mle_stream.__all__) == mle_stream.__all__
     for name in mle_stream.__all__:
         assert hasattr(mle_stream, name), name
+
+
+def test_the_wire_format_has_one_public_surface() -> None:
+    assert sorted(wire.__all__) == wire.__all__
+    for name in wire.__all__:
+        assert hasattr(wire, name), name
+    # Its modules share public names only, and its fast batch reader stays private to it.
+    package = Path(mle_stream.__file__).parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        inside = path.parent.name == "wire"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("mle_stream"):
+                continue
+            module = node.module or ""
+            private = [a.name for a in node.names if a.name.startswith("_")]
+            if private and (inside or module.startswith("mle_stream.wire")):
+                offenders.append(f"{path.relative_to(package)}: {module} {private}")
+            if not inside and module.startswith("mle_stream.wire._"):
+                offenders.append(f"{path.relative_to(package)}: {module}")
+    assert offenders == []

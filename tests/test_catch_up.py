@@ -35,8 +35,8 @@ from unittest import mock
 
 import pytest
 
-from mle_stream import codec
 from mle_stream import replay as replay_module
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.events import Command, CommandKind, Label, MetricSnapshot, Prediction
 from mle_stream.core.signing import Signer
@@ -80,8 +80,8 @@ class Traffic:
 
     def kafka(self, topics: Topics) -> list[tuple[str, bytes, bytes]]:
         """(topic, key, value) of every message, each keyed by its model."""
-        return ([(topics.predictions, m[0].model.encode(), codec.encode_predictions(m)) for m in self.predictions]
-                + [(topics.labels, m[0].model.encode(), codec.encode_labels(m)) for m in self.labels])
+        return ([(topics.predictions, m[0].model.encode(), wire.encode_predictions(m)) for m in self.predictions]
+                + [(topics.labels, m[0].model.encode(), wire.encode_labels(m)) for m in self.labels])
 
 
 def generate(start: int, end: int, rate: float, rng: random.Random, bad_from: int,
@@ -245,8 +245,8 @@ def encoded(traffic: Traffic, topics: Topics = TOPICS) -> tuple[list[Incoming], 
         offsets[tp] = offsets.get(tp, -1) + 1
         return Incoming(topic, tp[1], offsets[tp], value)
 
-    return ([message(topics.predictions, m[0].model, codec.encode_predictions(m)) for m in traffic.predictions],
-            [message(topics.labels, m[0].model, codec.encode_labels(m)) for m in traffic.labels])
+    return ([message(topics.predictions, m[0].model, wire.encode_predictions(m)) for m in traffic.predictions],
+            [message(topics.labels, m[0].model, wire.encode_labels(m)) for m in traffic.labels])
 
 
 def batches(messages: Sequence[Incoming], size: int = 200) -> Iterator[list[Incoming]]:
@@ -272,7 +272,7 @@ def test_two_hours_of_predictions_read_before_their_labels_give_the_replay_windo
     for batch in batches(labels):
         outs += processor.process(batch)
     assert processor.counters["dead_letter"] == 0
-    snapshots = [codec.decode_metric_snapshot(o.value) for o in outs if o.topic == TOPICS.metrics]
+    snapshots = [wire.decode_metric_snapshot(o.value) for o in outs if o.topic == TOPICS.metrics]
     final = {key(s): s for s in snapshots if s.window_start < end}
     closed: dict[Key, MetricSnapshot] = {}
     for s in snapshots:
@@ -281,7 +281,7 @@ def test_two_hours_of_predictions_read_before_their_labels_give_the_replay_windo
             closed[key(s)] = s
     assert_same_windows(closed, want.closed, "CLOSED")
     assert_same_windows(final, want.final, "final")
-    emitted = [codec.decode_command(o.value) for o in outs if o.topic == TOPICS.commands]
+    emitted = [wire.decode_command(o.value) for o in outs if o.topic == TOPICS.commands]
     assert_same_decisions([c for c in emitted if c.window_start < end], want.decisions)
 
 
@@ -390,9 +390,9 @@ class Outputs(threading.Thread):
                         continue
                     with self.lock:
                         if m.topic() == self.topics.commands:
-                            self.commands.append(codec.decode_command(m.value() or b""))
+                            self.commands.append(wire.decode_command(m.value() or b""))
                             continue
-                        s = codec.decode_metric_snapshot(m.value() or b"")
+                        s = wire.decode_metric_snapshot(m.value() or b"")
                         self.last[key(s)] = s
                         if s.status == "CLOSED":
                             self.closed.setdefault(key(s), []).append(s)

@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.events import Label, MetricSnapshot, Prediction
 from mle_stream.core.signing import Signer
@@ -73,12 +73,12 @@ def traffic(model: str, partition: int, windows: int = 6, seed: int = 1) -> list
         preds = [Prediction(prediction_id=f"{model}-{w}-{i}", model=model, version=rng.choice("12"),
                             timestamp=NOW - 100_000 + w * 500 + i, score=rng.random(),
                             segment={"country": rng.choice(["DE", "FR"])}) for i in range(30)]
-        message(TOPICS.predictions, codec.encode_predictions(preds))
+        message(TOPICS.predictions, wire.encode_predictions(preds))
         if pending:
-            message(TOPICS.labels, codec.encode_labels(pending))
+            message(TOPICS.labels, wire.encode_labels(pending))
         pending = [Label(prediction_id=p.prediction_id, model=model, timestamp=p.timestamp + 400,
                          label=rng.random() < 0.7) for p in preds if rng.random() < 0.9]
-    message(TOPICS.labels, codec.encode_labels(pending))
+    message(TOPICS.labels, wire.encode_labels(pending))
     return out
 
 

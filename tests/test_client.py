@@ -20,7 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.client import ClientStats, EvaluationClient
 from mle_stream.config import Topics
 from mle_stream.core.evaluator import ModelEvaluator
@@ -77,7 +77,7 @@ def consume(bootstrap: str, topics: Topics, expected_records: int, timeout_s: fl
 
 
 def decode(message: Message, topics: Topics) -> list[Prediction] | list[Label]:
-    decoder = codec.decode_predictions if message.topic() == topics.predictions else codec.decode_labels
+    decoder = wire.decode_predictions if message.topic() == topics.predictions else wire.decode_labels
     result = decoder(message.value())
     assert result.errors == []
     return result.records  # type: ignore[return-value]
@@ -274,7 +274,7 @@ def _worker_accepts(record: dict[str, Any], is_label: bool) -> bool:
     task the record's output implies, on a clock that agrees with the record's timestamp (clock
     skew and the model's task are what only the worker can judge)."""
     payload = json.dumps({"records": [record]}).encode()  # lone surrogates travel as \\ud800 escapes
-    decoded = (codec.decode_label_columns if is_label else codec.decode_prediction_columns)(payload)
+    decoded = (wire.decode_label_columns if is_label else wire.decode_prediction_columns)(payload)
     if decoded.errors:
         return False
     # A multiclass model takes any label (as text): only its task would refuse a label value.
@@ -297,11 +297,11 @@ def test_the_client_accepts_exactly_what_the_worker_accepts(offline_client: Eval
         assert accepted == _worker_accepts(record, is_label), record
         if accepted:  # and the Avro batch the client sends of it reads back the same in the worker (repr: NaN)
             if is_label:
-                sent = codec.label_from_dict(record)
-                assert repr(codec.decode_labels(codec.encode_labels([sent])).records) == repr([sent])
+                sent = wire.label_from_dict(record)
+                assert repr(wire.decode_labels(wire.encode_labels([sent])).records) == repr([sent])
             else:
-                sent_p = codec.prediction_from_dict(record)
-                assert repr(codec.decode_predictions(codec.encode_predictions([sent_p])).records) == repr([sent_p])
+                sent_p = wire.prediction_from_dict(record)
+                assert repr(wire.decode_predictions(wire.encode_predictions([sent_p])).records) == repr([sent_p])
 
 
 # -- forking, and a broker that is not there --------------------------------------------------------

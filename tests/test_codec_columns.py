@@ -1,7 +1,7 @@
 """The columns path of the codec: PredictionBatch / LabelBatch bytes straight into columns.
 
 Three truths it is checked against: the records a batch was encoded from; fastavro's own reading of
-the same bytes (an independent Avro implementation); and the record path (`codec._decode`:
+the same bytes (an independent Avro implementation); and the record path (`records._decode`:
 fastavro and the dataclasses, what decode_predictions did before the columns path), which must
 give the same records and the very same RecordErrors for every input, valid, invalid or corrupt.
 Records are compared by their Avro encoding, which is exact (NaN bits, -0.0, union branches)
@@ -26,10 +26,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mle_stream import avro_batch_reader as reader
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.core.columns import LabelColumns, PredictionColumns
 from mle_stream.core.events import Label, Prediction
+from mle_stream.wire import _batch_reader as reader
+from mle_stream.wire import avro_records
+from mle_stream.wire import records as record_path
 from test_codec import (
     T0,
     avro_raw,
@@ -51,22 +53,22 @@ SETTINGS = settings(deadline=None, max_examples=40, suppress_health_check=[Healt
 
 
 def fastavro_predictions(payload: bytes) -> list[Prediction]:
-    datum: Any = fastavro.schemaless_reader(io.BytesIO(payload[HEADER:]), codec.schemas()["PredictionBatch"].parsed,
+    datum: Any = fastavro.schemaless_reader(io.BytesIO(payload[HEADER:]), wire.schemas()["PredictionBatch"].parsed,
                                             None)
     return [Prediction(**d) for d in datum["records"]]
 
 
 def fastavro_labels(payload: bytes) -> list[Label]:
-    datum: Any = fastavro.schemaless_reader(io.BytesIO(payload[HEADER:]), codec.schemas()["LabelBatch"].parsed, None)
+    datum: Any = fastavro.schemaless_reader(io.BytesIO(payload[HEADER:]), wire.schemas()["LabelBatch"].parsed, None)
     return [Label(**d) for d in datum["records"]]
 
 
 def same_predictions(got: list[Prediction], expected: list[Prediction]) -> bool:
-    return len(got) == len(expected) and codec.encode_predictions(got) == codec.encode_predictions(expected)
+    return len(got) == len(expected) and wire.encode_predictions(got) == wire.encode_predictions(expected)
 
 
 def same_labels(got: list[Label], expected: list[Label]) -> bool:
-    return len(got) == len(expected) and codec.encode_labels(got) == codec.encode_labels(expected)
+    return len(got) == len(expected) and wire.encode_labels(got) == wire.encode_labels(expected)
 
 
 def assert_plain_python(columns: PredictionColumns | LabelColumns) -> None:
@@ -82,7 +84,7 @@ def assert_plain_python(columns: PredictionColumns | LabelColumns) -> None:
         assert all(v is None or type(v) is float for v in (r.score, r.value, r.latency_ms))
 
 
-def comparable(errors: list[codec.RecordError]) -> list[codec.RecordError]:
+def comparable(errors: list[wire.RecordError]) -> list[wire.RecordError]:
     # fastavro's messages for corrupt input name the stream object by its address.
     return [dataclasses.replace(e, reason=re.sub(r" at 0x[0-9a-f]+", "", e.reason)) for e in errors]
 
@@ -99,7 +101,7 @@ def small_parts() -> Iterator[None]:
         reader._MIN_PART = saved
 
 
-def assert_matches_record_path(payload: bytes, kind: str = "prediction") -> codec.ColumnsResult[Any]:
+def assert_matches_record_path(payload: bytes, kind: str = "prediction") -> wire.ColumnsResult[Any]:
     """The columns path, decode_predictions/decode_labels and the record path agree on `payload`:
     the same records, the same errors, and message_index names each row's record."""
     columns: Any
@@ -107,11 +109,11 @@ def assert_matches_record_path(payload: bytes, kind: str = "prediction") -> code
     path: Any
     same: Any
     if kind == "prediction":
-        columns, records, path, same = (codec.decode_prediction_columns, codec.decode_predictions,
-                                        codec._PREDICTIONS, same_predictions)
+        columns, records, path, same = (wire.decode_prediction_columns, wire.decode_predictions,
+                                        record_path._PREDICTIONS, same_predictions)
     else:
-        columns, records, path, same = codec.decode_label_columns, codec.decode_labels, codec._LABELS, same_labels
-    truth = codec._decode(payload, path)
+        columns, records, path, same = wire.decode_label_columns, wire.decode_labels, record_path._LABELS, same_labels
+    truth = record_path._decode(payload, path)
     named = {e.index for e in truth.errors if e.index is not None}
     with small_parts():
         small = columns(payload)
@@ -228,8 +230,8 @@ def bench_batch(n: int = 500) -> list[Prediction]:
 
 def test_a_serving_pods_batch_is_read_as_one_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     batch = bench_batch()
-    payload = codec.encode_predictions(batch)
-    codec.decode_prediction_columns(payload)  # the shape has now been seen and compiled
+    payload = wire.encode_predictions(batch)
+    wire.decode_prediction_columns(payload)  # the shape has now been seen and compiled
     loose = []
 
     def read_one(buf: bytes, pos: int) -> tuple[tuple[Any, ...], int]:
@@ -237,7 +239,7 @@ def test_a_serving_pods_batch_is_read_as_one_shape(monkeypatch: pytest.MonkeyPat
         return reader._read_prediction(buf, pos)
 
     monkeypatch.setattr(reader, "_PREDICTION", dataclasses.replace(reader._PREDICTION, read_one=read_one))
-    result = codec.decode_prediction_columns(payload)
+    result = wire.decode_prediction_columns(payload)
     # All 500 in one regex run: the shape the batch before was read with fits from the first record.
     assert loose == []
     assert result.columns.records() == batch and result.errors == []
@@ -251,18 +253,18 @@ def test_a_serving_pods_batch_is_read_as_one_shape(monkeypatch: pytest.MonkeyPat
     # Another shape (another model name) is learned from its first batch; its next batch is one
     # run from the first record on, and the first shape is still remembered.
     other = [dataclasses.replace(p, model="fraud-2") for p in batch]
-    codec.decode_prediction_columns(codec.encode_predictions(other))
+    wire.decode_prediction_columns(wire.encode_predictions(other))
     assert loose
     loose.clear()
-    assert codec.decode_prediction_columns(codec.encode_predictions(other)).columns.records() == other
+    assert wire.decode_prediction_columns(wire.encode_predictions(other)).columns.records() == other
     assert loose == []
-    assert codec.decode_prediction_columns(payload).columns.records() == batch and loose == []  # both remembered
+    assert wire.decode_prediction_columns(payload).columns.records() == batch and loose == []  # both remembered
 
 
 @SETTINGS
 @given(st.lists(any_predictions(), min_size=1, max_size=6))
 def test_any_valid_batch_decodes_to_its_records(batch: list[Prediction]) -> None:
-    payload = codec.encode_predictions(batch)
+    payload = wire.encode_predictions(batch)
     result = assert_matches_record_path(payload)
     assert result.errors == [] and same_predictions(result.columns.records(), batch)
     assert same_predictions(fastavro_predictions(payload), batch)
@@ -275,7 +277,7 @@ def test_any_valid_batch_decodes_to_its_records(batch: list[Prediction]) -> None
 @given(st.lists(any_predictions(), min_size=1, max_size=3), st.randoms(use_true_random=False))
 def test_batches_of_repeated_shapes_decode_to_their_records(protos: list[Prediction], rnd: random.Random) -> None:
     batch = runs_of(protos, prediction_like, rnd)
-    payload = codec.encode_predictions(batch)
+    payload = wire.encode_predictions(batch)
     for _ in range(2):  # the second time every shape is compiled already
         result = assert_matches_record_path(payload)
         assert result.errors == [] and same_predictions(result.columns.records(), batch)
@@ -296,8 +298,8 @@ def test_every_union_branch_and_map_kind_in_shapes() -> None:
         prediction(10, prediction_id="é" * 100, model="ключ" * 20, features={"ключ" * 20: 1.0}),
     ]
     batch = runs_of(protos, prediction_like, rnd)
-    payload = codec.encode_predictions(batch)
-    codec.decode_prediction_columns(payload)
+    payload = wire.encode_predictions(batch)
+    wire.decode_prediction_columns(payload)
     result = assert_matches_record_path(payload)
     assert same_predictions(result.columns.records(), batch)
     columns = result.columns
@@ -319,7 +321,7 @@ def test_a_few_records_of_other_shapes_amid_a_long_run() -> None:
     few = [dataclasses.replace(p, prediction_id="short", segment={"country": "DE"}) for p in main[:5]]
     text = prediction(0, features={"country": "DE", "amount": 1.0})
     batch = main[:40] + few[:3] + main[40:] + few[3:] + [text]
-    payload = codec.encode_predictions(batch)
+    payload = wire.encode_predictions(batch)
     for _ in range(2):
         result = assert_matches_record_path(payload)
     assert result.columns.records() == batch
@@ -329,31 +331,31 @@ def test_a_few_records_of_other_shapes_amid_a_long_run() -> None:
 
 
 def test_a_batch_of_no_records_is_empty() -> None:
-    for decode, encode in ((codec.decode_prediction_columns, codec.encode_predictions),
-                           (codec.decode_label_columns, codec.encode_labels)):
+    for decode, encode in ((wire.decode_prediction_columns, wire.encode_predictions),
+                           (wire.decode_label_columns, wire.encode_labels)):
         result = decode(encode([]))
         assert len(result.columns) == 0 and result.errors == [] and result.message_index.tolist() == []
 
 
 def test_records_encoded_unlike_fastavro_are_read_loosely() -> None:
     """Padded varints and blocked maps are valid Avro that no shape matches: read field by field."""
-    schema = codec.schemas()["Label"].parsed
+    schema = wire.schemas()["Label"].parsed
     bodies = []
     for i in range(4):
         out = io.BytesIO()
-        fastavro.schemaless_writer(out, schema, codec._label_datum(label(i, 0.5)))
+        fastavro.schemaless_writer(out, schema, avro_records.label_datum(label(i, 0.5)))
         bodies.append(out.getvalue())
     # Record 2 with its long label 7 written in three bytes (0x8e 0x80 0x00 instead of 0x0e).
-    padded = codec._label_datum(label(2, 7))
+    padded = avro_records.label_datum(label(2, 7))
     out = io.BytesIO()
     fastavro.schemaless_writer(out, schema, padded)
     assert out.getvalue().endswith(b"\x02\x0e")
     bodies[2] = out.getvalue()[:-1] + b"\x8e\x80\x00"
-    payload = codec.AVRO_MARKER + codec.schemas()["LabelBatch"].fingerprint + b"\x08" + b"".join(bodies) + b"\x00"
+    payload = wire.AVRO_MARKER + wire.schemas()["LabelBatch"].fingerprint + b"\x08" + b"".join(bodies) + b"\x00"
     expected = [label(0, 0.5), label(1, 0.5), label(2, 7), label(3, 0.5)]
     assert fastavro_labels(payload) == expected
     for _ in range(2):
-        assert codec.decode_label_columns(payload).columns.records() == expected
+        assert wire.decode_label_columns(payload).columns.records() == expected
     assert reader.read_label_batch(payload, HEADER, shapes=False).records() == expected
 
 
@@ -393,7 +395,7 @@ def test_a_record_breaking_the_contract_gets_the_record_paths_error(change: dict
 @SETTINGS
 @given(st.lists(any_predictions(), min_size=1, max_size=8), st.data())
 def test_invalid_records_anywhere_cost_only_themselves(batch: list[Prediction], data: st.DataObject) -> None:
-    datums = [codec._prediction_datum(p) for p in batch]
+    datums = [avro_records.prediction_datum(p) for p in batch]
     for i in data.draw(st.sets(st.integers(0, len(batch) - 1))):
         datums[i] = {**datums[i], **data.draw(st.sampled_from(INVALID_PREDICTIONS))}
     payload = avro_raw("PredictionBatch", {"records": datums})
@@ -408,7 +410,7 @@ INVALID_LABELS: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("change", INVALID_LABELS)
 def test_a_label_breaking_the_contract_gets_the_record_paths_error(change: dict[str, Any]) -> None:
-    datums = [{**codec._label_datum(label(i, 0.5)), **(change if i in (0, 4) else {})} for i in range(6)]
+    datums = [{**avro_records.label_datum(label(i, 0.5)), **(change if i in (0, 4) else {})} for i in range(6)]
     payload = avro_raw("LabelBatch", {"records": datums})
     for _ in range(2):
         result = assert_matches_record_path(payload, "label")
@@ -432,7 +434,7 @@ def labels(draw: st.DrawFn) -> Label:
 @given(st.lists(labels(), max_size=8), st.randoms(use_true_random=False))
 def test_any_valid_label_batch_decodes_to_its_records(protos: list[Label], rnd: random.Random) -> None:
     for batch in (protos, runs_of(protos, label_like, rnd)):
-        payload = codec.encode_labels(batch)
+        payload = wire.encode_labels(batch)
         for _ in range(2):
             result = assert_matches_record_path(payload, "label")
             assert result.errors == [] and same_labels(result.columns.records(), batch)
@@ -443,12 +445,12 @@ def test_any_valid_label_batch_decodes_to_its_records(protos: list[Label], rnd: 
 def test_label_values_keep_their_branch() -> None:
     values: list[Any] = [True, False, 0, 1, -(2**63), 2**63 - 1, 0.5, -0.0, "cat", ""]
     batch = [label(i, v) for i in range(3) for v in values]
-    result = codec.decode_label_columns(codec.encode_labels(batch))
+    result = wire.decode_label_columns(wire.encode_labels(batch))
     assert [(type(v), v) for v in result.columns.label] == [(type(x.label), x.label) for x in batch]
     uniform = [label(i, i % 2 == 0) for i in range(100)]  # the binary case, one shape
-    payload = codec.encode_labels(uniform)
-    codec.decode_label_columns(payload)
-    assert codec.decode_label_columns(payload).columns.label == [i % 2 == 0 for i in range(100)]
+    payload = wire.encode_labels(uniform)
+    wire.decode_label_columns(payload)
+    assert wire.decode_label_columns(payload).columns.label == [i % 2 == 0 for i in range(100)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -456,7 +458,7 @@ def test_label_values_keep_their_branch() -> None:
 
 
 def test_json_forms_give_columns_and_the_message_index() -> None:
-    good = [codec.to_json_dict(prediction(i)) for i in range(3)]
+    good = [wire.to_json_dict(prediction(i)) for i in range(3)]
     bad = {**good[1], "score": 1.5}
     for doc, expected, index in [
         (good[0], [prediction(0)], [0]),
@@ -466,18 +468,18 @@ def test_json_forms_give_columns_and_the_message_index() -> None:
     ]:
         result = assert_matches_record_path(json.dumps(doc).encode())
         assert result.columns.records() == expected and result.message_index.tolist() == index
-    labels_doc = [codec.to_json_dict(label(0, True)), {"prediction_id": "p1"}, codec.to_json_dict(label(2, "x"))]
+    labels_doc = [wire.to_json_dict(label(0, True)), {"prediction_id": "p1"}, wire.to_json_dict(label(2, "x"))]
     result = assert_matches_record_path(json.dumps(labels_doc).encode(), "label")
     assert result.columns.records() == [label(0, True), label(2, "x")] and result.message_index.tolist() == [0, 2]
     assert result.errors[0].field == "model"
 
 
 def test_single_avro_records_give_one_row() -> None:
-    result = assert_matches_record_path(codec.encode_prediction(prediction(4)))
+    result = assert_matches_record_path(wire.encode_prediction(prediction(4)))
     assert result.columns.records() == [prediction(4)] and result.message_index.tolist() == [0]
     result = assert_matches_record_path(avro_raw("Prediction", raw_prediction(0, score=2.0)))
     assert len(result.columns) == 0 and [e.index for e in result.errors] == [0] and result.message_index.tolist() == []
-    result = assert_matches_record_path(codec.encode_label(label(1, 3)), "label")
+    result = assert_matches_record_path(wire.encode_label(label(1, 3)), "label")
     assert result.columns.records() == [label(1, 3)]
 
 
@@ -486,25 +488,25 @@ def test_single_avro_records_give_one_row() -> None:
 
 
 def test_truncated_batches_keep_the_records_before_the_damage() -> None:
-    payload = codec.encode_predictions([prediction(i) for i in range(10)])
+    payload = wire.encode_predictions([prediction(i) for i in range(10)])
     for cut in range(0, len(payload), 11):
         assert_matches_record_path(payload[:cut])
     result = assert_matches_record_path(payload[: len(payload) // 2])
     assert 0 < len(result.columns) < 10 and result.errors[-1].index == len(result.columns)
-    label_payload = codec.encode_labels([label(i, 0.25) for i in range(10)])
+    label_payload = wire.encode_labels([label(i, 0.25) for i in range(10)])
     for cut in range(0, len(label_payload), 7):
         assert_matches_record_path(label_payload[:cut], "label")
 
 
 def test_garbage_trailing_bytes_and_bad_branches_are_reported_as_before() -> None:
-    for payload in (b"", b"\x00", b"hello", b"[1, 2]", b"\xc3\x01", codec.AVRO_MARKER + b"\x01" * 8 + b"\x00"):
+    for payload in (b"", b"\x00", b"hello", b"[1, 2]", b"\xc3\x01", wire.AVRO_MARKER + b"\x01" * 8 + b"\x00"):
         assert_matches_record_path(payload)
         assert_matches_record_path(payload, "label")
-    batch = codec.encode_predictions([prediction(i) for i in range(3)])
+    batch = wire.encode_predictions([prediction(i) for i in range(3)])
     result = assert_matches_record_path(batch + b"\x00")
     assert "unexpected bytes" in result.errors[0].reason and len(result.columns) == 0
-    assert_matches_record_path(codec.encode_labels([label(0)]) + b"\x02", "label")
-    assert_matches_record_path(codec.encode_labels([label(0)]), "prediction")  # another topic's schema
+    assert_matches_record_path(wire.encode_labels([label(0)]) + b"\x02", "label")
+    assert_matches_record_path(wire.encode_labels([label(0)]), "prediction")  # another topic's schema
     # The score's union branch of record 1 (2: "double") made 6, a branch the union lacks.
     head = b"\x04p1\x0afraud\x04v2"  # prediction_id, model, version, then the timestamp
     at = batch.index(head) + len(head) + len(reader._varint(T0 + 1))
@@ -516,7 +518,7 @@ def test_garbage_trailing_bytes_and_bad_branches_are_reported_as_before() -> Non
 @SETTINGS
 @given(st.lists(any_predictions(), min_size=1, max_size=4), st.data())
 def test_damaged_bytes_give_what_the_record_path_gives(batch: list[Prediction], data: st.DataObject) -> None:
-    payload = bytearray(codec.encode_predictions(batch * 3))
+    payload = bytearray(wire.encode_predictions(batch * 3))
     for _ in range(data.draw(st.integers(1, 3))):
         at = data.draw(st.integers(HEADER, len(payload) - 1))
         payload[at] = data.draw(st.integers(0, 255))
@@ -526,7 +528,7 @@ def test_damaged_bytes_give_what_the_record_path_gives(batch: list[Prediction], 
 @SETTINGS
 @given(st.lists(labels(), min_size=1, max_size=4), st.data())
 def test_damaged_label_bytes_give_what_the_record_path_gives(batch: list[Label], data: st.DataObject) -> None:
-    payload = bytearray(codec.encode_labels(batch * 3))
+    payload = bytearray(wire.encode_labels(batch * 3))
     at = data.draw(st.integers(HEADER, len(payload) - 1))
     payload[at] = data.draw(st.integers(0, 255))
     assert_matches_record_path(bytes(payload), "label")
@@ -536,11 +538,11 @@ def test_damaged_label_bytes_give_what_the_record_path_gives(batch: list[Label],
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_after_the_header_never_raise(body: bytes) -> None:
     for name, kind in (("PredictionBatch", "prediction"), ("LabelBatch", "label")):
-        assert_matches_record_path(codec.AVRO_MARKER + codec.schemas()[name].fingerprint + body, kind)
+        assert_matches_record_path(wire.AVRO_MARKER + wire.schemas()[name].fingerprint + body, kind)
 
 
 def test_the_fast_readers_are_active() -> None:
-    assert codec._FAST_PREDICTIONS and codec._FAST_LABELS
+    assert record_path._FAST_PREDICTIONS and record_path._FAST_LABELS
 
 
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import read_until, topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -43,7 +43,7 @@ def test_demo_rolls_the_degraded_canary_back(tmp_path: Path, kafka_bootstrap: st
                for w in evidence["windows"] for c in w["checks"])
 
     # The rollout event, read from the broker itself.
-    events = [codec.decode_rollout_event(m.value()) for m in
+    events = [wire.decode_rollout_event(m.value()) for m in
               read_until(kafka_bootstrap, [topics.rollout_events], lambda ms: len(ms) >= 1, timeout_s=30)]
     assert [(e.action, e.status.value, e.command_id) for e in events] == [
         ("ROLLBACK", "APPLIED", rollbacks[0]["command_id"])]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.drift.live import SCORE
 from mle_stream.core.drift.profile import build_profile
@@ -221,9 +221,9 @@ def test_drift_tables_go_to_the_drift_topic_as_avro() -> None:
     preds, _ = traffic(seed=11, windows=2, shift={"x": 0.5})
     p = StreamProcessor({"m": topology()}, Topics(), Signer("drift", b"drift-key".ljust(32, b"-")), clock=lambda: NOW)
     p.evaluators["m"].labels_idle = True  # no labels: the worker closes windows by predictions alone
-    out = p.process([Incoming(Topics().predictions, 0, i, codec.encode_predictions(preds[k:k + 500]))
+    out = p.process([Incoming(Topics().predictions, 0, i, wire.encode_predictions(preds[k:k + 500]))
                      for i, k in enumerate(range(0, len(preds), 500))])
-    tables = [codec.decode_drift_table(o.value) for o in out if o.topic == "mle.drift"]
+    tables = [wire.decode_drift_table(o.value) for o in out if o.topic == "mle.drift"]
     closed = [d for d in tables if d.status == "CLOSED"]
     assert [(d.version, d.window_start) for d in closed] == [("2", START)]
     assert closed[0].drifted == ("x",)
@@ -232,12 +232,12 @@ def test_drift_tables_go_to_the_drift_topic_as_avro() -> None:
 def test_drift_table_wire_format_round_trips_and_names_bad_fields() -> None:
     preds, _ = traffic(seed=12, windows=1)
     (d,) = run(ModelEvaluator(topology()), preds)
-    assert codec.decode_drift_table(codec.encode_drift_table(d)) == d
-    doc = codec.to_json_dict(d)
-    assert codec.decode_drift_table(json.dumps(doc).encode()) == d
+    assert wire.decode_drift_table(wire.encode_drift_table(d)) == d
+    doc = wire.to_json_dict(d)
+    assert wire.decode_drift_table(json.dumps(doc).encode()) == d
     doc["features"]["x"]["psi"] = "high"
     with pytest.raises(InvalidEvent, match=r"features\.x\.psi"):
-        codec.decode_drift_table(json.dumps(doc).encode())
+        wire.decode_drift_table(json.dumps(doc).encode())
 
 
 def test_replay_json_has_drift_under_each_window_with_a_reference_profile(tmp_path: Any, capsys: Any) -> None:
@@ -249,7 +249,7 @@ def test_replay_json_has_drift_under_each_window_with_a_reference_profile(tmp_pa
     profile = build_profile({"x": rng.normal(0, 1, 10_000), "y": rng.normal(0, 2, 10_000)}, model="m", version="2",
                             score_column=None)
     write_profile(profile, tmp_path / "ref.json")
-    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(codec.to_json_dict(p)) for p in preds))
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(wire.to_json_dict(p)) for p in preds))
     (tmp_path / "m.yaml").write_text(BASE)  # no drift section: the reference turns drift on
     assert main(["replay", "--predictions", str(tmp_path / "p.jsonl"), "-t", str(tmp_path / "m.yaml"),
                  "--reference", str(tmp_path / "ref.json"), "--json"]) == 0

@@ -23,7 +23,7 @@ import pytest
 from confluent_kafka import Producer
 
 from conftest import topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.actuator.ports import InMemoryRegistry, InMemoryRouting
 from mle_stream.actuator.runner import run_actuator_loop
 from mle_stream.actuator.service import Actuator, epoch_ms
@@ -193,7 +193,7 @@ def _feed_until_the_broker_dies(start_worker: Callable[..., tuple[Worker, int]],
         for message in preds:
             if not feeding.is_set():
                 break
-            producer.produce(topics.predictions, key=b"fraud", value=codec.encode_predictions(message))
+            producer.produce(topics.predictions, key=b"fraud", value=wire.encode_predictions(message))
             producer.poll(0)
             time.sleep(0.05)
         producer.purge()
@@ -321,12 +321,12 @@ def test_the_actuator_is_ready_and_its_dead_loop_thread_fails_liveness(
     port, routing, thread = actuator_loop
     assert get(port, "/livez")[0] == 200
     assert metric(port, "mle_stream_actuator_loop_alive") == 1
-    publish(kafka_bootstrap, topics.commands, codec.encode_command(rollback("r1")), key=b"fraud-detector")
+    publish(kafka_bootstrap, topics.commands, wire.encode_command(rollback("r1")), key=b"fraud-detector")
     wait_until(lambda: metric(port, "mle_stream_actuator_last_command_age_seconds") is not None
                and metric(port, 'mle_stream_actuator_outcomes_total{kind="ROLLBACK",status="APPLIED"}') == 1,
                "the first command applied", 30)
     routing.fault = "exit"
-    publish(kafka_bootstrap, topics.commands, codec.encode_command(rollback("r2")), key=b"fraud-detector")
+    publish(kafka_bootstrap, topics.commands, wire.encode_command(rollback("r2")), key=b"fraud-detector")
     thread.join(30)
     assert not thread.is_alive()
     status, body = get(port, "/livez")
@@ -340,7 +340,7 @@ def test_an_actuator_loop_stuck_in_a_command_fails_liveness_after_the_bound(
         actuator_loop: tuple[int, DyingRouting, threading.Thread], kafka_bootstrap: str, topics: Topics) -> None:
     port, routing, thread = actuator_loop
     routing.fault = "hang"
-    publish(kafka_bootstrap, topics.commands, codec.encode_command(rollback("r3")), key=b"fraud-detector")
+    publish(kafka_bootstrap, topics.commands, wire.encode_command(rollback("r3")), key=b"fraud-detector")
     wait_until(lambda: "loop" in failing_checks(port), "/livez to fail on the stuck loop", 30)
     assert "has not come round for" in failing_checks(port)["loop"] and thread.is_alive()
     routing.fault = None

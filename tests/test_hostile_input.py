@@ -24,16 +24,16 @@ from hypothesis import strategies as st
 
 from conftest import model_with_route, read_until, topic_env
 from hostile import TEXT, hostile_messages
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.commands import command_id
 from mle_stream.core.events import Command, CommandKind, Prediction
 from mle_stream.core.signing import Signer
 from mle_stream.core.topology import parse_topology
-from mle_stream.dead_letter import EXCERPT_BYTES, dead_letter_entry
 from mle_stream.kafka import producer_config
 from mle_stream.keys import HMAC_KEY_ID
 from mle_stream.stream.processor import Incoming, StreamProcessor
+from mle_stream.wire.dead_letter import EXCERPT_BYTES, dead_letter_entry
 from worker_process import MODELS, TOPOLOGY, Worker, traffic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,9 +70,9 @@ def check_outputs(out: list, messages: list[Incoming]) -> None:
             assert entry["reason"] and (entry["source_topic"], entry["partition"], entry["offset"]) in {
                 (m.topic, m.partition, m.offset) for m in messages}
         elif o.topic == TOPICS.commands:
-            codec.decode_command(o.value)
+            wire.decode_command(o.value)
         elif o.topic == TOPICS.metrics:
-            codec.decode_metric_snapshot(o.value)
+            wire.decode_metric_snapshot(o.value)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -87,12 +87,12 @@ def test_the_worker_step_takes_any_messages_and_says_where_each_unusable_one_wen
     # A message the codec finds fault with has a dead letter that says where it was.
     letters = {(e["source_topic"], e["offset"]) for e in (json.loads(o.value) for o in out
                                                           if o.topic == TOPICS.dead_letter)}
-    decoders = {TOPICS.predictions: codec.decode_prediction_columns, TOPICS.labels: codec.decode_label_columns}
+    decoders = {TOPICS.predictions: wire.decode_prediction_columns, TOPICS.labels: wire.decode_label_columns}
     for m in incoming:
         if m.topic in decoders and decoders[m.topic](m.value).errors:
             assert (m.topic, m.offset) in letters, m
     # ... and the worker goes on: the next valid batch is counted.
-    good = codec.encode_predictions([Prediction(prediction_id=f"ok-{i}", model="fraud", version="1",
+    good = wire.encode_predictions([Prediction(prediction_id=f"ok-{i}", model="fraud", version="1",
                                                 timestamp=10**12 - 1000 + i, score=0.5) for i in range(5)])
     before = p.counters["predictions"]
     p.process([Incoming(TOPICS.predictions, 0, 10_000, good)])
@@ -131,11 +131,11 @@ def test_an_800_kb_message_in_the_batch_of_a_rollback_costs_neither_the_rollback
     preds, labels = traffic(10**12 - 20_000, 8, random.Random(5), bad_candidate="fraud", per_window=60)
     incoming = [Incoming(TOPICS.predictions, 0, 0, b"\x01" * 800_000)]
     for i, (pm, lm) in enumerate(zip(preds, labels)):
-        incoming.append(Incoming(TOPICS.predictions, 0, 2 * i + 1, codec.encode_predictions(pm)))
-        incoming.append(Incoming(TOPICS.labels, 0, 2 * i + 2, codec.encode_labels(lm)))
+        incoming.append(Incoming(TOPICS.predictions, 0, 2 * i + 1, wire.encode_predictions(pm)))
+        incoming.append(Incoming(TOPICS.labels, 0, 2 * i + 2, wire.encode_labels(lm)))
     out = p.process(incoming)
     check_outputs(out, incoming)
-    commands = [codec.decode_command(o.value) for o in out if o.topic == TOPICS.commands]
+    commands = [wire.decode_command(o.value) for o in out if o.topic == TOPICS.commands]
     assert [(c.kind, c.model) for c in commands] == [(CommandKind.ROLLBACK, "fraud")]
     letter = next(json.loads(o.value) for o in out if o.topic == TOPICS.dead_letter)
     assert (letter["offset"], letter["payload_bytes"], letter["payload_truncated"]) == (0, 800_000, True)
@@ -204,8 +204,8 @@ def test_generated_hostile_messages_crash_neither_process_and_a_signed_command_i
         for topic in (topics.predictions, topics.labels, topics.commands):
             producer.produce(topic, key=b"fraud", value=os.urandom(800_000), on_delivery=sent)
         producer.produce(topics.predictions, key=b"fraud", value=b"[" + b" " * 3_000_000 + b"]", on_delivery=sent)
-        surrogate = codec.to_json_dict(legit) | {"model": "\udcff", "signature": ""}
-        approve = codec.to_json_dict(legit) | {"kind": "APPROVE", "model": "fraud", "signature": "é"}
+        surrogate = wire.to_json_dict(legit) | {"model": "\udcff", "signature": ""}
+        approve = wire.to_json_dict(legit) | {"kind": "APPROVE", "model": "fraud", "signature": "é"}
         for forged in (surrogate, approve):
             producer.produce(topics.commands, key=b"fraud", value=json.dumps(forged).encode(), on_delivery=sent)
         assert producer.flush(30) == 0
@@ -213,13 +213,13 @@ def test_generated_hostile_messages_crash_neither_process_and_a_signed_command_i
         # Then valid traffic for the worker and one legitimate command for the actuator.
         preds, labels = traffic(now - 60_000, 3, random.Random(1), models=("fraud",))
         for pm, lm in zip(preds, labels):
-            producer.produce(topics.predictions, key=b"fraud", value=codec.encode_predictions(pm), on_delivery=sent)
-            producer.produce(topics.labels, key=b"fraud", value=codec.encode_labels(lm), on_delivery=sent)
-        producer.produce(topics.commands, key=b"fraud-detector", value=codec.encode_command(legit), on_delivery=sent)
+            producer.produce(topics.predictions, key=b"fraud", value=wire.encode_predictions(pm), on_delivery=sent)
+            producer.produce(topics.labels, key=b"fraud", value=wire.encode_labels(lm), on_delivery=sent)
+        producer.produce(topics.commands, key=b"fraud-detector", value=wire.encode_command(legit), on_delivery=sent)
         assert producer.flush(30) == 0
 
         events = read_until(kafka_bootstrap, [topics.rollout_events],
-                            lambda ms: any(codec.decode_rollout_event(m.value()).command_id == legit.command_id
+                            lambda ms: any(wire.decode_rollout_event(m.value()).command_id == legit.command_id
                                            for m in ms), timeout_s=120)
         # The worker's checkpoints include every message published to its partitions.
         inputs = {(t, p): o for (t, p), o in delivered.items()
@@ -236,17 +236,17 @@ def test_generated_hostile_messages_crash_neither_process_and_a_signed_command_i
         actuator.terminate()
         actuator.wait(timeout=20)
 
-    applied = [e for e in (codec.decode_rollout_event(m.value()) for m in events)
+    applied = [e for e in (wire.decode_rollout_event(m.value()) for m in events)
                if e.command_id == legit.command_id and e.status.value == "APPLIED"]
     assert len(applied) == 1, [(e.command_id, e.status.value, e.details) for e in
-                               (codec.decode_rollout_event(m.value()) for m in events)]
+                               (wire.decode_rollout_event(m.value()) for m in events)]
     assert routing.get_weights("fraud-detector") == {"1": 100, "2": 0}
     assert registry.aliases("fraud-detector") == {"champion": "1"}
     subjects = subprocess.run(["git", "-C", str(tmp_path / "gitops"), "log", "--format=%s"], capture_output=True,
                               text=True, check=True).stdout.splitlines()
     assert sum(legit.command_id in s for s in subjects) == 1 and len(subjects) == 2, subjects
     # The valid traffic after the hostile input was counted: its windows were closed with their labels.
-    snapshots = [codec.decode_metric_snapshot(m.value()) for m in
+    snapshots = [wire.decode_metric_snapshot(m.value()) for m in
                  read_until(kafka_bootstrap, [topics.metrics], lambda ms: False, timeout_s=5)]
     closed = {(s.version, s.window_start): s for s in snapshots
               if s.model == "fraud" and s.segment is None and s.status == "CLOSED" and s.window_start >= now - 60_000}

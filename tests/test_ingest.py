@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.client import EvaluationClient
 from mle_stream.config import Topics
 from mle_stream.core.kserve_logger import (
@@ -172,7 +172,7 @@ def test_kserve_events_become_predictions_and_labels_on_the_topics(
 
 
 def decoded(message: Any, topics: Topics) -> list[Any]:
-    decode = codec.decode_predictions if message.topic() == topics.predictions else codec.decode_labels
+    decode = wire.decode_predictions if message.topic() == topics.predictions else wire.decode_labels
     result = decode(message.value())
     assert not result.errors
     return result.records

@@ -26,7 +26,7 @@ from confluent_kafka import TopicPartition as RdTopicPartition
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from conftest import topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.actuator.gitops import GitOpsRouting
 from mle_stream.broker import free_port
 from mle_stream.client import EvaluationClient
@@ -115,7 +115,7 @@ def publish(bootstrap: str, topics: Topics, security: KafkaSecurity, n: int) -> 
 
 
 def prediction_ids(values: list[bytes]) -> list[str]:
-    return [p.prediction_id for value in values for p in codec.decode_predictions(value).records]
+    return [p.prediction_id for value in values for p in wire.decode_predictions(value).records]
 
 
 def read_with_librdkafka(bootstrap: str, topic: str, security: KafkaSecurity, n: int) -> list[str]:
@@ -354,10 +354,10 @@ def test_worker_actuator_command_and_status_over_a_secured_listener(
             assert client.flush(30) == 0
 
         events = read_messages(bootstrap, topics.rollout_events, security,
-                               lambda vs: any(codec.decode_rollout_event(v).status.value == "APPLIED" for v in vs))
+                               lambda vs: any(wire.decode_rollout_event(v).status.value == "APPLIED" for v in vs))
         logs = {name: (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:] for name in ("worker", "actuator")}
         assert all(p.poll() is None for p in processes), logs
-        applied = [e for e in map(codec.decode_rollout_event, events) if e.status.value == "APPLIED"]
+        applied = [e for e in map(wire.decode_rollout_event, events) if e.status.value == "APPLIED"]
         assert applied and applied[0].action.upper() == "ROLLBACK", (applied, logs)
         assert routing.get_weights("fraud") == {"1": 100, "2": 0}
         assert read_messages(bootstrap, topics.state, security, bool), "the worker's checkpoints reach the state topic"
@@ -371,8 +371,8 @@ def test_worker_actuator_command_and_status_over_a_secured_listener(
                              "--percent", "5", "--reason", f"over {listener}", "--by", "test"], cli_env)
         assert "published SET_TRAFFIC of fraud" in published, published
         commands = read_messages(bootstrap, topics.commands, security,
-                                 lambda vs: any(codec.decode_command(v).reason == f"over {listener}" for v in vs), 30)
-        assert any(codec.decode_command(v).reason == f"over {listener}" for v in commands)
+                                 lambda vs: any(wire.decode_command(v).reason == f"over {listener}" for v in vs), 30)
+        assert any(wire.decode_command(v).reason == f"over {listener}" for v in commands)
     finally:
         for process in processes:
             process.terminate()

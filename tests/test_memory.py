@@ -21,7 +21,7 @@ import tracemalloc
 
 import pytest
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.signing import Signer
@@ -106,22 +106,22 @@ def messages(records: list[Prediction | Label]) -> list[tuple[Incoming, int]]:
             preds.append(r)
             if len(preds) == BATCH:
                 watermark = max(watermark, preds[-1].timestamp)
-                send(TOPICS.predictions, codec.encode_predictions(preds))
+                send(TOPICS.predictions, wire.encode_predictions(preds))
                 preds = []
         else:
             labels.append(r)
             if len(labels) == LABEL_BATCH:
                 if preds:  # their predictions go first: only the orphans then wait for a prediction
                     watermark = max(watermark, preds[-1].timestamp)
-                    send(TOPICS.predictions, codec.encode_predictions(preds))
+                    send(TOPICS.predictions, wire.encode_predictions(preds))
                     preds = []
-                send(TOPICS.labels, codec.encode_labels(labels))
+                send(TOPICS.labels, wire.encode_labels(labels))
                 labels = []
     if preds:
         watermark = max(watermark, preds[-1].timestamp)
-        send(TOPICS.predictions, codec.encode_predictions(preds))
+        send(TOPICS.predictions, wire.encode_predictions(preds))
     if labels:
-        send(TOPICS.labels, codec.encode_labels(labels))
+        send(TOPICS.labels, wire.encode_labels(labels))
     return out
 
 

@@ -21,7 +21,7 @@ import pytest
 from confluent_kafka import Producer
 
 from conftest import read_until, topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.actuator.notify import CountingUnverified, NoNotifier, WebhookNotifier, notifier_for, slack_message
 from mle_stream.actuator.ports import InMemoryRegistry, InMemoryRouting
 from mle_stream.actuator.runner import run_actuator_loop
@@ -249,7 +249,7 @@ def test_the_actuator_loop_notifies_and_survives_a_dead_webhook(
     forged, good = FORGER.sign(command(rule="forged")), command()
     producer = Producer(producer_config(kafka_bootstrap))
     for cmd in (forged, good, good):
-        producer.produce(topics.commands, key=MODEL.encode(), value=codec.encode_command(cmd))
+        producer.produce(topics.commands, key=MODEL.encode(), value=wire.encode_command(cmd))
     producer.flush(10)
     try:
         out = read_until(kafka_bootstrap, [topics.rollout_events], lambda ms: len(ms) >= 3, timeout_s=60)
@@ -259,7 +259,7 @@ def test_the_actuator_loop_notifies_and_survives_a_dead_webhook(
         thread.join(timeout=30)
         notifier.close(timeout_s=10)
     assert not thread.is_alive() and not failure, failure
-    events = [codec.decode_rollout_event(m.value()) for m in out]
+    events = [wire.decode_rollout_event(m.value()) for m in out]
     assert [e.status.value for e in events] == ["REJECTED", "APPLIED", "SKIPPED_DUPLICATE"]
     assert routing.get_weights(MODEL) == {"1": 100, "2": 0}
     if reachable:
@@ -312,7 +312,7 @@ def test_the_actuator_command_posts_to_the_webhook_of_its_environment(
         try:
             producer = Producer(producer_config(kafka_bootstrap))
             for forged in flood:
-                producer.produce(topics.commands, key=MODEL.encode(), value=codec.encode_command(forged))
+                producer.produce(topics.commands, key=MODEL.encode(), value=wire.encode_command(forged))
             producer.flush(10)
             out = read_until(kafka_bootstrap, [topics.rollout_events], lambda ms: len(ms) >= len(flood), timeout_s=90)
             assert len(out) == len(flood), (tmp_path / "actuator.log").read_text()[-3000:]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import read_until, topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.actuator.gitops import GitOpsRouting
 from mle_stream.config import Topics
 from mle_stream.core.commands import command_id
@@ -190,7 +190,7 @@ def test_actuate_applies_a_command_file_once_and_rejects_a_tampered_one(tmp_path
 
     result = mle(*actuate, env=world, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    event = codec.decode_rollout_event(result.stdout.encode())  # the JSON a consumer of rollout events reads
+    event = wire.decode_rollout_event(result.stdout.encode())  # the JSON a consumer of rollout events reads
     assert (event.status.value, event.command_id, event.action) == ("APPLIED", command.command_id, "ROLLBACK")
     assert dict(event.route_weights) == {"1": 100, "2": 0} and (event.champion, event.challenger) == ("1", None)
     manifest, commits, aliases, _, tags_v2 = observed(tmp_path, tracking)
@@ -299,7 +299,7 @@ def test_command_is_published_keyed_by_model_next_to_its_predictions(kafka_boots
     predictions = {m.key(): m.partition() for m in out if m.topic() == topics.predictions}
     assert len(commands) == 2
     for message in commands:
-        command = codec.decode_command(message.value())
+        command = wire.decode_command(message.value())
         assert message.key() == command.model.encode()
         assert VERIFIER.verify(command)
         assert command.kind is CommandKind.APPROVE and dict(command.traffic) == {"1": 50, "2": 50}

@@ -55,13 +55,13 @@ def imported_by(modules: list[str]) -> set[str]:
     return set(json.loads(result.stdout))
 
 
-def test_the_client_and_the_codec_import_none_of_the_components_dependencies() -> None:
-    imported = imported_by(["mle_stream.client", "mle_stream.codec"])
+def test_the_client_and_the_wire_format_import_none_of_the_components_dependencies() -> None:
+    imported = imported_by(["mle_stream.client", "mle_stream.wire"])
     assert {"confluent_kafka", "fastavro", "numpy"} <= imported  # the probe sees real imports
     assert not imported & HEAVY, sorted(imported & HEAVY)
     assert not imported & {"yaml", "cryptography", "prometheus_client", "requests"}, sorted(imported)
     # and the base install's requirements are all they need
-    [base] = run_python(import_with_only(PROJECT["dependencies"], ["mle_stream.client", "mle_stream.codec"]))
+    [base] = run_python(import_with_only(PROJECT["dependencies"], ["mle_stream.client", "mle_stream.wire"]))
     assert base.returncode == 0, base.stderr[-2000:]
 
 

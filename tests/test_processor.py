@@ -2,7 +2,7 @@
 
 import json
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.id_hash import MAX_ID_BYTES
@@ -35,7 +35,7 @@ def window(start: int, candidate_wrong: bool) -> tuple[bytes, bytes]:
         pid = f"{start}-{i}"
         preds.append(Prediction(prediction_id=pid, model="fraud", version=version, timestamp=start + i, score=0.9))
         labels.append(Label(prediction_id=pid, model="fraud", timestamp=start + 900, label=not wrong))
-    return codec.encode_predictions(preds), codec.encode_labels(labels)
+    return wire.encode_predictions(preds), wire.encode_labels(labels)
 
 
 def by_topic(out, topic):
@@ -46,7 +46,7 @@ def test_bad_messages_go_to_dead_letter_with_where_and_why_and_good_data_still_c
     p = processor()
     good_preds, good_labels = window(0, candidate_wrong=False)
     other_preds, _ = window(5000, candidate_wrong=False)
-    unknown = codec.encode_prediction(Prediction(prediction_id="u", model="spam", version="1", timestamp=1, score=0.1))
+    unknown = wire.encode_prediction(Prediction(prediction_id="u", model="spam", version="1", timestamp=1, score=0.1))
     messages = [
         Incoming(TOPICS.predictions, 0, 10, b"{not json"),
         Incoming(TOPICS.predictions, 1, 11, other_preds[:-3]),  # truncated Avro: 59 of 60 readable
@@ -54,7 +54,7 @@ def test_bad_messages_go_to_dead_letter_with_where_and_why_and_good_data_still_c
                  json.dumps({"prediction_id": "x", "model": "fraud", "version": "1"}).encode()),
         Incoming(TOPICS.predictions, 3, 13, unknown),
         Incoming(TOPICS.predictions, 0, 14, good_preds),
-        Incoming(TOPICS.labels, 0, 15, codec.encode_label(Label("p0", "fraud", 1, "cat"))),
+        Incoming(TOPICS.labels, 0, 15, wire.encode_label(Label("p0", "fraud", 1, "cat"))),
         Incoming(TOPICS.labels, 0, 16, good_labels),
     ]
     out = p.process(messages)
@@ -83,14 +83,14 @@ def test_commands_are_signed_and_metrics_published_per_version() -> None:
     for start in (0, 1000, 2000):
         preds, labels = window(start, candidate_wrong=start > 0)
         out += p.process([Incoming(TOPICS.predictions, 0, start, preds), Incoming(TOPICS.labels, 0, start, labels)])
-    snaps = [codec.decode_metric_snapshot(o.value) for o in by_topic(out, TOPICS.metrics)]
+    snaps = [wire.decode_metric_snapshot(o.value) for o in by_topic(out, TOPICS.metrics)]
     closed = [(s.window_start, s.version, s.metrics["error_rate"]) for s in snaps if s.status == "CLOSED"]
     assert closed == [(0, "1", 0.0), (0, "2", 0.0), (1000, "1", 0.0), (1000, "2", 1.0)]
-    commands = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
+    commands = [wire.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
     assert commands == []  # one failing window so far; the rule needs two
     preds, labels = window(3000, candidate_wrong=True)
     out = p.process([Incoming(TOPICS.predictions, 0, 9, preds), Incoming(TOPICS.labels, 0, 9, labels)])
-    commands = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
+    commands = [wire.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
     assert len(commands) == 1 and VERIFIER.verify(commands[0])
     assert not Signer(HMAC_KEY_ID, b"other".ljust(32, b"!")).verifier().verify(commands[0])
     assert by_topic(out, TOPICS.commands)[0].key == b"fraud"
@@ -118,10 +118,10 @@ def test_records_rejected_when_a_batch_is_evaluated_at_once_are_named_by_their_o
                               timestamp=10**12 + 10**9 if i == future else 1000 + i,
                               score=None if i == missing_score else 0.5,
                               value=0.3 if i == missing_score else None) for i in range(4)]  # a regression output
-        return Incoming(TOPICS.predictions, 0, offset, codec.encode_predictions(records))
+        return Incoming(TOPICS.predictions, 0, offset, wire.encode_predictions(records))
 
     labels = [Label(f"21-{i}", "fraud", 2000, "cat" if i == 1 else True) for i in range(4)]
-    out = p.process([preds(20), preds(21, missing_score=2), Incoming(TOPICS.labels, 0, 22, codec.encode_labels(labels)),
+    out = p.process([preds(20), preds(21, missing_score=2), Incoming(TOPICS.labels, 0, 22, wire.encode_labels(labels)),
                      preds(23, future=3)])
     letters = [json.loads(o.value) for o in by_topic(out, TOPICS.dead_letter)]
     assert sorted((d["offset"], d["record_index"], d["field"]) for d in letters) == [
@@ -170,7 +170,7 @@ def test_a_silent_source_holds_on_the_timer_tick_once_signed() -> None:
     clock[0] += 60_000
     assert by_topic(p.tick(), TOPICS.commands) == []  # 60 s is not longer than outage_after
     clock[0] += 1_000
-    commands = [codec.decode_command(o.value) for o in by_topic(p.tick(), TOPICS.commands)]
+    commands = [wire.decode_command(o.value) for o in by_topic(p.tick(), TOPICS.commands)]
     assert [c.kind for c in commands] == [CommandKind.HOLD] and VERIFIER.verify(commands[0])
     assert "no predictions for 61 s" in commands[0].reason and commands[0].traffic == {}
     clock[0] += 60_000
@@ -182,11 +182,11 @@ def test_predictions_the_worker_holds_back_are_not_an_outage() -> None:
     p = after_one_window(clock)
 
     def rules() -> list[str]:
-        return [codec.decode_command(o.value).rule for o in by_topic(p.tick(), TOPICS.commands)]
+        return [wire.decode_command(o.value).rule for o in by_topic(p.tick(), TOPICS.commands)]
 
     for minute in range(3):  # paused for 3 minutes while the labels catch up
         clock[0] += 60_000
-        p.process([Incoming(TOPICS.labels, 0, 2 + minute, codec.encode_labels(
+        p.process([Incoming(TOPICS.labels, 0, 2 + minute, wire.encode_labels(
             [Label(f"other-{minute}", "fraud", 1_000 + minute, True)]))])
         p.hold_back("predictions", ["fraud"])
         assert rules() == []
@@ -207,7 +207,7 @@ def test_a_signed_approve_on_the_commands_topic_steps_a_waiting_rollout_and_a_fo
     for i, start in enumerate((0, 1000)):
         preds, labels = window(start, candidate_wrong=False)
         out += p.process([Incoming(TOPICS.predictions, 0, i, preds), Incoming(TOPICS.labels, 0, i, labels)])
-    (hold,) = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
+    (hold,) = [wire.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
     assert (hold.kind, hold.rule) == (CommandKind.HOLD, "await-approval:step-100")
     approval = Command(command_id="op-1", kind=CommandKind.APPROVE, model="fraud", baseline_version="1",
                        candidate_version="2", traffic={"1": 0, "2": 100}, reason="ok by ana", rule="manual:approve",
@@ -215,14 +215,14 @@ def test_a_signed_approve_on_the_commands_topic_steps_a_waiting_rollout_and_a_fo
     forged = FORGER.sign(approval)
     # The worker's own HOLD read back from the topic is not for it, the forged approval is refused.
     out = p.process([Incoming(TOPICS.commands, 0, 0, by_topic(out, TOPICS.commands)[0].value),
-                     Incoming(TOPICS.commands, 0, 1, codec.encode_command(forged)),
-                     Incoming(TOPICS.commands, 0, 2, codec.encode_command(approval))])  # unsigned
+                     Incoming(TOPICS.commands, 0, 1, wire.encode_command(forged)),
+                     Incoming(TOPICS.commands, 0, 2, wire.encode_command(approval))])  # unsigned
     assert by_topic(out, TOPICS.commands) == []
     letters = [json.loads(o.value) for o in by_topic(out, TOPICS.dead_letter)]
     assert [(d["offset"], d["field"]) for d in letters] == [(1, "signature"), (2, "signature")]
     assert all(d["source_topic"] == TOPICS.commands for d in letters)
-    out = p.process([Incoming(TOPICS.commands, 0, 3, codec.encode_command(SIGNER.sign(approval)))])
-    (promote,) = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
+    out = p.process([Incoming(TOPICS.commands, 0, 3, wire.encode_command(SIGNER.sign(approval)))])
+    (promote,) = [wire.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
     assert promote.kind is CommandKind.PROMOTE and promote.traffic == {"1": 0, "2": 100} and VERIFIER.verify(promote)
     assert json.loads(promote.evidence)["approval"]["reason"] == "ok by ana"
 
@@ -253,15 +253,15 @@ def test_approvals_verify_against_the_operators_keys_and_an_expired_one_is_dead_
 
     expired = ana.sign(approval(now - ana.ttl_ms - 1))  # captured long ago, published again now
     by_worker_key = SIGNER.sign(approval(now - 1000))  # the worker's key does not approve
-    out = p.process([Incoming(TOPICS.commands, 0, 0, codec.encode_command(expired)),
-                     Incoming(TOPICS.commands, 0, 1, codec.encode_command(by_worker_key))])
+    out = p.process([Incoming(TOPICS.commands, 0, 0, wire.encode_command(expired)),
+                     Incoming(TOPICS.commands, 0, 1, wire.encode_command(by_worker_key))])
     assert by_topic(out, TOPICS.commands) == []
     letters = [json.loads(o.value) for o in by_topic(out, TOPICS.dead_letter)]
     assert [(d["offset"], d["field"]) for d in letters] == [(0, "expires_at"), (1, "signature")]
     assert "STALE: expired" in letters[0]["reason"] and "signed by ana" in letters[0]["reason"]
 
-    out = p.process([Incoming(TOPICS.commands, 0, 2, codec.encode_command(ana.sign(approval(now - 1000))))])
-    (promote,) = [codec.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
+    out = p.process([Incoming(TOPICS.commands, 0, 2, wire.encode_command(ana.sign(approval(now - 1000))))])
+    (promote,) = [wire.decode_command(o.value) for o in by_topic(out, TOPICS.commands)]
     assert promote.kind is CommandKind.PROMOTE and SIGNER.verifier().verify(promote)
 
 
@@ -276,10 +276,10 @@ def test_idle_labels_close_on_the_tick_without_input_and_labels_that_arrive_are_
     assert evaluator.clocks().event_time == 900 and evaluator.clocks().predictions == 3059
     assert not [o for o in p.tick() if o.topic == TOPICS.metrics and b"CLOSED" in o.value]
     assert p.set_labels_idle("fraud", True) and not p.set_labels_idle("fraud", True)
-    closed = [codec.decode_metric_snapshot(o.value) for o in p.tick() if o.topic == TOPICS.metrics]
+    closed = [wire.decode_metric_snapshot(o.value) for o in p.tick() if o.topic == TOPICS.metrics]
     starts = {s.window_start for s in closed if s.status == "CLOSED"}
     assert 0 in starts and 3000 not in starts  # closed by the predictions alone, up to their clock
     assert evaluator.clocks().event_time == 3059
     # A label arriving ends the idle period before it is taken in.
-    p.process([Incoming(TOPICS.labels, 0, 1, codec.encode_label(Label("3000-0", "fraud", 3900, True)))])
+    p.process([Incoming(TOPICS.labels, 0, 1, wire.encode_label(Label("3000-0", "fraud", 3900, True)))])
     assert evaluator.labels_idle is False

@@ -20,9 +20,11 @@ import pytest
 from fastavro.schema import fingerprint, load_schema_ordered, to_parsing_canonical_form
 
 from conftest import read_until
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.events import Label, Prediction
+from mle_stream.wire import records as record_path
+from mle_stream.wire.avro_schemas import history
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
@@ -78,21 +80,21 @@ def test_what_fastavro_writes_and_fingerprints_is_read(how: str) -> None:
                 "parse_schema with named_schemas": (0x2097B0DBFBF1FA1F, 0xB249299E5E949463)}[how]
     assert (int.from_bytes(predictions[2:10], "little"), int.from_bytes(labels[2:10], "little")) == expected
 
-    read = codec.decode_prediction_columns(predictions)
+    read = wire.decode_prediction_columns(predictions)
     assert read.ok and read.columns.records() == PREDICTIONS
-    assert codec._prediction_columns(predictions) is not None  # the fast batch reader took it
-    assert codec.decode_predictions(predictions).records == PREDICTIONS
-    read_labels = codec.decode_label_columns(labels)
+    assert record_path._prediction_columns(predictions) is not None  # the fast batch reader took it
+    assert wire.decode_predictions(predictions).records == PREDICTIONS
+    read_labels = wire.decode_label_columns(labels)
     assert read_labels.ok and read_labels.columns.records() == LABELS
-    assert codec.decode_labels(labels).records == LABELS
+    assert wire.decode_labels(labels).records == LABELS
 
 
 def test_a_single_record_fastavro_writes_is_read() -> None:
     prediction = fastavro.parse_schema(json.loads((SCHEMAS / "prediction.avsc").read_text()))
     label = fastavro.parse_schema(json.loads((SCHEMAS / "label.avsc").read_text()))
-    assert codec.decode_prediction_columns(fastavro_message(prediction, dataclasses.asdict(PREDICTIONS[1]))
+    assert wire.decode_prediction_columns(fastavro_message(prediction, dataclasses.asdict(PREDICTIONS[1]))
                                            ).columns.records() == [PREDICTIONS[1]]
-    assert codec.decode_labels(fastavro_message(label, dataclasses.asdict(LABELS[2]))).records == [LABELS[2]]
+    assert wire.decode_labels(fastavro_message(label, dataclasses.asdict(LABELS[2]))).records == [LABELS[2]]
 
 
 # What goavro wrote (tests/goavro/main.go): a Prediction and a PredictionBatch of two. goavro and the
@@ -107,7 +109,7 @@ GOAVRO_MESSAGES = [
 
 
 def test_what_goavro_writes_is_read() -> None:
-    records = [codec.decode_prediction_columns(bytes.fromhex(message)).columns.records()
+    records = [wire.decode_prediction_columns(bytes.fromhex(message)).columns.records()
                for message in GOAVRO_MESSAGES]
     assert records == [
         [Prediction("g1", "fraud", "2", T0, score=0.5, segment={"country": "DE"})],
@@ -169,11 +171,11 @@ def test_java_fingerprints_and_the_java_encoder_of_the_docs_are_read(tmp_path: P
                          check=True, capture_output=True, text=True, timeout=60)
 
     java = {file: int(fp).to_bytes(8, "little") for file, fp in (line.split() for line in run.stdout.splitlines())}
-    ours = {s.file: s.fingerprint for s in [*codec.schemas().values(), *codec._HISTORY["Command"]]}
+    ours = {s.file: s.fingerprint for s in [*wire.schemas().values(), *history("Command")]}
     assert java == ours
     message = (tmp_path / "message").read_bytes()
-    assert message[:10] == codec.AVRO_MARKER + codec.schemas()["PredictionBatch"].fingerprint
-    read = codec.decode_prediction_columns(message)
+    assert message[:10] == wire.AVRO_MARKER + wire.schemas()["PredictionBatch"].fingerprint
+    read = wire.decode_prediction_columns(message)
     assert read.ok and read.columns.records() == [
         Prediction("req-1", "fraud-detector", "2", T0, score=0.91, features={"amount": 120.0, "country": "DE"}),
         Prediction("req-2", "fraud-detector", "2", T0 + 1, score=0.07),
@@ -191,8 +193,8 @@ def test_the_python_producer_of_the_docs_is_read_by_the_worker(kafka_bootstrap: 
     by_topic = {m.topic(): m for m in messages}
     assert len(messages) == 2 and set(by_topic) == {topics.predictions, topics.labels}
     assert {m.key() for m in messages} == {b"fraud-detector"}
-    predictions = codec.decode_prediction_columns(by_topic[topics.predictions].value())
-    labels = codec.decode_label_columns(by_topic[topics.labels].value())
+    predictions = wire.decode_prediction_columns(by_topic[topics.predictions].value())
+    labels = wire.decode_label_columns(by_topic[topics.labels].value())
     assert predictions.ok and labels.ok
     now = int(predictions.columns.timestamp[0])
     assert before <= now <= after

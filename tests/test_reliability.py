@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Producer
 
 from conftest import read_until, topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.events import Command, CommandKind, Label, MetricSnapshot, Prediction
 from mle_stream.core.topology import parse_topology
@@ -64,7 +64,7 @@ def wait_for_windows(kafka_bootstrap: str, topics: Topics, expected: dict, timeo
 
     def converged(messages: list) -> bool:
         for m in messages[decoded[0]:]:
-            s = codec.decode_metric_snapshot(m.value())
+            s = wire.decode_metric_snapshot(m.value())
             if before is None or s.window_start < before:
                 latest[(s.model, s.version, s.segment, s.window_start)] = s
         decoded[0] = len(messages)
@@ -91,7 +91,7 @@ def poison(rng: random.Random, valid: bytes, kind: int) -> bytes:
     if kind == 1:  # cut inside the record (cut after it, the intact record is read and only the end is bad)
         return valid[:rng.randrange(0, len(valid) - 1)]
     if kind == 2:
-        return codec.encode_command(Command(command_id="x", kind=CommandKind.HOLD, model="fraud", baseline_version="1",
+        return wire.encode_command(Command(command_id="x", kind=CommandKind.HOLD, model="fraud", baseline_version="1",
                                             candidate_version="2", traffic={}, reason="", rule="", window_start=0,
                                             window_end=0, evidence="{}", policy_version="", issued_at=0))
     return json.dumps({"records": [{"prediction_id": 7, "model": "fraud"}]}).encode()
@@ -107,17 +107,17 @@ def test_poison_and_duplicate_messages_change_nothing_and_every_bad_one_is_dead_
     # of them delivered twice, and 10,000 bad ones in between.
     valid = []
     for i, m in enumerate(preds):
-        valid.append((topics.predictions, m[0].model, codec.encode_predictions(m)))
+        valid.append((topics.predictions, m[0].model, wire.encode_predictions(m)))
         if i >= len(MODELS):
             valid.append((topics.labels, labels[i - len(MODELS)][0].model,
-                          codec.encode_labels(labels[i - len(MODELS)])))
-    valid += [(topics.labels, m[0].model, codec.encode_labels(m)) for m in labels[-len(MODELS):]]
+                          wire.encode_labels(labels[i - len(MODELS)])))
+    valid += [(topics.labels, m[0].model, wire.encode_labels(m)) for m in labels[-len(MODELS):]]
     stream = []
     for topic, model, value in valid:
         stream.append((topic, model, value, False))
         if rng.random() < 0.1:
             stream.append((topic, model, value, False))
-    single = codec.encode_predictions([Prediction(prediction_id="cut", model="fraud", version="1",
+    single = wire.encode_predictions([Prediction(prediction_id="cut", model="fraud", version="1",
                                                   timestamp=base, score=0.5, features={"x": 1.0})])
     for i in range(10_000):
         stream.insert(rng.randrange(len(stream) + 1),
@@ -140,7 +140,7 @@ def test_poison_and_duplicate_messages_change_nothing_and_every_bad_one_is_dead_
         closing = [[Prediction(prediction_id=f"close-{m}", model=m, version="1", timestamp=base + 45_000, score=0.5)]
                    for m in MODELS]
         for msg in closing:
-            producer.produce(topics.predictions, key=msg[0].model.encode(), value=codec.encode_predictions(msg))
+            producer.produce(topics.predictions, key=msg[0].model.encode(), value=wire.encode_predictions(msg))
         producer.flush(10)
         expected, _ = expected_windows(preds + closing, labels)
         expected = {k: w for k, w in expected.items() if k[3] < base + 40_000}
@@ -177,10 +177,10 @@ def test_sigkills_at_random_points_leave_the_windows_and_decisions_of_an_uninter
     def publish() -> None:  # a steady stream until the kills are done, then a little more
         after = None
         for i, m in enumerate(preds):
-            producer.produce(topics.predictions, key=m[0].model.encode(), value=codec.encode_predictions(m))
+            producer.produce(topics.predictions, key=m[0].model.encode(), value=wire.encode_predictions(m))
             if i >= len(MODELS):
                 lab = labels[i - len(MODELS)]
-                producer.produce(topics.labels, key=lab[0].model.encode(), value=codec.encode_labels(lab))
+                producer.produce(topics.labels, key=lab[0].model.encode(), value=wire.encode_labels(lab))
             producer.flush(10)
             sent[0] = i + 1
             if killed.is_set():
@@ -227,15 +227,15 @@ def test_sigkills_at_random_points_leave_the_windows_and_decisions_of_an_uninter
         closing = [[Prediction(prediction_id=f"close-{m}", model=m, version="1", timestamp=end, score=0.5)]
                    for m in MODELS]
         for lab in last:
-            producer.produce(topics.labels, key=lab[0].model.encode(), value=codec.encode_labels(lab))
+            producer.produce(topics.labels, key=lab[0].model.encode(), value=wire.encode_labels(lab))
         for msg in closing:
-            producer.produce(topics.predictions, key=msg[0].model.encode(), value=codec.encode_predictions(msg))
+            producer.produce(topics.predictions, key=msg[0].model.encode(), value=wire.encode_predictions(msg))
         producer.flush(10)
         expected, decisions = expected_windows(sent_preds + closing, sent_labels + last)
         expected = {k: w for k, w in expected.items() if k[3] < end}
         latest = wait_for_windows(kafka_bootstrap, topics, expected, timeout_s=90, before=end)
         commands = read_until(kafka_bootstrap, [topics.commands],
-                              lambda ms: len({codec.decode_command(m.value()).command_id for m in ms})
+                              lambda ms: len({wire.decode_command(m.value()).command_id for m in ms})
                               >= len(decisions),
                               timeout_s=30)
         assert worker.process is not None and worker.process.poll() is None, worker.text()[-3000:]
@@ -248,7 +248,7 @@ def test_sigkills_at_random_points_leave_the_windows_and_decisions_of_an_uninter
     assert_windows_equal(latest, expected)
     # The decisions are the replay's, each under the replay's id: a decision re-emitted after a
     # crash has the same id (the actuator skips it), never a second one.
-    emitted = [codec.decode_command(m.value()) for m in commands]
+    emitted = [wire.decode_command(m.value()) for m in commands]
     # The test must decide something: fraud's v2 is rolled back (spam's may be too, by chance).
     assert any(d.kind is CommandKind.ROLLBACK and d.model == "fraud" for d in decisions), decisions
     assert {c.command_id for c in emitted} == {d.command_id for d in decisions}

@@ -26,7 +26,7 @@ import pytest
 from confluent_kafka import Producer
 
 from conftest import read_until, topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.events import Prediction
 from mle_stream.core.topology import parse_topology
@@ -103,10 +103,10 @@ def test_a_worker_joining_and_one_leaving_mid_run_end_with_the_single_worker_res
     def publish() -> None:  # a steady stream until both rebalances are done, then a little more
         after = None
         for i, m in enumerate(preds):
-            send(topics.predictions, m[0].model, codec.encode_predictions(m))
+            send(topics.predictions, m[0].model, wire.encode_predictions(m))
             if i >= len(MODELS):  # a window's labels after the next window's predictions
                 lab = labels[i - len(MODELS)]
-                send(topics.labels, lab[0].model, codec.encode_labels(lab))
+                send(topics.labels, lab[0].model, wire.encode_labels(lab))
             producer.flush(10)
             sent[0] = i + 1
             if moved.is_set():
@@ -154,9 +154,9 @@ def test_a_worker_joining_and_one_leaving_mid_run_end_with_the_single_worker_res
         closing = [[Prediction(prediction_id=f"close-{m}", model=m, version="1", timestamp=end + grace, score=0.5)]
                    for m in MODELS]
         for lab in last:
-            send(topics.labels, lab[0].model, codec.encode_labels(lab))
+            send(topics.labels, lab[0].model, wire.encode_labels(lab))
         for msg in closing:
-            send(topics.predictions, msg[0].model, codec.encode_predictions(msg))
+            send(topics.predictions, msg[0].model, wire.encode_predictions(msg))
         assert producer.flush(10) == 0
         result = replay([p for m in sent_preds + closing for p in m], [x for m in sent_labels + last for x in m],
                         {m: parse_topology(RELIABILITY_TOPOLOGY.format(model=m)) for m in MODELS})
@@ -166,7 +166,7 @@ def test_a_worker_joining_and_one_leaving_mid_run_end_with_the_single_worker_res
         converged = threading.Event()  # the windows are the replay's: B has processed every message
         with ThreadPoolExecutor(1) as pool:  # both readers join a consumer group: ~3 s each here, at once
             reading_commands = pool.submit(read_until, kafka_bootstrap, [topics.commands], lambda ms: converged.is_set()
-                                           and want <= {codec.decode_command(m.value()).command_id for m in ms}, 70)
+                                           and want <= {wire.decode_command(m.value()).command_id for m in ms}, 70)
             try:
                 latest = wait_for_windows(kafka_bootstrap, topics, expected, timeout_s=60, before=end)
             finally:
@@ -210,7 +210,7 @@ def test_a_worker_joining_and_one_leaving_mid_run_end_with_the_single_worker_res
 
     assert_windows_equal(latest, expected)
     # The decisions are the replay's, each under the replay's id, none emitted under two ids.
-    emitted = [codec.decode_command(m.value()) for m in commands]
+    emitted = [wire.decode_command(m.value()) for m in commands]
     assert len({d.model for d in decisions}) >= 2, f"the test must decide something: {decisions}"
     assert {c.command_id for c in emitted} == want
     ids: dict[tuple, set[str]] = {}

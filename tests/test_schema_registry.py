@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import read_until, topic_env
-from mle_stream import codec, confluent
+from mle_stream import wire
 from mle_stream.actuator.ports import InMemoryRegistry, InMemoryRouting
 from mle_stream.actuator.runner import run_actuator_loop
 from mle_stream.actuator.service import Actuator
@@ -39,19 +39,20 @@ from mle_stream.core.topology import parse_topology
 from mle_stream.errors import ConfigError, InvalidEvent
 from mle_stream.kafka import producer_config
 from mle_stream.keys import HMAC_KEY_ID
-from mle_stream.output_framing import ConfluentOutputs
 from mle_stream.retry import Backoff
-from mle_stream.schema_registry import (
+from mle_stream.status.feed import StatusFeed
+from mle_stream.status.model import StatusBoard
+from mle_stream.stream.checkpoints import CheckpointedProcessor
+from mle_stream.stream.processor import Incoming, StreamProcessor
+from mle_stream.wire import confluent
+from mle_stream.wire.output_framing import ConfluentOutputs
+from mle_stream.wire.schema_registry import (
     UNKNOWN_ID_TTL_S,
     RegistryUnavailable,
     SchemaNotFound,
     SchemaRegistryClient,
     SchemaRegistrySettings,
 )
-from mle_stream.status.feed import StatusFeed
-from mle_stream.status.model import StatusBoard
-from mle_stream.stream.checkpoints import CheckpointedProcessor
-from mle_stream.stream.processor import Incoming, StreamProcessor
 from schema_registry_server import SchemaRegistry
 from secured_broker import KEY_PASSWORD, make_pki
 from worker_process import TOPOLOGY, Worker, traffic
@@ -106,18 +107,18 @@ LABELS = [Label("p1", "fraud", 2_000, True), Label("p2", "fraud", 2_010, "b"), L
 
 def test_what_confluents_serializer_writes_is_read_as_batches_and_single_records() -> None:
     with SchemaRegistry() as registry:
-        batch = serialize(registry, PREDICTION_BATCH, {"records": [codec.to_json_dict(p) for p in PREDICTIONS]})
-        single = serialize(registry, PREDICTION, codec.to_json_dict(PREDICTIONS[1]))
-        labels = serialize(registry, LABEL_BATCH, {"records": [codec.to_json_dict(x) for x in LABELS]}, "labels")
+        batch = serialize(registry, PREDICTION_BATCH, {"records": [wire.to_json_dict(p) for p in PREDICTIONS]})
+        single = serialize(registry, PREDICTION, wire.to_json_dict(PREDICTIONS[1]))
+        labels = serialize(registry, LABEL_BATCH, {"records": [wire.to_json_dict(x) for x in LABELS]}, "labels")
         lookup = ours(registry)
         assert batch[:1] == b"\x00" and int.from_bytes(batch[1:5], "big") == 1
 
-        columns = codec.decode_prediction_columns(batch, lookup)
+        columns = wire.decode_prediction_columns(batch, lookup)
         assert columns.ok and columns.columns.records() == PREDICTIONS
-        assert codec.decode_predictions(batch, lookup).records == PREDICTIONS
-        assert codec.decode_predictions(single, lookup).records == [PREDICTIONS[1]]
-        assert codec.decode_label_columns(labels, lookup).columns.records() == LABELS
-        assert codec.decode_labels(labels, lookup).records == LABELS
+        assert wire.decode_predictions(batch, lookup).records == PREDICTIONS
+        assert wire.decode_predictions(single, lookup).records == [PREDICTIONS[1]]
+        assert wire.decode_label_columns(labels, lookup).columns.records() == LABELS
+        assert wire.decode_labels(labels, lookup).records == LABELS
         # Each writer schema is fetched once: ids are immutable.
         assert sorted(r for r in registry.requests if r.startswith("GET /schemas")) == [
             "GET /schemas/ids/1", "GET /schemas/ids/2", "GET /schemas/ids/3"]
@@ -139,58 +140,58 @@ def _java_strings(node: Any) -> Any:
 def test_a_schema_as_java_registers_it_is_ours_by_canonical_form_and_takes_the_fast_reader() -> None:
     java = _java_strings(PREDICTION_BATCH)
     assert "avro.java.string" in json.dumps(java)
-    schemas = codec.schemas()
-    resolution = confluent.resolve(json.dumps(java), codec._reader(schemas["Prediction"]),
-                                   codec._reader(schemas["PredictionBatch"]))
+    schemas = wire.schemas()
+    resolution = confluent.resolve(json.dumps(java), confluent.reader_schema(schemas["Prediction"]),
+                                   confluent.reader_schema(schemas["PredictionBatch"]))
     assert resolution.reader.name == "PredictionBatch" and resolution.writer is None  # no resolution needed
     with SchemaRegistry() as registry:
-        raw = serialize(registry, java, {"records": [codec.to_json_dict(p) for p in PREDICTIONS]})
-        assert codec.decode_prediction_columns(raw, ours(registry)).columns.records() == PREDICTIONS
+        raw = serialize(registry, java, {"records": [wire.to_json_dict(p) for p in PREDICTIONS]})
+        assert wire.decode_prediction_columns(raw, ours(registry)).columns.records() == PREDICTIONS
 
 
 def test_an_evolved_writer_schema_with_an_extra_optional_field_is_read() -> None:
     with SchemaRegistry() as registry:
-        datum = {**codec.to_json_dict(PREDICTIONS[0]), "region": "eu-west"}
+        datum = {**wire.to_json_dict(PREDICTIONS[0]), "region": "eu-west"}
         raw = serialize(registry, EVOLVED, datum)
         batch = serialize(registry, _batch_of("prediction_batch.avsc", EVOLVED),
-                          {"records": [datum, {**codec.to_json_dict(PREDICTIONS[2]), "region": None}]})
+                          {"records": [datum, {**wire.to_json_dict(PREDICTIONS[2]), "region": None}]})
         lookup = ours(registry)
-        assert codec.decode_prediction_columns(raw, lookup).columns.records() == [PREDICTIONS[0]]
-        assert codec.decode_prediction_columns(batch, lookup).columns.records() == [PREDICTIONS[0], PREDICTIONS[2]]
+        assert wire.decode_prediction_columns(raw, lookup).columns.records() == [PREDICTIONS[0]]
+        assert wire.decode_prediction_columns(batch, lookup).columns.records() == [PREDICTIONS[0], PREDICTIONS[2]]
 
 
 def test_an_incompatible_writer_schema_or_an_unknown_id_is_an_error_naming_subject_id_and_field() -> None:
     with SchemaRegistry() as registry:
-        raw = serialize(registry, INCOMPATIBLE, {**codec.to_json_dict(PREDICTIONS[0]), "score": "high"})
+        raw = serialize(registry, INCOMPATIBLE, {**wire.to_json_dict(PREDICTIONS[0]), "score": "high"})
         lookup = ours(registry)
         for _ in range(3):
-            [error] = codec.decode_prediction_columns(raw, lookup).errors
+            [error] = wire.decode_prediction_columns(raw, lookup).errors
             assert error.index is None
             assert f"schema id 1 (subjects: {TOPIC}-value (version 1))" in error.reason
             assert "field 'score': the writer's string is none of the reader's [null, double]" in error.reason
         # Asked once, not once per message: a producer with an incompatible schema sends many.
         assert registry.requests.count("GET /schemas/ids/1/versions") == 1
         # A label schema on the predictions topic: the record names differ.
-        label = serialize(registry, LABEL, codec.to_json_dict(LABELS[0]), "labels")
-        [error] = codec.decode_predictions(label, lookup).errors
+        label = serialize(registry, LABEL, wire.to_json_dict(LABELS[0]), "labels")
+        [error] = wire.decode_predictions(label, lookup).errors
         assert "subjects: labels-value (version 1)" in error.reason
         assert "the writer's record io.mlestream.Label is not the reader's io.mlestream.Prediction" in error.reason
 
         deep = registry.register("deep-value", '{"type": "array", "items": ' * 5000 + '"long"' + "}" * 5000)
-        [error] = codec.decode_predictions(b"\x00" + deep.to_bytes(4, "big") + b"\x00", lookup).errors
+        [error] = wire.decode_predictions(b"\x00" + deep.to_bytes(4, "big") + b"\x00", lookup).errors
         assert "subjects: deep-value (version 1)) is nested too deeply to be read" in error.reason
 
         unknown = b"\x00" + (4242).to_bytes(4, "big") + raw[5:]
-        [error] = codec.decode_label_columns(unknown, lookup).errors
+        [error] = wire.decode_label_columns(unknown, lookup).errors
         assert "knows no schema id 4242" in error.reason and "404" in error.reason
         # Random ids from whoever writes to the topic cost one request per id and minute, not per message.
         for _ in range(5):
-            [error] = codec.decode_label_columns(unknown, lookup).errors
+            [error] = wire.decode_label_columns(unknown, lookup).errors
             assert "knows no schema id 4242" in error.reason and "asked again after 60 s" in error.reason
         assert registry.requests.count("GET /schemas/ids/4242") == 1
-        [error] = codec.decode_predictions(raw).errors  # no registry configured
+        [error] = wire.decode_predictions(raw).errors  # no registry configured
         assert "schema id 1" in error.reason and "set MLE_SCHEMA_REGISTRY_URL" in error.reason
-        [error] = codec.decode_predictions(b"\x00\x00\x01", lookup).errors
+        [error] = wire.decode_predictions(b"\x00\x00\x01", lookup).errors
         assert "truncated Confluent Schema Registry message: 3 bytes" in error.reason
 
 
@@ -204,11 +205,11 @@ def test_garbage_after_a_zero_byte_never_raises() -> None:
         @given(garbage=st.binary(max_size=300), known=st.sampled_from([None, *ids]))
         def decode_all(garbage: bytes, known: bytes | None) -> None:
             payload = b"\x00" + (garbage if known is None else known + garbage)
-            for decode in (codec.decode_prediction_columns, codec.decode_label_columns, codec.decode_predictions,
-                           codec.decode_labels):
+            for decode in (wire.decode_prediction_columns, wire.decode_label_columns, wire.decode_predictions,
+                           wire.decode_labels):
                 result = decode(payload, lookup)
                 assert all(e.reason for e in result.errors)
-            for decode_one in (codec.decode_command, codec.decode_rollout_event, codec.decode_metric_snapshot):
+            for decode_one in (wire.decode_command, wire.decode_rollout_event, wire.decode_metric_snapshot):
                 try:
                     decode_one(payload, lookup)
                 except InvalidEvent as exc:  # the single-event decoders' one way to refuse
@@ -227,7 +228,7 @@ def test_a_registry_that_does_not_answer_is_waited_for_and_never_costs_a_dead_le
         caplog: pytest.LogCaptureFixture) -> None:
     port = _free_port()
     with SchemaRegistry() as source:  # the bytes, from a registry that then goes away
-        raw = serialize(source, PREDICTION_BATCH, {"records": [codec.to_json_dict(p) for p in PREDICTIONS]})
+        raw = serialize(source, PREDICTION_BATCH, {"records": [wire.to_json_dict(p) for p in PREDICTIONS]})
     failures: list[str] = []
     lookup = SchemaRegistryClient(SchemaRegistrySettings(f"http://127.0.0.1:{port}", USER_INFO),
                                   backoff=Backoff(1, 0.05, 0.2), on_retry=failures.append)
@@ -242,7 +243,7 @@ def test_a_registry_that_does_not_answer_is_waited_for_and_never_costs_a_dead_le
     timer.start()
     try:
         with caplog.at_level(logging.WARNING, "mle_stream.schema_registry"):
-            result = codec.decode_prediction_columns(raw, lookup)
+            result = wire.decode_prediction_columns(raw, lookup)
     finally:
         timer.join()
         for late in started:
@@ -321,9 +322,9 @@ def test_settings_read_the_registry_from_the_environment_and_refuse_what_cannot_
 def test_outputs_in_confluent_framing_are_what_confluents_deserializer_reads_and_so_do_our_decoders() -> None:
     from test_codec import command, rollout_event, snapshot
 
-    events = {"metrics": (snapshot(), codec.encode_metric_snapshot, codec.decode_metric_snapshot),
-              "commands": (command(), codec.encode_command, codec.decode_command),
-              "rollouts": (rollout_event(), codec.encode_rollout_event, codec.decode_rollout_event)}
+    events = {"metrics": (snapshot(), wire.encode_metric_snapshot, wire.decode_metric_snapshot),
+              "commands": (command(), wire.encode_command, wire.decode_command),
+              "rollouts": (rollout_event(), wire.encode_rollout_event, wire.decode_rollout_event)}
     with SchemaRegistry() as registry:
         outputs = ConfluentOutputs(ours(registry), {"metrics": "MetricSnapshot", "commands": "Command",
                                                     "rollouts": "RolloutEvent"})
@@ -336,16 +337,16 @@ def test_outputs_in_confluent_framing_are_what_confluents_deserializer_reads_and
             schema_id = registry.subjects[f"{topic}-value"][0]
             assert framed[:5] == b"\x00" + schema_id.to_bytes(4, "big")
             datum = deserializer(framed, SerializationContext(topic, MessageField.VALUE))
-            assert datum == codec.to_json_dict(event)
+            assert datum == wire.to_json_dict(event)
             assert decode(framed, lookup) == event
             with pytest.raises(InvalidEvent, match="set MLE_SCHEMA_REGISTRY_URL"):
                 decode(framed)
         # What the worker has not registered, or a dead letter's JSON, stays as it is.
-        assert outputs.frame("other", codec.encode_command(command()))[:2] == codec.AVRO_MARKER
+        assert outputs.frame("other", wire.encode_command(command()))[:2] == wire.AVRO_MARKER
         assert outputs.frame("metrics", b'{"reason": "x"}') == b'{"reason": "x"}'
 
         # The worker reads framed commands (operators' APPROVEs) with its registry, and says what is missing without.
-        framed = outputs.frame("commands", codec.encode_command(command()))
+        framed = outputs.frame("commands", wire.encode_command(command()))
         signer = Signer(HMAC_KEY_ID, b"k" * 32)
         topologies = {"fraud": parse_topology(TOPOLOGY.format(model="fraud"))}
         assert StreamProcessor(topologies, Topics(), signer, registry=lookup).process(
@@ -364,7 +365,7 @@ def test_the_actuator_applies_a_framed_command_and_writes_its_rollout_event_fram
         lookup = ours(registry)
         command = SIGNER.sign(rollback("framed"))
         framed = ConfluentOutputs(lookup, {topics.commands: "Command"}).frame(topics.commands,
-                                                                               codec.encode_command(command))
+                                                                               wire.encode_command(command))
         producer = Producer(producer_config(kafka_bootstrap))
         producer.produce(topics.commands, key=b"fraud-detector", value=framed)
         assert producer.flush(10) == 0
@@ -379,7 +380,7 @@ def test_the_actuator_applies_a_framed_command_and_writes_its_rollout_event_fram
             stop.set()
             loop.join(timeout=30)
         assert message.value()[:1] == b"\x00"
-        event = codec.decode_rollout_event(message.value(), lookup)
+        event = wire.decode_rollout_event(message.value(), lookup)
     assert (event.command_id, event.status.value) == (command.command_id, "APPLIED")
     assert routing.get_weights("fraud-detector") == {"1": 100, "2": 0}
 
@@ -410,14 +411,14 @@ def test_a_worker_process_reads_confluent_framed_traffic_over_the_broker(
 
             # First, so that its window is still open: a newer producer's prediction.
             evolved = Prediction("evolved-1", "fraud", "1", base + 500, score=0.9)
-            send(topics.predictions, serialize(registry, EVOLVED, {**codec.to_json_dict(evolved), "region": "eu"},
+            send(topics.predictions, serialize(registry, EVOLVED, {**wire.to_json_dict(evolved), "region": "eu"},
                                                topics.predictions))
             for pm, lm in zip(preds, labels):
-                send(topics.predictions, batch({"records": [codec.to_json_dict(p) for p in pm]},
+                send(topics.predictions, batch({"records": [wire.to_json_dict(p) for p in pm]},
                                                SerializationContext(topics.predictions, MessageField.VALUE)))
-                send(topics.labels, label_batch({"records": [codec.to_json_dict(x) for x in lm]},
+                send(topics.labels, label_batch({"records": [wire.to_json_dict(x) for x in lm]},
                                                 SerializationContext(topics.labels, MessageField.VALUE)))
-            send(topics.predictions, serialize(registry, INCOMPATIBLE, {**codec.to_json_dict(evolved), "score": "x"},
+            send(topics.predictions, serialize(registry, INCOMPATIBLE, {**wire.to_json_dict(evolved), "score": "x"},
                                                topics.predictions))
             send(topics.predictions, b"\x00\x00\x00\x10\x00" + b"\x02")  # schema id 4096: unknown
             assert producer.flush(30) == 0
@@ -428,7 +429,7 @@ def test_a_worker_process_reads_confluent_framed_traffic_over_the_broker(
             def closed(messages: list[Any]) -> dict[int, int]:
                 out: dict[int, int] = {}
                 for m in messages:
-                    s = codec.decode_metric_snapshot(m.value(), lookup)
+                    s = wire.decode_metric_snapshot(m.value(), lookup)
                     if s.status == "CLOSED" and s.segment is None:
                         out[s.window_start] = out.get(s.window_start, 0) + s.predictions
                 return out

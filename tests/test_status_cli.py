@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Producer
 
 from conftest import topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.events import CommandKind, DriftTable, RolloutStatus
 from mle_stream.status.server import start_status_page
@@ -41,17 +41,17 @@ def test_status_reads_the_topics_into_json_and_tables(kafka_bootstrap: str, topi
     key = M.encode()
     # Published 3 hours ago (by its timestamp): read, except with --since 1h.
     producer.produce(topics.drift, key=key, timestamp=int(time.time() * 1000) - 3 * 3_600_000,
-                     value=codec.encode_drift_table(DriftTable(
+                     value=wire.encode_drift_table(DriftTable(
                          model=M, version="2", role="candidate", window_start=0, window_end=5000, status="CLOSED",
                          reference="v1", features={}, drifted=(), drifted_share=None)))
     for i in range(3):
-        producer.produce(topics.metrics, key=key, value=codec.encode_metric_snapshot(snapshot("1", i * 5000, 0.08)))
-        producer.produce(topics.metrics, key=key, value=codec.encode_metric_snapshot(
+        producer.produce(topics.metrics, key=key, value=wire.encode_metric_snapshot(snapshot("1", i * 5000, 0.08)))
+        producer.produce(topics.metrics, key=key, value=wire.encode_metric_snapshot(
             snapshot("2", i * 5000, 0.2, verdict="FAIL")))
     rollback = command(CommandKind.ROLLBACK, 20_000)
-    producer.produce(topics.commands, key=key, value=codec.encode_command(rollback))
+    producer.produce(topics.commands, key=key, value=wire.encode_command(rollback))
     producer.produce(topics.commands, key=key, value=b"not a command")  # skipped, with a log line
-    producer.produce(topics.rollout_events, key=key, value=codec.encode_rollout_event(event(rollback, 21_000)))
+    producer.produce(topics.rollout_events, key=key, value=wire.encode_rollout_event(event(rollback, 21_000)))
     assert producer.flush(10) == 0
 
     result = status(kafka_bootstrap, topics, "--json")
@@ -97,25 +97,25 @@ def publish_flood(bootstrap: str, topics: Topics) -> dict[str, int]:
     rollback's report out when it is read before the rollback (test_status_trust shows that)."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
     rollback = command(CommandKind.ROLLBACK, 20_000)
-    producer.produce(topics.commands, key=M.encode(), value=codec.encode_command(rollback))
-    producer.produce(topics.rollout_events, key=M.encode(), value=codec.encode_rollout_event(event(rollback, 21_000)))
+    producer.produce(topics.commands, key=M.encode(), value=wire.encode_command(rollback))
+    producer.produce(topics.rollout_events, key=M.encode(), value=wire.encode_rollout_event(event(rollback, 21_000)))
     for i in range(FLOOD):
         name = f"forged-{i}" if i % 2 == 0 else M
         forged = command(CommandKind.PROMOTE, 30_000 + i, 100, key=None, model=name, command_id=f"f{i}")
-        producer.produce(topics.commands, key=name.encode(), value=codec.encode_command(forged))
+        producer.produce(topics.commands, key=name.encode(), value=wire.encode_command(forged))
         # What the actuator publishes when it rejects one: a rollout event naming the forged model.
-        producer.produce(topics.rollout_events, key=name.encode(), value=codec.encode_rollout_event(
+        producer.produce(topics.rollout_events, key=name.encode(), value=wire.encode_rollout_event(
             dataclasses.replace(event(forged, 30_500 + i, RolloutStatus.REJECTED), model=name)))
         if i % 10 == 0:
-            producer.produce(topics.metrics, key=name.encode(), value=codec.encode_metric_snapshot(
+            producer.produce(topics.metrics, key=name.encode(), value=wire.encode_metric_snapshot(
                 dataclasses.replace(snapshot("2", i * 5000, 0.5), model=f"forged-{i}")))
     for forged in (command(CommandKind.APPROVE, 40_000, 50, key=None),
                    command(CommandKind.PROMOTE, 41_000, 100, key=b"another key, not the trusted one: forged")):
-        producer.produce(topics.commands, key=M.encode(), value=codec.encode_command(forged))
+        producer.produce(topics.commands, key=M.encode(), value=wire.encode_command(forged))
     for _ in range(GARBAGE):
         producer.produce(topics.commands, key=M.encode(), value=b"\x00garbage")
     for i in range(STRAYS):  # "M promoted", reported for commands nobody signed
-        producer.produce(topics.rollout_events, key=M.encode(), value=codec.encode_rollout_event(dataclasses.replace(
+        producer.produce(topics.rollout_events, key=M.encode(), value=wire.encode_rollout_event(dataclasses.replace(
             event(rollback, 50_000 + i), event_id=f"stray-{i}", command_id=f"stray-{i}", action="PROMOTE",
             route_weights={"2": 100, f"{i}": 0}, champion="2")))
     assert producer.flush(30) == 0

@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka import Producer
 
 from conftest import topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.events import Command, CommandKind
 from mle_stream.core.signing import Signer
@@ -115,7 +115,7 @@ def publish_forgeries(bootstrap: str, topics: Topics) -> None:
                 FORGER.sign(forged("fraud-detector", CommandKind.PROMOTE, -2))]
     commands += [forged(f"forged-model-{i}", CommandKind.PROMOTE, i) for i in range(FORGED)]
     for c in commands:
-        producer.produce(topics.commands, key=c.model.encode(), value=codec.encode_command(c))
+        producer.produce(topics.commands, key=c.model.encode(), value=wire.encode_command(c))
     assert producer.flush(10) == 0
 
 

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import read_until, topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.actuator.ports import InMemoryRouting
 from mle_stream.actuator.runner import run_actuator_loop
 from mle_stream.actuator.service import Actuator
@@ -86,7 +86,7 @@ def window(start: int, candidate_wrong: bool, n: int = 60) -> tuple[bytes, bytes
                                 latency_ms=float(i)))
         labels.append(Label(prediction_id=pid, model="fraud", timestamp=start + 900,
                             label=not (candidate_wrong and version == "2")))
-    return codec.encode_predictions(preds), codec.encode_labels(labels)
+    return wire.encode_predictions(preds), wire.encode_labels(labels)
 
 
 class Worker:
@@ -114,7 +114,7 @@ def test_records_messages_and_dead_letters_are_counted_by_model_topic_and_reason
     w = Worker()
     preds, labels = window(0, candidate_wrong=False)
     other, _ = window(5000, candidate_wrong=False)
-    unknown = codec.encode_prediction(Prediction(prediction_id="u", model="spam", version="1", timestamp=1, score=0.1))
+    unknown = wire.encode_prediction(Prediction(prediction_id="u", model="spam", version="1", timestamp=1, score=0.1))
     w.batch([
         Incoming(TOPICS.predictions, 0, 10, b"{not json"),  # undecodable message
         Incoming(TOPICS.predictions, 1, 11, other[:-3]),  # truncated: 59 records read, 1 undecodable
@@ -122,7 +122,7 @@ def test_records_messages_and_dead_letters_are_counted_by_model_topic_and_reason
         Incoming(TOPICS.predictions, 0, 14, preds),
     ])
     w.batch([
-        Incoming(TOPICS.labels, 0, 15, codec.encode_label(Label("p0", "fraud", 1, "cat"))),  # rejected by the model
+        Incoming(TOPICS.labels, 0, 15, wire.encode_label(Label("p0", "fraud", 1, "cat"))),  # rejected by the model
         Incoming(TOPICS.labels, 0, 16, labels),
         Incoming("elsewhere", 0, 1, b"x"),
     ])
@@ -150,7 +150,7 @@ def test_window_gauges_equal_the_published_snapshots_and_verdicts_and_commands_a
         w.batch([Incoming(TOPICS.predictions, 0, start, preds), Incoming(TOPICS.labels, 0, start + 1, labels)])
     got = samples(w.metrics.registry)
 
-    snapshots = [codec.decode_metric_snapshot(o.value) for o in w.out if o.topic == TOPICS.metrics]
+    snapshots = [wire.decode_metric_snapshot(o.value) for o in w.out if o.topic == TOPICS.metrics]
     closed = [s for s in snapshots if s.status == "CLOSED" and s.segment is None]
     assert [(s.window_start, s.version) for s in closed] == [(t, v) for t in (0, 1000, 2000) for v in ("1", "2")]
     last = {s.version: s for s in closed}  # the window 2000..3000 of each version
@@ -169,7 +169,7 @@ def test_window_gauges_equal_the_published_snapshots_and_verdicts_and_commands_a
     verdicts = by_label(got, "mle_stream_verdicts_total", "verdict")
     assert verdicts == dict(Counter(s.verdict for s in closed if s.role == "candidate"))
     assert verdicts == {"PASS": 1, "FAIL": 2}
-    commands = [codec.decode_command(o.value) for o in w.out if o.topic == TOPICS.commands]
+    commands = [wire.decode_command(o.value) for o in w.out if o.topic == TOPICS.commands]
     assert [c.kind.value for c in commands] == ["ROLLBACK"]
     assert value(got, "mle_stream_commands_emitted_total", model="fraud", kind="ROLLBACK") == 1
 
@@ -181,7 +181,7 @@ def test_a_hold_the_timer_emits_is_counted_with_its_message() -> None:
     preds, labels = window(0, candidate_wrong=False)
     w.batch([Incoming(TOPICS.predictions, 0, 0, preds), Incoming(TOPICS.labels, 0, 1, labels)])
     clock[0] += 61_000  # a silent source, for longer than decision.outage_after
-    assert [codec.decode_command(o.value).kind.value for o in w.tick()] == ["HOLD"]
+    assert [wire.decode_command(o.value).kind.value for o in w.tick()] == ["HOLD"]
     got = samples(w.metrics.registry)
     assert by_label(got, "mle_stream_commands_emitted_total", "kind") == {"HOLD": 1}
     assert value(got, "mle_stream_output_messages_total", topic=TOPICS.commands) == 1
@@ -194,7 +194,7 @@ def test_forged_approvals_are_counted_as_unverified_commands_without_their_model
         forged = Command(command_id=f"f{i}", kind=CommandKind.APPROVE, model=f"forged-{i}", baseline_version="1",
                          candidate_version="2", traffic={"1": 50, "2": 50}, reason="trust me", rule="r",
                          window_start=0, window_end=1, evidence="{}", policy_version="p", issued_at=1)
-        w.batch([Incoming(TOPICS.commands, 0, i, codec.encode_command(FORGER.sign(forged) if i % 2 else
+        w.batch([Incoming(TOPICS.commands, 0, i, wire.encode_command(FORGER.sign(forged) if i % 2 else
                                                                       forged))])
     got = samples(w.metrics.registry)
     assert value(got, "mle_stream_unverified_commands_total", topic=TOPICS.commands, component="worker") == 50
@@ -207,8 +207,8 @@ def test_a_window_without_a_value_exposes_nan_and_other_versions_no_gauge() -> N
     preds = [Prediction(prediction_id=f"p{i}", model="fraud", version=v, timestamp=i, score=0.5)
              for i, v in enumerate(["1", "2", "7"] * 5)]
     closer = Prediction(prediction_id="late", model="fraud", version="1", timestamp=1000, score=0.5)
-    w.batch([Incoming(TOPICS.predictions, 0, 0, codec.encode_predictions(preds + [closer])),
-             Incoming(TOPICS.labels, 0, 0, codec.encode_labels([Label("late", "fraud", 1000, True)]))])
+    w.batch([Incoming(TOPICS.predictions, 0, 0, wire.encode_predictions(preds + [closer])),
+             Incoming(TOPICS.labels, 0, 0, wire.encode_labels([Label("late", "fraud", 1000, True)]))])
     got = samples(w.metrics.registry)
     roles = {dict(k)["role"] for (n, k) in got if n == "mle_stream_window_metric"}
     assert roles == {"baseline", "candidate"}  # version 7 ("other") comes from the input: no gauge for it
@@ -401,10 +401,10 @@ def test_the_worker_serves_its_metrics_over_http(tmp_path: Path, kafka_bootstrap
         base = (int(time.time() * 1000) - 60_000) // 2000 * 2000
         for w, candidate_error_rate in enumerate((0.1, 0.5, 0.5)):  # 40 predictions per version and window
             preds, labels = worker_window(base + w * 2000, {"1": 0.1, "2": candidate_error_rate})
-            producer.produce(topics.predictions, key=b"fraud", value=codec.encode_predictions(preds))
-            producer.produce(topics.labels, key=b"fraud", value=codec.encode_labels(labels))
+            producer.produce(topics.predictions, key=b"fraud", value=wire.encode_predictions(preds))
+            producer.produce(topics.labels, key=b"fraud", value=wire.encode_labels(labels))
         tick = Prediction(prediction_id="tick", model="fraud", version="1", timestamp=base + 6000, score=0.9)
-        producer.produce(topics.predictions, key=b"fraud", value=codec.encode_prediction(tick))
+        producer.produce(topics.predictions, key=b"fraud", value=wire.encode_prediction(tick))
         producer.produce(topics.predictions, key=b"fraud", value=b"{junk")
         producer.flush(10)
 
@@ -447,8 +447,8 @@ def test_the_actuator_serves_its_metrics_over_http(tmp_path: Path, kafka_bootstr
                                    env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         producer = Producer(producer_config(kafka_bootstrap))
-        for payload in (codec.encode_command(FORGER.sign(rollback("forged"))), b"\x00garbage",
-                        codec.encode_command(hold), codec.encode_command(hold)):
+        for payload in (wire.encode_command(FORGER.sign(rollback("forged"))), b"\x00garbage",
+                        wire.encode_command(hold), wire.encode_command(hold)):
             producer.produce(topics.commands, key=b"fraud-detector", value=payload)
         producer.flush(10)
         got = scrape_until(port, lambda s: sum(by_label(s, "mle_stream_actuator_outcomes_total", "status").values())
@@ -480,7 +480,7 @@ def test_redeliveries_of_a_command_failing_on_transient_errors_are_counted(kafka
     thread.start()
     producer = Producer(producer_config(kafka_bootstrap))
     producer.produce(topics.commands, key=b"fraud-detector",
-                     value=codec.encode_command(SIGNER.sign(rollback("outage"))))
+                     value=wire.encode_command(SIGNER.sign(rollback("outage"))))
     producer.flush(10)
     try:
         deadline = time.monotonic() + 30

@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Producer
 
 from conftest import read_until, topic_env
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.signing import Signer
@@ -89,7 +89,7 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
         b"{oops": "not JSON",
         b"\xc3\x01" + b"\x00" * 8 + b"junk": "fingerprint",
         json.dumps({"prediction_id": "x", "model": "fraud", "version": "1", "score": 0.5}).encode(): "timestamp",
-        codec.encode_prediction(Prediction(prediction_id="s", model="spam", version="1", timestamp=1, score=0.1)):
+        wire.encode_prediction(Prediction(prediction_id="s", model="spam", version="1", timestamp=1, score=0.1)):
             "no topology for model 'spam'",
     }
     for payload in bad:
@@ -103,12 +103,12 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
         preds, labels = window(base + w * 2000, rate)
         all_preds += preds
         all_labels += labels
-        producer.produce(topics.predictions, key=b"fraud", value=codec.encode_predictions(preds))
-        producer.produce(topics.labels, key=b"fraud", value=codec.encode_labels(labels))
+        producer.produce(topics.predictions, key=b"fraud", value=wire.encode_predictions(preds))
+        producer.produce(topics.labels, key=b"fraud", value=wire.encode_labels(labels))
     # One later prediction moves event time past the third window's end, closing it.
     tick = Prediction(prediction_id="tick", model="fraud", version="1", timestamp=base + 6000, score=0.9)
     all_preds.append(tick)
-    producer.produce(topics.predictions, key=b"fraud", value=codec.encode_prediction(tick))
+    producer.produce(topics.predictions, key=b"fraud", value=wire.encode_prediction(tick))
     producer.flush(10)
 
     out = read_until(kafka_bootstrap, [topics.dead_letter, topics.metrics, topics.commands, topics.drift],
@@ -124,14 +124,14 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
                                             d["offset"]) == (topic, partition, offset))
         assert reason in entry["reason"] or reason == entry["field"], entry
 
-    snaps = [codec.decode_metric_snapshot(m.value()) for m in out if m.topic() == topics.metrics]
+    snaps = [wire.decode_metric_snapshot(m.value()) for m in out if m.topic() == topics.metrics]
     got = {(s.window_start - base, s.version): (s.predictions, s.labeled, s.metrics["error_rate"])
            for s in snaps if s.status == "CLOSED" and s.segment is None}
     for w, rate in enumerate(rates):
         for version in ("1", "2"):
             predictions = 40
             assert got[(w * 2000, version)] == (predictions, 40, rate[version])
-    commands = [codec.decode_command(m.value()) for m in out if m.topic() == topics.commands]
+    commands = [wire.decode_command(m.value()) for m in out if m.topic() == topics.commands]
     assert len(commands) == 1
     command = commands[0]
     assert command.kind.value == "ROLLBACK" and VERIFIER.verify(command)
@@ -149,7 +149,7 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
     assert [c.command_id for c in replayed.decisions] == [command.command_id]
 
     # Drift tables on mle.drift: v2 against v1's window, x moved by 3, y not; as the replay has them.
-    tables = {(d.version, d.window_start): d for d in (codec.decode_drift_table(m.value())
+    tables = {(d.version, d.window_start): d for d in (wire.decode_drift_table(m.value())
                                                       for m in out if m.topic() == topics.drift)}
     assert {v for v, _ in tables} == {"2"}
     for w in range(3):
@@ -164,11 +164,11 @@ def test_worker_survives_bad_input_dead_letters_it_and_rolls_back(worker, kafka_
 def test_a_silent_source_holds_the_rollout_without_any_input(worker, kafka_bootstrap: str, topics: Topics) -> None:
     producer = Producer(producer_config(kafka_bootstrap))
     preds, _ = window((int(time.time() * 1000) - 60_000) // 2000 * 2000, {"1": 0.1, "2": 0.1})
-    producer.produce(topics.predictions, key=b"fraud", value=codec.encode_predictions(preds))
+    producer.produce(topics.predictions, key=b"fraud", value=wire.encode_predictions(preds))
     producer.flush(10)
     # Then nothing: the worker's timer (every 10 s) must notice that predictions stopped.
     out = read_until(kafka_bootstrap, [topics.commands], lambda ms: len(ms) >= 1, timeout_s=60)
-    (command,) = [codec.decode_command(m.value()) for m in out]
+    (command,) = [wire.decode_command(m.value()) for m in out]
     assert command.kind.value == "HOLD" and VERIFIER.verify(command)
     assert "no predictions for" in command.reason and command.rule == "source-outage:predictions"
 
@@ -193,18 +193,18 @@ def test_a_rollout_waits_for_an_operators_signed_approve_on_the_commands_topic(w
     start = (int(time.time() * 1000) - 60_000) // 2000 * 2000
     for s in (start, start + 2000):  # the second window closes the first, which passes the gate
         preds, labels = window(s, {"1": 0.1, "2": 0.1})
-        producer.produce(topics.predictions, key=b"fraud", value=codec.encode_predictions(preds))
-        producer.produce(topics.labels, key=b"fraud", value=codec.encode_labels(labels))
+        producer.produce(topics.predictions, key=b"fraud", value=wire.encode_predictions(preds))
+        producer.produce(topics.labels, key=b"fraud", value=wire.encode_labels(labels))
     producer.flush(10)
     out = read_until(kafka_bootstrap, [topics.commands], lambda ms: len(ms) >= 1, timeout_s=60)
-    (hold,) = [codec.decode_command(m.value()) for m in out]
+    (hold,) = [wire.decode_command(m.value()) for m in out]
     assert (hold.kind, hold.rule) == (CommandKind.HOLD, "await-approval:step-100")
     forged = Command(command_id="operator-1", kind=CommandKind.APPROVE, model="fraud", baseline_version="1",
                      candidate_version="2", traffic={"1": 0, "2": 100}, reason="let me in",
                      rule="manual:approve", window_start=start, window_end=start, evidence="{}",
                      policy_version="manual", issued_at=int(time.time() * 1000))
     # A forged approval first: it must change nothing.
-    producer.produce(topics.commands, key=b"fraud", value=codec.encode_command(FORGER.sign(forged)))
+    producer.produce(topics.commands, key=b"fraud", value=wire.encode_command(FORGER.sign(forged)))
     producer.flush(10)
     # Then the operator's, through the CLI: signed with ana's own key (the worker fixture wrote it), keyed by
     # the model.
@@ -216,7 +216,7 @@ def test_a_rollout_waits_for_an_operators_signed_approve_on_the_commands_topic(w
                              env=env, capture_output=True, text=True, timeout=60)
     assert approve.returncode == 0, approve.stderr
     out = read_until(kafka_bootstrap, [topics.commands], lambda ms: len(ms) >= 4, timeout_s=60)
-    kinds = [codec.decode_command(m.value()) for m in out]
+    kinds = [wire.decode_command(m.value()) for m in out]
     (promote,) = [c for c in kinds if c.kind is CommandKind.PROMOTE]
     assert promote.traffic == {"1": 0, "2": 100} and VERIFIER.verify(promote)
     approval = json.loads(promote.evidence)["approval"]

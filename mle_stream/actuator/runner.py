@@ -16,23 +16,21 @@ import time
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.actuator.notify import Notifier
 from mle_stream.actuator.ports import RoutingBackend
 from mle_stream.actuator.service import Actuator, Outcome
 from mle_stream.config import Topics
 from mle_stream.core.commands import AppliedMarker
 from mle_stream.core.events import Command
-from mle_stream.dead_letter import bounded_text, dead_letter_entry
 from mle_stream.errors import ActuationError, InvalidEvent
 from mle_stream.health import ActuatorHealth
 from mle_stream.kafka import consumer_config, producer_config
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
-from mle_stream.output_framing import ConfluentOutputs
 from mle_stream.redact import redact_servers
 from mle_stream.retry import Backoff
-from mle_stream.schema_registry import WriterSchemas
 from mle_stream.telemetry import ActuatorMetrics
+from mle_stream.wire import ConfluentOutputs, WriterSchemas, bounded_text, dead_letter_entry
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +134,7 @@ def _handle(actuator: Actuator, producer: Producer, topics: Topics, message: Mes
     notify a FAILED event that will be retried (False while the same command keeps failing)."""
     payload = message.value() or b""
     try:
-        command = codec.decode_command(payload, registry)
+        command = wire.decode_command(payload, registry)
     except InvalidEvent as exc:
         log.error("not a command at %s[%s]@%s: %s", message.topic(), message.partition(), message.offset(),
                   bounded_text(str(exc), 500))
@@ -183,7 +181,7 @@ def _apply(actuator: Actuator, producer: Producer, topics: Topics, command: Comm
                    "status": event.status.value})
     if outcome.retry and not announce:
         return outcome
-    value = codec.encode_rollout_event(event)
+    value = wire.encode_rollout_event(event)
     if framing is not None:
         value = framing.frame(topics.rollout_events, value)
     producer.produce(topics.rollout_events, key=command.model.encode(), value=value)

@@ -5,7 +5,7 @@ through EvaluationClient, so the wire format is exactly what serving pods and la
 fresh topics. Then, over the same already-produced messages, it measures two legs:
 
 - the **floor**: a raw confluent-kafka consumer that only decodes every message with the worker's
-  own decoders (codec.decode_prediction_columns / decode_label_columns), timed from the first
+  own decoders (wire.decode_prediction_columns / decode_label_columns), timed from the first
   message in hand to the last record decoded. It takes what librdkafka has fetched without waiting
   for a fuller batch (`_FLOOR_WAIT_S`), so that both legs pay for fetching from the broker after
   their first message, and neither sits idle on a timeout. It runs `FLOOR_RUNS` times and the
@@ -49,7 +49,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.client import EvaluationClient
 from mle_stream.config import Settings, Topics
 from mle_stream.core.events import Label, Prediction
@@ -296,8 +296,8 @@ def run_baseline(bootstrap: str, topics: Topics, predictions: int, labels: int, 
     """confluent-kafka consume(1000) over both topics, decoding every message; counts records."""
     consumer = _reader(bootstrap, [topics.predictions, topics.labels], "floor", security)
     # The worker's own decoders: the floor reads exactly what the worker reads, into the same columns.
-    decode_predictions, decode_labels, prediction_topic = (codec.decode_prediction_columns,
-                                                           codec.decode_label_columns, topics.predictions)
+    decode_predictions, decode_labels, prediction_topic = (wire.decode_prediction_columns,
+                                                           wire.decode_label_columns, topics.predictions)
     seen_predictions = seen_labels = messages = errors = 0
     first: float | None = None
     deadline = time.monotonic() + timeout_s
@@ -537,7 +537,7 @@ def read_snapshots(bootstrap: str, topic: str, predictions: int, timeout_s: floa
             for msg in consumer.consume(num_messages=500, timeout=_POLL_S):
                 if msg.error() is not None:
                     continue
-                snap = codec.decode_metric_snapshot(msg.value() or b"")
+                snap = wire.decode_metric_snapshot(msg.value() or b"")
                 if getattr(snap, "segment", None) is not None:
                     continue
                 if getattr(snap, "status", "CLOSED") != "CLOSED":

@@ -69,7 +69,7 @@ def add_parser(sub: Subcommands) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from mle_stream import codec
+    from mle_stream import wire
     from mle_stream.actuator.backends import build_routing, topology_for_route
     from mle_stream.actuator.service import Actuator
     from mle_stream.config import missing_sqlite_store
@@ -97,5 +97,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     routing = build_routing(topologies, routing_options(args))
     actuator = Actuator(routing, MlflowRegistry(settings.mlflow_tracking_uri), verifier, dry_run=args.dry_run)
     event = actuator.handle(command)
-    print(json.dumps(codec.to_json_dict(event), indent=2, ensure_ascii=False))
+    print(json.dumps(wire.to_json_dict(event), indent=2, ensure_ascii=False))
     return {RolloutStatus.REJECTED: 3, RolloutStatus.FAILED: 1}.get(event.status, 0)

@@ -20,8 +20,7 @@ from mle_stream.cli.common import (
 )
 from mle_stream.config import ACTUATOR_METRICS_PORT, Settings, read
 from mle_stream.errors import ConfigError
-from mle_stream.output_framing import CONFLUENT, ConfluentOutputs
-from mle_stream.schema_registry import SchemaRegistryClient, client_for
+from mle_stream.wire import CONFLUENT, ConfluentOutputs, SchemaRegistryClient, client_for
 
 EXTRA = "actuator"  # pip install 'mle-stream[EXTRA]' (pyproject.toml)
 

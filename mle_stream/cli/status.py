@@ -11,7 +11,7 @@ from mle_stream.cli.common import Subcommands, add_command
 from mle_stream.config import Settings
 from mle_stream.errors import ConfigError
 from mle_stream.redact import redact_servers
-from mle_stream.schema_registry import client_for
+from mle_stream.wire import client_for
 
 EXTRA = "worker"  # pip install 'mle-stream[EXTRA]' (pyproject.toml)
 

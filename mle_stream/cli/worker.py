@@ -17,7 +17,7 @@ from mle_stream.cli.common import (
 from mle_stream.config import STATUS_PORT, WORKER_METRICS_PORT, Settings, read
 from mle_stream.errors import ConfigError
 from mle_stream.redact import redact_servers
-from mle_stream.schema_registry import client_for
+from mle_stream.wire import client_for
 
 EXTRA = "worker"  # pip install 'mle-stream[EXTRA]' (pyproject.toml)
 

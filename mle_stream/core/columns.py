@@ -110,13 +110,13 @@ class FeatureColumns:
         return cls(names, np.array(rows, dtype=np.int64), matrix, other)
 
 
-def _optional(values: list[Any]) -> list[Any] | None:
+def optional_column(values: list[Any]) -> list[Any] | None:
     """A column of an optional field, or None when no row sets it (the usual case)."""
     return values if any(v is not None for v in values) else None
 
 
 def _pick(values: list[Any] | None, indices: list[int]) -> list[Any] | None:
-    return None if values is None else _optional([values[i] for i in indices])
+    return None if values is None else optional_column([values[i] for i in indices])
 
 
 def _chain(lists: Iterable[list[T]]) -> list[T]:
@@ -137,7 +137,8 @@ def _joined(columns: Sequence[list[Any] | None], lengths: Sequence[int]) -> list
     return out
 
 
-def _nan_if_none(values: Sequence[float | None]) -> FloatArray:
+def nan_if_none(values: Sequence[float | None]) -> FloatArray:
+    """A column of an optional number: NaN where a row has none."""
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
@@ -221,10 +222,10 @@ class PredictionColumns:
         return cls(
             [p.prediction_id for p in records], [p.model for p in records], [p.version for p in records],
             np.array([p.timestamp for p in records], dtype=np.int64),
-            _nan_if_none([p.score for p in records]), _nan_if_none([p.value for p in records]),
-            _nan_if_none([p.latency_ms for p in records]),
-            _optional([p.scores for p in records]), _optional([p.predicted_label for p in records]),
-            _optional([p.segment for p in records]), _optional([p.error for p in records]),
+            nan_if_none([p.score for p in records]), nan_if_none([p.value for p in records]),
+            nan_if_none([p.latency_ms for p in records]),
+            optional_column([p.scores for p in records]), optional_column([p.predicted_label for p in records]),
+            optional_column([p.segment for p in records]), optional_column([p.error for p in records]),
             FeatureColumns.from_maps([p.features for p in records]),
         )
 
@@ -276,4 +277,4 @@ def group_rows(keys: list[str]) -> dict[str, IntArray]:
     return {k: np.array(v, dtype=np.int64) for k, v in groups.items()}
 
 
-__all__ = ["FeatureColumns", "LabelColumns", "PredictionColumns", "group_rows"]
+__all__ = ["FeatureColumns", "LabelColumns", "PredictionColumns", "group_rows", "nan_if_none", "optional_column"]

@@ -1,5 +1,5 @@
 """What the worker refuses in a prediction or label whatever the model's topology, beyond the
-contract of the dataclasses (core/events.py) and the wire format (codec.py).
+contract of the dataclasses (core/events.py) and the wire format (mle_stream/wire/).
 
 The evaluator dead-letters these records; the serving client (mle_stream/client.py) refuses the
 same ones in the caller's thread through these functions, so a record the client accepts is

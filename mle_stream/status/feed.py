@@ -27,13 +27,13 @@ from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.errors import BrokerError, InvalidEvent
 from mle_stream.kafka import consumer_config
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
-from mle_stream.schema_registry import WriterSchemas
 from mle_stream.status.model import StatusBoard, StatusEvent
+from mle_stream.wire import WriterSchemas
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ class StatusFeed:
         self._on_ignored = on_ignored or (lambda topic, reason, n: None)
         self.lock = lock or threading.Lock()
         decoders: dict[str, Callable[[bytes, WriterSchemas | None], StatusEvent]] = {
-            topics.metrics: codec.decode_metric_snapshot, topics.drift: codec.decode_drift_table,
-            topics.commands: codec.decode_command, topics.rollout_events: codec.decode_rollout_event}
+            topics.metrics: wire.decode_metric_snapshot, topics.drift: wire.decode_drift_table,
+            topics.commands: wire.decode_command, topics.rollout_events: wire.decode_rollout_event}
         self._decoders: dict[str, Callable[[bytes], StatusEvent]] = {
             topic: functools.partial(_decode_with, decode, registry) for topic, decode in decoders.items()}
         # A group id is required by librdkafka even for assigned partitions; nothing is committed.

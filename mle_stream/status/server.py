@@ -25,9 +25,9 @@ from mle_stream.config import Topics
 from mle_stream.errors import ConfigError
 from mle_stream.health import Health
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
-from mle_stream.schema_registry import WriterSchemas
 from mle_stream.status.feed import StatusFeed
 from mle_stream.status.model import UNVERIFIED, StatusBoard
+from mle_stream.wire import WriterSchemas
 
 if TYPE_CHECKING:
     from prometheus_client import Counter

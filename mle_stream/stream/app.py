@@ -39,14 +39,13 @@ from mle_stream.health import HEARTBEAT_S, WorkerHealth
 from mle_stream.kafka import ensure_state_topic, partition_counts
 from mle_stream.kafka_security import KafkaSecurity
 from mle_stream.keys import signer_from_settings, verifier_from_settings
-from mle_stream.output_framing import CONFLUENT, ConfluentOutputs
-from mle_stream.schema_registry import client_for
 from mle_stream.stream.alignment import Alignment, Offsets
 from mle_stream.stream.checkpoints import CheckpointedProcessor, Checkpoints, CheckpointStore
 from mle_stream.stream.credentials import faust_credentials
 from mle_stream.stream.metrics import WorkerMetrics
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor, wall_clock_ms
 from mle_stream.telemetry import serve
+from mle_stream.wire import CONFLUENT, ConfluentOutputs, client_for
 
 log = logging.getLogger(__name__)
 

@@ -49,8 +49,8 @@ from mle_stream.errors import BrokerError, MleStreamError
 from mle_stream.kafka import consumer_config, producer_config
 from mle_stream.kafka_security import PLAINTEXT, KafkaSecurity
 from mle_stream.redact import redact_servers
-from mle_stream.schema_registry import RegistryUnavailable
 from mle_stream.stream.processor import Incoming, Outgoing, StreamProcessor
+from mle_stream.wire import RegistryUnavailable
 
 log = logging.getLogger(__name__)
 

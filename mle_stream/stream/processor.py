@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from mle_stream import codec
+from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.columns import LabelColumns, PredictionColumns, group_rows
 from mle_stream.core.commands import stale_reason
@@ -26,9 +26,8 @@ from mle_stream.core.events import Command, CommandKind, Label, MetricSnapshot, 
 from mle_stream.core.policy import Verdict
 from mle_stream.core.signing import Signer, Verifier
 from mle_stream.core.topology import Topology
-from mle_stream.dead_letter import bounded_text, dead_letter_entry
 from mle_stream.errors import InvalidEvent
-from mle_stream.schema_registry import RegistryUnavailable, WriterSchemas
+from mle_stream.wire import RegistryUnavailable, WriterSchemas, bounded_text, dead_letter_entry
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +156,9 @@ class StreamProcessor:
         """Decode one message: its usable records into `parts`; what is done with it already (approvals,
         dead letters) returned."""
         if msg.topic == self.topics.predictions:
-            return self._route(msg, codec.decode_prediction_columns(msg.value or b"", self._registry), parts)
+            return self._route(msg, wire.decode_prediction_columns(msg.value or b"", self._registry), parts)
         if msg.topic == self.topics.labels:
-            return self._route(msg, codec.decode_label_columns(msg.value or b"", self._registry), parts)
+            return self._route(msg, wire.decode_label_columns(msg.value or b"", self._registry), parts)
         if msg.topic == self.topics.commands:
             return self._approval(msg, now)
         return [self._dead_letter(msg, None, "", f"the worker does not read topic {msg.topic!r}", msg.value,
@@ -199,7 +198,7 @@ class StreamProcessor:
         evaluator.labels_idle = idle
         return changed
 
-    def _route(self, msg: Incoming, decoded: codec.ColumnsResult[Any],
+    def _route(self, msg: Incoming, decoded: wire.ColumnsResult[Any],
                parts: dict[tuple[str, str], list[_Part]]) -> list[Outgoing]:
         """A message's valid records into `parts` by model; dead letters for the rest."""
         out = [self._dead_letter(msg, e.index, e.field, e.reason, msg.value, UNDECODABLE) for e in decoded.errors]
@@ -251,7 +250,7 @@ class StreamProcessor:
         every other kind is for the actuator (the worker's own commands among them) and skipped. An
         approval is acted on only when its signature verifies: a forged one is dead-lettered."""
         try:
-            command = codec.decode_command(msg.value or b"", self._registry)
+            command = wire.decode_command(msg.value or b"", self._registry)
         except InvalidEvent as exc:
             return [self._dead_letter(msg, None, exc.field, f"not a command: {exc}", msg.value, UNDECODABLE)]
         if command.kind is not CommandKind.APPROVE:
@@ -286,7 +285,7 @@ class StreamProcessor:
             reason=reason, field=field, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
             record_index=index, at=self._clock(),
             payload=bytes(payload) if isinstance(payload, (bytes, bytearray)) else None,
-            record=codec.to_json_dict(payload) if isinstance(payload, (Prediction, Label)) else None,
+            record=wire.to_json_dict(payload) if isinstance(payload, (Prediction, Label)) else None,
         )
         return Outgoing(self.topics.dead_letter, msg.topic.encode(), value)
 
@@ -298,8 +297,8 @@ class StreamProcessor:
             self._updated_at[model_name] = now
         result = evaluator.advance(now, updates=updates)
         model = evaluator.topology.model.encode()
-        out = [Outgoing(self.topics.metrics, model, codec.encode_metric_snapshot(w)) for w in result.windows]
-        out.extend(Outgoing(self.topics.drift, model, codec.encode_drift_table(d)) for d in result.drift)
+        out = [Outgoing(self.topics.metrics, model, wire.encode_metric_snapshot(w)) for w in result.windows]
+        out.extend(Outgoing(self.topics.drift, model, wire.encode_drift_table(d)) for d in result.drift)
         for d in result.drift:
             if d.status == "CLOSED" and d.drifted:
                 log.warning("%s v%s window %d..%d drifted from %s: %s", d.model, d.version, d.window_start,
@@ -325,5 +324,5 @@ class StreamProcessor:
             self.tally.commands[(command.model, command.kind.value)] += 1
             log.warning("%s %s (command %s): %s", command.kind.value, command.model, command.command_id, command.reason,
                         extra=_fields(command))
-            out.append(Outgoing(self.topics.commands, model, codec.encode_command(signed)))
+            out.append(Outgoing(self.topics.commands, model, wire.encode_command(signed)))
         return out

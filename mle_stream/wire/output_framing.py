@@ -1,7 +1,7 @@
 """mle-stream's outputs in Confluent Schema Registry framing, when the user asks for it
 (MLE_OUTPUT_FORMAT=confluent; docs/schema-registry.md).
 
-The codec writes every output as Avro single-object encoding: `C3 01`, the 8-byte fingerprint,
+mle-stream writes every output as Avro single-object encoding: `C3 01`, the 8-byte fingerprint,
 then the body. The Confluent framing has the same body behind `0x00` and a 4-byte schema id, so
 an output is re-framed by swapping the header. Each schema is registered once, when the component
 starts, under the TopicNameStrategy subject `<topic>-value`: re-framing then needs no I/O, and a
@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from mle_stream import codec, confluent
 from mle_stream.retry import Backoff, RetriesExhausted, retrying
-from mle_stream.schema_registry import RegistryUnavailable, SchemaRegistryClient, SchemaRegistryError
+from mle_stream.wire import confluent
+from mle_stream.wire.avro_schemas import schemas as known_schemas
+from mle_stream.wire.framing import AVRO_MARKER, SINGLE_OBJECT_HEADER_LEN
+from mle_stream.wire.schema_registry import RegistryUnavailable, SchemaRegistryClient, SchemaRegistryError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ class ConfluentOutputs:
                  backoff: Backoff = Backoff(attempts=5, base_delay_s=1.0, max_delay_s=8.0)) -> None:
         """Register each `topic -> schema name` (Command, MetricSnapshot, ...) under `<topic>-value`;
         a registry that does not answer is asked again with `backoff`. Raises SchemaRegistryError."""
-        known = codec.schemas()
+        known = known_schemas()
         self._headers: dict[tuple[str, bytes], bytes] = {}
         for topic, name in schemas.items():
             schema = known[name]
@@ -58,6 +60,6 @@ class ConfluentOutputs:
     def frame(self, topic: str, value: bytes) -> bytes:
         """`value` (a single-object message of `topic`) in Confluent framing; anything else (a
         topic or schema this was not started for, a dead letter's JSON) unchanged."""
-        marker, end = codec.AVRO_MARKER, codec.SINGLE_OBJECT_HEADER_LEN
+        marker, end = AVRO_MARKER, SINGLE_OBJECT_HEADER_LEN
         header = self._headers.get((topic, value[len(marker):end]))
         return value if header is None or not value.startswith(marker) else header + value[end:]

@@ -68,7 +68,7 @@ class RegistryUnavailable(SchemaRegistryError):
 
 
 class WriterSchemas(Protocol):
-    """What the codec needs from a registry: the writer schema of an id, and (for error messages only)
+    """What the decoders need from a registry: the writer schema of an id, and (for error messages only)
     the subjects it is registered under."""
 
     def writer_schema(self, schema_id: int) -> str:

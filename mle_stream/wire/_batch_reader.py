@@ -1,6 +1,6 @@
 """Readers of PredictionBatch and LabelBatch bodies straight into columns: the worker's hot path.
 
-codec.py stays the one public entry of the wire format: it decides when these readers apply (only
+records.py stays the entry of the wire format: it decides when these readers apply (only
 while the schemas have the canonical forms below), checks the event contract on the columns they
 return, and reads everything else with fastavro. This module only turns the Avro binary body of a
 batch into columns.
@@ -26,9 +26,9 @@ call would outweigh it).
 The compiled path is several times faster per record than the loose one; the figures are in
 docs/performance-history.md.
 
-Contract with codec.py: the readers return every record of the batch as read, in message order,
+Contract with records.py: the readers return every record of the batch as read, in message order,
 without checking the event contract. They have no error reporting of their own: anything
-unexpected raises (ValueError, IndexError, UnicodeDecodeError...) and the codec then reads the
+unexpected raises (ValueError, IndexError, UnicodeDecodeError...) and records.py then reads the
 message with fastavro, which reads or reports it. At worst that is slower, never lossier; the tests
 cross-check both paths of this module against fastavro on generated records.
 """
@@ -52,8 +52,8 @@ from mle_stream.core.columns import (
     IntArray,
     LabelColumns,
     PredictionColumns,
-    _nan_if_none,
-    _optional,
+    nan_if_none,
+    optional_column,
 )
 from mle_stream.core.events import FeatureValue
 
@@ -92,7 +92,7 @@ def _batch_form(name: str, item: str) -> str:
             f'"fields":[{{"name":"records","type":{{"type":"array","items":{item}}}}}]}}')
 
 
-# The schemas these readers were written for: codec.py uses them only while schemas/*.avsc match.
+# The schemas these readers were written for: records.py uses them only while schemas/*.avsc match.
 PREDICTION_BATCH_CANONICAL_FORM = _batch_form("PredictionBatch", _PREDICTION_CANONICAL_FORM)
 LABEL_BATCH_CANONICAL_FORM = _batch_form("LabelBatch", _LABEL_CANONICAL_FORM)
 
@@ -119,7 +119,7 @@ class PredictionRead:
         return len(self.columns)
 
     def args(self, i: int) -> tuple[Any, ...]:
-        """Record i as Prediction constructor arguments, exactly as read (codec builds the
+        """Record i as Prediction constructor arguments, exactly as read (records.py builds the
         dataclass from them to explain a record that breaks the contract)."""
         c = self.columns
         return (
@@ -432,8 +432,9 @@ def _loose_predictions(rows: list[tuple[Any, ...]], buf: bytes) -> PredictionRea
     ids, models, versions, timestamps, score, scores, value, label, latency, features, segment, error = zip(*rows)
     columns = PredictionColumns(
         list(ids), list(models), list(versions), np.array(timestamps, dtype=np.int64),
-        _nan_if_none(score), _nan_if_none(value), _nan_if_none(latency),
-        _optional(list(scores)), _optional(list(label)), _optional(list(segment)), _optional(list(error)),
+        nan_if_none(score), nan_if_none(value), nan_if_none(latency),
+        optional_column(list(scores)), optional_column(list(label)), optional_column(list(segment)),
+        optional_column(list(error)),
         _loose_features(features, buf),
     )
     return PredictionRead(columns, _present(score), _present(value), _present(latency))

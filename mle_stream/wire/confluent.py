@@ -7,17 +7,24 @@ Avro binary body. The writer schema may differ from ours as the Avro specificati
 resolution allows (a field added with a default, an int where we read a long, ...): `resolve`
 checks that once per writer schema, by the specification's rules, and says which field does not
 resolve, so that an incompatible producer gets one clear reason instead of a read error per message.
-No I/O here: the codec gets the writer schema's text through a lookup it is given.
+No I/O here: the decoders get the writer schema's text through a lookup they are given
+(`WriterSchemas`), and each writer schema is resolved once per process.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
+
+from mle_stream.errors import InvalidEvent
+from mle_stream.wire.avro_schemas import WireSchema, without_logical_types
+from mle_stream.wire.framing import trailing_bytes
+from mle_stream.wire.schema_registry import RegistryUnavailable, SchemaRegistryError, WriterSchemas
 
 MAGIC = b"\x00"
 HEADER_LEN = 5  # magic byte (1) + schema id (4)
@@ -52,14 +59,63 @@ class Resolution:
     writer: Any | None
 
 
-def without_logical_types(node: Any) -> Any:
-    """The schema with its logicalType annotations dropped: timestamps stay plain ints, as everywhere
-    in the codec; the binary encoding is the same."""
-    if isinstance(node, list):
-        return [without_logical_types(n) for n in node]
-    if isinstance(node, dict):
-        return {k: without_logical_types(v) for k, v in node.items() if k != "logicalType"}
-    return node
+def reader_schema(schema: WireSchema) -> ReaderSchema:
+    """`schema` as the reader side of a resolution."""
+    return ReaderSchema(schema.name, schema.canonical_form, schema.parsed)
+
+
+# (writer schema text, what it is read as) -> how to read it, or why it cannot be read. Schema ids
+# are immutable and few: each writer schema is resolved once per process.
+_RESOLUTIONS: dict[tuple[str, str], Resolution | str] = {}
+
+
+def framed_resolution(payload: bytes, registry: WriterSchemas | None, key: str, single: WireSchema,
+                      batch: WireSchema | None = None) -> Resolution | str:
+    """How to read this framed message's body as `single` or, when there is one, `batch` (`key`
+    names the pair: prediction, label, or a single-event schema's name), or the reason it cannot be
+    read (a dead letter). RegistryUnavailable passes through: a registry that does not answer is
+    not the message's fault."""
+    if len(payload) < HEADER_LEN:
+        return (f"truncated Confluent Schema Registry message: {len(payload)} bytes, the header alone "
+                f"(0x00 and a 4-byte schema id) is {HEADER_LEN}")
+    framed_id = schema_id(payload)
+    if registry is None:
+        return (f"Confluent Schema Registry framing (magic byte 0x00, schema id {framed_id}) but no schema "
+                "registry is configured: set MLE_SCHEMA_REGISTRY_URL to the registry the producer uses")
+    try:
+        text = registry.writer_schema(framed_id)
+    except RegistryUnavailable:
+        raise
+    except SchemaRegistryError as exc:
+        return f"Confluent schema id {framed_id}: {exc}"
+    cache_key = (text, key)
+    resolution = _RESOLUTIONS.get(cache_key)
+    if resolution is None:
+        try:
+            resolution = resolve(text, reader_schema(single), None if batch is None else reader_schema(batch))
+        except ValueError as exc:
+            resolution = str(exc)
+        _RESOLUTIONS[cache_key] = resolution
+    if isinstance(resolution, str):
+        subjects = ", ".join(registry.subjects(framed_id)) or "none the registry could name"
+        return f"the writer schema of Confluent schema id {framed_id} (subjects: {subjects}) {resolution}"
+    return resolution
+
+
+def read_framed(payload: bytes, resolution: Resolution) -> Any:
+    """The body of a framed message read as `resolution` says; InvalidEvent when it does not read."""
+    reader, writer = resolution.reader, resolution.writer
+    stream = io.BytesIO(payload)
+    stream.seek(HEADER_LEN)
+    what = f"Avro {reader.name} (Confluent schema id {schema_id(payload)})"
+    try:
+        datum = fastavro.schemaless_reader(stream, writer or reader.parsed, None if writer is None else reader.parsed)
+    except Exception as exc:  # noqa: BLE001 - fastavro's many corrupt-input errors, reported
+        raise InvalidEvent(f"unreadable {what}: {type(exc).__name__}: {exc}") from None
+    problem = trailing_bytes(stream, len(payload), what)
+    if problem:
+        raise InvalidEvent(problem)
+    return datum
 
 
 def resolve(writer_text: str, single: ReaderSchema, batch: ReaderSchema | None = None) -> Resolution:
