@@ -155,7 +155,7 @@ class DecisionSettings:
         "label_coverage.floor", FRACTION, "below it in `windows` closed windows in a row: one HOLD (0: off)",
         "labeled / predictions"))
     label_coverage_windows: int = field(default=3, metadata=key(
-        "label_coverage.windows", POSITIVE_INT, "", "windows"))
+        "label_coverage.windows", POSITIVE_INT, "how many closed windows below `floor` make the HOLD", "windows"))
 
 
 @dataclass(frozen=True)
