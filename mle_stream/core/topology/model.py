@@ -34,6 +34,7 @@ from mle_stream.core.topology.values import (
     POSITIVE,
     POSITIVE_INT,
     TEXT,
+    TEXTS,
     Kind,
     choice,
     template,
@@ -83,7 +84,7 @@ class Key:
     required: bool = False
 
     @property
-    def key(self) -> str:
+    def leaf(self) -> str:
         """The key as it is written in its YAML mapping."""
         return self.name.rsplit(".", 1)[-1]
 
@@ -168,7 +169,7 @@ class RolloutSteps:
     APPROVE command."""
 
     steps: tuple[int, ...] = field(default=(5, 10, 25, 50, 100), metadata=key(
-        "steps", PERCENT.list("list of percents"), "rising, ending at 100; `ab`: `[split, 100]`; not for `shadow`",
+        "steps", PERCENT.list_of("list of percents"), "rising, ending at 100; `ab`: `[split, 100]`; not for `shadow`",
         "%"))
     windows: int = field(default=3, metadata=key(
         "windows", POSITIVE_INT, "the last `windows` windows of a step all PASS every check ...", "windows"))
@@ -276,10 +277,10 @@ class Topology:
     label_align: bool = field(default=True, metadata=key(
         "labels.align", BOOL, "windows wait for the labels' event time too ([catch-up.md](catch-up.md))"))
     thresholds: tuple[float, ...] = field(default=(), metadata=key(
-        "metrics.thresholds", FRACTION.list("list of fractions"),
+        "metrics.thresholds", FRACTION.list_of("list of fractions"),
         "extra decision thresholds: `accuracy@t`, `precision@t`, `recall@t`, `f1@t`", "score"))
     segment_dimensions: tuple[str, ...] = field(default=(), metadata=key(
-        "segments.dimensions", TEXT.list("list of strings"), "also compute metrics per value of these `segment` keys"))
+        "segments.dimensions", TEXTS, "also compute metrics per value of these `segment` keys"))
     segment_max_values: int = field(default=50, metadata=key(
         "segments.max_values", POSITIVE_INT, "per dimension; later values count as `__other__`", "values"))
     checks: tuple[CheckRule, ...] = field(default=(), metadata=section(
@@ -336,7 +337,7 @@ EXTERNAL_KEYS: dict[type, dict[str, Key | tuple[Section, ...]]] = {
                             default=_per_test("mixing_scale")),
     },
     DriftSettings: {
-        "features": Key("features", TEXT.list("list of strings"), "features compared ([drift.md](drift.md))",
+        "features": Key("features", TEXTS, "features compared ([drift.md](drift.md))",
                         default="every feature of the reference"),
         "bins": Key("bins", POSITIVE_INT, "quantile bins per numeric feature when learned without a profile", "bins"),
         "top_k": Key("top_k", POSITIVE_INT, "per categorical feature, idem", "categories"),
@@ -376,6 +377,8 @@ def yaml_keys(model: type, within: str = "") -> set[str]:
 
 
 def key_of(model: type, name: str) -> Key:
+    """The Key documenting `model`'s field `name`."""
     item = dict(documented(model))[name]
-    assert isinstance(item, Key), f"{model.__name__}.{name} holds a section"
+    if not isinstance(item, Key):
+        raise TypeError(f"{model.__name__}.{name} holds sections, not a single key")
     return item

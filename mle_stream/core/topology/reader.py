@@ -73,8 +73,8 @@ class Reader:
         if default is None and fallback is not MISSING:
             default = fallback
         if key.kind.many:
-            return tuple(self.sequence(fields, key.key, path, key.kind.convert)) or default
-        return self.value(fields, key.key, path, key.kind.convert, default, key.required, parent)
+            return tuple(self.sequence(fields, key.leaf, path, key.kind.convert)) or default
+        return self.value(fields, key.leaf, path, key.kind.convert, default, key.required, parent)
 
     def sequence(self, fields: dict[str, yaml.Node], key: str, path: str, convert: Callable[[Any], Any]) -> list[Any]:
         """A YAML list of single values, each converted; an error names the item and its line."""

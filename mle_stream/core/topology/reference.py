@@ -33,13 +33,11 @@ class Entry(NamedTuple):
     key: Key
 
     def default(self) -> str:
-        value = default_of(self.model, self.field)
-        if self.key.default is not None:
-            return self.key.default.replace("{}", self.key.kind.show(value)) if "{}" in self.key.default \
-                else self.key.default
-        if self.key.required or value is MISSING:
-            return "required"
-        return self.key.kind.show(value)
+        """The default as the table shows it."""
+        value, words = default_of(self.model, self.field), self.key.default
+        if words is None:
+            return "required" if self.key.required or value is MISSING else self.key.kind.show(value)
+        return words.replace("{}", self.key.kind.show(value)) if "{}" in words else words
 
 
 def entries(model: type = Topology, prefix: str = "") -> Iterator[Entry]:

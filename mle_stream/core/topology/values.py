@@ -50,9 +50,9 @@ class Kind:
     show: Callable[[Any], str] = _show
     many: bool = False  # a YAML list of values, each converted
 
-    def list(self, type: str) -> Kind:
+    def list_of(self, name: str) -> Kind:
         """A list of this kind's values; `type` names it in the reference ("list of fractions")."""
-        return Kind(type, self.convert, self.show, many=True)
+        return Kind(name, self.convert, self.show, many=True)
 
 
 def _text(v: Any) -> str:
@@ -136,6 +136,7 @@ POSITIVE_INT = Kind("int ≥ 1", _positive_int)
 NON_NEGATIVE_INT = Kind("int ≥ 0", _non_negative_int)
 PERCENT = Kind("percent", _percent)
 DURATION = Kind("duration", parse_duration_ms, show=format_duration)
+TEXTS = TEXT.list_of("list of strings")
 
 
 def choice(options: tuple[str, ...]) -> Kind:
