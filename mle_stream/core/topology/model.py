@@ -14,7 +14,8 @@ YAML, the wire, snapshots and logs carry, and a plain str keeps them exactly tha
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
+from functools import cache
 from typing import Any, Literal, get_args
 
 from mle_stream.core.checks import CheckRule, SequentialSpec
@@ -109,8 +110,13 @@ def section(*sections: Section) -> dict[str, Any]:
 
 def default_of(model: type, name: str) -> Any:
     """The default of `model`'s field `name` (MISSING for a required one)."""
-    f = next(f for f in fields(model) if f.name == name)
+    f = _fields(model)[name]
     return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+@cache
+def _fields(model: type) -> dict[str, Field[Any]]:
+    return {f.name: f for f in fields(model)}
 
 
 def default_rollback_metric(task: str | None) -> str:
@@ -363,7 +369,8 @@ def documented(model: type) -> list[tuple[str, Key | tuple[Section, ...]]]:
     return [(f.name, f.metadata["topology"]) for f in fields(model) if "topology" in f.metadata]
 
 
-def yaml_keys(model: type, within: str = "") -> set[str]:
+@cache
+def yaml_keys(model: type, within: str = "") -> frozenset[str]:
     """The keys a YAML mapping of `model` may hold (`within`: one level down, e.g. "windows")."""
     out: set[str] = set()
     for _, item in documented(model):
@@ -373,9 +380,10 @@ def yaml_keys(model: type, within: str = "") -> set[str]:
             out.add(item.name.split(".", 1)[0])
         elif item.name.startswith(within + "."):
             out.add(item.name[len(within) + 1:].split(".", 1)[0])
-    return out
+    return frozenset(out)
 
 
+@cache
 def key_of(model: type, name: str) -> Key:
     """The Key documenting `model`'s field `name`."""
     item = dict(documented(model))[name]

@@ -3,7 +3,7 @@ that a reviewer fixes a file in one pass instead of one error per run."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import MISSING
 from typing import Any
 
@@ -24,7 +24,7 @@ class Reader:
     def error(self, node: yaml.Node, path: str, message: str) -> None:
         self.errors.append(f"{self.where(node)}: {path}: {message}")
 
-    def mapping(self, node: yaml.Node, path: str, allowed: set[str]) -> dict[str, yaml.Node]:
+    def mapping(self, node: yaml.Node, path: str, allowed: Set[str]) -> dict[str, yaml.Node]:
         if not isinstance(node, yaml.MappingNode):
             self.error(node, path or "(top level)", "expected a mapping of keys to values")
             return {}
@@ -41,7 +41,7 @@ class Reader:
         return out
 
     def section(self, parent: dict[str, yaml.Node], key: str,
-                allowed: set[str]) -> tuple[dict[str, yaml.Node], yaml.Node | None]:
+                allowed: Set[str]) -> tuple[dict[str, yaml.Node], yaml.Node | None]:
         """The mapping under `key` (empty when the file has none) and its node."""
         node = parent.get(key)
         return (self.mapping(node, key, allowed), node) if node is not None else ({}, None)
