@@ -13,6 +13,8 @@ from mle_stream.core.topology.model import default_of, key_of
 
 
 class Reader:
+    """One file's YAML tree (`root`) and the problems found in it so far (`errors`)."""
+
     def __init__(self, source: str, root: yaml.Node) -> None:
         self.source = source
         self.errors: list[str] = []
@@ -65,9 +67,9 @@ class Reader:
 
     def field(self, fields: dict[str, yaml.Node], path: str, model: type, name: str, *,
               default: Any = None, parent: yaml.Node | None = None) -> Any:
-        """The value of `model`'s field `name` from its YAML key under `path`: converted as its Key
-        says, else the field's own default (or `default` when the field has none or it depends on
-        other keys). A list-valued key is read with `sequence`."""
+        """The value of `model`'s field `name` from its YAML key under `path`, converted as its Key
+        says. Absent or wrong, it is `default` when given (a default that depends on other keys),
+        else the field's own; a list-valued key that is absent or empty gets the same."""
         key = key_of(model, name)
         fallback = default_of(model, name)
         if default is None and fallback is not MISSING:
