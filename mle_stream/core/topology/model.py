@@ -75,7 +75,9 @@ class Key:
 
     `name` is the key's path within its section ("size"; "label_coverage.floor" one level down).
     `default` replaces the field's own default in the reference where that needs words ("by
-    metric"); "{}" in it stands for the field's default."""
+    metric"); "{}" in it stands for the field's default. Keys that hold mappings (`baseline`,
+    `drift.concept`, `ingest`) are read by their own functions in parse.py: their Kind only names
+    the type in the reference."""
 
     name: str
     kind: Kind
