@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,19 @@ def test_the_command_writes_a_file_validate_accepts_and_never_overwrites(tmp_pat
     before = out.read_text()
     assert cli.main(argv) == 2
     assert "exists" in capsys.readouterr().err and out.read_text() == before
+
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_the_template_writes_the_parsers_defaults_where_it_does_not_choose_its_own(task: str) -> None:
+    bare = parse_topology(f'model: m\ntask: {task}\nbaseline: {{version: "1"}}\ncandidate: {{version: "2"}}\n'
+                          "rollout: {}\n")
+    written = parse_topology(topology_yaml("m", task=task))
+    # The template's own choices: production-sized samples, a rule name per metric, a namespace.
+    own = {"min_samples": bare.checks[0].min_samples, "name": bare.checks[0].name}
+    assert replace(written.checks[0], **own) == bare.checks[0]
+    assert written.routing == replace(bare.routing, namespace="ml")
+    assert (written.threshold, written.max_clock_skew_ms, written.mode) == (bare.threshold, bare.max_clock_skew_ms,
+                                                                            bare.mode)
+    assert written.rollout is not None and bare.rollout is not None
+    assert written.rollout.windows == bare.rollout.windows
