@@ -181,3 +181,4 @@ def write_checkpoints() -> None:
 
 if __name__ == "__main__":
     write_checkpoints()
+

@@ -1,7 +1,7 @@
 """Build the actuator's RoutingBackend from topology files and RoutingOptions.
 
 Each topology's `routing:` section names where its model's traffic split lives (backend
-`gitops`, `gateway-api`, `istio` or `kserve`, see mle_stream/core/topology.py); this module turns
+`gitops`, `gateway-api`, `istio` or `kserve`, see mle_stream/core/topology/); this module turns
 those sections into one adapter per model behind `RoutingByModel`. RoutingOptions says how the
 adapters reach the Git checkout and the API server; the CLI builds it from its flags.
 

@@ -23,6 +23,7 @@ from mle_stream.core.drift.decision import DriftThresholds
 from mle_stream.core.drift.live import DriftSettings
 from mle_stream.core.kserve_logger import IngestMapping
 from mle_stream.core.sequential import ErrorRateTest, MeanTest
+from mle_stream.core.tasks import TASKS as TASK_TYPES
 from mle_stream.core.topology.values import (
     BOOL,
     DURATION,
@@ -122,8 +123,10 @@ def _fields(model: type) -> dict[str, Field[Any]]:
 
 
 def default_rollback_metric(task: str | None) -> str:
-    """The `rollback` shorthand's metric when it names none: a regression model has no error rate."""
-    return "serving_error_rate" if task == "regression" else "error_rate"
+    """The `rollback` shorthand's metric when it names none: the serving error rate for a task
+    without an error rate (regression)."""
+    known = TASK_TYPES.get(task or "")
+    return "serving_error_rate" if known is not None and "error_rate" not in known.metric_names else "error_rate"
 
 
 @dataclass(frozen=True)

@@ -110,9 +110,9 @@ def _rollback(r: Reader, top: Nodes, task: str | None) -> list[CheckRule]:
     if node is None and "checks" in top:
         return []
     metric = r.field(rb, "rollback", RollbackShorthand, "metric", default=default_rollback_metric(task))
-    if task == "regression" and metric == "error_rate":
+    if metric == "error_rate" and default_rollback_metric(task) != "error_rate":
         r.error(node or r.root, "rollback.metric",
-                "error_rate needs a classification task; use serving_error_rate for regression")
+                f"error_rate needs a classification task; use serving_error_rate for {task}")
     shorthand = RollbackShorthand(metric=metric, **{
         name: r.field(rb, "rollback", RollbackShorthand, name)
         for name in ("name", "max_increase", "consecutive_windows", "min_samples")})
