@@ -39,8 +39,9 @@ INPUT_IDLE_MS = 3_000
 # ("enforced"): a stuck broker or partition must not hold every window of its models forever.
 INPUT_WAIT_MAX_MS = 600_000
 # How far (event time) a model's predictions may run ahead of its closing clock before the worker
-# pauses their partition: ~87 MB of pending predictions at 1,000 predictions/s. Its labels ahead of its
-# predictions by as much pause the labels partition the same way.
+# pauses their partition: it bounds the pending predictions held while the labels catch up
+# (docs/catch-up.md gives the memory at a rate). Its labels ahead of its predictions by as much
+# pause the labels partition the same way.
 ALIGN_MAX_SKEW_MS = 600_000
 
 

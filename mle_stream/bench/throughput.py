@@ -641,8 +641,8 @@ def run_memory_bench(settings: Settings, *, events: int = DEFAULT_MEMORY_EVENTS,
                      bootstrap: str | None = None, timeout_s: float | None = None) -> dict[str, Any]:
     """The worker's RSS at N/10 and N predictions processed (rss_growth), over a long run.
 
-    A separate mode, because producing is the slow part (~18,000-21,000 predictions/s through the
-    client here, ~10 min for 10M): the worker starts first and consumes while the bench produces, so it
+    A separate mode, because producing is the slow part (a fraction of the worker's rate through
+    the client: minutes for 10M): the worker starts first and consumes while the bench produces, so it
     processes at the producer's pace, and its seconds say nothing of its throughput (that is the
     default mode's events_per_s, measured over messages produced beforehand). The traffic, the
     topologies and the end-to-end check of the snapshots are the default mode's."""

@@ -5,10 +5,9 @@ while the schemas have the canonical forms below), checks the event contract on 
 return, and reads everything else with fastavro. This module only turns the Avro binary body of a
 batch into columns.
 
-Why hand-written: fastavro needs ~14 us for a Prediction with ten numeric features on the 2-core
-machines here (~0.5 us of dispatch per map entry), and a dataclass per record that re-checks what
-Avro already typed costs as much again; the worker's target is 100k predictions/s with their
-labels (docs/performance.md).
+Why hand-written: fastavro dispatches per field and per map entry in Python, and a dataclass per
+record that re-checks what Avro already typed costs as much again; together they would take most
+of the worker's budget per prediction (docs/performance.md has the figures).
 
 How: the records of one batch nearly always share a *shape*: ids of one length, one model, the
 same union branches, the same feature names, only the values differ. From a record the reader
@@ -730,8 +729,8 @@ class _LabelShape(_Shape[LabelColumns]):
 
 
 class _Shapes:
-    """Compiled shapes by regex, shared by all batches: compiling one costs ~0.3 ms, and a stream
-    repeats a few shapes (one per model version and segment, typically). A shape is compiled the
+    """Compiled shapes by regex, shared by all batches: compiling one costs as much as reading
+    hundreds of records, and a stream repeats a few shapes (one per model version and segment, typically). A shape is compiled the
     second time it is seen, so shapes that never repeat cost no compilation."""
 
     _MAX = 512  # beyond that the cache starts over: shapes drift (ids grow a digit), old ones go
@@ -779,7 +778,7 @@ _SHAPES = _Shapes()
 # Records per batch whose shape is looked up (building a pattern costs ~20 us): after that, a record
 # of none of the shapes found so far is read loosely without asking.
 _LEARN = 8
-_COMPILE = 2  # shapes compiled per batch at most (~0.3 ms each), however new shapes keep coming
+_COMPILE = 2  # shapes compiled per batch at most, however new shapes keep coming: each is costly
 _LAST = 4  # shapes of earlier batches tried on a batch's records before any is read loosely
 _MIN_PART = 16  # records of one shape in a batch of several parts, below which they are read loosely
 
