@@ -730,8 +730,9 @@ class _LabelShape(_Shape[LabelColumns]):
 
 class _Shapes:
     """Compiled shapes by regex, shared by all batches: compiling one costs as much as reading
-    hundreds of records, and a stream repeats a few shapes (one per model version and segment, typically). A shape is compiled the
-    second time it is seen, so shapes that never repeat cost no compilation."""
+    hundreds of records, and a stream repeats a few shapes (one per model version and segment,
+    typically). A shape is compiled the second time it is seen, so shapes that never repeat cost no
+    compilation."""
 
     _MAX = 512  # beyond that the cache starts over: shapes drift (ids grow a digit), old ones go
 
