@@ -13,13 +13,13 @@ the candidate's value crosses any of the limits it sets:
 A window with fewer than `min_samples` samples (labeled predictions for quality metrics,
 predictions for serving metrics, latency reports for latencies) on a side the check reads is
 INCONCLUSIVE: it never counts toward an action (flagger #1035, argo-rollouts #1466 are rollbacks
-caused by low traffic). A check with `sequential` (error rates only) FAILs instead when the
-always-valid test of core/sequential.py concludes, over every window of the rollout so far, that
-the candidate's rate exceeds the baseline's by more than `min_relative_increase`: its false
-rollback rate stays below `alpha` however many windows are looked at, which a fixed limit
-re-checked every window cannot promise. `hysteresis` makes a failing check PASS again only once the value is that
-far inside its limits (in each limit's units: a fraction for max_degradation_relative), so a
-metric sitting on a limit does not flap.
+caused by low traffic). A check with `sequential` (SEQUENTIAL_METRICS) FAILs instead when its
+always-valid test (core/sequential.py, core/sequential_auc.py, core/sequential_tail.py) concludes,
+over every window of the rollout so far, that the candidate is worse than the baseline by more than
+the test's margin: its false rollback rate stays below `alpha` however many windows are looked at,
+which a fixed limit re-checked every window cannot promise. `hysteresis` makes a failing check
+PASS again only once the value is that far inside its limits (in each limit's units: a fraction
+for max_degradation_relative), so a metric sitting on a limit does not flap.
 """
 
 from __future__ import annotations
@@ -27,11 +27,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mle_stream.core.metrics.binary import BinaryMetrics
 from mle_stream.core.sequential import ErrorRateTest, MeanTest
+from mle_stream.core.sequential_auc import AucTest, AucWindow, auc_window
+from mle_stream.core.sequential_tail import TailCounts, tail_counts
 from mle_stream.core.tasks import TASKS, Task
 from mle_stream.core.verdict import Verdict
+
+if TYPE_CHECKING:
+    from mle_stream.core.window_state import WindowState
 
 SERVING_METRICS = frozenset({"serving_error_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
                              "latency_mean_ms", "latency_std_ms", "label_coverage", "throughput_per_s"})
@@ -113,7 +119,12 @@ def samples_of(metric: str) -> str:
 # standard deviation: the window metric named here, its "_std" twin, and its sample count).
 RATE_METRICS = ("error_rate", "serving_error_rate")
 MEAN_METRICS = {"log_loss": "log_loss_std", "latency_mean_ms": "latency_std_ms"}
-SEQUENTIAL_METRICS = RATE_METRICS + tuple(MEAN_METRICS)
+# These compare how the versions' values are distributed in the window, which their metric values
+# do not say: `paired_window` reads both window states. roc_auc gets AucTest (the AUC difference,
+# DeLong variances); a latency quantile gets ErrorRateTest on the requests above the pooled quantile.
+AUC_METRICS = ("roc_auc",)
+TAIL_METRICS = {"latency_p95_ms": 0.95, "latency_p99_ms": 0.99}
+SEQUENTIAL_METRICS = RATE_METRICS + tuple(MEAN_METRICS) + AUC_METRICS + tuple(TAIL_METRICS)
 
 
 @dataclass(frozen=True)
@@ -123,12 +134,15 @@ class SequentialSpec:
     alpha: float = 0.01
     min_relative_increase: float | None = None
     mixing_scale: float | None = None
+    min_difference: float | None = None  # AucTest's margin (AUC units); the others take min_relative_increase
 
-    def new_test(self, metric: str, min_samples: int) -> ErrorRateTest | MeanTest:
-        test = ErrorRateTest if metric in RATE_METRICS else MeanTest
+    def new_test(self, metric: str, min_samples: int) -> ErrorRateTest | MeanTest | AucTest:
+        test: type[ErrorRateTest | MeanTest | AucTest] = (
+            ErrorRateTest if metric in RATE_METRICS or metric in TAIL_METRICS else
+            AucTest if metric in AUC_METRICS else MeanTest)
+        margin = "min_difference" if test is AucTest else "min_relative_increase"
         defaults = test()
-        return test(self.alpha, defaults.min_relative_increase if self.min_relative_increase is None
-                    else self.min_relative_increase,
+        return test(self.alpha, getattr(defaults if getattr(self, margin) is None else self, margin),  # type: ignore[arg-type]
                     defaults.mixing_scale if self.mixing_scale is None else self.mixing_scale, min_samples)
 
 
@@ -186,11 +200,23 @@ class CheckResult:
         return out
 
 
+def paired_window(metric: str, baseline: WindowState, candidate: WindowState) -> AucWindow | TailCounts | None:
+    """What a sequential check on `metric` reads from both versions' window states beyond their
+    values (AUC_METRICS, TAIL_METRICS); None for other metrics or when the window has none."""
+    if metric in AUC_METRICS and isinstance(baseline.task, BinaryMetrics) and isinstance(candidate.task, BinaryMetrics):
+        return auc_window(candidate.task.score_histogram, baseline.task.score_histogram)
+    if metric in TAIL_METRICS:
+        return tail_counts(candidate.serving.latency_sketch, baseline.serving.latency_sketch, TAIL_METRICS[metric])
+    return None
+
+
 def judge_check(rule: CheckRule, baseline: Mapping[str, Any], candidate: Mapping[str, Any],
-                failing: bool = False, test_state: Mapping[str, Any] | None = None) -> CheckResult:
+                failing: bool = False, test_state: Mapping[str, Any] | None = None,
+                paired: AucWindow | TailCounts | None = None) -> CheckResult:
     """One check on one window: `baseline` and `candidate` are the versions' window metrics
     (WindowState.values()); `failing`: the check FAILed the window before (hysteresis);
-    `test_state`: a sequential check's state before this window (None: the rollout's first)."""
+    `test_state`: a sequential check's state before this window (None: the rollout's first);
+    `paired`: paired_window's reading of the window, for the sequential checks that need it."""
     samples = samples_of(rule.metric)
     b, c = baseline.get(rule.metric), candidate.get(rule.metric)
     b_n, c_n = int(baseline.get(samples) or 0), int(candidate.get(samples) or 0)
@@ -203,7 +229,7 @@ def judge_check(rule: CheckRule, baseline: Mapping[str, Any], candidate: Mapping
         std = MEAN_METRICS.get(rule.metric)
         return _judge_sequential(rule, rule.sequential, b, c, b_n, c_n, test_state,
                                  None if std is None else baseline.get(std),
-                                 None if std is None else candidate.get(std))
+                                 None if std is None else candidate.get(std), paired)
 
     if c_n < rule.min_samples or (rule.relative and b_n < rule.min_samples):
         sides = f"baseline {b_n}, candidate {c_n}" if rule.relative else f"candidate {c_n}"
@@ -249,17 +275,34 @@ def _mean(n: float, total: float) -> float | None:
 
 def _judge_sequential(rule: CheckRule, spec: SequentialSpec, b: float | None, c: float | None, b_n: int, c_n: int,
                       test_state: Mapping[str, Any] | None, b_std: float | None = None,
-                      c_std: float | None = None) -> CheckResult:
+                      c_std: float | None = None, paired: AucWindow | TailCounts | None = None) -> CheckResult:
     """Add this window to the rollout's test, then read its decision."""
-    test: ErrorRateTest | MeanTest
-    totals: dict[str, dict[str, Any]]
-    if rule.metric in RATE_METRICS:
+    test: ErrorRateTest | MeanTest | AucTest
+    totals: dict[str, Any]
+    tail = ""
+    if rule.metric in RATE_METRICS or rule.metric in TAIL_METRICS:
         test = ErrorRateTest.restore(dict(test_state)) if test_state else spec.new_test(rule.metric, rule.min_samples)
         assert isinstance(test, ErrorRateTest)
-        if b_n or c_n:
+        if isinstance(paired, TailCounts):  # "error": a request above the pooled quantile
+            test.update(paired.candidate_n, paired.candidate_above, paired.baseline_n, paired.baseline_above)
+            tail = (f"requests above the pooled p{paired.quantile * 100:g} ({paired.threshold_ms:.4g} ms in this "
+                    f"window) count as errors: ")
+        elif rule.metric in RATE_METRICS and (b_n or c_n):
             test.update(c_n, round((c or 0.0) * c_n), b_n, round((b or 0.0) * b_n))
-        totals = {"candidate": {"samples": test.candidate_n, "errors": test.candidate_errors},
-                  "baseline": {"samples": test.baseline_n, "errors": test.baseline_errors}}
+        counted = "above" if rule.metric in TAIL_METRICS else "errors"
+        totals = {"candidate": {"samples": test.candidate_n, counted: test.candidate_errors},
+                  "baseline": {"samples": test.baseline_n, counted: test.baseline_errors}}
+        if rule.metric in TAIL_METRICS:
+            n = test.candidate_n + test.baseline_n
+            totals["tail"] = {"quantile": TAIL_METRICS[rule.metric],
+                              "threshold_ms": paired.threshold_ms if isinstance(paired, TailCounts) else None,
+                              "candidate_share": _mean(test.candidate_n, test.candidate_errors),
+                              "expected_share": _mean(n, test.candidate_errors + test.baseline_errors)}
+    elif rule.metric in AUC_METRICS:
+        test = AucTest.restore(dict(test_state)) if test_state else spec.new_test(rule.metric, rule.min_samples)
+        assert isinstance(test, AucTest)
+        test.update(paired if isinstance(paired, AucWindow) else None)
+        totals = test.summary()
     else:
         test = MeanTest.restore(dict(test_state)) if test_state else spec.new_test(rule.metric, rule.min_samples)
         assert isinstance(test, MeanTest)
@@ -273,6 +316,6 @@ def _judge_sequential(rule: CheckRule, spec: SequentialSpec, b: float | None, c:
     summary = {"log_likelihood_ratio": decision.log_likelihood_ratio, "threshold": decision.threshold,
                "p_value": decision.p_value, "windows": test.windows, **totals}
     return CheckResult(rule.name, rule.metric, decision.verdict, b, c, b_n, c_n,
-                       f"sequential test over {test.windows} windows: {decision.reason}; "
+                       f"sequential test over {test.windows} windows: {tail}{decision.reason}; "
                        f"log LR {decision.log_likelihood_ratio:.3g} vs {decision.threshold:.3g} (alpha {spec.alpha:g})",
                        test=summary, test_state=test.snapshot())

@@ -83,6 +83,24 @@ class LatencySketch:
         # through happens only for a sketch holding removals it never saw added.)
         return 2.0 * self._gamma**index / (self._gamma + 1.0)
 
+    def _bucket(self, value: float) -> int | None:
+        """The bucket index `add_many` gives `value` (the same numpy expression), None for a zero."""
+        if value <= _MIN_POSITIVE:
+            return None
+        return int(np.ceil(np.log(np.array([value], dtype=np.float64)) / self._log_gamma)[0])
+
+    def bucket_upper_edge(self, value: float) -> float:
+        """The upper edge of the bucket `value` falls in (for a value counted as zero, 1e-9: the zero
+        bucket's)."""
+        index = self._bucket(value)
+        return _MIN_POSITIVE if index is None else float(self._gamma**index)
+
+    def count_above(self, value: float) -> int:
+        """How many values lie in buckets above `value`'s bucket: exactly the values greater than
+        bucket_upper_edge(value), with no sketch error (a bucket is counted whole or not at all)."""
+        index = self._bucket(value)
+        return sum(n for i, n in self._buckets.items() if index is None or i > index)
+
     def merge(self, other: LatencySketch) -> LatencySketch:
         if other.relative_accuracy != self.relative_accuracy:
             raise ValueError("cannot merge sketches of different relative accuracy")

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mle_stream.core.checks import CheckResult, CheckRule, Verdict, judge_check, samples_of
+from mle_stream.core.checks import CheckResult, CheckRule, Verdict, judge_check, paired_window, samples_of
 from mle_stream.core.commands import command_id
 from mle_stream.core.events import Command, CommandKind
 from mle_stream.core.topology import Topology
@@ -120,7 +120,8 @@ def judge(topology: Topology, start: int, baseline: WindowState, candidate: Wind
     window_s = topology.window_size_ms / 1000
     b_values, c_values = baseline.values(window_s), candidate.values(window_s)
     state = state or PolicyState()
-    results = tuple(judge_check(rule, b_values, c_values, state.check(rule.name).failing, state.check(rule.name).test)
+    results = tuple(judge_check(rule, b_values, c_values, state.check(rule.name).failing, state.check(rule.name).test,
+                                None if rule.sequential is None else paired_window(rule.metric, baseline, candidate))
                     for rule in topology.checks)
     verdicts = {r.verdict for r in results}
     verdict = (Verdict.FAIL if Verdict.FAIL in verdicts else

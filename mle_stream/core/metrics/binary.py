@@ -125,6 +125,12 @@ class BinaryMetrics:
     def count(self) -> int:
         return self._n
 
+    @property
+    def score_histogram(self) -> tuple[IntArray, IntArray]:
+        """Positive and negative label counts per score bin, bins in rising score order (see the
+        class docstring): what a rank test needs beyond the AUC itself."""
+        return self._bin_pos.copy(), self._bin_neg.copy()
+
     def update(self, batch: BinaryOutcomes) -> None:
         w = batch.weights()
         score = np.asarray(batch.score, dtype=np.float64)

@@ -63,6 +63,11 @@ class ServingMetrics:
     def count(self) -> int:
         return self._predictions
 
+    @property
+    def latency_sketch(self) -> LatencySketch:
+        """The reported latencies' sketch (read it, do not update it: the moments would disagree)."""
+        return self._latency
+
     def update(self, latency_ms: FloatArray, serving_error: BoolArray, weight: FloatArray | None = None) -> None:
         """One batch of predictions; latency_ms NaN where not reported, weight +1 / -1 per row."""
         latency = np.asarray(latency_ms, dtype=np.float64)

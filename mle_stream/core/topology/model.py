@@ -23,6 +23,7 @@ from mle_stream.core.drift.decision import DriftThresholds
 from mle_stream.core.drift.live import DriftSettings
 from mle_stream.core.kserve_logger import IngestMapping
 from mle_stream.core.sequential import ErrorRateTest, MeanTest
+from mle_stream.core.sequential_auc import AucTest
 from mle_stream.core.tasks import TASKS as TASK_TYPES
 from mle_stream.core.topology.values import (
     BOOL,
@@ -313,7 +314,8 @@ class Topology:
 
 def _per_test(name: str) -> str:
     """A sequential test's default, which depends on the metric's test (core/sequential.py)."""
-    return f"{getattr(ErrorRateTest, name)} (error rates), {getattr(MeanTest, name)} (means)"
+    return (f"{getattr(ErrorRateTest, name)} (error rates, latency quantiles), {getattr(MeanTest, name)} (means)"
+            + (f", {getattr(AucTest, name)} (`roc_auc`)" if name == "mixing_scale" else ""))
 
 
 # Keys of sections whose dataclasses live with the code that uses them (their defaults stay there).
@@ -342,10 +344,12 @@ EXTERNAL_KEYS: dict[type, dict[str, Key | tuple[Section, ...]]] = {
         "alpha": Key("alpha", OPEN_FRACTION, "false-rollback rate ([decisions.md](decisions.md#sequential-tests))",
                      "probability"),
         "min_relative_increase": Key("min_relative_increase", NON_NEGATIVE,
-                                     "no rollback for a smaller relative difference", "fraction",
+                                     "no rollback for a smaller relative difference (not `roc_auc`)", "fraction",
                                      default=_per_test("min_relative_increase")),
-        "mixing_scale": Key("mixing_scale", POSITIVE, "scale of the mixture's prior", "log rate ratio; pooled std",
-                            default=_per_test("mixing_scale")),
+        "mixing_scale": Key("mixing_scale", POSITIVE, "scale of the mixture's prior",
+                            "log rate ratio; pooled std; AUC", default=_per_test("mixing_scale")),
+        "min_difference": Key("min_difference", FRACTION, "`roc_auc` only: no rollback for a smaller AUC shortfall",
+                              "AUC", default=str(AucTest.min_difference)),
     },
     DriftSettings: {
         "features": Key("features", TEXTS, "features compared ([drift.md](drift.md))",

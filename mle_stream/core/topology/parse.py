@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from mle_stream.core.checks import (
+    AUC_METRICS,
     SEQUENTIAL_METRICS,
     SHADOW_METRICS,
     CheckRule,
@@ -127,6 +128,11 @@ def _sequential(r: Reader, c: Nodes, path: str, metric: str | None) -> Sequentia
     spec = SequentialSpec(**{f.name: r.field(sq, path, SequentialSpec, f.name) for f in fields(SequentialSpec)})
     if metric not in SEQUENTIAL_METRICS:
         r.error(c["sequential"], path, f"is for {', '.join(SEQUENTIAL_METRICS)}, not {metric}")
+    # The AUC test's margin is a difference in AUC units; every other test's is a ratio.
+    margin, other = ("min_difference", "min_relative_increase") if metric in AUC_METRICS else (
+        "min_relative_increase", "min_difference")
+    if other in sq:
+        r.error(sq[other], f"{path}.{other}", f"is not a setting of {metric}'s test: its margin is {margin}")
     if any(k in c for k in (*_CHECK_LIMITS, "hysteresis")):
         r.error(c["sequential"], path, "decides alone: give the limits (max, min, max_degradation...) to another check")
     return spec
