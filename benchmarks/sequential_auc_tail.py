@@ -7,7 +7,8 @@ Each run is one rollout of `--windows` closed windows, the test looked at after 
 
 - roc_auc: per window `--labeled` labeled predictions per version, 20% positives, binormal scores
   (negatives N(0, 1), positives N(mu, 1) on the logit, AUC = Phi(mu / sqrt 2)); the baseline's AUC
-  is 0.80. A/A: the candidate's too; power: the candidate's is 0.78 (a drop of 0.02). The
+  is 0.80. A/A: the candidate's too; the null's edge: 0.79 (exactly the margin below, the hardest
+  case that must not roll back more than alpha); power: 0.78 (a drop of 0.02). The
   sequential check (AucTest: alpha 0.01, margin 0.01, min_samples 100 a class) next to the fixed
   check of the A/B example (the candidate's AUC more than 0.01 below the baseline's in 3 windows
   in a row).
@@ -96,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
     aa = [auc_rollout(rng, args.windows, args.labeled, 0.80) for _ in range(args.runs)]
+    edge = [auc_rollout(rng, args.windows, args.labeled, 0.79) for _ in range(args.runs)]
     worse = [auc_rollout(rng, args.windows, args.labeled, 0.78) for _ in range(args.runs)]
     result = {
         "settings": vars(args),
         "roc_auc": {"a/a sequential": rates([r["sequential"] for r in aa]),
                     "a/a fixed (0.01, 3 in a row)": rates([r["fixed"] for r in aa]),
+                    "0.01 below sequential": rates([r["sequential"] for r in edge]),
                     "drop 0.02 sequential": rates([r["sequential"] for r in worse]),
                     "drop 0.02 fixed (0.01, 3 in a row)": rates([r["fixed"] for r in worse])},
         "latency_p99_ms": {"a/a sequential": rates([tail_rollout(rng, args.windows, args.requests, 1.0)

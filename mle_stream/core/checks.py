@@ -140,9 +140,10 @@ class SequentialSpec:
         test: type[ErrorRateTest | MeanTest | AucTest] = (
             ErrorRateTest if metric in RATE_METRICS or metric in TAIL_METRICS else
             AucTest if metric in AUC_METRICS else MeanTest)
-        margin = "min_difference" if test is AucTest else "min_relative_increase"
         defaults = test()
-        return test(self.alpha, getattr(defaults if getattr(self, margin) is None else self, margin),  # type: ignore[arg-type]
+        margin = "min_difference" if test is AucTest else "min_relative_increase"
+        chosen: float | None = getattr(self, margin)
+        return test(self.alpha, getattr(defaults, margin) if chosen is None else chosen,
                     defaults.mixing_scale if self.mixing_scale is None else self.mixing_scale, min_samples)
 
 
@@ -280,24 +281,27 @@ def _judge_sequential(rule: CheckRule, spec: SequentialSpec, b: float | None, c:
     test: ErrorRateTest | MeanTest | AucTest
     totals: dict[str, Any]
     tail = ""
-    if rule.metric in RATE_METRICS or rule.metric in TAIL_METRICS:
+    if rule.metric in RATE_METRICS:
         test = ErrorRateTest.restore(dict(test_state)) if test_state else spec.new_test(rule.metric, rule.min_samples)
         assert isinstance(test, ErrorRateTest)
-        if isinstance(paired, TailCounts):  # "error": a request above the pooled quantile
-            test.update(paired.candidate_n, paired.candidate_above, paired.baseline_n, paired.baseline_above)
-            tail = (f"requests above the pooled p{paired.quantile * 100:g} ({paired.threshold_ms:.4g} ms in this "
-                    f"window) count as errors: ")
-        elif rule.metric in RATE_METRICS and (b_n or c_n):
+        if b_n or c_n:
             test.update(c_n, round((c or 0.0) * c_n), b_n, round((b or 0.0) * b_n))
-        counted = "above" if rule.metric in TAIL_METRICS else "errors"
-        totals = {"candidate": {"samples": test.candidate_n, counted: test.candidate_errors},
-                  "baseline": {"samples": test.baseline_n, counted: test.baseline_errors}}
-        if rule.metric in TAIL_METRICS:
-            n = test.candidate_n + test.baseline_n
-            totals["tail"] = {"quantile": TAIL_METRICS[rule.metric],
-                              "threshold_ms": paired.threshold_ms if isinstance(paired, TailCounts) else None,
-                              "candidate_share": _mean(test.candidate_n, test.candidate_errors),
-                              "expected_share": _mean(n, test.candidate_errors + test.baseline_errors)}
+        totals = {"candidate": {"samples": test.candidate_n, "errors": test.candidate_errors},
+                  "baseline": {"samples": test.baseline_n, "errors": test.baseline_errors}}
+    elif rule.metric in TAIL_METRICS:  # ErrorRateTest, an "error" being a request above the pooled quantile
+        test = ErrorRateTest.restore(dict(test_state)) if test_state else spec.new_test(rule.metric, rule.min_samples)
+        assert isinstance(test, ErrorRateTest)
+        threshold = None
+        if isinstance(paired, TailCounts):
+            test.update(paired.candidate_n, paired.candidate_above, paired.baseline_n, paired.baseline_above)
+            threshold = paired.threshold_ms
+            tail = f"requests above the pooled p{paired.quantile * 100:g} ({threshold:.4g} ms here) count as errors: "
+        above = test.candidate_errors + test.baseline_errors
+        totals = {"candidate": {"samples": test.candidate_n, "above": test.candidate_errors},
+                  "baseline": {"samples": test.baseline_n, "above": test.baseline_errors},
+                  "tail": {"quantile": TAIL_METRICS[rule.metric], "threshold_ms": threshold,
+                           "candidate_share": _mean(test.candidate_n, test.candidate_errors),
+                           "expected_share": _mean(test.candidate_n + test.baseline_n, above)}}
     elif rule.metric in AUC_METRICS:
         test = AucTest.restore(dict(test_state)) if test_state else spec.new_test(rule.metric, rule.min_samples)
         assert isinstance(test, AucTest)
