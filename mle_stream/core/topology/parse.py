@@ -131,7 +131,7 @@ def _sequential(r: Reader, c: Nodes, path: str, metric: str | None) -> Sequentia
     # The AUC test's margin is a difference in AUC units; every other test's is a ratio.
     margin, other = ("min_difference", "min_relative_increase") if metric in AUC_METRICS else (
         "min_relative_increase", "min_difference")
-    if other in sq:
+    if metric in SEQUENTIAL_METRICS and other in sq:
         r.error(sq[other], f"{path}.{other}", f"is not a setting of {metric}'s test: its margin is {margin}")
     if any(k in c for k in (*_CHECK_LIMITS, "hysteresis")):
         r.error(c["sequential"], path, "decides alone: give the limits (max, min, max_degradation...) to another check")
