@@ -52,6 +52,10 @@ def add_parser(sub: Subcommands) -> None:
     s.add_argument("--degrade", action="append", default=[], metavar="METRIC=CHANGE",
                    help="the candidate's degradation: error_rate=2x, roc_auc=-0.02, latency_p99_ms=+20%%, mae=+10%% "
                         "(repeatable; default: per check, twice what the check allows)")
+    s.add_argument("--baseline", action="append", default=[], metavar="METRIC=VALUE",
+                   help="the baseline's traffic: roc_auc=0.9, error_rate=0.1, latency_p99_ms=90, mae=8, "
+                        "serving_error_rate=0.001 (repeatable; a metric a topology's task lacks is ignored for it; "
+                        "default: see docs/simulate.md)")
     s.add_argument("--alpha", type=float, metavar="RATE",
                    help="the false-rollback rate above which a check is warned about; default: the smallest "
                         "alpha of the topology's sequential checks, else 0.05 (a sequential check: its own alpha)")
@@ -108,9 +112,14 @@ def _scenario(args: argparse.Namespace) -> Any:
         if args.alpha is not None and not 0 < args.alpha < 1:
             raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
         degradations = tuple(Degradation.parse(d) for d in args.degrade)
+        settings = tuple(Degradation.parse(b) for b in args.baseline)
+        relative = [b for b, d in zip(args.baseline, settings) if d.kind != "abs"]
+        if relative:
+            raise ValueError(f"--baseline {relative[0]}: state the baseline's value, e.g. roc_auc=0.9")
     except ValueError as exc:
         raise ConfigError(f"mle-stream validate --simulate: {exc}") from exc
-    return Scenario(traffic=traffic, degradations=degradations, runs=args.runs, seed=args.seed, alpha=args.alpha)
+    return Scenario(traffic=traffic, baseline_settings=settings, degradations=degradations, runs=args.runs,
+                    seed=args.seed, alpha=args.alpha)
 
 
 _UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -135,6 +144,7 @@ def _scenario_json(scenario: Any) -> dict[str, Any]:
     t = scenario.traffic
     return {"runs": scenario.runs, "seed": scenario.seed, "traffic_per_s": t.per_s, "candidate_share": t.share,
             "label_delay_ms": list(t.label_delay_ms), "unlabeled": t.unlabeled, "windows": t.windows,
+            "baseline": [str(d) for d in scenario.baseline_settings],
             "degrade": [str(d) for d in scenario.degradations], "generator": asdict(scenario.baseline)}
 
 
@@ -157,7 +167,7 @@ def _simulate(path: Path, topology: Any, scenario: Any, as_json: bool) -> dict[s
         raise ConfigError(f"{path}: cannot simulate: {exc}") from exc
     checks = []
     for r in results:
-        doc = {"check": r.check, "metric": r.metric, "skipped": r.skipped, "alpha": r.alpha,
+        doc = {"check": r.check, "metric": r.metric, "action": r.action, "skipped": r.skipped, "alpha": r.alpha,
                "degradation": r.degradation, "warning": r.warning, "fix": r.fix if r.warning else None,
                "false_rollback": _rate_json(r.false_rollback), "detection": _rate_json(r.detection),
                "delay": asdict(r.delay)}
@@ -176,12 +186,14 @@ def _line(r: Any) -> str:
     if r.skipped:
         return f"  {r.check} ({r.metric}): not simulated: {r.skipped}"
     fr, dt, d = r.false_rollback, r.detection, r.delay
-    text = (f"  {r.check} ({r.metric}): false rollbacks {fr.value:.1%} [{fr.low:.1%}, {fr.high:.1%}] of A/A runs; "
+    what = "rollbacks" if r.action == "rollback" else "holds"
+    text = (f"  {r.check} ({r.metric}): false {what} {fr.value:.1%} [{fr.low:.1%}, {fr.high:.1%}] of A/A runs; "
             f"{r.degradation} detected in {dt.value:.1%} [{dt.low:.1%}, {dt.high:.1%}]")
     if d.median_windows is not None:
         text += (f", after {d.median_windows:g} windows (p95 {d.p95_windows:g}) and {d.median_samples:,.0f} "
                  f"candidate samples (p95 {d.p95_samples:,.0f})")
     if r.warning:
-        text += (f"\n    warning: {r.check} rolls back {fr.value:.1%} of healthy candidates, above alpha "
+        verb = "rolls back" if r.action == "rollback" else "holds"
+        text += (f"\n    warning: {r.check} {verb} {fr.value:.1%} of healthy candidates, above alpha "
                  f"{r.alpha:g}; fix: {r.fix}")
     return text

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, ndtri
 from scipy.stats import beta as beta_distribution
 
 from mle_stream.core.checks import (
@@ -44,6 +44,7 @@ from mle_stream.core.checks import (
     CheckRule,
     SequentialSpec,
     base_metric,
+    metric_problem,
 )
 from mle_stream.core.columns import FeatureColumns, LabelColumns, PredictionColumns
 from mle_stream.core.evaluator import ModelEvaluator
@@ -54,7 +55,7 @@ from mle_stream.core.window_state import WindowState
 
 DEFAULT_RUNS = 200
 DEFAULT_WINDOWS = 24  # the horizon of a topology without rollout steps
-_CALIBRATION_SAMPLES = 40_000
+_CALIBRATION_SAMPLES = 100_000
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Generator:
     latency_median_ms: float = 40.0
     latency_sigma: float = 0.5
     serving_error_rate: float = 0.002
+    flip: float = 0.0  # classification: share of predictions whose truth is another class than scored
 
     def outputs(self, task: str, n: int, rng: np.random.Generator) -> tuple[Any, list[Any]]:
         """(outputs, truths) of n predictions: binary scores, multiclass score maps or regression values."""
@@ -75,7 +77,8 @@ class Generator:
             truth = rng.random(n) < self.base_rate
             x = rng.standard_normal(n) + self.separation * truth
             logit = math.log(self.base_rate / (1 - self.base_rate)) + self.separation * x - self.separation ** 2 / 2
-            return expit(logit), truth.tolist()
+            flipped = rng.random(n) < self.flip
+            return expit(logit), (truth ^ flipped).tolist()
         if task == "multiclass":
             k = self.classes
             cls = rng.integers(0, k, n)
@@ -84,6 +87,8 @@ class Generator:
             p = np.exp(logits - logits.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
             names = [f"class{j}" for j in range(k)]
+            flipped = rng.random(n) < self.flip
+            cls = np.where(flipped, (cls + rng.integers(1, k, n)) % k, cls)
             return [dict(zip(names, row)) for row in p.tolist()], [names[c] for c in cls.tolist()]
         truth_values = rng.normal(100.0, 20.0, n)
         return truth_values + rng.normal(0.0, self.noise, n), truth_values.tolist()
@@ -226,11 +231,20 @@ def degrade(task: str, topology: Topology, gen: Generator, degradation: Degradat
     if base in SERVING_METRICS or base in SHADOW_METRICS:
         raise ValueError(f"degradation {degradation}: {metric!r} cannot be degraded in the simulation; "
                          f"degrade a quality metric, latency_*_ms or serving_error_rate")
-    knob = "noise" if task == "regression" else "separation"
-    lo, hi = (0.0, 2.5 * max(gen.separation, 1.0)) if knob == "separation" else (0.01, 20 * gen.noise)
+    if task == "binary" and base == "roc_auc":
+        if not 0.5 <= target < 1:
+            raise ValueError(f"degradation {degradation}: the simulator's AUC is in [0.5, 1), got {target:.4g}")
+        return replace(gen, separation=math.sqrt(2) * float(ndtri(target)))  # AUC = Phi(separation / sqrt 2)
+    # Wrong truths move the error rate up to any level; a weaker separation cannot raise it past
+    # the base rate (a calibrated model that knows nothing predicts the majority class).
+    knob = ("flip" if base in ("error_rate", "accuracy") and task != "regression"
+            else "noise" if task == "regression" else "separation")
+    lo, hi = {"flip": (0.0, 0.5), "noise": (0.01, 20 * gen.noise),
+              "separation": (0.0, 2.5 * max(gen.separation, 1.0))}[knob]
 
     def turned(x: float) -> Generator:
-        return replace(gen, noise=x) if knob == "noise" else replace(gen, separation=x)
+        return (replace(gen, flip=x) if knob == "flip" else replace(gen, noise=x) if knob == "noise"
+                else replace(gen, separation=x))
 
     def value(x: float) -> float:
         v = metric_value(task, topology, turned(x), metric)
@@ -241,7 +255,7 @@ def degrade(task: str, topology: Topology, gen: Generator, degradation: Degradat
         raise ValueError(f"degradation {degradation}: {metric} {target:.4g} is out of the simulator's reach "
                          f"(its {knob} gives {min(v_lo, v_hi):.4g}..{max(v_lo, v_hi):.4g}; baseline {current:.4g})")
     increasing = v_hi > v_lo
-    for _ in range(30):
+    for _ in range(25):
         mid = (lo + hi) / 2
         if (value(mid) < target) == increasing:
             lo = mid
@@ -254,8 +268,8 @@ def degrade(task: str, topology: Topology, gen: Generator, degradation: Degradat
 
 @dataclass(frozen=True)
 class RunOutcome:
-    rolled_back: bool
-    window: int | None  # 1-based index of the closed window whose judgement fired the ROLLBACK
+    fired: bool  # the check's action: a ROLLBACK, or a HOLD for a check with action: hold
+    window: int | None  # 1-based index of the closed window whose judgement fired it
     candidate_samples: int | None  # what the check had read of the candidate until then
     failed_windows: int  # windows the check FAILed
 
@@ -344,7 +358,7 @@ def run_once(topology: Topology, traffic: Traffic, baseline: Generator, candidat
             samples += result.candidate_samples
             failed += result.verdict.value == "FAIL"
         for command in advance.commands:
-            if command.kind is CommandKind.ROLLBACK:
+            if command.kind is CommandKind.ROLLBACK or (command.kind is CommandKind.HOLD and command.rule == rule.name):
                 return RunOutcome(True, judged, samples, failed)
             if command.kind is CommandKind.PROMOTE:
                 return RunOutcome(False, None, None, failed)
@@ -440,7 +454,8 @@ class Delay:
 class CheckSimulation:
     check: str
     metric: str
-    false_rollback: Rate  # A/A: both versions from the same generator
+    action: str  # what firing does: "rollback" or "hold"
+    false_rollback: Rate  # A/A (both versions from the same generator): runs where the check fired
     detection: Rate  # under `degradation`
     delay: Delay
     degradation: str
@@ -463,7 +478,7 @@ def simulate_rule(topology: Topology, rule: CheckRule, traffic: Traffic, baselin
 
 
 def _delay(outcomes: Sequence[RunOutcome]) -> Delay:
-    fired = [o for o in outcomes if o.rolled_back]
+    fired = [o for o in outcomes if o.fired]
     if not fired:
         return Delay(None, None, None, None)
     w = np.array([o.window for o in fired], dtype=float)
@@ -472,7 +487,7 @@ def _delay(outcomes: Sequence[RunOutcome]) -> Delay:
 
 
 def _rate(outcomes: Sequence[RunOutcome]) -> Rate:
-    return clopper_pearson(sum(o.rolled_back for o in outcomes), len(outcomes))
+    return clopper_pearson(sum(o.fired for o in outcomes), len(outcomes))
 
 
 def fixes(rule: CheckRule, alpha: float) -> list[tuple[str, CheckRule]]:
@@ -508,7 +523,7 @@ def simulate_check(topology: Topology, rule: CheckRule, traffic: Traffic, baseli
                    try_fixes: bool = True) -> CheckSimulation:
     """A/A false-rollback rate, detection rate and delay of one check; a fix when the rate is above alpha."""
     if base_metric(rule.metric) in SHADOW_METRICS or topology.mode == "shadow":
-        return CheckSimulation(rule.name, rule.metric, Rate(0, 0, 0, 1), Rate(0, 0, 0, 1),
+        return CheckSimulation(rule.name, rule.metric, rule.action, Rate(0, 0, 0, 1), Rate(0, 0, 0, 1),
                                Delay(None, None, None, None), "", alpha,
                                skipped="shadow mode is not simulated (pairs of answers to the same request)")
     if rule.sequential is not None:
@@ -525,17 +540,25 @@ def simulate_check(topology: Topology, rule: CheckRule, traffic: Traffic, baseli
         shown = str(d)
     aa = simulate_rule(topology, rule, traffic, baseline, baseline, runs, seed)
     bad = simulate_rule(topology, rule, traffic, baseline, candidate, runs, seed + 1)
-    false_rollback = _rate(aa)
+    false_rollback, detection = _rate(aa), _rate(bad)
     fix = None
     if try_fixes and false_rollback.value > alpha:
+        # A fix must keep the check useful: one that never judges (min_samples above a window's
+        # traffic) never rolls back a healthy candidate either, nor a broken one.
         for text, variant in fixes(rule, alpha):
             trial = _rate(simulate_rule(topology, variant, traffic, baseline, baseline, runs, seed))
-            if trial.value <= alpha:
-                fix = f"{text} (simulated false-rollback rate {trial.value:.1%})"
+            if trial.value > alpha:
+                continue
+            caught = _rate(simulate_rule(topology, variant, traffic, baseline, candidate, runs, seed + 1))
+            if caught.value >= detection.value / 2:
+                fix = (f"{text} (simulated: false {rule.action}s {trial.value:.1%} [{trial.low:.1%}, "
+                       f"{trial.high:.1%}], {shown} detected in {caught.value:.1%})")
                 break
         else:
-            fix = "none of " + "; ".join(text for text, _ in fixes(rule, alpha)) + " brings it under alpha"
-    return CheckSimulation(rule.name, rule.metric, false_rollback, _rate(bad), _delay(bad), shown, alpha, fix)
+            fix = ("none of " + "; ".join(text for text, _ in fixes(rule, alpha))
+                   + " brings it under alpha and still detects half as often")
+    return CheckSimulation(rule.name, rule.metric, rule.action, false_rollback, detection, _delay(bad), shown,
+                           alpha, fix)
 
 
 def topology_alpha(topology: Topology, default: float = 0.05) -> float:
@@ -544,12 +567,27 @@ def topology_alpha(topology: Topology, default: float = 0.05) -> float:
     return min(alphas) if alphas else default
 
 
+def applicable(topology: Topology, changes: Sequence[Degradation]) -> tuple[Degradation, ...]:
+    """The changes whose metric a window of `topology` carries (a --degrade roc_auc=-0.02 says
+    nothing about a regression model)."""
+    return tuple(d for d in changes
+                 if metric_problem(topology.task, d.metric, topology.thresholds, topology.mode) is None)
+
+
+def baseline_generator(topology: Topology, generator: Generator, settings: Sequence[Degradation]) -> Generator:
+    """`generator` moved so that each stated metric has the stated value (settings that apply)."""
+    for d in applicable(topology, settings):
+        generator = degrade(topology.task, topology, generator, d)
+    return generator
+
+
 @dataclass(frozen=True)
 class Scenario:
     """Everything a simulation of a topology takes besides the topology."""
 
     traffic: Traffic = field(default_factory=Traffic)
     baseline: Generator = field(default_factory=Generator)
+    baseline_settings: tuple[Degradation, ...] = ()  # the baseline's metrics, e.g. roc_auc=0.9
     degradations: tuple[Degradation, ...] = ()
     runs: int = DEFAULT_RUNS
     seed: int = 0
@@ -560,15 +598,17 @@ class Scenario:
 def simulate_topology(topology: Topology, scenario: Scenario,
                       progress: Callable[[str], None] | None = None) -> list[CheckSimulation]:
     alpha = scenario.alpha if scenario.alpha is not None else topology_alpha(topology)
+    baseline = baseline_generator(topology, scenario.baseline, scenario.baseline_settings)
+    degradations = applicable(topology, scenario.degradations)
     out = []
     for rule in topology.checks:
         if progress is not None:
             progress(rule.name)
-        out.append(simulate_check(topology, rule, scenario.traffic, scenario.baseline, scenario.runs,
-                                  scenario.seed, alpha, scenario.degradations, scenario.try_fixes))
+        out.append(simulate_check(topology, rule, scenario.traffic, baseline, scenario.runs,
+                                  scenario.seed, alpha, degradations, scenario.try_fixes))
     return out
 
 
 __all__ = ["CheckSimulation", "Degradation", "Generator", "Rate", "RunOutcome", "Scenario", "Traffic",
-           "clopper_pearson", "default_degradation", "degrade", "metric_value", "simulate_check",
-           "simulate_topology", "topology_alpha"]
+           "applicable", "baseline_generator", "clopper_pearson", "default_degradation", "degrade", "horizon",
+           "initial_share", "metric_value", "run_once", "simulate_check", "simulate_topology", "topology_alpha"]
