@@ -12,8 +12,15 @@ from scipy.special import ndtr
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, mean_absolute_error, roc_auc_score
 
-from mle_stream.core.simulation import Degradation, Generator, Traffic, clopper_pearson, degrade, run_once, \
-    simulate_check
+from mle_stream.core.simulation import (
+    Degradation,
+    Generator,
+    Traffic,
+    clopper_pearson,
+    degrade,
+    run_once,
+    simulate_check,
+)
 from mle_stream.core.topology import parse_topology
 
 TOPOLOGY = """\

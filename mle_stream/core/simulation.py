@@ -567,7 +567,8 @@ def simulate_check(topology: Topology, rule: CheckRule, traffic: Traffic, baseli
                 break
         else:
             fix = ("none of " + "; ".join(text for text, _ in fixes(rule, alpha))
-                   + " brings it under alpha and still detects the degradation (in half the runs, or half as often as now)")
+                   + " brings it under alpha and still detects the degradation"
+                   " (in half the runs, or half as often as now)")
     return CheckSimulation(rule.name, rule.metric, rule.action, false_rollback, detection, _delay(bad), shown,
                            alpha, fix)
 
