@@ -17,6 +17,7 @@ RUNS = {
     "measure_catch_up.py": (["--help"], "benchmarks/measure_catch_up.py"),
     "measure_checkpoint.py": (["--help"], "benchmarks/measure_checkpoint.py"),
     "measure_without_faust.py": (["--help"], "benchmarks/measure_without_faust.py"),
+    "simulate_checks.py": (["--help"], "benchmarks/simulate_checks.py"),
     "bench-drift-env": (["--help"], "benchmarks/bench-drift-env [DIR]"),
 }
 
