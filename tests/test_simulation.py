@@ -135,3 +135,11 @@ def test_a_malformed_degradation_says_what_is_expected(text: str) -> None:
 def test_a_degradation_out_of_reach_says_so() -> None:
     with pytest.raises(ValueError, match="out of the simulator's reach|AUC is in"):
         degrade("binary", BINARY, Generator(), Degradation.parse("roc_auc=0.3"))
+
+
+def test_the_last_window_of_the_horizon_is_judged() -> None:
+    # No later prediction moves event time past the last window: the run closes it at its end.
+    single = replace(BINARY, checks=BINARY.checks[:1])
+    outcome = run_once(single, replace(TRAFFIC, windows=1), Generator(), Generator(flip=0.2),
+                       np.random.default_rng(3))
+    assert outcome.fired and outcome.window == 1 and outcome.failed_windows == 1

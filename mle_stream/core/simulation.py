@@ -3,8 +3,9 @@ they catch a degraded one.
 
 Synthetic prediction and label streams for the baseline and the candidate go through the real
 ModelEvaluator (label join, windows, checks, policy) window by window, as `mle-stream replay`
-feeds recorded ones, and each run records whether the policy emitted a ROLLBACK, in which window
-and after how many candidate samples. Runs are seeded: the same seed gives the same numbers.
+feeds recorded ones, and each run records whether the check's action fired (a ROLLBACK, or a HOLD
+for a check with action: hold), in which window and after how many candidate samples. Runs are
+seeded: the same seed gives the same numbers.
 
 The generator (docs/simulate.md says it for users):
 
@@ -20,9 +21,10 @@ The generator (docs/simulate.md says it for users):
 
 A degradation names a metric and a change; it is reached by moving one knob of the candidate's
 generator: latencies by scaling them (every quantile scales with the median), the serving error
-rate by setting it, and a model-quality metric (AUC, error rate, F1, MAE, ...) by lowering the
-separation (raising the noise for regression) until that metric, computed by the task's own
-metric state on a large sample, reaches the stated value (bisection).
+rate by setting it, a classifier's error rate by flipping a share of truths, the binary AUC by
+the separation (closed form), regression MAE and RMSE by scaling the noise, and any other
+quality metric by the separation (the noise for regression), found by bisection on the metric as
+the task's own window state computes it on a large sample.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ from mle_stream.core.checks import (
     metric_problem,
 )
 from mle_stream.core.columns import FeatureColumns, LabelColumns, PredictionColumns
-from mle_stream.core.evaluator import ModelEvaluator
+from mle_stream.core.evaluator import Advance, ModelEvaluator
 from mle_stream.core.events import CommandKind
 from mle_stream.core.tasks import task_for
 from mle_stream.core.topology import Topology
+from mle_stream.core.verdict import Verdict
 from mle_stream.core.window_state import WindowState
 
 DEFAULT_RUNS = 200
@@ -328,16 +331,30 @@ def run_once(topology: Topology, traffic: Traffic, baseline: Generator, candidat
     failed = 0
     start0 = 1_000 * size  # any aligned start: event time is all that matters
     end = start0 + (windows + 1) * size + t.window_grace_ms + hi
-    chunk = size
-    step = 0
-    while True:
-        t0 = start0 + step * chunk
-        if t0 >= end:
-            break
-        t1 = t0 + chunk
-        step += 1
-        if t0 < start0 + windows * size:
-            n = int(rng.poisson(traffic.per_s * chunk / 1000))
+
+    def _take(advance: Advance) -> bool | None:
+        """Count the judged windows; True when the check's action fired, False when the candidate
+        was promoted (the run is over), None while it goes on. Follows the traffic steps."""
+        nonlocal judged, samples, failed, share
+        for j in advance.judgements:
+            judged += 1
+            result = j.check(rule.name)
+            samples += result.candidate_samples
+            failed += result.verdict is Verdict.FAIL
+        for command in advance.commands:
+            if command.kind is CommandKind.ROLLBACK or (command.kind is CommandKind.HOLD and command.rule == rule.name):
+                return True
+            if command.kind is CommandKind.PROMOTE:
+                return False
+            if command.kind is CommandKind.SET_TRAFFIC and follow:
+                share = min(0.99, max(0.01, command.traffic.get(t.candidate_version, 0) / 100))
+        return None
+
+    for step in range(-(-(end - start0) // size)):
+        t0 = start0 + step * size
+        t1 = t0 + size
+        if step < windows:
+            n = int(rng.poisson(traffic.per_s * size / 1000))
             ts = np.sort(rng.integers(t0, t1, n)).astype(np.int64)
             is_cand = rng.random(n) < share
             ids = np.arange(next_id, next_id + n)
@@ -365,22 +382,12 @@ def run_once(topology: Topology, traffic: Traffic, baseline: Generator, candidat
             pending_truth = [[all_truth[i] for i in rest.tolist()]]
         else:
             ev.labels_idle = True
-        advance = ev.advance(t1)
-        for j in advance.judgements:
-            judged += 1
-            result = j.check(rule.name)
-            samples += result.candidate_samples
-            failed += result.verdict.value == "FAIL"
-        for command in advance.commands:
-            if command.kind is CommandKind.ROLLBACK or (command.kind is CommandKind.HOLD and command.rule == rule.name):
-                return RunOutcome(True, judged, samples, failed)
-            if command.kind is CommandKind.PROMOTE:
-                return RunOutcome(False, None, None, failed)
-            if command.kind is CommandKind.SET_TRAFFIC and follow:
-                share = min(0.99, max(0.01, command.traffic.get(t.candidate_version, 0) / 100))
-        if judged >= windows:
+        fired = _take(ev.advance(t1))
+        if fired is not None or judged >= windows:
             break
-    return RunOutcome(False, None, None, failed)
+    else:
+        fired = _take(ev.close_all(end))  # the last windows: no later prediction moves event time past them
+    return RunOutcome(bool(fired), judged if fired else None, samples if fired else None, failed)
 
 
 def _delays(lo: int, hi: int, n: int, rng: np.random.Generator) -> np.ndarray:
