@@ -74,3 +74,22 @@ def test_a_bad_flag_says_what_was_expected(flags: list[str], named: str, topolog
                                            capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "--simulate", *flags, str(topology)]) == 2
     assert named in capsys.readouterr().err
+
+
+def test_traffic_label_delays_and_unlabeled_share_are_measured_from_a_recording(
+        topology: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 200 predictions over 99.5 s; 150 of them labeled, 3 s later (the rest never).
+    predictions, labels = tmp_path / "p.jsonl", tmp_path / "l.jsonl"
+    predictions.write_text("".join(json.dumps({"prediction_id": f"p{i}", "model": "m", "version": "1",
+                                               "timestamp": 1_000_000 + 500 * i, "score": 0.3}) + "\n"
+                                   for i in range(200)))
+    labels.write_text("".join(json.dumps({"prediction_id": f"p{i}", "model": "m",
+                                          "timestamp": 1_003_000 + 500 * i, "label": True}) + "\n"
+                              for i in range(150)))
+    assert main(["validate", "--simulate", "--json", "--runs", "2", "--windows", "2", "--share", "50%",
+                 "--predictions", str(predictions), "--labels", str(labels), str(topology)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["measured"]["per_s"] == pytest.approx(200 / 99.5)
+    assert doc["scenario"]["traffic_per_s"] == pytest.approx(200 / 99.5)
+    assert doc["scenario"]["label_delay_ms"] == [3000, 3000]
+    assert doc["scenario"]["unlabeled"] == pytest.approx(0.25)

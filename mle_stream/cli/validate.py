@@ -22,7 +22,8 @@ examples:
   mle-stream validate topologies/
   mle-stream validate topologies/recommender-ab.yaml
   mle-stream validate --simulate --traffic 50/s --label-delay 1m..1h --unlabeled 5% topologies/recommender-ab.yaml
-  mle-stream validate --simulate --degrade roc_auc=-0.02 --degrade latency_p99_ms=+20% --json topologies/"""
+  mle-stream validate --simulate --degrade roc_auc=-0.02 --degrade latency_p99_ms=+20% --json topologies/
+  mle-stream validate --simulate --predictions recorded-predictions.jsonl --labels recorded-labels.jsonl topologies/"""
 
 
 def add_parser(sub: Subcommands) -> None:
@@ -38,15 +39,21 @@ def add_parser(sub: Subcommands) -> None:
     s.add_argument("--runs", type=int, default=200, metavar="N", help="simulated rollouts per check and case "
                    "(default 200)")
     s.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same numbers")
-    s.add_argument("--traffic", default="20/s", metavar="RATE",
-                   help="predictions per second to both versions: 50/s, 3000/m, 100000/h (default 20/s)")
+    s.add_argument("--traffic", metavar="RATE",
+                   help="predictions per second to both versions: 50/s, 3000/m, 100000/h (default 20/s, or the "
+                        "recording's)")
     s.add_argument("--share", metavar="PERCENT",
                    help="the candidate's share of the traffic, e.g. 10%%; default: the topology's rollout steps "
                         "(followed as the policy moves them), 50%% for mode ab, else 10%%")
-    s.add_argument("--label-delay", default="1s..1m", metavar="LOW..HIGH",
-                   help="label delay, log-uniform between the two (e.g. 1m..1h), or one duration (default 1s..1m)")
-    s.add_argument("--unlabeled", default="5%", metavar="PERCENT",
-                   help="share of predictions never labeled (default 5%%)")
+    s.add_argument("--label-delay", metavar="LOW..HIGH",
+                   help="label delay, log-uniform between the two (e.g. 1m..1h), or one duration (default 1s..1m, "
+                        "or the recording's 5th..95th percentiles)")
+    s.add_argument("--unlabeled", metavar="PERCENT",
+                   help="share of predictions never labeled (default 5%%, or the recording's)")
+    s.add_argument("--predictions", type=Path, metavar="FILE",
+                   help="recorded predictions (JSON lines, as mle-stream replay reads them): traffic measured from "
+                        "them; with --labels, label delays and the unlabeled share too (flags given win)")
+    s.add_argument("--labels", type=Path, metavar="FILE", help="recorded labels, with --predictions")
     s.add_argument("--windows", type=int, metavar="N",
                    help="windows per rollout; default: every rollout step's windows, at least 24")
     s.add_argument("--degrade", action="append", default=[], metavar="METRIC=CHANGE",
@@ -66,7 +73,13 @@ def add_parser(sub: Subcommands) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from mle_stream.core.topology import load_topology
 
-    scenario = _scenario(args) if args.simulate else None
+    scenario, measured = _scenario(args) if args.simulate else (None, None)
+    if measured is not None and not args.json:
+        print(f"measured from {args.predictions}" + (f" and {args.labels}" if args.labels else "") + f": "
+              f"{measured.predictions} predictions, {measured.per_s:.4g}/s"
+              + (f"; {measured.labels} labels, delays {measured.label_delay_ms[0] / 1000:g}.."
+                 f"{measured.label_delay_ms[1] / 1000:g} s (5th..95th percentile), {measured.unlabeled:.1%} "
+                 f"unlabeled" if args.labels else ""))
     files = [f for p in map(Path, args.paths) for f in (sorted(p.glob("*.y*ml")) if p.is_dir() else [p])]
     failed = warned = 0
     reports: list[dict[str, Any]] = []
@@ -88,23 +101,34 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             warned += sum(c["warning"] for c in report["checks"])
             reports.append(report)
     if args.json and scenario is not None:
-        json.dump({"scenario": _scenario_json(scenario), "topologies": reports}, sys.stdout, indent=2,
-                  allow_nan=False)
+        doc: dict[str, Any] = {"scenario": _scenario_json(scenario), "topologies": reports}
+        if measured is not None:
+            doc["measured"] = {"predictions_file": str(args.predictions),
+                               "labels_file": None if args.labels is None else str(args.labels),
+                               **asdict(measured)}
+        json.dump(doc, sys.stdout, indent=2, allow_nan=False)
         print()
     if failed or not files:
         return 2
     return 1 if args.strict and warned else 0
 
 
-def _scenario(args: argparse.Namespace) -> Any:
+def _scenario(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The simulation's settings, and what was measured from a recording (None without one)."""
     from mle_stream.core.durations import parse_duration_ms
     from mle_stream.core.simulation import Degradation, Scenario, Traffic
 
     try:
-        low, sep, high = args.label_delay.partition("..")
+        measured = _measured(args) if args.predictions else None
+        label_delay = args.label_delay or (None if measured is None or not args.labels else
+                                           "{}ms..{}ms".format(*measured.label_delay_ms)) or "1s..1m"
+        low, sep, high = label_delay.partition("..")
         delays = (parse_duration_ms(low), parse_duration_ms(high if sep else low))
-        traffic = Traffic(_rate(args.traffic), None if args.share is None else _percent(args.share, "--share"),
-                          delays, _percent(args.unlabeled, "--unlabeled"), args.windows)
+        per_s = _rate(args.traffic) if args.traffic else measured.per_s if measured else 20.0
+        unlabeled = (_percent(args.unlabeled, "--unlabeled") if args.unlabeled
+                     else measured.unlabeled if measured and args.labels else 0.05)
+        traffic = Traffic(per_s, None if args.share is None else _percent(args.share, "--share"),
+                          delays, unlabeled, args.windows)
         if args.runs < 1:
             raise ValueError(f"--runs must be at least 1, got {args.runs}")
         if args.windows is not None and args.windows < 1:
@@ -119,7 +143,37 @@ def _scenario(args: argparse.Namespace) -> Any:
     except ValueError as exc:
         raise ConfigError(f"mle-stream validate --simulate: {exc}") from exc
     return Scenario(traffic=traffic, baseline_settings=settings, degradations=degradations, runs=args.runs,
-                    seed=args.seed, alpha=args.alpha)
+                    seed=args.seed, alpha=args.alpha), measured
+
+
+def _measured(args: argparse.Namespace) -> Any:
+    """Traffic figures of the recording given with --predictions (and --labels)."""
+    import numpy as np
+
+    from mle_stream import wire
+    from mle_stream.core.simulation import measure_recording
+    from mle_stream.errors import InvalidEvent
+
+    def read(path: Path, make: Any) -> list[Any]:
+        records = []
+        try:
+            with path.open(encoding="utf-8") as handle:
+                for number, line in enumerate(handle, 1):
+                    if line.strip():
+                        try:
+                            records.append(make(json.loads(line)))
+                        except (ValueError, InvalidEvent) as exc:
+                            raise ValueError(f"{path}:{number}: {exc}") from exc
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+        return records
+
+    predictions = read(args.predictions, wire.prediction_from_dict)
+    labels = read(args.labels, wire.label_from_dict) if args.labels else []
+    return measure_recording(np.array([p.timestamp for p in predictions], dtype=np.int64),
+                             [p.prediction_id for p in predictions],
+                             np.array([lab.timestamp for lab in labels], dtype=np.int64),
+                             [lab.prediction_id for lab in labels])
 
 
 _UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0}

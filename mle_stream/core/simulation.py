@@ -123,6 +123,32 @@ class Traffic:
             raise ValueError(f"the unlabeled share must be in [0, 1), got {self.unlabeled}")
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """Traffic figures measured from recorded predictions and labels (`mle-stream replay`'s input)."""
+
+    per_s: float
+    label_delay_ms: tuple[int, int]  # 5th and 95th percentiles of label time - prediction time
+    unlabeled: float  # predictions without a label
+    predictions: int
+    labels: int
+
+
+def measure_recording(timestamps: np.ndarray, ids: Sequence[str], label_timestamps: np.ndarray,
+                      label_ids: Sequence[str]) -> Recorded:
+    """Traffic, label delays and the unlabeled share of a recording (one model's records)."""
+    n = len(timestamps)
+    if n < 2:
+        raise ValueError(f"a recording needs at least 2 predictions to measure traffic, got {n}")
+    span_s = max(float(timestamps.max() - timestamps.min()) / 1000, 1.0)
+    at = dict(zip(ids, timestamps.tolist()))
+    delays = np.array([lt - at[i] for i, lt in zip(label_ids, label_timestamps.tolist()) if i in at], dtype=float)
+    delays = delays[delays >= 0]
+    low, high = (int(np.percentile(delays, 5)), int(np.percentile(delays, 95))) if len(delays) else (0, 0)
+    labeled = len(set(label_ids) & set(ids))
+    return Recorded(n / span_s, (low, high), 1 - labeled / n, n, len(label_ids))
+
+
 # -- degradations ---------------------------------------------------------------------------------
 
 _CHANGE = re.compile(r"^(?:(?P<mult>[0-9.]+)x|(?P<pct>[+-][0-9.]+)%|(?P<delta>[+-][0-9.eE+-]+)|(?P<abs>[0-9.eE+-]+))$")
@@ -647,6 +673,7 @@ def simulate_topology(topology: Topology, scenario: Scenario,
     return out
 
 
-__all__ = ["CheckSimulation", "Degradation", "Generator", "Rate", "RunOutcome", "Scenario", "Traffic",
+__all__ = ["CheckSimulation", "Degradation", "Generator", "Rate", "Recorded", "RunOutcome", "Scenario", "Traffic",
            "applicable", "baseline_generator", "clopper_pearson", "default_degradation", "degrade", "horizon",
-           "initial_share", "metric_value", "run_once", "simulate_check", "simulate_topology", "topology_alpha"]
+           "initial_share", "measure_recording", "metric_value", "run_once", "simulate_check", "simulate_topology",
+           "topology_alpha"]
