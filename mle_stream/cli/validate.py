@@ -44,7 +44,7 @@ def add_parser(sub: Subcommands) -> None:
                         "recording's)")
     s.add_argument("--share", metavar="PERCENT",
                    help="the candidate's share of the traffic, e.g. 10%%; default: the topology's rollout steps "
-                        "(followed as the policy moves them), 50%% for mode ab, else 10%%")
+                        "(followed as the policy takes them), else 10%%")
     s.add_argument("--label-delay", metavar="LOW..HIGH",
                    help="label delay, log-uniform between the two (e.g. 1m..1h), or one duration (default 1s..1m, "
                         "or the recording's 5th..95th percentiles)")

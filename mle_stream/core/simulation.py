@@ -277,8 +277,8 @@ def degrade(task: str, topology: Topology, gen: Generator, degradation: Degradat
         if not target > 0:
             raise ValueError(f"degradation {degradation}: {metric} must stay above 0, got {target:.4g}")
         return replace(gen, noise=gen.noise * target / current)  # errors N(0, noise): both scale with it
-    # Wrong truths move the error rate up to any level; a weaker separation cannot raise it past
-    # the base rate (a calibrated model that knows nothing predicts the majority class).
+    # A multiclass error rate made worse by wrong truths, like the binary one above: a weaker
+    # separation cannot raise it past the majority class's complement.
     worse = target > current if base == "error_rate" else target < current
     knob = ("flip" if base in ("error_rate", "accuracy") and task != "regression" and worse
             else "noise" if task == "regression" else "separation")
@@ -327,12 +327,11 @@ def horizon(topology: Topology, traffic: Traffic) -> int:
 
 
 def initial_share(topology: Topology, traffic: Traffic) -> float:
+    """The candidate's share at the start: the flag's, or the first rollout step, or 10%."""
     if traffic.share is not None:
         return traffic.share
-    if topology.mode == "ab":
-        return 0.5
     if topology.rollout is not None and topology.rollout.steps:
-        return topology.rollout.steps[0] / 100
+        return topology.rollout.steps[0] / 100  # for mode ab, the split
     return 0.1
 
 
