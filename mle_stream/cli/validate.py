@@ -241,8 +241,9 @@ def _line(r: Any) -> str:
         return f"  {r.check} ({r.metric}): not simulated: {r.skipped}"
     fr, dt, d = r.false_rollback, r.detection, r.delay
     what = "rollbacks" if r.action == "rollback" else "holds"
-    text = (f"  {r.check} ({r.metric}): false {what} {fr.value:.1%} [{fr.low:.1%}, {fr.high:.1%}] of A/A runs; "
-            f"{r.degradation} detected in {dt.value:.1%} [{dt.low:.1%}, {dt.high:.1%}]")
+    text = f"  {r.check} ({r.metric}): false {what} {fr.value:.1%} [{fr.low:.1%}, {fr.high:.1%}] of A/A runs; "
+    text += (f"{r.degradation} detected in {dt.value:.1%} [{dt.low:.1%}, {dt.high:.1%}]" if dt.runs
+             else r.degradation)
     if d.median_windows is not None:
         text += (f", after {d.median_windows:g} windows (p95 {d.p95_windows:g}) and {d.median_samples:,.0f} "
                  f"candidate samples (p95 {d.p95_samples:,.0f})")

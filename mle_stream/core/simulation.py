@@ -574,9 +574,14 @@ def simulate_check(topology: Topology, rule: CheckRule, traffic: Traffic, baseli
                                skipped="shadow mode is not simulated (pairs of answers to the same request)")
     if rule.sequential is not None:
         alpha = rule.sequential.alpha
-    candidate, shown = _degraded(topology, rule, baseline, degradations)
     aa = simulate_rule(topology, rule, traffic, baseline, baseline, runs, seed)
-    bad = simulate_rule(topology, rule, traffic, baseline, candidate, runs, seed + 1)
+    try:
+        candidate, shown = _degraded(topology, rule, baseline, degradations)
+        bad = simulate_rule(topology, rule, traffic, baseline, candidate, runs, seed + 1)
+    except ValueError as exc:
+        if degradations:
+            raise  # the user's: say so rather than report half
+        bad, shown = [], f"no detection simulated: {exc}"  # e.g. a check on throughput_per_s
     false_rollback = _rate(aa)
     fix = None
     if try_fixes and false_rollback.value > alpha:
@@ -612,7 +617,10 @@ def _fix(topology: Topology, rule: CheckRule, traffic: Traffic, baseline: Genera
         trial = _rate(simulate_rule(topology, variant, traffic, baseline, baseline, runs, seed))
         if trial.value > alpha:
             continue
-        candidate, shown = _degraded(topology, variant, baseline, degradations)
+        try:
+            candidate, shown = _degraded(topology, variant, baseline, degradations)
+        except ValueError:
+            return f"{text} (simulated over {runs} runs: false {rule.action}s {trial.value:.1%})"
         caught = _rate(simulate_rule(topology, variant, traffic, baseline, candidate, runs, seed + 1))
         said = (f"{text} (simulated over {runs} runs: false {rule.action}s {trial.value:.1%} "
                 f"[{trial.low:.1%}, {trial.high:.1%}], {shown} detected in {caught.value:.1%})")
