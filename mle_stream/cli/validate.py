@@ -224,6 +224,7 @@ def _simulate(path: Path, topology: Any, scenario: Any, as_json: bool) -> dict[s
         doc = {"check": r.check, "metric": r.metric, "action": r.action, "skipped": r.skipped, "alpha": r.alpha,
                "degradation": r.degradation, "warning": r.warning, "fix": r.fix if r.warning else None,
                "false_rollback": _rate_json(r.false_rollback), "detection": _rate_json(r.detection),
+               "aa_window_failures": r.window_failures,
                "delay": asdict(r.delay)}
         checks.append(doc)
         if not as_json:
@@ -241,7 +242,10 @@ def _line(r: Any) -> str:
         return f"  {r.check} ({r.metric}): not simulated: {r.skipped}"
     fr, dt, d = r.false_rollback, r.detection, r.delay
     what = "rollbacks" if r.action == "rollback" else "holds"
-    text = f"  {r.check} ({r.metric}): false {what} {fr.value:.1%} [{fr.low:.1%}, {fr.high:.1%}] of A/A runs; "
+    text = f"  {r.check} ({r.metric}): false {what} {fr.value:.1%} [{fr.low:.1%}, {fr.high:.1%}] of A/A runs"
+    if r.window_failures is not None:
+        text += f" (FAIL in {r.window_failures:.1%} of their windows)"
+    text += "; "
     text += (f"{r.degradation} detected in {dt.value:.1%} [{dt.low:.1%}, {dt.high:.1%}]" if dt.runs
              else r.degradation)
     if d.median_windows is not None:

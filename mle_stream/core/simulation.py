@@ -315,6 +315,8 @@ class RunOutcome:
     window: int | None  # 1-based index of the closed window whose judgement fired it
     candidate_samples: int | None  # what the check had read of the candidate until then
     failed_windows: int  # windows the check FAILed
+    judged_windows: int  # windows judged in the run
+    first_failure: int | None  # 1-based index of the first FAIL window
 
 
 def horizon(topology: Topology, traffic: Traffic) -> int:
@@ -354,18 +356,21 @@ def run_once(topology: Topology, traffic: Traffic, baseline: Generator, candidat
     judged = 0
     samples = 0
     failed = 0
+    first_failure: int | None = None
     start0 = 1_000 * size  # any aligned start: event time is all that matters
     end = start0 + (windows + 1) * size + t.window_grace_ms + hi
 
     def _take(advance: Advance) -> bool | None:
         """Count the judged windows; True when the check's action fired, False when the candidate
         was promoted (the run is over), None while it goes on. Follows the traffic steps."""
-        nonlocal judged, samples, failed, share
+        nonlocal judged, samples, failed, share, first_failure
         for j in advance.judgements:
             judged += 1
             result = j.check(rule.name)
             samples += result.candidate_samples
-            failed += result.verdict is Verdict.FAIL
+            if result.verdict is Verdict.FAIL:
+                failed += 1
+                first_failure = first_failure or judged
         for command in advance.commands:
             if command.kind is CommandKind.ROLLBACK or (command.kind is CommandKind.HOLD and command.rule == rule.name):
                 return True
@@ -412,7 +417,8 @@ def run_once(topology: Topology, traffic: Traffic, baseline: Generator, candidat
             break
     else:
         fired = _take(ev.close_all(end))  # the last windows: no later prediction moves event time past them
-    return RunOutcome(bool(fired), judged if fired else None, samples if fired else None, failed)
+    return RunOutcome(bool(fired), judged if fired else None, samples if fired else None, failed, judged,
+                      first_failure)
 
 
 def _delays(lo: int, hi: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -507,6 +513,7 @@ class CheckSimulation:
     degradation: str
     alpha: float
     fix: str | None = None  # the change that brings the A/A rate under alpha, when it is above
+    window_failures: float | None = None  # A/A: the share of judged windows the check FAILed
     skipped: str | None = None
 
     @property
@@ -586,8 +593,10 @@ def simulate_check(topology: Topology, rule: CheckRule, traffic: Traffic, baseli
     fix = None
     if try_fixes and false_rollback.value > alpha:
         fix = _fix(topology, rule, traffic, baseline, min(runs, FIX_RUNS), seed, alpha, degradations)
+    judged = sum(o.judged_windows for o in aa)
+    window_failures = sum(o.failed_windows for o in aa) / judged if judged else None
     return CheckSimulation(rule.name, rule.metric, rule.action, false_rollback, _rate(bad), _delay(bad), shown,
-                           alpha, fix)
+                           alpha, fix, window_failures=window_failures)
 
 
 FIX_RUNS = 100  # runs per fix tried: enough to tell a rate near alpha from one far above it
