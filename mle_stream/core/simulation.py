@@ -214,9 +214,11 @@ def default_degradation(rule: CheckRule, baseline_value: float) -> Degradation:
 
 
 def _sequential_margin(metric: str, spec: SequentialSpec) -> float:
+    """The relative increase a sequential check tolerates: its own, or its test's default (10%
+    for a test that states none)."""
     if spec.min_relative_increase is not None:
         return spec.min_relative_increase
-    return spec.new_test(metric, 1).min_relative_increase
+    return float(getattr(spec.new_test(metric, 1), "min_relative_increase", 0.1))
 
 
 def metric_value(task: str, topology: Topology, gen: Generator, metric: str, seed: int = 7,
