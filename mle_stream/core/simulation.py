@@ -198,6 +198,12 @@ def default_degradation(rule: CheckRule, baseline_value: float) -> Degradation:
     up = rule.worse == "higher"
     sign = 1.0 if up else -1.0
     if rule.sequential is not None:
+        # A test whose margin is a difference in the metric's units (an AUC test's min_difference)
+        # rather than a relative increase.
+        test = rule.sequential.new_test(rule.metric, rule.min_samples)
+        difference = getattr(rule.sequential, "min_difference", None) or getattr(test, "min_difference", None)
+        if difference:
+            return Degradation(rule.metric, "delta", sign * 2 * float(difference))
         margin = _sequential_margin(rule.metric, rule.sequential)
         return Degradation(rule.metric, "pct", sign * 100 * max(2 * margin, 0.2))
     if rule.max_degradation is not None:
