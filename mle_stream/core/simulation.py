@@ -557,9 +557,11 @@ def fixes(rule: CheckRule, alpha: float) -> list[tuple[str, CheckRule]]:
     out: list[tuple[str, CheckRule]] = []
     if rule.sequential is None and rule.metric in SEQUENTIAL_METRICS:
         spec = SequentialSpec(alpha=alpha)
-        out.append((f"use `sequential: {{alpha: {spec.alpha:g}}}` instead of fixed limits",
+        # One FAIL of the test fires it: the parser's default for a sequential check.
+        window = "" if rule.consecutive == 1 and rule.cumulative is None else " and `consecutive: 1`"
+        out.append((f"use `sequential: {{alpha: {spec.alpha:g}}}` instead of fixed limits{window}",
                     replace(rule, sequential=spec, max=None, min=None, max_degradation=None,
-                            max_degradation_relative=None)))
+                            max_degradation_relative=None, consecutive=1, cumulative=None)))
     if rule.sequential is not None:
         return out
     for k in (2, 4):
