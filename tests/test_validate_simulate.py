@@ -93,3 +93,11 @@ def test_traffic_label_delays_and_unlabeled_share_are_measured_from_a_recording(
     assert doc["scenario"]["traffic_per_s"] == pytest.approx(200 / 99.5)
     assert doc["scenario"]["label_delay_ms"] == [3000, 3000]
     assert doc["scenario"]["unlabeled"] == pytest.approx(0.25)
+
+
+def test_an_unreadable_recording_names_file_and_line(topology: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text('{"prediction_id": "p1", "model": "m"}\nnot json\n')
+    assert main(["validate", "--simulate", "--predictions", str(predictions), str(topology)]) == 2
+    assert f"{predictions}:1" in capsys.readouterr().err

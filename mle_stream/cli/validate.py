@@ -147,29 +147,17 @@ def _scenario(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _measured(args: argparse.Namespace) -> Any:
-    """Traffic figures of the recording given with --predictions (and --labels)."""
+    """Traffic figures of the recording given with --predictions (and --labels), read as the replay reads it."""
     import numpy as np
 
-    from mle_stream import wire
     from mle_stream.core.simulation import measure_recording
-    from mle_stream.errors import InvalidEvent
+    from mle_stream.replay import _read_jsonl
 
-    def read(path: Path, make: Any) -> list[Any]:
-        records = []
-        try:
-            with path.open(encoding="utf-8") as handle:
-                for number, line in enumerate(handle, 1):
-                    if line.strip():
-                        try:
-                            records.append(make(json.loads(line)))
-                        except (ValueError, InvalidEvent) as exc:
-                            raise ValueError(f"{path}:{number}: {exc}") from exc
-        except OSError as exc:
-            raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
-        return records
-
-    predictions = read(args.predictions, wire.prediction_from_dict)
-    labels = read(args.labels, wire.label_from_dict) if args.labels else []
+    errors: list[str] = []
+    predictions = _read_jsonl(args.predictions, "prediction", errors)
+    labels = _read_jsonl(args.labels, "label", errors) if args.labels else []
+    if errors:
+        raise ValueError(f"{len(errors)} unreadable record(s) in the recording; the first: {errors[0]}")
     return measure_recording(np.array([p.timestamp for p in predictions], dtype=np.int64),
                              [p.prediction_id for p in predictions],
                              np.array([lab.timestamp for lab in labels], dtype=np.int64),
