@@ -210,7 +210,7 @@ def _simulate(path: Path, topology: Any, scenario: Any, as_json: bool) -> dict[s
     checks = []
     for r in results:
         doc = {"check": r.check, "metric": r.metric, "action": r.action, "skipped": r.skipped, "alpha": r.alpha,
-               "degradation": r.degradation, "warning": r.warning, "fix": r.fix if r.warning else None,
+               "degradation": r.degradation, "warning": r.warning, "fix": r.fix,
                "false_rollback": _rate_json(r.false_rollback), "detection": _rate_json(r.detection),
                "aa_window_failures": r.window_failures,
                "delay": asdict(r.delay)}
