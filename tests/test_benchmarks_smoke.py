@@ -18,6 +18,7 @@ RUNS = {
     "measure_checkpoint.py": (["--help"], "benchmarks/measure_checkpoint.py"),
     "measure_without_faust.py": (["--help"], "benchmarks/measure_without_faust.py"),
     "sequential_auc_tail.py": (["--runs", "2", "--windows", "3", "--json"], "\"a/a sequential\""),
+    "simulate_checks.py": (["--help"], "benchmarks/simulate_checks.py"),
     "bench-drift-env": (["--help"], "benchmarks/bench-drift-env [DIR]"),
 }
 
