@@ -17,6 +17,7 @@ RUNS = {
     "measure_catch_up.py": (["--help"], "benchmarks/measure_catch_up.py"),
     "measure_checkpoint.py": (["--help"], "benchmarks/measure_checkpoint.py"),
     "measure_without_faust.py": (["--help"], "benchmarks/measure_without_faust.py"),
+    "measure_sequential_checks.py": (["--runs", "2", "--windows", "3"], "coverage misses"),
     "bench-drift-env": (["--help"], "benchmarks/bench-drift-env [DIR]"),
 }
 

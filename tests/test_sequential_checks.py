@@ -17,7 +17,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import confusion_matrix
 
-from mle_stream.core.checks import SEQUENTIAL_INPUTS, CheckRule, RateInputs, SequentialSpec, judge_check
+from mle_stream.core.checks import SEQUENTIAL_INPUTS, CheckRule, SequentialSpec, judge_check
 from mle_stream.core.evaluator import ModelEvaluator
 from mle_stream.core.events import Label, Prediction
 from mle_stream.core.metrics.binary import BinaryMetrics
@@ -260,7 +260,7 @@ def test_sequential_is_accepted_where_a_test_exists(task: str, metric: str, acce
     with pytest.raises(ConfigError) as error:
         parse_topology(text)
     message = str(error.value)
-    assert f"checks[0].sequential: is for " in message and f"of a {task} model" in message
+    assert "checks[0].sequential: is for " in message and f"of a {task} model" in message
     assert f"not {metric}" in message and ("rmse" in message) == (task == "regression")
 
 
