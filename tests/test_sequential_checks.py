@@ -147,6 +147,17 @@ def test_a_mean_check_leaves_out_a_window_whose_spread_is_unknown() -> None:
     result = judge_check(rule, window, window)
     assert result.verdict is Verdict.INCONCLUSIVE and "left out" in result.reason
     assert result.test is not None and result.test["windows"] == 0
+    # Errors near the largest regression values accepted: the squared errors' spread is beyond a
+    # double (left out, as above), the absolute errors' is not; neither check raises.
+    huge = RegressionMetrics()
+    huge.update(RegressionOutcomes(np.tile([9e149, -9e149, 1.0], 40), np.tile([-9e149, 9e149, 2.0], 40)))
+    values = {**huge.values(), "labeled": huge.count}
+    assert values["squared_error_std"] is not None and values["squared_error_std"] > 1e300
+    rmse = judge_check(rule, values, values)
+    assert rmse.verdict is Verdict.INCONCLUSIVE and "left out" in rmse.reason
+    mae = judge_check(CheckRule("a", "mae", "higher", min_samples=2, consecutive=1, sequential=SequentialSpec()),
+                      values, values)
+    assert mae.verdict is Verdict.PASS and mae.test is not None and mae.test["windows"] == 1
 
 
 # --- the confidence bounds ---

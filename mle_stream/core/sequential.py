@@ -173,8 +173,11 @@ def gaussian_msprt_log_lr(theta_hat: np.ndarray | float, variance: np.ndarray | 
     th = np.asarray(theta_hat, dtype=float)
     v = np.asarray(variance, dtype=float)
     t2 = np.asarray(tau, dtype=float) ** 2
-    return np.asarray(math.log(2.0) + 0.5 * np.log(v / (v + t2)) + t2 * th**2 / (2.0 * v * (v + t2))
-                      + log_ndtr(th * np.sqrt(t2) / np.sqrt(v * (v + t2))))
+    # Factored so that no product of two variances is formed: metrics near a double's range (squared
+    # regression errors) would overflow it.
+    shrink = t2 / (v + t2)
+    return np.asarray(math.log(2.0) + 0.5 * np.log(v / (v + t2)) + 0.5 * (th / np.sqrt(v)) ** 2 * shrink
+                      + log_ndtr(th / np.sqrt(v) * np.sqrt(shrink)))
 
 
 def gaussian_msprt_lower_bound(theta_hat: float, variance: float, tau: float, alpha: float) -> float:
@@ -182,7 +185,7 @@ def gaussian_msprt_lower_bound(theta_hat: float, variance: float, tau: float, al
     alpha: log Lambda = c0 + z^2/2 + log Phi(z) with z = b (theta_hat - theta), increasing in z,
     negative at z = 0 (c0 <= log 2), so the root z* is positive and the bound theta_hat - z*/b."""
     t2 = tau * tau
-    b = tau / math.sqrt(variance * (variance + t2))
+    b = tau / (math.sqrt(variance) * math.sqrt(variance + t2))
     c0 = math.log(2.0) + 0.5 * math.log(variance / (variance + t2))
     target = math.log(1.0 / alpha)
 
@@ -433,8 +436,8 @@ class MeanTest:
         mb, vb = self._mean_var(self.baseline_n, self.baseline_sum, self.baseline_sumsq)
         variance = vc / self.candidate_n + self.rho0**2 * vb / self.baseline_n
         pooled = ((self.candidate_n - 1) * vc + (self.baseline_n - 1) * vb) / (self.candidate_n + self.baseline_n - 2)
-        if variance <= 0 or pooled <= 0:
-            return None
+        if not (variance > 0 and pooled > 0 and math.isfinite(variance) and math.isfinite(pooled)):
+            return None  # no spread, or one beyond a double's range
         return mc - self.rho0 * mb, variance, self.mixing_scale * math.sqrt(pooled)
 
     def lower_bound(self) -> float | None:
@@ -458,7 +461,8 @@ class MeanTest:
                              f"mean: too few values ({counts}), need {self.min_samples} a side", effect)
         if stats is None:
             return _decision("mean", -math.inf, self.alpha, Verdict.INCONCLUSIVE, self.candidate_n,
-                             self.baseline_n, c_mean, b_mean, f"mean: zero variance ({counts})", effect)
+                             self.baseline_n, c_mean, b_mean,
+                             f"mean: zero variance, or one beyond a double's range ({counts})", effect)
         return _decision("mean", float(gaussian_msprt_log_lr(*stats)), self.alpha, None, self.candidate_n,
                          self.baseline_n, c_mean, b_mean, f"{counts}; H0: ratio of means <= {self.rho0:g}", effect)
 
