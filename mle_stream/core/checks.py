@@ -173,7 +173,8 @@ def sequential_problem(task: str | None, metric: str) -> str | None:
         return None
     names = [m for m, i in SEQUENTIAL_INPUTS.items() if task is None or i.tasks is None or task in i.tasks]
     whose = "" if task is None else f" of a {task} model"
-    return f"is for {', '.join(names)}{whose} (with their @threshold or [<class>] variants), not {metric}"
+    variants = " (and their @threshold or [<class>] variants)" if task != "regression" else ""
+    return f"is for {', '.join(names)}{whose}{variants}, not {metric}"
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ class SequentialDecision:
     effect: str = ""  # what estimate and lower_bound are of: "rate ratio" or "mean_c - rho0 mean_b"
     estimate: float | None = None  # the effect's point estimate over all windows so far
     lower_bound: float | None = None  # anytime-valid (1 - alpha) lower confidence bound of the effect
-    null: float = 1.0  # the effect's value under H0's boundary: FAIL when lower_bound > null
+    null: float = 1.0  # the effect's value on H0's boundary: FAIL when lower_bound >= null
 
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict.value, "log_likelihood_ratio": self.log_likelihood_ratio,
@@ -104,16 +104,6 @@ class SequentialDecision:
                 "effect": self.effect, "estimate": self.estimate, "lower_bound": self.lower_bound,
                 "null": self.null, "reason": self.reason}
 
-    def evidence(self) -> str:
-        """The estimate, its confidence bound and the boundary, in words."""
-        if self.estimate is None:
-            return f"{self.effect} not estimable yet"
-        confidence = f"{1 - math.exp(-self.threshold):.4g}"
-        if self.lower_bound is None:
-            return f"{self.effect} {self.estimate:.4g}, no anytime-valid lower bound yet"
-        verdict = "excludes" if self.lower_bound >= self.null else "contains"
-        return (f"{self.effect} {self.estimate:.4g}, anytime-valid {confidence} interval "
-                f"({self.lower_bound:.4g}, inf) {verdict} {self.null:g}")
 
 
 def _check_common(where: str, alpha: float, min_relative_increase: float, mixing_scale: float,
@@ -199,18 +189,26 @@ def gaussian_msprt_lower_bound(theta_hat: float, variance: float, tau: float, al
     return theta_hat - hi / b
 
 
+def _evidence(alpha: float, effect: str, estimate: float | None, lower: float | None, null: float) -> str:
+    """The estimate, its confidence bound and the boundary, in words."""
+    if estimate is None:
+        return f"{effect} not estimable yet"
+    if lower is None:
+        return f"{effect} {estimate:.4g}, no anytime-valid lower bound yet"
+    return (f"{effect} {estimate:.4g}, anytime-valid {1 - alpha:g} interval ({lower:.4g}, inf) "
+            f"{'excludes' if lower >= null else 'contains'} {null:g}")
+
+
 def _decision(where: str, log_lr: float, alpha: float, verdict: Verdict | None, n_c: float, n_b: float,
               c_value: float | None, b_value: float | None, detail: str,
               effect: tuple[str, float | None, float | None, float]) -> SequentialDecision:
     threshold = math.log(1.0 / alpha)
     p_value = 1.0 if log_lr <= 0 else math.exp(-log_lr)
-    decision = SequentialDecision(verdict or Verdict.PASS, float(log_lr), threshold, p_value, n_c, n_b, c_value,
-                                  b_value, detail, *effect)
     if verdict is None:
         verdict = Verdict.FAIL if log_lr >= threshold else Verdict.PASS
         word = ">=" if verdict is Verdict.FAIL else "<"
         detail = (f"{where}: log LR {log_lr:.3f} {word} log(1/alpha) {threshold:.3f} (p <= {p_value:.3g}); "
-                  f"{decision.evidence()}; " + detail)
+                  f"{_evidence(alpha, *effect)}; " + detail)
     return SequentialDecision(verdict, float(log_lr), threshold, p_value, n_c, n_b, c_value, b_value, detail, *effect)
 
 
