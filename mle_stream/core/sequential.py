@@ -43,11 +43,12 @@ the normal approximation is reasonable.
 
 **Evidence: anytime-valid confidence bounds.** Each test also reads as a confidence sequence: the
 effect values its martingale does not reject at alpha. The mixture is over effects above the null,
-so the set is one-sided, [lower, inf), and the test FAILs exactly when its lower bound passes the
+so the set is one-sided, (lower, inf), and the test FAILs exactly when its lower bound reaches the
 margin. For `ErrorRateTest` the effect is the rate ratio rho and the null moves with it: the state
-keeps, besides D, the window terms on a lattice of half grid steps around rho0
-(`lattice_half_steps`), so that any null rho0 e^(m step) reads its D from them; the bound is the
-largest lattice null still rejected (conservative: the true bound lies between it and the next).
+keeps, besides D, the window terms at u = i step/2 for i = -2M .. 2M + 2 grid_points - 1
+(`lattice`), so that the null rho0 e^(m step), |m| <= M, reads its D_j as lattice[2m + 2j + 1] -
+lattice[2m]; the bound is the largest lattice null still rejected (conservative: the exact bound
+lies between it and the next).
 For `MeanTest` the effect is theta = mu_c - rho0 mu_b; log Lambda is increasing in theta_hat, so
 lower = theta_hat - z/b, with b = tau / sqrt(V (V + tau^2)) and z solving log Lambda = log(1/alpha).
 
