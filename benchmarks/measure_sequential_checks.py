@@ -73,7 +73,7 @@ def _brier_terms(rng: np.random.Generator, n: int) -> np.ndarray:
 # metric -> (how a side is drawn, what the degradation is, the A/A mean of the per-prediction values)
 FAMILIES: dict[str, tuple[Side, str, Callable[[np.random.Generator], float] | None]] = {
     "accuracy": (binary_side(fpr=0.08, tpr=0.75), "false-positive rate 0.05 -> 0.08, recall 0.8 -> 0.75 "
-                 "(errors x 1.5)", None),
+                 "(errors x 1.38)", None),
     "precision": (binary_side(fpr=0.08), "false-positive rate 0.05 -> 0.08 (precision 0.87 -> 0.81)", None),
     "recall": (binary_side(tpr=0.72), "recall 0.8 -> 0.72 (misses x 1.4)", None),
     "brier_score": (binary_side(noise=0.18), "score noise 0.1 -> 0.18",
