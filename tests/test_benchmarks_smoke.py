@@ -19,6 +19,7 @@ RUNS = {
     "measure_without_faust.py": (["--help"], "benchmarks/measure_without_faust.py"),
     "sequential_auc_tail.py": (["--runs", "2", "--windows", "3", "--json"], "\"a/a sequential\""),
     "simulate_checks.py": (["--help"], "benchmarks/simulate_checks.py"),
+    "measure_sequential_checks.py": (["--runs", "2", "--windows", "3"], "coverage misses"),
     "bench-drift-env": (["--help"], "benchmarks/bench-drift-env [DIR]"),
 }
 

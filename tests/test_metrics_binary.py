@@ -51,11 +51,15 @@ def sklearn_truth(y: np.ndarray, score: np.ndarray, predicted: np.ndarray, thres
             truth[f"precision{suffix}"] = precision_score(y, decision)
             truth[f"recall{suffix}"] = recall_score(y, decision)
             truth[f"f1{suffix}"] = f1_score(y, decision)
+            if suffix:  # a sequential precision@t check counts its trials from it
+                truth[f"positive_rate{suffix}"] = float(np.mean(decision))
         truth["log_loss"] = log_loss(y, score, labels=[False, True])
         # The spread of the per-prediction losses (a sequential test reads it): sklearn row by row.
         per_row = [log_loss(y[i:i + 1], score[i:i + 1], labels=[False, True]) for i in range(len(y))]
         truth["log_loss_std"] = float(np.std(per_row, ddof=1)) if len(y) > 1 else None
         truth["brier_score"] = brier_score_loss(y, score, pos_label=True)
+        # The per-prediction Brier score is (score - y)^2: numpy's sample std of it.
+        truth["brier_score_std"] = float(np.std((score - y) ** 2, ddof=1)) if len(y) > 1 else None
         truth["error_rate"] = float(np.mean(y != predicted))
         truth["positive_rate"] = float(np.mean(predicted))
         truth["label_rate"] = float(np.mean(y))

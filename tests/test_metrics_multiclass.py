@@ -59,6 +59,7 @@ def test_every_metric_matches_sklearn(batches: list[MulticlassOutcomes]) -> None
             "macro_f1": f1_score(y, pred, average="macro"),
             "log_loss": sklearn_log_loss(y, whole.p_true, classes),
         } | {f"recall[{c}]": r for c, r in zip(classes, recalls)}
+        want |= {f"label_rate[{c}]": float(np.mean(y == c)) for c in classes}  # a sequential recall[c] reads it
     assert got.keys() == want.keys()
     for name, value in want.items():
         assert math.isclose(got[name], value, rel_tol=1e-9, abs_tol=1e-12), (name, got[name], value)

@@ -41,6 +41,9 @@ def sklearn_truth(y: np.ndarray, y_pred: np.ndarray) -> dict[str, float | None]:
         "mape": mean_absolute_percentage_error(y, y_pred),
         "mean_prediction": float(np.mean(y_pred)),
         "mean_label": float(np.mean(y)),
+        # The per-prediction errors' spreads a sequential mae or rmse check reads: numpy, row by row.
+        "mae_std": float(np.std(np.abs(y - y_pred), ddof=1)) if len(y) >= 2 else None,
+        "squared_error_std": float(np.std((y - y_pred) ** 2, ddof=1)) if len(y) >= 2 else None,
     }
 
 

@@ -215,7 +215,7 @@ def test_a_replayed_stream_rolls_back_a_candidate_whose_ranking_degrades_and_nev
             evidence = json.loads(rollback.evidence)["windows"][-1]["checks"][0]["sequential"]
             assert evidence["log_likelihood_ratio"] >= evidence["threshold"] == pytest.approx(math.log(100))
             assert evidence["shortfall_lower_bound"] > 0.01 and 0.05 < evidence["shortfall"] < 0.15
-            assert "by at least" in rollback.reason
+            assert "anytime-valid 0.99 interval (" in rollback.reason and "excludes 0.01" in rollback.reason
 
 
 def test_the_margins_are_checked_per_test() -> None:

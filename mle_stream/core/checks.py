@@ -13,17 +13,18 @@ the candidate's value crosses any of the limits it sets:
 A window with fewer than `min_samples` samples (labeled predictions for quality metrics,
 predictions for serving metrics, latency reports for latencies) on a side the check reads is
 INCONCLUSIVE: it never counts toward an action (flagger #1035, argo-rollouts #1466 are rollbacks
-caused by low traffic). A check with `sequential` (SEQUENTIAL_METRICS) FAILs instead when its
-always-valid test (core/sequential.py, core/sequential_auc.py, core/sequential_tail.py) concludes,
-over every window of the rollout so far, that the candidate is worse than the baseline by more than
-the test's margin: its false rollback rate stays below `alpha` however many windows are looked at,
-which a fixed limit re-checked every window cannot promise. `hysteresis` makes a failing check
-PASS again only once the value is that far inside its limits (in each limit's units: a fraction
-for max_degradation_relative), so a metric sitting on a limit does not flap.
+caused by low traffic). A check with `sequential` (the metrics of SEQUENTIAL_INPUTS) FAILs instead
+when its always-valid test (core/sequential.py, core/sequential_auc.py, core/sequential_tail.py)
+concludes, over every window of the rollout so far, that the candidate is worse than the baseline
+by more than the test's margin: its false rollback rate stays below `alpha` however many windows
+are looked at, which a fixed limit re-checked every window cannot promise. `hysteresis` makes a
+failing check PASS again only once the value is that far inside its limits (in each limit's units:
+a fraction for max_degradation_relative), so a metric sitting on a limit does not flap.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -115,16 +116,92 @@ def samples_of(metric: str) -> str:
     return "predictions" if base in SERVING_METRICS else "labeled"
 
 
-# Rates get ErrorRateTest (counts); means of a per-prediction quantity get MeanTest (count, mean,
-# standard deviation: the window metric named here, its "_std" twin, and its sample count).
-RATE_METRICS = ("error_rate", "serving_error_rate")
-MEAN_METRICS = {"log_loss": "log_loss_std", "latency_mean_ms": "latency_std_ms"}
-# These compare how the versions' values are distributed in the window, which their metric values
-# do not say: `paired_window` reads both window states. roc_auc gets AucTest (the AUC difference,
-# DeLong variances); a latency quantile gets ErrorRateTest on the requests above the pooled quantile.
-AUC_METRICS = ("roc_auc",)
-TAIL_METRICS = {"latency_p95_ms": 0.95, "latency_p99_ms": 0.99}
-SEQUENTIAL_METRICS = RATE_METRICS + tuple(MEAN_METRICS) + AUC_METRICS + tuple(TAIL_METRICS)
+@dataclass(frozen=True)
+class RateInputs:
+    """How ErrorRateTest reads a window: per version, trials and failures among them. trials = the
+    window's `count` x the `share` metric (every labeled prediction when None), failures = trials x
+    the checked metric (`failing`) or x its complement. Both are ratios of integer counts, so
+    rounding the products gives the counts back exactly (the error of a double, 2^-52 relative, is
+    far below 1/2 for any count below 2^50)."""
+
+    failures: str  # what a failure is, for reasons: "false positives among predicted positives"
+    share: str | None = None  # a template over the metric's suffix: "positive_rate{at}{cls}"
+    failing: bool = False  # the metric is the failure rate itself (error_rate), not a success rate
+    n: str = "count"
+    tasks: frozenset[str] | None = None  # None: any task
+
+    def counts(self, values: Mapping[str, Any], metric: str) -> tuple[int, int]:
+        match = _VARIANT.match(metric)
+        at, cls = (match.group("at"), match.group("cls")) if match else (None, None)
+        n, rate = values.get(self.n), values.get(metric)
+        share = 1.0 if self.share is None else values.get(
+            self.share.format(at=f"@{at}" if at else "", cls=f"[{cls}]" if cls else ""))
+        if not n or rate is None or share is None:
+            return 0, 0
+        trials = round(share * n)
+        failures = round(rate * trials) if self.failing else trials - round(rate * trials)
+        return trials, failures
+
+
+@dataclass(frozen=True)
+class MeanInputs:
+    """How MeanTest reads a window: per version, the count (`samples_of` the metric), the mean of
+    the per-prediction values (the metric, or its square when `squared`: rmse's test is on the mean
+    squared error) and their sample standard deviation (the `std` metric)."""
+
+    std: str
+    squared: bool = False
+    tasks: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class AucInputs:
+    """AucTest reads the versions' score histograms (paired_window): the AUC difference and its
+    DeLong variance, which the windows' AUC values alone do not give."""
+
+    tasks: frozenset[str] | None = frozenset({"binary"})
+
+
+@dataclass(frozen=True)
+class TailInputs:
+    """ErrorRateTest on the requests above the pooled `quantile` of both versions' latencies in the
+    window (paired_window reads the sketches): exact under equal latency distributions."""
+
+    quantile: float
+    tasks: frozenset[str] | None = None
+
+
+SequentialInputs = RateInputs | MeanInputs | AucInputs | TailInputs
+_CLASSIFICATION = frozenset({"binary", "multiclass"})
+# Which sequential test each metric takes, and how it reads a window.
+SEQUENTIAL_INPUTS: dict[str, SequentialInputs] = {
+    "error_rate": RateInputs("errors among labeled predictions", failing=True, tasks=_CLASSIFICATION),
+    "serving_error_rate": RateInputs("failed predictions", failing=True, n="predictions"),
+    "log_loss": MeanInputs("log_loss_std", tasks=frozenset({"binary"})),
+    "latency_mean_ms": MeanInputs("latency_std_ms"),
+    "accuracy": RateInputs("errors among labeled predictions", tasks=_CLASSIFICATION),
+    "precision": RateInputs("false positives among predicted positives", "positive_rate{at}",
+                            tasks=frozenset({"binary"})),
+    "recall": RateInputs("misses among actual positives", "label_rate{cls}", tasks=_CLASSIFICATION),
+    "mae": MeanInputs("mae_std", tasks=frozenset({"regression"})),
+    "rmse": MeanInputs("squared_error_std", squared=True, tasks=frozenset({"regression"})),
+    "brier_score": MeanInputs("brier_score_std", tasks=frozenset({"binary"})),
+    "roc_auc": AucInputs(),
+    "latency_p95_ms": TailInputs(0.95),
+    "latency_p99_ms": TailInputs(0.99),
+}
+SEQUENTIAL_METRICS = tuple(SEQUENTIAL_INPUTS)
+
+
+def sequential_problem(task: str | None, metric: str) -> str | None:
+    """Why a check on `metric` of a `task` model cannot take `sequential`, naming those that can."""
+    inputs = SEQUENTIAL_INPUTS.get(base_metric(metric))
+    if inputs is not None and (task is None or inputs.tasks is None or task in inputs.tasks):
+        return None
+    names = [m for m, i in SEQUENTIAL_INPUTS.items() if task is None or i.tasks is None or task in i.tasks]
+    whose = "" if task is None else f" of a {task} model"
+    variants = " (and their @threshold or [<class>] variants)" if task != "regression" else ""
+    return f"is for {', '.join(names)}{whose}{variants}, not {metric}"
 
 
 @dataclass(frozen=True)
@@ -137,9 +214,10 @@ class SequentialSpec:
     min_difference: float | None = None  # AucTest's margin (AUC units); the others take min_relative_increase
 
     def new_test(self, metric: str, min_samples: int) -> ErrorRateTest | MeanTest | AucTest:
+        inputs = SEQUENTIAL_INPUTS[base_metric(metric)]
         test: type[ErrorRateTest | MeanTest | AucTest] = (
-            ErrorRateTest if metric in RATE_METRICS or metric in TAIL_METRICS else
-            AucTest if metric in AUC_METRICS else MeanTest)
+            AucTest if isinstance(inputs, AucInputs) else
+            ErrorRateTest if isinstance(inputs, (RateInputs, TailInputs)) else MeanTest)
         defaults = test()
         margin = "min_difference" if test is AucTest else "min_relative_increase"
         chosen: float | None = getattr(self, margin)
@@ -203,11 +281,13 @@ class CheckResult:
 
 def paired_window(metric: str, baseline: WindowState, candidate: WindowState) -> AucWindow | TailCounts | None:
     """What a sequential check on `metric` reads from both versions' window states beyond their
-    values (AUC_METRICS, TAIL_METRICS); None for other metrics or when the window has none."""
-    if metric in AUC_METRICS and isinstance(baseline.task, BinaryMetrics) and isinstance(candidate.task, BinaryMetrics):
+    values (AucInputs, TailInputs); None for other metrics or when the window has none."""
+    inputs = SEQUENTIAL_INPUTS.get(metric)
+    if isinstance(inputs, AucInputs) and isinstance(baseline.task, BinaryMetrics) \
+            and isinstance(candidate.task, BinaryMetrics):
         return auc_window(candidate.task.score_histogram, baseline.task.score_histogram)
-    if metric in TAIL_METRICS:
-        return tail_counts(candidate.serving.latency_sketch, baseline.serving.latency_sketch, TAIL_METRICS[metric])
+    if isinstance(inputs, TailInputs):
+        return tail_counts(candidate.serving.latency_sketch, baseline.serving.latency_sketch, inputs.quantile)
     return None
 
 
@@ -227,10 +307,7 @@ def judge_check(rule: CheckRule, baseline: Mapping[str, Any], candidate: Mapping
         return CheckResult(rule.name, rule.metric, verdict, b, c, b_n, c_n, reason)
 
     if rule.sequential is not None:
-        std = MEAN_METRICS.get(rule.metric)
-        return _judge_sequential(rule, rule.sequential, b, c, b_n, c_n, test_state,
-                                 None if std is None else baseline.get(std),
-                                 None if std is None else candidate.get(std), paired)
+        return _judge_sequential(rule, rule.sequential, baseline, candidate, test_state, paired)
 
     if c_n < rule.min_samples or (rule.relative and b_n < rule.min_samples):
         sides = f"baseline {b_n}, candidate {c_n}" if rule.relative else f"candidate {c_n}"
@@ -261,65 +338,84 @@ def judge_check(rule: CheckRule, baseline: Mapping[str, Any], candidate: Mapping
     return result(Verdict.PASS, f"{rule.metric} {c:.6g}{versus} {counts}: within {rule.limits()}")
 
 
-def _sums(n: int, mean: float | None, std: float | None) -> tuple[float, float, float]:
+def _sums(n: int, mean: float | None, std: float | None) -> tuple[float, float, float] | None:
     """(n, sum, sum of squares) of n values with this mean and sample standard deviation; a
-    window without a mean adds nothing (n counted only with a mean)."""
+    window without a mean adds nothing, one whose spread is unknown (std None for n >= 2, as from
+    a window restored from an older snapshot) or overflows a double is left out (None)."""
     if mean is None or n <= 0:
         return 0.0, 0.0, 0.0
+    if std is None and n >= 2:
+        return None
     variance = 0.0 if std is None else std * std
-    return float(n), n * mean, (n - 1) * variance + n * mean * mean
+    sums = float(n), n * mean, (n - 1) * variance + n * mean * mean
+    return sums if all(math.isfinite(v) for v in sums) else None
 
 
 def _mean(n: float, total: float) -> float | None:
     return total / n if n else None
 
 
-def _judge_sequential(rule: CheckRule, spec: SequentialSpec, b: float | None, c: float | None, b_n: int, c_n: int,
-                      test_state: Mapping[str, Any] | None, b_std: float | None = None,
-                      c_std: float | None = None, paired: AucWindow | TailCounts | None = None) -> CheckResult:
+def _judge_sequential(rule: CheckRule, spec: SequentialSpec, baseline: Mapping[str, Any],
+                      candidate: Mapping[str, Any], test_state: Mapping[str, Any] | None,
+                      paired: AucWindow | TailCounts | None = None) -> CheckResult:
     """Add this window to the rollout's test, then read its decision."""
-    test: ErrorRateTest | MeanTest | AucTest
+    inputs = SEQUENTIAL_INPUTS[base_metric(rule.metric)]
+    samples = samples_of(rule.metric)
+    b, c = baseline.get(rule.metric), candidate.get(rule.metric)
+    b_n, c_n = int(baseline.get(samples) or 0), int(candidate.get(samples) or 0)
+    test = spec.new_test(rule.metric, rule.min_samples)
+    if test_state:
+        test = type(test).restore(dict(test_state))
     totals: dict[str, Any]
-    tail = ""
-    if rule.metric in RATE_METRICS:
-        test = ErrorRateTest.restore(dict(test_state)) if test_state else spec.new_test(rule.metric, rule.min_samples)
+    left_out = ""
+    if isinstance(inputs, RateInputs):
         assert isinstance(test, ErrorRateTest)
-        if b_n or c_n:
-            test.update(c_n, round((c or 0.0) * c_n), b_n, round((b or 0.0) * b_n))
+        (c_trials, c_failures), (b_trials, b_failures) = (inputs.counts(v, rule.metric) for v in (candidate, baseline))
+        if b_trials or c_trials:
+            test.update(c_trials, c_failures, b_trials, b_failures)
+        decision = test.decide(inputs.failures)
         totals = {"candidate": {"samples": test.candidate_n, "errors": test.candidate_errors},
                   "baseline": {"samples": test.baseline_n, "errors": test.baseline_errors}}
-    elif rule.metric in TAIL_METRICS:  # ErrorRateTest, an "error" being a request above the pooled quantile
-        test = ErrorRateTest.restore(dict(test_state)) if test_state else spec.new_test(rule.metric, rule.min_samples)
+    elif isinstance(inputs, TailInputs):  # ErrorRateTest, a "failure" being a request above the pooled quantile
         assert isinstance(test, ErrorRateTest)
         threshold = None
         if isinstance(paired, TailCounts):
             test.update(paired.candidate_n, paired.candidate_above, paired.baseline_n, paired.baseline_above)
             threshold = paired.threshold_ms
-            tail = f"requests above the pooled p{paired.quantile * 100:g} ({threshold:.4g} ms here) count as errors: "
         above = test.candidate_errors + test.baseline_errors
+        where = "" if threshold is None else f" ({threshold:.4g} ms in this window)"
+        decision = test.decide(f"requests above the pooled p{inputs.quantile * 100:g}{where}")
         totals = {"candidate": {"samples": test.candidate_n, "above": test.candidate_errors},
                   "baseline": {"samples": test.baseline_n, "above": test.baseline_errors},
-                  "tail": {"quantile": TAIL_METRICS[rule.metric], "threshold_ms": threshold,
+                  "tail": {"quantile": inputs.quantile, "threshold_ms": threshold,
                            "candidate_share": _mean(test.candidate_n, test.candidate_errors),
                            "expected_share": _mean(test.candidate_n + test.baseline_n, above)}}
-    elif rule.metric in AUC_METRICS:
-        test = AucTest.restore(dict(test_state)) if test_state else spec.new_test(rule.metric, rule.min_samples)
+    elif isinstance(inputs, AucInputs):
         assert isinstance(test, AucTest)
         test.update(paired if isinstance(paired, AucWindow) else None)
+        decision = test.decide()
         totals = test.summary()
     else:
-        test = MeanTest.restore(dict(test_state)) if test_state else spec.new_test(rule.metric, rule.min_samples)
         assert isinstance(test, MeanTest)
         # Count, sum and sum of squares per version back from the window's mean and sample std.
-        sums = [_sums(n, mean, std) for n, mean, std in ((c_n, c, c_std), (b_n, b, b_std))]
-        if sums[0][0] or sums[1][0]:
+        sums = [_sums(int(v.get(samples) or 0), None if v.get(rule.metric) is None
+                      else v[rule.metric] ** 2 if inputs.squared else v[rule.metric], v.get(inputs.std))
+                for v in (candidate, baseline)]
+        if sums[0] is None or sums[1] is None:
+            left_out = f" (this window left out: its {inputs.std} is unknown or too large)"
+        elif sums[0][0] or sums[1][0]:
             test.update(*sums[0], *sums[1])
         totals = {"candidate": {"samples": test.candidate_n, "mean": _mean(test.candidate_n, test.candidate_sum)},
                   "baseline": {"samples": test.baseline_n, "mean": _mean(test.baseline_n, test.baseline_sum)}}
-    decision = test.decide()
+        decision = test.decide()
+    lower = decision.lower_bound
     summary = {"log_likelihood_ratio": decision.log_likelihood_ratio, "threshold": decision.threshold,
-               "p_value": decision.p_value, "windows": test.windows, **totals}
+               "p_value": decision.p_value, "windows": test.windows,
+               "effect": ("of the squared errors: " if isinstance(inputs, MeanInputs) and inputs.squared else "")
+               + decision.effect,
+               "estimate": decision.estimate, "confidence": 1 - spec.alpha,
+               "confidence_interval": [lower, None],  # one-sided: (lower, inf)
+               "null": decision.null, **totals}
     return CheckResult(rule.name, rule.metric, decision.verdict, b, c, b_n, c_n,
-                       f"sequential test over {test.windows} windows: {tail}{decision.reason}; "
-                       f"log LR {decision.log_likelihood_ratio:.3g} vs {decision.threshold:.3g} (alpha {spec.alpha:g})",
+                       f"sequential test over {test.windows} windows{left_out}: {decision.reason}",
                        test=summary, test_state=test.snapshot())

@@ -41,6 +41,17 @@ half-normal(tau) prior on theta > 0, tau = `mixing_scale` x the pooled standard 
 Valid asymptotically (central limit theorem): `min_samples` per side keeps it INCONCLUSIVE until
 the normal approximation is reasonable.
 
+**Evidence: anytime-valid confidence bounds.** Each test also reads as a confidence sequence: the
+effect values its martingale does not reject at alpha. The mixture is over effects above the null,
+so the set is one-sided, (lower, inf), and the test FAILs exactly when its lower bound reaches the
+margin. For `ErrorRateTest` the effect is the rate ratio rho and the null moves with it: the state
+keeps, besides D, the window terms at u = i step/2 for i = -2M .. 2M + 2 grid_points - 1
+(`lattice`), so that the null rho0 e^(m step), |m| <= M, reads its D_j as lattice[2m + 2j + 1] -
+lattice[2m]; the bound is the largest lattice null still rejected (conservative: the exact bound
+lies between it and the next).
+For `MeanTest` the effect is theta = mu_c - rho0 mu_b; log Lambda is increasing in theta_hat, so
+lower = theta_hat - z/b, with b = tau / sqrt(V (V + tau^2)) and z solving log Lambda = log(1/alpha).
+
 References: J. Ville, "Etude critique de la notion de collectif" (1939); H. Robbins, "Statistical
 methods related to the law of the iterated logarithm", Ann. Math. Statist. 41(5), 1970 (the normal
 mixture); R. Johari, P. Koomen, L. Pekelis, D. Walsh, "Always valid inference: continuous
@@ -61,7 +72,13 @@ from scipy.special import log_ndtr, logsumexp
 
 from mle_stream.core.verdict import Verdict
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 1  # MeanTest's; ErrorRateTest's is 2 (v2: the lattice for its confidence bound)
+_ERROR_RATE_VERSION = 2
+# The lattice of nulls for ErrorRateTest's confidence bound spans rho0 e^(+-3) (ratios from 0.05 to
+# 20 x rho0), in whole grid steps, at most this many steps a side (a small mixing_scale makes the
+# steps small; the bound is then clipped at the lattice's end, which stays conservative).
+_LATTICE_LOG_RANGE = 3.0
+_LATTICE_MAX_STEPS = 256
 
 
 @dataclass(frozen=True)
@@ -75,13 +92,19 @@ class SequentialDecision:
     candidate_value: float | None  # error rate or mean
     baseline_value: float | None
     reason: str
+    effect: str = ""  # what estimate and lower_bound are of: "rate ratio" or "mean_c - rho0 mean_b"
+    estimate: float | None = None  # the effect's point estimate over all windows so far
+    lower_bound: float | None = None  # anytime-valid (1 - alpha) lower confidence bound of the effect
+    null: float = 1.0  # the effect's value on H0's boundary: FAIL when lower_bound >= null
 
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict.value, "log_likelihood_ratio": self.log_likelihood_ratio,
                 "threshold": self.threshold, "p_value": self.p_value,
                 "candidate_samples": self.candidate_samples, "baseline_samples": self.baseline_samples,
                 "candidate_value": self.candidate_value, "baseline_value": self.baseline_value,
-                "reason": self.reason}
+                "effect": self.effect, "estimate": self.estimate, "lower_bound": self.lower_bound,
+                "null": self.null, "reason": self.reason}
+
 
 
 def _check_common(where: str, alpha: float, min_relative_increase: float, mixing_scale: float,
@@ -141,20 +164,53 @@ def gaussian_msprt_log_lr(theta_hat: np.ndarray | float, variance: np.ndarray | 
     th = np.asarray(theta_hat, dtype=float)
     v = np.asarray(variance, dtype=float)
     t2 = np.asarray(tau, dtype=float) ** 2
-    return np.asarray(math.log(2.0) + 0.5 * np.log(v / (v + t2)) + t2 * th**2 / (2.0 * v * (v + t2))
-                      + log_ndtr(th * np.sqrt(t2) / np.sqrt(v * (v + t2))))
+    # Factored so that no product of two variances is formed: metrics near a double's range (squared
+    # regression errors) would overflow it.
+    shrink = t2 / (v + t2)
+    return np.asarray(math.log(2.0) + 0.5 * np.log(v / (v + t2)) + 0.5 * (th / np.sqrt(v)) ** 2 * shrink
+                      + log_ndtr(th / np.sqrt(v) * np.sqrt(shrink)))
 
 
-def _decision(where: str, log_lr: float, alpha: float, verdict: Verdict | None, n_c: float, n_b: float,
-              c_value: float | None, b_value: float | None, detail: str) -> SequentialDecision:
+def gaussian_msprt_lower_bound(theta_hat: float, variance: float, tau: float, alpha: float) -> float:
+    """The smallest theta that `gaussian_msprt_log_lr(theta_hat - theta, V, tau)` does not reject at
+    alpha: log Lambda = c0 + z^2/2 + log Phi(z) with z = b (theta_hat - theta), increasing in z,
+    negative at z = 0 (c0 <= log 2), so the root z* is positive and the bound theta_hat - z*/b."""
+    t2 = tau * tau
+    b = tau / (math.sqrt(variance) * math.sqrt(variance + t2))
+    c0 = math.log(2.0) + 0.5 * math.log(variance / (variance + t2))
+    target = math.log(1.0 / alpha)
+
+    def excess(z: float) -> float:
+        return c0 + 0.5 * z * z + float(log_ndtr(z)) - target
+
+    lo, hi = 0.0, math.sqrt(2.0 * (target - c0 + math.log(2.0))) + 1.0  # excess(lo) < 0 < excess(hi)
+    for _ in range(60):  # bisection: the bracket shrinks to 2^-60 of its width (< 1e-16 of z*)
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(mid) < 0 else (lo, mid)
+    return theta_hat - hi / b
+
+
+def _evidence(alpha: float, effect: str, estimate: float | None, lower: float | None, null: float) -> str:
+    """The estimate, its confidence bound and the boundary, in words."""
+    if estimate is None:
+        return f"{effect} not estimable yet"
+    if lower is None:
+        return f"{effect} {estimate:.4g}, no anytime-valid lower bound yet"
+    return (f"{effect} {estimate:.4g}, anytime-valid {1 - alpha:g} interval ({lower:.4g}, inf) "
+            f"{'excludes' if lower >= null else 'contains'} {null:g}")
+
+
+def make_decision(where: str, log_lr: float, alpha: float, verdict: Verdict | None, n_c: float, n_b: float,
+              c_value: float | None, b_value: float | None, detail: str,
+              effect: tuple[str, float | None, float | None, float]) -> SequentialDecision:
     threshold = math.log(1.0 / alpha)
     p_value = 1.0 if log_lr <= 0 else math.exp(-log_lr)
     if verdict is None:
         verdict = Verdict.FAIL if log_lr >= threshold else Verdict.PASS
         word = ">=" if verdict is Verdict.FAIL else "<"
         detail = (f"{where}: log LR {log_lr:.3f} {word} log(1/alpha) {threshold:.3f} (p <= {p_value:.3g}); "
-                  + detail)
-    return SequentialDecision(verdict, float(log_lr), threshold, p_value, n_c, n_b, c_value, b_value, detail)
+                  f"{_evidence(alpha, *effect)}; " + detail)
+    return SequentialDecision(verdict, float(log_lr), threshold, p_value, n_c, n_b, c_value, b_value, detail, *effect)
 
 
 @dataclass(eq=False)  # d is an array: compare snapshots instead
@@ -174,6 +230,9 @@ class ErrorRateTest:
     baseline_errors: int = 0
     windows: int = 0
     d: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # empty: a fresh test
+    # The window terms at u = i step/2 for i in -2M .. 2M + 2 grid_points - 1 (the module docstring):
+    # empty for a fresh test, None when restored from a state that did not keep it (no bound then).
+    lattice: np.ndarray | None = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def __post_init__(self) -> None:
         _check_common("ErrorRateTest", self.alpha, self.min_relative_increase, self.mixing_scale,
@@ -184,6 +243,16 @@ class ErrorRateTest:
             self.d = np.zeros(self.grid_points)
         if self.d.shape != (self.grid_points,):
             raise ValueError(f"ErrorRateTest: d has shape {self.d.shape}, expected ({self.grid_points},)")
+        step = self._u[1] - self._u[0]
+        self._steps = min(math.ceil(_LATTICE_LOG_RANGE / step), _LATTICE_MAX_STEPS)  # M
+        self._lattice_u = np.arange(-2 * self._steps, 2 * self._steps + 2 * self.grid_points) * (step / 2)
+        if self.lattice is not None:
+            self.lattice = np.asarray(self.lattice, dtype=float)
+            if self.lattice.size == 0:
+                self.lattice = np.zeros(self._lattice_u.size)
+            if self.lattice.shape != self._lattice_u.shape:
+                raise ValueError(f"ErrorRateTest: lattice has shape {self.lattice.shape}, "
+                                 f"expected {self._lattice_u.shape}")
 
     @property
     def rho0(self) -> float:
@@ -196,6 +265,9 @@ class ErrorRateTest:
                 raise ValueError(f"ErrorRateTest.update: {name} has {e} errors in {n} predictions")
         self.d = self.d + error_rate_window_terms(candidate_n, baseline_n, candidate_errors + baseline_errors,
                                                   self._u, self.rho0)
+        if self.lattice is not None:
+            self.lattice = self.lattice + error_rate_window_terms(
+                candidate_n, baseline_n, candidate_errors + baseline_errors, self._lattice_u, self.rho0)
         self.candidate_n += int(candidate_n)
         self.candidate_errors += int(candidate_errors)
         self.baseline_n += int(baseline_n)
@@ -212,40 +284,77 @@ class ErrorRateTest:
         return ErrorRateTest(*self._config(), self.candidate_n + other.candidate_n,
                              self.candidate_errors + other.candidate_errors, self.baseline_n + other.baseline_n,
                              self.baseline_errors + other.baseline_errors, self.windows + other.windows,
-                             self.d + other.d)
+                             self.d + other.d,
+                             None if self.lattice is None or other.lattice is None else self.lattice + other.lattice)
 
     def log_likelihood_ratio(self) -> float:
         return float(error_rate_log_lr(self.candidate_errors, self.d, self._u, self._log_w))
 
-    def decide(self) -> SequentialDecision:
+    def null_ratios(self) -> np.ndarray:
+        """The lattice's null rate ratios rho0 e^(m step), m = -M .. M."""
+        step = self._u[1] - self._u[0]
+        return np.asarray(self.rho0 * np.exp(np.arange(-self._steps, self._steps + 1) * step))
+
+    def null_log_likelihood_ratios(self) -> np.ndarray | None:
+        """log Lambda_n against each null of `null_ratios()` (the one at rho0 is the test's own), or
+        None when the state does not keep the lattice."""
+        if self.lattice is None:
+            return None
+        m = np.arange(2 * self._steps + 1)[:, None] * 2  # offsets of the nulls' own terms
+        d = self.lattice[m + 2 * np.arange(self.grid_points)[None, :] + 1] - self.lattice[m]
+        return error_rate_log_lr(self.candidate_errors, d, self._u, self._log_w)
+
+    def lower_bound(self) -> float | None:
+        """The largest lattice null the test rejects at alpha, all smaller ones being rejected too
+        (the statistic falls as the null rises): a conservative anytime-valid lower confidence
+        bound on the rate ratio. None when no null is rejected or the lattice is unknown."""
+        log_lrs = self.null_log_likelihood_ratios()
+        if log_lrs is None:
+            return None
+        kept = np.flatnonzero(log_lrs < math.log(1.0 / self.alpha))
+        first_kept = int(kept[0]) if kept.size else log_lrs.size
+        return None if first_kept == 0 else float(self.null_ratios()[first_kept - 1])
+
+    def _effect(self) -> tuple[str, float | None, float | None, float]:
+        estimate = None
+        if self.candidate_n and self.baseline_n and self.baseline_errors:
+            estimate = (self.candidate_errors / self.candidate_n) / (self.baseline_errors / self.baseline_n)
+        return "rate ratio", estimate, self.lower_bound(), self.rho0
+
+    def decide(self, failures: str = "errors") -> SequentialDecision:
+        """The verdict at this look; `failures` names what the counts count in the reason."""
         c_rate = self.candidate_errors / self.candidate_n if self.candidate_n else None
         b_rate = self.baseline_errors / self.baseline_n if self.baseline_n else None
         log_lr = self.log_likelihood_ratio()
         counts = (f"candidate {self.candidate_errors}/{self.candidate_n}, "
-                  f"baseline {self.baseline_errors}/{self.baseline_n} errors")
+                  f"baseline {self.baseline_errors}/{self.baseline_n} {failures}")
         if min(self.candidate_n, self.baseline_n) < self.min_samples:
-            return _decision("error rate", log_lr, self.alpha, Verdict.INCONCLUSIVE, self.candidate_n,
+            return make_decision("rate", log_lr, self.alpha, Verdict.INCONCLUSIVE, self.candidate_n,
                              self.baseline_n, c_rate, b_rate,
-                             f"error rate: too few labeled predictions ({counts}), need {self.min_samples} a side")
-        return _decision("error rate", log_lr, self.alpha, None, self.candidate_n, self.baseline_n, c_rate,
-                         b_rate, f"{counts}; H0: ratio <= {self.rho0:g}")
+                             f"too few trials ({counts}), need {self.min_samples} a side", self._effect())
+        return make_decision("rate", log_lr, self.alpha, None, self.candidate_n, self.baseline_n, c_rate,
+                         b_rate, f"{counts}; H0: ratio <= {self.rho0:g}", self._effect())
 
     def snapshot(self) -> dict[str, Any]:
-        return {"kind": "error_rate", "version": SNAPSHOT_VERSION, "alpha": self.alpha,
+        return {"kind": "error_rate", "version": _ERROR_RATE_VERSION, "alpha": self.alpha,
                 "min_relative_increase": self.min_relative_increase, "mixing_scale": self.mixing_scale,
                 "min_samples": self.min_samples, "grid_points": self.grid_points,
                 "candidate_n": self.candidate_n, "candidate_errors": self.candidate_errors,
                 "baseline_n": self.baseline_n, "baseline_errors": self.baseline_errors,
-                "windows": self.windows, "d": [float(v) for v in self.d]}
+                "windows": self.windows, "d": [float(v) for v in self.d],
+                "lattice": None if self.lattice is None else [float(v) for v in self.lattice]}
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> ErrorRateTest:
-        _check_snapshot("ErrorRateTest.restore", data, "error_rate")
+        # v1 did not keep the lattice: its test goes on deciding the same, without a confidence bound.
+        check_snapshot("ErrorRateTest.restore", data, "error_rate", (1, _ERROR_RATE_VERSION))
         try:
+            lattice = data["lattice"] if data["version"] > 1 else None
             return cls(float(data["alpha"]), float(data["min_relative_increase"]), float(data["mixing_scale"]),
                        int(data["min_samples"]), int(data["grid_points"]), int(data["candidate_n"]),
                        int(data["candidate_errors"]), int(data["baseline_n"]), int(data["baseline_errors"]),
-                       int(data["windows"]), np.asarray(data["d"], dtype=float))
+                       int(data["windows"]), np.asarray(data["d"], dtype=float),
+                       None if lattice is None else np.asarray(lattice, dtype=float))
         except KeyError as exc:
             raise ValueError(f"ErrorRateTest.restore: snapshot lacks {exc}") from None
 
@@ -326,24 +435,35 @@ class MeanTest:
         mb, vb = self._mean_var(self.baseline_n, self.baseline_sum, self.baseline_sumsq)
         variance = vc / self.candidate_n + self.rho0**2 * vb / self.baseline_n
         pooled = ((self.candidate_n - 1) * vc + (self.baseline_n - 1) * vb) / (self.candidate_n + self.baseline_n - 2)
-        if variance <= 0 or pooled <= 0:
-            return None
+        if not (variance > 0 and pooled > 0 and math.isfinite(variance) and math.isfinite(pooled)):
+            return None  # no spread, or one beyond a double's range
         return mc - self.rho0 * mb, variance, self.mixing_scale * math.sqrt(pooled)
+
+    def lower_bound(self) -> float | None:
+        """Anytime-valid (1 - alpha) lower confidence bound of theta = mu_c - rho0 mu_b (the set of
+        thetas the test does not reject is (bound, inf)); None while the statistic is undefined."""
+        stats = self._statistics()
+        return None if stats is None else gaussian_msprt_lower_bound(*stats, self.alpha)
 
     def decide(self) -> SequentialDecision:
         c_mean = self.candidate_sum / self.candidate_n if self.candidate_n else None
         b_mean = self.baseline_sum / self.baseline_n if self.baseline_n else None
-        counts = f"candidate mean {c_mean} (n={self.candidate_n:g}), baseline mean {b_mean} (n={self.baseline_n:g})"
+        counts = (f"candidate mean {c_mean:.6g} (n={self.candidate_n:g}), " if c_mean is not None
+                  else "no candidate values, ") + (f"baseline mean {b_mean:.6g} (n={self.baseline_n:g})"
+                                                   if b_mean is not None else "no baseline values")
         stats = self._statistics()
+        effect = ("mean_c - mean_b" if self.rho0 == 1 else f"mean_c - {self.rho0:g} mean_b",
+                  None if stats is None else stats[0], self.lower_bound(), 0.0)
         if min(self.candidate_n, self.baseline_n) < self.min_samples:
-            return _decision("mean", -math.inf if stats is None else float(gaussian_msprt_log_lr(*stats)),
+            return make_decision("mean", -math.inf if stats is None else float(gaussian_msprt_log_lr(*stats)),
                              self.alpha, Verdict.INCONCLUSIVE, self.candidate_n, self.baseline_n, c_mean, b_mean,
-                             f"mean: too few values ({counts}), need {self.min_samples} a side")
+                             f"mean: too few values ({counts}), need {self.min_samples} a side", effect)
         if stats is None:
-            return _decision("mean", -math.inf, self.alpha, Verdict.INCONCLUSIVE, self.candidate_n,
-                             self.baseline_n, c_mean, b_mean, f"mean: zero variance ({counts})")
-        return _decision("mean", float(gaussian_msprt_log_lr(*stats)), self.alpha, None, self.candidate_n,
-                         self.baseline_n, c_mean, b_mean, f"{counts}; H0: ratio of means <= {self.rho0:g}")
+            return make_decision("mean", -math.inf, self.alpha, Verdict.INCONCLUSIVE, self.candidate_n,
+                             self.baseline_n, c_mean, b_mean,
+                             f"mean: zero variance, or one beyond a double's range ({counts})", effect)
+        return make_decision("mean", float(gaussian_msprt_log_lr(*stats)), self.alpha, None, self.candidate_n,
+                         self.baseline_n, c_mean, b_mean, f"{counts}; H0: ratio of means <= {self.rho0:g}", effect)
 
     def snapshot(self) -> dict[str, Any]:
         return {"kind": "mean", "version": SNAPSHOT_VERSION, "alpha": self.alpha,
@@ -355,7 +475,7 @@ class MeanTest:
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> MeanTest:
-        _check_snapshot("MeanTest.restore", data, "mean")
+        check_snapshot("MeanTest.restore", data, "mean")
         try:
             sums = {k: float(data[k]) for k in ("candidate_n", "candidate_sum", "candidate_sumsq", "baseline_n",
                                                 "baseline_sum", "baseline_sumsq")}
@@ -366,10 +486,12 @@ class MeanTest:
             raise ValueError(f"MeanTest.restore: snapshot lacks {exc}") from None
 
 
-def _check_snapshot(where: str, data: dict[str, Any], kind: str) -> None:
+def check_snapshot(where: str, data: dict[str, Any], kind: str,
+                    versions: tuple[int, ...] = (SNAPSHOT_VERSION,)) -> None:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a dict, got {type(data).__name__}")
     if data.get("kind") != kind:
         raise ValueError(f"{where}: snapshot kind is {data.get('kind')!r}, expected {kind!r}")
-    if data.get("version") != SNAPSHOT_VERSION:
-        raise ValueError(f"{where}: snapshot version {data.get('version')!r}, this code reads {SNAPSHOT_VERSION}")
+    if data.get("version") not in versions:
+        raise ValueError(f"{where}: snapshot version {data.get('version')!r}, this code reads "
+                         f"{', '.join(map(str, versions))}")

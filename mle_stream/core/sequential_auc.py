@@ -33,7 +33,13 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import brentq
 
-from mle_stream.core.sequential import SNAPSHOT_VERSION, SequentialDecision, _check_snapshot, gaussian_msprt_log_lr
+from mle_stream.core.sequential import (
+    SNAPSHOT_VERSION,
+    SequentialDecision,
+    check_snapshot,
+    gaussian_msprt_log_lr,
+    make_decision,
+)
 from mle_stream.core.verdict import Verdict
 
 
@@ -163,21 +169,17 @@ class AucTest:
 
     def decide(self) -> SequentialDecision:
         log_lr = self.log_likelihood_ratio()
-        estimate, bound = self.shortfall, self.lower_bound()
+        estimate = self.shortfall
         c_n = self.candidate_positives + self.candidate_negatives
         b_n = self.baseline_positives + self.baseline_negatives
-        threshold = math.log(1.0 / self.alpha)
-        p_value = 1.0 if log_lr <= 0 else math.exp(-log_lr)
-        if estimate is None or bound is None:
-            return SequentialDecision(Verdict.INCONCLUSIVE, log_lr, threshold, p_value, c_n, b_n, None, None,
-                                      f"roc_auc: no window yet with {self.min_samples} positives and negatives "
-                                      f"a side ({self.skipped} with fewer)")
-        verdict = Verdict.FAIL if log_lr >= threshold else Verdict.PASS
-        reason = (f"roc_auc: log LR {log_lr:.3f} {'>=' if verdict is Verdict.FAIL else '<'} log(1/alpha) "
-                  f"{threshold:.3f} (p <= {p_value:.3g}); candidate's AUC below the baseline's by {estimate:+.4f} "
-                  f"over {self.windows} windows, by at least {bound:+.4f} ({1 - self.alpha:.0%} anytime-valid); "
-                  f"H0: by at most {self.min_difference:g}")
-        return SequentialDecision(verdict, log_lr, threshold, p_value, c_n, b_n, None, None, reason)
+        effect = ("baseline AUC - candidate AUC", estimate, self.lower_bound(), self.min_difference)
+        if estimate is None:
+            return make_decision("roc_auc", log_lr, self.alpha, Verdict.INCONCLUSIVE, c_n, b_n, None, None,
+                                 f"no window yet with {self.min_samples} positives and negatives a side "
+                                 f"({self.skipped} with fewer)", effect)
+        return make_decision("roc_auc", log_lr, self.alpha, None, c_n, b_n, None, None,
+                             f"H0: the candidate's AUC below the baseline's by at most {self.min_difference:g}",
+                             effect)
 
     def summary(self) -> dict[str, Any]:
         """The evidence a reader needs beyond the log LR: estimate, bound and the counts behind them."""
@@ -205,7 +207,7 @@ class AucTest:
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> AucTest:
-        _check_snapshot("AucTest.restore", data, "roc_auc")
+        check_snapshot("AucTest.restore", data, "roc_auc")
         try:
             return cls(float(data["alpha"]), float(data["min_difference"]), float(data["mixing_scale"]),
                        int(data["min_samples"]), float(data["information"]), float(data["weighted_shortfall"]),

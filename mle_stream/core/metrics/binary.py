@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mle_stream.core.exact_sum import SCALE_BITS, exact_column_sums, pack, to_float, unpack
+from mle_stream.core.exact_sum import SCALE_BITS, exact_column_sums, pack, square_parts, to_float, unpack
 from mle_stream.core.metrics.base import (
     EMPTY_MOMENTS,
     Moments,
@@ -33,7 +33,7 @@ from mle_stream.core.metrics.outcomes import BinaryOutcomes, FloatArray
 
 IntArray = npt.NDArray[np.int64]
 
-_KIND, _VERSION = "binary", 2  # v2: exact sums
+_KIND, _VERSION = "binary", 3  # v2: exact sums; v3: the Brier terms' squares (v2 restores without them)
 # sklearn.metrics.log_loss clips probabilities to [eps, 1 - eps], eps of the input's dtype.
 _EPS = float(np.finfo(np.float64).eps)
 # The finest histogram level has 2**40 bins: scores closer than ~1e-12 share a bin, coarser than
@@ -47,11 +47,14 @@ class BinaryMetrics:
     """Binary metrics of the `predicted` decision, of extra score thresholds, and of the scores.
 
     values(): count; accuracy, error_rate (misclassified share, from counts), precision, recall,
-    f1 of `predicted`; accuracy@t, precision@t, recall@t, f1@t for each t in `thresholds`
-    (score >= t is positive, keys like "precision@0.5"); roc_auc, roc_auc_error_bound,
-    average_precision, average_precision_error_bound; log_loss, brier_score,
-    expected_calibration_error; positive_rate (share predicted positive), label_rate (share
-    labelled positive), mean_score. Everything but count is None for an empty state.
+    f1 of `predicted`; accuracy@t, precision@t, recall@t, f1@t, positive_rate@t for each t in
+    `thresholds` (score >= t is positive, keys like "precision@0.5"); roc_auc, roc_auc_error_bound,
+    average_precision, average_precision_error_bound; log_loss, log_loss_std, brier_score,
+    brier_score_std (the per-prediction losses' and Brier terms' sample standard deviations, for a
+    sequential test), expected_calibration_error; positive_rate (share predicted positive),
+    label_rate (share labelled positive), mean_score. Everything but count is None for an empty
+    state; the standard deviations with fewer than two rows, and brier_score_std for a state
+    restored from a v2 snapshot, which did not keep the squares.
 
     Where scikit-learn warns and returns 0.0 we return 0.0 too: precision with no predicted
     positive, recall with no positive label, f1 when both are missing, and average_precision when
@@ -113,6 +116,7 @@ class BinaryMetrics:
         # Of the per-prediction losses: their sum is the log loss's, their spread is for a sequential test.
         self._loss_moments: Moments = EMPTY_MOMENTS
         self._brier_sum = 0  # exact sums: integer counts of 2**-1074
+        self._brier_sq_sum: int | None = 0  # of the Brier terms' squares; None: unknown (a v2 snapshot)
         self._cal_count = np.zeros(calibration_bins, dtype=np.int64)
         self._cal_positives = np.zeros(calibration_bins, dtype=np.int64)
         self._cal_score_sum = [0] * calibration_bins
@@ -153,10 +157,15 @@ class BinaryMetrics:
         losses = -np.log(p_label)
         cal = np.searchsorted(self._inner_edges, score)  # calibration_curve's own binning
         k = self.calibration_bins
-        loss_s, loss_q_hi, loss_q_lo, brier, *cal_scores = exact_column_sums(
-            [*moment_columns(losses, w), w * (score - y) ** 2], grouped=(w * score, cal, k))
+        brier_terms = (score - y) ** 2
+        brier_sq_hi, brier_sq_lo = square_parts(brier_terms)
+        loss_s, loss_q_hi, loss_q_lo, brier, brier_q_hi, brier_q_lo, *cal_scores = exact_column_sums(
+            [*moment_columns(losses, w), w * brier_terms, w * brier_sq_hi, w * brier_sq_lo],
+            grouped=(w * score, cal, k))
         self._loss_moments = add_moments(self._loss_moments, int(w.sum()), (loss_s, loss_q_hi, loss_q_lo))
         self._brier_sum += brier
+        if self._brier_sq_sum is not None:
+            self._brier_sq_sum += brier_q_hi + brier_q_lo
         self._cal_count += np.bincount(cal, weights=w, minlength=k).astype(np.int64)
         self._cal_positives += np.bincount(cal, weights=wy, minlength=k).astype(np.int64)
         self._cal_score_sum = [a + b for a, b in zip(self._cal_score_sum, cal_scores)]
@@ -177,6 +186,8 @@ class BinaryMetrics:
         merged._fp_at = self._fp_at + other._fp_at
         merged._loss_moments = combine_moments(self._loss_moments, other._loss_moments)
         merged._brier_sum = self._brier_sum + other._brier_sum
+        merged._brier_sq_sum = (None if self._brier_sq_sum is None or other._brier_sq_sum is None
+                                else self._brier_sq_sum + other._brier_sq_sum)
         merged._cal_count = self._cal_count + other._cal_count
         merged._cal_positives = self._cal_positives + other._cal_positives
         merged._cal_score_sum = [a + b for a, b in zip(self._cal_score_sum, other._cal_score_sum)]
@@ -204,20 +215,22 @@ class BinaryMetrics:
         out: dict[str, float | None] = {"count": n}
         if n <= 0:
             names = ["accuracy", "precision", "recall", "f1"]
-            names += [f"{m}@{t!r}" for t in self.thresholds for m in names]
+            names += [f"{m}@{t!r}" for t in self.thresholds for m in [*names, "positive_rate"]]
             names += ["error_rate", "roc_auc", "roc_auc_error_bound", "average_precision",
-                      "average_precision_error_bound",
-                      "log_loss", "log_loss_std", "brier_score", "expected_calibration_error", "positive_rate",
-                      "label_rate", "mean_score"]
+                      "average_precision_error_bound", "log_loss", "log_loss_std", "brier_score",
+                      "brier_score_std", "expected_calibration_error", "positive_rate", "label_rate", "mean_score"]
             return out | dict.fromkeys(names)
         out |= _confusion_metrics(n, p, self._tp, self._fp, "")
         # From the counts, not 1 - accuracy, so that it is exact (the policy compares it).
         out["error_rate"] = (self._fp + p - self._tp) / n
         for t, tp, fp in zip(self.thresholds, self._tp_at.tolist(), self._fp_at.tolist()):
             out |= _confusion_metrics(n, p, tp, fp, f"@{t!r}")
+            out[f"positive_rate@{t!r}"] = (tp + fp) / n  # a sequential precision@t test counts from it
         out |= self._ranking_metrics()
         out["log_loss"], out["log_loss_std"] = moments_mean_std(self._loss_moments)
         out["brier_score"] = to_float(self._brier_sum, n)
+        out["brier_score_std"] = (None if self._brier_sq_sum is None
+                                  else moments_mean_std((n, self._brier_sum, self._brier_sq_sum))[1])
         # sum_b |positives_b - score sum_b|, exactly: the positives in the sums' unit.
         gaps = sum(abs((positives << SCALE_BITS) - scores)
                    for positives, scores in zip(self._cal_positives.tolist(), self._cal_score_sum))
@@ -258,6 +271,7 @@ class BinaryMetrics:
             "n": self._n, "positives": self._positives, "tp": self._tp, "fp": self._fp,
             "tp_at": self._tp_at.tolist(), "fp_at": self._fp_at.tolist(),
             "loss_moments": moments_snapshot(self._loss_moments), "brier_sum": pack(self._brier_sum),
+            "brier_sq_sum": None if self._brier_sq_sum is None else pack(self._brier_sq_sum),
             "cal_count": self._cal_count.tolist(), "cal_positives": self._cal_positives.tolist(),
             "cal_score_sum": [pack(v) for v in self._cal_score_sum],
             "level": self._level, "bins": self._bins.tolist(),
@@ -266,6 +280,8 @@ class BinaryMetrics:
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> BinaryMetrics:
+        if isinstance(data, dict) and data.get("v") == 2:  # v2 lacks only the Brier squares: unknown
+            data = {**data, "v": _VERSION, "brier_sq_sum": None}
         check_snapshot(data, _KIND, _VERSION)
         state = cls(data["thresholds"], int(data["score_bins"]), int(data["calibration_bins"]))
         state._n, state._positives = int(data["n"]), int(data["positives"])
@@ -273,6 +289,7 @@ class BinaryMetrics:
         state._tp_at = _array(data["tp_at"], np.int64, len(state.thresholds), "tp_at")
         state._fp_at = _array(data["fp_at"], np.int64, len(state.thresholds), "fp_at")
         state._brier_sum = unpack(data["brier_sum"])
+        state._brier_sq_sum = None if data["brier_sq_sum"] is None else unpack(data["brier_sq_sum"])
         state._loss_moments = restore_moments(data["loss_moments"])
         k = state.calibration_bins
         state._cal_count = _array(data["cal_count"], np.int64, k, "cal_count")

@@ -28,8 +28,9 @@ class MulticlassMetrics:
 
     values(): count, classes (how many classes the table holds), classes_overflowed (1 if any
     class was folded into "__other__", else 0), accuracy, error_rate (misclassified share, from
-    counts), micro_f1, macro_f1, log_loss and one recall[<class>] per class; all but count,
-    classes and classes_overflowed are None when empty.
+    counts), micro_f1, macro_f1, log_loss, and per class recall[<class>] and label_rate[<class>]
+    (the share of rows whose true class it is: a sequential recall test counts from it); all but
+    count, classes and classes_overflowed are None when empty.
 
     As scikit-learn's defaults: macro_f1 averages over the union of classes seen in y_true or
     predicted; micro_f1 equals accuracy (single-label); recall[c] of a class only ever predicted
@@ -122,7 +123,7 @@ class MulticlassMetrics:
         }
         if self._n <= 0:
             return out | dict.fromkeys(["accuracy", "error_rate", "micro_f1", "macro_f1", "log_loss"]) | {
-                f"recall[{c}]": None for c in classes.tolist()}
+                f"{m}[{c}]": None for c in classes.tolist() for m in ("recall", "label_rate")}
         accuracy = float(tp.sum()) / self._n
         f1 = 2.0 * tp / np.maximum(true_n + pred_n, 1)  # 2tp / (2tp + fp + fn); never 0/0 here
         out |= {
@@ -134,6 +135,7 @@ class MulticlassMetrics:
         }
         for c, hit, total in zip(classes.tolist(), tp.tolist(), true_n.tolist()):
             out[f"recall[{c}]"] = ratio(hit, total) or 0.0  # sklearn: 0.0 for a class never true
+            out[f"label_rate[{c}]"] = total / self._n
         return out
 
     def _per_class(self) -> tuple[StrArray, IntArray, IntArray, IntArray]:

@@ -18,7 +18,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from functools import cache
 from typing import Any, Literal, get_args
 
-from mle_stream.core.checks import CheckRule, SequentialSpec
+from mle_stream.core.checks import SEQUENTIAL_METRICS, CheckRule, SequentialSpec
 from mle_stream.core.drift.decision import DriftThresholds
 from mle_stream.core.drift.live import DriftSettings
 from mle_stream.core.kserve_logger import IngestMapping
@@ -314,7 +314,7 @@ class Topology:
 
 def _per_test(name: str) -> str:
     """A sequential test's default, which depends on the metric's test (core/sequential.py)."""
-    return (f"{getattr(ErrorRateTest, name)} (error rates, latency quantiles), {getattr(MeanTest, name)} (means)"
+    return (f"{getattr(ErrorRateTest, name)} (rates, latency quantiles), {getattr(MeanTest, name)} (means)"
             + (f", {getattr(AucTest, name)} (`roc_auc`)" if name == "mixing_scale" else ""))
 
 
@@ -341,8 +341,9 @@ EXTERNAL_KEYS: dict[type, dict[str, Key | tuple[Section, ...]]] = {
         "sequential": (Section("sequential", SequentialSpec),),
     },
     SequentialSpec: {
-        "alpha": Key("alpha", OPEN_FRACTION, "false-rollback rate ([decisions.md](decisions.md#sequential-tests))",
-                     "probability"),
+        "alpha": Key("alpha", OPEN_FRACTION, "false-rollback rate of the always-valid test, which checks on "
+                     f"{', '.join(f'`{m}`' for m in SEQUENTIAL_METRICS)} take "
+                     "([decisions.md](decisions.md#sequential-tests))", "probability"),
         "min_relative_increase": Key("min_relative_increase", NON_NEGATIVE,
                                      "no rollback for a smaller relative difference (not `roc_auc`)", "fraction",
                                      default=_per_test("min_relative_increase")),

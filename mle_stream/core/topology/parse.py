@@ -16,13 +16,15 @@ from typing import Any
 import yaml
 
 from mle_stream.core.checks import (
-    AUC_METRICS,
-    SEQUENTIAL_METRICS,
+    SEQUENTIAL_INPUTS,
     SHADOW_METRICS,
+    AucInputs,
     CheckRule,
     SequentialSpec,
+    base_metric,
     default_worse,
     metric_problem,
+    sequential_problem,
 )
 from mle_stream.core.drift.concept import KINDS, DetectorSpec
 from mle_stream.core.drift.decision import DriftThresholds
@@ -120,19 +122,22 @@ def _rollback(r: Reader, top: Nodes, task: str | None) -> list[CheckRule]:
     return [shorthand.rule(task)]
 
 
-def _sequential(r: Reader, c: Nodes, path: str, metric: str | None) -> SequentialSpec | None:
+def _sequential(r: Reader, c: Nodes, path: str, metric: str | None, task: str | None) -> SequentialSpec | None:
     if "sequential" not in c:
         return None
     path = f"{path}.sequential"
     sq = r.mapping(c["sequential"], path, yaml_keys(SequentialSpec))
     spec = SequentialSpec(**{f.name: r.field(sq, path, SequentialSpec, f.name) for f in fields(SequentialSpec)})
-    if metric not in SEQUENTIAL_METRICS:
-        r.error(c["sequential"], path, f"is for {', '.join(SEQUENTIAL_METRICS)}, not {metric}")
-    # The AUC test's margin is a difference in AUC units; every other test's is a ratio.
-    margin, other = ("min_difference", "min_relative_increase") if metric in AUC_METRICS else (
-        "min_relative_increase", "min_difference")
-    if metric in SEQUENTIAL_METRICS and other in sq:
-        r.error(sq[other], f"{path}.{other}", f"is not a setting of {metric}'s test: its margin is {margin}")
+    problem = sequential_problem(task, metric or "")
+    if problem:
+        r.error(c["sequential"], path, problem)
+    elif metric is not None:
+        # The AUC test's margin is a difference in AUC units; every other test's is a ratio.
+        auc = isinstance(SEQUENTIAL_INPUTS.get(base_metric(metric)), AucInputs)
+        margin, other = ("min_difference", "min_relative_increase") if auc else (
+            "min_relative_increase", "min_difference")
+        if other in sq:
+            r.error(sq[other], f"{path}.{other}", f"is not a setting of {metric}'s test: its margin is {margin}")
     if any(k in c for k in (*_CHECK_LIMITS, "hysteresis")):
         r.error(c["sequential"], path, "decides alone: give the limits (max, min, max_degradation...) to another check")
     return spec
@@ -156,7 +161,7 @@ def _check(r: Reader, item: yaml.Node, path: str, task: str | None, mode: str | 
     worse = read("worse", None if metric is None else default_worse(metric))
     if worse is None and metric is not None and not problem:
         r.error(item, f"{path}.worse", f"say in which direction {metric} gets worse: higher or lower")
-    sequential = _sequential(r, c, path, metric)
+    sequential = _sequential(r, c, path, metric, task)
     rule = CheckRule(
         sequential=sequential, name=name or "", metric=metric or "", worse=worse or "higher",
         **{limit: read(limit) for limit in _CHECK_LIMITS},
