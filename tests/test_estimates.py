@@ -6,6 +6,7 @@ without estimates restores), checks on estimates, and the wire carrying the new 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -18,7 +19,7 @@ from sklearn.metrics import auc
 
 from mle_stream import wire
 from mle_stream.core.evaluator import ModelEvaluator
-from mle_stream.core.events import Label, Prediction
+from mle_stream.core.events import CommandKind, Label, Prediction
 from mle_stream.core.metrics.estimated import Calibration, ScoreBins, isotonic, score_bins
 from mle_stream.core.metrics.outcomes import BinaryOutcomes
 from mle_stream.core.topology import parse_topology
@@ -267,3 +268,22 @@ def test_score_bins_follow_the_metric_state_contract(parts: list[BinaryOutcomes]
     assert whole.reference_counts()[0].tolist() == b.merge(c).reference_counts()[0].tolist()
     with pytest.raises(ValueError, match="different hyperparameters"):
         a.merge(ScoreBins(bins + 1))
+
+
+def test_a_check_on_an_estimate_holds_a_worse_candidate_before_any_of_its_labels_come() -> None:
+    # The candidate's scores are the baseline's squeezed below the threshold: it decides fewer
+    # positives, and the baseline's calibration says how many it misses. None of its labels come.
+    topology = parse_topology(TOPOLOGY + ESTIMATES + 'checks: [{name: est, metric: estimated_f1, '
+                              'max_degradation: 0.1, consecutive: 1, min_samples: 500}]\n')
+    ev = ModelEvaluator(topology)
+    commands, candidate = [], set()
+    for kind, records in stream(10, 2000, seed=6):
+        if kind == "p":
+            candidate |= {r.prediction_id for r in records if r.version == "2"}
+            ev.add_predictions([dataclasses.replace(r, score=r.score * 0.6) if r.version == "2" else r
+                                for r in records], NOW)
+        else:
+            ev.add_labels([r for r in records if r.prediction_id not in candidate], NOW)
+        commands += ev.advance(NOW).commands
+    assert commands and {c.kind for c in commands} == {CommandKind.HOLD}, commands
+    assert commands[0].rule == "est" and "estimated_f1" in commands[0].reason

@@ -24,6 +24,7 @@ log-odds, so scores packed near 0 or 1 keep resolution.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -39,8 +40,22 @@ _KIND, _VERSION = "score_bins", 1
 
 
 def score_bins(score: FloatArray, bins: int) -> IntArray:
-    """The bin of each score (in [0, 1]), monotone in the score."""
-    return (_finest_bins(score) * bins) >> _FINEST_BITS  # type: ignore[no-any-return]
+    """The bin of each score (in [0, 1]), monotone in the score: one binary search over the bins'
+    edges (cheaper on the hot path than computing each score's coordinate)."""
+    return np.searchsorted(_edges(bins), score, side="right")  # type: ignore[no-any-return]
+
+
+@cache
+def _edges(bins: int) -> FloatArray:
+    """The scores at which the coordinate of the binary state's histogram crosses b / bins, b = 1
+    .. bins - 1, by bisection: bin b holds the scores from edge b - 1 (included) to edge b."""
+    targets = (np.arange(1, bins, dtype=np.int64) << _FINEST_BITS) // bins
+    lo, hi = np.zeros(bins - 1), np.ones(bins - 1)
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        below = _finest_bins(mid) < targets
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return hi
 
 
 def _check_bins(bins: Any) -> int:
@@ -71,7 +86,7 @@ class ScoreBins:
 
     def serve(self, score: FloatArray, decision: npt.NDArray[np.bool_]) -> None:
         """Served predictions; rows without a usable score (NaN: a failed prediction) are left out."""
-        ok = (score >= 0.0) & (score <= 1.0)
+        ok = score == score  # not NaN; scores are in [0, 1] by contract
         if not ok.all():
             score, decision = score[ok], decision[ok]
         flat = decision.astype(np.int64) * self.bins + score_bins(score, self.bins)
@@ -79,13 +94,18 @@ class ScoreBins:
 
     def update(self, batch: BinaryOutcomes) -> None:
         """Labeled rows (weight -1 takes one back out)."""
-        w = batch.weights()
         flat = (np.asarray(batch.predicted, dtype=np.int64) * self.bins
                 + score_bins(np.asarray(batch.score, dtype=np.float64), self.bins))
+        y = np.asarray(batch.y_true, dtype=bool)
         k = 2 * self.bins
-        self._labeled += np.rint(np.bincount(flat, weights=w, minlength=k)).astype(np.int64).reshape(2, self.bins)
-        wy = w * np.asarray(batch.y_true, dtype=bool)
-        self._positives += np.rint(np.bincount(flat, weights=wy, minlength=k)).astype(np.int64).reshape(2, self.bins)
+        if batch.weight is None:  # the usual case: integer counts directly
+            labeled, positives = np.bincount(flat, minlength=k), np.bincount(flat[y], minlength=k)
+        else:
+            w = batch.weights()
+            labeled = np.rint(np.bincount(flat, weights=w, minlength=k)).astype(np.int64)
+            positives = np.rint(np.bincount(flat[y], weights=w[y], minlength=k)).astype(np.int64)
+        self._labeled += labeled.reshape(2, self.bins)
+        self._positives += positives.reshape(2, self.bins)
 
     def merge(self, other: ScoreBins) -> ScoreBins:
         check_mergeable(self, other, ("bins",))
