@@ -287,3 +287,25 @@ def test_a_check_on_an_estimate_holds_a_worse_candidate_before_any_of_its_labels
         commands += ev.advance(NOW).commands
     assert commands and {c.kind for c in commands} == {CommandKind.HOLD}, commands
     assert commands[0].rule == "est" and "estimated_f1" in commands[0].reason
+
+
+def test_a_window_estimates_from_every_served_prediction_once_with_the_pods_own_decisions() -> None:
+    ev = ModelEvaluator(parse_topology(TOPOLOGY + 'estimates: {reference_labels: 2000, bins: 64}\n'))
+    run_part(ev, stream(6, 2000, seed=7))
+    assert ev.calibration is not None and ev.calibration.frozen
+    rng = np.random.default_rng(8)
+    score = rng.beta(2, 3, 300)
+    given = [None if i % 3 else bool(i % 2) for i in range(300)]  # the pod's own label on every third
+    preds = [Prediction(prediction_id=f"late-{i}", model="m", version="2", timestamp=10_000 + i, score=float(s),
+                        predicted_label=given[i]) for i, s in enumerate(score)]
+    failed = [Prediction(prediction_id=f"failed-{i}", model="m", version="2", timestamp=10_500 + i, error="timeout",
+                         score=0.9 if i % 2 else None) for i in range(20)]
+    assert ev.add_predictions(preds + failed + preds[:50], NOW) == []  # 50 delivered twice
+    window = next(w for w in ev.close_all(NOW).windows
+                  if w.window_start == 10_000 and w.version == "2" and w.segment is None)
+    assert window.predictions == 320 and window.labeled == 0
+    decision = np.array([s >= 0.5 if g is None else g for s, g in zip(score, given)])
+    expected = nannyml_estimates(ev.calibration.probabilities()[score_bins(score, 64)], decision)
+    for name, value in expected.items():
+        assert window.metrics[f"estimated_{name}"] == pytest.approx(value, abs=1e-12), name
+    assert window.metrics["estimated_accuracy_error"] is None  # no labels to compare with
