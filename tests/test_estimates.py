@@ -309,3 +309,32 @@ def test_a_window_estimates_from_every_served_prediction_once_with_the_pods_own_
     for name, value in expected.items():
         assert window.metrics[f"estimated_{name}"] == pytest.approx(value, abs=1e-12), name
     assert window.metrics["estimated_accuracy_error"] is None  # no labels to compare with
+
+
+def test_a_window_closed_before_its_labels_is_revised_with_the_error_of_its_estimate() -> None:
+    topology = parse_topology(TOPOLOGY.replace("retention: 1s", "retention: 10s")
+                              + 'estimates: {reference_labels: 1000}\n')
+    ev = ModelEvaluator(topology)
+    run_part(ev, stream(16, 1000, seed=9))
+    assert ev.calibration is not None and ev.calibration.frozen
+    (_, p20), (_, l20), (_, p21), (_, l21) = stream(2, 1000, seed=10)  # windows 0 and 1
+
+    def later(records: list[Any]) -> list[Any]:  # windows 20 and 21, under ids not seen before
+        return [dataclasses.replace(r, prediction_id=f"late-{r.prediction_id}", timestamp=r.timestamp + 20_000)
+                for r in records]
+
+    ev.add_predictions(later(p20 + p21), NOW)
+    ev.add_labels(later(l21), NOW)
+    first = [w for w in ev.advance(NOW).windows if w.window_start == 20_000 and w.segment is None]
+    assert {w.status for w in first} == {"CLOSED"} and all(w.labeled == 0 for w in first)
+    assert all(w.metrics["estimated_accuracy"] is not None and w.metrics["estimated_accuracy_error"] is None
+               for w in first)
+    ev.add_labels(later(l20), NOW)
+    revised = [w for w in ev.advance(NOW, updates=True).windows if w.window_start == 20_000 and w.segment is None]
+    assert {w.status for w in revised} == {"REVISED"} and len(revised) == 2
+    for w in revised:
+        m = w.metrics
+        assert w.labeled == w.predictions  # every prediction labeled: the labeled estimate is the estimate
+        assert m["estimated_accuracy"] == next(f for f in first if f.version == w.version).metrics["estimated_accuracy"]
+        for name in ("accuracy", "precision", "recall", "f1", "roc_auc"):
+            assert m[f"estimated_{name}_error"] == pytest.approx(m[f"estimated_{name}"] - m[name], abs=1e-12)
