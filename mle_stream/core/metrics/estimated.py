@@ -187,8 +187,13 @@ class Calibration:
         self._p: FloatArray | None = None
 
     @property
+    def labels(self) -> int:
+        """Reference labels taken so far."""
+        return int(self._labeled.sum())
+
+    @property
     def frozen(self) -> bool:
-        return int(self._labeled.sum()) >= self.reference_labels
+        return self.labels >= self.reference_labels
 
     def add(self, state: ScoreBins) -> None:
         """A reference pane's labeled rows; ignored once the calibration is frozen."""
