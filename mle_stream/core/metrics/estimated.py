@@ -94,18 +94,17 @@ class ScoreBins:
 
     def update(self, batch: BinaryOutcomes) -> None:
         """Labeled rows (weight -1 takes one back out)."""
-        flat = (np.asarray(batch.predicted, dtype=np.int64) * self.bins
-                + score_bins(np.asarray(batch.score, dtype=np.float64), self.bins))
-        y = np.asarray(batch.y_true, dtype=bool)
-        k = 2 * self.bins
+        # One count per (decision, bin, label): a single bincount gives both labeled and positives.
+        predicted, y = np.asarray(batch.predicted, dtype=bool), np.asarray(batch.y_true, dtype=bool)
+        code = ((predicted * self.bins + score_bins(batch.score, self.bins)) << 1) + y
+        k = 4 * self.bins
         if batch.weight is None:  # the usual case: integer counts directly
-            labeled, positives = np.bincount(flat, minlength=k), np.bincount(flat[y], minlength=k)
+            counts = np.bincount(code, minlength=k)
         else:
-            w = batch.weights()
-            labeled = np.rint(np.bincount(flat, weights=w, minlength=k)).astype(np.int64)
-            positives = np.rint(np.bincount(flat[y], weights=w[y], minlength=k)).astype(np.int64)
-        self._labeled += labeled.reshape(2, self.bins)
-        self._positives += positives.reshape(2, self.bins)
+            counts = np.rint(np.bincount(code, weights=batch.weights(), minlength=k)).astype(np.int64)
+        counts = counts.reshape(2, self.bins, 2)
+        self._labeled += counts[:, :, 0] + counts[:, :, 1]
+        self._positives += counts[:, :, 1]
 
     def merge(self, other: ScoreBins) -> ScoreBins:
         check_mergeable(self, other, ("bins",))
