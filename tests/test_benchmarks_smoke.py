@@ -16,6 +16,8 @@ RUNS = {
     "bench_join.py": (["--events", "2000", "--batches", "500", "--runs", "1", "--json"], None),
     "measure_catch_up.py": (["--help"], "benchmarks/measure_catch_up.py"),
     "measure_checkpoint.py": (["--help"], "benchmarks/measure_checkpoint.py"),
+    "measure_estimates.py": (["--windows", "8", "--per-window", "400", "--reference-labels", "400", "--events", "4000",
+                              "--runs", "1"], "with estimates"),
     "measure_without_faust.py": (["--help"], "benchmarks/measure_without_faust.py"),
     "sequential_auc_tail.py": (["--runs", "2", "--windows", "3", "--json"], "\"a/a sequential\""),
     "simulate_checks.py": (["--help"], "benchmarks/simulate_checks.py"),

@@ -16,6 +16,7 @@ from mle_stream.core.drift.live import DriftSettings
 from mle_stream.core.topology import parse_topology, reference
 from mle_stream.core.topology.model import (
     DecisionSettings,
+    EstimateSettings,
     RetrainRule,
     RollbackShorthand,
     RolloutSteps,
@@ -52,14 +53,15 @@ def test_durations_are_shown_as_a_topology_writes_them(ms: int, text: str) -> No
 
 
 def test_every_shown_default_is_what_a_file_without_the_key_gets() -> None:
-    plain = parse_topology(MINIMAL + "rollout: {}\ndrift: {}\n")
+    plain = parse_topology(MINIMAL + "rollout: {}\ndrift: {}\nestimates: {}\n")
     (shorthand,) = plain.checks
     limited, sequential = parse_topology(
         MINIMAL + "checks: [{name: c, metric: error_rate, max_degradation: 0.1}, "
                   "{name: s, metric: error_rate, sequential: {}}]\n").checks
     parsed: dict[type, Any] = {
         Topology: plain, DecisionSettings: plain.decision, RolloutSteps: plain.rollout, RetrainRule: plain.retrain,
-        RoutingTarget: plain.routing, DriftSettings: plain.drift, DriftThresholds: plain.drift.thresholds,
+        RoutingTarget: plain.routing, EstimateSettings: plain.estimates, DriftSettings: plain.drift,
+        DriftThresholds: plain.drift.thresholds,
         CheckRule: limited, SequentialSpec: sequential.sequential,
         RollbackShorthand: SimpleNamespace(name=shorthand.name, max_increase=shorthand.max_degradation,
                                            consecutive_windows=shorthand.consecutive,

@@ -102,7 +102,7 @@ def _listing(tasks: Mapping[str, Task], kind: str) -> str:
 
 def default_worse(metric: str) -> str | None:
     """"higher" or "lower": the direction in which `metric` gets worse, when it is obvious."""
-    base = base_metric(metric)
+    base = base_metric(metric).removeprefix("estimated_")  # an estimate worsens as what it estimates
     return "higher" if base in HIGHER_IS_WORSE else "lower" if base in LOWER_IS_WORSE else None
 
 
@@ -113,6 +113,8 @@ def samples_of(metric: str) -> str:
         return "latency_samples"
     if base in SHADOW_METRICS:
         return "paired"
+    if base.startswith("estimated_"):  # from the scores of every prediction (docs/estimates.md)
+        return "predictions"
     return "predictions" if base in SERVING_METRICS else "labeled"
 
 
@@ -239,6 +241,7 @@ class CheckRule:
     cumulative: int | None = None  # FAIL windows in all that fire it, in a row or not
     hysteresis: float = 0.0
     action: str = "rollback"  # or "hold"
+    allow_rollback_without_labels: bool = False  # a check on estimated_* may roll back
     sequential: SequentialSpec | None = None
 
     @property

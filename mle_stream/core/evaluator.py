@@ -32,6 +32,7 @@ from mle_stream.core.drift.live import SCORE, Columns, DriftSketches, LiveDrift
 from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.events import Command, DriftTable, Label, MetricSnapshot, Prediction
 from mle_stream.core.id_hash import holdable_id_array
+from mle_stream.core.metrics.estimated import Calibration
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
 from mle_stream.core.record_checks import Reject, unjoinable_ids, unusable_predictions
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
@@ -83,6 +84,9 @@ class Served:
     failed: Any
     drift: dict[str, np.ndarray] | None  # drift columns (drift_columns), when drift is tracked
     keys: IntArray  # each row's key: its input's event time as it arrived
+    # With estimates (binary): each row's score (NaN: none, or a failed prediction) and decision.
+    score: np.ndarray | None = None
+    decision: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.panes)
@@ -92,7 +96,9 @@ class Served:
         return Served(self.panes[rows], self.codes[rows],
                       None if self.segments is None else [self.segments[i] for i in rows.tolist()],
                       self.latency[rows], self.failed[rows],
-                      None if self.drift is None else {k: v[rows] for k, v in self.drift.items()}, self.keys[rows])
+                      None if self.drift is None else {k: v[rows] for k, v in self.drift.items()}, self.keys[rows],
+                      None if self.score is None else self.score[rows],
+                      None if self.decision is None else self.decision[rows])
 
 
 @dataclass
@@ -180,7 +186,10 @@ class ModelEvaluator:
         self.drift = (LiveDrift(t.drift, t.model, t.baseline_version, t.candidate_version, self.profiles)
                       if t.drift.enabled else None)
         spec = WindowSpec(t.window_size_ms, t.window_hop_ms, t.window_grace_ms, t.window_retention_ms)
-        self.panes: PaneTable[WindowState] = PaneTable(spec, lambda: WindowState.for_topology(t))
+        # Label-free estimates: the calibration every pane state reads (core/metrics/estimated.py).
+        self.calibration = (Calibration(t.estimates.bins, t.estimates.reference_labels)
+                            if t.estimates.enabled else None)
+        self.panes: PaneTable[WindowState] = PaneTable(spec, lambda: WindowState.for_topology(t, self.calibration))
         # Version names by code, as the join and the groups keep them (see _codes).
         self._version_names: list[str] = []
         self._version_codes: dict[str, int] = {}
@@ -298,6 +307,7 @@ class ModelEvaluator:
             "touched_windows": sorted(self._touched),
             "drift": None if self.drift is None else self.drift.snapshot(),
             "revisions": self.revisions.snapshot(),
+            **({} if self.calibration is None else {"calibration": self.calibration.snapshot()}),
         }
 
     @classmethod
@@ -320,8 +330,14 @@ class ModelEvaluator:
         ev.join = ColumnJoin.restore(data["join"], decoders)
         if topology.mode == "shadow":
             ev.shadow = ShadowMode.restore(data, decoders)
-        ev.panes = PaneTable.restore(ev.panes.spec, lambda: WindowState.for_topology(topology), data["panes"],
-                                     lambda d: WindowState.restore(topology.task, d))
+        if ev.calibration is not None and "calibration" in data:  # absent: taken without estimates
+            calibration = Calibration.restore(data["calibration"])
+            if calibration.bins == ev.calibration.bins:
+                ev.calibration = calibration
+        bins = topology.estimates.bins if topology.estimates.enabled else None
+        ev.panes = PaneTable.restore(
+            ev.panes.spec, lambda: WindowState.for_topology(topology, ev.calibration), data["panes"],
+            lambda d: WindowState.restore(topology.task, d, bins, ev.calibration))
         ev.policy_state = PolicyState.restore(data["policy"])
         ev.retrain_state = RetrainState.restore(data.get("retrain") or {})
         ev.concept.restore(data)
@@ -351,7 +367,9 @@ class ModelEvaluator:
                    "segments": None if s.segments is None else encode_column(s.segments),
                    "latency": column(np.asarray(s.latency, dtype=np.float64)), "failed": column(np.asarray(s.failed)),
                    "drift": None if s.drift is None else {k: column(v) for k, v in s.drift.items()},
-                   "keys": column(s.keys)}
+                   "keys": column(s.keys),
+                   **({} if s.score is None or s.decision is None else
+                      {"score": column(s.score), "decision": column(s.decision)})}
                   for s in self._served]
         scored = [{"predictions": {k: column(v) for k, v in j.predictions.items()}, "labels": column(j.labels),
                    "weights": column(j.weights), "at": column(j.at)} for j in self._scored]
@@ -376,9 +394,14 @@ class ModelEvaluator:
                     values = decode_column(encoded)
                     numeric = all(isinstance(v, float) for v in values)
                     drift[k] = np.array(values, dtype=np.float64 if numeric else object)
+            keys = array(part["keys"], np.int64)
+            score, decision = None, None
+            if self.calibration is not None:  # rows held back by a checkpoint without estimates have no scores
+                score = array(part["score"], np.float64) if "score" in part else np.full(len(keys), np.nan)
+                decision = array(part["decision"], np.bool_) if "decision" in part else np.zeros(len(keys), np.bool_)
             self._served.append(Served(array(part["panes"], np.int64), array(part["codes"], np.int32), segments,
                                        array(part["latency"], np.float64), array(part["failed"], np.bool_), drift,
-                                       array(part["keys"], np.int64)))
+                                       keys, score, decision))
         for part in data["scored"]:
             predictions = {}
             for k, dtype in payload.items():
@@ -494,7 +517,11 @@ class ModelEvaluator:
         drift = None
         if self.drift is not None:
             drift = drift_columns(cols.features, self.task.drift_score(cols), served_rows, n)
-        self._served.append(Served(panes, codes, segments, latency, failed_rows, drift, running))
+        score = decision = None
+        if self.calibration is not None:
+            score = np.where(failed_rows, np.nan, cols.score[served_rows])
+            decision = np.asarray(_column(decisions, served_rows), dtype=np.bool_)
+        self._served.append(Served(panes, codes, segments, latency, failed_rows, drift, running, score, decision))
         if len(joined):
             self._scored.append(joined)
         return rejects
@@ -627,12 +654,19 @@ class ModelEvaluator:
             failed = np.concatenate([s.failed for s in served])
             drift = _concat_columns([(s.drift, len(s)) for s in served]) if self.drift is not None else None
             keys = np.concatenate([s.keys for s in served])
+            score = decision = None
+            if self.calibration is not None:
+                score = np.concatenate([s.score for s in served if s.score is not None])
+                decision = np.concatenate([s.decision for s in served if s.decision is not None])
             for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
                 state = self.panes.state(pane, version, segment, checked=True)
                 if state is not None:
                     key = int(keys[idx].min())
                     self._touch(pane, key)
-                    state.serve(latency[idx], failed[idx])
+                    if score is None or decision is None:
+                        state.serve(latency[idx], failed[idx])
+                    else:
+                        state.serve(latency[idx], failed[idx], score[idx], decision[idx])
                     if drift is not None and segment is None:
                         self._sketch(pane, version, {k: c[idx] for k, c in drift.items()}, len(idx), key)
         if ready_scored:
@@ -791,6 +825,7 @@ class ModelEvaluator:
             if leaving:
                 self._touched -= changed
         if closing:
+            self._calibrate()
             # Both scan only what has expired; run them once per closing, not per batch.
             self.panes.retire()
             # A window's results can change while its last pane is retained (PaneTable.is_retained).
@@ -801,6 +836,20 @@ class ModelEvaluator:
                 self.shadow.expire(self.panes.watermark)
             self.concept.forget(self.panes.is_retained)
         return out
+
+    def _calibrate(self) -> None:
+        """Until the calibration is frozen, add the baseline's whole-version panes that are leaving
+        retention: their labels are as complete as they will get (never the candidate's: its
+        estimates are judged by the baseline's calibration)."""
+        calibration = self.calibration
+        if calibration is None or calibration.frozen:
+            return
+        baseline = self.topology.baseline_version
+        leaving = [(key.start, state.estimate) for key, state in self.panes
+                   if key.version == baseline and key.segment is None and state.estimate is not None
+                   and not self.panes.is_retained(key.start)]
+        for _, estimate in sorted(leaving, key=lambda item: item[0]):
+            calibration.add(estimate)
 
     def _detect(self, start: int) -> None:
         """Feed the concept-drift detectors the pane that the closing window is the first to hold

@@ -1,13 +1,15 @@
 """The state of one model version (and segment) over one pane or window: the task's metric state
-(binary, multiclass or regression), the serving state and, in shadow mode, the agreement with
-production, merged and snapshotted together."""
+(binary, multiclass or regression), the serving state, in shadow mode the agreement with
+production and, with an estimates section, the score bins of label-free estimates, merged and
+snapshotted together."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from mle_stream.core.drift.live import DriftSketches, merge_optional
-from mle_stream.core.metrics.outcomes import BoolArray, FloatArray
+from mle_stream.core.metrics.estimated import Calibration, ScoreBins
+from mle_stream.core.metrics.outcomes import BinaryOutcomes, BoolArray, FloatArray
 from mle_stream.core.metrics.serving import ServingMetrics
 from mle_stream.core.shadow import AgreementMetrics
 from mle_stream.core.tasks import task_for
@@ -17,25 +19,38 @@ from mle_stream.core.topology import Topology
 
 class WindowState:
     def __init__(self, task: TaskMetrics, serving: ServingMetrics, drift: DriftSketches | None = None,
-                 shadow: AgreementMetrics | None = None) -> None:
+                 shadow: AgreementMetrics | None = None, estimate: ScoreBins | None = None,
+                 calibration: Calibration | None = None) -> None:
         self.task = task
         self.serving = serving
         self.drift = drift  # a tracked version's whole-version drift sketches, once it has rows
         self.shadow = shadow  # shadow mode: pairs with production (only the shadow version's fill)
+        self.estimate = estimate  # estimates: score bins of served and labeled predictions
+        # The model's calibration, shared by all its states and kept by the evaluator (not snapshotted
+        # here): the estimates of every window read the one learned from the reference.
+        self.calibration = calibration
 
     @classmethod
-    def for_topology(cls, topology: Topology) -> WindowState:
+    def for_topology(cls, topology: Topology, calibration: Calibration | None = None) -> WindowState:
         task = task_for(topology.task).new_metrics(topology.thresholds)
-        return cls(task, ServingMetrics(), shadow=AgreementMetrics() if topology.mode == "shadow" else None)
+        estimate = ScoreBins(topology.estimates.bins) if topology.estimates.enabled else None
+        return cls(task, ServingMetrics(), shadow=AgreementMetrics() if topology.mode == "shadow" else None,
+                   estimate=estimate, calibration=calibration)
 
-    def serve(self, latency_ms: FloatArray, serving_error: BoolArray) -> None:
-        """Predictions as served: latency (NaN when not reported) and whether serving failed."""
+    def serve(self, latency_ms: FloatArray, serving_error: BoolArray, score: FloatArray | None = None,
+              decision: BoolArray | None = None) -> None:
+        """Predictions as served: latency (NaN when not reported) and whether serving failed; with
+        estimates, their scores and decisions (NaN scores, failed predictions', are left out)."""
         self.serving.update(latency_ms, serving_error)
+        if self.estimate is not None and score is not None and decision is not None:
+            self.estimate.serve(score, decision)
 
     def score(self, outcomes: Outcomes) -> None:
         """Joined (prediction, label) rows; weight -1 rows take a corrected outcome back out."""
         self.task.update(outcomes)  # type: ignore[arg-type]
         self.serving.add_labeled(int(outcomes.weights().sum()))
+        if self.estimate is not None and isinstance(outcomes, BinaryOutcomes):
+            self.estimate.update(outcomes)
 
     @property
     def predictions(self) -> int:
@@ -63,11 +78,14 @@ class WindowState:
         if self.shadow is not None:
             out.update(self.shadow.values())
             out["paired_rate"] = self.shadow.pairs / self.predictions if self.shadow.pairs else None
+        if self.estimate is not None:
+            out.update(self.estimate.values(self.calibration, out))
         return out
 
     def merge(self, other: WindowState) -> WindowState:
         return WindowState(self.task.merge(other.task), self.serving.merge(other.serving),  # type: ignore[arg-type]
-                           merge_optional(self.drift, other.drift), merge_optional(self.shadow, other.shadow))
+                           merge_optional(self.drift, other.drift), merge_optional(self.shadow, other.shadow),
+                           merge_optional(self.estimate, other.estimate), self.calibration or other.calibration)
 
     def snapshot(self) -> dict[str, Any]:
         data = {"task": self.task.snapshot(), "serving": self.serving.snapshot()}
@@ -75,10 +93,22 @@ class WindowState:
             data["drift"] = self.drift.snapshot()
         if self.shadow is not None:
             data["shadow"] = self.shadow.snapshot()
+        if self.estimate is not None:
+            data["estimate"] = self.estimate.snapshot()
         return data
 
     @classmethod
-    def restore(cls, task: str, data: dict[str, Any]) -> WindowState:
+    def restore(cls, task: str, data: dict[str, Any], estimate_bins: int | None = None,
+                calibration: Calibration | None = None) -> WindowState:
+        """`estimate_bins`: the topology's estimates.bins (None: no estimates). A snapshot taken
+        without estimates, or with other bins, restores with empty score bins: its estimates then
+        cover the predictions served since."""
         drift = DriftSketches.restore(data["drift"]) if "drift" in data else None
         shadow = AgreementMetrics.restore(data["shadow"]) if "shadow" in data else None
-        return cls(task_for(task).restore_metrics(data["task"]), ServingMetrics.restore(data["serving"]), drift, shadow)
+        estimate = None
+        if estimate_bins is not None:
+            estimate = ScoreBins.restore(data["estimate"]) if "estimate" in data else None
+            if estimate is None or estimate.bins != estimate_bins:
+                estimate = ScoreBins(estimate_bins)
+        return cls(task_for(task).restore_metrics(data["task"]), ServingMetrics.restore(data["serving"]), drift, shadow,
+                   estimate, calibration)

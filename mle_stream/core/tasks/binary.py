@@ -10,6 +10,7 @@ import numpy as np
 from mle_stream.core.columns import PredictionColumns
 from mle_stream.core.events import LabelValue, binary_truth
 from mle_stream.core.metrics.binary import BinaryMetrics
+from mle_stream.core.metrics.estimated import ESTIMATED
 from mle_stream.core.metrics.outcomes import BinaryOutcomes
 from mle_stream.core.record_checks import Reject
 from mle_stream.core.tasks.base import Agreement, Task
@@ -22,7 +23,9 @@ class Binary(Task):
     decision_dtype = np.bool_
     metric_names = frozenset({"accuracy", "error_rate", "precision", "recall", "f1", "roc_auc", "average_precision",
                               "log_loss", "log_loss_std", "brier_score", "expected_calibration_error",
-                              "positive_rate", "label_rate", "mean_score"})
+                              "positive_rate", "label_rate", "mean_score",
+                              # label-free, with an estimates section (core/metrics/estimated.py)
+                              *(f"estimated_{m}" for m in ESTIMATED), "estimated_coverage"})
     threshold_metrics = ("accuracy", "precision", "recall", "f1")
 
     def new_metrics(self, thresholds: tuple[float, ...]) -> BinaryMetrics:

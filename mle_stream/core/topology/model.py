@@ -217,6 +217,21 @@ class RetrainRule:
 
 
 @dataclass(frozen=True)
+class EstimateSettings:
+    """The `estimates` section (binary models): label-free estimates of accuracy, precision, recall,
+    F1 and ROC AUC from calibrated scores ([estimates.md](estimates.md)). The calibration is learned
+    from the baseline's first labeled panes, each taken as it leaves retention (its late labels in),
+    until it holds `reference_labels` labels; then it is frozen."""
+
+    enabled: bool = False  # the section is present
+    reference_labels: int = field(default=2000, metadata=key(
+        "reference_labels", POSITIVE_INT, "the baseline's labeled predictions the calibration is learned from",
+        "labels"))
+    bins: int = field(default=64, metadata=key(
+        "bins", POSITIVE_INT, "score bins of the calibration and the estimates (2 to 65536)", "bins"))
+
+
+@dataclass(frozen=True)
 class RoutingTarget:
     """The `routing` section: the object whose traffic split the actuator moves (ROUTING_FIELDS
     says which keys each backend takes)."""
@@ -305,6 +320,8 @@ class Topology:
         "shadow.pair_within", DURATION, "`mode: shadow`: how long a side waits for its twin", "event time"))
     drift: DriftSettings = field(default_factory=DriftSettings, metadata=section(Section("drift", DriftSettings)))
     retrain: RetrainRule = field(default_factory=RetrainRule, metadata=section(Section("retrain", RetrainRule)))
+    estimates: EstimateSettings = field(default_factory=EstimateSettings,
+                                        metadata=section(Section("estimates", EstimateSettings)))
     routing: RoutingTarget = field(default_factory=RoutingTarget, metadata=section(Section("routing", RoutingTarget)))
     policy_version: str = ""
     ingest: IngestMapping = field(default_factory=IngestMapping, metadata=key(  # mle-stream ingest: KServe events
@@ -337,7 +354,11 @@ EXTERNAL_KEYS: dict[type, dict[str, Key | tuple[Section, ...]]] = {
         "cumulative": Key("cumulative", POSITIVE_INT, "... or FAIL windows in all", "windows"),
         "hysteresis": Key("hysteresis", NON_NEGATIVE, "once failing, PASS again only this far inside the limit",
                           "metric units"),
-        "action": Key("action", choice(ACTIONS), "what the check's firing does"),
+        "action": Key("action", choice(ACTIONS), "what the check's firing does",
+                      default="`rollback` (`hold` for `estimated_*`)"),
+        "allow_rollback_without_labels": Key(
+            "allow_rollback_without_labels", BOOL,
+            "lets a check on `estimated_*` roll back ([estimates.md](estimates.md#checks))", default="`false`"),
         "sequential": (Section("sequential", SequentialSpec),),
     },
     SequentialSpec: {

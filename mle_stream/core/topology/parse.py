@@ -35,6 +35,7 @@ from mle_stream.core.topology.model import (
     SEQUENTIAL_CONSECUTIVE,
     SHADOW_STEPS,
     DecisionSettings,
+    EstimateSettings,
     RetrainRule,
     RollbackShorthand,
     RolloutSteps,
@@ -162,12 +163,23 @@ def _check(r: Reader, item: yaml.Node, path: str, task: str | None, mode: str | 
     if worse is None and metric is not None and not problem:
         r.error(item, f"{path}.worse", f"say in which direction {metric} gets worse: higher or lower")
     sequential = _sequential(r, c, path, metric, task)
+    estimated = (metric or "").startswith("estimated_")
+    allow = read("allow_rollback_without_labels")
+    action = read("action", "hold" if estimated else None)
+    if estimated and action == "rollback" and not allow:
+        r.error(c["action"], f"{path}.action", f"{metric} is estimated from scores, without labels: its firing holds "
+                "by default; set allow_rollback_without_labels: true to roll back on it (docs/estimates.md says "
+                "when an estimate cannot be trusted)")
+    elif allow and not estimated:
+        r.error(c["allow_rollback_without_labels"], f"{path}.allow_rollback_without_labels",
+                "only applies to checks on estimated_* metrics")
     rule = CheckRule(
         sequential=sequential, name=name or "", metric=metric or "", worse=worse or "higher",
         **{limit: read(limit) for limit in _CHECK_LIMITS},
         min_samples=read("min_samples"),
         consecutive=read("consecutive", SEQUENTIAL_CONSECUTIVE if "sequential" in c else None),
-        cumulative=read("cumulative"), hysteresis=read("hysteresis"), action=read("action"))
+        cumulative=read("cumulative"), hysteresis=read("hysteresis"), action=action,
+        allow_rollback_without_labels=bool(allow))
     if not rule.limits():
         r.error(item, path, "sets no limit: give max, min, max_degradation or max_degradation_relative")
     if name in taken:
@@ -293,6 +305,22 @@ def _retrain(r: Reader, top: Nodes, drift: DriftSettings) -> RetrainRule:
     return retrain
 
 
+def _estimates(r: Reader, top: Nodes, task: str | None, checks: list[CheckRule]) -> EstimateSettings:
+    es, node = r.section(top, "estimates", yaml_keys(EstimateSettings))
+    settings = EstimateSettings(enabled=node is not None, **{
+        name: r.field(es, "estimates", EstimateSettings, name) for name in ("reference_labels", "bins")})
+    if node is not None and task is not None and task != "binary":
+        r.error(node, "estimates", f"label-free estimates are for binary models, not {task}")
+    if not 2 <= settings.bins <= 1 << 16:
+        r.error(es.get("bins", node or r.root), "estimates.bins", f"must be between 2 and 65536, got {settings.bins}")
+    if node is None:
+        for rule in checks:
+            if rule.metric.startswith("estimated_"):
+                r.error(r.root, "estimates", f"check {rule.name!r} reads {rule.metric}: add an estimates section "
+                        "(e.g. estimates: {reference_labels: 2000}) so the windows carry it")
+    return settings
+
+
 def _routing(r: Reader, top: Nodes) -> RoutingTarget:
     rt, _ = r.section(top, "routing", yaml_keys(RoutingTarget))
     backend = r.field(rt, "routing", RoutingTarget, "backend")
@@ -362,6 +390,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     decision = _decision(r, top)
     drift = _drift(r, top)
     retrain = _retrain(r, top, drift)
+    estimates = _estimates(r, top, task, checks)
     routing = _routing(r, top)
     ingest = _ingest(r, top)
     if r.errors:
@@ -369,7 +398,8 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     return Topology(
         source=source, model=model, task=task, mode=mode, threshold=threshold, **versions, **windows, **simple,
         checks=tuple(checks), decision=decision, rollout=rollout, shadow_pair_within_ms=pair_within, drift=drift,
-        retrain=retrain, routing=routing, ingest=ingest, policy_version=hashlib.sha256(text.encode()).hexdigest()[:12])
+        retrain=retrain, estimates=estimates, routing=routing, ingest=ingest,
+        policy_version=hashlib.sha256(text.encode()).hexdigest()[:12])
 
 
 def resolve_aliases(topology: Topology, aliases: Callable[[str], Mapping[str, str]]) -> Topology:

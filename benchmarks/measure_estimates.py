@@ -1,0 +1,129 @@
+"""Label-free estimates (docs/estimates.md): how far they are from the realized metrics on a
+calibrated stream and on one whose calibration drifted, and what they cost the evaluator.
+
+Accuracy: a binary model (scores Beta(2, 3), decision at 0.5) through ModelEvaluator with an
+estimates section; labels are positive with probability the score (calibrated) or, after the
+reference, half of it (drifted: the same scores now mean half the risk). For each closed window of
+the baseline after the calibration froze: estimated - realized per metric, as mean, standard
+deviation and largest absolute value, and for the rates (accuracy, precision, recall) the share of
+windows whose error is within 2 binomial standard errors of the realized rate (sqrt(r (1 - r) / n),
+n the rows it is a share of): about 95% if the window's sampling were the only error.
+
+Cost: the evaluator's time per prediction (predictions, their labels, advance) with and without
+the estimates section, on 500-row batches, best of --runs (alternated).
+
+    PYTHONPATH=. python benchmarks/measure_estimates.py [--windows N] [--per-window N] [--events N] [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+
+from mle_stream.core.columns import LabelColumns, PredictionColumns
+from mle_stream.core.evaluator import ModelEvaluator
+from mle_stream.core.events import Label, Prediction
+from mle_stream.core.topology import parse_topology
+
+NOW = 10**12
+TOPOLOGY = ('model: m\ntask: binary\nbaseline: {version: "1"}\ncandidate: {version: "2"}\n'
+            'windows: {size: 1s, grace: 0s, retention: 1s}\nlabels: {max_delay: 5s}\n')
+METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+
+
+def batches(windows: int, per_window: int, seed: int, drift_after: int | None,
+            size: int = 500) -> list[tuple[PredictionColumns, LabelColumns]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for w in range(windows):
+        score = rng.beta(2, 3, per_window)
+        p = score / 2 if drift_after is not None and w >= drift_after else score
+        y = rng.random(per_window) < p
+        ts = w * 1000 + np.sort(rng.integers(0, 1000, per_window))
+        version = np.where(rng.random(per_window) < 0.5, "1", "2")
+        for lo in range(0, per_window, size):
+            rows = range(lo, min(lo + size, per_window))
+            preds = [Prediction(prediction_id=f"w{w}-{i}", model="m", version=str(version[i]), timestamp=int(ts[i]),
+                                score=float(score[i])) for i in rows]
+            labels = [Label(f"w{w}-{i}", "m", int(ts[i]) + 1, bool(y[i])) for i in rows]
+            out.append((PredictionColumns.from_records(preds), LabelColumns.from_records(labels)))
+    return out
+
+
+def run(topology: str, data: list[tuple[PredictionColumns, LabelColumns]]) -> tuple[float, list[Any]]:
+    ev = ModelEvaluator(parse_topology(topology))
+    windows = []
+    start = time.perf_counter()
+    for preds, labels in data:
+        ev.add_prediction_columns(preds, NOW)
+        ev.add_label_columns(labels, NOW)
+        windows += ev.advance(NOW).windows
+    windows += ev.close_all(NOW).windows
+    return time.perf_counter() - start, windows
+
+
+# A rate's binomial standard error: the rows it is a share of (labeled, decided positive, positive).
+RATES = {"accuracy": None, "precision": "positive_rate", "recall": "label_rate"}
+
+
+def binomial_se(window: Any, metric: str) -> float:
+    value, share = window.metrics[metric], RATES[metric]
+    n = window.labeled * (1.0 if share is None else window.metrics[share])
+    return float(np.sqrt(value * (1 - value) / n))
+
+
+def accuracy(args: argparse.Namespace) -> None:
+    estimates = f"estimates: {{reference_labels: {args.reference_labels}}}\n"
+    for name, drift_after in (("calibrated", None), ("drifted", args.windows // 4)):
+        data = batches(args.windows, args.per_window, args.seed, drift_after)
+        _, windows = run(TOPOLOGY + estimates, data)
+        closed = [w for w in windows if w.status == "CLOSED" and w.version == "1" and w.segment is None
+                  and w.metrics["estimated_accuracy"] is not None and w.labeled > 0]
+        if drift_after is not None:
+            closed = [w for w in closed if w.window_start >= drift_after * 1000]
+        print(f"{name}: {len(closed)} baseline windows of ~{args.per_window // 2} predictions")
+        if not closed:
+            print("  none closed after the calibration froze: give more --windows")
+            continue
+        print(f"  {'metric':<10} {'mean':>8} {'std':>8} {'max |e|':>8} {'|z| <= 2':>9}")
+        for metric in METRICS:
+            errors = np.array([w.metrics[f"estimated_{metric}"] - w.metrics[metric] for w in closed])
+            within = "-"
+            if metric in RATES:
+                se = np.array([binomial_se(w, metric) for w in closed])
+                within = f"{np.mean(np.abs(errors / se) <= 2):.0%}"
+            print(f"  {metric:<10} {errors.mean():+8.4f} {errors.std():8.4f} {np.abs(errors).max():8.4f} {within:>9}")
+
+
+def cost(args: argparse.Namespace) -> None:
+    per_window = 20_000
+    data = batches(max(1, args.events // per_window), per_window, args.seed, None)
+    n = sum(len(p) for p, _ in data)
+    configs = {"without estimates": TOPOLOGY, "with estimates": TOPOLOGY + "estimates: {}\n"}
+    best = dict.fromkeys(configs, float("inf"))
+    for _ in range(args.runs):  # alternated, so that a busy moment of the machine hits both alike
+        for name, topology in configs.items():
+            best[name] = min(best[name], run(topology, data)[0])
+    for name, seconds in best.items():
+        print(f"{name:<18} {seconds / n * 1e6:6.2f} µs/prediction "
+              f"({n / seconds:,.0f} predictions/s, {n:,} predictions)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(usage=__doc__.rsplit("\n\n", 1)[-1].strip())
+    parser.add_argument("--windows", type=int, default=200, help="windows of the accuracy streams (default 200)")
+    parser.add_argument("--per-window", type=int, default=2000, help="predictions per window (default 2000)")
+    parser.add_argument("--reference-labels", type=int, default=4000, help="estimates.reference_labels (4000)")
+    parser.add_argument("--events", type=int, default=200_000, help="predictions of the cost run (default 200,000)")
+    parser.add_argument("--runs", type=int, default=3, help="cost runs, the best is reported (default 3)")
+    parser.add_argument("--seed", type=int, default=20261207)
+    args = parser.parse_args()
+    accuracy(args)
+    cost(args)
+
+
+if __name__ == "__main__":
+    main()
