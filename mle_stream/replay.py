@@ -68,7 +68,7 @@ def window_json(w: MetricSnapshot, drift: DriftTable | None = None) -> dict[str,
     return doc
 
 
-def _read_jsonl(path: Path, kind: str, errors: list[str]) -> list[Prediction] | list[Label]:
+def read_jsonl(path: Path, kind: str, errors: list[str]) -> list[Prediction] | list[Label]:
     make = wire.prediction_from_dict if kind == "prediction" else wire.label_from_dict
     records: list[Any] = []
     try:
@@ -181,8 +181,8 @@ def run_replay(predictions_path: Path, labels_path: Path | None, topologies: Map
     # Looked up per call, not bound at import: a caller (or pytest) may have replaced them since.
     out, err = out or sys.stdout, err or sys.stderr
     errors: list[str] = []
-    predictions = _read_jsonl(predictions_path, "prediction", errors)
-    labels = _read_jsonl(labels_path, "label", errors) if labels_path else []
+    predictions = read_jsonl(predictions_path, "prediction", errors)
+    labels = read_jsonl(labels_path, "label", errors) if labels_path else []
     result = replay(predictions, labels, topologies, list(references))  # type: ignore[arg-type]
     result.rejected[:0] = errors
     for line in result.rejected[:_REPORTED_ERRORS]:

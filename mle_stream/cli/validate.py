@@ -151,11 +151,11 @@ def _measured(args: argparse.Namespace) -> Any:
     import numpy as np
 
     from mle_stream.core.simulation import measure_recording
-    from mle_stream.replay import _read_jsonl
+    from mle_stream.replay import read_jsonl
 
     errors: list[str] = []
-    predictions = _read_jsonl(args.predictions, "prediction", errors)
-    labels = _read_jsonl(args.labels, "label", errors) if args.labels else []
+    predictions = read_jsonl(args.predictions, "prediction", errors)
+    labels = read_jsonl(args.labels, "label", errors) if args.labels else []
     if errors:
         raise ValueError(f"{len(errors)} unreadable record(s) in the recording; the first: {errors[0]}")
     return measure_recording(np.array([p.timestamp for p in predictions], dtype=np.int64),

@@ -29,7 +29,7 @@ import numpy as np
 
 from mle_stream.core.drift.concept import DetectorSpec
 from mle_stream.core.drift.decision import DriftThresholds, FeatureDrift, Sketches, decide_drift
-from mle_stream.core.drift.profile import ReferenceProfile, Sketch, _empty_like, _restore_sketch, build_profile
+from mle_stream.core.drift.profile import ReferenceProfile, Sketch, build_profile, empty_like, restore_sketch
 from mle_stream.core.drift.sketch import NumericSketch
 
 SCORE = "__score__"  # the prediction score's column among the features (no feature is named like it)
@@ -72,7 +72,7 @@ class DriftSketches:
 
     @classmethod
     def like(cls, bins: Mapping[str, Sketch]) -> DriftSketches:
-        return cls({name: _empty_like(s) for name, s in bins.items()})
+        return cls({name: empty_like(s) for name, s in bins.items()})
 
     def update(self, columns: Columns, n: int) -> None:
         """Add n rows; a tracked column absent from `columns` is missing in all n."""
@@ -94,7 +94,7 @@ class DriftSketches:
 
     @classmethod
     def restore(cls, data: Mapping[str, Any]) -> DriftSketches:
-        return cls({str(name): _restore_sketch(s, f"drift column {name!r}") for name, s in data.items()})
+        return cls({str(name): restore_sketch(s, f"drift column {name!r}") for name, s in data.items()})
 
 
 class _Mergeable(Protocol):
@@ -233,7 +233,7 @@ class LiveDrift:
     def restore_state(self, data: Mapping[str, Any]) -> None:
         learned = data.get("learned")
         self._learned = None if learned is None else {
-            str(n): _restore_sketch(s, f"learned drift bins {n!r}") for n, s in learned.items()}
+            str(n): restore_sketch(s, f"learned drift bins {n!r}") for n, s in learned.items()}
         self._warmup = [(int(p), str(v), {str(k): list(c) for k, c in cols.items()}, int(m))
                         for p, v, cols, m in data.get("warmup", [])]
         self._warmup_rows = int(data.get("warmup_rows", 0))

@@ -71,7 +71,7 @@ class ReferenceProfile:
             why = f" ({self.skipped[name]})" if name in self.skipped else ""
             raise KeyError(f"the reference profile of {self.model} v{self.version} has no feature {name!r}{why}; "
                            f"features: {', '.join(self.features) or 'none'}")
-        return _empty_like(reference)
+        return empty_like(reference)
 
     def score_sketch(self) -> NumericSketch | None:
         """A new, empty score sketch with the reference score's edges; None without a score."""
@@ -110,10 +110,10 @@ class ReferenceProfile:
             features_data = data["features"]
             if not isinstance(features_data, Mapping):
                 raise ValueError("field 'features' must be an object")
-            features = {str(name): _restore_sketch(snap, f"feature {name!r}") for name, snap in features_data.items()}
+            features = {str(name): restore_sketch(snap, f"feature {name!r}") for name, snap in features_data.items()}
             score = None
             if data.get("score") is not None:
-                restored = _restore_sketch(data["score"], "score")
+                restored = restore_sketch(data["score"], "score")
                 if not isinstance(restored, NumericSketch):
                     raise ValueError("the score must be a numeric sketch")
                 score = restored
@@ -261,13 +261,13 @@ def _example(array: np.ndarray[Any, Any]) -> Any:
     return None
 
 
-def _empty_like(sketch: Sketch) -> Sketch:
+def empty_like(sketch: Sketch) -> Sketch:
     if isinstance(sketch, NumericSketch):
         return NumericSketch(sketch.edges)
     return CategoricalSketch(sketch.categories)
 
 
-def _restore_sketch(data: Any, what: str) -> Sketch:
+def restore_sketch(data: Any, what: str) -> Sketch:
     kind = data.get("kind") if isinstance(data, Mapping) else None
     try:
         if kind == "drift_numeric_sketch":

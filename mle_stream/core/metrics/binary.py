@@ -38,7 +38,7 @@ _KIND, _VERSION = "binary", 3  # v2: exact sums; v3: the Brier terms' squares (v
 _EPS = float(np.finfo(np.float64).eps)
 # The finest histogram level has 2**40 bins: scores closer than ~1e-12 share a bin, coarser than
 # that the histogram is exact. JSON carries these integers exactly (< 2**53).
-_FINEST_BITS = 40
+FINEST_BITS = 40
 # Log-odds beyond +-ln(1e12) (scores within 1e-12 of 0 or 1) are clipped into the end bins.
 _LOGIT_RANGE = math.log((1 - 1e-12) / 1e-12)
 
@@ -170,7 +170,7 @@ class BinaryMetrics:
         self._cal_positives += np.bincount(cal, weights=wy, minlength=k).astype(np.int64)
         self._cal_score_sum = [a + b for a, b in zip(self._cal_score_sum, cal_scores)]
 
-        bins = _finest_bins(score) >> self._level
+        bins = finest_bins(score) >> self._level
         self._set_histogram(self._level, np.concatenate([self._bins, bins]),
                             np.concatenate([self._bin_pos, wy.astype(np.int64)]),
                             np.concatenate([self._bin_neg, wn.astype(np.int64)]))
@@ -309,13 +309,13 @@ class BinaryMetrics:
                 f"calibration_bins={self.calibration_bins}, count={self._n})")
 
 
-def _finest_bins(score: FloatArray) -> IntArray:
+def finest_bins(score: FloatArray) -> IntArray:
     """The finest-level histogram bin of each score: monotone in the score, so bins keep order."""
     with np.errstate(divide="ignore"):
         log_odds = np.log(score) - np.log1p(-score)  # -inf at 0, +inf at 1: clipped just below
     z = np.clip(log_odds, -_LOGIT_RANGE, _LOGIT_RANGE)
     coordinate = 0.5 * score + 0.25 * (z / _LOGIT_RANGE + 1.0)  # in [0, 1]
-    bins: IntArray = np.minimum((coordinate * (1 << _FINEST_BITS)).astype(np.int64), (1 << _FINEST_BITS) - 1)
+    bins: IntArray = np.minimum((coordinate * (1 << FINEST_BITS)).astype(np.int64), (1 << FINEST_BITS) - 1)
     return bins
 
 
@@ -338,7 +338,7 @@ def _smallest_fitting_shift(bins: IntArray, capacity: int) -> int:
         shifted = bins >> shift
         return 1 + int(np.count_nonzero(shifted[1:] != shifted[:-1]))
 
-    lo, hi = 1, _FINEST_BITS  # at _FINEST_BITS every bin is 0: one bin, which always fits
+    lo, hi = 1, FINEST_BITS  # at FINEST_BITS every bin is 0: one bin, which always fits
     while lo < hi:
         mid = (lo + hi) // 2
         if distinct(mid) <= capacity:

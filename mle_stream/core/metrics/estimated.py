@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mle_stream.core.metrics.base import check_mergeable, check_snapshot, ratio
-from mle_stream.core.metrics.binary import _FINEST_BITS, _finest_bins
+from mle_stream.core.metrics.binary import FINEST_BITS, finest_bins
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, FloatArray
 
 IntArray = npt.NDArray[np.int64]
@@ -49,11 +49,11 @@ def score_bins(score: FloatArray, bins: int) -> IntArray:
 def _edges(bins: int) -> FloatArray:
     """The scores at which the coordinate of the binary state's histogram crosses b / bins, b = 1
     .. bins - 1, by bisection: bin b holds the scores from edge b - 1 (included) to edge b."""
-    targets = (np.arange(1, bins, dtype=np.int64) << _FINEST_BITS) // bins
+    targets = (np.arange(1, bins, dtype=np.int64) << FINEST_BITS) // bins
     lo, hi = np.zeros(bins - 1), np.ones(bins - 1)
     for _ in range(64):
         mid = (lo + hi) / 2
-        below = _finest_bins(mid) < targets
+        below = finest_bins(mid) < targets
         lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
     return hi
 
