@@ -1,10 +1,12 @@
 """Pausing predictions partitions through aiokafka on Faust's consumer thread (stream/app.py,
 `_pause`) over a real broker: it must neither lose nor repeat a record. Faust's own
 pause_partitions would (docs/catch-up.md); this test also fails if the Faust or aiokafka internals
-the worker reaches for change."""
+the worker reaches for change. And reading the consumer's offsets survives a rebalance that
+revokes a partition while its position is awaited."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import time
@@ -12,6 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 from confluent_kafka import Producer
 
 from conftest import read_until, topic_env
@@ -19,8 +23,9 @@ from mle_stream import wire
 from mle_stream.config import Topics
 from mle_stream.core.events import Prediction
 from mle_stream.core.topology import load_topologies
-from mle_stream.kafka import producer_config
+from mle_stream.kafka import ensure_topics, producer_config
 from mle_stream.replay import replay
+from mle_stream.stream.app import read_offsets
 from worker_process import MODELS, TOPOLOGY, Worker, same, traffic
 
 pytestmark = pytest.mark.broker
@@ -82,3 +87,28 @@ def test_pausing_and_resuming_at_every_round_loses_and_repeats_no_record(tmp_pat
     assert "never delivered" not in log and "pause check failed" not in log
     # Each round flips every held predictions partition: many pauses and resumes happened.
     assert log.count("paused ") >= 20 and log.count("resumed ") >= 20, log[-3000:]
+
+
+def test_a_partition_revoked_while_its_position_is_awaited_is_left_out(kafka_bootstrap: str,
+                                                                        topic_prefix: str) -> None:
+    # Under load a rebalance can land while the worker awaits a partition's position; aiokafka's
+    # highwater then asserts the partition is assigned, and that assertion, raised in the alignment
+    # timer, stopped the worker mid-rebalance.
+    topic = topic_prefix + "offsets"
+    ensure_topics(kafka_bootstrap, [topic], partitions=2)
+    first, second = TopicPartition(topic, 0), TopicPartition(topic, 1)
+
+    async def read_while_revoking() -> dict:
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            consumer.assign([first, second])
+            # Runs once read_offsets awaits the first partition's position: a fresh assignment has none yet.
+            asyncio.get_running_loop().call_soon(consumer.assign, [second])
+            return await read_offsets(consumer, [(topic, 0), (topic, 1)])
+        finally:
+            await consumer.stop()
+
+    offsets = asyncio.run(read_while_revoking())
+    assert list(offsets) == [(topic, 1)], offsets

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from faust.exceptions import ConsumerNotStarted
@@ -323,27 +324,31 @@ async def _consumer_offsets(app: faust.App, tps: Collection[tuple[str, int]]
     """The consumer's position (next offset to fetch) and last known high watermark of each of these
     partitions it has assigned; None for either it does not know yet."""
     thread = app.consumer._thread  # type: ignore[attr-defined]
-
-    async def read() -> dict[tuple[str, int], tuple[int | None, int | None]]:
-        consumer = thread._ensure_consumer()
-        assigned = consumer.assignment()
-        out: dict[tuple[str, int], tuple[int | None, int | None]] = {}
-        for topic, partition in tps:
-            tp = TopicPartition(topic, partition)
-            if tp not in assigned:
-                continue  # revoked meanwhile
-            try:
-                # It waits while the partition has no position (right after an assignment or a seek).
-                position = await asyncio.wait_for(consumer.position(tp), POSITION_WAIT_S)
-            except (TimeoutError, KafkaError):
-                position = None
-            out[(topic, partition)] = (position, consumer.highwater(tp))
-        return out
-
     try:
-        return cast(dict[tuple[str, int], tuple[int | None, int | None]], await thread.call_thread(read))
+        return cast(dict[tuple[str, int], tuple[int | None, int | None]],
+                    await thread.call_thread(lambda: read_offsets(thread._ensure_consumer(), tps)))
     except ConsumerNotStarted:
         return {}
+
+
+async def read_offsets(consumer: AIOKafkaConsumer, tps: Collection[tuple[str, int]]
+                       ) -> dict[tuple[str, int], tuple[int | None, int | None]]:
+    """`_consumer_offsets` in the consumer's own loop. A partition revoked meanwhile is left out, also
+    one revoked while its position was awaited: a rebalance can start during that wait, and aiokafka's
+    highwater asserts its partition is assigned (that assertion, raised in a timer, stopped the worker)."""
+    out: dict[tuple[str, int], tuple[int | None, int | None]] = {}
+    for topic, partition in tps:
+        tp = TopicPartition(topic, partition)
+        if tp not in consumer.assignment():
+            continue
+        try:
+            # It waits while the partition has no position (right after an assignment or a seek).
+            position = await asyncio.wait_for(consumer.position(tp), POSITION_WAIT_S)
+        except (TimeoutError, KafkaError):  # IllegalStateError (revoked during the wait) is a KafkaError
+            position = None
+        if tp in consumer.assignment():  # no await from here on: it stays assigned
+            out[(topic, partition)] = (position, consumer.highwater(tp))
+    return out
 
 
 async def _pause(app: faust.App, pause: Collection[tuple[str, int]], resume: Collection[tuple[str, int]]) -> None:
