@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,10 +310,11 @@ TRUTH_DRAWS = 1_000_000
 FIXED_FAILED_CHECKS = 5  # Flagger's documented `threshold`: cumulative failed checks that roll back
 FAMILY_CHUNK = 100  # rollouts simulated at once (memory: chunk x windows x window_size values)
 
-Draw = Any  # (rng, shape, worse) -> dict of per-prediction arrays of that shape
+# (rng, shape, worse) -> per-prediction arrays of that shape, from the good or the degraded model
+Draw = Callable[[np.random.Generator, tuple[int, ...], bool], dict[str, np.ndarray]]
 
 
-def _binary(fpr: float = 0.05, tpr: float = 0.8, noise: float = 0.1) -> Draw:
+def binary_draw(fpr: float = 0.05, tpr: float = 0.8, noise: float = 0.1) -> Draw:
     """30% positives; predicted positive with the false-positive rate / recall; the score is 0.8 or 0.2
     by the prediction plus normal noise, clipped to [0, 1]."""
     def draw(rng: np.random.Generator, shape: tuple[int, ...], worse: bool) -> dict[str, np.ndarray]:
@@ -324,27 +326,27 @@ def _binary(fpr: float = 0.05, tpr: float = 0.8, noise: float = 0.1) -> Draw:
     return draw
 
 
-def _error_stream(rate: float, worse_rate: float) -> Draw:
+def error_draw(rate: float, worse_rate: float) -> Draw:
     def draw(rng: np.random.Generator, shape: tuple[int, ...], worse: bool) -> dict[str, np.ndarray]:
         return {"relevant": np.ones(shape, bool),
                 "failure": rng.random(shape, dtype=np.float32) < (worse_rate if worse else rate)}
     return draw
 
 
-def _student_errors(scale: float) -> Draw:
+def student_t_draw(scale: float) -> Draw:
     def draw(rng: np.random.Generator, shape: tuple[int, ...], worse: bool) -> dict[str, np.ndarray]:
         return {"error": rng.standard_t(5, shape) * (scale if worse else 1.0)}
     return draw
 
 
-def _latency(slower: float) -> Draw:
+def latency_draw(slower: float) -> Draw:
     """Lognormal latencies, median 50 ms, sigma 0.5; the degraded canary's all `slower` times longer."""
     def draw(rng: np.random.Generator, shape: tuple[int, ...], worse: bool) -> dict[str, np.ndarray]:
         return {"latency": rng.lognormal(math.log(50.0), 0.5, shape) * (slower if worse else 1.0)}
     return draw
 
 
-def _binormal(auc: float, worse_auc: float) -> Draw:
+def binormal_draw(auc: float, worse_auc: float) -> Draw:
     """30% positives; logit scores N(0, 1) for negatives, N(sqrt2 Phi^-1(AUC), 1) for positives."""
     from scipy.stats import norm
 
@@ -390,26 +392,26 @@ def _mean_view(name: str, v: dict[str, np.ndarray]) -> np.ndarray:
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("error_rate", "rate", _error_stream(0.02, 0.04), "error rate 0.02 -> 0.04",
+    Family("error_rate", "rate", error_draw(0.02, 0.04), "error rate 0.02 -> 0.04",
            "a window's canary error rate above 1.5 x the baseline's (0.03)", 1.5),
-    Family("accuracy", "rate", _binary(fpr=0.08, tpr=0.75), "accuracy 0.905 -> 0.869 (false-positive rate "
+    Family("accuracy", "rate", binary_draw(fpr=0.08, tpr=0.75), "accuracy 0.905 -> 0.869 (false-positive rate "
            "0.05 -> 0.08, recall 0.80 -> 0.75)", "a window's canary error rate (1 - accuracy) above 1.25 x the "
            "baseline's", 1.25),
-    Family("precision", "rate", _binary(fpr=0.08), "precision 0.87 -> 0.81 (false-positive rate 0.05 -> 0.08)",
+    Family("precision", "rate", binary_draw(fpr=0.08), "precision 0.87 -> 0.81 (false-positive rate 0.05 -> 0.08)",
            "a window's canary false-discovery rate (1 - precision) above 1.25 x the baseline's", 1.25),
-    Family("recall", "rate", _binary(tpr=0.72), "recall 0.80 -> 0.72", "a window's canary miss rate "
+    Family("recall", "rate", binary_draw(tpr=0.72), "recall 0.80 -> 0.72", "a window's canary miss rate "
            "(1 - recall) above 1.25 x the baseline's", 1.25),
-    Family("brier_score", "mean", _binary(noise=0.18), "brier score: score noise 0.10 -> 0.18",
+    Family("brier_score", "mean", binary_draw(noise=0.18), "brier score: score noise 0.10 -> 0.18",
            "a window's canary brier score above 1.1 x the baseline's", 1.1),
-    Family("mae", "mean", _student_errors(1.15), "mae: Student-t(5) errors x 1.15",
+    Family("mae", "mean", student_t_draw(1.15), "mae: Student-t(5) errors x 1.15",
            "a window's canary mae above 1.1 x the baseline's", 1.1),
-    Family("rmse", "mean", _student_errors(1.15), "rmse: Student-t(5) errors x 1.15 (mean squared error x 1.32)",
+    Family("rmse", "mean", student_t_draw(1.15), "rmse: Student-t(5) errors x 1.15 (mean squared error x 1.32)",
            "a window's canary mean squared error above 1.2 x the baseline's (rmse x 1.1)", 1.2),
-    Family("latency_mean_ms", "mean", _latency(1.15), "latency_mean_ms: lognormal latencies x 1.15",
+    Family("latency_mean_ms", "mean", latency_draw(1.15), "latency_mean_ms: lognormal latencies x 1.15",
            "a window's canary mean latency above 1.1 x the baseline's", 1.1),
-    Family("latency_p99_ms", "rate", _latency(1.2), "latency_p99_ms: lognormal latencies x 1.2 (p99 +20%)",
+    Family("latency_p99_ms", "rate", latency_draw(1.2), "latency_p99_ms: lognormal latencies x 1.2 (p99 +20%)",
            "a window's canary p99 above 1.1 x the baseline's", 1.1),
-    Family("roc_auc", "auc", _binormal(0.80, 0.77), "roc_auc 0.80 -> 0.77 (binormal scores)",
+    Family("roc_auc", "auc", binormal_draw(0.80, 0.77), "roc_auc 0.80 -> 0.77 (binormal scores)",
            "the canary's window AUC more than 0.01 below the baseline's window AUC", 0.01, canary_share=0.5),
 )}
 
@@ -565,7 +567,7 @@ def run_family(name: str, **settings: Any) -> dict[str, Any]:
     rng = np.random.default_rng([int(s["seed"]), list(FAMILIES).index(name)])
     truth = _family_truth(family, rng)
     r, alpha = int(s["rollouts"]), float(s["alpha"])
-    runs: list[dict[str, list[np.ndarray]]] = []
+    runs: list[dict[str, np.ndarray]] = []
     h = math.inf
     for worse in (False, True):
         out: dict[str, list[np.ndarray]] = {"seq": [], "stat": [], "bounds": [], "cusum": []}
@@ -582,7 +584,7 @@ def run_family(name: str, **settings: Any) -> dict[str, Any]:
                 out["cusum"].append(np.where(first >= 0, at.astype(float), np.inf))
         if not worse and out["cusum"]:
             h = cusum_threshold(np.concatenate(out["cusum"]), alpha)
-        runs.append({k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()})  # type: ignore[misc]
+        runs.append({k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()})
     aa, ab = runs
 
     def method(aa_rollback: np.ndarray, ab_rollback: np.ndarray) -> dict[str, Any]:
