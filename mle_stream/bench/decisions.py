@@ -36,6 +36,36 @@ Every method sees the same windows, in the same run:
 
 Delay quantiles are over all A/B rollouts, a rollout that never rolled back counting as infinitely
 late: a quantile that falls on those is reported as null.
+
+Every metric family (`families` in the result; `run_family`): the same windows for a sequential check,
+a fixed threshold of that metric and the oracle CUSUM where one exists, under A/A and under the
+family's named degradation (FAMILIES).
+
+Each family draws raw predictions (rollouts x windows x window_size) from a seeded generator; each
+goes to the canary with probability `canary_share`. A family is one of three kinds:
+
+- rate: the check counts failures among relevant predictions (errors among labeled ones, false
+  positives among predicted positives, misses among actual positives, requests above the pooled
+  window p99). Sequential: ErrorRateTest on the window counts (vectorised as above). Oracle: Page's
+  CUSUM of the canary's relevant predictions with the true failure rates.
+- mean: per-prediction values (absolute error, squared error, Brier term, latency). Sequential:
+  MeanTest (its statistic vectorised). Oracle: the Gaussian CUSUM with the true means and the
+  baseline's standard deviation (the optimal detector of a mean shift when the values are normal).
+- auc: per window DeLong AUC a side. Sequential: AucTest (vectorised). No oracle: an AUC is not a
+  per-prediction quantity, so there is no likelihood ratio of one sample to accumulate.
+
+The true parameters (failure rates, means, standard deviation) are measured on TRUTH_DRAWS
+predictions of the same generator: the oracle knows them, the sequential test and the fixed check
+do not. The CUSUM's threshold is the A/A maxima's (1 - alpha) quantile on this run's A/A streams,
+so it alarms on about alpha of A/A rollouts: the same promise as the sequential check's.
+
+The sequential checks run at `alpha` with their classes' default margins (0.1 for rates, 0.05 for
+means, 0.01 of AUC; error_rate: the settings above). The fixed check fails a window when the
+canary's window value is worse than the baseline's true value by the family's stated factor (AUC:
+when the canary's window AUC is more than 0.01 below the baseline's), and rolls back at 5 failed
+checks, counted as Flagger counts them; `fixed_threshold_at_alpha` is the same check with its
+threshold raised until at most alpha of this run's A/A rollouts roll back: the best a fixed check
+can do at our promise, over this horizon only, and only with A/A data in hand to calibrate it.
 """
 
 from __future__ import annotations
@@ -277,34 +307,14 @@ def format_decisions_report(result: dict[str, Any]) -> str:
                 continue
             lines.append(f"  {label:<26} {m['false_rollback_rate']:>15.4f} {m['power']:>7.3f} "
                          f"{num(m['median_delay_samples']):>13} {num(m['p95_delay_samples']):>10}")
-        targets = family["target_met"]
-        ratio = family["delay_ratio_to_cusum"]
+        targets, ratio = family["target_met"], family["delay_ratio_to_cusum"]
+        delay_target = "no oracle" if ratio is None and family["oracle_cusum"] is None else \
+            f"{targets['median_delay_le_1.5x_cusum']} (ratio {num(ratio, '{:.2f}')})"
         lines += [f"  fixed threshold: {family['fixed_threshold']['check']}",
                   f"  targets: false rollbacks <= alpha: {targets['false_rollback_rate_le_alpha']}; median delay "
-                  f"<= 1.5 x CUSUM: {'no oracle' if targets['median_delay_le_1.5x_cusum'] is None else targets['median_delay_le_1.5x_cusum']}"
-                  + ("" if ratio is None else f" (ratio {ratio:.2f})")]
+                  f"<= 1.5 x CUSUM: {delay_target}"]
     return "\n".join(lines)
 
-
-# --- every metric family: the sequential check, a fixed threshold and the oracle CUSUM ---
-#
-# Each family draws raw predictions (rollouts x windows x window_size) from a seeded generator; each
-# goes to the canary with probability `canary_share`. A family is one of three kinds:
-#
-# - rate: the check counts failures among relevant predictions (errors among labeled ones, false
-#   positives among predicted positives, misses among actual positives, requests above the pooled
-#   window p99). Sequential: ErrorRateTest on the window counts (vectorised as above). Oracle: Page's
-#   CUSUM of the canary's relevant predictions with the true failure rates.
-# - mean: per-prediction values (absolute error, squared error, Brier term, latency). Sequential:
-#   MeanTest (its statistic vectorised). Oracle: the Gaussian CUSUM with the true means and the
-#   baseline's standard deviation (the optimal detector of a mean shift when the values are normal).
-# - auc: per window DeLong AUC a side. Sequential: AucTest (vectorised). No oracle: an AUC is not a
-#   per-prediction quantity, so there is no likelihood ratio of one sample to accumulate.
-#
-# The true parameters (failure rates, means, standard deviation) are measured on TRUTH_DRAWS
-# predictions of the same generator: the oracle knows them, the sequential test and the fixed check
-# do not. The CUSUM's threshold is the A/A maxima's (1 - alpha) quantile on this run's A/A streams,
-# so it alarms on about alpha of A/A rollouts: the same promise as the sequential check's.
 
 TRUTH_DRAWS = 1_000_000
 FIXED_FAILED_CHECKS = 5  # Flagger's documented `threshold`: cumulative failed checks that roll back
@@ -435,7 +445,8 @@ def _vector_mean_log_lr(c: np.ndarray, b: np.ndarray, test: Any) -> np.ndarray:
     return np.where(ok, log_lr, -np.inf)
 
 
-def _delong(score: np.ndarray, y: np.ndarray, side: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _delong(score: np.ndarray, y: np.ndarray,
+            side: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(AUC, DeLong variance, positives, negatives) of the predictions in `side` along the last axis
     (sequential_auc.delong, vectorised; continuous scores, so no ties)."""
     order = np.argsort(np.where(side, score, np.inf), axis=-1)
