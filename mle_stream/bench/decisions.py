@@ -56,8 +56,10 @@ goes to the canary with probability `canary_share`. A family is one of three kin
 
 The true parameters (failure rates, means, standard deviation) are measured on TRUTH_DRAWS
 predictions of the same generator: the oracle knows them, the sequential test and the fixed check
-do not. The CUSUM's threshold is the A/A maxima's (1 - alpha) quantile on this run's A/A streams,
-so it alarms on about alpha of A/A rollouts: the same promise as the sequential check's.
+do not. The CUSUM's threshold is set on this run's A/A maxima, as in the error-rate comparison: to the
+false-rollback rate the family's sequential check achieved in this run (at least 1 / rollouts), so
+both are compared at the same false alarms; its median delay with the threshold at alpha is reported
+next to it (`median_delay_samples_at_alpha`).
 
 The sequential checks run at `alpha` with their classes' default margins (0.1 for rates, 0.05 for
 means, 0.01 of AUC; error_rate: the settings above). The fixed check fails a window when the
@@ -297,19 +299,20 @@ def format_decisions_report(result: dict[str, Any]) -> str:
     for name, family in result.get("families", {}).items():
         lines += ["", f"{name}: {family['degradation']}, {family['canary_share']:.0%} to the canary "
                       f"({family['seconds']} s)",
-                  f"  {'method':<26} {'false rollbacks':>15} {'power':>7} {'median delay':>13} {'p95 delay':>10}"]
+                  f"  {'method':<34} {'false rollbacks':>15} {'power':>7} {'median delay':>13} {'p95 delay':>10}"]
         for method, label in (("sequential", "sequential"), ("fixed_threshold", "fixed threshold"),
                               ("fixed_threshold_at_alpha", "fixed threshold at alpha"),
-                              ("oracle_cusum", "oracle CUSUM")):
+                              ("oracle_cusum", "oracle CUSUM (same false alarms)")):
             m = family[method]
             if m is None:
-                lines.append(f"  {label:<26} {family['oracle_note']}")
+                lines.append(f"  {label:<34} {family['oracle_note']}")
                 continue
-            lines.append(f"  {label:<26} {m['false_rollback_rate']:>15.4f} {m['power']:>7.3f} "
+            lines.append(f"  {label:<34} {m['false_rollback_rate']:>15.4f} {m['power']:>7.3f} "
                          f"{num(m['median_delay_samples']):>13} {num(m['p95_delay_samples']):>10}")
         targets, ratio = family["target_met"], family["delay_ratio_to_cusum"]
         delay_target = "no oracle" if ratio is None and family["oracle_cusum"] is None else \
-            f"{targets['median_delay_le_1.5x_cusum']} (ratio {num(ratio, '{:.2f}')})"
+            f"{targets['median_delay_le_1.5x_cusum']} (ratio {num(ratio, '{:.2f}')}; CUSUM at alpha: median " \
+            f"{num(family['oracle_cusum']['median_delay_samples_at_alpha'])})"
         lines += [f"  fixed threshold: {family['fixed_threshold']['check']}",
                   f"  targets: false rollbacks <= alpha: {targets['false_rollback_rate_le_alpha']}; median delay "
                   f"<= 1.5 x CUSUM: {delay_target}"]
@@ -579,9 +582,9 @@ def run_family(name: str, **settings: Any) -> dict[str, Any]:
     truth = _family_truth(family, rng)
     r, alpha = int(s["rollouts"]), float(s["alpha"])
     runs: list[dict[str, np.ndarray]] = []
-    h = math.inf
+    thresholds: dict[str, float] = {}
     for worse in (False, True):
-        out: dict[str, list[np.ndarray]] = {"seq": [], "stat": [], "bounds": [], "cusum": []}
+        out: dict[str, list[np.ndarray]] = {"seq": [], "stat": [], "bounds": [], "cusum": [], "cusum_at_alpha": []}
         for start in range(0, r, FAMILY_CHUNK):
             seq, stat, bounds, path, canary_so_far = _chunk(family, rng, min(FAMILY_CHUNK, r - start), s, worse, truth)
             out["seq"].append(seq)
@@ -590,11 +593,16 @@ def run_family(name: str, **settings: Any) -> dict[str, Any]:
             if path is not None and not worse:
                 out["cusum"].append(path.max(axis=1))
             elif path is not None:  # the A/B delay: canary samples through the first crossing
-                first = first_true(path >= h)
-                at = np.take_along_axis(canary_so_far, np.maximum(first, 0)[:, None], axis=1)[:, 0]
-                out["cusum"].append(np.where(first >= 0, at.astype(float), np.inf))
+                for key, h in thresholds.items():
+                    first = first_true(path >= h)
+                    at = np.take_along_axis(canary_so_far, np.maximum(first, 0)[:, None], axis=1)[:, 0]
+                    out[key].append(np.where(first >= 0, at.astype(float), np.inf))
         if not worse and out["cusum"]:
-            h = cusum_threshold(np.concatenate(out["cusum"]), alpha)
+            # As in the error-rate comparison above: the CUSUM held to the false-alarm rate the
+            # sequential check achieved here (at least 1 / rollouts), and to alpha itself.
+            maxima = np.concatenate(out["cusum"])
+            achieved = max(float((np.concatenate(out["seq"]) >= 0).mean()), 1.0 / r)
+            thresholds = {"cusum": cusum_threshold(maxima, achieved), "cusum_at_alpha": cusum_threshold(maxima, alpha)}
         runs.append({k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()})
     aa, ab = runs
 
@@ -618,11 +626,12 @@ def run_family(name: str, **settings: Any) -> dict[str, Any]:
     methods: dict[str, Any] = {"sequential": method(aa["seq"], ab["seq"]), "fixed_threshold": fixed,
                                "fixed_threshold_at_alpha": fixed_calibrated, "oracle_cusum": None}
     if aa["cusum"].size:
-        delays = ab["cusum"]
+        delays, h = ab["cusum"], thresholds["cusum"]
         methods["oracle_cusum"] = {
             "false_rollback_rate": float((aa["cusum"] >= h).mean()), "power": float(np.isfinite(delays).mean()),
             "median_delay_samples": _quantile(delays, 0.5), "p95_delay_samples": _quantile(delays, 0.95),
-            "threshold": h, "true_parameters": truth}
+            "threshold": h, "median_delay_samples_at_alpha": _quantile(ab["cusum_at_alpha"], 0.5),
+            "threshold_at_alpha": thresholds["cusum_at_alpha"], "true_parameters": truth}
     seq, oracle = methods["sequential"], methods["oracle_cusum"]
     ratio = None
     if oracle is not None and seq["median_delay_samples"] is not None and oracle["median_delay_samples"]:
@@ -632,7 +641,9 @@ def run_family(name: str, **settings: Any) -> dict[str, Any]:
         **methods,
         "oracle_note": ("none: an AUC is not a per-prediction quantity, so there is no per-sample likelihood "
                         "ratio to accumulate" if oracle is None else "Page's CUSUM with the true parameters "
-                        "(measured on 1,000,000 draws), its threshold at the A/A maxima's 1 - alpha quantile"),
+                        "(measured on 1,000,000 draws), its threshold set on this run's A/A maxima to the sequential "
+                        "check's false rollbacks here (at least 1 / rollouts); median_delay_samples_at_alpha: "
+                        "to alpha"),
         "delay_ratio_to_cusum": ratio,
         "target_met": {"false_rollback_rate_le_alpha": seq["false_rollback_rate"] <= alpha,
                        "median_delay_le_1.5x_cusum": None if oracle is None else (ratio is not None and ratio <= 1.5)},
