@@ -1,4 +1,9 @@
-"""False rollbacks, power, delay and confidence-bound coverage of the sequential checks, per metric.
+"""Confidence-bound coverage of the sequential checks, per metric, through the checks' own path.
+
+False rollbacks, power and delay of every family are `mle-stream bench decisions` (vectorised, next to
+a fixed threshold and the oracle CUSUM); this script adds what that bench does not measure: whether
+the anytime-valid lower bound covers the true effect, with every window judged by judge_check as the
+worker judges it (the traffic: mle_stream/bench/decisions.py's generators).
 
 Each rollout draws raw predictions and labels window by window, updates the task's metric state per
 version, and judges the window with the check (core/checks.py: judge_check, the worker's own path,
@@ -29,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from mle_stream.bench.decisions import binary_draw, student_t_draw
 from mle_stream.core.checks import CheckRule, SequentialSpec, judge_check
 from mle_stream.core.metrics.binary import BinaryMetrics
 from mle_stream.core.metrics.outcomes import BinaryOutcomes, RegressionOutcomes
@@ -43,31 +49,30 @@ Side = Callable[[np.random.Generator, int, bool], dict[str, Any]]
 
 
 def binary_side(fpr: float = 0.05, tpr: float = 0.8, noise: float = 0.1) -> Side:
-    def draw(rng: np.random.Generator, n: int, worse: bool) -> dict[str, Any]:
-        y = rng.random(n) < 0.3
-        f, t, s = (fpr, tpr, noise) if worse else (0.05, 0.8, 0.1)
-        predicted = np.where(y, rng.random(n) < t, rng.random(n) < f)
-        score = np.clip(np.where(predicted, 0.8, 0.2) + rng.normal(0, s, n), 0, 1)
+    draw = binary_draw(fpr, tpr, noise)
+
+    def side(rng: np.random.Generator, n: int, worse: bool) -> dict[str, Any]:
+        v = draw(rng, (n,), worse)
         state = BinaryMetrics()
-        state.update(BinaryOutcomes(y, score, predicted))
+        state.update(BinaryOutcomes(v["y"], v["score"], v["predicted"]))
         return {**state.values(), "labeled": state.count}
-    return draw
+    return side
 
 
 def regression_side(scale: float) -> Side:
-    def draw(rng: np.random.Generator, n: int, worse: bool) -> dict[str, Any]:
+    draw = student_t_draw(scale)
+
+    def side(rng: np.random.Generator, n: int, worse: bool) -> dict[str, Any]:
         y = rng.normal(100, 10, n)
         state = RegressionMetrics()
-        state.update(RegressionOutcomes(y, y + rng.standard_t(5, n) * (scale if worse else 1.0)))
+        state.update(RegressionOutcomes(y, y + draw(rng, (n,), worse)["error"]))
         return {**state.values(), "labeled": state.count}
-    return draw
+    return side
 
 
 def _brier_terms(rng: np.random.Generator, n: int) -> np.ndarray:
-    y = rng.random(n) < 0.3
-    predicted = np.where(y, rng.random(n) < 0.8, rng.random(n) < 0.05)
-    score = np.clip(np.where(predicted, 0.8, 0.2) + rng.normal(0, 0.1, n), 0, 1)
-    return np.asarray((score - y) ** 2)
+    v = binary_draw()(rng, (n,), False)
+    return np.asarray((v["score"] - v["y"]) ** 2)
 
 
 # metric -> (how a side is drawn, what the degradation is, the A/A mean of the per-prediction values)

@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 from mle_stream.bench.decisions import (
+    FAMILIES,
+    _delong,
+    _page,
+    _vector_mean_log_lr,
     cusum_paths,
     cusum_threshold,
     flagger,
@@ -18,7 +22,8 @@ from mle_stream.bench.decisions import (
     simulate,
 )
 from mle_stream.cli import main
-from mle_stream.core.sequential import ErrorRateTest, Verdict
+from mle_stream.core.sequential import ErrorRateTest, MeanTest, Verdict
+from mle_stream.core.sequential_auc import delong
 
 KEYS = {"alpha", "false_rollback_rate", "power", "median_delay_samples", "p95_delay_samples",
         "cusum_median_delay_samples", "fixed_threshold_false_rollback_rate", "fixed_threshold_median_delay_samples"}
@@ -76,7 +81,7 @@ def test_cusum_threshold_allows_at_most_the_rate() -> None:
 
 
 def test_small_run_reports_the_keys_and_sane_values() -> None:
-    result = run_decisions_bench(rollouts=200, windows=30, cusum_calibration_streams=1000, seed=1)
+    result = run_decisions_bench(families=(), rollouts=200, windows=30, cusum_calibration_streams=1000, seed=1)
     assert KEYS <= result.keys()
     json.dumps(result)  # JSON-safe
     assert result["alpha"] == 0.01 and result["settings"]["rollouts"] == 200
@@ -91,9 +96,11 @@ def test_small_run_reports_the_keys_and_sane_values() -> None:
 
 
 def test_cli_bench_decisions_json(capsys) -> None:
-    assert main(["bench", "decisions", "--json", "--rollouts", "100", "--windows", "20", "--alpha", "0.05"]) == 0
+    assert main(["bench", "decisions", "--json", "--rollouts", "100", "--windows", "20", "--alpha", "0.05",
+                 "--family", "recall", "--family", "recall"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert KEYS <= out.keys() and out["alpha"] == 0.05 and out["settings"]["windows"] == 20
+    assert list(out["families"]) == ["recall"]
     for other_modes_flag in (["bench", "decisions", "--rows", "5"], ["bench", "drift", "--rollouts", "5"]):
         with pytest.raises(SystemExit) as exit_:
             main(other_modes_flag)
@@ -101,3 +108,80 @@ def test_cli_bench_decisions_json(capsys) -> None:
     capsys.readouterr()
     assert main(["bench", "decisions", "--alpha", "1.5"]) == 2
     assert "alpha" in capsys.readouterr().err
+    assert main(["bench", "decisions", "--family", "f1"]) == 2
+    assert "unknown family f1; choose from error_rate, accuracy" in capsys.readouterr().err
+
+
+def test_page_cusum_on_a_hand_computed_case() -> None:
+    # S_n = max(0, S_{n-1} + z_n): 0.5, max(0, -0.5) = 0, 2, 1.7, max(0, -1.3) = 0, 1
+    assert _page(np.array([0.5, -1.0, 2.0, -0.3, -3.0, 1.0])) == pytest.approx([0.5, 0, 2, 1.7, 0, 1])
+    # Bernoulli 0.25 -> 0.5: a failure adds log 2, a success log(0.5 / 0.75); two failures then a success
+    up, down = math.log(2.0), math.log(2.0 / 3.0)
+    assert _page(np.array([up, up, down])) == pytest.approx([math.log(2), math.log(4), math.log(8 / 3)])
+
+
+def test_vectorised_auc_and_mean_statistics_equal_the_core_ones() -> None:
+    rng = np.random.default_rng(5)
+    score, y = rng.normal(size=(3, 400)) + 0, rng.random((3, 400)) < 0.3
+    score += y * 1.2
+    side = rng.random((3, 400)) < 0.5
+    auc, variance, pos, neg = _delong(score, y, side)
+    for r in range(3):
+        order = np.argsort(score[r][side[r]])
+        expected = delong(y[r][side[r]][order].astype(int), (~y[r][side[r]][order]).astype(int))
+        assert expected is not None
+        assert (auc[r], variance[r], pos[r], neg[r]) == pytest.approx(
+            (expected.auc, expected.variance, expected.positives, expected.negatives), rel=1e-9)
+    test = MeanTest()
+    c, b = rng.exponential(1.1, 300), rng.exponential(1.0, 500)
+    test.update_values(c, b)
+    stats = [np.array([x.size, x.sum(), (x * x).sum()]) for x in (c, b)]
+    assert float(_vector_mean_log_lr(*stats, test)) == pytest.approx(test.log_likelihood_ratio(), rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def families():
+    return run_decisions_bench(rollouts=150, windows=20, alpha=0.05, cusum_calibration_streams=300, seed=3)
+
+
+def test_every_family_reports_every_method_and_target(families) -> None:
+    assert list(families["families"]) == list(FAMILIES)
+    json.dumps(families)
+    report = format_decisions_report(families)
+    for name, family in families["families"].items():
+        assert name in report and family["degradation"] in report
+        methods = ["sequential", "fixed_threshold", "fixed_threshold_at_alpha"]
+        methods += [] if name == "roc_auc" else ["oracle_cusum"]
+        for method in methods:
+            assert {"false_rollback_rate", "power", "median_delay_samples", "p95_delay_samples"} <= \
+                family[method].keys(), (name, method)
+        assert set(family["target_met"]) == {"false_rollback_rate_le_alpha", "median_delay_le_1.5x_cusum"}
+        assert "rollback at 5 failed checks" in family["fixed_threshold"]["check"]
+    auc = families["families"]["roc_auc"]
+    assert auc["oracle_cusum"] is None and auc["target_met"]["median_delay_le_1.5x_cusum"] is None
+    assert "no per-sample likelihood ratio" in auc["oracle_note"]
+
+
+def test_sequential_false_rollbacks_stay_within_a_binomial_bound_of_alpha(families) -> None:
+    from scipy.stats import binom
+
+    # P(X > bound) < 0.001 for X ~ Binomial(150, 0.05): a test that rolls back more than alpha fails this
+    bound = binom.ppf(0.999, 150, 0.05) / 150
+    for name, family in families["families"].items():
+        assert family["sequential"]["false_rollback_rate"] <= bound, name
+        # calibrated on these A/A rollouts, so at most alpha by construction; the fixed check as a
+        # user writes it, re-checked every window, rolls back far more often than alpha
+        assert family["fixed_threshold_at_alpha"]["false_rollback_rate"] <= 0.05, name
+        if name != "latency_mean_ms":  # its 1.1 x limit is far above a window mean's noise
+            assert family["fixed_threshold"]["false_rollback_rate"] > 0.1, name
+
+
+def test_sequential_beats_the_alpha_controlled_fixed_check_where_it_should(families) -> None:
+    fam = families["families"]
+    # A noisy per-window statistic (a window's p99 from ~100 canary requests) is where a fixed check
+    # held to alpha loses power: the sequential test pools every window's counts.
+    p99 = fam["latency_p99_ms"]
+    assert p99["sequential"]["power"] > p99["fixed_threshold_at_alpha"]["power"] + 0.1
+    for name in ("error_rate", "latency_mean_ms"):
+        assert fam[name]["sequential"]["median_delay_samples"] < \
+            fam[name]["fixed_threshold_at_alpha"]["median_delay_samples"], name

@@ -19,7 +19,6 @@ RUNS = {
     "measure_estimates.py": (["--windows", "8", "--per-window", "400", "--reference-labels", "400", "--events", "4000",
                               "--runs", "1"], "with estimates"),
     "measure_without_faust.py": (["--help"], "benchmarks/measure_without_faust.py"),
-    "sequential_auc_tail.py": (["--runs", "2", "--windows", "3", "--json"], "\"a/a sequential\""),
     "simulate_checks.py": (["--help"], "benchmarks/simulate_checks.py"),
     "measure_sequential_checks.py": (["--runs", "2", "--windows", "3"], "coverage misses"),
     "bench-drift-env": (["--help"], "benchmarks/bench-drift-env [DIR]"),

@@ -66,11 +66,15 @@ DECISIONS_DESCRIPTION = (
     "--windows windows of 1000 labeled predictions each, and roll back with (i) the sequential "
     "error-rate test of core/sequential.py at --alpha, looked at after every window, (ii) a "
     "Flagger-style fixed threshold (a window error rate above 3% is a failed check, 5 failed checks "
-    "roll back), (iii) the oracle CUSUM calibrated to the same false-alarm rate. Prints a table, or "
-    "with --json at least alpha, false_rollback_rate, power, median_delay_samples, p95_delay_samples, "
-    "cusum_median_delay_samples, fixed_threshold_false_rollback_rate and "
-    "fixed_threshold_median_delay_samples (delays in canary samples; see "
-    "mle_stream/bench/decisions.py). About 5 s at the default size; no broker.")
+    "roll back), (iii) the oracle CUSUM calibrated to the same false-alarm rate. Then the same for "
+    "each metric family (--family, default all), each under its named degradation: the sequential "
+    "check, a fixed threshold of that metric (as written and calibrated to alpha) and the oracle CUSUM "
+    "where one exists. Prints a table per family, or with --json at least alpha, false_rollback_rate, "
+    "power, median_delay_samples, p95_delay_samples, cusum_median_delay_samples, "
+    "fixed_threshold_false_rollback_rate, fixed_threshold_median_delay_samples and families (per family "
+    "and method the same four numbers and target_met; delays in canary samples; see "
+    "mle_stream/bench/decisions.py and docs/decisions.md). About 2 min at the default size (about 5 s "
+    "with --family error_rate); no broker.")
 
 
 def add_parser(sub: Subcommands) -> None:
@@ -102,7 +106,8 @@ def add_parser(sub: Subcommands) -> None:
 
     decisions = add_command(modes, "decisions", "false rollbacks and detection delay of the sequential test",
                             _wrap(DECISIONS_DESCRIPTION), "examples:\n  mle-stream bench decisions --json\n"
-                            "  mle-stream bench decisions --rollouts 5000 --alpha 0.05 --seed 7")
+                            "  mle-stream bench decisions --rollouts 5000 --alpha 0.05 --seed 7\n"
+                            "  mle-stream bench decisions --family precision --family roc_auc --rollouts 200")
     decisions.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     decisions.add_argument("--rollouts", type=int, metavar="N", help="A/A rollouts, and as many A/B rollouts "
                                                                      "(default 1000)")
@@ -112,6 +117,10 @@ def add_parser(sub: Subcommands) -> None:
                            help="margin: no rollback for a candidate/baseline error-rate ratio below 1+M "
                                 "(default 0.1)")
     decisions.add_argument("--seed", type=int, metavar="N", help="random seed (default 20261129)")
+    decisions.add_argument("--family", action="append", metavar="NAME",
+                           help="a metric family to run (repeatable; default: all of error_rate, accuracy, "
+                                "precision, recall, brier_score, mae, rmse, latency_mean_ms, latency_p99_ms, "
+                                "roc_auc)")
 
 
 def _wrap(description: str) -> str:
@@ -194,9 +203,10 @@ def _decisions(args: argparse.Namespace, settings: Settings) -> Report:
 
     chosen = {name: getattr(args, name) for name in ("rollouts", "alpha", "windows", "min_relative_increase", "seed")
               if getattr(args, name) is not None}
-    progress("bench decisions: simulating the A/A and A/B rollouts (about 5 s at the default size) ...")
+    progress("bench decisions: simulating the A/A and A/B rollouts (about 2 min for every family at the default "
+             "size) ...")
     try:
-        return run_decisions_bench(**chosen), format_decisions_report
+        return run_decisions_bench(families=args.family, **chosen), format_decisions_report
     except ValueError as exc:
         raise MleStreamError(str(exc)) from None
 
