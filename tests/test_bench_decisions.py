@@ -19,6 +19,7 @@ from mle_stream.bench.decisions import (
     format_decisions_report,
     ours,
     run_decisions_bench,
+    run_family,
     simulate,
 )
 from mle_stream.cli import main
@@ -185,3 +186,12 @@ def test_sequential_beats_the_alpha_controlled_fixed_check_where_it_should(famil
     for name in ("error_rate", "latency_mean_ms"):
         assert fam[name]["sequential"]["median_delay_samples"] < \
             fam[name]["fixed_threshold_at_alpha"]["median_delay_samples"], name
+
+
+def test_family_margin_reaches_the_rate_and_mean_checks() -> None:
+    # Accuracy's errors x 1.38 and MAE x 1.15: above the null with no margin, inside it with a margin
+    # of 0.5 (no rollback for a ratio below 1.5), so the same draws are detected or not at all.
+    for name in ("accuracy", "mae"):
+        free = run_family(name, rollouts=150, windows=20, alpha=0.05, seed=3, family_margin=0.0)["sequential"]
+        wide = run_family(name, rollouts=150, windows=20, alpha=0.05, seed=3, family_margin=0.5)["sequential"]
+        assert free["power"] > 0.9 and wide["power"] == 0.0, (name, free, wide)

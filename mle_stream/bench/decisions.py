@@ -61,7 +61,8 @@ false-rollback rate the family's sequential check achieved in this run (at least
 both are compared at the same false alarms; its median delay with the threshold at alpha is reported
 next to it (`median_delay_samples_at_alpha`).
 
-The sequential checks run at `alpha` with their classes' default margins (0.1 for rates, 0.05 for
+The sequential checks run at `alpha` with their classes' default margins (`family_margin` sets one
+for every rate and mean check; 0.1 for rates, 0.05 for
 means, 0.01 of AUC; error_rate: the settings above). The fixed check fails a window when the
 canary's window value is worse than the baseline's true value by the family's stated factor (AUC:
 when the canary's window AUC is more than 0.01 below the baseline's), and rolls back at 5 failed
@@ -95,7 +96,7 @@ DEFAULTS: dict[str, Any] = {
     "baseline_error_rate": 0.02, "degraded_error_rate": 0.04, "alpha": 0.01,
     "min_relative_increase": 0.1, "mixing_scale": 0.7, "min_samples": 100,
     "flagger_max_error_rate": 0.03, "flagger_threshold": 5, "cusum_calibration_streams": 20_000,
-    "seed": 20261129,
+    "seed": 20261129, "family_margin": None,
 }
 
 
@@ -481,6 +482,8 @@ def _chunk(family: Family, rng: np.random.Generator, rollouts: int, s: dict[str,
     w, n = int(s["windows"]), int(s["window_size"])
     share = family.canary_share or float(s["canary_share"])
     alpha = float(s["alpha"])
+    # family_margin: one margin for every rate and mean check instead of each class's default
+    margin = {} if s["family_margin"] is None else {"min_relative_increase": float(s["family_margin"])}
     canary = rng.random((rollouts, w, n), dtype=np.float32) < share
     v = family.draw(rng, (rollouts, w, n), False)
     if worse:  # the canary's predictions from the degraded model, the baseline's from the good one
@@ -509,8 +512,9 @@ def _chunk(family: Family, rng: np.random.Generator, rollouts: int, s: dict[str,
             c_rel = np.sum(rel & canary, axis=-1)
             fixed_stat = np.divide(np.sum(fail & canary, axis=-1), c_rel * truth["p0"],
                                    out=np.full(c_rel.shape, np.inf), where=c_rel > 0)
-        test = ErrorRateTest(alpha=alpha, **({} if family.name != "error_rate" else {
-            k: s[k] for k in ("min_relative_increase", "mixing_scale", "min_samples")}))
+        own = {} if family.name != "error_rate" else {
+            k: s[k] for k in ("min_relative_increase", "mixing_scale", "min_samples")}
+        test = ErrorRateTest(alpha=alpha, **{**own, **margin})
         n_c, x_c = np.sum(rel & canary, axis=-1), np.sum(fail & canary, axis=-1)
         n_b, x_b = np.sum(rel & ~canary, axis=-1), np.sum(fail & ~canary, axis=-1)
         u, log_w = half_normal_grid(test.mixing_scale, test.grid_points)
@@ -522,7 +526,7 @@ def _chunk(family: Family, rng: np.random.Generator, rollouts: int, s: dict[str,
         increments = np.where(canary & rel, np.where(cusum_fail, up, down), 0.0)
     elif family.kind == "mean":
         x = _mean_view(family.name, v)
-        mtest = MeanTest(alpha=alpha)
+        mtest = MeanTest(alpha=alpha, **margin)
 
         def sums(side: np.ndarray) -> np.ndarray:
             return np.stack([side.sum(axis=-1), np.where(side, x, 0).sum(axis=-1),

@@ -117,6 +117,9 @@ def add_parser(sub: Subcommands) -> None:
                            help="margin: no rollback for a candidate/baseline error-rate ratio below 1+M "
                                 "(default 0.1)")
     decisions.add_argument("--seed", type=int, metavar="N", help="random seed (default 20261129)")
+    decisions.add_argument("--family-margin", type=float, metavar="M",
+                           help="the margin of every rate and mean family's check: no rollback for a ratio below "
+                                "1+M (default: each check's own, 0.1 for rates, 0.05 for means)")
     decisions.add_argument("--family", action="append", metavar="NAME",
                            help="a metric family to run (repeatable; default: all of error_rate, accuracy, "
                                 "precision, recall, brier_score, mae, rmse, latency_mean_ms, latency_p99_ms, "
@@ -201,7 +204,8 @@ def _drift(args: argparse.Namespace, settings: Settings) -> Report:
 def _decisions(args: argparse.Namespace, settings: Settings) -> Report:
     from mle_stream.bench.decisions import format_decisions_report, run_decisions_bench
 
-    chosen = {name: getattr(args, name) for name in ("rollouts", "alpha", "windows", "min_relative_increase", "seed")
+    chosen = {name: getattr(args, name) for name in ("rollouts", "alpha", "windows", "min_relative_increase", "seed",
+                                                   "family_margin")
               if getattr(args, name) is not None}
     progress("bench decisions: simulating the A/A and A/B rollouts (about 2 min for every family at the default "
              "size) ...")
