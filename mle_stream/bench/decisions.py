@@ -483,7 +483,7 @@ def _chunk(family: Family, rng: np.random.Generator, rollouts: int, s: dict[str,
     share = family.canary_share or float(s["canary_share"])
     alpha = float(s["alpha"])
     # family_margin: one margin for every rate and mean check instead of each class's default
-    margin = {} if s["family_margin"] is None else {"min_relative_increase": float(s["family_margin"])}
+    margin: dict[str, Any] = {} if s["family_margin"] is None else {"min_relative_increase": float(s["family_margin"])}
     canary = rng.random((rollouts, w, n), dtype=np.float32) < share
     v = family.draw(rng, (rollouts, w, n), False)
     if worse:  # the canary's predictions from the degraded model, the baseline's from the good one
