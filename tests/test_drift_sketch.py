@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mle_stream.core.drift.sketch import (
@@ -60,6 +60,7 @@ def test_merge_is_associative_and_commutative(a: list[float], b: list[float], c:
 
 
 @given(values)
+@example([8.270334848839753e-152])  # below 2**-480: its square's low part underflows
 @settings(max_examples=40, deadline=None)
 def test_numeric_snapshot_round_trip_through_json(a: list[float]) -> None:
     s = _numeric(a)
@@ -181,3 +182,10 @@ def test_bin_index_equals_searchsorted_at_edges_cell_borders_and_infinities(edge
     spread = rng.uniform(e[0] - 1, e[-1] + 1, _LOOKUP_MIN_VALUES)
     values = np.concatenate([np.array(special, dtype=np.float64), spread, rng.choice(e, 500)])
     assert np.array_equal(bin_index(e, key, values), np.searchsorted(e, values, side="right"))
+
+
+@pytest.mark.parametrize("batch", [[8.270334848839753e-152], [1e-200, 1e-200, 1e-200], [1e-160, 3e-160]])
+def test_std_of_values_too_small_to_square_exactly_is_numpys(batch: list[float]) -> None:
+    # The exact sum of squares is exact only from 2**-480 up; below, the std must still be a number
+    # (it raised "math domain error" for one value of 8e-152).
+    assert _numeric(batch).std == pytest.approx(float(np.std(batch)), rel=1e-9, abs=1e-300)

@@ -197,9 +197,11 @@ class NumericSketch:
         if n <= 0:
             return None
         total = sum(self._sums)
-        # n sum(x^2) - sum(x)^2 in units of 2**-2148, exactly: n^2 times the variance.
+        # n sum(x^2) - sum(x)^2 in units of 2**-2148, exactly: n^2 times the variance. Exact while the
+        # squares are (|x| >= 2**-480); below, a square's low part underflows and the difference can
+        # come out a few units below 0 for a variance of 0.
         n2_variance = (self._square_sum * n << SCALE_BITS) - total * total
-        return math.sqrt(n2_variance / (n * n << 2 * SCALE_BITS))
+        return math.sqrt(max(n2_variance, 0) / (n * n << 2 * SCALE_BITS))
 
     @property
     def min(self) -> float | None:
