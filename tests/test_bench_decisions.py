@@ -195,3 +195,11 @@ def test_family_margin_reaches_the_rate_and_mean_checks() -> None:
         free = run_family(name, rollouts=150, windows=20, alpha=0.05, seed=3, family_margin=0.0)["sequential"]
         wide = run_family(name, rollouts=150, windows=20, alpha=0.05, seed=3, family_margin=0.5)["sequential"]
         assert free["power"] > 0.9 and wide["power"] == 0.0, (name, free, wide)
+
+
+def test_fewer_windows_than_failed_checks_never_roll_back_on_the_fixed_check() -> None:
+    family = run_family("error_rate", rollouts=20, windows=3, seed=4)
+    for method in ("fixed_threshold", "fixed_threshold_at_alpha"):
+        assert family[method]["false_rollback_rate"] == 0.0 and family[method]["power"] == 0.0, method
+    assert family["fixed_threshold_at_alpha"]["threshold"] is None
+    json.dumps(family, allow_nan=False)

@@ -618,13 +618,16 @@ def run_family(name: str, **settings: Any) -> dict[str, Any]:
     # The fixed check as a user would write it, and the same check with its threshold raised until at
     # most alpha of the A/A rollouts roll back (a rollout rolls back iff its FIXED_FAILED_CHECKS-th
     # largest window statistic reaches the threshold): the fixed check's best power at our promise.
-    kth = np.sort(aa["stat"], axis=1)[:, -FIXED_FAILED_CHECKS]
-    calibrated = cusum_threshold(kth, alpha)
+    if aa["stat"].shape[1] >= FIXED_FAILED_CHECKS:
+        calibrated: float | None = cusum_threshold(np.sort(aa["stat"], axis=1)[:, -FIXED_FAILED_CHECKS], alpha)
+    else:
+        calibrated = None  # fewer windows than failed checks to roll back: no threshold ever does
     fixed = {**method(_fixed_rollbacks(aa["stat"], family.fixed_factor),
                       _fixed_rollbacks(ab["stat"], family.fixed_factor)),
              "check": f"{family.fixed_check}; rollback at {FIXED_FAILED_CHECKS} failed checks (cumulative, as "
                       "Flagger counts them)"}
-    fixed_calibrated = {**method(_fixed_rollbacks(aa["stat"], calibrated), _fixed_rollbacks(ab["stat"], calibrated)),
+    limit = math.inf if calibrated is None else calibrated
+    fixed_calibrated = {**method(_fixed_rollbacks(aa["stat"], limit), _fixed_rollbacks(ab["stat"], limit)),
                         "threshold": calibrated, "check": "the same check, its threshold (in the same units) "
                         "calibrated on this run's A/A rollouts to false rollbacks <= alpha"}
     methods: dict[str, Any] = {"sequential": method(aa["seq"], ab["seq"]), "fixed_threshold": fixed,
