@@ -54,7 +54,7 @@ class WindowState:
         self.serving.update(latency_ms, serving_error)
         if self.estimate is not None and score is not None and decision is not None:
             if isinstance(self.estimate, ClassScoreBins):
-                self.estimate.serve(score, decision.astype(np.int64, copy=False))
+                self.estimate.serve(score, decision.astype(np.int64, copy=False), self._class_calibration)
             else:
                 self.estimate.serve(score, decision.astype(np.bool_, copy=False))
 
@@ -66,7 +66,11 @@ class WindowState:
         if isinstance(self.estimate, ScoreBins) and isinstance(outcomes, BinaryOutcomes):
             self.estimate.update(outcomes)
         elif isinstance(self.estimate, ClassScoreBins) and class_rows is not None:
-            self.estimate.update(*class_rows)
+            self.estimate.update(*class_rows, self._class_calibration)
+
+    @property
+    def _class_calibration(self) -> ClassCalibration | None:
+        return self.calibration if isinstance(self.calibration, ClassCalibration) else None
 
     @property
     def predictions(self) -> int:

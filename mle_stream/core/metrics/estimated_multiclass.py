@@ -18,10 +18,12 @@ reads 0.0); estimated_roc_auc is the mean over the classes of each class's expec
 Mann-Whitney statistic over the bins of s_k (expected positives q_ik, negatives 1 - q_ik; pairs
 within a bin count one half), as the binary one.
 
-Because q_ik depends on every class's bin of prediction i, a pane's state counts predictions per
-joint key (decided class, bin of s_1, ..., bin of s_K): integer counts, sparse, so merging panes
-and taking rows back out are exact. The number of keys is at most the number of predictions and
-at most K * bins^(K - 1); docs/estimates.md says what that means for many classes.
+Because q_ik depends on every class's bin of prediction i, it cannot be read back from counts per
+class and bin alone. Once the calibration is frozen (it never changes after), a row's q is known
+when it comes: a pane then adds its rows and their q (in integer units of 2**-32) per (decided the
+class or not, class, bin), K * 2 * 2 * bins integers however many rows. Rows that came before are
+counted per joint key (decided class, bin of s_1, ..., bin of s_K), sparse, and turned into the
+same counts when read. Both are integers, so merging panes and taking rows back out are exact.
 
 The realized metrics the errors are taken against are computed here too, over the labeled rows and
 the listed classes: accuracy, macro precision, recall and F1 from a confusion count, and macro ROC
@@ -32,6 +34,7 @@ hold neither macro precision and recall nor an AUC.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -55,56 +58,76 @@ def _check_classes(classes: Any) -> tuple[str, ...]:
 def class_scores(outputs: Sequence[Mapping[str, float] | None], classes: Sequence[str]) -> FloatArray:
     """Each prediction's scores map as a row of shares per listed class (normalised over the whole
     map, as log loss reads it); NaN rows for predictions without one (failed)."""
-    index = {c: i for i, c in enumerate(classes)}
-    out = np.full((len(outputs), len(classes)), np.nan)
-    for i, scores in enumerate(outputs):
-        if scores is None:
-            continue
-        total = sum(scores.values())
-        row = out[i]
-        row[:] = 0.0
-        if total > 0:
-            for c, s in scores.items():
-                k = index.get(c)
-                if k is not None:
-                    row[k] = s / total
-    return out
+    nan = (float("nan"),) * len(classes)
+    get = itemgetter(*classes) if len(classes) > 1 else None  # the usual case: every class in every map
+
+    def row(s: Mapping[str, float] | None) -> Any:
+        if s is None:
+            return nan
+        try:
+            return get(s) if get is not None else (s[classes[0]],)
+        except KeyError:
+            return [s.get(c, 0.0) for c in classes]
+
+    values = np.array([row(s) for s in outputs], dtype=np.float64).reshape(len(outputs), len(classes))
+    total = np.fromiter((1.0 if s is None else sum(s.values()) for s in outputs), dtype=np.float64,
+                        count=len(outputs))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total[:, None] > 0, values / total[:, None], 0.0 * values)  # type: ignore[no-any-return]
 
 
 def class_codes(names: Sequence[Any], classes: Sequence[str]) -> IntArray:
-    """Each class name's index among `classes`; -1 for a name not listed (or None)."""
-    index = {c: i for i, c in enumerate(classes)}
-    return np.fromiter((-1 if n is None else index.get(str(n), -1) for n in names), dtype=np.int64, count=len(names))
+    """Each class name's index among `classes` (names are strings, as the multiclass task reads
+    decisions and labels); -1 for a name not listed (or None)."""
+    index: dict[Any, int] = {c: i for i, c in enumerate(classes)}
+    return np.fromiter(map(lambda n: index.get(n, -1), names), dtype=np.int64, count=len(names))
 
 
 def _add_rows(keys: IntArray, counts: IntArray, more_keys: IntArray,
               more_counts: IntArray) -> tuple[IntArray, IntArray]:
     """Sparse counts per key row plus others: sorted unique keys, zero counts dropped."""
     all_keys = np.concatenate([keys, more_keys])
+    all_counts = np.concatenate([counts, more_counts]).astype(np.float64)
     if len(all_keys) == 0:
         return all_keys, np.zeros(0, dtype=np.int64)
-    unique, inverse = np.unique(all_keys, axis=0, return_inverse=True)
-    summed = np.bincount(inverse.ravel(), weights=np.concatenate([counts, more_counts]).astype(np.float64),
-                         minlength=len(unique))
-    summed = np.rint(summed).astype(np.int64)
+    radix = int(all_keys.max()) + 1
+    if radix ** all_keys.shape[1] < 1 << 62:  # each key as one integer: a 1-d unique, much faster
+        code = np.zeros(len(all_keys), dtype=np.int64)
+        for j in range(all_keys.shape[1]):
+            code = code * radix + all_keys[:, j]
+        _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+        unique = all_keys[first]
+    else:
+        unique, inverse = np.unique(all_keys, axis=0, return_inverse=True)
+    summed = np.rint(np.bincount(inverse.ravel(), weights=all_counts, minlength=len(unique))).astype(np.int64)
     nonzero = summed != 0
     return unique[nonzero], summed[nonzero]
 
 
 class ClassScoreBins:
-    """Counts of one pane or window for multiclass estimates: served and labeled predictions per
-    joint key (decided class, bin of each class's share), the labeled rows per (true class, class
-    bin) and a confusion count (true class, or K for one not listed, by decided class). Predictions
-    whose decided class is not listed are counted apart (`unlisted`) and left out of the estimates."""
+    """Counts of one pane or window for multiclass estimates.
+
+    Rows served (or labeled) once the calibration is frozen are added straight to dense counts per
+    (decided the class or not, class, bin of its share): rows, and the sum of their calibrated,
+    normalised probabilities q of that class in units of 2**-32 (integers, so merging is exact; the
+    rounding is below 1e-9 per row). The calibration never changes once frozen, so these sums are
+    what the rows would give at any later read. Rows that came before it froze are kept as sparse
+    counts per joint key (decided class, bin of each class's share), turned into the same dense
+    counts when read. Also the labeled rows per (true class, class bin), a confusion count (true
+    class, or K for one not listed, by decided class), and the served rows whose decided class is
+    not listed (`unlisted`, left out of the estimates)."""
 
     def __init__(self, classes: Sequence[str], bins: int = 64) -> None:
         self.classes = _check_classes(classes)
         self.bins = _check_bins(bins)
         k = len(self.classes)
-        self._served_keys: IntArray = np.zeros((0, k + 1), dtype=np.int64)
+        self._served_keys: IntArray = np.zeros((0, k + 1), dtype=np.int64)  # before the calibration froze
         self._served: IntArray = np.zeros(0, dtype=np.int64)
         self._labeled_keys: IntArray = np.zeros((0, k + 1), dtype=np.int64)
         self._labeled: IntArray = np.zeros(0, dtype=np.int64)
+        self._served_dense: IntArray = np.zeros((2, 2, k, self.bins), dtype=np.int64)  # [rows | q], decided, k, bin
+        self._labeled_dense: IntArray = np.zeros((2, 2, k, self.bins), dtype=np.int64)
+        self._covered = 0  # dense served rows whose every class share falls in a bin with reference labels
         self._positives: IntArray = np.zeros((k, self.bins), dtype=np.int64)
         self._confusion: IntArray = np.zeros((k + 1, k), dtype=np.int64)
         self.unlisted = 0  # served predictions with scores whose decided class is not listed
@@ -112,11 +135,11 @@ class ClassScoreBins:
     @property
     def count(self) -> int:
         """Served predictions with scores and a listed decided class."""
-        return int(self._served.sum())
+        return int(self._served.sum()) + int(self._served_dense[0, :, 0].sum())
 
     @property
     def labeled(self) -> int:
-        return int(self._labeled.sum())
+        return int(self._labeled.sum()) + int(self._labeled_dense[0, :, 0].sum())
 
     def _keys(self, scores: FloatArray, decided: IntArray) -> tuple[IntArray, npt.NDArray[np.bool_]]:
         ok = ~np.isnan(scores).any(axis=1) & (decided >= 0)
@@ -125,26 +148,36 @@ class ClassScoreBins:
         keys[:, 1:] = score_bins(scores[ok], self.bins)
         return keys, ok
 
-    def serve(self, scores: FloatArray, decided: IntArray) -> None:
+    def serve(self, scores: FloatArray, decided: IntArray, calibration: ClassCalibration | None = None) -> None:
         """Served predictions: their class shares (class_scores; NaN rows, failed predictions', are
-        left out) and decided classes (class_codes)."""
+        left out) and decided classes (class_codes); `calibration`, the model's."""
         keys, ok = self._keys(scores, decided)
         self.unlisted += int((~np.isnan(scores).any(axis=1) & (decided < 0)).sum())
-        self._served_keys, self._served = _add_rows(self._served_keys, self._served, keys,
-                                                    np.ones(len(keys), dtype=np.int64))
+        ones = np.ones(len(keys), dtype=np.int64)
+        p = None if calibration is None else calibration.probabilities()
+        if p is None or calibration is None:
+            self._served_keys, self._served = _add_rows(self._served_keys, self._served, keys, ones)
+        else:
+            self._served_dense += dense(keys, ones, p, self.bins)
+            self._covered += _covered(keys, ones, calibration.covered())
 
-    def update(self, scores: FloatArray, decided: IntArray, truth: IntArray, weights: FloatArray) -> None:
+    def update(self, scores: FloatArray, decided: IntArray, truth: IntArray, weights: FloatArray,
+               calibration: ClassCalibration | None = None) -> None:
         """Labeled rows: shares, decided classes, true classes (class_codes: -1 for a class not
         listed) and weights (-1 takes one back out)."""
         keys, ok = self._keys(scores, decided)
         w = np.rint(weights[ok]).astype(np.int64)
-        self._labeled_keys, self._labeled = _add_rows(self._labeled_keys, self._labeled, keys, w)
+        p = None if calibration is None else calibration.probabilities()
+        if p is None:
+            self._labeled_keys, self._labeled = _add_rows(self._labeled_keys, self._labeled, keys, w)
+        else:
+            self._labeled_dense += dense(keys, w, p, self.bins)
         k = len(self.classes)
         t = truth[ok]
         listed = t >= 0
         flat = t[listed] * self.bins + keys[listed, 1 + t[listed]]
-        self._positives += np.bincount(flat, weights=w[listed], minlength=k * self.bins).astype(np.int64).reshape(
-            k, self.bins)
+        self._positives += np.rint(np.bincount(flat, weights=w[listed], minlength=k * self.bins)).astype(
+            np.int64).reshape(k, self.bins)
         code = np.where(listed, t, k) * k + keys[:, 0]
         self._confusion += np.rint(np.bincount(code, weights=w, minlength=(k + 1) * k)).astype(np.int64).reshape(
             k + 1, k)
@@ -156,18 +189,17 @@ class ClassScoreBins:
                                                         other._served)
         merged._labeled_keys, merged._labeled = _add_rows(self._labeled_keys, self._labeled, other._labeled_keys,
                                                           other._labeled)
-        merged._positives = self._positives + other._positives
-        merged._confusion = self._confusion + other._confusion
-        merged.unlisted = self.unlisted + other.unlisted
+        for name in ("_served_dense", "_labeled_dense", "_positives", "_confusion", "_covered", "unlisted"):
+            setattr(merged, name, getattr(self, name) + getattr(other, name))
         return merged
 
     def reference_counts(self) -> tuple[IntArray, IntArray]:
         """Per (class, bin of its share): labeled predictions and those whose label is that class."""
         k = len(self.classes)
-        labeled = np.zeros((k, self.bins), dtype=np.int64)
+        labeled = self._labeled_dense[0].sum(axis=0).copy()
         for c in range(k):
-            labeled[c] = np.bincount(self._labeled_keys[:, 1 + c], weights=self._labeled,
-                                     minlength=self.bins).astype(np.int64)
+            labeled[c] += np.bincount(self._labeled_keys[:, 1 + c], weights=self._labeled,
+                                      minlength=self.bins).astype(np.int64)
         return labeled, self._positives.copy()
 
     def realized(self) -> dict[str, float | None]:
@@ -192,26 +224,25 @@ class ClassScoreBins:
         p = None if calibration is None else calibration.probabilities()
         if p is None or calibration is None or self.count == 0:
             return dict.fromkeys(_NAMES)
-        out: dict[str, float | None] = {f"estimated_{m}": v for m, v in
-                                        estimate_classes(self._served_keys, self._served, p).items()}
+        served = self._served_dense + dense(self._served_keys, self._served, p, self.bins)
+        out: dict[str, float | None] = {f"estimated_{m}": v for m, v in estimate_dense(served).items()}
         if self.labeled > 0:
             truth = self.realized()
-            for m, v in estimate_classes(self._labeled_keys, self._labeled, p).items():
+            labeled = self._labeled_dense + dense(self._labeled_keys, self._labeled, p, self.bins)
+            for m, v in estimate_dense(labeled).items():
                 r = truth.get(m)
                 out[f"estimated_{m}_error"] = None if v is None or r is None else v - r
-        covered = calibration.covered()
-        inside = np.ones(len(self._served), dtype=bool)
-        for c in range(len(self.classes)):
-            inside &= covered[c, self._served_keys[:, 1 + c]]
-        out["estimated_coverage"] = float(self._served[inside].sum()) / (self.count + self.unlisted)
+        covered = self._covered + _covered(self._served_keys, self._served, calibration.covered())
+        out["estimated_coverage"] = covered / (self.count + self.unlisted)
         return {name: out.get(name) for name in _NAMES}
 
     def snapshot(self) -> dict[str, Any]:
         return {"kind": _KIND, "v": _VERSION, "classes": list(self.classes), "bins": self.bins,
                 "served_keys": self._served_keys.tolist(), "served": self._served.tolist(),
                 "labeled_keys": self._labeled_keys.tolist(), "labeled": self._labeled.tolist(),
-                "positives": self._positives.tolist(), "confusion": self._confusion.tolist(),
-                "unlisted": self.unlisted}
+                "served_dense": self._served_dense.tolist(), "labeled_dense": self._labeled_dense.tolist(),
+                "covered": self._covered, "positives": self._positives.tolist(),
+                "confusion": self._confusion.tolist(), "unlisted": self.unlisted}
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> ClassScoreBins:
@@ -225,13 +256,60 @@ class ClassScoreBins:
                 raise ValueError(f"snapshot field {name!r} must hold a count per key")
             setattr(state, f"_{name}_keys", keys)
             setattr(state, f"_{name}", counts)
-        for name, shape in (("positives", (k, state.bins)), ("confusion", (k + 1, k))):
+        for name, shape in (("positives", (k, state.bins)), ("confusion", (k + 1, k)),
+                            ("served_dense", (2, 2, k, state.bins)), ("labeled_dense", (2, 2, k, state.bins))):
             array = np.asarray(data[name], dtype=np.int64)
             if array.shape != shape:
                 raise ValueError(f"snapshot field {name!r} must have shape {shape}")
             setattr(state, f"_{name}", array)
+        state._covered = int(data["covered"])
         state.unlisted = int(data["unlisted"])
         return state
+
+
+UNIT = 2.0 ** 32  # the dense sums of q count units of 2**-32
+
+
+def dense(keys: IntArray, counts: IntArray, p: FloatArray, bins: int) -> IntArray:
+    """Rows counted per joint key as dense counts [rows | q in units of 2**-32, decided the class
+    or not, class, bin of its share], under the calibration p (per class and bin)."""
+    k = p.shape[0]
+    out = np.zeros((2, 2, k, bins), dtype=np.int64)
+    if len(keys) == 0:
+        return out
+    q = np.rint(calibrated(keys, p) * UNIT).astype(np.int64)  # (m, k)
+    decided = (keys[:, :1] == np.arange(k)[None, :]).astype(np.int64)  # (m, k)
+    flat = ((decided * k + np.arange(k)[None, :]) * bins + keys[:, 1:]).ravel()
+    size = 2 * k * bins
+    w = np.repeat(counts, k).astype(np.float64)
+    out[0] = np.rint(np.bincount(flat, weights=w, minlength=size)).astype(np.int64).reshape(2, k, bins)
+    # The q sums split in 16-bit halves: float64 bincounts add them exactly up to 2**37 rows.
+    qc = q.ravel() * np.repeat(counts, k)
+    hi, lo = qc >> 16, qc & 0xFFFF
+    out[1] = ((np.rint(np.bincount(flat, weights=hi.astype(np.float64), minlength=size)).astype(np.int64) << 16)
+              + np.rint(np.bincount(flat, weights=lo.astype(np.float64), minlength=size)).astype(np.int64)
+              ).reshape(2, k, bins)
+    return out
+
+
+def _covered(keys: IntArray, counts: IntArray, covered: npt.NDArray[np.bool_]) -> int:
+    inside = np.ones(len(keys), dtype=bool)
+    for c in range(covered.shape[0]):
+        inside &= covered[c, keys[:, 1 + c]]
+    return int(counts[inside].sum())
+
+
+def estimate_dense(counts: IntArray) -> dict[str, float | None]:
+    """The estimates of dense counts (see dense): per class k, TP_k the q of rows decided k, the
+    rows decided k, the expected rows of class k, and per bin of its share the expected positives
+    and negatives."""
+    rows, q = counts[0].astype(np.float64), counts[1].astype(np.float64) / UNIT
+    n = float(rows[:, 0].sum())
+    tp = q[1].sum(axis=1)
+    decided = rows[1].sum(axis=1)
+    pos = q.sum(axis=0)
+    true = pos.sum(axis=1)
+    return _macro(float(tp.sum()) / n, tp, decided, true, pos, rows.sum(axis=0) - pos)
 
 
 def _auc(pos: FloatArray, neg: FloatArray) -> float | None:
@@ -261,25 +339,6 @@ def calibrated(keys: IntArray, p: FloatArray) -> FloatArray:
     c = np.stack([p[j, keys[:, 1 + j]] for j in range(k)], axis=1) if len(keys) else np.zeros((0, k))
     total = c.sum(axis=1, keepdims=True)
     return np.where(total > 0, c / np.where(total > 0, total, 1.0), 1.0 / k)  # type: ignore[no-any-return]
-
-
-def estimate_classes(keys: IntArray, counts: IntArray, p: FloatArray) -> dict[str, float | None]:
-    """The estimates of predictions counted per joint key (decided class, class bins), class j's
-    bin b being the label with (uncalibrated-normalised) probability p[j, b]."""
-    k, bins = p.shape
-    n = counts.astype(np.float64)
-    q = calibrated(keys, p)
-    d = keys[:, 0]
-    nq = n[:, None] * q  # expected rows of each class per key
-    tp = np.bincount(d, weights=nq[np.arange(len(d)), d], minlength=k).astype(np.float64)
-    decided = np.bincount(d, weights=n, minlength=k).astype(np.float64)
-    true = nq.sum(axis=0)
-    pos = np.zeros((k, bins))
-    neg = np.zeros((k, bins))
-    for c in range(k):
-        pos[c] = np.bincount(keys[:, 1 + c], weights=nq[:, c], minlength=bins)
-        neg[c] = np.bincount(keys[:, 1 + c], weights=n - nq[:, c], minlength=bins)
-    return _macro(float(tp.sum()) / float(n.sum()), tp, decided, true, pos, neg)
 
 
 class ClassCalibration:
@@ -352,4 +411,4 @@ class ClassCalibration:
         return state
 
 
-__all__ = ["ClassCalibration", "ClassScoreBins", "calibrated", "class_codes", "class_scores", "estimate_classes"]
+__all__ = ["ClassCalibration", "ClassScoreBins", "calibrated", "class_codes", "class_scores", "dense", "estimate_dense"]
