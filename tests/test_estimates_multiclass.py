@@ -329,6 +329,15 @@ def test_predictions_held_back_at_a_checkpoint_keep_their_class_shares() -> None
     assert restored.snapshot() == uninterrupted.snapshot()
     assert feed(restored, batches[CUT:]) == feed(uninterrupted, batches[CUT:])
     assert restored.close_all(NOW) == uninterrupted.close_all(NOW)
+    # Under other classes the shares mean something else: the calibration, the panes' estimate
+    # state and the held-back rows' shares start empty, and the evaluator carries on.
+    other = parse_topology(TOPOLOGIES["multiclass-concept"] + "estimates: {reference_labels: 20, bins: 8, "
+                           "classes: [a, b, c, d]}\n")
+    moved = ModelEvaluator.restore(other, data)
+    assert isinstance(moved.calibration, ClassCalibration) and moved.calibration.labels == 0
+    assert all(np.isnan(s.score).all() and (s.decision == -1).all() for s in moved._served)
+    feed(moved, batches[CUT:])
+    assert all("estimated_accuracy" in w.metrics for w in moved.close_all(NOW).windows)
 
 
 def test_an_old_multiclass_checkpoint_without_estimates_restores_under_a_topology_with_them() -> None:

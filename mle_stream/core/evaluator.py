@@ -368,13 +368,16 @@ class ModelEvaluator:
         def column(values: np.ndarray) -> dict[str, Any]:
             return encode_column(values.tolist())
 
+        # Multiclass shares and decided classes are by position in the topology's class list.
+        classes = ({"classes": list(self.calibration.classes)} if isinstance(self.calibration, ClassCalibration)
+                   else {})
         served = [{"panes": column(s.panes), "codes": column(s.codes),
                    "segments": None if s.segments is None else encode_column(s.segments),
                    "latency": column(np.asarray(s.latency, dtype=np.float64)), "failed": column(np.asarray(s.failed)),
                    "drift": None if s.drift is None else {k: column(v) for k, v in s.drift.items()},
                    "keys": column(s.keys),
                    **({} if s.score is None or s.decision is None else  # multiclass shares: flattened
-                      {"score": column(s.score.ravel()), "decision": column(s.decision)})}
+                      {"score": column(s.score.ravel()), "decision": column(s.decision), **classes})}
                   for s in self._served]
         scored = [{"predictions": {k: column(v) for k, v in j.predictions.items()}, "labels": column(j.labels),
                    "weights": column(j.weights), "at": column(j.at)} for j in self._scored]
@@ -401,11 +404,14 @@ class ModelEvaluator:
                     drift[k] = np.array(values, dtype=np.float64 if numeric else object)
             keys = array(part["keys"], np.int64)
             score, decision = None, None
-            if isinstance(self.calibration, ClassCalibration):  # without estimates: no scores
-                k = len(self.calibration.classes)
-                score = (array(part["score"], np.float64).reshape(-1, k) if "score" in part
-                         else np.full((len(keys), k), np.nan))
-                decision = array(part["decision"], np.int64) if "decision" in part else np.full(len(keys), -1)
+            if isinstance(self.calibration, ClassCalibration):
+                # Taken without estimates, or under other classes: the rows have no shares to count.
+                classes = list(self.calibration.classes)
+                if "score" in part and part.get("classes") == classes:
+                    score = array(part["score"], np.float64).reshape(-1, len(classes))
+                    decision = array(part["decision"], np.int64)
+                else:
+                    score, decision = np.full((len(keys), len(classes)), np.nan), np.full(len(keys), -1)
             elif self.calibration is not None:  # rows held back by a checkpoint without estimates have no scores
                 score = array(part["score"], np.float64) if "score" in part else np.full(len(keys), np.nan)
                 decision = array(part["decision"], np.bool_) if "decision" in part else np.zeros(len(keys), np.bool_)
