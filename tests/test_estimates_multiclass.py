@@ -8,6 +8,7 @@ the wire carrying the keys, and the topology's estimates section on a multiclass
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -18,7 +19,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 
 from mle_stream import wire
 from mle_stream.core.evaluator import ModelEvaluator
-from mle_stream.core.events import Label, Prediction
+from mle_stream.core.events import CommandKind, Label, Prediction
 from mle_stream.core.metrics.estimated import score_bins
 from mle_stream.core.metrics.estimated_multiclass import (
     ClassCalibration,
@@ -373,3 +374,28 @@ def test_a_multiclass_topology_takes_an_estimates_section_with_its_classes() -> 
         parse_topology(TOPOLOGY + 'estimates: {classes: [a, a]}\n')
     with pytest.raises(ConfigError, match="estimates.classes: only applies to multiclass models"):
         parse_topology(TOPOLOGY.replace("multiclass", "binary") + ESTIMATES)
+
+
+def second_best(r: Prediction) -> Prediction:
+    """The prediction with the pod's own decision: its second most likely class."""
+    return dataclasses.replace(r, predicted_label=sorted(r.scores, key=r.scores.__getitem__)[-2])
+
+
+def test_a_check_on_an_estimate_holds_a_worse_candidate_before_any_of_its_labels_come() -> None:
+    # The candidate has the baseline's shares but decides the second most likely class on a third
+    # of its predictions: it is right less often, and the baseline's calibration says so before any
+    # of its labels come (none do).
+    topology = parse_topology(TOPOLOGY + ESTIMATES + 'checks: [{name: est, metric: estimated_accuracy, '
+                              'max_degradation: 0.05, consecutive: 1, min_samples: 500}]\n')
+    ev = ModelEvaluator(topology)
+    commands, candidate = [], set()
+    for kind, records in stream(10, 2000, seed=6)[0]:
+        if kind == "p":
+            candidate |= {r.prediction_id for r in records if r.version == "2"}
+            ev.add_predictions([second_best(r) if r.version == "2" and i % 3 == 0 else r
+                                for i, r in enumerate(records)], NOW)
+        else:
+            ev.add_labels([r for r in records if r.prediction_id not in candidate], NOW)
+        commands += ev.advance(NOW).commands
+    assert commands and {c.kind for c in commands} == {CommandKind.HOLD}, commands
+    assert commands[0].rule == "est" and "estimated_accuracy" in commands[0].reason
