@@ -19,7 +19,9 @@ from mle_stream.core.tasks import task_for
 from mle_stream.core.tasks.base import Outcomes, TaskMetrics
 from mle_stream.core.topology import Topology
 
-Estimate = ScoreBins | ClassScoreBins  # binary: per (decision, bin); multiclass: per joint key
+# Binary: counts per (decision, bin); multiclass: per (decided or not, class, bin), per joint key before
+# the calibration froze (core/metrics/estimated_multiclass.py).
+Estimate = ScoreBins | ClassScoreBins
 AnyCalibration = Calibration | ClassCalibration
 # Multiclass labeled rows for the estimates: class shares, decided and true class codes, weights.
 ClassRows = tuple[FloatArray, IntArray, IntArray, FloatArray]
