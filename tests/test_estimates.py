@@ -243,7 +243,8 @@ def test_a_check_on_an_estimate_holds_unless_the_topology_allows_a_rollback_with
         parse_topology(TOPOLOGY + CHECK % "")
     with pytest.raises(ConfigError, match="allow_rollback_without_labels: only applies to checks on estimated_"):
         parse_topology(TOPOLOGY + "checks: [{name: f, metric: f1, min: 0.5, allow_rollback_without_labels: true}]\n")
-    with pytest.raises(ConfigError, match="estimates: label-free estimates are for binary models, not regression"):
+    with pytest.raises(ConfigError, match="estimates: label-free estimates are for binary and multiclass models, "
+                                          "not regression"):
         parse_topology(TOPOLOGY.replace("binary", "regression") + ESTIMATES)
 
 

@@ -32,7 +32,8 @@ from mle_stream.core.drift.live import SCORE, Columns, DriftSketches, LiveDrift
 from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.events import Command, DriftTable, Label, MetricSnapshot, Prediction
 from mle_stream.core.id_hash import holdable_id_array
-from mle_stream.core.metrics.estimated import Calibration
+from mle_stream.core.metrics.estimated import Calibration, ScoreBins
+from mle_stream.core.metrics.estimated_multiclass import ClassCalibration, ClassScoreBins, class_codes, class_scores
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
 from mle_stream.core.record_checks import Reject, unjoinable_ids, unusable_predictions
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
@@ -43,7 +44,7 @@ from mle_stream.core.shadow_mode import Pair, ShadowMode
 from mle_stream.core.snapshot_columns import decode_column, encode_column
 from mle_stream.core.tasks import task_for
 from mle_stream.core.topology import Topology
-from mle_stream.core.window_state import WindowState
+from mle_stream.core.window_state import WindowState, new_calibration
 from mle_stream.core.windows import PaneTable, Segment, WindowSpec
 
 
@@ -84,7 +85,8 @@ class Served:
     failed: Any
     drift: dict[str, np.ndarray] | None  # drift columns (drift_columns), when drift is tracked
     keys: IntArray  # each row's key: its input's event time as it arrived
-    # With estimates (binary): each row's score (NaN: none, or a failed prediction) and decision.
+    # With estimates, binary: each row's score (NaN: none, or a failed prediction) and decision;
+    # multiclass: each row's class shares (a row of NaN: none) and decided class code (-1: not listed).
     score: np.ndarray | None = None
     decision: np.ndarray | None = None
 
@@ -187,8 +189,7 @@ class ModelEvaluator:
                       if t.drift.enabled else None)
         spec = WindowSpec(t.window_size_ms, t.window_hop_ms, t.window_grace_ms, t.window_retention_ms)
         # Label-free estimates: the calibration every pane state reads (core/metrics/estimated.py).
-        self.calibration = (Calibration(t.estimates.bins, t.estimates.reference_labels)
-                            if t.estimates.enabled else None)
+        self.calibration = new_calibration(t)
         self.panes: PaneTable[WindowState] = PaneTable(spec, lambda: WindowState.for_topology(t, self.calibration))
         # Version names by code, as the join and the groups keep them (see _codes).
         self._version_names: list[str] = []
@@ -330,14 +331,18 @@ class ModelEvaluator:
         ev.join = ColumnJoin.restore(data["join"], decoders)
         if topology.mode == "shadow":
             ev.shadow = ShadowMode.restore(data, decoders)
-        if ev.calibration is not None and "calibration" in data:  # absent: taken without estimates
-            calibration = Calibration.restore(data["calibration"])
+        stored = data.get("calibration")  # absent: taken without estimates
+        if isinstance(ev.calibration, ClassCalibration) and stored and stored.get("kind") == "class_calibration":
+            restored = ClassCalibration.restore(stored)
+            if (restored.bins, restored.classes) == (ev.calibration.bins, ev.calibration.classes):
+                ev.calibration = restored
+        elif isinstance(ev.calibration, Calibration) and stored and stored.get("kind") == "calibration":
+            calibration = Calibration.restore(stored)
             if calibration.bins == ev.calibration.bins:
                 ev.calibration = calibration
-        bins = topology.estimates.bins if topology.estimates.enabled else None
         ev.panes = PaneTable.restore(
             ev.panes.spec, lambda: WindowState.for_topology(topology, ev.calibration), data["panes"],
-            lambda d: WindowState.restore(topology.task, d, bins, ev.calibration))
+            lambda d: WindowState.restore(topology, d, ev.calibration))
         ev.policy_state = PolicyState.restore(data["policy"])
         ev.retrain_state = RetrainState.restore(data.get("retrain") or {})
         ev.concept.restore(data)
@@ -363,13 +368,16 @@ class ModelEvaluator:
         def column(values: np.ndarray) -> dict[str, Any]:
             return encode_column(values.tolist())
 
+        # Multiclass shares and decided classes are by position in the topology's class list.
+        classes = ({"classes": list(self.calibration.classes)} if isinstance(self.calibration, ClassCalibration)
+                   else {})
         served = [{"panes": column(s.panes), "codes": column(s.codes),
                    "segments": None if s.segments is None else encode_column(s.segments),
                    "latency": column(np.asarray(s.latency, dtype=np.float64)), "failed": column(np.asarray(s.failed)),
                    "drift": None if s.drift is None else {k: column(v) for k, v in s.drift.items()},
                    "keys": column(s.keys),
-                   **({} if s.score is None or s.decision is None else
-                      {"score": column(s.score), "decision": column(s.decision)})}
+                   **({} if s.score is None or s.decision is None else  # multiclass shares: flattened
+                      {"score": column(s.score.ravel()), "decision": column(s.decision), **classes})}
                   for s in self._served]
         scored = [{"predictions": {k: column(v) for k, v in j.predictions.items()}, "labels": column(j.labels),
                    "weights": column(j.weights), "at": column(j.at)} for j in self._scored]
@@ -396,7 +404,15 @@ class ModelEvaluator:
                     drift[k] = np.array(values, dtype=np.float64 if numeric else object)
             keys = array(part["keys"], np.int64)
             score, decision = None, None
-            if self.calibration is not None:  # rows held back by a checkpoint without estimates have no scores
+            if isinstance(self.calibration, ClassCalibration):
+                # Taken without estimates, or under other classes: the rows have no shares to count.
+                classes = list(self.calibration.classes)
+                if "score" in part and part.get("classes") == classes:
+                    score = array(part["score"], np.float64).reshape(-1, len(classes))
+                    decision = array(part["decision"], np.int64)
+                else:
+                    score, decision = np.full((len(keys), len(classes)), np.nan), np.full(len(keys), -1)
+            elif self.calibration is not None:  # rows held back by a checkpoint without estimates have no scores
                 score = array(part["score"], np.float64) if "score" in part else np.full(len(keys), np.nan)
                 decision = array(part["decision"], np.bool_) if "decision" in part else np.zeros(len(keys), np.bool_)
             self._served.append(Served(array(part["panes"], np.int64), array(part["codes"], np.int32), segments,
@@ -518,7 +534,12 @@ class ModelEvaluator:
         if self.drift is not None:
             drift = drift_columns(cols.features, self.task.drift_score(cols), served_rows, n)
         score = decision = None
-        if self.calibration is not None:
+        if isinstance(self.calibration, ClassCalibration):
+            classes = self.calibration.classes
+            score = class_scores([None if f else outputs[i]
+                                  for i, f in zip(served_rows.tolist(), failed_rows.tolist())], classes)
+            decision = class_codes([decisions[i] for i in served_rows.tolist()], classes)
+        elif self.calibration is not None:
             score = np.where(failed_rows, np.nan, cols.score[served_rows])
             decision = np.asarray(_column(decisions, served_rows), dtype=np.bool_)
         self._served.append(Served(panes, codes, segments, latency, failed_rows, drift, running, score, decision))
@@ -728,13 +749,20 @@ class ModelEvaluator:
         w = joined.weights
         y, score = task.truths_and_scores(joined.labels, output)
         decisions = p.get("decision")
+        shares = decided = truth = None
+        if isinstance(self.calibration, ClassCalibration) and decisions is not None:
+            classes = self.calibration.classes
+            shares = class_scores(output.tolist(), classes)
+            decided, truth = class_codes(decisions.tolist(), classes), class_codes(y.tolist(), classes)
         for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
             state = self.panes.state(pane, version, segment, checked=True)
             if state is None:
                 continue
             self._touch(pane, int(joined.at[idx].min()))
             yi, si, wi = y[idx], score[idx], w[idx]
-            state.score(task.outcomes(yi, si, None if decisions is None else decisions[idx], wi))
+            rows = None if shares is None or decided is None or truth is None else (
+                shares[idx], decided[idx], truth[idx], wi)
+            state.score(task.outcomes(yi, si, None if decisions is None else decisions[idx], wi), rows)
             if segment is None:
                 self.concept.add_outcomes(pane, version, yi, si, wi)
 
@@ -849,7 +877,10 @@ class ModelEvaluator:
                    if key.version == baseline and key.segment is None and state.estimate is not None
                    and not self.panes.is_retained(key.start)]
         for _, estimate in sorted(leaving, key=lambda item: item[0]):
-            calibration.add(estimate)
+            if isinstance(calibration, ClassCalibration) and isinstance(estimate, ClassScoreBins):
+                calibration.add(estimate)
+            elif isinstance(calibration, Calibration) and isinstance(estimate, ScoreBins):
+                calibration.add(estimate)
 
     def _detect(self, start: int) -> None:
         """Feed the concept-drift detectors the pane that the closing window is the first to hold

@@ -10,6 +10,7 @@ import numpy as np
 
 from mle_stream.core.columns import PredictionColumns
 from mle_stream.core.events import LabelValue
+from mle_stream.core.metrics.estimated import ESTIMATED
 from mle_stream.core.metrics.multiclass import MulticlassMetrics
 from mle_stream.core.metrics.outcomes import MulticlassOutcomes
 from mle_stream.core.record_checks import Reject, class_probabilities_problem
@@ -21,7 +22,10 @@ class Multiclass(Task):
     output_field = "scores"
     output_dtype = object
     decision_dtype = object
-    metric_names = frozenset({"accuracy", "error_rate", "micro_f1", "macro_f1", "log_loss", "recall"})
+    metric_names = frozenset({"accuracy", "error_rate", "micro_f1", "macro_f1", "log_loss", "recall",
+                              # label-free, with an estimates section (core/metrics/estimated_multiclass.py):
+                              # one-vs-rest per listed class, macro-averaged
+                              *(f"estimated_{m}" for m in ESTIMATED), "estimated_coverage"})
     per_class_metrics = ("recall",)
 
     def new_metrics(self, thresholds: tuple[float, ...]) -> MulticlassMetrics:

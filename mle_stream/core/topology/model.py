@@ -218,10 +218,11 @@ class RetrainRule:
 
 @dataclass(frozen=True)
 class EstimateSettings:
-    """The `estimates` section (binary models): label-free estimates of accuracy, precision, recall,
-    F1 and ROC AUC from calibrated scores ([estimates.md](estimates.md)). The calibration is learned
-    from the baseline's first labeled panes, each taken as it leaves retention (its late labels in),
-    until it holds `reference_labels` labels; then it is frozen."""
+    """The `estimates` section (binary and multiclass models): label-free estimates of accuracy,
+    precision, recall, F1 and ROC AUC from calibrated scores ([estimates.md](estimates.md);
+    multiclass: one-vs-rest per listed class, macro-averaged). The calibration is learned from the
+    baseline's first labeled panes, each taken as it leaves retention (its late labels in), until it
+    holds `reference_labels` labels; then it is frozen."""
 
     enabled: bool = False  # the section is present
     reference_labels: int = field(default=2000, metadata=key(
@@ -229,6 +230,8 @@ class EstimateSettings:
         "labels"))
     bins: int = field(default=64, metadata=key(
         "bins", POSITIVE_INT, "score bins of the calibration and the estimates (2 to 65536)", "bins"))
+    classes: tuple[str, ...] = field(default=(), metadata=key(
+        "classes", TEXTS, "multiclass models (required there): the classes estimated, one-vs-rest"))
 
 
 @dataclass(frozen=True)

@@ -308,9 +308,15 @@ def _retrain(r: Reader, top: Nodes, drift: DriftSettings) -> RetrainRule:
 def _estimates(r: Reader, top: Nodes, task: str | None, checks: list[CheckRule]) -> EstimateSettings:
     es, node = r.section(top, "estimates", yaml_keys(EstimateSettings))
     settings = EstimateSettings(enabled=node is not None, **{
-        name: r.field(es, "estimates", EstimateSettings, name) for name in ("reference_labels", "bins")})
-    if node is not None and task is not None and task != "binary":
-        r.error(node, "estimates", f"label-free estimates are for binary models, not {task}")
+        name: r.field(es, "estimates", EstimateSettings, name) for name in ("reference_labels", "bins", "classes")})
+    if node is not None and task is not None and task not in ("binary", "multiclass"):
+        r.error(node, "estimates", f"label-free estimates are for binary and multiclass models, not {task}")
+    if node is not None and task == "multiclass" and (len(settings.classes) < 2
+                                                       or len(set(settings.classes)) != len(settings.classes)):
+        r.error(es.get("classes", node), "estimates.classes", "a multiclass model's estimates need the classes "
+                "its scores name: at least 2, each once (e.g. classes: [cat, dog, bird])")
+    if node is not None and task == "binary" and settings.classes:
+        r.error(es["classes"], "estimates.classes", "only applies to multiclass models")
     if not 2 <= settings.bins <= 1 << 16:
         r.error(es.get("bins", node or r.root), "estimates.bins", f"must be between 2 and 65536, got {settings.bins}")
     if node is None:
