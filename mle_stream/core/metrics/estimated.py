@@ -58,7 +58,7 @@ def _edges(bins: int) -> FloatArray:
     return hi
 
 
-def _check_bins(bins: Any) -> int:
+def check_bins(bins: Any) -> int:
     if isinstance(bins, bool) or not isinstance(bins, int) or not 2 <= bins <= 1 << 16:
         raise ValueError(f"bins must be an integer in [2, 65536], got {bins!r}")
     return bins
@@ -70,7 +70,7 @@ class ScoreBins:
     decided positive."""
 
     def __init__(self, bins: int = 64) -> None:
-        self.bins = _check_bins(bins)
+        self.bins = check_bins(bins)
         self._served = np.zeros((2, bins), dtype=np.int64)
         self._labeled = np.zeros((2, bins), dtype=np.int64)
         self._positives = np.zeros((2, bins), dtype=np.int64)
@@ -176,7 +176,7 @@ class Calibration:
     and frozen once the reference holds `reference_labels` labels (see docs/estimates.md)."""
 
     def __init__(self, bins: int = 64, reference_labels: int = 2000) -> None:
-        self.bins = _check_bins(bins)
+        self.bins = check_bins(bins)
         if isinstance(reference_labels, bool) or not isinstance(reference_labels, int) or reference_labels < 1:
             raise ValueError(f"reference_labels must be a positive integer, got {reference_labels!r}")
         self.reference_labels = reference_labels

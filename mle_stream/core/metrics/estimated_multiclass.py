@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mle_stream.core.metrics.base import check_mergeable, check_snapshot, ratio
-from mle_stream.core.metrics.estimated import ESTIMATED, IntArray, _check_bins, isotonic, score_bins
+from mle_stream.core.metrics.estimated import ESTIMATED, IntArray, check_bins, isotonic, score_bins
 from mle_stream.core.metrics.outcomes import FloatArray
 
 _KIND, _VERSION = "class_score_bins", 1
@@ -119,7 +119,7 @@ class ClassScoreBins:
 
     def __init__(self, classes: Sequence[str], bins: int = 64) -> None:
         self.classes = _check_classes(classes)
-        self.bins = _check_bins(bins)
+        self.bins = check_bins(bins)
         k = len(self.classes)
         self._served_keys: IntArray = np.zeros((0, k + 1), dtype=np.int64)  # before the calibration froze
         self._served: IntArray = np.zeros(0, dtype=np.int64)
@@ -348,7 +348,7 @@ class ClassCalibration:
 
     def __init__(self, classes: Sequence[str], bins: int = 64, reference_labels: int = 2000) -> None:
         self.classes = _check_classes(classes)
-        self.bins = _check_bins(bins)
+        self.bins = check_bins(bins)
         if isinstance(reference_labels, bool) or not isinstance(reference_labels, int) or reference_labels < 1:
             raise ValueError(f"reference_labels must be a positive integer, got {reference_labels!r}")
         self.reference_labels = reference_labels
