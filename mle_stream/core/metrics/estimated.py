@@ -171,28 +171,57 @@ def estimate(counts: IntArray, p: FloatArray) -> dict[str, float | None]:
             "f1": ratio(2 * tp, 2 * tp + fp + fn) or 0.0, "roc_auc": auc}
 
 
-class Calibration:
-    """The map from score bin to P(positive), learned from a reference period's labeled counts
-    and frozen once the reference holds `reference_labels` labels (see docs/estimates.md)."""
+class ReferenceCounts:
+    """What every calibration learns from: labeled and positive counts per bin (per class for
+    multiclass: shape (classes, bins)), summed over the reference's panes until `reference_labels`
+    labeled predictions, then frozen."""
 
-    def __init__(self, bins: int = 64, reference_labels: int = 2000) -> None:
-        self.bins = check_bins(bins)
+    def __init__(self, shape: tuple[int, ...], reference_labels: int) -> None:
         if isinstance(reference_labels, bool) or not isinstance(reference_labels, int) or reference_labels < 1:
             raise ValueError(f"reference_labels must be a positive integer, got {reference_labels!r}")
         self.reference_labels = reference_labels
-        self._labeled = np.zeros(bins, dtype=np.int64)
-        self._positives = np.zeros(bins, dtype=np.int64)
+        self._labeled = np.zeros(shape, dtype=np.int64)
+        self._positives = np.zeros(shape, dtype=np.int64)
         self.reference_panes = 0
         self._p: FloatArray | None = None
 
     @property
     def labels(self) -> int:
-        """Reference labels taken so far."""
-        return int(self._labeled.sum())
+        """Reference labels taken so far (each labeled prediction counted once: one class's row)."""
+        return int(self._labeled.reshape(-1, self._labeled.shape[-1])[0].sum())
 
     @property
     def frozen(self) -> bool:
         return self.labels >= self.reference_labels
+
+    def _take(self, labeled: IntArray, positives: IntArray) -> None:
+        """Add a reference pane's counts (a pane without labels is not counted as one)."""
+        if labeled.reshape(-1, labeled.shape[-1])[0].sum() <= 0:
+            return
+        self._labeled = self._labeled + labeled
+        self._positives = self._positives + positives
+        self.reference_panes += 1
+        self._p = None
+
+    def _restore_counts(self, data: dict[str, Any]) -> None:
+        shape = self._labeled.shape
+        self._labeled = np.asarray(data["labeled"], dtype=np.int64)
+        self._positives = np.asarray(data["positives"], dtype=np.int64)
+        if self._labeled.shape != shape or self._positives.shape != shape:
+            raise ValueError(f"{data['kind']} snapshot must hold {shape} counts per field")
+        self.reference_panes = int(data["reference_panes"])
+
+    def covered(self) -> npt.NDArray[np.bool_]:
+        return self._labeled > 0
+
+
+class Calibration(ReferenceCounts):
+    """The map from score bin to P(positive), learned from a reference period's labeled counts
+    and frozen once the reference holds `reference_labels` labels (see docs/estimates.md)."""
+
+    def __init__(self, bins: int = 64, reference_labels: int = 2000) -> None:
+        self.bins = check_bins(bins)
+        super().__init__((self.bins,), reference_labels)
 
     def add(self, state: ScoreBins) -> None:
         """A reference pane's labeled rows; ignored once the calibration is frozen."""
@@ -200,16 +229,7 @@ class Calibration:
             return
         if state.bins != self.bins:
             raise ValueError(f"cannot calibrate {self.bins} bins from a state of {state.bins} bins")
-        labeled, positives = state.reference_counts()
-        if labeled.sum() <= 0:
-            return
-        self._labeled = self._labeled + labeled
-        self._positives = self._positives + positives
-        self.reference_panes += 1
-        self._p = None
-
-    def covered(self) -> npt.NDArray[np.bool_]:
-        return self._labeled > 0
+        self._take(*state.reference_counts())
 
     def probabilities(self) -> FloatArray | None:
         """P(positive) per bin once frozen (None before): isotonic over the bins with reference
@@ -229,11 +249,7 @@ class Calibration:
     def restore(cls, data: dict[str, Any]) -> Calibration:
         check_snapshot(data, "calibration", 1)
         state = cls(int(data["bins"]), int(data["reference_labels"]))
-        state._labeled = np.asarray(data["labeled"], dtype=np.int64)
-        state._positives = np.asarray(data["positives"], dtype=np.int64)
-        if state._labeled.shape != (state.bins,) or state._positives.shape != (state.bins,):
-            raise ValueError(f"calibration snapshot must hold {state.bins} counts per field")
-        state.reference_panes = int(data["reference_panes"])
+        state._restore_counts(data)
         return state
 
 

@@ -41,7 +41,14 @@ import numpy as np
 import numpy.typing as npt
 
 from mle_stream.core.metrics.base import check_mergeable, check_snapshot, ratio
-from mle_stream.core.metrics.estimated import ESTIMATED, IntArray, check_bins, isotonic, score_bins
+from mle_stream.core.metrics.estimated import (
+    ESTIMATED,
+    IntArray,
+    ReferenceCounts,
+    check_bins,
+    isotonic,
+    score_bins,
+)
 from mle_stream.core.metrics.outcomes import FloatArray
 
 _KIND, _VERSION = "class_score_bins", 1
@@ -341,7 +348,7 @@ def calibrated(keys: IntArray, p: FloatArray) -> FloatArray:
     return np.where(total > 0, c / np.where(total > 0, total, 1.0), 1.0 / k)  # type: ignore[no-any-return]
 
 
-class ClassCalibration:
+class ClassCalibration(ReferenceCounts):
     """Per listed class, the map from the bin of its share to P(the label is that class), learned
     one-vs-rest from a reference period's labeled counts and frozen once the reference holds
     `reference_labels` labeled predictions (see docs/estimates.md)."""
@@ -349,23 +356,7 @@ class ClassCalibration:
     def __init__(self, classes: Sequence[str], bins: int = 64, reference_labels: int = 2000) -> None:
         self.classes = _check_classes(classes)
         self.bins = check_bins(bins)
-        if isinstance(reference_labels, bool) or not isinstance(reference_labels, int) or reference_labels < 1:
-            raise ValueError(f"reference_labels must be a positive integer, got {reference_labels!r}")
-        self.reference_labels = reference_labels
-        k = len(self.classes)
-        self._labeled = np.zeros((k, self.bins), dtype=np.int64)
-        self._positives = np.zeros((k, self.bins), dtype=np.int64)
-        self.reference_panes = 0
-        self._p: FloatArray | None = None
-
-    @property
-    def labels(self) -> int:
-        """Reference labels taken so far (each labeled prediction counted once)."""
-        return int(self._labeled[0].sum())
-
-    @property
-    def frozen(self) -> bool:
-        return self.labels >= self.reference_labels
+        super().__init__((len(self.classes), self.bins), reference_labels)
 
     def add(self, state: ClassScoreBins) -> None:
         """A reference pane's labeled rows; ignored once the calibration is frozen."""
@@ -373,16 +364,7 @@ class ClassCalibration:
             return
         if state.bins != self.bins or state.classes != self.classes:
             raise ValueError("cannot calibrate from a state of other classes or bins")
-        labeled, positives = state.reference_counts()
-        if labeled[0].sum() <= 0:
-            return
-        self._labeled = self._labeled + labeled
-        self._positives = self._positives + positives
-        self.reference_panes += 1
-        self._p = None
-
-    def covered(self) -> npt.NDArray[np.bool_]:
-        return self._labeled > 0
+        self._take(*state.reference_counts())
 
     def probabilities(self) -> FloatArray | None:
         """P(class) per (class, bin) once frozen (None before): isotonic per class, as the binary
@@ -402,13 +384,7 @@ class ClassCalibration:
     def restore(cls, data: dict[str, Any]) -> ClassCalibration:
         check_snapshot(data, "class_calibration", 1)
         state = cls(data["classes"], int(data["bins"]), int(data["reference_labels"]))
-        shape = (len(state.classes), state.bins)
-        state._labeled = np.asarray(data["labeled"], dtype=np.int64)
-        state._positives = np.asarray(data["positives"], dtype=np.int64)
-        if state._labeled.shape != shape or state._positives.shape != shape:
-            raise ValueError(f"class calibration snapshot must hold {shape} counts per field")
-        state.reference_panes = int(data["reference_panes"])
+        state._restore_counts(data)
         return state
-
 
 __all__ = ["ClassCalibration", "ClassScoreBins", "calibrated", "class_codes", "class_scores", "dense", "estimate_dense"]
