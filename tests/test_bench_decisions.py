@@ -17,6 +17,7 @@ from mle_stream.bench.decisions import (
     cusum_threshold,
     flagger,
     format_decisions_report,
+    onto_boundary,
     ours,
     run_decisions_bench,
     run_family,
@@ -156,10 +157,13 @@ def test_every_family_reports_every_method_and_target(families) -> None:
         for method in methods:
             assert {"false_rollback_rate", "power", "median_delay_samples", "p95_delay_samples"} <= \
                 family[method].keys(), (name, method)
-        assert set(family["target_met"]) == {"false_rollback_rate_le_alpha", "median_delay_le_1.5x_cusum"}
+        methods += [] if name == "roc_auc" else ["oracle_cusum_same_margin"]
+        assert set(family["target_met"]) == {"false_rollback_rate_le_alpha", "false_rollback_rate_at_margin_le_alpha",
+                                             "median_delay_le_1.5x_cusum"}
         assert "rollback at 5 failed checks" in family["fixed_threshold"]["check"]
     auc = families["families"]["roc_auc"]
-    assert auc["oracle_cusum"] is None and auc["target_met"]["median_delay_le_1.5x_cusum"] is None
+    assert auc["oracle_cusum"] is None and auc["oracle_cusum_same_margin"] is None
+    assert auc["target_met"]["median_delay_le_1.5x_cusum"] is None
     assert "no per-sample likelihood ratio" in auc["oracle_note"]
 
 
@@ -175,6 +179,44 @@ def test_sequential_false_rollbacks_stay_within_a_binomial_bound_of_alpha(famili
         assert family["fixed_threshold_at_alpha"]["false_rollback_rate"] <= 0.05, name
         if name != "latency_mean_ms":  # its 1.1 x limit is far above a window mean's noise
             assert family["fixed_threshold"]["false_rollback_rate"] > 0.1, name
+
+
+def test_the_sequential_checks_hold_alpha_on_the_nulls_boundary_too(families) -> None:
+    from scipy.stats import binom
+
+    # The promise is for every candidate within the margin, and the boundary is where it is tightest
+    bound = binom.ppf(0.999, 150, 0.05) / 150
+    for name, family in families["families"].items():
+        if name != "roc_auc":
+            assert family["sequential"]["false_rollback_rate_at_margin"] <= bound, name
+
+
+def test_the_oracle_of_the_same_hypotheses_is_slower_than_the_one_without_a_margin(families) -> None:
+    # Telling a degraded canary from one at the null's boundary is harder than from an equal one: an
+    # oracle that must not fire at the boundary needs more samples (a comparison that could not tell the
+    # two CUSUMs apart, or mixed up their streams, would not show this for every family).
+    for name, family in families["families"].items():
+        if name != "roc_auc":
+            plain, same = family["oracle_cusum"], family["oracle_cusum_same_margin"]
+            assert same["median_delay_samples"] >= plain["median_delay_samples"], name
+            if name != "rmse":  # heavy-tailed squared errors: one huge error crosses both thresholds at once
+                assert same["median_delay_samples"] > plain["median_delay_samples"], name
+            assert same["true_parameters"] == plain["true_parameters"]
+
+
+def test_onto_boundary_moves_a_failure_rate_to_the_stated_one() -> None:
+    from scipy.stats import binom
+
+    rng = np.random.default_rng(11)
+    n, p0, pb = 200_000, 0.1, 0.11
+    fail = rng.random(n) < p0
+    eligible = rng.random(n) < 0.5
+    after = fail | onto_boundary(rng, eligible, p0, pb)
+    # the eligible predictions' rate is pb, the others' is unchanged (each within a 1e-4 binomial tail)
+    for mask, rate in ((eligible, pb), (~eligible, p0)):
+        k, m = int(after[mask].sum()), int(mask.sum())
+        assert binom.ppf(5e-5, m, rate) <= k <= binom.ppf(1 - 5e-5, m, rate), (rate, k / m)
+    assert not (after[~eligible] ^ fail[~eligible]).any()
 
 
 def test_sequential_beats_the_alpha_controlled_fixed_check_where_it_should(families) -> None:

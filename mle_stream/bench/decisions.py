@@ -56,10 +56,20 @@ goes to the canary with probability `canary_share`. A family is one of three kin
 
 The true parameters (failure rates, means, standard deviation) are measured on TRUTH_DRAWS
 predictions of the same generator: the oracle knows them, the sequential test and the fixed check
-do not. The CUSUM's threshold is set on this run's A/A maxima, as in the error-rate comparison: to the
-false-rollback rate the family's sequential check achieved in this run (at least 1 / rollouts), so
-both are compared at the same false alarms; its median delay with the threshold at alpha is reported
-next to it (`median_delay_samples_at_alpha`).
+do not. There are two oracles (rate and mean families):
+
+- `oracle_cusum`: from the baseline's parameters to the degraded ones; its threshold set on this
+  run's A/A maxima, as in the error-rate comparison, to the false-rollback rate the family's
+  sequential check achieved on them (at least 1 / rollouts).
+- `oracle_cusum_same_margin`, the delay target's: the sequential check's own hypotheses. The check
+  promises at most alpha rollbacks for every candidate within its margin, so the oracle must not
+  fire on a candidate at the margin's boundary either: its increments are the log likelihood ratio
+  of the degraded parameters against the boundary's (the baseline's rate x rho0, its mean x (1 +
+  margin)), and its threshold is set on a third case of rollouts whose canary sits on that boundary
+  (CASES, `_chunk`), to the sequential check's false rollbacks there (at least 1 / rollouts).
+
+Each oracle's median delay with its threshold at alpha is reported next to it
+(`median_delay_samples_at_alpha`).
 
 The sequential checks run at `alpha` with their classes' default margins (`family_margin` sets one
 for every rate and mean check; 0.1 for rates, 0.05 for
@@ -303,20 +313,27 @@ def format_decisions_report(result: dict[str, Any]) -> str:
                   f"  {'method':<34} {'false rollbacks':>15} {'power':>7} {'median delay':>13} {'p95 delay':>10}"]
         for method, label in (("sequential", "sequential"), ("fixed_threshold", "fixed threshold"),
                               ("fixed_threshold_at_alpha", "fixed threshold at alpha"),
-                              ("oracle_cusum", "oracle CUSUM (same false alarms)")):
+                              ("oracle_cusum", "oracle CUSUM (same false alarms)"),
+                              ("oracle_cusum_same_margin", "oracle CUSUM (same margin) *")):
             m = family[method]
             if m is None:
-                lines.append(f"  {label:<34} {family['oracle_note']}")
+                if method == "oracle_cusum":
+                    lines.append(f"  {label:<34} {family['oracle_note']}")
                 continue
             lines.append(f"  {label:<34} {m['false_rollback_rate']:>15.4f} {m['power']:>7.3f} "
                          f"{num(m['median_delay_samples']):>13} {num(m['p95_delay_samples']):>10}")
-        targets, ratio = family["target_met"], family["delay_ratio_to_cusum"]
-        delay_target = "no oracle" if ratio is None and family["oracle_cusum"] is None else \
-            f"{targets['median_delay_le_1.5x_cusum']} (ratio {num(ratio, '{:.2f}')}; CUSUM at alpha: median " \
-            f"{num(family['oracle_cusum']['median_delay_samples_at_alpha'])})"
+        targets, oracle = family["target_met"], family["oracle_cusum_same_margin"]
+        if oracle is None:
+            delay_target = "no oracle"
+        else:
+            ratios = [num(family[f"delay_ratio_to_cusum{key}"], "{:.2f}") for key in ("_same_margin", "")]
+            delay_target = (f"{targets['median_delay_le_1.5x_cusum']} (ratio {ratios[0]}; to the CUSUM without the "
+                            f"margin: {ratios[1]})")
+            lines.append(f"  * false rollbacks at the null's boundary; the sequential check's there: "
+                         f"{family['sequential']['false_rollback_rate_at_margin']:.4f}")
         lines += [f"  fixed threshold: {family['fixed_threshold']['check']}",
                   f"  targets: false rollbacks <= alpha: {targets['false_rollback_rate_le_alpha']}; median delay "
-                  f"<= 1.5 x CUSUM: {delay_target}"]
+                  f"<= 1.5 x CUSUM of the same hypotheses: {delay_target}"]
     return "\n".join(lines)
 
 
@@ -473,12 +490,23 @@ def _page(increments: np.ndarray) -> np.ndarray:
     return walk - np.minimum(np.minimum.accumulate(walk, axis=-1), 0.0)
 
 
-def _chunk(family: Family, rng: np.random.Generator, rollouts: int, s: dict[str, Any], worse: bool,
-           truth: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """Simulate `rollouts` rollouts of one family; returns (sequential rollback window or -1, the fixed
-    check's statistic per window (higher is worse; a window without the canary's value is +inf, a
-    failed check as in Flagger), canary samples through each window, CUSUM path (rollouts x
-    predictions) or None, canary samples through each prediction)."""
+CASES = ("aa", "margin", "ab")  # the canary as good as the baseline, at the null's boundary, degraded
+
+
+def _chunk(family: Family, rng: np.random.Generator, rollouts: int, s: dict[str, Any], case: str,
+           truth: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Simulate `rollouts` rollouts of one family in one of CASES; returns (sequential rollback window
+    or -1, the fixed check's statistic per window (higher is worse; a window without the canary's value
+    is +inf, a failed check as in Flagger), canary samples through each window, the CUSUM paths
+    (rollouts x predictions; none for AUC): "cusum" from the baseline's parameters to the degraded
+    ones, "cusum_margin" from the null's boundary (the baseline's parameters times the check's margin)
+    to the degraded ones, and canary samples through each prediction).
+
+    The margin case is the A/A draw with the canary's values moved onto the sequential check's null
+    boundary, where its false-rollback promise is tightest: a rate's canary failures raised to rho0 x
+    the baseline's true rate (relevant canary successes turned into failures at random), a mean's
+    canary values multiplied by 1 + margin."""
+    worse = case == "ab"
     w, n = int(s["windows"]), int(s["window_size"])
     share = family.canary_share or float(s["canary_share"])
     alpha = float(s["alpha"])
@@ -491,7 +519,7 @@ def _chunk(family: Family, rng: np.random.Generator, rollouts: int, s: dict[str,
         v = {k: np.where(canary, bad[k], v[k]) for k in v}
     n_canary = canary.sum(axis=-1)
     bounds = np.cumsum(n_canary, axis=1)
-    increments: np.ndarray | None = None
+    increments: dict[str, np.ndarray] = {}
     if family.kind == "rate":
         if family.name == "latency_p99_ms":
             # The check's threshold: the window's pooled p99 (the worker takes it from both versions'
@@ -509,24 +537,33 @@ def _chunk(family: Family, rng: np.random.Generator, rollouts: int, s: dict[str,
         else:
             rel, fail = _rate_view(family.name, v)
             cusum_fail = fail
-            c_rel = np.sum(rel & canary, axis=-1)
-            fixed_stat = np.divide(np.sum(fail & canary, axis=-1), c_rel * truth["p0"],
-                                   out=np.full(c_rel.shape, np.inf), where=c_rel > 0)
         own = {} if family.name != "error_rate" else {
             k: s[k] for k in ("min_relative_increase", "mixing_scale", "min_samples")}
         test = ErrorRateTest(alpha=alpha, **{**own, **margin})
+        p0, p1, pb = truth["p0"], truth["p1"], test.rho0 * truth["p0"]
+        if case == "margin":
+            turned = onto_boundary(rng, canary & rel, p0, pb)
+            fail, cusum_fail = fail | turned, cusum_fail | turned
+        if family.name != "latency_p99_ms":
+            c_rel = np.sum(rel & canary, axis=-1)
+            fixed_stat = np.divide(np.sum(fail & canary, axis=-1), c_rel * p0,
+                                   out=np.full(c_rel.shape, np.inf), where=c_rel > 0)
         n_c, x_c = np.sum(rel & canary, axis=-1), np.sum(fail & canary, axis=-1)
         n_b, x_b = np.sum(rel & ~canary, axis=-1), np.sum(fail & ~canary, axis=-1)
         u, log_w = half_normal_grid(test.mixing_scale, test.grid_points)
         terms = error_rate_window_terms(n_c, n_b, x_c + x_b, u, test.rho0)
         log_lr = error_rate_log_lr(np.cumsum(x_c, axis=1), np.cumsum(terms, axis=1), u, log_w)
         enough = np.minimum(np.cumsum(n_c, axis=1), np.cumsum(n_b, axis=1)) >= test.min_samples
-        p0, p1 = truth["p0"], truth["p1"]
-        up, down = math.log(p1 / p0), math.log((1 - p1) / (1 - p0))
-        increments = np.where(canary & rel, np.where(cusum_fail, up, down), 0.0)
+        increments = {
+            key: np.where(canary & rel, np.where(cusum_fail, math.log(p1 / before), math.log((1 - p1) / (1 - before))),
+                          0.0)
+            for key, before in (("cusum", p0), ("cusum_margin", pb))}
     elif family.kind == "mean":
-        x = _mean_view(family.name, v)
         mtest = MeanTest(alpha=alpha, **margin)
+        rho0 = 1.0 + mtest.min_relative_increase
+        x = _mean_view(family.name, v)
+        if case == "margin":
+            x = np.where(canary, x * rho0, x)
 
         def sums(side: np.ndarray) -> np.ndarray:
             return np.stack([side.sum(axis=-1), np.where(side, x, 0).sum(axis=-1),
@@ -537,7 +574,8 @@ def _chunk(family: Family, rng: np.random.Generator, rollouts: int, s: dict[str,
         fixed_stat = np.divide(c[..., 1], c[..., 0] * truth["mu0"], out=np.full(c.shape[:-1], np.inf),
                                where=c[..., 0] > 0)
         mu0, mu1, sd = truth["mu0"], truth["mu1"], truth["sigma"]
-        increments = np.where(canary, (mu1 - mu0) / sd**2 * (x - 0.5 * (mu0 + mu1)), 0.0)
+        increments = {key: np.where(canary, (mu1 - before) / sd**2 * (x - 0.5 * (before + mu1)), 0.0)
+                      for key, before in (("cusum", mu0), ("cusum_margin", rho0 * mu0))}
     else:
         atest = AucTest(alpha=alpha)
         auc_c, var_c, pos_c, neg_c = _delong(v["score"], v["y"], canary)
@@ -554,8 +592,14 @@ def _chunk(family: Family, rng: np.random.Generator, rollouts: int, s: dict[str,
                 1.0 / np.where(enough, info, 1.0), atest.mixing_scale), -np.inf)
         fixed_stat = np.where(counted, shortfall, np.inf)
     sequential = first_true(enough & (log_lr >= math.log(1.0 / alpha)))
-    path = None if increments is None else _page(increments.reshape(rollouts, -1))
-    return sequential, fixed_stat, bounds, path, np.cumsum(canary.reshape(rollouts, -1), axis=1)
+    paths = {key: _page(inc.reshape(rollouts, -1)) for key, inc in increments.items()}
+    return sequential, fixed_stat, bounds, paths, np.cumsum(canary.reshape(rollouts, -1), axis=1)
+
+
+def onto_boundary(rng: np.random.Generator, eligible: np.ndarray, p0: float, pb: float) -> np.ndarray:
+    """Which `eligible` predictions to turn into failures so that a failure rate of p0 becomes pb: each with
+    probability (pb - p0) / (1 - p0), so that P(failure) = p0 + (1 - p0) x that = pb."""
+    return eligible & (rng.random(eligible.shape, dtype=np.float32) < (pb - p0) / (1.0 - p0))
 
 
 def _family_truth(family: Family, rng: np.random.Generator) -> dict[str, float]:
@@ -585,30 +629,36 @@ def run_family(name: str, **settings: Any) -> dict[str, Any]:
     rng = np.random.default_rng([int(s["seed"]), list(FAMILIES).index(name)])
     truth = _family_truth(family, rng)
     r, alpha = int(s["rollouts"]), float(s["alpha"])
-    runs: list[dict[str, np.ndarray]] = []
+    runs: dict[str, dict[str, np.ndarray]] = {}
     thresholds: dict[str, float] = {}
-    for worse in (False, True):
-        out: dict[str, list[np.ndarray]] = {"seq": [], "stat": [], "bounds": [], "cusum": [], "cusum_at_alpha": []}
+    # AUC has no oracle, and its margin case would need the draws' own AUC moved: two cases only
+    for case in CASES if family.kind != "auc" else ("aa", "ab"):
+        out: dict[str, list[np.ndarray]] = {"seq": [], "stat": [], "bounds": [], "maxima": []}
+        crossings: dict[str, list[np.ndarray]] = {key: [] for key in thresholds} if case == "ab" else {}
         for start in range(0, r, FAMILY_CHUNK):
-            seq, stat, bounds, path, canary_so_far = _chunk(family, rng, min(FAMILY_CHUNK, r - start), s, worse, truth)
+            seq, stat, bounds, paths, canary_so_far = _chunk(family, rng, min(FAMILY_CHUNK, r - start), s, case, truth)
             out["seq"].append(seq)
             out["stat"].append(stat)
             out["bounds"].append(bounds)
-            if path is not None and not worse:
-                out["cusum"].append(path.max(axis=1))
-            elif path is not None:  # the A/B delay: canary samples through the first crossing
+            if case != "ab" and paths:
+                out["maxima"].append(paths["cusum" if case == "aa" else "cusum_margin"].max(axis=1))
+            elif case == "ab":  # the delay: canary samples through the first crossing
                 for key, h in thresholds.items():
-                    first = first_true(path >= h)
+                    first = first_true(paths[key.removesuffix("_at_alpha")] >= h)
                     at = np.take_along_axis(canary_so_far, np.maximum(first, 0)[:, None], axis=1)[:, 0]
-                    out[key].append(np.where(first >= 0, at.astype(float), np.inf))
-        if not worse and out["cusum"]:
-            # As in the error-rate comparison above: the CUSUM held to the false-alarm rate the
-            # sequential check achieved here (at least 1 / rollouts), and to alpha itself.
-            maxima = np.concatenate(out["cusum"])
-            achieved = max(float((np.concatenate(out["seq"]) >= 0).mean()), 1.0 / r)
-            thresholds = {"cusum": cusum_threshold(maxima, achieved), "cusum_at_alpha": cusum_threshold(maxima, alpha)}
-        runs.append({k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()})
-    aa, ab = runs
+                    crossings[key].append(np.where(first >= 0, at.astype(float), np.inf))
+        runs[case] = {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+        runs[case].update({k: np.concatenate(v) for k, v in crossings.items()})
+        if case != "ab" and out["maxima"]:
+            # Each CUSUM held to the false-alarm rate the sequential check achieved on the same streams
+            # (at least 1 / rollouts), and to alpha itself: the plain one on the A/A streams, the one
+            # from the null's boundary on the margin streams.
+            key = "cusum" if case == "aa" else "cusum_margin"
+            maxima = runs[case]["maxima"]
+            achieved = max(float((runs[case]["seq"] >= 0).mean()), 1.0 / r)
+            thresholds[key] = cusum_threshold(maxima, achieved)
+            thresholds[f"{key}_at_alpha"] = cusum_threshold(maxima, alpha)
+    aa, ab, margin_run = runs["aa"], runs["ab"], runs.get("margin")
 
     def method(aa_rollback: np.ndarray, ab_rollback: np.ndarray) -> dict[str, Any]:
         delays = _window_delays(ab_rollback, ab["bounds"])
@@ -631,28 +681,48 @@ def run_family(name: str, **settings: Any) -> dict[str, Any]:
                         "threshold": calibrated, "check": "the same check, its threshold (in the same units) "
                         "calibrated on this run's A/A rollouts to false rollbacks <= alpha"}
     methods: dict[str, Any] = {"sequential": method(aa["seq"], ab["seq"]), "fixed_threshold": fixed,
-                               "fixed_threshold_at_alpha": fixed_calibrated, "oracle_cusum": None}
-    if aa["cusum"].size:
-        delays, h = ab["cusum"], thresholds["cusum"]
-        methods["oracle_cusum"] = {
-            "false_rollback_rate": float((aa["cusum"] >= h).mean()), "power": float(np.isfinite(delays).mean()),
+                               "fixed_threshold_at_alpha": fixed_calibrated, "oracle_cusum": None,
+                               "oracle_cusum_same_margin": None}
+    sequential = methods["sequential"]
+    sequential["false_rollback_rate_at_margin"] = None if margin_run is None else float((margin_run["seq"] >= 0).mean())
+    no_margin_run = np.zeros(0)
+    for key, false_alarms in (("cusum", aa["maxima"]),
+                              ("cusum_margin", no_margin_run if margin_run is None else margin_run["maxima"])):
+        if not false_alarms.size:
+            continue
+        delays, h = ab[key], thresholds[key]
+        methods["oracle_cusum" if key == "cusum" else "oracle_cusum_same_margin"] = {
+            "false_rollback_rate": float((false_alarms >= h).mean()), "power": float(np.isfinite(delays).mean()),
             "median_delay_samples": _quantile(delays, 0.5), "p95_delay_samples": _quantile(delays, 0.95),
-            "threshold": h, "median_delay_samples_at_alpha": _quantile(ab["cusum_at_alpha"], 0.5),
-            "threshold_at_alpha": thresholds["cusum_at_alpha"], "true_parameters": truth}
-    seq, oracle = methods["sequential"], methods["oracle_cusum"]
-    ratio = None
-    if oracle is not None and seq["median_delay_samples"] is not None and oracle["median_delay_samples"]:
-        ratio = seq["median_delay_samples"] / oracle["median_delay_samples"]
+            "threshold": h, "median_delay_samples_at_alpha": _quantile(ab[f"{key}_at_alpha"], 0.5),
+            "threshold_at_alpha": thresholds[f"{key}_at_alpha"], "true_parameters": truth}
+
+    def ratio_to(oracle: dict[str, Any] | None) -> float | None:
+        if oracle is None or sequential["median_delay_samples"] is None or not oracle["median_delay_samples"]:
+            return None
+        return float(sequential["median_delay_samples"] / oracle["median_delay_samples"])
+
+    ratio, ratio_same_margin = ratio_to(methods["oracle_cusum"]), ratio_to(methods["oracle_cusum_same_margin"])
+    has_oracle = methods["oracle_cusum"] is not None
     return {
         "degradation": family.degradation, "canary_share": family.canary_share or float(s["canary_share"]),
         **methods,
         "oracle_note": ("none: an AUC is not a per-prediction quantity, so there is no per-sample likelihood "
-                        "ratio to accumulate" if oracle is None else "Page's CUSUM with the true parameters "
-                        "(measured on 1,000,000 draws), its threshold set on this run's A/A maxima to the sequential "
-                        "check's false rollbacks here (at least 1 / rollouts); median_delay_samples_at_alpha: "
-                        "to alpha"),
+                        "ratio to accumulate" if not has_oracle else "Page's CUSUM with the true parameters "
+                        "(measured on 1,000,000 draws). oracle_cusum: from the baseline's parameters to the "
+                        "degraded ones, its threshold set on this run's A/A maxima to the sequential check's false "
+                        "rollbacks there (at least 1 / rollouts). oracle_cusum_same_margin: the same hypotheses "
+                        "as the sequential check, from the null's boundary (the baseline's parameters times the "
+                        "margin) to the degraded ones, its threshold set on this run's rollouts at that boundary "
+                        "to the sequential check's false rollbacks there (false_rollback_rate: at the boundary). "
+                        "median_delay_samples_at_alpha: either threshold set to alpha"),
         "delay_ratio_to_cusum": ratio,
-        "target_met": {"false_rollback_rate_le_alpha": seq["false_rollback_rate"] <= alpha,
-                       "median_delay_le_1.5x_cusum": None if oracle is None else (ratio is not None and ratio <= 1.5)},
+        "delay_ratio_to_cusum_same_margin": ratio_same_margin,
+        "target_met": {"false_rollback_rate_le_alpha": sequential["false_rollback_rate"] <= alpha,
+                       "false_rollback_rate_at_margin_le_alpha": None if not has_oracle else
+                       sequential["false_rollback_rate_at_margin"] <= alpha,
+                       # met too when the oracle detects in fewer than half the rollouts and ours does not
+                       "median_delay_le_1.5x_cusum": None if not has_oracle else sequential["median_delay_samples"]
+                       is not None and (ratio_same_margin is None or ratio_same_margin <= 1.5)},
         "seconds": round(time.perf_counter() - started, 2),
     }

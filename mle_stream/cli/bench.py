@@ -68,12 +68,14 @@ DECISIONS_DESCRIPTION = (
     "Flagger-style fixed threshold (a window error rate above 3% is a failed check, 5 failed checks "
     "roll back), (iii) the oracle CUSUM calibrated to the same false-alarm rate. Then the same for "
     "each metric family (--family, default all), each under its named degradation: the sequential "
-    "check, a fixed threshold of that metric (as written and calibrated to alpha) and the oracle CUSUM "
-    "where one exists. Prints a table per family, or with --json at least alpha, false_rollback_rate, "
+    "check, a fixed threshold of that metric (as written and calibrated to alpha) and, where one exists, "
+    "the oracle CUSUM, both without a margin and for the check's own hypotheses (against candidates on "
+    "the margin's boundary, also simulated). Prints a table per family, or with --json at least alpha, "
+    "false_rollback_rate, "
     "power, median_delay_samples, p95_delay_samples, cusum_median_delay_samples, "
     "fixed_threshold_false_rollback_rate, fixed_threshold_median_delay_samples and families (per family "
     "and method the same four numbers and target_met; delays in canary samples; see "
-    "mle_stream/bench/decisions.py and docs/decisions.md). About 2 min at the default size (about 5 s "
+    "mle_stream/bench/decisions.py and docs/decisions.md). About 2.5 min at the default size (about 5 s "
     "with --family error_rate); no broker.")
 
 
@@ -207,8 +209,8 @@ def _decisions(args: argparse.Namespace, settings: Settings) -> Report:
     chosen = {name: getattr(args, name) for name in ("rollouts", "alpha", "windows", "min_relative_increase", "seed",
                                                    "family_margin")
               if getattr(args, name) is not None}
-    progress("bench decisions: simulating the A/A and A/B rollouts (about 2 min for every family at the default "
-             "size) ...")
+    progress("bench decisions: simulating the A/A, margin and A/B rollouts (about 2.5 min for every family at the "
+             "default size) ...")
     try:
         return run_decisions_bench(families=args.family, **chosen), format_decisions_report
     except ValueError as exc:
