@@ -85,27 +85,39 @@ def binomial_se(window: Any, metric: str) -> float:
     return float(np.sqrt(value * (1 - value) / n))
 
 
+def baseline_windows(windows: list[Any], drift_after: int | None, label: str, per_window: int) -> list[Any]:
+    """The baseline's closed, labeled windows with an estimate (after the drift, when there is one)."""
+    closed = [w for w in windows if w.status == "CLOSED" and w.version == "1" and w.segment is None
+              and w.metrics["estimated_accuracy"] is not None and w.labeled > 0
+              and (drift_after is None or w.window_start >= drift_after * 1000)]
+    print(f"{label}: {len(closed)} baseline windows of ~{per_window // 2} predictions")
+    if not closed:
+        print("  none closed after the calibration froze: give more --windows")
+    return closed
+
+
+def print_errors(metric: str, errors: np.ndarray, se: np.ndarray | None) -> None:
+    """One row of the estimation-error table; |z| <= 2: the share within two binomial standard errors."""
+    within = "-" if se is None else f"{np.mean(np.abs(errors / se) <= 2):.0%}"
+    print(f"  {metric:<10} {errors.mean():+8.4f} {errors.std():8.4f} {np.abs(errors).max():8.4f} {within:>9}")
+
+
+ERROR_HEADER = f"  {'metric':<10} {'mean':>8} {'std':>8} {'max |e|':>8} {'|z| <= 2':>9}"
+
+
 def accuracy(args: argparse.Namespace) -> None:
     estimates = f"estimates: {{reference_labels: {args.reference_labels}}}\n"
     for name, drift_after in (("calibrated", None), ("drifted", args.windows // 4)):
         data = batches(args.windows, args.per_window, args.seed, drift_after)
         _, windows = run(TOPOLOGY + estimates, data)
-        closed = [w for w in windows if w.status == "CLOSED" and w.version == "1" and w.segment is None
-                  and w.metrics["estimated_accuracy"] is not None and w.labeled > 0]
-        if drift_after is not None:
-            closed = [w for w in closed if w.window_start >= drift_after * 1000]
-        print(f"{name}: {len(closed)} baseline windows of ~{args.per_window // 2} predictions")
+        closed = baseline_windows(windows, drift_after, name, args.per_window)
         if not closed:
-            print("  none closed after the calibration froze: give more --windows")
             continue
-        print(f"  {'metric':<10} {'mean':>8} {'std':>8} {'max |e|':>8} {'|z| <= 2':>9}")
+        print(ERROR_HEADER)
         for metric in METRICS:
             errors = np.array([w.metrics[f"estimated_{metric}"] - w.metrics[metric] for w in closed])
-            within = "-"
-            if metric in RATES:
-                se = np.array([binomial_se(w, metric) for w in closed])
-                within = f"{np.mean(np.abs(errors / se) <= 2):.0%}"
-            print(f"  {metric:<10} {errors.mean():+8.4f} {errors.std():8.4f} {np.abs(errors).max():8.4f} {within:>9}")
+            se = np.array([binomial_se(w, metric) for w in closed]) if metric in RATES else None
+            print_errors(metric, errors, se)
 
 
 MC_TOPOLOGY = TOPOLOGY.replace("task: binary", "task: multiclass")
@@ -152,24 +164,16 @@ def mc_accuracy(args: argparse.Namespace) -> None:
     for name, drift_after in (("calibrated", None), ("drifted", args.windows // 4)):
         data, rows = mc_batches(args.windows, args.per_window, args.seed, drift_after)
         _, windows = run(MC_TOPOLOGY + estimates, data)
-        closed = [w for w in windows if w.status == "CLOSED" and w.version == "1" and w.segment is None
-                  and w.metrics["estimated_accuracy"] is not None and w.labeled > 0]
-        if drift_after is not None:
-            closed = [w for w in closed if w.window_start >= drift_after * 1000]
-        print(f"multiclass {name}: {len(closed)} baseline windows of ~{args.per_window // 2} predictions")
+        closed = baseline_windows(windows, drift_after, f"multiclass {name}", args.per_window)
         if not closed:
-            print("  none closed after the calibration froze: give more --windows")
             continue
         truths = [mc_realized(rows[w.window_start // 1000], "1", w.window_start + 1000) for w in closed]
-        print(f"  {'metric':<10} {'mean':>8} {'std':>8} {'max |e|':>8} {'|z| <= 2':>9}")
+        print(ERROR_HEADER)
         for metric in METRICS:
             errors = np.array([w.metrics[f"estimated_{metric}"] - t[metric] for w, t in zip(closed, truths)])
-            within = "-"
-            if metric == "accuracy":
-                se = np.array([np.sqrt(t["accuracy"] * (1 - t["accuracy"]) / w.labeled)
-                               for w, t in zip(closed, truths)])
-                within = f"{np.mean(np.abs(errors / se) <= 2):.0%}"
-            print(f"  {metric:<10} {errors.mean():+8.4f} {errors.std():8.4f} {np.abs(errors).max():8.4f} {within:>9}")
+            se = None if metric != "accuracy" else np.array(
+                [np.sqrt(t["accuracy"] * (1 - t["accuracy"]) / w.labeled) for w, t in zip(closed, truths)])
+            print_errors(metric, errors, se)
 
 
 def mc_state_size(args: argparse.Namespace) -> None:
