@@ -187,8 +187,7 @@ def test_the_sequential_checks_hold_alpha_on_the_nulls_boundary_too(families) ->
     # The promise is for every candidate within the margin, and the boundary is where it is tightest
     bound = binom.ppf(0.999, 150, 0.05) / 150
     for name, family in families["families"].items():
-        if name != "roc_auc":
-            assert family["sequential"]["false_rollback_rate_at_margin"] <= bound, name
+        assert family["sequential"]["false_rollback_rate_at_margin"] <= bound, name
 
 
 def test_the_oracle_of_the_same_hypotheses_is_slower_than_the_one_without_a_margin(families) -> None:
