@@ -87,7 +87,7 @@ def test_estimates_equal_nannymls_formulas_on_the_calibrated_probabilities() -> 
     ref_score = rng.beta(2, 3, 5000)
     ref_y = rng.random(5000) < ref_score ** 1.5  # not calibrated: the map has work to do
     reference = ScoreBins(bins)
-    reference.update(BinaryOutcomes(ref_y, ref_score, ref_score >= 0.5))
+    reference.update(ref_score, ref_score >= 0.5, ref_y)
     cal = Calibration(bins, reference_labels=5000)
     cal.add(reference)
     b = score_bins(ref_score, bins)
@@ -254,7 +254,7 @@ def test_score_bins_follow_the_metric_state_contract(parts: list[BinaryOutcomes]
     def state(batch: BinaryOutcomes) -> ScoreBins:
         s = ScoreBins(bins)
         s.serve(batch.score, batch.predicted)
-        s.update(batch)
+        s.update(batch.score, batch.predicted, batch.y_true, batch.weight)
         return s
 
     a, b, c = map(state, parts)
@@ -262,8 +262,7 @@ def test_score_bins_follow_the_metric_state_contract(parts: list[BinaryOutcomes]
     whole = state(union)
     assert a.merge(b).merge(c).snapshot() == a.merge(b.merge(c)).snapshot() == whole.snapshot()
     assert ScoreBins.restore(json.loads(json.dumps(whole.snapshot()))).snapshot() == whole.snapshot()
-    whole.update(BinaryOutcomes(parts[0].y_true, parts[0].score, parts[0].predicted,
-                                -np.ones(len(parts[0].y_true))))
+    whole.update(parts[0].score, parts[0].predicted, parts[0].y_true, -np.ones(len(parts[0].y_true)))
     assert whole.reference_counts()[0].tolist() == b.merge(c).reference_counts()[0].tolist()
     with pytest.raises(ValueError, match="different hyperparameters"):
         a.merge(ScoreBins(bins + 1))

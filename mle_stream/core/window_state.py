@@ -66,7 +66,7 @@ class WindowState:
         self.task.update(outcomes)  # type: ignore[arg-type]
         self.serving.add_labeled(int(outcomes.weights().sum()))
         if isinstance(self.estimate, ScoreBins) and isinstance(outcomes, BinaryOutcomes):
-            self.estimate.update(outcomes)
+            self.estimate.update(outcomes.score, outcomes.predicted, outcomes.y_true, outcomes.weight)
         elif isinstance(self.estimate, ClassScoreBins) and class_rows is not None:
             self.estimate.update(*class_rows, self._class_calibration)
 
