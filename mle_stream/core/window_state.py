@@ -93,7 +93,7 @@ class WindowState:
     def merge(self, other: WindowState) -> WindowState:
         return WindowState(self.task.merge(other.task), self.serving.merge(other.serving),  # type: ignore[arg-type]
                            merge_optional(self.drift, other.drift), merge_optional(self.shadow, other.shadow),
-                           merge_optional(self.estimate, other.estimate),  # type: ignore[arg-type]
+                           merge_optional(self.estimate, other.estimate),
                            self.calibration or other.calibration)
 
     def snapshot(self) -> dict[str, Any]:

@@ -16,11 +16,12 @@ n_b (1 - p_b); pairs within a bin count one half), as a ratio of expectations.
 `ScoreBins` is a pane's mergeable state: integer counts of predictions per (decision, score bin),
 served and labeled, and the labeled positives. Everything is a count, so merging panes and taking
 rows back out are exact. `Calibration` is the map from a score bin to P(positive): isotonic
-regression (pool adjacent violators) over the reference's labeled counts per bin. The multiclass
-states (core/metrics/estimated_multiclass.py) share their interfaces, `Estimate` and
-`ReferenceCounts`. Bins are those
+regression (pool adjacent violators) over the reference's labeled counts per bin. Bins are those
 of the binary metric state's score histogram, coarsened to `bins`: half the score, half its
 log-odds, so scores packed near 0 or 1 keep resolution.
+
+The multiclass state and calibration (core/metrics/estimated_multiclass.py) share their
+interfaces, `Estimate` and `ReferenceCounts`: the window state and the evaluator use only those.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class Estimate(ABC):
     def update(self, scores: FloatArray, decided: npt.NDArray[Any], truth: npt.NDArray[Any], weights: FloatArray,
                calibration: ReferenceCounts | None = None) -> None:
         """Labeled rows (weight -1 takes one back out)."""
+
+    @abstractmethod
+    def merge(self, other: Self) -> Self: ...
 
     @abstractmethod
     def values(self, calibration: ReferenceCounts | None,

@@ -231,11 +231,11 @@ class ClassScoreBins(Estimate):
     def values(self, calibration: ReferenceCounts | None,
                realized: Mapping[str, float | None] | None = None) -> dict[str, float | None]:
         """estimated_<metric> over the served predictions; estimated_<metric>_error, the estimate
-        over the labeled predictions minus the realized metric (realized(): not the window's
-        metrics, `realized`, which hold neither macro precision and recall nor an AUC); estimated_coverage,
-        the share of served predictions with scores whose decided class is listed and every class
-        share of which falls in a bin the reference had labels in. None without a frozen
-        calibration, or without labels for the errors."""
+        over the labeled predictions minus the realized metric (realized(), not the window's
+        metrics `realized`: those hold neither macro precision and recall nor an AUC);
+        estimated_coverage, the share of served predictions with scores whose decided class is
+        listed and every class share of which falls in a bin the reference had labels in. None
+        without a frozen calibration, or without labels for the errors."""
         p = None if calibration is None else calibration.probabilities()
         if p is None or calibration is None or self.count == 0:
             return dict.fromkeys(_NAMES)
