@@ -106,7 +106,8 @@ class Task(ABC):
         raise ValueError(f"a {self.name} model has no estimates")
 
     def estimate_scores(self, outputs: np.ndarray, classes: tuple[str, ...]) -> FloatArray:
-        """Model outputs (None: none) as the estimate states take them, a new array (Estimate.serve)."""
+        """Model outputs (None: none) as the estimate states take them (Estimate.serve, update): a new
+        array, which the evaluator may change (it blanks failed predictions' rows)."""
         raise ValueError(f"a {self.name} model has no estimates")
 
     def estimate_codes(self, names: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
