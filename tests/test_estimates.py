@@ -87,7 +87,7 @@ def test_estimates_equal_nannymls_formulas_on_the_calibrated_probabilities() -> 
     ref_score = rng.beta(2, 3, 5000)
     ref_y = rng.random(5000) < ref_score ** 1.5  # not calibrated: the map has work to do
     reference = ScoreBins(bins)
-    reference.update(BinaryOutcomes(ref_y, ref_score, ref_score >= 0.5))
+    reference.update(ref_score, ref_score >= 0.5, ref_y)
     cal = Calibration(bins, reference_labels=5000)
     cal.add(reference)
     b = score_bins(ref_score, bins)
@@ -207,6 +207,41 @@ def run_part(ev: ModelEvaluator, batches: list[tuple[str, list[Any]]]) -> list[A
     return windows
 
 
+def test_predictions_held_back_at_a_checkpoint_keep_their_scores_and_other_bins_start_the_estimates_afresh() -> None:
+    from test_tasks import CUT, TOPOLOGIES, events, feed
+
+    # Labels lag the predictions here: at the cut, served rows wait for the labels' event time.
+    topology = parse_topology(TOPOLOGIES["binary-shadow-segments"] + "estimates: {reference_labels: 20, bins: 8}\n")
+    batches = events("binary-shadow-segments")
+    uninterrupted = ModelEvaluator(topology)
+    feed(uninterrupted, batches[:CUT])
+    data = json.loads(json.dumps(uninterrupted.snapshot()))
+    served = data["deferred"]["served"]
+    assert served and all("score" in part and "classes" not in part for part in served)
+    restored = ModelEvaluator.restore(topology, data)
+    assert restored.snapshot() == uninterrupted.snapshot()
+    assert feed(restored, batches[CUT:]) == feed(uninterrupted, batches[CUT:])
+    assert restored.close_all(NOW) == uninterrupted.close_all(NOW)
+    # Under other bins the counts mean something else: the calibration (at the end, with reference
+    # panes) and the panes' estimate states start empty; the held-back rows keep their scores,
+    # which do not depend on the bins.
+    assert uninterrupted.calibration is not None and uninterrupted.calibration.labels > 0
+    other = parse_topology(TOPOLOGIES["binary-shadow-segments"] + "estimates: {reference_labels: 20, bins: 4}\n")
+    for snapshot in (data, json.loads(json.dumps(uninterrupted.snapshot()))):
+        moved = ModelEvaluator.restore(other, snapshot)
+        assert isinstance(moved.calibration, Calibration) and moved.calibration.labels == 0
+        assert moved.calibration.bins == 4
+        assert all(isinstance(s.estimate, ScoreBins) and s.estimate.bins == 4 and s.estimate.count == 0
+                   for _, s in moved.panes)
+    moved, kept = ModelEvaluator.restore(other, data), ModelEvaluator.restore(topology, data)
+    assert len(moved._served) == len(kept._served) > 0
+    for a, b in zip(moved._served, kept._served):
+        np.testing.assert_array_equal(a.score, b.score)
+        np.testing.assert_array_equal(a.decision, b.decision)
+    feed(moved, batches[CUT:])
+    assert all("estimated_accuracy" in w.metrics for w in moved.close_all(NOW).windows)
+
+
 def test_an_old_checkpoint_without_estimates_restores_under_a_topology_with_them() -> None:
     from test_tasks import CHECKPOINTS, CUT, TOPOLOGIES, events, feed
 
@@ -254,7 +289,7 @@ def test_score_bins_follow_the_metric_state_contract(parts: list[BinaryOutcomes]
     def state(batch: BinaryOutcomes) -> ScoreBins:
         s = ScoreBins(bins)
         s.serve(batch.score, batch.predicted)
-        s.update(batch)
+        s.update(batch.score, batch.predicted, batch.y_true, batch.weight)
         return s
 
     a, b, c = map(state, parts)
@@ -262,8 +297,7 @@ def test_score_bins_follow_the_metric_state_contract(parts: list[BinaryOutcomes]
     whole = state(union)
     assert a.merge(b).merge(c).snapshot() == a.merge(b.merge(c)).snapshot() == whole.snapshot()
     assert ScoreBins.restore(json.loads(json.dumps(whole.snapshot()))).snapshot() == whole.snapshot()
-    whole.update(BinaryOutcomes(parts[0].y_true, parts[0].score, parts[0].predicted,
-                                -np.ones(len(parts[0].y_true))))
+    whole.update(parts[0].score, parts[0].predicted, parts[0].y_true, -np.ones(len(parts[0].y_true)))
     assert whole.reference_counts()[0].tolist() == b.merge(c).reference_counts()[0].tolist()
     with pytest.raises(ValueError, match="different hyperparameters"):
         a.merge(ScoreBins(bins + 1))

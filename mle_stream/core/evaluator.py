@@ -32,8 +32,7 @@ from mle_stream.core.drift.live import SCORE, Columns, DriftSketches, LiveDrift
 from mle_stream.core.drift.profile import ReferenceProfile
 from mle_stream.core.events import Command, DriftTable, Label, MetricSnapshot, Prediction
 from mle_stream.core.id_hash import holdable_id_array
-from mle_stream.core.metrics.estimated import Calibration, ScoreBins
-from mle_stream.core.metrics.estimated_multiclass import ClassCalibration, ClassScoreBins, class_codes, class_scores
+from mle_stream.core.metrics.estimated import restore_like
 from mle_stream.core.policy import PolicyState, WindowJudgement, approve, decide, decide_outage, judge
 from mle_stream.core.record_checks import Reject, unjoinable_ids, unusable_predictions
 from mle_stream.core.retrain import RetrainState, consider_retrain, trained_at_ms
@@ -85,8 +84,9 @@ class Served:
     failed: Any
     drift: dict[str, np.ndarray] | None  # drift columns (drift_columns), when drift is tracked
     keys: IntArray  # each row's key: its input's event time as it arrived
-    # With estimates, binary: each row's score (NaN: none, or a failed prediction) and decision;
-    # multiclass: each row's class shares (a row of NaN: none) and decided class code (-1: not listed).
+    # With estimates, each row's scores and decision as the task reads them for the estimates
+    # (Task.estimate_scores, estimate_codes): binary, a score (NaN: none, or a failed prediction) and a
+    # bool; multiclass, a row of class shares (a row of NaN: none) and a class code (-1: not listed).
     score: np.ndarray | None = None
     decision: np.ndarray | None = None
 
@@ -331,15 +331,8 @@ class ModelEvaluator:
         ev.join = ColumnJoin.restore(data["join"], decoders)
         if topology.mode == "shadow":
             ev.shadow = ShadowMode.restore(data, decoders)
-        stored = data.get("calibration")  # absent: taken without estimates
-        if isinstance(ev.calibration, ClassCalibration) and stored and stored.get("kind") == "class_calibration":
-            restored = ClassCalibration.restore(stored)
-            if (restored.bins, restored.classes) == (ev.calibration.bins, ev.calibration.classes):
-                ev.calibration = restored
-        elif isinstance(ev.calibration, Calibration) and stored and stored.get("kind") == "calibration":
-            calibration = Calibration.restore(stored)
-            if calibration.bins == ev.calibration.bins:
-                ev.calibration = calibration
+        if ev.calibration is not None:  # absent from a snapshot taken without estimates
+            ev.calibration = restore_like(ev.calibration, data.get("calibration"))
         ev.panes = PaneTable.restore(
             ev.panes.spec, lambda: WindowState.for_topology(topology, ev.calibration), data["panes"],
             lambda d: WindowState.restore(topology, d, ev.calibration))
@@ -369,8 +362,8 @@ class ModelEvaluator:
             return encode_column(values.tolist())
 
         # Multiclass shares and decided classes are by position in the topology's class list.
-        classes = ({"classes": list(self.calibration.classes)} if isinstance(self.calibration, ClassCalibration)
-                   else {})
+        listed = self.topology.estimates.classes
+        classes = {"classes": list(listed)} if listed else {}
         served = [{"panes": column(s.panes), "codes": column(s.codes),
                    "segments": None if s.segments is None else encode_column(s.segments),
                    "latency": column(np.asarray(s.latency, dtype=np.float64)), "failed": column(np.asarray(s.failed)),
@@ -386,6 +379,7 @@ class ModelEvaluator:
 
     def _restore_deferred(self, data: dict[str, Any]) -> None:
         payload = _payload_columns(self.topology)
+        classes = self.topology.estimates.classes
 
         def array(encoded: dict[str, Any], dtype: Any) -> np.ndarray:
             values = decode_column(encoded)
@@ -404,17 +398,14 @@ class ModelEvaluator:
                     drift[k] = np.array(values, dtype=np.float64 if numeric else object)
             keys = array(part["keys"], np.int64)
             score, decision = None, None
-            if isinstance(self.calibration, ClassCalibration):
-                # Taken without estimates, or under other classes: the rows have no shares to count.
-                classes = list(self.calibration.classes)
-                if "score" in part and part.get("classes") == classes:
-                    score = array(part["score"], np.float64).reshape(-1, len(classes))
-                    decision = array(part["decision"], np.int64)
-                else:
-                    score, decision = np.full((len(keys), len(classes)), np.nan), np.full(len(keys), -1)
-            elif self.calibration is not None:  # rows held back by a checkpoint without estimates have no scores
-                score = array(part["score"], np.float64) if "score" in part else np.full(len(keys), np.nan)
-                decision = array(part["decision"], np.bool_) if "decision" in part else np.zeros(len(keys), np.bool_)
+            if self.calibration is not None:
+                # Rows with no scores to count, as the estimates read a failed prediction's.
+                none = np.full(len(keys), None, dtype=object)
+                score, decision = self.task.estimate_scores(none, classes), self.task.estimate_codes(none, classes)
+                # Taken without estimates or under other classes, the rows keep those.
+                if "score" in part and part.get("classes", []) == list(classes):
+                    score = array(part["score"], np.float64).reshape(score.shape)
+                    decision = array(part["decision"], decision.dtype)
             self._served.append(Served(array(part["panes"], np.int64), array(part["codes"], np.int32), segments,
                                        array(part["latency"], np.float64), array(part["failed"], np.bool_), drift,
                                        keys, score, decision))
@@ -534,14 +525,11 @@ class ModelEvaluator:
         if self.drift is not None:
             drift = drift_columns(cols.features, self.task.drift_score(cols), served_rows, n)
         score = decision = None
-        if isinstance(self.calibration, ClassCalibration):
-            classes = self.calibration.classes
-            score = class_scores([None if f else outputs[i]
-                                  for i, f in zip(served_rows.tolist(), failed_rows.tolist())], classes)
-            decision = class_codes([decisions[i] for i in served_rows.tolist()], classes)
-        elif self.calibration is not None:
-            score = np.where(failed_rows, np.nan, cols.score[served_rows])
-            decision = np.asarray(_column(decisions, served_rows), dtype=np.bool_)
+        if self.calibration is not None:
+            classes = t.estimates.classes
+            score = self.task.estimate_scores(_column(outputs, served_rows), classes)
+            score[failed_rows] = np.nan  # a failed prediction has no score to count, whatever it sent
+            decision = self.task.estimate_codes(_column(decisions, served_rows), classes)
         self._served.append(Served(panes, codes, segments, latency, failed_rows, drift, running, score, decision))
         if len(joined):
             self._scored.append(joined)
@@ -749,19 +737,18 @@ class ModelEvaluator:
         w = joined.weights
         y, score = task.truths_and_scores(joined.labels, output)
         decisions = p.get("decision")
-        shares = decided = truth = None
-        if isinstance(self.calibration, ClassCalibration) and decisions is not None:
-            classes = self.calibration.classes
-            shares = class_scores(output.tolist(), classes)
-            decided, truth = class_codes(decisions.tolist(), classes), class_codes(y.tolist(), classes)
+        estimates = None  # the rows as the estimates take them: scores, decisions, labels
+        if self.calibration is not None and decisions is not None:
+            classes = self.topology.estimates.classes
+            estimates = (task.estimate_scores(output, classes), task.estimate_codes(decisions, classes),
+                         task.estimate_codes(y, classes))
         for (pane, version, segment), idx in _groups(panes, codes, self._version_names, segments):
             state = self.panes.state(pane, version, segment, checked=True)
             if state is None:
                 continue
             self._touch(pane, int(joined.at[idx].min()))
             yi, si, wi = y[idx], score[idx], w[idx]
-            rows = None if shares is None or decided is None or truth is None else (
-                shares[idx], decided[idx], truth[idx], wi)
+            rows = None if estimates is None else (estimates[0][idx], estimates[1][idx], estimates[2][idx], wi)
             state.score(task.outcomes(yi, si, None if decisions is None else decisions[idx], wi), rows)
             if segment is None:
                 self.concept.add_outcomes(pane, version, yi, si, wi)
@@ -877,10 +864,7 @@ class ModelEvaluator:
                    if key.version == baseline and key.segment is None and state.estimate is not None
                    and not self.panes.is_retained(key.start)]
         for _, estimate in sorted(leaving, key=lambda item: item[0]):
-            if isinstance(calibration, ClassCalibration) and isinstance(estimate, ClassScoreBins):
-                calibration.add(estimate)
-            elif isinstance(calibration, Calibration) and isinstance(estimate, ScoreBins):
-                calibration.add(estimate)
+            calibration.add(estimate)
 
     def _detect(self, start: int) -> None:
         """Feed the concept-drift detectors the pane that the closing window is the first to hold

@@ -10,27 +10,23 @@ from typing import Any
 import numpy as np
 
 from mle_stream.core.drift.live import DriftSketches, merge_optional
-from mle_stream.core.metrics.estimated import Calibration, IntArray, ScoreBins
-from mle_stream.core.metrics.estimated_multiclass import ClassCalibration, ClassScoreBins
-from mle_stream.core.metrics.outcomes import BinaryOutcomes, BoolArray, FloatArray
+from mle_stream.core.metrics.estimated import Estimate, ReferenceCounts, restore_like
+from mle_stream.core.metrics.outcomes import BoolArray, FloatArray
 from mle_stream.core.metrics.serving import ServingMetrics
 from mle_stream.core.shadow import AgreementMetrics
 from mle_stream.core.tasks import task_for
 from mle_stream.core.tasks.base import Outcomes, TaskMetrics
 from mle_stream.core.topology import Topology
 
-# Binary: counts per (decision, bin); multiclass: per (decided or not, class, bin), per joint key before
-# the calibration froze (core/metrics/estimated_multiclass.py).
-Estimate = ScoreBins | ClassScoreBins
-AnyCalibration = Calibration | ClassCalibration
-# Multiclass labeled rows for the estimates: class shares, decided and true class codes, weights.
-ClassRows = tuple[FloatArray, IntArray, IntArray, FloatArray]
+# Labeled rows for the estimates, as the task reads them (Task.estimate_scores, estimate_codes):
+# scores, decisions, labels, weights.
+EstimateRows = tuple[FloatArray, np.ndarray, np.ndarray, FloatArray]
 
 
 class WindowState:
     def __init__(self, task: TaskMetrics, serving: ServingMetrics, drift: DriftSketches | None = None,
                  shadow: AgreementMetrics | None = None, estimate: Estimate | None = None,
-                 calibration: AnyCalibration | None = None) -> None:
+                 calibration: ReferenceCounts | None = None) -> None:
         self.task = task
         self.serving = serving
         self.drift = drift  # a tracked version's whole-version drift sketches, once it has rows
@@ -41,38 +37,28 @@ class WindowState:
         self.calibration = calibration
 
     @classmethod
-    def for_topology(cls, topology: Topology, calibration: AnyCalibration | None = None) -> WindowState:
+    def for_topology(cls, topology: Topology, calibration: ReferenceCounts | None = None) -> WindowState:
         task = task_for(topology.task).new_metrics(topology.thresholds)
         estimate = new_estimate(topology)
         return cls(task, ServingMetrics(), shadow=AgreementMetrics() if topology.mode == "shadow" else None,
                    estimate=estimate, calibration=calibration)
 
     def serve(self, latency_ms: FloatArray, serving_error: BoolArray, score: FloatArray | None = None,
-              decision: BoolArray | IntArray | None = None) -> None:
+              decision: np.ndarray | None = None) -> None:
         """Predictions as served: latency (NaN when not reported) and whether serving failed; with
-        estimates, their scores and decisions (NaN scores, failed predictions', are left out):
-        binary, a score and a bool per row; multiclass, a row of class shares and a class code
-        (core/metrics/estimated_multiclass.py)."""
+        estimates, their scores and decisions as the task reads them for the estimates (rows
+        without scores, failed predictions', are left out)."""
         self.serving.update(latency_ms, serving_error)
         if self.estimate is not None and score is not None and decision is not None:
-            if isinstance(self.estimate, ClassScoreBins):
-                self.estimate.serve(score, decision.astype(np.int64, copy=False), self._class_calibration)
-            else:
-                self.estimate.serve(score, decision.astype(np.bool_, copy=False))
+            self.estimate.serve(score, decision, self.calibration)
 
-    def score(self, outcomes: Outcomes, class_rows: ClassRows | None = None) -> None:
+    def score(self, outcomes: Outcomes, estimate_rows: EstimateRows | None = None) -> None:
         """Joined (prediction, label) rows; weight -1 rows take a corrected outcome back out.
-        `class_rows`: the same rows for multiclass estimates."""
+        `estimate_rows`: the same rows for the estimates (without them, the estimates take none)."""
         self.task.update(outcomes)  # type: ignore[arg-type]
         self.serving.add_labeled(int(outcomes.weights().sum()))
-        if isinstance(self.estimate, ScoreBins) and isinstance(outcomes, BinaryOutcomes):
-            self.estimate.update(outcomes)
-        elif isinstance(self.estimate, ClassScoreBins) and class_rows is not None:
-            self.estimate.update(*class_rows, self._class_calibration)
-
-    @property
-    def _class_calibration(self) -> ClassCalibration | None:
-        return self.calibration if isinstance(self.calibration, ClassCalibration) else None
+        if self.estimate is not None and estimate_rows is not None:
+            self.estimate.update(*estimate_rows, self.calibration)
 
     @property
     def predictions(self) -> int:
@@ -100,18 +86,14 @@ class WindowState:
         if self.shadow is not None:
             out.update(self.shadow.values())
             out["paired_rate"] = self.shadow.pairs / self.predictions if self.shadow.pairs else None
-        if isinstance(self.estimate, ClassScoreBins):
-            out.update(self.estimate.values(self.calibration if isinstance(self.calibration, ClassCalibration)
-                                            else None))
-        elif self.estimate is not None:
-            out.update(self.estimate.values(self.calibration if isinstance(self.calibration, Calibration) else None,
-                                            out))
+        if self.estimate is not None:
+            out.update(self.estimate.values(self.calibration, out))
         return out
 
     def merge(self, other: WindowState) -> WindowState:
         return WindowState(self.task.merge(other.task), self.serving.merge(other.serving),  # type: ignore[arg-type]
                            merge_optional(self.drift, other.drift), merge_optional(self.shadow, other.shadow),
-                           merge_optional(self.estimate, other.estimate),  # type: ignore[arg-type]
+                           merge_optional(self.estimate, other.estimate),
                            self.calibration or other.calibration)
 
     def snapshot(self) -> dict[str, Any]:
@@ -126,24 +108,15 @@ class WindowState:
 
     @classmethod
     def restore(cls, topology: Topology, data: dict[str, Any],
-                calibration: AnyCalibration | None = None) -> WindowState:
+                calibration: ReferenceCounts | None = None) -> WindowState:
         """A snapshot taken without estimates, or with other bins or classes than the topology's
         estimates section, restores with empty score bins: its estimates then cover the
         predictions served since."""
         drift = DriftSketches.restore(data["drift"]) if "drift" in data else None
         shadow = AgreementMetrics.restore(data["shadow"]) if "shadow" in data else None
         estimate = new_estimate(topology)
-        stored = data.get("estimate")
-        if estimate is not None and stored is not None:
-            if isinstance(estimate, ClassScoreBins) and stored.get("kind") == "class_score_bins":
-                restored: Estimate = ClassScoreBins.restore(stored)
-            elif isinstance(estimate, ScoreBins) and stored.get("kind") == "score_bins":
-                restored = ScoreBins.restore(stored)
-            else:
-                restored = estimate
-            if restored.bins == estimate.bins and getattr(restored, "classes", None) == getattr(estimate, "classes",
-                                                                                                 None):
-                estimate = restored
+        if estimate is not None:
+            estimate = restore_like(estimate, data.get("estimate"))
         return cls(task_for(topology.task).restore_metrics(data["task"]), ServingMetrics.restore(data["serving"]),
                    drift, shadow, estimate, calibration)
 
@@ -151,18 +124,10 @@ class WindowState:
 def new_estimate(topology: Topology) -> Estimate | None:
     """The empty estimate state of the topology's estimates section (None without one)."""
     es = topology.estimates
-    if not es.enabled:
-        return None
-    if topology.task == "multiclass":
-        return ClassScoreBins(es.classes, es.bins)
-    return ScoreBins(es.bins)
+    return task_for(topology.task).new_estimate(es) if es.enabled else None
 
 
-def new_calibration(topology: Topology) -> AnyCalibration | None:
+def new_calibration(topology: Topology) -> ReferenceCounts | None:
     """The empty calibration of the topology's estimates section (None without one)."""
     es = topology.estimates
-    if not es.enabled:
-        return None
-    if topology.task == "multiclass":
-        return ClassCalibration(es.classes, es.bins, es.reference_labels)
-    return Calibration(es.bins, es.reference_labels)
+    return task_for(topology.task).new_calibration(es) if es.enabled else None

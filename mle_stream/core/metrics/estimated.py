@@ -19,24 +19,27 @@ rows back out are exact. `Calibration` is the map from a score bin to P(positive
 regression (pool adjacent violators) over the reference's labeled counts per bin. Bins are those
 of the binary metric state's score histogram, coarsened to `bins`: half the score, half its
 log-odds, so scores packed near 0 or 1 keep resolution.
+
+The multiclass state and calibration (core/metrics/estimated_multiclass.py) share their
+interfaces, `Estimate` and `ReferenceCounts`: the window state and the evaluator use only those.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import Any, ClassVar, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from mle_stream.core.metrics.base import check_mergeable, check_snapshot, ratio
 from mle_stream.core.metrics.binary import FINEST_BITS, finest_bins
-from mle_stream.core.metrics.outcomes import BinaryOutcomes, FloatArray
+from mle_stream.core.metrics.outcomes import FloatArray
 
 IntArray = npt.NDArray[np.int64]
 ESTIMATED = ("accuracy", "precision", "recall", "f1", "roc_auc")  # estimated_<name>
-_KIND, _VERSION = "score_bins", 1
 
 
 def score_bins(score: FloatArray, bins: int) -> IntArray:
@@ -64,10 +67,56 @@ def check_bins(bins: Any) -> int:
     return bins
 
 
-class ScoreBins:
+class Estimate(ABC):
+    """A pane's or window's state for label-free estimates, binary (ScoreBins) or multiclass
+    (ClassScoreBins, core/metrics/estimated_multiclass.py): what the window state and the evaluator
+    ask of it, so that neither needs to know which task's it holds. Rows come as the task reads them
+    for the estimates (Task.estimate_scores and estimate_codes, core/tasks); `calibration` is the
+    model's, made by the same task (None while there is none)."""
+
+    KIND: ClassVar[str]  # the snapshot's kind
+
+    @property
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """What the counts mean (the bins; multiclass, the classes too): a state or calibration of
+        other params cannot be read or merged with this one."""
+
+    @abstractmethod
+    def serve(self, scores: FloatArray, decided: npt.NDArray[Any], calibration: ReferenceCounts | None = None) -> None:
+        """Served predictions; rows without scores (NaN: failed predictions) are left out."""
+
+    @abstractmethod
+    def update(self, scores: FloatArray, decided: npt.NDArray[Any], truth: npt.NDArray[Any], weights: FloatArray,
+               calibration: ReferenceCounts | None = None) -> None:
+        """Labeled rows (weight -1 takes one back out)."""
+
+    @abstractmethod
+    def merge(self, other: Self) -> Self: ...
+
+    @abstractmethod
+    def values(self, calibration: ReferenceCounts | None,
+               realized: Mapping[str, float | None]) -> dict[str, float | None]:
+        """The estimated_* metrics; `realized`: the window's metrics the estimates' errors are taken against."""
+
+    @abstractmethod
+    def reference_counts(self) -> tuple[IntArray, IntArray]:
+        """Labeled predictions and positives per bin (multiclass: per class and bin): what a calibration learns."""
+
+    @abstractmethod
+    def snapshot(self) -> dict[str, Any]: ...
+
+    @classmethod
+    @abstractmethod
+    def restore(cls, data: dict[str, Any]) -> Self: ...
+
+
+class ScoreBins(Estimate):
     """Counts per (decision, score bin) of one pane or window: predictions served with a score,
     labeled predictions, and labeled positives. Row 0 of each array: decided negative; row 1:
     decided positive."""
+
+    KIND = "score_bins"
 
     def __init__(self, bins: int = 64) -> None:
         self.bins = check_bins(bins)
@@ -84,24 +133,32 @@ class ScoreBins:
     def labeled(self) -> int:
         return int(self._labeled.sum())
 
-    def serve(self, score: FloatArray, decision: npt.NDArray[np.bool_]) -> None:
-        """Served predictions; rows without a usable score (NaN: a failed prediction) are left out."""
-        ok = score == score  # not NaN; scores are in [0, 1] by contract
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"bins": self.bins}
+
+    def serve(self, scores: FloatArray, decided: npt.NDArray[Any], calibration: ReferenceCounts | None = None) -> None:
+        """Served predictions: a score and a decision (bool) each; rows without a usable score (NaN:
+        a failed prediction) are left out. The counts do not depend on the calibration (only
+        values() reads it)."""
+        ok = scores == scores  # not NaN; scores are in [0, 1] by contract
         if not ok.all():
-            score, decision = score[ok], decision[ok]
-        flat = decision.astype(np.int64) * self.bins + score_bins(score, self.bins)
+            scores, decided = scores[ok], decided[ok]
+        flat = decided.astype(np.int64) * self.bins + score_bins(scores, self.bins)
         self._served += np.bincount(flat, minlength=2 * self.bins).reshape(2, self.bins)
 
-    def update(self, batch: BinaryOutcomes) -> None:
-        """Labeled rows (weight -1 takes one back out)."""
+    def update(self, scores: FloatArray, decided: npt.NDArray[Any], truth: npt.NDArray[Any],
+               weights: FloatArray | None = None, calibration: ReferenceCounts | None = None) -> None:
+        """Labeled rows: score, decision and label (bools), weight (-1 takes one back out; None:
+        all +1); the calibration is not needed, as for serve."""
         # One count per (decision, bin, label): a single bincount gives both labeled and positives.
-        predicted, y = np.asarray(batch.predicted, dtype=bool), np.asarray(batch.y_true, dtype=bool)
-        code = ((predicted * self.bins + score_bins(batch.score, self.bins)) << 1) + y
+        predicted, y = np.asarray(decided, dtype=bool), np.asarray(truth, dtype=bool)
+        code = ((predicted * self.bins + score_bins(scores, self.bins)) << 1) + y
         k = 4 * self.bins
-        if batch.weight is None:  # the usual case: integer counts directly
+        if weights is None:  # integer counts directly
             counts = np.bincount(code, minlength=k)
         else:
-            counts = np.rint(np.bincount(code, weights=batch.weights(), minlength=k)).astype(np.int64)
+            counts = np.rint(np.bincount(code, weights=weights, minlength=k)).astype(np.int64)
         counts = counts.reshape(2, self.bins, 2)
         self._labeled += counts[:, :, 0] + counts[:, :, 1]
         self._positives += counts[:, :, 1]
@@ -114,7 +171,7 @@ class ScoreBins:
         merged._positives = self._positives + other._positives
         return merged
 
-    def values(self, calibration: Calibration | None,
+    def values(self, calibration: ReferenceCounts | None,
                realized: Mapping[str, float | None]) -> dict[str, float | None]:
         """estimated_<metric> over the served predictions; estimated_<metric>_error, the estimate
         over the labeled predictions minus `realized[<metric>]` (the metric their labels give);
@@ -137,12 +194,12 @@ class ScoreBins:
         return self._labeled.sum(axis=0), self._positives.sum(axis=0)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"kind": _KIND, "v": _VERSION, "bins": self.bins, "served": self._served.tolist(),
+        return {"kind": self.KIND, "v": 1, "bins": self.bins, "served": self._served.tolist(),
                 "labeled": self._labeled.tolist(), "positives": self._positives.tolist()}
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> ScoreBins:
-        check_snapshot(data, _KIND, _VERSION)
+        check_snapshot(data, cls.KIND, 1)
         state = cls(int(data["bins"]))
         for name in ("served", "labeled", "positives"):
             array = np.asarray(data[name], dtype=np.int64)
@@ -171,10 +228,13 @@ def estimate(counts: IntArray, p: FloatArray) -> dict[str, float | None]:
             "f1": ratio(2 * tp, 2 * tp + fp + fn) or 0.0, "roc_auc": auc}
 
 
-class ReferenceCounts:
+class ReferenceCounts(ABC):
     """What every calibration learns from: labeled and positive counts per bin (per class for
     multiclass: shape (classes, bins)), summed over the reference's panes until `reference_labels`
-    labeled predictions, then frozen."""
+    labeled predictions, then frozen. Calibration (binary) and ClassCalibration (multiclass) share
+    this interface, as their panes' states share Estimate's."""
+
+    KIND: ClassVar[str]  # the snapshot's kind
 
     def __init__(self, shape: tuple[int, ...], reference_labels: int) -> None:
         if isinstance(reference_labels, bool) or not isinstance(reference_labels, int) or reference_labels < 1:
@@ -194,14 +254,35 @@ class ReferenceCounts:
     def frozen(self) -> bool:
         return self.labels >= self.reference_labels
 
-    def _take(self, labeled: IntArray, positives: IntArray) -> None:
-        """Add a reference pane's counts (a pane without labels is not counted as one)."""
-        if labeled.reshape(-1, labeled.shape[-1])[0].sum() <= 0:
+    @property
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """As Estimate.params: a calibration reads and learns from the states of its own params."""
+
+    @abstractmethod
+    def probabilities(self) -> FloatArray | None:
+        """The calibrated probabilities per bin (multiclass: per class and bin) once frozen; None before."""
+
+    def add(self, state: Estimate) -> None:
+        """A reference pane's labeled rows; ignored once the calibration is frozen."""
+        if self.frozen:
             return
+        if state.params != self.params:
+            raise ValueError(f"cannot calibrate {self.params} from a state of {state.params}")
+        labeled, positives = state.reference_counts()
+        if labeled.reshape(-1, labeled.shape[-1])[0].sum() <= 0:
+            return  # a pane without labels is not counted as one
         self._labeled = self._labeled + labeled
         self._positives = self._positives + positives
         self.reference_panes += 1
         self._p = None
+
+    @abstractmethod
+    def snapshot(self) -> dict[str, Any]: ...
+
+    @classmethod
+    @abstractmethod
+    def restore(cls, data: dict[str, Any]) -> Self: ...
 
     def _restore_counts(self, data: dict[str, Any]) -> None:
         shape = self._labeled.shape
@@ -219,17 +300,15 @@ class Calibration(ReferenceCounts):
     """The map from score bin to P(positive), learned from a reference period's labeled counts
     and frozen once the reference holds `reference_labels` labels (see docs/estimates.md)."""
 
+    KIND = "calibration"
+
     def __init__(self, bins: int = 64, reference_labels: int = 2000) -> None:
         self.bins = check_bins(bins)
         super().__init__((self.bins,), reference_labels)
 
-    def add(self, state: ScoreBins) -> None:
-        """A reference pane's labeled rows; ignored once the calibration is frozen."""
-        if self.frozen:
-            return
-        if state.bins != self.bins:
-            raise ValueError(f"cannot calibrate {self.bins} bins from a state of {state.bins} bins")
-        self._take(*state.reference_counts())
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"bins": self.bins}
 
     def probabilities(self) -> FloatArray | None:
         """P(positive) per bin once frozen (None before): isotonic over the bins with reference
@@ -241,16 +320,30 @@ class Calibration(ReferenceCounts):
         return self._p
 
     def snapshot(self) -> dict[str, Any]:
-        return {"kind": "calibration", "v": 1, "bins": self.bins, "reference_labels": self.reference_labels,
+        return {"kind": self.KIND, "v": 1, "bins": self.bins, "reference_labels": self.reference_labels,
                 "labeled": self._labeled.tolist(), "positives": self._positives.tolist(),
                 "reference_panes": self.reference_panes}
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> Calibration:
-        check_snapshot(data, "calibration", 1)
+        check_snapshot(data, cls.KIND, 1)
         state = cls(int(data["bins"]), int(data["reference_labels"]))
         state._restore_counts(data)
         return state
+
+
+Restorable = TypeVar("Restorable", Estimate, ReferenceCounts)
+
+
+def restore_like(fresh: Restorable, stored: dict[str, Any] | None) -> Restorable:
+    """`stored` (an estimate state's or a calibration's snapshot, or None) restored if it is of
+    `fresh`'s kind and params, else `fresh`: a checkpoint taken without estimates, or under other
+    bins or classes, starts them afresh, since its counts would mean something else."""
+    if stored and stored.get("kind") == fresh.KIND:
+        restored = type(fresh).restore(stored)
+        if restored.params == fresh.params:
+            return restored
+    return fresh
 
 
 def isotonic(positives: IntArray, counts: IntArray) -> FloatArray:
@@ -276,4 +369,5 @@ def isotonic(positives: IntArray, counts: IntArray) -> FloatArray:
     return out
 
 
-__all__ = ["ESTIMATED", "Calibration", "ScoreBins", "estimate", "isotonic", "score_bins"]
+__all__ = ["ESTIMATED", "Calibration", "Estimate", "ReferenceCounts", "ScoreBins", "estimate", "isotonic",
+           "restore_like", "score_bins"]

@@ -43,6 +43,7 @@ import numpy.typing as npt
 from mle_stream.core.metrics.base import check_mergeable, check_snapshot, ratio
 from mle_stream.core.metrics.estimated import (
     ESTIMATED,
+    Estimate,
     IntArray,
     ReferenceCounts,
     check_bins,
@@ -51,7 +52,6 @@ from mle_stream.core.metrics.estimated import (
 )
 from mle_stream.core.metrics.outcomes import FloatArray
 
-_KIND, _VERSION = "class_score_bins", 1
 _NAMES = [f"estimated_{m}{s}" for s in ("", "_error") for m in ESTIMATED] + ["estimated_coverage"]
 
 
@@ -111,7 +111,7 @@ def _add_rows(keys: IntArray, counts: IntArray, more_keys: IntArray,
     return unique[nonzero], summed[nonzero]
 
 
-class ClassScoreBins:
+class ClassScoreBins(Estimate):
     """Counts of one pane or window for multiclass estimates.
 
     Rows served (or labeled) once the calibration is frozen are added straight to dense counts per
@@ -123,6 +123,8 @@ class ClassScoreBins:
     counts when read. Also the labeled rows per (true class, class bin), a confusion count (true
     class, or K for one not listed, by decided class), and the served rows whose decided class is
     not listed (`unlisted`, left out of the estimates)."""
+
+    KIND = "class_score_bins"
 
     def __init__(self, classes: Sequence[str], bins: int = 64) -> None:
         self.classes = _check_classes(classes)
@@ -148,6 +150,10 @@ class ClassScoreBins:
     def labeled(self) -> int:
         return int(self._labeled.sum()) + int(self._labeled_dense[0, :, 0].sum())
 
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"classes": self.classes, "bins": self.bins}
+
     def _keys(self, scores: FloatArray, decided: IntArray) -> tuple[IntArray, npt.NDArray[np.bool_]]:
         ok = ~np.isnan(scores).any(axis=1) & (decided >= 0)
         keys = np.empty((int(ok.sum()), len(self.classes) + 1), dtype=np.int64)
@@ -155,7 +161,7 @@ class ClassScoreBins:
         keys[:, 1:] = score_bins(scores[ok], self.bins)
         return keys, ok
 
-    def serve(self, scores: FloatArray, decided: IntArray, calibration: ClassCalibration | None = None) -> None:
+    def serve(self, scores: FloatArray, decided: npt.NDArray[Any], calibration: ReferenceCounts | None = None) -> None:
         """Served predictions: their class shares (class_scores; NaN rows, failed predictions', are
         left out) and decided classes (class_codes); `calibration`, the model's."""
         keys, ok = self._keys(scores, decided)
@@ -168,8 +174,8 @@ class ClassScoreBins:
             self._served_dense += dense(keys, ones, p, self.bins)
             self._covered += _covered(keys, ones, calibration.covered())
 
-    def update(self, scores: FloatArray, decided: IntArray, truth: IntArray, weights: FloatArray,
-               calibration: ClassCalibration | None = None) -> None:
+    def update(self, scores: FloatArray, decided: npt.NDArray[Any], truth: npt.NDArray[Any], weights: FloatArray,
+               calibration: ReferenceCounts | None = None) -> None:
         """Labeled rows: shares, decided classes, true classes (class_codes: -1 for a class not
         listed) and weights (-1 takes one back out)."""
         keys, ok = self._keys(scores, decided)
@@ -222,12 +228,14 @@ class ClassScoreBins:
         return _macro(float(tp.sum()) / n, tp, decided, true, positives.astype(np.float64),
                       (labeled - positives).astype(np.float64))
 
-    def values(self, calibration: ClassCalibration | None) -> dict[str, float | None]:
+    def values(self, calibration: ReferenceCounts | None,
+               realized: Mapping[str, float | None] | None = None) -> dict[str, float | None]:
         """estimated_<metric> over the served predictions; estimated_<metric>_error, the estimate
-        over the labeled predictions minus the realized metric (realized()); estimated_coverage,
-        the share of served predictions with scores whose decided class is listed and every class
-        share of which falls in a bin the reference had labels in. None without a frozen
-        calibration, or without labels for the errors."""
+        over the labeled predictions minus the realized metric (realized(), not the window's
+        metrics `realized`: those hold neither macro precision and recall nor an AUC);
+        estimated_coverage, the share of served predictions with scores whose decided class is
+        listed and every class share of which falls in a bin the reference had labels in. None
+        without a frozen calibration, or without labels for the errors."""
         p = None if calibration is None else calibration.probabilities()
         if p is None or calibration is None or self.count == 0:
             return dict.fromkeys(_NAMES)
@@ -244,7 +252,7 @@ class ClassScoreBins:
         return {name: out.get(name) for name in _NAMES}
 
     def snapshot(self) -> dict[str, Any]:
-        return {"kind": _KIND, "v": _VERSION, "classes": list(self.classes), "bins": self.bins,
+        return {"kind": self.KIND, "v": 1, "classes": list(self.classes), "bins": self.bins,
                 "served_keys": self._served_keys.tolist(), "served": self._served.tolist(),
                 "labeled_keys": self._labeled_keys.tolist(), "labeled": self._labeled.tolist(),
                 "served_dense": self._served_dense.tolist(), "labeled_dense": self._labeled_dense.tolist(),
@@ -253,7 +261,7 @@ class ClassScoreBins:
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> ClassScoreBins:
-        check_snapshot(data, _KIND, _VERSION)
+        check_snapshot(data, cls.KIND, 1)
         state = cls(data["classes"], int(data["bins"]))
         k = len(state.classes)
         for name in ("served", "labeled"):
@@ -353,18 +361,16 @@ class ClassCalibration(ReferenceCounts):
     one-vs-rest from a reference period's labeled counts and frozen once the reference holds
     `reference_labels` labeled predictions (see docs/estimates.md)."""
 
+    KIND = "class_calibration"
+
     def __init__(self, classes: Sequence[str], bins: int = 64, reference_labels: int = 2000) -> None:
         self.classes = _check_classes(classes)
         self.bins = check_bins(bins)
         super().__init__((len(self.classes), self.bins), reference_labels)
 
-    def add(self, state: ClassScoreBins) -> None:
-        """A reference pane's labeled rows; ignored once the calibration is frozen."""
-        if self.frozen:
-            return
-        if state.bins != self.bins or state.classes != self.classes:
-            raise ValueError("cannot calibrate from a state of other classes or bins")
-        self._take(*state.reference_counts())
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"classes": self.classes, "bins": self.bins}
 
     def probabilities(self) -> FloatArray | None:
         """P(class) per (class, bin) once frozen (None before): isotonic per class, as the binary
@@ -376,13 +382,13 @@ class ClassCalibration(ReferenceCounts):
         return self._p
 
     def snapshot(self) -> dict[str, Any]:
-        return {"kind": "class_calibration", "v": 1, "classes": list(self.classes), "bins": self.bins,
+        return {"kind": self.KIND, "v": 1, "classes": list(self.classes), "bins": self.bins,
                 "reference_labels": self.reference_labels, "labeled": self._labeled.tolist(),
                 "positives": self._positives.tolist(), "reference_panes": self.reference_panes}
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> ClassCalibration:
-        check_snapshot(data, "class_calibration", 1)
+        check_snapshot(data, cls.KIND, 1)
         state = cls(data["classes"], int(data["bins"]), int(data["reference_labels"]))
         state._restore_counts(data)
         return state

@@ -7,17 +7,21 @@ decides what happens. Tasks hold no state: one instance serves every model of it
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from mle_stream.core.columns import PredictionColumns
 from mle_stream.core.events import LabelValue
 from mle_stream.core.metrics.binary import BinaryMetrics
+from mle_stream.core.metrics.estimated import Estimate, ReferenceCounts
 from mle_stream.core.metrics.multiclass import MulticlassMetrics
-from mle_stream.core.metrics.outcomes import BinaryOutcomes, MulticlassOutcomes, RegressionOutcomes
+from mle_stream.core.metrics.outcomes import BinaryOutcomes, FloatArray, MulticlassOutcomes, RegressionOutcomes
 from mle_stream.core.metrics.regression import RegressionMetrics
 from mle_stream.core.record_checks import Reject
+
+if TYPE_CHECKING:  # the topology module imports the tasks
+    from mle_stream.core.topology.model import EstimateSettings
 
 TaskMetrics = BinaryMetrics | MulticlassMetrics | RegressionMetrics
 Outcomes = BinaryOutcomes | MulticlassOutcomes | RegressionOutcomes
@@ -89,6 +93,26 @@ class Task(ABC):
     def compare(self, shadow_outputs: list[Any], production_outputs: list[Any], shadow_decisions: list[Any],
                 production_decisions: list[Any]) -> Agreement:
         """Shadow mode: agree, decided, diff, abs_diff per (shadow, production) pair (core/shadow.compare)."""
+
+    # Label-free estimates (docs/estimates.md): only the tasks that decide a class have them (the
+    # topology refuses an estimates section elsewhere), so these are not abstract.
+
+    def new_calibration(self, estimates: EstimateSettings) -> ReferenceCounts:
+        """The model's empty calibration under the topology's estimates section."""
+        raise ValueError(f"a {self.name} model has no estimates")
+
+    def new_estimate(self, estimates: EstimateSettings) -> Estimate:
+        """A pane's empty estimate state under the topology's estimates section."""
+        raise ValueError(f"a {self.name} model has no estimates")
+
+    def estimate_scores(self, outputs: np.ndarray, classes: tuple[str, ...]) -> FloatArray:
+        """Model outputs (None: none) as the estimate states take them (Estimate.serve, update): a new
+        array, which the evaluator may change (it blanks failed predictions' rows)."""
+        raise ValueError(f"a {self.name} model has no estimates")
+
+    def estimate_codes(self, names: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+        """Decisions or labels (None: none) as the estimate states take them (Estimate.serve, update)."""
+        raise ValueError(f"a {self.name} model has no estimates")
 
 
 __all__ = ["Agreement", "Outcomes", "Task", "TaskMetrics"]

@@ -3,17 +3,20 @@ threshold (or the pod's own predicted_label), true/false labels."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mle_stream.core.columns import PredictionColumns
 from mle_stream.core.events import LabelValue, binary_truth
 from mle_stream.core.metrics.binary import BinaryMetrics
-from mle_stream.core.metrics.estimated import ESTIMATED
-from mle_stream.core.metrics.outcomes import BinaryOutcomes
+from mle_stream.core.metrics.estimated import ESTIMATED, Calibration, ScoreBins
+from mle_stream.core.metrics.outcomes import BinaryOutcomes, BoolArray, FloatArray
 from mle_stream.core.record_checks import Reject
 from mle_stream.core.tasks.base import Agreement, Task
+
+if TYPE_CHECKING:
+    from mle_stream.core.topology.model import EstimateSettings
 
 
 class Binary(Task):
@@ -77,6 +80,18 @@ class Binary(Task):
         diff = np.array(shadow_outputs, dtype=np.float64) - np.array(production_outputs, dtype=np.float64)
         agree = np.array(shadow_decisions, dtype=np.bool_) == np.array(production_decisions, dtype=np.bool_)
         return agree, np.ones(len(diff), dtype=np.bool_), diff, np.abs(diff)
+
+    def new_calibration(self, estimates: EstimateSettings) -> Calibration:
+        return Calibration(estimates.bins, estimates.reference_labels)
+
+    def new_estimate(self, estimates: EstimateSettings) -> ScoreBins:
+        return ScoreBins(estimates.bins)
+
+    def estimate_scores(self, outputs: np.ndarray, classes: tuple[str, ...]) -> FloatArray:
+        return np.array(outputs, dtype=np.float64)  # the score (None: NaN)
+
+    def estimate_codes(self, names: np.ndarray, classes: tuple[str, ...]) -> BoolArray:
+        return np.asarray(names, dtype=np.bool_)  # positive or not (None: False)
 
 
 __all__ = ["Binary"]

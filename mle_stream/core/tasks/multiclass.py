@@ -4,17 +4,21 @@ the pod's own predicted_label), class names as labels."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mle_stream.core.columns import PredictionColumns
 from mle_stream.core.events import LabelValue
-from mle_stream.core.metrics.estimated import ESTIMATED
+from mle_stream.core.metrics.estimated import ESTIMATED, IntArray
+from mle_stream.core.metrics.estimated_multiclass import ClassCalibration, ClassScoreBins, class_codes, class_scores
 from mle_stream.core.metrics.multiclass import MulticlassMetrics
-from mle_stream.core.metrics.outcomes import MulticlassOutcomes
+from mle_stream.core.metrics.outcomes import FloatArray, MulticlassOutcomes
 from mle_stream.core.record_checks import Reject, class_probabilities_problem
 from mle_stream.core.tasks.base import Agreement, Task
+
+if TYPE_CHECKING:
+    from mle_stream.core.topology.model import EstimateSettings
 
 
 class Multiclass(Task):
@@ -82,6 +86,21 @@ class Multiclass(Task):
         tv = np.fromiter((_total_variation(a, b) for a, b in zip(shadow_outputs, production_outputs)),
                          dtype=np.float64, count=n)
         return agree, np.ones(n, dtype=np.bool_), np.full(n, np.nan), tv
+
+    # The estimates count a prediction by its share of each listed class and the position of its
+    # decided (or true) class among them (core/metrics/estimated_multiclass.py).
+
+    def new_calibration(self, estimates: EstimateSettings) -> ClassCalibration:
+        return ClassCalibration(estimates.classes, estimates.bins, estimates.reference_labels)
+
+    def new_estimate(self, estimates: EstimateSettings) -> ClassScoreBins:
+        return ClassScoreBins(estimates.classes, estimates.bins)
+
+    def estimate_scores(self, outputs: np.ndarray, classes: tuple[str, ...]) -> FloatArray:
+        return class_scores(outputs.tolist(), classes)  # a row per prediction (None: a row of NaN)
+
+    def estimate_codes(self, names: np.ndarray, classes: tuple[str, ...]) -> IntArray:
+        return class_codes(names.tolist(), classes)  # -1: None, or a class not listed
 
 
 def _total_variation(a: dict[str, float], b: dict[str, float]) -> float:
