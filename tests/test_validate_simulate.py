@@ -56,14 +56,18 @@ def test_strict_json_output_parses_and_exits_1_on_a_warning(topology: Path,
     assert low <= check["false_rollback"]["rate"] <= high
 
 
-def test_an_invalid_topology_exits_2_and_a_shadow_one_is_not_simulated(
+def test_an_invalid_topology_exits_2_and_the_valid_ones_are_still_simulated(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(TOPOLOGY.replace("task: binary", "task: ranking"))
-    assert main(["validate", "--simulate", str(bad), str(REPO / "topologies" / "credit-risk-shadow.yaml")]) == 2
+    shadow = REPO / "topologies" / "credit-risk-shadow.yaml"
+    fast = ["--runs", "4", "--windows", "4", "--traffic", "2/s"]
+    assert main(["validate", "--simulate", *fast, str(bad), str(shadow)]) == 2
     captured = capsys.readouterr()
     assert "bad.yaml:2" in captured.err
-    assert "decisions-agree (agreement): not simulated: shadow mode" in captured.out
+    assert "the shadow answers every request (mirrored)" in captured.out
+    assert "decisions-agree (agreement): false rollbacks" in captured.out
+    assert "score-shift (score_abs_diff): false holds" in captured.out
 
 
 @pytest.mark.parametrize("flags, named", [(["--traffic", "fast"], "--traffic"),

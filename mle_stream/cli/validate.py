@@ -195,12 +195,13 @@ def _simulate(path: Path, topology: Any, scenario: Any, as_json: bool) -> dict[s
 
     t, traffic = topology, scenario.traffic
     windows = horizon(t, traffic)
-    share = initial_share(t, traffic)
     followed = " (then the rollout's steps as the policy takes them)" if traffic.share is None and t.rollout else ""
+    # Shadow mode has no share: production answers every request and the shadow answers it too.
+    who = (f"{traffic.per_s:g} requests/s, the shadow answers every request (mirrored)" if t.mode == "shadow" else
+           f"{traffic.per_s:g} predictions/s, candidate share {initial_share(t, traffic):.0%}{followed}")
     lo, hi = traffic.label_delay_ms
-    setting = (f"{scenario.runs} runs per check, {traffic.per_s:g} predictions/s, candidate share "
-               f"{share:.0%}{followed}, labels after {lo / 1000:g}..{hi / 1000:g} s, {traffic.unlabeled:.0%} "
-               f"never labeled, {windows} windows of {t.window_size_ms / 1000:g} s")
+    setting = (f"{scenario.runs} runs per check, {who}, labels after {lo / 1000:g}..{hi / 1000:g} s, "
+               f"{traffic.unlabeled:.0%} never labeled, {windows} windows of {t.window_size_ms / 1000:g} s")
     if not as_json:
         print(f"  simulated: {setting}")
     try:

@@ -33,6 +33,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -51,10 +52,11 @@ from mle_stream.core.checks import (
 from mle_stream.core.columns import FeatureColumns, LabelColumns, PredictionColumns
 from mle_stream.core.evaluator import Advance, ModelEvaluator
 from mle_stream.core.events import CommandKind
+from mle_stream.core.metrics.estimated import ReferenceCounts
 from mle_stream.core.tasks import task_for
 from mle_stream.core.topology import Topology
 from mle_stream.core.verdict import Verdict
-from mle_stream.core.window_state import WindowState
+from mle_stream.core.window_state import WindowState, new_calibration
 
 DEFAULT_RUNS = 200
 DEFAULT_WINDOWS = 24  # the horizon of a topology without rollout steps
@@ -73,28 +75,75 @@ class Generator:
     latency_sigma: float = 0.5
     serving_error_rate: float = 0.002
     flip: float = 0.0  # classification: share of predictions whose truth is another class than scored
+    # Shadow mode: the correlation, given the truth, of the two versions' noise on one request (the
+    # request's share of it; the rest is each version's own). Two equally good versions then
+    # agree on most requests but not all, as two trainings of one model do.
+    shadow_correlation: float = 0.99
 
     def outputs(self, task: str, n: int, rng: np.random.Generator) -> tuple[Any, list[Any]]:
         """(outputs, truths) of n predictions: binary scores, multiclass score maps or regression values."""
+        truth = self._truths(task, n, rng)
+        outputs = self._answers(task, truth, self._noise(task, n, rng))
+        return outputs, self._names(task, self._swapped(task, truth, rng))
+
+    def answer_pairs(self, task: str, shadow: Generator, n: int,
+                     rng: np.random.Generator) -> tuple[Any, Any, list[Any]]:
+        """Shadow mode: (production's outputs, the shadow's outputs, truths) of n requests, each
+        answered by both: `self` (production) and `shadow` see the same truth, and their noise
+        shares the request's part, sqrt(rho) z + sqrt(1 - rho) e (rho: self's
+        shadow_correlation), so each version alone is its own generator's traffic. A version's
+        flipped share answers for another class than the truth."""
+        truth = self._truths(task, n, rng)
+        shared = self._noise(task, n, rng)
+        rho = self.shadow_correlation
+        answered = []
+        for gen in (self, shadow):
+            noise = math.sqrt(rho) * shared + math.sqrt(1 - rho) * gen._noise(task, n, rng)
+            answered.append(gen._answers(task, gen._swapped(task, truth, rng), noise))
+        return answered[0], answered[1], self._names(task, truth)
+
+    def _truths(self, task: str, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Each request's truth: binary bools, multiclass class indices, regression values."""
         if task == "binary":
-            truth = rng.random(n) < self.base_rate
-            x = rng.standard_normal(n) + self.separation * truth
-            logit = math.log(self.base_rate / (1 - self.base_rate)) + self.separation * x - self.separation ** 2 / 2
-            flipped = rng.random(n) < self.flip
-            return expit(logit), (truth ^ flipped).tolist()
+            return rng.random(n) < self.base_rate
         if task == "multiclass":
-            k = self.classes
-            cls = rng.integers(0, k, n)
-            logits = rng.standard_normal((n, k))
-            logits[np.arange(n), cls] += self.separation
+            return rng.integers(0, self.classes, n)
+        return rng.normal(100.0, 20.0, n)
+
+    def _noise(self, task: str, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Standard normal noise: one per prediction, or one per class and prediction (multiclass)."""
+        return rng.standard_normal((n, self.classes) if task == "multiclass" else n)
+
+    def _answers(self, task: str, followed: np.ndarray, noise: np.ndarray) -> Any:
+        """The outputs of a model that answers for the classes (values) `followed`, with standard noise `noise`."""
+        if task == "binary":
+            x = noise + self.separation * followed
+            logit = math.log(self.base_rate / (1 - self.base_rate)) + self.separation * x - self.separation ** 2 / 2
+            return expit(logit)
+        if task == "multiclass":
+            logits = noise.copy()
+            logits[np.arange(len(followed)), followed] += self.separation
             p = np.exp(logits - logits.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
-            names = [f"class{j}" for j in range(k)]
+            names = self._names(task, np.arange(self.classes))
+            return [dict(zip(names, row)) for row in p.tolist()]
+        return followed + self.noise * noise
+
+    def _swapped(self, task: str, truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`truth` with a share `flip` of its classes replaced by another (classification)."""
+        if task == "binary":
+            return truth ^ (rng.random(len(truth)) < self.flip)  # type: ignore[no-any-return]
+        if task == "multiclass":
+            n, k = len(truth), self.classes
             flipped = rng.random(n) < self.flip
-            cls = np.where(flipped, (cls + rng.integers(1, k, n)) % k, cls)
-            return [dict(zip(names, row)) for row in p.tolist()], [names[c] for c in cls.tolist()]
-        truth_values = rng.normal(100.0, 20.0, n)
-        return truth_values + rng.normal(0.0, self.noise, n), truth_values.tolist()
+            return np.where(flipped, (truth + rng.integers(1, k, n)) % k, truth)
+        return truth
+
+    def _names(self, task: str, truth: np.ndarray) -> list[Any]:
+        """Truths as labels carry them: bools, class names, values."""
+        if task == "multiclass":
+            return [f"class{c}" for c in truth.tolist()]
+        return truth.tolist()  # type: ignore[no-any-return]
 
     def latencies(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return self.latency_median_ms * np.exp(self.latency_sigma * rng.standard_normal(n))
@@ -228,32 +277,102 @@ def _sequential_margin(metric: str, spec: SequentialSpec) -> float:
 
 
 def metric_value(task: str, topology: Topology, gen: Generator, metric: str, seed: int = 7,
-                 n: int = _CALIBRATION_SAMPLES) -> float | None:
-    """`metric` of `gen`'s traffic, computed by the task's own window state on n labeled predictions."""
+                 n: int = _CALIBRATION_SAMPLES, reference: Generator | None = None) -> float | None:
+    """`metric` of `gen`'s traffic, computed by the task's own window state on n labeled
+    predictions. `reference`: the baseline `gen` is compared with (None: `gen` itself, as in an
+    A/A test): estimates read the calibration the evaluator learns from the reference's labels
+    (learned here from n of them: the calibration a long reference period converges to), and the
+    shadow metrics pair `gen`'s answers with the reference's on the same requests."""
+    reference = gen if reference is None else reference
     rng = np.random.default_rng(seed)
-    state = WindowState.for_topology(topology)
-    outputs, truths = gen.outputs(task, n, rng)
-    spec = task_for(task)
-    out = np.array(outputs, dtype=spec.output_dtype) if spec.output_dtype != object else \
-        np.fromiter(outputs, dtype=object, count=n)
-    decisions: Any = None
-    if task == "binary":
-        decisions = out >= topology.threshold
-    elif task == "multiclass":
-        decisions = np.fromiter((max(o, key=o.__getitem__) for o in outputs), dtype=object, count=n)
-    y, score = spec.truths_and_scores(np.array(truths, dtype=object if task == "multiclass" else None), out)
-    state.serve(gen.latencies(n, rng), rng.random(n) < gen.serving_error_rate)
-    state.score(spec.outcomes(y, score, decisions, np.ones(n)))
+    if base_metric(metric) in SHADOW_METRICS:
+        production, shadow, _ = reference.answer_pairs(task, gen, n, rng)
+        state = WindowState.for_topology(topology)
+        failed = [rng.random(n) < g.serving_error_rate for g in (reference, gen)]
+        state.serve(gen.latencies(n, rng), failed[1])
+        paired = np.flatnonzero(~failed[0] & ~failed[1])  # a failed side has no output: no pair
+        assert state.shadow is not None
+        state.shadow.update(*task_for(task).compare(
+            *(_picked(outputs, paired) for outputs in (shadow, production)),
+            *(_picked(_decisions(topology, outputs), paired) for outputs in (shadow, production))))
+    else:
+        outputs, truths = gen.outputs(task, n, rng)
+        state = _scored_window(topology, outputs, truths, gen, _reference_calibration(topology, reference, seed, n),
+                               rng)
     value = state.values(3600.0).get(metric)
     return None if value is None else float(value)
 
 
-def degrade(task: str, topology: Topology, gen: Generator, degradation: Degradation) -> Generator:
+def _picked(values: Any, rows: np.ndarray) -> list[Any]:
+    return [values[i] for i in rows.tolist()]
+
+
+def _decisions(topology: Topology, outputs: Any) -> Any:
+    """Each output's decision as the task reads it when no predicted_label comes: a binary score
+    at the threshold, a multiclass map's argmax; None for a regression."""
+    if topology.task == "binary":
+        return np.asarray(outputs) >= topology.threshold
+    if topology.task == "multiclass":
+        return np.fromiter((max(o, key=o.__getitem__) for o in outputs), dtype=object, count=len(outputs))
+    return [None] * len(outputs)
+
+
+def _scored_window(topology: Topology, outputs: Any, truths: list[Any], gen: Generator,
+                   calibration: ReferenceCounts | None, rng: np.random.Generator) -> WindowState:
+    """A window state holding these predictions, all served and labeled (with estimates: their
+    scores and decisions as the task reads them for the evaluator, read through `calibration`)."""
+    task, n = topology.task, len(truths)
+    state = WindowState.for_topology(topology, calibration)
+    spec = task_for(task)
+    out = np.array(outputs, dtype=spec.output_dtype) if spec.output_dtype != object else \
+        np.fromiter(outputs, dtype=object, count=n)
+    decisions: Any = None if task == "regression" else _decisions(topology, outputs)
+    y, score = spec.truths_and_scores(np.array(truths, dtype=object if task == "multiclass" else None), out)
+    served: tuple[Any, Any] = (None, None)
+    rows = None
+    if state.estimate is not None:
+        classes = topology.estimates.classes
+        served = (spec.estimate_scores(out, classes), spec.estimate_codes(decisions, classes))
+        rows = (*served, spec.estimate_codes(y, classes), np.ones(n))
+    state.serve(gen.latencies(n, rng), rng.random(n) < gen.serving_error_rate, *served)
+    state.score(spec.outcomes(y, score, decisions, np.ones(n)), rows)
+    return state
+
+
+@lru_cache(maxsize=8)
+def _reference_calibration(topology: Topology, reference: Generator, seed: int, n: int) -> ReferenceCounts | None:
+    """The calibration the evaluator learns from the reference's labels (None without estimates),
+    frozen after n labeled predictions of `reference` rather than the topology's reference_labels:
+    the one its noisy estimates scatter around. Cached: a bisection reads it some 30 times."""
+    if not topology.estimates.enabled:
+        return None
+    calibration = new_calibration(replace(topology, estimates=replace(topology.estimates, reference_labels=n)))
+    assert calibration is not None
+    learn_reference(topology, calibration, reference, np.random.default_rng([seed, 1]))
+    return calibration
+
+
+def learn_reference(topology: Topology, calibration: ReferenceCounts, reference: Generator,
+                    rng: np.random.Generator) -> None:
+    """Freeze `calibration` on `reference_labels` labeled predictions of `reference`, counted as a
+    window state counts them: a reference period of the baseline before the rollout."""
+    outputs, truths = reference.outputs(topology.task, calibration.reference_labels, rng)
+    estimate = _scored_window(topology, outputs, truths, reference, None, rng).estimate
+    assert estimate is not None  # the topology has estimates: it has a calibration
+    calibration.add(estimate)
+    if not calibration.frozen:
+        raise AssertionError(f"a reference of {calibration.reference_labels} labels left the calibration unfrozen")
+
+
+def degrade(task: str, topology: Topology, gen: Generator, degradation: Degradation,
+            reference: Generator | None = None) -> Generator:
     """The generator whose `degradation.metric` is the stated change from `gen`'s (ValueError when
-    the knob cannot get there)."""
+    the knob cannot get there). `reference`: the baseline a candidate is compared with (its
+    calibration for estimates, its answers for the shadow metrics); None for a baseline's own
+    setting, where the shadow metrics are those of two equally good versions (metric_value)."""
     metric = degradation.metric
     base = base_metric(metric)
-    current = metric_value(task, topology, gen, metric)
+    current = metric_value(task, topology, gen, metric, reference=reference)
     if current is None:
         raise ValueError(f"degradation {degradation}: {metric!r} is not a metric a {task} model's windows carry")
     target = degradation.target(current)
@@ -265,9 +384,11 @@ def degrade(task: str, topology: Topology, gen: Generator, degradation: Degradat
         if not 0 <= target < 1:
             raise ValueError(f"degradation {degradation}: a rate must stay in [0, 1), got {target:.4g}")
         return replace(gen, serving_error_rate=target)
-    if base in SERVING_METRICS or base in SHADOW_METRICS:
-        raise ValueError(f"degradation {degradation}: {metric!r} cannot be degraded in the simulation; "
-                         f"degrade a quality metric, latency_*_ms or serving_error_rate")
+    if base in SERVING_METRICS or base == "paired_rate":
+        raise ValueError(f"degradation {degradation}: {metric!r} cannot be degraded in the simulation (it is the "
+                         f"traffic's, not the model's); degrade a quality metric, latency_*_ms or serving_error_rate")
+    if base in SHADOW_METRICS:
+        return _shadow_degraded(task, topology, gen, degradation, reference, current, target)
     if task == "binary" and base == "roc_auc":
         if not 0.5 <= target < 1:
             raise ValueError(f"degradation {degradation}: the simulator's AUC is in [0.5, 1), got {target:.4g}")
@@ -292,13 +413,21 @@ def degrade(task: str, topology: Topology, gen: Generator, degradation: Degradat
             else "noise" if task == "regression" else "separation")
     lo, hi = {"flip": (0.0, 0.5), "noise": (0.01, 20 * gen.noise),
               "separation": (0.0, 4 * max(gen.separation, 1.5))}[knob]
+    return _bisected(task, topology, gen, degradation, reference, current, target, knob, lo, hi)
+
+
+def _bisected(task: str, topology: Topology, gen: Generator, degradation: Degradation,
+              reference: Generator | None, current: float, target: float, knob: str, lo: float,
+              hi: float) -> Generator:
+    """`gen` with `knob` set in [lo, hi] (where the metric is monotone) so that the metric, as
+    metric_value reads it against `reference`, is `target`: 25 bisection steps."""
+    metric = degradation.metric
 
     def turned(x: float) -> Generator:
-        return (replace(gen, flip=x) if knob == "flip" else replace(gen, noise=x) if knob == "noise"
-                else replace(gen, separation=x))
+        return replace(gen, **{knob: x})  # type: ignore[arg-type]
 
     def value(x: float) -> float:
-        v = metric_value(task, topology, turned(x), metric)
+        v = metric_value(task, topology, turned(x), metric, reference=reference)
         return math.nan if v is None else v
 
     v_lo, v_hi = value(lo), value(hi)
@@ -313,6 +442,22 @@ def degrade(task: str, topology: Topology, gen: Generator, degradation: Degradat
         else:
             hi = mid
     return turned((lo + hi) / 2)
+
+
+def _shadow_degraded(task: str, topology: Topology, gen: Generator, degradation: Degradation,
+                     reference: Generator | None, current: float, target: float) -> Generator:
+    """A shadow metric (agreement, score_abs_diff, score_diff) moved to `target`. A baseline's
+    setting (no reference: two equally good versions) moves how much of the noise the two
+    versions share; a candidate moves away from production as a worse model: a classifier by a
+    share of requests answered as for another class (the flip of an error-rate degradation: its
+    decisions differ from production's on them; a weaker separation cannot take agreement below
+    production's negative rate), a regression by more noise."""
+    if reference is None:
+        return _bisected(task, topology, gen, degradation, None, current, target, "shadow_correlation", 0.0, 0.9999)
+    if task == "regression":
+        return _bisected(task, topology, gen, degradation, reference, current, target, "noise", gen.noise,
+                         20 * gen.noise)
+    return _bisected(task, topology, gen, degradation, reference, current, target, "flip", gen.flip, 0.5)
 
 
 # -- runs -----------------------------------------------------------------------------------------
@@ -355,6 +500,11 @@ def run_once(topology: Topology, traffic: Traffic, baseline: Generator, candidat
     share = initial_share(t, traffic)
     follow = traffic.share is None
     ev = ModelEvaluator(t)
+    if ev.calibration is not None:
+        # Estimates: the rollout starts on a worker that has watched the baseline long enough to
+        # calibrate (learned in the run, the calibration would wait for the baseline's panes to
+        # leave retention, and every estimate before that is INCONCLUSIVE).
+        learn_reference(t, ev.calibration, baseline, rng)
     lo, hi = traffic.label_delay_ms
     pending_ts: list[np.ndarray] = []
     pending_ids: list[np.ndarray] = []
@@ -394,10 +544,13 @@ def run_once(topology: Topology, traffic: Traffic, baseline: Generator, candidat
         if step < windows:
             n = int(rng.poisson(traffic.per_s * size / 1000))
             ts = np.sort(rng.integers(t0, t1, n)).astype(np.int64)
-            is_cand = rng.random(n) < share
             ids = np.arange(next_id, next_id + n)
             next_id += n
-            cols, truth, labeled = _predictions(t, ts, is_cand, ids, baseline, candidate, rng)
+            if t.mode == "shadow":  # every request to both: no share
+                cols, truth, labeled = _shadow_predictions(t, ts, ids, baseline, candidate, rng)
+            else:
+                is_cand = rng.random(n) < share
+                cols, truth, labeled = _predictions(t, ts, is_cand, ids, baseline, candidate, rng)
             delay = _delays(lo, hi, n, rng)
             keep = labeled & (rng.random(n) >= traffic.unlabeled)
             pending_ts.append(ts[keep] + delay[keep])
@@ -440,44 +593,77 @@ def _delays(lo: int, hi: int, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def _predictions(t: Topology, ts: np.ndarray, is_cand: np.ndarray, ids: np.ndarray, baseline: Generator,
                  candidate: Generator, rng: np.random.Generator) -> tuple[PredictionColumns, list[Any], np.ndarray]:
-    """The predictions' columns, each one's truth, and which can be labeled (those that did not fail)."""
+    """Canary and A/B: each request answered by one version. The predictions' columns, each one's
+    truth, and which can be labeled (those that did not fail)."""
     n = len(ts)
-    score = np.full(n, np.nan)
-    value = np.full(n, np.nan)
-    latency = np.empty(n)
-    scores: list[Any] | None = [None] * n if t.task == "multiclass" else None
+    columns = _Columns(t, n)
     truth: list[Any] = [None] * n
-    failed = np.zeros(n, dtype=bool)
     for gen, rows in ((baseline, np.flatnonzero(~is_cand)), (candidate, np.flatnonzero(is_cand))):
-        m = len(rows)
-        if m == 0:
+        if len(rows) == 0:
             continue
-        outputs, truths = gen.outputs(t.task, m, rng)
-        latency[rows] = gen.latencies(m, rng)
-        failed[rows] = rng.random(m) < gen.serving_error_rate
-        row_list = rows.tolist()
-        if t.task == "binary":
-            score[rows] = outputs
-        elif t.task == "regression":
-            value[rows] = outputs
-        else:
-            assert scores is not None
-            for i, o in zip(row_list, outputs):
-                scores[i] = o
-        for i, y in zip(row_list, truths):
+        outputs, truths = gen.outputs(t.task, len(rows), rng)
+        columns.answer(rows, outputs, gen, rng)
+        for i, y in zip(rows.tolist(), truths):
             truth[i] = y
-    error: list[str | None] | None = None
-    if failed.any():
-        error = [("simulated serving error" if f else None) for f in failed.tolist()]
-        score[failed] = np.nan
-        value[failed] = np.nan
-        if scores is not None:
-            for i in np.flatnonzero(failed).tolist():
-                scores[i] = None
     versions = [t.candidate_version if c else t.baseline_version for c in is_cand.tolist()]
-    cols = PredictionColumns([str(i) for i in ids.tolist()], [t.model] * n, versions, ts, score, value, latency,
-                             scores, None, None, error, FeatureColumns())
-    return cols, truth, ~failed
+    return columns.build(ids, ts, versions), truth, ~columns.failed
+
+
+def _shadow_predictions(t: Topology, ts: np.ndarray, ids: np.ndarray, baseline: Generator, candidate: Generator,
+                        rng: np.random.Generator) -> tuple[PredictionColumns, list[Any], np.ndarray]:
+    """Shadow mode: each request answered by production (the baseline) and, mirrored, by the
+    shadow (the candidate), both published under the request's id at its time, production's
+    first. The columns (two rows a request), each request's truth, and which requests can be
+    labeled: production's answer did not fail (the label is production's; a shadow that failed
+    just has no pair and no label)."""
+    n = len(ts)
+    production, shadow, truth = baseline.answer_pairs(t.task, candidate, n, rng)
+    columns = _Columns(t, 2 * n)
+    first = 2 * np.arange(n)
+    columns.answer(first, production, baseline, rng)
+    columns.answer(first + 1, shadow, candidate, rng)
+    versions = [t.baseline_version, t.candidate_version] * n
+    return columns.build(np.repeat(ids, 2), np.repeat(ts, 2), versions), truth, ~columns.failed[first]
+
+
+class _Columns:
+    """Prediction columns being filled, group of rows by group of rows, from the generators' answers."""
+
+    def __init__(self, t: Topology, n: int) -> None:
+        self.t = t
+        self.score = np.full(n, np.nan)
+        self.value = np.full(n, np.nan)
+        self.latency = np.empty(n)
+        self.scores: list[Any] | None = [None] * n if t.task == "multiclass" else None
+        self.failed = np.zeros(n, dtype=bool)
+
+    def answer(self, rows: np.ndarray, outputs: Any, gen: Generator, rng: np.random.Generator) -> None:
+        """`gen`'s outputs at `rows`, with its latencies and serving errors."""
+        m = len(rows)
+        self.latency[rows] = gen.latencies(m, rng)
+        self.failed[rows] = rng.random(m) < gen.serving_error_rate
+        if self.t.task == "binary":
+            self.score[rows] = outputs
+        elif self.t.task == "regression":
+            self.value[rows] = outputs
+        else:
+            assert self.scores is not None
+            for i, o in zip(rows.tolist(), outputs):
+                self.scores[i] = o
+
+    def build(self, ids: np.ndarray, ts: np.ndarray, versions: list[str]) -> PredictionColumns:
+        """The columns; a failed prediction has an error and no output."""
+        failed = self.failed
+        error: list[str | None] | None = None
+        if failed.any():
+            error = [("simulated serving error" if f else None) for f in failed.tolist()]
+            self.score[failed] = np.nan
+            self.value[failed] = np.nan
+            if self.scores is not None:
+                for i in np.flatnonzero(failed).tolist():
+                    self.scores[i] = None
+        return PredictionColumns([str(i) for i in ids.tolist()], [self.t.model] * len(ts), versions, ts, self.score,
+                                 self.value, self.latency, self.scores, None, None, error, FeatureColumns())
 
 
 # -- per-check estimates --------------------------------------------------------------------------
@@ -585,10 +771,6 @@ def simulate_check(topology: Topology, rule: CheckRule, traffic: Traffic, baseli
                    seed: int, alpha: float, degradations: Sequence[Degradation] = (),
                    try_fixes: bool = True) -> CheckSimulation:
     """A/A false-rollback rate, detection rate and delay of one check; a fix when the rate is above alpha."""
-    if base_metric(rule.metric) in SHADOW_METRICS or topology.mode == "shadow":
-        return CheckSimulation(rule.name, rule.metric, rule.action, Rate(0, 0, 0, 1), Rate(0, 0, 0, 1),
-                               Delay(None, None, None, None), "", alpha,
-                               skipped="shadow mode is not simulated (pairs of answers to the same request)")
     if rule.sequential is not None:
         alpha = rule.sequential.alpha
     aa = simulate_rule(topology, rule, traffic, baseline, baseline, runs, seed)
@@ -620,7 +802,7 @@ def _degraded(topology: Topology, rule: CheckRule, baseline: Generator,
         degradations = (default_degradation(rule, 0.0 if current is None else current),)
     candidate = baseline
     for d in degradations:
-        candidate = degrade(topology.task, topology, candidate, d)
+        candidate = degrade(topology.task, topology, candidate, d, reference=baseline)
     return candidate, ", ".join(map(str, degradations))
 
 
