@@ -15,16 +15,25 @@ The generator (docs/simulate.md says it for users):
 - multiclass: `classes` equally likely classes; logits N(separation * onehot(truth), 1), scores
   their softmax;
 - regression: truth ~ N(100, 20), prediction = truth + N(0, noise);
+- shadow mode: each request answered by both versions, on one truth; each version's standard
+  noise is sqrt(rho) z + sqrt(1 - rho) e, z the request's and e its own (rho:
+  shadow_correlation), so each version alone is the generator above and equally good versions
+  still disagree now and then;
 - every task: latencies log-normal (median, sigma); a serving error with probability
   `serving_error_rate` (no output, no label); each label delayed log-uniformly between the two
   stated delays, or never sent with probability `unlabeled`.
+
+With an `estimates` section, each run starts with the calibration learned from `reference_labels`
+of the baseline's labeled predictions, as after a reference period before the rollout.
 
 A degradation names a metric and a change; it is reached by moving one knob of the candidate's
 generator: latencies by scaling them (every quantile scales with the median), the serving error
 rate by setting it, a classifier's error rate by flipping a share of truths, the binary AUC by
 the separation (closed form), regression MAE and RMSE by scaling the noise, and any other
 quality metric by the separation (the noise for regression), found by bisection on the metric as
-the task's own window state computes it on a large sample.
+the task's own window state computes it on a large sample; estimates read through the
+calibration learned from the baseline. A shadow's agreement and score differences are reached by
+flipping a share of its answers (the noise for regression), and a baseline's by rho.
 """
 
 from __future__ import annotations
