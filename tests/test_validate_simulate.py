@@ -70,6 +70,22 @@ def test_an_invalid_topology_exits_2_and_the_valid_ones_are_still_simulated(
     assert "score-shift (score_abs_diff): false holds" in captured.out
 
 
+def test_a_check_on_an_estimate_is_degraded_as_stated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "estimated.yaml"
+    path.write_text(TOPOLOGY.split("checks:")[0] + "estimates: {reference_labels: 2000}\nchecks:\n"
+                    "  - {name: estimated, metric: estimated_accuracy, max_degradation: 0.02, min_samples: 50,"
+                    " consecutive: 1}\n")
+    fast = ["--runs", "4", "--windows", "4", "--traffic", "600/m", "--share", "50%"]
+    assert main(["validate", "--simulate", "--json", *fast, "--degrade", "estimated_accuracy=-0.03",
+                 str(path)]) == 0
+    [check] = json.loads(capsys.readouterr().out)["topologies"][0]["checks"]
+    assert check["action"] == "hold" and check["degradation"] == "estimated_accuracy=-0.03"
+    assert check["detection"]["hits"] == check["detection"]["runs"] == 4  # A/A: about 1 run in 6
+    # An estimate cannot see flipped truths, nor fall below the majority class's share.
+    assert main(["validate", "--simulate", *fast, "--degrade", "estimated_accuracy=0.7", str(path)]) == 2
+    assert "out of the simulator's reach" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, named", [(["--traffic", "fast"], "--traffic"),
                                           (["--label-delay", "1m..soon"], "duration"),
                                           (["--degrade", "roc_auc=worse"], "METRIC=CHANGE"),

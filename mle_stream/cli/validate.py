@@ -210,7 +210,7 @@ def _simulate(path: Path, topology: Any, scenario: Any, as_json: bool) -> dict[s
         raise ConfigError(f"{path}: cannot simulate: {exc}") from exc
     checks = []
     for r in results:
-        doc = {"check": r.check, "metric": r.metric, "action": r.action, "skipped": r.skipped, "alpha": r.alpha,
+        doc = {"check": r.check, "metric": r.metric, "action": r.action, "alpha": r.alpha,
                "degradation": r.degradation, "warning": r.warning, "fix": r.fix,
                "false_rollback": _rate_json(r.false_rollback), "detection": _rate_json(r.detection),
                "aa_window_failures": r.window_failures,
@@ -227,8 +227,6 @@ def _rate_json(rate: Any) -> dict[str, Any]:
 
 
 def _line(r: Any) -> str:
-    if r.skipped:
-        return f"  {r.check} ({r.metric}): not simulated: {r.skipped}"
     fr, dt, d = r.false_rollback, r.detection, r.delay
     what = "rollbacks" if r.action == "rollback" else "holds"
     text = f"  {r.check} ({r.metric}): false {what} {fr.value:.1%} [{fr.low:.1%}, {fr.high:.1%}] of A/A runs"

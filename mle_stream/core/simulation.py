@@ -717,11 +717,10 @@ class CheckSimulation:
     alpha: float
     fix: str | None = None  # the change that brings the A/A rate under alpha, when it is above
     window_failures: float | None = None  # A/A: the share of judged windows the check FAILed
-    skipped: str | None = None
 
     @property
     def warning(self) -> bool:
-        return self.skipped is None and self.false_rollback.value > self.alpha
+        return self.false_rollback.value > self.alpha
 
 
 def simulate_rule(topology: Topology, rule: CheckRule, traffic: Traffic, baseline: Generator,
