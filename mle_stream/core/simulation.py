@@ -357,11 +357,11 @@ def _reference_calibration(topology: Topology, reference: Generator, seed: int, 
         return None
     calibration = new_calibration(replace(topology, estimates=replace(topology.estimates, reference_labels=n)))
     assert calibration is not None
-    learn_reference(topology, calibration, reference, np.random.default_rng([seed, 1]))
+    _learn_reference(topology, calibration, reference, np.random.default_rng([seed, 1]))
     return calibration
 
 
-def learn_reference(topology: Topology, calibration: ReferenceCounts, reference: Generator,
+def _learn_reference(topology: Topology, calibration: ReferenceCounts, reference: Generator,
                     rng: np.random.Generator) -> None:
     """Freeze `calibration` on `reference_labels` labeled predictions of `reference`, counted as a
     window state counts them: a reference period of the baseline before the rollout."""
@@ -513,7 +513,7 @@ def run_once(topology: Topology, traffic: Traffic, baseline: Generator, candidat
         # Estimates: the rollout starts on a worker that has watched the baseline long enough to
         # calibrate (learned in the run, the calibration would wait for the baseline's panes to
         # leave retention, and every estimate before that is INCONCLUSIVE).
-        learn_reference(t, ev.calibration, baseline, rng)
+        _learn_reference(t, ev.calibration, baseline, rng)
     lo, hi = traffic.label_delay_ms
     pending_ts: list[np.ndarray] = []
     pending_ids: list[np.ndarray] = []
