@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy.special import ndtr
 from scipy.stats import binom, binomtest, multivariate_normal, poisson
 
 from mle_stream.core.simulation import (
@@ -86,6 +87,19 @@ def test_a_degraded_shadow_answers_for_the_wrong_class_and_agrees_less() -> None
     worse = degrade("binary", SHADOW, base, Degradation.parse("agreement=-5%"), reference=base)
     assert worse.flip > 0 and worse.separation == base.separation
     assert _agreement(base, worse) == pytest.approx(0.95 * _agreement(base, base), abs=0.003)
+
+
+def test_a_worse_error_rate_is_reached_on_the_labels_both_versions_share() -> None:
+    # A flipped share of the shadow's answers is for the other class, while the label stays the
+    # request's: then it errs when it decides as for that class, b Phi(c) + (1 - b)(1 - Phi(c - s)),
+    # not 1 - e as when a canary's truth is flipped (its labels' base rate moves, a shadow's cannot).
+    base = Generator()
+    worse = degrade("binary", SHADOW, base, Degradation.parse("error_rate=+20%"), reference=base)
+    s, b = base.separation, base.base_rate
+    c = (s * s / 2 - math.log(b / (1 - b))) / s
+    right = b * ndtr(c - s) + (1 - b) * (1 - ndtr(c))
+    flipped = b * ndtr(c) + (1 - b) * (1 - ndtr(c - s))
+    assert (1 - worse.flip) * right + worse.flip * flipped == pytest.approx(1.2 * right, rel=0.01)
 
 
 def _window_failures(topology: Topology, check: str, candidate: Generator, seed: int) -> tuple[int, int]:

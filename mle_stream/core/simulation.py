@@ -305,11 +305,24 @@ def metric_value(task: str, topology: Topology, gen: Generator, metric: str, see
             *(_picked(outputs, paired) for outputs in (shadow, production)),
             *(_picked(_decisions(topology, outputs), paired) for outputs in (shadow, production))))
     else:
-        outputs, truths = gen.outputs(task, n, rng)
+        outputs, truths = _labeled_answers(topology, gen, reference, n, rng)
         state = _scored_window(topology, outputs, truths, gen, _reference_calibration(topology, reference, seed, n),
                                rng)
     value = state.values(3600.0).get(metric)
     return None if value is None else float(value)
+
+
+def _labeled_answers(topology: Topology, gen: Generator, reference: Generator, n: int,
+                     rng: np.random.Generator) -> tuple[Any, list[Any]]:
+    """`gen`'s outputs on n requests and their labels, as a run of `topology` draws them: in shadow
+    mode `gen` answers beside `reference` (production), whose requests' truths are the labels, so
+    a flipped share answers for another class than its label; else `gen`'s own traffic, whose
+    flipped share has its label flipped (the two differ once `gen` flips: the labels' base rate
+    stays in shadow mode, it moves in the other)."""
+    if topology.mode == "shadow":
+        _, answers, truths = reference.answer_pairs(topology.task, gen, n, rng)
+        return answers, truths
+    return gen.outputs(topology.task, n, rng)
 
 
 def _picked(values: Any, rows: np.ndarray) -> list[Any]:
@@ -365,7 +378,7 @@ def _learn_reference(topology: Topology, calibration: ReferenceCounts, reference
                     rng: np.random.Generator) -> None:
     """Freeze `calibration` on `reference_labels` labeled predictions of `reference`, counted as a
     window state counts them: a reference period of the baseline before the rollout."""
-    outputs, truths = reference.outputs(topology.task, calibration.reference_labels, rng)
+    outputs, truths = _labeled_answers(topology, reference, reference, calibration.reference_labels, rng)
     estimate = _scored_window(topology, outputs, truths, reference, None, rng).estimate
     assert estimate is not None  # the topology has estimates: it has a calibration
     calibration.add(estimate)
@@ -402,9 +415,10 @@ def degrade(task: str, topology: Topology, gen: Generator, degradation: Degradat
         if not 0.5 <= target < 1:
             raise ValueError(f"degradation {degradation}: the simulator's AUC is in [0.5, 1), got {target:.4g}")
         return replace(gen, separation=math.sqrt(2) * float(ndtri(target)))  # AUC = Phi(separation / sqrt 2)
-    if task == "binary" and base in ("error_rate", "accuracy"):
+    if task == "binary" and base in ("error_rate", "accuracy") and topology.mode != "shadow":
         # Each flipped truth turns a right answer wrong and a wrong one right: e' = e + flip (1 - 2e).
         # A better model (a baseline stated better than the default) is a wider separation, below.
+        # In shadow mode a flip keeps the label and moves the answer: bisection, below.
         e, e_target = (current, target) if base == "error_rate" else (1 - current, 1 - target)
         if e_target >= 0.5:
             raise ValueError(f"degradation {degradation}: the simulator's binary error rate stays below 0.5, "
