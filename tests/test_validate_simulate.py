@@ -121,3 +121,17 @@ def test_an_unreadable_recording_names_file_and_line(topology: Path, tmp_path: P
     predictions.write_text('{"prediction_id": "p1", "model": "m"}\nnot json\n')
     assert main(["validate", "--simulate", "--predictions", str(predictions), str(topology)]) == 2
     assert f"{predictions}:1" in capsys.readouterr().err
+
+
+def test_the_numbers_do_not_depend_on_how_many_processes_run_them(topology: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # Each run draws from its own seed, so a process pool (any size, any chunking) gives the same outcomes
+    # as one process, the fix search included.
+    docs = []
+    for jobs in ("1", "2", "3"):
+        assert main(["validate", "--simulate", "--json", "--jobs", jobs, *SMALL, str(topology)]) == 0
+        docs.append(json.loads(capsys.readouterr().out))
+    assert docs[0]["topologies"][0]["checks"][0]["fix"]
+    assert docs[0] == docs[1] == docs[2]
+    assert main(["validate", "--simulate", "--jobs", "0", str(topology)]) == 2
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mle_stream.cli.common import Subcommands, add_command, progress
 from mle_stream.config import Settings
 from mle_stream.errors import ConfigError, MleStreamError
+
+if TYPE_CHECKING:  # imported when it runs: validate without --simulate needs no numpy
+    from mle_stream.core.simulation import Mapper
 
 EXTRA = "worker"  # pip install 'mle-stream[EXTRA]' (pyproject.toml)
 
@@ -66,11 +70,26 @@ def add_parser(sub: Subcommands) -> None:
     s.add_argument("--alpha", type=float, metavar="RATE",
                    help="the false-rollback rate above which a check is warned about; default: the smallest "
                         "alpha of the topology's sequential checks, else 0.05 (a sequential check: its own alpha)")
+    s.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="processes the runs are spread over (default: one per CPU, here %(default)s); the numbers "
+                        "do not depend on it")
     s.add_argument("--strict", action="store_true", help="exit 1 when a check is warned about")
     s.add_argument("--json", action="store_true", help="print one JSON object (with --simulate)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.simulate and args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    if not args.simulate or args.jobs == 1:
+        return _validate(args, map)
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(args.jobs) as pool:
+        # A few chunks per process: a run is ~0.1 s, and its arguments are pickled once per chunk.
+        return _validate(args, lambda run, seeds: pool.map(run, seeds, chunksize=max(1, len(seeds) // (4 * args.jobs))))
+
+
+def _validate(args: argparse.Namespace, mapper: Mapper) -> int:
     from mle_stream.core.topology import load_topology
 
     scenario, measured = _scenario(args) if args.simulate else (None, None)
@@ -97,7 +116,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{f}: ok (model {t.model}, {t.task}, {t.mode}, baseline {base}, candidate {cand}, "
                   f"{len(t.checks)} check(s))")
         if scenario is not None:
-            report = _simulate(f, t, scenario, args.json)
+            report = _simulate(f, t, scenario, args.json, mapper)
             warned += sum(c["warning"] for c in report["checks"])
             reports.append(report)
     if args.json and scenario is not None:
@@ -190,7 +209,7 @@ def _scenario_json(scenario: Any) -> dict[str, Any]:
             "degrade": [str(d) for d in scenario.degradations], "generator": asdict(scenario.baseline)}
 
 
-def _simulate(path: Path, topology: Any, scenario: Any, as_json: bool) -> dict[str, Any]:
+def _simulate(path: Path, topology: Any, scenario: Any, as_json: bool, mapper: Mapper) -> dict[str, Any]:
     from mle_stream.core.simulation import horizon, initial_share, simulate_topology
 
     t, traffic = topology, scenario.traffic
@@ -205,7 +224,8 @@ def _simulate(path: Path, topology: Any, scenario: Any, as_json: bool) -> dict[s
     if not as_json:
         print(f"  simulated: {setting}")
     try:
-        results = simulate_topology(t, scenario, lambda name: progress(f"simulating {path}: check {name} ..."))
+        results = simulate_topology(t, scenario, lambda name: progress(f"simulating {path}: check {name} ..."),
+                                    mapper)
     except ValueError as exc:
         raise ConfigError(f"{path}: cannot simulate: {exc}") from exc
     checks = []

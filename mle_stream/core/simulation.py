@@ -40,9 +40,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -737,13 +737,24 @@ class CheckSimulation:
         return self.false_rollback.value > self.alpha
 
 
+# How the runs are carried out: `map` runs them one after another; the CLI passes a process pool's map
+# (its order kept), which gives the same outcomes since each run draws from its own seed.
+Mapper = Callable[[Callable[[int], "RunOutcome"], range], Iterable["RunOutcome"]]
+
+
+def _seeded_run(topology: Topology, traffic: Traffic, baseline: Generator, candidate: Generator, seed: int,
+                i: int) -> RunOutcome:
+    return run_once(topology, traffic, baseline, candidate, np.random.default_rng([seed, i]))
+
+
 def simulate_rule(topology: Topology, rule: CheckRule, traffic: Traffic, baseline: Generator,
-                  candidate: Generator, runs: int, seed: int) -> list[RunOutcome]:
+                  candidate: Generator, runs: int, seed: int, mapper: Mapper = map) -> list[RunOutcome]:
     """`runs` rollouts of `topology` judged by `rule` alone (the other checks would end some runs
     first, hiding this one's rate). Run i uses seed (seed, i): the same runs for every variant of
-    the rule, so that their rates differ by the rule, not by the draw."""
+    the rule, so that their rates differ by the rule, not by the draw, and the same runs whatever
+    `mapper` carries them out."""
     single = replace(topology, checks=(rule,))
-    return [run_once(single, traffic, baseline, candidate, np.random.default_rng([seed, i])) for i in range(runs)]
+    return list(mapper(partial(_seeded_run, single, traffic, baseline, candidate, seed), range(runs)))
 
 
 def _delay(outcomes: Sequence[RunOutcome]) -> Delay:
@@ -791,14 +802,14 @@ def fixes(rule: CheckRule, alpha: float) -> list[tuple[str, CheckRule]]:
 
 def simulate_check(topology: Topology, rule: CheckRule, traffic: Traffic, baseline: Generator, runs: int,
                    seed: int, alpha: float, degradations: Sequence[Degradation] = (),
-                   try_fixes: bool = True) -> CheckSimulation:
+                   try_fixes: bool = True, mapper: Mapper = map) -> CheckSimulation:
     """A/A false-rollback rate, detection rate and delay of one check; a fix when the rate is above alpha."""
     if rule.sequential is not None:
         alpha = rule.sequential.alpha
-    aa = simulate_rule(topology, rule, traffic, baseline, baseline, runs, seed)
+    aa = simulate_rule(topology, rule, traffic, baseline, baseline, runs, seed, mapper)
     try:
         candidate, shown = _degraded(topology, rule, baseline, degradations)
-        bad = simulate_rule(topology, rule, traffic, baseline, candidate, runs, seed + 1)
+        bad = simulate_rule(topology, rule, traffic, baseline, candidate, runs, seed + 1, mapper)
     except ValueError as exc:
         if degradations:
             raise  # the user's: say so rather than report half
@@ -806,7 +817,7 @@ def simulate_check(topology: Topology, rule: CheckRule, traffic: Traffic, baseli
     false_rollback = _rate(aa)
     fix = None
     if try_fixes and false_rollback.value > alpha:
-        fix = _fix(topology, rule, traffic, baseline, min(runs, FIX_RUNS), seed, alpha, degradations)
+        fix = _fix(topology, rule, traffic, baseline, min(runs, FIX_RUNS), seed, alpha, degradations, mapper)
     judged = sum(o.judged_windows for o in aa)
     window_failures = sum(o.failed_windows for o in aa) / judged if judged else None
     return CheckSimulation(rule.name, rule.metric, rule.action, false_rollback, _rate(bad), _delay(bad), shown,
@@ -829,7 +840,7 @@ def _degraded(topology: Topology, rule: CheckRule, baseline: Generator,
 
 
 def _fix(topology: Topology, rule: CheckRule, traffic: Traffic, baseline: Generator, runs: int, seed: int,
-         alpha: float, degradations: Sequence[Degradation]) -> str:
+         alpha: float, degradations: Sequence[Degradation], mapper: Mapper = map) -> str:
     """The first change of `fixes` that brings the A/A rate under alpha and still catches the
     degradation (the stated one, else the changed rule's own default) in half the runs; else the
     first that brings the rate under alpha, saying how rarely it detects; else that none does.
@@ -837,14 +848,14 @@ def _fix(topology: Topology, rule: CheckRule, traffic: Traffic, baseline: Genera
     back a healthy candidate either, nor a broken one: hence the detection rate."""
     weak = None
     for text, variant in fixes(rule, alpha):
-        trial = _rate(simulate_rule(topology, variant, traffic, baseline, baseline, runs, seed))
+        trial = _rate(simulate_rule(topology, variant, traffic, baseline, baseline, runs, seed, mapper))
         if trial.value > alpha:
             continue
         try:
             candidate, shown = _degraded(topology, variant, baseline, degradations)
         except ValueError:
             return f"{text} (simulated over {runs} runs: false {rule.action}s {trial.value:.1%})"
-        caught = _rate(simulate_rule(topology, variant, traffic, baseline, candidate, runs, seed + 1))
+        caught = _rate(simulate_rule(topology, variant, traffic, baseline, candidate, runs, seed + 1, mapper))
         said = (f"{text} (simulated over {runs} runs: false {rule.action}s {trial.value:.1%} "
                 f"[{trial.low:.1%}, {trial.high:.1%}], {shown} detected in {caught.value:.1%})")
         if caught.value >= 0.5:
@@ -889,8 +900,8 @@ class Scenario:
     try_fixes: bool = True
 
 
-def simulate_topology(topology: Topology, scenario: Scenario,
-                      progress: Callable[[str], None] | None = None) -> list[CheckSimulation]:
+def simulate_topology(topology: Topology, scenario: Scenario, progress: Callable[[str], None] | None = None,
+                      mapper: Mapper = map) -> list[CheckSimulation]:
     alpha = scenario.alpha if scenario.alpha is not None else topology_alpha(topology)
     baseline = baseline_generator(topology, scenario.baseline, scenario.baseline_settings)
     degradations = applicable(topology, scenario.degradations)
@@ -899,11 +910,11 @@ def simulate_topology(topology: Topology, scenario: Scenario,
         if progress is not None:
             progress(rule.name)
         out.append(simulate_check(topology, rule, scenario.traffic, baseline, scenario.runs,
-                                  scenario.seed, alpha, degradations, scenario.try_fixes))
+                                  scenario.seed, alpha, degradations, scenario.try_fixes, mapper))
     return out
 
 
-__all__ = ["CheckSimulation", "Degradation", "Generator", "Rate", "Recorded", "RunOutcome", "Scenario", "Traffic",
-           "applicable", "baseline_generator", "clopper_pearson", "default_degradation", "degrade", "horizon",
-           "initial_share", "measure_recording", "metric_value", "run_once", "simulate_check", "simulate_topology",
-           "topology_alpha"]
+__all__ = ["CheckSimulation", "Degradation", "Generator", "Mapper", "Rate", "Recorded", "RunOutcome", "Scenario",
+           "Traffic", "applicable", "baseline_generator", "clopper_pearson", "default_degradation", "degrade",
+           "horizon", "initial_share", "measure_recording", "metric_value", "run_once", "simulate_check",
+           "simulate_topology", "topology_alpha"]
