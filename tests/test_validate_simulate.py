@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,25 @@ def test_the_numbers_do_not_depend_on_how_many_processes_run_them(topology: Path
     assert docs[0] == docs[1] == docs[2]
     assert main(["validate", "--simulate", "--jobs", "0", str(topology)]) == 2
     assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_check_with_more_min_samples_than_its_windows_hold_is_said_to_never_judge(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 10 predictions/s, 1-minute windows, half to the candidate, every label at once: ~300 labeled
+    # candidate predictions a window (less the 0.2% serving errors), under min_samples 400
+    path = tmp_path / "thin.yaml"
+    path.write_text(TOPOLOGY.replace("min_samples: 50", "min_samples: 400"))
+    flags = ["--runs", "10", "--windows", "8", "--traffic", "600/m", "--share", "50%", "--label-delay", "0s",
+             "--unlabeled", "0%", "--jobs", "1"]
+    assert main(["validate", "--simulate", "--json", *flags, str(path)]) == 0
+    [check] = json.loads(capsys.readouterr().out)["topologies"][0]["checks"]
+    assert check["aa_window_inconclusive"] == 1.0 and check["false_rollback"]["hits"] == 0
+    # the mean of 80 windows' Poisson(~299) counts: within 4 standard errors
+    assert abs(check["aa_candidate_samples_per_window"] - 300 * 0.998) < 4 * math.sqrt(300 / 80)
+    assert main(["validate", "--simulate", *flags, str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "too few samples in 100.0%" in out
+    assert "note: fixed had too few samples to judge 100% of the A/A windows (min_samples 400" in out
+    path.write_text(TOPOLOGY)  # min_samples 50: every window judged
+    assert main(["validate", "--simulate", *flags, str(path)]) == 0
+    assert "too few samples" not in capsys.readouterr().out

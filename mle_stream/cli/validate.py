@@ -233,7 +233,8 @@ def _simulate(path: Path, topology: Any, scenario: Any, as_json: bool, mapper: M
         doc = {"check": r.check, "metric": r.metric, "action": r.action, "alpha": r.alpha,
                "degradation": r.degradation, "warning": r.warning, "fix": r.fix,
                "false_rollback": _rate_json(r.false_rollback), "detection": _rate_json(r.detection),
-               "aa_window_failures": r.window_failures,
+               "aa_window_failures": r.window_failures, "aa_window_inconclusive": r.window_inconclusive,
+               "aa_candidate_samples_per_window": r.samples_per_window,
                "delay": asdict(r.delay)}
         checks.append(doc)
         if not as_json:
@@ -251,7 +252,8 @@ def _line(r: Any) -> str:
     what = "rollbacks" if r.action == "rollback" else "holds"
     text = f"  {r.check} ({r.metric}): false {what} {fr.value:.1%} [{fr.low:.1%}, {fr.high:.1%}] of A/A runs"
     if r.window_failures is not None:
-        text += f" (FAIL in {r.window_failures:.1%} of their windows)"
+        few = f", too few samples in {r.window_inconclusive:.1%}" if r.window_inconclusive else ""
+        text += f" (FAIL in {r.window_failures:.1%} of their windows{few})"
     text += "; "
     text += (f"{r.degradation} detected in {dt.value:.1%} [{dt.low:.1%}, {dt.high:.1%}]" if dt.runs
              else r.degradation)
@@ -262,4 +264,12 @@ def _line(r: Any) -> str:
         verb = "rolls back" if r.action == "rollback" else "holds"
         text += (f"\n    warning: {r.check} {verb} {fr.value:.1%} of healthy candidates, above alpha "
                  f"{r.alpha:g}; fix: {r.fix}")
+    if r.window_inconclusive is not None and r.window_inconclusive >= MOSTLY_INCONCLUSIVE:
+        text += (f"\n    note: {r.check} had too few samples to judge {r.window_inconclusive:.0%} of the A/A windows "
+                 f"(min_samples {r.min_samples}; it read {r.samples_per_window:,.0f} candidate samples a window on "
+                 f"average): at this traffic it can neither roll back a worse candidate nor pass a good one. State "
+                 f"your traffic (--traffic), or lower min_samples, or lengthen windows.size")
     return text
+
+
+MOSTLY_INCONCLUSIVE = 0.5  # the share of A/A windows without a verdict above which the output says so

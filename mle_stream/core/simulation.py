@@ -493,6 +493,8 @@ class RunOutcome:
     failed_windows: int  # windows the check FAILed
     judged_windows: int  # windows judged in the run
     first_failure: int | None  # 1-based index of the first FAIL window
+    inconclusive_windows: int = 0  # windows the check could not judge: too few samples
+    samples_read: int = 0  # candidate samples the check read over the judged windows
 
 
 def horizon(topology: Topology, traffic: Traffic) -> int:
@@ -536,7 +538,7 @@ def run_once(topology: Topology, traffic: Traffic, baseline: Generator, candidat
     next_id = 0
     judged = 0
     samples = 0
-    failed = 0
+    failed = inconclusive = 0
     first_failure: int | None = None
     start0 = 1_000 * size  # any aligned start: event time is all that matters
     end = start0 + (windows + 1) * size + t.window_grace_ms + hi
@@ -544,7 +546,7 @@ def run_once(topology: Topology, traffic: Traffic, baseline: Generator, candidat
     def _take(advance: Advance) -> bool | None:
         """Count the judged windows; True when the check's action fired, False when the candidate
         was promoted (the run is over), None while it goes on. Follows the traffic steps."""
-        nonlocal judged, samples, failed, share, first_failure
+        nonlocal judged, samples, failed, inconclusive, share, first_failure
         for j in advance.judgements:
             judged += 1
             result = j.check(rule.name)
@@ -552,6 +554,7 @@ def run_once(topology: Topology, traffic: Traffic, baseline: Generator, candidat
             if result.verdict is Verdict.FAIL:
                 failed += 1
                 first_failure = first_failure or judged
+            inconclusive += result.verdict is Verdict.INCONCLUSIVE
         for command in advance.commands:
             if command.kind is CommandKind.ROLLBACK or (command.kind is CommandKind.HOLD and command.rule == rule.name):
                 return True
@@ -602,7 +605,7 @@ def run_once(topology: Topology, traffic: Traffic, baseline: Generator, candidat
     else:
         fired = _take(ev.close_all(end))  # the last windows: no later prediction moves event time past them
     return RunOutcome(bool(fired), judged if fired else None, samples if fired else None, failed, judged,
-                      first_failure)
+                      first_failure, inconclusive, samples)
 
 
 def _delays(lo: int, hi: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -731,6 +734,12 @@ class CheckSimulation:
     alpha: float
     fix: str | None = None  # the change that brings the A/A rate under alpha, when it is above
     window_failures: float | None = None  # A/A: the share of judged windows the check FAILed
+    # A/A: the share of judged windows with too few samples to judge (INCONCLUSIVE), and the candidate
+    # samples the check read per judged window: a check that is mostly INCONCLUSIVE at this traffic can
+    # neither roll back a bad candidate nor pass a good one
+    window_inconclusive: float | None = None
+    samples_per_window: float | None = None
+    min_samples: int | None = None  # the check's
 
     @property
     def warning(self) -> bool:
@@ -819,9 +828,15 @@ def simulate_check(topology: Topology, rule: CheckRule, traffic: Traffic, baseli
     if try_fixes and false_rollback.value > alpha:
         fix = _fix(topology, rule, traffic, baseline, min(runs, FIX_RUNS), seed, alpha, degradations, mapper)
     judged = sum(o.judged_windows for o in aa)
-    window_failures = sum(o.failed_windows for o in aa) / judged if judged else None
+
+    def per_judged(count: int) -> float | None:
+        return count / judged if judged else None
+
     return CheckSimulation(rule.name, rule.metric, rule.action, false_rollback, _rate(bad), _delay(bad), shown,
-                           alpha, fix, window_failures=window_failures)
+                           alpha, fix, window_failures=per_judged(sum(o.failed_windows for o in aa)),
+                           window_inconclusive=per_judged(sum(o.inconclusive_windows for o in aa)),
+                           samples_per_window=per_judged(sum(o.samples_read for o in aa)),
+                           min_samples=rule.min_samples)
 
 
 FIX_RUNS = 100  # runs per fix tried: enough to tell a rate near alpha from one far above it
