@@ -495,16 +495,18 @@ def _page(increments: np.ndarray) -> np.ndarray:
 
 
 CASES = ("aa", "margin", "ab")  # the canary as good as the baseline, at the null's boundary, degraded
+# The CUSUM paths each case needs: its false alarms on the A/A and the margin cases, both delays under A/B
+PATHS = {"aa": ("cusum",), "margin": ("cusum_margin",), "ab": ("cusum", "cusum_margin")}
 
 
 def _chunk(family: Family, rng: np.random.Generator, rollouts: int, s: dict[str, Any], case: str,
            truth: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Simulate `rollouts` rollouts of one family in one of CASES; returns (sequential rollback window
     or -1, the fixed check's statistic per window (higher is worse; a window without the canary's value
-    is +inf, a failed check as in Flagger), canary samples through each window, the CUSUM paths
-    (rollouts x predictions; none for AUC): "cusum" from the baseline's parameters to the degraded
-    ones, "cusum_margin" from the null's boundary (the baseline's parameters times the check's margin)
-    to the degraded ones, and canary samples through each prediction).
+    is +inf, a failed check as in Flagger), canary samples through each window, the case's PATHS of
+    the CUSUM (rollouts x predictions; none for AUC): "cusum" from the baseline's parameters to the
+    degraded ones, "cusum_margin" from the null's boundary (the baseline's parameters times the
+    check's margin) to the degraded ones, and canary samples through each prediction).
 
     The margin case is the A/A draw with the canary's values moved onto the sequential check's null
     boundary, where its false-rollback promise is tightest: a rate's canary failures raised to rho0 x
@@ -562,7 +564,7 @@ def _chunk(family: Family, rng: np.random.Generator, rollouts: int, s: dict[str,
         increments = {
             key: np.where(canary & rel, np.where(cusum_fail, math.log(p1 / before), math.log((1 - p1) / (1 - before))),
                           0.0)
-            for key, before in (("cusum", p0), ("cusum_margin", pb))}
+            for key, before in (("cusum", p0), ("cusum_margin", pb)) if key in PATHS[case]}
     elif family.kind == "mean":
         mtest = MeanTest(alpha=alpha, **margin)
         rho0 = 1.0 + mtest.min_relative_increase
@@ -580,7 +582,7 @@ def _chunk(family: Family, rng: np.random.Generator, rollouts: int, s: dict[str,
                                where=c[..., 0] > 0)
         mu0, mu1, sd = truth["mu0"], truth["mu1"], truth["sigma"]
         increments = {key: np.where(canary, (mu1 - before) / sd**2 * (x - 0.5 * (before + mu1)), 0.0)
-                      for key, before in (("cusum", mu0), ("cusum_margin", rho0 * mu0))}
+                      for key, before in (("cusum", mu0), ("cusum_margin", rho0 * mu0)) if key in PATHS[case]}
     else:
         atest = AucTest(alpha=alpha)
         auc_c, var_c, pos_c, neg_c = _delong(v["score"], v["y"], canary)
@@ -722,7 +724,7 @@ def run_family(name: str, **settings: Any) -> dict[str, Any]:
         "delay_ratio_to_cusum_same_margin": ratio_same_margin,
         "target_met": {"false_rollback_rate_le_alpha": sequential["false_rollback_rate"] <= alpha,
                        "false_rollback_rate_at_margin_le_alpha": sequential["false_rollback_rate_at_margin"] <= alpha,
-                       # met too when the oracle detects in fewer than half the rollouts and ours does not
+                       # met too when the oracle detects in fewer than half the rollouts and ours in half or more
                        "median_delay_le_1.5x_cusum": None if not has_oracle else sequential["median_delay_samples"]
                        is not None and (ratio_same_margin is None or ratio_same_margin <= 1.5)},
         "seconds": round(time.perf_counter() - started, 2),

@@ -393,4 +393,5 @@ class ClassCalibration(ReferenceCounts):
         state._restore_counts(data)
         return state
 
+
 __all__ = ["ClassCalibration", "ClassScoreBins", "calibrated", "class_codes", "class_scores", "dense", "estimate_dense"]
